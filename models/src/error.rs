@@ -1,0 +1,32 @@
+use std::path::PathBuf;
+
+/// Errors of the shared contract. Every variant that concerns a file names it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    BadPatch { path: PathBuf, msg: String },
+    #[error("{path}: {msg}")]
+    BadIndex { path: PathBuf, msg: String },
+    #[error("{path}: not a valid ONNX model: {msg}")]
+    BadOnnx { path: PathBuf, msg: String },
+    #[error("model metadata: {0}")]
+    Metadata(String),
+    #[error("weights do not match architecture `{arch}`:\n  {}", .problems.join("\n  "))]
+    WeightsMismatch { arch: String, problems: Vec<String> },
+    #[error("architecture spec: {0}")]
+    Spec(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

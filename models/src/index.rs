@@ -1,0 +1,148 @@
+//! The patch index CSV: `patch_file, seriesuid, diam_mm, center_x, center_y, center_z, label`
+//! (`center_*` in world millimetres, `label` 1 for nodule, 0 for not). `patch_file` is
+//! relative to the index's folder.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Columns every index must have, in the canonical order.
+pub const COLUMNS: [&str; 7] = ["patch_file", "seriesuid", "diam_mm", "center_x", "center_y", "center_z", "label"];
+
+/// Default file name of the index inside a patch folder.
+pub const INDEX_FILE: &str = "patch_index.csv";
+
+/// One row of the index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexRow {
+    pub patch_file: String,
+    pub seriesuid: String,
+    pub diam_mm: f64,
+    pub center_x: f64,
+    pub center_y: f64,
+    pub center_z: f64,
+    pub label: u8,
+}
+
+/// A loaded index: its rows and the folder patch paths are relative to.
+#[derive(Debug, Clone)]
+pub struct PatchIndex {
+    pub path: PathBuf,
+    pub root: PathBuf,
+    pub rows: Vec<IndexRow>,
+}
+
+impl PatchIndex {
+    /// Full path of a row's patch file.
+    pub fn patch_path(&self, row: &IndexRow) -> PathBuf {
+        self.root.join(&row.patch_file)
+    }
+
+    /// Reads an index, given either the CSV itself or the folder holding `patch_index.csv`.
+    /// Checks the header (every missing column named at once), every row's types and label,
+    /// and that every patch file exists (every missing file counted, the first few named).
+    pub fn read(path: &Path) -> Result<Self> {
+        let path = if path.is_dir() { path.join(INDEX_FILE) } else { path.to_path_buf() };
+        let bad = |msg: String| Error::BadIndex { path: path.clone(), msg };
+        let mut rdr = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_path(&path)
+            .map_err(|e| match e.into_kind() {
+                csv::ErrorKind::Io(io) => Error::io(&path, io),
+                other => bad(format!("{other:?}")),
+            })?;
+        let headers = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
+        let missing: Vec<&str> = COLUMNS.iter().copied().filter(|c| !headers.iter().any(|h| h == *c)).collect();
+        if !missing.is_empty() {
+            return Err(bad(format!(
+                "missing column(s) {} (an index needs: {})",
+                missing.join(", "),
+                COLUMNS.join(", ")
+            )));
+        }
+        let mut rows = Vec::new();
+        for (i, rec) in rdr.deserialize::<IndexRow>().enumerate() {
+            // Line numbers count the header as line 1.
+            let row = rec.map_err(|e| bad(format!("line {}: {e}", i + 2)))?;
+            if row.label > 1 {
+                return Err(bad(format!("line {}: label must be 0 or 1, got {}", i + 2, row.label)));
+            }
+            if row.patch_file.is_empty() || row.seriesuid.is_empty() {
+                return Err(bad(format!("line {}: empty patch_file or seriesuid", i + 2)));
+            }
+            rows.push(row);
+        }
+        if rows.is_empty() {
+            return Err(bad("the index has no rows".into()));
+        }
+        let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let absent: Vec<&str> = rows
+            .iter()
+            .filter(|r| !root.join(&r.patch_file).is_file())
+            .map(|r| r.patch_file.as_str())
+            .collect();
+        if !absent.is_empty() {
+            let shown: Vec<&str> = absent.iter().take(5).copied().collect();
+            return Err(bad(format!(
+                "{} patch file(s) listed in the index do not exist under {}: {}{}",
+                absent.len(),
+                root.display(),
+                shown.join(", "),
+                if absent.len() > shown.len() { ", ..." } else { "" }
+            )));
+        }
+        Ok(PatchIndex { path, root, rows })
+    }
+
+    /// Writes rows as an index CSV atomically.
+    pub fn write(path: &Path, rows: &[IndexRow]) -> Result<()> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for r in rows {
+            w.serialize(r).map_err(|e| Error::BadIndex { path: path.to_path_buf(), msg: e.to_string() })?;
+        }
+        let bytes = w.into_inner().map_err(|e| Error::BadIndex { path: path.to_path_buf(), msg: e.to_string() })?;
+        crate::fsutil::write_atomic(path, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(f: &str, s: &str, label: u8) -> IndexRow {
+        IndexRow { patch_file: f.into(), seriesuid: s.into(), diam_mm: 5.0, center_x: 1.0, center_y: 2.0, center_z: 3.0, label }
+    }
+
+    #[test]
+    fn roundtrip_and_missing_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("a.npy"), b"x").expect("w");
+        let p = dir.path().join(INDEX_FILE);
+        PatchIndex::write(&p, &[row("a.npy", "s1", 1)]).expect("write");
+        let idx = PatchIndex::read(dir.path()).expect("read");
+        assert_eq!(idx.rows, vec![row("a.npy", "s1", 1)]);
+
+        PatchIndex::write(&p, &[row("a.npy", "s1", 1), row("gone.npy", "s2", 0)]).expect("write");
+        let msg = PatchIndex::read(&p).expect_err("missing").to_string();
+        assert!(msg.contains("patch_index.csv") && msg.contains("gone.npy") && msg.contains("1 patch file"), "{msg}");
+    }
+
+    #[test]
+    fn missing_columns_all_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("idx.csv");
+        std::fs::write(&p, "patch_file,seriesuid,diam_mm,center_x\na.npy,s,1,2\n").expect("w");
+        let msg = PatchIndex::read(&p).expect_err("cols").to_string();
+        assert!(msg.contains("idx.csv") && msg.contains("center_y, center_z, label"), "{msg}");
+    }
+
+    #[test]
+    fn bad_label_names_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("idx.csv");
+        std::fs::write(&p, "patch_file,seriesuid,diam_mm,center_x,center_y,center_z,label\na.npy,s,1,2,3,4,7\n").expect("w");
+        let msg = PatchIndex::read(&p).expect_err("label").to_string();
+        assert!(msg.contains("line 2") && msg.contains("label"), "{msg}");
+    }
+}

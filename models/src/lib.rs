@@ -1,0 +1,29 @@
+//! The contract shared by every stage of the nodule-patch toolchain.
+//!
+//! The workspace is split so that a scoring host never needs libtorch:
+//!
+//! | crate       | links            | does                                                        |
+//! |-------------|------------------|-------------------------------------------------------------|
+//! | `models`    | nothing heavy    | architecture specs, preprocessing, patch/index I/O, ONNX writer |
+//! | `trainer`   | libtorch + ORT   | builds the spec in tch, trains, exports through [`onnx`]     |
+//! | `calibrate` | nothing heavy    | temperature/Platt scaling, thresholds, metrics               |
+//! | `infer`     | ONNX Runtime     | batch scoring of `.npy` folders                              |
+//!
+//! One [`spec::ArchSpec`] drives both the libtorch builder (in `trainer`) and the ONNX
+//! writer ([`onnx::export`]); parameter names (PyTorch-style dotted paths such as
+//! `features.0.weight`) are the contract between them. [`preprocess::Preprocess`] says how
+//! a raw HU cube becomes the network input and travels inside the ONNX file's
+//! `metadata_props`, so a scorer never asks the user for it again.
+
+pub mod error;
+pub mod fsutil;
+pub mod index;
+pub mod onnx;
+pub mod patch;
+pub mod preprocess;
+pub mod spec;
+
+pub use error::{Error, Result};
+
+/// Version of this toolchain, written into every artifact it produces.
+pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,210 @@
+//! How a raw CT cube in Hounsfield units becomes the network input. The same
+//! [`Preprocess`] is used in training, written into the ONNX file's `metadata_props`, and
+//! read back by every scorer, so the user never re-types it.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ndarray::{s, Array3, ArrayD, Ix3};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Centre crop / pad to a cube, then clip to an HU window and scale linearly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    /// Side of the cube fed to the network, in voxels (arrays are `z, y, x`).
+    pub cube_size: usize,
+    /// HU window `[hu_min, hu_max]`; values outside are clipped.
+    pub hu_min: f32,
+    pub hu_max: f32,
+    /// The window is mapped linearly onto `[out_min, out_max]`.
+    pub out_min: f32,
+    pub out_max: f32,
+    /// HU value used where padding is needed: air, so a padded border looks like air in
+    /// any window rather than whatever a bare 0 would mean after scaling.
+    pub pad_hu: f32,
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Preprocess { cube_size: 64, hu_min: -1000.0, hu_max: 400.0, out_min: 0.0, out_max: 1.0, pad_hu: -1000.0 }
+    }
+}
+
+const KEYS: [&str; 6] = [
+    "preprocess.cube_size",
+    "preprocess.hu_min",
+    "preprocess.hu_max",
+    "preprocess.out_min",
+    "preprocess.out_max",
+    "preprocess.pad_hu",
+];
+
+impl Preprocess {
+    /// Checks the settings make sense.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if self.cube_size < 8 {
+            problems.push(format!("cube_size {} is below 8 voxels", self.cube_size));
+        }
+        if !(self.hu_min.is_finite() && self.hu_max.is_finite() && self.hu_min < self.hu_max) {
+            problems.push(format!("HU window [{}, {}] must be finite with min < max", self.hu_min, self.hu_max));
+        }
+        if !(self.out_min.is_finite() && self.out_max.is_finite() && self.out_min != self.out_max) {
+            problems.push(format!("output range [{}, {}] must be finite and non-empty", self.out_min, self.out_max));
+        }
+        if !self.pad_hu.is_finite() {
+            problems.push("pad_hu must be finite".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Metadata(format!("invalid preprocessing: {}", problems.join("; "))))
+        }
+    }
+
+    /// Maps one HU value to the network's input scale.
+    #[inline]
+    pub fn scale(&self, hu: f32) -> f32 {
+        let t = (hu.clamp(self.hu_min, self.hu_max) - self.hu_min) / (self.hu_max - self.hu_min);
+        self.out_min + t * (self.out_max - self.out_min)
+    }
+
+    /// Centre-crops or pads (with `pad_hu`) each axis to `cube_size`, then windows and
+    /// scales. `path` only names the file in errors.
+    pub fn apply(&self, hu: &ArrayD<f32>, path: &Path) -> Result<Array3<f32>> {
+        let v = hu.view().into_dimensionality::<Ix3>().map_err(|_| Error::BadPatch {
+            path: path.to_path_buf(),
+            msg: format!("expected a 3-D cube (z, y, x), got shape {:?}", hu.shape()),
+        })?;
+        if v.is_empty() {
+            return Err(Error::BadPatch { path: path.to_path_buf(), msg: format!("empty array of shape {:?}", hu.shape()) });
+        }
+        let c = self.cube_size;
+        let mut out = Array3::from_elem((c, c, c), self.scale(self.pad_hu));
+        // For each axis: the source range and the destination range of the overlap.
+        let ranges: Vec<(usize, usize, usize)> = v
+            .shape()
+            .iter()
+            .map(|&n| if n >= c { ((n - c) / 2, 0, c) } else { (0, (c - n) / 2, n) })
+            .collect();
+        let (sz, dz, nz) = ranges[0];
+        let (sy, dy, ny) = ranges[1];
+        let (sx, dx, nx) = ranges[2];
+        let src = v.slice(s![sz..sz + nz, sy..sy + ny, sx..sx + nx]);
+        out.slice_mut(s![dz..dz + nz, dy..dy + ny, dx..dx + nx]).zip_mut_with(&src, |o, &h| *o = self.scale(h));
+        Ok(out)
+    }
+
+    /// The settings as `metadata_props` entries.
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let vals = [
+            self.cube_size.to_string(),
+            self.hu_min.to_string(),
+            self.hu_max.to_string(),
+            self.out_min.to_string(),
+            self.out_max.to_string(),
+            self.pad_hu.to_string(),
+        ];
+        KEYS.iter().map(|k| k.to_string()).zip(vals).collect()
+    }
+
+    /// Reads the settings back from `metadata_props`; every missing or unparsable key is
+    /// reported in one error.
+    pub fn from_metadata(md: &BTreeMap<String, String>) -> Result<Self> {
+        let mut problems = Vec::new();
+        let mut num = |k: &str| -> f64 {
+            match md.get(k).map(|v| v.parse::<f64>()) {
+                Some(Ok(v)) => v,
+                Some(Err(_)) => {
+                    problems.push(format!("`{k}` is not a number: {:?}", md.get(k)));
+                    f64::NAN
+                }
+                None => {
+                    problems.push(format!("`{k}` missing"));
+                    f64::NAN
+                }
+            }
+        };
+        let vals: Vec<f64> = KEYS.iter().map(|k| num(k)).collect();
+        if !problems.is_empty() {
+            return Err(Error::Metadata(format!(
+                "the model does not say how to preprocess patches (was it exported by this toolchain?): {}",
+                problems.join("; ")
+            )));
+        }
+        let p = Preprocess {
+            cube_size: vals[0] as usize,
+            hu_min: vals[1] as f32,
+            hu_max: vals[2] as f32,
+            out_min: vals[3] as f32,
+            out_max: vals[4] as f32,
+            pad_hu: vals[5] as f32,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::IxDyn;
+
+    fn p(c: usize) -> Preprocess {
+        Preprocess { cube_size: c, ..Default::default() }
+    }
+
+    #[test]
+    fn window_and_scale() {
+        let pp = p(8);
+        assert_eq!(pp.scale(-2000.0), 0.0);
+        assert_eq!(pp.scale(-1000.0), 0.0);
+        assert_eq!(pp.scale(400.0), 1.0);
+        assert!((pp.scale(-300.0) - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pads_with_air_not_zero() {
+        // Window where 0 HU maps to 0.5: padding must still come out as air (0.0 here),
+        // and -> with out range [-1, 1] air is -1, not 0.
+        let pp = Preprocess { cube_size: 8, out_min: -1.0, out_max: 1.0, hu_min: -1000.0, hu_max: 1000.0, ..Default::default() };
+        let small = ArrayD::from_elem(IxDyn(&[4, 4, 4]), 1000.0f32);
+        let out = pp.apply(&small, Path::new("x.npy")).expect("apply");
+        assert_eq!(out[[0, 0, 0]], -1.0);
+        assert_eq!(out[[2, 2, 2]], 1.0);
+        assert_eq!(out[[5, 5, 5]], 1.0);
+        assert_eq!(out[[6, 5, 5]], -1.0);
+        assert_eq!(out.iter().filter(|&&v| v == 1.0).count(), 64);
+    }
+
+    #[test]
+    fn crops_centre() {
+        let pp = p(8);
+        let mut big = ArrayD::from_elem(IxDyn(&[12, 10, 8]), -1000.0f32);
+        big[[2, 1, 0]] = 400.0; // first voxel kept
+        big[[1, 1, 0]] = 400.0; // cropped away
+        let out = pp.apply(&big, Path::new("x.npy")).expect("apply");
+        assert_eq!(out[[0, 0, 0]], 1.0);
+        assert_eq!(out.iter().filter(|&&v| v == 1.0).count(), 1);
+    }
+
+    #[test]
+    fn rejects_wrong_rank_naming_file() {
+        let a = ArrayD::from_elem(IxDyn(&[4, 4]), 0.0f32);
+        let msg = p(8).apply(&a, Path::new("flat.npy")).expect_err("rank").to_string();
+        assert!(msg.contains("flat.npy") && msg.contains("3-D"), "{msg}");
+    }
+
+    #[test]
+    fn metadata_roundtrip_and_missing_keys() {
+        let pp = Preprocess { cube_size: 32, hu_min: -1200.0, ..Default::default() };
+        assert_eq!(Preprocess::from_metadata(&pp.to_metadata()).expect("back"), pp);
+        let mut md = pp.to_metadata();
+        md.remove("preprocess.hu_max");
+        md.insert("preprocess.pad_hu".into(), "air".into());
+        let msg = Preprocess::from_metadata(&md).expect_err("missing").to_string();
+        assert!(msg.contains("`preprocess.hu_max` missing") && msg.contains("`preprocess.pad_hu` is not a number"), "{msg}");
+    }
+}

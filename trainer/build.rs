@@ -1,0 +1,42 @@
+//! Makes the trainer binary find libtorch without LD_LIBRARY_PATH, and keeps CUDA on.
+//!
+//! * torch-sys puts no rpath on the binary: add one to the libtorch lib folder it linked
+//!   against (`DEP_TCH_LIBTORCH_LIB`, exported because we depend on torch-sys directly).
+//! * torch-sys links `libtorch_cuda.so` whenever it exists, but nothing in our code
+//!   references its symbols, so the default `--as-needed` drops it and CUDA then silently
+//!   reports "unavailable" on GPU hosts. When the full CUDA libtorch is installed (its
+//!   cuBLAS/cuDNN wheels are present) we link it with `--no-as-needed`. On the slim CPU
+//!   install those wheels are absent and linking it would make the binary unloadable, so
+//!   we leave it out. `NODULE_TORCH_CUDA=1|0` overrides the detection.
+use std::path::Path;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    println!("cargo:rerun-if-env-changed=NODULE_TORCH_CUDA");
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        println!("cargo:warning=torch-sys did not report its libtorch lib folder; no rpath added");
+        return;
+    };
+    let lib = Path::new(&lib);
+    println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{}", lib.display());
+    println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{}", lib.display());
+    println!("cargo:rustc-link-arg-benches=-Wl,-rpath,{}", lib.display());
+    println!("cargo:rustc-link-arg-examples=-Wl,-rpath,{}", lib.display());
+    let full_cuda = match std::env::var("NODULE_TORCH_CUDA").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => {
+            // site-packages/torch/lib -> site-packages/nvidia/{cublas,cudnn}
+            let site = lib.parent().and_then(Path::parent);
+            lib.join("libtorch_cuda.so").exists()
+                && site.is_some_and(|s| s.join("nvidia/cudnn").exists() && s.join("nvidia/cu13/lib").read_dir().map(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcublas")))).unwrap_or(false))
+        }
+    };
+    println!("cargo:rustc-cfg=torch_cuda_linked=\"{}\"", if full_cuda { "yes" } else { "no" });
+    println!("cargo::rustc-check-cfg=cfg(torch_cuda_linked, values(\"yes\", \"no\"))");
+    if full_cuda {
+        for kind in ["bins", "tests", "benches", "examples"] {
+            println!("cargo:rustc-link-arg-{kind}=-Wl,--no-as-needed,-ltorch_cuda,-lc10_cuda,--as-needed");
+        }
+    }
+}
