@@ -1,0 +1,187 @@
+//! Temperature scaling and Platt scaling, fitted exactly by Newton's method on their
+//! convex negative log-likelihoods (with backtracking, so every step decreases the loss).
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{sigmoid, softplus};
+use crate::CalError;
+
+const MAX_ITER: usize = 100;
+const GRAD_TOL: f64 = 1e-12;
+
+/// `p = sigmoid(logit / T)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Temperature {
+    pub temperature: f64,
+}
+
+/// `p = sigmoid(a * logit + b)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Platt {
+    pub a: f64,
+    pub b: f64,
+    /// Whether Platt's (1999) smoothed targets `(N₊+1)/(N₊+2)` and `1/(N₋+2)` were used.
+    pub target_smoothing: bool,
+}
+
+/// Mean of `softplus(u) - t*u` with `u = a z + b`: the NLL under soft targets `t`.
+fn soft_nll(z: &[f64], t: &[f64], a: f64, b: f64) -> f64 {
+    z.iter().zip(t).map(|(&z, &t)| {
+        let u = a * z + b;
+        softplus(u) - t * u
+    }).sum::<f64>() / z.len() as f64
+}
+
+/// Fits `T` minimising the NLL of `sigmoid(z / T)`. Newton on `a = 1/T` (convex in `a`).
+pub fn fit_temperature(z: &[f64], y: &[u8]) -> Result<Temperature, CalError> {
+    let t: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
+    let n = z.len() as f64;
+    let mut a = 1.0;
+    let mut f = soft_nll(z, &t, a, 0.0);
+    for _ in 0..MAX_ITER {
+        let (mut g, mut h) = (0.0, 0.0);
+        for (&zi, &ti) in z.iter().zip(&t) {
+            let p = sigmoid(a * zi);
+            g += (p - ti) * zi;
+            h += p * (1.0 - p) * zi * zi;
+        }
+        g /= n;
+        h /= n;
+        if g.abs() < GRAD_TOL || h <= 0.0 {
+            break;
+        }
+        let mut step = g / h;
+        let mut improved = false;
+        for _ in 0..60 {
+            let cand = a - step;
+            let fc = soft_nll(z, &t, cand, 0.0);
+            if fc <= f {
+                improved = fc < f;
+                a = cand;
+                f = fc;
+                break;
+            }
+            step /= 2.0;
+        }
+        if !improved {
+            break;
+        }
+    }
+    if !(a.is_finite() && a > 0.0) {
+        return Err(CalError::Fit(format!(
+            "temperature scaling needs scores that rank positives higher; the best inverse temperature is {a:.4}"
+        )));
+    }
+    Ok(Temperature { temperature: 1.0 / a })
+}
+
+/// Fits Platt scaling by unregularised logistic regression of the labels on the logit
+/// (Newton / IRLS). With `smoothing`, uses Platt's smoothed targets.
+pub fn fit_platt(z: &[f64], y: &[u8], smoothing: bool) -> Result<Platt, CalError> {
+    let n_pos = y.iter().filter(|&&v| v == 1).count() as f64;
+    let n_neg = y.len() as f64 - n_pos;
+    let (tp, tn) = if smoothing { ((n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0)) } else { (1.0, 0.0) };
+    let t: Vec<f64> = y.iter().map(|&v| if v == 1 { tp } else { tn }).collect();
+    let n = z.len() as f64;
+    // Start from the prior log-odds, slope 1: close to the answer for a sensible model.
+    let (mut a, mut b) = (1.0, 0.0);
+    let mut f = soft_nll(z, &t, a, b);
+    for _ in 0..MAX_ITER {
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (&zi, &ti) in z.iter().zip(&t) {
+            let p = sigmoid(a * zi + b);
+            let r = p - ti;
+            let w = p * (1.0 - p);
+            ga += r * zi;
+            gb += r;
+            haa += w * zi * zi;
+            hab += w * zi;
+            hbb += w;
+        }
+        let (ga, gb, haa, hab, hbb) = (ga / n, gb / n, haa / n, hab / n, hbb / n);
+        if ga.abs().max(gb.abs()) < GRAD_TOL {
+            break;
+        }
+        let det = haa * hbb - hab * hab;
+        // Newton direction; fall back to gradient descent if the Hessian is singular
+        // (perfectly separated data drives it there).
+        let (mut da, mut db) = if det > 1e-300 {
+            ((hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det)
+        } else {
+            (ga, gb)
+        };
+        let mut improved = false;
+        for _ in 0..60 {
+            let fc = soft_nll(z, &t, a - da, b - db);
+            if fc <= f {
+                improved = fc < f;
+                a -= da;
+                b -= db;
+                f = fc;
+                break;
+            }
+            da /= 2.0;
+            db /= 2.0;
+        }
+        if !improved {
+            break;
+        }
+    }
+    if !(a.is_finite() && b.is_finite()) {
+        return Err(CalError::Fit("Platt scaling diverged (are the classes perfectly separated?)".into()));
+    }
+    if a <= 0.0 {
+        return Err(CalError::Fit(format!(
+            "Platt scaling found a non-positive slope ({a:.4}): the scores do not rank positives higher"
+        )));
+    }
+    Ok(Platt { a, b, target_smoothing: smoothing })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::nll_from_logits;
+
+    /// Deterministic pseudo-random data: labels drawn from sigmoid(0.5 * z - 1).
+    fn data() -> (Vec<f64>, Vec<u8>) {
+        let mut s: u64 = 12345;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut z = Vec::new();
+        let mut y = Vec::new();
+        for _ in 0..4000 {
+            let zi = (next() - 0.5) * 12.0;
+            let p = sigmoid(0.5 * zi - 1.0);
+            z.push(zi);
+            y.push(u8::from(next() < p));
+        }
+        (z, y)
+    }
+
+    #[test]
+    fn platt_recovers_generating_parameters() {
+        let (z, y) = data();
+        let p = fit_platt(&z, &y, false).expect("fit");
+        assert!((p.a - 0.5).abs() < 0.06, "{p:?}");
+        assert!((p.b + 1.0).abs() < 0.15, "{p:?}");
+    }
+
+    #[test]
+    fn temperature_is_the_nll_minimiser() {
+        let (z, y) = data();
+        let t = fit_temperature(&z, &y, ).expect("fit").temperature;
+        let nll = |t: f64| nll_from_logits(&z.iter().map(|v| v / t).collect::<Vec<_>>(), &y);
+        assert!(nll(t) <= nll(t * 1.01) && nll(t) <= nll(t * 0.99), "T = {t}");
+        assert!(t > 1.0, "overconfident logits need T > 1, got {t}");
+    }
+
+    #[test]
+    fn anti_ranking_scores_are_refused() {
+        let (z, y) = data();
+        let neg: Vec<f64> = z.iter().map(|v| -v).collect();
+        assert!(fit_platt(&neg, &y, false).is_err());
+        assert!(fit_temperature(&neg, &y).is_err());
+    }
+}

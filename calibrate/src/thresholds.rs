@@ -1,0 +1,170 @@
+//! Operating points chosen on purpose, with the counts behind them and Wilson intervals.
+//!
+//! A threshold is a raw logit `t`: a patch is called positive when `logit >= t`. Every
+//! calibration here is strictly increasing in the logit, so the same cut is also stated
+//! as a calibrated probability.
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, Normal};
+
+/// A proportion with its Wilson 95% interval and the counts behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proportion {
+    pub value: Option<f64>,
+    pub ci95: Option<[f64; 2]>,
+    pub successes: usize,
+    pub trials: usize,
+}
+
+impl Proportion {
+    pub fn new(successes: usize, trials: usize) -> Self {
+        if trials == 0 {
+            return Proportion { value: None, ci95: None, successes, trials };
+        }
+        Proportion { value: Some(successes as f64 / trials as f64), ci95: Some(wilson(successes, trials, 0.95)), successes, trials }
+    }
+}
+
+/// Wilson score interval for a binomial proportion at the given confidence level.
+pub fn wilson(k: usize, n: usize, level: f64) -> [f64; 2] {
+    let z = Normal::standard().inverse_cdf(0.5 + level / 2.0);
+    let (k, n) = (k as f64, n as f64);
+    let p = k / n;
+    let z2 = z * z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    // The bounds are exactly 0 and 1 at k = 0 and k = n; rounding would leave ±1e-17.
+    let lo = if k == 0.0 { 0.0 } else { (centre - half).max(0.0) };
+    let hi = if k == n { 1.0 } else { (centre + half).min(1.0) };
+    [lo, hi]
+}
+
+/// One named operating point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatingPoint {
+    pub name: String,
+    /// Call positive when the raw model logit is `>=` this.
+    pub threshold_logit: f64,
+    /// The same cut on the calibrated probability scale (filled in by the caller).
+    pub threshold_probability: f64,
+    pub tp: usize,
+    pub fp: usize,
+    pub tn: usize,
+    #[serde(rename = "fn")]
+    pub fn_: usize,
+    pub sensitivity: Proportion,
+    pub specificity: Proportion,
+    pub ppv: Proportion,
+    pub npv: Proportion,
+    pub f1: f64,
+}
+
+/// Confusion counts at every distinct cut, from the highest logit down.
+struct Sweep {
+    /// (threshold, tp, fp)
+    cuts: Vec<(f64, usize, usize)>,
+    n_pos: usize,
+    n_neg: usize,
+}
+
+fn sweep(logits: &[f64], labels: &[u8]) -> Sweep {
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let n_pos = labels.iter().filter(|&&l| l == 1).count();
+    let n_neg = labels.len() - n_pos;
+    let (mut tp, mut fp) = (0, 0);
+    let mut cuts = Vec::new();
+    let mut i = 0;
+    while i < idx.len() {
+        let t = logits[idx[i]];
+        while i < idx.len() && logits[idx[i]] == t {
+            if labels[idx[i]] == 1 { tp += 1 } else { fp += 1 }
+            i += 1;
+        }
+        cuts.push((t, tp, fp));
+    }
+    Sweep { cuts, n_pos, n_neg }
+}
+
+fn point(name: &str, t: f64, tp: usize, fp: usize, n_pos: usize, n_neg: usize) -> OperatingPoint {
+    let (fn_, tn) = (n_pos - tp, n_neg - fp);
+    let f1 = if tp == 0 { 0.0 } else { 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64 };
+    OperatingPoint {
+        name: name.into(),
+        threshold_logit: t,
+        threshold_probability: f64::NAN,
+        tp,
+        fp,
+        tn,
+        fn_,
+        sensitivity: Proportion::new(tp, n_pos),
+        specificity: Proportion::new(tn, n_neg),
+        ppv: Proportion::new(tp, tp + fp),
+        npv: Proportion::new(tn, tn + fn_),
+        f1,
+    }
+}
+
+/// Youden's J (max sensitivity + specificity − 1), maximum F1, and the highest threshold
+/// keeping sensitivity ≥ `min_sensitivity`. Ties go to the higher threshold (fewer
+/// positives called). Needs both classes.
+pub fn operating_points(logits: &[f64], labels: &[u8], min_sensitivity: f64) -> Vec<OperatingPoint> {
+    let s = sweep(logits, labels);
+    let (np, nn) = (s.n_pos as f64, s.n_neg as f64);
+    let best = |score: &dyn Fn(usize, usize) -> f64| {
+        let mut best = s.cuts[0];
+        let mut best_v = f64::NEG_INFINITY;
+        for &(t, tp, fp) in &s.cuts {
+            let v = score(tp, fp);
+            if v > best_v + 1e-15 {
+                best_v = v;
+                best = (t, tp, fp);
+            }
+        }
+        best
+    };
+    let youden = best(&|tp, fp| tp as f64 / np - fp as f64 / nn);
+    let f1 = best(&|tp, fp| 2.0 * tp as f64 / (tp as f64 + fp as f64 + np));
+    let sens = *s
+        .cuts
+        .iter()
+        .find(|&&(_, tp, _)| tp as f64 / np >= min_sensitivity)
+        .unwrap_or(&s.cuts[s.cuts.len() - 1]);
+    vec![
+        point("youden_j", youden.0, youden.1, youden.2, s.n_pos, s.n_neg),
+        point("max_f1", f1.0, f1.1, f1.2, s.n_pos, s.n_neg),
+        point(&format!("sensitivity_{min_sensitivity}"), sens.0, sens.1, sens.2, s.n_pos, s.n_neg),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_known_values() {
+        // 8/10 at 95%: [0.4902, 0.9433] (Wilson 1927, as tabulated by Newcombe 1998).
+        let [lo, hi] = wilson(8, 10, 0.95);
+        assert!((lo - 0.4902).abs() < 1e-3 && (hi - 0.9433).abs() < 1e-3, "{lo} {hi}");
+        let [lo, hi] = wilson(0, 10, 0.95);
+        assert_eq!(lo, 0.0);
+        assert!((hi - 0.2775).abs() < 1e-3, "{hi}");
+    }
+
+    #[test]
+    fn picks_points_by_hand() {
+        // logits: positives 3, 2, 0.5; negatives 1, -1, -2.
+        let z = [3.0, 2.0, 1.0, 0.5, -1.0, -2.0];
+        let y = [1, 1, 0, 1, 0, 0];
+        let p = operating_points(&z, &y, 1.0);
+        // Youden: cut at 2 gives 2/3 + 3/3 - 1 = 0.667; cut at 0.5 gives 1 + 2/3 - 1 = 0.667:
+        // tie goes to the higher threshold.
+        assert_eq!(p[0].threshold_logit, 2.0);
+        assert_eq!((p[0].tp, p[0].fp, p[0].tn, p[0].fn_), (2, 0, 3, 1));
+        // F1: cut 2 → 0.8; cut 0.5 → 6/7 = 0.857.
+        assert_eq!(p[1].threshold_logit, 0.5);
+        assert!((p[1].f1 - 6.0 / 7.0).abs() < 1e-12);
+        // Sensitivity 1.0 first reached at 0.5.
+        assert_eq!(p[2].threshold_logit, 0.5);
+        assert_eq!(p[2].sensitivity.value, Some(1.0));
+    }
+}
