@@ -11,17 +11,28 @@
 use std::path::Path;
 
 fn main() {
+    // The commit the binary was built from, recorded in exported models (best effort).
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=NODULE_GIT_COMMIT={commit}");
+    println!("cargo:rerun-if-changed=../.git/HEAD");
+    println!("cargo:rerun-if-changed=../.git/refs/heads");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=NODULE_TORCH_CUDA");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:warning=torch-sys did not report its libtorch lib folder; no rpath added");
+        println!("cargo:rustc-env=NODULE_LIBTORCH_LIB=unknown");
         return;
     };
     let lib = Path::new(&lib);
-    println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{}", lib.display());
-    println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{}", lib.display());
-    println!("cargo:rustc-link-arg-benches=-Wl,-rpath,{}", lib.display());
-    println!("cargo:rustc-link-arg-examples=-Wl,-rpath,{}", lib.display());
+    println!("cargo:rustc-env=NODULE_LIBTORCH_LIB={}", lib.display());
+    // Applies to the binary and to every test/bench/example executable of this crate.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     let full_cuda = match std::env::var("NODULE_TORCH_CUDA").as_deref() {
         Ok("1") => true,
         Ok("0") => false,
@@ -35,8 +46,6 @@ fn main() {
     println!("cargo:rustc-cfg=torch_cuda_linked=\"{}\"", if full_cuda { "yes" } else { "no" });
     println!("cargo::rustc-check-cfg=cfg(torch_cuda_linked, values(\"yes\", \"no\"))");
     if full_cuda {
-        for kind in ["bins", "tests", "benches", "examples"] {
-            println!("cargo:rustc-link-arg-{kind}=-Wl,--no-as-needed,-ltorch_cuda,-lc10_cuda,--as-needed");
-        }
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,-lc10_cuda,--as-needed");
     }
 }

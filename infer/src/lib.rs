@@ -1,1 +1,352 @@
+//! Batch scoring of CT patch cubes with an exported ONNX model, through ONNX Runtime.
+//!
+//! Never links libtorch: a scoring host has ONNX Runtime only, loaded at run time (see
+//! [`runtime`]). Preprocessing is read from the model's `metadata_props`
+//! ([`models::preprocess::Preprocess::from_metadata`]), never re-typed by the user. The
+//! [`Scorer`] is also what `trainer` uses for its export parity check and what
+//! `calibrate` will use to score labelled folders.
+#![warn(clippy::unwrap_used)]
 
+pub mod runtime;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::Array3;
+use ort::ep::{self, ExecutionProvider};
+use ort::session::Session;
+use ort::value::TensorRef;
+use rayon::prelude::*;
+
+use calibrate::CalibrationFile;
+use models::preprocess::Preprocess;
+
+/// Errors of the infer library.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("{0}")]
+    Runtime(String),
+    #[error("{path}: {msg}")]
+    Model { path: PathBuf, msg: String },
+    #[error("device: {0}")]
+    Device(String),
+    #[error("{path}: {msg}")]
+    Input { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Models(#[from] models::Error),
+    #[error(transparent)]
+    Calibration(#[from] calibrate::CalError),
+}
+
+/// Where to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// CUDA when ONNX Runtime can register it, else CPU; says which.
+    Auto,
+    Cpu,
+    /// CUDA device N; an error when the CUDA provider cannot be registered.
+    Cuda(i32),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<i32>) {
+                Some(Ok(n)) if n >= 0 => Ok(Device::Cuda(n)),
+                _ => Err(format!("unknown device `{other}` (expected auto, cpu, cuda or cuda:N)")),
+            },
+        }
+    }
+}
+
+/// How to open a [`Scorer`].
+#[derive(Debug, Clone)]
+pub struct ScorerOptions {
+    pub device: Device,
+    /// Intra-op threads (0: ONNX Runtime's default).
+    pub threads: usize,
+    /// Explicit path of libonnxruntime.
+    pub ort_lib: Option<PathBuf>,
+}
+
+impl Default for ScorerOptions {
+    fn default() -> Self {
+        ScorerOptions { device: Device::Auto, threads: 0, ort_lib: None }
+    }
+}
+
+/// An ONNX model opened in ONNX Runtime with its preprocessing.
+pub struct Scorer {
+    session: Session,
+    pub model_path: PathBuf,
+    pub model_sha256: String,
+    pub preprocess: Preprocess,
+    pub metadata: BTreeMap<String, String>,
+    /// The execution provider the session runs on.
+    pub provider: &'static str,
+    /// Why that provider (for `--device auto`).
+    pub provider_note: String,
+    pub runtime: &'static runtime::Runtime,
+}
+
+impl Scorer {
+    /// Opens `model`: checks that it is an ONNX model exported by this toolchain, reads its
+    /// preprocessing, and creates a session on the requested device.
+    pub fn open(model: &Path, opts: &ScorerOptions) -> Result<Self, InferError> {
+        let bytes = std::fs::read(model).map_err(|e| models::Error::io(model, e))?;
+        let proto = models::onnx::read_model(model)?;
+        let metadata = models::onnx::metadata(&proto);
+        let preprocess = Preprocess::from_metadata(&metadata)
+            .map_err(|e| InferError::Model { path: model.to_path_buf(), msg: e.to_string() })?;
+        let rt = runtime::init(opts.ort_lib.as_deref())?;
+        let model_err = |e: ort::Error| InferError::Model { path: model.to_path_buf(), msg: format!("ONNX Runtime cannot load it: {e}") };
+        let builder = || -> Result<ort::session::builder::SessionBuilder, InferError> {
+            let b = Session::builder(&rt.env).map_err(model_err)?;
+            if opts.threads > 0 {
+                return b.with_intra_threads(opts.threads).map_err(|e| model_err(e.into()));
+            }
+            Ok(b)
+        };
+        let cuda = |id: i32| ep::CUDA::default().with_device_id(id).build().error_on_failure();
+        let (session, provider, provider_note) = match opts.device {
+            Device::Cpu => (
+                builder()?.commit_from_memory(&bytes).map_err(model_err)?,
+                "CPUExecutionProvider",
+                "requested".to_string(),
+            ),
+            Device::Cuda(id) => {
+                let mut b = builder()?.with_execution_providers([cuda(id)]).map_err(|e| {
+                    InferError::Device(format!(
+                        "CUDA device {id} requested but the CUDA execution provider cannot be registered: {e}. {}",
+                        cuda_hint(rt)
+                    ))
+                })?;
+                (b.commit_from_memory(&bytes).map_err(model_err)?, "CUDAExecutionProvider", format!("requested (device {id})"))
+            }
+            Device::Auto => {
+                let compiled = ep::CUDA::is_available().unwrap_or(false);
+                let attempt = if compiled { builder()?.with_execution_providers([cuda(0)]).map_err(|e| e.to_string()) } else { Err(String::new()) };
+                match attempt {
+                    Ok(mut b) => (b.commit_from_memory(&bytes).map_err(model_err)?, "CUDAExecutionProvider", "auto: CUDA provider registered".to_string()),
+                    Err(why) => {
+                        let note = if compiled {
+                            format!("auto: CUDA provider failed to register ({why}); using CPU")
+                        } else {
+                            "auto: this ONNX Runtime build has no CUDA provider; using CPU".to_string()
+                        };
+                        (builder()?.commit_from_memory(&bytes).map_err(model_err)?, "CPUExecutionProvider", note)
+                    }
+                }
+            }
+        };
+        let n_in = session.inputs().len();
+        if n_in != 1 || session.outputs().len() != 1 {
+            return Err(InferError::Model { path: model.to_path_buf(), msg: format!("expected one input and one output, found {n_in} and {}", session.outputs().len()) });
+        }
+        Ok(Scorer {
+            session,
+            model_path: model.to_path_buf(),
+            model_sha256: models::fsutil::sha256_bytes(&bytes),
+            preprocess,
+            metadata,
+            provider,
+            provider_note,
+            runtime: rt,
+        })
+    }
+
+    /// Scores preprocessed cubes (each `cube_size³`), returning one logit per cube.
+    ///
+    /// # Shapes
+    /// `cubes[i]`: `[D, D, D]` → input `[N, 1, D, D, D]` → output `[N, 1]`.
+    pub fn score(&mut self, cubes: &[Array3<f32>]) -> Result<Vec<f32>, InferError> {
+        if cubes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let d = self.preprocess.cube_size;
+        let mut data: Vec<f32> = Vec::with_capacity(cubes.len() * d * d * d);
+        for c in cubes {
+            if c.shape() != [d, d, d] {
+                return Err(InferError::Model { path: self.model_path.clone(), msg: format!("cube of shape {:?} given, model takes {d}³", c.shape()) });
+            }
+            data.extend(c.iter());
+        }
+        let input = TensorRef::from_array_view(([cubes.len(), 1, d, d, d], data.as_slice()))
+            .map_err(|e| InferError::Runtime(format!("input tensor: {e}")))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![input])
+            .map_err(|e| InferError::Runtime(format!("{}: inference failed: {e}", self.model_path.display())))?;
+        let (shape, logits) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| InferError::Runtime(format!("output tensor: {e}")))?;
+        if logits.len() != cubes.len() {
+            return Err(InferError::Model { path: self.model_path.clone(), msg: format!("output of shape {shape:?} for {} inputs", cubes.len()) });
+        }
+        Ok(logits.to_vec())
+    }
+}
+
+fn cuda_hint(rt: &runtime::Runtime) -> String {
+    let compiled = ep::CUDA::is_available().unwrap_or(false);
+    if compiled {
+        "The ONNX Runtime build has the CUDA provider, so a library it needs is missing or the driver is unusable: \
+         check `nvidia-smi`, and that CUDA 13 runtime, cuBLAS and cuDNN 9 libraries are on the loader path"
+            .to_string()
+    } else {
+        format!(
+            "The ONNX Runtime at {} (version {}) is a CPU-only build: install onnxruntime-gpu (scripts/setup --cuda) or point --ort-lib at a GPU build",
+            rt.library.display(),
+            rt.version
+        )
+    }
+}
+
+/// Every `.npy` under the inputs (folders are listed, not recursed), in a stable order,
+/// with the name each gets in the output.
+pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, InferError> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+                .map_err(|e| models::Error::io(input, e))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "npy"))
+                .collect();
+            files.sort();
+            out.extend(files.into_iter().map(|p| {
+                let name = p.strip_prefix(input).unwrap_or(&p).to_string_lossy().into_owned();
+                (p, name)
+            }));
+        } else if input.is_file() {
+            out.push((input.clone(), input.to_string_lossy().into_owned()));
+        } else {
+            return Err(InferError::Input { path: input.clone(), msg: "no such file or folder".into() });
+        }
+    }
+    Ok(out)
+}
+
+/// A batch scoring run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub model: PathBuf,
+    pub calibration: Option<PathBuf>,
+    pub inputs: Vec<PathBuf>,
+    /// Output CSV; `-` for stdout.
+    pub out: PathBuf,
+    pub batch_size: usize,
+    pub scorer: ScorerOptions,
+    pub fail_fast: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub scored: usize,
+    pub failed: usize,
+    pub predicted_positive: Option<usize>,
+    pub provider: &'static str,
+    pub provider_note: String,
+    pub ort_version: String,
+    pub ort_library: PathBuf,
+    pub seconds: f64,
+}
+
+/// One output row.
+struct Row {
+    name: String,
+    logit: f32,
+}
+
+/// Scores every input and writes the CSV atomically. Bad files are reported on stderr as
+/// `path: reason` and skipped, the good rows are still written, and [`Summary::failed`]
+/// counts them (the binary then exits non-zero); `fail_fast` stops at the first bad file,
+/// writing nothing.
+pub fn run(s: &Settings) -> Result<Summary, InferError> {
+    let t0 = Instant::now();
+    if s.batch_size == 0 {
+        return Err(InferError::Input { path: s.model.clone(), msg: "--batch-size must be at least 1".into() });
+    }
+    let mut scorer = Scorer::open(&s.model, &s.scorer)?;
+    let cal = match &s.calibration {
+        Some(p) => {
+            let c = CalibrationFile::load(p)?;
+            c.check_model(p, &s.model, &scorer.model_sha256)?;
+            Some(c)
+        }
+        None => None,
+    };
+    let files = collect_inputs(&s.inputs)?;
+    let pre = scorer.preprocess.clone();
+    let mut rows = Vec::with_capacity(files.len());
+    let mut failed = 0;
+    for chunk in files.chunks(s.batch_size) {
+        // Decode and preprocess in parallel; the session scores the batch.
+        let loaded: Vec<_> = chunk.par_iter().map(|(p, _)| models::patch::load_patch(p, &pre)).collect();
+        let mut cubes = Vec::with_capacity(chunk.len());
+        let mut names = Vec::with_capacity(chunk.len());
+        for ((_, name), r) in chunk.iter().zip(loaded) {
+            match r {
+                Ok(c) => {
+                    cubes.push(c);
+                    names.push(name.clone());
+                }
+                Err(e) => {
+                    if s.fail_fast {
+                        return Err(e.into());
+                    }
+                    eprintln!("{e}");
+                    failed += 1;
+                }
+            }
+        }
+        let logits = scorer.score(&cubes)?;
+        rows.extend(names.into_iter().zip(logits).map(|(name, logit)| Row { name, logit }));
+    }
+    let mut positives = 0;
+    let op = cal.as_ref().map(|c| c.operating_point()).transpose()?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["patch_file", "logit", "probability"];
+    if cal.is_some() {
+        header.extend(["calibrated_probability", "decision", "operating_point"]);
+    }
+    header.push("model_sha256");
+    let csv_err = |e: csv::Error| InferError::Input { path: s.out.clone(), msg: e.to_string() };
+    w.write_record(&header).map_err(csv_err)?;
+    for r in &rows {
+        let z = f64::from(r.logit);
+        let mut rec = vec![r.name.clone(), format!("{:.6}", r.logit), format!("{:.6}", calibrate::metrics::sigmoid(z))];
+        if let (Some(c), Some(op)) = (&cal, op) {
+            let d = u8::from(z >= op.threshold_logit);
+            positives += usize::from(d);
+            rec.extend([format!("{:.6}", c.probability(z)), d.to_string(), op.name.clone()]);
+        }
+        rec.push(scorer.model_sha256.clone());
+        w.write_record(&rec).map_err(csv_err)?;
+    }
+    let bytes = w.into_inner().map_err(|e| InferError::Input { path: s.out.clone(), msg: e.to_string() })?;
+    if s.out.as_os_str() == "-" {
+        std::io::stdout().write_all(&bytes).map_err(|e| models::Error::io("<stdout>", e))?;
+    } else {
+        models::fsutil::write_atomic(&s.out, &bytes)?;
+    }
+    let summary = Summary {
+        scored: rows.len(),
+        failed,
+        predicted_positive: cal.as_ref().map(|_| positives),
+        provider: scorer.provider,
+        provider_note: scorer.provider_note.clone(),
+        ort_version: scorer.runtime.version.clone(),
+        ort_library: scorer.runtime.library.clone(),
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    Ok(summary)
+}

@@ -1,1 +1,76 @@
+//! Training of the 3D patch classifier with libtorch (tch), and native ONNX export.
+//!
+//! * [`synth`] writes CT-like synthetic patch sets (demo and tests);
+//! * [`config`] is the YAML training config;
+//! * [`data`] loads a patch folder and splits it by `seriesuid`;
+//! * [`net`] builds a [`models::spec::ArchSpec`] in a tch VarStore under the spec's names;
+//! * [`train`] runs the loop and writes the run folder;
+//! * [`export`] writes `model.onnx` through [`models::onnx`] and checks libtorch ↔ ONNX
+//!   Runtime parity with [`infer::Scorer`].
+#![warn(clippy::unwrap_used)]
 
+pub mod config;
+pub mod data;
+pub mod export;
+pub mod net;
+pub mod synth;
+pub mod train;
+
+use anyhow::{bail, Result};
+use tch::Device;
+
+/// What a device string asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+/// Parses `auto`, `cpu`, `cuda`, `cuda:N`.
+pub fn parse_device(s: &str) -> Result<DeviceChoice> {
+    Ok(match s {
+        "auto" => DeviceChoice::Auto,
+        "cpu" => DeviceChoice::Cpu,
+        "cuda" => DeviceChoice::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => DeviceChoice::Cuda(n),
+            _ => bail!("unknown device `{other}` (expected auto, cpu, cuda or cuda:N)"),
+        },
+    })
+}
+
+/// Whether this binary was linked against libtorch_cuda (see build.rs).
+pub const TORCH_CUDA_LINKED: bool = cfg!(torch_cuda_linked = "yes");
+
+/// Resolves a device string; `cuda` that cannot be had is an error saying why.
+pub fn resolve_device(s: &str) -> Result<Device> {
+    match parse_device(s)? {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+        DeviceChoice::Cuda(n) => {
+            if !tch::Cuda::is_available() {
+                if TORCH_CUDA_LINKED {
+                    bail!("CUDA requested but libtorch reports no usable GPU (check `nvidia-smi` and the driver)");
+                }
+                bail!(
+                    "CUDA requested but this trainer was built against a CPU-only libtorch install; \
+                     run `scripts/setup --cuda` and rebuild"
+                );
+            }
+            let count = tch::Cuda::device_count() as usize;
+            if n >= count {
+                bail!("CUDA device {n} requested but only {count} visible");
+            }
+            Ok(Device::Cuda(n))
+        }
+    }
+}
+
+/// `cpu` or `cuda:N`.
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".into(),
+    }
+}

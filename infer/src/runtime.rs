@@ -1,0 +1,121 @@
+//! Finding and loading ONNX Runtime (`load-dynamic`: nothing is linked at build time).
+//!
+//! Search order: the `--ort-lib` flag, then `ORT_DYLIB_PATH`, then a `libonnxruntime.so*`
+//! next to the executable, then the project venv made by `scripts/setup`
+//! (`.venv/lib/python3.*/site-packages/onnxruntime/capi/`). A missing library is an error
+//! that lists where it looked and how to fix it.
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+
+use crate::InferError;
+
+/// Environment variable naming the ONNX Runtime shared library (the name ort itself uses).
+pub const ORT_ENV: &str = "ORT_DYLIB_PATH";
+
+/// The loaded runtime: where it came from and its version.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub library: PathBuf,
+    pub version: String,
+    pub env: Environment,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+/// The workspace's project venv, recorded at build time.
+fn venv_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(".venv").join("lib");
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&root) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("python") {
+                out.push(e.path().join("site-packages/onnxruntime/capi"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The newest-looking `libonnxruntime.so*` in a folder.
+fn lib_in(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            n.starts_with("libonnxruntime.so") || n == "libonnxruntime.dylib"
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Resolves the library path without loading it; `Err` lists every place tried.
+pub fn locate(flag: Option<&Path>) -> Result<PathBuf, InferError> {
+    let mut tried = Vec::new();
+    if let Some(p) = flag {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        return Err(InferError::Runtime(format!("--ort-lib {}: no such file", p.display())));
+    }
+    if let Some(p) = std::env::var_os(ORT_ENV) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(InferError::Runtime(format!("{ORT_ENV}={}: no such file", p.display())));
+    }
+    tried.push(format!("--ort-lib (not given), ${ORT_ENV} (not set)"));
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        if let Some(p) = lib_in(&dir) {
+            return Ok(p);
+        }
+        tried.push(format!("next to the executable: {}", dir.display()));
+    }
+    for dir in venv_dirs() {
+        if let Some(p) = lib_in(&dir) {
+            return Ok(p);
+        }
+        tried.push(format!("project venv: {}", dir.display()));
+    }
+    if venv_dirs().is_empty() {
+        tried.push(format!("project venv: {} (absent)", Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv").display()));
+    }
+    Err(InferError::Runtime(format!(
+        "ONNX Runtime shared library (libonnxruntime.so) not found. Tried: {}. \
+         Fix: run `scripts/setup` (installs onnxruntime==1.31.1 into .venv), or pass --ort-lib PATH, \
+         or set {ORT_ENV}=/path/to/libonnxruntime.so",
+        tried.join("; ")
+    )))
+}
+
+/// Loads ONNX Runtime once per process (ort allows one environment per process).
+pub fn init(flag: Option<&Path>) -> Result<&'static Runtime, InferError> {
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let library = locate(flag)?;
+    let env = ort::init_from(&library)
+        .map_err(|e| InferError::Runtime(format!("{}: cannot load ONNX Runtime: {e}", library.display())))?
+        .with_name("nodule-infer")
+        .build()
+        .map_err(|e| InferError::Runtime(format!("{}: cannot create the ONNX Runtime environment: {e}", library.display())))?;
+    let version = version_of(&library);
+    Ok(RUNTIME.get_or_init(|| Runtime { library, version, env }))
+}
+
+/// ONNX Runtime's version, from its build-info string (`git-branch=rel-1.31.1`) or, failing
+/// that, the library file name.
+fn version_of(lib: &Path) -> String {
+    let info = ort::info();
+    if let Some(v) = info.split(',').find_map(|f| f.trim().strip_prefix("git-branch=rel-")) {
+        return v.to_string();
+    }
+    let name = lib.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.strip_prefix("libonnxruntime.so.").map(str::to_string).unwrap_or_else(|| info.to_string())
+}

@@ -1,0 +1,194 @@
+//! Training configuration: YAML file, then command-line overrides, then defaults. The
+//! resolved config is written into the run folder and its hash into the ONNX metadata.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use models::preprocess::Preprocess;
+
+/// `pos_weight` of the BCE loss: `auto` = negatives / positives on the training split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PosWeight {
+    Auto(AutoTag),
+    Value(f64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoTag {
+    Auto,
+}
+
+/// How to split by series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitConfig {
+    /// Fraction of series (in each stratum) held out for validation.
+    pub val_fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig { val_fraction: 0.25, seed: 42 }
+    }
+}
+
+/// The optimisation loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainLoop {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub pos_weight: PosWeight,
+    /// Random flips on each axis, both classes, training batches only.
+    pub augment_flips: bool,
+    pub seed: u64,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+}
+
+impl Default for TrainLoop {
+    fn default() -> Self {
+        TrainLoop {
+            epochs: 10,
+            batch_size: 16,
+            lr: 1e-3,
+            weight_decay: 1e-4,
+            pos_weight: PosWeight::Auto(AutoTag::Auto),
+            augment_flips: true,
+            seed: 0,
+            device: "auto".into(),
+        }
+    }
+}
+
+/// The model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// `baseline_cnn` or `r3d_18`.
+    pub arch: String,
+    /// Width of the baseline CNN's first stage.
+    pub width: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { arch: "baseline_cnn".into(), width: 16 }
+    }
+}
+
+impl ModelConfig {
+    pub fn spec(&self) -> Result<models::spec::ArchSpec> {
+        let spec = match self.arch.as_str() {
+            "baseline_cnn" => models::spec::ArchSpec::baseline_cnn(self.width),
+            other => models::spec::ArchSpec::by_name(other)?,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// Everything a training run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Patch folder (holding `patch_index.csv`) or the index CSV itself.
+    pub data: PathBuf,
+    /// Run folder to create.
+    pub out: PathBuf,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub preprocess: Preprocess,
+    #[serde(default)]
+    pub split: SplitConfig,
+    #[serde(default)]
+    pub train: TrainLoop,
+}
+
+impl TrainConfig {
+    /// Reads a YAML config; unknown keys are errors (a typo must not be ignored quietly).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+        serde_yaml::from_str(&text).with_context(|| format!("{}: invalid training config", path.display()))
+    }
+
+    /// Checks values, reporting every problem at once.
+    pub fn validate(&self) -> Result<()> {
+        let mut p = Vec::new();
+        if let Err(e) = self.preprocess.validate() {
+            p.push(e.to_string());
+        }
+        if let Err(e) = self.model.spec() {
+            p.push(format!("{e:#}"));
+        }
+        if !(0.0 < self.split.val_fraction && self.split.val_fraction < 1.0) {
+            p.push(format!("split.val_fraction must be in (0, 1), got {}", self.split.val_fraction));
+        }
+        let t = &self.train;
+        if t.epochs == 0 {
+            p.push("train.epochs must be at least 1".into());
+        }
+        if t.batch_size < 2 {
+            p.push("train.batch_size must be at least 2 (BatchNorm needs it)".into());
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            p.push(format!("train.lr must be positive, got {}", t.lr));
+        }
+        if !(t.weight_decay >= 0.0) {
+            p.push(format!("train.weight_decay must be >= 0, got {}", t.weight_decay));
+        }
+        if let PosWeight::Value(v) = t.pos_weight {
+            if !(v > 0.0 && v.is_finite()) {
+                p.push(format!("train.pos_weight must be `auto` or a positive number, got {v}"));
+            }
+        }
+        if crate::parse_device(&t.device).is_err() {
+            p.push(format!("train.device `{}` is not auto, cpu, cuda or cuda:N", t.device));
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            bail!("invalid training config:\n  {}", p.join("\n  "))
+        }
+    }
+
+    /// Hex sha256 of the resolved config as YAML.
+    pub fn sha256(&self) -> Result<String> {
+        Ok(models::fsutil::sha256_bytes(serde_yaml::to_string(self)?.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_defaults_and_unknown_keys() {
+        let c: TrainConfig = serde_yaml::from_str("data: d\nout: o\ntrain:\n  epochs: 3\n  pos_weight: 2.5\n").expect("parse");
+        assert_eq!(c.train.epochs, 3);
+        assert_eq!(c.train.pos_weight, PosWeight::Value(2.5));
+        assert_eq!(c.train.batch_size, 16);
+        assert_eq!(c.preprocess.cube_size, 64);
+        let c: TrainConfig = serde_yaml::from_str("data: d\nout: o\ntrain:\n  pos_weight: auto\n").expect("parse");
+        assert_eq!(c.train.pos_weight, PosWeight::Auto(AutoTag::Auto));
+        let e = serde_yaml::from_str::<TrainConfig>("data: d\nout: o\ntrain:\n  epoch: 3\n").expect_err("typo");
+        assert!(e.to_string().contains("epoch"), "{e}");
+    }
+
+    #[test]
+    fn validate_lists_all_problems() {
+        let mut c: TrainConfig = serde_yaml::from_str("data: d\nout: o\n").expect("parse");
+        c.train.epochs = 0;
+        c.train.lr = -1.0;
+        c.train.device = "tpu".into();
+        let msg = format!("{:#}", c.validate().expect_err("bad"));
+        assert!(msg.contains("epochs") && msg.contains("lr") && msg.contains("tpu"), "{msg}");
+    }
+}

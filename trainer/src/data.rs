@@ -1,0 +1,254 @@
+//! Loading a patch folder and splitting it by series.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+
+use models::index::{IndexRow, PatchIndex};
+use models::preprocess::Preprocess;
+
+use crate::config::SplitConfig;
+
+/// Which side of the split a series is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Train,
+    Val,
+}
+
+/// A split of series into training and validation.
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub series: BTreeMap<String, Side>,
+}
+
+impl Split {
+    /// Groups rows by `seriesuid` and splits the series, stratified by whether a series
+    /// holds any positive, so validation gets both classes. Refuses a set without
+    /// negatives or positives, a split that leaves a class out of either side, and (as a
+    /// check on itself) any series on both sides.
+    pub fn new(rows: &[IndexRow], cfg: &SplitConfig, index: &Path) -> Result<Self> {
+        let n_pos = rows.iter().filter(|r| r.label == 1).count();
+        if n_pos == 0 {
+            bail!("{}: no positive patches (label = 1); training needs nodules", index.display());
+        }
+        if n_pos == rows.len() {
+            bail!(
+                "{}: no negative patches (label = 0). Training needs real negatives (e.g. non-nodule candidates \
+                 from the same scans); random noise is not offered as a substitute",
+                index.display()
+            );
+        }
+        let mut has_pos: BTreeMap<&str, bool> = BTreeMap::new();
+        for r in rows {
+            *has_pos.entry(&r.seriesuid).or_default() |= r.label == 1;
+        }
+        if has_pos.len() < 2 {
+            bail!("{}: all patches come from one series; a series-disjoint split needs at least two", index.display());
+        }
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let mut series = BTreeMap::new();
+        for stratum in [true, false] {
+            let mut s: Vec<&str> = has_pos.iter().filter(|(_, &p)| p == stratum).map(|(k, _)| *k).collect();
+            s.shuffle(&mut rng);
+            let mut n_val = (s.len() as f64 * cfg.val_fraction).round() as usize;
+            if stratum && s.len() >= 2 {
+                n_val = n_val.clamp(1, s.len() - 1);
+            }
+            for (i, uid) in s.into_iter().enumerate() {
+                series.insert(uid.to_string(), if i < n_val { Side::Val } else { Side::Train });
+            }
+        }
+        let split = Split { series };
+        split.check(rows, index)?;
+        Ok(split)
+    }
+
+    /// The run refuses to start unless the split is disjoint, by series and by patch file
+    /// (an index that lists one file under two series would otherwise leak it), and both
+    /// sides hold both classes.
+    pub fn check(&self, rows: &[IndexRow], index: &Path) -> Result<()> {
+        let mut series: [BTreeSet<&str>; 2] = Default::default();
+        let mut files: [BTreeSet<&str>; 2] = Default::default();
+        let mut counts = [[0usize; 2]; 2];
+        for r in rows {
+            let side = self.series.get(&r.seriesuid).with_context(|| format!("series {} has no side", r.seriesuid))?;
+            let i = usize::from(*side == Side::Val);
+            series[i].insert(&r.seriesuid);
+            files[i].insert(&r.patch_file);
+            counts[i][usize::from(r.label)] += 1;
+        }
+        let leaked: Vec<&str> = series[0].intersection(&series[1]).copied().collect();
+        if !leaked.is_empty() {
+            bail!("{}: series in both training and validation: {}", index.display(), leaked.join(", "));
+        }
+        let leaked: Vec<&str> = files[0].intersection(&files[1]).copied().collect();
+        if !leaked.is_empty() {
+            bail!(
+                "{}: patch file(s) listed under series on both sides of the split: {}",
+                index.display(),
+                leaked.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+            );
+        }
+        for (side, name) in [(0, "training"), (1, "validation")] {
+            if counts[side][0] == 0 || counts[side][1] == 0 {
+                bail!(
+                    "{}: the {name} split has {} negative(s) and {} positive(s); it needs both classes \
+                     (add series with {}, or change split.val_fraction / split.seed)",
+                    index.display(),
+                    counts[side][0],
+                    counts[side][1],
+                    if counts[side][1] == 0 { "nodules" } else { "negatives" }
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows on one side.
+    pub fn rows<'a>(&self, rows: &'a [IndexRow], side: Side) -> Vec<&'a IndexRow> {
+        rows.iter().filter(|r| self.series.get(&r.seriesuid) == Some(&side)).collect()
+    }
+
+    /// The manifest: one line per series.
+    pub fn manifest_csv(&self, rows: &[IndexRow]) -> Result<Vec<u8>> {
+        let mut per: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for r in rows {
+            let e = per.entry(&r.seriesuid).or_default();
+            e.0 += 1;
+            e.1 += usize::from(r.label);
+        }
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["seriesuid", "split", "patches", "positives"])?;
+        for (uid, (n, p)) in per {
+            let side = match self.series[uid] {
+                Side::Train => "train",
+                Side::Val => "val",
+            };
+            w.write_record([uid, side, &n.to_string(), &p.to_string()])?;
+        }
+        Ok(w.into_inner()?)
+    }
+}
+
+/// Preprocessed cubes of one split, contiguous (`N × D³` floats), with labels.
+pub struct Cubes {
+    pub rows: Vec<IndexRow>,
+    pub data: Vec<f32>,
+    pub labels: Vec<f32>,
+    pub cube: usize,
+}
+
+impl Cubes {
+    /// Loads and preprocesses every row's patch in parallel; every failing file is
+    /// reported (first few named) in one error.
+    pub fn load(index: &PatchIndex, rows: &[&IndexRow], pre: &Preprocess) -> Result<Self> {
+        let loaded: Vec<_> = rows.par_iter().map(|r| models::patch::load_patch(&index.patch_path(r), pre)).collect();
+        let errors: Vec<String> = loaded.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
+        if !errors.is_empty() {
+            bail!(
+                "{} of {} patch file(s) could not be loaded:\n  {}{}",
+                errors.len(),
+                rows.len(),
+                errors.iter().take(10).cloned().collect::<Vec<_>>().join("\n  "),
+                if errors.len() > 10 { "\n  ..." } else { "" }
+            );
+        }
+        let cube = pre.cube_size;
+        let mut data = Vec::with_capacity(rows.len() * cube * cube * cube);
+        for c in loaded.into_iter().flatten() {
+            data.extend(c.iter());
+        }
+        Ok(Cubes {
+            rows: rows.iter().map(|r| (*r).clone()).collect(),
+            labels: rows.iter().map(|r| f32::from(r.label)).collect(),
+            data,
+            cube,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// One cube's voxels.
+    pub fn cube_slice(&self, i: usize) -> &[f32] {
+        let n = self.cube * self.cube * self.cube;
+        &self.data[i * n..(i + 1) * n]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows() -> Vec<IndexRow> {
+        let mut v = Vec::new();
+        for s in 0..12 {
+            for p in 0..3 {
+                v.push(IndexRow {
+                    patch_file: format!("{s}_{p}.npy"),
+                    seriesuid: format!("S{s}"),
+                    diam_mm: 0.0,
+                    center_x: 0.0,
+                    center_y: 0.0,
+                    center_z: 0.0,
+                    label: u8::from(s % 3 == 0 && p == 0),
+                });
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn split_is_series_disjoint_stratified_and_seeded() {
+        let r = rows();
+        let cfg = SplitConfig { val_fraction: 0.25, seed: 1 };
+        let a = Split::new(&r, &cfg, Path::new("i.csv")).expect("split");
+        let b = Split::new(&r, &cfg, Path::new("i.csv")).expect("split");
+        assert_eq!(a.series, b.series);
+        let val = a.rows(&r, Side::Val);
+        assert!(val.iter().any(|x| x.label == 1) && val.iter().any(|x| x.label == 0));
+        let val_series: BTreeSet<_> = val.iter().map(|x| &x.seriesuid).collect();
+        assert!(a.rows(&r, Side::Train).iter().all(|x| !val_series.contains(&x.seriesuid)));
+        assert_eq!(val_series.len(), 3);
+    }
+
+    #[test]
+    fn refuses_no_negatives_and_leaks() {
+        let mut r = rows();
+        for x in &mut r {
+            x.label = 1;
+        }
+        let msg = format!("{:#}", Split::new(&r, &SplitConfig::default(), Path::new("i.csv")).expect_err("no neg"));
+        assert!(msg.contains("no negative patches") && msg.contains("i.csv"), "{msg}");
+
+        let r = rows();
+        let s = Split::new(&r, &SplitConfig::default(), Path::new("i.csv")).expect("split");
+        // One file listed under a training series and a validation series leaks.
+        let val_uid = s.series.iter().find(|(_, v)| **v == Side::Val).map(|(k, _)| k.clone()).expect("val");
+        let train_row = r.iter().find(|x| s.series[&x.seriesuid] == Side::Train).expect("train").clone();
+        let mut r2 = r.clone();
+        r2.push(IndexRow { seriesuid: val_uid, ..train_row });
+        let msg = format!("{:#}", s.check(&r2, Path::new("i.csv")).expect_err("leak"));
+        assert!(msg.contains("both sides of the split"), "{msg}");
+        // Validation without positives is refused.
+        let mut r3 = r;
+        for x in &mut r3 {
+            if s.series.get(&x.seriesuid) == Some(&Side::Val) {
+                x.label = 0;
+            }
+        }
+        let msg = format!("{:#}", s.check(&r3, Path::new("i.csv")).expect_err("no val pos"));
+        assert!(msg.contains("validation split has") && msg.contains("needs both classes"), "{msg}");
+    }
+}

@@ -1,0 +1,115 @@
+//! From the best checkpoint to `model.onnx`, then the libtorch ↔ ONNX Runtime parity check.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+use models::preprocess::Preprocess;
+use models::spec::ArchSpec;
+
+use crate::net::{self, Net};
+
+/// Largest |Δlogit| between libtorch and ONNX Runtime a run accepts.
+pub const PARITY_TOLERANCE: f64 = 1e-4;
+
+/// Everything a scorer must know, for the ONNX file's `metadata_props`.
+pub fn metadata(spec: &ArchSpec, pre: &Preprocess, extra: &[(&str, String)]) -> Result<BTreeMap<String, String>> {
+    let mut md = pre.to_metadata();
+    let mut put = |k: &str, v: String| {
+        md.insert(k.to_string(), v);
+    };
+    put("format", "nodule-patch-classifier/1".into());
+    put("input.name", models::onnx::INPUT_NAME.into());
+    put("input.layout", "NCDHW: [batch, 1, z, y, x] float32, preprocessed as preprocess.* says".into());
+    put("output.name", models::onnx::OUTPUT_NAME.into());
+    put("output.meaning", "logit of P(nodule); probability = sigmoid(logit)".into());
+    put("architecture", spec.name.clone());
+    put("architecture.spec_json", serde_json::to_string(spec)?);
+    put("tool.name", "nodule-toolchain".into());
+    put("tool.version", models::TOOL_VERSION.into());
+    put("tool.git_commit", env!("NODULE_GIT_COMMIT").into());
+    for (k, v) in extra {
+        put(k, v.clone());
+    }
+    Ok(md)
+}
+
+/// Writes `model.onnx` for `spec` with the VarStore's weights, atomically.
+pub fn export_onnx(spec: &ArchSpec, vs: &nn::VarStore, pre: &Preprocess, md: &BTreeMap<String, String>, out: &Path) -> Result<()> {
+    let weights = net::weights(vs)?;
+    let model = models::onnx::export(spec, &weights, pre.cube_size, md)?;
+    models::fsutil::write_atomic(out, &models::onnx::to_bytes(&model))?;
+    Ok(())
+}
+
+/// The outcome of the parity check, written to the run folder.
+#[derive(Debug, Clone, Serialize)]
+pub struct Parity {
+    pub patches: usize,
+    pub batch_size: usize,
+    pub max_abs_diff_logit: f64,
+    pub mean_abs_diff_logit: f64,
+    pub tolerance: f64,
+    pub passed: bool,
+    pub onnxruntime_version: String,
+    pub onnxruntime_provider: String,
+}
+
+/// Scores `cubes` (each `D³` floats, contiguous) with libtorch on CPU (eval mode) and with
+/// ONNX Runtime on CPU, in batches of `batch`; returns the comparison and the ORT logits.
+pub fn parity(
+    spec: &ArchSpec,
+    vs: &nn::VarStore,
+    model: &Path,
+    data: &[f32],
+    cube: usize,
+    batch: usize,
+    ort_lib: Option<&Path>,
+) -> Result<(Parity, Vec<f32>)> {
+    let n_vox = cube * cube * cube;
+    let n = data.len() / n_vox;
+    // A CPU copy of the weights, so CUDA kernels (TF32, cuDNN) do not blur the comparison.
+    let mut cpu = nn::VarStore::new(tch::Device::Cpu);
+    let net = Net::new(&cpu.root(), spec)?;
+    cpu.copy(vs).context("copying weights to CPU")?;
+    let mut scorer = infer::Scorer::open(
+        model,
+        &infer::ScorerOptions { device: infer::Device::Cpu, threads: 0, ort_lib: ort_lib.map(Path::to_path_buf) },
+    )?;
+    let (mut max_d, mut sum_d) = (0.0f64, 0.0f64);
+    let mut ort_all = Vec::with_capacity(n);
+    for start in (0..n).step_by(batch.max(1)) {
+        let end = (start + batch).min(n);
+        let chunk = &data[start * n_vox..end * n_vox];
+        let x = Tensor::from_slice(chunk).view([(end - start) as i64, 1, cube as i64, cube as i64, cube as i64]);
+        let t = tch::no_grad(|| net.forward_t(&x, false)).flatten(0, -1);
+        let t = Vec::<f32>::try_from(&t)?;
+        let cubes: Vec<ndarray::Array3<f32>> = (start..end)
+            .map(|i| ndarray::Array3::from_shape_vec((cube, cube, cube), data[i * n_vox..(i + 1) * n_vox].to_vec()))
+            .collect::<Result<_, _>>()?;
+        let o = scorer.score(&cubes)?;
+        for (a, b) in t.iter().zip(&o) {
+            let d = f64::from((a - b).abs());
+            max_d = max_d.max(d);
+            sum_d += d;
+        }
+        ort_all.extend(o);
+    }
+    drop(cpu);
+    Ok((
+        Parity {
+            patches: n,
+            batch_size: batch,
+            max_abs_diff_logit: max_d,
+            mean_abs_diff_logit: sum_d / n.max(1) as f64,
+            tolerance: PARITY_TOLERANCE,
+            passed: max_d <= PARITY_TOLERANCE,
+            onnxruntime_version: scorer.runtime.version.clone(),
+            onnxruntime_provider: scorer.provider.to_string(),
+        },
+        ort_all,
+    ))
+}

@@ -1,0 +1,166 @@
+//! The libtorch side of an [`ArchSpec`]: builds the layers in a tch `VarStore` under the
+//! spec's dotted names and runs them.
+use anyhow::{bail, Result};
+use tch::{nn, Tensor};
+
+use models::onnx::{WeightTensor, Weights};
+use models::spec::{ArchSpec, Layer};
+
+#[derive(Debug)]
+enum Built {
+    Conv(nn::Conv3D),
+    Bn(nn::BatchNorm),
+    Relu,
+    MaxPool(i64, i64),
+    Gap,
+    Linear(nn::Linear),
+    Dropout(f64),
+    Residual(Vec<Built>, Vec<Built>),
+}
+
+/// A network built from a spec.
+#[derive(Debug)]
+pub struct Net {
+    layers: Vec<Built>,
+}
+
+/// `root / "a" / "b" / "c"` for the name `a.b.c`.
+fn path<'a>(root: &nn::Path<'a>, name: &str) -> nn::Path<'a> {
+    name.split('.').filter(|part| !part.is_empty()).fold(root.clone(), |p, part| p / part)
+}
+
+fn build(root: &nn::Path, layers: &[Layer]) -> Vec<Built> {
+    layers
+        .iter()
+        .map(|l| match l {
+            Layer::Conv3d { name, in_channels, out_channels, kernel, stride, padding, bias } => {
+                let cfg = nn::ConvConfig { stride: *stride as i64, padding: *padding as i64, bias: *bias, ..Default::default() };
+                Built::Conv(nn::conv3d(path(root, name), *in_channels as i64, *out_channels as i64, *kernel as i64, cfg))
+            }
+            Layer::BatchNorm3d { name, channels, eps } => {
+                // PyTorch initialises the BN scale to 1 (tch's default is uniform [0, 1]).
+                let cfg = nn::BatchNormConfig { eps: *eps, ws_init: nn::Init::Const(1.0), ..Default::default() };
+                Built::Bn(nn::batch_norm3d(path(root, name), *channels as i64, cfg))
+            }
+            Layer::Relu => Built::Relu,
+            Layer::MaxPool3d { kernel, stride } => Built::MaxPool(*kernel as i64, *stride as i64),
+            Layer::GlobalAvgPool => Built::Gap,
+            Layer::Linear { name, in_features, out_features } => {
+                Built::Linear(nn::linear(path(root, name), *in_features as i64, *out_features as i64, Default::default()))
+            }
+            Layer::Dropout { p } => Built::Dropout(*p),
+            Layer::Residual { body, shortcut } => Built::Residual(build(root, body), build(root, shortcut)),
+        })
+        .collect()
+}
+
+fn run(layers: &[Built], xs: &Tensor, train: bool) -> Tensor {
+    let mut x = xs.shallow_clone();
+    for l in layers {
+        x = match l {
+            Built::Conv(c) => x.apply(c),
+            Built::Bn(b) => x.apply_t(b, train),
+            Built::Relu => x.relu(),
+            Built::MaxPool(k, s) => x.max_pool3d([*k; 3], [*s; 3], [0; 3], [1; 3], false),
+            Built::Gap => x.adaptive_avg_pool3d([1, 1, 1]).flatten(1, -1),
+            Built::Linear(lin) => x.apply(lin),
+            Built::Dropout(p) => x.dropout(*p, train),
+            Built::Residual(body, short) => {
+                let main = run(body, &x, train);
+                let side = if short.is_empty() { x.shallow_clone() } else { run(short, &x, train) };
+                (main + side).relu()
+            }
+        };
+    }
+    x
+}
+
+impl Net {
+    /// Builds `spec` under `root`.
+    pub fn new(root: &nn::Path, spec: &ArchSpec) -> Result<Self> {
+        spec.validate()?;
+        Ok(Net { layers: build(root, &spec.layers) })
+    }
+}
+
+impl nn::ModuleT for Net {
+    /// # Shapes
+    /// `[N, 1, D, D, D]` → `[N, 1]` logits.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        run(&self.layers, xs, train)
+    }
+}
+
+/// Checks that the VarStore holds exactly the spec's names and shapes (tch silently
+/// renames a duplicate to `name__N`, which would break the export contract).
+pub fn check_names(vs: &nn::VarStore, spec: &ArchSpec) -> Result<()> {
+    let vars = vs.variables();
+    let mut problems = Vec::new();
+    for p in spec.params() {
+        match vars.get(&p.name) {
+            None => problems.push(format!("spec declares `{}` but the VarStore lacks it", p.name)),
+            Some(t) => {
+                let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+                if shape != p.shape {
+                    problems.push(format!("`{}`: spec shape {:?}, VarStore shape {:?}", p.name, p.shape, shape));
+                }
+            }
+        }
+    }
+    let declared: Vec<String> = spec.params().into_iter().map(|p| p.name).collect();
+    for k in vars.keys() {
+        if !declared.contains(k) {
+            problems.push(format!("VarStore holds `{k}` which the spec does not declare"));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("architecture `{}` and its libtorch build disagree:\n  {}", spec.name, problems.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Copies every variable to CPU float32, sorted by name.
+pub fn weights(vs: &nn::VarStore) -> Result<Weights> {
+    let mut out = Weights::new();
+    for (name, t) in vs.variables() {
+        let t = t.detach().to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).contiguous();
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let data = Vec::<f32>::try_from(&t.flatten(0, -1))?;
+        out.insert(name, WeightTensor { shape, data });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::ModuleT;
+
+    #[test]
+    fn spec_names_equal_varstore_names() {
+        for spec in [ArchSpec::baseline_cnn(4), ArchSpec::r3d_18()] {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let _net = Net::new(&vs.root(), &spec).expect("build");
+            check_names(&vs, &spec).expect("names match");
+        }
+    }
+
+    #[test]
+    fn a_renamed_duplicate_is_caught() {
+        let spec = ArchSpec::baseline_cnn(4);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let _net = Net::new(&vs.root(), &spec).expect("build");
+        // A second layer under an existing name: tch renames it `features.0.weight__1`.
+        let _dup = nn::conv3d(&vs.root() / "features" / "0", 1, 4, 3, Default::default());
+        let msg = format!("{:#}", check_names(&vs, &spec).expect_err("dup"));
+        assert!(msg.contains("__"), "{msg}");
+    }
+
+    #[test]
+    fn forward_shape() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let net = Net::new(&vs.root(), &ArchSpec::baseline_cnn(4)).expect("build");
+        let y = net.forward_t(&Tensor::zeros([3, 1, 16, 16, 16], (tch::Kind::Float, tch::Device::Cpu)), false);
+        assert_eq!(y.size(), [3, 1]);
+    }
+}

@@ -1,0 +1,289 @@
+//! Synthetic CT-like patch sets for the demo and the tests.
+//!
+//! Each patch is a cube of 1 mm voxels in Hounsfield units (`z, y, x`):
+//! lung parenchyma around −850 HU with smooth texture and noise whose level varies per
+//! series (scanner/reconstruction effect), and:
+//! * positives (`label = 1`): a solid (≈ 0 HU) or part-solid (ground-glass ≈ −550 HU
+//!   halo around a solid core) ellipsoid of 3–30 mm near the centre, sometimes touched by
+//!   a vessel;
+//! * negatives (`label = 0`): plain parenchyma, vessel-like tubes (single, crossing, or a
+//!   short thick segment that looks like an elongated blob), and chest-wall edges (soft
+//!   tissue and fat across a plane).
+//!
+//! Small faint nodules in noisy series and thick vessel segments overlap in appearance,
+//! so a small network lands clearly above chance and clearly below a perfect score.
+//! Deterministic for a seed: every patch has its own RNG seeded from `(seed, series,
+//! patch)`, so patches are generated in parallel and identically on every run.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ndarray::Array3;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
+
+use models::index::{IndexRow, PatchIndex, INDEX_FILE};
+
+/// What to generate.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthConfig {
+    /// Number of series (scans); patches never mix series.
+    pub series: usize,
+    /// Patches per series.
+    pub patches_per_series: usize,
+    /// Fraction of patches that are nodules.
+    pub positive_fraction: f64,
+    /// Cube side in voxels (1 mm each).
+    pub cube_size: usize,
+    pub seed: u64,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        SynthConfig { series: 40, patches_per_series: 10, positive_fraction: 0.35, cube_size: 32, seed: 7 }
+    }
+}
+
+/// Per-series acquisition character.
+struct SeriesLook {
+    parenchyma_hu: f64,
+    noise_sd: f64,
+    texture_amp: f64,
+}
+
+/// A 3-D point in voxel units.
+type V3 = [f64; 3];
+
+fn sub(a: V3, b: V3) -> V3 {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+fn dot(a: V3, b: V3) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+fn norm(a: V3) -> V3 {
+    let n = dot(a, a).sqrt().max(1e-12);
+    [a[0] / n, a[1] / n, a[2] / n]
+}
+fn random_dir(rng: &mut StdRng) -> V3 {
+    let g = Normal::new(0.0, 1.0).expect("unit normal");
+    norm([g.sample(rng), g.sample(rng), g.sample(rng)])
+}
+
+/// Partial-volume edge: 1 inside, 0 outside, linear over one voxel around `d = 0`
+/// (`d` = signed distance, negative inside).
+fn edge(d: f64) -> f64 {
+    (0.5 - d).clamp(0.0, 1.0)
+}
+
+/// Blends `value` into a voxel with weight `w`.
+fn blend(v: &mut f64, value: f64, w: f64) {
+    *v = *v * (1.0 - w) + value * w;
+}
+
+struct Tube {
+    p0: V3,
+    dir: V3,
+    radius: f64,
+    half_len: f64,
+    hu: f64,
+}
+
+impl Tube {
+    fn signed_distance(&self, p: V3) -> f64 {
+        let d = sub(p, self.p0);
+        let t = dot(d, self.dir).clamp(-self.half_len, self.half_len);
+        let closest = [self.p0[0] + t * self.dir[0], self.p0[1] + t * self.dir[1], self.p0[2] + t * self.dir[2]];
+        let r = sub(p, closest);
+        dot(r, r).sqrt() - self.radius
+    }
+}
+
+fn random_tube(rng: &mut StdRng, c: f64, n: f64, thick: bool) -> Tube {
+    let jitter = |rng: &mut StdRng| rng.random_range(-n * 0.15..n * 0.15);
+    Tube {
+        p0: [c + jitter(rng), c + jitter(rng), c + jitter(rng)],
+        dir: random_dir(rng),
+        radius: if thick { rng.random_range(2.0..4.5) } else { rng.random_range(0.8..2.5) },
+        half_len: if thick { rng.random_range(3.0..7.0) } else { n * 2.0 },
+        hu: rng.random_range(-20.0..60.0),
+    }
+}
+
+/// Generates one patch; returns the HU cube and the nodule diameter (0 for negatives).
+fn patch(cfg: &SynthConfig, look: &SeriesLook, positive: bool, rng: &mut StdRng) -> (Array3<f32>, f64) {
+    let n = cfg.cube_size;
+    let nf = n as f64;
+    let c = (nf - 1.0) / 2.0;
+    // Smooth texture: a few random plane waves.
+    let waves: Vec<(V3, f64, f64)> = (0..4)
+        .map(|_| {
+            let k = random_dir(rng);
+            let freq = rng.random_range(0.15..0.6);
+            let phase = rng.random_range(0.0..std::f64::consts::TAU);
+            ([k[0] * freq, k[1] * freq, k[2] * freq], phase, rng.random_range(0.5..1.0))
+        })
+        .collect();
+    let mut vol = Array3::<f64>::zeros((n, n, n));
+    for ((z, y, x), v) in vol.indexed_iter_mut() {
+        let p = [z as f64, y as f64, x as f64];
+        let tex: f64 = waves.iter().map(|(k, ph, a)| a * (dot(*k, p) + ph).sin()).sum();
+        *v = look.parenchyma_hu + look.texture_amp * tex / 2.0;
+    }
+    let mut diam = 0.0;
+    let mut tubes = Vec::new();
+    let mut wall = None;
+    if positive {
+        // Diameters skewed to small, as in screening: 3–30 mm, clamped to the cube.
+        let u: f64 = rng.random();
+        diam = (3.0 + 27.0 * u * u).min(nf * 0.8);
+        let r = diam / 2.0;
+        let axes = [r * rng.random_range(0.75..1.25), r * rng.random_range(0.75..1.25), r * rng.random_range(0.75..1.25)];
+        let jitter = (nf * 0.1).max(1.0);
+        let centre = [c + rng.random_range(-jitter..jitter), c + rng.random_range(-jitter..jitter), c + rng.random_range(-jitter..jitter)];
+        let part_solid = rng.random_bool(0.3);
+        let solid_hu = rng.random_range(-80.0..60.0);
+        let ggo_hu = rng.random_range(-650.0..-450.0);
+        let core = if part_solid { rng.random_range(0.3..0.6) } else { 1.0 };
+        let d_at = |p: V3, scale: f64| {
+            let q = [(p[0] - centre[0]) / (axes[0] * scale), (p[1] - centre[1]) / (axes[1] * scale), (p[2] - centre[2]) / (axes[2] * scale)];
+            // Approximate signed distance in voxels for an ellipsoid.
+            (dot(q, q).sqrt() - 1.0) * r * scale
+        };
+        for ((z, y, x), v) in vol.indexed_iter_mut() {
+            let p = [z as f64, y as f64, x as f64];
+            if part_solid {
+                blend(v, ggo_hu, edge(d_at(p, 1.0)));
+            }
+            blend(v, solid_hu, edge(d_at(p, core)));
+        }
+        if rng.random_bool(0.4) {
+            tubes.push(random_tube(rng, c, nf, false));
+        }
+    } else {
+        match rng.random_range(0..5) {
+            0 => {}
+            1 => tubes.push(random_tube(rng, c, nf, false)),
+            2 => {
+                tubes.push(random_tube(rng, c, nf, false));
+                tubes.push(random_tube(rng, c, nf, false));
+            }
+            3 => tubes.push(random_tube(rng, c, nf, true)),
+            _ => {
+                let normal = random_dir(rng);
+                let offset = rng.random_range(-nf * 0.3..nf * 0.3);
+                wall = Some((normal, offset, rng.random_range(2.0..6.0)));
+                if rng.random_bool(0.5) {
+                    tubes.push(random_tube(rng, c, nf, false));
+                }
+            }
+        }
+    }
+    for ((z, y, x), v) in vol.indexed_iter_mut() {
+        let p = [z as f64, y as f64, x as f64];
+        for t in &tubes {
+            blend(v, t.hu, edge(t.signed_distance(p)));
+        }
+        if let Some((normal, offset, fat)) = wall {
+            // Beyond the plane: a fat layer then soft tissue (chest wall).
+            let s = dot(sub(p, [c, c, c]), normal) - offset;
+            blend(v, -100.0, edge(-s));
+            blend(v, 40.0, edge(-(s - fat)));
+        }
+    }
+    let noise = Normal::new(0.0, look.noise_sd).expect("noise sd > 0");
+    let out = vol.mapv(|v| (v + noise.sample(rng)).clamp(-1024.0, 3071.0) as f32);
+    (out, diam)
+}
+
+/// Writes `cfg.series × cfg.patches_per_series` float32 `.npy` cubes and `patch_index.csv`
+/// into `out`. Refuses a folder that already holds an index.
+pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
+    if cfg.series < 2 || cfg.patches_per_series < 1 || cfg.cube_size < 8 {
+        bail!("synthetic set needs at least 2 series, 1 patch per series and a cube of 8 voxels");
+    }
+    if !(0.0..1.0).contains(&cfg.positive_fraction) || cfg.positive_fraction == 0.0 {
+        bail!("positive_fraction must be in (0, 1), got {}", cfg.positive_fraction);
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
+    let index_path = out.join(INDEX_FILE);
+    if index_path.exists() {
+        bail!("{}: already exists; choose an empty folder", index_path.display());
+    }
+    let jobs: Vec<(usize, usize)> = (0..cfg.series).flat_map(|s| (0..cfg.patches_per_series).map(move |p| (s, p))).collect();
+    let rows: Vec<IndexRow> = jobs
+        .par_iter()
+        .map(|&(s, p)| -> Result<IndexRow> {
+            let mut srng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(s as u64));
+            let look = SeriesLook {
+                parenchyma_hu: srng.random_range(-880.0..-820.0),
+                noise_sd: srng.random_range(20.0..90.0),
+                texture_amp: srng.random_range(15.0..45.0),
+            };
+            let mut rng = StdRng::seed_from_u64(
+                cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((s as u64) << 32 | p as u64),
+            );
+            let positive = rng.random_bool(cfg.positive_fraction);
+            let (cube, diam) = patch(cfg, &look, positive, &mut rng);
+            let uid = format!("1.2.826.0.1.3680043.8.498.{}.{}", cfg.seed, s + 1);
+            let file = format!("s{:03}_p{:03}.npy", s + 1, p + 1);
+            let path = out.join(&file);
+            // Write to a temporary name and rename, so an interrupted run leaves no
+            // half-written patch under its final name.
+            let tmp = out.join(format!(".{file}.tmp"));
+            ndarray_npy::write_npy(&tmp, &cube).with_context(|| format!("{}: cannot write", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot rename", path.display()))?;
+            Ok(IndexRow {
+                patch_file: file,
+                seriesuid: uid,
+                diam_mm: (diam * 10.0).round() / 10.0,
+                center_x: rng.random_range(-150.0..150.0f64).round(),
+                center_y: rng.random_range(-150.0..150.0f64).round(),
+                center_z: rng.random_range(-300.0..0.0f64).round(),
+                label: u8::from(positive),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let n_pos = rows.iter().filter(|r| r.label == 1).count();
+    if n_pos == 0 || n_pos == rows.len() {
+        bail!("the synthetic set came out with one class only; use more patches or another seed");
+    }
+    PatchIndex::write(&index_path, &rows)?;
+    Ok(index_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_ct_like() {
+        let cfg = SynthConfig { series: 3, patches_per_series: 4, cube_size: 16, positive_fraction: 0.5, seed: 3 };
+        let (a, b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+        generate(&cfg, a.path()).expect("gen a");
+        generate(&cfg, b.path()).expect("gen b");
+        let ia = std::fs::read(a.path().join(INDEX_FILE)).expect("read");
+        assert_eq!(ia, std::fs::read(b.path().join(INDEX_FILE)).expect("read"));
+        let idx = PatchIndex::read(a.path()).expect("index");
+        assert_eq!(idx.rows.len(), 12);
+        let mut series: Vec<_> = idx.rows.iter().map(|r| r.seriesuid.clone()).collect();
+        series.dedup();
+        assert_eq!(series.len(), 3);
+        for r in &idx.rows {
+            let x = models::patch::read_npy_hu(&idx.patch_path(r)).expect("npy");
+            let y = models::patch::read_npy_hu(&b.path().join(&r.patch_file)).expect("npy");
+            assert_eq!(x, y, "{} differs between runs", r.patch_file);
+            assert_eq!(x.shape(), &[16, 16, 16]);
+            let mut v: Vec<f32> = x.iter().copied().collect();
+            v.sort_by(f32::total_cmp);
+            let median = v[v.len() / 2];
+            assert!((-950.0..-700.0).contains(&median), "parenchyma median {median} HU");
+            if r.label == 1 {
+                assert!(r.diam_mm >= 3.0 && r.diam_mm <= 30.0);
+                assert!(v[v.len() - 1] > -300.0, "a nodule must be dense somewhere");
+            }
+        }
+        assert!(generate(&cfg, a.path()).is_err(), "must refuse to overwrite an index");
+    }
+}

@@ -1,0 +1,294 @@
+//! The training run: split, load, train, keep the best checkpoint by validation AUROC,
+//! export, check parity, write the run folder.
+//!
+//! Run folder:
+//! * `config.yaml` — the resolved config; `split.csv` — series → train/val;
+//! * `metrics.csv` — per epoch: train loss, validation loss, validation AUROC (rewritten
+//!   atomically after every epoch, so a run stopped half-way keeps what it finished);
+//! * `best.safetensors` — weights of the best epoch by validation AUROC;
+//! * `model.onnx` — those weights exported; `parity.yaml` — libtorch vs ONNX Runtime;
+//! * `val_scores.csv` — the exported model's validation logits (ONNX Runtime);
+//! * `summary.yaml`.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tch::nn::{self, ModuleT, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use models::index::PatchIndex;
+
+use crate::config::{PosWeight, TrainConfig};
+use crate::data::{Cubes, Side, Split};
+use crate::export;
+use crate::net::{self, Net};
+
+/// One epoch's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val_auroc: f64,
+    pub seconds: f64,
+    pub best: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub device: String,
+    pub arch: String,
+    pub train_patches: usize,
+    pub train_positives: usize,
+    pub val_patches: usize,
+    pub val_positives: usize,
+    pub val_series: usize,
+    pub pos_weight: f64,
+    pub best_epoch: usize,
+    pub best_val_auroc: f64,
+    /// AUROC of the exported ONNX model on validation (ONNX Runtime logits).
+    pub onnx_val_auroc: f64,
+    pub parity_max_abs_diff_logit: f64,
+    pub seconds: f64,
+}
+
+/// Options that are not part of the reproducible config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Replace an existing run folder's files.
+    pub force: bool,
+    /// libonnxruntime for the parity check.
+    pub ort_lib: Option<PathBuf>,
+    /// No per-epoch lines.
+    pub quiet: bool,
+}
+
+fn prepare_run_dir(dir: &Path, force: bool) -> Result<()> {
+    if dir.exists() {
+        let non_empty = std::fs::read_dir(dir).with_context(|| format!("{}: cannot read", dir.display()))?.next().is_some();
+        if non_empty && !force {
+            bail!("{}: run folder exists and is not empty; choose another --out or pass --force", dir.display());
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create run folder", dir.display()))
+}
+
+fn batch_tensor(c: &Cubes, idx: &[usize], flips: Option<&mut StdRng>, device: Device) -> (Tensor, Tensor) {
+    let d = c.cube as i64;
+    let mut xs = Vec::with_capacity(idx.len());
+    let mut rng = flips;
+    for &i in idx {
+        let mut t = Tensor::from_slice(c.cube_slice(i)).view([1, d, d, d]);
+        if let Some(r) = rng.as_deref_mut() {
+            let dims: Vec<i64> = (1..=3).filter(|_| r.random_bool(0.5)).collect();
+            if !dims.is_empty() {
+                t = t.flip(dims.as_slice());
+            }
+        }
+        xs.push(t);
+    }
+    let x = Tensor::stack(&xs, 0).to_device(device);
+    let y: Vec<f32> = idx.iter().map(|&i| c.labels[i]).collect();
+    (x, Tensor::from_slice(&y).to_device(device))
+}
+
+/// Validation logits (eval mode) and the mean unweighted BCE.
+fn evaluate(net: &Net, c: &Cubes, batch: usize, device: Device) -> Result<(Vec<f32>, f64)> {
+    let mut logits = Vec::with_capacity(c.len());
+    let mut loss_sum = 0.0;
+    let idx: Vec<usize> = (0..c.len()).collect();
+    for chunk in idx.chunks(batch) {
+        let (x, y) = batch_tensor(c, chunk, None, device);
+        let z = tch::no_grad(|| net.forward_t(&x, false)).flatten(0, -1);
+        let l = z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Sum);
+        loss_sum += f64::try_from(&l)?;
+        logits.extend(Vec::<f32>::try_from(&z.to_device(Device::Cpu))?);
+    }
+    Ok((logits, loss_sum / c.len() as f64))
+}
+
+fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    models::fsutil::write_atomic(path, &w.into_inner()?)?;
+    Ok(())
+}
+
+fn yaml<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    models::fsutil::write_atomic(path, serde_yaml::to_string(v)?.as_bytes())?;
+    Ok(())
+}
+
+/// Runs a whole training job as configured.
+pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    let t0 = Instant::now();
+    cfg.validate()?;
+    let spec = cfg.model.spec()?;
+    let pre = &cfg.preprocess;
+    let index = PatchIndex::read(&cfg.data)?;
+    let split = Split::new(&index.rows, &cfg.split, &index.path)?;
+    let device = crate::resolve_device(&cfg.train.device)?;
+    let dir = &cfg.out;
+    prepare_run_dir(dir, opts.force)?;
+    yaml(&dir.join("config.yaml"), cfg)?;
+    models::fsutil::write_atomic(&dir.join("split.csv"), &split.manifest_csv(&index.rows)?)?;
+
+    let train_rows = split.rows(&index.rows, Side::Train);
+    let val_rows = split.rows(&index.rows, Side::Val);
+    let train = Cubes::load(&index, &train_rows, pre)?;
+    let val = Cubes::load(&index, &val_rows, pre)?;
+    let n_pos = train.labels.iter().filter(|&&l| l == 1.0).count();
+    let pos_weight = match cfg.train.pos_weight {
+        PosWeight::Value(v) => v,
+        PosWeight::Auto(_) => (train.len() - n_pos) as f64 / n_pos as f64,
+    };
+    let log = |s: String| {
+        if !opts.quiet {
+            eprintln!("{s}");
+        }
+    };
+    log(format!(
+        "trainer: {} on {}; train {} patches ({} positive), val {} patches ({} positive) from {} series; pos_weight {:.3}",
+        spec.name,
+        crate::device_name(device),
+        train.len(),
+        n_pos,
+        val.len(),
+        val.labels.iter().filter(|&&l| l == 1.0).count(),
+        val_rows.iter().map(|r| &r.seriesuid).collect::<std::collections::BTreeSet<_>>().len(),
+        pos_weight
+    ));
+
+    tch::manual_seed(cfg.train.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let net = Net::new(&vs.root(), &spec)?;
+    net::check_names(&vs, &spec)?;
+    let mut opt = nn::AdamW { wd: cfg.train.weight_decay, ..Default::default() }.build(&vs, cfg.train.lr)?;
+    let pw = Tensor::from_slice(&[pos_weight as f32]).to_device(device);
+    let mut rng = StdRng::seed_from_u64(cfg.train.seed);
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    let best_path = dir.join("best.safetensors");
+    let mut best: Option<(usize, f64)> = None;
+    let val_labels: Vec<u8> = val.labels.iter().map(|&l| l as u8).collect();
+    for epoch in 1..=cfg.train.epochs {
+        let te = Instant::now();
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut seen) = (0.0, 0usize);
+        for chunk in order.chunks(cfg.train.batch_size) {
+            if chunk.len() < 2 {
+                continue; // BatchNorm statistics need more than one sample.
+            }
+            let flips = if cfg.train.augment_flips { Some(&mut rng) } else { None };
+            let (x, y) = batch_tensor(&train, chunk, flips, device);
+            let z = net.forward_t(&x, true).flatten(0, -1);
+            let loss = z.binary_cross_entropy_with_logits(&y, None::<&Tensor>, Some(&pw), tch::Reduction::Mean);
+            opt.backward_step(&loss);
+            loss_sum += f64::try_from(&loss)? * chunk.len() as f64;
+            seen += chunk.len();
+        }
+        let (logits, val_loss) = evaluate(&net, &val, cfg.train.batch_size, device)?;
+        let scores: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
+        let auroc = calibrate::metrics::auroc(&scores, &val_labels).unwrap_or(f64::NAN);
+        let train_loss = loss_sum / seen.max(1) as f64;
+        if !train_loss.is_finite() {
+            bail!("training diverged at epoch {epoch} (loss {train_loss}); lower train.lr");
+        }
+        let is_best = best.is_none_or(|(_, b)| auroc > b);
+        if is_best {
+            // Atomic: save beside, then rename over the previous best.
+            let tmp = dir.join(".best.tmp.safetensors");
+            vs.save(&tmp).with_context(|| format!("{}: cannot save checkpoint", tmp.display()))?;
+            std::fs::rename(&tmp, &best_path).with_context(|| format!("{}: cannot save checkpoint", best_path.display()))?;
+            best = Some((epoch, auroc));
+        }
+        let m = EpochMetrics { epoch, train_loss, val_loss, val_auroc: auroc, seconds: te.elapsed().as_secs_f64(), best: is_best };
+        log(format!(
+            "epoch {epoch:>3}/{}  train_loss {train_loss:.4}  val_loss {val_loss:.4}  val_auroc {auroc:.4}  ({:.1} s){}",
+            cfg.train.epochs,
+            m.seconds,
+            if is_best { "  *best" } else { "" }
+        ));
+        history.push(m);
+        write_csv(&dir.join("metrics.csv"), &history)?;
+    }
+    let (best_epoch, best_auroc) = best.context("no epoch finished")?;
+
+    // Export the best checkpoint, not the last epoch.
+    let mut best_vs = nn::VarStore::new(Device::Cpu);
+    let _best_net = Net::new(&best_vs.root(), &spec)?;
+    best_vs.load(&best_path).with_context(|| format!("{}: cannot reload best checkpoint", best_path.display()))?;
+    let md = export::metadata(
+        &spec,
+        pre,
+        &[
+            ("training.config_sha256", cfg.sha256()?),
+            ("training.data_sha256", models::fsutil::sha256_file(&index.path)?),
+            ("training.best_epoch", best_epoch.to_string()),
+            ("training.val_auroc", format!("{best_auroc:.6}")),
+            ("training.device", crate::device_name(device)),
+        ],
+    )?;
+    let onnx_path = dir.join("model.onnx");
+    export::export_onnx(&spec, &best_vs, pre, &md, &onnx_path)?;
+    let (parity, ort_logits) =
+        export::parity(&spec, &best_vs, &onnx_path, &val.data, val.cube, cfg.train.batch_size, opts.ort_lib.as_deref())?;
+    yaml(&dir.join("parity.yaml"), &parity)?;
+    log(format!(
+        "export: {} (max |Δlogit| libtorch vs ONNX Runtime {} = {:.2e} over {} patches)",
+        onnx_path.display(),
+        parity.onnxruntime_version,
+        parity.max_abs_diff_logit,
+        parity.patches
+    ));
+    if !parity.passed {
+        bail!(
+            "{}: export parity failed: max |Δlogit| {:.3e} > {:.0e} (see parity.yaml); the ONNX file must not be used",
+            onnx_path.display(),
+            parity.max_abs_diff_logit,
+            parity.tolerance
+        );
+    }
+    #[derive(Serialize)]
+    struct ValScore<'a> {
+        patch_file: &'a str,
+        seriesuid: &'a str,
+        label: u8,
+        logit: f32,
+    }
+    let vs_rows: Vec<ValScore> = val
+        .rows
+        .iter()
+        .zip(&ort_logits)
+        .map(|(r, &logit)| ValScore { patch_file: &r.patch_file, seriesuid: &r.seriesuid, label: r.label, logit })
+        .collect();
+    write_csv(&dir.join("val_scores.csv"), &vs_rows)?;
+    let ort_scores: Vec<f64> = ort_logits.iter().map(|&v| f64::from(v)).collect();
+    let summary = RunSummary {
+        run_dir: dir.clone(),
+        device: crate::device_name(device),
+        arch: spec.name.clone(),
+        train_patches: train.len(),
+        train_positives: n_pos,
+        val_patches: val.len(),
+        val_positives: val_labels.iter().filter(|&&l| l == 1).count(),
+        val_series: val_rows.iter().map(|r| &r.seriesuid).collect::<std::collections::BTreeSet<_>>().len(),
+        pos_weight,
+        best_epoch,
+        best_val_auroc: best_auroc,
+        onnx_val_auroc: calibrate::metrics::auroc(&ort_scores, &val_labels).unwrap_or(f64::NAN),
+        parity_max_abs_diff_logit: parity.max_abs_diff_logit,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    yaml(&dir.join("summary.yaml"), &summary)?;
+    let _ = Kind::Float;
+    Ok(summary)
+}
