@@ -26,7 +26,9 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
 /// The workspace's project venv, recorded at build time.
 fn venv_dirs() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(".venv").join("lib");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = workspace.canonicalize().unwrap_or(workspace);
+    let root = workspace.join(".venv").join("lib");
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&root) {
         for e in rd.flatten() {
