@@ -40,10 +40,25 @@ fn main() {
             // site-packages/torch/lib -> site-packages/nvidia/{cublas,cudnn}
             let site = lib.parent().and_then(Path::parent);
             lib.join("libtorch_cuda.so").exists()
-                && site.is_some_and(|s| s.join("nvidia/cudnn").exists() && s.join("nvidia/cu13/lib").read_dir().map(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcublas")))).unwrap_or(false))
+                && site.is_some_and(|s| {
+                    s.join("nvidia/cudnn").exists()
+                        && s.join("nvidia/cu13/lib")
+                            .read_dir()
+                            .map(|mut d| {
+                                d.any(|e| {
+                                    e.is_ok_and(|e| {
+                                        e.file_name().to_string_lossy().starts_with("libcublas")
+                                    })
+                                })
+                            })
+                            .unwrap_or(false)
+                })
         }
     };
-    println!("cargo:rustc-cfg=torch_cuda_linked=\"{}\"", if full_cuda { "yes" } else { "no" });
+    println!(
+        "cargo:rustc-cfg=torch_cuda_linked=\"{}\"",
+        if full_cuda { "yes" } else { "no" }
+    );
     println!("cargo::rustc-check-cfg=cfg(torch_cuda_linked, values(\"yes\", \"no\"))");
     if full_cuda {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,-lc10_cuda,--as-needed");

@@ -25,10 +25,14 @@ pub struct Platt {
 
 /// Mean of `softplus(u) - t*u` with `u = a z + b`: the NLL under soft targets `t`.
 fn soft_nll(z: &[f64], t: &[f64], a: f64, b: f64) -> f64 {
-    z.iter().zip(t).map(|(&z, &t)| {
-        let u = a * z + b;
-        softplus(u) - t * u
-    }).sum::<f64>() / z.len() as f64
+    z.iter()
+        .zip(t)
+        .map(|(&z, &t)| {
+            let u = a * z + b;
+            softplus(u) - t * u
+        })
+        .sum::<f64>()
+        / z.len() as f64
 }
 
 /// Fits `T` minimising the NLL of `sigmoid(z / T)`. Newton on `a = 1/T` (convex in `a`).
@@ -71,7 +75,9 @@ pub fn fit_temperature(z: &[f64], y: &[u8]) -> Result<Temperature, CalError> {
             "temperature scaling needs scores that rank positives higher; the best inverse temperature is {a:.4}"
         )));
     }
-    Ok(Temperature { temperature: 1.0 / a })
+    Ok(Temperature {
+        temperature: 1.0 / a,
+    })
 }
 
 /// Fits Platt scaling by unregularised logistic regression of the labels on the logit
@@ -79,7 +85,11 @@ pub fn fit_temperature(z: &[f64], y: &[u8]) -> Result<Temperature, CalError> {
 pub fn fit_platt(z: &[f64], y: &[u8], smoothing: bool) -> Result<Platt, CalError> {
     let n_pos = y.iter().filter(|&&v| v == 1).count() as f64;
     let n_neg = y.len() as f64 - n_pos;
-    let (tp, tn) = if smoothing { ((n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0)) } else { (1.0, 0.0) };
+    let (tp, tn) = if smoothing {
+        ((n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+    } else {
+        (1.0, 0.0)
+    };
     let t: Vec<f64> = y.iter().map(|&v| if v == 1 { tp } else { tn }).collect();
     let n = z.len() as f64;
     // Start from the prior log-odds, slope 1: close to the answer for a sensible model.
@@ -127,14 +137,20 @@ pub fn fit_platt(z: &[f64], y: &[u8], smoothing: bool) -> Result<Platt, CalError
         }
     }
     if !(a.is_finite() && b.is_finite()) {
-        return Err(CalError::Fit("Platt scaling diverged (are the classes perfectly separated?)".into()));
+        return Err(CalError::Fit(
+            "Platt scaling diverged (are the classes perfectly separated?)".into(),
+        ));
     }
     if a <= 0.0 {
         return Err(CalError::Fit(format!(
             "Platt scaling found a non-positive slope ({a:.4}): the scores do not rank positives higher"
         )));
     }
-    Ok(Platt { a, b, target_smoothing: smoothing })
+    Ok(Platt {
+        a,
+        b,
+        target_smoothing: smoothing,
+    })
 }
 
 #[cfg(test)]
@@ -146,7 +162,9 @@ mod tests {
     fn data() -> (Vec<f64>, Vec<u8>) {
         let mut s: u64 = 12345;
         let mut next = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 11) as f64 / (1u64 << 53) as f64
         };
         let mut z = Vec::new();
@@ -171,9 +189,12 @@ mod tests {
     #[test]
     fn temperature_is_the_nll_minimiser() {
         let (z, y) = data();
-        let t = fit_temperature(&z, &y, ).expect("fit").temperature;
+        let t = fit_temperature(&z, &y).expect("fit").temperature;
         let nll = |t: f64| nll_from_logits(&z.iter().map(|v| v / t).collect::<Vec<_>>(), &y);
-        assert!(nll(t) <= nll(t * 1.01) && nll(t) <= nll(t * 0.99), "T = {t}");
+        assert!(
+            nll(t) <= nll(t * 1.01) && nll(t) <= nll(t * 0.99),
+            "T = {t}"
+        );
         assert!(t > 1.0, "overconfident logits need T > 1, got {t}");
     }
 

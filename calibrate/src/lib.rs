@@ -25,7 +25,11 @@ pub enum CalError {
     #[error("{path}: {msg}")]
     Input { path: PathBuf, msg: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("fit: {0}")]
     Fit(String),
     #[error(transparent)]
@@ -55,18 +59,32 @@ pub struct Columns {
 
 impl Default for Columns {
     fn default() -> Self {
-        Columns { logit: "logit".into(), probability: None, label: "label".into(), seriesuid: "seriesuid".into() }
+        Columns {
+            logit: "logit".into(),
+            probability: None,
+            label: "label".into(),
+            seriesuid: "seriesuid".into(),
+        }
     }
 }
 
 impl ScoreTable {
     /// Reads a scores CSV. Every problem names the file; rows are numbered as lines.
     pub fn read(path: &Path, cols: &Columns) -> Result<Self, CalError> {
-        let bad = |msg: String| CalError::Input { path: path.to_path_buf(), msg };
-        let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_path(path).map_err(|e| match e.into_kind() {
-            csv::ErrorKind::Io(source) => CalError::Io { path: path.to_path_buf(), source },
-            other => bad(format!("{other:?}")),
-        })?;
+        let bad = |msg: String| CalError::Input {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let mut rdr = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_path(path)
+            .map_err(|e| match e.into_kind() {
+                csv::ErrorKind::Io(source) => CalError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                },
+                other => bad(format!("{other:?}")),
+            })?;
         let headers = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
         let find = |name: &str| headers.iter().position(|h| h == name);
         let score_col = cols.probability.as_deref().unwrap_or(&cols.logit);
@@ -87,11 +105,19 @@ impl ScoreTable {
             )));
         };
         let ui = find(&cols.seriesuid);
-        let mut t = ScoreTable { source: path.to_path_buf(), ..Default::default() };
+        let mut t = ScoreTable {
+            source: path.to_path_buf(),
+            ..Default::default()
+        };
         for (i, rec) in rdr.records().enumerate() {
             let line = i + 2;
             let rec = rec.map_err(|e| bad(format!("line {line}: {e}")))?;
-            let s: f64 = rec.get(si).unwrap_or("").parse().map_err(|_| bad(format!("line {line}: `{score_col}` is not a number: {:?}", rec.get(si))))?;
+            let s: f64 = rec.get(si).unwrap_or("").parse().map_err(|_| {
+                bad(format!(
+                    "line {line}: `{score_col}` is not a number: {:?}",
+                    rec.get(si)
+                ))
+            })?;
             let z = if cols.probability.is_some() {
                 if !(0.0..=1.0).contains(&s) {
                     return Err(bad(format!("line {line}: probability {s} outside [0, 1]")));
@@ -106,7 +132,11 @@ impl ScoreTable {
             let y = match rec.get(li) {
                 Some("0") | Some("0.0") => 0,
                 Some("1") | Some("1.0") => 1,
-                other => return Err(bad(format!("line {line}: label must be 0 or 1, got {other:?}"))),
+                other => {
+                    return Err(bad(format!(
+                        "line {line}: label must be 0 or 1, got {other:?}"
+                    )))
+                }
             };
             t.logits.push(z);
             t.labels.push(y);
@@ -205,22 +235,41 @@ impl CalibrationFile {
 
     /// The default operating point.
     pub fn operating_point(&self) -> Result<&OperatingPoint, CalError> {
-        self.operating_points.iter().find(|p| p.name == self.default_operating_point).ok_or_else(|| CalError::Fit(format!(
-            "default operating point `{}` is not among the calibration's operating points",
-            self.default_operating_point
-        )))
+        self.operating_points
+            .iter()
+            .find(|p| p.name == self.default_operating_point)
+            .ok_or_else(|| {
+                CalError::Fit(format!(
+                    "default operating point `{}` is not among the calibration's operating points",
+                    self.default_operating_point
+                ))
+            })
     }
 
     /// Reads a calibration file.
     pub fn load(path: &Path) -> Result<Self, CalError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CalError::Io { path: path.to_path_buf(), source })?;
-        let cal: Self = serde_yaml::from_str(&text).map_err(|e| CalError::Input { path: path.to_path_buf(), msg: format!("not a calibration file: {e}") })?;
-        cal.operating_point().map_err(|e| CalError::Input { path: path.to_path_buf(), msg: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CalError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cal: Self = serde_yaml::from_str(&text).map_err(|e| CalError::Input {
+            path: path.to_path_buf(),
+            msg: format!("not a calibration file: {e}"),
+        })?;
+        cal.operating_point().map_err(|e| CalError::Input {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
         Ok(cal)
     }
 
     /// Refuses to apply this calibration to a model it was not fitted for.
-    pub fn check_model(&self, cal_path: &Path, model_path: &Path, model_sha256: &str) -> Result<(), CalError> {
+    pub fn check_model(
+        &self,
+        cal_path: &Path,
+        model_path: &Path,
+        model_sha256: &str,
+    ) -> Result<(), CalError> {
         if self.model.sha256 != model_sha256 {
             return Err(CalError::Input {
                 path: cal_path.to_path_buf(),
@@ -272,9 +321,16 @@ impl Settings {
 }
 
 /// Fits both calibrations on a score table and builds the calibration file.
-pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<CalibrationFile, CalError> {
+pub fn calibrate(
+    t: &ScoreTable,
+    s: &Settings,
+    model: ModelRef,
+) -> Result<CalibrationFile, CalError> {
     if !(0.0..=1.0).contains(&s.min_sensitivity) {
-        return Err(CalError::Fit(format!("minimum sensitivity {} outside [0, 1]", s.min_sensitivity)));
+        return Err(CalError::Fit(format!(
+            "minimum sensitivity {} outside [0, 1]",
+            s.min_sensitivity
+        )));
     }
     let (z, y) = (&t.logits, &t.labels);
     let temp = fit::fit_temperature(z, y)?;
@@ -286,7 +342,13 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
     m.insert("temperature".to_string(), Metrics::of_logits(&zt, y));
     m.insert("platt".to_string(), Metrics::of_logits(&zp, y));
     // Without a requested method, the lower NLL on these data wins.
-    let method = s.method.unwrap_or(if m["platt"].nll <= m["temperature"].nll { Method::Platt } else { Method::Temperature });
+    let method = s
+        .method
+        .unwrap_or(if m["platt"].nll <= m["temperature"].nll {
+            Method::Platt
+        } else {
+            Method::Temperature
+        });
     let mut series: Vec<&String> = t.seriesuid.iter().collect();
     series.sort();
     series.dedup();
@@ -305,9 +367,10 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
         default_operating_point: s.operating_point.clone(),
         operating_points: thresholds::operating_points(z, y, s.min_sensitivity),
         metrics: m,
-        note: "Parameters, thresholds and the metrics after calibration are all computed on the same \
+        note:
+            "Parameters, thresholds and the metrics after calibration are all computed on the same \
                calibration data (in-sample); judge them on held-out data."
-            .into(),
+                .into(),
     };
     for p in &mut cal.operating_points {
         p.threshold_probability = metrics::sigmoid(match method {
@@ -330,7 +393,14 @@ pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
     }
     models::onnx::read_model(&s.model)?;
     let sha = models::fsutil::sha256_file(&s.model)?;
-    let cal = calibrate(&table, s, ModelRef { path: s.model.clone(), sha256: sha })?;
+    let cal = calibrate(
+        &table,
+        s,
+        ModelRef {
+            path: s.model.clone(),
+            sha256: sha,
+        },
+    )?;
     let text = serde_yaml::to_string(&cal).map_err(|e| CalError::Fit(e.to_string()))?;
     models::fsutil::write_atomic(&s.out, text.as_bytes())?;
     Ok(cal)
@@ -347,7 +417,10 @@ pub fn summary(cal: &CalibrationFile) -> String {
     out += "               AUROC   Brier   NLL     ECE15\n";
     for k in ["uncalibrated", "temperature", "platt"] {
         if let Some(v) = m.get(k) {
-            out += &format!("  {k:<12} {:.4}  {:.4}  {:.4}  {:.4}\n", v.auroc, v.brier, v.nll, v.ece_15);
+            out += &format!(
+                "  {k:<12} {:.4}  {:.4}  {:.4}  {:.4}\n",
+                v.auroc, v.brier, v.nll, v.ece_15
+            );
         }
     }
     for p in &cal.operating_points {
@@ -385,13 +458,22 @@ mod tests {
     fn score_table_errors_name_file_and_line() {
         let d = tempfile::tempdir().expect("tmp");
         let p = write(d.path(), "s.csv", "logit,lab\n1,1\n");
-        let msg = ScoreTable::read(&p, &Columns::default()).expect_err("col").to_string();
-        assert!(msg.contains("s.csv") && msg.contains("missing column(s) label"), "{msg}");
+        let msg = ScoreTable::read(&p, &Columns::default())
+            .expect_err("col")
+            .to_string();
+        assert!(
+            msg.contains("s.csv") && msg.contains("missing column(s) label"),
+            "{msg}"
+        );
         let p = write(d.path(), "s2.csv", "logit,label\n1,1\nabc,0\n");
-        let msg = ScoreTable::read(&p, &Columns::default()).expect_err("num").to_string();
+        let msg = ScoreTable::read(&p, &Columns::default())
+            .expect_err("num")
+            .to_string();
         assert!(msg.contains("s2.csv") && msg.contains("line 3"), "{msg}");
         let p = write(d.path(), "s3.csv", "logit,label\n1,1\n2,1\n");
-        let msg = ScoreTable::read(&p, &Columns::default()).expect_err("one class").to_string();
+        let msg = ScoreTable::read(&p, &Columns::default())
+            .expect_err("one class")
+            .to_string();
         assert!(msg.contains("both classes"), "{msg}");
     }
 
@@ -399,7 +481,11 @@ mod tests {
     fn probability_column_is_converted() {
         let d = tempfile::tempdir().expect("tmp");
         let p = write(d.path(), "s.csv", "prob,y\n0.5,1\n0.25,0\n");
-        let cols = Columns { probability: Some("prob".into()), label: "y".into(), ..Default::default() };
+        let cols = Columns {
+            probability: Some("prob".into()),
+            label: "y".into(),
+            ..Default::default()
+        };
         let t = ScoreTable::read(&p, &cols).expect("read");
         assert!(t.logits[0].abs() < 1e-12 && (t.logits[1] - (1.0f64 / 3.0).ln()).abs() < 1e-12);
     }
@@ -413,10 +499,30 @@ mod tests {
             seriesuid: vec![],
         };
         let s = Settings::for_run(Path::new("run"));
-        let cal = calibrate(&t, &s, ModelRef { path: "m.onnx".into(), sha256: "aa".repeat(32) }).expect("cal");
-        assert!(cal.check_model(Path::new("c.yaml"), Path::new("m.onnx"), &"aa".repeat(32)).is_ok());
-        let msg = cal.check_model(Path::new("c.yaml"), Path::new("other.onnx"), &"bb".repeat(32)).expect_err("other").to_string();
-        assert!(msg.contains("c.yaml") && msg.contains("another model"), "{msg}");
+        let cal = calibrate(
+            &t,
+            &s,
+            ModelRef {
+                path: "m.onnx".into(),
+                sha256: "aa".repeat(32),
+            },
+        )
+        .expect("cal");
+        assert!(cal
+            .check_model(Path::new("c.yaml"), Path::new("m.onnx"), &"aa".repeat(32))
+            .is_ok());
+        let msg = cal
+            .check_model(
+                Path::new("c.yaml"),
+                Path::new("other.onnx"),
+                &"bb".repeat(32),
+            )
+            .expect_err("other")
+            .to_string();
+        assert!(
+            msg.contains("c.yaml") && msg.contains("another model"),
+            "{msg}"
+        );
         // Threshold probability is the calibrated image of the logit threshold.
         let op = cal.operating_point().expect("op");
         assert!((cal.probability(op.threshold_logit) - op.threshold_probability).abs() < 1e-12);

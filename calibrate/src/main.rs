@@ -70,7 +70,12 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         scores: a.scores.unwrap_or(base.scores),
         model: a.model.unwrap_or(base.model),
         out: a.out.unwrap_or(base.out),
-        columns: Columns { logit: a.logit_col, probability: a.prob_col, label: a.label_col, seriesuid: a.series_col },
+        columns: Columns {
+            logit: a.logit_col,
+            probability: a.prob_col,
+            label: a.label_col,
+            seriesuid: a.series_col,
+        },
         method: a.method,
         platt_smoothing: a.platt_smoothing,
         min_sensitivity: a.min_sensitivity,

@@ -62,7 +62,12 @@ pub fn auroc(scores: &[f64], labels: &[u8]) -> Option<f64> {
 
 /// Mean squared error of probabilities against labels.
 pub fn brier(probs: &[f64], labels: &[u8]) -> f64 {
-    probs.iter().zip(labels).map(|(&p, &y)| (p - f64::from(y)).powi(2)).sum::<f64>() / probs.len() as f64
+    probs
+        .iter()
+        .zip(labels)
+        .map(|(&p, &y)| (p - f64::from(y)).powi(2))
+        .sum::<f64>()
+        / probs.len() as f64
 }
 
 /// Mean negative log-likelihood of labels under `sigmoid(logits)` (natural log).

@@ -18,9 +18,19 @@ pub struct Proportion {
 impl Proportion {
     pub fn new(successes: usize, trials: usize) -> Self {
         if trials == 0 {
-            return Proportion { value: None, ci95: None, successes, trials };
+            return Proportion {
+                value: None,
+                ci95: None,
+                successes,
+                trials,
+            };
         }
-        Proportion { value: Some(successes as f64 / trials as f64), ci95: Some(wilson(successes, trials, 0.95)), successes, trials }
+        Proportion {
+            value: Some(successes as f64 / trials as f64),
+            ci95: Some(wilson(successes, trials, 0.95)),
+            successes,
+            trials,
+        }
     }
 }
 
@@ -33,8 +43,16 @@ pub fn wilson(k: usize, n: usize, level: f64) -> [f64; 2] {
     let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
     let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
     // The bounds are exactly 0 and 1 at k = 0 and k = n; rounding would leave ±1e-17.
-    let lo = if k == 0.0 { 0.0 } else { (centre - half).max(0.0) };
-    let hi = if k == n { 1.0 } else { (centre + half).min(1.0) };
+    let lo = if k == 0.0 {
+        0.0
+    } else {
+        (centre - half).max(0.0)
+    };
+    let hi = if k == n {
+        1.0
+    } else {
+        (centre + half).min(1.0)
+    };
     [lo, hi]
 }
 
@@ -77,7 +95,11 @@ fn sweep(logits: &[f64], labels: &[u8]) -> Sweep {
     while i < idx.len() {
         let t = logits[idx[i]];
         while i < idx.len() && logits[idx[i]] == t {
-            if labels[idx[i]] == 1 { tp += 1 } else { fp += 1 }
+            if labels[idx[i]] == 1 {
+                tp += 1
+            } else {
+                fp += 1
+            }
             i += 1;
         }
         cuts.push((t, tp, fp));
@@ -87,7 +109,11 @@ fn sweep(logits: &[f64], labels: &[u8]) -> Sweep {
 
 fn point(name: &str, t: f64, tp: usize, fp: usize, n_pos: usize, n_neg: usize) -> OperatingPoint {
     let (fn_, tn) = (n_pos - tp, n_neg - fp);
-    let f1 = if tp == 0 { 0.0 } else { 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64 };
+    let f1 = if tp == 0 {
+        0.0
+    } else {
+        2.0 * tp as f64 / (2 * tp + fp + fn_) as f64
+    };
     OperatingPoint {
         name: name.into(),
         threshold_logit: t,
@@ -107,7 +133,11 @@ fn point(name: &str, t: f64, tp: usize, fp: usize, n_pos: usize, n_neg: usize) -
 /// Youden's J (max sensitivity + specificity − 1), maximum F1, and the highest threshold
 /// keeping sensitivity ≥ `min_sensitivity`. Ties go to the higher threshold (fewer
 /// positives called). Needs both classes.
-pub fn operating_points(logits: &[f64], labels: &[u8], min_sensitivity: f64) -> Vec<OperatingPoint> {
+pub fn operating_points(
+    logits: &[f64],
+    labels: &[u8],
+    min_sensitivity: f64,
+) -> Vec<OperatingPoint> {
     let s = sweep(logits, labels);
     let (np, nn) = (s.n_pos as f64, s.n_neg as f64);
     let best = |score: &dyn Fn(usize, usize) -> f64| {
@@ -132,7 +162,14 @@ pub fn operating_points(logits: &[f64], labels: &[u8], min_sensitivity: f64) -> 
     vec![
         point("youden_j", youden.0, youden.1, youden.2, s.n_pos, s.n_neg),
         point("max_f1", f1.0, f1.1, f1.2, s.n_pos, s.n_neg),
-        point(&format!("sensitivity_{min_sensitivity}"), sens.0, sens.1, sens.2, s.n_pos, s.n_neg),
+        point(
+            &format!("sensitivity_{min_sensitivity}"),
+            sens.0,
+            sens.1,
+            sens.2,
+            s.n_pos,
+            s.n_neg,
+        ),
     ]
 }
 
@@ -144,7 +181,10 @@ mod tests {
     fn wilson_known_values() {
         // 8/10 at 95%: [0.4902, 0.9433] (Wilson 1927, as tabulated by Newcombe 1998).
         let [lo, hi] = wilson(8, 10, 0.95);
-        assert!((lo - 0.4902).abs() < 1e-3 && (hi - 0.9433).abs() < 1e-3, "{lo} {hi}");
+        assert!(
+            (lo - 0.4902).abs() < 1e-3 && (hi - 0.9433).abs() < 1e-3,
+            "{lo} {hi}"
+        );
         let [lo, hi] = wilson(0, 10, 0.95);
         assert_eq!(lo, 0.0);
         assert!((hi - 0.2775).abs() < 1e-3, "{hi}");

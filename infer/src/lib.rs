@@ -59,7 +59,9 @@ impl std::str::FromStr for Device {
             "cuda" => Ok(Device::Cuda(0)),
             other => match other.strip_prefix("cuda:").map(str::parse::<i32>) {
                 Some(Ok(n)) if n >= 0 => Ok(Device::Cuda(n)),
-                _ => Err(format!("unknown device `{other}` (expected auto, cpu, cuda or cuda:N)")),
+                _ => Err(format!(
+                    "unknown device `{other}` (expected auto, cpu, cuda or cuda:N)"
+                )),
             },
         }
     }
@@ -77,7 +79,11 @@ pub struct ScorerOptions {
 
 impl Default for ScorerOptions {
     fn default() -> Self {
-        ScorerOptions { device: Device::Auto, threads: 0, ort_lib: None }
+        ScorerOptions {
+            device: Device::Auto,
+            threads: 0,
+            ort_lib: None,
+        }
     }
 }
 
@@ -102,18 +108,30 @@ impl Scorer {
         let bytes = std::fs::read(model).map_err(|e| models::Error::io(model, e))?;
         let proto = models::onnx::read_model(model)?;
         let metadata = models::onnx::metadata(&proto);
-        let preprocess = Preprocess::from_metadata(&metadata)
-            .map_err(|e| InferError::Model { path: model.to_path_buf(), msg: e.to_string() })?;
+        let preprocess = Preprocess::from_metadata(&metadata).map_err(|e| InferError::Model {
+            path: model.to_path_buf(),
+            msg: e.to_string(),
+        })?;
         let rt = runtime::init(opts.ort_lib.as_deref())?;
-        let model_err = |e: ort::Error| InferError::Model { path: model.to_path_buf(), msg: format!("ONNX Runtime cannot load it: {e}") };
+        let model_err = |e: ort::Error| InferError::Model {
+            path: model.to_path_buf(),
+            msg: format!("ONNX Runtime cannot load it: {e}"),
+        };
         let builder = || -> Result<ort::session::builder::SessionBuilder, InferError> {
             let b = Session::builder(&rt.env).map_err(model_err)?;
             if opts.threads > 0 {
-                return b.with_intra_threads(opts.threads).map_err(|e| model_err(e.into()));
+                return b
+                    .with_intra_threads(opts.threads)
+                    .map_err(|e| model_err(e.into()));
             }
             Ok(b)
         };
-        let cuda = |id: i32| ep::CUDA::default().with_device_id(id).build().error_on_failure();
+        let cuda = |id: i32| {
+            ep::CUDA::default()
+                .with_device_id(id)
+                .build()
+                .error_on_failure()
+        };
         let (session, provider, provider_note) = match opts.device {
             Device::Cpu => (
                 builder()?.commit_from_memory(&bytes).map_err(model_err)?,
@@ -127,27 +145,52 @@ impl Scorer {
                         cuda_hint(rt)
                     ))
                 })?;
-                (b.commit_from_memory(&bytes).map_err(model_err)?, "CUDAExecutionProvider", format!("requested (device {id})"))
+                (
+                    b.commit_from_memory(&bytes).map_err(model_err)?,
+                    "CUDAExecutionProvider",
+                    format!("requested (device {id})"),
+                )
             }
             Device::Auto => {
                 let compiled = ep::CUDA::is_available().unwrap_or(false);
-                let attempt = if compiled { builder()?.with_execution_providers([cuda(0)]).map_err(|e| e.to_string()) } else { Err(String::new()) };
+                let attempt = if compiled {
+                    builder()?
+                        .with_execution_providers([cuda(0)])
+                        .map_err(|e| e.to_string())
+                } else {
+                    Err(String::new())
+                };
                 match attempt {
-                    Ok(mut b) => (b.commit_from_memory(&bytes).map_err(model_err)?, "CUDAExecutionProvider", "auto: CUDA provider registered".to_string()),
+                    Ok(mut b) => (
+                        b.commit_from_memory(&bytes).map_err(model_err)?,
+                        "CUDAExecutionProvider",
+                        "auto: CUDA provider registered".to_string(),
+                    ),
                     Err(why) => {
                         let note = if compiled {
                             format!("auto: CUDA provider failed to register ({why}); using CPU")
                         } else {
-                            "auto: this ONNX Runtime build has no CUDA provider; using CPU".to_string()
+                            "auto: this ONNX Runtime build has no CUDA provider; using CPU"
+                                .to_string()
                         };
-                        (builder()?.commit_from_memory(&bytes).map_err(model_err)?, "CPUExecutionProvider", note)
+                        (
+                            builder()?.commit_from_memory(&bytes).map_err(model_err)?,
+                            "CPUExecutionProvider",
+                            note,
+                        )
                     }
                 }
             }
         };
         let n_in = session.inputs().len();
         if n_in != 1 || session.outputs().len() != 1 {
-            return Err(InferError::Model { path: model.to_path_buf(), msg: format!("expected one input and one output, found {n_in} and {}", session.outputs().len()) });
+            return Err(InferError::Model {
+                path: model.to_path_buf(),
+                msg: format!(
+                    "expected one input and one output, found {n_in} and {}",
+                    session.outputs().len()
+                ),
+            });
         }
         Ok(Scorer {
             session,
@@ -173,21 +216,29 @@ impl Scorer {
         let mut data: Vec<f32> = Vec::with_capacity(cubes.len() * d * d * d);
         for c in cubes {
             if c.shape() != [d, d, d] {
-                return Err(InferError::Model { path: self.model_path.clone(), msg: format!("cube of shape {:?} given, model takes {d}³", c.shape()) });
+                return Err(InferError::Model {
+                    path: self.model_path.clone(),
+                    msg: format!("cube of shape {:?} given, model takes {d}³", c.shape()),
+                });
             }
             data.extend(c.iter());
         }
         let input = TensorRef::from_array_view(([cubes.len(), 1, d, d, d], data.as_slice()))
             .map_err(|e| InferError::Runtime(format!("input tensor: {e}")))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![input])
-            .map_err(|e| InferError::Runtime(format!("{}: inference failed: {e}", self.model_path.display())))?;
+        let outputs = self.session.run(ort::inputs![input]).map_err(|e| {
+            InferError::Runtime(format!(
+                "{}: inference failed: {e}",
+                self.model_path.display()
+            ))
+        })?;
         let (shape, logits) = outputs[0]
             .try_extract_tensor::<f32>()
             .map_err(|e| InferError::Runtime(format!("output tensor: {e}")))?;
         if logits.len() != cubes.len() {
-            return Err(InferError::Model { path: self.model_path.clone(), msg: format!("output of shape {shape:?} for {} inputs", cubes.len()) });
+            return Err(InferError::Model {
+                path: self.model_path.clone(),
+                msg: format!("output of shape {shape:?} for {} inputs", cubes.len()),
+            });
         }
         Ok(logits.to_vec())
     }
@@ -222,13 +273,20 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, Infe
                 .collect();
             files.sort();
             out.extend(files.into_iter().map(|p| {
-                let name = p.strip_prefix(input).unwrap_or(&p).to_string_lossy().into_owned();
+                let name = p
+                    .strip_prefix(input)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
                 (p, name)
             }));
         } else if input.is_file() {
             out.push((input.clone(), input.to_string_lossy().into_owned()));
         } else {
-            return Err(InferError::Input { path: input.clone(), msg: "no such file or folder".into() });
+            return Err(InferError::Input {
+                path: input.clone(),
+                msg: "no such file or folder".into(),
+            });
         }
     }
     Ok(out)
@@ -273,7 +331,10 @@ struct Row {
 pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let t0 = Instant::now();
     if s.batch_size == 0 {
-        return Err(InferError::Input { path: s.model.clone(), msg: "--batch-size must be at least 1".into() });
+        return Err(InferError::Input {
+            path: s.model.clone(),
+            msg: "--batch-size must be at least 1".into(),
+        });
     }
     let mut scorer = Scorer::open(&s.model, &s.scorer)?;
     let cal = match &s.calibration {
@@ -290,7 +351,10 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let mut failed = 0;
     for chunk in files.chunks(s.batch_size) {
         // Decode and preprocess in parallel; the session scores the batch.
-        let loaded: Vec<_> = chunk.par_iter().map(|(p, _)| models::patch::load_patch(p, &pre)).collect();
+        let loaded: Vec<_> = chunk
+            .par_iter()
+            .map(|(p, _)| models::patch::load_patch(p, &pre))
+            .collect();
         let mut cubes = Vec::with_capacity(chunk.len());
         let mut names = Vec::with_capacity(chunk.len());
         for ((_, name), r) in chunk.iter().zip(loaded) {
@@ -309,7 +373,12 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
             }
         }
         let logits = scorer.score(&cubes)?;
-        rows.extend(names.into_iter().zip(logits).map(|(name, logit)| Row { name, logit }));
+        rows.extend(
+            names
+                .into_iter()
+                .zip(logits)
+                .map(|(name, logit)| Row { name, logit }),
+        );
     }
     let mut positives = 0;
     let op = cal.as_ref().map(|c| c.operating_point()).transpose()?;
@@ -319,22 +388,38 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         header.extend(["calibrated_probability", "decision", "operating_point"]);
     }
     header.push("model_sha256");
-    let csv_err = |e: csv::Error| InferError::Input { path: s.out.clone(), msg: e.to_string() };
+    let csv_err = |e: csv::Error| InferError::Input {
+        path: s.out.clone(),
+        msg: e.to_string(),
+    };
     w.write_record(&header).map_err(csv_err)?;
     for r in &rows {
         let z = f64::from(r.logit);
-        let mut rec = vec![r.name.clone(), format!("{:.6}", r.logit), format!("{:.6}", calibrate::metrics::sigmoid(z))];
+        let mut rec = vec![
+            r.name.clone(),
+            format!("{:.6}", r.logit),
+            format!("{:.6}", calibrate::metrics::sigmoid(z)),
+        ];
         if let (Some(c), Some(op)) = (&cal, op) {
             let d = u8::from(z >= op.threshold_logit);
             positives += usize::from(d);
-            rec.extend([format!("{:.6}", c.probability(z)), d.to_string(), op.name.clone()]);
+            rec.extend([
+                format!("{:.6}", c.probability(z)),
+                d.to_string(),
+                op.name.clone(),
+            ]);
         }
         rec.push(scorer.model_sha256.clone());
         w.write_record(&rec).map_err(csv_err)?;
     }
-    let bytes = w.into_inner().map_err(|e| InferError::Input { path: s.out.clone(), msg: e.to_string() })?;
+    let bytes = w.into_inner().map_err(|e| InferError::Input {
+        path: s.out.clone(),
+        msg: e.to_string(),
+    })?;
     if s.out.as_os_str() == "-" {
-        std::io::stdout().write_all(&bytes).map_err(|e| models::Error::io("<stdout>", e))?;
+        std::io::stdout()
+            .write_all(&bytes)
+            .map_err(|e| models::Error::io("<stdout>", e))?;
     } else {
         models::fsutil::write_atomic(&s.out, &bytes)?;
     }

@@ -53,7 +53,11 @@ fn main() -> ExitCode {
         inputs: a.inputs,
         out: a.out,
         batch_size: a.batch_size,
-        scorer: ScorerOptions { device: a.device, threads: a.threads, ort_lib: a.ort_lib },
+        scorer: ScorerOptions {
+            device: a.device,
+            threads: a.threads,
+            ort_lib: a.ort_lib,
+        },
         fail_fast: a.fail_fast,
     };
     match infer::run(&s) {
@@ -66,7 +70,10 @@ fn main() -> ExitCode {
                     sum.provider,
                     sum.provider_note
                 );
-                let pos = sum.predicted_positive.map(|p| format!(", {p} predicted positive")).unwrap_or_default();
+                let pos = sum
+                    .predicted_positive
+                    .map(|p| format!(", {p} predicted positive"))
+                    .unwrap_or_default();
                 eprintln!(
                     "scored {} patch(es){pos}, {} failed, {:.1} patches/s -> {}",
                     sum.scored,
@@ -76,7 +83,10 @@ fn main() -> ExitCode {
                 );
             }
             if sum.failed > 0 {
-                eprintln!("infer: error: {} file(s) could not be scored (reasons above)", sum.failed);
+                eprintln!(
+                    "infer: error: {} file(s) could not be scored (reasons above)",
+                    sum.failed
+                );
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS

@@ -23,6 +23,8 @@ pub struct Runtime {
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+/// Serialises the first initialisation: ort refuses a second environment per process.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The workspace's project venv, recorded at build time.
 fn venv_dirs() -> Vec<PathBuf> {
@@ -48,7 +50,10 @@ fn lib_in(dir: &Path) -> Option<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             n.starts_with("libonnxruntime.so") || n == "libonnxruntime.dylib"
         })
         .collect();
@@ -63,17 +68,26 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, InferError> {
         if p.is_file() {
             return Ok(p.to_path_buf());
         }
-        return Err(InferError::Runtime(format!("--ort-lib {}: no such file", p.display())));
+        return Err(InferError::Runtime(format!(
+            "--ort-lib {}: no such file",
+            p.display()
+        )));
     }
     if let Some(p) = std::env::var_os(ORT_ENV) {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);
         }
-        return Err(InferError::Runtime(format!("{ORT_ENV}={}: no such file", p.display())));
+        return Err(InferError::Runtime(format!(
+            "{ORT_ENV}={}: no such file",
+            p.display()
+        )));
     }
     tried.push(format!("--ort-lib (not given), ${ORT_ENV} (not set)"));
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         if let Some(p) = lib_in(&dir) {
             return Ok(p);
         }
@@ -86,7 +100,12 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, InferError> {
         tried.push(format!("project venv: {}", dir.display()));
     }
     if venv_dirs().is_empty() {
-        tried.push(format!("project venv: {} (absent)", Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv").display()));
+        tried.push(format!(
+            "project venv: {} (absent)",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../.venv")
+                .display()
+        ));
     }
     Err(InferError::Runtime(format!(
         "ONNX Runtime shared library (libonnxruntime.so) not found. Tried: {}. \
@@ -101,23 +120,49 @@ pub fn init(flag: Option<&Path>) -> Result<&'static Runtime, InferError> {
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
+    let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
     let library = locate(flag)?;
     let env = ort::init_from(&library)
-        .map_err(|e| InferError::Runtime(format!("{}: cannot load ONNX Runtime: {e}", library.display())))?
+        .map_err(|e| {
+            InferError::Runtime(format!(
+                "{}: cannot load ONNX Runtime: {e}",
+                library.display()
+            ))
+        })?
         .with_name("nodule-infer")
         .build()
-        .map_err(|e| InferError::Runtime(format!("{}: cannot create the ONNX Runtime environment: {e}", library.display())))?;
+        .map_err(|e| {
+            InferError::Runtime(format!(
+                "{}: cannot create the ONNX Runtime environment: {e}",
+                library.display()
+            ))
+        })?;
     let version = version_of(&library);
-    Ok(RUNTIME.get_or_init(|| Runtime { library, version, env }))
+    Ok(RUNTIME.get_or_init(|| Runtime {
+        library,
+        version,
+        env,
+    }))
 }
 
 /// ONNX Runtime's version, from its build-info string (`git-branch=rel-1.31.1`) or, failing
 /// that, the library file name.
 fn version_of(lib: &Path) -> String {
     let info = ort::info();
-    if let Some(v) = info.split(',').find_map(|f| f.trim().strip_prefix("git-branch=rel-")) {
+    if let Some(v) = info
+        .split(',')
+        .find_map(|f| f.trim().strip_prefix("git-branch=rel-"))
+    {
         return v.to_string();
     }
-    let name = lib.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    name.strip_prefix("libonnxruntime.so.").map(str::to_string).unwrap_or_else(|| info.to_string())
+    let name = lib
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.strip_prefix("libonnxruntime.so.")
+        .map(str::to_string)
+        .unwrap_or_else(|| info.to_string())
 }

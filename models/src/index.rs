@@ -8,7 +8,15 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// Columns every index must have, in the canonical order.
-pub const COLUMNS: [&str; 7] = ["patch_file", "seriesuid", "diam_mm", "center_x", "center_y", "center_z", "label"];
+pub const COLUMNS: [&str; 7] = [
+    "patch_file",
+    "seriesuid",
+    "diam_mm",
+    "center_x",
+    "center_y",
+    "center_z",
+    "label",
+];
 
 /// Default file name of the index inside a patch folder.
 pub const INDEX_FILE: &str = "patch_index.csv";
@@ -43,8 +51,15 @@ impl PatchIndex {
     /// Checks the header (every missing column named at once), every row's types and label,
     /// and that every patch file exists (every missing file counted, the first few named).
     pub fn read(path: &Path) -> Result<Self> {
-        let path = if path.is_dir() { path.join(INDEX_FILE) } else { path.to_path_buf() };
-        let bad = |msg: String| Error::BadIndex { path: path.clone(), msg };
+        let path = if path.is_dir() {
+            path.join(INDEX_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let bad = |msg: String| Error::BadIndex {
+            path: path.clone(),
+            msg,
+        };
         let mut rdr = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
             .from_path(&path)
@@ -53,7 +68,11 @@ impl PatchIndex {
                 other => bad(format!("{other:?}")),
             })?;
         let headers = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
-        let missing: Vec<&str> = COLUMNS.iter().copied().filter(|c| !headers.iter().any(|h| h == *c)).collect();
+        let missing: Vec<&str> = COLUMNS
+            .iter()
+            .copied()
+            .filter(|c| !headers.iter().any(|h| h == *c))
+            .collect();
         if !missing.is_empty() {
             return Err(bad(format!(
                 "missing column(s) {} (an index needs: {})",
@@ -66,10 +85,17 @@ impl PatchIndex {
             // Line numbers count the header as line 1.
             let row = rec.map_err(|e| bad(format!("line {}: {e}", i + 2)))?;
             if row.label > 1 {
-                return Err(bad(format!("line {}: label must be 0 or 1, got {}", i + 2, row.label)));
+                return Err(bad(format!(
+                    "line {}: label must be 0 or 1, got {}",
+                    i + 2,
+                    row.label
+                )));
             }
             if row.patch_file.is_empty() || row.seriesuid.is_empty() {
-                return Err(bad(format!("line {}: empty patch_file or seriesuid", i + 2)));
+                return Err(bad(format!(
+                    "line {}: empty patch_file or seriesuid",
+                    i + 2
+                )));
             }
             rows.push(row);
         }
@@ -89,7 +115,11 @@ impl PatchIndex {
                 absent.len(),
                 root.display(),
                 shown.join(", "),
-                if absent.len() > shown.len() { ", ..." } else { "" }
+                if absent.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
             )));
         }
         Ok(PatchIndex { path, root, rows })
@@ -99,9 +129,15 @@ impl PatchIndex {
     pub fn write(path: &Path, rows: &[IndexRow]) -> Result<()> {
         let mut w = csv::Writer::from_writer(Vec::new());
         for r in rows {
-            w.serialize(r).map_err(|e| Error::BadIndex { path: path.to_path_buf(), msg: e.to_string() })?;
+            w.serialize(r).map_err(|e| Error::BadIndex {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
         }
-        let bytes = w.into_inner().map_err(|e| Error::BadIndex { path: path.to_path_buf(), msg: e.to_string() })?;
+        let bytes = w.into_inner().map_err(|e| Error::BadIndex {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
         crate::fsutil::write_atomic(path, &bytes)
     }
 }
@@ -111,7 +147,15 @@ mod tests {
     use super::*;
 
     fn row(f: &str, s: &str, label: u8) -> IndexRow {
-        IndexRow { patch_file: f.into(), seriesuid: s.into(), diam_mm: 5.0, center_x: 1.0, center_y: 2.0, center_z: 3.0, label }
+        IndexRow {
+            patch_file: f.into(),
+            seriesuid: s.into(),
+            diam_mm: 5.0,
+            center_x: 1.0,
+            center_y: 2.0,
+            center_z: 3.0,
+            label,
+        }
     }
 
     #[test]
@@ -125,7 +169,12 @@ mod tests {
 
         PatchIndex::write(&p, &[row("a.npy", "s1", 1), row("gone.npy", "s2", 0)]).expect("write");
         let msg = PatchIndex::read(&p).expect_err("missing").to_string();
-        assert!(msg.contains("patch_index.csv") && msg.contains("gone.npy") && msg.contains("1 patch file"), "{msg}");
+        assert!(
+            msg.contains("patch_index.csv")
+                && msg.contains("gone.npy")
+                && msg.contains("1 patch file"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -134,14 +183,21 @@ mod tests {
         let p = dir.path().join("idx.csv");
         std::fs::write(&p, "patch_file,seriesuid,diam_mm,center_x\na.npy,s,1,2\n").expect("w");
         let msg = PatchIndex::read(&p).expect_err("cols").to_string();
-        assert!(msg.contains("idx.csv") && msg.contains("center_y, center_z, label"), "{msg}");
+        assert!(
+            msg.contains("idx.csv") && msg.contains("center_y, center_z, label"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn bad_label_names_line() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("idx.csv");
-        std::fs::write(&p, "patch_file,seriesuid,diam_mm,center_x,center_y,center_z,label\na.npy,s,1,2,3,4,7\n").expect("w");
+        std::fs::write(
+            &p,
+            "patch_file,seriesuid,diam_mm,center_x,center_y,center_z,label\na.npy,s,1,2,3,4,7\n",
+        )
+        .expect("w");
         let msg = PatchIndex::read(&p).expect_err("label").to_string();
         assert!(msg.contains("line 2") && msg.contains("label"), "{msg}");
     }

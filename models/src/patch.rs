@@ -11,10 +11,15 @@ use crate::{Error, Result};
 /// byte order); anything else, a truncated file, or a non-finite value is an error naming
 /// the file.
 pub fn read_npy_hu(path: &Path) -> Result<ArrayD<f32>> {
-    let bad = |msg: String| Error::BadPatch { path: path.to_path_buf(), msg };
+    let bad = |msg: String| Error::BadPatch {
+        path: path.to_path_buf(),
+        msg,
+    };
     let describe = |e: ReadNpyError| match e {
         ReadNpyError::Io(e) => Error::io(path, e),
-        ReadNpyError::MissingData => bad("truncated: the file holds less data than its header declares".into()),
+        ReadNpyError::MissingData => {
+            bad("truncated: the file holds less data than its header declares".into())
+        }
         ReadNpyError::ExtraBytes(n) => bad(format!("{n} unexpected bytes after the array data")),
         ReadNpyError::ParseHeader(e) => bad(format!("not a valid .npy file ({e})")),
         other => bad(other.to_string()),
@@ -40,7 +45,9 @@ pub fn read_npy_hu(path: &Path) -> Result<ArrayD<f32>> {
         return Err(bad(format!("empty array of shape {:?}", arr.shape())));
     }
     if let Some(i) = arr.iter().position(|v| !v.is_finite()) {
-        return Err(bad(format!("non-finite value (NaN or Inf) at flat index {i}")));
+        return Err(bad(format!(
+            "non-finite value (NaN or Inf) at flat index {i}"
+        )));
     }
     Ok(arr)
 }
@@ -63,7 +70,11 @@ mod tests {
         let a64 = a32.mapv(f64::from);
         let a16 = a32.mapv(|v| v as i16);
         for (name, write) in [
-            ("f32.npy", Box::new(|p: &Path| write_npy(p, &a32)) as Box<dyn Fn(&Path) -> Result<(), ndarray_npy::WriteNpyError>>),
+            (
+                "f32.npy",
+                Box::new(|p: &Path| write_npy(p, &a32))
+                    as Box<dyn Fn(&Path) -> Result<(), ndarray_npy::WriteNpyError>>,
+            ),
             ("f64.npy", Box::new(|p: &Path| write_npy(p, &a64))),
             ("i16.npy", Box::new(|p: &Path| write_npy(p, &a16))),
         ] {
@@ -81,21 +92,30 @@ mod tests {
         let p = dir.path().join("u8.npy");
         write_npy(&p, &Array2::<u8>::zeros((2, 2))).expect("write");
         let msg = read_npy_hu(&p).expect_err("u8").to_string();
-        assert!(msg.contains("u8.npy") && msg.contains("expected float32, float64 or int16"), "{msg}");
+        assert!(
+            msg.contains("u8.npy") && msg.contains("expected float32, float64 or int16"),
+            "{msg}"
+        );
 
         let p = dir.path().join("cut.npy");
         write_npy(&p, &Array3::<f32>::zeros((4, 4, 4))).expect("write");
         let bytes = std::fs::read(&p).expect("read");
         std::fs::write(&p, &bytes[..bytes.len() - 10]).expect("truncate");
         let msg = read_npy_hu(&p).expect_err("cut").to_string();
-        assert!(msg.contains("cut.npy") && msg.contains("truncated"), "{msg}");
+        assert!(
+            msg.contains("cut.npy") && msg.contains("truncated"),
+            "{msg}"
+        );
 
         let p = dir.path().join("nan.npy");
         let mut a = Array3::<f32>::zeros((2, 2, 2));
         a[[1, 1, 1]] = f32::NAN;
         write_npy(&p, &a).expect("write");
         let msg = read_npy_hu(&p).expect_err("nan").to_string();
-        assert!(msg.contains("nan.npy") && msg.contains("non-finite"), "{msg}");
+        assert!(
+            msg.contains("nan.npy") && msg.contains("non-finite"),
+            "{msg}"
+        );
 
         let p = dir.path().join("junk.npy");
         std::fs::write(&p, b"hello").expect("write");

@@ -28,7 +28,14 @@ pub struct Preprocess {
 
 impl Default for Preprocess {
     fn default() -> Self {
-        Preprocess { cube_size: 64, hu_min: -1000.0, hu_max: 400.0, out_min: 0.0, out_max: 1.0, pad_hu: -1000.0 }
+        Preprocess {
+            cube_size: 64,
+            hu_min: -1000.0,
+            hu_max: 400.0,
+            out_min: 0.0,
+            out_max: 1.0,
+            pad_hu: -1000.0,
+        }
     }
 }
 
@@ -49,10 +56,16 @@ impl Preprocess {
             problems.push(format!("cube_size {} is below 8 voxels", self.cube_size));
         }
         if !(self.hu_min.is_finite() && self.hu_max.is_finite() && self.hu_min < self.hu_max) {
-            problems.push(format!("HU window [{}, {}] must be finite with min < max", self.hu_min, self.hu_max));
+            problems.push(format!(
+                "HU window [{}, {}] must be finite with min < max",
+                self.hu_min, self.hu_max
+            ));
         }
         if !(self.out_min.is_finite() && self.out_max.is_finite() && self.out_min != self.out_max) {
-            problems.push(format!("output range [{}, {}] must be finite and non-empty", self.out_min, self.out_max));
+            problems.push(format!(
+                "output range [{}, {}] must be finite and non-empty",
+                self.out_min, self.out_max
+            ));
         }
         if !self.pad_hu.is_finite() {
             problems.push("pad_hu must be finite".into());
@@ -60,7 +73,10 @@ impl Preprocess {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Metadata(format!("invalid preprocessing: {}", problems.join("; "))))
+            Err(Error::Metadata(format!(
+                "invalid preprocessing: {}",
+                problems.join("; ")
+            )))
         }
     }
 
@@ -74,12 +90,18 @@ impl Preprocess {
     /// Centre-crops or pads (with `pad_hu`) each axis to `cube_size`, then windows and
     /// scales. `path` only names the file in errors.
     pub fn apply(&self, hu: &ArrayD<f32>, path: &Path) -> Result<Array3<f32>> {
-        let v = hu.view().into_dimensionality::<Ix3>().map_err(|_| Error::BadPatch {
-            path: path.to_path_buf(),
-            msg: format!("expected a 3-D cube (z, y, x), got shape {:?}", hu.shape()),
-        })?;
+        let v = hu
+            .view()
+            .into_dimensionality::<Ix3>()
+            .map_err(|_| Error::BadPatch {
+                path: path.to_path_buf(),
+                msg: format!("expected a 3-D cube (z, y, x), got shape {:?}", hu.shape()),
+            })?;
         if v.is_empty() {
-            return Err(Error::BadPatch { path: path.to_path_buf(), msg: format!("empty array of shape {:?}", hu.shape()) });
+            return Err(Error::BadPatch {
+                path: path.to_path_buf(),
+                msg: format!("empty array of shape {:?}", hu.shape()),
+            });
         }
         let c = self.cube_size;
         let mut out = Array3::from_elem((c, c, c), self.scale(self.pad_hu));
@@ -87,13 +109,20 @@ impl Preprocess {
         let ranges: Vec<(usize, usize, usize)> = v
             .shape()
             .iter()
-            .map(|&n| if n >= c { ((n - c) / 2, 0, c) } else { (0, (c - n) / 2, n) })
+            .map(|&n| {
+                if n >= c {
+                    ((n - c) / 2, 0, c)
+                } else {
+                    (0, (c - n) / 2, n)
+                }
+            })
             .collect();
         let (sz, dz, nz) = ranges[0];
         let (sy, dy, ny) = ranges[1];
         let (sx, dx, nx) = ranges[2];
         let src = v.slice(s![sz..sz + nz, sy..sy + ny, sx..sx + nx]);
-        out.slice_mut(s![dz..dz + nz, dy..dy + ny, dx..dx + nx]).zip_mut_with(&src, |o, &h| *o = self.scale(h));
+        out.slice_mut(s![dz..dz + nz, dy..dy + ny, dx..dx + nx])
+            .zip_mut_with(&src, |o, &h| *o = self.scale(h));
         Ok(out)
     }
 
@@ -153,7 +182,10 @@ mod tests {
     use ndarray::IxDyn;
 
     fn p(c: usize) -> Preprocess {
-        Preprocess { cube_size: c, ..Default::default() }
+        Preprocess {
+            cube_size: c,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -169,7 +201,14 @@ mod tests {
     fn pads_with_air_not_zero() {
         // Window where 0 HU maps to 0.5: padding must still come out as air (0.0 here),
         // and -> with out range [-1, 1] air is -1, not 0.
-        let pp = Preprocess { cube_size: 8, out_min: -1.0, out_max: 1.0, hu_min: -1000.0, hu_max: 1000.0, ..Default::default() };
+        let pp = Preprocess {
+            cube_size: 8,
+            out_min: -1.0,
+            out_max: 1.0,
+            hu_min: -1000.0,
+            hu_max: 1000.0,
+            ..Default::default()
+        };
         let small = ArrayD::from_elem(IxDyn(&[4, 4, 4]), 1000.0f32);
         let out = pp.apply(&small, Path::new("x.npy")).expect("apply");
         assert_eq!(out[[0, 0, 0]], -1.0);
@@ -193,18 +232,34 @@ mod tests {
     #[test]
     fn rejects_wrong_rank_naming_file() {
         let a = ArrayD::from_elem(IxDyn(&[4, 4]), 0.0f32);
-        let msg = p(8).apply(&a, Path::new("flat.npy")).expect_err("rank").to_string();
+        let msg = p(8)
+            .apply(&a, Path::new("flat.npy"))
+            .expect_err("rank")
+            .to_string();
         assert!(msg.contains("flat.npy") && msg.contains("3-D"), "{msg}");
     }
 
     #[test]
     fn metadata_roundtrip_and_missing_keys() {
-        let pp = Preprocess { cube_size: 32, hu_min: -1200.0, ..Default::default() };
-        assert_eq!(Preprocess::from_metadata(&pp.to_metadata()).expect("back"), pp);
+        let pp = Preprocess {
+            cube_size: 32,
+            hu_min: -1200.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            Preprocess::from_metadata(&pp.to_metadata()).expect("back"),
+            pp
+        );
         let mut md = pp.to_metadata();
         md.remove("preprocess.hu_max");
         md.insert("preprocess.pad_hu".into(), "air".into());
-        let msg = Preprocess::from_metadata(&md).expect_err("missing").to_string();
-        assert!(msg.contains("`preprocess.hu_max` missing") && msg.contains("`preprocess.pad_hu` is not a number"), "{msg}");
+        let msg = Preprocess::from_metadata(&md)
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            msg.contains("`preprocess.hu_max` missing")
+                && msg.contains("`preprocess.pad_hu` is not a number"),
+            "{msg}"
+        );
     }
 }

@@ -24,17 +24,33 @@ pub enum Layer {
         bias: bool,
     },
     /// `BatchNorm3d(channels)`: parameters `weight`, `bias`, buffers `running_mean`, `running_var`.
-    BatchNorm3d { name: String, channels: usize, eps: f64 },
+    BatchNorm3d {
+        name: String,
+        channels: usize,
+        eps: f64,
+    },
     Relu,
     /// Max pooling with a cubic window and no padding.
-    MaxPool3d { kernel: usize, stride: usize },
+    MaxPool3d {
+        kernel: usize,
+        stride: usize,
+    },
     /// Adaptive average pooling to 1³ followed by flatten: `[N, C, D, H, W] → [N, C]`.
     GlobalAvgPool,
-    Linear { name: String, in_features: usize, out_features: usize },
+    Linear {
+        name: String,
+        in_features: usize,
+        out_features: usize,
+    },
     /// Identity at inference; only active while training.
-    Dropout { p: f64 },
+    Dropout {
+        p: f64,
+    },
     /// `relu(body(x) + shortcut(x))`; an empty shortcut is the identity.
-    Residual { body: Vec<Layer>, shortcut: Vec<Layer> },
+    Residual {
+        body: Vec<Layer>,
+        shortcut: Vec<Layer>,
+    },
 }
 
 /// What kind of tensor a named parameter is.
@@ -93,13 +109,23 @@ impl ArchSpec {
         };
         let mut layers = Vec::new();
         layers.extend(cbr(0, 1, w1));
-        layers.push(Layer::MaxPool3d { kernel: 2, stride: 2 });
+        layers.push(Layer::MaxPool3d {
+            kernel: 2,
+            stride: 2,
+        });
         layers.extend(cbr(4, w1, w2));
-        layers.push(Layer::MaxPool3d { kernel: 2, stride: 2 });
+        layers.push(Layer::MaxPool3d {
+            kernel: 2,
+            stride: 2,
+        });
         layers.extend(cbr(8, w2, w3));
         layers.push(Layer::GlobalAvgPool);
         layers.extend(head("head", w3, 2 * width));
-        ArchSpec { name: "baseline_cnn".into(), in_channels: 1, layers }
+        ArchSpec {
+            name: "baseline_cnn".into(),
+            in_channels: 1,
+            layers,
+        }
     }
 
     /// torchvision `r3d_18` with the source notebook's changes: a 1-channel
@@ -138,7 +164,11 @@ impl ArchSpec {
         }
         layers.push(Layer::GlobalAvgPool);
         layers.extend(head("fc", 512, 128));
-        ArchSpec { name: "r3d_18".into(), in_channels: 1, layers }
+        ArchSpec {
+            name: "r3d_18".into(),
+            in_channels: 1,
+            layers,
+        }
     }
 
     /// Every parameter and buffer, in a deterministic (depth-first) order.
@@ -178,7 +208,11 @@ impl ArchSpec {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Spec(format!("`{}`: {}", self.name, problems.join("; "))))
+            Err(Error::Spec(format!(
+                "`{}`: {}",
+                self.name,
+                problems.join("; ")
+            )))
         }
     }
 }
@@ -196,27 +230,57 @@ fn conv(name: &str, cin: usize, cout: usize, k: usize, s: usize, p: usize, bias:
 }
 
 fn bn(name: &str, c: usize) -> Layer {
-    Layer::BatchNorm3d { name: name.into(), channels: c, eps: 1e-5 }
+    Layer::BatchNorm3d {
+        name: name.into(),
+        channels: c,
+        eps: 1e-5,
+    }
 }
 
 /// `prefix.0 = Linear(cin, hidden)`, ReLU, Dropout(0.3), `prefix.3 = Linear(hidden, 1)`.
 fn head(prefix: &str, cin: usize, hidden: usize) -> Vec<Layer> {
     vec![
-        Layer::Linear { name: format!("{prefix}.0"), in_features: cin, out_features: hidden },
+        Layer::Linear {
+            name: format!("{prefix}.0"),
+            in_features: cin,
+            out_features: hidden,
+        },
         Layer::Relu,
         Layer::Dropout { p: 0.3 },
-        Layer::Linear { name: format!("{prefix}.3"), in_features: hidden, out_features: 1 },
+        Layer::Linear {
+            name: format!("{prefix}.3"),
+            in_features: hidden,
+            out_features: 1,
+        },
     ]
 }
 
 fn collect_params(layers: &[Layer], out: &mut Vec<ParamSpec>) {
-    let t = |name: String, shape: Vec<usize>| ParamSpec { name, shape, kind: ParamKind::Trainable };
-    let b = |name: String, shape: Vec<usize>| ParamSpec { name, shape, kind: ParamKind::Buffer };
+    let t = |name: String, shape: Vec<usize>| ParamSpec {
+        name,
+        shape,
+        kind: ParamKind::Trainable,
+    };
+    let b = |name: String, shape: Vec<usize>| ParamSpec {
+        name,
+        shape,
+        kind: ParamKind::Buffer,
+    };
     for l in layers {
         match l {
-            Layer::Conv3d { name, in_channels, out_channels, kernel, bias, .. } => {
+            Layer::Conv3d {
+                name,
+                in_channels,
+                out_channels,
+                kernel,
+                bias,
+                ..
+            } => {
                 let k = *kernel;
-                out.push(t(format!("{name}.weight"), vec![*out_channels, *in_channels, k, k, k]));
+                out.push(t(
+                    format!("{name}.weight"),
+                    vec![*out_channels, *in_channels, k, k, k],
+                ));
                 if *bias {
                     out.push(t(format!("{name}.bias"), vec![*out_channels]));
                 }
@@ -227,25 +291,47 @@ fn collect_params(layers: &[Layer], out: &mut Vec<ParamSpec>) {
                 out.push(b(format!("{name}.running_mean"), vec![*channels]));
                 out.push(b(format!("{name}.running_var"), vec![*channels]));
             }
-            Layer::Linear { name, in_features, out_features } => {
-                out.push(t(format!("{name}.weight"), vec![*out_features, *in_features]));
+            Layer::Linear {
+                name,
+                in_features,
+                out_features,
+            } => {
+                out.push(t(
+                    format!("{name}.weight"),
+                    vec![*out_features, *in_features],
+                ));
                 out.push(t(format!("{name}.bias"), vec![*out_features]));
             }
             Layer::Residual { body, shortcut } => {
                 collect_params(body, out);
                 collect_params(shortcut, out);
             }
-            Layer::Relu | Layer::MaxPool3d { .. } | Layer::GlobalAvgPool | Layer::Dropout { .. } => {}
+            Layer::Relu
+            | Layer::MaxPool3d { .. }
+            | Layer::GlobalAvgPool
+            | Layer::Dropout { .. } => {}
         }
     }
 }
 
-fn check_chain(layers: &[Layer], ch: &mut Option<usize>, flat: &mut bool, problems: &mut Vec<String>) {
+fn check_chain(
+    layers: &[Layer],
+    ch: &mut Option<usize>,
+    flat: &mut bool,
+    problems: &mut Vec<String>,
+) {
     for l in layers {
         match l {
-            Layer::Conv3d { name, in_channels, out_channels, .. } => {
+            Layer::Conv3d {
+                name,
+                in_channels,
+                out_channels,
+                ..
+            } => {
                 if *flat || *ch != Some(*in_channels) {
-                    problems.push(format!("{name}: expects {in_channels} channels, gets {ch:?} (flattened: {flat})"));
+                    problems.push(format!(
+                        "{name}: expects {in_channels} channels, gets {ch:?} (flattened: {flat})"
+                    ));
                 }
                 *ch = Some(*out_channels);
             }
@@ -254,7 +340,11 @@ fn check_chain(layers: &[Layer], ch: &mut Option<usize>, flat: &mut bool, proble
                     problems.push(format!("{name}: expects {channels} channels, gets {ch:?}"));
                 }
             }
-            Layer::Linear { name, in_features, out_features } => {
+            Layer::Linear {
+                name,
+                in_features,
+                out_features,
+            } => {
                 if !*flat || *ch != Some(*in_features) {
                     problems.push(format!("{name}: expects {in_features} flattened features, gets {ch:?} (flattened: {flat})"));
                 }
@@ -267,7 +357,9 @@ fn check_chain(layers: &[Layer], ch: &mut Option<usize>, flat: &mut bool, proble
                 let (mut cs, mut fs) = (*ch, *flat);
                 check_chain(shortcut, &mut cs, &mut fs, problems);
                 if cb != cs {
-                    problems.push(format!("residual branches disagree: body gives {cb:?} channels, shortcut {cs:?}"));
+                    problems.push(format!(
+                        "residual branches disagree: body gives {cb:?} channels, shortcut {cs:?}"
+                    ));
                 }
                 *ch = cb;
             }
@@ -283,13 +375,20 @@ mod tests {
     #[test]
     fn builtin_specs_are_valid() {
         for name in ARCHITECTURES {
-            ArchSpec::by_name(name).expect("known").validate().expect("valid");
+            ArchSpec::by_name(name)
+                .expect("known")
+                .validate()
+                .expect("valid");
         }
     }
 
     #[test]
     fn baseline_names_follow_pytorch_sequential() {
-        let names: Vec<String> = ArchSpec::baseline_cnn(16).params().into_iter().map(|p| p.name).collect();
+        let names: Vec<String> = ArchSpec::baseline_cnn(16)
+            .params()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         assert_eq!(names[0], "features.0.weight");
         assert!(names.contains(&"features.1.running_var".to_string()));
         assert!(names.contains(&"head.3.bias".to_string()));
@@ -328,9 +427,16 @@ mod tests {
         if let Layer::Conv3d { in_channels, .. } = &mut spec.layers[0] {
             *in_channels = 3;
         }
-        spec.layers.push(Layer::Linear { name: "head.0".into(), in_features: 1, out_features: 1 });
+        spec.layers.push(Layer::Linear {
+            name: "head.0".into(),
+            in_features: 1,
+            out_features: 1,
+        });
         let msg = spec.validate().expect_err("invalid").to_string();
         assert!(msg.contains("features.0: expects 3 channels"), "{msg}");
-        assert!(msg.contains("duplicate parameter name `head.0.weight`"), "{msg}");
+        assert!(
+            msg.contains("duplicate parameter name `head.0.weight`"),
+            "{msg}"
+        );
     }
 }

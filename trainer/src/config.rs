@@ -32,7 +32,10 @@ pub struct SplitConfig {
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        SplitConfig { val_fraction: 0.25, seed: 42 }
+        SplitConfig {
+            val_fraction: 0.25,
+            seed: 42,
+        }
     }
 }
 
@@ -79,7 +82,10 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { arch: "baseline_cnn".into(), width: 16 }
+        ModelConfig {
+            arch: "baseline_cnn".into(),
+            width: 16,
+        }
     }
 }
 
@@ -115,8 +121,10 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Reads a YAML config; unknown keys are errors (a typo must not be ignored quietly).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
-        serde_yaml::from_str(&text).with_context(|| format!("{}: invalid training config", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read config", path.display()))?;
+        serde_yaml::from_str(&text)
+            .with_context(|| format!("{}: invalid training config", path.display()))
     }
 
     /// Checks values, reporting every problem at once.
@@ -129,7 +137,10 @@ impl TrainConfig {
             p.push(format!("{e:#}"));
         }
         if !(0.0 < self.split.val_fraction && self.split.val_fraction < 1.0) {
-            p.push(format!("split.val_fraction must be in (0, 1), got {}", self.split.val_fraction));
+            p.push(format!(
+                "split.val_fraction must be in (0, 1), got {}",
+                self.split.val_fraction
+            ));
         }
         let t = &self.train;
         if t.epochs == 0 {
@@ -142,15 +153,23 @@ impl TrainConfig {
             p.push(format!("train.lr must be positive, got {}", t.lr));
         }
         if !(t.weight_decay >= 0.0) {
-            p.push(format!("train.weight_decay must be >= 0, got {}", t.weight_decay));
+            p.push(format!(
+                "train.weight_decay must be >= 0, got {}",
+                t.weight_decay
+            ));
         }
         if let PosWeight::Value(v) = t.pos_weight {
             if !(v > 0.0 && v.is_finite()) {
-                p.push(format!("train.pos_weight must be `auto` or a positive number, got {v}"));
+                p.push(format!(
+                    "train.pos_weight must be `auto` or a positive number, got {v}"
+                ));
             }
         }
         if crate::parse_device(&t.device).is_err() {
-            p.push(format!("train.device `{}` is not auto, cpu, cuda or cuda:N", t.device));
+            p.push(format!(
+                "train.device `{}` is not auto, cpu, cuda or cuda:N",
+                t.device
+            ));
         }
         if p.is_empty() {
             Ok(())
@@ -161,7 +180,9 @@ impl TrainConfig {
 
     /// Hex sha256 of the resolved config as YAML.
     pub fn sha256(&self) -> Result<String> {
-        Ok(models::fsutil::sha256_bytes(serde_yaml::to_string(self)?.as_bytes()))
+        Ok(models::fsutil::sha256_bytes(
+            serde_yaml::to_string(self)?.as_bytes(),
+        ))
     }
 }
 
@@ -171,14 +192,18 @@ mod tests {
 
     #[test]
     fn yaml_defaults_and_unknown_keys() {
-        let c: TrainConfig = serde_yaml::from_str("data: d\nout: o\ntrain:\n  epochs: 3\n  pos_weight: 2.5\n").expect("parse");
+        let c: TrainConfig =
+            serde_yaml::from_str("data: d\nout: o\ntrain:\n  epochs: 3\n  pos_weight: 2.5\n")
+                .expect("parse");
         assert_eq!(c.train.epochs, 3);
         assert_eq!(c.train.pos_weight, PosWeight::Value(2.5));
         assert_eq!(c.train.batch_size, 16);
         assert_eq!(c.preprocess.cube_size, 64);
-        let c: TrainConfig = serde_yaml::from_str("data: d\nout: o\ntrain:\n  pos_weight: auto\n").expect("parse");
+        let c: TrainConfig =
+            serde_yaml::from_str("data: d\nout: o\ntrain:\n  pos_weight: auto\n").expect("parse");
         assert_eq!(c.train.pos_weight, PosWeight::Auto(AutoTag::Auto));
-        let e = serde_yaml::from_str::<TrainConfig>("data: d\nout: o\ntrain:\n  epoch: 3\n").expect_err("typo");
+        let e = serde_yaml::from_str::<TrainConfig>("data: d\nout: o\ntrain:\n  epoch: 3\n")
+            .expect_err("typo");
         assert!(e.to_string().contains("epoch"), "{e}");
     }
 
@@ -189,6 +214,9 @@ mod tests {
         c.train.lr = -1.0;
         c.train.device = "tpu".into();
         let msg = format!("{:#}", c.validate().expect_err("bad"));
-        assert!(msg.contains("epochs") && msg.contains("lr") && msg.contains("tpu"), "{msg}");
+        assert!(
+            msg.contains("epochs") && msg.contains("lr") && msg.contains("tpu"),
+            "{msg}"
+        );
     }
 }

@@ -35,7 +35,10 @@ impl Split {
     pub fn new(rows: &[IndexRow], cfg: &SplitConfig, index: &Path) -> Result<Self> {
         let n_pos = rows.iter().filter(|r| r.label == 1).count();
         if n_pos == 0 {
-            bail!("{}: no positive patches (label = 1); training needs nodules", index.display());
+            bail!(
+                "{}: no positive patches (label = 1); training needs nodules",
+                index.display()
+            );
         }
         if n_pos == rows.len() {
             bail!(
@@ -49,19 +52,29 @@ impl Split {
             *has_pos.entry(&r.seriesuid).or_default() |= r.label == 1;
         }
         if has_pos.len() < 2 {
-            bail!("{}: all patches come from one series; a series-disjoint split needs at least two", index.display());
+            bail!(
+                "{}: all patches come from one series; a series-disjoint split needs at least two",
+                index.display()
+            );
         }
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let mut series = BTreeMap::new();
         for stratum in [true, false] {
-            let mut s: Vec<&str> = has_pos.iter().filter(|(_, &p)| p == stratum).map(|(k, _)| *k).collect();
+            let mut s: Vec<&str> = has_pos
+                .iter()
+                .filter(|(_, &p)| p == stratum)
+                .map(|(k, _)| *k)
+                .collect();
             s.shuffle(&mut rng);
             let mut n_val = (s.len() as f64 * cfg.val_fraction).round() as usize;
             if stratum && s.len() >= 2 {
                 n_val = n_val.clamp(1, s.len() - 1);
             }
             for (i, uid) in s.into_iter().enumerate() {
-                series.insert(uid.to_string(), if i < n_val { Side::Val } else { Side::Train });
+                series.insert(
+                    uid.to_string(),
+                    if i < n_val { Side::Val } else { Side::Train },
+                );
             }
         }
         let split = Split { series };
@@ -77,7 +90,10 @@ impl Split {
         let mut files: [BTreeSet<&str>; 2] = Default::default();
         let mut counts = [[0usize; 2]; 2];
         for r in rows {
-            let side = self.series.get(&r.seriesuid).with_context(|| format!("series {} has no side", r.seriesuid))?;
+            let side = self
+                .series
+                .get(&r.seriesuid)
+                .with_context(|| format!("series {} has no side", r.seriesuid))?;
             let i = usize::from(*side == Side::Val);
             series[i].insert(&r.seriesuid);
             files[i].insert(&r.patch_file);
@@ -85,14 +101,23 @@ impl Split {
         }
         let leaked: Vec<&str> = series[0].intersection(&series[1]).copied().collect();
         if !leaked.is_empty() {
-            bail!("{}: series in both training and validation: {}", index.display(), leaked.join(", "));
+            bail!(
+                "{}: series in both training and validation: {}",
+                index.display(),
+                leaked.join(", ")
+            );
         }
         let leaked: Vec<&str> = files[0].intersection(&files[1]).copied().collect();
         if !leaked.is_empty() {
             bail!(
                 "{}: patch file(s) listed under series on both sides of the split: {}",
                 index.display(),
-                leaked.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+                leaked
+                    .iter()
+                    .take(5)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         for (side, name) in [(0, "training"), (1, "validation")] {
@@ -112,7 +137,9 @@ impl Split {
 
     /// Rows on one side.
     pub fn rows<'a>(&self, rows: &'a [IndexRow], side: Side) -> Vec<&'a IndexRow> {
-        rows.iter().filter(|r| self.series.get(&r.seriesuid) == Some(&side)).collect()
+        rows.iter()
+            .filter(|r| self.series.get(&r.seriesuid) == Some(&side))
+            .collect()
     }
 
     /// The manifest: one line per series.
@@ -148,14 +175,25 @@ impl Cubes {
     /// Loads and preprocesses every row's patch in parallel; every failing file is
     /// reported (first few named) in one error.
     pub fn load(index: &PatchIndex, rows: &[&IndexRow], pre: &Preprocess) -> Result<Self> {
-        let loaded: Vec<_> = rows.par_iter().map(|r| models::patch::load_patch(&index.patch_path(r), pre)).collect();
-        let errors: Vec<String> = loaded.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
+        let loaded: Vec<_> = rows
+            .par_iter()
+            .map(|r| models::patch::load_patch(&index.patch_path(r), pre))
+            .collect();
+        let errors: Vec<String> = loaded
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .collect();
         if !errors.is_empty() {
             bail!(
                 "{} of {} patch file(s) could not be loaded:\n  {}{}",
                 errors.len(),
                 rows.len(),
-                errors.iter().take(10).cloned().collect::<Vec<_>>().join("\n  "),
+                errors
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n  "),
                 if errors.len() > 10 { "\n  ..." } else { "" }
             );
         }
@@ -212,14 +250,20 @@ mod tests {
     #[test]
     fn split_is_series_disjoint_stratified_and_seeded() {
         let r = rows();
-        let cfg = SplitConfig { val_fraction: 0.25, seed: 1 };
+        let cfg = SplitConfig {
+            val_fraction: 0.25,
+            seed: 1,
+        };
         let a = Split::new(&r, &cfg, Path::new("i.csv")).expect("split");
         let b = Split::new(&r, &cfg, Path::new("i.csv")).expect("split");
         assert_eq!(a.series, b.series);
         let val = a.rows(&r, Side::Val);
         assert!(val.iter().any(|x| x.label == 1) && val.iter().any(|x| x.label == 0));
         let val_series: BTreeSet<_> = val.iter().map(|x| &x.seriesuid).collect();
-        assert!(a.rows(&r, Side::Train).iter().all(|x| !val_series.contains(&x.seriesuid)));
+        assert!(a
+            .rows(&r, Side::Train)
+            .iter()
+            .all(|x| !val_series.contains(&x.seriesuid)));
         assert_eq!(val_series.len(), 3);
     }
 
@@ -229,16 +273,34 @@ mod tests {
         for x in &mut r {
             x.label = 1;
         }
-        let msg = format!("{:#}", Split::new(&r, &SplitConfig::default(), Path::new("i.csv")).expect_err("no neg"));
-        assert!(msg.contains("no negative patches") && msg.contains("i.csv"), "{msg}");
+        let msg = format!(
+            "{:#}",
+            Split::new(&r, &SplitConfig::default(), Path::new("i.csv")).expect_err("no neg")
+        );
+        assert!(
+            msg.contains("no negative patches") && msg.contains("i.csv"),
+            "{msg}"
+        );
 
         let r = rows();
         let s = Split::new(&r, &SplitConfig::default(), Path::new("i.csv")).expect("split");
         // One file listed under a training series and a validation series leaks.
-        let val_uid = s.series.iter().find(|(_, v)| **v == Side::Val).map(|(k, _)| k.clone()).expect("val");
-        let train_row = r.iter().find(|x| s.series[&x.seriesuid] == Side::Train).expect("train").clone();
+        let val_uid = s
+            .series
+            .iter()
+            .find(|(_, v)| **v == Side::Val)
+            .map(|(k, _)| k.clone())
+            .expect("val");
+        let train_row = r
+            .iter()
+            .find(|x| s.series[&x.seriesuid] == Side::Train)
+            .expect("train")
+            .clone();
         let mut r2 = r.clone();
-        r2.push(IndexRow { seriesuid: val_uid, ..train_row });
+        r2.push(IndexRow {
+            seriesuid: val_uid,
+            ..train_row
+        });
         let msg = format!("{:#}", s.check(&r2, Path::new("i.csv")).expect_err("leak"));
         assert!(msg.contains("both sides of the split"), "{msg}");
         // Validation without positives is refused.
@@ -248,7 +310,13 @@ mod tests {
                 x.label = 0;
             }
         }
-        let msg = format!("{:#}", s.check(&r3, Path::new("i.csv")).expect_err("no val pos"));
-        assert!(msg.contains("validation split has") && msg.contains("needs both classes"), "{msg}");
+        let msg = format!(
+            "{:#}",
+            s.check(&r3, Path::new("i.csv")).expect_err("no val pos")
+        );
+        assert!(
+            msg.contains("validation split has") && msg.contains("needs both classes"),
+            "{msg}"
+        );
     }
 }

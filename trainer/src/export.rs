@@ -16,16 +16,26 @@ use crate::net::{self, Net};
 pub const PARITY_TOLERANCE: f64 = 1e-4;
 
 /// Everything a scorer must know, for the ONNX file's `metadata_props`.
-pub fn metadata(spec: &ArchSpec, pre: &Preprocess, extra: &[(&str, String)]) -> Result<BTreeMap<String, String>> {
+pub fn metadata(
+    spec: &ArchSpec,
+    pre: &Preprocess,
+    extra: &[(&str, String)],
+) -> Result<BTreeMap<String, String>> {
     let mut md = pre.to_metadata();
     let mut put = |k: &str, v: String| {
         md.insert(k.to_string(), v);
     };
     put("format", "nodule-patch-classifier/1".into());
     put("input.name", models::onnx::INPUT_NAME.into());
-    put("input.layout", "NCDHW: [batch, 1, z, y, x] float32, preprocessed as preprocess.* says".into());
+    put(
+        "input.layout",
+        "NCDHW: [batch, 1, z, y, x] float32, preprocessed as preprocess.* says".into(),
+    );
     put("output.name", models::onnx::OUTPUT_NAME.into());
-    put("output.meaning", "logit of P(nodule); probability = sigmoid(logit)".into());
+    put(
+        "output.meaning",
+        "logit of P(nodule); probability = sigmoid(logit)".into(),
+    );
     put("architecture", spec.name.clone());
     put("architecture.spec_json", serde_json::to_string(spec)?);
     put("tool.name", "nodule-toolchain".into());
@@ -38,7 +48,13 @@ pub fn metadata(spec: &ArchSpec, pre: &Preprocess, extra: &[(&str, String)]) -> 
 }
 
 /// Writes `model.onnx` for `spec` with the VarStore's weights, atomically.
-pub fn export_onnx(spec: &ArchSpec, vs: &nn::VarStore, pre: &Preprocess, md: &BTreeMap<String, String>, out: &Path) -> Result<()> {
+pub fn export_onnx(
+    spec: &ArchSpec,
+    vs: &nn::VarStore,
+    pre: &Preprocess,
+    md: &BTreeMap<String, String>,
+    out: &Path,
+) -> Result<()> {
     let weights = net::weights(vs)?;
     let model = models::onnx::export(spec, &weights, pre.cube_size, md)?;
     models::fsutil::write_atomic(out, &models::onnx::to_bytes(&model))?;
@@ -77,18 +93,33 @@ pub fn parity(
     cpu.copy(vs).context("copying weights to CPU")?;
     let mut scorer = infer::Scorer::open(
         model,
-        &infer::ScorerOptions { device: infer::Device::Cpu, threads: 0, ort_lib: ort_lib.map(Path::to_path_buf) },
+        &infer::ScorerOptions {
+            device: infer::Device::Cpu,
+            threads: 0,
+            ort_lib: ort_lib.map(Path::to_path_buf),
+        },
     )?;
     let (mut max_d, mut sum_d) = (0.0f64, 0.0f64);
     let mut ort_all = Vec::with_capacity(n);
     for start in (0..n).step_by(batch.max(1)) {
         let end = (start + batch).min(n);
         let chunk = &data[start * n_vox..end * n_vox];
-        let x = Tensor::from_slice(chunk).view([(end - start) as i64, 1, cube as i64, cube as i64, cube as i64]);
+        let x = Tensor::from_slice(chunk).view([
+            (end - start) as i64,
+            1,
+            cube as i64,
+            cube as i64,
+            cube as i64,
+        ]);
         let t = tch::no_grad(|| net.forward_t(&x, false)).flatten(0, -1);
         let t = Vec::<f32>::try_from(&t)?;
         let cubes: Vec<ndarray::Array3<f32>> = (start..end)
-            .map(|i| ndarray::Array3::from_shape_vec((cube, cube, cube), data[i * n_vox..(i + 1) * n_vox].to_vec()))
+            .map(|i| {
+                ndarray::Array3::from_shape_vec(
+                    (cube, cube, cube),
+                    data[i * n_vox..(i + 1) * n_vox].to_vec(),
+                )
+            })
             .collect::<Result<_, _>>()?;
         let o = scorer.score(&cubes)?;
         for (a, b) in t.iter().zip(&o) {

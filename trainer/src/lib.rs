@@ -47,7 +47,11 @@ pub const TORCH_CUDA_LINKED: bool = cfg!(torch_cuda_linked = "yes");
 pub fn resolve_device(s: &str) -> Result<Device> {
     match parse_device(s)? {
         DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+        DeviceChoice::Auto => Ok(if tch::Cuda::is_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
         DeviceChoice::Cuda(n) => {
             if !tch::Cuda::is_available() {
                 if TORCH_CUDA_LINKED {

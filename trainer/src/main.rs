@@ -10,7 +10,11 @@ use trainer::synth::SynthConfig;
 use trainer::train::RunOptions;
 
 #[derive(Parser, Debug)]
-#[command(name = "trainer", version, about = "Train a 3D lung-nodule patch classifier with libtorch and export it to ONNX")]
+#[command(
+    name = "trainer",
+    version,
+    about = "Train a 3D lung-nodule patch classifier with libtorch and export it to ONNX"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -86,9 +90,19 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     let mut cfg = match &a.config {
         Some(p) => TrainConfig::load(p)?,
         None => {
-            let data = a.data.clone().context("give --config FILE or --data FOLDER")?;
-            let out = a.out.clone().context("give --config FILE or --out RUN_FOLDER")?;
-            serde_yaml::from_str::<TrainConfig>(&format!("data: {}\nout: {}\n", serde_yaml::to_string(&data)?.trim(), serde_yaml::to_string(&out)?.trim()))?
+            let data = a
+                .data
+                .clone()
+                .context("give --config FILE or --data FOLDER")?;
+            let out = a
+                .out
+                .clone()
+                .context("give --config FILE or --out RUN_FOLDER")?;
+            serde_yaml::from_str::<TrainConfig>(&format!(
+                "data: {}\nout: {}\n",
+                serde_yaml::to_string(&data)?.trim(),
+                serde_yaml::to_string(&out)?.trim()
+            ))?
         }
     };
     if let Some(v) = &a.data {
@@ -130,14 +144,38 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
 fn main() -> ExitCode {
     let run = || -> Result<()> {
         match Cli::parse().cmd {
-            Cmd::Synth { out, series, patches_per_series, positive_fraction, cube_size, seed } => {
-                let cfg = SynthConfig { series, patches_per_series, positive_fraction, cube_size, seed };
+            Cmd::Synth {
+                out,
+                series,
+                patches_per_series,
+                positive_fraction,
+                cube_size,
+                seed,
+            } => {
+                let cfg = SynthConfig {
+                    series,
+                    patches_per_series,
+                    positive_fraction,
+                    cube_size,
+                    seed,
+                };
                 let idx = trainer::synth::generate(&cfg, &out)?;
-                println!("wrote {} patches of {cube_size}³ from {series} series -> {}", series * patches_per_series, idx.display());
+                println!(
+                    "wrote {} patches of {cube_size}³ from {series} series -> {}",
+                    series * patches_per_series,
+                    idx.display()
+                );
             }
             Cmd::Train(a) => {
                 let cfg = resolve(&a)?;
-                let s = trainer::train::train(&cfg, &RunOptions { force: a.force, ort_lib: a.ort_lib.clone(), quiet: a.quiet })?;
+                let s = trainer::train::train(
+                    &cfg,
+                    &RunOptions {
+                        force: a.force,
+                        ort_lib: a.ort_lib.clone(),
+                        quiet: a.quiet,
+                    },
+                )?;
                 println!(
                     "best epoch {} with validation AUROC {:.4} (exported model: {:.4}, {} val patches / {} series); parity max |Δlogit| {:.2e}; run folder {}",
                     s.best_epoch,
@@ -150,9 +188,21 @@ fn main() -> ExitCode {
                 );
             }
             Cmd::Doctor => {
-                println!("libtorch: torch {} (tch 0.24), lib folder {}", "2.11.0", env!("NODULE_LIBTORCH_LIB"));
-                println!("libtorch_cuda linked with --no-as-needed: {}", trainer::TORCH_CUDA_LINKED);
-                println!("CUDA available: {} ({} device(s)); cuDNN: {}", tch::Cuda::is_available(), tch::Cuda::device_count(), tch::Cuda::cudnn_is_available());
+                println!(
+                    "libtorch: torch {} (tch 0.24), lib folder {}",
+                    "2.11.0",
+                    env!("NODULE_LIBTORCH_LIB")
+                );
+                println!(
+                    "libtorch_cuda linked with --no-as-needed: {}",
+                    trainer::TORCH_CUDA_LINKED
+                );
+                println!(
+                    "CUDA available: {} ({} device(s)); cuDNN: {}",
+                    tch::Cuda::is_available(),
+                    tch::Cuda::device_count(),
+                    tch::Cuda::cudnn_is_available()
+                );
             }
         }
         Ok(())

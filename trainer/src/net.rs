@@ -26,30 +26,68 @@ pub struct Net {
 
 /// `root / "a" / "b" / "c"` for the name `a.b.c`.
 fn path<'a>(root: &nn::Path<'a>, name: &str) -> nn::Path<'a> {
-    name.split('.').filter(|part| !part.is_empty()).fold(root.clone(), |p, part| p / part)
+    name.split('.')
+        .filter(|part| !part.is_empty())
+        .fold(root.clone(), |p, part| p / part)
 }
 
 fn build(root: &nn::Path, layers: &[Layer]) -> Vec<Built> {
     layers
         .iter()
         .map(|l| match l {
-            Layer::Conv3d { name, in_channels, out_channels, kernel, stride, padding, bias } => {
-                let cfg = nn::ConvConfig { stride: *stride as i64, padding: *padding as i64, bias: *bias, ..Default::default() };
-                Built::Conv(nn::conv3d(path(root, name), *in_channels as i64, *out_channels as i64, *kernel as i64, cfg))
+            Layer::Conv3d {
+                name,
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                bias,
+            } => {
+                let cfg = nn::ConvConfig {
+                    stride: *stride as i64,
+                    padding: *padding as i64,
+                    bias: *bias,
+                    ..Default::default()
+                };
+                Built::Conv(nn::conv3d(
+                    path(root, name),
+                    *in_channels as i64,
+                    *out_channels as i64,
+                    *kernel as i64,
+                    cfg,
+                ))
             }
-            Layer::BatchNorm3d { name, channels, eps } => {
+            Layer::BatchNorm3d {
+                name,
+                channels,
+                eps,
+            } => {
                 // PyTorch initialises the BN scale to 1 (tch's default is uniform [0, 1]).
-                let cfg = nn::BatchNormConfig { eps: *eps, ws_init: nn::Init::Const(1.0), ..Default::default() };
+                let cfg = nn::BatchNormConfig {
+                    eps: *eps,
+                    ws_init: nn::Init::Const(1.0),
+                    ..Default::default()
+                };
                 Built::Bn(nn::batch_norm3d(path(root, name), *channels as i64, cfg))
             }
             Layer::Relu => Built::Relu,
             Layer::MaxPool3d { kernel, stride } => Built::MaxPool(*kernel as i64, *stride as i64),
             Layer::GlobalAvgPool => Built::Gap,
-            Layer::Linear { name, in_features, out_features } => {
-                Built::Linear(nn::linear(path(root, name), *in_features as i64, *out_features as i64, Default::default()))
-            }
+            Layer::Linear {
+                name,
+                in_features,
+                out_features,
+            } => Built::Linear(nn::linear(
+                path(root, name),
+                *in_features as i64,
+                *out_features as i64,
+                Default::default(),
+            )),
             Layer::Dropout { p } => Built::Dropout(*p),
-            Layer::Residual { body, shortcut } => Built::Residual(build(root, body), build(root, shortcut)),
+            Layer::Residual { body, shortcut } => {
+                Built::Residual(build(root, body), build(root, shortcut))
+            }
         })
         .collect()
 }
@@ -67,7 +105,11 @@ fn run(layers: &[Built], xs: &Tensor, train: bool) -> Tensor {
             Built::Dropout(p) => x.dropout(*p, train),
             Built::Residual(body, short) => {
                 let main = run(body, &x, train);
-                let side = if short.is_empty() { x.shallow_clone() } else { run(short, &x, train) };
+                let side = if short.is_empty() {
+                    x.shallow_clone()
+                } else {
+                    run(short, &x, train)
+                };
                 (main + side).relu()
             }
         };
@@ -79,7 +121,9 @@ impl Net {
     /// Builds `spec` under `root`.
     pub fn new(root: &nn::Path, spec: &ArchSpec) -> Result<Self> {
         spec.validate()?;
-        Ok(Net { layers: build(root, &spec.layers) })
+        Ok(Net {
+            layers: build(root, &spec.layers),
+        })
     }
 }
 
@@ -98,11 +142,17 @@ pub fn check_names(vs: &nn::VarStore, spec: &ArchSpec) -> Result<()> {
     let mut problems = Vec::new();
     for p in spec.params() {
         match vars.get(&p.name) {
-            None => problems.push(format!("spec declares `{}` but the VarStore lacks it", p.name)),
+            None => problems.push(format!(
+                "spec declares `{}` but the VarStore lacks it",
+                p.name
+            )),
             Some(t) => {
                 let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
                 if shape != p.shape {
-                    problems.push(format!("`{}`: spec shape {:?}, VarStore shape {:?}", p.name, p.shape, shape));
+                    problems.push(format!(
+                        "`{}`: spec shape {:?}, VarStore shape {:?}",
+                        p.name, p.shape, shape
+                    ));
                 }
             }
         }
@@ -110,11 +160,17 @@ pub fn check_names(vs: &nn::VarStore, spec: &ArchSpec) -> Result<()> {
     let declared: Vec<String> = spec.params().into_iter().map(|p| p.name).collect();
     for k in vars.keys() {
         if !declared.contains(k) {
-            problems.push(format!("VarStore holds `{k}` which the spec does not declare"));
+            problems.push(format!(
+                "VarStore holds `{k}` which the spec does not declare"
+            ));
         }
     }
     if !problems.is_empty() {
-        bail!("architecture `{}` and its libtorch build disagree:\n  {}", spec.name, problems.join("\n  "));
+        bail!(
+            "architecture `{}` and its libtorch build disagree:\n  {}",
+            spec.name,
+            problems.join("\n  ")
+        );
     }
     Ok(())
 }
@@ -123,7 +179,11 @@ pub fn check_names(vs: &nn::VarStore, spec: &ArchSpec) -> Result<()> {
 pub fn weights(vs: &nn::VarStore) -> Result<Weights> {
     let mut out = Weights::new();
     for (name, t) in vs.variables() {
-        let t = t.detach().to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).contiguous();
+        let t = t
+            .detach()
+            .to_device(tch::Device::Cpu)
+            .to_kind(tch::Kind::Float)
+            .contiguous();
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
         let data = Vec::<f32>::try_from(&t.flatten(0, -1))?;
         out.insert(name, WeightTensor { shape, data });
@@ -160,7 +220,10 @@ mod tests {
     fn forward_shape() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let net = Net::new(&vs.root(), &ArchSpec::baseline_cnn(4)).expect("build");
-        let y = net.forward_t(&Tensor::zeros([3, 1, 16, 16, 16], (tch::Kind::Float, tch::Device::Cpu)), false);
+        let y = net.forward_t(
+            &Tensor::zeros([3, 1, 16, 16, 16], (tch::Kind::Float, tch::Device::Cpu)),
+            false,
+        );
         assert_eq!(y.size(), [3, 1]);
     }
 }

@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tch::nn::{self, ModuleT, OptimizerConfig};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use models::index::PatchIndex;
 
@@ -71,15 +71,27 @@ pub struct RunOptions {
 
 fn prepare_run_dir(dir: &Path, force: bool) -> Result<()> {
     if dir.exists() {
-        let non_empty = std::fs::read_dir(dir).with_context(|| format!("{}: cannot read", dir.display()))?.next().is_some();
+        let non_empty = std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot read", dir.display()))?
+            .next()
+            .is_some();
         if non_empty && !force {
-            bail!("{}: run folder exists and is not empty; choose another --out or pass --force", dir.display());
+            bail!(
+                "{}: run folder exists and is not empty; choose another --out or pass --force",
+                dir.display()
+            );
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create run folder", dir.display()))
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create run folder", dir.display()))
 }
 
-fn batch_tensor(c: &Cubes, idx: &[usize], flips: Option<&mut StdRng>, device: Device) -> (Tensor, Tensor) {
+fn batch_tensor(
+    c: &Cubes,
+    idx: &[usize],
+    flips: Option<&mut StdRng>,
+    device: Device,
+) -> (Tensor, Tensor) {
     let d = c.cube as i64;
     let mut xs = Vec::with_capacity(idx.len());
     let mut rng = flips;
@@ -136,15 +148,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let index = PatchIndex::read(&cfg.data)?;
     let split = Split::new(&index.rows, &cfg.split, &index.path)?;
     let device = crate::resolve_device(&cfg.train.device)?;
-    let dir = &cfg.out;
-    prepare_run_dir(dir, opts.force)?;
-    yaml(&dir.join("config.yaml"), cfg)?;
-    models::fsutil::write_atomic(&dir.join("split.csv"), &split.manifest_csv(&index.rows)?)?;
-
+    // Load everything before creating the run folder: bad input leaves no folder behind.
     let train_rows = split.rows(&index.rows, Side::Train);
     let val_rows = split.rows(&index.rows, Side::Val);
     let train = Cubes::load(&index, &train_rows, pre)?;
     let val = Cubes::load(&index, &val_rows, pre)?;
+    let dir = &cfg.out;
+    prepare_run_dir(dir, opts.force)?;
+    yaml(&dir.join("config.yaml"), cfg)?;
+    models::fsutil::write_atomic(&dir.join("split.csv"), &split.manifest_csv(&index.rows)?)?;
     let n_pos = train.labels.iter().filter(|&&l| l == 1.0).count();
     let pos_weight = match cfg.train.pos_weight {
         PosWeight::Value(v) => v,
@@ -171,7 +183,11 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let vs = nn::VarStore::new(device);
     let net = Net::new(&vs.root(), &spec)?;
     net::check_names(&vs, &spec)?;
-    let mut opt = nn::AdamW { wd: cfg.train.weight_decay, ..Default::default() }.build(&vs, cfg.train.lr)?;
+    let mut opt = nn::AdamW {
+        wd: cfg.train.weight_decay,
+        ..Default::default()
+    }
+    .build(&vs, cfg.train.lr)?;
     let pw = Tensor::from_slice(&[pos_weight as f32]).to_device(device);
     let mut rng = StdRng::seed_from_u64(cfg.train.seed);
     let mut history: Vec<EpochMetrics> = Vec::new();
@@ -187,10 +203,19 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             if chunk.len() < 2 {
                 continue; // BatchNorm statistics need more than one sample.
             }
-            let flips = if cfg.train.augment_flips { Some(&mut rng) } else { None };
+            let flips = if cfg.train.augment_flips {
+                Some(&mut rng)
+            } else {
+                None
+            };
             let (x, y) = batch_tensor(&train, chunk, flips, device);
             let z = net.forward_t(&x, true).flatten(0, -1);
-            let loss = z.binary_cross_entropy_with_logits(&y, None::<&Tensor>, Some(&pw), tch::Reduction::Mean);
+            let loss = z.binary_cross_entropy_with_logits(
+                &y,
+                None::<&Tensor>,
+                Some(&pw),
+                tch::Reduction::Mean,
+            );
             opt.backward_step(&loss);
             loss_sum += f64::try_from(&loss)? * chunk.len() as f64;
             seen += chunk.len();
@@ -206,11 +231,20 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         if is_best {
             // Atomic: save beside, then rename over the previous best.
             let tmp = dir.join(".best.tmp.safetensors");
-            vs.save(&tmp).with_context(|| format!("{}: cannot save checkpoint", tmp.display()))?;
-            std::fs::rename(&tmp, &best_path).with_context(|| format!("{}: cannot save checkpoint", best_path.display()))?;
+            vs.save(&tmp)
+                .with_context(|| format!("{}: cannot save checkpoint", tmp.display()))?;
+            std::fs::rename(&tmp, &best_path)
+                .with_context(|| format!("{}: cannot save checkpoint", best_path.display()))?;
             best = Some((epoch, auroc));
         }
-        let m = EpochMetrics { epoch, train_loss, val_loss, val_auroc: auroc, seconds: te.elapsed().as_secs_f64(), best: is_best };
+        let m = EpochMetrics {
+            epoch,
+            train_loss,
+            val_loss,
+            val_auroc: auroc,
+            seconds: te.elapsed().as_secs_f64(),
+            best: is_best,
+        };
         log(format!(
             "epoch {epoch:>3}/{}  train_loss {train_loss:.4}  val_loss {val_loss:.4}  val_auroc {auroc:.4}  ({:.1} s){}",
             cfg.train.epochs,
@@ -225,13 +259,18 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     // Export the best checkpoint, not the last epoch.
     let mut best_vs = nn::VarStore::new(Device::Cpu);
     let _best_net = Net::new(&best_vs.root(), &spec)?;
-    best_vs.load(&best_path).with_context(|| format!("{}: cannot reload best checkpoint", best_path.display()))?;
+    best_vs
+        .load(&best_path)
+        .with_context(|| format!("{}: cannot reload best checkpoint", best_path.display()))?;
     let md = export::metadata(
         &spec,
         pre,
         &[
             ("training.config_sha256", cfg.sha256()?),
-            ("training.data_sha256", models::fsutil::sha256_file(&index.path)?),
+            (
+                "training.data_sha256",
+                models::fsutil::sha256_file(&index.path)?,
+            ),
             ("training.best_epoch", best_epoch.to_string()),
             ("training.val_auroc", format!("{best_auroc:.6}")),
             ("training.device", crate::device_name(device)),
@@ -239,8 +278,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     )?;
     let onnx_path = dir.join("model.onnx");
     export::export_onnx(&spec, &best_vs, pre, &md, &onnx_path)?;
-    let (parity, ort_logits) =
-        export::parity(&spec, &best_vs, &onnx_path, &val.data, val.cube, cfg.train.batch_size, opts.ort_lib.as_deref())?;
+    let (parity, ort_logits) = export::parity(
+        &spec,
+        &best_vs,
+        &onnx_path,
+        &val.data,
+        val.cube,
+        cfg.train.batch_size,
+        opts.ort_lib.as_deref(),
+    )?;
     yaml(&dir.join("parity.yaml"), &parity)?;
     log(format!(
         "export: {} (max |Δlogit| libtorch vs ONNX Runtime {} = {:.2e} over {} patches)",
@@ -268,7 +314,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         .rows
         .iter()
         .zip(&ort_logits)
-        .map(|(r, &logit)| ValScore { patch_file: &r.patch_file, seriesuid: &r.seriesuid, label: r.label, logit })
+        .map(|(r, &logit)| ValScore {
+            patch_file: &r.patch_file,
+            seriesuid: &r.seriesuid,
+            label: r.label,
+            logit,
+        })
         .collect();
     write_csv(&dir.join("val_scores.csv"), &vs_rows)?;
     let ort_scores: Vec<f64> = ort_logits.iter().map(|&v| f64::from(v)).collect();
@@ -280,7 +331,11 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         train_positives: n_pos,
         val_patches: val.len(),
         val_positives: val_labels.iter().filter(|&&l| l == 1).count(),
-        val_series: val_rows.iter().map(|r| &r.seriesuid).collect::<std::collections::BTreeSet<_>>().len(),
+        val_series: val_rows
+            .iter()
+            .map(|r| &r.seriesuid)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
         pos_weight,
         best_epoch,
         best_val_auroc: best_auroc,
@@ -289,6 +344,5 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         seconds: t0.elapsed().as_secs_f64(),
     };
     yaml(&dir.join("summary.yaml"), &summary)?;
-    let _ = Kind::Float;
     Ok(summary)
 }

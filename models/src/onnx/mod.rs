@@ -40,10 +40,14 @@ pub fn check_weights(spec: &ArchSpec, weights: &Weights) -> Result<()> {
     let params = spec.params();
     for p in &params {
         match weights.get(&p.name) {
-            None => problems.push(format!("missing `{}` (expected shape {:?})", p.name, p.shape)),
-            Some(w) if w.shape != p.shape => {
-                problems.push(format!("`{}`: expected shape {:?}, got {:?}", p.name, p.shape, w.shape))
-            }
+            None => problems.push(format!(
+                "missing `{}` (expected shape {:?})",
+                p.name, p.shape
+            )),
+            Some(w) if w.shape != p.shape => problems.push(format!(
+                "`{}`: expected shape {:?}, got {:?}",
+                p.name, p.shape, w.shape
+            )),
             Some(w) if w.data.len() != p.shape.iter().product::<usize>() => problems.push(format!(
                 "`{}`: {} values for shape {:?}",
                 p.name,
@@ -61,7 +65,10 @@ pub fn check_weights(spec: &ArchSpec, weights: &Weights) -> Result<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Error::WeightsMismatch { arch: spec.name.clone(), problems })
+        Err(Error::WeightsMismatch {
+            arch: spec.name.clone(),
+            problems,
+        })
     }
 }
 
@@ -93,21 +100,42 @@ pub fn export(
         node: g.nodes,
         name: Some(spec.name.clone()),
         initializer,
-        input: vec![value_info(INPUT_NAME, &[Dim::Param("batch"), Dim::Value(spec.in_channels as i64), Dim::Value(c), Dim::Value(c), Dim::Value(c)])],
-        output: vec![value_info(OUTPUT_NAME, &[Dim::Param("batch"), Dim::Value(1)])],
+        input: vec![value_info(
+            INPUT_NAME,
+            &[
+                Dim::Param("batch"),
+                Dim::Value(spec.in_channels as i64),
+                Dim::Value(c),
+                Dim::Value(c),
+                Dim::Value(c),
+            ],
+        )],
+        output: vec![value_info(
+            OUTPUT_NAME,
+            &[Dim::Param("batch"), Dim::Value(1)],
+        )],
         ..Default::default()
     };
     Ok(ModelProto {
         ir_version: Some(IR_VERSION),
-        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(OPSET),
+        }],
         producer_name: Some("nodule-trainer".into()),
         producer_version: Some(crate::TOOL_VERSION.into()),
         model_version: Some(1),
-        doc_string: Some(format!("{} 3D lung-nodule patch classifier; output `{OUTPUT_NAME}` is the logit of P(nodule)", spec.name)),
+        doc_string: Some(format!(
+            "{} 3D lung-nodule patch classifier; output `{OUTPUT_NAME}` is the logit of P(nodule)",
+            spec.name
+        )),
         graph: Some(graph),
         metadata_props: metadata
             .iter()
-            .map(|(k, v)| StringStringEntryProto { key: Some(k.clone()), value: Some(v.clone()) })
+            .map(|(k, v)| StringStringEntryProto {
+                key: Some(k.clone()),
+                value: Some(v.clone()),
+            })
             .collect(),
         ..Default::default()
     })
@@ -122,8 +150,12 @@ pub fn to_bytes(model: &ModelProto) -> Vec<u8> {
 /// file that is not ONNX gets a clear error before any runtime sees it.
 pub fn read_model(path: &Path) -> Result<ModelProto> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |msg: String| Error::BadOnnx { path: path.to_path_buf(), msg };
-    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| bad(format!("protobuf decode failed ({e})")))?;
+    let bad = |msg: String| Error::BadOnnx {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let model = ModelProto::decode(bytes.as_slice())
+        .map_err(|e| bad(format!("protobuf decode failed ({e})")))?;
     if model.ir_version.is_none() || model.opset_import.is_empty() {
         return Err(bad("no IR version or opset import".into()));
     }
@@ -138,7 +170,12 @@ pub fn metadata(model: &ModelProto) -> BTreeMap<String, String> {
     model
         .metadata_props
         .iter()
-        .map(|e| (e.key.clone().unwrap_or_default(), e.value.clone().unwrap_or_default()))
+        .map(|e| {
+            (
+                e.key.clone().unwrap_or_default(),
+                e.value.clone().unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -184,15 +221,30 @@ fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>)
 }
 
 fn ints(name: &str, v: Vec<i64>) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(attribute_type::INTS), ints: v, ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::INTS),
+        ints: v,
+        ..Default::default()
+    }
 }
 
 fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(attribute_type::INT), i: Some(v), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::INT),
+        i: Some(v),
+        ..Default::default()
+    }
 }
 
 fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(attribute_type::FLOAT), f: Some(v), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_type::FLOAT),
+        f: Some(v),
+        ..Default::default()
+    }
 }
 
 #[derive(Default)]
@@ -217,7 +269,14 @@ impl GraphBuilder {
 
     fn layer(&mut self, l: &Layer, x: String) -> String {
         match l {
-            Layer::Conv3d { name, kernel, stride, padding, bias, .. } => {
+            Layer::Conv3d {
+                name,
+                kernel,
+                stride,
+                padding,
+                bias,
+                ..
+            } => {
                 let (k, s, p) = (*kernel as i64, *stride as i64, *padding as i64);
                 let w = format!("{name}.weight");
                 let b = format!("{name}.bias");
@@ -237,7 +296,8 @@ impl GraphBuilder {
                 out
             }
             Layer::BatchNorm3d { name, eps, .. } => {
-                let names = ["weight", "bias", "running_mean", "running_var"].map(|s| format!("{name}.{s}"));
+                let names = ["weight", "bias", "running_mean", "running_var"]
+                    .map(|s| format!("{name}.{s}"));
                 let out = format!("{name}.out");
                 self.nodes.push(node(
                     "BatchNormalization",
@@ -264,15 +324,18 @@ impl GraphBuilder {
             }
             Layer::GlobalAvgPool => {
                 let pooled = self.fresh("avgpool");
-                self.nodes.push(node("GlobalAveragePool", &[&x], &pooled, vec![]));
+                self.nodes
+                    .push(node("GlobalAveragePool", &[&x], &pooled, vec![]));
                 let out = self.fresh("flatten");
-                self.nodes.push(node("Flatten", &[&pooled], &out, vec![int("axis", 1)]));
+                self.nodes
+                    .push(node("Flatten", &[&pooled], &out, vec![int("axis", 1)]));
                 out
             }
             Layer::Linear { name, .. } => {
                 let out = format!("{name}.out");
                 let (w, b) = (format!("{name}.weight"), format!("{name}.bias"));
-                self.nodes.push(node("Gemm", &[&x, &w, &b], &out, vec![int("transB", 1)]));
+                self.nodes
+                    .push(node("Gemm", &[&x, &w, &b], &out, vec![int("transB", 1)]));
                 out
             }
             Layer::Dropout { .. } => x,
@@ -298,7 +361,13 @@ mod tests {
             .into_iter()
             .map(|p| {
                 let n = p.shape.iter().product();
-                (p.name, WeightTensor { shape: p.shape, data: vec![0.0; n] })
+                (
+                    p.name,
+                    WeightTensor {
+                        shape: p.shape,
+                        data: vec![0.0; n],
+                    },
+                )
             })
             .collect()
     }
@@ -314,11 +383,18 @@ mod tests {
         let m2 = to_bytes(&export(&spec, &w, 16, &md).expect("export"));
         assert_eq!(m1, m2);
         let back = ModelProto::decode(m1.as_slice()).expect("decode");
-        let keys: Vec<_> = back.metadata_props.iter().map(|e| e.key.clone().unwrap_or_default()).collect();
+        let keys: Vec<_> = back
+            .metadata_props
+            .iter()
+            .map(|e| e.key.clone().unwrap_or_default())
+            .collect();
         assert_eq!(keys, ["a", "b"]);
         let g = back.graph.expect("graph");
         assert_eq!(g.initializer.len(), spec.params().len());
-        assert!(g.node.iter().all(|n| n.op_type.as_deref() != Some("Dropout")));
+        assert!(g
+            .node
+            .iter()
+            .all(|n| n.op_type.as_deref() != Some("Dropout")));
     }
 
     #[test]
@@ -326,14 +402,23 @@ mod tests {
         let spec = ArchSpec::baseline_cnn(4);
         let mut w = zero_weights(&spec);
         w.remove("head.3.bias");
-        w.insert("extra".into(), WeightTensor { shape: vec![1], data: vec![0.0] });
+        w.insert(
+            "extra".into(),
+            WeightTensor {
+                shape: vec![1],
+                data: vec![0.0],
+            },
+        );
         if let Some(t) = w.get_mut("features.0.weight") {
             t.shape = vec![4, 1, 3, 3, 2];
         }
         let msg = check_weights(&spec, &w).expect_err("mismatch").to_string();
         assert!(msg.contains("missing `head.3.bias`"), "{msg}");
         assert!(msg.contains("unexpected tensor `extra`"), "{msg}");
-        assert!(msg.contains("`features.0.weight`: expected shape [4, 1, 3, 3, 3]"), "{msg}");
+        assert!(
+            msg.contains("`features.0.weight`: expected shape [4, 1, 3, 3, 3]"),
+            "{msg}"
+        );
     }
 
     #[test]

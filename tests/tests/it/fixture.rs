@@ -1,0 +1,58 @@
+//! A tiny trained run shared by the tests of this binary (trained once, through the real
+//! `trainer`), under cargo's per-target temporary folder.
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use chain_tests::{run_ok, s, synth};
+
+pub struct Fixture {
+    pub root: PathBuf,
+    pub patches: PathBuf,
+    pub run: PathBuf,
+    pub train_stdout: String,
+}
+
+pub const CUBE: usize = 16;
+pub const EPOCHS: usize = 4;
+
+static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+
+pub fn fixture() -> &'static Fixture {
+    FIXTURE.get_or_init(|| {
+        let root = tempfile::Builder::new()
+            .prefix("chain-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("tmp")
+            .keep();
+        let patches = synth(&root, 8, 8, CUBE, 5);
+        let run = root.join("run");
+        let r = run_ok(
+            "trainer",
+            &[
+                "train",
+                "--data",
+                s(&patches),
+                "--out",
+                s(&run),
+                "--cube-size",
+                &CUBE.to_string(),
+                "--width",
+                "4",
+                "--epochs",
+                &EPOCHS.to_string(),
+                "--batch-size",
+                "8",
+                "--lr",
+                "0.003",
+                "--device",
+                "cpu",
+            ],
+        );
+        Fixture {
+            root,
+            patches,
+            run,
+            train_stdout: r.stdout,
+        }
+    })
+}

@@ -1,0 +1,6 @@
+//! One integration-test binary that drives the real binaries (see `chain_tests` helpers).
+mod bad_input;
+mod chain;
+mod fixture;
+mod linking;
+mod setup;

@@ -1,0 +1,107 @@
+//! The keystone: a randomly initialised network with non-default BatchNorm statistics,
+//! exported by our own ONNX writer, gives the same logits under ONNX Runtime as under
+//! libtorch, at batch sizes 1 and 3, within the trainer's parity tolerance.
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+use models::preprocess::Preprocess;
+use models::spec::ArchSpec;
+use trainer::export::{self, PARITY_TOLERANCE};
+use trainer::net::{self, Net};
+
+/// Random weights, and running statistics far from the (0, 1) defaults, so a writer that
+/// dropped them or used training-mode BN would fail.
+fn randomise(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            let r = Tensor::rand(t.size(), (Kind::Float, Device::Cpu));
+            if name.ends_with("running_mean") {
+                t.copy_(&(r * 0.4 - 0.2));
+            } else if name.ends_with("running_var") {
+                t.copy_(&(r * 1.5 + 0.5));
+            } else if name.ends_with(".weight") && t.dim() == 1 {
+                t.copy_(&(r * 0.5 + 0.75));
+            } else if name.ends_with(".bias") {
+                t.copy_(&(r * 0.2 - 0.1));
+            }
+        }
+    });
+}
+
+fn check(spec: ArchSpec, cube: usize) {
+    tch::manual_seed(11);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Net::new(&vs.root(), &spec).expect("build");
+    randomise(&vs);
+    net::check_names(&vs, &spec).expect("names");
+    let pre = Preprocess {
+        cube_size: cube,
+        ..Default::default()
+    };
+    let md = export::metadata(&spec, &pre, &[]).expect("metadata");
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("model.onnx");
+    export::export_onnx(&spec, &vs, &pre, &md, &path).expect("export");
+    // Inputs in the preprocessed range [0, 1].
+    let n = 4;
+    let x = Tensor::rand(
+        [n, 1, cube as i64, cube as i64, cube as i64],
+        (Kind::Float, Device::Cpu),
+    );
+    let data = Vec::<f32>::try_from(&x.flatten(0, -1)).expect("data");
+    let direct = Vec::<f32>::try_from(&tch::no_grad(|| model.forward_t(&x, false)).flatten(0, -1))
+        .expect("logits");
+    let spread = direct.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
+        - direct.iter().cloned().fold(f32::INFINITY, f32::min);
+    assert!(
+        spread > 1e-3,
+        "{}: logits must differ between inputs for the test to mean anything: {direct:?}",
+        spec.name
+    );
+    for batch in [1, 3] {
+        let (p, ort) = export::parity(&spec, &vs, &path, &data, cube, batch, None).expect("parity");
+        assert_eq!(p.patches, n as usize);
+        assert!(
+            p.passed && p.max_abs_diff_logit <= PARITY_TOLERANCE,
+            "{} batch {batch}: {p:?}",
+            spec.name
+        );
+        for (a, b) in direct.iter().zip(&ort) {
+            assert!(
+                (a - b).abs() as f64 <= PARITY_TOLERANCE,
+                "{} batch {batch}: {a} vs {b}",
+                spec.name
+            );
+        }
+        eprintln!(
+            "{} at {cube}³, batch {batch}: max |Δlogit| = {:.3e}",
+            spec.name, p.max_abs_diff_logit
+        );
+    }
+    // The file passes the official checker with full shape inference, when the venv has it.
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import onnx, sys; onnx.checker.check_model(sys.argv[1], full_check=True); print('ok')",
+        ])
+        .arg(&path)
+        .output()
+        .expect("run the venv python (scripts/setup installs onnx)");
+    assert!(
+        out.status.success(),
+        "onnx.checker rejected {}: {}",
+        spec.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn baseline_cnn_parity_batches_1_and_3() {
+    check(ArchSpec::baseline_cnn(8), 16);
+}
+
+#[test]
+fn r3d_18_parity_batches_1_and_3() {
+    check(ArchSpec::r3d_18(), 32);
+}
