@@ -33,6 +33,15 @@ fn main() {
     println!("cargo:rustc-env=NODULE_LIBTORCH_LIB={}", lib.display());
     // Applies to the binary and to every test/bench/example executable of this crate.
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // Re-run when the venv's NVIDIA wheels change (scripts/setup --cpu ↔ --cuda), or the
+    // --no-as-needed decision below would go stale and CUDA would silently stay off.
+    if let Some(nvidia) = lib.parent().and_then(Path::parent).map(|s| s.join("nvidia")) {
+        if nvidia.exists() {
+            println!("cargo:rerun-if-changed={}", nvidia.display());
+        } else {
+            println!("cargo:rerun-if-changed={}", lib.display());
+        }
+    }
     let full_cuda = match std::env::var("NODULE_TORCH_CUDA").as_deref() {
         Ok("1") => true,
         Ok("0") => false,
@@ -45,11 +54,7 @@ fn main() {
                         && s.join("nvidia/cu13/lib")
                             .read_dir()
                             .map(|mut d| {
-                                d.any(|e| {
-                                    e.is_ok_and(|e| {
-                                        e.file_name().to_string_lossy().starts_with("libcublas")
-                                    })
-                                })
+                                d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcublas")))
                             })
                             .unwrap_or(false)
                 })

@@ -75,9 +75,7 @@ pub fn fit_temperature(z: &[f64], y: &[u8]) -> Result<Temperature, CalError> {
             "temperature scaling needs scores that rank positives higher; the best inverse temperature is {a:.4}"
         )));
     }
-    Ok(Temperature {
-        temperature: 1.0 / a,
-    })
+    Ok(Temperature { temperature: 1.0 / a })
 }
 
 /// Fits Platt scaling by unregularised logistic regression of the labels on the logit
@@ -162,9 +160,7 @@ mod tests {
     fn data() -> (Vec<f64>, Vec<u8>) {
         let mut s: u64 = 12345;
         let mut next = || {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (s >> 11) as f64 / (1u64 << 53) as f64
         };
         let mut z = Vec::new();
@@ -191,10 +187,7 @@ mod tests {
         let (z, y) = data();
         let t = fit_temperature(&z, &y).expect("fit").temperature;
         let nll = |t: f64| nll_from_logits(&z.iter().map(|v| v / t).collect::<Vec<_>>(), &y);
-        assert!(
-            nll(t) <= nll(t * 1.01) && nll(t) <= nll(t * 0.99),
-            "T = {t}"
-        );
+        assert!(nll(t) <= nll(t * 1.01) && nll(t) <= nll(t * 0.99), "T = {t}");
         assert!(t > 1.0, "overconfident logits need T > 1, got {t}");
     }
 

@@ -36,7 +36,7 @@ struct Args {
     /// Column holding the series id.
     #[arg(long, default_value = "seriesuid")]
     series_col: String,
-    /// Calibration infer applies (default: the one with the lower NLL).
+    /// Calibration infer applies (default: the lower cross-validated NLL, folds grouped by series).
     #[arg(long, value_enum)]
     method: Option<Method>,
     /// Use Platt's smoothed targets.

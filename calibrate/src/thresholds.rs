@@ -1,6 +1,7 @@
 //! Operating points chosen on purpose, with the counts behind them and Wilson intervals.
 //!
-//! A threshold is a raw logit `t`: a patch is called positive when `logit >= t`. Every
+//! A threshold is a raw logit `t`: a patch is called positive when `logit >= t`; `t` lies
+//! midway between the lowest score called positive and the next lower score. Every
 //! calibration here is strictly increasing in the logit, so the same cut is also stated
 //! as a calibrated probability.
 use serde::{Deserialize, Serialize};
@@ -43,16 +44,8 @@ pub fn wilson(k: usize, n: usize, level: f64) -> [f64; 2] {
     let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
     let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
     // The bounds are exactly 0 and 1 at k = 0 and k = n; rounding would leave ±1e-17.
-    let lo = if k == 0.0 {
-        0.0
-    } else {
-        (centre - half).max(0.0)
-    };
-    let hi = if k == n {
-        1.0
-    } else {
-        (centre + half).min(1.0)
-    };
+    let lo = if k == 0.0 { 0.0 } else { (centre - half).max(0.0) };
+    let hi = if k == n { 1.0 } else { (centre + half).min(1.0) };
     [lo, hi]
 }
 
@@ -104,6 +97,13 @@ fn sweep(logits: &[f64], labels: &[u8]) -> Sweep {
         }
         cuts.push((t, tp, fp));
     }
+    // Place each cut midway between its score and the next lower distinct score, so that
+    // the validation patches keep their side of the threshold after the scores are
+    // rounded (CSV, f32 ↔ f64) and new patches near it are not biased towards positive.
+    for i in 0..cuts.len() {
+        let lower = cuts.get(i + 1).map_or(cuts[i].0 - 1.0, |c| c.0);
+        cuts[i].0 = (cuts[i].0 + lower) / 2.0;
+    }
     Sweep { cuts, n_pos, n_neg }
 }
 
@@ -133,11 +133,7 @@ fn point(name: &str, t: f64, tp: usize, fp: usize, n_pos: usize, n_neg: usize) -
 /// Youden's J (max sensitivity + specificity − 1), maximum F1, and the highest threshold
 /// keeping sensitivity ≥ `min_sensitivity`. Ties go to the higher threshold (fewer
 /// positives called). Needs both classes.
-pub fn operating_points(
-    logits: &[f64],
-    labels: &[u8],
-    min_sensitivity: f64,
-) -> Vec<OperatingPoint> {
+pub fn operating_points(logits: &[f64], labels: &[u8], min_sensitivity: f64) -> Vec<OperatingPoint> {
     let s = sweep(logits, labels);
     let (np, nn) = (s.n_pos as f64, s.n_neg as f64);
     let best = |score: &dyn Fn(usize, usize) -> f64| {
@@ -181,10 +177,7 @@ mod tests {
     fn wilson_known_values() {
         // 8/10 at 95%: [0.4902, 0.9433] (Wilson 1927, as tabulated by Newcombe 1998).
         let [lo, hi] = wilson(8, 10, 0.95);
-        assert!(
-            (lo - 0.4902).abs() < 1e-3 && (hi - 0.9433).abs() < 1e-3,
-            "{lo} {hi}"
-        );
+        assert!((lo - 0.4902).abs() < 1e-3 && (hi - 0.9433).abs() < 1e-3, "{lo} {hi}");
         let [lo, hi] = wilson(0, 10, 0.95);
         assert_eq!(lo, 0.0);
         assert!((hi - 0.2775).abs() < 1e-3, "{hi}");
@@ -196,15 +189,18 @@ mod tests {
         let z = [3.0, 2.0, 1.0, 0.5, -1.0, -2.0];
         let y = [1, 1, 0, 1, 0, 0];
         let p = operating_points(&z, &y, 1.0);
-        // Youden: cut at 2 gives 2/3 + 3/3 - 1 = 0.667; cut at 0.5 gives 1 + 2/3 - 1 = 0.667:
-        // tie goes to the higher threshold.
-        assert_eq!(p[0].threshold_logit, 2.0);
+        // Youden: cut below 2 gives 2/3 + 3/3 - 1 = 0.667; cut below 0.5 gives 1 + 2/3 - 1 =
+        // 0.667: tie goes to the higher threshold, placed midway between 2 and 1.
+        assert_eq!(p[0].threshold_logit, 1.5);
         assert_eq!((p[0].tp, p[0].fp, p[0].tn, p[0].fn_), (2, 0, 3, 1));
-        // F1: cut 2 → 0.8; cut 0.5 → 6/7 = 0.857.
-        assert_eq!(p[1].threshold_logit, 0.5);
+        // F1: cut below 2 → 0.8; cut below 0.5 → 6/7 = 0.857 (threshold midway to -1).
+        assert_eq!(p[1].threshold_logit, -0.25);
         assert!((p[1].f1 - 6.0 / 7.0).abs() < 1e-12);
-        // Sensitivity 1.0 first reached at 0.5.
-        assert_eq!(p[2].threshold_logit, 0.5);
+        // Sensitivity 1.0 first reached below 0.5.
+        assert_eq!(p[2].threshold_logit, -0.25);
+        // Calling every patch positive puts the cut below the lowest score.
+        let all = operating_points(&[1.0, 0.0], &[0, 1], 1.0);
+        assert_eq!(all[2].threshold_logit, -0.5);
         assert_eq!(p[2].sensitivity.value, Some(1.0));
     }
 }

@@ -59,9 +59,7 @@ impl std::str::FromStr for Device {
             "cuda" => Ok(Device::Cuda(0)),
             other => match other.strip_prefix("cuda:").map(str::parse::<i32>) {
                 Some(Ok(n)) if n >= 0 => Ok(Device::Cuda(n)),
-                _ => Err(format!(
-                    "unknown device `{other}` (expected auto, cpu, cuda or cuda:N)"
-                )),
+                _ => Err(format!("unknown device `{other}` (expected auto, cpu, cuda or cuda:N)")),
             },
         }
     }
@@ -106,7 +104,7 @@ impl Scorer {
     /// preprocessing, and creates a session on the requested device.
     pub fn open(model: &Path, opts: &ScorerOptions) -> Result<Self, InferError> {
         let bytes = std::fs::read(model).map_err(|e| models::Error::io(model, e))?;
-        let proto = models::onnx::read_model(model)?;
+        let proto = models::onnx::parse_model(&bytes, model)?;
         let metadata = models::onnx::metadata(&proto);
         let preprocess = Preprocess::from_metadata(&metadata).map_err(|e| InferError::Model {
             path: model.to_path_buf(),
@@ -120,18 +118,11 @@ impl Scorer {
         let builder = || -> Result<ort::session::builder::SessionBuilder, InferError> {
             let b = Session::builder(&rt.env).map_err(model_err)?;
             if opts.threads > 0 {
-                return b
-                    .with_intra_threads(opts.threads)
-                    .map_err(|e| model_err(e.into()));
+                return b.with_intra_threads(opts.threads).map_err(|e| model_err(e.into()));
             }
             Ok(b)
         };
-        let cuda = |id: i32| {
-            ep::CUDA::default()
-                .with_device_id(id)
-                .build()
-                .error_on_failure()
-        };
+        let cuda = |id: i32| ep::CUDA::default().with_device_id(id).build().error_on_failure();
         let (session, provider, provider_note) = match opts.device {
             Device::Cpu => (
                 builder()?.commit_from_memory(&bytes).map_err(model_err)?,
@@ -139,10 +130,12 @@ impl Scorer {
                 "requested".to_string(),
             ),
             Device::Cuda(id) => {
+                let preload = runtime::preload_cuda_libraries(rt);
                 let mut b = builder()?.with_execution_providers([cuda(id)]).map_err(|e| {
                     InferError::Device(format!(
-                        "CUDA device {id} requested but the CUDA execution provider cannot be registered: {e}. {}",
-                        cuda_hint(rt)
+                        "CUDA device {id} requested but the CUDA execution provider cannot be registered: {e}. {}{}",
+                        cuda_hint(rt),
+                        preload.err().map(|p| format!(" ({p})")).unwrap_or_default()
                     ))
                 })?;
                 (
@@ -154,6 +147,9 @@ impl Scorer {
             Device::Auto => {
                 let compiled = ep::CUDA::is_available().unwrap_or(false);
                 let attempt = if compiled {
+                    // Failing to preload is not fatal here: the libraries may be on the
+                    // loader path anyway; registration below says whether CUDA works.
+                    let _ = runtime::preload_cuda_libraries(rt);
                     builder()?
                         .with_execution_providers([cuda(0)])
                         .map_err(|e| e.to_string())
@@ -170,8 +166,7 @@ impl Scorer {
                         let note = if compiled {
                             format!("auto: CUDA provider failed to register ({why}); using CPU")
                         } else {
-                            "auto: this ONNX Runtime build has no CUDA provider; using CPU"
-                                .to_string()
+                            "auto: this ONNX Runtime build has no CUDA provider; using CPU".to_string()
                         };
                         (
                             builder()?.commit_from_memory(&bytes).map_err(model_err)?,
@@ -225,12 +220,10 @@ impl Scorer {
         }
         let input = TensorRef::from_array_view(([cubes.len(), 1, d, d, d], data.as_slice()))
             .map_err(|e| InferError::Runtime(format!("input tensor: {e}")))?;
-        let outputs = self.session.run(ort::inputs![input]).map_err(|e| {
-            InferError::Runtime(format!(
-                "{}: inference failed: {e}",
-                self.model_path.display()
-            ))
-        })?;
+        let outputs = self
+            .session
+            .run(ort::inputs![input])
+            .map_err(|e| InferError::Runtime(format!("{}: inference failed: {e}", self.model_path.display())))?;
         let (shape, logits) = outputs[0]
             .try_extract_tensor::<f32>()
             .map_err(|e| InferError::Runtime(format!("output tensor: {e}")))?;
@@ -260,7 +253,7 @@ fn cuda_hint(rt: &runtime::Runtime) -> String {
 }
 
 /// Every `.npy` under the inputs (folders are listed, not recursed), in a stable order,
-/// with the name each gets in the output.
+/// with the name each gets in the output. An empty folder is an error.
 pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, InferError> {
     let mut out = Vec::new();
     for input in inputs {
@@ -272,12 +265,20 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, Infe
                 .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "npy"))
                 .collect();
             files.sort();
+            if files.is_empty() {
+                return Err(InferError::Input {
+                    path: input.clone(),
+                    msg: "no .npy files in this folder".into(),
+                });
+            }
+            // One folder: names relative to it (they match its patch_index.csv); several
+            // inputs: paths as given, so two folders' equal names stay distinct.
             out.extend(files.into_iter().map(|p| {
-                let name = p
-                    .strip_prefix(input)
-                    .unwrap_or(&p)
-                    .to_string_lossy()
-                    .into_owned();
+                let name = if inputs.len() == 1 {
+                    p.strip_prefix(input).unwrap_or(&p).to_string_lossy().into_owned()
+                } else {
+                    p.to_string_lossy().into_owned()
+                };
                 (p, name)
             }));
         } else if input.is_file() {
@@ -373,12 +374,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
             }
         }
         let logits = scorer.score(&cubes)?;
-        rows.extend(
-            names
-                .into_iter()
-                .zip(logits)
-                .map(|(name, logit)| Row { name, logit }),
-        );
+        rows.extend(names.into_iter().zip(logits).map(|(name, logit)| Row { name, logit }));
     }
     let mut positives = 0;
     let op = cal.as_ref().map(|c| c.operating_point()).transpose()?;
@@ -397,17 +393,14 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         let z = f64::from(r.logit);
         let mut rec = vec![
             r.name.clone(),
-            format!("{:.6}", r.logit),
+            // Shortest text that reads back as the same f32: no rounding at the threshold.
+            format!("{}", r.logit),
             format!("{:.6}", calibrate::metrics::sigmoid(z)),
         ];
         if let (Some(c), Some(op)) = (&cal, op) {
             let d = u8::from(z >= op.threshold_logit);
             positives += usize::from(d);
-            rec.extend([
-                format!("{:.6}", c.probability(z)),
-                d.to_string(),
-                op.name.clone(),
-            ]);
+            rec.extend([format!("{:.6}", c.probability(z)), d.to_string(), op.name.clone()]);
         }
         rec.push(scorer.model_sha256.clone());
         w.write_record(&rec).map_err(csv_err)?;

@@ -68,20 +68,14 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, InferError> {
         if p.is_file() {
             return Ok(p.to_path_buf());
         }
-        return Err(InferError::Runtime(format!(
-            "--ort-lib {}: no such file",
-            p.display()
-        )));
+        return Err(InferError::Runtime(format!("--ort-lib {}: no such file", p.display())));
     }
     if let Some(p) = std::env::var_os(ORT_ENV) {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);
         }
-        return Err(InferError::Runtime(format!(
-            "{ORT_ENV}={}: no such file",
-            p.display()
-        )));
+        return Err(InferError::Runtime(format!("{ORT_ENV}={}: no such file", p.display())));
     }
     tried.push(format!("--ort-lib (not given), ${ORT_ENV} (not set)"));
     if let Some(dir) = std::env::current_exe()
@@ -102,9 +96,7 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, InferError> {
     if venv_dirs().is_empty() {
         tried.push(format!(
             "project venv: {} (absent)",
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../.venv")
-                .display()
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv").display()
         ));
     }
     Err(InferError::Runtime(format!(
@@ -126,12 +118,7 @@ pub fn init(flag: Option<&Path>) -> Result<&'static Runtime, InferError> {
     }
     let library = locate(flag)?;
     let env = ort::init_from(&library)
-        .map_err(|e| {
-            InferError::Runtime(format!(
-                "{}: cannot load ONNX Runtime: {e}",
-                library.display()
-            ))
-        })?
+        .map_err(|e| InferError::Runtime(format!("{}: cannot load ONNX Runtime: {e}", library.display())))?
         .with_name("nodule-infer")
         .build()
         .map_err(|e| {
@@ -141,21 +128,14 @@ pub fn init(flag: Option<&Path>) -> Result<&'static Runtime, InferError> {
             ))
         })?;
     let version = version_of(&library);
-    Ok(RUNTIME.get_or_init(|| Runtime {
-        library,
-        version,
-        env,
-    }))
+    Ok(RUNTIME.get_or_init(|| Runtime { library, version, env }))
 }
 
 /// ONNX Runtime's version, from its build-info string (`git-branch=rel-1.31.1`) or, failing
 /// that, the library file name.
 fn version_of(lib: &Path) -> String {
     let info = ort::info();
-    if let Some(v) = info
-        .split(',')
-        .find_map(|f| f.trim().strip_prefix("git-branch=rel-"))
-    {
+    if let Some(v) = info.split(',').find_map(|f| f.trim().strip_prefix("git-branch=rel-")) {
         return v.to_string();
     }
     let name = lib
@@ -165,4 +145,25 @@ fn version_of(lib: &Path) -> String {
     name.strip_prefix("libonnxruntime.so.")
         .map(str::to_string)
         .unwrap_or_else(|| info.to_string())
+}
+
+/// When ONNX Runtime comes from a Python venv with NVIDIA's wheels beside it
+/// (`site-packages/nvidia/cu13/lib`, `nvidia/cudnn/lib`, as the CUDA install of
+/// `scripts/setup` lays them out), loads the CUDA 13 and cuDNN 9 libraries the CUDA
+/// provider needs from there: they are not on the loader path, and without them the
+/// provider fails to register. `Ok(None)` when there is nothing to preload.
+pub fn preload_cuda_libraries(rt: &Runtime) -> Result<Option<PathBuf>, String> {
+    // .../site-packages/onnxruntime/capi/libonnxruntime.so.X
+    let Some(site) = rt.library.parent().and_then(Path::parent).and_then(Path::parent) else {
+        return Ok(None);
+    };
+    let cuda = site.join("nvidia/cu13/lib");
+    let cudnn = site.join("nvidia/cudnn/lib");
+    if !cuda.join("libcublas.so.13").exists() {
+        return Ok(None);
+    }
+    let cudnn = cudnn.join("libcudnn.so.9").exists().then_some(cudnn);
+    ort::ep::cuda::preload_dylibs(Some(&cuda), cudnn.as_deref())
+        .map(|()| Some(site.join("nvidia")))
+        .map_err(|e| format!("preloading CUDA libraries from {}: {e}", site.join("nvidia").display()))
 }

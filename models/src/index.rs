@@ -30,7 +30,18 @@ pub struct IndexRow {
     pub center_x: f64,
     pub center_y: f64,
     pub center_z: f64,
+    #[serde(deserialize_with = "label_01")]
     pub label: u8,
+}
+
+/// Accepts `0`/`1` and the `0.0`/`1.0` pandas writes for an integer column read as float.
+fn label_01<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim() {
+        "0" | "0.0" => Ok(0),
+        "1" | "1.0" => Ok(1),
+        other => Err(serde::de::Error::custom(format!("label must be 0 or 1, got {other:?}"))),
+    }
 }
 
 /// A loaded index: its rows and the folder patch paths are relative to.
@@ -84,18 +95,8 @@ impl PatchIndex {
         for (i, rec) in rdr.deserialize::<IndexRow>().enumerate() {
             // Line numbers count the header as line 1.
             let row = rec.map_err(|e| bad(format!("line {}: {e}", i + 2)))?;
-            if row.label > 1 {
-                return Err(bad(format!(
-                    "line {}: label must be 0 or 1, got {}",
-                    i + 2,
-                    row.label
-                )));
-            }
             if row.patch_file.is_empty() || row.seriesuid.is_empty() {
-                return Err(bad(format!(
-                    "line {}: empty patch_file or seriesuid",
-                    i + 2
-                )));
+                return Err(bad(format!("line {}: empty patch_file or seriesuid", i + 2)));
             }
             rows.push(row);
         }
@@ -115,11 +116,7 @@ impl PatchIndex {
                 absent.len(),
                 root.display(),
                 shown.join(", "),
-                if absent.len() > shown.len() {
-                    ", ..."
-                } else {
-                    ""
-                }
+                if absent.len() > shown.len() { ", ..." } else { "" }
             )));
         }
         Ok(PatchIndex { path, root, rows })
@@ -170,9 +167,7 @@ mod tests {
         PatchIndex::write(&p, &[row("a.npy", "s1", 1), row("gone.npy", "s2", 0)]).expect("write");
         let msg = PatchIndex::read(&p).expect_err("missing").to_string();
         assert!(
-            msg.contains("patch_index.csv")
-                && msg.contains("gone.npy")
-                && msg.contains("1 patch file"),
+            msg.contains("patch_index.csv") && msg.contains("gone.npy") && msg.contains("1 patch file"),
             "{msg}"
         );
     }
@@ -193,6 +188,16 @@ mod tests {
     fn bad_label_names_line() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("idx.csv");
+        std::fs::write(dir.path().join("a.npy"), b"x").expect("w");
+        std::fs::write(
+            dir.path().join("float.csv"),
+            "patch_file,seriesuid,diam_mm,center_x,center_y,center_z,label\na.npy,s,1,2,3,4,1.0\n",
+        )
+        .expect("w");
+        assert_eq!(
+            PatchIndex::read(&dir.path().join("float.csv")).expect("1.0").rows[0].label,
+            1
+        );
         std::fs::write(
             &p,
             "patch_file,seriesuid,diam_mm,center_x,center_y,center_z,label\na.npy,s,1,2,3,4,7\n",

@@ -17,9 +17,7 @@ pub fn read_npy_hu(path: &Path) -> Result<ArrayD<f32>> {
     };
     let describe = |e: ReadNpyError| match e {
         ReadNpyError::Io(e) => Error::io(path, e),
-        ReadNpyError::MissingData => {
-            bad("truncated: the file holds less data than its header declares".into())
-        }
+        ReadNpyError::MissingData => bad("truncated: the file holds less data than its header declares".into()),
         ReadNpyError::ExtraBytes(n) => bad(format!("{n} unexpected bytes after the array data")),
         ReadNpyError::ParseHeader(e) => bad(format!("not a valid .npy file ({e})")),
         other => bad(other.to_string()),
@@ -32,7 +30,7 @@ pub fn read_npy_hu(path: &Path) -> Result<ArrayD<f32>> {
                 Ok(a) => a.mapv(f32::from),
                 Err(ReadNpyError::WrongDescriptor(d)) => {
                     return Err(bad(format!(
-                        "unsupported array type {d}: expected float32, float64 or int16 HU values in C order"
+                        "unsupported array type {d}: expected float32, float64 or int16 HU values"
                     )))
                 }
                 Err(e) => return Err(describe(e)),
@@ -45,9 +43,7 @@ pub fn read_npy_hu(path: &Path) -> Result<ArrayD<f32>> {
         return Err(bad(format!("empty array of shape {:?}", arr.shape())));
     }
     if let Some(i) = arr.iter().position(|v| !v.is_finite()) {
-        return Err(bad(format!(
-            "non-finite value (NaN or Inf) at flat index {i}"
-        )));
+        return Err(bad(format!("non-finite value (NaN or Inf) at flat index {i}")));
     }
     Ok(arr)
 }
@@ -72,8 +68,7 @@ mod tests {
         for (name, write) in [
             (
                 "f32.npy",
-                Box::new(|p: &Path| write_npy(p, &a32))
-                    as Box<dyn Fn(&Path) -> Result<(), ndarray_npy::WriteNpyError>>,
+                Box::new(|p: &Path| write_npy(p, &a32)) as Box<dyn Fn(&Path) -> Result<(), ndarray_npy::WriteNpyError>>,
             ),
             ("f64.npy", Box::new(|p: &Path| write_npy(p, &a64))),
             ("i16.npy", Box::new(|p: &Path| write_npy(p, &a16))),
@@ -102,20 +97,14 @@ mod tests {
         let bytes = std::fs::read(&p).expect("read");
         std::fs::write(&p, &bytes[..bytes.len() - 10]).expect("truncate");
         let msg = read_npy_hu(&p).expect_err("cut").to_string();
-        assert!(
-            msg.contains("cut.npy") && msg.contains("truncated"),
-            "{msg}"
-        );
+        assert!(msg.contains("cut.npy") && msg.contains("truncated"), "{msg}");
 
         let p = dir.path().join("nan.npy");
         let mut a = Array3::<f32>::zeros((2, 2, 2));
         a[[1, 1, 1]] = f32::NAN;
         write_npy(&p, &a).expect("write");
         let msg = read_npy_hu(&p).expect_err("nan").to_string();
-        assert!(
-            msg.contains("nan.npy") && msg.contains("non-finite"),
-            "{msg}"
-        );
+        assert!(msg.contains("nan.npy") && msg.contains("non-finite"), "{msg}");
 
         let p = dir.path().join("junk.npy");
         std::fs::write(&p, b"hello").expect("write");

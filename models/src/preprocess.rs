@@ -39,6 +39,9 @@ impl Default for Preprocess {
     }
 }
 
+/// Largest cube side accepted (512³ float32 is 512 MiB per patch).
+pub const MAX_CUBE: usize = 512;
+
 const KEYS: [&str; 6] = [
     "preprocess.cube_size",
     "preprocess.hu_min",
@@ -52,8 +55,8 @@ impl Preprocess {
     /// Checks the settings make sense.
     pub fn validate(&self) -> Result<()> {
         let mut problems = Vec::new();
-        if self.cube_size < 8 {
-            problems.push(format!("cube_size {} is below 8 voxels", self.cube_size));
+        if !(8..=MAX_CUBE).contains(&self.cube_size) {
+            problems.push(format!("cube_size {} is outside 8..={MAX_CUBE} voxels", self.cube_size));
         }
         if !(self.hu_min.is_finite() && self.hu_max.is_finite() && self.hu_min < self.hu_max) {
             problems.push(format!(
@@ -90,13 +93,10 @@ impl Preprocess {
     /// Centre-crops or pads (with `pad_hu`) each axis to `cube_size`, then windows and
     /// scales. `path` only names the file in errors.
     pub fn apply(&self, hu: &ArrayD<f32>, path: &Path) -> Result<Array3<f32>> {
-        let v = hu
-            .view()
-            .into_dimensionality::<Ix3>()
-            .map_err(|_| Error::BadPatch {
-                path: path.to_path_buf(),
-                msg: format!("expected a 3-D cube (z, y, x), got shape {:?}", hu.shape()),
-            })?;
+        let v = hu.view().into_dimensionality::<Ix3>().map_err(|_| Error::BadPatch {
+            path: path.to_path_buf(),
+            msg: format!("expected a 3-D cube (z, y, x), got shape {:?}", hu.shape()),
+        })?;
         if v.is_empty() {
             return Err(Error::BadPatch {
                 path: path.to_path_buf(),
@@ -164,7 +164,14 @@ impl Preprocess {
             )));
         }
         let p = Preprocess {
-            cube_size: vals[0] as usize,
+            cube_size: if vals[0].fract() == 0.0 && (0.0..=(MAX_CUBE as f64)).contains(&vals[0]) {
+                vals[0] as usize
+            } else {
+                return Err(Error::Metadata(format!(
+                    "`preprocess.cube_size` must be a whole number up to {MAX_CUBE}, got {}",
+                    vals[0]
+                )));
+            },
             hu_min: vals[1] as f32,
             hu_max: vals[2] as f32,
             out_min: vals[3] as f32,
@@ -232,10 +239,7 @@ mod tests {
     #[test]
     fn rejects_wrong_rank_naming_file() {
         let a = ArrayD::from_elem(IxDyn(&[4, 4]), 0.0f32);
-        let msg = p(8)
-            .apply(&a, Path::new("flat.npy"))
-            .expect_err("rank")
-            .to_string();
+        let msg = p(8).apply(&a, Path::new("flat.npy")).expect_err("rank").to_string();
         assert!(msg.contains("flat.npy") && msg.contains("3-D"), "{msg}");
     }
 
@@ -246,19 +250,13 @@ mod tests {
             hu_min: -1200.0,
             ..Default::default()
         };
-        assert_eq!(
-            Preprocess::from_metadata(&pp.to_metadata()).expect("back"),
-            pp
-        );
+        assert_eq!(Preprocess::from_metadata(&pp.to_metadata()).expect("back"), pp);
         let mut md = pp.to_metadata();
         md.remove("preprocess.hu_max");
         md.insert("preprocess.pad_hu".into(), "air".into());
-        let msg = Preprocess::from_metadata(&md)
-            .expect_err("missing")
-            .to_string();
+        let msg = Preprocess::from_metadata(&md).expect_err("missing").to_string();
         assert!(
-            msg.contains("`preprocess.hu_max` missing")
-                && msg.contains("`preprocess.pad_hu` is not a number"),
+            msg.contains("`preprocess.hu_max` missing") && msg.contains("`preprocess.pad_hu` is not a number"),
             "{msg}"
         );
     }

@@ -109,15 +109,9 @@ impl ArchSpec {
         };
         let mut layers = Vec::new();
         layers.extend(cbr(0, 1, w1));
-        layers.push(Layer::MaxPool3d {
-            kernel: 2,
-            stride: 2,
-        });
+        layers.push(Layer::MaxPool3d { kernel: 2, stride: 2 });
         layers.extend(cbr(4, w1, w2));
-        layers.push(Layer::MaxPool3d {
-            kernel: 2,
-            stride: 2,
-        });
+        layers.push(Layer::MaxPool3d { kernel: 2, stride: 2 });
         layers.extend(cbr(8, w2, w3));
         layers.push(Layer::GlobalAvgPool);
         layers.extend(head("head", w3, 2 * width));
@@ -132,11 +126,7 @@ impl ArchSpec {
     /// `Conv3d(1, 64, k=7, s=2, p=3, bias=False)` stem and the head
     /// `Linear(512, 128) → ReLU → Dropout(0.3) → Linear(128, 1)`. Names follow torchvision.
     pub fn r3d_18() -> Self {
-        let mut layers = vec![
-            conv("stem.0", 1, 64, 7, 2, 3, false),
-            bn("stem.1", 64),
-            Layer::Relu,
-        ];
+        let mut layers = vec![conv("stem.0", 1, 64, 7, 2, 3, false), bn("stem.1", 64), Layer::Relu];
         let widths = [64, 128, 256, 512];
         let mut cin = 64;
         for (li, &w) in widths.iter().enumerate() {
@@ -195,7 +185,9 @@ impl ArchSpec {
         let mut flat = false;
         check_chain(&self.layers, &mut ch, &mut flat, &mut problems);
         if ch != Some(1) || !flat {
-            problems.push(format!("network must end in one logit per sample, ends in {ch:?} features (flattened: {flat})"));
+            problems.push(format!(
+                "network must end in one logit per sample, ends in {ch:?} features (flattened: {flat})"
+            ));
         }
         let params = self.params();
         let mut names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
@@ -208,11 +200,7 @@ impl ArchSpec {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Spec(format!(
-                "`{}`: {}",
-                self.name,
-                problems.join("; ")
-            )))
+            Err(Error::Spec(format!("`{}`: {}", self.name, problems.join("; "))))
         }
     }
 }
@@ -277,10 +265,7 @@ fn collect_params(layers: &[Layer], out: &mut Vec<ParamSpec>) {
                 ..
             } => {
                 let k = *kernel;
-                out.push(t(
-                    format!("{name}.weight"),
-                    vec![*out_channels, *in_channels, k, k, k],
-                ));
+                out.push(t(format!("{name}.weight"), vec![*out_channels, *in_channels, k, k, k]));
                 if *bias {
                     out.push(t(format!("{name}.bias"), vec![*out_channels]));
                 }
@@ -296,30 +281,19 @@ fn collect_params(layers: &[Layer], out: &mut Vec<ParamSpec>) {
                 in_features,
                 out_features,
             } => {
-                out.push(t(
-                    format!("{name}.weight"),
-                    vec![*out_features, *in_features],
-                ));
+                out.push(t(format!("{name}.weight"), vec![*out_features, *in_features]));
                 out.push(t(format!("{name}.bias"), vec![*out_features]));
             }
             Layer::Residual { body, shortcut } => {
                 collect_params(body, out);
                 collect_params(shortcut, out);
             }
-            Layer::Relu
-            | Layer::MaxPool3d { .. }
-            | Layer::GlobalAvgPool
-            | Layer::Dropout { .. } => {}
+            Layer::Relu | Layer::MaxPool3d { .. } | Layer::GlobalAvgPool | Layer::Dropout { .. } => {}
         }
     }
 }
 
-fn check_chain(
-    layers: &[Layer],
-    ch: &mut Option<usize>,
-    flat: &mut bool,
-    problems: &mut Vec<String>,
-) {
+fn check_chain(layers: &[Layer], ch: &mut Option<usize>, flat: &mut bool, problems: &mut Vec<String>) {
     for l in layers {
         match l {
             Layer::Conv3d {
@@ -346,7 +320,9 @@ fn check_chain(
                 out_features,
             } => {
                 if !*flat || *ch != Some(*in_features) {
-                    problems.push(format!("{name}: expects {in_features} flattened features, gets {ch:?} (flattened: {flat})"));
+                    problems.push(format!(
+                        "{name}: expects {in_features} flattened features, gets {ch:?} (flattened: {flat})"
+                    ));
                 }
                 *ch = Some(*out_features);
             }
@@ -375,10 +351,7 @@ mod tests {
     #[test]
     fn builtin_specs_are_valid() {
         for name in ARCHITECTURES {
-            ArchSpec::by_name(name)
-                .expect("known")
-                .validate()
-                .expect("valid");
+            ArchSpec::by_name(name).expect("known").validate().expect("valid");
         }
     }
 
@@ -434,9 +407,6 @@ mod tests {
         });
         let msg = spec.validate().expect_err("invalid").to_string();
         assert!(msg.contains("features.0: expects 3 channels"), "{msg}");
-        assert!(
-            msg.contains("duplicate parameter name `head.0.weight`"),
-            "{msg}"
-        );
+        assert!(msg.contains("duplicate parameter name `head.0.weight`"), "{msg}");
     }
 }

@@ -14,14 +14,43 @@ pub fn bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>")
         .to_path_buf();
-    for b in ["trainer", "calibrate", "infer"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{} missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test does)",
-            dir.join(b).display()
-        );
+    for (b, crates) in [
+        ("trainer", &["trainer", "models", "infer", "calibrate"][..]),
+        ("calibrate", &["calibrate", "models"][..]),
+        ("infer", &["infer", "models", "calibrate"][..]),
+    ] {
+        let path = dir.join(b);
+        let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| {
+            panic!(
+                "{} missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test does)",
+                path.display()
+            )
+        });
+        for c in crates {
+            if let Some(src) = newest_source(&workspace().join(c).join("src")) {
+                assert!(
+                    src <= built,
+                    "{} is older than the sources of `{c}`: run `cargo build --workspace --bins` (scripts/test does)",
+                    path.display()
+                );
+            }
+        }
     }
     dir
+}
+
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let t = if p.is_dir() {
+            newest_source(&p)
+        } else {
+            e.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 /// Path of one of the workspace binaries.
@@ -97,12 +126,7 @@ pub fn s(p: &Path) -> &str {
 /// Reads a CSV into a header and rows.
 pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header = r
-        .headers()
-        .expect("header")
-        .iter()
-        .map(str::to_string)
-        .collect();
+    let header = r.headers().expect("header").iter().map(str::to_string).collect();
     let rows = r
         .records()
         .map(|x| x.expect("record").iter().map(str::to_string).collect())

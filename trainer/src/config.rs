@@ -121,10 +121,8 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Reads a YAML config; unknown keys are errors (a typo must not be ignored quietly).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read config", path.display()))?;
-        serde_yaml::from_str(&text)
-            .with_context(|| format!("{}: invalid training config", path.display()))
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+        serde_yaml::from_str(&text).with_context(|| format!("{}: invalid training config", path.display()))
     }
 
     /// Checks values, reporting every problem at once.
@@ -153,23 +151,15 @@ impl TrainConfig {
             p.push(format!("train.lr must be positive, got {}", t.lr));
         }
         if !(t.weight_decay >= 0.0) {
-            p.push(format!(
-                "train.weight_decay must be >= 0, got {}",
-                t.weight_decay
-            ));
+            p.push(format!("train.weight_decay must be >= 0, got {}", t.weight_decay));
         }
         if let PosWeight::Value(v) = t.pos_weight {
             if !(v > 0.0 && v.is_finite()) {
-                p.push(format!(
-                    "train.pos_weight must be `auto` or a positive number, got {v}"
-                ));
+                p.push(format!("train.pos_weight must be `auto` or a positive number, got {v}"));
             }
         }
         if crate::parse_device(&t.device).is_err() {
-            p.push(format!(
-                "train.device `{}` is not auto, cpu, cuda or cuda:N",
-                t.device
-            ));
+            p.push(format!("train.device `{}` is not auto, cpu, cuda or cuda:N", t.device));
         }
         if p.is_empty() {
             Ok(())
@@ -180,9 +170,7 @@ impl TrainConfig {
 
     /// Hex sha256 of the resolved config as YAML.
     pub fn sha256(&self) -> Result<String> {
-        Ok(models::fsutil::sha256_bytes(
-            serde_yaml::to_string(self)?.as_bytes(),
-        ))
+        Ok(models::fsutil::sha256_bytes(serde_yaml::to_string(self)?.as_bytes()))
     }
 }
 
@@ -193,17 +181,14 @@ mod tests {
     #[test]
     fn yaml_defaults_and_unknown_keys() {
         let c: TrainConfig =
-            serde_yaml::from_str("data: d\nout: o\ntrain:\n  epochs: 3\n  pos_weight: 2.5\n")
-                .expect("parse");
+            serde_yaml::from_str("data: d\nout: o\ntrain:\n  epochs: 3\n  pos_weight: 2.5\n").expect("parse");
         assert_eq!(c.train.epochs, 3);
         assert_eq!(c.train.pos_weight, PosWeight::Value(2.5));
         assert_eq!(c.train.batch_size, 16);
         assert_eq!(c.preprocess.cube_size, 64);
-        let c: TrainConfig =
-            serde_yaml::from_str("data: d\nout: o\ntrain:\n  pos_weight: auto\n").expect("parse");
+        let c: TrainConfig = serde_yaml::from_str("data: d\nout: o\ntrain:\n  pos_weight: auto\n").expect("parse");
         assert_eq!(c.train.pos_weight, PosWeight::Auto(AutoTag::Auto));
-        let e = serde_yaml::from_str::<TrainConfig>("data: d\nout: o\ntrain:\n  epoch: 3\n")
-            .expect_err("typo");
+        let e = serde_yaml::from_str::<TrainConfig>("data: d\nout: o\ntrain:\n  epoch: 3\n").expect_err("typo");
         assert!(e.to_string().contains("epoch"), "{e}");
     }
 

@@ -60,21 +60,14 @@ impl Split {
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let mut series = BTreeMap::new();
         for stratum in [true, false] {
-            let mut s: Vec<&str> = has_pos
-                .iter()
-                .filter(|(_, &p)| p == stratum)
-                .map(|(k, _)| *k)
-                .collect();
+            let mut s: Vec<&str> = has_pos.iter().filter(|(_, &p)| p == stratum).map(|(k, _)| *k).collect();
             s.shuffle(&mut rng);
             let mut n_val = (s.len() as f64 * cfg.val_fraction).round() as usize;
             if stratum && s.len() >= 2 {
                 n_val = n_val.clamp(1, s.len() - 1);
             }
             for (i, uid) in s.into_iter().enumerate() {
-                series.insert(
-                    uid.to_string(),
-                    if i < n_val { Side::Val } else { Side::Train },
-                );
+                series.insert(uid.to_string(), if i < n_val { Side::Val } else { Side::Train });
             }
         }
         let split = Split { series };
@@ -112,12 +105,7 @@ impl Split {
             bail!(
                 "{}: patch file(s) listed under series on both sides of the split: {}",
                 index.display(),
-                leaked
-                    .iter()
-                    .take(5)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                leaked.iter().take(5).copied().collect::<Vec<_>>().join(", ")
             );
         }
         for (side, name) in [(0, "training"), (1, "validation")] {
@@ -188,12 +176,7 @@ impl Cubes {
                 "{} of {} patch file(s) could not be loaded:\n  {}{}",
                 errors.len(),
                 rows.len(),
-                errors
-                    .iter()
-                    .take(10)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\n  "),
+                errors.iter().take(10).cloned().collect::<Vec<_>>().join("\n  "),
                 if errors.len() > 10 { "\n  ..." } else { "" }
             );
         }
@@ -277,10 +260,7 @@ mod tests {
             "{:#}",
             Split::new(&r, &SplitConfig::default(), Path::new("i.csv")).expect_err("no neg")
         );
-        assert!(
-            msg.contains("no negative patches") && msg.contains("i.csv"),
-            "{msg}"
-        );
+        assert!(msg.contains("no negative patches") && msg.contains("i.csv"), "{msg}");
 
         let r = rows();
         let s = Split::new(&r, &SplitConfig::default(), Path::new("i.csv")).expect("split");
@@ -310,10 +290,7 @@ mod tests {
                 x.label = 0;
             }
         }
-        let msg = format!(
-            "{:#}",
-            s.check(&r3, Path::new("i.csv")).expect_err("no val pos")
-        );
+        let msg = format!("{:#}", s.check(&r3, Path::new("i.csv")).expect_err("no val pos"));
         assert!(
             msg.contains("validation split has") && msg.contains("needs both classes"),
             "{msg}"

@@ -16,11 +16,7 @@ use crate::net::{self, Net};
 pub const PARITY_TOLERANCE: f64 = 1e-4;
 
 /// Everything a scorer must know, for the ONNX file's `metadata_props`.
-pub fn metadata(
-    spec: &ArchSpec,
-    pre: &Preprocess,
-    extra: &[(&str, String)],
-) -> Result<BTreeMap<String, String>> {
+pub fn metadata(spec: &ArchSpec, pre: &Preprocess, extra: &[(&str, String)]) -> Result<BTreeMap<String, String>> {
     let mut md = pre.to_metadata();
     let mut put = |k: &str, v: String| {
         md.insert(k.to_string(), v);
@@ -104,26 +100,23 @@ pub fn parity(
     for start in (0..n).step_by(batch.max(1)) {
         let end = (start + batch).min(n);
         let chunk = &data[start * n_vox..end * n_vox];
-        let x = Tensor::from_slice(chunk).view([
-            (end - start) as i64,
-            1,
-            cube as i64,
-            cube as i64,
-            cube as i64,
-        ]);
+        let x = Tensor::from_slice(chunk).view([(end - start) as i64, 1, cube as i64, cube as i64, cube as i64]);
         let t = tch::no_grad(|| net.forward_t(&x, false)).flatten(0, -1);
         let t = Vec::<f32>::try_from(&t)?;
         let cubes: Vec<ndarray::Array3<f32>> = (start..end)
-            .map(|i| {
-                ndarray::Array3::from_shape_vec(
-                    (cube, cube, cube),
-                    data[i * n_vox..(i + 1) * n_vox].to_vec(),
-                )
-            })
+            .map(|i| ndarray::Array3::from_shape_vec((cube, cube, cube), data[i * n_vox..(i + 1) * n_vox].to_vec()))
             .collect::<Result<_, _>>()?;
         let o = scorer.score(&cubes)?;
+        if o.len() != t.len() {
+            anyhow::bail!("parity: libtorch gave {} logits, ONNX Runtime {}", t.len(), o.len());
+        }
         for (a, b) in t.iter().zip(&o) {
-            let d = f64::from((a - b).abs());
+            // A non-finite logit on either side fails the check (f64::max would skip NaN).
+            let d = if a.is_finite() && b.is_finite() {
+                f64::from((a - b).abs())
+            } else {
+                f64::INFINITY
+            };
             max_d = max_d.max(d);
             sum_d += d;
         }

@@ -90,14 +90,8 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     let mut cfg = match &a.config {
         Some(p) => TrainConfig::load(p)?,
         None => {
-            let data = a
-                .data
-                .clone()
-                .context("give --config FILE or --data FOLDER")?;
-            let out = a
-                .out
-                .clone()
-                .context("give --config FILE or --out RUN_FOLDER")?;
+            let data = a.data.clone().context("give --config FILE or --data FOLDER")?;
+            let out = a.out.clone().context("give --config FILE or --out RUN_FOLDER")?;
             serde_yaml::from_str::<TrainConfig>(&format!(
                 "data: {}\nout: {}\n",
                 serde_yaml::to_string(&data)?.trim(),
@@ -188,10 +182,19 @@ fn main() -> ExitCode {
                 );
             }
             Cmd::Doctor => {
+                let lib = std::path::Path::new(env!("NODULE_LIBTORCH_LIB"));
+                let version = std::fs::read_to_string(lib.join("../version.py"))
+                    .ok()
+                    .and_then(|t| {
+                        t.lines().find_map(|l| {
+                            l.strip_prefix("__version__ = ")
+                                .map(|v| v.trim_matches(['\'', '"']).to_string())
+                        })
+                    })
+                    .unwrap_or_else(|| "unknown (no torch/version.py)".into());
                 println!(
-                    "libtorch: torch {} (tch 0.24), lib folder {}",
-                    "2.11.0",
-                    env!("NODULE_LIBTORCH_LIB")
+                    "libtorch: torch {version} (tch 0.24 needs 2.11.0), lib folder {}",
+                    lib.display()
                 );
                 println!(
                     "libtorch_cuda linked with --no-as-needed: {}",

@@ -58,11 +58,7 @@ fn build(root: &nn::Path, layers: &[Layer]) -> Vec<Built> {
                     cfg,
                 ))
             }
-            Layer::BatchNorm3d {
-                name,
-                channels,
-                eps,
-            } => {
+            Layer::BatchNorm3d { name, channels, eps } => {
                 // PyTorch initialises the BN scale to 1 (tch's default is uniform [0, 1]).
                 let cfg = nn::BatchNormConfig {
                     eps: *eps,
@@ -85,9 +81,7 @@ fn build(root: &nn::Path, layers: &[Layer]) -> Vec<Built> {
                 Default::default(),
             )),
             Layer::Dropout { p } => Built::Dropout(*p),
-            Layer::Residual { body, shortcut } => {
-                Built::Residual(build(root, body), build(root, shortcut))
-            }
+            Layer::Residual { body, shortcut } => Built::Residual(build(root, body), build(root, shortcut)),
         })
         .collect()
 }
@@ -142,10 +136,7 @@ pub fn check_names(vs: &nn::VarStore, spec: &ArchSpec) -> Result<()> {
     let mut problems = Vec::new();
     for p in spec.params() {
         match vars.get(&p.name) {
-            None => problems.push(format!(
-                "spec declares `{}` but the VarStore lacks it",
-                p.name
-            )),
+            None => problems.push(format!("spec declares `{}` but the VarStore lacks it", p.name)),
             Some(t) => {
                 let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
                 if shape != p.shape {
@@ -160,9 +151,7 @@ pub fn check_names(vs: &nn::VarStore, spec: &ArchSpec) -> Result<()> {
     let declared: Vec<String> = spec.params().into_iter().map(|p| p.name).collect();
     for k in vars.keys() {
         if !declared.contains(k) {
-            problems.push(format!(
-                "VarStore holds `{k}` which the spec does not declare"
-            ));
+            problems.push(format!("VarStore holds `{k}` which the spec does not declare"));
         }
     }
     if !problems.is_empty() {

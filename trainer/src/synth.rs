@@ -120,22 +120,13 @@ fn random_tube(rng: &mut StdRng, c: f64, n: f64, thick: bool) -> Tube {
         } else {
             rng.random_range(0.8..2.5)
         },
-        half_len: if thick {
-            rng.random_range(3.0..7.0)
-        } else {
-            n * 2.0
-        },
+        half_len: if thick { rng.random_range(3.0..7.0) } else { n * 2.0 },
         hu: rng.random_range(-20.0..60.0),
     }
 }
 
 /// Generates one patch; returns the HU cube and the nodule diameter (0 for negatives).
-fn patch(
-    cfg: &SynthConfig,
-    look: &SeriesLook,
-    positive: bool,
-    rng: &mut StdRng,
-) -> (Array3<f32>, f64) {
+fn patch(cfg: &SynthConfig, look: &SeriesLook, positive: bool, rng: &mut StdRng) -> (Array3<f32>, f64) {
     let n = cfg.cube_size;
     let nf = n as f64;
     let c = (nf - 1.0) / 2.0;
@@ -155,10 +146,7 @@ fn patch(
     let mut vol = Array3::<f64>::zeros((n, n, n));
     for ((z, y, x), v) in vol.indexed_iter_mut() {
         let p = [z as f64, y as f64, x as f64];
-        let tex: f64 = waves
-            .iter()
-            .map(|(k, ph, a)| a * (dot(*k, p) + ph).sin())
-            .sum();
+        let tex: f64 = waves.iter().map(|(k, ph, a)| a * (dot(*k, p) + ph).sin()).sum();
         *v = look.parenchyma_hu + look.texture_amp * tex / 2.0;
     }
     let mut diam = 0.0;
@@ -183,11 +171,7 @@ fn patch(
         let part_solid = rng.random_bool(0.3);
         let solid_hu = rng.random_range(-80.0..60.0);
         let ggo_hu = rng.random_range(-650.0..-450.0);
-        let core = if part_solid {
-            rng.random_range(0.3..0.6)
-        } else {
-            1.0
-        };
+        let core = if part_solid { rng.random_range(0.3..0.6) } else { 1.0 };
         let d_at = |p: V3, scale: f64| {
             let q = [
                 (p[0] - centre[0]) / (axes[0] * scale),
@@ -250,19 +234,12 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
         bail!("synthetic set needs at least 2 series, 1 patch per series and a cube of 8 voxels");
     }
     if !(0.0..1.0).contains(&cfg.positive_fraction) || cfg.positive_fraction == 0.0 {
-        bail!(
-            "positive_fraction must be in (0, 1), got {}",
-            cfg.positive_fraction
-        );
+        bail!("positive_fraction must be in (0, 1), got {}", cfg.positive_fraction);
     }
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("{}: cannot create folder", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
     let index_path = out.join(INDEX_FILE);
     if index_path.exists() {
-        bail!(
-            "{}: already exists; choose an empty folder",
-            index_path.display()
-        );
+        bail!("{}: already exists; choose an empty folder", index_path.display());
     }
     let jobs: Vec<(usize, usize)> = (0..cfg.series)
         .flat_map(|s| (0..cfg.patches_per_series).map(move |p| (s, p)))
@@ -270,16 +247,14 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
     let rows: Vec<IndexRow> = jobs
         .par_iter()
         .map(|&(s, p)| -> Result<IndexRow> {
-            let mut srng =
-                StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(s as u64));
+            let mut srng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(s as u64));
             let look = SeriesLook {
                 parenchyma_hu: srng.random_range(-880.0..-820.0),
                 noise_sd: srng.random_range(20.0..90.0),
                 texture_amp: srng.random_range(15.0..45.0),
             };
-            let mut rng = StdRng::seed_from_u64(
-                cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((s as u64) << 32 | p as u64),
-            );
+            let mut rng =
+                StdRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((s as u64) << 32 | p as u64));
             let positive = rng.random_bool(cfg.positive_fraction);
             let (cube, diam) = patch(cfg, &look, positive, &mut rng);
             let uid = format!("1.2.826.0.1.3680043.8.498.{}.{}", cfg.seed, s + 1);
@@ -288,10 +263,8 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
             // Write to a temporary name and rename, so an interrupted run leaves no
             // half-written patch under its final name.
             let tmp = out.join(format!(".{file}.tmp"));
-            ndarray_npy::write_npy(&tmp, &cube)
-                .with_context(|| format!("{}: cannot write", tmp.display()))?;
-            std::fs::rename(&tmp, &path)
-                .with_context(|| format!("{}: cannot rename", path.display()))?;
+            ndarray_npy::write_npy(&tmp, &cube).with_context(|| format!("{}: cannot write", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot rename", path.display()))?;
             Ok(IndexRow {
                 patch_file: file,
                 seriesuid: uid,
@@ -324,10 +297,7 @@ mod tests {
             positive_fraction: 0.5,
             seed: 3,
         };
-        let (a, b) = (
-            tempfile::tempdir().expect("tmp"),
-            tempfile::tempdir().expect("tmp"),
-        );
+        let (a, b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
         generate(&cfg, a.path()).expect("gen a");
         generate(&cfg, b.path()).expect("gen b");
         let ia = std::fs::read(a.path().join(INDEX_FILE)).expect("read");
@@ -356,9 +326,6 @@ mod tests {
                 assert!(v[v.len() - 1] > -300.0, "a nodule must be dense somewhere");
             }
         }
-        assert!(
-            generate(&cfg, a.path()).is_err(),
-            "must refuse to overwrite an index"
-        );
+        assert!(generate(&cfg, a.path()).is_err(), "must refuse to overwrite an index");
     }
 }

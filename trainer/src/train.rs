@@ -69,6 +69,20 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
+/// Every file a run writes (what `--force` clears).
+pub const RUN_FILES: &[&str] = &[
+    "config.yaml",
+    "split.csv",
+    "metrics.csv",
+    "best.safetensors",
+    "model.onnx",
+    "model.parity-failed.onnx",
+    "parity.yaml",
+    "val_scores.csv",
+    "summary.yaml",
+    "calibration.yaml",
+];
+
 fn prepare_run_dir(dir: &Path, force: bool) -> Result<()> {
     if dir.exists() {
         let non_empty = std::fs::read_dir(dir)
@@ -81,17 +95,18 @@ fn prepare_run_dir(dir: &Path, force: bool) -> Result<()> {
                 dir.display()
             );
         }
+        // --force: remove the previous run's artefacts so the folder never mixes two runs.
+        for name in RUN_FILES {
+            let p = dir.join(name);
+            if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("{}: cannot remove", p.display()))?;
+            }
+        }
     }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create run folder", dir.display()))
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create run folder", dir.display()))
 }
 
-fn batch_tensor(
-    c: &Cubes,
-    idx: &[usize],
-    flips: Option<&mut StdRng>,
-    device: Device,
-) -> (Tensor, Tensor) {
+fn batch_tensor(c: &Cubes, idx: &[usize], flips: Option<&mut StdRng>, device: Device) -> (Tensor, Tensor) {
     let d = c.cube as i64;
     let mut xs = Vec::with_capacity(idx.len());
     let mut rng = flips;
@@ -153,6 +168,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let val_rows = split.rows(&index.rows, Side::Val);
     let train = Cubes::load(&index, &train_rows, pre)?;
     let val = Cubes::load(&index, &val_rows, pre)?;
+    // The parity check after training needs ONNX Runtime: find it now, not after an hour.
+    infer::runtime::init(opts.ort_lib.as_deref())?;
     let dir = &cfg.out;
     prepare_run_dir(dir, opts.force)?;
     yaml(&dir.join("config.yaml"), cfg)?;
@@ -203,19 +220,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             if chunk.len() < 2 {
                 continue; // BatchNorm statistics need more than one sample.
             }
-            let flips = if cfg.train.augment_flips {
-                Some(&mut rng)
-            } else {
-                None
-            };
+            let flips = if cfg.train.augment_flips { Some(&mut rng) } else { None };
             let (x, y) = batch_tensor(&train, chunk, flips, device);
             let z = net.forward_t(&x, true).flatten(0, -1);
-            let loss = z.binary_cross_entropy_with_logits(
-                &y,
-                None::<&Tensor>,
-                Some(&pw),
-                tch::Reduction::Mean,
-            );
+            let loss = z.binary_cross_entropy_with_logits(&y, None::<&Tensor>, Some(&pw), tch::Reduction::Mean);
             opt.backward_step(&loss);
             loss_sum += f64::try_from(&loss)? * chunk.len() as f64;
             seen += chunk.len();
@@ -267,21 +275,20 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         pre,
         &[
             ("training.config_sha256", cfg.sha256()?),
-            (
-                "training.data_sha256",
-                models::fsutil::sha256_file(&index.path)?,
-            ),
+            ("training.data_sha256", models::fsutil::sha256_file(&index.path)?),
             ("training.best_epoch", best_epoch.to_string()),
             ("training.val_auroc", format!("{best_auroc:.6}")),
             ("training.device", crate::device_name(device)),
         ],
     )?;
+    // Written under a temporary name; it becomes model.onnx only once parity holds.
     let onnx_path = dir.join("model.onnx");
-    export::export_onnx(&spec, &best_vs, pre, &md, &onnx_path)?;
+    let unchecked = dir.join(".model.unchecked.onnx");
+    export::export_onnx(&spec, &best_vs, pre, &md, &unchecked)?;
     let (parity, ort_logits) = export::parity(
         &spec,
         &best_vs,
-        &onnx_path,
+        &unchecked,
         &val.data,
         val.cube,
         cfg.train.batch_size,
@@ -296,13 +303,17 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         parity.patches
     ));
     if !parity.passed {
+        let failed = dir.join("model.parity-failed.onnx");
+        std::fs::rename(&unchecked, &failed)?;
         bail!(
-            "{}: export parity failed: max |Δlogit| {:.3e} > {:.0e} (see parity.yaml); the ONNX file must not be used",
-            onnx_path.display(),
+            "{}: export parity failed: max |Δlogit| {:.3e} > {:.0e} (see parity.yaml); the file must not be used",
+            failed.display(),
             parity.max_abs_diff_logit,
             parity.tolerance
         );
     }
+    std::fs::rename(&unchecked, &onnx_path)
+        .with_context(|| format!("{}: cannot move the checked model into place", onnx_path.display()))?;
     #[derive(Serialize)]
     struct ValScore<'a> {
         patch_file: &'a str,

@@ -49,10 +49,9 @@ fn check(spec: ArchSpec, cube: usize) {
         (Kind::Float, Device::Cpu),
     );
     let data = Vec::<f32>::try_from(&x.flatten(0, -1)).expect("data");
-    let direct = Vec::<f32>::try_from(&tch::no_grad(|| model.forward_t(&x, false)).flatten(0, -1))
-        .expect("logits");
-    let spread = direct.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
-        - direct.iter().cloned().fold(f32::INFINITY, f32::min);
+    let direct = Vec::<f32>::try_from(&tch::no_grad(|| model.forward_t(&x, false)).flatten(0, -1)).expect("logits");
+    let spread =
+        direct.iter().cloned().fold(f32::NEG_INFINITY, f32::max) - direct.iter().cloned().fold(f32::INFINITY, f32::min);
     assert!(
         spread > 1e-3,
         "{}: logits must differ between inputs for the test to mean anything: {direct:?}",

@@ -40,20 +40,13 @@ pub fn check_weights(spec: &ArchSpec, weights: &Weights) -> Result<()> {
     let params = spec.params();
     for p in &params {
         match weights.get(&p.name) {
-            None => problems.push(format!(
-                "missing `{}` (expected shape {:?})",
-                p.name, p.shape
-            )),
-            Some(w) if w.shape != p.shape => problems.push(format!(
-                "`{}`: expected shape {:?}, got {:?}",
-                p.name, p.shape, w.shape
-            )),
-            Some(w) if w.data.len() != p.shape.iter().product::<usize>() => problems.push(format!(
-                "`{}`: {} values for shape {:?}",
-                p.name,
-                w.data.len(),
-                p.shape
-            )),
+            None => problems.push(format!("missing `{}` (expected shape {:?})", p.name, p.shape)),
+            Some(w) if w.shape != p.shape => {
+                problems.push(format!("`{}`: expected shape {:?}, got {:?}", p.name, p.shape, w.shape))
+            }
+            Some(w) if w.data.len() != p.shape.iter().product::<usize>() => {
+                problems.push(format!("`{}`: {} values for shape {:?}", p.name, w.data.len(), p.shape))
+            }
             Some(_) => {}
         }
     }
@@ -110,10 +103,7 @@ pub fn export(
                 Dim::Value(c),
             ],
         )],
-        output: vec![value_info(
-            OUTPUT_NAME,
-            &[Dim::Param("batch"), Dim::Value(1)],
-        )],
+        output: vec![value_info(OUTPUT_NAME, &[Dim::Param("batch"), Dim::Value(1)])],
         ..Default::default()
     };
     Ok(ModelProto {
@@ -150,12 +140,16 @@ pub fn to_bytes(model: &ModelProto) -> Vec<u8> {
 /// file that is not ONNX gets a clear error before any runtime sees it.
 pub fn read_model(path: &Path) -> Result<ModelProto> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_model(&bytes, path)
+}
+
+/// [`read_model`] on bytes already read; `path` names the file in errors.
+pub fn parse_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
     let bad = |msg: String| Error::BadOnnx {
         path: path.to_path_buf(),
         msg,
     };
-    let model = ModelProto::decode(bytes.as_slice())
-        .map_err(|e| bad(format!("protobuf decode failed ({e})")))?;
+    let model = ModelProto::decode(bytes).map_err(|e| bad(format!("protobuf decode failed ({e})")))?;
     if model.ir_version.is_none() || model.opset_import.is_empty() {
         return Err(bad("no IR version or opset import".into()));
     }
@@ -170,12 +164,7 @@ pub fn metadata(model: &ModelProto) -> BTreeMap<String, String> {
     model
         .metadata_props
         .iter()
-        .map(|e| {
-            (
-                e.key.clone().unwrap_or_default(),
-                e.value.clone().unwrap_or_default(),
-            )
-        })
+        .map(|e| (e.key.clone().unwrap_or_default(), e.value.clone().unwrap_or_default()))
         .collect()
 }
 
@@ -296,8 +285,7 @@ impl GraphBuilder {
                 out
             }
             Layer::BatchNorm3d { name, eps, .. } => {
-                let names = ["weight", "bias", "running_mean", "running_var"]
-                    .map(|s| format!("{name}.{s}"));
+                let names = ["weight", "bias", "running_mean", "running_var"].map(|s| format!("{name}.{s}"));
                 let out = format!("{name}.out");
                 self.nodes.push(node(
                     "BatchNormalization",
@@ -324,11 +312,9 @@ impl GraphBuilder {
             }
             Layer::GlobalAvgPool => {
                 let pooled = self.fresh("avgpool");
-                self.nodes
-                    .push(node("GlobalAveragePool", &[&x], &pooled, vec![]));
+                self.nodes.push(node("GlobalAveragePool", &[&x], &pooled, vec![]));
                 let out = self.fresh("flatten");
-                self.nodes
-                    .push(node("Flatten", &[&pooled], &out, vec![int("axis", 1)]));
+                self.nodes.push(node("Flatten", &[&pooled], &out, vec![int("axis", 1)]));
                 out
             }
             Layer::Linear { name, .. } => {
@@ -391,10 +377,7 @@ mod tests {
         assert_eq!(keys, ["a", "b"]);
         let g = back.graph.expect("graph");
         assert_eq!(g.initializer.len(), spec.params().len());
-        assert!(g
-            .node
-            .iter()
-            .all(|n| n.op_type.as_deref() != Some("Dropout")));
+        assert!(g.node.iter().all(|n| n.op_type.as_deref() != Some("Dropout")));
     }
 
     #[test]

@@ -35,10 +35,7 @@ fn run_folder_is_complete_and_honest() {
         .iter()
         .map(|r| r[col(&h, "train_loss")].parse().expect("f64"))
         .collect();
-    assert!(
-        loss[EPOCHS - 1] < loss[0],
-        "training loss did not fall: {loss:?}"
-    );
+    assert!(loss[EPOCHS - 1] < loss[0], "training loss did not fall: {loss:?}");
     // The best checkpoint is the epoch with the highest validation AUROC.
     let auroc: Vec<f64> = rows
         .iter()
@@ -46,8 +43,7 @@ fn run_folder_is_complete_and_honest() {
         .collect();
     let best = auroc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let summary: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(f.run.join("summary.yaml")).expect("read"))
-            .expect("yaml");
+        serde_yaml::from_str(&std::fs::read_to_string(f.run.join("summary.yaml")).expect("read")).expect("yaml");
     assert_eq!(summary["best_val_auroc"].as_f64(), Some(best));
     let best_epoch = auroc.iter().position(|&a| a == best).expect("best") + 1;
     assert_eq!(summary["best_epoch"].as_u64(), Some(best_epoch as u64));
@@ -59,18 +55,12 @@ fn run_folder_is_complete_and_honest() {
         .collect();
     let (vh, vrows) = read_csv(&f.run.join("val_scores.csv"));
     assert!(!vrows.is_empty());
-    assert!(vrows
-        .iter()
-        .all(|r| side[&r[col(&vh, "seriesuid")]] == "val"));
-    let labels: BTreeSet<&str> = vrows
-        .iter()
-        .map(|r| r[col(&vh, "label")].as_str())
-        .collect();
+    assert!(vrows.iter().all(|r| side[&r[col(&vh, "seriesuid")]] == "val"));
+    let labels: BTreeSet<&str> = vrows.iter().map(|r| r[col(&vh, "label")].as_str()).collect();
     assert_eq!(labels.len(), 2, "validation must hold both classes");
     // Parity recorded and within tolerance.
     let parity: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(f.run.join("parity.yaml")).expect("read"))
-            .expect("yaml");
+        serde_yaml::from_str(&std::fs::read_to_string(f.run.join("parity.yaml")).expect("read")).expect("yaml");
     assert_eq!(parity["passed"].as_bool(), Some(true));
     assert!(parity["max_abs_diff_logit"].as_f64().expect("f64") <= 1e-4);
     assert!(f.train_stdout.contains("best epoch"), "{}", f.train_stdout);
@@ -87,8 +77,7 @@ fn calibrate_then_infer_agree_with_the_run() {
         "{}",
         r.stdout
     );
-    let c: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&cal).expect("read")).expect("yaml");
+    let c: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&cal).expect("read")).expect("yaml");
     assert_eq!(
         c["model"]["sha256"].as_str(),
         Some(sha256(&f.run.join("model.onnx")).as_str())
@@ -97,10 +86,7 @@ fn calibrate_then_infer_agree_with_the_run() {
     assert!(t > 0.0 && t.is_finite());
     for k in ["uncalibrated", "temperature", "platt"] {
         for m in ["auroc", "brier", "nll", "ece_15"] {
-            assert!(
-                c["metrics"][k][m].as_f64().is_some(),
-                "metrics.{k}.{m} missing"
-            );
+            assert!(c["metrics"][k][m].as_f64().is_some(), "metrics.{k}.{m} missing");
         }
     }
     let op = c["operating_points"]
@@ -154,23 +140,14 @@ fn calibrate_then_infer_agree_with_the_run() {
         let z: f64 = r[1].parse().expect("f64");
         let p: f64 = r[3].parse().expect("f64");
         assert!((0.0..=1.0).contains(&p));
-        assert_eq!(
-            r[4],
-            if z >= thr { "1" } else { "0" },
-            "decision of {}",
-            r[0]
-        );
+        assert_eq!(r[4], if z >= thr { "1" } else { "0" }, "decision of {}", r[0]);
     }
     // The scores infer gives are the exported model's validation scores from training.
     let (vh, vrows) = read_csv(&f.run.join("val_scores.csv"));
     for v in &vrows {
         let z: f64 = v[col(&vh, "logit")].parse().expect("f64");
         let got = logit[v[col(&vh, "patch_file")].as_str()];
-        assert!(
-            (z - got).abs() < 1e-5,
-            "{}: infer {got} vs training {z}",
-            v[0]
-        );
+        assert!((z - got).abs() < 1e-5, "{}: infer {got} vs training {z}", v[0]);
     }
     // Uncalibrated output to stdout.
     let r = run_ok(
@@ -206,11 +183,7 @@ fn onnx_file_describes_itself_and_passes_the_checker() {
         .arg(&model)
         .output()
         .expect("venv python (scripts/setup)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].parse::<i64>().expect("opset") >= 17);

@@ -13,11 +13,7 @@ fn needed(name: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("(NEEDED)"))
-        .filter_map(|l| {
-            l.split('[')
-                .nth(1)
-                .map(|x| x.trim_end_matches(']').to_string())
-        })
+        .filter_map(|l| l.split('[').nth(1).map(|x| x.trim_end_matches(']').to_string()))
         .collect()
 }
 
@@ -35,10 +31,7 @@ fn infer_and_calibrate_binaries_do_not_need_libtorch() {
     );
     for b in ["infer", "calibrate"] {
         let libs = needed(b);
-        assert!(
-            !libs.iter().any(|l| is_torch(l)),
-            "{b} links libtorch: {libs:?}"
-        );
+        assert!(!libs.iter().any(|l| is_torch(l)), "{b} links libtorch: {libs:?}");
         // ONNX Runtime is loaded at run time, not linked.
         assert!(
             !libs.iter().any(|l| l.contains("onnxruntime")),
@@ -53,28 +46,12 @@ fn infer_and_calibrate_dependency_trees_are_free_of_tch() {
     for pkg in ["infer", "calibrate", "models"] {
         let out = Command::new(&cargo)
             .current_dir(workspace())
-            .args([
-                "tree",
-                "--offline",
-                "-p",
-                pkg,
-                "-e",
-                "normal,build",
-                "--prefix",
-                "none",
-            ])
+            .args(["tree", "--offline", "-p", pkg, "-e", "normal,build", "--prefix", "none"])
             .output()
             .expect("cargo tree");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.lines().count() > 5,
-            "cargo tree printed too little: {text}"
-        );
+        assert!(text.lines().count() > 5, "cargo tree printed too little: {text}");
         for bad in ["tch v", "torch-sys v"] {
             assert!(
                 !text.lines().any(|l| l.starts_with(bad)),

@@ -26,8 +26,14 @@ fn setup_is_idempotent() {
     assert!(text.contains("already set up"), "{text}");
 }
 
+/// Asks PyPI (through pip) to resolve both variants; needs the registry, as CI has.
+/// `NODULE_TESTS_OFFLINE=1` skips it on a host without one.
 #[test]
 fn setup_variants_resolve_to_the_pinned_packages() {
+    if std::env::var_os("NODULE_TESTS_OFFLINE").is_some() {
+        eprintln!("skipped: NODULE_TESTS_OFFLINE is set");
+        return;
+    }
     let (ok, cuda) = setup(&["--cuda", "--dry-run"]);
     assert!(ok, "{cuda}");
     for want in [
