@@ -150,7 +150,7 @@ impl TrainConfig {
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             p.push(format!("train.lr must be positive, got {}", t.lr));
         }
-        if !(t.weight_decay >= 0.0) {
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
             p.push(format!("train.weight_decay must be >= 0, got {}", t.weight_decay));
         }
         if let PosWeight::Value(v) = t.pos_weight {
