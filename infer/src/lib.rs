@@ -252,9 +252,18 @@ fn cuda_hint(rt: &runtime::Runtime) -> String {
     }
 }
 
+/// One patch to score: its path, the name it gets in the output, and its index row when
+/// the inputs came from an index CSV.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub path: PathBuf,
+    pub name: String,
+    pub row: Option<models::index::ScoringRow>,
+}
+
 /// Every `.npy` under the inputs (folders are listed, not recursed), in a stable order,
 /// with the name each gets in the output. An empty folder is an error.
-pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, InferError> {
+pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<Item>, InferError> {
     let mut out = Vec::new();
     for input in inputs {
         if input.is_dir() {
@@ -279,10 +288,18 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, Infe
                 } else {
                     p.to_string_lossy().into_owned()
                 };
-                (p, name)
+                Item {
+                    path: p,
+                    name,
+                    row: None,
+                }
             }));
         } else if input.is_file() {
-            out.push((input.clone(), input.to_string_lossy().into_owned()));
+            out.push(Item {
+                path: input.clone(),
+                name: input.to_string_lossy().into_owned(),
+                row: None,
+            });
         } else {
             return Err(InferError::Input {
                 path: input.clone(),
@@ -293,14 +310,44 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, Infe
     Ok(out)
 }
 
+/// The rows of an index CSV as items; output rows then carry the index's columns.
+pub fn collect_index(index: &Path) -> Result<(Vec<Item>, bool), InferError> {
+    let (root, has_label, rows) = models::index::read_scoring_index(index)?;
+    let items = rows
+        .into_iter()
+        .map(|r| Item {
+            path: root.join(&r.patch_file),
+            name: r.patch_file.clone(),
+            row: Some(r),
+        })
+        .collect();
+    Ok((items, has_label))
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One row per patch with every column.
+    Csv,
+    /// One JSON object per line with the same fields.
+    Jsonl,
+    /// LUNA16 submission format `seriesuid,coordX,coordY,coordZ,probability` (needs an
+    /// index with world coordinates; probability is the calibrated one when calibrated).
+    Luna16,
+}
+
 /// A batch scoring run.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub model: PathBuf,
     pub calibration: Option<PathBuf>,
+    /// Folders or files; ignored when `index` is given.
     pub inputs: Vec<PathBuf>,
-    /// Output CSV; `-` for stdout.
+    /// Index CSV (or a folder holding `patch_index.csv`) listing the patches to score.
+    pub index: Option<PathBuf>,
+    /// Output file; `-` for stdout.
     pub out: PathBuf,
+    pub format: Format,
     pub batch_size: usize,
     pub scorer: ScorerOptions,
     pub fail_fast: bool,
@@ -319,13 +366,47 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// One output row.
-struct Row {
-    name: String,
+/// One scored patch, with every output column.
+#[derive(Debug, Clone, serde::Serialize)]
+struct OutRow<'a> {
+    patch_file: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seriesuid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diam_mm: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    center_x: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    center_y: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    center_z: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<Option<u8>>,
     logit: f32,
+    probability: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calibrated_probability: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operating_point: Option<&'a str>,
+    model_sha256: &'a str,
 }
 
-/// Scores every input and writes the CSV atomically. Bad files are reported on stderr as
+/// LUNA16 submission row.
+#[derive(serde::Serialize)]
+struct Luna16Row<'a> {
+    seriesuid: &'a str,
+    #[serde(rename = "coordX")]
+    coord_x: f64,
+    #[serde(rename = "coordY")]
+    coord_y: f64,
+    #[serde(rename = "coordZ")]
+    coord_z: f64,
+    probability: f64,
+}
+
+/// Scores every input and writes the output atomically. Bad files are reported on stderr as
 /// `path: reason` and skipped, the good rows are still written, and [`Summary::failed`]
 /// counts them (the binary then exits non-zero); `fail_fast` stops at the first bad file,
 /// writing nothing.
@@ -337,6 +418,16 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
             msg: "--batch-size must be at least 1".into(),
         });
     }
+    let (items, has_label) = match &s.index {
+        Some(idx) => collect_index(idx)?,
+        None => (collect_inputs(&s.inputs)?, false),
+    };
+    if s.format == Format::Luna16 && s.index.is_none() {
+        return Err(InferError::Input {
+            path: s.out.clone(),
+            msg: "--format luna16 needs --index: the submission format carries each patch's seriesuid and world coordinates".into(),
+        });
+    }
     let mut scorer = Scorer::open(&s.model, &s.scorer)?;
     let cal = match &s.calibration {
         Some(p) => {
@@ -346,23 +437,22 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         }
         None => None,
     };
-    let files = collect_inputs(&s.inputs)?;
     let pre = scorer.preprocess.clone();
-    let mut rows = Vec::with_capacity(files.len());
+    let mut scored: Vec<(&Item, f32)> = Vec::with_capacity(items.len());
     let mut failed = 0;
-    for chunk in files.chunks(s.batch_size) {
+    for chunk in items.chunks(s.batch_size) {
         // Decode and preprocess in parallel; the session scores the batch.
         let loaded: Vec<_> = chunk
             .par_iter()
-            .map(|(p, _)| models::patch::load_patch(p, &pre))
+            .map(|it| models::patch::load_patch(&it.path, &pre))
             .collect();
         let mut cubes = Vec::with_capacity(chunk.len());
-        let mut names = Vec::with_capacity(chunk.len());
-        for ((_, name), r) in chunk.iter().zip(loaded) {
+        let mut good = Vec::with_capacity(chunk.len());
+        for (it, r) in chunk.iter().zip(loaded) {
             match r {
                 Ok(c) => {
                     cubes.push(c);
-                    names.push(name.clone());
+                    good.push(it);
                 }
                 Err(e) => {
                     if s.fail_fast {
@@ -374,41 +464,81 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
             }
         }
         let logits = scorer.score(&cubes)?;
-        rows.extend(names.into_iter().zip(logits).map(|(name, logit)| Row { name, logit }));
+        scored.extend(good.into_iter().zip(logits));
     }
-    let mut positives = 0;
     let op = cal.as_ref().map(|c| c.operating_point()).transpose()?;
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["patch_file", "logit", "probability"];
-    if cal.is_some() {
-        header.extend(["calibrated_probability", "decision", "operating_point"]);
-    }
-    header.push("model_sha256");
-    let csv_err = |e: csv::Error| InferError::Input {
+    let mut positives = 0;
+    let sha = scorer.model_sha256.clone();
+    let rows: Vec<OutRow> = scored
+        .iter()
+        .map(|(it, logit)| {
+            let z = f64::from(*logit);
+            let decision = op.map(|op| u8::from(z >= op.threshold_logit));
+            positives += usize::from(decision.unwrap_or(0));
+            let r = it.row.as_ref();
+            OutRow {
+                patch_file: &it.name,
+                seriesuid: r.map(|r| r.seriesuid.as_str()),
+                diam_mm: r.map(|r| r.diam_mm),
+                center_x: r.map(|r| r.center_x),
+                center_y: r.map(|r| r.center_y),
+                center_z: r.map(|r| r.center_z),
+                label: if has_label { r.map(|r| r.label) } else { None },
+                logit: *logit,
+                probability: calibrate::metrics::sigmoid(z),
+                calibrated_probability: cal.as_ref().map(|c| c.probability(z)),
+                decision,
+                operating_point: op.map(|op| op.name.as_str()),
+                model_sha256: &sha,
+            }
+        })
+        .collect();
+    let out_err = |msg: String| InferError::Input {
         path: s.out.clone(),
-        msg: e.to_string(),
+        msg,
     };
-    w.write_record(&header).map_err(csv_err)?;
-    for r in &rows {
-        let z = f64::from(r.logit);
-        let mut rec = vec![
-            r.name.clone(),
-            // Shortest text that reads back as the same f32: no rounding at the threshold.
-            format!("{}", r.logit),
-            format!("{:.6}", calibrate::metrics::sigmoid(z)),
-        ];
-        if let (Some(c), Some(op)) = (&cal, op) {
-            let d = u8::from(z >= op.threshold_logit);
-            positives += usize::from(d);
-            rec.extend([format!("{:.6}", c.probability(z)), d.to_string(), op.name.clone()]);
+    let bytes = match s.format {
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            if rows.is_empty() {
+                // serde writes the header with the first row; an empty result still gets one.
+                w.write_record(["patch_file", "logit", "probability", "model_sha256"])
+                    .map_err(|e| out_err(e.to_string()))?;
+            }
+            for r in &rows {
+                w.serialize(r).map_err(|e| out_err(e.to_string()))?;
+            }
+            w.into_inner().map_err(|e| out_err(e.to_string()))?
         }
-        rec.push(scorer.model_sha256.clone());
-        w.write_record(&rec).map_err(csv_err)?;
-    }
-    let bytes = w.into_inner().map_err(|e| InferError::Input {
-        path: s.out.clone(),
-        msg: e.to_string(),
-    })?;
+        Format::Jsonl => {
+            let mut buf = Vec::new();
+            for r in &rows {
+                serde_json::to_writer(&mut buf, r).map_err(|e| out_err(e.to_string()))?;
+                buf.push(b'\n');
+            }
+            buf
+        }
+        Format::Luna16 => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(["seriesuid", "coordX", "coordY", "coordZ", "probability"])
+                .map_err(|e| out_err(e.to_string()))?;
+            w.flush().map_err(|e| out_err(e.to_string()))?;
+            let mut w = csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(w.into_inner().map_err(|e| out_err(e.to_string()))?);
+            for r in &rows {
+                w.serialize(Luna16Row {
+                    seriesuid: r.seriesuid.unwrap_or_default(),
+                    coord_x: r.center_x.unwrap_or(f64::NAN),
+                    coord_y: r.center_y.unwrap_or(f64::NAN),
+                    coord_z: r.center_z.unwrap_or(f64::NAN),
+                    probability: r.calibrated_probability.unwrap_or(r.probability),
+                })
+                .map_err(|e| out_err(e.to_string()))?;
+            }
+            w.into_inner().map_err(|e| out_err(e.to_string()))?
+        }
+    };
     if s.out.as_os_str() == "-" {
         std::io::stdout()
             .write_all(&bytes)
@@ -416,7 +546,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     } else {
         models::fsutil::write_atomic(&s.out, &bytes)?;
     }
-    let summary = Summary {
+    Ok(Summary {
         scored: rows.len(),
         failed,
         predicted_positive: cal.as_ref().map(|_| positives),
@@ -425,6 +555,5 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         ort_version: scorer.runtime.version.clone(),
         ort_library: scorer.runtime.library.clone(),
         seconds: t0.elapsed().as_secs_f64(),
-    };
-    Ok(summary)
+    })
 }

@@ -13,15 +13,22 @@ use infer::{Device, ScorerOptions, Settings};
 #[command(name = "infer", version)]
 struct Args {
     /// Folders of .npy cubes, or single .npy files.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "index")]
     inputs: Vec<PathBuf>,
+    /// Index CSV (or folder with patch_index.csv) listing the patches: patch_file, seriesuid,
+    /// center_x, center_y, center_z, optional diam_mm and label. Output rows carry them.
+    #[arg(long, conflicts_with = "inputs")]
+    index: Option<PathBuf>,
+    /// Output format: csv, jsonl, or luna16 (the challenge's submission CSV; needs --index).
+    #[arg(long, value_enum, default_value = "csv")]
+    format: infer::Format,
     /// The exported model (model.onnx of a training run).
     #[arg(short, long)]
     model: PathBuf,
     /// calibration.yaml for this model: adds calibrated_probability and decision.
     #[arg(short, long)]
     calibration: Option<PathBuf>,
-    /// Output CSV (`-` for stdout).
+    /// Output file (`-` for stdout).
     #[arg(short, long, default_value = "scores.csv")]
     out: PathBuf,
     /// auto, cpu, cuda or cuda:N. `cuda` fails if the CUDA provider cannot be registered.
@@ -51,6 +58,8 @@ fn main() -> ExitCode {
         model: a.model,
         calibration: a.calibration,
         inputs: a.inputs,
+        index: a.index,
+        format: a.format,
         out: a.out,
         batch_size: a.batch_size,
         scorer: ScorerOptions {

@@ -139,6 +139,80 @@ impl PatchIndex {
     }
 }
 
+/// A row of an index given to a scorer: the label and the diameter are optional (new scans
+/// have none), and a missing patch file is that file's error, not the whole index's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoringRow {
+    pub patch_file: String,
+    pub seriesuid: String,
+    #[serde(default)]
+    pub diam_mm: Option<f64>,
+    pub center_x: f64,
+    pub center_y: f64,
+    pub center_z: f64,
+    #[serde(default, deserialize_with = "opt_label_01")]
+    pub label: Option<u8>,
+}
+
+fn opt_label_01<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    match s.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("0" | "0.0") => Ok(Some(0)),
+        Some("1" | "1.0") => Ok(Some(1)),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "label must be 0, 1 or empty, got {other:?}"
+        ))),
+    }
+}
+
+/// Columns a scoring index must have (`diam_mm` and `label` are optional).
+pub const SCORING_COLUMNS: [&str; 5] = ["patch_file", "seriesuid", "center_x", "center_y", "center_z"];
+
+/// Reads an index for scoring: returns the folder patch paths are relative to, whether the
+/// index has a `label` column, and the rows. Header and row errors name the file and line.
+pub fn read_scoring_index(path: &Path) -> Result<(PathBuf, bool, Vec<ScoringRow>)> {
+    let path = if path.is_dir() {
+        path.join(INDEX_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let bad = |msg: String| Error::BadIndex {
+        path: path.clone(),
+        msg,
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(&path)
+        .map_err(|e| match e.into_kind() {
+            csv::ErrorKind::Io(io) => Error::io(&path, io),
+            other => bad(format!("{other:?}")),
+        })?;
+    let headers = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
+    let missing: Vec<&str> = SCORING_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !headers.iter().any(|h| h == *c))
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(format!(
+            "missing column(s) {} (a scoring index needs: {}; diam_mm and label are optional)",
+            missing.join(", "),
+            SCORING_COLUMNS.join(", ")
+        )));
+    }
+    let has_label = headers.iter().any(|h| h == "label");
+    let mut rows = Vec::new();
+    for (i, rec) in rdr.deserialize::<ScoringRow>().enumerate() {
+        rows.push(rec.map_err(|e| bad(format!("line {}: {e}", i + 2)))?);
+    }
+    if rows.is_empty() {
+        return Err(bad("the index has no rows".into()));
+    }
+    let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok((root, has_label, rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +244,25 @@ mod tests {
             msg.contains("patch_index.csv") && msg.contains("gone.npy") && msg.contains("1 patch file"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn scoring_index_has_optional_label_and_diameter() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("new.csv");
+        std::fs::write(
+            &p,
+            "patch_file,seriesuid,center_x,center_y,center_z\nsub/a.npy,s1,1.5,2,-3\n",
+        )
+        .expect("w");
+        let (root, has_label, rows) = read_scoring_index(&p).expect("read");
+        assert_eq!(root, dir.path());
+        assert!(!has_label);
+        assert_eq!(rows[0].patch_file, "sub/a.npy");
+        assert_eq!((rows[0].diam_mm, rows[0].label, rows[0].center_x), (None, None, 1.5));
+        std::fs::write(&p, "patch_file,seriesuid,center_x,center_y\na.npy,s1,1,2\n").expect("w");
+        let msg = read_scoring_index(&p).expect_err("cols").to_string();
+        assert!(msg.contains("missing column(s) center_z"), "{msg}");
     }
 
     #[test]
