@@ -8,6 +8,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod fit;
+pub mod froc;
 pub mod metrics;
 pub mod thresholds;
 

@@ -73,13 +73,20 @@ fn rgb(c: (u8, u8, u8)) -> RGBColor {
 /// Draws `chart` into a PNG at `path` (800 × 560).
 pub fn line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
     fonts();
-    let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), msg: e.to_string() };
+    let err = |e: &dyn std::fmt::Display| PlotError {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    };
     let root = BitMapBackend::new(path, (800, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (x0, x1) = chart.x_range;
     let (y0, y1) = chart.y_range;
     let mut builder = ChartBuilder::on(&root);
-    builder.caption(&chart.title, ("sans-serif", 24)).margin(18).x_label_area_size(48).y_label_area_size(64);
+    builder
+        .caption(&chart.title, ("sans-serif", 24))
+        .margin(18)
+        .x_label_area_size(48)
+        .y_label_area_size(64);
     macro_rules! draw {
         ($ctx:expr) => {{
             let mut ctx = $ctx;
@@ -123,7 +130,9 @@ pub fn line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
         }};
     }
     if chart.log_x {
-        draw!(builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1).map_err(|e| err(&e))?);
+        draw!(builder
+            .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
+            .map_err(|e| err(&e))?);
     } else {
         draw!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(|e| err(&e))?);
     }
@@ -147,7 +156,12 @@ mod tests {
             x_range: (0.125, 8.0),
             y_range: (0.0, 1.0),
             log_x: true,
-            series: vec![Series { label: "mean".into(), points: pts.clone(), color: (0, 0, 200), markers: true }],
+            series: vec![Series {
+                label: "mean".into(),
+                points: pts.clone(),
+                color: (0, 0, 200),
+                markers: true,
+            }],
             bands: vec![Band {
                 label: "95% CI".into(),
                 lower: pts.iter().map(|&(x, y)| (x, y - 0.1)).collect(),

@@ -280,8 +280,38 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
     if n_pos == 0 || n_pos == rows.len() {
         bail!("the synthetic set came out with one class only; use more patches or another seed");
     }
+    write_luna16_reference(cfg, &rows, &out.join("luna16"))?;
     PatchIndex::write(&index_path, &rows)?;
     Ok(index_path)
+}
+
+/// The set's reference in LUNA16's own file formats, for `froc`: `annotations.csv` (every
+/// nodule patch's centre and diameter), `annotations_excluded.csv` (every 7th negative's
+/// centre as a finding without a size, diameter −1, as LUNA16 lists non-nodule findings),
+/// and `seriesuids.csv` (every series, no header).
+fn write_luna16_reference(cfg: &SynthConfig, rows: &[IndexRow], dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let mut ann = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm\n");
+    let mut exc = ann.clone();
+    for (i, r) in rows.iter().enumerate() {
+        let line = |d: f64| format!("{},{},{},{},{}\n", r.seriesuid, r.center_x, r.center_y, r.center_z, d);
+        if r.label == 1 {
+            ann += &line(r.diam_mm);
+        } else if i % 7 == 3 {
+            exc += &line(-1.0);
+        }
+    }
+    let uids: String = (0..cfg.series)
+        .map(|s| format!("1.2.826.0.1.3680043.8.498.{}.{}\n", cfg.seed, s + 1))
+        .collect();
+    for (name, text) in [
+        ("annotations.csv", ann),
+        ("annotations_excluded.csv", exc),
+        ("seriesuids.csv", uids),
+    ] {
+        models::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -327,5 +357,13 @@ mod tests {
             }
         }
         assert!(generate(&cfg, a.path()).is_err(), "must refuse to overwrite an index");
+        // The LUNA16 reference lists every nodule patch and every series.
+        let ann = std::fs::read_to_string(a.path().join("luna16/annotations.csv")).expect("annotations");
+        assert_eq!(
+            ann.lines().count() - 1,
+            idx.rows.iter().filter(|r| r.label == 1).count()
+        );
+        let uids = std::fs::read_to_string(a.path().join("luna16/seriesuids.csv")).expect("uids");
+        assert_eq!(uids.lines().count(), 3);
     }
 }

@@ -1,0 +1,998 @@
+//! LUNA16 FROC and CPM, computed as the challenge's evaluation script
+//! (`noduleCADEvaluationLUNA16.py`, with `NoduleFinding.py`) computes them. Implemented
+//! independently from a study of that script's behaviour; each rule below says what the
+//! script does and where we state a deviation.
+//!
+//! # Inputs
+//! * R1. `annotations.csv`, `annotations_excluded.csv` and the results CSV have a header
+//!   row and are read by column name (`seriesuid, coordX, coordY, coordZ, diameter_mm`;
+//!   results: `probability` instead of `diameter_mm`); other columns are ignored.
+//! * R2. The series list (`seriesuids.csv`) has no header: column 0 of every row is a
+//!   scan, and the number of scans (the FP/scan divisor) is the number of rows. *Stated
+//!   deviation:* a first row that reads `seriesuid` is taken as a header and reported in
+//!   the warnings (the script would count it as a scan without nodules).
+//! * R3. Annotations and results of series not in the list are ignored (the script does
+//!   so silently; we count the result rows and report them). A listed series without
+//!   results is a scan whose nodules are all missed.
+//!
+//! # Per scan, in list order
+//! * R4. Cap: if a scan has more than `max_candidates` (the script's entry point passes
+//!   100) candidates, let `t` be the (N+1)-th highest probability; only candidates with
+//!   `probability > t` (strictly) are kept. Ties at `t` are all dropped, so a scan can keep
+//!   fewer than N. Counts after the cap are the "candidates" totals.
+//! * R5. Hit: squared world-mm distance `d² < r²` (strict; a candidate exactly on the
+//!   radius is not a hit), `r = diameter_mm / 2`; a negative diameter (the −1 of excluded
+//!   findings without a size) becomes 10 mm, so `r = 5`. A diameter of 0 is never hit.
+//! * R6. Included nodules first, in file order: every candidate of the (capped) scan
+//!   within the radius matches, including one already matched by an earlier nodule (one
+//!   candidate can make two nodules true positives). A nodule with matches is one TP with
+//!   the maximum probability among them; the other matches are neither TP nor FP ("double
+//!   detections"). A nodule without matches is a miss.
+//! * R7. Then excluded findings (`annotations_excluded.csv`), in file order: candidates
+//!   within their radius that no included nodule claimed are ignored: neither TP nor FP
+//!   ("irrelevant candidates"). A candidate on both an included nodule and an excluded
+//!   finding is a TP (R6 comes first).
+//! * R8. Every remaining candidate is a false positive with its probability.
+//!
+//! # The curve
+//! * R9. Over all scans: TPs (one per detected nodule, its max probability) and FPs, sorted
+//!   by probability descending, ties forming one step. At each distinct threshold `t`:
+//!   `x = fpr·N_fp / N_scans` with `fpr = #FP(p ≥ t) / N_fp`, and
+//!   `y = tpr·N_det / N_nodules` with `tpr = #TP(p ≥ t) / N_det` (the script's
+//!   `roc_curve` then rescaling, in that floating-point order), from (0, 0). Missed
+//!   nodules are in `N_nodules` only, so the curve tops out at `N_det / N_nodules`. With no
+//!   false positives at all every x is 0 (the script's special case).
+//! * R10. Sensitivity at a rate `r` is `np.interp(r, x, y)`: linear in FP/scan; beyond the
+//!   curve the end value holds; at an x shared by several points, the last (highest) y.
+//! * R11. CPM: mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 FP/scan. The official script
+//!   only plots the curve; the CPM of the challenge's papers is this average. We evaluate
+//!   the raw curve exactly at the seven rates (derived copies of the script read it off a
+//!   10001-point grid and land slightly off the rates).
+//!
+//! # Bootstrap (`computeFROC_bootstrap`)
+//! * R12. Each of B resamples (script: 1000) draws `N_scans` scans from the list with
+//!   replacement; a scan drawn k times contributes its TPs, FPs and misses k times; the
+//!   divisor stays `N_scans` and `N_nodules` is recounted over the drawn scans. The script
+//!   has no seed; ours is configurable.
+//! * R13. Each resampled curve is interpolated (R10) on `linspace(0.125, 8, 10000)` (the
+//!   band) and at the seven rates; per point the mean is the average and the interval is
+//!   `sorted[floor(Pz·B)]`, `sorted[floor((1−Pz)·B)]` with `Pz = (1 − confidence)/2`
+//!   (indices 25 and 975 for B = 1000). The script stores float32; we keep f64.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::CalError;
+
+/// The seven FP/scan rates of the CPM.
+pub const RATES: [f64; 7] = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0];
+/// Points of the bootstrap band grid (the script's `linspace(0.125, 8, 10000)`).
+pub const GRID_POINTS: usize = 10_000;
+
+/// A finding with a position in world millimetres.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub seriesuid: String,
+    #[serde(rename = "coordX")]
+    pub x: f64,
+    #[serde(rename = "coordY")]
+    pub y: f64,
+    #[serde(rename = "coordZ")]
+    pub z: f64,
+    /// Diameter for annotations; probability for candidates.
+    #[serde(skip)]
+    pub value: f64,
+}
+
+/// Options of an evaluation.
+#[derive(Debug, Clone)]
+pub struct FrocSettings {
+    /// Per-scan cap on candidates (R4); `None` for no cap.
+    pub max_candidates: Option<usize>,
+    pub bootstrap: usize,
+    pub seed: u64,
+    pub confidence: f64,
+}
+
+impl Default for FrocSettings {
+    fn default() -> Self {
+        FrocSettings {
+            max_candidates: Some(100),
+            bootstrap: 1000,
+            seed: 0,
+            confidence: 0.95,
+        }
+    }
+}
+
+/// One entry of the FROC computation (R6–R8).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// true positive (a detected nodule) or false positive.
+    tp: bool,
+    prob: f64,
+    scan: usize,
+}
+
+/// Per-scan bookkeeping after matching.
+#[derive(Debug, Clone, Default)]
+struct ScanResult {
+    nodules: usize,
+}
+
+/// Counts of an evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub scans: usize,
+    pub nodules: usize,
+    pub true_positives: usize,
+    pub false_positives: usize,
+    pub false_negatives: usize,
+    /// Candidates after the per-scan cap.
+    pub candidates: usize,
+    pub candidates_dropped_by_cap: usize,
+    pub irrelevant_candidates: usize,
+    pub double_detections: usize,
+    pub results_rows: usize,
+    pub results_rows_unknown_series: usize,
+    pub excluded_findings: usize,
+}
+
+/// Sensitivity at one rate, with its bootstrap mean and interval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RatePoint {
+    pub fp_per_scan: f64,
+    pub sensitivity: f64,
+    pub bootstrap_mean: Option<f64>,
+    pub ci_lower: Option<f64>,
+    pub ci_upper: Option<f64>,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrocReport {
+    pub cpm: f64,
+    pub cpm_bootstrap_mean: Option<f64>,
+    pub cpm_ci: Option<[f64; 2]>,
+    pub rates: Vec<RatePoint>,
+    pub totals: Totals,
+    pub max_candidates_per_scan: Option<usize>,
+    pub bootstrap_samples: usize,
+    pub bootstrap_seed: u64,
+    pub confidence: f64,
+    pub warnings: Vec<String>,
+    /// Raw curve: (FP/scan, sensitivity, threshold).
+    #[serde(skip)]
+    pub curve: Vec<(f64, f64, f64)>,
+    /// Band on the grid: (FP/scan, mean, lower, upper).
+    #[serde(skip)]
+    pub band: Vec<(f64, f64, f64, f64)>,
+    #[serde(skip)]
+    pub missed: Vec<Finding>,
+}
+
+fn input_err(path: &Path, msg: String) -> CalError {
+    CalError::Input {
+        path: path.to_path_buf(),
+        msg,
+    }
+}
+
+/// Reads a LUNA16-style CSV with a header: `seriesuid, coordX, coordY, coordZ` and
+/// `value_col`. Every problem names the file and line.
+pub fn read_findings(path: &Path, value_col: &str) -> Result<Vec<Finding>, CalError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| match e.into_kind() {
+            csv::ErrorKind::Io(source) => CalError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => input_err(path, format!("{other:?}")),
+        })?;
+    let headers = rdr.headers().map_err(|e| input_err(path, e.to_string()))?.clone();
+    let want = ["seriesuid", "coordX", "coordY", "coordZ", value_col];
+    let idx: Vec<Option<usize>> = want.iter().map(|w| headers.iter().position(|h| h == *w)).collect();
+    let missing: Vec<&str> = want
+        .iter()
+        .zip(&idx)
+        .filter(|(_, i)| i.is_none())
+        .map(|(w, _)| *w)
+        .collect();
+    if !missing.is_empty() {
+        return Err(input_err(
+            path,
+            format!(
+                "missing column(s) {} (expected {}; found {})",
+                missing.join(", "),
+                want.join(", "),
+                headers.iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let idx: Vec<usize> = idx.into_iter().flatten().collect();
+    let mut out = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
+        let num = |k: usize| -> Result<f64, CalError> {
+            let s = rec.get(idx[k]).unwrap_or("");
+            let v: f64 = s
+                .parse()
+                .map_err(|_| input_err(path, format!("line {line}: {} is not a number: {s:?}", want[k])))?;
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(input_err(path, format!("line {line}: {} is not finite: {s}", want[k])))
+            }
+        };
+        out.push(Finding {
+            seriesuid: rec.get(idx[0]).unwrap_or("").to_string(),
+            x: num(1)?,
+            y: num(2)?,
+            z: num(3)?,
+            value: num(4)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads the series list (R2). Returns the uids and any warning.
+pub fn read_series_list(path: &Path) -> Result<(Vec<String>, Option<String>), CalError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| match e.into_kind() {
+            csv::ErrorKind::Io(source) => CalError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => input_err(path, format!("{other:?}")),
+        })?;
+    let mut uids = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = rec.map_err(|e| input_err(path, format!("line {}: {e}", i + 1)))?;
+        let uid = rec.get(0).unwrap_or("").to_string();
+        if uid.is_empty() {
+            return Err(input_err(path, format!("line {}: empty seriesuid", i + 1)));
+        }
+        uids.push(uid);
+    }
+    let mut warning = None;
+    if uids.first().is_some_and(|u| u == "seriesuid") {
+        uids.remove(0);
+        warning = Some(format!(
+            "{}: first row `seriesuid` taken as a header (the official script would count it as a scan)",
+            path.display()
+        ));
+    }
+    if uids.is_empty() {
+        return Err(input_err(path, "no series listed".into()));
+    }
+    Ok((uids, warning))
+}
+
+fn radius2(diameter: f64) -> f64 {
+    let d = if diameter < 0.0 { 10.0 } else { diameter };
+    (d / 2.0) * (d / 2.0)
+}
+
+fn dist2(a: &Finding, b: &Finding) -> f64 {
+    (a.x - b.x).powi(2) + (a.y - b.y).powi(2) + (a.z - b.z).powi(2)
+}
+
+/// Matched entries per scan, and the totals (R3–R8).
+struct Matched {
+    entries: Vec<Entry>,
+    scans: Vec<ScanResult>,
+    totals: Totals,
+    missed: Vec<Finding>,
+}
+
+/// Findings per listed scan (file order kept), and how many belong to no listed scan.
+fn group<'a>(pos: &HashMap<&str, usize>, n: usize, v: &'a [Finding]) -> (Vec<Vec<&'a Finding>>, usize) {
+    let mut g: Vec<Vec<&Finding>> = vec![Vec::new(); n];
+    let mut unknown = 0;
+    for f in v {
+        match pos.get(f.seriesuid.as_str()) {
+            Some(&i) => g[i].push(f),
+            None => unknown += 1,
+        }
+    }
+    (g, unknown)
+}
+
+fn match_all(
+    uids: &[String],
+    annotations: &[Finding],
+    excluded: &[Finding],
+    results: &[Finding],
+    cap: Option<usize>,
+) -> Matched {
+    let pos: HashMap<&str, usize> = uids.iter().enumerate().map(|(i, u)| (u.as_str(), i)).collect();
+    let (ann, _) = group(&pos, uids.len(), annotations);
+    let (exc, _) = group(&pos, uids.len(), excluded);
+    let (res, unknown) = group(&pos, uids.len(), results);
+    let mut t = Totals {
+        scans: uids.len(),
+        results_rows: results.len(),
+        results_rows_unknown_series: unknown,
+        excluded_findings: exc.iter().map(Vec::len).sum(),
+        ..Default::default()
+    };
+    let mut entries = Vec::new();
+    let mut scans = vec![ScanResult::default(); uids.len()];
+    let mut missed = Vec::new();
+    for (s, cands) in res.iter().enumerate() {
+        // R4: the cap.
+        let cands: Vec<&Finding> = match cap {
+            Some(n) if cands.len() > n => {
+                let mut probs: Vec<f64> = cands.iter().map(|c| c.value).collect();
+                probs.sort_by(|a, b| b.total_cmp(a));
+                let thr = probs[n];
+                let kept: Vec<&Finding> = cands.iter().copied().filter(|c| c.value > thr).collect();
+                t.candidates_dropped_by_cap += cands.len() - kept.len();
+                kept
+            }
+            _ => cands.clone(),
+        };
+        t.candidates += cands.len();
+        let mut in_pool = vec![true; cands.len()];
+        // R5–R6: included nodules.
+        for n in &ann[s] {
+            let r2 = radius2(n.value);
+            let mut best: Option<f64> = None;
+            let mut matches = 0;
+            for (ci, c) in cands.iter().enumerate() {
+                if dist2(n, c) < r2 {
+                    matches += 1;
+                    best = Some(best.map_or(c.value, |b: f64| b.max(c.value)));
+                    in_pool[ci] = false;
+                }
+            }
+            scans[s].nodules += 1;
+            t.nodules += 1;
+            match best {
+                Some(p) => {
+                    t.true_positives += 1;
+                    t.double_detections += matches - 1;
+                    entries.push(Entry {
+                        tp: true,
+                        prob: p,
+                        scan: s,
+                    });
+                }
+                None => {
+                    t.false_negatives += 1;
+                    missed.push((*n).clone());
+                }
+            }
+        }
+        // R7: excluded findings.
+        for e in &exc[s] {
+            let r2 = radius2(e.value);
+            for (ci, c) in cands.iter().enumerate() {
+                if in_pool[ci] && dist2(e, c) < r2 {
+                    in_pool[ci] = false;
+                    t.irrelevant_candidates += 1;
+                }
+            }
+        }
+        // R8: the rest are false positives.
+        for (ci, c) in cands.iter().enumerate() {
+            if in_pool[ci] {
+                t.false_positives += 1;
+                entries.push(Entry {
+                    tp: false,
+                    prob: c.value,
+                    scan: s,
+                });
+            }
+        }
+    }
+    Matched {
+        entries,
+        scans,
+        totals: t,
+        missed,
+    }
+}
+
+/// R9: the FROC curve from entries sorted by probability descending, with per-scan
+/// weights (multiplicities in a bootstrap resample; 1 otherwise). Returns
+/// (x, y, threshold) points starting at (0, 0).
+fn curve(sorted: &[Entry], weight: &[u32], n_scans: usize, n_nodules: f64) -> Vec<(f64, f64, f64)> {
+    let (mut n_tp, mut n_fp) = (0u64, 0u64);
+    for e in sorted {
+        let w = u64::from(weight[e.scan]);
+        if e.tp {
+            n_tp += w
+        } else {
+            n_fp += w
+        }
+    }
+    let mut pts = Vec::with_capacity(sorted.len() + 1);
+    pts.push((0.0, 0.0, f64::INFINITY));
+    let (mut tp, mut fp) = (0u64, 0u64);
+    let mut i = 0;
+    while i < sorted.len() {
+        let p = sorted[i].prob;
+        while i < sorted.len() && sorted[i].prob == p {
+            let w = u64::from(weight[sorted[i].scan]);
+            if sorted[i].tp {
+                tp += w
+            } else {
+                fp += w
+            }
+            i += 1;
+        }
+        let x = if n_fp == 0 {
+            0.0
+        } else {
+            (fp as f64 / n_fp as f64) * n_fp as f64 / n_scans as f64
+        };
+        let y = if n_tp == 0 || n_nodules == 0.0 {
+            0.0
+        } else {
+            (tp as f64 / n_tp as f64) * n_tp as f64 / n_nodules
+        };
+        pts.push((x, y, p));
+    }
+    pts
+}
+
+/// R10: `np.interp(r, xs, ys)` for non-decreasing `xs`.
+pub fn interp(r: f64, pts: &[(f64, f64, f64)]) -> f64 {
+    let n = pts.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if r < pts[0].0 {
+        return pts[0].1;
+    }
+    // Last index with x <= r.
+    let j = pts.partition_point(|p| p.0 <= r) - 1;
+    if j == n - 1 {
+        return pts[n - 1].1;
+    }
+    let (x0, y0, _) = pts[j];
+    let (x1, y1, _) = pts[j + 1];
+    let slope = (y1 - y0) / (x1 - x0);
+    slope * (r - x0) + y0
+}
+
+/// Evaluates `results` against the annotations for the listed scans.
+pub fn evaluate(
+    uids: &[String],
+    annotations: &[Finding],
+    excluded: &[Finding],
+    results: &[Finding],
+    s: &FrocSettings,
+) -> Result<FrocReport, CalError> {
+    if !(0.0 < s.confidence && s.confidence < 1.0) {
+        return Err(CalError::Fit(format!(
+            "confidence must be in (0, 1), got {}",
+            s.confidence
+        )));
+    }
+    let m = match_all(uids, annotations, excluded, results, s.max_candidates);
+    let mut warnings = Vec::new();
+    if m.totals.results_rows_unknown_series > 0 {
+        warnings.push(format!(
+            "{} result row(s) belong to series not in the list and were ignored (as the official script does)",
+            m.totals.results_rows_unknown_series
+        ));
+    }
+    if m.totals.nodules == 0 {
+        return Err(CalError::Fit(
+            "the listed scans hold no annotated nodules: the FROC is undefined".into(),
+        ));
+    }
+    let mut sorted = m.entries.clone();
+    sorted.sort_by(|a, b| b.prob.total_cmp(&a.prob));
+    let ones = vec![1u32; uids.len()];
+    let raw = curve(&sorted, &ones, uids.len(), m.totals.nodules as f64);
+    let sens: Vec<f64> = RATES.iter().map(|&r| interp(r, &raw)).collect();
+    let cpm = sens.iter().sum::<f64>() / RATES.len() as f64;
+
+    // R12–R13: bootstrap over scans.
+    let b = s.bootstrap;
+    let grid: Vec<f64> = (0..GRID_POINTS)
+        .map(|i| 0.125 + (8.0 - 0.125) * i as f64 / (GRID_POINTS - 1) as f64)
+        .collect();
+    let (mut rate_stats, mut band, mut cpm_stats) = (Vec::new(), Vec::new(), None);
+    if b > 0 {
+        let resamples: Vec<(Vec<f64>, Vec<f32>)> = (0..b)
+            .into_par_iter()
+            .map(|k| {
+                let mut rng = StdRng::seed_from_u64(s.seed.wrapping_add(k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut w = vec![0u32; uids.len()];
+                for _ in 0..uids.len() {
+                    w[rng.random_range(0..uids.len())] += 1;
+                }
+                let nodules: f64 = m
+                    .scans
+                    .iter()
+                    .zip(&w)
+                    .map(|(sc, &k)| sc.nodules as f64 * f64::from(k))
+                    .sum();
+                let c = curve(&sorted, &w, uids.len(), nodules);
+                let at_rates: Vec<f64> = RATES.iter().map(|&r| interp(r, &c)).collect();
+                let on_grid: Vec<f32> = grid.iter().map(|&g| interp(g, &c) as f32).collect();
+                (at_rates, on_grid)
+            })
+            .collect();
+        let pz = (1.0 - s.confidence) / 2.0;
+        let lo_i = ((pz * b as f64).floor() as usize).min(b - 1);
+        let hi_i = (((1.0 - pz) * b as f64).floor() as usize).min(b - 1);
+        let stats = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            (v.iter().sum::<f64>() / v.len() as f64, v[lo_i], v[hi_i])
+        };
+        for ri in 0..RATES.len() {
+            rate_stats.push(stats(resamples.iter().map(|r| r.0[ri]).collect()));
+        }
+        cpm_stats = Some(stats(
+            resamples
+                .iter()
+                .map(|r| r.0.iter().sum::<f64>() / RATES.len() as f64)
+                .collect(),
+        ));
+        band = (0..GRID_POINTS)
+            .into_par_iter()
+            .map(|gi| {
+                let (mean, lo, hi) = stats(resamples.iter().map(|r| f64::from(r.1[gi])).collect());
+                (grid[gi], mean, lo, hi)
+            })
+            .collect();
+    }
+    let rates = RATES
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| RatePoint {
+            fp_per_scan: r,
+            sensitivity: sens[i],
+            bootstrap_mean: rate_stats.get(i).map(|s| s.0),
+            ci_lower: rate_stats.get(i).map(|s| s.1),
+            ci_upper: rate_stats.get(i).map(|s| s.2),
+        })
+        .collect();
+    Ok(FrocReport {
+        cpm,
+        cpm_bootstrap_mean: cpm_stats.map(|s| s.0),
+        cpm_ci: cpm_stats.map(|s| [s.1, s.2]),
+        rates,
+        totals: m.totals,
+        max_candidates_per_scan: s.max_candidates,
+        bootstrap_samples: b,
+        bootstrap_seed: s.seed,
+        confidence: s.confidence,
+        warnings,
+        curve: raw,
+        band,
+        missed: m.missed,
+    })
+}
+
+/// Files of a FROC evaluation.
+#[derive(Debug, Clone)]
+pub struct FrocFiles {
+    pub annotations: PathBuf,
+    pub excluded: Option<PathBuf>,
+    pub seriesuids: PathBuf,
+    pub results: PathBuf,
+    pub out: PathBuf,
+}
+
+/// Reads the files, evaluates, writes `froc_summary.yaml`, `froc_curve.csv`,
+/// `froc_bootstrap.csv`, `nodules_without_candidate.csv` and `froc.png` into `out`.
+pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, CalError> {
+    let (uids, header_warning) = read_series_list(&f.seriesuids)?;
+    let annotations = read_findings(&f.annotations, "diameter_mm")?;
+    let excluded = match &f.excluded {
+        Some(p) => read_findings(p, "diameter_mm")?,
+        None => Vec::new(),
+    };
+    let results = read_findings(&f.results, "probability")?;
+    if results.is_empty() {
+        return Err(input_err(
+            &f.results,
+            "no candidates (the file has only a header)".into(),
+        ));
+    }
+    let mut report = evaluate(&uids, &annotations, &excluded, &results, s)?;
+    if let Some(w) = header_warning {
+        report.warnings.insert(0, w);
+    }
+    if f.excluded.is_none() {
+        report
+            .warnings
+            .push("no annotations_excluded.csv given: no candidate is ignored as irrelevant".into());
+    }
+    write_outputs(&report, &f.out)?;
+    Ok(report)
+}
+
+fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), CalError> {
+    std::fs::create_dir_all(out).map_err(|source| CalError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let ser = |e: &dyn std::fmt::Display| CalError::Fit(e.to_string());
+    let yaml = serde_yaml::to_string(r).map_err(|e| ser(&e))?;
+    models::fsutil::write_atomic(&out.join("froc_summary.yaml"), yaml.as_bytes())?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["fp_per_scan", "sensitivity", "threshold"])
+        .map_err(|e| ser(&e))?;
+    for (x, y, t) in &r.curve {
+        w.write_record([format!("{x:.9}"), format!("{y:.9}"), format!("{t:.9}")])
+            .map_err(|e| ser(&e))?;
+    }
+    models::fsutil::write_atomic(&out.join("froc_curve.csv"), &w.into_inner().map_err(|e| ser(&e))?)?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "fp_per_scan",
+        "sensitivity_mean",
+        "sensitivity_lower",
+        "sensitivity_upper",
+    ])
+    .map_err(|e| ser(&e))?;
+    for (x, m, lo, hi) in &r.band {
+        w.write_record([
+            format!("{x:.9}"),
+            format!("{m:.9}"),
+            format!("{lo:.9}"),
+            format!("{hi:.9}"),
+        ])
+        .map_err(|e| ser(&e))?;
+    }
+    models::fsutil::write_atomic(&out.join("froc_bootstrap.csv"), &w.into_inner().map_err(|e| ser(&e))?)?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
+        .map_err(|e| ser(&e))?;
+    for n in &r.missed {
+        w.write_record([
+            n.seriesuid.clone(),
+            n.x.to_string(),
+            n.y.to_string(),
+            n.z.to_string(),
+            n.value.to_string(),
+        ])
+        .map_err(|e| ser(&e))?;
+    }
+    models::fsutil::write_atomic(
+        &out.join("nodules_without_candidate.csv"),
+        &w.into_inner().map_err(|e| ser(&e))?,
+    )?;
+    plot(r, &out.join("froc.png"))
+}
+
+fn plot(r: &FrocReport, path: &Path) -> Result<(), CalError> {
+    // Draw to a temporary name, then rename: no half-written PNG.
+    let tmp = path.with_extension("png.tmp.png");
+    let clip =
+        |pts: Vec<(f64, f64)>| -> Vec<(f64, f64)> { pts.into_iter().filter(|p| p.0 >= 0.125 && p.0 <= 8.0).collect() };
+    let mut raw: Vec<(f64, f64)> = Vec::new();
+    // The raw curve on the plotted range, with its values at the range ends.
+    raw.push((0.125, interp(0.125, &r.curve)));
+    raw.extend(clip(r.curve.iter().map(|p| (p.0, p.1)).collect()));
+    raw.push((8.0, interp(8.0, &r.curve)));
+    let mut series = vec![plots::Series {
+        label: "FROC".into(),
+        points: raw,
+        color: (20, 60, 200),
+        markers: false,
+    }];
+    series.push(plots::Series {
+        label: format!("CPM {:.3} (7 rates)", r.cpm),
+        points: r.rates.iter().map(|p| (p.fp_per_scan, p.sensitivity)).collect(),
+        color: (200, 40, 40),
+        markers: true,
+    });
+    let bands = if r.band.is_empty() {
+        vec![]
+    } else {
+        // Every 10th grid point is plenty for the picture.
+        let pick: Vec<&(f64, f64, f64, f64)> = r.band.iter().step_by(10).collect();
+        vec![plots::Band {
+            label: format!(
+                "bootstrap {:.0}% CI ({} resamples)",
+                r.confidence * 100.0,
+                r.bootstrap_samples
+            ),
+            lower: pick.iter().map(|b| (b.0, b.2)).collect(),
+            upper: pick.iter().map(|b| (b.0, b.3)).collect(),
+            color: (20, 60, 200),
+        }]
+    };
+    let chart = plots::Chart {
+        title: format!("FROC: {} scans, {} nodules", r.totals.scans, r.totals.nodules),
+        x_label: "average false positives per scan".into(),
+        y_label: "sensitivity".into(),
+        x_range: (0.125, 8.0),
+        y_range: (0.0, 1.0),
+        log_x: true,
+        series,
+        bands,
+    };
+    plots::line_chart(&chart, &tmp).map_err(|e| CalError::Fit(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|source| CalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A short human summary.
+pub fn summary(r: &FrocReport) -> String {
+    let mut s = String::new();
+    let t = &r.totals;
+    s += &format!(
+        "scans {}, nodules {}, candidates {} (after a cap of {}), TP {}, FP {}, FN {}, irrelevant {}, double detections {}\n",
+        t.scans,
+        t.nodules,
+        t.candidates,
+        r.max_candidates_per_scan.map_or("none".into(), |n| n.to_string()),
+        t.true_positives,
+        t.false_positives,
+        t.false_negatives,
+        t.irrelevant_candidates,
+        t.double_detections
+    );
+    s += "FP/scan  sensitivity  bootstrap mean [95% CI]\n";
+    for p in &r.rates {
+        s += &format!("{:>7}  {:>11.4}", p.fp_per_scan, p.sensitivity);
+        if let (Some(m), Some(lo), Some(hi)) = (p.bootstrap_mean, p.ci_lower, p.ci_upper) {
+            s += &format!("  {m:.4} [{lo:.4}, {hi:.4}]");
+        }
+        s += "\n";
+    }
+    s += &format!("CPM {:.4}", r.cpm);
+    if let (Some(m), Some([lo, hi])) = (r.cpm_bootstrap_mean, r.cpm_ci) {
+        s += &format!("  bootstrap mean {m:.4} [{lo:.4}, {hi:.4}]");
+    }
+    s += "\n";
+    for w in &r.warnings {
+        s += &format!("warning: {w}\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(uid: &str, x: f64, v: f64) -> Finding {
+        Finding {
+            seriesuid: uid.into(),
+            x,
+            y: 0.0,
+            z: 0.0,
+            value: v,
+        }
+    }
+
+    fn uids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("s{i}")).collect()
+    }
+
+    fn no_boot() -> FrocSettings {
+        FrocSettings {
+            bootstrap: 0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn radius_boundary_is_not_a_hit() {
+        // Nodule of 10 mm at x = 0: a candidate at exactly 5 mm misses, at 4.999 hits.
+        let ann = [f("s0", 0.0, 10.0)];
+        let r = evaluate(&uids(1), &ann, &[], &[f("s0", 5.0, 0.9)], &no_boot()).expect("eval");
+        assert_eq!(
+            (
+                r.totals.true_positives,
+                r.totals.false_positives,
+                r.totals.false_negatives
+            ),
+            (0, 1, 1)
+        );
+        let r = evaluate(&uids(1), &ann, &[], &[f("s0", 4.999, 0.9)], &no_boot()).expect("eval");
+        assert_eq!((r.totals.true_positives, r.totals.false_positives), (1, 0));
+    }
+
+    #[test]
+    fn two_candidates_on_one_nodule_count_once_with_the_max() {
+        let ann = [f("s0", 0.0, 10.0)];
+        let res = [f("s0", 1.0, 0.3), f("s0", -1.0, 0.8), f("s0", 50.0, 0.5)];
+        let r = evaluate(&uids(1), &ann, &[], &res, &no_boot()).expect("eval");
+        assert_eq!(
+            (
+                r.totals.true_positives,
+                r.totals.false_positives,
+                r.totals.double_detections
+            ),
+            (1, 1, 1)
+        );
+        // Curve: p ≥ 0.8 → TP (x 0, y 1); p ≥ 0.5 → FP (x 1, y 1).
+        assert_eq!(
+            r.curve,
+            vec![(0.0, 0.0, f64::INFINITY), (0.0, 1.0, 0.8), (1.0, 1.0, 0.5)]
+        );
+        assert!(r.rates.iter().all(|p| p.sensitivity == 1.0));
+    }
+
+    #[test]
+    fn one_candidate_can_hit_two_nodules() {
+        let ann = [f("s0", 0.0, 10.0), f("s0", 2.0, 10.0)];
+        let r = evaluate(&uids(1), &ann, &[], &[f("s0", 1.0, 0.7)], &no_boot()).expect("eval");
+        assert_eq!((r.totals.true_positives, r.totals.false_positives), (2, 0));
+    }
+
+    #[test]
+    fn excluded_findings_ignore_candidates_and_minus_one_means_10_mm() {
+        let ann = [f("s0", 0.0, 6.0)];
+        // Excluded finding without a size (−1 → 10 mm, r = 5) at x = 100.
+        let exc = [f("s0", 100.0, -1.0)];
+        let res = [
+            f("s0", 0.0, 0.9),
+            f("s0", 104.9, 0.95),
+            f("s0", 105.0, 0.4),
+            f("s0", 1.0, 0.2),
+        ];
+        let r = evaluate(&uids(1), &ann, &exc, &res, &no_boot()).expect("eval");
+        let t = &r.totals;
+        // 104.9 is within 5 mm of the excluded finding: ignored; 105.0 is on the boundary: FP.
+        assert_eq!(
+            (
+                t.true_positives,
+                t.false_positives,
+                t.irrelevant_candidates,
+                t.double_detections
+            ),
+            (1, 1, 1, 1)
+        );
+        // A candidate on both a nodule and an excluded finding is a TP.
+        let exc = [f("s0", 0.5, 10.0)];
+        let r = evaluate(&uids(1), &ann, &exc, &[f("s0", 0.0, 0.9)], &no_boot()).expect("eval");
+        assert_eq!((r.totals.true_positives, r.totals.irrelevant_candidates), (1, 0));
+    }
+
+    #[test]
+    fn scan_without_nodules_counts_in_the_divisor_and_missed_nodules_cap_sensitivity() {
+        // Two scans: s0 has 2 nodules (one found with p .9, one missed), s1 has none and
+        // 4 false positives with p .8, .6, .4, .2.
+        let ann = [f("s0", 0.0, 10.0), f("s0", 100.0, 10.0)];
+        let res = [
+            f("s0", 0.0, 0.9),
+            f("s1", 0.0, 0.8),
+            f("s1", 10.0, 0.6),
+            f("s1", 20.0, 0.4),
+            f("s1", 30.0, 0.2),
+        ];
+        let r = evaluate(&uids(2), &ann, &[], &res, &no_boot()).expect("eval");
+        assert_eq!(r.totals.false_negatives, 1);
+        assert_eq!(r.missed.len(), 1);
+        // x = FPs / 2 scans: 0.5, 1, 1.5, 2; y = 1/2 throughout (the missed nodule caps it).
+        let xs: Vec<f64> = r.curve.iter().map(|p| p.0).collect();
+        assert_eq!(xs, vec![0.0, 0.0, 0.5, 1.0, 1.5, 2.0]);
+        // Before the first FP the curve is at y = 0.5 from x = 0; interp at 0.125 = 0.5.
+        assert_eq!(r.rates[0].sensitivity, 0.5);
+        assert_eq!(r.cpm, 0.5);
+    }
+
+    #[test]
+    fn curve_interpolates_linearly_and_holds_its_end() {
+        // One scan, 2 nodules: TP p .9, FP .8, TP .7, FP .6 → points (0,.5) (1,.5) (1,1) (2,1).
+        let ann = [f("s0", 0.0, 10.0), f("s0", 100.0, 10.0)];
+        let res = [
+            f("s0", 0.0, 0.9),
+            f("s0", 50.0, 0.8),
+            f("s0", 100.0, 0.7),
+            f("s0", 200.0, 0.6),
+        ];
+        let r = evaluate(&uids(1), &ann, &[], &res, &no_boot()).expect("eval");
+        let s: Vec<f64> = r.rates.iter().map(|p| p.sensitivity).collect();
+        // At x = 1 two points share the x: np.interp takes the last (y = 1).
+        assert_eq!(s, vec![0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0]);
+        assert!((r.cpm - 4.0 / 7.0 - 3.0 * 0.5 / 7.0).abs() < 1e-12);
+        // Linear between points: a curve (0,0)→(2,1) at 0.5 is 0.25.
+        let pts = [(0.0, 0.0, 1.0), (2.0, 1.0, 0.5)];
+        assert_eq!(interp(0.5, &pts), 0.25);
+        assert_eq!(interp(9.0, &pts), 1.0);
+    }
+
+    #[test]
+    fn cap_drops_every_tie_at_the_cut() {
+        // Cap 2: probabilities .9 .5 .5 .1 → the 3rd highest is .5, keep only p > .5.
+        let res = [
+            f("s0", 10.0, 0.9),
+            f("s0", 20.0, 0.5),
+            f("s0", 30.0, 0.5),
+            f("s0", 40.0, 0.1),
+        ];
+        let ann = [f("s0", 20.0, 4.0)];
+        let s = FrocSettings {
+            max_candidates: Some(2),
+            bootstrap: 0,
+            ..Default::default()
+        };
+        let r = evaluate(&uids(1), &ann, &[], &res, &s).expect("eval");
+        assert_eq!((r.totals.candidates, r.totals.candidates_dropped_by_cap), (1, 3));
+        assert_eq!((r.totals.true_positives, r.totals.false_negatives), (0, 1));
+        // Without the cap the nodule is found.
+        let s = FrocSettings {
+            max_candidates: None,
+            bootstrap: 0,
+            ..Default::default()
+        };
+        let r = evaluate(&uids(1), &ann, &[], &res, &s).expect("eval");
+        assert_eq!(r.totals.true_positives, 1);
+    }
+
+    #[test]
+    fn ties_in_probability_form_one_step() {
+        // TP and FP with the same probability: one point (x 1, y 1), reached diagonally.
+        let ann = [f("s0", 0.0, 10.0)];
+        let res = [f("s0", 0.0, 0.5), f("s0", 50.0, 0.5)];
+        let r = evaluate(&uids(1), &ann, &[], &res, &no_boot()).expect("eval");
+        assert_eq!(r.curve.len(), 2);
+        assert_eq!(r.curve[1], (1.0, 1.0, 0.5));
+        // Diagonal from (0,0): at 0.125 FP/scan sensitivity is 0.125, at 0.5 it is 0.5.
+        assert_eq!(r.rates[0].sensitivity, 0.125);
+        assert_eq!(r.rates[2].sensitivity, 0.5);
+    }
+
+    #[test]
+    fn bootstrap_is_seeded_and_brackets_the_estimate() {
+        let mut ann = Vec::new();
+        let mut res = Vec::new();
+        for s in 0..40 {
+            let uid = format!("s{s}");
+            ann.push(f(&uid, 0.0, 10.0));
+            res.push(f(&uid, 0.0, 0.3 + 0.6 * ((s * 7) % 10) as f64 / 10.0));
+            for k in 0..5 {
+                res.push(f(&uid, 100.0 + 20.0 * k as f64, ((s * 13 + k * 3) % 17) as f64 / 17.0));
+            }
+        }
+        let s = FrocSettings {
+            bootstrap: 200,
+            seed: 4,
+            ..Default::default()
+        };
+        let a = evaluate(&uids(40), &ann, &[], &res, &s).expect("eval");
+        let b = evaluate(&uids(40), &ann, &[], &res, &s).expect("eval");
+        assert_eq!(a.cpm_ci, b.cpm_ci);
+        let [lo, hi] = a.cpm_ci.expect("ci");
+        assert!(lo <= a.cpm && a.cpm <= hi && lo < hi, "{lo} {} {hi}", a.cpm);
+        assert_eq!(a.band.len(), GRID_POINTS);
+        // Percentile bounds are ordered and every value is a sensitivity (the mean of a
+        // skewed column can fall outside its percentile interval, so it is not compared).
+        assert!(a
+            .band
+            .iter()
+            .all(|(_, m, l, h)| l <= h && [m, l, h].iter().all(|v| (0.0..=1.0).contains(*v))));
+    }
+
+    #[test]
+    fn no_nodules_is_an_error_and_unknown_series_are_counted() {
+        let e = evaluate(&uids(1), &[], &[], &[f("s0", 0.0, 0.5)], &no_boot()).expect_err("no nodules");
+        assert!(e.to_string().contains("no annotated nodules"));
+        let r = evaluate(
+            &uids(1),
+            &[f("s0", 0.0, 10.0)],
+            &[],
+            &[f("s0", 0.0, 0.5), f("zz", 0.0, 0.5)],
+            &no_boot(),
+        )
+        .expect("eval");
+        assert_eq!(r.totals.results_rows_unknown_series, 1);
+        assert!(r.warnings[0].contains("not in the list"));
+    }
+}
