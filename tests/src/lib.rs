@@ -16,7 +16,8 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf();
     for (b, crates) in [
         ("trainer", &["trainer", "models", "infer", "calibrate"][..]),
-        ("calibrate", &["calibrate", "models"][..]),
+        ("calibrate", &["calibrate", "models", "plots"][..]),
+        ("froc", &["calibrate", "models", "plots"][..]),
         ("infer", &["infer", "models", "calibrate"][..]),
     ] {
         let path = dir.join(b);

@@ -2,5 +2,6 @@
 mod bad_input;
 mod chain;
 mod fixture;
+mod froc;
 mod linking;
 mod setup;
