@@ -40,6 +40,7 @@ fn setup_variants_resolve_to_the_pinned_packages() {
         "torch==2.11.0",
         "onnxruntime-gpu==1.31.1",
         "onnx==1.23.2",
+        "scikit-learn==1.9.1",
         "nvidia-cudnn-cu13==",
         "nvidia-cublas==",
     ] {
@@ -53,6 +54,7 @@ fn setup_variants_resolve_to_the_pinned_packages() {
         "nvidia-cuda-cupti==13.0.85",
         "onnxruntime==1.31.1",
         "onnx==1.23.2",
+        "scikit-learn==1.9.1",
     ] {
         assert!(cpu.contains(want), "cpu variant lacks {want}:\n{cpu}");
     }
