@@ -1,27 +1,13 @@
 //! Temperature scaling and Platt scaling, fitted exactly by Newton's method on their
-//! convex negative log-likelihoods (with backtracking, so every step decreases the loss).
-use serde::{Deserialize, Serialize};
+//! convex negative log-likelihoods (with backtracking, so every step decreases the loss),
+//! and isotonic regression by pool-adjacent-violators.
+pub use models::calibration::{Isotonic, Platt, Temperature};
 
 use crate::metrics::{sigmoid, softplus};
 use crate::CalError;
 
 const MAX_ITER: usize = 100;
 const GRAD_TOL: f64 = 1e-12;
-
-/// `p = sigmoid(logit / T)`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Temperature {
-    pub temperature: f64,
-}
-
-/// `p = sigmoid(a * logit + b)`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Platt {
-    pub a: f64,
-    pub b: f64,
-    /// Whether Platt's (1999) smoothed targets `(N₊+1)/(N₊+2)` and `1/(N₋+2)` were used.
-    pub target_smoothing: bool,
-}
 
 /// Mean of `softplus(u) - t*u` with `u = a z + b`: the NLL under soft targets `t`.
 fn soft_nll(z: &[f64], t: &[f64], a: f64, b: f64) -> f64 {
@@ -151,6 +137,68 @@ pub fn fit_platt(z: &[f64], y: &[u8], smoothing: bool) -> Result<Platt, CalError
     })
 }
 
+/// Isotonic regression of the labels on the logits (pool-adjacent-violators, unit
+/// weights). Equal logits are pooled first (their mean label); the knots are the distinct
+/// logits with their fitted probabilities, interior points of flat runs removed (they do
+/// not change the interpolation), as scikit-learn's `IsotonicRegression` keeps them.
+pub fn fit_isotonic(z: &[f64], y: &[u8]) -> Result<Isotonic, CalError> {
+    if z.is_empty() {
+        return Err(CalError::Fit("isotonic regression needs data".into()));
+    }
+    let mut idx: Vec<usize> = (0..z.len()).collect();
+    idx.sort_by(|&a, &b| z[a].total_cmp(&z[b]));
+    // Blocks of (x, weight, mean y); equal x pooled.
+    let mut xs: Vec<f64> = Vec::new();
+    let mut w: Vec<f64> = Vec::new();
+    let mut m: Vec<f64> = Vec::new();
+    for &i in &idx {
+        let yi = f64::from(y[i]);
+        if xs.last() == Some(&z[i]) {
+            let k = xs.len() - 1;
+            m[k] = (m[k] * w[k] + yi) / (w[k] + 1.0);
+            w[k] += 1.0;
+        } else {
+            xs.push(z[i]);
+            w.push(1.0);
+            m.push(yi);
+        }
+    }
+    // PAV over the distinct-x blocks: a stack of pooled blocks (start, weight, mean).
+    let mut stack: Vec<(usize, f64, f64)> = Vec::new();
+    for k in 0..xs.len() {
+        let mut cur = (k, w[k], m[k]);
+        while let Some(&(s, ws, ms)) = stack.last() {
+            if ms > cur.2 {
+                stack.pop();
+                let wt = ws + cur.1;
+                cur = (s, wt, (ms * ws + cur.2 * cur.1) / wt);
+            } else {
+                break;
+            }
+        }
+        stack.push(cur);
+    }
+    let mut fitted = vec![0.0; xs.len()];
+    for (bi, &(start, _, mean)) in stack.iter().enumerate() {
+        let end = stack.get(bi + 1).map_or(xs.len(), |b| b.0);
+        for f in &mut fitted[start..end] {
+            *f = mean;
+        }
+    }
+    // Keep the first and last point of every flat run.
+    let mut kx = Vec::new();
+    let mut ky = Vec::new();
+    for k in 0..xs.len() {
+        let same_prev = k > 0 && fitted[k - 1] == fitted[k];
+        let same_next = k + 1 < xs.len() && fitted[k + 1] == fitted[k];
+        if !(same_prev && same_next) {
+            kx.push(xs[k]);
+            ky.push(fitted[k]);
+        }
+    }
+    Ok(Isotonic { x: kx, y: ky })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +237,19 @@ mod tests {
         let nll = |t: f64| nll_from_logits(&z.iter().map(|v| v / t).collect::<Vec<_>>(), &y);
         assert!(nll(t) <= nll(t * 1.01) && nll(t) <= nll(t * 0.99), "T = {t}");
         assert!(t > 1.0, "overconfident logits need T > 1, got {t}");
+    }
+
+    #[test]
+    fn isotonic_pav_by_hand() {
+        // Labels along increasing logits: 0 1 0 1 1 → PAV pools (1, 0) into 0.5.
+        let iso = fit_isotonic(&[1.0, 2.0, 3.0, 4.0, 5.0], &[0, 1, 0, 1, 1]).expect("fit");
+        assert_eq!(iso.x, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(iso.y, vec![0.0, 0.5, 0.5, 1.0, 1.0]);
+        // Tied logits are pooled first; flat interiors are dropped.
+        let iso = fit_isotonic(&[1.0, 1.0, 2.0, 3.0, 4.0], &[1, 0, 0, 0, 1]).expect("fit");
+        assert_eq!(iso.x, vec![1.0, 3.0, 4.0]);
+        assert_eq!(iso.y, vec![0.25, 0.25, 1.0]);
+        assert!(iso.y.windows(2).all(|p| p[0] <= p[1]));
     }
 
     #[test]

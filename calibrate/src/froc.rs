@@ -722,6 +722,7 @@ fn plot(r: &FrocReport, path: &Path) -> Result<(), CalError> {
         log_x: true,
         series,
         bands,
+        annotations: vec![],
     };
     plots::line_chart(&chart, &tmp).map_err(|e| CalError::Fit(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|source| CalError::Io {

@@ -1,24 +1,30 @@
 //! Calibration of a trained model's scores, on a scoring host with no libtorch.
 //!
-//! Input: validation scores (`val_scores.csv` of a training run, or any CSV with a logit
-//! or probability column and a label column). Output: `calibration.yaml`, bound to one
-//! model by its sha256, with temperature and Platt parameters, operating points (Youden J,
-//! maximum F1, fixed sensitivity) with Wilson intervals and counts, and metrics before and
-//! after calibration. `infer --calibration` reads it back.
+//! Inputs: a training run's validation scores, any scores CSV, or an ONNX model plus a
+//! labelled patch folder scored through ONNX Runtime (site recalibration, with
+//! [`infer::Scorer`]). Methods: temperature scaling and Platt scaling (exact Newton fits)
+//! and isotonic regression (PAV); `auto` picks by series-grouped cross-validated NLL.
+//! Outputs: `calibration.yaml` (every method's parameters, operating points with Wilson and
+//! series-bootstrap intervals, metrics before and after, bound to the model's sha256), a
+//! Markdown report with plots, and `model.calibrated.onnx` (the network with the
+//! calibration and the chosen threshold appended as graph nodes). `froc` computes the
+//! LUNA16 FROC/CPM ([`froc`]).
 #![warn(clippy::unwrap_used)]
 
+pub mod bake;
+pub mod bootstrap;
 pub mod fit;
 pub mod froc;
 pub mod metrics;
+pub mod report;
 pub mod thresholds;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use fit::{Platt, Temperature};
-use thresholds::OperatingPoint;
+pub use models::calibration::{
+    CalibrationFile, DataRef, Isotonic, Method, MethodSelection, Metrics, ModelRef, OperatingPoint, Platt, Temperature,
+};
 
 /// Errors of the calibrate library.
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +41,17 @@ pub enum CalError {
     Fit(String),
     #[error(transparent)]
     Models(#[from] models::Error),
+    #[error(transparent)]
+    Infer(#[from] infer::InferError),
 }
 
-/// Scores with labels, as read from a CSV.
+/// Scores with labels.
 #[derive(Debug, Clone, Default)]
 pub struct ScoreTable {
     pub source: PathBuf,
     pub logits: Vec<f64>,
     pub labels: Vec<u8>,
+    /// Empty when the source has no series column.
     pub seriesuid: Vec<String>,
 }
 
@@ -54,8 +63,10 @@ pub struct Columns {
     /// Probability column instead of a logit (converted to a logit).
     pub probability: Option<String>,
     pub label: String,
-    /// Optional series column (counted in the report).
+    /// Optional series column (bootstrap and cross-validation group by it).
     pub seriesuid: String,
+    /// Optional patch column: a patch listed twice is an error.
+    pub patch: String,
 }
 
 impl Default for Columns {
@@ -65,17 +76,21 @@ impl Default for Columns {
             probability: None,
             label: "label".into(),
             seriesuid: "seriesuid".into(),
+            patch: "patch_file".into(),
         }
     }
 }
 
+fn input_err(path: &Path, msg: String) -> CalError {
+    CalError::Input {
+        path: path.to_path_buf(),
+        msg,
+    }
+}
+
 impl ScoreTable {
-    /// Reads a scores CSV. Every problem names the file; rows are numbered as lines.
+    /// Reads a scores CSV. Every problem names the file and line.
     pub fn read(path: &Path, cols: &Columns) -> Result<Self, CalError> {
-        let bad = |msg: String| CalError::Input {
-            path: path.to_path_buf(),
-            msg,
-        };
         let mut rdr = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
             .from_path(path)
@@ -84,173 +99,245 @@ impl ScoreTable {
                     path: path.to_path_buf(),
                     source,
                 },
-                other => bad(format!("{other:?}")),
+                other => input_err(path, format!("{other:?}")),
             })?;
-        let headers = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
+        let headers = rdr.headers().map_err(|e| input_err(path, e.to_string()))?.clone();
         let find = |name: &str| headers.iter().position(|h| h == name);
         let score_col = cols.probability.as_deref().unwrap_or(&cols.logit);
-        let mut missing = Vec::new();
-        let si = find(score_col);
-        let li = find(&cols.label);
-        if si.is_none() {
-            missing.push(score_col.to_string());
-        }
-        if li.is_none() {
-            missing.push(cols.label.clone());
-        }
-        let (Some(si), Some(li)) = (si, li) else {
-            return Err(bad(format!(
-                "missing column(s) {} (columns present: {})",
-                missing.join(", "),
-                headers.iter().collect::<Vec<_>>().join(", ")
-            )));
+        let (Some(si), Some(li)) = (find(score_col), find(&cols.label)) else {
+            let missing: Vec<&str> = [score_col, cols.label.as_str()]
+                .into_iter()
+                .filter(|c| find(c).is_none())
+                .collect();
+            return Err(input_err(
+                path,
+                format!(
+                    "missing column(s) {} (columns present: {})",
+                    missing.join(", "),
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
         };
-        let ui = find(&cols.seriesuid);
+        let (ui, pi) = (find(&cols.seriesuid), find(&cols.patch));
         let mut t = ScoreTable {
             source: path.to_path_buf(),
             ..Default::default()
         };
+        let mut seen = std::collections::HashMap::new();
         for (i, rec) in rdr.records().enumerate() {
             let line = i + 2;
-            let rec = rec.map_err(|e| bad(format!("line {line}: {e}")))?;
-            let s: f64 = rec
-                .get(si)
-                .unwrap_or("")
+            let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
+            let raw = rec.get(si).unwrap_or("");
+            let s: f64 = raw
                 .parse()
-                .map_err(|_| bad(format!("line {line}: `{score_col}` is not a number: {:?}", rec.get(si))))?;
+                .map_err(|_| input_err(path, format!("line {line}: `{score_col}` is not a number: {raw:?}")))?;
+            if !s.is_finite() {
+                return Err(input_err(
+                    path,
+                    format!("line {line}: `{score_col}` is not finite: {raw}"),
+                ));
+            }
             let z = if cols.probability.is_some() {
                 if !(0.0..=1.0).contains(&s) {
-                    return Err(bad(format!("line {line}: probability {s} outside [0, 1]")));
+                    return Err(input_err(path, format!("line {line}: probability {s} outside [0, 1]")));
                 }
                 metrics::logit(s)
             } else {
                 s
             };
-            if !z.is_finite() {
-                return Err(bad(format!("line {line}: non-finite score {s}")));
-            }
             let y = match rec.get(li) {
-                Some("0") | Some("0.0") => 0,
-                Some("1") | Some("1.0") => 1,
-                other => return Err(bad(format!("line {line}: label must be 0 or 1, got {other:?}"))),
+                Some("0" | "0.0") => 0,
+                Some("1" | "1.0") => 1,
+                other => {
+                    return Err(input_err(
+                        path,
+                        format!("line {line}: label must be 0 or 1, got {other:?}"),
+                    ))
+                }
             };
+            if let Some(pi) = pi {
+                let p = rec.get(pi).unwrap_or("").to_string();
+                if let Some(first) = seen.insert(p.clone(), line) {
+                    return Err(input_err(
+                        path,
+                        format!("line {line}: patch {p:?} already scored on line {first}"),
+                    ));
+                }
+            }
             t.logits.push(z);
             t.labels.push(y);
             if let Some(ui) = ui {
                 t.seriesuid.push(rec.get(ui).unwrap_or("").to_string());
             }
         }
-        let n_pos = t.labels.iter().filter(|&&l| l == 1).count();
-        if n_pos == 0 || n_pos == t.labels.len() {
-            return Err(bad(format!(
-                "calibration needs both classes; found {n_pos} positive(s) among {} row(s)",
-                t.labels.len()
-            )));
-        }
+        t.check(path)?;
         Ok(t)
     }
+
+    /// Site recalibration: scores a labelled patch index (or folder with
+    /// `patch_index.csv`) with `model` through ONNX Runtime. Unreadable patches are
+    /// errors here: calibrating on a silently shrunken set would mislead.
+    pub fn from_patches(model: &Path, index: &Path, opts: &infer::ScorerOptions) -> Result<Self, CalError> {
+        let (items, has_label) = infer::collect_index(index)?;
+        if !has_label {
+            return Err(input_err(
+                index,
+                "the index has no `label` column: calibration needs labelled patches".into(),
+            ));
+        }
+        let mut scorer = infer::Scorer::open(model, opts)?;
+        let pre = scorer.preprocess.clone();
+        let mut t = ScoreTable {
+            source: index.to_path_buf(),
+            ..Default::default()
+        };
+        let mut errors = Vec::new();
+        for chunk in items.chunks(32) {
+            let mut cubes = Vec::new();
+            let mut rows = Vec::new();
+            for it in chunk {
+                match models::patch::load_patch(&it.path, &pre) {
+                    Ok(c) => {
+                        cubes.push(c);
+                        rows.push(it);
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            for (it, z) in rows.into_iter().zip(scorer.score(&cubes)?) {
+                let r = it
+                    .row
+                    .as_ref()
+                    .ok_or_else(|| input_err(index, "index row missing".into()))?;
+                let y = r
+                    .label
+                    .ok_or_else(|| input_err(index, format!("{}: no label", it.name)))?;
+                t.logits.push(f64::from(z));
+                t.labels.push(y);
+                t.seriesuid.push(r.seriesuid.clone());
+            }
+        }
+        if !errors.is_empty() {
+            return Err(input_err(
+                index,
+                format!(
+                    "{} patch(es) could not be scored:\n  {}",
+                    errors.len(),
+                    errors.join("\n  ")
+                ),
+            ));
+        }
+        t.check(index)?;
+        Ok(t)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), CalError> {
+        let n_pos = self.labels.iter().filter(|&&l| l == 1).count();
+        if n_pos == 0 || n_pos == self.labels.len() {
+            return Err(input_err(
+                path,
+                format!(
+                    "calibration needs both classes; found {n_pos} positive(s) among {} row(s)",
+                    self.labels.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Group ids for cross-validation and bootstrap: series when known, else each patch.
+    pub fn groups(&self) -> (Vec<usize>, usize, &'static str) {
+        let by_series = self.seriesuid.len() == self.logits.len() && self.seriesuid.iter().all(|u| !u.is_empty());
+        if !by_series {
+            return (
+                (0..self.logits.len()).collect(),
+                self.logits.len(),
+                "patch (no seriesuid column)",
+            );
+        }
+        let mut ids = BTreeMap::new();
+        let g = self
+            .seriesuid
+            .iter()
+            .map(|u| {
+                let n = ids.len();
+                *ids.entry(u.as_str()).or_insert(n)
+            })
+            .collect();
+        (g, ids.len(), "seriesuid")
+    }
 }
 
-/// Metrics of one set of probabilities.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Metrics {
-    pub auroc: f64,
-    pub brier: f64,
-    pub nll: f64,
-    /// Expected calibration error, 15 equal-width bins.
-    pub ece_15: f64,
+/// A fitted set of calibrations.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    pub temperature: Temperature,
+    pub platt: Platt,
+    pub isotonic: Isotonic,
 }
 
-impl Metrics {
-    pub fn of_logits(z: &[f64], y: &[u8]) -> Self {
-        let p: Vec<f64> = z.iter().map(|&v| metrics::sigmoid(v)).collect();
-        Metrics {
-            auroc: metrics::auroc(z, y).unwrap_or(f64::NAN),
-            brier: metrics::brier(&p, y),
-            nll: metrics::nll_from_logits(z, y),
-            ece_15: metrics::ece(&p, y, 15),
+impl Fitted {
+    pub fn fit(z: &[f64], y: &[u8], smoothing: bool) -> Result<Self, CalError> {
+        Ok(Fitted {
+            temperature: fit::fit_temperature(z, y)?,
+            platt: fit::fit_platt(z, y, smoothing)?,
+            isotonic: fit::fit_isotonic(z, y)?,
+        })
+    }
+
+    pub fn probability(&self, m: Method, z: f64) -> f64 {
+        match m {
+            Method::Temperature => metrics::sigmoid(z / self.temperature.temperature),
+            Method::Platt => metrics::sigmoid(self.platt.a * z + self.platt.b),
+            Method::Isotonic => self.isotonic.apply(z),
         }
     }
 }
 
-/// Which calibration `infer` applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    Temperature,
-    Platt,
-}
-
-/// The model a calibration belongs to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelRef {
-    pub path: PathBuf,
-    pub sha256: String,
-}
-
-/// What the calibration was fitted on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DataRef {
-    pub scores: PathBuf,
-    pub n: usize,
-    pub n_positive: usize,
-    pub n_series: usize,
-}
-
-/// `calibration.yaml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CalibrationFile {
-    pub tool_version: String,
-    pub model: ModelRef,
-    pub data: DataRef,
-    /// The calibration `infer` applies for `calibrated_probability`.
-    pub method: Method,
-    pub temperature: Temperature,
-    pub platt: Platt,
-    /// The operating point `infer` uses for `decision`.
-    pub default_operating_point: String,
-    pub operating_points: Vec<OperatingPoint>,
-    /// How `method` was chosen.
-    pub method_selection: MethodSelection,
-    /// Keys: `uncalibrated`, `temperature`, `platt`.
-    pub metrics: BTreeMap<String, Metrics>,
-    /// Conditions that make the numbers less trustworthy.
-    #[serde(default)]
-    pub warnings: Vec<String>,
-    pub note: String,
-}
-
-/// Held-out comparison of the two calibrations.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MethodSelection {
-    pub criterion: String,
-    /// Folds in which both methods could be fitted and evaluated.
-    pub folds_used: usize,
-    /// Mean held-out NLL per patch, over the folds used.
-    pub cv_nll_temperature: Option<f64>,
-    pub cv_nll_platt: Option<f64>,
-}
-
-/// Cross-validated NLL of both methods, folds grouped by series when series are known
-/// (patches of one scan are never split between fitting and evaluation). Platt nests
-/// temperature scaling (b = 0), so comparing in-sample NLL would always pick Platt.
-pub fn cross_validate(t: &ScoreTable, smoothing: bool, k: usize) -> MethodSelection {
-    let groups: Vec<String> = if t.seriesuid.len() == t.logits.len() && t.seriesuid.iter().all(|u| !u.is_empty()) {
-        t.seriesuid.clone()
-    } else {
-        (0..t.logits.len()).map(|i| i.to_string()).collect()
+/// Every metric of one set of probabilities (`auroc_bootstrap_ci95` is filled later).
+pub fn compute_metrics(p: &[f64], y: &[u8]) -> Metrics {
+    let lp: Vec<f64> = p.iter().map(|&v| metrics::logit(v)).collect();
+    let (slope, intercept) = match fit::fit_platt(&lp, y, false) {
+        Ok(f) => (f.a, f.b),
+        Err(_) => (f64::NAN, f64::NAN),
     };
-    let mut uniq: Vec<&String> = groups.iter().collect();
-    uniq.sort();
-    uniq.dedup();
-    // A deterministic shuffle: order groups by the hash of their id, deal them round-robin.
-    uniq.sort_by_key(|g| models::fsutil::sha256_bytes(g.as_bytes()));
-    let k = k.min(uniq.len());
-    let fold_of: BTreeMap<&String, usize> = uniq.iter().enumerate().map(|(i, g)| (*g, i % k.max(1))).collect();
-    let (mut sum_t, mut sum_p, mut n_eval, mut used) = (0.0, 0.0, 0usize, 0usize);
+    Metrics {
+        auroc: metrics::auroc(p, y).unwrap_or(f64::NAN),
+        auroc_delong_ci95: metrics::auroc_delong_ci95(p, y),
+        auroc_bootstrap_ci95: None,
+        auprc: metrics::average_precision(p, y),
+        brier: metrics::brier(p, y),
+        nll: metrics::nll_from_probs(p, y),
+        ece_15: metrics::ece(p, y, 15),
+        adaptive_ece_15: metrics::adaptive_ece(p, y, 15),
+        mce_15: metrics::mce(p, y, 15),
+        calibration_slope: slope,
+        calibration_intercept: intercept,
+    }
+}
+
+/// Held-out NLL of every method, `k` folds grouped by series (patches of one scan never
+/// split between fitting and evaluation). Errors when the data cannot support it.
+pub fn cross_validate(t: &ScoreTable, smoothing: bool, k: usize) -> Result<MethodSelection, CalError> {
+    let (groups, n_groups, unit) = t.groups();
+    if n_groups < k {
+        return Err(CalError::Fit(format!(
+            "--method auto needs {k}-fold cross-validation grouped by {unit}, but there are only {n_groups} group(s); \
+             give more data or choose a method with --method"
+        )));
+    }
+    // A deterministic shuffle: order groups by the hash of their index, deal round-robin.
+    let mut order: Vec<usize> = (0..n_groups).collect();
+    order.sort_by_key(|g| models::fsutil::sha256_bytes(g.to_string().as_bytes()));
+    let mut fold_of = vec![0; n_groups];
+    for (i, &g) in order.iter().enumerate() {
+        fold_of[g] = i % k;
+    }
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    let (mut n_eval, mut used) = (0usize, 0usize);
     for fold in 0..k {
         let (mut zf, mut yf, mut ze, mut ye) = (vec![], vec![], vec![], vec![]);
-        for (i, g) in groups.iter().enumerate() {
+        for (i, &g) in groups.iter().enumerate() {
             if fold_of[g] == fold {
                 ze.push(t.logits[i]);
                 ye.push(t.labels[i]);
@@ -259,175 +346,131 @@ pub fn cross_validate(t: &ScoreTable, smoothing: bool, k: usize) -> MethodSelect
                 yf.push(t.labels[i]);
             }
         }
-        let both = |y: &[u8]| y.contains(&0) && y.contains(&1);
-        if ze.is_empty() || !both(&yf) {
+        if !(yf.contains(&0) && yf.contains(&1)) {
             continue;
         }
-        let (Ok(tm), Ok(pl)) = (fit::fit_temperature(&zf, &yf), fit::fit_platt(&zf, &yf, smoothing)) else {
+        let Ok(f) = Fitted::fit(&zf, &yf, smoothing) else {
             continue;
         };
-        let zt: Vec<f64> = ze.iter().map(|v| v / tm.temperature).collect();
-        let zp: Vec<f64> = ze.iter().map(|v| pl.a * v + pl.b).collect();
-        sum_t += metrics::nll_from_logits(&zt, &ye) * ze.len() as f64;
-        sum_p += metrics::nll_from_logits(&zp, &ye) * ze.len() as f64;
+        for m in Method::ALL {
+            let p: Vec<f64> = ze.iter().map(|&z| f.probability(m, z)).collect();
+            *sums.entry(m.name().to_string()).or_default() += metrics::nll_from_probs(&p, &ye) * ze.len() as f64;
+        }
         n_eval += ze.len();
         used += 1;
     }
-    let per = |s: f64| (used > 0).then(|| s / n_eval as f64);
-    MethodSelection {
-        criterion: format!(
-            "mean held-out NLL, {k}-fold cross-validation grouped by {}",
-            if groups == t.seriesuid {
-                "seriesuid"
-            } else {
-                "patch (no seriesuid column)"
-            }
-        ),
+    if used == 0 {
+        return Err(CalError::Fit(format!(
+            "--method auto: no cross-validation fold (grouped by {unit}) had both classes to fit on; choose a method with --method"
+        )));
+    }
+    Ok(MethodSelection {
+        criterion: format!("mean held-out NLL, {k}-fold cross-validation grouped by {unit}"),
         folds_used: used,
-        cv_nll_temperature: per(sum_t),
-        cv_nll_platt: per(sum_p),
-    }
-}
-
-impl CalibrationFile {
-    /// Calibrated probability of a raw logit under the chosen method.
-    pub fn probability(&self, logit: f64) -> f64 {
-        metrics::sigmoid(self.transform(logit))
-    }
-
-    /// Calibrated logit of a raw logit.
-    pub fn transform(&self, logit: f64) -> f64 {
-        match self.method {
-            Method::Temperature => logit / self.temperature.temperature,
-            Method::Platt => self.platt.a * logit + self.platt.b,
-        }
-    }
-
-    /// The default operating point.
-    pub fn operating_point(&self) -> Result<&OperatingPoint, CalError> {
-        self.operating_points
-            .iter()
-            .find(|p| p.name == self.default_operating_point)
-            .ok_or_else(|| {
-                CalError::Fit(format!(
-                    "default operating point `{}` is not among the calibration's operating points",
-                    self.default_operating_point
-                ))
-            })
-    }
-
-    /// Reads a calibration file.
-    pub fn load(path: &Path) -> Result<Self, CalError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CalError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let cal: Self = serde_yaml::from_str(&text).map_err(|e| CalError::Input {
-            path: path.to_path_buf(),
-            msg: format!("not a calibration file: {e}"),
-        })?;
-        let bad = |msg: String| CalError::Input {
-            path: path.to_path_buf(),
-            msg,
-        };
-        cal.operating_point().map_err(|e| bad(e.to_string()))?;
-        let t = cal.temperature.temperature;
-        if !(t.is_finite() && t > 0.0) {
-            return Err(bad(format!("temperature must be a positive number, got {t}")));
-        }
-        if !(cal.platt.a.is_finite() && cal.platt.a > 0.0 && cal.platt.b.is_finite()) {
-            return Err(bad(format!(
-                "Platt parameters must be finite with a > 0, got a = {}, b = {}",
-                cal.platt.a, cal.platt.b
-            )));
-        }
-        if let Some(p) = cal.operating_points.iter().find(|p| !p.threshold_logit.is_finite()) {
-            return Err(bad(format!("operating point `{}` has a non-finite threshold", p.name)));
-        }
-        if cal.model.sha256.len() != 64 || !cal.model.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("model.sha256 is not a sha256 hex digest".into()));
-        }
-        Ok(cal)
-    }
-
-    /// Refuses to apply this calibration to a model it was not fitted for.
-    pub fn check_model(&self, cal_path: &Path, model_path: &Path, model_sha256: &str) -> Result<(), CalError> {
-        if self.model.sha256 != model_sha256 {
-            return Err(CalError::Input {
-                path: cal_path.to_path_buf(),
-                msg: format!(
-                    "this calibration belongs to another model (sha256 {}, fitted for {}), not to {} (sha256 {}); re-run `calibrate` for this model",
-                    short(&self.model.sha256),
-                    self.model.path.display(),
-                    model_path.display(),
-                    short(model_sha256)
-                ),
-            });
-        }
-        Ok(())
-    }
-}
-
-fn short(s: &str) -> &str {
-    s.get(..12).unwrap_or(s)
+        cv_nll: sums.into_iter().map(|(k, v)| (k, v / n_eval as f64)).collect(),
+        chosen_by: "auto".into(),
+    })
 }
 
 /// Options of a calibration run.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Scores CSV; ignored when `patches` is given.
     pub scores: PathBuf,
     pub columns: Columns,
+    /// Labelled patch index scored through ONNX Runtime (site recalibration).
+    pub patches: Option<PathBuf>,
+    pub scorer: infer::ScorerOptions,
     pub model: PathBuf,
+    /// `calibration.yaml`; the report, plots and calibrated model go beside it.
     pub out: PathBuf,
+    /// `None`: auto.
     pub method: Option<Method>,
     pub platt_smoothing: bool,
     pub min_sensitivity: f64,
+    pub min_specificity: f64,
     pub operating_point: String,
+    pub folds: usize,
+    pub bootstrap: usize,
+    pub seed: u64,
+    /// Write the Markdown report with plots.
+    pub report: bool,
+    /// Write `model.calibrated.onnx`.
+    pub bake: bool,
 }
 
 impl Settings {
-    /// Settings for a training run folder: its `val_scores.csv` and `model.onnx`, output
-    /// `calibration.yaml` beside them.
+    /// Settings for a training run folder: its `val_scores.csv` and `model.onnx`, outputs
+    /// beside them.
     pub fn for_run(run: &Path) -> Self {
         Settings {
             scores: run.join("val_scores.csv"),
             columns: Columns::default(),
+            patches: None,
+            scorer: infer::ScorerOptions::default(),
             model: run.join("model.onnx"),
             out: run.join("calibration.yaml"),
             method: None,
             platt_smoothing: false,
             min_sensitivity: 0.95,
+            min_specificity: 0.95,
             operating_point: "youden_j".into(),
+            folds: 5,
+            bootstrap: 1000,
+            seed: 0,
+            report: true,
+            bake: true,
+        }
+    }
+
+    /// The folder the outputs go to.
+    pub fn out_dir(&self) -> PathBuf {
+        match self.out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
         }
     }
 }
 
-/// Fits both calibrations on a score table and builds the calibration file.
+/// Fits every method on a score table and builds the calibration file.
 pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<CalibrationFile, CalError> {
-    if !(0.0..=1.0).contains(&s.min_sensitivity) {
-        return Err(CalError::Fit(format!(
-            "minimum sensitivity {} outside [0, 1]",
-            s.min_sensitivity
-        )));
+    for (name, v) in [("sensitivity", s.min_sensitivity), ("specificity", s.min_specificity)] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(CalError::Fit(format!("minimum {name} {v} outside [0, 1]")));
+        }
     }
     let (z, y) = (&t.logits, &t.labels);
-    let temp = fit::fit_temperature(z, y)?;
-    let platt = fit::fit_platt(z, y, s.platt_smoothing)?;
-    let zt: Vec<f64> = z.iter().map(|v| v / temp.temperature).collect();
-    let zp: Vec<f64> = z.iter().map(|v| platt.a * v + platt.b).collect();
+    let fitted = Fitted::fit(z, y, s.platt_smoothing)?;
+    let selection = match s.method {
+        None => cross_validate(t, s.platt_smoothing, s.folds)?,
+        Some(m) => MethodSelection {
+            criterion: format!("requested: {}", m.name()),
+            folds_used: 0,
+            cv_nll: cross_validate(t, s.platt_smoothing, s.folds)
+                .map(|c| c.cv_nll)
+                .unwrap_or_default(),
+            chosen_by: "requested".into(),
+        },
+    };
+    let method = s.method.unwrap_or_else(|| {
+        Method::ALL
+            .into_iter()
+            .min_by(|a, b| {
+                let na = selection.cv_nll.get(a.name()).copied().unwrap_or(f64::INFINITY);
+                let nb = selection.cv_nll.get(b.name()).copied().unwrap_or(f64::INFINITY);
+                na.total_cmp(&nb)
+            })
+            .unwrap_or(Method::Temperature)
+    });
     let mut m = BTreeMap::new();
-    m.insert("uncalibrated".to_string(), Metrics::of_logits(z, y));
-    m.insert("temperature".to_string(), Metrics::of_logits(&zt, y));
-    m.insert("platt".to_string(), Metrics::of_logits(&zp, y));
-    // Without a requested method, the lower cross-validated NLL wins; temperature scaling
-    // (one parameter) when cross-validation was not possible.
-    let selection = cross_validate(t, s.platt_smoothing, 5);
-    let method = s
-        .method
-        .unwrap_or(match (selection.cv_nll_temperature, selection.cv_nll_platt) {
-            (Some(nt), Some(np)) if np < nt => Method::Platt,
-            _ => Method::Temperature,
-        });
+    let raw: Vec<f64> = z.iter().map(|&v| metrics::sigmoid(v)).collect();
+    m.insert("uncalibrated".to_string(), compute_metrics(&raw, y));
+    let mut probs = BTreeMap::new();
+    for meth in Method::ALL {
+        let p: Vec<f64> = z.iter().map(|&v| fitted.probability(meth, v)).collect();
+        m.insert(meth.name().to_string(), compute_metrics(&p, y));
+        probs.insert(meth, p);
+    }
     let mut warnings = Vec::new();
     if m["uncalibrated"].auroc >= 1.0 {
         warnings.push(
@@ -443,14 +486,7 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
             y.len() - n_pos
         ));
     }
-    if selection.folds_used == 0 && s.method.is_none() {
-        warnings.push(
-            "cross-validation was not possible (too few series with both classes); chose temperature scaling".into(),
-        );
-    }
-    let mut series: Vec<&String> = t.seriesuid.iter().collect();
-    series.sort();
-    series.dedup();
+    let (_, n_series, _) = t.groups();
     let mut cal = CalibrationFile {
         tool_version: models::TOOL_VERSION.into(),
         model,
@@ -458,41 +494,61 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
             scores: t.source.clone(),
             n: y.len(),
             n_positive: n_pos,
-            n_series: series.len(),
+            prevalence: n_pos as f64 / y.len() as f64,
+            n_series: if t.seriesuid.is_empty() { 0 } else { n_series },
         },
         method,
-        temperature: temp,
-        platt,
-        default_operating_point: s.operating_point.clone(),
-        operating_points: thresholds::operating_points(z, y, s.min_sensitivity),
+        temperature: fitted.temperature,
+        platt: fitted.platt,
+        isotonic: fitted.isotonic.clone(),
         method_selection: selection,
+        default_operating_point: s.operating_point.clone(),
+        operating_points: thresholds::operating_points(z, y, s.min_sensitivity, s.min_specificity),
         metrics: m,
+        bootstrap_resamples: s.bootstrap,
+        bootstrap_seed: s.seed,
         warnings,
-        note: "Parameters, thresholds and the metrics after calibration are all computed on the same \
-               calibration data (in-sample); judge them on held-out data."
+        note: "Parameters, thresholds and the metrics after calibration are computed on the same calibration data \
+               (in-sample); the method choice uses held-out folds. Judge the operating points on new data."
             .into(),
     };
     for p in &mut cal.operating_points {
-        p.threshold_probability = metrics::sigmoid(match method {
-            Method::Temperature => p.threshold_logit / temp.temperature,
-            Method::Platt => platt.a * p.threshold_logit + platt.b,
-        });
+        p.threshold_probability = fitted.probability(method, p.threshold_logit);
     }
-    cal.operating_point()?;
+    if s.bootstrap > 0 {
+        bootstrap::apply(&mut cal, t, &probs, s.bootstrap, s.seed);
+    }
+    if cal.operating_point().is_none() {
+        let names: Vec<&str> = cal.operating_points.iter().map(|p| p.name.as_str()).collect();
+        return Err(CalError::Fit(format!(
+            "operating point `{}` is not one of {}",
+            s.operating_point,
+            names.join(", ")
+        )));
+    }
     Ok(cal)
 }
 
-/// Reads the scores, fits, writes `calibration.yaml` atomically. Returns the file.
+/// Reads the scores (or scores the patches), fits, and writes `calibration.yaml`, the
+/// report and `model.calibrated.onnx`, each atomically. Returns the calibration.
 pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
-    let table = ScoreTable::read(&s.scores, &s.columns)?;
     if !s.model.is_file() {
-        return Err(CalError::Input {
-            path: s.model.clone(),
-            msg: "model file not found: a calibration is bound to the model it calibrates (run `trainer train` first, or pass --model)".into(),
-        });
+        return Err(input_err(
+            &s.model,
+            "model file not found: a calibration is bound to the model it calibrates (run `trainer train` first, or pass --model)"
+                .into(),
+        ));
     }
-    models::onnx::read_model(&s.model)?;
-    let sha = models::fsutil::sha256_file(&s.model)?;
+    let bytes = std::fs::read(&s.model).map_err(|source| CalError::Io {
+        path: s.model.clone(),
+        source,
+    })?;
+    let proto = models::onnx::parse_model(&bytes, &s.model)?;
+    let table = match &s.patches {
+        Some(idx) => ScoreTable::from_patches(&s.model, idx, &s.scorer)?,
+        None => ScoreTable::read(&s.scores, &s.columns)?,
+    };
+    let sha = models::fsutil::sha256_bytes(&bytes);
     let cal = calibrate(
         &table,
         s,
@@ -502,58 +558,97 @@ pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
         },
     )?;
     let text = serde_yaml::to_string(&cal).map_err(|e| CalError::Fit(e.to_string()))?;
+    let dir = s.out_dir();
+    std::fs::create_dir_all(&dir).map_err(|source| CalError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     models::fsutil::write_atomic(&s.out, text.as_bytes())?;
+    if s.report {
+        report::write(&cal, &table, &dir)?;
+    }
+    if s.bake {
+        let baked = bake::calibrated_model(proto, &cal)?;
+        models::fsutil::write_atomic(&dir.join("model.calibrated.onnx"), &models::onnx::to_bytes(&baked))?;
+    }
     Ok(cal)
+}
+
+fn ci(v: Option<[f64; 2]>) -> String {
+    v.map_or_else(String::new, |[lo, hi]| format!(" [{lo:.3}, {hi:.3}]"))
 }
 
 /// A short human summary of a calibration.
 pub fn summary(cal: &CalibrationFile) -> String {
     let mut out = String::new();
-    let m = &cal.metrics;
     out += &format!(
-        "calibrated on {} patches ({} positive, {} series); method: {:?} (T = {:.3}; Platt a = {:.3}, b = {:.3})\n",
+        "calibrated on {} patches ({} positive, prevalence {:.3}, {} series); method: {} ({})\n",
         cal.data.n,
         cal.data.n_positive,
+        cal.data.prevalence,
         cal.data.n_series,
-        cal.method,
+        cal.method.name(),
+        cal.method_selection.chosen_by
+    );
+    if !cal.method_selection.cv_nll.is_empty() {
+        let nll: Vec<String> = cal
+            .method_selection
+            .cv_nll
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect();
+        out += &format!("{}: {}\n", cal.method_selection.criterion, nll.join(", "));
+    }
+    out += &format!(
+        "parameters: T = {:.4}; Platt a = {:.4}, b = {:.4}; isotonic {} knots\n",
         cal.temperature.temperature,
         cal.platt.a,
-        cal.platt.b
+        cal.platt.b,
+        cal.isotonic.x.len()
     );
-    if let (Some(t), Some(p)) = (
-        cal.method_selection.cv_nll_temperature,
-        cal.method_selection.cv_nll_platt,
-    ) {
-        out += &format!(
-            "method chosen by {}: temperature {t:.4}, Platt {p:.4} ({} folds)\n",
-            cal.method_selection.criterion, cal.method_selection.folds_used
-        );
-    }
     for w in &cal.warnings {
         out += &format!("warning: {w}\n");
     }
     out += "metrics on the calibration data (in-sample after calibration):\n";
-    out += "               AUROC   Brier   NLL     ECE15\n";
-    for k in ["uncalibrated", "temperature", "platt"] {
-        if let Some(v) = m.get(k) {
+    out += "               AUROC [DeLong 95%]     AUPRC   Brier   NLL     ECE15   aECE15  MCE15   slope   intercept\n";
+    for k in ["uncalibrated", "temperature", "platt", "isotonic"] {
+        if let Some(v) = cal.metrics.get(k) {
             out += &format!(
-                "  {k:<12} {:.4}  {:.4}  {:.4}  {:.4}\n",
-                v.auroc, v.brier, v.nll, v.ece_15
+                "  {k:<12} {:.4} [{:.3}, {:.3}]  {:.4}  {:.4}  {:.4}  {:.4}  {:.4}  {:.4}  {:>6.3}  {:>6.3}\n",
+                v.auroc,
+                v.auroc_delong_ci95[0],
+                v.auroc_delong_ci95[1],
+                v.auprc,
+                v.brier,
+                v.nll,
+                v.ece_15,
+                v.adaptive_ece_15,
+                v.mce_15,
+                v.calibration_slope,
+                v.calibration_intercept
             );
         }
     }
+    out += "operating points (Wilson 95%; series bootstrap 95% in braces):\n";
     for p in &cal.operating_points {
-        let f = |x: &thresholds::Proportion| match (x.value, x.ci95) {
+        let f = |x: &models::calibration::Proportion| match (x.value, x.ci95) {
             (Some(v), Some([lo, hi])) => format!("{v:.3} [{lo:.3}, {hi:.3}]"),
             _ => "n/a".into(),
         };
+        let (bs, bp) = p.bootstrap.as_ref().map_or((String::new(), String::new()), |b| {
+            (ci(Some(b.sensitivity_ci95)), ci(Some(b.specificity_ci95)))
+        });
         out += &format!(
-            "  {:<18} p >= {:.4} (logit >= {:+.4}): sens {} spec {} (TP {} FP {} TN {} FN {})\n",
+            "  {:<18} p >= {:.4} (logit >= {:+.4}): sens {}{{{}}} spec {}{{{}}} PPV {} NPV {} (TP {} FP {} TN {} FN {})\n",
             p.name,
             p.threshold_probability,
             p.threshold_logit,
             f(&p.sensitivity),
+            bs.trim(),
             f(&p.specificity),
+            bp.trim(),
+            f(&p.ppv),
+            f(&p.npv),
             p.tp,
             p.fp,
             p.tn,
@@ -590,6 +685,25 @@ mod tests {
             .expect_err("one class")
             .to_string();
         assert!(msg.contains("both classes"), "{msg}");
+        let p = write(d.path(), "s4.csv", "logit,label\n1,1\ninf,0\n");
+        let msg = ScoreTable::read(&p, &Columns::default()).expect_err("inf").to_string();
+        assert!(msg.contains("line 3") && msg.contains("not finite"), "{msg}");
+        let p = write(d.path(), "s5.csv", "logit,label\nNaN,1\n0,0\n");
+        assert!(ScoreTable::read(&p, &Columns::default())
+            .expect_err("nan")
+            .to_string()
+            .contains("not finite"));
+        let p = write(d.path(), "s6.csv", "patch_file,logit,label\na,1,1\nb,0,0\na,2,1\n");
+        let msg = ScoreTable::read(&p, &Columns::default()).expect_err("dup").to_string();
+        assert!(
+            msg.contains("line 4") && msg.contains("already scored on line 2"),
+            "{msg}"
+        );
+        let p = write(d.path(), "s7.csv", "logit,label\n1,2\n0,0\n");
+        assert!(ScoreTable::read(&p, &Columns::default())
+            .expect_err("label")
+            .to_string()
+            .contains("0 or 1"));
     }
 
     #[test]
@@ -605,39 +719,8 @@ mod tests {
         assert!(t.logits[0].abs() < 1e-12 && (t.logits[1] - (1.0f64 / 3.0).ln()).abs() < 1e-12);
     }
 
-    #[test]
-    fn calibration_binds_to_model() {
-        let t = ScoreTable {
-            source: "x.csv".into(),
-            logits: vec![-2.0, -1.0, 0.5, 1.0, 2.0, -0.5, 3.0, 0.0],
-            labels: vec![0, 0, 1, 1, 1, 0, 1, 0],
-            seriesuid: vec![],
-        };
-        let s = Settings::for_run(Path::new("run"));
-        let cal = calibrate(
-            &t,
-            &s,
-            ModelRef {
-                path: "m.onnx".into(),
-                sha256: "aa".repeat(32),
-            },
-        )
-        .expect("cal");
-        assert!(cal
-            .check_model(Path::new("c.yaml"), Path::new("m.onnx"), &"aa".repeat(32))
-            .is_ok());
-        let msg = cal
-            .check_model(Path::new("c.yaml"), Path::new("other.onnx"), &"bb".repeat(32))
-            .expect_err("other")
-            .to_string();
-        assert!(msg.contains("c.yaml") && msg.contains("another model"), "{msg}");
-        // Threshold probability is the calibrated image of the logit threshold.
-        let op = cal.operating_point().expect("op");
-        assert!((cal.probability(op.threshold_logit) - op.threshold_probability).abs() < 1e-12);
-    }
-
     /// Labels drawn from `sigmoid(a z + b)`, 40 series of 50 patches.
-    fn table(a: f64, b: f64) -> ScoreTable {
+    pub(crate) fn table(a: f64, b: f64) -> ScoreTable {
         let mut st: u64 = 99;
         let mut next = || {
             st = st.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -656,46 +739,79 @@ mod tests {
         t
     }
 
-    #[test]
-    fn cross_validation_picks_platt_only_when_the_offset_matters() {
-        let shifted = cross_validate(&table(0.7, -1.5), false, 5);
-        assert_eq!(shifted.folds_used, 5);
-        assert!(shifted.cv_nll_platt < shifted.cv_nll_temperature, "{shifted:?}");
-        assert!(shifted.criterion.contains("seriesuid"));
-        let s = Settings::for_run(Path::new("run"));
-        let sha = "ab".repeat(32);
-        let cal = calibrate(
-            &table(0.7, -1.5),
-            &s,
-            ModelRef {
-                path: "m.onnx".into(),
-                sha256: sha.clone(),
-            },
-        )
-        .expect("cal");
-        assert_eq!(cal.method, Method::Platt);
-        // With no offset, Platt's extra parameter buys nothing out of sample.
-        let cal = calibrate(
-            &table(0.5, 0.0),
-            &s,
-            ModelRef {
-                path: "m.onnx".into(),
-                sha256: sha,
-            },
-        )
-        .expect("cal");
-        let sel = &cal.method_selection;
-        let (nt, np) = (sel.cv_nll_temperature.expect("t"), sel.cv_nll_platt.expect("p"));
-        assert!((nt - np).abs() < 0.01, "{sel:?}");
+    fn quick() -> Settings {
+        Settings {
+            bootstrap: 0,
+            ..Settings::for_run(Path::new("run"))
+        }
     }
 
     #[test]
-    fn load_rejects_broken_parameters() {
-        let d = tempfile::tempdir().expect("tmp");
-        let s = Settings::for_run(Path::new("run"));
-        let mut cal = calibrate(
+    fn auto_picks_platt_when_the_offset_matters() {
+        let sel = cross_validate(&table(0.7, -1.5), false, 5).expect("cv");
+        assert_eq!(sel.folds_used, 5);
+        assert!(sel.cv_nll["platt"] < sel.cv_nll["temperature"], "{sel:?}");
+        assert!(sel.criterion.contains("seriesuid"));
+        let cal = calibrate(
             &table(0.7, -1.5),
+            &quick(),
+            ModelRef {
+                path: "m.onnx".into(),
+                sha256: "ab".repeat(32),
+            },
+        )
+        .expect("cal");
+        assert_ne!(cal.method, Method::Temperature);
+        assert_eq!(cal.method_selection.chosen_by, "auto");
+        let best = cal
+            .method_selection
+            .cv_nll
+            .values()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(cal.method_selection.cv_nll[cal.method.name()], best);
+    }
+
+    #[test]
+    fn too_few_series_for_the_folds_is_an_error() {
+        let mut t = table(1.0, 0.0);
+        for (i, u) in t.seriesuid.iter_mut().enumerate() {
+            *u = format!("S{}", i % 3);
+        }
+        let msg = calibrate(
+            &t,
+            &quick(),
+            ModelRef {
+                path: "m".into(),
+                sha256: "ab".repeat(32),
+            },
+        )
+        .expect_err("3 series, 5 folds")
+        .to_string();
+        assert!(msg.contains("only 3 group(s)") && msg.contains("--method"), "{msg}");
+        let s = Settings {
+            method: Some(Method::Platt),
+            ..quick()
+        };
+        let cal = calibrate(
+            &t,
             &s,
+            ModelRef {
+                path: "m".into(),
+                sha256: "ab".repeat(32),
+            },
+        )
+        .expect("requested");
+        assert_eq!(cal.method, Method::Platt);
+        assert_eq!(cal.method_selection.chosen_by, "requested");
+    }
+
+    #[test]
+    fn calibration_binds_to_model_and_roundtrips() {
+        let d = tempfile::tempdir().expect("tmp");
+        let cal = calibrate(
+            &table(0.7, -1.5),
+            &quick(),
             ModelRef {
                 path: "m.onnx".into(),
                 sha256: "ab".repeat(32),
@@ -704,12 +820,22 @@ mod tests {
         .expect("cal");
         let p = d.path().join("c.yaml");
         std::fs::write(&p, serde_yaml::to_string(&cal).expect("yaml")).expect("write");
-        assert!(CalibrationFile::load(&p).is_ok());
-        cal.temperature.temperature = -1.0;
-        cal.model.sha256 = "é".repeat(40);
-        std::fs::write(&p, serde_yaml::to_string(&cal).expect("yaml")).expect("write");
-        let msg = CalibrationFile::load(&p).expect_err("bad").to_string();
-        assert!(msg.contains("c.yaml") && msg.contains("temperature"), "{msg}");
-        assert!(cal.check_model(&p, Path::new("m.onnx"), &"cd".repeat(32)).is_err());
+        let back = CalibrationFile::load(&p).expect("load");
+        assert_eq!(back, cal);
+        assert!(back.check_model(&p, Path::new("m.onnx"), &"ab".repeat(32)).is_ok());
+        let msg = back
+            .check_model(&p, Path::new("o.onnx"), &"cd".repeat(32))
+            .expect_err("other")
+            .to_string();
+        assert!(msg.contains("c.yaml") && msg.contains("another model"), "{msg}");
+        let op = cal.operating_point().expect("op");
+        assert!((cal.probability(op.threshold_logit) - op.threshold_probability).abs() < 1e-12);
+        let mut broken = cal.clone();
+        broken.temperature.temperature = -1.0;
+        std::fs::write(&p, serde_yaml::to_string(&broken).expect("yaml")).expect("write");
+        assert!(CalibrationFile::load(&p)
+            .expect_err("bad")
+            .to_string()
+            .contains("temperature"));
     }
 }

@@ -1,4 +1,5 @@
-//! `calibrate`: fit temperature/Platt scaling and operating points on validation scores.
+//! `calibrate`: fit calibrations and operating points on labelled scores; write
+//! calibration.yaml, a report with plots and model.calibrated.onnx.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -6,22 +7,28 @@ use clap::Parser;
 
 use calibrate::{Columns, Method, Settings};
 
-/// Fit calibration and operating thresholds on validation scores; writes calibration.yaml.
+/// Calibrate a model's scores: temperature, Platt and isotonic; operating points with
+/// intervals; metrics before and after.
 ///
-/// Either give a training run folder (reads its val_scores.csv and model.onnx, writes
-/// calibration.yaml into it) or --scores and --model explicitly.
+/// Inputs: a training run folder (its val_scores.csv and model.onnx); or --scores CSV with
+/// --model; or --patches (a labelled patch index) with --model, scored through ONNX Runtime
+/// (site recalibration, no libtorch). Writes calibration.yaml, calibration_report.md,
+/// calibration_plots/ and model.calibrated.onnx beside --out.
 #[derive(Parser, Debug)]
 #[command(name = "calibrate", version)]
 struct Args {
     /// Training run folder (holds val_scores.csv and model.onnx).
     run: Option<PathBuf>,
     /// Scores CSV (default: RUN/val_scores.csv).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "patches")]
     scores: Option<PathBuf>,
-    /// The ONNX model these scores come from (default: RUN/model.onnx).
+    /// Labelled patch index CSV (or folder with patch_index.csv) to score with --model.
+    #[arg(long)]
+    patches: Option<PathBuf>,
+    /// The ONNX model the scores come from (default: RUN/model.onnx).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Output file (default: RUN/calibration.yaml, or calibration.yaml beside --scores).
+    /// Output calibration file (default: RUN/calibration.yaml, or beside --scores / --model).
     #[arg(short, long)]
     out: Option<PathBuf>,
     /// Column holding the raw logit.
@@ -33,41 +40,79 @@ struct Args {
     /// Column holding the 0/1 label.
     #[arg(long, default_value = "label")]
     label_col: String,
-    /// Column holding the series id.
+    /// Column holding the series id (bootstrap and cross-validation group by it).
     #[arg(long, default_value = "seriesuid")]
     series_col: String,
-    /// Calibration infer applies (default: the lower cross-validated NLL, folds grouped by series).
-    #[arg(long, value_enum)]
-    method: Option<Method>,
+    /// auto (lowest cross-validated NLL), temperature, platt or isotonic.
+    #[arg(long, default_value = "auto")]
+    method: String,
     /// Use Platt's smoothed targets.
     #[arg(long)]
     platt_smoothing: bool,
     /// Sensitivity the fixed-sensitivity operating point must keep.
     #[arg(long, default_value_t = 0.95)]
     min_sensitivity: f64,
-    /// Operating point infer uses for its decision column.
+    /// Specificity the fixed-specificity operating point must keep.
+    #[arg(long, default_value_t = 0.95)]
+    min_specificity: f64,
+    /// Operating point for infer's decision: youden_j, max_f1, sensitivity or specificity.
     #[arg(long, default_value = "youden_j")]
     operating_point: String,
+    /// Cross-validation folds for --method auto (grouped by series).
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Series-level bootstrap resamples (0 to skip).
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Skip the Markdown report and plots.
+    #[arg(long)]
+    no_report: bool,
+    /// Skip model.calibrated.onnx.
+    #[arg(long)]
+    no_bake: bool,
+    /// Device for --patches scoring: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: infer::Device,
+    /// Path of libonnxruntime.so for --patches.
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
 }
 
 fn settings(a: Args) -> anyhow::Result<Settings> {
-    let base = match (&a.run, &a.scores) {
-        (Some(run), _) => Settings::for_run(run),
-        (None, Some(scores)) => {
+    let base = match (&a.run, &a.scores, &a.patches, &a.model) {
+        (Some(run), _, _, _) => Settings::for_run(run),
+        (None, Some(scores), _, _) => {
             let dir = scores.parent().map(PathBuf::from).unwrap_or_default();
-            let mut s = Settings::for_run(&dir);
-            s.scores = scores.clone();
-            s
+            Settings {
+                scores: scores.clone(),
+                ..Settings::for_run(&dir)
+            }
         }
-        (None, None) => anyhow::bail!("give a training run folder, or --scores and --model"),
+        (None, None, Some(_), Some(model)) => {
+            let dir = model.parent().map(PathBuf::from).unwrap_or_default();
+            Settings::for_run(&dir)
+        }
+        _ => anyhow::bail!("give a training run folder, --scores with --model, or --patches with --model"),
     };
-    let operating_point = if a.operating_point == "sensitivity" {
-        format!("sensitivity_{}", a.min_sensitivity)
-    } else {
-        a.operating_point
+    let method = match a.method.as_str() {
+        "auto" => None,
+        m => Some(m.parse::<Method>().map_err(anyhow::Error::msg)?),
+    };
+    let operating_point = match a.operating_point.as_str() {
+        "sensitivity" => format!("sensitivity_{}", a.min_sensitivity),
+        "specificity" => format!("specificity_{}", a.min_specificity),
+        other => other.to_string(),
     };
     Ok(Settings {
         scores: a.scores.unwrap_or(base.scores),
+        patches: a.patches,
+        scorer: infer::ScorerOptions {
+            device: a.device,
+            threads: 0,
+            ort_lib: a.ort_lib,
+        },
         model: a.model.unwrap_or(base.model),
         out: a.out.unwrap_or(base.out),
         columns: Columns {
@@ -75,11 +120,18 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
             probability: a.prob_col,
             label: a.label_col,
             seriesuid: a.series_col,
+            ..Columns::default()
         },
-        method: a.method,
+        method,
         platt_smoothing: a.platt_smoothing,
         min_sensitivity: a.min_sensitivity,
+        min_specificity: a.min_specificity,
         operating_point,
+        folds: a.folds,
+        bootstrap: a.bootstrap,
+        seed: a.seed,
+        report: !a.no_report,
+        bake: !a.no_bake,
     })
 }
 
@@ -88,7 +140,10 @@ fn main() -> ExitCode {
         let s = settings(Args::parse())?;
         let cal = calibrate::run(&s)?;
         print!("{}", calibrate::summary(&cal));
-        println!("wrote {}", s.out.display());
+        println!(
+            "wrote {} (and the report, plots, model.calibrated.onnx beside it)",
+            s.out.display()
+        );
         Ok(())
     };
     match run() {

@@ -2,42 +2,33 @@
 //!
 //! A threshold is a raw logit `t`: a patch is called positive when `logit >= t`; `t` lies
 //! midway between the lowest score called positive and the next lower score. Every
-//! calibration here is strictly increasing in the logit, so the same cut is also stated
-//! as a calibrated probability.
-use serde::{Deserialize, Serialize};
-use statrs::distribution::{ContinuousCDF, Normal};
+//! calibration here is non-decreasing in the logit, so the same cut is also stated as a
+//! calibrated probability (filled in by the caller).
+pub use models::calibration::{OperatingPoint, Proportion};
 
-/// A proportion with its Wilson 95% interval and the counts behind it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Proportion {
-    pub value: Option<f64>,
-    pub ci95: Option<[f64; 2]>,
-    pub successes: usize,
-    pub trials: usize,
-}
+use crate::metrics::z_for;
 
-impl Proportion {
-    pub fn new(successes: usize, trials: usize) -> Self {
-        if trials == 0 {
-            return Proportion {
-                value: None,
-                ci95: None,
-                successes,
-                trials,
-            };
-        }
-        Proportion {
-            value: Some(successes as f64 / trials as f64),
-            ci95: Some(wilson(successes, trials, 0.95)),
+/// A proportion with its Wilson 95% interval.
+pub fn proportion(successes: usize, trials: usize) -> Proportion {
+    if trials == 0 {
+        return Proportion {
+            value: None,
+            ci95: None,
             successes,
             trials,
-        }
+        };
+    }
+    Proportion {
+        value: Some(successes as f64 / trials as f64),
+        ci95: Some(wilson(successes, trials, 0.95)),
+        successes,
+        trials,
     }
 }
 
 /// Wilson score interval for a binomial proportion at the given confidence level.
 pub fn wilson(k: usize, n: usize, level: f64) -> [f64; 2] {
-    let z = Normal::standard().inverse_cdf(0.5 + level / 2.0);
+    let z = z_for(level);
     let (k, n) = (k as f64, n as f64);
     let p = k / n;
     let z2 = z * z;
@@ -49,35 +40,15 @@ pub fn wilson(k: usize, n: usize, level: f64) -> [f64; 2] {
     [lo, hi]
 }
 
-/// One named operating point.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OperatingPoint {
-    pub name: String,
-    /// Call positive when the raw model logit is `>=` this.
-    pub threshold_logit: f64,
-    /// The same cut on the calibrated probability scale (filled in by the caller).
-    pub threshold_probability: f64,
-    pub tp: usize,
-    pub fp: usize,
-    pub tn: usize,
-    #[serde(rename = "fn")]
-    pub fn_: usize,
-    pub sensitivity: Proportion,
-    pub specificity: Proportion,
-    pub ppv: Proportion,
-    pub npv: Proportion,
-    pub f1: f64,
+/// Confusion counts at every distinct cut, from the highest logit down:
+/// (threshold, tp, fp), thresholds placed midway to the next lower score.
+pub struct Sweep {
+    pub cuts: Vec<(f64, usize, usize)>,
+    pub n_pos: usize,
+    pub n_neg: usize,
 }
 
-/// Confusion counts at every distinct cut, from the highest logit down.
-struct Sweep {
-    /// (threshold, tp, fp)
-    cuts: Vec<(f64, usize, usize)>,
-    n_pos: usize,
-    n_neg: usize,
-}
-
-fn sweep(logits: &[f64], labels: &[u8]) -> Sweep {
+pub fn sweep(logits: &[f64], labels: &[u8]) -> Sweep {
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     let n_pos = labels.iter().filter(|&&l| l == 1).count();
@@ -97,14 +68,29 @@ fn sweep(logits: &[f64], labels: &[u8]) -> Sweep {
         }
         cuts.push((t, tp, fp));
     }
-    // Place each cut midway between its score and the next lower distinct score, so that
-    // the validation patches keep their side of the threshold after the scores are
-    // rounded (CSV, f32 ↔ f64) and new patches near it are not biased towards positive.
+    // Midway between each score and the next lower one, so the validation patches keep
+    // their side of the threshold after rounding and new patches near it are not biased.
     for i in 0..cuts.len() {
         let lower = cuts.get(i + 1).map_or(cuts[i].0 - 1.0, |c| c.0);
         cuts[i].0 = (cuts[i].0 + lower) / 2.0;
     }
     Sweep { cuts, n_pos, n_neg }
+}
+
+/// The point at raw-logit threshold `t` on these data.
+pub fn point_at(name: &str, t: f64, logits: &[f64], labels: &[u8]) -> OperatingPoint {
+    let (mut tp, mut fp, mut n_pos) = (0, 0, 0);
+    for (&z, &y) in logits.iter().zip(labels) {
+        n_pos += usize::from(y == 1);
+        if z >= t {
+            if y == 1 {
+                tp += 1
+            } else {
+                fp += 1
+            }
+        }
+    }
+    point(name, t, tp, fp, n_pos, labels.len() - n_pos)
 }
 
 fn point(name: &str, t: f64, tp: usize, fp: usize, n_pos: usize, n_neg: usize) -> OperatingPoint {
@@ -122,18 +108,24 @@ fn point(name: &str, t: f64, tp: usize, fp: usize, n_pos: usize, n_neg: usize) -
         fp,
         tn,
         fn_,
-        sensitivity: Proportion::new(tp, n_pos),
-        specificity: Proportion::new(tn, n_neg),
-        ppv: Proportion::new(tp, tp + fp),
-        npv: Proportion::new(tn, tn + fn_),
+        sensitivity: proportion(tp, n_pos),
+        specificity: proportion(tn, n_neg),
+        ppv: proportion(tp, tp + fp),
+        npv: proportion(tn, tn + fn_),
         f1,
+        bootstrap: None,
     }
 }
 
-/// Youden's J (max sensitivity + specificity − 1), maximum F1, and the highest threshold
-/// keeping sensitivity ≥ `min_sensitivity`. Ties go to the higher threshold (fewer
-/// positives called). Needs both classes.
-pub fn operating_points(logits: &[f64], labels: &[u8], min_sensitivity: f64) -> Vec<OperatingPoint> {
+/// Youden's J (max sensitivity + specificity − 1), maximum F1, the highest threshold
+/// keeping sensitivity ≥ `min_sensitivity`, and the lowest keeping specificity ≥
+/// `min_specificity`. Ties in J or F1 go to the higher threshold. Needs both classes.
+pub fn operating_points(
+    logits: &[f64],
+    labels: &[u8],
+    min_sensitivity: f64,
+    min_specificity: f64,
+) -> Vec<OperatingPoint> {
     let s = sweep(logits, labels);
     let (np, nn) = (s.n_pos as f64, s.n_neg as f64);
     let best = |score: &dyn Fn(usize, usize) -> f64| {
@@ -150,11 +142,24 @@ pub fn operating_points(logits: &[f64], labels: &[u8], min_sensitivity: f64) -> 
     };
     let youden = best(&|tp, fp| tp as f64 / np - fp as f64 / nn);
     let f1 = best(&|tp, fp| 2.0 * tp as f64 / (tp as f64 + fp as f64 + np));
+    // Highest threshold with sensitivity ≥ S: the first cut (from the top) reaching it.
     let sens = *s
         .cuts
         .iter()
         .find(|&&(_, tp, _)| tp as f64 / np >= min_sensitivity)
         .unwrap_or(&s.cuts[s.cuts.len() - 1]);
+    // Lowest threshold with specificity ≥ P: the last cut keeping it; if even the highest
+    // cut breaks it, a threshold above every score (nothing called positive).
+    let spec = s
+        .cuts
+        .iter()
+        .rev()
+        .find(|&&(_, _, fp)| (nn - fp as f64) / nn >= min_specificity)
+        .copied()
+        .unwrap_or_else(|| {
+            let top = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (top + 1.0, 0, 0)
+        });
     vec![
         point("youden_j", youden.0, youden.1, youden.2, s.n_pos, s.n_neg),
         point("max_f1", f1.0, f1.1, f1.2, s.n_pos, s.n_neg),
@@ -163,6 +168,14 @@ pub fn operating_points(logits: &[f64], labels: &[u8], min_sensitivity: f64) -> 
             sens.0,
             sens.1,
             sens.2,
+            s.n_pos,
+            s.n_neg,
+        ),
+        point(
+            &format!("specificity_{min_specificity}"),
+            spec.0,
+            spec.1,
+            spec.2,
             s.n_pos,
             s.n_neg,
         ),
@@ -175,7 +188,7 @@ mod tests {
 
     #[test]
     fn wilson_known_values() {
-        // 8/10 at 95%: [0.4902, 0.9433] (Wilson 1927, as tabulated by Newcombe 1998).
+        // 8/10 at 95%: [0.4902, 0.9433] (Newcombe 1998).
         let [lo, hi] = wilson(8, 10, 0.95);
         assert!((lo - 0.4902).abs() < 1e-3 && (hi - 0.9433).abs() < 1e-3, "{lo} {hi}");
         let [lo, hi] = wilson(0, 10, 0.95);
@@ -188,19 +201,32 @@ mod tests {
         // logits: positives 3, 2, 0.5; negatives 1, -1, -2.
         let z = [3.0, 2.0, 1.0, 0.5, -1.0, -2.0];
         let y = [1, 1, 0, 1, 0, 0];
-        let p = operating_points(&z, &y, 1.0);
-        // Youden: cut below 2 gives 2/3 + 3/3 - 1 = 0.667; cut below 0.5 gives 1 + 2/3 - 1 =
-        // 0.667: tie goes to the higher threshold, placed midway between 2 and 1.
+        let p = operating_points(&z, &y, 1.0, 2.0 / 3.0);
+        // Youden: cut below 2 → 2/3 + 1 − 1; below 0.5 → 1 + 2/3 − 1: tie, higher wins,
+        // placed midway between 2 and 1.
         assert_eq!(p[0].threshold_logit, 1.5);
         assert_eq!((p[0].tp, p[0].fp, p[0].tn, p[0].fn_), (2, 0, 3, 1));
-        // F1: cut below 2 → 0.8; cut below 0.5 → 6/7 = 0.857 (threshold midway to -1).
+        // F1: below 2 → 0.8; below 0.5 → 6/7 (midway to −1).
         assert_eq!(p[1].threshold_logit, -0.25);
         assert!((p[1].f1 - 6.0 / 7.0).abs() < 1e-12);
-        // Sensitivity 1.0 first reached below 0.5.
+        // Sensitivity 1 first reached below 0.5.
         assert_eq!(p[2].threshold_logit, -0.25);
-        // Calling every patch positive puts the cut below the lowest score.
-        let all = operating_points(&[1.0, 0.0], &[0, 1], 1.0);
-        assert_eq!(all[2].threshold_logit, -0.5);
         assert_eq!(p[2].sensitivity.value, Some(1.0));
+        // Specificity ≥ 2/3 holds down to the cut below 0.5 (FP 1 of 3), not below −1.
+        assert_eq!(p[3].threshold_logit, -0.25);
+        assert_eq!(p[3].specificity.successes, 2);
+        // Calling every patch positive puts the cut below the lowest score.
+        let all = operating_points(&[1.0, 0.0], &[0, 1], 1.0, 0.0);
+        assert_eq!(all[2].threshold_logit, -0.5);
+        // Specificity 1 with a negative on top: nothing called positive.
+        let none = operating_points(&[2.0, 1.0], &[0, 1], 1.0, 1.0);
+        assert_eq!((none[3].tp, none[3].fp), (0, 0));
+        assert!(none[3].threshold_logit > 2.0);
+    }
+
+    #[test]
+    fn point_at_recounts() {
+        let p = point_at("x", 0.5, &[1.0, 0.2, 0.7, -1.0], &[1, 1, 0, 0]);
+        assert_eq!((p.tp, p.fp, p.tn, p.fn_), (1, 1, 1, 1));
     }
 }

@@ -20,7 +20,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use rayon::prelude::*;
 
-use calibrate::CalibrationFile;
+use models::calibration::{sigmoid, CalibrationFile};
 use models::preprocess::Preprocess;
 
 /// Errors of the infer library.
@@ -36,8 +36,6 @@ pub enum InferError {
     Input { path: PathBuf, msg: String },
     #[error(transparent)]
     Models(#[from] models::Error),
-    #[error(transparent)]
-    Calibration(#[from] calibrate::CalError),
 }
 
 /// Where to run.
@@ -178,12 +176,20 @@ impl Scorer {
             }
         };
         let n_in = session.inputs().len();
-        if n_in != 1 || session.outputs().len() != 1 {
+        // A calibrated model (calibrate's model.calibrated.onnx) has `probability` and
+        // `decision` outputs beside `logit`; the scorer reads `logit`.
+        let has_logit = session.outputs().iter().any(|o| o.name() == models::onnx::OUTPUT_NAME);
+        if n_in != 1 || !has_logit {
             return Err(InferError::Model {
                 path: model.to_path_buf(),
                 msg: format!(
-                    "expected one input and one output, found {n_in} and {}",
-                    session.outputs().len()
+                    "expected one input and a `{}` output, found {n_in} input(s) and outputs {:?}",
+                    models::onnx::OUTPUT_NAME,
+                    session
+                        .outputs()
+                        .iter()
+                        .map(|o| o.name().to_string())
+                        .collect::<Vec<_>>()
                 ),
             });
         }
@@ -224,7 +230,7 @@ impl Scorer {
             .session
             .run(ort::inputs![input])
             .map_err(|e| InferError::Runtime(format!("{}: inference failed: {e}", self.model_path.display())))?;
-        let (shape, logits) = outputs[0]
+        let (shape, logits) = outputs[models::onnx::OUTPUT_NAME]
             .try_extract_tensor::<f32>()
             .map_err(|e| InferError::Runtime(format!("output tensor: {e}")))?;
         if logits.len() != cubes.len() {
@@ -351,6 +357,8 @@ pub struct Settings {
     pub batch_size: usize,
     pub scorer: ScorerOptions,
     pub fail_fast: bool,
+    /// Apply a calibration even if it was fitted for another model (warns).
+    pub force_calibration: bool,
 }
 
 /// What a run did.
@@ -432,7 +440,13 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let cal = match &s.calibration {
         Some(p) => {
             let c = CalibrationFile::load(p)?;
-            c.check_model(p, &s.model, &scorer.model_sha256)?;
+            if s.force_calibration {
+                if let Err(e) = c.check_model(p, &s.model, &scorer.model_sha256) {
+                    eprintln!("infer: warning: --force-calibration: applying it anyway: {e}");
+                }
+            } else {
+                c.check_model(p, &s.model, &scorer.model_sha256)?;
+            }
             Some(c)
         }
         None => None,
@@ -466,7 +480,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         let logits = scorer.score(&cubes)?;
         scored.extend(good.into_iter().zip(logits));
     }
-    let op = cal.as_ref().map(|c| c.operating_point()).transpose()?;
+    let op = cal.as_ref().and_then(|c| c.operating_point());
     let mut positives = 0;
     let sha = scorer.model_sha256.clone();
     let rows: Vec<OutRow> = scored
@@ -485,7 +499,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                 center_z: r.map(|r| r.center_z),
                 label: if has_label { r.map(|r| r.label) } else { None },
                 logit: *logit,
-                probability: calibrate::metrics::sigmoid(z),
+                probability: sigmoid(z),
                 calibrated_probability: cal.as_ref().map(|c| c.probability(z)),
                 decision,
                 operating_point: op.map(|op| op.name.as_str()),

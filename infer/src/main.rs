@@ -43,6 +43,9 @@ struct Args {
     /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, next to this binary, the project venv).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
+    /// Apply --calibration even if it was fitted for another model (prints a warning).
+    #[arg(long)]
+    force_calibration: bool,
     /// Stop at the first file that cannot be scored.
     #[arg(long)]
     fail_fast: bool,
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             ort_lib: a.ort_lib,
         },
         fail_fast: a.fail_fast,
+        force_calibration: a.force_calibration,
     };
     match infer::run(&s) {
         Ok(sum) => {

@@ -15,6 +15,8 @@ pub enum Error {
     BadIndex { path: PathBuf, msg: String },
     #[error("{path}: not a valid ONNX model: {msg}")]
     BadOnnx { path: PathBuf, msg: String },
+    #[error("{path}: {msg}")]
+    Calibration { path: PathBuf, msg: String },
     #[error("model metadata: {0}")]
     Metadata(String),
     #[error("weights do not match architecture `{arch}`:\n  {}", .problems.join("\n  "))]

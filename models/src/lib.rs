@@ -15,6 +15,7 @@
 //! a raw HU cube becomes the network input and travels inside the ONNX file's
 //! `metadata_props`, so a scorer never asks the user for it again.
 
+pub mod calibration;
 pub mod error;
 pub mod fsutil;
 pub mod index;

@@ -64,6 +64,8 @@ pub struct Chart {
     pub log_x: bool,
     pub series: Vec<Series>,
     pub bands: Vec<Band>,
+    /// Text drawn at data coordinates (e.g. bin counts).
+    pub annotations: Vec<(f64, f64, String)>,
 }
 
 fn rgb(c: (u8, u8, u8)) -> RGBColor {
@@ -120,6 +122,10 @@ pub fn line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
                         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
                 }
             }
+            for (x, y, text) in &chart.annotations {
+                ctx.draw_series(std::iter::once(Text::new(text.clone(), (*x, *y), ("sans-serif", 12))))
+                    .map_err(|e| err(&e))?;
+            }
             ctx.configure_series_labels()
                 .position(SeriesLabelPosition::LowerRight)
                 .background_style(WHITE.mix(0.85))
@@ -168,6 +174,7 @@ mod tests {
                 upper: pts.iter().map(|&(x, y)| (x, y + 0.1)).collect(),
                 color: (0, 0, 200),
             }],
+            annotations: vec![(1.0, 0.2, "n = 12".into())],
         };
         line_chart(&chart, &p).expect("draw");
         let bytes = std::fs::read(&p).expect("read");

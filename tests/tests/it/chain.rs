@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chain_tests::{col, read_csv, run_ok, s};
 use sha2::{Digest, Sha256};
 
-use crate::fixture::{fixture, EPOCHS};
+use crate::fixture::{fixture, EPOCHS, PATCHES};
 
 fn sha256(path: &std::path::Path) -> String {
     Sha256::digest(std::fs::read(path).expect("read"))
@@ -114,7 +114,7 @@ fn calibrate_then_infer_agree_with_the_run() {
         ],
     );
     assert!(
-        r.stderr.contains("CPUExecutionProvider") && r.stderr.contains("scored 64"),
+        r.stderr.contains("CPUExecutionProvider") && r.stderr.contains(&format!("scored {PATCHES}")),
         "{}",
         r.stderr
     );
@@ -131,7 +131,7 @@ fn calibrate_then_infer_agree_with_the_run() {
             "model_sha256"
         ]
     );
-    assert_eq!(rows.len(), 64);
+    assert_eq!(rows.len(), PATCHES);
     let logit: BTreeMap<&str, f64> = rows
         .iter()
         .map(|r| (r[0].as_str(), r[1].parse().expect("f64")))
@@ -165,7 +165,7 @@ fn calibrate_then_infer_agree_with_the_run() {
     );
     let first = r.stdout.lines().next().expect("header");
     assert_eq!(first, "patch_file,logit,probability,model_sha256");
-    assert_eq!(r.stdout.lines().count(), 65);
+    assert_eq!(r.stdout.lines().count(), PATCHES + 1);
 }
 
 #[test]

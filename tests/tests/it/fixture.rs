@@ -14,6 +14,11 @@ pub struct Fixture {
 
 pub const CUBE: usize = 16;
 pub const EPOCHS: usize = 4;
+/// 20 series of 4 patches: validation gets 5 series, enough for 5-fold series-grouped
+/// cross-validation in `calibrate --method auto`.
+pub const SERIES: usize = 20;
+pub const PER_SERIES: usize = 4;
+pub const PATCHES: usize = SERIES * PER_SERIES;
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 
@@ -24,7 +29,7 @@ pub fn fixture() -> &'static Fixture {
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("tmp")
             .keep();
-        let patches = synth(&root, 8, 8, CUBE, 5);
+        let patches = synth(&root, SERIES, PER_SERIES, CUBE, 5);
         let run = root.join("run");
         let r = run_ok(
             "trainer",

@@ -1,7 +1,7 @@
 //! train → infer --format luna16 → froc, through the real binaries, and froc's bad input.
 use chain_tests::{run_err, run_ok, s};
 
-use crate::fixture::fixture;
+use crate::fixture::{fixture, PATCHES, SERIES};
 
 #[test]
 fn infer_luna16_output_feeds_froc() {
@@ -24,7 +24,7 @@ fn infer_luna16_output_feeds_froc() {
     );
     let text = std::fs::read_to_string(&results).expect("results");
     assert_eq!(text.lines().next(), Some("seriesuid,coordX,coordY,coordZ,probability"));
-    assert_eq!(text.lines().count(), 65);
+    assert_eq!(text.lines().count(), PATCHES + 1);
     let l16 = f.patches.join("luna16");
     let out = d.path().join("froc");
     let r = run_ok(
@@ -67,7 +67,7 @@ fn infer_luna16_output_feeds_froc() {
     );
     // Every synthetic nodule has a candidate at its centre, so none is missed.
     assert_eq!(t["false_negatives"].as_u64(), Some(0));
-    assert_eq!(t["scans"].as_u64(), Some(8));
+    assert_eq!(t["scans"].as_u64(), Some(SERIES as u64));
 }
 
 #[test]
