@@ -1,0 +1,376 @@
+//! calibrate against scikit-learn, the calibrated ONNX file against infer, site
+//! recalibration against the scores-CSV path, and calibration binding.
+use std::path::{Path, PathBuf};
+
+use chain_tests::{read_csv, run_err, run_ok, s, workspace};
+
+use crate::fixture::fixture;
+
+fn python() -> PathBuf {
+    workspace().join(".venv/bin/python")
+}
+
+fn yaml(p: &Path) -> serde_yaml::Value {
+    serde_yaml::from_str(&std::fs::read_to_string(p).expect("read")).expect("yaml")
+}
+
+/// 3000 scores from 60 series; labels from sigmoid(0.6 z − 0.8); logits rounded so that
+/// ties occur.
+fn scores_csv(dir: &Path) -> PathBuf {
+    let mut st: u64 = 7;
+    let mut next = || {
+        st = st.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (st >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut text = String::from("patch_file,seriesuid,logit,label\n");
+    for i in 0..3000 {
+        let z = ((next() - 0.5) * 12.0 * 100.0).round() / 100.0;
+        let p = 1.0 / (1.0 + (-(0.6 * z - 0.8f64)).exp());
+        text += &format!("p{i}.npy,S{},{z},{}\n", i / 50, u8::from(next() < p));
+    }
+    let p = dir.join("scores.csv");
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+#[test]
+fn metrics_and_fits_agree_with_scikit_learn() {
+    let f = fixture();
+    let d = tempfile::tempdir().expect("tmp");
+    let scores = scores_csv(d.path());
+    let out = d.path().join("cal/calibration.yaml");
+    run_ok(
+        "calibrate",
+        &[
+            "--scores",
+            s(&scores),
+            "--model",
+            s(&f.run.join("model.onnx")),
+            "-o",
+            s(&out),
+            "--bootstrap",
+            "0",
+            "--no-bake",
+        ],
+    );
+    let c = yaml(&out);
+    let t = c["temperature"]["temperature"].as_f64().expect("T");
+    let o = std::process::Command::new(python())
+        .arg(workspace().join("tests/reference/calibration_reference.py"))
+        .arg(&scores)
+        .arg(t.to_string())
+        .output()
+        .expect("python");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let m = &c["metrics"]["uncalibrated"];
+    let close = |ours: f64, key: &str, tol: f64| {
+        let theirs = r[key].as_f64().expect(key);
+        assert!(
+            (ours - theirs).abs() <= tol,
+            "{key}: ours {ours}, scikit-learn {theirs}"
+        );
+    };
+    close(m["auroc"].as_f64().expect("auroc"), "auroc", 1e-6);
+    close(m["auprc"].as_f64().expect("auprc"), "average_precision", 1e-6);
+    close(m["brier"].as_f64().expect("brier"), "brier", 1e-6);
+    close(m["nll"].as_f64().expect("nll"), "log_loss", 1e-6);
+    close(c["platt"]["a"].as_f64().expect("a"), "platt_a", 1e-6);
+    close(c["platt"]["b"].as_f64().expect("b"), "platt_b", 1e-6);
+    // Temperature: exact Newton is no worse than a fine grid search.
+    let (ours, grid) = (
+        r["temperature_nll_ours"].as_f64().expect("n"),
+        r["temperature_nll_grid_best"].as_f64().expect("g"),
+    );
+    assert!(ours <= grid + 1e-12, "temperature NLL {ours} worse than grid {grid}");
+    // Isotonic: our knots, interpolated, predict what scikit-learn predicts.
+    let seq = |v: &serde_yaml::Value| -> Vec<f64> {
+        v.as_sequence()
+            .expect("seq")
+            .iter()
+            .map(|x| x.as_f64().expect("f"))
+            .collect()
+    };
+    let iso = models::calibration::Isotonic {
+        x: seq(&c["isotonic"]["x"]),
+        y: seq(&c["isotonic"]["y"]),
+    };
+    let probes: Vec<f64> = r["isotonic_probes"]
+        .as_array()
+        .expect("p")
+        .iter()
+        .map(|v| v.as_f64().expect("f"))
+        .collect();
+    let pred: Vec<f64> = r["isotonic_pred"]
+        .as_array()
+        .expect("p")
+        .iter()
+        .map(|v| v.as_f64().expect("f"))
+        .collect();
+    for (x, want) in probes.iter().zip(&pred) {
+        let got = iso.apply(*x);
+        assert!(
+            (got - want).abs() <= 1e-9,
+            "isotonic at {x}: ours {got}, scikit-learn {want}"
+        );
+    }
+    // All methods reported, with intervals and the four operating points.
+    for k in ["uncalibrated", "temperature", "platt", "isotonic"] {
+        for key in [
+            "auroc",
+            "auprc",
+            "brier",
+            "nll",
+            "ece_15",
+            "adaptive_ece_15",
+            "mce_15",
+            "calibration_slope",
+            "calibration_intercept",
+        ] {
+            assert!(c["metrics"][k][key].as_f64().is_some(), "metrics.{k}.{key}");
+        }
+        assert_eq!(
+            c["metrics"][k]["auroc_delong_ci95"].as_sequence().map(Vec::len),
+            Some(2)
+        );
+    }
+    let names: Vec<&str> = c["operating_points"]
+        .as_sequence()
+        .expect("ops")
+        .iter()
+        .map(|p| p["name"].as_str().expect("n"))
+        .collect();
+    assert_eq!(names, ["youden_j", "max_f1", "sensitivity_0.95", "specificity_0.95"]);
+    assert_eq!(c["method_selection"]["cv_nll"].as_mapping().map(|m| m.len()), Some(3));
+    let dir = out.parent().expect("dir");
+    for p in [
+        "calibration_report.md",
+        "calibration_plots/reliability.png",
+        "calibration_plots/roc.png",
+        "calibration_plots/precision_recall.png",
+        "calibration_plots/decision_curve.png",
+    ] {
+        assert!(dir.join(p).is_file(), "missing {p}");
+    }
+}
+
+/// Runs the calibrated ONNX file in Python onnxruntime on the fixture's patches
+/// (preprocessed by the model's own window) and returns (patch, probability, decision).
+fn run_calibrated(model: &Path, patches: &Path) -> Vec<(String, f64, i64)> {
+    let code = r#"
+import glob, os, sys
+import numpy as np, onnx, onnxruntime as ort
+onnx.checker.check_model(sys.argv[1], full_check=True)
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+assert [o.name for o in s.get_outputs()] == ["logit", "probability", "decision"], s.get_outputs()
+for f in sorted(glob.glob(os.path.join(sys.argv[2], "*.npy"))):
+    x = np.clip(np.load(f).astype(np.float32), -1000, 400)
+    x = ((x + 1000) / 1400).astype(np.float32)[None, None]
+    _, p, d = s.run(None, {"patch": x})
+    print(os.path.basename(f), repr(float(p[0, 0])), int(d[0, 0]))
+"#;
+    let o = std::process::Command::new(python())
+        .args(["-c", code])
+        .arg(model)
+        .arg(patches)
+        .output()
+        .expect("python");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let v: Vec<&str> = l.split(' ').collect();
+            (v[0].to_string(), v[1].parse().expect("p"), v[2].parse().expect("d"))
+        })
+        .collect()
+}
+
+#[test]
+fn calibrated_onnx_equals_infer_with_the_calibration() {
+    let f = fixture();
+    let d = tempfile::tempdir().expect("tmp");
+    for method in ["temperature", "platt", "isotonic"] {
+        let out = d.path().join(method).join("calibration.yaml");
+        run_ok(
+            "calibrate",
+            &[
+                s(&f.run),
+                "-o",
+                s(&out),
+                "--method",
+                method,
+                "--bootstrap",
+                "50",
+                "--no-report",
+            ],
+        );
+        let baked = out.parent().expect("dir").join("model.calibrated.onnx");
+        let scores = d.path().join(format!("{method}.csv"));
+        run_ok(
+            "infer",
+            &[
+                "--model",
+                s(&f.run.join("model.onnx")),
+                "-c",
+                s(&out),
+                s(&f.patches),
+                "-o",
+                s(&scores),
+                "-q",
+                "--device",
+                "cpu",
+            ],
+        );
+        let (h, rows) = read_csv(&scores);
+        let (pi, di) = (
+            chain_tests::col(&h, "calibrated_probability"),
+            chain_tests::col(&h, "decision"),
+        );
+        let onnx = run_calibrated(&baked, &f.patches);
+        assert_eq!(onnx.len(), rows.len());
+        for ((name, p, dec), r) in onnx.iter().zip(&rows) {
+            assert_eq!(name, &r[0]);
+            let want: f64 = r[pi].parse().expect("p");
+            assert!((p - want).abs() <= 1e-5, "{method} {name}: ONNX {p}, infer {want}");
+            assert_eq!(dec.to_string(), r[di], "{method} {name}: decision");
+        }
+        // infer reads the calibrated file too (its `logit` output).
+        run_ok(
+            "infer",
+            &["--model", s(&baked), s(&f.patches), "-o", "-", "-q", "--device", "cpu"],
+        );
+    }
+}
+
+#[test]
+fn site_recalibration_from_patches_matches_the_scores_path() {
+    let f = fixture();
+    let d = tempfile::tempdir().expect("tmp");
+    let model = f.run.join("model.onnx");
+    // Path 1: infer writes labelled scores; calibrate reads them.
+    let scores = d.path().join("scores.csv");
+    run_ok(
+        "infer",
+        &[
+            "--model",
+            s(&model),
+            "--index",
+            s(&f.patches),
+            "-o",
+            s(&scores),
+            "-q",
+            "--device",
+            "cpu",
+        ],
+    );
+    let a = d.path().join("a/calibration.yaml");
+    run_ok(
+        "calibrate",
+        &[
+            "--scores",
+            s(&scores),
+            "--model",
+            s(&model),
+            "-o",
+            s(&a),
+            "--method",
+            "platt",
+            "--no-bake",
+            "--no-report",
+        ],
+    );
+    // Path 2: calibrate scores the labelled patch folder itself through ONNX Runtime.
+    let b = d.path().join("b/calibration.yaml");
+    run_ok(
+        "calibrate",
+        &[
+            "--patches",
+            s(&f.patches),
+            "--model",
+            s(&model),
+            "-o",
+            s(&b),
+            "--method",
+            "platt",
+            "--no-bake",
+            "--no-report",
+        ],
+    );
+    let (ya, yb) = (yaml(&a), yaml(&b));
+    for key in ["a", "b"] {
+        let (x, y) = (
+            ya["platt"][key].as_f64().expect("a"),
+            yb["platt"][key].as_f64().expect("b"),
+        );
+        assert!((x - y).abs() < 1e-6, "platt.{key}: scores path {x}, patches path {y}");
+    }
+    assert_eq!(yb["model"]["sha256"], ya["model"]["sha256"]);
+    // An index without labels cannot calibrate.
+    let idx = d.path().join("unlabelled.csv");
+    let text = std::fs::read_to_string(f.patches.join("patch_index.csv")).expect("index");
+    // The same rows without their last column (label).
+    std::fs::write(
+        &idx,
+        text.lines()
+            .map(|l| l.rsplit_once(',').map_or(l, |x| x.0).to_string() + "\n")
+            .collect::<String>(),
+    )
+    .expect("w");
+    let r = run_err(
+        "calibrate",
+        &[
+            "--patches",
+            s(&idx),
+            "--model",
+            s(&model),
+            "-o",
+            s(&d.path().join("c/calibration.yaml")),
+        ],
+    );
+    assert!(r.stderr.contains("no `label` column"), "{}", r.stderr);
+}
+
+#[test]
+fn force_calibration_applies_with_a_warning() {
+    let f = fixture();
+    let d = tempfile::tempdir().expect("tmp");
+    let cal = d.path().join("calibration.yaml");
+    run_ok(
+        "calibrate",
+        &[s(&f.run), "-o", s(&cal), "--bootstrap", "0", "--no-report", "--no-bake"],
+    );
+    let mut m = models::onnx::read_model(&f.run.join("model.onnx")).expect("model");
+    m.doc_string = Some("another model".into());
+    let other = d.path().join("other.onnx");
+    std::fs::write(&other, models::onnx::to_bytes(&m)).expect("w");
+    run_err(
+        "infer",
+        &[
+            "--model",
+            s(&other),
+            "-c",
+            s(&cal),
+            s(&f.patches),
+            "-o",
+            s(&d.path().join("x.csv")),
+        ],
+    );
+    let r = run_ok(
+        "infer",
+        &[
+            "--model",
+            s(&other),
+            "-c",
+            s(&cal),
+            "--force-calibration",
+            s(&f.patches),
+            "-o",
+            s(&d.path().join("y.csv")),
+        ],
+    );
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("another model"),
+        "{}",
+        r.stderr
+    );
+}
