@@ -10,17 +10,13 @@
 pub mod runtime;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use ndarray::Array3;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::value::TensorRef;
-use rayon::prelude::*;
 
-use models::calibration::{sigmoid, CalibrationFile};
 use models::preprocess::Preprocess;
 
 /// Errors of the infer library.
@@ -94,6 +90,8 @@ pub struct Scorer {
     pub provider: &'static str,
     /// Why that provider (for `--device auto`).
     pub provider_note: String,
+    /// Whether every node runs on that provider (`Some(false)`: some fall back to CPU).
+    pub all_nodes_on_provider: Option<bool>,
     pub runtime: &'static runtime::Runtime,
 }
 
@@ -121,15 +119,37 @@ impl Scorer {
             Ok(b)
         };
         let cuda = |id: i32| ep::CUDA::default().with_device_id(id).build().error_on_failure();
-        let (session, provider, provider_note) = match opts.device {
+        // A CUDA session, first with CPU fallback disabled: if that commits, every node runs
+        // on CUDA; if only the fallback version commits, some nodes run on the CPU.
+        let cuda_session = |id: i32| -> Result<(Session, bool), String> {
+            let strict = builder()
+                .map_err(|e| e.to_string())?
+                .with_execution_providers([cuda(id)])
+                .map_err(|e| e.to_string())?
+                .with_disable_cpu_fallback()
+                .map_err(|e| e.to_string())
+                .and_then(|mut b| b.commit_from_memory(&bytes).map_err(|e| e.to_string()));
+            match strict {
+                Ok(s) => Ok((s, true)),
+                Err(_) => {
+                    let mut b = builder()
+                        .map_err(|e| e.to_string())?
+                        .with_execution_providers([cuda(id)])
+                        .map_err(|e| e.to_string())?;
+                    Ok((b.commit_from_memory(&bytes).map_err(|e| e.to_string())?, false))
+                }
+            }
+        };
+        let (session, provider, provider_note, all_nodes) = match opts.device {
             Device::Cpu => (
                 builder()?.commit_from_memory(&bytes).map_err(model_err)?,
                 "CPUExecutionProvider",
                 "requested".to_string(),
+                Some(true),
             ),
             Device::Cuda(id) => {
                 let preload = runtime::preload_cuda_libraries(rt);
-                let mut b = builder()?.with_execution_providers([cuda(id)]).map_err(|e| {
+                let (s, all) = cuda_session(id).map_err(|e| {
                     InferError::Device(format!(
                         "CUDA device {id} requested but the CUDA execution provider cannot be registered: {e}. {}{}",
                         cuda_hint(rt),
@@ -137,28 +157,28 @@ impl Scorer {
                     ))
                 })?;
                 (
-                    b.commit_from_memory(&bytes).map_err(model_err)?,
+                    s,
                     "CUDAExecutionProvider",
                     format!("requested (device {id})"),
+                    Some(all),
                 )
             }
             Device::Auto => {
                 let compiled = ep::CUDA::is_available().unwrap_or(false);
                 let attempt = if compiled {
                     // Failing to preload is not fatal here: the libraries may be on the
-                    // loader path anyway; registration below says whether CUDA works.
+                    // loader path anyway; registration says whether CUDA works.
                     let _ = runtime::preload_cuda_libraries(rt);
-                    builder()?
-                        .with_execution_providers([cuda(0)])
-                        .map_err(|e| e.to_string())
+                    cuda_session(0)
                 } else {
                     Err(String::new())
                 };
                 match attempt {
-                    Ok(mut b) => (
-                        b.commit_from_memory(&bytes).map_err(model_err)?,
+                    Ok((s, all)) => (
+                        s,
                         "CUDAExecutionProvider",
                         "auto: CUDA provider registered".to_string(),
+                        Some(all),
                     ),
                     Err(why) => {
                         let note = if compiled {
@@ -170,6 +190,7 @@ impl Scorer {
                             builder()?.commit_from_memory(&bytes).map_err(model_err)?,
                             "CPUExecutionProvider",
                             note,
+                            Some(true),
                         )
                     }
                 }
@@ -201,6 +222,7 @@ impl Scorer {
             metadata,
             provider,
             provider_note,
+            all_nodes_on_provider: all_nodes,
             runtime: rt,
         })
     }
@@ -258,316 +280,7 @@ fn cuda_hint(rt: &runtime::Runtime) -> String {
     }
 }
 
-/// One patch to score: its path, the name it gets in the output, and its index row when
-/// the inputs came from an index CSV.
-#[derive(Debug, Clone)]
-pub struct Item {
-    pub path: PathBuf,
-    pub name: String,
-    pub row: Option<models::index::ScoringRow>,
-}
+mod batch;
+pub mod doctor;
 
-/// Every `.npy` under the inputs (folders are listed, not recursed), in a stable order,
-/// with the name each gets in the output. An empty folder is an error.
-pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<Item>, InferError> {
-    let mut out = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
-                .map_err(|e| models::Error::io(input, e))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "npy"))
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                return Err(InferError::Input {
-                    path: input.clone(),
-                    msg: "no .npy files in this folder".into(),
-                });
-            }
-            // One folder: names relative to it (they match its patch_index.csv); several
-            // inputs: paths as given, so two folders' equal names stay distinct.
-            out.extend(files.into_iter().map(|p| {
-                let name = if inputs.len() == 1 {
-                    p.strip_prefix(input).unwrap_or(&p).to_string_lossy().into_owned()
-                } else {
-                    p.to_string_lossy().into_owned()
-                };
-                Item {
-                    path: p,
-                    name,
-                    row: None,
-                }
-            }));
-        } else if input.is_file() {
-            out.push(Item {
-                path: input.clone(),
-                name: input.to_string_lossy().into_owned(),
-                row: None,
-            });
-        } else {
-            return Err(InferError::Input {
-                path: input.clone(),
-                msg: "no such file or folder".into(),
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// The rows of an index CSV as items; output rows then carry the index's columns.
-pub fn collect_index(index: &Path) -> Result<(Vec<Item>, bool), InferError> {
-    let (root, has_label, rows) = models::index::read_scoring_index(index)?;
-    let items = rows
-        .into_iter()
-        .map(|r| Item {
-            path: root.join(&r.patch_file),
-            name: r.patch_file.clone(),
-            row: Some(r),
-        })
-        .collect();
-    Ok((items, has_label))
-}
-
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// One row per patch with every column.
-    Csv,
-    /// One JSON object per line with the same fields.
-    Jsonl,
-    /// LUNA16 submission format `seriesuid,coordX,coordY,coordZ,probability` (needs an
-    /// index with world coordinates; probability is the calibrated one when calibrated).
-    Luna16,
-}
-
-/// A batch scoring run.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub model: PathBuf,
-    pub calibration: Option<PathBuf>,
-    /// Folders or files; ignored when `index` is given.
-    pub inputs: Vec<PathBuf>,
-    /// Index CSV (or a folder holding `patch_index.csv`) listing the patches to score.
-    pub index: Option<PathBuf>,
-    /// Output file; `-` for stdout.
-    pub out: PathBuf,
-    pub format: Format,
-    pub batch_size: usize,
-    pub scorer: ScorerOptions,
-    pub fail_fast: bool,
-    /// Apply a calibration even if it was fitted for another model (warns).
-    pub force_calibration: bool,
-}
-
-/// What a run did.
-#[derive(Debug, Clone)]
-pub struct Summary {
-    pub scored: usize,
-    pub failed: usize,
-    pub predicted_positive: Option<usize>,
-    pub provider: &'static str,
-    pub provider_note: String,
-    pub ort_version: String,
-    pub ort_library: PathBuf,
-    pub seconds: f64,
-}
-
-/// One scored patch, with every output column.
-#[derive(Debug, Clone, serde::Serialize)]
-struct OutRow<'a> {
-    patch_file: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seriesuid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    diam_mm: Option<Option<f64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    center_x: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    center_y: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    center_z: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    label: Option<Option<u8>>,
-    logit: f32,
-    probability: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    calibrated_probability: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    decision: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    operating_point: Option<&'a str>,
-    model_sha256: &'a str,
-}
-
-/// LUNA16 submission row.
-#[derive(serde::Serialize)]
-struct Luna16Row<'a> {
-    seriesuid: &'a str,
-    #[serde(rename = "coordX")]
-    coord_x: f64,
-    #[serde(rename = "coordY")]
-    coord_y: f64,
-    #[serde(rename = "coordZ")]
-    coord_z: f64,
-    probability: f64,
-}
-
-/// Scores every input and writes the output atomically. Bad files are reported on stderr as
-/// `path: reason` and skipped, the good rows are still written, and [`Summary::failed`]
-/// counts them (the binary then exits non-zero); `fail_fast` stops at the first bad file,
-/// writing nothing.
-pub fn run(s: &Settings) -> Result<Summary, InferError> {
-    let t0 = Instant::now();
-    if s.batch_size == 0 {
-        return Err(InferError::Input {
-            path: s.model.clone(),
-            msg: "--batch-size must be at least 1".into(),
-        });
-    }
-    let (items, has_label) = match &s.index {
-        Some(idx) => collect_index(idx)?,
-        None => (collect_inputs(&s.inputs)?, false),
-    };
-    if s.format == Format::Luna16 && s.index.is_none() {
-        return Err(InferError::Input {
-            path: s.out.clone(),
-            msg: "--format luna16 needs --index: the submission format carries each patch's seriesuid and world coordinates".into(),
-        });
-    }
-    let mut scorer = Scorer::open(&s.model, &s.scorer)?;
-    let cal = match &s.calibration {
-        Some(p) => {
-            let c = CalibrationFile::load(p)?;
-            if s.force_calibration {
-                if let Err(e) = c.check_model(p, &s.model, &scorer.model_sha256) {
-                    eprintln!("infer: warning: --force-calibration: applying it anyway: {e}");
-                }
-            } else {
-                c.check_model(p, &s.model, &scorer.model_sha256)?;
-            }
-            Some(c)
-        }
-        None => None,
-    };
-    let pre = scorer.preprocess.clone();
-    let mut scored: Vec<(&Item, f32)> = Vec::with_capacity(items.len());
-    let mut failed = 0;
-    for chunk in items.chunks(s.batch_size) {
-        // Decode and preprocess in parallel; the session scores the batch.
-        let loaded: Vec<_> = chunk
-            .par_iter()
-            .map(|it| models::patch::load_patch(&it.path, &pre))
-            .collect();
-        let mut cubes = Vec::with_capacity(chunk.len());
-        let mut good = Vec::with_capacity(chunk.len());
-        for (it, r) in chunk.iter().zip(loaded) {
-            match r {
-                Ok(c) => {
-                    cubes.push(c);
-                    good.push(it);
-                }
-                Err(e) => {
-                    if s.fail_fast {
-                        return Err(e.into());
-                    }
-                    eprintln!("{e}");
-                    failed += 1;
-                }
-            }
-        }
-        let logits = scorer.score(&cubes)?;
-        scored.extend(good.into_iter().zip(logits));
-    }
-    let op = cal.as_ref().and_then(|c| c.operating_point());
-    let mut positives = 0;
-    let sha = scorer.model_sha256.clone();
-    let rows: Vec<OutRow> = scored
-        .iter()
-        .map(|(it, logit)| {
-            let z = f64::from(*logit);
-            let decision = op.map(|op| u8::from(z >= op.threshold_logit));
-            positives += usize::from(decision.unwrap_or(0));
-            let r = it.row.as_ref();
-            OutRow {
-                patch_file: &it.name,
-                seriesuid: r.map(|r| r.seriesuid.as_str()),
-                diam_mm: r.map(|r| r.diam_mm),
-                center_x: r.map(|r| r.center_x),
-                center_y: r.map(|r| r.center_y),
-                center_z: r.map(|r| r.center_z),
-                label: if has_label { r.map(|r| r.label) } else { None },
-                logit: *logit,
-                probability: sigmoid(z),
-                calibrated_probability: cal.as_ref().map(|c| c.probability(z)),
-                decision,
-                operating_point: op.map(|op| op.name.as_str()),
-                model_sha256: &sha,
-            }
-        })
-        .collect();
-    let out_err = |msg: String| InferError::Input {
-        path: s.out.clone(),
-        msg,
-    };
-    let bytes = match s.format {
-        Format::Csv => {
-            let mut w = csv::Writer::from_writer(Vec::new());
-            if rows.is_empty() {
-                // serde writes the header with the first row; an empty result still gets one.
-                w.write_record(["patch_file", "logit", "probability", "model_sha256"])
-                    .map_err(|e| out_err(e.to_string()))?;
-            }
-            for r in &rows {
-                w.serialize(r).map_err(|e| out_err(e.to_string()))?;
-            }
-            w.into_inner().map_err(|e| out_err(e.to_string()))?
-        }
-        Format::Jsonl => {
-            let mut buf = Vec::new();
-            for r in &rows {
-                serde_json::to_writer(&mut buf, r).map_err(|e| out_err(e.to_string()))?;
-                buf.push(b'\n');
-            }
-            buf
-        }
-        Format::Luna16 => {
-            let mut w = csv::Writer::from_writer(Vec::new());
-            w.write_record(["seriesuid", "coordX", "coordY", "coordZ", "probability"])
-                .map_err(|e| out_err(e.to_string()))?;
-            w.flush().map_err(|e| out_err(e.to_string()))?;
-            let mut w = csv::WriterBuilder::new()
-                .has_headers(false)
-                .from_writer(w.into_inner().map_err(|e| out_err(e.to_string()))?);
-            for r in &rows {
-                w.serialize(Luna16Row {
-                    seriesuid: r.seriesuid.unwrap_or_default(),
-                    coord_x: r.center_x.unwrap_or(f64::NAN),
-                    coord_y: r.center_y.unwrap_or(f64::NAN),
-                    coord_z: r.center_z.unwrap_or(f64::NAN),
-                    probability: r.calibrated_probability.unwrap_or(r.probability),
-                })
-                .map_err(|e| out_err(e.to_string()))?;
-            }
-            w.into_inner().map_err(|e| out_err(e.to_string()))?
-        }
-    };
-    if s.out.as_os_str() == "-" {
-        std::io::stdout()
-            .write_all(&bytes)
-            .map_err(|e| models::Error::io("<stdout>", e))?;
-    } else {
-        models::fsutil::write_atomic(&s.out, &bytes)?;
-    }
-    Ok(Summary {
-        scored: rows.len(),
-        failed,
-        predicted_positive: cal.as_ref().map(|_| positives),
-        provider: scorer.provider,
-        provider_note: scorer.provider_note.clone(),
-        ort_version: scorer.runtime.version.clone(),
-        ort_library: scorer.runtime.library.clone(),
-        seconds: t0.elapsed().as_secs_f64(),
-    })
-}
+pub use batch::{collect_index, collect_inputs, run, Format, Item, Settings, Summary, Tta};

@@ -1,36 +1,59 @@
 //! `infer`: batch-score `.npy` patch folders with an exported ONNX model.
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use infer::{Device, ScorerOptions, Settings};
 
-/// Score every .npy patch in the given folders/files with an ONNX model (ONNX Runtime).
-///
-/// Preprocessing (cube size, HU window, padding) is read from the model's metadata.
+/// Score every .npy patch in the given folders/files (or an index CSV) with an ONNX model
+/// through ONNX Runtime. Preprocessing (cube size, HU window, padding) is read from the
+/// model's metadata.
 #[derive(Parser, Debug)]
-#[command(name = "infer", version)]
+#[command(
+    name = "infer",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// Folders of .npy cubes, or single .npy files.
     #[arg(required_unless_present = "index")]
     inputs: Vec<PathBuf>,
+    /// Descend into sub-folders (symlinks followed, loops reported).
+    #[arg(short, long)]
+    recursive: bool,
     /// Index CSV (or folder with patch_index.csv) listing the patches: patch_file, seriesuid,
     /// center_x, center_y, center_z, optional diam_mm and label. Output rows carry them.
     #[arg(long, conflicts_with = "inputs")]
     index: Option<PathBuf>,
-    /// Output format: csv, jsonl, or luna16 (the challenge's submission CSV; needs --index).
-    #[arg(long, value_enum, default_value = "csv")]
-    format: infer::Format,
     /// The exported model (model.onnx of a training run).
     #[arg(short, long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// calibration.yaml for this model: adds calibrated_probability and decision.
     #[arg(short, long)]
     calibration: Option<PathBuf>,
+    /// Apply --calibration even if it was fitted for another model (prints a warning).
+    #[arg(long)]
+    force_calibration: bool,
     /// Output file (`-` for stdout).
     #[arg(short, long, default_value = "scores.csv")]
     out: PathBuf,
+    /// Output format: csv, jsonl, or luna16 (the challenge's submission CSV; needs --index).
+    #[arg(long, value_enum, default_value = "csv")]
+    format: infer::Format,
+    /// File listing the patches that failed (default: OUT.errors.csv).
+    #[arg(long)]
+    errors: Option<PathBuf>,
+    /// Keep an existing output's rows and score only the patches it lacks.
+    #[arg(long)]
+    resume: bool,
+    /// Test-time augmentation: `flips` averages the logits of the 8 flip combinations.
+    #[arg(long, value_enum, default_value = "none")]
+    tta: infer::Tta,
     /// auto, cpu, cuda or cuda:N. `cuda` fails if the CUDA provider cannot be registered.
     #[arg(long, default_value = "auto")]
     device: Device,
@@ -43,27 +66,56 @@ struct Args {
     /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, next to this binary, the project venv).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
-    /// Apply --calibration even if it was fitted for another model (prints a warning).
-    #[arg(long)]
-    force_calibration: bool,
-    /// Stop at the first file that cannot be scored.
+    /// Stop at the first file that cannot be scored (no output is written).
     #[arg(long)]
     fail_fast: bool,
-    /// No summary on stderr.
+    /// No progress bar and no summary on stderr.
     #[arg(short, long)]
     quiet: bool,
 }
 
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print the ONNX Runtime library and version, its providers, the CUDA libraries and
+    /// driver found, and (with --model) the model's metadata.
+    Doctor {
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     let a = Args::parse();
+    if let Some(Cmd::Doctor { model, ort_lib }) = &a.cmd {
+        return match infer::doctor::report(model.as_deref(), ort_lib.as_deref()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("infer doctor: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(model) = a.model.clone() else {
+        eprintln!("infer: error: --model is required");
+        return ExitCode::FAILURE;
+    };
     let quiet = a.quiet;
     let s = Settings {
-        model: a.model,
+        model,
         calibration: a.calibration,
         inputs: a.inputs,
+        recursive: a.recursive,
         index: a.index,
-        format: a.format,
         out: a.out,
+        format: a.format,
+        errors: a.errors,
+        resume: a.resume,
+        tta: a.tta,
         batch_size: a.batch_size,
         scorer: ScorerOptions {
             device: a.device,
@@ -72,12 +124,18 @@ fn main() -> ExitCode {
         },
         fail_fast: a.fail_fast,
         force_calibration: a.force_calibration,
+        progress: !quiet && std::io::stderr().is_terminal(),
     };
     match infer::run(&s) {
         Ok(sum) => {
             if !quiet {
+                let placement = match sum.all_nodes_on_provider {
+                    Some(true) => "every node on it",
+                    Some(false) => "some nodes fall back to CPU",
+                    None => "node placement unknown",
+                };
                 eprintln!(
-                    "ONNX Runtime {} ({}) on {} [{}]",
+                    "ONNX Runtime {} ({}) on {} ({placement}) [{}]",
                     sum.ort_version,
                     sum.ort_library.display(),
                     sum.provider,
@@ -87,8 +145,17 @@ fn main() -> ExitCode {
                     .predicted_positive
                     .map(|p| format!(", {p} predicted positive"))
                     .unwrap_or_default();
+                let resumed = if sum.resumed > 0 {
+                    format!(" ({} kept from the earlier output)", sum.resumed)
+                } else {
+                    String::new()
+                };
+                let rss = sum
+                    .peak_rss_kib
+                    .map(|k| format!(", peak RSS {:.0} MiB", k as f64 / 1024.0))
+                    .unwrap_or_default();
                 eprintln!(
-                    "scored {} patch(es){pos}, {} failed, {:.1} patches/s -> {}",
+                    "scored {} patch(es){resumed}{pos}, {} failed, {:.1} patches/s{rss} -> {}",
                     sum.scored,
                     sum.failed,
                     sum.scored as f64 / sum.seconds.max(1e-9),
@@ -96,8 +163,12 @@ fn main() -> ExitCode {
                 );
             }
             if sum.failed > 0 {
+                let list = sum
+                    .errors_file
+                    .map(|p| format!(", listed in {}", p.display()))
+                    .unwrap_or_default();
                 eprintln!(
-                    "infer: error: {} file(s) could not be scored (reasons above)",
+                    "infer: error: {} file(s) could not be scored (reasons above{list})",
                     sum.failed
                 );
                 return ExitCode::FAILURE;

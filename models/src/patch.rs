@@ -7,10 +7,106 @@ use ndarray_npy::ReadNpyError;
 use crate::preprocess::Preprocess;
 use crate::{Error, Result};
 
+/// What a `.npy` header declares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NpyHeader {
+    pub descr: String,
+    pub fortran_order: bool,
+    pub shape: Vec<usize>,
+    /// Bytes before the data.
+    pub data_offset: u64,
+}
+
+/// Reads and checks only the header of a `.npy` file: magic, version, dictionary, and that
+/// the file is long enough for the data it declares. This runs before any array is
+/// allocated, so a header claiming more elements than the file holds is refused without
+/// allocating them. (ndarray-npy allocates from the header first; this check is why it is
+/// written here.)
+pub fn npy_header(path: &Path) -> Result<NpyHeader> {
+    use std::io::Read;
+    let bad = |msg: String| Error::BadPatch {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut pre = [0u8; 12];
+    let n = f.read(&mut pre).map_err(|e| Error::io(path, e))?;
+    if n < 10 || &pre[..6] != b"\x93NUMPY" {
+        return Err(bad(if file_len == 0 {
+            "empty file".into()
+        } else {
+            "not a .npy file (no NUMPY magic)".into()
+        }));
+    }
+    let (hlen, start) = match pre[6] {
+        1 => (u64::from(u16::from_le_bytes([pre[8], pre[9]])), 10u64),
+        2 | 3 if n >= 12 => (u64::from(u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]])), 12u64),
+        v => return Err(bad(format!("unsupported .npy version {v}"))),
+    };
+    if hlen > 1 << 20 || start + hlen > file_len {
+        return Err(bad(format!(
+            "truncated: header of {hlen} bytes in a {file_len}-byte file"
+        )));
+    }
+    let mut header = vec![0u8; hlen as usize];
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(start))
+        .map_err(|e| Error::io(path, e))?;
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8_lossy(&header);
+    let after = |key: &str| {
+        text.find(key)
+            .map(|i| text[i + key.len()..].trim_start().trim_start_matches(':').trim_start())
+    };
+    let descr = after("'descr'")
+        .and_then(|s| {
+            let q = s.chars().next()?;
+            s[1..].split(q).next().map(str::to_string)
+        })
+        .ok_or_else(|| bad(format!("header without a dtype: {}", text.trim())))?;
+    let fortran_order = after("'fortran_order'").is_some_and(|s| s.starts_with("True"));
+    let shape_txt = after("'shape'")
+        .and_then(|s| s.strip_prefix('(').and_then(|s| s.split(')').next()))
+        .ok_or_else(|| bad(format!("header without a shape: {}", text.trim())))?;
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| bad(format!("bad shape in header: ({shape_txt})")))
+        })
+        .collect::<Result<_>>()?;
+    let item: u64 = descr
+        .trim_start_matches(['<', '>', '|', '='])
+        .get(1..)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(format!("unsupported array type {descr}")))?;
+    let elements = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+    let need = elements
+        .and_then(|e| e.checked_mul(item))
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    let have = file_len - start - hlen;
+    if need > have {
+        return Err(bad(format!(
+            "truncated: the header declares {} elements ({need} bytes of data) but the file holds {have}",
+            elements.unwrap_or(0)
+        )));
+    }
+    Ok(NpyHeader {
+        descr,
+        fortran_order,
+        shape,
+        data_offset: start + hlen,
+    })
+}
+
 /// Reads a `.npy` array of HU values as float32. Accepts float32, float64 and int16 (either
 /// byte order); anything else, a truncated file, or a non-finite value is an error naming
 /// the file.
 pub fn read_npy_hu(path: &Path) -> Result<ArrayD<f32>> {
+    npy_header(path)?;
     let bad = |msg: String| Error::BadPatch {
         path: path.to_path_buf(),
         msg,
@@ -48,8 +144,16 @@ pub fn read_npy_hu(path: &Path) -> Result<ArrayD<f32>> {
     Ok(arr)
 }
 
-/// Reads a patch and applies `pre`: the one function training and scoring share.
+/// Reads a patch and applies `pre`: the one function training and scoring share. The rank
+/// is checked from the header, before the data are read.
 pub fn load_patch(path: &Path, pre: &Preprocess) -> Result<Array3<f32>> {
+    let h = npy_header(path)?;
+    if h.shape.len() != 3 {
+        return Err(Error::BadPatch {
+            path: path.to_path_buf(),
+            msg: format!("expected a 3-D cube (z, y, x), got shape {:?}", h.shape),
+        });
+    }
     pre.apply(&read_npy_hu(path)?, path)
 }
 
@@ -105,6 +209,28 @@ mod tests {
         write_npy(&p, &a).expect("write");
         let msg = read_npy_hu(&p).expect_err("nan").to_string();
         assert!(msg.contains("nan.npy") && msg.contains("non-finite"), "{msg}");
+
+        // A header that claims far more data than the file holds: refused before allocating.
+        let p = dir.path().join("huge.npy");
+        let mut dict = String::from("{'descr': '<f4', 'fortran_order': False, 'shape': (99999, 99999, 9), }");
+        while (10 + dict.len() + 1) % 64 != 0 {
+            dict.push(' ');
+        }
+        dict.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((dict.len() as u16).to_le_bytes());
+        bytes.extend(dict.as_bytes());
+        bytes.extend([0u8; 32]);
+        std::fs::write(&p, bytes).expect("write");
+        let msg = read_npy_hu(&p).expect_err("huge").to_string();
+        assert!(
+            msg.contains("huge.npy") && msg.contains("declares 89998200009 elements"),
+            "{msg}"
+        );
+
+        let p = dir.path().join("empty.npy");
+        std::fs::write(&p, b"").expect("write");
+        assert!(read_npy_hu(&p).expect_err("empty").to_string().contains("empty file"));
 
         let p = dir.path().join("junk.npy");
         std::fs::write(&p, b"hello").expect("write");
