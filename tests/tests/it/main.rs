@@ -5,4 +5,5 @@ mod chain;
 mod fixture;
 mod froc;
 mod linking;
+mod scoring;
 mod setup;
