@@ -112,7 +112,12 @@ impl Scorer {
             msg: format!("ONNX Runtime cannot load it: {e}"),
         };
         let builder = || -> Result<ort::session::builder::SessionBuilder, InferError> {
-            let b = Session::builder(&rt.env).map_err(model_err)?;
+            // Decoding runs beside the session (infer's pipeline); ONNX Runtime's worker
+            // threads must not spin on the cores the decoders need.
+            let b = Session::builder(&rt.env)
+                .map_err(model_err)?
+                .with_intra_op_spinning(false)
+                .map_err(|e| model_err(e.into()))?;
             if opts.threads > 0 {
                 return b.with_intra_threads(opts.threads).map_err(|e| model_err(e.into()));
             }
