@@ -34,11 +34,14 @@ fn input_err(path: &Path, msg: impl Into<String>) -> InferError {
     }
 }
 
+/// A folder entry that could not be listed: (path, reason).
+pub type Unlisted = (String, String);
+
 /// Every `.npy` under the inputs in a stable (sorted) order, with the name each gets in the
 /// output, plus the entries that could not be listed (`path, reason`; a symlink loop under
 /// `--recursive`, an unreadable folder). Folders are listed, or walked with `recursive`
 /// (following symlinks, loops detected). A folder without patches is an error.
-pub fn collect_inputs(inputs: &[PathBuf], recursive: bool) -> Result<(Vec<Item>, Vec<(String, String)>), InferError> {
+pub fn collect_inputs(inputs: &[PathBuf], recursive: bool) -> Result<(Vec<Item>, Vec<Unlisted>), InferError> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for input in inputs {
