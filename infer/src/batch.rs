@@ -310,6 +310,7 @@ impl Sink {
         }
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(&dir)
             .map_err(|e| models::Error::io(&dir, e))?;
         Ok(Sink::File {

@@ -105,3 +105,48 @@ pub fn report(model: Option<&Path>, ort_lib: Option<&Path>) -> Result<String, In
     }
     Ok(s)
 }
+
+/// The host against a bundle's requirements.
+pub fn bundle_report(info: &crate::bundle::BundleInfo) -> String {
+    let r = &info.requires;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "bundle: {} with {} {} (tool {})",
+        info.model, info.onnxruntime, info.onnxruntime_version, info.tool_version
+    );
+    let arch = std::env::consts::ARCH;
+    let _ = writeln!(
+        s,
+        "  architecture: needs {}, host {arch}: {}",
+        r.arch,
+        if r.arch == arch { "ok" } else { "MISMATCH" }
+    );
+    let host = std::process::Command::new("/usr/bin/getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .trim_start_matches("glibc ")
+                .to_string()
+        });
+    let parse = |v: &str| v.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>();
+    let verdict = match &host {
+        Some(h) if parse(h) >= parse(&r.min_glibc) => format!("host {h}: ok"),
+        Some(h) => format!("host {h}: TOO OLD"),
+        None => "host unknown (no getconf)".into(),
+    };
+    let _ = writeln!(s, "  glibc: needs >= {}, {verdict}", r.min_glibc);
+    if let (Some(cuda), Some(cudnn)) = (r.cuda_major, r.cudnn_major) {
+        let driver = std::fs::read_to_string("/proc/driver/nvidia/version").ok();
+        let _ = writeln!(
+            s,
+            "  GPU: needs CUDA {cuda}, cuDNN {cudnn}, NVIDIA driver {}; host driver: {}",
+            r.nvidia_driver.as_deref().unwrap_or("?"),
+            driver.as_deref().and_then(|d| d.lines().next()).unwrap_or("none")
+        );
+    }
+    s
+}

@@ -286,6 +286,7 @@ fn cuda_hint(rt: &runtime::Runtime) -> String {
 }
 
 mod batch;
+pub mod bundle;
 pub mod doctor;
 
 pub use batch::{collect_index, collect_inputs, run, Format, Item, Settings, Summary, Tta};

@@ -76,6 +76,21 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Pack this binary, its ONNX Runtime, the model (and calibration) into one .tar.gz
+    /// that scores on a host with no Rust, no Python and no network.
+    Bundle {
+        #[arg(short, long)]
+        model: PathBuf,
+        #[arg(short, long)]
+        calibration: Option<PathBuf>,
+        /// Include ONNX Runtime's CUDA provider (needs the onnxruntime-gpu build).
+        #[arg(long)]
+        gpu: bool,
+        #[arg(short, long, default_value = "nodule-scorer.tar.gz")]
+        out: PathBuf,
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
+    },
     /// Print the ONNX Runtime library and version, its providers, the CUDA libraries and
     /// driver found, and (with --model) the model's metadata.
     Doctor {
@@ -87,9 +102,63 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let a = Args::parse();
+    let mut a = Args::parse();
+    if let Some(Cmd::Bundle {
+        model,
+        calibration,
+        gpu,
+        out,
+        ort_lib,
+    }) = &a.cmd
+    {
+        let s = infer::bundle::BundleSettings {
+            model: model.clone(),
+            calibration: calibration.clone(),
+            out: out.clone(),
+            gpu: *gpu,
+            ort_lib: ort_lib.clone(),
+        };
+        return match infer::bundle::make(&s) {
+            Ok((p, size)) => {
+                println!(
+                    "wrote {} ({:.1} MiB); on the target: tar -xzf {} && ./{}/run PATCH_FOLDER -o scores.csv",
+                    p.display(),
+                    size as f64 / 1048576.0,
+                    p.file_name()
+                        .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+                    infer::bundle::TOP
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("infer bundle: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Started from a bundle: check it, and default to its model and calibration.
+    let bundle = match infer::bundle::verify_self() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("infer: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some((dir, info)) = &bundle {
+        if a.model.is_none() {
+            a.model = Some(dir.join(&info.model));
+            if a.calibration.is_none() {
+                a.calibration = info.calibration.as_ref().map(|c| dir.join(c));
+            }
+        }
+    }
     if let Some(Cmd::Doctor { model, ort_lib }) = &a.cmd {
-        return match infer::doctor::report(model.as_deref(), ort_lib.as_deref()) {
+        if let Some((_, info)) = &bundle {
+            print!("{}", infer::doctor::bundle_report(info));
+        }
+        let model = model.clone().or_else(|| bundle.as_ref().map(|(d, i)| d.join(&i.model)));
+        let model = model.as_ref();
+        return match infer::doctor::report(model.map(PathBuf::as_path), ort_lib.as_deref()) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS

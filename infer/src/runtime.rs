@@ -1,7 +1,7 @@
 //! Finding and loading ONNX Runtime (`load-dynamic`: nothing is linked at build time).
 //!
-//! Search order: the `--ort-lib` flag, then `ORT_DYLIB_PATH`, then a `libonnxruntime.so*`
-//! next to the executable, then the project venv made by `scripts/setup`
+//! Search order: the `--ort-lib` flag, then a `libonnxruntime.so*` next to the executable
+//! (a shipped bundle), then `ORT_DYLIB_PATH`, then the project venv made by `scripts/setup`
 //! (`.venv/lib/python3.*/site-packages/onnxruntime/capi/`). A missing library is an error
 //! that lists where it looked and how to fix it.
 use std::path::{Path, PathBuf};
@@ -70,14 +70,7 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, InferError> {
         }
         return Err(InferError::Runtime(format!("--ort-lib {}: no such file", p.display())));
     }
-    if let Some(p) = std::env::var_os(ORT_ENV) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        return Err(InferError::Runtime(format!("{ORT_ENV}={}: no such file", p.display())));
-    }
-    tried.push(format!("--ort-lib (not given), ${ORT_ENV} (not set)"));
+    // A bundle carries its library next to the binary: that wins over the environment.
     if let Some(dir) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
@@ -87,6 +80,14 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, InferError> {
         }
         tried.push(format!("next to the executable: {}", dir.display()));
     }
+    if let Some(p) = std::env::var_os(ORT_ENV) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(InferError::Runtime(format!("{ORT_ENV}={}: no such file", p.display())));
+    }
+    tried.push(format!("--ort-lib (not given), ${ORT_ENV} (not set)"));
     for dir in venv_dirs() {
         if let Some(p) = lib_in(&dir) {
             return Ok(p);

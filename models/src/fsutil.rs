@@ -23,6 +23,8 @@ pub fn write_atomic_with(
     };
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
+        // Outputs are ordinary files others may read (tempfile defaults to 0600).
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
     {
@@ -63,6 +65,9 @@ mod tests {
         write_atomic(&p, b"one").expect("write");
         write_atomic(&p, b"two").expect("write");
         assert_eq!(std::fs::read(&p).expect("read"), b"two");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode & 0o044, 0o044, "outputs must be readable by others, got {mode:o}");
         let n = std::fs::read_dir(dir.path()).expect("ls").count();
         assert_eq!(n, 1, "temporary files left behind");
     }

@@ -1,5 +1,6 @@
 //! One integration-test binary that drives the real binaries (see `chain_tests` helpers).
 mod bad_input;
+mod bundle;
 mod calibration;
 mod chain;
 mod fixture;

@@ -1,0 +1,366 @@
+//! Shipping the scorer: one `.tar.gz` that scores patches on a host with no Rust, no Python
+//! and no network.
+//!
+//! Layout of the archive (one top folder, `nodule-scorer/`):
+//! * `infer` — this binary; `libonnxruntime.so.*` — the ONNX Runtime it loads (found next
+//!   to the binary before anywhere else); with `--gpu`, also the CUDA provider libraries;
+//! * the model (`model.onnx` or `model.calibrated.onnx`) and its `calibration.yaml` if any;
+//! * `BUNDLE.yaml` — what the bundle holds and what the target needs (CPU architecture,
+//!   minimum glibc; for the GPU variant the CUDA and cuDNN major versions and driver);
+//! * `run` — a POSIX shell entry point that checks the architecture and glibc before the
+//!   dynamic loader can fail obscurely, then runs `infer` with the bundled model;
+//! * `README.txt` — the exact command; `SHA256SUMS` — every other file.
+//!
+//! `infer`, started from a bundle, checks `SHA256SUMS` first and refuses a missing or
+//! modified file, and a calibration declared but absent.
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::InferError;
+
+/// Top folder inside the archive.
+pub const TOP: &str = "nodule-scorer";
+/// Manifest file name.
+pub const MANIFEST: &str = "SHA256SUMS";
+/// Description file name.
+pub const DESCRIPTION: &str = "BUNDLE.yaml";
+
+/// What a bundle holds and needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleInfo {
+    pub tool_version: String,
+    pub model: String,
+    pub model_sha256: String,
+    /// The calibration file, when the bundle was built with one.
+    pub calibration: Option<String>,
+    pub onnxruntime: String,
+    pub onnxruntime_version: String,
+    pub requires: Requirements,
+}
+
+/// What the target host needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Requirements {
+    /// `uname -m`.
+    pub arch: String,
+    /// Newest `GLIBC_x.y` symbol version the binaries reference.
+    pub min_glibc: String,
+    /// GPU variant only.
+    pub cuda_major: Option<u32>,
+    pub cudnn_major: Option<u32>,
+    pub nvidia_driver: Option<String>,
+}
+
+fn err(path: &Path, msg: impl Into<String>) -> InferError {
+    InferError::Input {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// The newest `GLIBC_a.b[.c]` version string in a binary's bytes (the versions its dynamic
+/// symbols need). Written by hand: a byte scan suffices and no kept crate reads ELF
+/// version needs without pulling in a full object parser.
+pub fn min_glibc(files: &[PathBuf]) -> Result<String, InferError> {
+    let mut best: Vec<u32> = vec![2, 2, 5];
+    for f in files {
+        let bytes = std::fs::read(f).map_err(|e| models::Error::io(f, e))?;
+        let pat = b"GLIBC_";
+        let mut i = 0;
+        while let Some(pos) = bytes[i..].windows(pat.len()).position(|w| w == pat) {
+            let start = i + pos + pat.len();
+            let end = bytes[start..]
+                .iter()
+                .position(|b| !(b.is_ascii_digit() || *b == b'.'))
+                .map_or(bytes.len(), |n| start + n);
+            let text = String::from_utf8_lossy(&bytes[start..end]);
+            let v: Vec<u32> = text.split('.').filter_map(|p| p.parse().ok()).collect();
+            if v.len() >= 2 && v > best {
+                best = v;
+            }
+            i = end.max(start);
+        }
+    }
+    Ok(best.iter().map(u32::to_string).collect::<Vec<_>>().join("."))
+}
+
+/// Options of `infer bundle`.
+#[derive(Debug, Clone)]
+pub struct BundleSettings {
+    pub model: PathBuf,
+    pub calibration: Option<PathBuf>,
+    pub out: PathBuf,
+    /// Include the CUDA provider libraries found next to the ONNX Runtime library.
+    pub gpu: bool,
+    pub ort_lib: Option<PathBuf>,
+}
+
+/// The entry point. Shell builtins only (besides absolute `uname` and `getconf`), so it
+/// works under `env -i` with a PATH holding nothing but the bundle.
+const RUN: &str = r#"#!/bin/sh
+# Entry point of a nodule-scorer bundle: checks this host against BUNDLE.yaml, then runs
+# infer with the bundled model (and calibration). Arguments go to infer.
+case $0 in */*) here=${0%/*} ;; *) here=. ;; esac
+here=$(cd "$here" && pwd) || exit 2
+need_arch="" need_glibc=""
+while IFS= read -r line; do
+  case $line in
+    "  arch: "*) need_arch=${line#  arch: } ;;
+    "  min_glibc: "*) v=${line#  min_glibc: }; v=${v#\'}; need_glibc=${v%\'} ;;
+  esac
+done < "$here/BUNDLE.yaml"
+arch=""
+for u in /usr/bin/uname /bin/uname; do if [ -x "$u" ]; then arch=$("$u" -m); break; fi; done
+if [ -n "$arch" ] && [ "$arch" != "$need_arch" ]; then
+  echo "nodule-scorer: this bundle is for $need_arch; this host is $arch" >&2; exit 2
+fi
+have=""
+for g in /usr/bin/getconf /bin/getconf; do
+  if [ -x "$g" ]; then have=$("$g" GNU_LIBC_VERSION 2>/dev/null); have=${have#glibc }; break; fi
+done
+# version_ge A B: A >= B, numerically per component.
+version_ge() {
+  old_ifs=$IFS; IFS=.
+  set -- $1 0 0 0 -- $2 0 0 0
+  IFS=$old_ifs
+  a1=$1 a2=$2 a3=$3
+  while [ "$1" != "--" ]; do shift; done; shift
+  b1=$1 b2=$2 b3=$3
+  [ "$a1" -gt "$b1" ] && return 0; [ "$a1" -lt "$b1" ] && return 1
+  [ "$a2" -gt "$b2" ] && return 0; [ "$a2" -lt "$b2" ] && return 1
+  [ "$a3" -ge "$b3" ]
+}
+if [ -z "$have" ]; then
+  echo "nodule-scorer: warning: cannot tell this host's glibc (no getconf); the bundle needs glibc >= $need_glibc" >&2
+elif ! version_ge "$have" "$need_glibc"; then
+  echo "nodule-scorer: this bundle needs glibc >= $need_glibc; this host has glibc $have" >&2; exit 2
+fi
+exec "$here/infer" "$@"
+"#;
+
+/// Builds the bundle archive; returns (path, size in bytes).
+pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
+    let exe = std::env::current_exe().map_err(|e| models::Error::io("current executable", e))?;
+    let ort = crate::runtime::locate(s.ort_lib.as_deref())?;
+    // The model must load and be scorable; its calibration must belong to it.
+    let bytes = std::fs::read(&s.model).map_err(|e| models::Error::io(&s.model, e))?;
+    let proto = models::onnx::parse_model(&bytes, &s.model)?;
+    models::preprocess::Preprocess::from_metadata(&models::onnx::metadata(&proto))
+        .map_err(|e| err(&s.model, e.to_string()))?;
+    let model_sha = models::fsutil::sha256_bytes(&bytes);
+    if let Some(c) = &s.calibration {
+        let cal = models::calibration::CalibrationFile::load(c)?;
+        cal.check_model(c, &s.model, &model_sha)?;
+    }
+    let model_name = s
+        .model
+        .file_name()
+        .map_or("model.onnx".into(), |n| n.to_string_lossy().into_owned());
+    let ort_name = ort
+        .file_name()
+        .map_or("libonnxruntime.so".into(), |n| n.to_string_lossy().into_owned());
+    let mut files: Vec<(String, PathBuf)> = vec![
+        ("infer".into(), exe.clone()),
+        (ort_name.clone(), ort.clone()),
+        (model_name.clone(), s.model.clone()),
+    ];
+    let ort_dir = ort.parent().map(Path::to_path_buf).unwrap_or_default();
+    let (mut cuda_major, mut cudnn_major, mut driver) = (None, None, None);
+    if s.gpu {
+        let mut found = 0;
+        for lib in ["libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"] {
+            let p = ort_dir.join(lib);
+            if p.is_file() {
+                files.push((lib.into(), p));
+                found += 1;
+            }
+        }
+        if found < 2 {
+            return Err(err(
+                &ort_dir,
+                "--gpu needs the ONNX Runtime GPU build (libonnxruntime_providers_cuda.so beside the library): \
+                 set up with `scripts/setup --cuda` or pass --ort-lib from onnxruntime-gpu",
+            ));
+        }
+        // onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9; NVIDIA's CUDA 13 needs a
+        // driver of the 580 series or newer.
+        (cuda_major, cudnn_major, driver) = (Some(13), Some(9), Some(">= 580".to_string()));
+    }
+    if let Some(c) = &s.calibration {
+        files.push(("calibration.yaml".into(), c.clone()));
+    }
+    let bins: Vec<PathBuf> = files
+        .iter()
+        .filter(|(n, _)| n == "infer" || n.starts_with("lib"))
+        .map(|(_, p)| p.clone())
+        .collect();
+    let info = BundleInfo {
+        tool_version: models::TOOL_VERSION.into(),
+        model: model_name.clone(),
+        model_sha256: model_sha,
+        calibration: s.calibration.as_ref().map(|_| "calibration.yaml".to_string()),
+        onnxruntime: ort_name,
+        onnxruntime_version: crate::runtime::init(s.ort_lib.as_deref())
+            .map(|r| r.version.clone())
+            .unwrap_or_default(),
+        requires: Requirements {
+            arch: std::env::consts::ARCH.into(),
+            min_glibc: min_glibc(&bins)?,
+            cuda_major,
+            cudnn_major,
+            nvidia_driver: driver,
+        },
+    };
+    let cal_arg = if info.calibration.is_some() {
+        " (calibrated with calibration.yaml)"
+    } else {
+        ""
+    };
+    let readme = format!(
+        "nodule-scorer {} — scores 3D lung-nodule CT patches (.npy, HU) with {}{cal_arg}.\n\n\
+         On the target host (no Rust, Python or network needed):\n\n  \
+         tar -xzf {} && ./{TOP}/run PATCH_FOLDER -o scores.csv\n\n\
+         `./{TOP}/run --help` lists every option; `./{TOP}/run doctor` checks this host.\n\
+         Needs: {} Linux with glibc >= {}{}.\n",
+        info.tool_version,
+        info.model,
+        s.out
+            .file_name()
+            .map_or("bundle.tar.gz".into(), |n| n.to_string_lossy().into_owned()),
+        info.requires.arch,
+        info.requires.min_glibc,
+        if s.gpu {
+            "; for --device cuda: an NVIDIA driver >= 580 with CUDA 13 and cuDNN 9 libraries"
+        } else {
+            ""
+        }
+    );
+    let mut generated: Vec<(String, Vec<u8>)> = vec![
+        (
+            DESCRIPTION.into(),
+            serde_yaml::to_string(&info)
+                .map_err(|e| err(&s.out, e.to_string()))?
+                .into_bytes(),
+        ),
+        ("README.txt".into(), readme.into_bytes()),
+        ("run".into(), RUN.as_bytes().to_vec()),
+    ];
+    let mut sums = String::new();
+    let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (name, path) in &files {
+        contents.insert(
+            name.clone(),
+            std::fs::read(path).map_err(|e| models::Error::io(path, e))?,
+        );
+    }
+    for (name, data) in generated.drain(..) {
+        contents.insert(name, data);
+    }
+    for (name, data) in &contents {
+        sums += &format!("{}  {name}\n", models::fsutil::sha256_bytes(data));
+    }
+    contents.insert(MANIFEST.into(), sums.into_bytes());
+    // A deterministic archive: sorted names, fixed times and owners.
+    let write = |w: &mut std::io::BufWriter<&mut std::fs::File>| -> std::io::Result<()> {
+        let gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o755);
+        dir.set_size(0);
+        dir.set_mtime(0);
+        tar.append_data(&mut dir, format!("{TOP}/"), std::io::empty())?;
+        for (name, data) in &contents {
+            let mut h = tar::Header::new_gnu();
+            let exec = name == "infer" || name == "run" || name.starts_with("lib");
+            h.set_mode(if exec { 0o755 } else { 0o644 });
+            h.set_size(data.len() as u64);
+            h.set_mtime(0);
+            tar.append_data(&mut h, format!("{TOP}/{name}"), data.as_slice())?;
+        }
+        tar.into_inner()?.finish()?.flush()
+    };
+    models::fsutil::write_atomic_with(&s.out, write)?;
+    let size = std::fs::metadata(&s.out)
+        .map_err(|e| models::Error::io(&s.out, e))?
+        .len();
+    Ok((s.out.clone(), size))
+}
+
+/// When this binary runs from a bundle (a `SHA256SUMS` beside it), checks every file of
+/// the manifest and the declared calibration; returns the bundle's description.
+pub fn verify_self() -> Result<Option<(PathBuf, BundleInfo)>, InferError> {
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    else {
+        return Ok(None);
+    };
+    let manifest = dir.join(MANIFEST);
+    if !manifest.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&manifest).map_err(|e| models::Error::io(&manifest, e))?;
+    let mut problems = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Some((sum, name)) = line.split_once("  ") else {
+            problems.push(format!("malformed manifest line {line:?}"));
+            continue;
+        };
+        let p = dir.join(name);
+        if !p.is_file() {
+            problems.push(format!("{name} is missing"));
+            continue;
+        }
+        let got = models::fsutil::sha256_file(&p)?;
+        if got != sum {
+            problems.push(format!(
+                "{name} was modified (sha256 {} ≠ manifest {})",
+                &got[..12],
+                sum.get(..12).unwrap_or(sum)
+            ));
+        }
+    }
+    let desc = dir.join(DESCRIPTION);
+    let info: Option<BundleInfo> = std::fs::read_to_string(&desc)
+        .ok()
+        .and_then(|t| serde_yaml::from_str(&t).ok());
+    match &info {
+        None => problems.push(format!("{DESCRIPTION} is missing or unreadable")),
+        Some(i) => {
+            if let Some(c) = &i.calibration {
+                if !text.lines().any(|l| l.ends_with(&format!("  {c}"))) {
+                    problems.push(format!(
+                        "the bundle was built with {c} but its manifest does not list it"
+                    ));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(err(
+            &dir,
+            format!(
+                "this bundle is damaged and will not score: {}. Unpack the original archive again",
+                problems.join("; ")
+            ),
+        ));
+    }
+    Ok(info.map(|i| (dir, i)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glibc_scan_finds_the_newest_version() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("bin");
+        std::fs::write(&p, b"\0GLIBC_2.17\0xxGLIBC_2.34\0GLIBC_2.2.5\0GLIBC_PRIVATE\0").expect("w");
+        assert_eq!(min_glibc(&[p]).expect("scan"), "2.34");
+    }
+}
