@@ -23,7 +23,8 @@ pub enum Layer {
         padding: usize,
         bias: bool,
     },
-    /// `BatchNorm3d(channels)`: parameters `weight`, `bias`, buffers `running_mean`, `running_var`.
+    /// `BatchNorm3d(channels)`: parameters `weight`, `bias`, buffers `running_mean`,
+    /// `running_var` and the counter `num_batches_tracked` (as PyTorch names them).
     BatchNorm3d {
         name: String,
         channels: usize,
@@ -60,6 +61,9 @@ pub enum ParamKind {
     Trainable,
     /// Running statistic (BatchNorm), updated in training mode, not by the optimiser.
     Buffer,
+    /// An int64 scalar counter (BatchNorm's `num_batches_tracked`): part of a PyTorch state
+    /// dict, not of the inference graph.
+    Counter,
 }
 
 /// A named parameter with its shape.
@@ -275,6 +279,11 @@ fn collect_params(layers: &[Layer], out: &mut Vec<ParamSpec>) {
                 out.push(t(format!("{name}.bias"), vec![*channels]));
                 out.push(b(format!("{name}.running_mean"), vec![*channels]));
                 out.push(b(format!("{name}.running_var"), vec![*channels]));
+                out.push(ParamSpec {
+                    name: format!("{name}.num_batches_tracked"),
+                    shape: vec![],
+                    kind: ParamKind::Counter,
+                });
             }
             Layer::Linear {
                 name,

@@ -48,11 +48,39 @@ pub struct TrainLoop {
     pub lr: f64,
     pub weight_decay: f64,
     pub pos_weight: PosWeight,
-    /// Random flips on each axis, both classes, training batches only.
-    pub augment_flips: bool,
+    /// Linear warm-up of the learning rate over this many epochs, then cosine decay to 0.
+    pub warmup_epochs: usize,
+    /// Clip the global gradient norm to this (0: off).
+    pub grad_clip: f64,
+    /// Stop after this many epochs without a better validation AUROC (0: never).
+    pub early_stopping_patience: usize,
+    /// `shuffle` (each patch once per epoch) or `balanced` (as many positives as negatives,
+    /// drawn with replacement).
+    pub sampler: Sampler,
+    /// `bce` (with `pos_weight`) or `focal` (BCE scaled by `(1 − p_t)^gamma`).
+    pub loss: Loss,
+    pub focal_gamma: f64,
+    /// Augmentation of training patches, both classes.
+    pub augment: crate::augment::Augment,
     pub seed: u64,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+}
+
+/// How training batches are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    Shuffle,
+    Balanced,
+}
+
+/// The training loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    Bce,
+    Focal,
 }
 
 impl Default for TrainLoop {
@@ -63,7 +91,13 @@ impl Default for TrainLoop {
             lr: 1e-3,
             weight_decay: 1e-4,
             pos_weight: PosWeight::Auto(AutoTag::Auto),
-            augment_flips: true,
+            warmup_epochs: 1,
+            grad_clip: 1.0,
+            early_stopping_patience: 10,
+            sampler: Sampler::Shuffle,
+            loss: Loss::Bce,
+            focal_gamma: 2.0,
+            augment: crate::augment::Augment::default(),
             seed: 0,
             device: "auto".into(),
         }
@@ -157,6 +191,18 @@ impl TrainConfig {
             if !(v > 0.0 && v.is_finite()) {
                 p.push(format!("train.pos_weight must be `auto` or a positive number, got {v}"));
             }
+        }
+        if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
+            p.push(format!("train.grad_clip must be >= 0, got {}", t.grad_clip));
+        }
+        if !(t.focal_gamma >= 0.0 && t.focal_gamma.is_finite()) {
+            p.push(format!("train.focal_gamma must be >= 0, got {}", t.focal_gamma));
+        }
+        if t.warmup_epochs >= t.epochs && t.epochs > 1 {
+            p.push(format!(
+                "train.warmup_epochs ({}) must be below train.epochs ({})",
+                t.warmup_epochs, t.epochs
+            ));
         }
         if crate::parse_device(&t.device).is_err() {
             p.push(format!("train.device `{}` is not auto, cpu, cuda or cuda:N", t.device));

@@ -9,6 +9,7 @@
 //!   Runtime parity with [`infer::Scorer`].
 #![warn(clippy::unwrap_used)]
 
+pub mod augment;
 pub mod config;
 pub mod data;
 pub mod export;
@@ -69,6 +70,20 @@ pub fn resolve_device(s: &str) -> Result<Device> {
             Ok(Device::Cuda(n))
         }
     }
+}
+
+/// The libtorch version this binary runs with (from the `torch/version.py` beside it).
+pub fn libtorch_version() -> String {
+    let lib = std::path::Path::new(env!("NODULE_LIBTORCH_LIB"));
+    std::fs::read_to_string(lib.join("../version.py"))
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("__version__ = ")
+                    .map(|v| v.trim_matches(['\'', '"']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// `cpu` or `cuda:N`.

@@ -22,6 +22,8 @@ enum Built {
 #[derive(Debug)]
 pub struct Net {
     layers: Vec<Built>,
+    /// BatchNorm `num_batches_tracked` counters (int64 scalars, as PyTorch keeps them).
+    counters: Vec<Tensor>,
 }
 
 /// `root / "a" / "b" / "c"` for the name `a.b.c`.
@@ -31,7 +33,7 @@ fn path<'a>(root: &nn::Path<'a>, name: &str) -> nn::Path<'a> {
         .fold(root.clone(), |p, part| p / part)
 }
 
-fn build(root: &nn::Path, layers: &[Layer]) -> Vec<Built> {
+fn build(root: &nn::Path, layers: &[Layer], counters: &mut Vec<Tensor>) -> Vec<Built> {
     layers
         .iter()
         .map(|l| match l {
@@ -65,7 +67,11 @@ fn build(root: &nn::Path, layers: &[Layer]) -> Vec<Built> {
                     ws_init: nn::Init::Const(1.0),
                     ..Default::default()
                 };
-                Built::Bn(nn::batch_norm3d(path(root, name), *channels as i64, cfg))
+                let p = path(root, name);
+                let bn = nn::batch_norm3d(&p, *channels as i64, cfg);
+                let zero = Tensor::zeros([], (tch::Kind::Int64, p.device()));
+                counters.push(p.add("num_batches_tracked", zero, false));
+                Built::Bn(bn)
             }
             Layer::Relu => Built::Relu,
             Layer::MaxPool3d { kernel, stride } => Built::MaxPool(*kernel as i64, *stride as i64),
@@ -81,7 +87,9 @@ fn build(root: &nn::Path, layers: &[Layer]) -> Vec<Built> {
                 Default::default(),
             )),
             Layer::Dropout { p } => Built::Dropout(*p),
-            Layer::Residual { body, shortcut } => Built::Residual(build(root, body), build(root, shortcut)),
+            Layer::Residual { body, shortcut } => {
+                Built::Residual(build(root, body, counters), build(root, shortcut, counters))
+            }
         })
         .collect()
 }
@@ -115,9 +123,20 @@ impl Net {
     /// Builds `spec` under `root`.
     pub fn new(root: &nn::Path, spec: &ArchSpec) -> Result<Self> {
         spec.validate()?;
-        Ok(Net {
-            layers: build(root, &spec.layers),
-        })
+        let mut counters = Vec::new();
+        let layers = build(root, &spec.layers, &mut counters);
+        Ok(Net { layers, counters })
+    }
+
+    /// Counts one training batch in every BatchNorm's `num_batches_tracked`, as PyTorch does
+    /// on each forward in training mode.
+    pub fn count_batch(&self) {
+        tch::no_grad(|| {
+            for c in &self.counters {
+                let mut c = c.shallow_clone();
+                let _ = c.g_add_scalar_(1);
+            }
+        });
     }
 }
 
@@ -164,10 +183,14 @@ pub fn check_names(vs: &nn::VarStore, spec: &ArchSpec) -> Result<()> {
     Ok(())
 }
 
-/// Copies every variable to CPU float32, sorted by name.
+/// Copies every floating-point variable to CPU float32, sorted by name (the int64
+/// `num_batches_tracked` counters are not part of the inference graph).
 pub fn weights(vs: &nn::VarStore) -> Result<Weights> {
     let mut out = Weights::new();
     for (name, t) in vs.variables() {
+        if t.kind() == tch::Kind::Int64 {
+            continue;
+        }
         let t = t
             .detach()
             .to_device(tch::Device::Cpu)

@@ -9,6 +9,7 @@
 //! * `model.onnx` — those weights exported; `parity.yaml` — libtorch vs ONNX Runtime;
 //! * `val_scores.csv` — the exported model's validation logits (ONNX Runtime);
 //! * `summary.yaml`.
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -22,7 +23,7 @@ use tch::{Device, Tensor};
 
 use models::index::PatchIndex;
 
-use crate::config::{PosWeight, TrainConfig};
+use crate::config::{Loss, PosWeight, Sampler, TrainConfig};
 use crate::data::{Cubes, Side, Split};
 use crate::export;
 use crate::net::{self, Net};
@@ -31,9 +32,15 @@ use crate::net::{self, Net};
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
     pub train_loss: f64,
     pub val_loss: f64,
     pub val_auroc: f64,
+    pub val_auprc: f64,
+    /// Training samples changed by augmentation, per class (both classes are augmented).
+    pub augmented_positive: usize,
+    pub augmented_negative: usize,
     pub seconds: f64,
     pub best: bool,
 }
@@ -54,6 +61,12 @@ pub struct RunSummary {
     pub best_val_auroc: f64,
     /// AUROC of the exported ONNX model on validation (ONNX Runtime logits).
     pub onnx_val_auroc: f64,
+    /// DeLong 95% interval of that AUROC.
+    pub onnx_val_auroc_delong_ci95: [f64; 2],
+    /// The epoch early stopping ended the run at, if it did.
+    pub stopped_early_at_epoch: Option<usize>,
+    /// Provenance: tool version and commit, libtorch, CUDA, index and split hashes.
+    pub provenance: std::collections::BTreeMap<String, String>,
     pub parity_max_abs_diff_logit: f64,
     pub seconds: f64,
 }
@@ -75,6 +88,8 @@ pub const RUN_FILES: &[&str] = &[
     "split.csv",
     "metrics.csv",
     "best.safetensors",
+    "last.safetensors",
+    "curves.png",
     "model.onnx",
     "model.parity-failed.onnx",
     "parity.yaml",
@@ -106,16 +121,21 @@ fn prepare_run_dir(dir: &Path, force: bool) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create run folder", dir.display()))
 }
 
-fn batch_tensor(c: &Cubes, idx: &[usize], flips: Option<&mut StdRng>, device: Device) -> (Tensor, Tensor) {
+type AugmentState<'a> = (&'a crate::augment::Augment, f64, &'a mut StdRng, &'a mut [usize; 2]);
+
+/// A batch on `device`; with `aug`, each sample is augmented (any label) and counted per
+/// class in `aug.3` when changed.
+fn batch_tensor(c: &Cubes, idx: &[usize], aug: Option<AugmentState>, device: Device) -> (Tensor, Tensor) {
     let d = c.cube as i64;
     let mut xs = Vec::with_capacity(idx.len());
-    let mut rng = flips;
+    let mut aug = aug;
     for &i in idx {
         let mut t = Tensor::from_slice(c.cube_slice(i)).view([1, d, d, d]);
-        if let Some(r) = rng.as_deref_mut() {
-            let dims: Vec<i64> = (1..=3).filter(|_| r.random_bool(0.5)).collect();
-            if !dims.is_empty() {
-                t = t.flip(dims.as_slice());
+        if let Some((a, pad, rng, counts)) = aug.as_mut() {
+            let (out, changed) = a.apply(&t, *pad, rng);
+            t = out;
+            if changed {
+                counts[usize::from(c.labels[i] == 1.0)] += 1;
             }
         }
         xs.push(t);
@@ -123,6 +143,48 @@ fn batch_tensor(c: &Cubes, idx: &[usize], flips: Option<&mut StdRng>, device: De
     let x = Tensor::stack(&xs, 0).to_device(device);
     let y: Vec<f32> = idx.iter().map(|&i| c.labels[i]).collect();
     (x, Tensor::from_slice(&y).to_device(device))
+}
+
+/// Saves the VarStore beside `path`, then renames over it.
+fn save_atomic(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("tmp.safetensors");
+    vs.save(&tmp)
+        .with_context(|| format!("{}: cannot save checkpoint", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot save checkpoint", path.display()))?;
+    Ok(())
+}
+
+/// Loss and discrimination against epoch, in one PNG.
+fn plot_curves(h: &[EpochMetrics], path: &Path) -> Result<()> {
+    let pts =
+        |f: &dyn Fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> { h.iter().map(|m| (m.epoch as f64, f(m))).collect() };
+    let top = h.iter().map(|m| m.train_loss.max(m.val_loss)).fold(1.0, f64::max) * 1.05;
+    let line = |label: &str, points, color| plots::Series {
+        label: label.into(),
+        points,
+        color,
+        markers: h.len() < 3,
+    };
+    let chart = plots::Chart {
+        title: "Training curves".into(),
+        x_label: "epoch".into(),
+        y_label: "loss / AUROC / AUPRC".into(),
+        x_range: (1.0, (h.len().max(2)) as f64),
+        y_range: (0.0, top),
+        log_x: false,
+        series: vec![
+            line("train loss", pts(&|m| m.train_loss), (200, 60, 40)),
+            line("val loss", pts(&|m| m.val_loss), (230, 150, 40)),
+            line("val AUROC", pts(&|m| m.val_auroc), (30, 80, 200)),
+            line("val AUPRC", pts(&|m| m.val_auprc), (40, 150, 60)),
+        ],
+        bands: vec![],
+        annotations: vec![],
+    };
+    let tmp = path.with_extension("tmp.png");
+    plots::line_chart(&chart, &tmp)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
 }
 
 /// Validation logits (eval mode) and the mean unweighted BCE.
@@ -200,69 +262,151 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let vs = nn::VarStore::new(device);
     let net = Net::new(&vs.root(), &spec)?;
     net::check_names(&vs, &spec)?;
+    let t = &cfg.train;
     let mut opt = nn::AdamW {
-        wd: cfg.train.weight_decay,
+        wd: t.weight_decay,
         ..Default::default()
     }
-    .build(&vs, cfg.train.lr)?;
+    .build(&vs, t.lr)?;
     let pw = Tensor::from_slice(&[pos_weight as f32]).to_device(device);
-    let mut rng = StdRng::seed_from_u64(cfg.train.seed);
+    let mut rng = StdRng::seed_from_u64(t.seed);
     let mut history: Vec<EpochMetrics> = Vec::new();
     let best_path = dir.join("best.safetensors");
-    let mut best: Option<(usize, f64)> = None;
+    let last_path = dir.join("last.safetensors");
+    // (epoch, AUROC, validation loss) of the best epoch so far.
+    let mut best: Option<(usize, f64, f64)> = None;
     let val_labels: Vec<u8> = val.labels.iter().map(|&l| l as u8).collect();
-    for epoch in 1..=cfg.train.epochs {
+    let pad = f64::from(pre.scale(pre.pad_hu));
+    let steps_per_epoch = match t.sampler {
+        Sampler::Shuffle => train.len(),
+        Sampler::Balanced => 2 * (train.len() - n_pos),
+    }
+    .div_ceil(t.batch_size);
+    let total_steps = (steps_per_epoch * t.epochs).max(1);
+    let warmup_steps = steps_per_epoch * t.warmup_epochs;
+    let mut step = 0usize;
+    let mut stopped_early = None;
+    for epoch in 1..=t.epochs {
         let te = Instant::now();
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut rng);
+        let order: Vec<usize> = match t.sampler {
+            Sampler::Shuffle => {
+                let mut o: Vec<usize> = (0..train.len()).collect();
+                o.shuffle(&mut rng);
+                o
+            }
+            Sampler::Balanced => {
+                // Every negative once, and as many positives drawn with replacement.
+                let pos: Vec<usize> = (0..train.len()).filter(|&i| train.labels[i] == 1.0).collect();
+                let mut o: Vec<usize> = (0..train.len()).filter(|&i| train.labels[i] == 0.0).collect();
+                let n_neg = o.len();
+                o.extend((0..n_neg).map(|_| pos[rng.random_range(0..pos.len())]));
+                o.shuffle(&mut rng);
+                o
+            }
+        };
+        let pb = if opts.quiet || !std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let pb = indicatif::ProgressBar::new(order.len() as u64);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {msg} {bar:30} {pos}/{len} samples  {per_sec}  ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            pb.set_message(format!("{epoch}/{}", t.epochs));
+            pb
+        };
         let (mut loss_sum, mut seen) = (0.0, 0usize);
-        for chunk in order.chunks(cfg.train.batch_size) {
+        let mut augmented = [0usize; 2];
+        let mut lr = t.lr;
+        for chunk in order.chunks(t.batch_size) {
             if chunk.len() < 2 {
                 continue; // BatchNorm statistics need more than one sample.
             }
-            let flips = if cfg.train.augment_flips { Some(&mut rng) } else { None };
-            let (x, y) = batch_tensor(&train, chunk, flips, device);
+            // Linear warm-up, then cosine decay, per step.
+            lr = if step < warmup_steps {
+                t.lr * (step + 1) as f64 / warmup_steps as f64
+            } else {
+                let prog = (step - warmup_steps) as f64 / (total_steps - warmup_steps).max(1) as f64;
+                t.lr * 0.5 * (1.0 + (std::f64::consts::PI * prog.min(1.0)).cos())
+            };
+            opt.set_lr(lr);
+            let (x, y) = batch_tensor(&train, chunk, Some((&t.augment, pad, &mut rng, &mut augmented)), device);
             let z = net.forward_t(&x, true).flatten(0, -1);
-            let loss = z.binary_cross_entropy_with_logits(&y, None::<&Tensor>, Some(&pw), tch::Reduction::Mean);
-            opt.backward_step(&loss);
+            let loss = match t.loss {
+                Loss::Bce => z.binary_cross_entropy_with_logits(&y, None::<&Tensor>, Some(&pw), tch::Reduction::Mean),
+                Loss::Focal => {
+                    let weighted =
+                        z.binary_cross_entropy_with_logits(&y, None::<&Tensor>, Some(&pw), tch::Reduction::None);
+                    let plain = z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::None);
+                    // p_t = exp(−BCE); focal weight (1 − p_t)^γ.
+                    let p_t: Tensor = (-plain).exp();
+                    let focal = p_t.neg().g_add_scalar(1.0).pow_tensor_scalar(t.focal_gamma);
+                    (focal * weighted).mean(tch::Kind::Float)
+                }
+            };
+            if t.grad_clip > 0.0 {
+                opt.backward_step_clip_norm(&loss, t.grad_clip);
+            } else {
+                opt.backward_step(&loss);
+            }
+            net.count_batch();
             loss_sum += f64::try_from(&loss)? * chunk.len() as f64;
             seen += chunk.len();
+            step += 1;
+            pb.inc(chunk.len() as u64);
         }
-        let (logits, val_loss) = evaluate(&net, &val, cfg.train.batch_size, device)?;
+        pb.finish_and_clear();
+        let (logits, val_loss) = evaluate(&net, &val, t.batch_size, device)?;
         let scores: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
         let auroc = calibrate::metrics::auroc(&scores, &val_labels).unwrap_or(f64::NAN);
+        let auprc = calibrate::metrics::average_precision(&scores, &val_labels);
         let train_loss = loss_sum / seen.max(1) as f64;
         if !train_loss.is_finite() {
             bail!("training diverged at epoch {epoch} (loss {train_loss}); lower train.lr");
         }
-        let is_best = best.is_none_or(|(_, b)| auroc > b);
+        // Best by validation AUROC; ties go to the lower validation loss.
+        let is_best = best.is_none_or(|(_, b, bl)| auroc > b || (auroc == b && val_loss < bl));
+        save_atomic(&vs, &last_path)?;
         if is_best {
-            // Atomic: save beside, then rename over the previous best.
-            let tmp = dir.join(".best.tmp.safetensors");
-            vs.save(&tmp)
-                .with_context(|| format!("{}: cannot save checkpoint", tmp.display()))?;
-            std::fs::rename(&tmp, &best_path)
-                .with_context(|| format!("{}: cannot save checkpoint", best_path.display()))?;
-            best = Some((epoch, auroc));
+            save_atomic(&vs, &best_path)?;
+            best = Some((epoch, auroc, val_loss));
         }
         let m = EpochMetrics {
             epoch,
+            lr,
             train_loss,
             val_loss,
             val_auroc: auroc,
+            val_auprc: auprc,
+            augmented_positive: augmented[1],
+            augmented_negative: augmented[0],
             seconds: te.elapsed().as_secs_f64(),
             best: is_best,
         };
         log(format!(
-            "epoch {epoch:>3}/{}  train_loss {train_loss:.4}  val_loss {val_loss:.4}  val_auroc {auroc:.4}  ({:.1} s){}",
-            cfg.train.epochs,
+            "epoch {epoch:>3}/{}  train_loss {train_loss:.4}  val_loss {val_loss:.4}  val_auroc {auroc:.4}  val_auprc {auprc:.4}  lr {lr:.2e}  ({:.1} s, {:.0} samples/s){}",
+            t.epochs,
             m.seconds,
+            seen as f64 / m.seconds.max(1e-9),
             if is_best { "  *best" } else { "" }
         ));
         history.push(m);
         write_csv(&dir.join("metrics.csv"), &history)?;
+        plot_curves(&history, &dir.join("curves.png"))?;
+        if let Some((b, _, _)) = best {
+            if t.early_stopping_patience > 0 && epoch - b >= t.early_stopping_patience {
+                log(format!(
+                    "early stopping: no better validation AUROC for {} epochs",
+                    epoch - b
+                ));
+                stopped_early = Some(epoch);
+                break;
+            }
+        }
     }
-    let (best_epoch, best_auroc) = best.context("no epoch finished")?;
+    let (best_epoch, best_auroc, _) = best.context("no epoch finished")?;
 
     // Export the best checkpoint, not the last epoch.
     let mut best_vs = nn::VarStore::new(Device::Cpu);
@@ -270,17 +414,26 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     best_vs
         .load(&best_path)
         .with_context(|| format!("{}: cannot reload best checkpoint", best_path.display()))?;
-    let md = export::metadata(
-        &spec,
-        pre,
-        &[
-            ("training.config_sha256", cfg.sha256()?),
-            ("training.data_sha256", models::fsutil::sha256_file(&index.path)?),
-            ("training.best_epoch", best_epoch.to_string()),
-            ("training.val_auroc", format!("{best_auroc:.6}")),
-            ("training.device", crate::device_name(device)),
-        ],
-    )?;
+    let provenance: std::collections::BTreeMap<String, String> = [
+        ("tool.version", models::TOOL_VERSION.to_string()),
+        ("tool.git_commit", env!("NODULE_GIT_COMMIT").to_string()),
+        ("training.libtorch_version", crate::libtorch_version()),
+        ("training.cuda_available", tch::Cuda::is_available().to_string()),
+        ("training.device", crate::device_name(device)),
+        ("training.config_sha256", cfg.sha256()?),
+        ("training.index_sha256", models::fsutil::sha256_file(&index.path)?),
+        (
+            "training.split_sha256",
+            models::fsutil::sha256_file(&dir.join("split.csv"))?,
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut extra: Vec<(&str, String)> = provenance.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    extra.push(("training.best_epoch", best_epoch.to_string()));
+    extra.push(("training.val_auroc", format!("{best_auroc:.6}")));
+    let md = export::metadata(&spec, pre, &extra)?;
     // Written under a temporary name; it becomes model.onnx only once parity holds.
     let onnx_path = dir.join("model.onnx");
     let unchecked = dir.join(".model.unchecked.onnx");
@@ -351,6 +504,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         best_epoch,
         best_val_auroc: best_auroc,
         onnx_val_auroc: calibrate::metrics::auroc(&ort_scores, &val_labels).unwrap_or(f64::NAN),
+        onnx_val_auroc_delong_ci95: calibrate::metrics::auroc_delong_ci95(&ort_scores, &val_labels),
+        stopped_early_at_epoch: stopped_early,
+        provenance: provenance.clone(),
         parity_max_abs_diff_logit: parity.max_abs_diff_logit,
         seconds: t0.elapsed().as_secs_f64(),
     };

@@ -37,7 +37,12 @@ pub type Weights = BTreeMap<String, WeightTensor>;
 /// reports every missing, unexpected or mis-shaped tensor in one error.
 pub fn check_weights(spec: &ArchSpec, weights: &Weights) -> Result<()> {
     let mut problems = Vec::new();
-    let params = spec.params();
+    // Counters (num_batches_tracked) are not part of the inference graph.
+    let params: Vec<_> = spec
+        .params()
+        .into_iter()
+        .filter(|p| p.kind != crate::spec::ParamKind::Counter)
+        .collect();
     for p in &params {
         match weights.get(&p.name) {
             None => problems.push(format!("missing `{}` (expected shape {:?})", p.name, p.shape)),
@@ -345,6 +350,7 @@ mod tests {
     fn zero_weights(spec: &ArchSpec) -> Weights {
         spec.params()
             .into_iter()
+            .filter(|p| p.kind != crate::spec::ParamKind::Counter)
             .map(|p| {
                 let n = p.shape.iter().product();
                 (

@@ -28,6 +28,24 @@ fn run_folder_is_complete_and_honest() {
     ] {
         assert!(f.run.join(name).is_file(), "run folder lacks {name}");
     }
+    for name in ["last.safetensors", "curves.png"] {
+        assert!(f.run.join(name).is_file(), "run folder lacks {name}");
+    }
+    // Augmentation touched both classes in every epoch (the notebook augmented positives only).
+    {
+        let (h, rows) = read_csv(&f.run.join("metrics.csv"));
+        for r in &rows {
+            let pos: usize = r[col(&h, "augmented_positive")].parse().expect("n");
+            let neg: usize = r[col(&h, "augmented_negative")].parse().expect("n");
+            assert!(
+                pos > 0 && neg > 0,
+                "epoch {}: augmented {pos} positives, {neg} negatives",
+                r[0]
+            );
+            let auprc: f64 = r[col(&h, "val_auprc")].parse().expect("auprc");
+            assert!((0.0..=1.0).contains(&auprc));
+        }
+    }
     // Per-epoch metrics, and the loss falls on this learnable task.
     let (h, rows) = read_csv(&f.run.join("metrics.csv"));
     assert_eq!(rows.len(), EPOCHS);
@@ -47,6 +65,22 @@ fn run_folder_is_complete_and_honest() {
     assert_eq!(summary["best_val_auroc"].as_f64(), Some(best));
     let best_epoch = auroc.iter().position(|&a| a == best).expect("best") + 1;
     assert_eq!(summary["best_epoch"].as_u64(), Some(best_epoch as u64));
+    let ci = summary["onnx_val_auroc_delong_ci95"].as_sequence().expect("ci");
+    assert_eq!(ci.len(), 2);
+    for key in [
+        "tool.git_commit",
+        "training.libtorch_version",
+        "training.index_sha256",
+        "training.split_sha256",
+    ] {
+        assert!(
+            summary["provenance"][key].as_str().is_some_and(|v| !v.is_empty()),
+            "provenance lacks {key}"
+        );
+    }
+    assert!(summary["provenance"]["training.libtorch_version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("2.11.0")));
     // Validation is series-disjoint from training, and val_scores covers exactly validation.
     let (h, rows) = read_csv(&f.run.join("split.csv"));
     let side: BTreeMap<String, String> = rows
