@@ -103,6 +103,16 @@ impl PatchIndex {
         if rows.is_empty() {
             return Err(bad("the index has no rows".into()));
         }
+        let mut seen = std::collections::HashMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            if let Some(first) = seen.insert(r.patch_file.as_str(), i + 2) {
+                return Err(bad(format!(
+                    "line {}: patch file {} is already listed on line {first}",
+                    i + 2,
+                    r.patch_file
+                )));
+            }
+        }
         let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let absent: Vec<&str> = rows
             .iter()
@@ -238,6 +248,12 @@ mod tests {
         let idx = PatchIndex::read(dir.path()).expect("read");
         assert_eq!(idx.rows, vec![row("a.npy", "s1", 1)]);
 
+        PatchIndex::write(&p, &[row("a.npy", "s1", 1), row("a.npy", "s2", 0)]).expect("write");
+        let msg = PatchIndex::read(&p).expect_err("duplicate").to_string();
+        assert!(
+            msg.contains("line 3") && msg.contains("already listed on line 2"),
+            "{msg}"
+        );
         PatchIndex::write(&p, &[row("a.npy", "s1", 1), row("gone.npy", "s2", 0)]).expect("write");
         let msg = PatchIndex::read(&p).expect_err("missing").to_string();
         assert!(

@@ -11,7 +11,11 @@ fn r3d_18_spec_equals_torchvision_state_dict() {
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let shape = if f[1] == "scalar" { vec![] } else { f[1].split('x').map(|d| d.parse().expect("dim")).collect() };
+            let shape = if f[1] == "scalar" {
+                vec![]
+            } else {
+                f[1].split('x').map(|d| d.parse().expect("dim")).collect()
+            };
             (f[0].to_string(), shape, f[2].to_string())
         })
         .collect();
@@ -19,10 +23,35 @@ fn r3d_18_spec_equals_torchvision_state_dict() {
     let ours: Vec<(String, Vec<usize>, String)> = ArchSpec::r3d_18()
         .params()
         .into_iter()
-        .map(|p| (p.name, p.shape, if p.kind == ParamKind::Counter { "int64" } else { "float32" }.to_string()))
+        .map(|p| {
+            (
+                p.name,
+                p.shape,
+                if p.kind == ParamKind::Counter {
+                    "int64"
+                } else {
+                    "float32"
+                }
+                .to_string(),
+            )
+        })
         .collect();
-    let only_theirs: Vec<&String> = theirs.iter().map(|t| &t.0).filter(|n| !ours.iter().any(|o| &o.0 == *n)).collect();
-    let only_ours: Vec<&String> = ours.iter().map(|o| &o.0).filter(|n| !theirs.iter().any(|t| &t.0 == *n)).collect();
-    assert!(only_theirs.is_empty() && only_ours.is_empty(), "only torchvision: {only_theirs:?}; only ours: {only_ours:?}");
-    assert_eq!(ours, theirs, "names, shapes, dtypes and order must equal torchvision's state dict");
+    let only_theirs: Vec<&String> = theirs
+        .iter()
+        .map(|t| &t.0)
+        .filter(|n| !ours.iter().any(|o| &o.0 == *n))
+        .collect();
+    let only_ours: Vec<&String> = ours
+        .iter()
+        .map(|o| &o.0)
+        .filter(|n| !theirs.iter().any(|t| &t.0 == *n))
+        .collect();
+    assert!(
+        only_theirs.is_empty() && only_ours.is_empty(),
+        "only torchvision: {only_theirs:?}; only ours: {only_ours:?}"
+    );
+    assert_eq!(
+        ours, theirs,
+        "names, shapes, dtypes and order must equal torchvision's state dict"
+    );
 }

@@ -65,6 +65,8 @@ pub struct TrainLoop {
     pub seed: u64,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// libtorch intra-op threads (0: its default).
+    pub threads: usize,
 }
 
 /// How training batches are drawn.
@@ -100,6 +102,7 @@ impl Default for TrainLoop {
             augment: crate::augment::Augment::default(),
             seed: 0,
             device: "auto".into(),
+            threads: 0,
         }
     }
 }

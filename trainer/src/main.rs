@@ -40,7 +40,7 @@ enum Cmd {
         seed: u64,
     },
     /// Train, keep the best epoch by validation AUROC, export model.onnx, check parity.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Print what this trainer links and sees: libtorch, CUDA.
     Doctor,
 }
@@ -76,6 +76,9 @@ struct TrainArgs {
     device: Option<String>,
     #[arg(long)]
     val_fraction: Option<f64>,
+    /// libtorch intra-op threads (0: its default).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Replace the files of an existing run folder.
     #[arg(long)]
     force: bool,
@@ -131,6 +134,9 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = a.val_fraction {
         cfg.split.val_fraction = v;
+    }
+    if let Some(v) = a.threads {
+        cfg.train.threads = v;
     }
     Ok(cfg)
 }

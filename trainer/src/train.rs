@@ -41,6 +41,8 @@ pub struct EpochMetrics {
     /// Training samples changed by augmentation, per class (both classes are augmented).
     pub augmented_positive: usize,
     pub augmented_negative: usize,
+    /// Training-loop throughput of the epoch (validation excluded).
+    pub train_samples_per_s: f64,
     pub seconds: f64,
     pub best: bool,
 }
@@ -258,6 +260,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         pos_weight
     ));
 
+    if cfg.train.threads > 0 {
+        tch::set_num_threads(cfg.train.threads as i32);
+    }
     tch::manual_seed(cfg.train.seed as i64);
     let vs = nn::VarStore::new(device);
     let net = Net::new(&vs.root(), &spec)?;
@@ -320,6 +325,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         let (mut loss_sum, mut seen) = (0.0, 0usize);
         let mut augmented = [0usize; 2];
         let mut lr = t.lr;
+        let t_loop = Instant::now();
         for chunk in order.chunks(t.batch_size) {
             if chunk.len() < 2 {
                 continue; // BatchNorm statistics need more than one sample.
@@ -358,6 +364,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             pb.inc(chunk.len() as u64);
         }
         pb.finish_and_clear();
+        let train_samples_per_s = seen as f64 / t_loop.elapsed().as_secs_f64().max(1e-9);
         let (logits, val_loss) = evaluate(&net, &val, t.batch_size, device)?;
         let scores: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
         let auroc = calibrate::metrics::auroc(&scores, &val_labels).unwrap_or(f64::NAN);
@@ -382,14 +389,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             val_auprc: auprc,
             augmented_positive: augmented[1],
             augmented_negative: augmented[0],
+            train_samples_per_s,
             seconds: te.elapsed().as_secs_f64(),
             best: is_best,
         };
         log(format!(
-            "epoch {epoch:>3}/{}  train_loss {train_loss:.4}  val_loss {val_loss:.4}  val_auroc {auroc:.4}  val_auprc {auprc:.4}  lr {lr:.2e}  ({:.1} s, {:.0} samples/s){}",
+            "epoch {epoch:>3}/{}  train_loss {train_loss:.4}  val_loss {val_loss:.4}  val_auroc {auroc:.4}  val_auprc {auprc:.4}  lr {lr:.2e}  ({:.1} s, {:.1} samples/s){}",
             t.epochs,
             m.seconds,
-            seen as f64 / m.seconds.max(1e-9),
+            train_samples_per_s,
             if is_best { "  *best" } else { "" }
         ));
         history.push(m);
