@@ -11,7 +11,7 @@ use crate::{Error, Result};
 
 /// Centre crop / pad to a cube, then clip to an HU window and scale linearly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Preprocess {
     /// Side of the cube fed to the network, in voxels (arrays are `z, y, x`).
     pub cube_size: usize,

@@ -236,6 +236,10 @@ mod tests {
         assert_eq!(c.train.batch_size, 16);
         assert_eq!(c.preprocess.cube_size, 64);
         let c: TrainConfig = serde_yaml::from_str("data: d\nout: o\ntrain:\n  pos_weight: auto\n").expect("parse");
+        // A partial section keeps the other defaults.
+        let c2: TrainConfig =
+            serde_yaml::from_str("data: d\nout: o\npreprocess: { cube_size: 32 }\n").expect("partial");
+        assert_eq!((c2.preprocess.cube_size, c2.preprocess.hu_min), (32, -1000.0));
         assert_eq!(c.train.pos_weight, PosWeight::Auto(AutoTag::Auto));
         let e = serde_yaml::from_str::<TrainConfig>("data: d\nout: o\ntrain:\n  epoch: 3\n").expect_err("typo");
         assert!(e.to_string().contains("epoch"), "{e}");
