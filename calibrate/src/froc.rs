@@ -185,18 +185,7 @@ fn input_err(path: &Path, msg: String) -> CalError {
 /// Reads a LUNA16-style CSV with a header: `seriesuid, coordX, coordY, coordZ` and
 /// `value_col`. Every problem names the file and line.
 pub fn read_findings(path: &Path, value_col: &str) -> Result<Vec<Finding>, CalError> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(true)
-        .from_path(path)
-        .map_err(|e| match e.into_kind() {
-            csv::ErrorKind::Io(source) => CalError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-            other => input_err(path, format!("{other:?}")),
-        })?;
-    let headers = rdr.headers().map_err(|e| input_err(path, e.to_string()))?.clone();
+    let (mut rdr, headers) = models::csvio::open(path, true)?;
     let want = ["seriesuid", "coordX", "coordY", "coordZ", value_col];
     let idx: Vec<Option<usize>> = want.iter().map(|w| headers.iter().position(|h| h == *w)).collect();
     let missing: Vec<&str> = want
@@ -245,18 +234,7 @@ pub fn read_findings(path: &Path, value_col: &str) -> Result<Vec<Finding>, CalEr
 
 /// Reads the series list (R2). Returns the uids and any warning.
 pub fn read_series_list(path: &Path) -> Result<(Vec<String>, Option<String>), CalError> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| match e.into_kind() {
-            csv::ErrorKind::Io(source) => CalError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-            other => input_err(path, format!("{other:?}")),
-        })?;
+    let (mut rdr, _) = models::csvio::open(path, false)?;
     let mut uids = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|e| input_err(path, format!("line {}: {e}", i + 1)))?;

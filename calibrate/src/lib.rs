@@ -91,17 +91,7 @@ fn input_err(path: &Path, msg: String) -> CalError {
 impl ScoreTable {
     /// Reads a scores CSV. Every problem names the file and line.
     pub fn read(path: &Path, cols: &Columns) -> Result<Self, CalError> {
-        let mut rdr = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .from_path(path)
-            .map_err(|e| match e.into_kind() {
-                csv::ErrorKind::Io(source) => CalError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                },
-                other => input_err(path, format!("{other:?}")),
-            })?;
-        let headers = rdr.headers().map_err(|e| input_err(path, e.to_string()))?.clone();
+        let (mut rdr, headers) = models::csvio::open(path, true)?;
         let find = |name: &str| headers.iter().position(|h| h == name);
         let score_col = cols.probability.as_deref().unwrap_or(&cols.logit);
         let (Some(si), Some(li)) = (find(score_col), find(&cols.label)) else {

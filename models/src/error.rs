@@ -17,6 +17,8 @@ pub enum Error {
     BadOnnx { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
     Calibration { path: PathBuf, msg: String },
+    #[error("{path}: {msg}")]
+    BadCsv { path: PathBuf, msg: String },
     #[error("model metadata: {0}")]
     Metadata(String),
     #[error("weights do not match architecture `{arch}`:\n  {}", .problems.join("\n  "))]

@@ -71,19 +71,8 @@ impl PatchIndex {
             path: path.clone(),
             msg,
         };
-        let mut rdr = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .from_path(&path)
-            .map_err(|e| match e.into_kind() {
-                csv::ErrorKind::Io(io) => Error::io(&path, io),
-                other => bad(format!("{other:?}")),
-            })?;
-        let headers = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
-        let missing: Vec<&str> = COLUMNS
-            .iter()
-            .copied()
-            .filter(|c| !headers.iter().any(|h| h == *c))
-            .collect();
+        let (mut rdr, headers) = crate::csvio::open(&path, true)?;
+        let missing = crate::csvio::missing(&headers, &COLUMNS);
         if !missing.is_empty() {
             return Err(bad(format!(
                 "missing column(s) {} (an index needs: {})",
@@ -191,19 +180,8 @@ pub fn read_scoring_index(path: &Path) -> Result<(PathBuf, bool, Vec<ScoringRow>
         path: path.clone(),
         msg,
     };
-    let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(&path)
-        .map_err(|e| match e.into_kind() {
-            csv::ErrorKind::Io(io) => Error::io(&path, io),
-            other => bad(format!("{other:?}")),
-        })?;
-    let headers = rdr.headers().map_err(|e| bad(e.to_string()))?.clone();
-    let missing: Vec<&str> = SCORING_COLUMNS
-        .iter()
-        .copied()
-        .filter(|c| !headers.iter().any(|h| h == *c))
-        .collect();
+    let (mut rdr, headers) = crate::csvio::open(&path, true)?;
+    let missing = crate::csvio::missing(&headers, &SCORING_COLUMNS);
     if !missing.is_empty() {
         return Err(bad(format!(
             "missing column(s) {} (a scoring index needs: {}; diam_mm and label are optional)",

@@ -1,0 +1,59 @@
+//! Opening the CSV files every stage reads (indexes, scores, LUNA16 files) with one error
+//! style: an I/O problem or a malformed header names the file.
+use std::path::Path;
+
+use crate::{Error, Result};
+
+/// Opens `path` (fields trimmed, rows may vary in length) and reads its header row when
+/// `has_headers`.
+pub fn open(path: &Path, has_headers: bool) -> Result<(csv::Reader<std::fs::File>, csv::StringRecord)> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .has_headers(has_headers)
+        .from_path(path)
+        .map_err(|e| match e.into_kind() {
+            csv::ErrorKind::Io(io) => Error::io(path, io),
+            other => Error::BadCsv {
+                path: path.to_path_buf(),
+                msg: format!("{other:?}"),
+            },
+        })?;
+    let headers = if has_headers {
+        rdr.headers()
+            .map_err(|e| Error::BadCsv {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?
+            .clone()
+    } else {
+        csv::StringRecord::new()
+    };
+    Ok((rdr, headers))
+}
+
+/// The names in `want` that the header lacks.
+pub fn missing<'a>(headers: &csv::StringRecord, want: &[&'a str]) -> Vec<&'a str> {
+    want.iter()
+        .copied()
+        .filter(|c| !headers.iter().any(|h| h == *c))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_file_and_the_missing_columns() {
+        let d = tempfile::tempdir().expect("tmp");
+        let msg = open(&d.path().join("absent.csv"), true)
+            .expect_err("absent")
+            .to_string();
+        assert!(msg.contains("absent.csv"), "{msg}");
+        let p = d.path().join("x.csv");
+        std::fs::write(&p, "a, b\n1,2\n").expect("w");
+        let (_, h) = open(&p, true).expect("open");
+        assert_eq!(missing(&h, &["a", "b", "c"]), ["c"]);
+    }
+}
