@@ -25,9 +25,14 @@ pub enum AutoTag {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SplitConfig {
-    /// Fraction of series (in each stratum) held out for validation.
+    /// Fraction of series (in each stratum) held out for validation (single split).
     pub val_fraction: f64,
     pub seed: u64,
+    /// k-fold cross-validation over series when ≥ 2: one run folder per fold
+    /// (`OUT/fold_N`) and `OUT/cv_summary.yaml`; `val_fraction` is then unused.
+    pub folds: usize,
+    /// Run only this fold (1-based) of a k-fold split.
+    pub fold: Option<usize>,
 }
 
 impl Default for SplitConfig {
@@ -35,6 +40,8 @@ impl Default for SplitConfig {
         SplitConfig {
             val_fraction: 0.25,
             seed: 42,
+            folds: 0,
+            fold: None,
         }
     }
 }
@@ -170,6 +177,14 @@ impl TrainConfig {
         }
         if let Err(e) = self.model.spec() {
             p.push(format!("{e:#}"));
+        }
+        if self.split.folds == 1 {
+            p.push("split.folds must be 0 (single split) or at least 2".into());
+        }
+        if let Some(f) = self.split.fold {
+            if self.split.folds < 2 || f == 0 || f > self.split.folds {
+                p.push(format!("split.fold {f} needs split.folds >= 2 and 1 <= fold <= folds"));
+            }
         }
         if !(0.0 < self.split.val_fraction && self.split.val_fraction < 1.0) {
             p.push(format!(

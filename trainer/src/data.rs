@@ -62,6 +62,18 @@ impl Split {
         for stratum in [true, false] {
             let mut s: Vec<&str> = has_pos.iter().filter(|(_, &p)| p == stratum).map(|(k, _)| *k).collect();
             s.shuffle(&mut rng);
+            if cfg.folds >= 2 {
+                // k-fold: deal each stratum's series round-robin into the folds; the
+                // chosen fold is validation.
+                let fold = cfg.fold.unwrap_or(1) - 1;
+                for (i, uid) in s.into_iter().enumerate() {
+                    series.insert(
+                        uid.to_string(),
+                        if i % cfg.folds == fold { Side::Val } else { Side::Train },
+                    );
+                }
+                continue;
+            }
             let mut n_val = (s.len() as f64 * cfg.val_fraction).round() as usize;
             if stratum && s.len() >= 2 {
                 n_val = n_val.clamp(1, s.len() - 1);
@@ -236,6 +248,7 @@ mod tests {
         let cfg = SplitConfig {
             val_fraction: 0.25,
             seed: 1,
+            ..Default::default()
         };
         let a = Split::new(&r, &cfg, Path::new("i.csv")).expect("split");
         let b = Split::new(&r, &cfg, Path::new("i.csv")).expect("split");
@@ -248,6 +261,34 @@ mod tests {
             .iter()
             .all(|x| !val_series.contains(&x.seriesuid)));
         assert_eq!(val_series.len(), 3);
+    }
+
+    #[test]
+    fn k_folds_partition_the_series() {
+        let r = rows();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for fold in 1..=3 {
+            let cfg = SplitConfig {
+                folds: 3,
+                fold: Some(fold),
+                seed: 5,
+                ..Default::default()
+            };
+            let s = Split::new(&r, &cfg, Path::new("i.csv")).expect("fold");
+            for (uid, side) in &s.series {
+                if *side == Side::Val {
+                    *seen.entry(uid.clone()).or_default() += 1;
+                }
+            }
+            let val = s.rows(&r, Side::Val);
+            assert!(
+                val.iter().any(|x| x.label == 1) && val.iter().any(|x| x.label == 0),
+                "fold {fold}"
+            );
+        }
+        // Every series is validation in exactly one fold.
+        assert_eq!(seen.len(), 12);
+        assert!(seen.values().all(|&n| n == 1));
     }
 
     #[test]

@@ -79,6 +79,9 @@ struct TrainArgs {
     /// libtorch intra-op threads (0: its default).
     #[arg(long)]
     threads: Option<usize>,
+    /// k-fold cross-validation over series (one run folder per fold and cv_summary.yaml).
+    #[arg(long)]
+    folds: Option<usize>,
     /// Replace the files of an existing run folder.
     #[arg(long)]
     force: bool,
@@ -138,6 +141,9 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = a.threads {
         cfg.train.threads = v;
     }
+    if let Some(v) = a.folds {
+        cfg.split.folds = v;
+    }
     Ok(cfg)
 }
 
@@ -168,7 +174,7 @@ fn main() -> ExitCode {
             }
             Cmd::Train(a) => {
                 let cfg = resolve(&a)?;
-                let s = trainer::train::train(
+                let (runs, cv) = trainer::train::run(
                     &cfg,
                     &RunOptions {
                         force: a.force,
@@ -176,16 +182,27 @@ fn main() -> ExitCode {
                         quiet: a.quiet,
                     },
                 )?;
-                println!(
-                    "best epoch {} with validation AUROC {:.4} (exported model: {:.4}, {} val patches / {} series); parity max |Δlogit| {:.2e}; run folder {}",
-                    s.best_epoch,
-                    s.best_val_auroc,
-                    s.onnx_val_auroc,
-                    s.val_patches,
-                    s.val_series,
-                    s.parity_max_abs_diff_logit,
-                    s.run_dir.display()
-                );
+                for s in &runs {
+                    println!(
+                        "best epoch {} with validation AUROC {:.4} (exported model: {:.4}, {} val patches / {} series); parity max |Δlogit| {:.2e}; run folder {}",
+                        s.best_epoch,
+                        s.best_val_auroc,
+                        s.onnx_val_auroc,
+                        s.val_patches,
+                        s.val_series,
+                        s.parity_max_abs_diff_logit,
+                        s.run_dir.display()
+                    );
+                }
+                if let Some(cv) = cv {
+                    println!(
+                        "{}-fold cross-validation: validation AUROC {:.4} ± {:.4} (mean ± sd over folds) -> {}",
+                        cv.folds.len(),
+                        cv.mean_val_auroc,
+                        cv.sd_val_auroc,
+                        cfg.out.join("cv_summary.yaml").display()
+                    );
+                }
             }
             Cmd::Doctor => {
                 let lib = std::path::Path::new(env!("NODULE_LIBTORCH_LIB"));

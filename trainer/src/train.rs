@@ -521,3 +521,73 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     yaml(&dir.join("summary.yaml"), &summary)?;
     Ok(summary)
 }
+
+/// One fold's line of `cv_summary.yaml`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoldResult {
+    pub fold: usize,
+    pub run_dir: PathBuf,
+    pub best_epoch: usize,
+    pub val_series: usize,
+    pub val_patches: usize,
+    pub onnx_val_auroc: f64,
+    pub onnx_val_auroc_delong_ci95: [f64; 2],
+}
+
+/// `cv_summary.yaml`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CvSummary {
+    pub folds: Vec<FoldResult>,
+    pub mean_val_auroc: f64,
+    pub sd_val_auroc: f64,
+}
+
+/// Runs the configured job: one training run, or with `split.folds >= 2` (and no single
+/// `split.fold`) one run per fold in `OUT/fold_N` and `OUT/cv_summary.yaml`.
+pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<(Vec<RunSummary>, Option<CvSummary>)> {
+    let k = cfg.split.folds;
+    if k < 2 || cfg.split.fold.is_some() {
+        return Ok((vec![train(cfg, opts)?], None));
+    }
+    cfg.validate()?;
+    let summary_path = cfg.out.join("cv_summary.yaml");
+    if summary_path.exists() && !opts.force {
+        bail!(
+            "{}: a cross-validation already lives here; choose another --out or pass --force",
+            cfg.out.display()
+        );
+    }
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("{}: cannot create", cfg.out.display()))?;
+    let mut runs = Vec::new();
+    for f in 1..=k {
+        let mut c = cfg.clone();
+        c.split.fold = Some(f);
+        c.out = cfg.out.join(format!("fold_{f}"));
+        if !opts.quiet {
+            eprintln!("trainer: fold {f}/{k}");
+        }
+        runs.push(train(&c, opts)?);
+    }
+    let aurocs: Vec<f64> = runs.iter().map(|r| r.onnx_val_auroc).collect();
+    let mean = aurocs.iter().sum::<f64>() / k as f64;
+    let sd = (aurocs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (k - 1) as f64).sqrt();
+    let cv = CvSummary {
+        folds: runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| FoldResult {
+                fold: i + 1,
+                run_dir: r.run_dir.clone(),
+                best_epoch: r.best_epoch,
+                val_series: r.val_series,
+                val_patches: r.val_patches,
+                onnx_val_auroc: r.onnx_val_auroc,
+                onnx_val_auroc_delong_ci95: r.onnx_val_auroc_delong_ci95,
+            })
+            .collect(),
+        mean_val_auroc: mean,
+        sd_val_auroc: sd,
+    };
+    yaml(&summary_path, &cv)?;
+    Ok((runs, Some(cv)))
+}

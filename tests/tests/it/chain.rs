@@ -224,3 +224,55 @@ fn onnx_file_describes_itself_and_passes_the_checker() {
     assert_eq!(lines[1], "16");
     assert_eq!(lines[2], "batch", "batch dimension must be dynamic");
 }
+
+#[test]
+fn k_fold_cross_validation_partitions_the_series() {
+    let d = tempfile::tempdir().expect("tmp");
+    let patches = chain_tests::synth(d.path(), 12, 4, 16, 31);
+    let out = d.path().join("cv");
+    let r = run_ok(
+        "trainer",
+        &[
+            "train",
+            "--data",
+            s(&patches),
+            "--out",
+            s(&out),
+            "--cube-size",
+            "16",
+            "--width",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--folds",
+            "3",
+            "--device",
+            "cpu",
+            "-q",
+        ],
+    );
+    assert!(
+        r.stdout.contains("3-fold cross-validation: validation AUROC"),
+        "{}",
+        r.stdout
+    );
+    let cv: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(out.join("cv_summary.yaml")).expect("cv")).expect("yaml");
+    assert_eq!(cv["folds"].as_sequence().map(Vec::len), Some(3));
+    let mut val_series: Vec<String> = Vec::new();
+    for f in 1..=3 {
+        let dir = out.join(format!("fold_{f}"));
+        assert!(dir.join("model.onnx").is_file(), "fold {f} lacks model.onnx");
+        let (h, rows) = read_csv(&dir.join("split.csv"));
+        val_series.extend(
+            rows.iter()
+                .filter(|r| r[col(&h, "split")] == "val")
+                .map(|r| r[col(&h, "seriesuid")].clone()),
+        );
+    }
+    let unique: BTreeSet<&String> = val_series.iter().collect();
+    assert_eq!(val_series.len(), 12, "every series is validation exactly once");
+    assert_eq!(unique.len(), 12);
+}
