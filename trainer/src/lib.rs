@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod export;
 pub mod net;
+pub mod optim;
 pub mod synth;
 pub mod train;
 

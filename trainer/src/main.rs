@@ -85,6 +85,13 @@ struct TrainArgs {
     /// Replace the files of an existing run folder.
     #[arg(long)]
     force: bool,
+    /// Continue the run in this folder from its last finished epoch (its config.yaml is used;
+    /// other settings given must match it).
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// Pause after this epoch, leaving the run resumable with --resume.
+    #[arg(long, value_name = "EPOCH")]
+    stop_after: Option<usize>,
     /// libonnxruntime for the parity check (else $ORT_DYLIB_PATH, the project venv).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -93,9 +100,11 @@ struct TrainArgs {
 }
 
 fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
-    let mut cfg = match &a.config {
-        Some(p) => TrainConfig::load(p)?,
-        None => {
+    let mut cfg = match (&a.resume, &a.config) {
+        (Some(run), None) => TrainConfig::load(&run.join("config.yaml"))
+            .with_context(|| format!("{}: not a run folder to resume", run.display()))?,
+        (_, Some(p)) => TrainConfig::load(p)?,
+        (None, None) => {
             let data = a.data.clone().context("give --config FILE or --data FOLDER")?;
             let out = a.out.clone().context("give --config FILE or --out RUN_FOLDER")?;
             serde_yaml::from_str::<TrainConfig>(&format!(
@@ -110,6 +119,9 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = &a.out {
         cfg.out = v.clone();
+    }
+    if let Some(run) = &a.resume {
+        cfg.out = run.clone();
     }
     if let Some(v) = &a.arch {
         cfg.model.arch = v.clone();
@@ -180,8 +192,13 @@ fn main() -> ExitCode {
                         force: a.force,
                         ort_lib: a.ort_lib.clone(),
                         quiet: a.quiet,
+                        resume: a.resume.is_some(),
+                        stop_after: a.stop_after,
                     },
                 )?;
+                if runs.is_empty() && cv.is_none() {
+                    println!("paused; continue with: trainer train --resume {}", cfg.out.display());
+                }
                 for s in &runs {
                     println!(
                         "best epoch {} with validation AUROC {:.4} (exported model: {:.4}, {} val patches / {} series); parity max |Δlogit| {:.2e}; run folder {}",

@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tch::nn::{self, ModuleT, OptimizerConfig};
+use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
 use models::index::PatchIndex;
@@ -29,7 +29,7 @@ use crate::export;
 use crate::net::{self, Net};
 
 /// One epoch's numbers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
     /// Learning rate at the epoch's last step.
@@ -82,6 +82,20 @@ pub struct RunOptions {
     pub ort_lib: Option<PathBuf>,
     /// No per-epoch lines.
     pub quiet: bool,
+    /// Continue the run in `cfg.out` from its last finished epoch (same config required).
+    pub resume: bool,
+    /// Pause after this epoch, leaving the run resumable (no export yet).
+    pub stop_after: Option<usize>,
+}
+
+/// Where a run stands after each epoch (`train_state.yaml`), for `--resume`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct TrainState {
+    pub epochs_done: usize,
+    pub step: usize,
+    pub best_epoch: usize,
+    pub best_val_auroc: f64,
+    pub best_val_loss: f64,
 }
 
 /// Every file a run writes (what `--force` clears).
@@ -91,6 +105,8 @@ pub const RUN_FILES: &[&str] = &[
     "metrics.csv",
     "best.safetensors",
     "last.safetensors",
+    "optimizer.safetensors",
+    "train_state.yaml",
     "curves.png",
     "model.onnx",
     "model.parity-failed.onnx",
@@ -219,7 +235,8 @@ fn yaml<T: Serialize>(path: &Path, v: &T) -> Result<()> {
 }
 
 /// Runs a whole training job as configured.
-pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+/// `Ok(None)` when the run paused (`stop_after`) before its last epoch.
+pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>> {
     let t0 = Instant::now();
     cfg.validate()?;
     let spec = cfg.model.spec()?;
@@ -235,9 +252,40 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     // The parity check after training needs ONNX Runtime: find it now, not after an hour.
     infer::runtime::init(opts.ort_lib.as_deref())?;
     let dir = &cfg.out;
-    prepare_run_dir(dir, opts.force)?;
-    yaml(&dir.join("config.yaml"), cfg)?;
-    models::fsutil::write_atomic(&dir.join("split.csv"), &split.manifest_csv(&index.rows)?)?;
+    let manifest = split.manifest_csv(&index.rows)?;
+    let resumed: Option<TrainState> = if opts.resume {
+        // The same job or nothing: config and split must be the ones the folder holds.
+        let saved = std::fs::read_to_string(dir.join("config.yaml"))
+            .with_context(|| format!("{}: no run to resume here (config.yaml missing)", dir.display()))?;
+        if saved != serde_yaml::to_string(cfg)? {
+            let ours = serde_yaml::to_string(cfg)?;
+            let diff = saved
+                .lines()
+                .zip(ours.lines())
+                .find(|(a, b)| a != b)
+                .map_or_else(String::new, |(a, b)| format!(": `{a}` there, `{b}` now"));
+            bail!(
+                "{}: this run was made with another config or architecture{diff}; resume with the same settings",
+                dir.display()
+            );
+        }
+        if std::fs::read(dir.join("split.csv")).ok().as_deref() != Some(manifest.as_slice()) {
+            bail!(
+                "{}: the split differs from the one this run used (has the index changed?)",
+                dir.display()
+            );
+        }
+        let st: TrainState = serde_yaml::from_str(
+            &std::fs::read_to_string(dir.join("train_state.yaml"))
+                .with_context(|| format!("{}: no finished epoch to resume from", dir.display()))?,
+        )?;
+        Some(st)
+    } else {
+        prepare_run_dir(dir, opts.force)?;
+        yaml(&dir.join("config.yaml"), cfg)?;
+        models::fsutil::write_atomic(&dir.join("split.csv"), &manifest)?;
+        None
+    };
     let n_pos = train.labels.iter().filter(|&&l| l == 1.0).count();
     let pos_weight = match cfg.train.pos_weight {
         PosWeight::Value(v) => v,
@@ -268,18 +316,29 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let net = Net::new(&vs.root(), &spec)?;
     net::check_names(&vs, &spec)?;
     let t = &cfg.train;
-    let mut opt = nn::AdamW {
-        wd: t.weight_decay,
-        ..Default::default()
-    }
-    .build(&vs, t.lr)?;
+    let mut opt = crate::optim::AdamW::new(&vs, t.weight_decay);
     let pw = Tensor::from_slice(&[pos_weight as f32]).to_device(device);
-    let mut rng = StdRng::seed_from_u64(t.seed);
     let mut history: Vec<EpochMetrics> = Vec::new();
     let best_path = dir.join("best.safetensors");
     let last_path = dir.join("last.safetensors");
+    let opt_path = dir.join("optimizer.safetensors");
     // (epoch, AUROC, validation loss) of the best epoch so far.
     let mut best: Option<(usize, f64, f64)> = None;
+    let mut first_epoch = 1;
+    let mut resumed_step = 0;
+    let mut vs = vs;
+    if let Some(st) = &resumed {
+        vs.load(&last_path)
+            .with_context(|| format!("{}: cannot load the last checkpoint", last_path.display()))?;
+        opt.load(&opt_path)?;
+        let mut r = csv::Reader::from_path(dir.join("metrics.csv"))?;
+        history = r.deserialize().collect::<Result<_, _>>()?;
+        history.truncate(st.epochs_done);
+        best = Some((st.best_epoch, st.best_val_auroc, st.best_val_loss));
+        first_epoch = st.epochs_done + 1;
+        resumed_step = st.step;
+        log(format!("resuming after epoch {} (step {})", st.epochs_done, st.step));
+    }
     let val_labels: Vec<u8> = val.labels.iter().map(|&l| l as u8).collect();
     let pad = f64::from(pre.scale(pre.pad_hu));
     let steps_per_epoch = match t.sampler {
@@ -289,10 +348,14 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     .div_ceil(t.batch_size);
     let total_steps = (steps_per_epoch * t.epochs).max(1);
     let warmup_steps = steps_per_epoch * t.warmup_epochs;
-    let mut step = 0usize;
+    let mut step = resumed_step;
     let mut stopped_early = None;
-    for epoch in 1..=t.epochs {
+    for epoch in first_epoch..=t.epochs {
         let te = Instant::now();
+        // Every epoch draws from its own seeded generators, so a resumed run makes the
+        // same draws as an uninterrupted one.
+        let mut rng = StdRng::seed_from_u64(t.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        tch::manual_seed(t.seed.wrapping_add(epoch as u64) as i64);
         let order: Vec<usize> = match t.sampler {
             Sampler::Shuffle => {
                 let mut o: Vec<usize> = (0..train.len()).collect();
@@ -337,7 +400,6 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 let prog = (step - warmup_steps) as f64 / (total_steps - warmup_steps).max(1) as f64;
                 t.lr * 0.5 * (1.0 + (std::f64::consts::PI * prog.min(1.0)).cos())
             };
-            opt.set_lr(lr);
             let (x, y) = batch_tensor(&train, chunk, Some((&t.augment, pad, &mut rng, &mut augmented)), device);
             let z = net.forward_t(&x, true).flatten(0, -1);
             let loss = match t.loss {
@@ -352,11 +414,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                     (focal * weighted).mean(tch::Kind::Float)
                 }
             };
-            if t.grad_clip > 0.0 {
-                opt.backward_step_clip_norm(&loss, t.grad_clip);
-            } else {
-                opt.backward_step(&loss);
-            }
+            opt.zero_grad();
+            loss.backward();
+            opt.step(lr, t.grad_clip);
             net.count_batch();
             loss_sum += f64::try_from(&loss)? * chunk.len() as f64;
             seen += chunk.len();
@@ -403,6 +463,25 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         history.push(m);
         write_csv(&dir.join("metrics.csv"), &history)?;
         plot_curves(&history, &dir.join("curves.png"))?;
+        // The state to resume from; written last, so it never runs ahead of the files.
+        opt.save(&opt_path)?;
+        if let Some((be, ba, bl)) = best {
+            let st = TrainState {
+                epochs_done: epoch,
+                step,
+                best_epoch: be,
+                best_val_auroc: ba,
+                best_val_loss: bl,
+            };
+            yaml(&dir.join("train_state.yaml"), &st)?;
+        }
+        if opts.stop_after == Some(epoch) && epoch < t.epochs {
+            log(format!(
+                "paused after epoch {epoch}; continue with `trainer train --resume {}`",
+                dir.display()
+            ));
+            return Ok(None);
+        }
         if let Some((b, _, _)) = best {
             if t.early_stopping_patience > 0 && epoch - b >= t.early_stopping_patience {
                 log(format!(
@@ -519,7 +598,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         seconds: t0.elapsed().as_secs_f64(),
     };
     yaml(&dir.join("summary.yaml"), &summary)?;
-    Ok(summary)
+    Ok(Some(summary))
 }
 
 /// One fold's line of `cv_summary.yaml`.
@@ -547,7 +626,10 @@ pub struct CvSummary {
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<(Vec<RunSummary>, Option<CvSummary>)> {
     let k = cfg.split.folds;
     if k < 2 || cfg.split.fold.is_some() {
-        return Ok((vec![train(cfg, opts)?], None));
+        return Ok((train(cfg, opts)?.into_iter().collect(), None));
+    }
+    if opts.resume || opts.stop_after.is_some() {
+        bail!("--resume and --stop-after work on one run: give split.fold to resume one fold");
     }
     cfg.validate()?;
     let summary_path = cfg.out.join("cv_summary.yaml");
@@ -566,7 +648,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<(Vec<RunSummary>, Opt
         if !opts.quiet {
             eprintln!("trainer: fold {f}/{k}");
         }
-        runs.push(train(&c, opts)?);
+        runs.extend(train(&c, opts)?);
     }
     let aurocs: Vec<f64> = runs.iter().map(|r| r.onnx_val_auroc).collect();
     let mean = aurocs.iter().sum::<f64>() / k as f64;

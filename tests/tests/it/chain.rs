@@ -276,3 +276,62 @@ fn k_fold_cross_validation_partitions_the_series() {
     assert_eq!(val_series.len(), 12, "every series is validation exactly once");
     assert_eq!(unique.len(), 12);
 }
+
+#[test]
+fn resume_ends_with_the_same_weights_as_an_uninterrupted_run() {
+    let d = tempfile::tempdir().expect("tmp");
+    let patches = chain_tests::synth(d.path(), 8, 6, 16, 41);
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            s(&patches),
+            "--out",
+            s(out),
+            "--cube-size",
+            "16",
+            "--width",
+            "4",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "-q",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let whole = d.path().join("whole");
+    let a: Vec<String> = args(&whole);
+    run_ok("trainer", &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let parts = d.path().join("parts");
+    let mut b = args(&parts);
+    b.extend(["--stop-after".to_string(), "2".to_string()]);
+    let r = run_ok("trainer", &b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(r.stdout.contains("paused"), "{}", r.stdout);
+    assert!(!parts.join("model.onnx").exists(), "a paused run is not exported yet");
+    // A different setting is refused; the same job resumes.
+    let r = chain_tests::run("trainer", &["train", "--resume", s(&parts), "--lr", "0.5", "-q"]);
+    assert!(!r.ok && r.stderr.contains("another config"), "{}", r.stderr);
+    run_ok("trainer", &["train", "--resume", s(&parts), "-q"]);
+    // Weights, and so the exported model's scores, are identical (model.onnx itself differs
+    // only in its metadata: the run folder is part of the config it records).
+    for f in ["last.safetensors", "best.safetensors", "val_scores.csv"] {
+        let same = std::fs::read(whole.join(f)).expect("whole") == std::fs::read(parts.join(f)).expect("parts");
+        assert!(same, "{f} differs between the uninterrupted and the resumed run");
+    }
+    let (h, ra) = read_csv(&whole.join("metrics.csv"));
+    let (_, rb) = read_csv(&parts.join("metrics.csv"));
+    assert_eq!(ra.len(), 4);
+    for key in ["train_loss", "val_loss", "val_auroc", "lr"] {
+        let c = col(&h, key);
+        let x: Vec<&String> = ra.iter().map(|r| &r[c]).collect();
+        let y: Vec<&String> = rb.iter().map(|r| &r[c]).collect();
+        assert_eq!(x, y, "{key} differs");
+    }
+}
