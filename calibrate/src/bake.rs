@@ -62,6 +62,17 @@ fn output(name: &str, elem: i32) -> ValueInfoProto {
     }
 }
 
+/// The smallest float32 not below `t`: `logit >= t` in float32 then agrees with the f64
+/// comparison `infer` makes (rounding down could admit a logit just below the cut).
+fn threshold_f32(t: f64) -> f32 {
+    let f = t as f32;
+    if f64::from(f) < t {
+        f.next_up()
+    } else {
+        f
+    }
+}
+
 /// Appends the calibration and decision to `model` (the one `cal` was fitted for).
 pub fn calibrated_model(mut model: ModelProto, cal: &CalibrationFile) -> Result<ModelProto, CalError> {
     let op = cal
@@ -170,6 +181,21 @@ pub fn calibrated_model(mut model: ModelProto, cal: &CalibrationFile) -> Result<
             nodes.push(node(
                 "Add",
                 &["calibration.iso_sum", "calibration.iso_y0"],
+                "calibration.iso_p",
+                vec![],
+            ));
+            // f32 slopes summed over many knots can overshoot [0, 1] by ~1e-6.
+            inits.push(scalar_f32("calibration.zero", vec![0.0]));
+            inits.push(scalar_f32("calibration.one", vec![1.0]));
+            nodes.push(node(
+                "Max",
+                &["calibration.iso_p", "calibration.zero"],
+                "calibration.iso_lo0",
+                vec![],
+            ));
+            nodes.push(node(
+                "Min",
+                &["calibration.iso_lo0", "calibration.one"],
                 "probability",
                 vec![],
             ));
@@ -177,7 +203,7 @@ pub fn calibrated_model(mut model: ModelProto, cal: &CalibrationFile) -> Result<
     }
     inits.push(scalar_f32(
         "calibration.threshold_logit",
-        vec![op.threshold_logit as f32],
+        vec![threshold_f32(op.threshold_logit)],
     ));
     nodes.push(node(
         "GreaterOrEqual",

@@ -235,7 +235,12 @@ fn csv_header(format: Format, index: bool, label: bool, calibrated: bool) -> Vec
 }
 
 /// Rows of an existing output, for `--resume`: the raw text to keep and the patch names.
-fn read_previous(path: &Path, format: Format, header: &[&str]) -> Result<(Vec<u8>, HashSet<String>), InferError> {
+fn read_previous(
+    path: &Path,
+    format: Format,
+    header: &[&str],
+    model_sha256: &str,
+) -> Result<(Vec<u8>, HashSet<String>), InferError> {
     let bytes = std::fs::read(path).map_err(|e| models::Error::io(path, e))?;
     let mut done = HashSet::new();
     match format {
@@ -263,9 +268,18 @@ fn read_previous(path: &Path, format: Format, header: &[&str]) -> Result<(Vec<u8
                     ),
                 ));
             }
+            let sha_col = got.iter().position(|h| h == "model_sha256");
             for (i, rec) in r.records().enumerate() {
                 let rec =
                     rec.map_err(|e| input_err(path, format!("line {}: {e} (a damaged output; not resuming)", i + 2)))?;
+                if let Some(c) = sha_col {
+                    if rec.get(c) != Some(model_sha256) {
+                        return Err(input_err(
+                            path,
+                            format!("--resume: line {} was scored by another model", i + 2),
+                        ));
+                    }
+                }
                 done.insert(rec.get(0).unwrap_or("").to_string());
             }
         }
@@ -277,6 +291,22 @@ fn read_previous(path: &Path, format: Format, header: &[&str]) -> Result<(Vec<u8
                 let name = v["patch_file"]
                     .as_str()
                     .ok_or_else(|| input_err(path, format!("line {}: no patch_file", i + 1)))?;
+                if v["model_sha256"].as_str() != Some(model_sha256) {
+                    return Err(input_err(
+                        path,
+                        format!("--resume: line {} was scored by another model", i + 1),
+                    ));
+                }
+                let keys: Vec<&str> = v
+                    .as_object()
+                    .map(|o| o.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                if header.iter().any(|h| !keys.contains(h)) {
+                    return Err(input_err(
+                        path,
+                        format!("--resume: line {} has other fields than this run writes", i + 1),
+                    ));
+                }
                 done.insert(name.to_string());
             }
         }
@@ -413,7 +443,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let header = csv_header(s.format, s.index.is_some(), has_label, cal.is_some());
     // --resume: keep the earlier rows, skip their patches.
     let (previous, done) = if s.resume && s.out.as_os_str() != "-" && s.out.is_file() {
-        read_previous(&s.out, s.format, &header)?
+        read_previous(&s.out, s.format, &header, &scorer.model_sha256)?
     } else {
         (Vec::new(), HashSet::new())
     };
@@ -562,16 +592,21 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         return Err(e); // the temporary output is dropped: nothing half-written remains
     }
     sink.finish()?;
+    let errors_path = s.errors.clone().or_else(|| {
+        (s.out.as_os_str() != "-").then(|| {
+            let mut p = s.out.clone().into_os_string();
+            p.push(".errors.csv");
+            PathBuf::from(p)
+        })
+    });
     let errors_file = if errors.is_empty() {
+        // A clean run leaves no errors file from an earlier one behind.
+        if let Some(p) = errors_path.as_ref().filter(|p| p.is_file()) {
+            std::fs::remove_file(p).map_err(|e| models::Error::io(p, e))?;
+        }
         None
     } else {
-        let path = s.errors.clone().or_else(|| {
-            (s.out.as_os_str() != "-").then(|| {
-                let mut p = s.out.clone().into_os_string();
-                p.push(".errors.csv");
-                PathBuf::from(p)
-            })
-        });
+        let path = errors_path;
         if let Some(p) = &path {
             let mut w = csv::Writer::from_writer(Vec::new());
             w.write_record(["patch_file", "error"])

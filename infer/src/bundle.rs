@@ -4,7 +4,8 @@
 //! Layout of the archive (one top folder, `nodule-scorer/`):
 //! * `infer` — this binary; `libonnxruntime.so.*` — the ONNX Runtime it loads (found next
 //!   to the binary before anywhere else); with `--gpu`, also the CUDA provider libraries;
-//! * the model (`model.onnx` or `model.calibrated.onnx`) and its `calibration.yaml` if any;
+//! * the model: `model.onnx` with its `calibration.yaml` if any, or `model.calibrated.onnx`
+//!   alone (it carries its calibration; a calibration file is bound to the uncalibrated model);
 //! * `BUNDLE.yaml` — what the bundle holds and what the target needs (CPU architecture,
 //!   minimum glibc; for the GPU variant the CUDA and cuDNN major versions and driver);
 //! * `run` — a POSIX shell entry point that checks the architecture and glibc before the
@@ -133,7 +134,9 @@ version_ge() {
   [ "$a2" -gt "$b2" ] && return 0; [ "$a2" -lt "$b2" ] && return 1
   [ "$a3" -ge "$b3" ]
 }
-if [ -z "$have" ]; then
+if [ -z "$have" ] && { [ -x /usr/bin/getconf ] || [ -x /bin/getconf ]; }; then
+  echo "nodule-scorer: this host has no glibc (getconf knows no GNU_LIBC_VERSION, e.g. musl); the bundle needs glibc >= $need_glibc" >&2; exit 2
+elif [ -z "$have" ]; then
   echo "nodule-scorer: warning: cannot tell this host's glibc (no getconf); the bundle needs glibc >= $need_glibc" >&2
 elif ! version_ge "$have" "$need_glibc"; then
   echo "nodule-scorer: this bundle needs glibc >= $need_glibc; this host has glibc $have" >&2; exit 2

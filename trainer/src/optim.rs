@@ -99,6 +99,9 @@ impl AdamW {
         let tmp = path.with_extension("tmp.safetensors");
         Tensor::write_safetensors(&named, &tmp)
             .with_context(|| format!("{}: cannot save optimizer state", tmp.display()))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot save optimizer state", path.display()))?;
         Ok(())
     }

@@ -96,6 +96,12 @@ pub struct TrainState {
     pub best_epoch: usize,
     pub best_val_auroc: f64,
     pub best_val_loss: f64,
+    /// Set when early stopping ended the run at this epoch.
+    #[serde(default)]
+    pub stopped_early: Option<usize>,
+    pub last_sha256: String,
+    pub best_sha256: String,
+    pub optimizer_sha256: String,
 }
 
 /// Every file a run writes (what `--force` clears).
@@ -168,6 +174,9 @@ fn save_atomic(vs: &nn::VarStore, path: &Path) -> Result<()> {
     let tmp = path.with_extension("tmp.safetensors");
     vs.save(&tmp)
         .with_context(|| format!("{}: cannot save checkpoint", tmp.display()))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("{}: cannot sync", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot save checkpoint", path.display()))?;
     Ok(())
 }
@@ -325,9 +334,24 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     // (epoch, AUROC, validation loss) of the best epoch so far.
     let mut best: Option<(usize, f64, f64)> = None;
     let mut first_epoch = 1;
+    let mut stopped_early: Option<usize> = None;
     let mut resumed_step = 0;
     let mut vs = vs;
     if let Some(st) = &resumed {
+        for (file, want) in [
+            (&last_path, &st.last_sha256),
+            (&best_path, &st.best_sha256),
+            (&opt_path, &st.optimizer_sha256),
+        ] {
+            if !file.is_file() || models::fsutil::sha256_file(file)? != *want {
+                bail!(
+                    "{}: does not match train_state.yaml (the run was stopped while saving epoch {}); \
+                     it cannot resume safely: start it again",
+                    file.display(),
+                    st.epochs_done + 1
+                );
+            }
+        }
         vs.load(&last_path)
             .with_context(|| format!("{}: cannot load the last checkpoint", last_path.display()))?;
         opt.load(&opt_path)?;
@@ -336,20 +360,25 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         history.truncate(st.epochs_done);
         best = Some((st.best_epoch, st.best_val_auroc, st.best_val_loss));
         first_epoch = st.epochs_done + 1;
+        if let Some(e) = st.stopped_early {
+            // It had already stopped early: only the export is left to do.
+            stopped_early = Some(e);
+            first_epoch = t.epochs + 1;
+        }
         resumed_step = st.step;
         log(format!("resuming after epoch {} (step {})", st.epochs_done, st.step));
     }
     let val_labels: Vec<u8> = val.labels.iter().map(|&l| l as u8).collect();
     let pad = f64::from(pre.scale(pre.pad_hu));
-    let steps_per_epoch = match t.sampler {
+    let per_epoch = match t.sampler {
         Sampler::Shuffle => train.len(),
         Sampler::Balanced => 2 * (train.len() - n_pos),
-    }
-    .div_ceil(t.batch_size);
+    };
+    // A final chunk of one sample is skipped (BatchNorm), so it is not a step.
+    let steps_per_epoch = per_epoch / t.batch_size + usize::from(per_epoch % t.batch_size >= 2);
     let total_steps = (steps_per_epoch * t.epochs).max(1);
     let warmup_steps = steps_per_epoch * t.warmup_epochs;
     let mut step = resumed_step;
-    let mut stopped_early = None;
     for epoch in first_epoch..=t.epochs {
         let te = Instant::now();
         // Every epoch draws from its own seeded generators, so a resumed run makes the
@@ -463,7 +492,17 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         history.push(m);
         write_csv(&dir.join("metrics.csv"), &history)?;
         plot_curves(&history, &dir.join("curves.png"))?;
-        // The state to resume from; written last, so it never runs ahead of the files.
+        if let Some((b, _, _)) = best {
+            if t.early_stopping_patience > 0 && epoch - b >= t.early_stopping_patience {
+                log(format!(
+                    "early stopping: no better validation AUROC for {} epochs",
+                    epoch - b
+                ));
+                stopped_early = Some(epoch);
+            }
+        }
+        // The state to resume from is the commit point: written last, with the hashes of
+        // the files it belongs to, so a run killed while saving is detected on resume.
         opt.save(&opt_path)?;
         if let Some((be, ba, bl)) = best {
             let st = TrainState {
@@ -472,8 +511,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                 best_epoch: be,
                 best_val_auroc: ba,
                 best_val_loss: bl,
+                stopped_early,
+                last_sha256: models::fsutil::sha256_file(&last_path)?,
+                best_sha256: models::fsutil::sha256_file(&best_path)?,
+                optimizer_sha256: models::fsutil::sha256_file(&opt_path)?,
             };
             yaml(&dir.join("train_state.yaml"), &st)?;
+        }
+        if stopped_early.is_some() {
+            break;
         }
         if opts.stop_after == Some(epoch) && epoch < t.epochs {
             log(format!(
@@ -481,16 +527,6 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                 dir.display()
             ));
             return Ok(None);
-        }
-        if let Some((b, _, _)) = best {
-            if t.early_stopping_patience > 0 && epoch - b >= t.early_stopping_patience {
-                log(format!(
-                    "early stopping: no better validation AUROC for {} epochs",
-                    epoch - b
-                ));
-                stopped_early = Some(epoch);
-                break;
-            }
         }
     }
     let (best_epoch, best_auroc, _) = best.context("no epoch finished")?;
@@ -640,6 +676,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<(Vec<RunSummary>, Opt
         );
     }
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("{}: cannot create", cfg.out.display()))?;
+    if summary_path.exists() {
+        // --force: the old summary must not sit beside new folds if one of them fails.
+        std::fs::remove_file(&summary_path).with_context(|| format!("{}: cannot remove", summary_path.display()))?;
+    }
     let mut runs = Vec::new();
     for f in 1..=k {
         let mut c = cfg.clone();

@@ -105,6 +105,25 @@ fn every_bad_input_is_reported_and_every_good_file_scored() {
     assert_eq!(h, ["patch_file", "error"]);
     assert_eq!(errs.len(), 8, "{errs:?}");
 
+    // A clean run to the same output removes the earlier errors file.
+    run_ok(
+        "infer",
+        &[
+            "--model",
+            s(&f.run.join("model.onnx")),
+            s(&f.patches),
+            "-o",
+            s(&out),
+            "-q",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert!(
+        !d.path().join("scores.csv.errors.csv").exists(),
+        "stale errors file left behind"
+    );
+
     // An output in a folder that does not exist: refused before any work.
     let r = run_err(
         "infer",
