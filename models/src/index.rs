@@ -62,24 +62,11 @@ impl PatchIndex {
     /// Checks the header (every missing column named at once), every row's types and label,
     /// and that every patch file exists (every missing file counted, the first few named).
     pub fn read(path: &Path) -> Result<Self> {
-        let path = if path.is_dir() {
-            path.join(INDEX_FILE)
-        } else {
-            path.to_path_buf()
-        };
+        let (path, mut rdr, _) = open_index(path, &COLUMNS, "an index needs")?;
         let bad = |msg: String| Error::BadIndex {
             path: path.clone(),
             msg,
         };
-        let (mut rdr, headers) = crate::csvio::open(&path, true)?;
-        let missing = crate::csvio::missing(&headers, &COLUMNS);
-        if !missing.is_empty() {
-            return Err(bad(format!(
-                "missing column(s) {} (an index needs: {})",
-                missing.join(", "),
-                COLUMNS.join(", ")
-            )));
-        }
         let mut rows = Vec::new();
         for (i, rec) in rdr.deserialize::<IndexRow>().enumerate() {
             // Line numbers count the header as line 1.
@@ -168,27 +155,45 @@ fn opt_label_01<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D:
 /// Columns a scoring index must have (`diam_mm` and `label` are optional).
 pub const SCORING_COLUMNS: [&str; 5] = ["patch_file", "seriesuid", "center_x", "center_y", "center_z"];
 
-/// Reads an index for scoring: returns the folder patch paths are relative to, whether the
-/// index has a `label` column, and the rows. Header and row errors name the file and line.
-pub fn read_scoring_index(path: &Path) -> Result<(PathBuf, bool, Vec<ScoringRow>)> {
+/// Resolves a folder to its `patch_index.csv`, opens it, and checks that the header has
+/// every `required` column (all missing ones named at once).
+fn open_index(
+    path: &Path,
+    required: &[&str],
+    needs: &str,
+) -> Result<(PathBuf, csv::Reader<std::fs::File>, csv::StringRecord)> {
     let path = if path.is_dir() {
         path.join(INDEX_FILE)
     } else {
         path.to_path_buf()
     };
+    let (rdr, headers) = crate::csvio::open(&path, true)?;
+    let missing = crate::csvio::missing(&headers, required);
+    if !missing.is_empty() {
+        return Err(Error::BadIndex {
+            msg: format!(
+                "missing column(s) {} ({needs}: {})",
+                missing.join(", "),
+                required.join(", ")
+            ),
+            path,
+        });
+    }
+    Ok((path, rdr, headers))
+}
+
+/// Reads an index for scoring: returns the folder patch paths are relative to, whether the
+/// index has a `label` column, and the rows. Header and row errors name the file and line.
+pub fn read_scoring_index(path: &Path) -> Result<(PathBuf, bool, Vec<ScoringRow>)> {
+    let (path, mut rdr, headers) = open_index(
+        path,
+        &SCORING_COLUMNS,
+        "a scoring index (diam_mm and label optional) needs",
+    )?;
     let bad = |msg: String| Error::BadIndex {
         path: path.clone(),
         msg,
     };
-    let (mut rdr, headers) = crate::csvio::open(&path, true)?;
-    let missing = crate::csvio::missing(&headers, &SCORING_COLUMNS);
-    if !missing.is_empty() {
-        return Err(bad(format!(
-            "missing column(s) {} (a scoring index needs: {}; diam_mm and label are optional)",
-            missing.join(", "),
-            SCORING_COLUMNS.join(", ")
-        )));
-    }
     let has_label = headers.iter().any(|h| h == "label");
     let mut rows = Vec::new();
     for (i, rec) in rdr.deserialize::<ScoringRow>().enumerate() {
