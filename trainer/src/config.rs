@@ -74,6 +74,18 @@ pub struct TrainLoop {
     pub device: String,
     /// libtorch intra-op threads (0: its default).
     pub threads: usize,
+    /// `auto` (fp16 mixed precision on CUDA, fp32 on CPU), `fp32`, or `fp16` (CUDA only:
+    /// autocast with dynamic loss scaling).
+    pub precision: Precision,
+}
+
+/// Arithmetic precision of training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Auto,
+    Fp32,
+    Fp16,
 }
 
 /// How training batches are drawn.
@@ -110,6 +122,7 @@ impl Default for TrainLoop {
             seed: 0,
             device: "auto".into(),
             threads: 0,
+            precision: Precision::Auto,
         }
     }
 }

@@ -68,6 +68,10 @@ pub struct Parity {
     pub passed: bool,
     pub onnxruntime_version: String,
     pub onnxruntime_provider: String,
+    /// The training device; when it is a GPU, the same weights are also run there (fp32;
+    /// cuDNN may use TF32) and compared with ONNX Runtime, for information.
+    pub device: String,
+    pub device_max_abs_diff_logit: Option<f64>,
 }
 
 /// Scores `cubes` (each `D³` floats, contiguous) with libtorch on CPU (eval mode) and with
@@ -87,6 +91,15 @@ pub fn parity(
     let mut cpu = nn::VarStore::new(tch::Device::Cpu);
     let net = Net::new(&cpu.root(), spec)?;
     cpu.copy(vs).context("copying weights to CPU")?;
+    let on_device = if vs.device().is_cuda() {
+        let mut g = nn::VarStore::new(vs.device());
+        let n = Net::new(&g.root(), spec)?;
+        g.copy(vs).context("copying weights on the device")?;
+        Some((g, n))
+    } else {
+        None
+    };
+    let mut dev_max = 0.0f64;
     let mut scorer = infer::Scorer::open(
         model,
         &infer::ScorerOptions {
@@ -109,6 +122,13 @@ pub fn parity(
         let o = scorer.score(&cubes)?;
         if o.len() != t.len() {
             anyhow::bail!("parity: libtorch gave {} logits, ONNX Runtime {}", t.len(), o.len());
+        }
+        if let Some((g, gnet)) = &on_device {
+            let z = tch::no_grad(|| gnet.forward_t(&x.to_device(g.device()), false)).flatten(0, -1);
+            for (a, b) in Vec::<f32>::try_from(&z.to_device(tch::Device::Cpu))?.iter().zip(&o) {
+                let d = f64::from((a - b).abs());
+                dev_max = if d.is_finite() { dev_max.max(d) } else { f64::INFINITY };
+            }
         }
         for (a, b) in t.iter().zip(&o) {
             // A non-finite logit on either side fails the check (f64::max would skip NaN).
@@ -133,6 +153,8 @@ pub fn parity(
             passed: max_d <= PARITY_TOLERANCE,
             onnxruntime_version: scorer.runtime.version.clone(),
             onnxruntime_provider: scorer.provider.to_string(),
+            device: crate::device_name(vs.device()),
+            device_max_abs_diff_logit: on_device.is_some().then_some(dev_max),
         },
         ort_all,
     ))

@@ -11,6 +11,7 @@
 
 pub mod augment;
 pub mod config;
+pub mod cuda;
 pub mod data;
 pub mod export;
 pub mod net;
@@ -49,20 +50,23 @@ pub const TORCH_CUDA_LINKED: bool = cfg!(torch_cuda_linked = "yes");
 pub fn resolve_device(s: &str) -> Result<Device> {
     match parse_device(s)? {
         DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Auto => Ok(if tch::Cuda::is_available() {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }),
+        DeviceChoice::Auto => Ok(
+            if !matches!(cuda::ensure_loaded(), cuda::CudaLib::Unavailable(_)) && tch::Cuda::is_available() {
+                Device::Cuda(0)
+            } else {
+                Device::Cpu
+            },
+        ),
         DeviceChoice::Cuda(n) => {
-            if !tch::Cuda::is_available() {
-                if TORCH_CUDA_LINKED {
-                    bail!("CUDA requested but libtorch reports no usable GPU (check `nvidia-smi` and the driver)");
-                }
+            if let cuda::CudaLib::Unavailable(why) = cuda::ensure_loaded() {
                 bail!(
-                    "CUDA requested but this trainer was built against a CPU-only libtorch install; \
-                     run `scripts/setup --cuda` and rebuild"
+                    "CUDA requested but libtorch's CUDA library cannot be used: {why} \
+                     (on a GPU host, point LD_LIBRARY_PATH at a CUDA build of torch 2.11.0's torch/lib, \
+                     or run `scripts/setup --cuda` and rebuild)"
                 );
+            }
+            if !tch::Cuda::is_available() {
+                bail!("CUDA requested but libtorch reports no usable GPU (check `nvidia-smi` and the driver)");
             }
             let count = tch::Cuda::device_count() as usize;
             if n >= count {
@@ -73,9 +77,10 @@ pub fn resolve_device(s: &str) -> Result<Device> {
     }
 }
 
-/// The libtorch version this binary runs with (from the `torch/version.py` beside it).
+/// The libtorch version this binary runs with (from the `torch/version.py` beside the
+/// libtorch it loaded, else beside the one it was built against).
 pub fn libtorch_version() -> String {
-    let lib = std::path::Path::new(env!("NODULE_LIBTORCH_LIB"));
+    let lib = cuda::loaded_libtorch_dir().unwrap_or_else(|| env!("NODULE_LIBTORCH_LIB").into());
     std::fs::read_to_string(lib.join("../version.py"))
         .ok()
         .and_then(|t| {

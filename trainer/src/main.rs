@@ -74,6 +74,9 @@ struct TrainArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long)]
     device: Option<String>,
+    /// auto (fp16 mixed precision on CUDA, fp32 on CPU), fp32 or fp16.
+    #[arg(long, value_parser = ["auto", "fp32", "fp16"])]
+    precision: Option<String>,
     #[arg(long)]
     val_fraction: Option<f64>,
     /// libtorch intra-op threads (0: its default).
@@ -152,6 +155,9 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = a.threads {
         cfg.train.threads = v;
+    }
+    if let Some(v) = &a.precision {
+        cfg.train.precision = serde_yaml::from_str(v)?;
     }
     if let Some(v) = a.folds {
         cfg.split.folds = v;
@@ -236,10 +242,14 @@ fn main() -> ExitCode {
                     "libtorch: torch {version} (tch 0.24 needs 2.11.0), lib folder {}",
                     lib.display()
                 );
-                println!(
-                    "libtorch_cuda linked with --no-as-needed: {}",
-                    trainer::TORCH_CUDA_LINKED
-                );
+                if let Some(dir) = trainer::cuda::loaded_libtorch_dir() {
+                    println!(
+                        "libtorch loaded from: {} (torch {})",
+                        dir.display(),
+                        trainer::libtorch_version()
+                    );
+                }
+                println!("CUDA library: {}", trainer::cuda::ensure_loaded());
                 println!(
                     "CUDA available: {} ({} device(s)); cuDNN: {}",
                     tch::Cuda::is_available(),

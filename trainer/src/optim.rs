@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
@@ -47,10 +48,19 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr`, clipping the global gradient norm to `clip`
-    /// first when `clip > 0`.
-    pub fn step(&mut self, lr: f64, clip: f64) {
+    /// first when `clip > 0`. With a `scaler` (mixed precision) the gradients are unscaled
+    /// first and the update is skipped, as `torch.amp.GradScaler.step` does, when any of them
+    /// is not finite; returns whether the parameters were updated.
+    pub fn step(&mut self, lr: f64, clip: f64, scaler: Option<&mut GradScaler>) -> bool {
         tch::no_grad(|| {
             let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).collect();
+            if let Some(s) = scaler {
+                let found_inf = s.unscale(&grads);
+                s.update(found_inf);
+                if found_inf {
+                    return false;
+                }
+            }
             if clip > 0.0 {
                 let total = grads
                     .iter()
@@ -60,11 +70,10 @@ impl AdamW {
                         a + b
                     })
                     .sqrt();
-                let coef = (clip / (f64::try_from(&total).unwrap_or(0.0) + 1e-6)).min(1.0);
-                if coef < 1.0 {
-                    for g in grads.iter().filter(|g| g.defined()) {
-                        let _ = g.shallow_clone().g_mul_scalar_(coef);
-                    }
+                // Computed on the device, as clip_grad_norm_ does: no host sync per step.
+                let coef = (total + 1e-6).reciprocal().g_mul_scalar(clip).clamp_max(1.0);
+                for g in grads.iter().filter(|g| g.defined()) {
+                    let _ = g.shallow_clone().g_mul_(&coef);
                 }
             }
             self.step += 1;
@@ -85,7 +94,8 @@ impl AdamW {
                 let denom = v.sqrt() / bc2.sqrt() + self.eps;
                 let _ = p.g_sub_(&(&*m / denom * (lr / bc1)));
             }
-        });
+            true
+        })
     }
 
     /// Saves the moments and the step count (safetensors).
@@ -133,5 +143,145 @@ impl AdamW {
         })?;
         self.step = saved.get("step").map(|t| i64::try_from(t).unwrap_or(0)).unwrap_or(0);
         Ok(())
+    }
+}
+
+/// Dynamic loss scaling for fp16 mixed precision, as `torch.amp.GradScaler` does it (tch has
+/// autocast but no scaler): the loss is multiplied by `scale` before `backward`, gradients
+/// are divided by it before the update, a step whose gradients overflowed is skipped and
+/// halves the scale, and `growth_interval` clean steps in a row double it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GradScaler {
+    pub scale: f64,
+    /// Clean steps since the scale last changed.
+    pub growth_tracker: u32,
+    pub growth_factor: f64,
+    pub backoff_factor: f64,
+    pub growth_interval: u32,
+}
+
+impl Default for GradScaler {
+    fn default() -> Self {
+        GradScaler {
+            scale: 65536.0,
+            growth_tracker: 0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+        }
+    }
+}
+
+impl GradScaler {
+    /// Divides every gradient by the scale in place; true when any gradient holds an Inf or
+    /// NaN (then the gradients are garbage and the step must be skipped).
+    pub fn unscale(&self, grads: &[Tensor]) -> bool {
+        let grads: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
+        let Some(first) = grads.first() else { return false };
+        let device = first.device();
+        let mut found = Tensor::zeros([1], (Kind::Float, device));
+        let inv = Tensor::from_slice(&[(1.0 / self.scale) as f32]).to_device(device);
+        for g in grads {
+            if device.is_cuda() {
+                // libtorch's fused check-and-unscale kernel (CUDA only).
+                g.shallow_clone()
+                    .internal_amp_non_finite_check_and_unscale(&mut found, &inv);
+            } else {
+                let bad = g.isfinite().logical_not().any().to_kind(Kind::Float).view([1]);
+                found = found.maximum(&bad);
+                let _ = g.shallow_clone().g_mul_(&inv);
+            }
+        }
+        f64::try_from(&found).map_or(true, |v| v > 0.0)
+    }
+
+    /// Adjusts the scale after a step (`torch._amp_update_scale_`).
+    pub fn update(&mut self, found_inf: bool) {
+        if found_inf {
+            self.scale *= self.backoff_factor;
+            self.growth_tracker = 0;
+        } else {
+            self.growth_tracker += 1;
+            if self.growth_tracker == self.growth_interval {
+                self.scale *= self.growth_factor;
+                self.growth_tracker = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::{self, Module};
+
+    /// A 4→1 linear layer with fixed weights (no global RNG: tests run in parallel).
+    fn tiny() -> (VarStore, nn::Linear) {
+        let vs = VarStore::new(tch::Device::Cpu);
+        let mut lin = nn::linear(vs.root() / "fc", 4, 1, Default::default());
+        tch::no_grad(|| {
+            lin.ws
+                .copy_(&Tensor::from_slice(&[0.3f32, -0.2, 0.1, 0.4]).view([1, 4]));
+            if let Some(b) = lin.bs.as_mut() {
+                b.copy_(&Tensor::from_slice(&[0.05f32]));
+            }
+        });
+        (vs, lin)
+    }
+
+    #[test]
+    fn scaled_step_equals_unscaled_step() {
+        let x = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25, 1.0, 1.5, -0.5, 0.0]).view([2, 4]);
+        let mut after = Vec::new();
+        for scaled in [false, true] {
+            let (vs, lin) = tiny();
+            let mut opt = AdamW::new(&vs, 1e-2);
+            let mut scaler = GradScaler::default();
+            let loss = lin.forward(&x).pow_tensor_scalar(2).mean(Kind::Float);
+            opt.zero_grad();
+            if scaled {
+                (&loss * scaler.scale).backward();
+                assert!(opt.step(1e-2, 0.5, Some(&mut scaler)));
+                assert_eq!(scaler.growth_tracker, 1);
+            } else {
+                loss.backward();
+                assert!(opt.step(1e-2, 0.5, None));
+            }
+            after.push(lin.ws.flatten(0, -1));
+        }
+        let d = f64::try_from((&after[0] - &after[1]).abs().max()).unwrap();
+        assert!(d < 1e-6, "scaled and unscaled updates differ by {d}");
+    }
+
+    #[test]
+    fn overflow_skips_the_step_and_halves_the_scale() {
+        let (vs, lin) = tiny();
+        let mut opt = AdamW::new(&vs, 1e-2);
+        let before = lin.ws.copy();
+        let x = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 1.0]).view([1, 4]);
+        let loss = lin.forward(&x).sum(Kind::Float) * f64::INFINITY;
+        opt.zero_grad();
+        loss.backward();
+        let mut scaler = GradScaler {
+            growth_tracker: 7,
+            ..GradScaler::default()
+        };
+        assert!(!opt.step(1e-2, 1.0, Some(&mut scaler)));
+        assert_eq!(scaler.scale, 32768.0);
+        assert_eq!(scaler.growth_tracker, 0);
+        assert!(lin.ws.equal(&before), "a skipped step must leave the weights alone");
+        assert_eq!(opt.step, 0);
+    }
+
+    #[test]
+    fn scale_grows_after_the_interval() {
+        let mut s = GradScaler {
+            growth_interval: 3,
+            ..GradScaler::default()
+        };
+        for _ in 0..3 {
+            s.update(false);
+        }
+        assert_eq!((s.scale, s.growth_tracker), (131072.0, 0));
     }
 }

@@ -23,7 +23,7 @@ use tch::{Device, Tensor};
 
 use models::index::PatchIndex;
 
-use crate::config::{Loss, PosWeight, Sampler, TrainConfig};
+use crate::config::{Loss, PosWeight, Precision, Sampler, TrainConfig};
 use crate::data::{Cubes, Side, Split};
 use crate::export;
 use crate::net::{self, Net};
@@ -102,6 +102,9 @@ pub struct TrainState {
     pub last_sha256: String,
     pub best_sha256: String,
     pub optimizer_sha256: String,
+    /// The fp16 loss scaler's state (mixed-precision runs only).
+    #[serde(default)]
+    pub grad_scaler: Option<crate::optim::GradScaler>,
 }
 
 /// Every file a run writes (what `--force` clears).
@@ -144,6 +147,9 @@ fn prepare_run_dir(dir: &Path, force: bool) -> Result<()> {
     }
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create run folder", dir.display()))
 }
+
+/// Training batches assembled ahead of the one being trained on.
+const PREFETCH_BATCHES: usize = 2;
 
 type AugmentState<'a> = (&'a crate::augment::Augment, f64, &'a mut StdRng, &'a mut [usize; 2]);
 
@@ -215,13 +221,15 @@ fn plot_curves(h: &[EpochMetrics], path: &Path) -> Result<()> {
 }
 
 /// Validation logits (eval mode) and the mean unweighted BCE.
-fn evaluate(net: &Net, c: &Cubes, batch: usize, device: Device) -> Result<(Vec<f32>, f64)> {
+fn evaluate(net: &Net, c: &Cubes, batch: usize, device: Device, amp: bool) -> Result<(Vec<f32>, f64)> {
     let mut logits = Vec::with_capacity(c.len());
     let mut loss_sum = 0.0;
     let idx: Vec<usize> = (0..c.len()).collect();
     for chunk in idx.chunks(batch) {
         let (x, y) = batch_tensor(c, chunk, None, device);
-        let z = tch::no_grad(|| net.forward_t(&x, false)).flatten(0, -1);
+        let z = tch::no_grad(|| tch::autocast(amp, || net.forward_t(&x, false)))
+            .flatten(0, -1)
+            .to_kind(tch::Kind::Float);
         let l = z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Sum);
         loss_sum += f64::try_from(&l)?;
         logits.extend(Vec::<f32>::try_from(&z.to_device(Device::Cpu))?);
@@ -253,6 +261,14 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     let index = PatchIndex::read(&cfg.data)?;
     let split = Split::new(&index.rows, &cfg.split, &index.path)?;
     let device = crate::resolve_device(&cfg.train.device)?;
+    let amp = match (cfg.train.precision, device.is_cuda()) {
+        (Precision::Fp16, false) => bail!(
+            "train.precision fp16 needs a CUDA device (the run resolved to {}); use auto or fp32",
+            crate::device_name(device)
+        ),
+        (Precision::Fp32, _) | (Precision::Auto, false) => false,
+        (Precision::Fp16 | Precision::Auto, true) => true,
+    };
     // Load everything before creating the run folder: bad input leaves no folder behind.
     let train_rows = split.rows(&index.rows, Side::Train);
     let val_rows = split.rows(&index.rows, Side::Val);
@@ -306,9 +322,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         }
     };
     log(format!(
-        "trainer: {} on {}; train {} patches ({} positive), val {} patches ({} positive) from {} series; pos_weight {:.3}",
+        "trainer: {} on {}{}; train {} patches ({} positive), val {} patches ({} positive) from {} series; pos_weight {:.3}",
         spec.name,
         crate::device_name(device),
+        if amp { " (fp16 mixed precision, loss scaling)" } else { " (fp32)" },
         train.len(),
         n_pos,
         val.len(),
@@ -321,6 +338,11 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         tch::set_num_threads(cfg.train.threads as i32);
     }
     tch::manual_seed(cfg.train.seed as i64);
+    if device.is_cuda() {
+        // Fixed input shapes: let cuDNN pick the fastest convolution algorithms.
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let mut scaler = amp.then(crate::optim::GradScaler::default);
     let vs = nn::VarStore::new(device);
     let net = Net::new(&vs.root(), &spec)?;
     net::check_names(&vs, &spec)?;
@@ -366,6 +388,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
             first_epoch = t.epochs + 1;
         }
         resumed_step = st.step;
+        if amp {
+            scaler = Some(st.grad_scaler.unwrap_or_default());
+        }
         log(format!("resuming after epoch {} (step {})", st.epochs_done, st.step));
     }
     let val_labels: Vec<u8> = val.labels.iter().map(|&l| l as u8).collect();
@@ -414,47 +439,86 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
             pb.set_message(format!("{epoch}/{}", t.epochs));
             pb
         };
-        let (mut loss_sum, mut seen) = (0.0, 0usize);
-        let mut augmented = [0usize; 2];
+        // Summed on the device and read once per epoch: no host sync per step.
+        let mut loss_sum = Tensor::zeros([], (tch::Kind::Float, device));
+        let mut seen = 0usize;
         let mut lr = t.lr;
         let t_loop = Instant::now();
-        for chunk in order.chunks(t.batch_size) {
-            if chunk.len() < 2 {
-                continue; // BatchNorm statistics need more than one sample.
-            }
-            // Linear warm-up, then cosine decay, per step.
-            lr = if step < warmup_steps {
-                t.lr * (step + 1) as f64 / warmup_steps as f64
-            } else {
-                let prog = (step - warmup_steps) as f64 / (total_steps - warmup_steps).max(1) as f64;
-                t.lr * 0.5 * (1.0 + (std::f64::consts::PI * prog.min(1.0)).cos())
-            };
-            let (x, y) = batch_tensor(&train, chunk, Some((&t.augment, pad, &mut rng, &mut augmented)), device);
-            let z = net.forward_t(&x, true).flatten(0, -1);
-            let loss = match t.loss {
-                Loss::Bce => z.binary_cross_entropy_with_logits(&y, None::<&Tensor>, Some(&pw), tch::Reduction::Mean),
-                Loss::Focal => {
-                    let weighted =
-                        z.binary_cross_entropy_with_logits(&y, None::<&Tensor>, Some(&pw), tch::Reduction::None);
-                    let plain = z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::None);
-                    // p_t = exp(−BCE); focal weight (1 − p_t)^γ.
-                    let p_t: Tensor = (-plain).exp();
-                    let focal = p_t.neg().g_add_scalar(1.0).pow_tensor_scalar(t.focal_gamma);
-                    (focal * weighted).mean(tch::Kind::Float)
+        // BatchNorm statistics need more than one sample: a final chunk of one is skipped.
+        let chunks: Vec<&[usize]> = order.chunks(t.batch_size).filter(|c| c.len() >= 2).collect();
+        // A background thread reads, augments and stacks the next batches (and pins them
+        // for an asynchronous copy on CUDA) while this one trains: the device never waits
+        // on batch assembly. Draws come from the epoch's seeded generator in batch order,
+        // so results do not depend on the overlap.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Tensor, Tensor, usize)>(PREFETCH_BATCHES);
+        let (train_ref, aug_cfg) = (&train, &t.augment);
+        let augmented = std::thread::scope(|s| {
+            let producer = s.spawn(move || {
+                let mut rng = rng;
+                let mut augmented = [0usize; 2];
+                for chunk in chunks {
+                    let (mut x, mut y) = batch_tensor(
+                        train_ref,
+                        chunk,
+                        Some((aug_cfg, pad, &mut rng, &mut augmented)),
+                        Device::Cpu,
+                    );
+                    if device.is_cuda() {
+                        x = x.pin_memory(device);
+                        y = y.pin_memory(device);
+                    }
+                    if tx.send((x, y, chunk.len())).is_err() {
+                        break;
+                    }
                 }
-            };
-            opt.zero_grad();
-            loss.backward();
-            opt.step(lr, t.grad_clip);
-            net.count_batch();
-            loss_sum += f64::try_from(&loss)? * chunk.len() as f64;
-            seen += chunk.len();
-            step += 1;
-            pb.inc(chunk.len() as u64);
-        }
+                augmented
+            });
+            for (x, y, n) in rx.iter() {
+                let x = x.to_device_(device, tch::Kind::Float, true, false);
+                let y = y.to_device_(device, tch::Kind::Float, true, false);
+                // Linear warm-up, then cosine decay, per step.
+                lr = if step < warmup_steps {
+                    t.lr * (step + 1) as f64 / warmup_steps as f64
+                } else {
+                    let prog = (step - warmup_steps) as f64 / (total_steps - warmup_steps).max(1) as f64;
+                    t.lr * 0.5 * (1.0 + (std::f64::consts::PI * prog.min(1.0)).cos())
+                };
+                let z = tch::autocast(amp, || net.forward_t(&x, true))
+                    .flatten(0, -1)
+                    .to_kind(tch::Kind::Float);
+                let loss = match t.loss {
+                    Loss::Bce => {
+                        z.binary_cross_entropy_with_logits(&y, None::<&Tensor>, Some(&pw), tch::Reduction::Mean)
+                    }
+                    Loss::Focal => {
+                        let weighted =
+                            z.binary_cross_entropy_with_logits(&y, None::<&Tensor>, Some(&pw), tch::Reduction::None);
+                        let plain = z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::None);
+                        // p_t = exp(−BCE); focal weight (1 − p_t)^γ.
+                        let p_t: Tensor = (-plain).exp();
+                        let focal = p_t.neg().g_add_scalar(1.0).pow_tensor_scalar(t.focal_gamma);
+                        (focal * weighted).mean(tch::Kind::Float)
+                    }
+                };
+                opt.zero_grad();
+                match scaler.as_ref() {
+                    Some(s) => (&loss * s.scale).backward(),
+                    None => loss.backward(),
+                }
+                opt.step(lr, t.grad_clip, scaler.as_mut());
+                net.count_batch();
+                loss_sum += loss.detach() * n as f64;
+                seen += n;
+                step += 1;
+                pb.inc(n as u64);
+            }
+            producer.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+        });
         pb.finish_and_clear();
+        // Reading the loss waits for the device, so the time below covers all the work.
+        let loss_sum = f64::try_from(&loss_sum)?;
         let train_samples_per_s = seen as f64 / t_loop.elapsed().as_secs_f64().max(1e-9);
-        let (logits, val_loss) = evaluate(&net, &val, t.batch_size, device)?;
+        let (logits, val_loss) = evaluate(&net, &val, t.batch_size, device, amp)?;
         let scores: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
         let auroc = calibrate::metrics::auroc(&scores, &val_labels).unwrap_or(f64::NAN);
         let auprc = calibrate::metrics::average_precision(&scores, &val_labels);
@@ -515,6 +579,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                 last_sha256: models::fsutil::sha256_file(&last_path)?,
                 best_sha256: models::fsutil::sha256_file(&best_path)?,
                 optimizer_sha256: models::fsutil::sha256_file(&opt_path)?,
+                grad_scaler: scaler,
             };
             yaml(&dir.join("train_state.yaml"), &st)?;
         }
@@ -578,6 +643,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         parity.max_abs_diff_logit,
         parity.patches
     ));
+    if let Some(d) = parity.device_max_abs_diff_logit {
+        log(format!(
+            "export: the same weights on {} (fp32) vs ONNX Runtime: max |Δlogit| {d:.2e}",
+            parity.device
+        ));
+    }
     if !parity.passed {
         let failed = dir.join("model.parity-failed.onnx");
         std::fs::rename(&unchecked, &failed)?;

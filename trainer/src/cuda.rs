@@ -1,0 +1,92 @@
+//! Brings up libtorch's CUDA half at run time, so one trainer binary runs on CPU-only hosts
+//! and on GPU hosts alike.
+//!
+//! libtorch's CUDA kernels and its CUDA "hooks" live in `libtorch_cuda.so`, which registers
+//! them from static initialisers when it is loaded. Nothing in our code calls into it, so the
+//! linker's default `--as-needed` drops it and `tch::Cuda::is_available()` then says `false`
+//! on a GPU host. build.rs links it with `--no-as-needed` when the build host has the full
+//! CUDA libtorch; otherwise (the slim CPU venv, where linking it would make the binary
+//! unloadable for want of libcudart) this module `dlopen`s the `libtorch_cuda.so` that sits
+//! beside the `libtorch_cpu.so` the process actually loaded, with `RTLD_GLOBAL`, before
+//! anything asks libtorch about CUDA (libtorch caches its CUDA hooks on first use).
+//!
+//! Written on libc directly: it is two calls, and `libloading` would unload the library on
+//! drop and hides `RTLD_GLOBAL` behind its unix-only API anyway. The one `unsafe` block of
+//! the workspace is here (the workspace denies unsafe code elsewhere).
+#![allow(unsafe_code)]
+use std::ffi::{CStr, CString};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// How libtorch's CUDA library came to be (or not be) in the process.
+#[derive(Debug, Clone)]
+pub enum CudaLib {
+    /// Linked into the binary at build time (`--no-as-needed`).
+    Linked,
+    /// Loaded at run time from this path.
+    Loaded(PathBuf),
+    /// Not loaded, and why (a CPU-only libtorch, or the loader's message naming the missing
+    /// library such as `libcudart.so.13`).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for CudaLib {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CudaLib::Linked => write!(f, "libtorch_cuda linked at build time"),
+            CudaLib::Loaded(p) => write!(f, "libtorch_cuda loaded at run time from {}", p.display()),
+            CudaLib::Unavailable(why) => write!(f, "libtorch_cuda not loaded: {why}"),
+        }
+    }
+}
+
+/// The folder of the `libtorch_cpu.so` this process runs with (from `/proc/self/maps`),
+/// which may differ from the one the binary was built against (`LD_LIBRARY_PATH`).
+pub fn loaded_libtorch_dir() -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| Path::new(p).file_name().is_some_and(|n| n == "libtorch_cpu.so"))
+        .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
+}
+
+/// Loads libtorch_cuda once (idempotent); call before any CUDA query or seeding.
+pub fn ensure_loaded() -> &'static CudaLib {
+    static STATE: OnceLock<CudaLib> = OnceLock::new();
+    STATE.get_or_init(|| {
+        if crate::TORCH_CUDA_LINKED {
+            return CudaLib::Linked;
+        }
+        if std::env::var_os("NODULE_NO_CUDA").is_some() {
+            return CudaLib::Unavailable("NODULE_NO_CUDA is set".into());
+        }
+        let Some(dir) = loaded_libtorch_dir() else {
+            return CudaLib::Unavailable("cannot find the loaded libtorch_cpu.so in /proc/self/maps".into());
+        };
+        let path = dir.join("libtorch_cuda.so");
+        if !path.is_file() {
+            return CudaLib::Unavailable(format!(
+                "{} has no libtorch_cuda.so (a CPU-only libtorch)",
+                dir.display()
+            ));
+        }
+        let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+            return CudaLib::Unavailable(format!("{}: path has a NUL byte", path.display()));
+        };
+        // SAFETY: dlopen/dlerror with a valid NUL-terminated path; the handle is kept for the
+        // life of the process (never dlclose'd), as libtorch's registrations require.
+        unsafe {
+            let h = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+            if h.is_null() {
+                let e = libc::dlerror();
+                let msg = if e.is_null() {
+                    "dlopen failed".to_string()
+                } else {
+                    CStr::from_ptr(e).to_string_lossy().into_owned()
+                };
+                return CudaLib::Unavailable(msg);
+            }
+        }
+        CudaLib::Loaded(path)
+    })
+}
