@@ -90,3 +90,62 @@ pub fn ensure_loaded() -> &'static CudaLib {
         CudaLib::Loaded(path)
     })
 }
+
+/// c10's `FLAGS_caffe2_log_level` (0 info, 1 warning, 2 error), the threshold below which
+/// libtorch's C++ logger drops a message; `None` if this libtorch does not export it.
+fn torch_log_level() -> Option<&'static std::sync::atomic::AtomicI32> {
+    static FLAG: OnceLock<usize> = OnceLock::new();
+    let addr = *FLAG.get_or_init(|| {
+        // SAFETY: dlsym on the global scope with a NUL-terminated name.
+        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"FLAGS_caffe2_log_level".as_ptr()) as usize }
+    });
+    // SAFETY: the symbol is a C++ `int` with static storage duration in libc10, alive for the
+    // life of the process; AtomicI32 has the same size and alignment as i32.
+    (addr != 0).then(|| unsafe { &*(addr as *const std::sync::atomic::AtomicI32) })
+}
+
+/// Runs `f` with libtorch's warnings silenced (errors still print).
+fn without_torch_warnings<T>(f: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::Ordering;
+    let Some(flag) = torch_log_level() else { return f() };
+    let before = flag.swap(2, Ordering::SeqCst);
+    let out = f();
+    flag.store(before, Ordering::SeqCst);
+    out
+}
+
+/// What `tch::autocast` does (fp16 autocast on CUDA around `f`), minus the deprecation
+/// warnings libtorch 2.11 prints on every call of the entry points tch uses
+/// (`at::autocast::is_enabled` / `set_enabled`): five lines per training step otherwise.
+/// Only those calls are silenced; warnings raised inside `f` still print.
+pub fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    if !enabled {
+        return f();
+    }
+    // SAFETY: plain C calls into torch-sys's wrapper; errors are caught there (PROTECT).
+    let prev = without_torch_warnings(|| unsafe { torch_sys::at_autocast_is_enabled() });
+    without_torch_warnings(|| unsafe { torch_sys::at_autocast_set_enabled(1) });
+    unsafe { torch_sys::at_autocast_increment_nesting() };
+    let out = f();
+    if unsafe { torch_sys::at_autocast_decrement_nesting() } == 0 {
+        unsafe { torch_sys::at_autocast_clear_cache() };
+    }
+    without_torch_warnings(|| unsafe { torch_sys::at_autocast_set_enabled(prev) });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    /// libtorch 2.11 warns on every `at::autocast::is_enabled()` call (CPU too): the
+    /// silencer must find the log threshold and restore it afterwards.
+    #[test]
+    fn log_threshold_is_found_and_restored() {
+        let flag = super::torch_log_level().expect("libc10 exports FLAGS_caffe2_log_level");
+        let before = flag.load(std::sync::atomic::Ordering::SeqCst);
+        let inside = super::without_torch_warnings(|| flag.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(inside, 2);
+        assert_eq!(flag.load(std::sync::atomic::Ordering::SeqCst), before);
+        // And autocast off is a plain call.
+        assert_eq!(super::autocast(false, || 7), 7);
+    }
+}

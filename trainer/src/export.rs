@@ -76,6 +76,7 @@ pub struct Parity {
 
 /// Scores `cubes` (each `D³` floats, contiguous) with libtorch on CPU (eval mode) and with
 /// ONNX Runtime on CPU, in batches of `batch`; returns the comparison and the ORT logits.
+/// When `device` is a GPU the weights are also run there and compared, for information.
 pub fn parity(
     spec: &ArchSpec,
     vs: &nn::VarStore,
@@ -84,6 +85,7 @@ pub fn parity(
     cube: usize,
     batch: usize,
     ort_lib: Option<&Path>,
+    device: tch::Device,
 ) -> Result<(Parity, Vec<f32>)> {
     let n_vox = cube * cube * cube;
     let n = data.len() / n_vox;
@@ -91,8 +93,8 @@ pub fn parity(
     let mut cpu = nn::VarStore::new(tch::Device::Cpu);
     let net = Net::new(&cpu.root(), spec)?;
     cpu.copy(vs).context("copying weights to CPU")?;
-    let on_device = if vs.device().is_cuda() {
-        let mut g = nn::VarStore::new(vs.device());
+    let on_device = if device.is_cuda() {
+        let mut g = nn::VarStore::new(device);
         let n = Net::new(&g.root(), spec)?;
         g.copy(vs).context("copying weights on the device")?;
         Some((g, n))
@@ -153,7 +155,7 @@ pub fn parity(
             passed: max_d <= PARITY_TOLERANCE,
             onnxruntime_version: scorer.runtime.version.clone(),
             onnxruntime_provider: scorer.provider.to_string(),
-            device: crate::device_name(vs.device()),
+            device: crate::device_name(device),
             device_max_abs_diff_logit: on_device.is_some().then_some(dev_max),
         },
         ort_all,

@@ -227,7 +227,7 @@ fn evaluate(net: &Net, c: &Cubes, batch: usize, device: Device, amp: bool) -> Re
     let idx: Vec<usize> = (0..c.len()).collect();
     for chunk in idx.chunks(batch) {
         let (x, y) = batch_tensor(c, chunk, None, device);
-        let z = tch::no_grad(|| tch::autocast(amp, || net.forward_t(&x, false)))
+        let z = tch::no_grad(|| crate::cuda::autocast(amp, || net.forward_t(&x, false)))
             .flatten(0, -1)
             .to_kind(tch::Kind::Float);
         let l = z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Sum);
@@ -377,6 +377,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         vs.load(&last_path)
             .with_context(|| format!("{}: cannot load the last checkpoint", last_path.display()))?;
         opt.load(&opt_path)?;
+        opt.bind();
         let mut r = csv::Reader::from_path(dir.join("metrics.csv"))?;
         history = r.deserialize().collect::<Result<_, _>>()?;
         history.truncate(st.epochs_done);
@@ -452,7 +453,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         // so results do not depend on the overlap.
         let (tx, rx) = std::sync::mpsc::sync_channel::<(Tensor, Tensor, usize)>(PREFETCH_BATCHES);
         let (train_ref, aug_cfg) = (&train, &t.augment);
-        let augmented = std::thread::scope(|s| {
+        let augmented = std::thread::scope(|s| -> Result<[usize; 2]> {
             let producer = s.spawn(move || {
                 let mut rng = rng;
                 let mut augmented = [0usize; 2];
@@ -464,8 +465,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                         Device::Cpu,
                     );
                     if device.is_cuda() {
-                        x = x.pin_memory(device);
-                        y = y.pin_memory(device);
+                        // `_pin_memory`: `pin_memory(device)` warns (deprecated argument) per call.
+                        x = x.f_internal_pin_memory(device).unwrap_or(x);
+                        y = y.f_internal_pin_memory(device).unwrap_or(y);
                     }
                     if tx.send((x, y, chunk.len())).is_err() {
                         break;
@@ -473,7 +475,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                 }
                 augmented
             });
-            for (x, y, n) in rx.iter() {
+            // Owning the receiver here means an error below drops it, which stops the
+            // producer (its send fails) instead of leaving it blocked on a full channel.
+            for (x, y, n) in rx.into_iter() {
                 let x = x.to_device_(device, tch::Kind::Float, true, false);
                 let y = y.to_device_(device, tch::Kind::Float, true, false);
                 // Linear warm-up, then cosine decay, per step.
@@ -483,7 +487,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                     let prog = (step - warmup_steps) as f64 / (total_steps - warmup_steps).max(1) as f64;
                     t.lr * 0.5 * (1.0 + (std::f64::consts::PI * prog.min(1.0)).cos())
                 };
-                let z = tch::autocast(amp, || net.forward_t(&x, true))
+                let z = crate::cuda::autocast(amp, || net.forward_t(&x, true))
                     .flatten(0, -1)
                     .to_kind(tch::Kind::Float);
                 let loss = match t.loss {
@@ -500,20 +504,19 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                         (focal * weighted).mean(tch::Kind::Float)
                     }
                 };
-                opt.zero_grad();
-                match scaler.as_ref() {
-                    Some(s) => (&loss * s.scale).backward(),
-                    None => loss.backward(),
-                }
-                opt.step(lr, t.grad_clip, scaler.as_mut());
+                let grad = match scaler.as_ref() {
+                    Some(s) => opt.flat_grad(&(&loss * s.scale)),
+                    None => opt.flat_grad(&loss),
+                };
+                opt.step(&grad, lr, t.grad_clip, scaler.as_mut())?;
                 net.count_batch();
                 loss_sum += loss.detach() * n as f64;
                 seen += n;
                 step += 1;
                 pb.inc(n as u64);
             }
-            producer.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
-        });
+            Ok(producer.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+        })?;
         pb.finish_and_clear();
         // Reading the loss waits for the device, so the time below covers all the work.
         let loss_sum = f64::try_from(&loss_sum)?;
@@ -634,6 +637,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         val.cube,
         cfg.train.batch_size,
         opts.ort_lib.as_deref(),
+        device,
     )?;
     yaml(&dir.join("parity.yaml"), &parity)?;
     log(format!(
