@@ -20,9 +20,11 @@ pub mod csvio;
 pub mod error;
 pub mod fsutil;
 pub mod index;
+pub mod metaimage;
 pub mod onnx;
 pub mod patch;
 pub mod preprocess;
+pub mod resample;
 pub mod spec;
 
 pub use error::{Error, Result};

@@ -26,6 +26,11 @@ pub struct AdamW {
     flat: Tensor,
     m: Tensor,
     v: Tensor,
+    /// Reused buffers (the flat gradient and one temporary): a fresh tensor of the whole
+    /// model's size every step would be a fresh mmap with page faults on CPU (glibc maps
+    /// allocations above 32 MiB anew each time).
+    grad: Tensor,
+    scratch: Tensor,
     pub step: i64,
     pub beta1: f64,
     pub beta2: f64,
@@ -50,6 +55,8 @@ impl AdamW {
             offsets,
             m: flat.zeros_like(),
             v: flat.zeros_like(),
+            grad: flat.zeros_like(),
+            scratch: flat.zeros_like(),
             flat,
             step: 0,
             beta1: 0.9,
@@ -98,11 +105,13 @@ impl AdamW {
 
     /// Gradients of `loss` for every parameter, flattened in the parameters' order
     /// (`torch.autograd.grad`: nothing accumulates in `.grad`, so there is nothing to zero).
+    /// The returned tensor shares the optimizer's gradient buffer: pass it to
+    /// [`AdamW::step`] before the next call.
     pub fn flat_grad(&self, loss: &Tensor) -> Tensor {
         let inputs: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
         let grads = Tensor::run_backward(&[loss], &inputs, false, false);
         let flat: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
-        Tensor::cat(&flat, 0)
+        tch::no_grad(|| Tensor::cat_out(&self.grad, &flat, 0))
     }
 
     /// One update from the flat gradient `grad` with learning rate `lr`, clipping the
@@ -129,13 +138,22 @@ impl AdamW {
             self.step += 1;
             let bc1 = 1.0 - self.beta1.powi(self.step as i32);
             let bc2 = 1.0 - self.beta2.powi(self.step as i32);
-            let p = &mut self.flat;
-            let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
+            // In place, through one scratch buffer (no allocation per step):
+            // p ← p·(1 − lr·wd); m ← lerp(m, g, 1 − β1); v ← β2·v + (1 − β2)·g²;
+            // p ← p − (lr / bc1) · m / (√v / √bc2 + eps).
+            let s = &mut self.scratch;
+            let _ = self.flat.g_mul_scalar_(1.0 - lr * self.weight_decay);
             let _ = self.m.lerp_(&g, 1.0 - self.beta1);
+            let _ = g.mul_out(s, &g);
+            let _ = s.g_mul_scalar_(1.0 - self.beta2);
             let _ = self.v.g_mul_scalar_(self.beta2);
-            let _ = self.v.g_add_(&(&g * &g * (1.0 - self.beta2)));
-            let denom = (self.v.sqrt() / bc2.sqrt()).g_add_scalar_(self.eps);
-            let _ = p.g_sub_(&(&self.m / denom * (lr / bc1)));
+            let _ = self.v.g_add_(s);
+            let _ = self.v.sqrt_out(s);
+            let _ = s.g_mul_scalar_(1.0 / bc2.sqrt());
+            let _ = s.g_add_scalar_(self.eps);
+            let _ = self.m.div_out(s, s);
+            let _ = s.g_mul_scalar_(lr / bc1);
+            let _ = self.flat.g_sub_(s);
             true
         }))
     }

@@ -1,0 +1,775 @@
+//! MetaImage scans (`.mhd` header + raw data file, or `.mha` with `ElementDataFile = LOCAL`),
+//! as LUNA16 ships its 888 CT scans, and their geometry (world millimetres ↔ voxel indices).
+//!
+//! Written by hand: no kept Rust crate reads MetaImage (ITK's format), and the part we need
+//! (3-D, one channel, raw or zlib data) is a page of text parsing.
+//!
+//! **Axis order.** MetaImage stores x fastest, then y, then z, and lists `DimSize`,
+//! `ElementSpacing` and `Offset` as (x, y, z). [`Scan::voxels`] keeps that layout, which is a
+//! C-order array of shape (z, y, x), the order of the notebook's patches and of every cube
+//! this toolchain writes.
+//!
+//! **Geometry.** As ITK reads it: row `i` of `TransformMatrix` is the world direction of
+//! image axis `i`, so `world = Offset + Σ_i row_i · spacing_i · index_i`. LUNA16's world
+//! coordinates (`annotations.csv`, `candidates.csv`) are in this frame. Any invertible
+//! direction is handled (flipped and permuted axes included), see [`Geometry`].
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The voxel types of MetaImage's `ElementType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElementType {
+    Char,
+    UChar,
+    Short,
+    UShort,
+    Int,
+    UInt,
+    Float,
+    Double,
+}
+
+impl ElementType {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "MET_CHAR" => Self::Char,
+            "MET_UCHAR" => Self::UChar,
+            "MET_SHORT" => Self::Short,
+            "MET_USHORT" => Self::UShort,
+            "MET_INT" | "MET_LONG" => Self::Int,
+            "MET_UINT" | "MET_ULONG" => Self::UInt,
+            "MET_FLOAT" => Self::Float,
+            "MET_DOUBLE" => Self::Double,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Char => "MET_CHAR",
+            Self::UChar => "MET_UCHAR",
+            Self::Short => "MET_SHORT",
+            Self::UShort => "MET_USHORT",
+            Self::Int => "MET_INT",
+            Self::UInt => "MET_UINT",
+            Self::Float => "MET_FLOAT",
+            Self::Double => "MET_DOUBLE",
+        }
+    }
+
+    /// Bytes per voxel.
+    pub fn size(self) -> usize {
+        match self {
+            Self::Char | Self::UChar => 1,
+            Self::Short | Self::UShort => 2,
+            Self::Int | Self::UInt | Self::Float => 4,
+            Self::Double => 8,
+        }
+    }
+
+    /// Decodes `bytes` (a whole number of voxels) into `out`.
+    fn decode(self, bytes: &[u8], msb: bool, out: &mut Vec<f32>) {
+        macro_rules! conv {
+            ($t:ty, $n:literal) => {
+                out.extend(bytes.chunks_exact($n).map(|c| {
+                    let a: [u8; $n] = c.try_into().expect("chunks_exact");
+                    (if msb {
+                        <$t>::from_be_bytes(a)
+                    } else {
+                        <$t>::from_le_bytes(a)
+                    }) as f32
+                }))
+            };
+        }
+        match self {
+            Self::Char => out.extend(bytes.iter().map(|&b| f32::from(b as i8))),
+            Self::UChar => out.extend(bytes.iter().map(|&b| f32::from(b))),
+            Self::Short => conv!(i16, 2),
+            Self::UShort => conv!(u16, 2),
+            Self::Int => conv!(i32, 4),
+            Self::UInt => conv!(u32, 4),
+            Self::Float => conv!(f32, 4),
+            Self::Double => conv!(f64, 8),
+        }
+    }
+
+    /// Encodes one value (rounded and saturated for integer types).
+    fn encode(self, v: f32, msb: bool, out: &mut Vec<u8>) {
+        macro_rules! put {
+            ($x:expr) => {
+                if msb {
+                    out.extend_from_slice(&$x.to_be_bytes())
+                } else {
+                    out.extend_from_slice(&$x.to_le_bytes())
+                }
+            };
+        }
+        let r = v.round();
+        match self {
+            Self::Char => out.push((r as i8) as u8),
+            Self::UChar => out.push(r as u8),
+            Self::Short => put!(r as i16),
+            Self::UShort => put!(r as u16),
+            Self::Int => put!(r as i32),
+            Self::UInt => put!(r as u32),
+            Self::Float => put!(v),
+            Self::Double => put!(f64::from(v)),
+        }
+    }
+}
+
+/// Where a scan sits in the world: the mapping between voxel indices (x, y, z) and world
+/// millimetres.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Geometry {
+    /// Voxels along x, y, z.
+    pub dims: [usize; 3],
+    /// Voxel size along image axes x, y, z, in mm.
+    pub spacing: [f64; 3],
+    /// World position of voxel (0, 0, 0), in mm.
+    pub offset: [f64; 3],
+    /// `direction[i]`: the world direction of image axis i (row i of `TransformMatrix`).
+    pub direction: [[f64; 3]; 3],
+    /// world − offset ↦ continuous index: the inverse of (direction columns × spacing).
+    to_index: [[f64; 3]; 3],
+}
+
+impl Geometry {
+    /// Checks the values (positive finite spacing, finite offset, invertible direction).
+    pub fn new(
+        dims: [usize; 3],
+        spacing: [f64; 3],
+        offset: [f64; 3],
+        direction: [[f64; 3]; 3],
+    ) -> Result<Self, String> {
+        if dims.contains(&0) {
+            return Err(format!("DimSize {dims:?} has a zero"));
+        }
+        if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(format!("ElementSpacing {spacing:?} must be positive"));
+        }
+        if offset.iter().any(|o| !o.is_finite()) {
+            return Err(format!("Offset {offset:?} is not finite"));
+        }
+        // A = [d0·s0 | d1·s1 | d2·s2] (columns); world − offset = A · index.
+        let mut a = [[0.0; 3]; 3];
+        for (i, row) in direction.iter().enumerate() {
+            for j in 0..3 {
+                a[j][i] = row[j] * spacing[i];
+            }
+        }
+        let to_index = invert3(&a).ok_or_else(|| format!("TransformMatrix {direction:?} is singular"))?;
+        Ok(Geometry {
+            dims,
+            spacing,
+            offset,
+            direction,
+            to_index,
+        })
+    }
+
+    /// World position (mm) of a continuous voxel index (x, y, z).
+    pub fn voxel_to_world(&self, idx: [f64; 3]) -> [f64; 3] {
+        let mut w = self.offset;
+        for i in 0..3 {
+            for (j, wj) in w.iter_mut().enumerate() {
+                *wj += self.direction[i][j] * self.spacing[i] * idx[i];
+            }
+        }
+        w
+    }
+
+    /// Continuous voxel index (x, y, z) of a world position (mm).
+    pub fn world_to_voxel(&self, w: [f64; 3]) -> [f64; 3] {
+        let d = [w[0] - self.offset[0], w[1] - self.offset[1], w[2] - self.offset[2]];
+        self.apply_to_index(d)
+    }
+
+    /// The index change of a world displacement `d` (mm).
+    pub fn apply_to_index(&self, d: [f64; 3]) -> [f64; 3] {
+        let m = &self.to_index;
+        [
+            m[0][0] * d[0] + m[0][1] * d[1] + m[0][2] * d[2],
+            m[1][0] * d[0] + m[1][1] * d[1] + m[1][2] * d[2],
+            m[2][0] * d[0] + m[2][1] * d[1] + m[2][2] * d[2],
+        ]
+    }
+
+    /// Whether the direction rows are orthonormal (to 1e-3), as a scanner writes them.
+    pub fn is_orthonormal(&self) -> bool {
+        (0..3).all(|i| {
+            (0..3).all(|k| {
+                let dot: f64 = (0..3).map(|j| self.direction[i][j] * self.direction[k][j]).sum();
+                (dot - if i == k { 1.0 } else { 0.0 }).abs() < 1e-3
+            })
+        })
+    }
+}
+
+fn invert3(a: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
+    let det = a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+        + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
+    if !det.is_finite() || det.abs() < 1e-12 {
+        return None;
+    }
+    let mut inv = [[0.0; 3]; 3];
+    for (r, row) in inv.iter_mut().enumerate() {
+        for (c, v) in row.iter_mut().enumerate() {
+            // Cofactor of a[c][r] (transposed), over det.
+            let (r1, r2) = ((c + 1) % 3, (c + 2) % 3);
+            let (c1, c2) = ((r + 1) % 3, (r + 2) % 3);
+            *v = (a[r1][c1] * a[r2][c2] - a[r1][c2] * a[r2][c1]) / det;
+        }
+    }
+    Some(inv)
+}
+
+/// A scan in memory: geometry and voxel values (HU for CT), x fastest.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub path: PathBuf,
+    pub geometry: Geometry,
+    pub element_type: ElementType,
+    /// `dims[0] · dims[1] · dims[2]` values; index `x + dims[0]·(y + dims[1]·z)`, i.e. a
+    /// C-order (z, y, x) array.
+    pub voxels: Vec<f32>,
+}
+
+/// The parsed header.
+#[derive(Debug, Clone)]
+struct Header {
+    geometry: Geometry,
+    element_type: ElementType,
+    msb: bool,
+    compressed: bool,
+    compressed_size: Option<usize>,
+    header_size: i64,
+    /// `None`: LOCAL (data follows the header in the same file).
+    data_file: Option<PathBuf>,
+    /// Byte where the header ends (start of LOCAL data).
+    header_end: usize,
+}
+
+/// Upper bound on voxels a header may claim (2³¹: a 1024 × 1024 × 2048 volume; LUNA16's
+/// largest is about 512 × 512 × 800), checked before anything is allocated.
+const MAX_VOXELS: usize = 1 << 31;
+
+impl Scan {
+    /// Reads a `.mhd` (with its data file) or `.mha`.
+    pub fn read(path: &Path) -> Result<Scan> {
+        let bad = |msg: String| Error::BadPatch {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let bytes = read_header_bytes(path)?;
+        let h = parse_header(&bytes, path).map_err(bad)?;
+        let n = h.geometry.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let n = n
+            .filter(|&n| n <= MAX_VOXELS)
+            .ok_or_else(|| bad(format!("DimSize {:?} is implausibly large", h.geometry.dims)))?;
+        let need = n * h.element_type.size();
+        let (data_path, raw) = match &h.data_file {
+            None => {
+                // LOCAL: the rest of this file (read it all now).
+                let all = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+                (path.to_path_buf(), all[h.header_end.min(all.len())..].to_vec())
+            }
+            Some(f) => {
+                let f = if f.is_absolute() {
+                    f.clone()
+                } else {
+                    path.parent().unwrap_or(Path::new(".")).join(f)
+                };
+                // The file's own size bounds what is read, whatever the header claims.
+                let data = std::fs::read(&f).map_err(|e| {
+                    bad(format!(
+                        "ElementDataFile {}: {e}",
+                        f.file_name()
+                            .map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into())
+                    ))
+                })?;
+                (f, data)
+            }
+        };
+        let short = |have: usize, what: &str| Error::BadPatch {
+            path: data_path.clone(),
+            msg: format!(
+                "{what} holds {have} bytes, the header ({} {:?} {}) needs {need}",
+                h.element_type.name(),
+                h.geometry.dims,
+                path.display()
+            ),
+        };
+        let body: Vec<u8> = if h.compressed {
+            let src = match h.compressed_size {
+                Some(c) if c <= raw.len() => &raw[..c],
+                _ => &raw[..],
+            };
+            // Bounded: never inflate more than the header's volume (plus one byte to notice).
+            let mut out = Vec::new();
+            flate2::read::ZlibDecoder::new(src)
+                .take(need as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| Error::BadPatch {
+                    path: data_path.clone(),
+                    msg: format!("compressed data does not inflate (zlib): {e}"),
+                })?;
+            if out.len() < need {
+                return Err(short(out.len(), "inflated data"));
+            }
+            out.truncate(need);
+            out
+        } else {
+            let start = if h.header_size < 0 {
+                raw.len().saturating_sub(need)
+            } else {
+                h.header_size as usize
+            };
+            if raw.len() < start + need {
+                return Err(short(raw.len().saturating_sub(start), "data"));
+            }
+            raw[start..start + need].to_vec()
+        };
+        let mut voxels = Vec::with_capacity(n);
+        h.element_type.decode(&body, h.msb, &mut voxels);
+        Ok(Scan {
+            path: path.to_path_buf(),
+            geometry: h.geometry,
+            element_type: h.element_type,
+            voxels,
+        })
+    }
+
+    /// The value at integer voxel (x, y, z), `None` outside the scan.
+    pub fn get(&self, x: i64, y: i64, z: i64) -> Option<f32> {
+        let [nx, ny, nz] = self.geometry.dims.map(|d| d as i64);
+        if x < 0 || y < 0 || z < 0 || x >= nx || y >= ny || z >= nz {
+            return None;
+        }
+        Some(self.voxels[(x + nx * (y + ny * z)) as usize])
+    }
+
+    /// Minimum and maximum voxel value.
+    pub fn range(&self) -> (f32, f32) {
+        self.voxels
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            })
+    }
+}
+
+/// The header text of a `.mhd`, or the start of a `.mha` (up to and including the
+/// `ElementDataFile` line; a header is small, the data may be large).
+fn read_header_bytes(path: &Path) -> Result<Vec<u8>> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buf = Vec::new();
+    let mut r = std::io::BufReader::new(f).take(1 << 20);
+    // Read line by line until ElementDataFile (the last header key in MetaIO).
+    loop {
+        let mut line = Vec::new();
+        let n = std::io::BufRead::read_until(&mut r, b'\n', &mut line).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        let is_last = String::from_utf8_lossy(&line)
+            .trim_start()
+            .starts_with("ElementDataFile");
+        buf.extend_from_slice(&line);
+        if is_last {
+            break;
+        }
+    }
+    Ok(buf)
+}
+
+fn parse_header(bytes: &[u8], path: &Path) -> Result<Header, String> {
+    let mut kv: Vec<(String, String)> = Vec::new();
+    let mut header_end = 0usize;
+    let mut saw_data_file = false;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        header_end += line.len();
+        let text =
+            std::str::from_utf8(line).map_err(|_| "the header is not text (is this a MetaImage file?)".to_string())?;
+        let t = text.trim();
+        if t.is_empty() {
+            continue;
+        }
+        let (k, v) = t
+            .split_once('=')
+            .ok_or_else(|| format!("header line {t:?} is not `Key = Value` (is this a MetaImage file?)"))?;
+        let key = k.trim().to_string();
+        let is_last = key.eq_ignore_ascii_case("ElementDataFile");
+        kv.push((key, v.trim().to_string()));
+        if is_last {
+            saw_data_file = true;
+            break;
+        }
+    }
+    if !saw_data_file {
+        return Err("the header has no ElementDataFile line".into());
+    }
+    let get = |names: &[&str]| -> Option<&str> {
+        names.iter().find_map(|n| {
+            kv.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.as_str())
+        })
+    };
+    let floats = |name: &str, v: &str, n: usize| -> Result<Vec<f64>, String> {
+        let xs: Vec<f64> = v
+            .split_whitespace()
+            .map(str::parse::<f64>)
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("{name} = {v}: not {n} numbers"))?;
+        if xs.len() != n {
+            return Err(format!("{name} = {v}: expected {n} numbers, found {}", xs.len()));
+        }
+        Ok(xs)
+    };
+    let boolean = |name: &str, v: &str| -> Result<bool, String> {
+        match v.to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(format!("{name} = {v}: expected True or False")),
+        }
+    };
+    if let Some(t) = get(&["ObjectType"]) {
+        if !t.eq_ignore_ascii_case("Image") {
+            return Err(format!("ObjectType = {t}: only Image is supported"));
+        }
+    }
+    let ndims = get(&["NDims"]).ok_or("the header has no NDims")?;
+    if ndims != "3" {
+        return Err(format!("NDims = {ndims}: only 3-D scans are supported"));
+    }
+    if let Some(c) = get(&["ElementNumberOfChannels"]) {
+        if c != "1" {
+            return Err(format!(
+                "ElementNumberOfChannels = {c}: only single-channel scans are supported"
+            ));
+        }
+    }
+    if let Some(b) = get(&["BinaryData"]) {
+        if !boolean("BinaryData", b)? {
+            return Err("BinaryData = False (ASCII voxel data) is not supported".into());
+        }
+    }
+    let dims_s = get(&["DimSize"]).ok_or("the header has no DimSize")?;
+    let dims_v: Vec<usize> = dims_s
+        .split_whitespace()
+        .map(str::parse::<usize>)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("DimSize = {dims_s}: not 3 positive integers"))?;
+    let dims: [usize; 3] = dims_v
+        .try_into()
+        .map_err(|v: Vec<usize>| format!("DimSize = {dims_s}: expected 3 numbers, found {}", v.len()))?;
+    let spacing = match get(&["ElementSpacing", "ElementSize"]) {
+        Some(v) => floats("ElementSpacing", v, 3)?,
+        None => vec![1.0; 3],
+    };
+    let offset = match get(&["Offset", "Origin", "Position"]) {
+        Some(v) => floats("Offset", v, 3)?,
+        None => vec![0.0; 3],
+    };
+    let m = match get(&["TransformMatrix", "Rotation", "Orientation"]) {
+        Some(v) => floats("TransformMatrix", v, 9)?,
+        None => vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+    };
+    let direction = [[m[0], m[1], m[2]], [m[3], m[4], m[5]], [m[6], m[7], m[8]]];
+    let geometry = Geometry::new(
+        dims,
+        [spacing[0], spacing[1], spacing[2]],
+        [offset[0], offset[1], offset[2]],
+        direction,
+    )?;
+    let et = get(&["ElementType"]).ok_or("the header has no ElementType")?;
+    let element_type = ElementType::parse(et).ok_or_else(|| {
+        format!(
+            "ElementType = {et}: not supported (MET_CHAR, MET_UCHAR, MET_SHORT, MET_USHORT, MET_INT, MET_UINT, MET_FLOAT, MET_DOUBLE)"
+        )
+    })?;
+    let msb = match get(&["BinaryDataByteOrderMSB", "ElementByteOrderMSB"]) {
+        Some(v) => boolean("BinaryDataByteOrderMSB", v)?,
+        None => false,
+    };
+    let compressed = match get(&["CompressedData"]) {
+        Some(v) => boolean("CompressedData", v)?,
+        None => false,
+    };
+    let compressed_size = match get(&["CompressedDataSize"]) {
+        Some(v) => Some(
+            v.parse::<usize>()
+                .map_err(|_| format!("CompressedDataSize = {v}: not a byte count"))?,
+        ),
+        None => None,
+    };
+    let header_size = match get(&["HeaderSize"]) {
+        Some(v) => v
+            .parse::<i64>()
+            .map_err(|_| format!("HeaderSize = {v}: not an integer"))?,
+        None => 0,
+    };
+    let df = get(&["ElementDataFile"]).unwrap_or_default();
+    let data_file = if df.eq_ignore_ascii_case("LOCAL") {
+        None
+    } else if df.is_empty() {
+        return Err("ElementDataFile is empty".into());
+    } else if df.eq_ignore_ascii_case("LIST") || df.contains('%') || df.split_whitespace().count() > 1 {
+        return Err(format!("ElementDataFile = {df}: multi-file data is not supported"));
+    } else {
+        Some(PathBuf::from(df))
+    };
+    if data_file.is_none() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mhd")) {
+        // Allowed by MetaIO, if unusual; nothing to do.
+    }
+    Ok(Header {
+        geometry,
+        element_type,
+        msb,
+        compressed,
+        compressed_size,
+        header_size,
+        data_file,
+        header_end,
+    })
+}
+
+/// How [`write`] stores the voxels.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions {
+    pub element_type: ElementType,
+    pub msb: bool,
+    pub compressed: bool,
+    /// `.mha`-style: data in the same file after the header.
+    pub local: bool,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            element_type: ElementType::Short,
+            msb: false,
+            compressed: false,
+            local: false,
+        }
+    }
+}
+
+/// Writes a scan as MetaImage: `path` is the header (`.mhd`, or `.mha` with `local`); the
+/// raw data file goes beside it with the extension `.raw` (or `.zraw` compressed). Used by
+/// tests and tools that make synthetic scans; integer types are rounded and saturated.
+pub fn write(path: &Path, g: &Geometry, voxels: &[f32], o: WriteOptions) -> Result<()> {
+    let n: usize = g.dims.iter().product();
+    if voxels.len() != n {
+        return Err(Error::BadPatch {
+            path: path.to_path_buf(),
+            msg: format!("{} values for DimSize {:?}", voxels.len(), g.dims),
+        });
+    }
+    let mut data = Vec::with_capacity(n * o.element_type.size());
+    for &v in voxels {
+        o.element_type.encode(v, o.msb, &mut data);
+    }
+    if o.compressed {
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &data).map_err(|e| Error::io(path, e))?;
+        data = enc.finish().map_err(|e| Error::io(path, e))?;
+    }
+    let fmt3 = |v: [f64; 3]| format!("{} {} {}", v[0], v[1], v[2]);
+    let d = &g.direction;
+    let data_name = if o.local {
+        "LOCAL".to_string()
+    } else {
+        let ext = if o.compressed { "zraw" } else { "raw" };
+        path.with_extension(ext)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut header = format!(
+        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = {}\nCompressedData = {}\n",
+        if o.msb { "True" } else { "False" },
+        if o.compressed { "True" } else { "False" },
+    );
+    if o.compressed {
+        header += &format!("CompressedDataSize = {}\n", data.len());
+    }
+    header += &format!(
+        "TransformMatrix = {} {} {} {} {} {} {} {} {}\nOffset = {}\nCenterOfRotation = 0 0 0\nElementSpacing = {}\nDimSize = {} {} {}\nElementType = {}\nElementDataFile = {}\n",
+        d[0][0], d[0][1], d[0][2], d[1][0], d[1][1], d[1][2], d[2][0], d[2][1], d[2][2],
+        fmt3(g.offset),
+        fmt3(g.spacing),
+        g.dims[0], g.dims[1], g.dims[2],
+        o.element_type.name(),
+        data_name
+    );
+    if o.local {
+        let mut all = header.into_bytes();
+        all.extend_from_slice(&data);
+        crate::fsutil::write_atomic(path, &all)
+    } else {
+        crate::fsutil::write_atomic(&path.with_file_name(&data_name), &data)?;
+        crate::fsutil::write_atomic(path, header.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geom(direction: [[f64; 3]; 3]) -> Geometry {
+        Geometry::new([5, 4, 3], [0.7, 0.8, 2.5], [-10.0, 20.0, -300.0], direction).unwrap()
+    }
+
+    #[test]
+    fn world_voxel_round_trip_for_any_direction() {
+        let dirs = [
+            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            [[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]],
+            [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]],
+            {
+                let (c, s) = (0.3f64.cos(), 0.3f64.sin());
+                [[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]]
+            },
+        ];
+        for d in dirs {
+            let g = geom(d);
+            assert!(g.is_orthonormal());
+            for idx in [[0.0, 0.0, 0.0], [4.0, 3.0, 2.0], [1.5, -0.25, 7.0]] {
+                let w = g.voxel_to_world(idx);
+                let back = g.world_to_voxel(w);
+                for k in 0..3 {
+                    assert!((back[k] - idx[k]).abs() < 1e-9, "{d:?}: {idx:?} -> {w:?} -> {back:?}");
+                }
+            }
+        }
+        // Axis x flipped: one voxel along x moves −spacing_x in world x.
+        let g = geom([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]);
+        let w = g.voxel_to_world([1.0, 0.0, 0.0]);
+        assert!(
+            (w[0] - (-10.7)).abs() < 1e-12 && w[1] == 20.0 && w[2] == -300.0,
+            "{w:?}"
+        );
+        // Row i is axis i's direction: a permutation sends index y along world z.
+        let g = geom([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]);
+        let w = g.voxel_to_world([0.0, 1.0, 0.0]);
+        assert_eq!(w, [-10.0, 20.0, -300.0 + 0.8]);
+    }
+
+    #[test]
+    fn header_errors_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("NDims = 2\nDimSize = 4 4\nElementType = MET_SHORT\nElementDataFile = x.raw\n", "only 3-D"),
+            ("NDims = 3\nDimSize = 4 4\nElementType = MET_SHORT\nElementDataFile = x.raw\n", "expected 3 numbers"),
+            ("NDims = 3\nDimSize = 4 4 4\nElementType = MET_LONG_LONG\nElementDataFile = x.raw\n", "ElementType"),
+            ("NDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\n", "no ElementDataFile"),
+            (
+                "NDims = 3\nDimSize = 4 4 4\nElementSpacing = 1 0 1\nElementType = MET_SHORT\nElementDataFile = x.raw\n",
+                "ElementSpacing",
+            ),
+            (
+                "NDims = 3\nDimSize = 4 4 4\nTransformMatrix = 1 0 0 1 0 0 0 0 1\nElementType = MET_SHORT\nElementDataFile = x.raw\n",
+                "singular",
+            ),
+            ("NDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = x.raw\n", "x.raw"),
+            ("\u{89}PNG garbage", "MetaImage"),
+        ];
+        for (i, (text, want)) in cases.iter().enumerate() {
+            let p = dir.path().join(format!("h{i}.mhd"));
+            std::fs::write(&p, text).unwrap();
+            let e = Scan::read(&p).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(&format!("h{i}.mhd")), "case {i}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_element_type_and_byte_order_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = geom([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]);
+        let vals: Vec<f32> = (0..60).map(|i| (i as f32) * 2.0 - 40.0).collect();
+        for et in [
+            ElementType::Char,
+            ElementType::UChar,
+            ElementType::Short,
+            ElementType::UShort,
+            ElementType::Int,
+            ElementType::UInt,
+            ElementType::Float,
+            ElementType::Double,
+        ] {
+            for (msb, compressed, local) in [
+                (false, false, false),
+                (true, false, false),
+                (false, true, false),
+                (true, true, true),
+            ] {
+                let p = dir.path().join(format!(
+                    "{}_{msb}_{compressed}.{}",
+                    et.name(),
+                    if local { "mha" } else { "mhd" }
+                ));
+                let o = WriteOptions {
+                    element_type: et,
+                    msb,
+                    compressed,
+                    local,
+                };
+                write(&p, &g, &vals, o).unwrap();
+                let s = Scan::read(&p).unwrap();
+                assert_eq!(s.geometry, g);
+                let unsigned = matches!(et, ElementType::UChar | ElementType::UShort | ElementType::UInt);
+                let want: Vec<f32> = vals.iter().map(|&v| if unsigned { v.max(0.0) } else { v }).collect();
+                assert_eq!(s.voxels, want, "{et:?} msb={msb} compressed={compressed} local={local}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_data_is_an_error_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = geom([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]);
+        let p = dir.path().join("s.mhd");
+        write(&p, &g, &[0.0; 60], WriteOptions::default()).unwrap();
+        let raw = dir.path().join("s.raw");
+        std::fs::write(&raw, vec![0u8; 100]).unwrap();
+        let e = Scan::read(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("s.raw") && e.contains("holds 100 bytes") && e.contains("needs 120"),
+            "{e}"
+        );
+        // Compressed data that inflates short.
+        let p = dir.path().join("c.mhd");
+        write(
+            &p,
+            &g,
+            &[0.0; 60],
+            WriteOptions {
+                compressed: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let z = dir.path().join("c.zraw");
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &[0u8; 50]).unwrap();
+        std::fs::write(&z, enc.finish().unwrap()).unwrap();
+        let e = Scan::read(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("c.zraw") && e.contains("inflated data holds 50 bytes"),
+            "{e}"
+        );
+        // A header claiming a huge volume is refused before allocating it.
+        let p = dir.path().join("big.mhd");
+        std::fs::write(
+            &p,
+            "NDims = 3\nDimSize = 100000 100000 100000\nElementType = MET_SHORT\nElementDataFile = s.raw\n",
+        )
+        .unwrap();
+        let e = Scan::read(&p).unwrap_err().to_string();
+        assert!(e.contains("implausibly large"), "{e}");
+    }
+}
