@@ -173,9 +173,9 @@ impl Geometry {
     /// World position (mm) of a continuous voxel index (x, y, z).
     pub fn voxel_to_world(&self, idx: [f64; 3]) -> [f64; 3] {
         let mut w = self.offset;
-        for i in 0..3 {
-            for (j, wj) in w.iter_mut().enumerate() {
-                *wj += self.direction[i][j] * self.spacing[i] * idx[i];
+        for ((row, s), i) in self.direction.iter().zip(self.spacing).zip(idx) {
+            for (wj, d) in w.iter_mut().zip(row) {
+                *wj += d * s * i;
             }
         }
         w
@@ -617,6 +617,7 @@ pub fn write(path: &Path, g: &Geometry, voxels: &[f32], o: WriteOptions) -> Resu
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
 

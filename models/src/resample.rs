@@ -117,6 +117,7 @@ pub fn trilinear(scan: &Scan, p: [f64; 3]) -> f32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::metaimage::{self, ElementType, Geometry, WriteOptions};

@@ -77,6 +77,7 @@ pub struct Parity {
 /// Scores `cubes` (each `D³` floats, contiguous) with libtorch on CPU (eval mode) and with
 /// ONNX Runtime on CPU, in batches of `batch`; returns the comparison and the ORT logits.
 /// When `device` is a GPU the weights are also run there and compared, for information.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 pub fn parity(
     spec: &ArchSpec,
     vs: &nn::VarStore,

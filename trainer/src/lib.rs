@@ -16,6 +16,7 @@ pub mod data;
 pub mod export;
 pub mod net;
 pub mod optim;
+pub mod prepare;
 pub mod synth;
 pub mod train;
 

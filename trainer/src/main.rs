@@ -43,6 +43,52 @@ enum Cmd {
     Train(Box<TrainArgs>),
     /// Print what this trainer links and sees: libtorch, CUDA.
     Doctor,
+    /// Cut a patch folder from LUNA16-style scans (.mhd/.raw, .mha): positives from the
+    /// annotations and the candidates labelled 1, real negatives from the candidates
+    /// labelled 0. Resumable: run it again with the same settings to finish.
+    Prepare(Box<PrepareArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct PrepareArgs {
+    /// Folder of scans: LUNA16's subset*/ layout or flat (searched recursively).
+    #[arg(long)]
+    scans: PathBuf,
+    /// annotations.csv (seriesuid, coordX, coordY, coordZ, diameter_mm; world mm).
+    #[arg(long)]
+    annotations: PathBuf,
+    /// candidates.csv or candidates_V2.csv (seriesuid, coordX, coordY, coordZ, class).
+    #[arg(long)]
+    candidates: PathBuf,
+    /// Patch folder to write (patch_index.csv and patches/<seriesuid>/*.npy).
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Cube edge in mm.
+    #[arg(long, default_value_t = 64.0)]
+    size_mm: f64,
+    /// Isotropic voxel size of the cubes in mm.
+    #[arg(long, default_value_t = 1.0)]
+    spacing_mm: f64,
+    /// Negatives per positive, per scan.
+    #[arg(long, default_value_t = 3.0)]
+    neg_ratio: f64,
+    /// Negatives per scan at least (scans without nodules get this many).
+    #[arg(long, default_value_t = 5)]
+    min_negatives: usize,
+    /// Keep every negative candidate (about 480 per nodule in LUNA16).
+    #[arg(long)]
+    all_negatives: bool,
+    /// Seed of the negative subsampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Storage type of the cubes.
+    #[arg(long, value_enum, default_value_t = trainer::prepare::CubeDtype::Int16)]
+    dtype: trainer::prepare::CubeDtype,
+    /// Scans processed at once (0: one per core, at most 8; each holds a scan in memory).
+    #[arg(long, default_value_t = 0)]
+    jobs: usize,
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 /// Settings come from --config (YAML), then these flags override, then defaults.
@@ -224,6 +270,51 @@ fn main() -> ExitCode {
                         cv.mean_val_auroc,
                         cv.sd_val_auroc,
                         cfg.out.join("cv_summary.yaml").display()
+                    );
+                }
+            }
+            Cmd::Prepare(a) => {
+                let job = trainer::prepare::PrepareJob {
+                    scans: a.scans.clone(),
+                    annotations: a.annotations.clone(),
+                    candidates: a.candidates.clone(),
+                    out: a.out.clone(),
+                    grid: models::resample::PatchGrid {
+                        size_mm: a.size_mm,
+                        spacing_mm: a.spacing_mm,
+                    },
+                    neg_ratio: a.neg_ratio,
+                    min_negatives: a.min_negatives,
+                    all_negatives: a.all_negatives,
+                    seed: a.seed,
+                    dtype: a.dtype,
+                    jobs: a.jobs,
+                    quiet: a.quiet,
+                };
+                let s = trainer::prepare::run(&job)?;
+                println!(
+                    "prepared {} scan(s) now ({} done before, {} failed): {} patches written ({:.1} patches/s); index {} holds {} positives and {} negatives",
+                    s.scans_done_now,
+                    s.scans_done_before,
+                    s.scans_failed,
+                    s.patches_written,
+                    s.patches_per_s,
+                    a.out.join(models::index::INDEX_FILE).display(),
+                    s.positives_total,
+                    s.negatives_total
+                );
+                if s.annotated_series_without_scan > 0 {
+                    println!(
+                        "note: {} annotated series have no scan under {} (other subsets?)",
+                        s.annotated_series_without_scan,
+                        a.scans.display()
+                    );
+                }
+                if s.scans_failed > 0 {
+                    anyhow::bail!(
+                        "{} scan(s) failed (see {}); run the same command again to retry them",
+                        s.scans_failed,
+                        a.out.join(trainer::prepare::ERRORS_FILE).display()
                     );
                 }
             }

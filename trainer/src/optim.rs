@@ -275,6 +275,7 @@ impl GradScaler {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
     use tch::nn::{self, Module};

@@ -6,5 +6,6 @@ mod chain;
 mod fixture;
 mod froc;
 mod linking;
+mod prepare;
 mod scoring;
 mod setup;

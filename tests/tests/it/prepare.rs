@@ -1,0 +1,340 @@
+//! `trainer prepare`: synthetic LUNA16-style scans (subset folders, .mhd/.raw, .mha,
+//! compressed, flipped directions) with nodules at known world positions → a patch folder.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+use std::path::Path;
+
+use chain_tests::{col, read_csv, run, run_err, run_ok, s};
+use models::metaimage::{self, ElementType, Geometry, WriteOptions};
+
+const ID: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+
+/// A 48 × 48 × 24 scan (0.75 × 0.75 × 2 mm) of −800 HU with a Gaussian blob (σ 2.5 mm,
+/// +1000 HU) at each of `blobs` (world mm).
+fn scan(path: &Path, direction: [[f64; 3]; 3], offset: [f64; 3], blobs: &[[f64; 3]], o: WriteOptions) -> Geometry {
+    let g = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], offset, direction).unwrap();
+    let mut v = Vec::new();
+    for z in 0..24 {
+        for y in 0..48 {
+            for x in 0..48 {
+                let w = g.voxel_to_world([x as f64, y as f64, z as f64]);
+                let mut hu = -800.0;
+                for b in blobs {
+                    let d2: f64 = (0..3).map(|k| (w[k] - b[k]).powi(2)).sum();
+                    hu += 1000.0 * (-d2 / (2.0 * 2.5 * 2.5)).exp();
+                }
+                v.push(hu as f32);
+            }
+        }
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    metaimage::write(path, &g, &v, o).unwrap();
+    g
+}
+
+/// World point of voxel index `idx` in `g`.
+fn at(g: &Geometry, idx: [f64; 3]) -> [f64; 3] {
+    g.voxel_to_world(idx)
+}
+
+fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
+    (0..3).map(|k| (a[k] - b[k]).powi(2)).sum::<f64>().sqrt()
+}
+
+#[test]
+fn scans_to_patch_folder_resumable_with_per_scan_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let scans = root.join("scans");
+    // Series A: identity direction; B: x and y flipped, compressed; C: .mha with z flipped
+    // and no nodule; D: its raw file truncated (fails until fixed).
+    let ga = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], [-18.0, -18.0, -24.0], ID).unwrap();
+    let pa = at(&ga, [24.3, 20.6, 11.2]);
+    scan(
+        &scans.join("subset0/A.mhd"),
+        ID,
+        [-18.0, -18.0, -24.0],
+        &[pa],
+        WriteOptions::default(),
+    );
+    let flip_xy = [[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]];
+    let gb = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], [18.0, 18.0, -24.0], flip_xy).unwrap();
+    let pb = at(&gb, [20.0, 26.5, 12.7]);
+    let compressed = WriteOptions {
+        compressed: true,
+        ..Default::default()
+    };
+    scan(
+        &scans.join("subset0/B.mhd"),
+        flip_xy,
+        [18.0, 18.0, -24.0],
+        &[pb],
+        compressed,
+    );
+    let flip_z = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]];
+    let gc = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], [-18.0, -18.0, 24.0], flip_z).unwrap();
+    let mha = WriteOptions {
+        local: true,
+        msb: true,
+        element_type: ElementType::Float,
+        ..Default::default()
+    };
+    scan(&scans.join("subset1/C.mha"), flip_z, [-18.0, -18.0, 24.0], &[], mha);
+    let gd = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], [-18.0, -18.0, -24.0], ID).unwrap();
+    let pd = at(&gd, [24.0, 24.0, 12.0]);
+    scan(
+        &scans.join("subset1/D.mhd"),
+        ID,
+        [-18.0, -18.0, -24.0],
+        &[pd],
+        WriteOptions::default(),
+    );
+    let d_raw = scans.join("subset1/D.raw");
+    let good_d = std::fs::read(&d_raw).unwrap();
+    std::fs::write(&d_raw, &good_d[..good_d.len() / 3]).unwrap();
+
+    let ann = root.join("annotations.csv");
+    let line = |uid: &str, p: [f64; 3], v: &str| format!("{uid},{},{},{},{v}\n", p[0], p[1], p[2]);
+    let mut a = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm\n");
+    a += &line("A", pa, "8.0");
+    a += &line("B", pb, "6.0");
+    a += &line("D", pd, "7.0");
+    a += &line("Z-not-here", [0.0, 0.0, 0.0], "5.0");
+    std::fs::write(&ann, a).unwrap();
+    let cand = root.join("candidates.csv");
+    let mut c = String::from("seriesuid,coordX,coordY,coordZ,class\n");
+    c += &line("A", [pa[0] + 1.0, pa[1], pa[2]], "1");
+    c += &line("A", [pa[0], pa[1] + 2.0, pa[2]], "0"); // inside A's nodule: never a negative
+    let mut a_negs = Vec::new();
+    for k in 0..8 {
+        let p = at(&ga, [6.0 + 4.0 * k as f64, 40.0, 4.0 + 2.0 * (k % 4) as f64]);
+        a_negs.push(p);
+        c += &line("A", p, "0");
+    }
+    for k in 0..5 {
+        c += &line("B", at(&gb, [8.0 + 6.0 * k as f64, 6.0, 6.0]), "0");
+    }
+    for k in 0..3 {
+        c += &line("C", at(&gc, [10.0 + 10.0 * k as f64, 30.0, 10.0]), "0");
+    }
+    for k in 0..2 {
+        c += &line("D", at(&gd, [8.0 + 10.0 * k as f64, 8.0, 5.0]), "0");
+    }
+    std::fs::write(&cand, c).unwrap();
+
+    let out = root.join("patches");
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "prepare",
+            "--scans",
+            s(&scans),
+            "--annotations",
+            s(&ann),
+            "--candidates",
+            s(&cand),
+            "--out",
+            s(&out),
+            "--size-mm",
+            "16",
+            "--spacing-mm",
+            "1",
+            "--neg-ratio",
+            "2",
+            "--min-negatives",
+            "2",
+            "--jobs",
+            "2",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let call = |extra: &[&'static str]| {
+        let a = args(extra);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        run("trainer", &refs)
+    };
+
+    // First run: D fails (named, with what is wrong); A, B, C are done.
+    let r = call(&[]);
+    assert!(!r.ok && !r.stderr.contains("panicked"), "{}", r.stderr);
+    assert!(r.stderr.contains("D.raw") && r.stderr.contains("holds"), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("prepared 3 scan(s) now (0 done before, 1 failed)"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("1 annotated series have no scan"), "{}", r.stdout);
+    let (_, errs) = read_csv(&out.join("prepare_errors.csv"));
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0][0], "D");
+
+    let (h, rows) = read_csv(&out.join("patch_index.csv"));
+    assert_eq!(h, models::index::COLUMNS.map(String::from).to_vec());
+    let (uid, lab, file) = (col(&h, "seriesuid"), col(&h, "label"), col(&h, "patch_file"));
+    let count = |u: &str, l: &str| rows.iter().filter(|r| r[uid] == u && r[lab] == l).count();
+    // A: the annotation and the candidate labelled 1; negatives 2 × 2 of the 8 outside.
+    assert_eq!((count("A", "1"), count("A", "0")), (2, 4));
+    // B: one nodule, max(2 × 1, 2) negatives; C: no nodule, the minimum of 2.
+    assert_eq!((count("B", "1"), count("B", "0")), (1, 2));
+    assert_eq!((count("C", "1"), count("C", "0")), (0, 2));
+    assert_eq!(rows.iter().filter(|r| r[uid] == "D").count(), 0);
+    let pos = |r: &Vec<String>| {
+        [
+            r[col(&h, "center_x")].parse::<f64>().unwrap(),
+            r[col(&h, "center_y")].parse::<f64>().unwrap(),
+            r[col(&h, "center_z")].parse::<f64>().unwrap(),
+        ]
+    };
+    for r in &rows {
+        let p = pos(r);
+        if r[lab] == "0" {
+            // Never within a nodule's radius; A's negatives are drawn from its real candidates.
+            assert!(dist(p, pa) > 4.0 && dist(p, pb) > 3.0, "negative at {p:?}");
+            if r[uid] == "A" {
+                assert!(a_negs.iter().any(|q| dist(*q, p) < 1e-6));
+            }
+        }
+        // Every cube is int16 16³ and has its blob (if any) at the centre.
+        let cube = models::patch::read_npy_hu(&out.join(&r[file]))
+            .unwrap()
+            .into_dimensionality::<ndarray::Ix3>()
+            .unwrap();
+        assert_eq!(cube.dim(), (16, 16, 16));
+        let is_annotation = (r[uid] == "A" && dist(p, pa) < 1e-6) || (r[uid] == "B" && dist(p, pb) < 1e-6);
+        if is_annotation {
+            let (mut w, mut m) = (0.0, [0.0f64; 3]);
+            for ((z, y, x), &v) in cube.indexed_iter() {
+                let wt = f64::from(v + 700.0).max(0.0);
+                w += wt;
+                m[0] += wt * z as f64;
+                m[1] += wt * y as f64;
+                m[2] += wt * x as f64;
+            }
+            for k in 0..3 {
+                assert!(
+                    (m[k] / w - 7.5).abs() < 0.5,
+                    "{}: blob centroid {:?}",
+                    r[file],
+                    m.map(|v| v / w)
+                );
+            }
+            assert!(cube[[8, 8, 8]] > 0.0 && cube[[0, 0, 0]] < -700.0);
+        }
+    }
+    let a_files: Vec<(String, Vec<u8>)> = rows
+        .iter()
+        .filter(|r| r[uid] == "A")
+        .map(|r| (r[file].clone(), std::fs::read(out.join(&r[file])).unwrap()))
+        .collect();
+
+    // Other settings into the same folder: refused, nothing touched.
+    let r = call(&["--seed", "5"]);
+    assert!(!r.ok && r.stderr.contains("other settings"), "{}", r.stderr);
+
+    // D fixed: the rerun does only D, the errors file goes, and the index holds all four.
+    std::fs::write(&d_raw, &good_d).unwrap();
+    let a = args(&[]);
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    let r = run_ok("trainer", &refs);
+    assert!(
+        r.stdout.contains("prepared 1 scan(s) now (3 done before, 0 failed)"),
+        "{}",
+        r.stdout
+    );
+    assert!(!out.join("prepare_errors.csv").exists());
+    let (_, rows2) = read_csv(&out.join("patch_index.csv"));
+    assert_eq!(rows2.len(), rows.len() + 3, "D adds its nodule and 2 negatives");
+    for (f, bytes) in &a_files {
+        assert_eq!(&std::fs::read(out.join(f)).unwrap(), bytes, "{f} was rewritten");
+    }
+    // No temporary or half-written file is left anywhere.
+    let leftovers: Vec<_> = walk(&out)
+        .into_iter()
+        .filter(|p| s(p.strip_prefix(&out).unwrap()).contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn bad_prepare_inputs_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let scans = root.join("scans");
+    std::fs::create_dir_all(&scans).unwrap();
+    let ann = root.join("annotations.csv");
+    std::fs::write(&ann, "seriesuid,coordX,coordY,coordZ,diameter_mm\nA,1,2,3,5\n").unwrap();
+    let cand = root.join("candidates.csv");
+    std::fs::write(&cand, "seriesuid,coordX,coordY,coordZ,class\nA,1,2,3,0\n").unwrap();
+    let out = root.join("out");
+    let base = |scans: &Path, ann: &Path, cand: &Path| {
+        vec![
+            "prepare".to_string(),
+            "--scans".into(),
+            s(scans).into(),
+            "--annotations".into(),
+            s(ann).into(),
+            "--candidates".into(),
+            s(cand).into(),
+            "--out".into(),
+            s(&out).into(),
+        ]
+    };
+    let go = |v: Vec<String>| {
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        run_err("trainer", &refs)
+    };
+    // No scans in the folder.
+    let r = go(base(&scans, &ann, &cand));
+    assert!(r.stderr.contains("no .mhd or .mha scans"), "{}", r.stderr);
+    scan(&scans.join("A.mhd"), ID, [0.0; 3], &[], WriteOptions::default());
+    // A candidates file without its class column.
+    let bad = root.join("bad_candidates.csv");
+    std::fs::write(&bad, "seriesuid,coordX,coordY,coordZ,probability\nA,1,2,3,0.5\n").unwrap();
+    let r = go(base(&scans, &ann, &bad));
+    assert!(
+        r.stderr.contains("bad_candidates.csv") && r.stderr.contains("class"),
+        "{}",
+        r.stderr
+    );
+    // A class other than 0/1.
+    std::fs::write(&bad, "seriesuid,coordX,coordY,coordZ,class\nA,1,2,3,2\n").unwrap();
+    let r = go(base(&scans, &ann, &bad));
+    assert!(r.stderr.contains("class must be 0 or 1"), "{}", r.stderr);
+    // An annotation with a non-numeric coordinate.
+    let bad_ann = root.join("bad_annotations.csv");
+    std::fs::write(&bad_ann, "seriesuid,coordX,coordY,coordZ,diameter_mm\nA,x,2,3,5\n").unwrap();
+    let r = go(base(&scans, &bad_ann, &cand));
+    assert!(
+        r.stderr.contains("bad_annotations.csv") && r.stderr.contains("line 2"),
+        "{}",
+        r.stderr
+    );
+    // A header that is not MetaImage: the scan fails with its name, the run says so.
+    std::fs::write(scans.join("B.mhd"), "this is not a header\n").unwrap();
+    let r = go(base(&scans, &ann, &cand));
+    assert!(
+        r.stderr.contains("B.mhd") && r.stderr.contains("MetaImage"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("prepared 1 scan(s) now (0 done before, 1 failed)"),
+        "{}",
+        r.stdout
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

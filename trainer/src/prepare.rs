@@ -1,0 +1,504 @@
+//! `trainer prepare`: from LUNA16 scans (MetaImage) to a training-ready patch folder.
+//!
+//! Positives are the nodules of `annotations.csv` and the candidates labelled 1; negatives
+//! are the real candidates labelled 0 (never noise), none within a nodule's radius,
+//! subsampled per scan to a ratio with a seed (or all of them). Each patch is a cube of
+//! `size_mm` at `spacing_mm` in HU, cut around its centre only (see
+//! [`models::resample`]), written as `.npy` (z, y, x).
+//!
+//! Resumable and safe to interrupt: every patch file is written atomically, and a scan
+//! counts as done only once its list of patches (`.prepare/<seriesuid>.csv`) is written,
+//! after all its patches; a rerun with the same settings skips the scans that are done and
+//! redoes the rest. `patch_index.csv` is rebuilt from those lists at the end of each run. A
+//! scan that fails (unreadable, truncated…) is reported on stderr and in
+//! `prepare_errors.csv` while the others go on; the exit status is then non-zero.
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use ndarray::Array3;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use models::index::{IndexRow, INDEX_FILE};
+use models::metaimage::Scan;
+use models::resample::{extract, PatchGrid};
+
+/// Folder (inside the output) holding each finished scan's patch list.
+pub const DONE_DIR: &str = ".prepare";
+/// Settings of the run, checked on resume.
+pub const SETTINGS_FILE: &str = "prepare.yaml";
+pub const ERRORS_FILE: &str = "prepare_errors.csv";
+
+/// Storage type of the written cubes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum CubeDtype {
+    /// HU rounded to int16 (half the space; CT is integer HU anyway).
+    Int16,
+    Float32,
+}
+
+/// What a run makes; stored in `prepare.yaml` so a resumed run makes the same thing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareSettings {
+    pub grid: PatchGrid,
+    /// Negatives per positive, per scan (after excluding those inside a nodule).
+    pub neg_ratio: f64,
+    /// Negatives per scan at least (scans without nodules get this many).
+    pub min_negatives: usize,
+    /// Keep every negative candidate (ignores the two settings above).
+    pub all_negatives: bool,
+    pub seed: u64,
+    pub dtype: CubeDtype,
+    pub annotations_sha256: String,
+    pub candidates_sha256: String,
+}
+
+/// Inputs and settings of a run.
+#[derive(Debug, Clone)]
+pub struct PrepareJob {
+    pub scans: PathBuf,
+    pub annotations: PathBuf,
+    pub candidates: PathBuf,
+    pub out: PathBuf,
+    pub grid: PatchGrid,
+    pub neg_ratio: f64,
+    pub min_negatives: usize,
+    pub all_negatives: bool,
+    pub seed: u64,
+    pub dtype: CubeDtype,
+    /// Scans processed at once (0: up to 8, by the cores); each holds one scan in memory
+    /// (4 bytes per voxel, ~300 MB for a LUNA16 scan).
+    pub jobs: usize,
+    pub quiet: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PrepareSummary {
+    pub scans_found: usize,
+    pub scans_done_now: usize,
+    pub scans_done_before: usize,
+    pub scans_failed: usize,
+    pub patches_written: usize,
+    pub positives_total: usize,
+    pub negatives_total: usize,
+    pub patches_per_s: f64,
+    pub seconds: f64,
+    /// Annotated series with no scan under the scan folder (e.g. other LUNA16 subsets).
+    pub annotated_series_without_scan: usize,
+}
+
+/// A planned patch.
+#[derive(Debug, Clone)]
+struct Planned {
+    center: [f64; 3],
+    diam_mm: f64,
+    label: u8,
+}
+
+/// Lists `.mhd`/`.mha` files under `dir` (LUNA16's `subset*/` layout or flat), by series.
+pub fn find_scans(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    if !dir.is_dir() {
+        bail!("{}: not a folder of scans", dir.display());
+    }
+    let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+        let e = match e {
+            Ok(e) => e,
+            // A symlink loop or an unreadable folder: say so and go on with the rest.
+            Err(err) => {
+                eprintln!("prepare: skipping {err}");
+                continue;
+            }
+        };
+        let p = e.path();
+        let is_scan = e.file_type().is_file()
+            && p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("mhd") || x.eq_ignore_ascii_case("mha"));
+        if !is_scan {
+            continue;
+        }
+        let uid = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(prev) = out.insert(uid.clone(), p.to_path_buf()) {
+            bail!("series {uid} appears twice: {} and {}", prev.display(), p.display());
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "{}: no .mhd or .mha scans found (looked in every subfolder)",
+            dir.display()
+        );
+    }
+    Ok(out)
+}
+
+/// Positives and negatives of one series, negatives drawn with a generator seeded from the
+/// run's seed and the series (so the draw does not depend on the order scans are done in).
+fn plan_series(
+    uid: &str,
+    nodules: &[&calibrate::froc::Finding],
+    candidates: &[&calibrate::froc::Finding],
+    s: &PrepareSettings,
+) -> Vec<Planned> {
+    let mut out: Vec<Planned> = nodules
+        .iter()
+        .map(|n| Planned {
+            center: [n.x, n.y, n.z],
+            diam_mm: n.value,
+            label: 1,
+        })
+        .collect();
+    let dist = |a: &calibrate::froc::Finding, n: &calibrate::froc::Finding| {
+        ((a.x - n.x).powi(2) + (a.y - n.y).powi(2) + (a.z - n.z).powi(2)).sqrt()
+    };
+    let mut negatives = Vec::new();
+    for c in candidates {
+        // The nodule this candidate lies in, if any (distance within the radius).
+        let inside = nodules.iter().find(|n| dist(c, n) <= n.value / 2.0);
+        if c.value == 1.0 {
+            // A candidate on an annotated nodule keeps that nodule's diameter; one at the very
+            // same point as its annotation adds nothing.
+            if inside.is_some_and(|n| dist(c, n) < 1e-6) {
+                continue;
+            }
+            out.push(Planned {
+                center: [c.x, c.y, c.z],
+                diam_mm: inside.map_or(0.0, |n| n.value),
+                label: 1,
+            });
+        } else if inside.is_none() {
+            negatives.push(Planned {
+                center: [c.x, c.y, c.z],
+                diam_mm: 0.0,
+                label: 0,
+            });
+        }
+    }
+    if !s.all_negatives {
+        let n_pos = out.len();
+        let want = ((n_pos as f64 * s.neg_ratio).ceil() as usize).max(s.min_negatives);
+        if negatives.len() > want {
+            let mut h = 0xcbf2_9ce4_8422_2325u64;
+            for b in uid.bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+            }
+            let mut rng = StdRng::seed_from_u64(s.seed ^ h);
+            negatives.shuffle(&mut rng);
+            negatives.truncate(want);
+        }
+    }
+    out.extend(negatives);
+    out
+}
+
+fn npy_bytes(cube: &Array3<f32>, dtype: CubeDtype) -> Result<Vec<u8>> {
+    use ndarray_npy::WriteNpyExt;
+    let mut buf = Vec::new();
+    match dtype {
+        CubeDtype::Float32 => cube.write_npy(&mut buf)?,
+        CubeDtype::Int16 => cube
+            .mapv(|v| v.round().clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16)
+            .write_npy(&mut buf)?,
+    }
+    Ok(buf)
+}
+
+/// Cuts and writes one scan's patches; returns its index rows.
+fn do_scan(uid: &str, path: &Path, plan: &[Planned], job: &PrepareJob) -> Result<Vec<IndexRow>> {
+    let scan = Scan::read(path)?;
+    if !scan.geometry.is_orthonormal() {
+        eprintln!(
+            "prepare: {}: TransformMatrix is not orthonormal; patches follow it as given",
+            path.display()
+        );
+    }
+    let dir = job.out.join("patches").join(uid);
+    // Not committed yet, so whatever an interrupted attempt left here (patches, temporary
+    // files) is not in any index: start clean.
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("{}: cannot clear", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let mut rows = Vec::with_capacity(plan.len());
+    let (mut np, mut nn) = (0usize, 0usize);
+    for p in plan {
+        let name = if p.label == 1 {
+            np += 1;
+            format!("pos_{np:04}.npy")
+        } else {
+            nn += 1;
+            format!("neg_{nn:05}.npy")
+        };
+        let cube = extract(&scan, p.center, &job.grid);
+        let file = dir.join(&name);
+        models::fsutil::write_atomic(&file, &npy_bytes(&cube, job.dtype)?)?;
+        rows.push(IndexRow {
+            patch_file: format!("patches/{uid}/{name}"),
+            seriesuid: uid.to_string(),
+            diam_mm: p.diam_mm,
+            center_x: p.center[0],
+            center_y: p.center[1],
+            center_z: p.center[2],
+            label: p.label,
+        });
+    }
+    Ok(rows)
+}
+
+/// Runs a whole preparation; `Ok` with the summary even when some scans failed (see
+/// `scans_failed`), `Err` for problems that stop everything (bad CSVs, other settings).
+pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
+    let t0 = Instant::now();
+    job.grid.validate().map_err(|e| anyhow::anyhow!("patch grid: {e}"))?;
+    if !(job.neg_ratio.is_finite() && job.neg_ratio >= 0.0) {
+        bail!("--neg-ratio must be >= 0, got {}", job.neg_ratio);
+    }
+    let annotations = calibrate::froc::read_findings(&job.annotations, "diameter_mm")?;
+    for a in &annotations {
+        if a.value.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            bail!(
+                "{}: series {}: diameter_mm must be positive, got {}",
+                job.annotations.display(),
+                a.seriesuid,
+                a.value
+            );
+        }
+    }
+    let candidates = calibrate::froc::read_findings(&job.candidates, "class")?;
+    if let Some(c) = candidates.iter().find(|c| c.value != 0.0 && c.value != 1.0) {
+        bail!(
+            "{}: series {}: class must be 0 or 1, got {}",
+            job.candidates.display(),
+            c.seriesuid,
+            c.value
+        );
+    }
+    let scans = find_scans(&job.scans)?;
+    let settings = PrepareSettings {
+        grid: job.grid,
+        neg_ratio: job.neg_ratio,
+        min_negatives: job.min_negatives,
+        all_negatives: job.all_negatives,
+        seed: job.seed,
+        dtype: job.dtype,
+        annotations_sha256: models::fsutil::sha256_file(&job.annotations)?,
+        candidates_sha256: models::fsutil::sha256_file(&job.candidates)?,
+    };
+    // Same settings or a fresh folder: never mix patches made two ways in one index.
+    let settings_path = job.out.join(SETTINGS_FILE);
+    if settings_path.exists() {
+        let before: PrepareSettings = serde_yaml::from_str(&std::fs::read_to_string(&settings_path)?)
+            .with_context(|| format!("{}: unreadable", settings_path.display()))?;
+        if before != settings {
+            bail!(
+                "{}: this folder was prepared with other settings or other CSVs ({}); use another --out, or the same settings to resume",
+                job.out.display(),
+                settings_path.display()
+            );
+        }
+    } else if job.out.join(INDEX_FILE).exists() {
+        bail!(
+            "{}: already holds a {INDEX_FILE} not made by `trainer prepare`; use another --out",
+            job.out.display()
+        );
+    }
+    let done_dir = job.out.join(DONE_DIR);
+    std::fs::create_dir_all(&done_dir).with_context(|| format!("{}: cannot create", done_dir.display()))?;
+    models::fsutil::write_atomic(&settings_path, serde_yaml::to_string(&settings)?.as_bytes())?;
+
+    let mut by_series: HashMap<&str, (Vec<&calibrate::froc::Finding>, Vec<&calibrate::froc::Finding>)> = HashMap::new();
+    for a in &annotations {
+        by_series.entry(&a.seriesuid).or_default().0.push(a);
+    }
+    for c in &candidates {
+        by_series.entry(&c.seriesuid).or_default().1.push(c);
+    }
+    let mut summary = PrepareSummary {
+        scans_found: scans.len(),
+        annotated_series_without_scan: annotations
+            .iter()
+            .map(|a| a.seriesuid.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|u| !scans.contains_key(*u))
+            .count(),
+        ..Default::default()
+    };
+    let done_path = |uid: &str| done_dir.join(format!("{uid}.csv"));
+    let todo: Vec<(&String, &PathBuf)> = scans.iter().filter(|(uid, _)| !done_path(uid).is_file()).collect();
+    summary.scans_done_before = scans.len() - todo.len();
+    let log = |s: String| {
+        if !job.quiet {
+            eprintln!("{s}");
+        }
+    };
+    log(format!(
+        "prepare: {} scans under {} ({} done before, {} to do); {} mm cubes at {} mm ({}³ voxels)",
+        scans.len(),
+        job.scans.display(),
+        summary.scans_done_before,
+        todo.len(),
+        job.grid.size_mm,
+        job.grid.spacing_mm,
+        job.grid.voxels()
+    ));
+    let pb = if job.quiet || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let pb = indicatif::ProgressBar::new(todo.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("scans {bar:30} {pos}/{len}  {msg}  ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb
+    };
+    let written = AtomicUsize::new(0);
+    let jobs = if job.jobs > 0 {
+        job.jobs
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get()).min(8)
+    };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build()?;
+    let empty = (Vec::new(), Vec::new());
+    let results: Vec<(String, PathBuf, Result<usize>)> = pool.install(|| {
+        todo.par_iter()
+            .map(|(uid, path)| {
+                let (nod, cand) = by_series.get(uid.as_str()).unwrap_or(&empty);
+                let plan = plan_series(uid, nod, cand, &settings);
+                let r = do_scan(uid, path, &plan, job).and_then(|rows| {
+                    let mut w = csv::Writer::from_writer(Vec::new());
+                    for row in &rows {
+                        w.serialize(row)?;
+                    }
+                    if rows.is_empty() {
+                        w.write_record(models::index::COLUMNS)?;
+                    }
+                    // The commit point of this scan.
+                    models::fsutil::write_atomic(&done_path(uid), &w.into_inner()?)?;
+                    Ok(rows.len())
+                });
+                match &r {
+                    Ok(n) => {
+                        let total = written.fetch_add(*n, Ordering::Relaxed) + n;
+                        pb.set_message(format!("{total} patches"));
+                    }
+                    Err(e) => pb.suspend(|| eprintln!("prepare: error: {}: {e:#}", path.display())),
+                }
+                pb.inc(1);
+                ((*uid).clone(), (*path).clone(), r)
+            })
+            .collect()
+    });
+    pb.finish_and_clear();
+    let mut errors = csv::Writer::from_writer(Vec::new());
+    errors.write_record(["seriesuid", "scan", "error"])?;
+    for (uid, path, r) in &results {
+        match r {
+            Ok(n) => {
+                summary.scans_done_now += 1;
+                summary.patches_written += n;
+            }
+            Err(e) => {
+                summary.scans_failed += 1;
+                errors.write_record([uid.as_str(), &path.display().to_string(), &format!("{e:#}")])?;
+            }
+        }
+    }
+    let errors_path = job.out.join(ERRORS_FILE);
+    if summary.scans_failed > 0 {
+        models::fsutil::write_atomic(&errors_path, &errors.into_inner()?)?;
+    } else if errors_path.exists() {
+        std::fs::remove_file(&errors_path).with_context(|| format!("{}: cannot remove", errors_path.display()))?;
+    }
+    // The index: every finished scan's list, in series order.
+    let mut rows: Vec<IndexRow> = Vec::new();
+    for uid in scans.keys() {
+        let p = done_path(uid);
+        if !p.is_file() {
+            continue;
+        }
+        let mut r = csv::Reader::from_path(&p).with_context(|| format!("{}: unreadable", p.display()))?;
+        for row in r.deserialize() {
+            rows.push(row.with_context(|| format!("{}: bad row", p.display()))?);
+        }
+    }
+    summary.positives_total = rows.iter().filter(|r| r.label == 1).count();
+    summary.negatives_total = rows.len() - summary.positives_total;
+    models::index::PatchIndex::write(&job.out.join(INDEX_FILE), &rows)?;
+    summary.seconds = t0.elapsed().as_secs_f64();
+    summary.patches_per_s = summary.patches_written as f64 / summary.seconds.max(1e-9);
+    Ok(summary)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use calibrate::froc::Finding;
+
+    fn f(x: f64, value: f64) -> Finding {
+        Finding {
+            seriesuid: "s".into(),
+            x,
+            y: 0.0,
+            z: 0.0,
+            value,
+        }
+    }
+
+    fn settings(all: bool) -> PrepareSettings {
+        PrepareSettings {
+            grid: PatchGrid::default(),
+            neg_ratio: 2.0,
+            min_negatives: 1,
+            all_negatives: all,
+            seed: 7,
+            dtype: CubeDtype::Int16,
+            annotations_sha256: String::new(),
+            candidates_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn negatives_avoid_nodules_and_follow_the_ratio() {
+        let nod = [f(0.0, 10.0)];
+        // Candidates: two inside the 5 mm radius (one labelled 1), ten outside.
+        let mut cand = vec![f(3.0, 0.0), f(4.0, 1.0)];
+        cand.extend((0..10).map(|i| f(20.0 + i as f64, 0.0)));
+        let nod_refs: Vec<&Finding> = nod.iter().collect();
+        let cand_refs: Vec<&Finding> = cand.iter().collect();
+        let all = plan_series("s", &nod_refs, &cand_refs, &settings(true));
+        let pos: Vec<&Planned> = all.iter().filter(|p| p.label == 1).collect();
+        let neg: Vec<&Planned> = all.iter().filter(|p| p.label == 0).collect();
+        assert_eq!(pos.len(), 2, "the annotation and the candidate labelled 1");
+        assert_eq!(
+            pos[1].diam_mm, 10.0,
+            "a positive candidate on a nodule takes its diameter"
+        );
+        assert_eq!(neg.len(), 10, "the negative inside the nodule is left out");
+        assert!(neg.iter().all(|p| p.center[0] >= 20.0));
+        let sub = plan_series("s", &nod_refs, &cand_refs, &settings(false));
+        assert_eq!(sub.iter().filter(|p| p.label == 0).count(), 4, "ratio 2 × 2 positives");
+        // Seeded: the same draw again, another draw for another series.
+        let again = plan_series("s", &nod_refs, &cand_refs, &settings(false));
+        let xs = |v: &[Planned]| v.iter().map(|p| p.center[0]).collect::<Vec<_>>();
+        assert_eq!(xs(&sub), xs(&again));
+        let other = plan_series("t", &nod_refs, &cand_refs, &settings(false));
+        assert_ne!(xs(&sub), xs(&other));
+        // A scan without nodules still gives min_negatives.
+        let none = plan_series("s", &[], &cand_refs[2..], &settings(false));
+        assert_eq!(none.len(), 1);
+    }
+}
