@@ -77,6 +77,10 @@ pub struct TrainLoop {
     /// `auto` (fp16 mixed precision on CUDA, fp32 on CPU), `fp32`, or `fp16` (CUDA only:
     /// autocast with dynamic loss scaling).
     pub precision: Precision,
+    /// Memory for preprocessed patches, in MiB (validation first, then training); patches
+    /// beyond it are read from disk for every batch, in parallel and ahead of the step.
+    /// Unset: every patch in memory.
+    pub cache_mb: Option<u64>,
 }
 
 /// Arithmetic precision of training.
@@ -123,6 +127,7 @@ impl Default for TrainLoop {
             device: "auto".into(),
             threads: 0,
             precision: Precision::Auto,
+            cache_mb: None,
         }
     }
 }

@@ -163,26 +163,45 @@ impl Split {
     }
 }
 
-/// Preprocessed cubes of one split, contiguous (`N × D³` floats), with labels.
+/// The patches of one side of the split, preprocessed, as the training loop reads them.
+///
+/// Cubes are held in memory up to a byte budget (all of them without one), in row order;
+/// the rest are read from disk again, in parallel, whenever a batch needs them (the
+/// training loop assembles batches on a background thread, ahead of the step). Memory thus
+/// stays bounded by the budget whatever the size of the set.
 pub struct Cubes {
     pub rows: Vec<IndexRow>,
-    pub data: Vec<f32>,
     pub labels: Vec<f32>,
     pub cube: usize,
+    paths: Vec<std::path::PathBuf>,
+    pre: Preprocess,
+    /// The first `cached` cubes, contiguous.
+    cache: Vec<f32>,
+    cached: usize,
 }
 
 impl Cubes {
-    /// Loads and preprocesses every row's patch in parallel; every failing file is
-    /// reported (first few named) in one error.
-    pub fn load(index: &PatchIndex, rows: &[&IndexRow], pre: &Preprocess) -> Result<Self> {
-        let loaded: Vec<_> = rows
-            .par_iter()
-            .map(|r| models::patch::load_patch(&index.patch_path(r), pre))
-            .collect();
-        let errors: Vec<String> = loaded
-            .iter()
-            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
-            .collect();
+    /// Reads and preprocesses every row's patch in parallel (so a bad file stops the run
+    /// before training, every failing file reported, the first few named), keeping the
+    /// first ones within `budget_bytes` (`None`: all) in memory.
+    pub fn load(index: &PatchIndex, rows: &[&IndexRow], pre: &Preprocess, budget_bytes: Option<u64>) -> Result<Self> {
+        let cube = pre.cube_size;
+        let per = (cube * cube * cube * std::mem::size_of::<f32>()) as u64;
+        let cached = budget_bytes.map_or(rows.len(), |b| ((b / per) as usize).min(rows.len()));
+        let paths: Vec<std::path::PathBuf> = rows.iter().map(|r| index.patch_path(r)).collect();
+        let mut cache = Vec::with_capacity(cached * cube * cube * cube);
+        let mut errors: Vec<String> = Vec::new();
+        // In chunks, so the cubes that are not kept never pile up in memory.
+        for (k, chunk) in paths.chunks(256).enumerate() {
+            let loaded: Vec<_> = chunk.par_iter().map(|p| models::patch::load_patch(p, pre)).collect();
+            for (j, r) in loaded.into_iter().enumerate() {
+                match r {
+                    Ok(c) if k * 256 + j < cached => cache.extend(c.iter()),
+                    Ok(_) => {}
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+        }
         if !errors.is_empty() {
             bail!(
                 "{} of {} patch file(s) could not be loaded:\n  {}{}",
@@ -192,16 +211,14 @@ impl Cubes {
                 if errors.len() > 10 { "\n  ..." } else { "" }
             );
         }
-        let cube = pre.cube_size;
-        let mut data = Vec::with_capacity(rows.len() * cube * cube * cube);
-        for c in loaded.into_iter().flatten() {
-            data.extend(c.iter());
-        }
         Ok(Cubes {
             rows: rows.iter().map(|r| (*r).clone()).collect(),
             labels: rows.iter().map(|r| f32::from(r.label)).collect(),
-            data,
             cube,
+            paths,
+            pre: pre.clone(),
+            cache,
+            cached,
         })
     }
 
@@ -213,10 +230,39 @@ impl Cubes {
         self.rows.is_empty()
     }
 
-    /// One cube's voxels.
-    pub fn cube_slice(&self, i: usize) -> &[f32] {
+    /// How many cubes are held in memory.
+    pub fn cached(&self) -> usize {
+        self.cached
+    }
+
+    /// Bytes of the in-memory cubes.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.len() * std::mem::size_of::<f32>()
+    }
+
+    /// The cubes `idx`, each `D³` values, concatenated; those not in memory are read from
+    /// disk in parallel.
+    pub fn gather(&self, idx: &[usize]) -> Result<Vec<f32>> {
         let n = self.cube * self.cube * self.cube;
-        &self.data[i * n..(i + 1) * n]
+        let disk: Vec<Option<Vec<f32>>> = idx
+            .par_iter()
+            .map(|&i| -> Result<Option<Vec<f32>>> {
+                if i < self.cached {
+                    return Ok(None);
+                }
+                let c = models::patch::load_patch(&self.paths[i], &self.pre)
+                    .with_context(|| format!("{}: changed since the run started?", self.paths[i].display()))?;
+                Ok(Some(c.iter().copied().collect()))
+            })
+            .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(idx.len() * n);
+        for (&i, d) in idx.iter().zip(&disk) {
+            match d {
+                Some(v) => out.extend_from_slice(v),
+                None => out.extend_from_slice(&self.cache[i * n..(i + 1) * n]),
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -82,14 +82,14 @@ pub fn parity(
     spec: &ArchSpec,
     vs: &nn::VarStore,
     model: &Path,
-    data: &[f32],
+    n: usize,
+    fetch: &(dyn Fn(std::ops::Range<usize>) -> Result<Vec<f32>> + Sync),
     cube: usize,
     batch: usize,
     ort_lib: Option<&Path>,
     device: tch::Device,
 ) -> Result<(Parity, Vec<f32>)> {
     let n_vox = cube * cube * cube;
-    let n = data.len() / n_vox;
     // A CPU copy of the weights, so CUDA kernels (TF32, cuDNN) do not blur the comparison.
     let mut cpu = nn::VarStore::new(tch::Device::Cpu);
     let net = Net::new(&cpu.root(), spec)?;
@@ -115,12 +115,18 @@ pub fn parity(
     let mut ort_all = Vec::with_capacity(n);
     for start in (0..n).step_by(batch.max(1)) {
         let end = (start + batch).min(n);
-        let chunk = &data[start * n_vox..end * n_vox];
+        let chunk = &fetch(start..end)?;
+        if chunk.len() != (end - start) * n_vox {
+            anyhow::bail!("parity: {} values for {} cubes of {cube}³", chunk.len(), end - start);
+        }
         let x = Tensor::from_slice(chunk).view([(end - start) as i64, 1, cube as i64, cube as i64, cube as i64]);
         let t = tch::no_grad(|| net.forward_t(&x, false)).flatten(0, -1);
         let t = Vec::<f32>::try_from(&t)?;
         let cubes: Vec<ndarray::Array3<f32>> = (start..end)
-            .map(|i| ndarray::Array3::from_shape_vec((cube, cube, cube), data[i * n_vox..(i + 1) * n_vox].to_vec()))
+            .map(|i| {
+                let k = i - start;
+                ndarray::Array3::from_shape_vec((cube, cube, cube), chunk[k * n_vox..(k + 1) * n_vox].to_vec())
+            })
             .collect::<Result<_, _>>()?;
         let o = scorer.score(&cubes)?;
         if o.len() != t.len() {

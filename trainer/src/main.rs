@@ -128,6 +128,10 @@ struct TrainArgs {
     /// libtorch intra-op threads (0: its default).
     #[arg(long)]
     threads: Option<usize>,
+    /// Memory for preprocessed patches in MiB; the rest are read from disk for each batch
+    /// (default: all in memory).
+    #[arg(long)]
+    cache_mb: Option<u64>,
     /// k-fold cross-validation over series (one run folder per fold and cv_summary.yaml).
     #[arg(long)]
     folds: Option<usize>,
@@ -201,6 +205,9 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = a.threads {
         cfg.train.threads = v;
+    }
+    if let Some(v) = a.cache_mb {
+        cfg.train.cache_mb = Some(v);
     }
     if let Some(v) = &a.precision {
         cfg.train.precision = serde_yaml::from_str(v)?;

@@ -155,24 +155,22 @@ type AugmentState<'a> = (&'a crate::augment::Augment, f64, &'a mut StdRng, &'a m
 
 /// A batch on `device`; with `aug`, each sample is augmented (any label) and counted per
 /// class in `aug.3` when changed.
-fn batch_tensor(c: &Cubes, idx: &[usize], aug: Option<AugmentState>, device: Device) -> (Tensor, Tensor) {
+fn batch_tensor(c: &Cubes, idx: &[usize], aug: Option<AugmentState>, device: Device) -> Result<(Tensor, Tensor)> {
     let d = c.cube as i64;
-    let mut xs = Vec::with_capacity(idx.len());
-    let mut aug = aug;
-    for &i in idx {
-        let mut t = Tensor::from_slice(c.cube_slice(i)).view([1, d, d, d]);
-        if let Some((a, pad, rng, counts)) = aug.as_mut() {
-            let (out, changed) = a.apply(&t, *pad, rng);
-            t = out;
+    let mut x = Tensor::from_slice(&c.gather(idx)?).view([idx.len() as i64, 1, d, d, d]);
+    if let Some((a, pad, rng, counts)) = aug {
+        let mut xs = Vec::with_capacity(idx.len());
+        for (k, &i) in idx.iter().enumerate() {
+            let (out, changed) = a.apply(&x.get(k as i64), pad, rng);
             if changed {
                 counts[usize::from(c.labels[i] == 1.0)] += 1;
             }
+            xs.push(out);
         }
-        xs.push(t);
+        x = Tensor::stack(&xs, 0);
     }
-    let x = Tensor::stack(&xs, 0).to_device(device);
     let y: Vec<f32> = idx.iter().map(|&i| c.labels[i]).collect();
-    (x, Tensor::from_slice(&y).to_device(device))
+    Ok((x.to_device(device), Tensor::from_slice(&y).to_device(device)))
 }
 
 /// Saves the VarStore beside `path`, then renames over it.
@@ -226,7 +224,7 @@ fn evaluate(net: &Net, c: &Cubes, batch: usize, device: Device, amp: bool) -> Re
     let mut loss_sum = 0.0;
     let idx: Vec<usize> = (0..c.len()).collect();
     for chunk in idx.chunks(batch) {
-        let (x, y) = batch_tensor(c, chunk, None, device);
+        let (x, y) = batch_tensor(c, chunk, None, device)?;
         let z = tch::no_grad(|| crate::cuda::autocast(amp, || net.forward_t(&x, false)))
             .flatten(0, -1)
             .to_kind(tch::Kind::Float);
@@ -272,8 +270,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     // Load everything before creating the run folder: bad input leaves no folder behind.
     let train_rows = split.rows(&index.rows, Side::Train);
     let val_rows = split.rows(&index.rows, Side::Val);
-    let train = Cubes::load(&index, &train_rows, pre)?;
-    let val = Cubes::load(&index, &val_rows, pre)?;
+    // The cache budget goes to validation first (read in full every epoch), then training.
+    let budget = cfg.train.cache_mb.map(|mb| mb * (1 << 20));
+    let val = Cubes::load(&index, &val_rows, pre, budget)?;
+    let train = Cubes::load(
+        &index,
+        &train_rows,
+        pre,
+        budget.map(|b| b.saturating_sub(val.cache_bytes() as u64)),
+    )?;
     // The parity check after training needs ONNX Runtime: find it now, not after an hour.
     infer::runtime::init(opts.ort_lib.as_deref())?;
     let dir = &cfg.out;
@@ -334,6 +339,16 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         pos_weight
     ));
 
+    if cfg.train.cache_mb.is_some() {
+        log(format!(
+            "patches in memory: {} of {} validation, {} of {} training ({:.0} MiB); the rest are read from disk for each batch",
+            val.cached(),
+            val.len(),
+            train.cached(),
+            train.len(),
+            (val.cache_bytes() + train.cache_bytes()) as f64 / f64::from(1 << 20)
+        ));
+    }
     if cfg.train.threads > 0 {
         tch::set_num_threads(cfg.train.threads as i32);
     }
@@ -451,25 +466,29 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         // for an asynchronous copy on CUDA) while this one trains: the device never waits
         // on batch assembly. Draws come from the epoch's seeded generator in batch order,
         // so results do not depend on the overlap.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Tensor, Tensor, usize)>(PREFETCH_BATCHES);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Tensor, Tensor, usize)>>(PREFETCH_BATCHES);
         let (train_ref, aug_cfg) = (&train, &t.augment);
         let augmented = std::thread::scope(|s| -> Result<[usize; 2]> {
             let producer = s.spawn(move || {
                 let mut rng = rng;
                 let mut augmented = [0usize; 2];
                 for chunk in chunks {
-                    let (mut x, mut y) = batch_tensor(
+                    let batch = batch_tensor(
                         train_ref,
                         chunk,
                         Some((aug_cfg, pad, &mut rng, &mut augmented)),
                         Device::Cpu,
-                    );
-                    if device.is_cuda() {
-                        // `_pin_memory`: `pin_memory(device)` warns (deprecated argument) per call.
-                        x = x.f_internal_pin_memory(device).unwrap_or(x);
-                        y = y.f_internal_pin_memory(device).unwrap_or(y);
-                    }
-                    if tx.send((x, y, chunk.len())).is_err() {
+                    )
+                    .map(|(mut x, mut y)| {
+                        if device.is_cuda() {
+                            // `_pin_memory`: `pin_memory(device)` warns (deprecated argument) per call.
+                            x = x.f_internal_pin_memory(device).unwrap_or(x);
+                            y = y.f_internal_pin_memory(device).unwrap_or(y);
+                        }
+                        (x, y, chunk.len())
+                    });
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
                         break;
                     }
                 }
@@ -477,7 +496,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
             });
             // Owning the receiver here means an error below drops it, which stops the
             // producer (its send fails) instead of leaving it blocked on a full channel.
-            for (x, y, n) in rx.into_iter() {
+            for batch in rx.into_iter() {
+                let (x, y, n) = batch?;
                 let x = x.to_device_(device, tch::Kind::Float, true, false);
                 let y = y.to_device_(device, tch::Kind::Float, true, false);
                 // Linear warm-up, then cosine decay, per step.
@@ -633,7 +653,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         &spec,
         &best_vs,
         &unchecked,
-        &val.data,
+        val.len(),
+        &|r: std::ops::Range<usize>| val.gather(&r.collect::<Vec<_>>()),
         val.cube,
         cfg.train.batch_size,
         opts.ort_lib.as_deref(),

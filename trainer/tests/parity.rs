@@ -59,7 +59,20 @@ fn check(spec: ArchSpec, cube: usize) {
         spec.name
     );
     for batch in [1, 3] {
-        let (p, ort) = export::parity(&spec, &vs, &path, &data, cube, batch, None, tch::Device::Cpu).expect("parity");
+        let nv = cube * cube * cube;
+        let fetch = |r: std::ops::Range<usize>| Ok(data[r.start * nv..r.end * nv].to_vec());
+        let (p, ort) = export::parity(
+            &spec,
+            &vs,
+            &path,
+            n as usize,
+            &fetch,
+            cube,
+            batch,
+            None,
+            tch::Device::Cpu,
+        )
+        .expect("parity");
         assert_eq!(p.patches, n as usize);
         assert!(
             p.passed && p.max_abs_diff_logit <= PARITY_TOLERANCE,
