@@ -50,6 +50,29 @@ pub fn loaded_libtorch_dir() -> Option<PathBuf> {
         .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
 }
 
+/// The CUDA runtime, cuBLAS and cuDNN libraries this process has loaded (file names, which
+/// carry their major versions, e.g. `libcudart.so.13 libcudnn.so.9`), or `none`.
+pub fn loaded_cuda_libraries() -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut names: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter_map(|p| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| {
+            ["libcudart.so", "libcublas.so", "libcudnn.so"]
+                .iter()
+                .any(|k| n.starts_with(k))
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(" ")
+    }
+}
+
 /// Loads libtorch_cuda once (idempotent); call before any CUDA query or seeding.
 pub fn ensure_loaded() -> &'static CudaLib {
     static STATE: OnceLock<CudaLib> = OnceLock::new();

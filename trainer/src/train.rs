@@ -631,6 +631,11 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         ("training.libtorch_version", crate::libtorch_version()),
         ("training.cuda_available", tch::Cuda::is_available().to_string()),
         ("training.device", crate::device_name(device)),
+        (
+            "training.precision",
+            (if amp { "fp16-mixed" } else { "fp32" }).to_string(),
+        ),
+        ("training.cuda_libraries", crate::cuda::loaded_cuda_libraries()),
         ("training.config_sha256", cfg.sha256()?),
         ("training.index_sha256", models::fsutil::sha256_file(&index.path)?),
         (

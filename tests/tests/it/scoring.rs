@@ -317,6 +317,12 @@ fn doctor_reports_runtime_and_model() {
         "driver:",
         "preprocess.cube_size = 16",
         "preprocessing: centre crop/pad to 16³",
+        // Provenance of the training run travels in the model.
+        "training.precision = fp32",
+        "training.cuda_libraries = ",
+        "training.libtorch_version = 2.11.0",
+        "training.device = cpu",
+        "tool.git_commit = ",
     ] {
         assert!(r.stdout.contains(want), "doctor lacks `{want}`:\n{}", r.stdout);
     }
