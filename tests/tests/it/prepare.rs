@@ -338,3 +338,70 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The prepared folder is what `trainer train` reads: scans → patches → a trained, exported
+/// model, with the split by series holding both classes.
+#[test]
+fn a_prepared_folder_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut ann = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm\n");
+    let mut cand = String::from("seriesuid,coordX,coordY,coordZ,class\n");
+    for k in 0..8 {
+        let uid = format!("1.2.3.{k}");
+        let off = [-18.0, -18.0, -24.0];
+        let g = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], off, ID).unwrap();
+        let p = at(&g, [20.0 + k as f64, 24.0, 12.0]);
+        scan(&root.join(format!("scans/subset{}/{uid}.mhd", k % 2)), ID, off, &[p], WriteOptions::default());
+        ann += &format!("{uid},{},{},{},6\n", p[0], p[1], p[2]);
+        for j in 0..3 {
+            let q = at(&g, [8.0 + 12.0 * j as f64, 8.0, 6.0]);
+            cand += &format!("{uid},{},{},{},0\n", q[0], q[1], q[2]);
+        }
+    }
+    std::fs::write(root.join("annotations.csv"), ann).unwrap();
+    std::fs::write(root.join("candidates.csv"), cand).unwrap();
+    let out = root.join("patches");
+    run_ok(
+        "trainer",
+        &[
+            "prepare",
+            "--scans",
+            s(&root.join("scans")),
+            "--annotations",
+            s(&root.join("annotations.csv")),
+            "--candidates",
+            s(&root.join("candidates.csv")),
+            "--out",
+            s(&out),
+            "--size-mm",
+            "16",
+            "--all-negatives",
+            "-q",
+        ],
+    );
+    let run_dir = root.join("run");
+    let r = run_ok(
+        "trainer",
+        &[
+            "train",
+            "--data",
+            s(&out),
+            "--out",
+            s(&run_dir),
+            "--cube-size",
+            "16",
+            "--width",
+            "4",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "-q",
+        ],
+    );
+    assert!(r.stdout.contains("best epoch"), "{}", r.stdout);
+    assert!(run_dir.join("model.onnx").is_file());
+}
