@@ -286,15 +286,17 @@ fn main() -> ExitCode {
                     annotations: a.annotations.clone(),
                     candidates: a.candidates.clone(),
                     out: a.out.clone(),
-                    grid: models::resample::PatchGrid {
-                        size_mm: a.size_mm,
-                        spacing_mm: a.spacing_mm,
+                    sampling: trainer::prepare::Sampling {
+                        grid: models::resample::PatchGrid {
+                            size_mm: a.size_mm,
+                            spacing_mm: a.spacing_mm,
+                        },
+                        neg_ratio: a.neg_ratio,
+                        min_negatives: a.min_negatives,
+                        all_negatives: a.all_negatives,
+                        seed: a.seed,
+                        dtype: a.dtype,
                     },
-                    neg_ratio: a.neg_ratio,
-                    min_negatives: a.min_negatives,
-                    all_negatives: a.all_negatives,
-                    seed: a.seed,
-                    dtype: a.dtype,
                     jobs: a.jobs,
                     quiet: a.quiet,
                 };

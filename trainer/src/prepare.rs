@@ -45,10 +45,10 @@ pub enum CubeDtype {
     Float32,
 }
 
-/// What a run makes; stored in `prepare.yaml` so a resumed run makes the same thing.
+/// How patches are cut and sampled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PrepareSettings {
+pub struct Sampling {
     pub grid: PatchGrid,
     /// Negatives per positive, per scan (after excluding those inside a nodule).
     pub neg_ratio: f64,
@@ -58,6 +58,13 @@ pub struct PrepareSettings {
     pub all_negatives: bool,
     pub seed: u64,
     pub dtype: CubeDtype,
+}
+
+/// What a run makes; stored in `prepare.yaml` so a resumed run makes the same thing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareSettings {
+    pub sampling: Sampling,
     pub annotations_sha256: String,
     pub candidates_sha256: String,
 }
@@ -69,12 +76,7 @@ pub struct PrepareJob {
     pub annotations: PathBuf,
     pub candidates: PathBuf,
     pub out: PathBuf,
-    pub grid: PatchGrid,
-    pub neg_ratio: f64,
-    pub min_negatives: usize,
-    pub all_negatives: bool,
-    pub seed: u64,
-    pub dtype: CubeDtype,
+    pub sampling: Sampling,
     /// Scans processed at once (0: up to 8, by the cores); each holds one scan in memory
     /// (4 bytes per voxel, ~300 MB for a LUNA16 scan).
     pub jobs: usize,
@@ -150,7 +152,7 @@ fn plan_series(
     uid: &str,
     nodules: &[&calibrate::froc::Finding],
     candidates: &[&calibrate::froc::Finding],
-    s: &PrepareSettings,
+    s: &Sampling,
 ) -> Vec<Planned> {
     let mut out: Vec<Planned> = nodules
         .iter()
@@ -241,9 +243,9 @@ fn do_scan(uid: &str, path: &Path, plan: &[Planned], job: &PrepareJob) -> Result
             nn += 1;
             format!("neg_{nn:05}.npy")
         };
-        let cube = extract(&scan, p.center, &job.grid);
+        let cube = extract(&scan, p.center, &job.sampling.grid);
         let file = dir.join(&name);
-        models::fsutil::write_atomic(&file, &npy_bytes(&cube, job.dtype)?)?;
+        models::fsutil::write_atomic(&file, &npy_bytes(&cube, job.sampling.dtype)?)?;
         rows.push(IndexRow {
             patch_file: format!("patches/{uid}/{name}"),
             seriesuid: uid.to_string(),
@@ -261,9 +263,12 @@ fn do_scan(uid: &str, path: &Path, plan: &[Planned], job: &PrepareJob) -> Result
 /// `scans_failed`), `Err` for problems that stop everything (bad CSVs, other settings).
 pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     let t0 = Instant::now();
-    job.grid.validate().map_err(|e| anyhow::anyhow!("patch grid: {e}"))?;
-    if !(job.neg_ratio.is_finite() && job.neg_ratio >= 0.0) {
-        bail!("--neg-ratio must be >= 0, got {}", job.neg_ratio);
+    job.sampling
+        .grid
+        .validate()
+        .map_err(|e| anyhow::anyhow!("patch grid: {e}"))?;
+    if !(job.sampling.neg_ratio.is_finite() && job.sampling.neg_ratio >= 0.0) {
+        bail!("--neg-ratio must be >= 0, got {}", job.sampling.neg_ratio);
     }
     let annotations = calibrate::froc::read_findings(&job.annotations, "diameter_mm")?;
     for a in &annotations {
@@ -287,12 +292,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     }
     let scans = find_scans(&job.scans)?;
     let settings = PrepareSettings {
-        grid: job.grid,
-        neg_ratio: job.neg_ratio,
-        min_negatives: job.min_negatives,
-        all_negatives: job.all_negatives,
-        seed: job.seed,
-        dtype: job.dtype,
+        sampling: job.sampling.clone(),
         annotations_sha256: models::fsutil::sha256_file(&job.annotations)?,
         candidates_sha256: models::fsutil::sha256_file(&job.candidates)?,
     };
@@ -350,9 +350,9 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
         job.scans.display(),
         summary.scans_done_before,
         todo.len(),
-        job.grid.size_mm,
-        job.grid.spacing_mm,
-        job.grid.voxels()
+        job.sampling.grid.size_mm,
+        job.sampling.grid.spacing_mm,
+        job.sampling.grid.voxels()
     ));
     let pb = if job.quiet || !std::io::stderr().is_terminal() {
         indicatif::ProgressBar::hidden()
@@ -376,7 +376,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
         todo.par_iter()
             .map(|(uid, path)| {
                 let (nod, cand) = by_series.get(uid.as_str()).unwrap_or(&empty);
-                let plan = plan_series(uid, nod, cand, &settings);
+                let plan = plan_series(uid, nod, cand, &settings.sampling);
                 let r = do_scan(uid, path, &plan, job).and_then(|rows| {
                     let mut w = csv::Writer::from_writer(Vec::new());
                     for row in &rows {
@@ -458,16 +458,14 @@ mod tests {
         }
     }
 
-    fn settings(all: bool) -> PrepareSettings {
-        PrepareSettings {
+    fn settings(all: bool) -> Sampling {
+        Sampling {
             grid: PatchGrid::default(),
             neg_ratio: 2.0,
             min_negatives: 1,
             all_negatives: all,
             seed: 7,
             dtype: CubeDtype::Int16,
-            annotations_sha256: String::new(),
-            candidates_sha256: String::new(),
         }
     }
 

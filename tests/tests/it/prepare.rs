@@ -352,7 +352,13 @@ fn a_prepared_folder_trains() {
         let off = [-18.0, -18.0, -24.0];
         let g = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], off, ID).unwrap();
         let p = at(&g, [20.0 + k as f64, 24.0, 12.0]);
-        scan(&root.join(format!("scans/subset{}/{uid}.mhd", k % 2)), ID, off, &[p], WriteOptions::default());
+        scan(
+            &root.join(format!("scans/subset{}/{uid}.mhd", k % 2)),
+            ID,
+            off,
+            &[p],
+            WriteOptions::default(),
+        );
         ann += &format!("{uid},{},{},{},6\n", p[0], p[1], p[2]);
         for j in 0..3 {
             let q = at(&g, [8.0 + 12.0 * j as f64, 8.0, 6.0]);
