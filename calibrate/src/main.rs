@@ -112,6 +112,7 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
             device: a.device,
             threads: 0,
             ort_lib: a.ort_lib,
+            spin: false,
         },
         model: a.model.unwrap_or(base.model),
         out: a.out.unwrap_or(base.out),

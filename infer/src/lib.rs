@@ -67,6 +67,10 @@ pub struct ScorerOptions {
     pub threads: usize,
     /// Explicit path of libonnxruntime.
     pub ort_lib: Option<PathBuf>,
+    /// Let ONNX Runtime's worker threads spin between parallel sections (its own default).
+    /// Off by default: infer decodes files on the same cores, and on small hosts spinning
+    /// workers take the time the decoders need; on many-core hosts spinning may pay.
+    pub spin: bool,
 }
 
 impl Default for ScorerOptions {
@@ -75,6 +79,7 @@ impl Default for ScorerOptions {
             device: Device::Auto,
             threads: 0,
             ort_lib: None,
+            spin: false,
         }
     }
 }
@@ -116,7 +121,7 @@ impl Scorer {
             // threads must not spin on the cores the decoders need.
             let b = Session::builder(&rt.env)
                 .map_err(model_err)?
-                .with_intra_op_spinning(false)
+                .with_intra_op_spinning(opts.spin)
                 .map_err(|e| model_err(e.into()))?;
             if opts.threads > 0 {
                 return b.with_intra_threads(opts.threads).map_err(|e| model_err(e.into()));

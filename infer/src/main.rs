@@ -63,6 +63,10 @@ struct Args {
     /// ONNX Runtime intra-op threads (0 = its default).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Let ONNX Runtime's threads spin while waiting (its own default; off here so the file
+    /// decoders get the cores: worth trying on hosts with many cores).
+    #[arg(long)]
+    spin: bool,
     /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, next to this binary, the project venv).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -190,6 +194,7 @@ fn main() -> ExitCode {
             device: a.device,
             threads: a.threads,
             ort_lib: a.ort_lib,
+            spin: a.spin,
         },
         fail_fast: a.fail_fast,
         force_calibration: a.force_calibration,

@@ -109,6 +109,7 @@ pub fn parity(
             device: infer::Device::Cpu,
             threads: 0,
             ort_lib: ort_lib.map(Path::to_path_buf),
+            spin: false,
         },
     )?;
     let (mut max_d, mut sum_d) = (0.0f64, 0.0f64);

@@ -337,9 +337,9 @@ fn main() -> ExitCode {
                                 .map(|v| v.trim_matches(['\'', '"']).to_string())
                         })
                     })
-                    .unwrap_or_else(|| "unknown (no torch/version.py)".into());
+                    .unwrap_or_else(|| "not found there now".into());
                 println!(
-                    "libtorch: torch {version} (tch 0.24 needs 2.11.0), lib folder {}",
+                    "libtorch built against: {} (torch {version}; tch 0.24 needs 2.11.0)",
                     lib.display()
                 );
                 if let Some(dir) = trainer::cuda::loaded_libtorch_dir() {

@@ -346,3 +346,34 @@ fn doctor_reports_runtime_and_model() {
     );
     assert!(r.stderr.contains("peak RSS"), "{}", r.stderr);
 }
+
+/// `--spin` only changes how ONNX Runtime's threads wait: the scores are the same.
+#[test]
+fn spinning_threads_give_the_same_scores() {
+    let f = fixture();
+    let d = tempfile::tempdir().expect("tmp");
+    let model = f.run.join("model.onnx");
+    let (a, b) = (d.path().join("a.csv"), d.path().join("b.csv"));
+    let args = |out: &Path| {
+        vec![
+            "--model".to_string(),
+            s(&model).into(),
+            s(&f.patches).into(),
+            "-o".into(),
+            s(out).into(),
+            "--threads".into(),
+            "2".into(),
+            "-q".into(),
+        ]
+    };
+    let plain = args(&a);
+    run_ok("infer", &plain.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut spin = args(&b);
+    spin.push("--spin".into());
+    run_ok("infer", &spin.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ha, ra) = read_csv(&a);
+    let (hb, rb) = read_csv(&b);
+    assert_eq!(ha, hb);
+    assert!(!ra.is_empty());
+    assert_eq!(ra, rb);
+}
