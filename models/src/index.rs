@@ -111,6 +111,13 @@ impl PatchIndex {
     /// Writes rows as an index CSV atomically.
     pub fn write(path: &Path, rows: &[IndexRow]) -> Result<()> {
         let mut w = csv::Writer::from_writer(Vec::new());
+        if rows.is_empty() {
+            // serialize() writes the header with the first row: an empty index still has one.
+            w.write_record(COLUMNS).map_err(|e| Error::BadIndex {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
+        }
         for r in rows {
             w.serialize(r).map_err(|e| Error::BadIndex {
                 path: path.to_path_buf(),

@@ -252,9 +252,9 @@ struct Header {
     header_end: usize,
 }
 
-/// Upper bound on voxels a header may claim (2³¹: a 1024 × 1024 × 2048 volume; LUNA16's
+/// Upper bound on voxels a header may claim (2³⁰: a 1024³ volume, 4 GiB as f32; LUNA16's
 /// largest is about 512 × 512 × 800), checked before anything is allocated.
-const MAX_VOXELS: usize = 1 << 31;
+const MAX_VOXELS: usize = 1 << 30;
 
 impl Scan {
     /// Reads a `.mhd` (with its data file) or `.mha`.
@@ -264,35 +264,38 @@ impl Scan {
             msg,
         };
         let bytes = read_header_bytes(path)?;
-        let h = parse_header(&bytes, path).map_err(bad)?;
+        let h = parse_header(&bytes).map_err(bad)?;
         let n = h.geometry.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let n = n
             .filter(|&n| n <= MAX_VOXELS)
             .ok_or_else(|| bad(format!("DimSize {:?} is implausibly large", h.geometry.dims)))?;
         let need = n * h.element_type.size();
-        let (data_path, raw) = match &h.data_file {
-            None => {
-                // LOCAL: the rest of this file (read it all now).
-                let all = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-                (path.to_path_buf(), all[h.header_end.min(all.len())..].to_vec())
-            }
-            Some(f) => {
-                let f = if f.is_absolute() {
-                    f.clone()
-                } else {
-                    path.parent().unwrap_or(Path::new(".")).join(f)
-                };
-                // The file's own size bounds what is read, whatever the header claims.
-                let data = std::fs::read(&f).map_err(|e| {
-                    bad(format!(
-                        "ElementDataFile {}: {e}",
-                        f.file_name()
-                            .map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into())
-                    ))
-                })?;
-                (f, data)
-            }
+        let data_path = match &h.data_file {
+            None => path.to_path_buf(),
+            Some(f) if f.is_absolute() => f.clone(),
+            Some(f) => path.parent().unwrap_or(Path::new(".")).join(f),
         };
+        let data_err = |e: std::io::Error| {
+            bad(format!(
+                "ElementDataFile {}: {e}",
+                data_path
+                    .file_name()
+                    .map_or_else(|| data_path.display().to_string(), |n| n.to_string_lossy().into())
+            ))
+        };
+        // Only a regular file, and only as many bytes as the header accounts for: a header
+        // naming /dev/zero or a FIFO must not make us read forever.
+        let meta = std::fs::metadata(&data_path).map_err(data_err)?;
+        if !meta.is_file() {
+            return Err(bad(format!(
+                "ElementDataFile {} is not a regular file",
+                data_path.display()
+            )));
+        }
+        let len = meta.len() as usize;
+        let mut file = std::fs::File::open(&data_path).map_err(data_err)?;
+        // Where the voxel bytes (or the zlib stream) start in that file.
+        let base = if h.data_file.is_none() { h.header_end } else { 0 };
         let short = |have: usize, what: &str| Error::BadPatch {
             path: data_path.clone(),
             msg: format!(
@@ -302,14 +305,28 @@ impl Scan {
                 path.display()
             ),
         };
+        let read_at = |file: &mut std::fs::File, start: usize, count: usize| -> Result<Vec<u8>> {
+            use std::io::Seek;
+            file.seek(std::io::SeekFrom::Start(start as u64))
+                .map_err(|e| Error::io(&data_path, e))?;
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(count)
+                .map_err(|_| bad(format!("cannot allocate {count} bytes for the voxel data")))?;
+            file.take(count as u64)
+                .read_to_end(&mut buf)
+                .map_err(|e| Error::io(&data_path, e))?;
+            Ok(buf)
+        };
         let body: Vec<u8> = if h.compressed {
-            let src = match h.compressed_size {
-                Some(c) if c <= raw.len() => &raw[..c],
-                _ => &raw[..],
-            };
-            // Bounded: never inflate more than the header's volume (plus one byte to notice).
+            let avail = len.saturating_sub(base);
+            let csize = h.compressed_size.map_or(avail, |c| c.min(avail));
+            let src = read_at(&mut file, base, csize)?;
+            // Bounded: never inflate more than the header's volume (plus one byte to notice),
+            // and reserve it up front so a failed allocation is an error, not an abort.
             let mut out = Vec::new();
-            flate2::read::ZlibDecoder::new(src)
+            out.try_reserve_exact(need + 1)
+                .map_err(|_| bad(format!("cannot allocate {need} bytes for the voxel data")))?;
+            flate2::read::ZlibDecoder::new(&src[..])
                 .take(need as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| Error::BadPatch {
@@ -322,17 +339,26 @@ impl Scan {
             out.truncate(need);
             out
         } else {
-            let start = if h.header_size < 0 {
-                raw.len().saturating_sub(need)
+            // HeaderSize = −1: the data are the file's last bytes; else they start HeaderSize
+            // bytes in (after the header of a LOCAL file).
+            let start = if h.header_size == -1 {
+                len.saturating_sub(need).max(base)
             } else {
-                h.header_size as usize
+                base + h.header_size as usize
             };
-            if raw.len() < start + need {
-                return Err(short(raw.len().saturating_sub(start), "data"));
+            if len < start + need {
+                return Err(short(len.saturating_sub(start), "data"));
             }
-            raw[start..start + need].to_vec()
+            let body = read_at(&mut file, start, need)?;
+            if body.len() < need {
+                return Err(short(body.len(), "data"));
+            }
+            body
         };
-        let mut voxels = Vec::with_capacity(n);
+        let mut voxels = Vec::new();
+        voxels
+            .try_reserve_exact(n)
+            .map_err(|_| bad(format!("cannot allocate {n} voxels")))?;
         h.element_type.decode(&body, h.msb, &mut voxels);
         Ok(Scan {
             path: path.to_path_buf(),
@@ -376,7 +402,8 @@ fn read_header_bytes(path: &Path) -> Result<Vec<u8>> {
         }
         let is_last = String::from_utf8_lossy(&line)
             .trim_start()
-            .starts_with("ElementDataFile");
+            .get(..15)
+            .is_some_and(|k| k.eq_ignore_ascii_case("ElementDataFile"));
         buf.extend_from_slice(&line);
         if is_last {
             break;
@@ -385,7 +412,7 @@ fn read_header_bytes(path: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn parse_header(bytes: &[u8], path: &Path) -> Result<Header, String> {
+fn parse_header(bytes: &[u8]) -> Result<Header, String> {
     let mut kv: Vec<(String, String)> = Vec::new();
     let mut header_end = 0usize;
     let mut saw_data_file = false;
@@ -507,9 +534,10 @@ fn parse_header(bytes: &[u8], path: &Path) -> Result<Header, String> {
         None => None,
     };
     let header_size = match get(&["HeaderSize"]) {
-        Some(v) => v
-            .parse::<i64>()
-            .map_err(|_| format!("HeaderSize = {v}: not an integer"))?,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n >= -1 => n,
+            _ => return Err(format!("HeaderSize = {v}: expected -1 or a byte count")),
+        },
         None => 0,
     };
     let df = get(&["ElementDataFile"]).unwrap_or_default();
@@ -517,14 +545,11 @@ fn parse_header(bytes: &[u8], path: &Path) -> Result<Header, String> {
         None
     } else if df.is_empty() {
         return Err("ElementDataFile is empty".into());
-    } else if df.eq_ignore_ascii_case("LIST") || df.contains('%') || df.split_whitespace().count() > 1 {
+    } else if df.eq_ignore_ascii_case("LIST") || df.contains('%') {
         return Err(format!("ElementDataFile = {df}: multi-file data is not supported"));
     } else {
         Some(PathBuf::from(df))
     };
-    if data_file.is_none() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mhd")) {
-        // Allowed by MetaIO, if unusual; nothing to do.
-    }
     Ok(Header {
         geometry,
         element_type,
@@ -678,6 +703,9 @@ mod tests {
             ),
             ("NDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = x.raw\n", "x.raw"),
             ("\u{89}PNG garbage", "MetaImage"),
+            // A data "file" that never ends is refused, not read.
+            ("NDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = /dev/zero\n", "not a regular file"),
+            ("NDims = 3\nDimSize = 4 4 4\nHeaderSize = -5\nElementType = MET_SHORT\nElementDataFile = x.raw\n", "HeaderSize"),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {
             let p = dir.path().join(format!("h{i}.mhd"));

@@ -89,6 +89,11 @@ pub fn extract(scan: &Scan, center: [f64; 3], grid: &PatchGrid) -> Array3<f32> {
 /// The scan's value at continuous index `p` (x, y, z); neighbours outside are air.
 pub fn trilinear(scan: &Scan, p: [f64; 3]) -> f32 {
     let [nx, ny, nz] = scan.geometry.dims;
+    // Far outside (or not a number): air, before any float→int cast can saturate.
+    let within = |v: f64, n: usize| v >= -1.0 && v <= n as f64;
+    if !(within(p[0], nx) && within(p[1], ny) && within(p[2], nz)) {
+        return AIR_HU;
+    }
     let f = [p[0].floor(), p[1].floor(), p[2].floor()];
     let t = [p[0] - f[0], p[1] - f[1], p[2] - f[2]];
     let (x0, y0, z0) = (f[0] as i64, f[1] as i64, f[2] as i64);
@@ -288,6 +293,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Absurd coordinates (a CSV in other units, 1e300) give air, not a panic.
+    #[test]
+    fn far_away_points_are_air() {
+        let g = Geometry::new(
+            [4, 4, 4],
+            [1.0; 3],
+            [0.0; 3],
+            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        )
+        .unwrap();
+        let scan = Scan {
+            path: "mem".into(),
+            geometry: g,
+            element_type: ElementType::Short,
+            voxels: vec![0.0; 64],
+        };
+        for p in [
+            [1e300, 0.0, 0.0],
+            [-1e300, 1.0, 1.0],
+            [f64::NAN, 0.0, 0.0],
+            [9.2e18, 9.2e18, 9.2e18],
+        ] {
+            assert_eq!(trilinear(&scan, p), AIR_HU, "{p:?}");
+        }
+        let cube = extract(
+            &scan,
+            [1e300, 0.0, 0.0],
+            &PatchGrid {
+                size_mm: 4.0,
+                spacing_mm: 1.0,
+            },
+        );
+        assert!(cube.iter().all(|&v| v == AIR_HU));
+        assert_eq!(trilinear(&scan, [1.5, 1.5, 1.5]), 0.0);
     }
 
     #[test]

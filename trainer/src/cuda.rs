@@ -127,14 +127,34 @@ fn torch_log_level() -> Option<&'static std::sync::atomic::AtomicI32> {
     (addr != 0).then(|| unsafe { &*(addr as *const std::sync::atomic::AtomicI32) })
 }
 
-/// Runs `f` with libtorch's warnings silenced (errors still print).
+/// Runs `f` with libtorch's warnings silenced (errors still print). Nested or concurrent
+/// calls share one silence: the level is restored when the last of them ends (also when `f`
+/// panics).
 fn without_torch_warnings<T>(f: impl FnOnce() -> T) -> T {
     use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
+    // (callers inside, the level to restore)
+    static QUIET: Mutex<(usize, i32)> = Mutex::new((0, 0));
+    struct Restore(&'static std::sync::atomic::AtomicI32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let mut q = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+            q.0 -= 1;
+            if q.0 == 0 {
+                self.0.store(q.1, Ordering::SeqCst);
+            }
+        }
+    }
     let Some(flag) = torch_log_level() else { return f() };
-    let before = flag.swap(2, Ordering::SeqCst);
-    let out = f();
-    flag.store(before, Ordering::SeqCst);
-    out
+    {
+        let mut q = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+        if q.0 == 0 {
+            q.1 = flag.swap(2, Ordering::SeqCst);
+        }
+        q.0 += 1;
+    }
+    let _restore = Restore(flag);
+    f()
 }
 
 /// What `tch::autocast` does (fp16 autocast on CUDA around `f`), minus the deprecation
@@ -145,16 +165,24 @@ pub fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     if !enabled {
         return f();
     }
+    /// Leaves autocast as it was, also when `f` panics (a CUDA out-of-memory).
+    struct Leave(std::os::raw::c_int);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            // SAFETY: as below.
+            if unsafe { torch_sys::at_autocast_decrement_nesting() } == 0 {
+                unsafe { torch_sys::at_autocast_clear_cache() };
+            }
+            let prev = self.0;
+            without_torch_warnings(|| unsafe { torch_sys::at_autocast_set_enabled(prev) });
+        }
+    }
     // SAFETY: plain C calls into torch-sys's wrapper; errors are caught there (PROTECT).
     let prev = without_torch_warnings(|| unsafe { torch_sys::at_autocast_is_enabled() });
     without_torch_warnings(|| unsafe { torch_sys::at_autocast_set_enabled(1) });
     unsafe { torch_sys::at_autocast_increment_nesting() };
-    let out = f();
-    if unsafe { torch_sys::at_autocast_decrement_nesting() } == 0 {
-        unsafe { torch_sys::at_autocast_clear_cache() };
-    }
-    without_torch_warnings(|| unsafe { torch_sys::at_autocast_set_enabled(prev) });
-    out
+    let _leave = Leave(prev);
+    f()
 }
 
 #[cfg(test)]
@@ -167,6 +195,16 @@ mod tests {
         let before = flag.load(std::sync::atomic::Ordering::SeqCst);
         let inside = super::without_torch_warnings(|| flag.load(std::sync::atomic::Ordering::SeqCst));
         assert_eq!(inside, 2);
+        assert_eq!(flag.load(std::sync::atomic::Ordering::SeqCst), before);
+        // Nested: still silent inside, restored once at the end.
+        let nested = super::without_torch_warnings(|| {
+            super::without_torch_warnings(|| ());
+            flag.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        assert_eq!(nested, 2);
+        assert_eq!(flag.load(std::sync::atomic::Ordering::SeqCst), before);
+        // A panic inside still restores it.
+        let _ = std::panic::catch_unwind(|| super::without_torch_warnings(|| panic!("inside")));
         assert_eq!(flag.load(std::sync::atomic::Ordering::SeqCst), before);
         // And autocast off is a plain call.
         assert_eq!(super::autocast(false, || 7), 7);

@@ -107,11 +107,14 @@ impl AdamW {
     /// (`torch.autograd.grad`: nothing accumulates in `.grad`, so there is nothing to zero).
     /// The returned tensor shares the optimizer's gradient buffer: pass it to
     /// [`AdamW::step`] before the next call.
-    pub fn flat_grad(&self, loss: &Tensor) -> Tensor {
+    pub fn flat_grad(&self, loss: &Tensor) -> Result<Tensor> {
         let inputs: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
-        let grads = Tensor::run_backward(&[loss], &inputs, false, false);
+        let grads = Tensor::f_run_backward(&[loss], &inputs, false, false).context("backward pass")?;
+        if let Some(i) = grads.iter().position(|g| !g.defined()) {
+            bail!("parameter `{}` does not take part in the loss", self.params[i].0);
+        }
         let flat: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
-        tch::no_grad(|| Tensor::cat_out(&self.grad, &flat, 0))
+        Ok(tch::no_grad(|| Tensor::cat_out(&self.grad, &flat, 0)))
     }
 
     /// One update from the flat gradient `grad` with learning rate `lr`, clipping the
@@ -208,7 +211,10 @@ impl AdamW {
             }
             Ok(())
         })?;
-        self.step = saved.get("step").map(|t| i64::try_from(t).unwrap_or(0)).unwrap_or(0);
+        self.step = saved
+            .get("step")
+            .and_then(|t| i64::try_from(t).ok())
+            .with_context(|| format!("{}: no step count in the optimizer state", path.display()))?;
         Ok(())
     }
 }
@@ -304,11 +310,11 @@ mod tests {
             let mut scaler = GradScaler::default();
             let loss = lin.forward(&x).pow_tensor_scalar(2).mean(Kind::Float);
             if scaled {
-                let g = opt.flat_grad(&(&loss * scaler.scale));
+                let g = opt.flat_grad(&(&loss * scaler.scale)).unwrap();
                 assert!(opt.step(&g, 1e-2, 0.5, Some(&mut scaler)).unwrap());
                 assert_eq!(scaler.growth_tracker, 1);
             } else {
-                let g = opt.flat_grad(&loss);
+                let g = opt.flat_grad(&loss).unwrap();
                 assert!(opt.step(&g, 1e-2, 0.5, None).unwrap());
             }
             after.push(lin.ws.flatten(0, -1));
@@ -324,7 +330,7 @@ mod tests {
         let before = lin.ws.copy();
         let x = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 1.0]).view([1, 4]);
         let loss = lin.forward(&x).sum(Kind::Float) * f64::INFINITY;
-        let g = opt.flat_grad(&loss);
+        let g = opt.flat_grad(&loss).unwrap();
         let mut scaler = GradScaler {
             growth_tracker: 7,
             ..GradScaler::default()
@@ -346,7 +352,7 @@ mod tests {
         let w0 = Vec::<f32>::try_from(lin.ws.flatten(0, -1)).unwrap();
         let x = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 3.0]).view([1, 4]);
         // d(sum)/dw = x, so sign(g) = sign(x).
-        let g = opt.flat_grad(&lin.forward(&x).sum(Kind::Float));
+        let g = opt.flat_grad(&lin.forward(&x).sum(Kind::Float)).unwrap();
         assert!(opt.step(&g, 0.01, 0.0, None).unwrap());
         let w1 = Vec::<f32>::try_from(lin.ws.flatten(0, -1)).unwrap();
         for (k, (&a, &b)) in w0.iter().zip(&w1).enumerate() {
@@ -369,10 +375,12 @@ mod tests {
         let mut vs = vs;
         vs.load(dir.path().join("w.safetensors")).unwrap();
         opt.bind();
-        let g = opt.flat_grad(
-            &lin.forward(&Tensor::ones([1, 4], (Kind::Float, tch::Device::Cpu)))
-                .sum(Kind::Float),
-        );
+        let g = opt
+            .flat_grad(
+                &lin.forward(&Tensor::ones([1, 4], (Kind::Float, tch::Device::Cpu)))
+                    .sum(Kind::Float),
+            )
+            .unwrap();
         assert!(opt.step(&g, 0.5, 0.0, None).unwrap());
         // 2 − 0.5·sign(1) = 1.5 for every weight.
         let w = Vec::<f32>::try_from(lin.ws.flatten(0, -1)).unwrap();

@@ -133,6 +133,10 @@ pub fn find_scans(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // The uid names folders and files under --out: nothing that could climb out of it.
+        if uid.is_empty() || uid == "." || uid == ".." || uid.contains(['/', '\\']) {
+            bail!("{}: a scan's file name must be its seriesuid, not {uid:?}", p.display());
+        }
         if let Some(prev) = out.insert(uid.clone(), p.to_path_buf()) {
             bail!("series {uid} appears twice: {} and {}", prev.display(), p.display());
         }
@@ -219,7 +223,27 @@ fn npy_bytes(cube: &Array3<f32>, dtype: CubeDtype) -> Result<Vec<u8>> {
 
 /// Cuts and writes one scan's patches; returns its index rows.
 fn do_scan(uid: &str, path: &Path, plan: &[Planned], job: &PrepareJob) -> Result<Vec<IndexRow>> {
+    if plan.is_empty() {
+        return Ok(Vec::new());
+    }
     let scan = Scan::read(path)?;
+    // A centre outside the scan gives an all-air patch: most likely coordinates in another
+    // frame (voxel indices, another scan's). Say so; the patch is still written.
+    let g = &scan.geometry;
+    let outside = plan
+        .iter()
+        .filter(|p| {
+            let v = g.world_to_voxel(p.center);
+            (0..3).any(|k| !(v[k] >= -0.5 && v[k] <= g.dims[k] as f64 - 0.5))
+        })
+        .count();
+    if outside > 0 {
+        eprintln!(
+            "prepare: warning: {}: {outside} of {} centres lie outside the scan (world mm expected; check the CSV's coordinates)",
+            path.display(),
+            plan.len()
+        );
+    }
     if !scan.geometry.is_orthonormal() {
         eprintln!(
             "prepare: {}: TransformMatrix is not orthonormal; patches follow it as given",
@@ -394,7 +418,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
                         let total = written.fetch_add(*n, Ordering::Relaxed) + n;
                         pb.set_message(format!("{total} patches"));
                     }
-                    Err(e) => pb.suspend(|| eprintln!("prepare: error: {}: {e:#}", path.display())),
+                    Err(e) => pb.suspend(|| eprintln!("prepare: error: series {uid}: {e:#}")),
                 }
                 pb.inc(1);
                 ((*uid).clone(), (*path).clone(), r)
@@ -422,13 +446,16 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     } else if errors_path.exists() {
         std::fs::remove_file(&errors_path).with_context(|| format!("{}: cannot remove", errors_path.display()))?;
     }
-    // The index: every finished scan's list, in series order.
+    // The index: every finished scan's list, in series order, also those finished by
+    // earlier runs on other scan folders (LUNA16's subsets one at a time into one --out).
+    let mut lists: Vec<PathBuf> = std::fs::read_dir(&done_dir)
+        .with_context(|| format!("{}: cannot list", done_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    lists.sort();
     let mut rows: Vec<IndexRow> = Vec::new();
-    for uid in scans.keys() {
-        let p = done_path(uid);
-        if !p.is_file() {
-            continue;
-        }
+    for p in lists {
         let mut r = csv::Reader::from_path(&p).with_context(|| format!("{}: unreadable", p.display()))?;
         for row in r.deserialize() {
             rows.push(row.with_context(|| format!("{}: bad row", p.display()))?);

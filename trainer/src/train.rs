@@ -105,6 +105,9 @@ pub struct TrainState {
     /// The fp16 loss scaler's state (mixed-precision runs only).
     #[serde(default)]
     pub grad_scaler: Option<crate::optim::GradScaler>,
+    /// `fp16` or `fp32`: what `precision` resolved to.
+    #[serde(default)]
+    pub precision: Option<String>,
 }
 
 /// Every file a run writes (what `--force` clears).
@@ -271,7 +274,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     let train_rows = split.rows(&index.rows, Side::Train);
     let val_rows = split.rows(&index.rows, Side::Val);
     // The cache budget goes to validation first (read in full every epoch), then training.
-    let budget = cfg.train.cache_mb.map(|mb| mb * (1 << 20));
+    let budget = cfg.train.cache_mb.map(|mb| mb.saturating_mul(1 << 20));
     let val = Cubes::load(&index, &val_rows, pre, budget)?;
     let train = Cubes::load(
         &index,
@@ -287,6 +290,14 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         // The same job or nothing: config and split must be the ones the folder holds.
         let saved = std::fs::read_to_string(dir.join("config.yaml"))
             .with_context(|| format!("{}: no run to resume here (config.yaml missing)", dir.display()))?;
+        // The cache budget only decides what sits in memory: a resume may change it.
+        let comparable = |text: &str| -> Result<String> {
+            let mut c: TrainConfig =
+                serde_yaml::from_str(text).with_context(|| format!("{}: unreadable config.yaml", dir.display()))?;
+            c.train.cache_mb = cfg.train.cache_mb;
+            Ok(serde_yaml::to_string(&c)?)
+        };
+        let saved = comparable(&saved)?;
         if saved != serde_yaml::to_string(cfg)? {
             let ours = serde_yaml::to_string(cfg)?;
             let diff = saved
@@ -404,6 +415,19 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
             first_epoch = t.epochs + 1;
         }
         resumed_step = st.step;
+        // `auto` resolves by host: a run begun in fp32 on a CPU must not go on in fp16 on a
+        // GPU (or back) and still claim to be the same run.
+        let now = if amp { "fp16" } else { "fp32" };
+        if let Some(was) = st.precision.as_deref() {
+            if was != now {
+                bail!(
+                    "{}: this run trained in {was}, here it would go on in {now} on {} (device and precision are `auto`?); \
+                     resume it on the same kind of device (NODULE_NO_CUDA=1 keeps `auto` on the CPU)",
+                    dir.display(),
+                    crate::device_name(device)
+                );
+            }
+        }
         if amp {
             scaler = Some(st.grad_scaler.unwrap_or_default());
         }
@@ -456,7 +480,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
             pb
         };
         // Summed on the device and read once per epoch: no host sync per step.
-        let mut loss_sum = Tensor::zeros([], (tch::Kind::Float, device));
+        let mut loss_sum = Tensor::zeros([], (tch::Kind::Double, device));
+        let mut loss_seen = 0usize;
         let mut seen = 0usize;
         let mut lr = t.lr;
         let t_loop = Instant::now();
@@ -525,12 +550,16 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                     }
                 };
                 let grad = match scaler.as_ref() {
-                    Some(s) => opt.flat_grad(&(&loss * s.scale)),
-                    None => opt.flat_grad(&loss),
+                    Some(s) => opt.flat_grad(&(&loss * s.scale))?,
+                    None => opt.flat_grad(&loss)?,
                 };
-                opt.step(&grad, lr, t.grad_clip, scaler.as_mut())?;
+                // A step the loss scaler skipped (fp16 overflow) does not count in the loss.
+                let applied = opt.step(&grad, lr, t.grad_clip, scaler.as_mut())?;
                 net.count_batch();
-                loss_sum += loss.detach() * n as f64;
+                if applied {
+                    loss_sum += loss.detach().to_kind(tch::Kind::Double) * n as f64;
+                    loss_seen += n;
+                }
                 seen += n;
                 step += 1;
                 pb.inc(n as u64);
@@ -545,7 +574,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         let scores: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
         let auroc = calibrate::metrics::auroc(&scores, &val_labels).unwrap_or(f64::NAN);
         let auprc = calibrate::metrics::average_precision(&scores, &val_labels);
-        let train_loss = loss_sum / seen.max(1) as f64;
+        let train_loss = loss_sum / loss_seen.max(1) as f64;
         if !train_loss.is_finite() {
             bail!("training diverged at epoch {epoch} (loss {train_loss}); lower train.lr");
         }
@@ -603,6 +632,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                 best_sha256: models::fsutil::sha256_file(&best_path)?,
                 optimizer_sha256: models::fsutil::sha256_file(&opt_path)?,
                 grad_scaler: scaler,
+                precision: Some((if amp { "fp16" } else { "fp32" }).to_string()),
             };
             yaml(&dir.join("train_state.yaml"), &st)?;
         }

@@ -311,8 +311,25 @@ fn bad_prepare_inputs_are_named() {
         "{}",
         r.stderr
     );
-    // A header that is not MetaImage: the scan fails with its name, the run says so.
+    // A folder whose only scan fails: the index is written empty, with its header, so the
+    // next step says "no patches" rather than "missing columns".
+    let only_bad = root.join("only_bad");
+    std::fs::create_dir_all(&only_bad).unwrap();
+    std::fs::write(only_bad.join("A.mhd"), "this is not a header\n").unwrap();
+    let r = go(base(&only_bad, &ann, &cand));
+    assert!(
+        r.stdout.contains("0 failed") || r.stdout.contains("1 failed"),
+        "{}",
+        r.stdout
+    );
+    let (h, rows) = read_csv(&out.join("patch_index.csv"));
+    assert_eq!(h, models::index::COLUMNS.map(String::from).to_vec());
+    assert!(rows.is_empty());
+    std::fs::remove_dir_all(&out).unwrap();
+    // A header that is not MetaImage: the scan fails with its name, the run says so. (A
+    // scan with nothing to cut is not even read, so B gets a candidate.)
     std::fs::write(scans.join("B.mhd"), "this is not a header\n").unwrap();
+    std::fs::write(&cand, "seriesuid,coordX,coordY,coordZ,class\nA,1,2,3,0\nB,1,2,3,0\n").unwrap();
     let r = go(base(&scans, &ann, &cand));
     assert!(
         r.stderr.contains("B.mhd") && r.stderr.contains("MetaImage"),
@@ -368,24 +385,32 @@ fn a_prepared_folder_trains() {
     std::fs::write(root.join("annotations.csv"), ann).unwrap();
     std::fs::write(root.join("candidates.csv"), cand).unwrap();
     let out = root.join("patches");
-    run_ok(
-        "trainer",
-        &[
-            "prepare",
-            "--scans",
-            s(&root.join("scans")),
-            "--annotations",
-            s(&root.join("annotations.csv")),
-            "--candidates",
-            s(&root.join("candidates.csv")),
-            "--out",
-            s(&out),
-            "--size-mm",
-            "16",
-            "--all-negatives",
-            "-q",
-        ],
-    );
+    // LUNA16 users may prepare one subset at a time into the same folder: the index keeps
+    // what earlier runs finished.
+    for subset in ["subset0", "subset1"] {
+        run_ok(
+            "trainer",
+            &[
+                "prepare",
+                "--scans",
+                s(&root.join("scans").join(subset)),
+                "--annotations",
+                s(&root.join("annotations.csv")),
+                "--candidates",
+                s(&root.join("candidates.csv")),
+                "--out",
+                s(&out),
+                "--size-mm",
+                "16",
+                "--all-negatives",
+                "-q",
+            ],
+        );
+    }
+    let (h, rows) = read_csv(&out.join("patch_index.csv"));
+    let series: std::collections::BTreeSet<&String> = rows.iter().map(|r| &r[col(&h, "seriesuid")]).collect();
+    assert_eq!(series.len(), 8, "both subsets are in the index");
+    assert_eq!(rows.len(), 8 * 4);
     let run_dir = root.join("run");
     let r = run_ok(
         "trainer",
