@@ -436,3 +436,68 @@ fn a_prepared_folder_trains() {
     assert!(r.stdout.contains("best epoch"), "{}", r.stdout);
     assert!(run_dir.join("model.onnx").is_file());
 }
+
+/// `trainer prepare` on the real LIDC-IDRI slab in `../shared/data/` (read in place): the
+/// cubes hold real CT values where the slab is and air beyond its 15 mm.
+#[test]
+fn prepare_reads_the_real_slab() {
+    let slab = chain_tests::workspace().join("../shared/data/lidc-idri-0002");
+    assert!(
+        slab.is_dir(),
+        "{}: the shared test data sits beside the repository",
+        slab.display()
+    );
+    let uid = "1.3.6.1.4.1.14519.5.2.1.6279.6001.619372068417051974713149104919";
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // No nodule in this slab: three negatives at world points inside it (offset −175.5,
+    // −174.5, −94.5 mm; 512 × 0.681641 mm in x and y; 12 × 1.25 mm in z).
+    std::fs::write(
+        root.join("annotations.csv"),
+        "seriesuid,coordX,coordY,coordZ,diameter_mm\n",
+    )
+    .unwrap();
+    let mut c = String::from("seriesuid,coordX,coordY,coordZ,class\n");
+    for (x, y) in [(-60.0, -20.0), (0.0, 0.0), (60.0, 30.0)] {
+        c += &format!("{uid},{x},{y},-87.0,0\n");
+    }
+    std::fs::write(root.join("candidates.csv"), c).unwrap();
+    let out = root.join("out");
+    run_ok(
+        "trainer",
+        &[
+            "prepare",
+            "--scans",
+            s(&slab),
+            "--annotations",
+            s(&root.join("annotations.csv")),
+            "--candidates",
+            s(&root.join("candidates.csv")),
+            "--out",
+            s(&out),
+            "--min-negatives",
+            "3",
+            "-q",
+        ],
+    );
+    let (h, rows) = read_csv(&out.join("patch_index.csv"));
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        let cube = models::patch::read_npy_hu(&out.join(&r[col(&h, "patch_file")]))
+            .unwrap()
+            .into_dimensionality::<ndarray::Ix3>()
+            .unwrap();
+        assert_eq!(cube.dim(), (64, 64, 64));
+        // z = −87 mm is 7.5 mm into the slab: planes more than ~8 mm below or ~7.5 mm above
+        // the centre are outside it (air); the centre plane is real CT.
+        assert!(cube.slice(ndarray::s![0, .., ..]).iter().all(|&v| v == -1000.0));
+        assert!(cube.slice(ndarray::s![63, .., ..]).iter().all(|&v| v == -1000.0));
+        let mid = cube.slice(ndarray::s![32, .., ..]);
+        let (lo, hi) = mid.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        assert!(
+            hi - lo > 300.0,
+            "{}: a flat centre plane [{lo}, {hi}] is not CT",
+            r[col(&h, "patch_file")]
+        );
+    }
+}
