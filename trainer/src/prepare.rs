@@ -35,6 +35,8 @@ pub const DONE_DIR: &str = ".prepare";
 /// Settings of the run, checked on resume.
 pub const SETTINGS_FILE: &str = "prepare.yaml";
 pub const ERRORS_FILE: &str = "prepare_errors.csv";
+/// Locked while a run works on the folder.
+pub const LOCK_FILE: &str = "prepare.lock";
 
 /// Storage type of the written cubes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -320,6 +322,24 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
         annotations_sha256: models::fsutil::sha256_file(&job.annotations)?,
         candidates_sha256: models::fsutil::sha256_file(&job.candidates)?,
     };
+    // One run per folder at a time: an advisory lock held for the whole run (released by the
+    // OS however the process ends, so an interrupted run leaves no stale lock).
+    std::fs::create_dir_all(&job.out).with_context(|| format!("{}: cannot create", job.out.display()))?;
+    let lock_path = job.out.join(LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("{}: cannot open", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{}: another `trainer prepare` is working on this folder; wait for it, or use another --out",
+            job.out.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => bail!("{}: cannot lock: {e}", lock_path.display()),
+    }
     // Same settings or a fresh folder: never mix patches made two ways in one index.
     let settings_path = job.out.join(SETTINGS_FILE);
     if settings_path.exists() {

@@ -229,6 +229,19 @@ fn scans_to_patch_folder_resumable_with_per_scan_errors() {
         .map(|r| (r[file].clone(), std::fs::read(out.join(&r[file])).unwrap()))
         .collect();
 
+    // A second run while one works on the folder is refused (the lock is the OS's: held
+    // here by this test, as a running prepare would hold it).
+    let held = std::fs::File::open(out.join("prepare.lock")).unwrap();
+    held.lock().unwrap();
+    let r = call(&[]);
+    assert!(
+        !r.ok && r.stderr.contains("another `trainer prepare` is working"),
+        "{}",
+        r.stderr
+    );
+    held.unlock().unwrap();
+    drop(held);
+
     // Other settings into the same folder: refused, nothing touched.
     let r = call(&["--seed", "5"]);
     assert!(!r.ok && r.stderr.contains("other settings"), "{}", r.stderr);
