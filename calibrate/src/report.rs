@@ -14,12 +14,7 @@ const GREY: (u8, u8, u8) = (120, 120, 120);
 const GREEN: (u8, u8, u8) = (40, 150, 60);
 
 fn draw(chart: &plots::Chart, path: &Path) -> Result<(), CalError> {
-    let tmp = path.with_extension("tmp.png");
-    plots::line_chart(chart, &tmp).map_err(|e| CalError::Fit(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|source| CalError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    plots::line_chart(chart, path).map_err(|e| CalError::Fit(e.to_string()))
 }
 
 fn chart(title: &str, x: &str, y: &str) -> plots::Chart {

@@ -74,7 +74,8 @@ impl ElementType {
         macro_rules! conv {
             ($t:ty, $n:literal) => {
                 out.extend(bytes.chunks_exact($n).map(|c| {
-                    let a: [u8; $n] = c.try_into().expect("chunks_exact");
+                    let mut a = [0u8; $n];
+                    a.copy_from_slice(c); // chunks_exact: always $n bytes
                     (if msb {
                         <$t>::from_be_bytes(a)
                     } else {

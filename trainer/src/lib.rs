@@ -82,15 +82,16 @@ pub fn resolve_device(s: &str) -> Result<Device> {
 /// libtorch it loaded, else beside the one it was built against).
 pub fn libtorch_version() -> String {
     let lib = cuda::loaded_libtorch_dir().unwrap_or_else(|| env!("NODULE_LIBTORCH_LIB").into());
-    std::fs::read_to_string(lib.join("../version.py"))
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("__version__ = ")
-                    .map(|v| v.trim_matches(['\'', '"']).to_string())
-            })
-        })
-        .unwrap_or_else(|| "unknown".into())
+    torch_version_in(&lib).unwrap_or_else(|| "unknown".into())
+}
+
+/// The torch version of a `torch/lib` folder, from the `torch/version.py` beside it.
+pub fn torch_version_in(lib: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(lib.join("../version.py")).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix("__version__ = ")
+            .map(|v| v.trim_matches(['\'', '"']).to_string())
+    })
 }
 
 /// `cpu` or `cuda:N`.

@@ -329,15 +329,7 @@ fn main() -> ExitCode {
             }
             Cmd::Doctor => {
                 let lib = std::path::Path::new(env!("NODULE_LIBTORCH_LIB"));
-                let version = std::fs::read_to_string(lib.join("../version.py"))
-                    .ok()
-                    .and_then(|t| {
-                        t.lines().find_map(|l| {
-                            l.strip_prefix("__version__ = ")
-                                .map(|v| v.trim_matches(['\'', '"']).to_string())
-                        })
-                    })
-                    .unwrap_or_else(|| "not found there now".into());
+                let version = trainer::torch_version_in(lib).unwrap_or_else(|| "not found there now".into());
                 println!(
                     "libtorch built against: {} (torch {version}; tch 0.24 needs 2.11.0)",
                     lib.display()

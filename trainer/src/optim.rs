@@ -80,10 +80,9 @@ impl AdamW {
     pub fn bind(&mut self) {
         tch::no_grad(|| {
             for i in 0..self.params.len() {
-                let view = self.slice(&self.flat, i);
-                let p = &mut self.params[i].1;
-                if p.data_ptr() != view.data_ptr() {
-                    let mut view = view;
+                if !self.is_bound(i) {
+                    let mut view = self.slice(&self.flat, i);
+                    let p = &mut self.params[i].1;
                     view.copy_(p);
                     p.set_data(&view);
                 }
@@ -91,9 +90,15 @@ impl AdamW {
         });
     }
 
+    /// Whether parameter `i`'s data sit at its place in the flat (f32) buffer.
+    fn is_bound(&self, i: usize) -> bool {
+        let at = self.flat.data_ptr() as usize + self.offsets[i] as usize * std::mem::size_of::<f32>();
+        self.params[i].1.data_ptr() as usize == at
+    }
+
     fn check_bound(&self) -> Result<()> {
         for i in 0..self.params.len() {
-            if self.params[i].1.data_ptr() != self.slice(&self.flat, i).data_ptr() {
+            if !self.is_bound(i) {
                 bail!(
                     "internal error: parameter `{}` no longer lives in the optimizer's buffer (call AdamW::bind after loading weights)",
                     self.params[i].0
@@ -175,13 +180,8 @@ impl AdamW {
             ));
         }
         named.push(("step".into(), Tensor::from(self.step)));
-        let tmp = path.with_extension("tmp.safetensors");
-        Tensor::write_safetensors(&named, &tmp)
-            .with_context(|| format!("{}: cannot save optimizer state", tmp.display()))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot save optimizer state", path.display()))?;
+        models::fsutil::replace_with(path, |tmp| Tensor::write_safetensors(&named, tmp))
+            .context("cannot save optimizer state")?;
         Ok(())
     }
 

@@ -178,13 +178,7 @@ fn batch_tensor(c: &Cubes, idx: &[usize], aug: Option<AugmentState>, device: Dev
 
 /// Saves the VarStore beside `path`, then renames over it.
 fn save_atomic(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("tmp.safetensors");
-    vs.save(&tmp)
-        .with_context(|| format!("{}: cannot save checkpoint", tmp.display()))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("{}: cannot sync", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot save checkpoint", path.display()))?;
+    models::fsutil::replace_with(path, |tmp| vs.save(tmp)).context("cannot save checkpoint")?;
     Ok(())
 }
 
@@ -215,9 +209,7 @@ fn plot_curves(h: &[EpochMetrics], path: &Path) -> Result<()> {
         bands: vec![],
         annotations: vec![],
     };
-    let tmp = path.with_extension("tmp.png");
-    plots::line_chart(&chart, &tmp)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    plots::line_chart(&chart, path)?;
     Ok(())
 }
 

@@ -8,10 +8,14 @@ use models::metaimage::{self, ElementType, Geometry, WriteOptions};
 
 const ID: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
 
-/// A 48 × 48 × 24 scan (0.75 × 0.75 × 2 mm) of −800 HU with a Gaussian blob (σ 2.5 mm,
-/// +1000 HU) at each of `blobs` (world mm).
-fn scan(path: &Path, direction: [[f64; 3]; 3], offset: [f64; 3], blobs: &[[f64; 3]], o: WriteOptions) -> Geometry {
-    let g = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], offset, direction).unwrap();
+/// The test scans' grid: 48 × 48 × 24 voxels of 0.75 × 0.75 × 2 mm.
+fn geom(direction: [[f64; 3]; 3], offset: [f64; 3]) -> Geometry {
+    Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], offset, direction).unwrap()
+}
+
+/// A scan on `g` of −800 HU with a Gaussian blob (σ 2.5 mm, +1000 HU) at each of `blobs`
+/// (world mm).
+fn scan(path: &Path, g: &Geometry, blobs: &[[f64; 3]], o: WriteOptions) {
     let mut v = Vec::new();
     for z in 0..24 {
         for y in 0..48 {
@@ -27,8 +31,7 @@ fn scan(path: &Path, direction: [[f64; 3]; 3], offset: [f64; 3], blobs: &[[f64; 
         }
     }
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    metaimage::write(path, &g, &v, o).unwrap();
-    g
+    metaimage::write(path, g, &v, o).unwrap();
 }
 
 /// World point of voxel index `idx` in `g`.
@@ -47,47 +50,29 @@ fn scans_to_patch_folder_resumable_with_per_scan_errors() {
     let scans = root.join("scans");
     // Series A: identity direction; B: x and y flipped, compressed; C: .mha with z flipped
     // and no nodule; D: its raw file truncated (fails until fixed).
-    let ga = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], [-18.0, -18.0, -24.0], ID).unwrap();
+    let ga = geom(ID, [-18.0, -18.0, -24.0]);
     let pa = at(&ga, [24.3, 20.6, 11.2]);
-    scan(
-        &scans.join("subset0/A.mhd"),
-        ID,
-        [-18.0, -18.0, -24.0],
-        &[pa],
-        WriteOptions::default(),
-    );
+    scan(&scans.join("subset0/A.mhd"), &ga, &[pa], WriteOptions::default());
     let flip_xy = [[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]];
-    let gb = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], [18.0, 18.0, -24.0], flip_xy).unwrap();
+    let gb = geom(flip_xy, [18.0, 18.0, -24.0]);
     let pb = at(&gb, [20.0, 26.5, 12.7]);
     let compressed = WriteOptions {
         compressed: true,
         ..Default::default()
     };
-    scan(
-        &scans.join("subset0/B.mhd"),
-        flip_xy,
-        [18.0, 18.0, -24.0],
-        &[pb],
-        compressed,
-    );
+    scan(&scans.join("subset0/B.mhd"), &gb, &[pb], compressed);
     let flip_z = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]];
-    let gc = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], [-18.0, -18.0, 24.0], flip_z).unwrap();
+    let gc = geom(flip_z, [-18.0, -18.0, 24.0]);
     let mha = WriteOptions {
         local: true,
         msb: true,
         element_type: ElementType::Float,
         ..Default::default()
     };
-    scan(&scans.join("subset1/C.mha"), flip_z, [-18.0, -18.0, 24.0], &[], mha);
-    let gd = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], [-18.0, -18.0, -24.0], ID).unwrap();
+    scan(&scans.join("subset1/C.mha"), &gc, &[], mha);
+    let gd = geom(ID, [-18.0, -18.0, -24.0]);
     let pd = at(&gd, [24.0, 24.0, 12.0]);
-    scan(
-        &scans.join("subset1/D.mhd"),
-        ID,
-        [-18.0, -18.0, -24.0],
-        &[pd],
-        WriteOptions::default(),
-    );
+    scan(&scans.join("subset1/D.mhd"), &gd, &[pd], WriteOptions::default());
     let d_raw = scans.join("subset1/D.raw");
     let good_d = std::fs::read(&d_raw).unwrap();
     std::fs::write(&d_raw, &good_d[..good_d.len() / 3]).unwrap();
@@ -301,7 +286,7 @@ fn bad_prepare_inputs_are_named() {
     // No scans in the folder.
     let r = go(base(&scans, &ann, &cand));
     assert!(r.stderr.contains("no .mhd or .mha scans"), "{}", r.stderr);
-    scan(&scans.join("A.mhd"), ID, [0.0; 3], &[], WriteOptions::default());
+    scan(&scans.join("A.mhd"), &geom(ID, [0.0; 3]), &[], WriteOptions::default());
     // A candidates file without its class column.
     let bad = root.join("bad_candidates.csv");
     std::fs::write(&bad, "seriesuid,coordX,coordY,coordZ,probability\nA,1,2,3,0.5\n").unwrap();
@@ -379,13 +364,11 @@ fn a_prepared_folder_trains() {
     let mut cand = String::from("seriesuid,coordX,coordY,coordZ,class\n");
     for k in 0..8 {
         let uid = format!("1.2.3.{k}");
-        let off = [-18.0, -18.0, -24.0];
-        let g = Geometry::new([48, 48, 24], [0.75, 0.75, 2.0], off, ID).unwrap();
+        let g = geom(ID, [-18.0, -18.0, -24.0]);
         let p = at(&g, [20.0 + k as f64, 24.0, 12.0]);
         scan(
             &root.join(format!("scans/subset{}/{uid}.mhd", k % 2)),
-            ID,
-            off,
+            &g,
             &[p],
             WriteOptions::default(),
         );
