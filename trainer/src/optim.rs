@@ -15,10 +15,16 @@ use tch::{Kind, Tensor};
 ///
 /// All trainable parameters live in one contiguous buffer (`flat`; each variable's data is
 /// re-pointed at its slice of it), gradients come flattened into a buffer of the same
-/// layout, and the moments are flat too, so one update is about ten kernels whatever the
-/// number of tensors. tch exposes neither libtorch's `_foreach_*` nor its fused AdamW, and
+/// layout, and the moments are flat too, so one update is a fixed few dozen kernels whatever
+/// the number of tensors. tch exposes neither libtorch's `_foreach_*` nor its fused AdamW, and
 /// per-tensor updates cost ~15 small kernel launches per parameter tensor (~1,000 per step
 /// for r3d_18), which left a GPU waiting on the host.
+///
+/// Nothing in a step waits for the device: the step count and every coefficient that
+/// depends on it live on the device, and with a loss scaler a step whose gradient overflowed
+/// is turned into a no-op there (as fused AdamW's `found_inf` argument does) instead of being
+/// skipped on the host after reading the flag, so the host can queue the next batch's
+/// kernels while the device still works on this one.
 pub struct AdamW {
     params: Vec<(String, Tensor)>,
     /// Start of each parameter in the flat buffers.
@@ -31,7 +37,9 @@ pub struct AdamW {
     /// allocations above 32 MiB anew each time).
     grad: Tensor,
     scratch: Tensor,
-    pub step: i64,
+    /// Updates applied so far (skipped overflow steps excluded): a 0-dim f64 tensor on the
+    /// device; [`AdamW::steps`] reads it.
+    step_count: Tensor,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -57,8 +65,8 @@ impl AdamW {
             v: flat.zeros_like(),
             grad: flat.zeros_like(),
             scratch: flat.zeros_like(),
+            step_count: Tensor::zeros([], (Kind::Double, device)),
             flat,
-            step: 0,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -66,6 +74,11 @@ impl AdamW {
         };
         opt.bind();
         opt
+    }
+
+    /// Updates applied so far (waits for the device).
+    pub fn steps(&self) -> Result<i64> {
+        Ok(f64::try_from(&self.step_count).context("reading the optimizer's step count")? as i64)
     }
 
     /// The slice of a flat buffer that holds parameter `i`, shaped like it.
@@ -123,47 +136,86 @@ impl AdamW {
     }
 
     /// One update from the flat gradient `grad` with learning rate `lr`, clipping the
-    /// global gradient norm to `clip` first when `clip > 0`. With a `scaler` (mixed
-    /// precision) the gradient is unscaled first and the update is skipped, as
-    /// `torch.amp.GradScaler.step` does, when any of it is not finite; returns whether the
-    /// parameters were updated.
-    pub fn step(&mut self, grad: &Tensor, lr: f64, clip: f64, scaler: Option<&mut GradScaler>) -> Result<bool> {
+    /// global gradient norm to `clip` first when `clip > 0`.
+    ///
+    /// With a `scaler` (mixed precision) the gradient is unscaled first and, when any of it
+    /// is not finite, the update leaves parameters, moments and step count exactly as they
+    /// were (`torch.amp.GradScaler.step`); the scale is updated as `GradScaler.update` does.
+    /// Returns the step's weight in the loss average: `None` when it certainly applied (no
+    /// scaler), otherwise a 0-dim f32 device tensor, 1 if applied and 0 if skipped, so the
+    /// caller can weigh the loss without waiting for the device.
+    pub fn step(
+        &mut self,
+        grad: &Tensor,
+        lr: f64,
+        clip: f64,
+        scaler: Option<&mut DeviceScaler>,
+    ) -> Result<Option<Tensor>> {
         self.check_bound()?;
-        Ok(tch::no_grad(|| {
+        tch::no_grad(|| {
             let mut g = grad.shallow_clone();
-            if let Some(s) = scaler {
-                let found_inf = s.unscale(&g);
-                s.update(found_inf);
-                if found_inf {
-                    return false;
+            let applied = match scaler {
+                Some(s) => {
+                    let found_inf = s.unscale_and_update(&g)?;
+                    // A skipped step's gradient becomes zeros, so every use of it below is
+                    // finite; the coefficients then make the update an exact no-op.
+                    let _ = g.masked_fill_(&found_inf.to_kind(Kind::Bool), 0.0);
+                    Some(found_inf.view([]).neg().g_add_scalar(1.0))
                 }
-            }
+                None => None,
+            };
             if clip > 0.0 {
                 // Computed on the device, as clip_grad_norm_ does: no host sync per step.
                 let coef = (g.norm() + 1e-6).reciprocal().g_mul_scalar(clip).clamp_max(1.0);
                 let _ = g.g_mul_(&coef);
             }
-            self.step += 1;
-            let bc1 = 1.0 - self.beta1.powi(self.step as i32);
-            let bc2 = 1.0 - self.beta2.powi(self.step as i32);
+            let ok = applied.as_ref().map(|a| a.to_kind(Kind::Double));
+            match &ok {
+                Some(ok) => {
+                    let _ = self.step_count.g_add_(ok);
+                }
+                None => {
+                    let _ = self.step_count.g_add_scalar_(1.0);
+                }
+            }
+            // Device scalars (0-dim), `on` for an applied step and `off` for a skipped one.
+            // Made by kernels on the device: a host value copied over would wait for it.
+            let device = self.flat.device();
+            let gate = |on: f64, off: f64| -> Tensor {
+                match &ok {
+                    Some(ok) => ok.g_mul_scalar(on - off).g_add_scalar(off),
+                    None => Tensor::full([], on, (Kind::Double, device)),
+                }
+            };
+            // Bias corrections 1 − β^t at the step count (t ≥ 1 even before the first
+            // applied step, where they would divide by zero and the gate then sees a NaN).
+            let t = self.step_count.clamp_min(1.0);
+            let bc1 = Tensor::pow_scalar(self.beta1, &t).neg().g_add_scalar(1.0);
+            let bc2 = Tensor::pow_scalar(self.beta2, &t).neg().g_add_scalar(1.0);
+            let f32s = |x: Tensor| x.to_kind(Kind::Float);
+            let decay = f32s(gate(1.0 - lr * self.weight_decay, 1.0));
+            let w1 = f32s(gate(1.0 - self.beta1, 0.0));
+            let b2 = f32s(gate(self.beta2, 1.0));
+            let inv_sqrt_bc2 = f32s(bc2.rsqrt());
+            let lr_bc1 = f32s(bc1.reciprocal().g_mul_scalar(lr) * gate(1.0, 0.0));
             // In place, through one scratch buffer (no allocation per step):
             // p ← p·(1 − lr·wd); m ← lerp(m, g, 1 − β1); v ← β2·v + (1 − β2)·g²;
             // p ← p − (lr / bc1) · m / (√v / √bc2 + eps).
             let s = &mut self.scratch;
-            let _ = self.flat.g_mul_scalar_(1.0 - lr * self.weight_decay);
-            let _ = self.m.lerp_(&g, 1.0 - self.beta1);
+            let _ = self.flat.g_mul_(&decay);
+            let _ = self.m.lerp_tensor_(&g, &w1);
             let _ = g.mul_out(s, &g);
             let _ = s.g_mul_scalar_(1.0 - self.beta2);
-            let _ = self.v.g_mul_scalar_(self.beta2);
+            let _ = self.v.g_mul_(&b2);
             let _ = self.v.g_add_(s);
             let _ = self.v.sqrt_out(s);
-            let _ = s.g_mul_scalar_(1.0 / bc2.sqrt());
+            let _ = s.g_mul_(&inv_sqrt_bc2);
             let _ = s.g_add_scalar_(self.eps);
             let _ = self.m.div_out(s, s);
-            let _ = s.g_mul_scalar_(lr / bc1);
+            let _ = s.g_mul_(&lr_bc1);
             let _ = self.flat.g_sub_(s);
-            true
-        }))
+            Ok(applied)
+        })
     }
 
     /// Saves the moments (one entry per parameter, as before) and the step count.
@@ -179,7 +231,7 @@ impl AdamW {
                 self.slice(&self.v, i).to_device(tch::Device::Cpu).copy(),
             ));
         }
-        named.push(("step".into(), Tensor::from(self.step)));
+        named.push(("step".into(), Tensor::from(self.steps()?)));
         models::fsutil::replace_with(path, |tmp| Tensor::write_safetensors(&named, tmp))
             .context("cannot save optimizer state")?;
         Ok(())
@@ -211,10 +263,11 @@ impl AdamW {
             }
             Ok(())
         })?;
-        self.step = saved
+        let step = saved
             .get("step")
             .and_then(|t| i64::try_from(t).ok())
             .with_context(|| format!("{}: no step count in the optimizer state", path.display()))?;
+        let _ = self.step_count.fill_(step as f64);
         Ok(())
     }
 }
@@ -223,6 +276,8 @@ impl AdamW {
 /// autocast but no scaler): the loss is multiplied by `scale` before `backward`, gradients
 /// are divided by it before the update, a step whose gradients overflowed is skipped and
 /// halves the scale, and `growth_interval` clean steps in a row double it.
+///
+/// This is the saved form (in `train_state.yaml`); training uses a [`DeviceScaler`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GradScaler {
     pub scale: f64,
@@ -245,38 +300,66 @@ impl Default for GradScaler {
     }
 }
 
-impl GradScaler {
-    /// Divides the (flat) gradient by the scale in place; true when it holds an Inf or NaN
-    /// (then it is garbage and the step must be skipped).
-    pub fn unscale(&self, grad: &Tensor) -> bool {
-        let device = grad.device();
-        let inv = Tensor::from_slice(&[(1.0 / self.scale) as f32]).to_device(device);
-        let found = if device.is_cuda() {
-            // libtorch's fused check-and-unscale kernel (CUDA only).
-            let mut found = Tensor::zeros([1], (Kind::Float, device));
-            grad.shallow_clone()
-                .internal_amp_non_finite_check_and_unscale(&mut found, &inv);
-            found
-        } else {
-            let bad = grad.isfinite().logical_not().any().to_kind(Kind::Float);
-            let _ = grad.shallow_clone().g_mul_(&inv);
-            bad
-        };
-        f64::try_from(&found).map_or(true, |v| v > 0.0)
+/// A [`GradScaler`] whose scale, growth tracker and overflow flag live on the training
+/// device, updated there by libtorch's own kernels (`_amp_foreach_non_finite_check_and_unscale_`
+/// and `_amp_update_scale_`, on CPU and CUDA alike), so a step never waits to learn whether
+/// it overflowed. [`DeviceScaler::state`] reads it back for saving.
+pub struct DeviceScaler {
+    /// f32, shape [1].
+    scale: Tensor,
+    /// i32, shape [1].
+    growth_tracker: Tensor,
+    /// f32, shape [1]: 1 after a step whose gradient held an Inf or NaN.
+    found_inf: Tensor,
+    config: GradScaler,
+}
+
+impl DeviceScaler {
+    pub fn new(s: &GradScaler, device: tch::Device) -> Self {
+        DeviceScaler {
+            scale: Tensor::from_slice(&[s.scale as f32]).to_device(device),
+            growth_tracker: Tensor::from_slice(&[s.growth_tracker as i32]).to_device(device),
+            found_inf: Tensor::zeros([1], (Kind::Float, device)),
+            config: *s,
+        }
     }
 
-    /// Adjusts the scale after a step (`torch._amp_update_scale_`).
-    pub fn update(&mut self, found_inf: bool) {
-        if found_inf {
-            self.scale *= self.backoff_factor;
-            self.growth_tracker = 0;
-        } else {
-            self.growth_tracker += 1;
-            if self.growth_tracker == self.growth_interval {
-                self.scale *= self.growth_factor;
-                self.growth_tracker = 0;
-            }
-        }
+    /// `loss × scale`, what the backward pass runs on.
+    pub fn scale_loss(&self, loss: &Tensor) -> Tensor {
+        loss * self.scale.view([])
+    }
+
+    /// Divides the (flat) gradient by the scale in place, records whether it held an Inf
+    /// or NaN, and updates the scale for the next step. Returns the flag (f32, shape [1]).
+    pub fn unscale_and_update(&mut self, grad: &Tensor) -> Result<Tensor> {
+        let _ = self.found_inf.zero_();
+        let inv = self.scale.reciprocal();
+        grad.shallow_clone()
+            .f_internal_amp_non_finite_check_and_unscale(&mut self.found_inf, &inv)
+            .context("unscaling the gradient")?;
+        let c = &self.config;
+        let _ = self
+            .scale
+            .f_internal_amp_update_scale_(
+                &self.growth_tracker,
+                &self.found_inf,
+                c.growth_factor,
+                c.backoff_factor,
+                i64::from(c.growth_interval),
+            )
+            .context("updating the loss scale")?;
+        Ok(self.found_inf.shallow_clone())
+    }
+
+    /// The state to save (waits for the device).
+    pub fn state(&self) -> Result<GradScaler> {
+        let scale = f64::try_from(&self.scale.view([])).context("reading the loss scale")?;
+        let tracker = i64::try_from(&self.growth_tracker.view([])).context("reading the loss scaler")?;
+        Ok(GradScaler {
+            scale,
+            growth_tracker: u32::try_from(tracker).unwrap_or(0),
+            ..self.config
+        })
     }
 }
 
@@ -307,39 +390,81 @@ mod tests {
         for scaled in [false, true] {
             let (vs, lin) = tiny();
             let mut opt = AdamW::new(&vs, 1e-2);
-            let mut scaler = GradScaler::default();
+            let mut scaler = DeviceScaler::new(&GradScaler::default(), tch::Device::Cpu);
             let loss = lin.forward(&x).pow_tensor_scalar(2).mean(Kind::Float);
             if scaled {
-                let g = opt.flat_grad(&(&loss * scaler.scale)).unwrap();
-                assert!(opt.step(&g, 1e-2, 0.5, Some(&mut scaler)).unwrap());
-                assert_eq!(scaler.growth_tracker, 1);
+                let g = opt.flat_grad(&scaler.scale_loss(&loss)).unwrap();
+                let applied = opt.step(&g, 1e-2, 0.5, Some(&mut scaler)).unwrap().unwrap();
+                assert_eq!(f64::try_from(&applied).unwrap(), 1.0);
+                assert_eq!(scaler.state().unwrap().growth_tracker, 1);
             } else {
                 let g = opt.flat_grad(&loss).unwrap();
-                assert!(opt.step(&g, 1e-2, 0.5, None).unwrap());
+                assert!(opt.step(&g, 1e-2, 0.5, None).unwrap().is_none());
             }
+            assert_eq!(opt.steps().unwrap(), 1);
             after.push(lin.ws.flatten(0, -1));
         }
         let d = f64::try_from((&after[0] - &after[1]).abs().max()).unwrap();
         assert!(d < 1e-6, "scaled and unscaled updates differ by {d}");
     }
 
+    /// An overflow, at the first step or later, leaves weights, moments and step count
+    /// bit for bit as they were, halves the scale, and the run goes on as if it had not
+    /// happened: the next applied step equals that of a run that never overflowed.
     #[test]
     fn overflow_skips_the_step_and_halves_the_scale() {
-        let (vs, lin) = tiny();
-        let mut opt = AdamW::new(&vs, 1e-2);
-        let before = lin.ws.copy();
-        let x = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 1.0]).view([1, 4]);
-        let loss = lin.forward(&x).sum(Kind::Float) * f64::INFINITY;
-        let g = opt.flat_grad(&loss).unwrap();
-        let mut scaler = GradScaler {
-            growth_tracker: 7,
-            ..GradScaler::default()
+        let x = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 3.0]).view([1, 4]);
+        let finite = |lin: &nn::Linear| lin.forward(&x).pow_tensor_scalar(2).sum(Kind::Float);
+        let run = |overflows: &[usize]| {
+            let (vs, lin) = tiny();
+            let mut opt = AdamW::new(&vs, 1e-2);
+            let mut scaler = DeviceScaler::new(
+                &GradScaler {
+                    growth_tracker: 7,
+                    ..GradScaler::default()
+                },
+                tch::Device::Cpu,
+            );
+            for k in 0..4 {
+                let loss = if overflows.contains(&k) {
+                    finite(&lin) * f64::INFINITY
+                } else {
+                    finite(&lin)
+                };
+                let before = (lin.ws.copy(), opt.m.copy(), opt.v.copy(), opt.steps().unwrap());
+                let g = opt.flat_grad(&scaler.scale_loss(&loss)).unwrap();
+                let applied = opt.step(&g, 1e-2, 1.0, Some(&mut scaler)).unwrap().unwrap();
+                let applied = f64::try_from(&applied).unwrap();
+                if overflows.contains(&k) {
+                    assert_eq!(applied, 0.0);
+                    assert!(lin.ws.equal(&before.0), "a skipped step must leave the weights alone");
+                    assert!(opt.m.equal(&before.1) && opt.v.equal(&before.2), "nor the moments");
+                    assert_eq!(opt.steps().unwrap(), before.3);
+                    assert_eq!(scaler.state().unwrap().growth_tracker, 0);
+                } else {
+                    assert_eq!(applied, 1.0);
+                    assert_eq!(opt.steps().unwrap(), before.3 + 1);
+                }
+            }
+            (lin.ws.flatten(0, -1), scaler.state().unwrap())
         };
-        assert!(!opt.step(&g, 1e-2, 1.0, Some(&mut scaler)).unwrap());
-        assert_eq!(scaler.scale, 32768.0);
-        assert_eq!(scaler.growth_tracker, 0);
-        assert!(lin.ws.equal(&before), "a skipped step must leave the weights alone");
-        assert_eq!(opt.step, 0);
+        let (_, s0) = run(&[]);
+        assert_eq!((s0.scale, s0.growth_tracker), (65536.0, 11));
+        for overflows in [&[0usize][..], &[2], &[0, 1]] {
+            let (w, s) = run(overflows);
+            assert_eq!(s.scale, 65536.0 * 0.5f64.powi(overflows.len() as i32));
+            // The skipped steps' inputs equal the next ones (weights did not move), so the
+            // run ends where a clean run with as many fewer steps ends; compare the count.
+            let (vs, lin) = tiny();
+            let mut opt = AdamW::new(&vs, 1e-2);
+            for _ in 0..4 - overflows.len() {
+                let g = opt.flat_grad(&finite(&lin)).unwrap();
+                let _ = opt.step(&g, 1e-2, 1.0, None).unwrap();
+            }
+            let want = lin.ws.flatten(0, -1);
+            let d = f64::try_from((&w - &want).abs().max()).unwrap();
+            assert!(d < 1e-6, "overflow at {overflows:?}: {d} from a clean run");
+        }
     }
 
     /// One AdamW step from zero moments moves each weight by lr·sign(g) after decay:
@@ -353,7 +478,7 @@ mod tests {
         let x = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 3.0]).view([1, 4]);
         // d(sum)/dw = x, so sign(g) = sign(x).
         let g = opt.flat_grad(&lin.forward(&x).sum(Kind::Float)).unwrap();
-        assert!(opt.step(&g, 0.01, 0.0, None).unwrap());
+        assert!(opt.step(&g, 0.01, 0.0, None).unwrap().is_none());
         let w1 = Vec::<f32>::try_from(lin.ws.flatten(0, -1)).unwrap();
         for (k, (&a, &b)) in w0.iter().zip(&w1).enumerate() {
             let xk = [1.0f32, -2.0, 0.5, 3.0][k];
@@ -362,6 +487,48 @@ mod tests {
         }
     }
 
+    /// Three steps against the AdamW recurrence written out in f64 on the host, so the
+    /// device-side bias corrections are checked past the first step.
+    #[test]
+    fn steps_follow_the_adamw_recurrence() {
+        let (vs, lin) = tiny();
+        let (lr, wd) = (0.02, 0.05);
+        let mut opt = AdamW::new(&vs, wd);
+        let x = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 3.0]).view([1, 4]);
+        let mut w: Vec<f64> = Vec::<f32>::try_from(lin.ws.flatten(0, -1))
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let (mut m, mut v) = (vec![0.0f64; 4], vec![0.0f64; 4]);
+        for t in 1..=3 {
+            // loss = (w·x + b)², dloss/dw = 2(w·x + b)x.
+            let b = f64::from(Vec::<f32>::try_from(lin.bs.as_ref().unwrap()).unwrap()[0]);
+            let z: f64 = w.iter().zip([1.0, -2.0, 0.5, 3.0]).map(|(a, c)| a * c).sum::<f64>() + b;
+            let g = opt
+                .flat_grad(&lin.forward(&x).pow_tensor_scalar(2).sum(Kind::Float))
+                .unwrap();
+            let _ = opt.step(&g, lr, 0.0, None).unwrap();
+            for (k, xk) in [1.0, -2.0, 0.5, 3.0].into_iter().enumerate() {
+                let gk = 2.0 * z * xk;
+                w[k] *= 1.0 - lr * wd;
+                m[k] = 0.9 * m[k] + 0.1 * gk;
+                v[k] = 0.999 * v[k] + 0.001 * gk * gk;
+                let bc1 = 1.0 - 0.9f64.powi(t);
+                let bc2 = 1.0 - 0.999f64.powi(t);
+                w[k] -= lr / bc1 * m[k] / (v[k].sqrt() / bc2.sqrt() + 1e-8);
+            }
+        }
+        let got = Vec::<f32>::try_from(lin.ws.flatten(0, -1)).unwrap();
+        for k in 0..4 {
+            assert!(
+                (f64::from(got[k]) - w[k]).abs() < 1e-5,
+                "w[{k}]: {} vs {}",
+                got[k],
+                w[k]
+            );
+        }
+    }
     /// A checkpoint loaded into the VarStore lands in the optimizer's buffer (tch's load
     /// copies in place), so training goes on from the loaded weights.
     #[test]
@@ -381,7 +548,7 @@ mod tests {
                     .sum(Kind::Float),
             )
             .unwrap();
-        assert!(opt.step(&g, 0.5, 0.0, None).unwrap());
+        assert!(opt.step(&g, 0.5, 0.0, None).unwrap().is_none());
         // 2 − 0.5·sign(1) = 1.5 for every weight.
         let w = Vec::<f32>::try_from(lin.ws.flatten(0, -1)).unwrap();
         assert!(w.iter().all(|&v| (v - 1.5).abs() < 1e-5), "{w:?}");
@@ -389,13 +556,25 @@ mod tests {
 
     #[test]
     fn scale_grows_after_the_interval() {
-        let mut s = GradScaler {
-            growth_interval: 3,
-            ..GradScaler::default()
-        };
+        let mut s = DeviceScaler::new(
+            &GradScaler {
+                growth_interval: 3,
+                ..GradScaler::default()
+            },
+            tch::Device::Cpu,
+        );
+        let g = Tensor::from_slice(&[1.0f32, -2.0]);
         for _ in 0..3 {
-            s.update(false);
+            let found = s.unscale_and_update(&g).unwrap();
+            assert_eq!(f64::try_from(found.view([])).unwrap(), 0.0);
         }
-        assert_eq!((s.scale, s.growth_tracker), (131072.0, 0));
+        let st = s.state().unwrap();
+        assert_eq!((st.scale, st.growth_tracker), (131072.0, 0));
+        // Unscaled in place three times by 65536 (the scale grew only after the third).
+        let want = [1.0 / 65536f64.powi(3), -2.0 / 65536f64.powi(3)];
+        let got = Vec::<f32>::try_from(&g).unwrap();
+        for (a, b) in got.iter().zip(want) {
+            assert!((f64::from(*a) - b).abs() <= b.abs() * 1e-6, "{got:?}");
+        }
     }
 }

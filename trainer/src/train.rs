@@ -360,7 +360,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         // Fixed input shapes: let cuDNN pick the fastest convolution algorithms.
         tch::Cuda::cudnn_set_benchmark(true);
     }
-    let mut scaler = amp.then(crate::optim::GradScaler::default);
+    let mut scaler_state = amp.then(crate::optim::GradScaler::default);
     let vs = nn::VarStore::new(device);
     let net = Net::new(&vs.root(), &spec)?;
     net::check_names(&vs, &spec)?;
@@ -421,10 +421,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
             }
         }
         if amp {
-            scaler = Some(st.grad_scaler.unwrap_or_default());
+            scaler_state = Some(st.grad_scaler.unwrap_or_default());
         }
         log(format!("resuming after epoch {} (step {})", st.epochs_done, st.step));
     }
+    // The loss scaler lives on the device while training; its state is read back per epoch.
+    let mut scaler = scaler_state.map(|s| crate::optim::DeviceScaler::new(&s, device));
     let val_labels: Vec<u8> = val.labels.iter().map(|&l| l as u8).collect();
     let pad = f64::from(pre.scale(pre.pad_hu));
     let per_epoch = match t.sampler {
@@ -473,7 +475,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         };
         // Summed on the device and read once per epoch: no host sync per step.
         let mut loss_sum = Tensor::zeros([], (tch::Kind::Double, device));
-        let mut loss_seen = 0usize;
+        // Samples in applied steps: a step the loss scaler skipped (fp16 overflow) does not
+        // count in the loss; known on the device only.
+        let mut loss_seen = Tensor::zeros([], (tch::Kind::Double, device));
         let mut seen = 0usize;
         let mut lr = t.lr;
         let t_loop = Instant::now();
@@ -542,15 +546,22 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                     }
                 };
                 let grad = match scaler.as_ref() {
-                    Some(s) => opt.flat_grad(&(&loss * s.scale))?,
+                    Some(s) => opt.flat_grad(&s.scale_loss(&loss))?,
                     None => opt.flat_grad(&loss)?,
                 };
-                // A step the loss scaler skipped (fp16 overflow) does not count in the loss.
                 let applied = opt.step(&grad, lr, t.grad_clip, scaler.as_mut())?;
                 net.count_batch();
-                if applied {
-                    loss_sum += loss.detach().to_kind(tch::Kind::Double) * n as f64;
-                    loss_seen += n;
+                let loss = loss.detach().to_kind(tch::Kind::Double);
+                match applied {
+                    Some(a) => {
+                        let weight = a.to_kind(tch::Kind::Double) * n as f64;
+                        loss_sum += loss * &weight;
+                        loss_seen += weight;
+                    }
+                    None => {
+                        loss_sum += loss * n as f64;
+                        loss_seen += n as f64;
+                    }
                 }
                 seen += n;
                 step += 1;
@@ -561,12 +572,13 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         pb.finish_and_clear();
         // Reading the loss waits for the device, so the time below covers all the work.
         let loss_sum = f64::try_from(&loss_sum)?;
+        let loss_seen = f64::try_from(&loss_seen)?;
         let train_samples_per_s = seen as f64 / t_loop.elapsed().as_secs_f64().max(1e-9);
         let (logits, val_loss) = evaluate(&net, &val, t.batch_size, device, amp)?;
         let scores: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
         let auroc = calibrate::metrics::auroc(&scores, &val_labels).unwrap_or(f64::NAN);
         let auprc = calibrate::metrics::average_precision(&scores, &val_labels);
-        let train_loss = loss_sum / loss_seen.max(1) as f64;
+        let train_loss = loss_sum / loss_seen.max(1.0);
         if !train_loss.is_finite() {
             bail!("training diverged at epoch {epoch} (loss {train_loss}); lower train.lr");
         }
@@ -623,7 +635,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                 last_sha256: models::fsutil::sha256_file(&last_path)?,
                 best_sha256: models::fsutil::sha256_file(&best_path)?,
                 optimizer_sha256: models::fsutil::sha256_file(&opt_path)?,
-                grad_scaler: scaler,
+                grad_scaler: scaler.as_ref().map(|s| s.state()).transpose()?,
                 precision: Some((if amp { "fp16" } else { "fp32" }).to_string()),
             };
             yaml(&dir.join("train_state.yaml"), &st)?;
