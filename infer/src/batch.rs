@@ -1,8 +1,10 @@
 //! Batch scoring: inputs → bounded decode pipeline → session → streamed, atomic output.
 //!
-//! A producer thread decodes and preprocesses the next batch (in parallel, rayon) while the
-//! session scores the current one; a channel of capacity one bounds what is in flight to
-//! about three batches, so peak memory does not depend on the folder size. Output rows are
+//! A producer thread decodes and preprocesses the next batch (in parallel, rayon) straight
+//! into a batch buffer laid out as the model's input, while the session scores the current
+//! one; the scoring thread only runs the session and formats rows. A channel of capacity one
+//! and three recycled batch buffers bound what is in flight, so peak memory does not depend
+//! on the folder size. Output rows are
 //! streamed to a temporary file beside the output and renamed into place at the end; the
 //! order is the input order.
 use std::collections::HashSet;
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use ndarray::{Array3, Axis};
+use ndarray::{Array3, ArrayView3, Axis};
 use rayon::prelude::*;
 
 use models::calibration::{sigmoid, CalibrationFile};
@@ -377,7 +379,15 @@ impl Write for Sink {
 }
 
 /// The 8 flip combinations of a cube (identity first).
-fn flips(c: &Array3<f32>) -> Vec<Array3<f32>> {
+/// One batch from the decoding thread: the files that decoded, their cubes one after
+/// another in `data` (the model's input layout), and the files that failed.
+struct Decoded<'a> {
+    good: Vec<&'a Item>,
+    bad: Vec<(&'a Item, models::Error)>,
+    data: Vec<f32>,
+}
+
+fn flips(c: ArrayView3<f32>) -> Vec<Array3<f32>> {
     (0..8u8)
         .map(|mask| {
             let mut v = c.view();
@@ -477,48 +487,72 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let (mut scored, mut positives) = (0usize, 0usize);
     let batch = s.batch_size;
     let mut fatal: Option<InferError> = None;
+    let d = pre.cube_size;
+    let per = d * d * d;
     std::thread::scope(|scope| {
-        let (tx, rx) = sync_channel::<Vec<(&Item, Result<Array3<f32>, models::Error>)>>(1);
+        let (tx, rx) = sync_channel::<Decoded>(1);
+        // Buffers the scoring thread is done with come back: no fresh tens of MiB (and their
+        // page faults) per batch.
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<f32>>();
         scope.spawn(move || {
             for chunk in todo.chunks(batch) {
-                let decoded: Vec<_> = chunk
-                    .par_iter()
-                    .map(|it| (*it, models::patch::load_patch(&it.path, &pre)))
+                let mut data = back_rx.try_recv().unwrap_or_default();
+                data.resize(chunk.len() * per, 0.0);
+                let results: Vec<Result<(), models::Error>> = data
+                    .par_chunks_mut(per)
+                    .zip(chunk.par_iter())
+                    .map(|(slot, it)| models::patch::load_patch_into(&it.path, &pre, slot))
                     .collect();
-                if tx.send(decoded).is_err() {
+                // The good cubes close ranks (this moves data only when a file failed).
+                let mut dec = Decoded {
+                    good: Vec::with_capacity(chunk.len()),
+                    bad: Vec::new(),
+                    data: Vec::new(),
+                };
+                for (k, (it, r)) in chunk.iter().zip(results).enumerate() {
+                    match r {
+                        Ok(()) => {
+                            let w = dec.good.len();
+                            if w != k {
+                                data.copy_within(k * per..(k + 1) * per, w * per);
+                            }
+                            dec.good.push(*it);
+                        }
+                        Err(e) => dec.bad.push((*it, e)),
+                    }
+                }
+                data.truncate(dec.good.len() * per);
+                dec.data = data;
+                if tx.send(dec).is_err() {
                     break; // the consumer stopped (fail-fast or an error)
                 }
             }
         });
-        for decoded in rx {
+        for dec in rx {
             let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
-            let mut cubes = Vec::with_capacity(decoded.len());
-            let mut good = Vec::with_capacity(decoded.len());
-            for (it, r) in decoded {
-                match r {
-                    Ok(c) => {
-                        cubes.push(c);
-                        good.push(it);
-                    }
-                    Err(e) => {
-                        if s.fail_fast {
-                            fatal = Some(e.into());
-                            return;
-                        }
-                        eprintln!("{e}");
-                        let msg = e.to_string();
-                        let reason = msg
-                            .strip_prefix(&format!("{}: ", it.path.display()))
-                            .unwrap_or(&msg)
-                            .to_string();
-                        errors.push((it.name.clone(), reason));
-                    }
+            let good = dec.good;
+            for (it, e) in dec.bad {
+                if s.fail_fast {
+                    fatal = Some(e.into());
+                    return;
                 }
+                eprintln!("{e}");
+                let msg = e.to_string();
+                let reason = msg
+                    .strip_prefix(&format!("{}: ", it.path.display()))
+                    .unwrap_or(&msg)
+                    .to_string();
+                errors.push((it.name.clone(), reason));
             }
             let logits = match s.tta {
-                Tta::None => scorer.score(&cubes),
+                Tta::None => scorer.score_flat(&dec.data),
                 Tta::Flips => {
-                    let all: Vec<Array3<f32>> = cubes.iter().flat_map(flips).collect();
+                    let all: Vec<Array3<f32>> = dec
+                        .data
+                        .chunks_exact(per)
+                        .filter_map(|c| ArrayView3::from_shape((d, d, d), c).ok())
+                        .flat_map(flips)
+                        .collect();
                     scorer
                         .score(&all)
                         .map(|z| z.chunks(8).map(|c| c.iter().sum::<f32>() / 8.0).collect())
@@ -585,6 +619,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                 return;
             }
             pb.inc(good.len() as u64);
+            let _ = back_tx.send(dec.data);
         }
     });
     pb.finish_and_clear();
@@ -641,7 +676,7 @@ mod tests {
     #[test]
     fn flips_are_the_eight_distinct_mirrors() {
         let c = Array3::from_shape_fn((2, 3, 4), |(z, y, x)| (z * 100 + y * 10 + x) as f32);
-        let f = flips(&c);
+        let f = flips(c.view());
         assert_eq!(f.len(), 8);
         assert_eq!(f[0], c);
         assert_eq!(f[1][[0, 0, 0]], c[[1, 0, 0]]);

@@ -98,6 +98,9 @@ pub struct Scorer {
     /// Whether every node runs on that provider (`Some(false)`: some fall back to CPU).
     pub all_nodes_on_provider: Option<bool>,
     pub runtime: &'static runtime::Runtime,
+    /// [`Scorer::score`]'s batch buffer, kept between calls: a fresh one per batch is a
+    /// fresh mmap (tens of MiB) with its page faults, on the scoring thread.
+    batch: Vec<f32>,
 }
 
 impl Scorer {
@@ -234,6 +237,7 @@ impl Scorer {
             provider_note,
             all_nodes_on_provider: all_nodes,
             runtime: rt,
+            batch: Vec::new(),
         })
     }
 
@@ -242,11 +246,10 @@ impl Scorer {
     /// # Shapes
     /// `cubes[i]`: `[D, D, D]` → input `[N, 1, D, D, D]` → output `[N, 1]`.
     pub fn score(&mut self, cubes: &[Array3<f32>]) -> Result<Vec<f32>, InferError> {
-        if cubes.is_empty() {
-            return Ok(Vec::new());
-        }
         let d = self.preprocess.cube_size;
-        let mut data: Vec<f32> = Vec::with_capacity(cubes.len() * d * d * d);
+        let mut data = std::mem::take(&mut self.batch);
+        data.clear();
+        data.reserve(cubes.len() * d * d * d);
         for c in cubes {
             if c.shape() != [d, d, d] {
                 return Err(InferError::Model {
@@ -254,9 +257,32 @@ impl Scorer {
                     msg: format!("cube of shape {:?} given, model takes {d}³", c.shape()),
                 });
             }
-            data.extend(c.iter());
+            match c.as_slice() {
+                Some(s) => data.extend_from_slice(s),
+                None => data.extend(c.iter()),
+            }
         }
-        let input = TensorRef::from_array_view(([cubes.len(), 1, d, d, d], data.as_slice()))
+        let out = self.score_flat(&data);
+        self.batch = data;
+        out
+    }
+
+    /// Scores a batch already laid out as the model's input: `n` preprocessed cubes one
+    /// after another (z, y, x order each), `data.len() = n · cube_size³`.
+    pub fn score_flat(&mut self, data: &[f32]) -> Result<Vec<f32>, InferError> {
+        let d = self.preprocess.cube_size;
+        let per = d * d * d;
+        if data.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !data.len().is_multiple_of(per) {
+            return Err(InferError::Model {
+                path: self.model_path.clone(),
+                msg: format!("{} values given, not a whole number of {d}³ cubes", data.len()),
+            });
+        }
+        let n = data.len() / per;
+        let input = TensorRef::from_array_view(([n, 1, d, d, d], data))
             .map_err(|e| InferError::Runtime(format!("input tensor: {e}")))?;
         let outputs = self
             .session
@@ -265,10 +291,10 @@ impl Scorer {
         let (shape, logits) = outputs[models::onnx::OUTPUT_NAME]
             .try_extract_tensor::<f32>()
             .map_err(|e| InferError::Runtime(format!("output tensor: {e}")))?;
-        if logits.len() != cubes.len() {
+        if logits.len() != n {
             return Err(InferError::Model {
                 path: self.model_path.clone(),
-                msg: format!("output of shape {shape:?} for {} inputs", cubes.len()),
+                msg: format!("output of shape {shape:?} for {n} inputs"),
             });
         }
         Ok(logits.to_vec())

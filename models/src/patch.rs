@@ -157,6 +157,108 @@ pub fn load_patch(path: &Path, pre: &Preprocess) -> Result<Array3<f32>> {
     pre.apply(&read_npy_hu(path)?, path)
 }
 
+/// [`load_patch`] into `out` (`cube_size³` values, z-y-x order): the same values and the
+/// same errors, for a scorer that decodes straight into its batch buffer.
+///
+/// Cubes already at the model's size, in C order, little-endian float32, float64 or int16,
+/// take one pass from the file's bytes to `out` through a reused per-thread buffer, with no
+/// array allocated; anything else goes through [`load_patch`] and is copied.
+pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result<()> {
+    use std::io::{Read, Seek};
+    let c = pre.cube_size;
+    if out.len() != c * c * c {
+        return Err(Error::BadPatch {
+            path: path.to_path_buf(),
+            msg: format!("internal: a buffer of {} values for a {c}³ cube", out.len()),
+        });
+    }
+    let h = npy_header(path)?;
+    let width = match h.descr.as_str() {
+        "<f4" => 4,
+        "<f8" => 8,
+        "<i2" => 2,
+        _ => 0,
+    };
+    if width == 0 || h.fortran_order || h.shape != [c, c, c] {
+        let cube = load_patch(path, pre)?;
+        out.iter_mut().zip(cube.iter()).for_each(|(o, &v)| *o = v);
+        return Ok(());
+    }
+    let bad = |msg: String| Error::BadPatch {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let need = out.len() * width;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let extra = len
+        .checked_sub(h.data_offset + need as u64)
+        .ok_or_else(|| bad("truncated: the file holds less data than its header declares".into()))?;
+    if extra > 0 {
+        // What ndarray-npy (and so `load_patch`) says of such a file.
+        return Err(bad(format!("{extra} unexpected bytes after the array data")));
+    }
+    f.seek(std::io::SeekFrom::Start(h.data_offset))
+        .map_err(|e| Error::io(path, e))?;
+    thread_local! {
+        static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BYTES.with_borrow_mut(|bytes| {
+        bytes.resize(need, 0);
+        f.read_exact(bytes).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                bad("truncated: the file holds less data than its header declares".into())
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+        // One loop per type, so each compiles to a tight conversion; a non-finite value (a
+        // float64 beyond float32's range included, as in `read_npy_hu`) is found after.
+        fn convert(out: &mut [f32], hu: impl Iterator<Item = f32>, pre: &Preprocess) -> bool {
+            let mut finite = true;
+            for (o, v) in out.iter_mut().zip(hu) {
+                finite &= v.is_finite();
+                *o = pre.scale(v);
+            }
+            finite
+        }
+        let finite = match width {
+            4 => convert(
+                out,
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                pre,
+            ),
+            8 => convert(
+                out,
+                bytes
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32),
+                pre,
+            ),
+            _ => convert(
+                out,
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]]))),
+                pre,
+            ),
+        };
+        let first_bad = (!finite).then(|| {
+            bytes.chunks_exact(width).position(|b| !match width {
+                4 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite(),
+                8 => (f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32).is_finite(),
+                _ => true,
+            })
+        });
+        match first_bad.flatten() {
+            Some(i) => Err(bad(format!("non-finite value (NaN or Inf) at flat index {i}"))),
+            None => Ok(()),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +338,82 @@ mod tests {
         std::fs::write(&p, b"hello").expect("write");
         let msg = read_npy_hu(&p).expect_err("junk").to_string();
         assert!(msg.contains("junk.npy"), "{msg}");
+    }
+
+    /// The direct decoder gives `load_patch`'s values and errors, on its fast path (cubes
+    /// at the model's size in f32/f64/i16) and off it (cropping, padding, big-endian,
+    /// Fortran order).
+    #[test]
+    fn decoding_into_a_buffer_equals_load_patch() {
+        use ndarray::ShapeBuilder;
+        let dir = tempfile::tempdir().expect("tmp");
+        let pre = Preprocess {
+            cube_size: 8,
+            ..Preprocess::default()
+        };
+        let f = |z: usize, y: usize, x: usize| (z * 97 + y * 13 + x * 7) as f32 * 9.0 - 1200.0;
+        let cube = Array3::from_shape_fn((8, 8, 8), |(z, y, x)| f(z, y, x));
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let npy = |write: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = Vec::new();
+            write(&mut b);
+            b
+        };
+        use ndarray_npy::WriteNpyExt;
+        files.push(("f32".into(), npy(&|b| cube.write_npy(b).expect("npy"))));
+        files.push(("f64".into(), npy(&|b| cube.mapv(f64::from).write_npy(b).expect("npy"))));
+        files.push((
+            "i16".into(),
+            npy(&|b| cube.mapv(|v| v as i16).write_npy(b).expect("npy")),
+        ));
+        let small = Array3::from_shape_fn((5, 8, 11), |(z, y, x)| f(z, y, x));
+        files.push(("crop_pad".into(), npy(&|b| small.write_npy(b).expect("npy"))));
+        let fortran = Array3::from_shape_fn((8, 8, 8).f(), |(z, y, x)| f(z, y, x));
+        files.push(("fortran".into(), npy(&|b| fortran.write_npy(b).expect("npy"))));
+        // Big-endian float32: the header says '>f4' and the bytes are swapped.
+        let mut be = npy(&|b| cube.write_npy(b).expect("npy"));
+        let at = be.windows(3).position(|w| w == b"<f4").expect("descr");
+        be[at] = b'>';
+        let data = be.len() - 8 * 8 * 8 * 4;
+        for w in be[data..].chunks_exact_mut(4) {
+            w.reverse();
+        }
+        files.push(("big_endian".into(), be));
+        for (name, bytes) in &files {
+            let p = dir.path().join(format!("{name}.npy"));
+            std::fs::write(&p, bytes).expect("write");
+            let want = load_patch(&p, &pre).expect(name);
+            let mut got = vec![f32::NAN; 512];
+            load_patch_into(&p, &pre, &mut got).expect(name);
+            assert_eq!(want.as_slice().expect("standard"), &got[..], "{name}");
+        }
+        // Errors, with load_patch's words.
+        let mut nan = cube.clone();
+        nan[[3, 2, 1]] = f32::NAN;
+        let mut extra = npy(&|b| cube.write_npy(b).expect("npy"));
+        extra.extend_from_slice(&[0, 0, 0, 0]);
+        let full = npy(&|b| cube.write_npy(b).expect("npy"));
+        let f64_inf = npy(&|b| {
+            cube.mapv(|v| if v > 1000.0 { 1e300 } else { f64::from(v) })
+                .write_npy(b)
+                .expect("npy")
+        });
+        for (name, bytes) in [
+            ("nan", npy(&|b| nan.write_npy(b).expect("npy"))),
+            ("extra", extra),
+            ("truncated", full[..full.len() - 6].to_vec()),
+            ("f64_beyond_f32", f64_inf),
+            (
+                "rank2",
+                npy(&|b| ndarray::Array2::<f32>::zeros((8, 64)).write_npy(b).expect("npy")),
+            ),
+        ] {
+            let p = dir.path().join(format!("{name}.npy"));
+            std::fs::write(&p, &bytes).expect("write");
+            let want = load_patch(&p, &pre).expect_err(name).to_string();
+            let mut got = vec![0.0; 512];
+            let err = load_patch_into(&p, &pre, &mut got).expect_err(name).to_string();
+            assert_eq!(err, want, "{name}");
+        }
     }
 }

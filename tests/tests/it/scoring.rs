@@ -104,6 +104,29 @@ fn every_bad_input_is_reported_and_every_good_file_scored() {
     let (h, errs) = read_csv(&d.path().join("scores.csv.errors.csv"));
     assert_eq!(h, ["patch_file", "error"]);
     assert_eq!(errs.len(), 8, "{errs:?}");
+    // The good files shared a batch with the bad ones (they close ranks in the batch
+    // buffer): their logits are those they get scored on their own.
+    let alone = d.path().join("alone.csv");
+    run_ok(
+        "infer",
+        &[
+            "--model",
+            s(&f.run.join("model.onnx")),
+            s(&root.join("a.npy")),
+            s(&sub.join("b.npy")),
+            "-o",
+            s(&alone),
+            "-q",
+            "--device",
+            "cpu",
+        ],
+    );
+    let (ha, alone_rows) = read_csv(&alone);
+    let logit = ha.iter().position(|c| c == "logit").expect("logit column");
+    for (mixed, own) in rows.iter().zip(&alone_rows) {
+        let (a, b): (f64, f64) = (mixed[logit].parse().expect("logit"), own[logit].parse().expect("logit"));
+        assert!((a - b).abs() < 1e-5, "{}: {a} among bad files, {b} alone", own[0]);
+    }
 
     // A clean run to the same output removes the earlier errors file.
     run_ok(
