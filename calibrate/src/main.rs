@@ -137,6 +137,7 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
 }
 
 fn main() -> ExitCode {
+    models::cli::default_sigpipe();
     let run = || -> anyhow::Result<()> {
         let s = settings(Args::parse())?;
         let cal = calibrate::run(&s)?;

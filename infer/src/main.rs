@@ -106,6 +106,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    models::cli::default_sigpipe();
     let mut a = Args::parse();
     if let Some(Cmd::Bundle {
         model,

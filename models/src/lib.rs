@@ -16,6 +16,7 @@
 //! `metadata_props`, so a scorer never asks the user for it again.
 
 pub mod calibration;
+pub mod cli;
 pub mod csvio;
 pub mod error;
 pub mod fsutil;

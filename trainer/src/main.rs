@@ -219,6 +219,7 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
 }
 
 fn main() -> ExitCode {
+    models::cli::default_sigpipe();
     let run = || -> Result<()> {
         match Cli::parse().cmd {
             Cmd::Synth {

@@ -43,6 +43,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    models::cli::default_sigpipe();
     let a = Args::parse();
     let files = FrocFiles {
         annotations: a.annotations,

@@ -400,3 +400,33 @@ fn spinning_threads_give_the_same_scores() {
     assert!(!ra.is_empty());
     assert_eq!(ra, rb);
 }
+
+/// A reader that goes away (`infer doctor | head -1`) ends the writer quietly, as a Unix
+/// tool does: by SIGPIPE, not by a panic on the next write.
+#[test]
+fn closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let f = fixture();
+    for (name, args) in [
+        ("infer", vec!["doctor", "--model", s(&f.run.join("model.onnx"))]),
+        ("trainer", vec!["doctor"]),
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader); // nobody will read
+        let out = std::process::Command::new(chain_tests::bin(name))
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("spawn");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{name} {args:?}: {stderr}");
+        // 13: SIGPIPE on Linux.
+        assert_eq!(
+            out.status.signal(),
+            Some(13),
+            "{name} {args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}
