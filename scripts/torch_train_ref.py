@@ -1,7 +1,7 @@
 """PyTorch eager reference for scripts/bench-train: the same model, data, batch, threads,
 precision and optimiser as our trainer, written the way a PyTorch user would at its best
-settings (cuDNN benchmark, AMP autocast + GradScaler on CUDA, fused AdamW on CUDA,
-pinned host batches copied asynchronously). Prints: median samples/s (first epoch dropped
+settings (cuDNN benchmark, AMP autocast + GradScaler on CUDA, fused AdamW on CPU and
+CUDA, pinned host batches copied asynchronously). Prints: median samples/s (first epoch dropped
 as warm-up) and peak RSS in KiB.
 
   python torch_train_ref.py ARCH FOLDER THREADS BATCH EPOCHS CUBE DEVICE PRECISION
@@ -70,7 +70,9 @@ else:
     m = nn.Sequential(*cbr(1, 16), nn.MaxPool3d(2), *cbr(16, 32), nn.MaxPool3d(2), *cbr(32, 64),
                       nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 1))
 m = m.to(device)
-opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1e-4, **({"fused": True} if cuda else {}))
+# fused=True: one kernel per step on CPU (since torch 2.4) and CUDA; on CPU the default
+# for-loop implementation is about 4x slower for r3d_18's 33M parameters.
+opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1e-4, fused=True)
 scaler = torch.amp.GradScaler("cuda", enabled=amp)
 lossf = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([(len(y) - y.sum()) / y.sum()], device=device))
 m.train()

@@ -7,9 +7,50 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
+
+/// Raw access to CPU tensors' memory, for the fused CPU update.
+mod cpu {
+    #![allow(unsafe_code)]
+    use anyhow::{bail, Result};
+    use tch::{Device, Kind, Tensor};
+
+    fn check(t: &Tensor) -> Result<()> {
+        if !t.defined() || t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() {
+            bail!("internal error: the fused CPU update needs contiguous f32 CPU tensors");
+        }
+        Ok(())
+    }
+
+    /// A contiguous f32 CPU tensor's elements. tch has no safe borrowed view of a tensor's
+    /// memory (only copies), and copies are what the fused update exists to avoid.
+    pub fn f32_slice(t: &Tensor) -> Result<&[f32]> {
+        check(t)?;
+        if t.numel() == 0 {
+            return Ok(&[]);
+        }
+        // SAFETY: checked above to be a defined, contiguous f32 tensor on the CPU, so
+        // data_ptr points at numel initialised f32 values, kept alive by `t`'s storage for
+        // the borrow of `t`; libtorch CPU operations are synchronous and none runs on this
+        // tensor while the slice lives (the training loop is the only user).
+        Ok(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) })
+    }
+
+    /// The same, writable; `&mut` on the handle stands for exclusive use of the memory: the
+    /// views aliasing it (the model's parameters) are not touched while the slice lives.
+    pub fn f32_slice_mut(t: &mut Tensor) -> Result<&mut [f32]> {
+        check(t)?;
+        if t.numel() == 0 {
+            return Ok(&mut []);
+        }
+        // SAFETY: as in `f32_slice`; the caller holds the handle mutably and nothing else
+        // reads or writes the buffer through libtorch until the slice is dropped.
+        Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) })
+    }
+}
 
 /// AdamW over a VarStore's trainable variables, sorted by name.
 ///
@@ -121,18 +162,118 @@ impl AdamW {
         Ok(())
     }
 
-    /// Gradients of `loss` for every parameter, flattened in the parameters' order
+    /// Gradients of `loss` for every parameter, in the parameters' order
     /// (`torch.autograd.grad`: nothing accumulates in `.grad`, so there is nothing to zero).
-    /// The returned tensor shares the optimizer's gradient buffer: pass it to
-    /// [`AdamW::step`] before the next call.
-    pub fn flat_grad(&self, loss: &Tensor) -> Result<Tensor> {
+    fn grads(&self, loss: &Tensor) -> Result<Vec<Tensor>> {
         let inputs: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
         let grads = Tensor::f_run_backward(&[loss], &inputs, false, false).context("backward pass")?;
         if let Some(i) = grads.iter().position(|g| !g.defined()) {
             bail!("parameter `{}` does not take part in the loss", self.params[i].0);
         }
+        Ok(grads)
+    }
+
+    /// [`AdamW::grads`] flattened into one tensor in the parameters' order. The returned
+    /// tensor shares the optimizer's gradient buffer: pass it to [`AdamW::step`] before the
+    /// next call.
+    pub fn flat_grad(&self, loss: &Tensor) -> Result<Tensor> {
+        let grads = self.grads(loss)?;
         let flat: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
         Ok(tch::no_grad(|| Tensor::cat_out(&self.grad, &flat, 0)))
+    }
+
+    /// Backward pass and update in one: what the training loop calls. `loss` is unscaled;
+    /// with a `scaler` it is scaled here. Returns what [`AdamW::step`] returns.
+    ///
+    /// On the CPU without a scaler the update is [`AdamW::step_fused_cpu`]: one pass over
+    /// the memory instead of a dozen (libtorch's fused AdamW kernel is not bound by tch, and
+    /// `torch.optim.AdamW(fused=True)` is what a PyTorch user at best settings runs).
+    pub fn backward_step(
+        &mut self,
+        loss: &Tensor,
+        lr: f64,
+        clip: f64,
+        scaler: Option<&mut DeviceScaler>,
+    ) -> Result<Option<Tensor>> {
+        if scaler.is_none() && self.flat.device() == tch::Device::Cpu {
+            let grads = self.grads(loss)?;
+            self.step_fused_cpu(&grads, lr, clip)?;
+            return Ok(None);
+        }
+        let g = match scaler.as_deref() {
+            Some(s) => self.flat_grad(&s.scale_loss(loss))?,
+            None => self.flat_grad(loss)?,
+        };
+        self.step(&g, lr, clip, scaler)
+    }
+
+    /// The same update as [`AdamW::step`] without a scaler, for parameters on the CPU, fused:
+    /// the global gradient norm is one read of the gradients, then one parallel pass reads
+    /// each gradient where backward left it (no flat copy) and updates parameter and moments
+    /// in place, element by element, with `step`'s formulas in f32.
+    pub fn step_fused_cpu(&mut self, grads: &[Tensor], lr: f64, clip: f64) -> Result<()> {
+        self.check_bound()?;
+        if grads.len() != self.params.len() {
+            bail!(
+                "internal error: {} gradients for {} parameters",
+                grads.len(),
+                self.params.len()
+            );
+        }
+        const CHUNK: usize = 1 << 15;
+        let grads: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).contiguous()).collect();
+        let gs: Vec<&[f32]> = grads.iter().map(cpu::f32_slice).collect::<Result<_>>()?;
+        let coef = if clip > 0.0 {
+            // Partial sums in a fixed order, so the norm (and the run) is reproducible
+            // whatever the thread count.
+            let sq: f64 = gs
+                .iter()
+                .map(|g| {
+                    g.par_chunks(CHUNK)
+                        .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+                        .collect::<Vec<f64>>()
+                        .iter()
+                        .sum::<f64>()
+                })
+                .sum();
+            let norm = sq.sqrt() as f32;
+            (clip as f32 / (norm + 1e-6)).min(1.0)
+        } else {
+            1.0
+        };
+        let t = self.steps()? + 1;
+        let bc1 = 1.0 - self.beta1.powi(t as i32);
+        let bc2 = 1.0 - self.beta2.powi(t as i32);
+        let decay = (1.0 - lr * self.weight_decay) as f32;
+        let w1 = (1.0 - self.beta1) as f32;
+        let (b2, one_m_b2) = (self.beta2 as f32, (1.0 - self.beta2) as f32);
+        let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
+        let step_size = (lr / bc1) as f32;
+        let eps = self.eps as f32;
+        let flat = cpu::f32_slice_mut(&mut self.flat)?;
+        let m = cpu::f32_slice_mut(&mut self.m)?;
+        let v = cpu::f32_slice_mut(&mut self.v)?;
+        for (i, g) in gs.iter().enumerate() {
+            let r = self.offsets[i] as usize..self.offsets[i] as usize + g.len();
+            flat[r.clone()]
+                .par_chunks_mut(CHUNK)
+                .zip(m[r.clone()].par_chunks_mut(CHUNK))
+                .zip(v[r].par_chunks_mut(CHUNK))
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(((p, m), v), g)| {
+                    for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                        let g = g * coef;
+                        *p *= decay;
+                        // torch.lerp for a weight below 0.5.
+                        *m += w1 * (g - *m);
+                        *v = b2 * *v + one_m_b2 * (g * g);
+                        let denom = v.sqrt() * inv_sqrt_bc2 + eps;
+                        *p -= step_size * *m / denom;
+                    }
+                });
+        }
+        let _ = self.step_count.fill_(t as f64);
+        Ok(())
     }
 
     /// One update from the flat gradient `grad` with learning rate `lr`, clipping the
@@ -529,6 +670,63 @@ mod tests {
             );
         }
     }
+    /// The fused CPU update follows the tensor update: five steps of a two-layer network
+    /// (several parameter tensors, one larger than a parallel chunk), with the gradient
+    /// clipped on some steps and not on others, weight decay on; and it is reproducible.
+    #[test]
+    fn fused_cpu_step_equals_the_tensor_step() {
+        let x =
+            Tensor::from_slice(&(0..96).map(|i| ((i * 37 % 19) as f32 - 9.0) / 7.0).collect::<Vec<_>>()).view([4, 24]);
+        let run = |fused: bool| {
+            let vs = VarStore::new(tch::Device::Cpu);
+            let root = vs.root();
+            // Fixed weights (no global RNG: tests run in parallel).
+            let l1 = nn::linear(&root / "a", 24, 2048, Default::default());
+            let l2 = nn::linear(&root / "b", 2048, 1, Default::default());
+            let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            tch::no_grad(|| {
+                for (k, (_, mut t)) in vars.into_iter().enumerate() {
+                    let n = t.numel() as i64;
+                    let vals = Tensor::arange(n, (Kind::Float, tch::Device::Cpu))
+                        .g_mul_scalar(0.7 + k as f64)
+                        .sin()
+                        .g_mul_scalar(0.05);
+                    t.copy_(&vals.view(t.size().as_slice()));
+                }
+            });
+            let mut opt = AdamW::new(&vs, 0.05);
+            for step in 0..5 {
+                let loss = l2
+                    .forward(&l1.forward(&x).relu())
+                    .pow_tensor_scalar(2)
+                    .mean(Kind::Float);
+                // Clip hard on odd steps (the coefficient bites), not at all on even ones.
+                let clip = if step % 2 == 1 { 1e-3 } else { 0.0 };
+                if fused {
+                    assert!(opt.backward_step(&loss, 1e-2, clip, None).unwrap().is_none());
+                } else {
+                    let g = opt.flat_grad(&loss).unwrap();
+                    let _ = opt.step(&g, 1e-2, clip, None).unwrap();
+                }
+            }
+            assert_eq!(opt.steps().unwrap(), 5);
+            (opt.flat.copy(), opt.m.copy(), opt.v.copy())
+        };
+        let (pf, mf, vf) = run(true);
+        let (pt, mt, vt) = run(false);
+        for (name, a, b) in [("weights", &pf, &pt), ("m", &mf, &mt), ("v", &vf, &vt)] {
+            let scale = f64::try_from(b.abs().max()).unwrap();
+            let d = f64::try_from((a - b).abs().max()).unwrap();
+            assert!(
+                d <= 1e-5 * scale.max(1e-3),
+                "{name}: fused and tensor updates differ by {d} (scale {scale})"
+            );
+        }
+        let (again, _, _) = run(true);
+        assert!(again.equal(&pf), "the fused update is not reproducible");
+    }
+
     /// A checkpoint loaded into the VarStore lands in the optimizer's buffer (tch's load
     /// copies in place), so training goes on from the loaded weights.
     #[test]

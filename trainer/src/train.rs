@@ -545,11 +545,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                         (focal * weighted).mean(tch::Kind::Float)
                     }
                 };
-                let grad = match scaler.as_ref() {
-                    Some(s) => opt.flat_grad(&s.scale_loss(&loss))?,
-                    None => opt.flat_grad(&loss)?,
-                };
-                let applied = opt.step(&grad, lr, t.grad_clip, scaler.as_mut())?;
+                let applied = opt.backward_step(&loss, lr, t.grad_clip, scaler.as_mut())?;
                 net.count_batch();
                 let loss = loss.detach().to_kind(tch::Kind::Double);
                 match applied {
