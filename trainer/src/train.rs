@@ -163,14 +163,19 @@ fn batch_tensor(c: &Cubes, idx: &[usize], aug: Option<AugmentState>, device: Dev
     let mut x = Tensor::from_slice(&c.gather(idx)?).view([idx.len() as i64, 1, d, d, d]);
     if let Some((a, pad, rng, counts)) = aug {
         let mut xs = Vec::with_capacity(idx.len());
+        let mut any = false;
         for (k, &i) in idx.iter().enumerate() {
             let (out, changed) = a.apply(&x.get(k as i64), pad, rng);
             if changed {
                 counts[usize::from(c.labels[i] == 1.0)] += 1;
+                any = true;
             }
             xs.push(out);
         }
-        x = Tensor::stack(&xs, 0);
+        // A batch that no augmentation touched is used as it is, not copied again.
+        if any {
+            x = Tensor::stack(&xs, 0);
+        }
     }
     let y: Vec<f32> = idx.iter().map(|&i| c.labels[i]).collect();
     Ok((x.to_device(device), Tensor::from_slice(&y).to_device(device)))
