@@ -378,7 +378,6 @@ impl Write for Sink {
     }
 }
 
-/// The 8 flip combinations of a cube (identity first).
 /// One batch from the decoding thread: the files that decoded, their cubes one after
 /// another in `data` (the model's input layout), and the files that failed.
 struct Decoded<'a> {
@@ -387,6 +386,7 @@ struct Decoded<'a> {
     data: Vec<f32>,
 }
 
+/// The 8 flip combinations of a cube (identity first).
 fn flips(c: ArrayView3<f32>) -> Vec<Array3<f32>> {
     (0..8u8)
         .map(|mask| {

@@ -9,6 +9,7 @@
 pub fn default_sigpipe() {
     // SAFETY: called at the start of `main`, before any thread exists; `signal` with
     // SIG_DFL installs no handler code.
+    #[cfg(unix)]
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

@@ -15,6 +15,9 @@ pub struct NpyHeader {
     pub shape: Vec<usize>,
     /// Bytes before the data.
     pub data_offset: u64,
+    /// The header is exactly what numpy writes (version x.0, the three keys with the values
+    /// parsed here and nothing else), so its parse here is the whole truth about it.
+    pub canonical: bool,
 }
 
 /// Reads and checks only the header of a `.npy` file: magic, version, dictionary, and that
@@ -94,7 +97,19 @@ pub fn npy_header(path: &Path) -> Result<NpyHeader> {
             elements.unwrap_or(0)
         )));
     }
+    let dims = match shape.as_slice() {
+        [d] => format!("{d},"),
+        s => s.iter().map(usize::to_string).collect::<Vec<_>>().join(","),
+    };
+    // numpy ends the dictionary with ", }", ndarray-npy with "}".
+    let want = format!(
+        "{{'descr':'{descr}','fortran_order':{},'shape':({dims})",
+        if fortran_order { "True" } else { "False" }
+    );
+    let got: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let canonical = got.strip_prefix(&want).is_some_and(|end| end == "}" || end == ",}");
     Ok(NpyHeader {
+        canonical: pre[7] == 0 && canonical,
         descr,
         fortran_order,
         shape,
@@ -161,8 +176,9 @@ pub fn load_patch(path: &Path, pre: &Preprocess) -> Result<Array3<f32>> {
 /// same errors, for a scorer that decodes straight into its batch buffer.
 ///
 /// Cubes already at the model's size, in C order, little-endian float32, float64 or int16,
-/// take one pass from the file's bytes to `out` through a reused per-thread buffer, with no
-/// array allocated; anything else goes through [`load_patch`] and is copied.
+/// with a header as numpy writes it, take one pass from the file's bytes to `out` through a
+/// reused per-thread buffer, with no array allocated; anything else goes through
+/// [`load_patch`] (and so ndarray-npy's stricter header checks) and is copied.
 pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result<()> {
     use std::io::{Read, Seek};
     let c = pre.cube_size;
@@ -179,7 +195,7 @@ pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result
         "<i2" => 2,
         _ => 0,
     };
-    if width == 0 || h.fortran_order || h.shape != [c, c, c] {
+    if width == 0 || !h.canonical || h.fortran_order || h.shape != [c, c, c] {
         let cube = load_patch(path, pre)?;
         out.iter_mut().zip(cube.iter()).for_each(|(o, &v)| *o = v);
         return Ok(());
@@ -379,9 +395,32 @@ mod tests {
             w.reverse();
         }
         files.push(("big_endian".into(), be));
+        // Headers ndarray-npy refuses must be refused here too, not read on the fast path.
+        let mut odd_key = npy(&|b| cube.write_npy(b).expect("npy"));
+        let at = odd_key.windows(6).position(|w| w == b"'shape").expect("shape key");
+        odd_key[at + 1..at + 6].copy_from_slice(b"SHAPE");
+        let mut minor = npy(&|b| cube.write_npy(b).expect("npy"));
+        minor[7] = 9;
+        for (name, bytes) in [("odd_key", odd_key), ("minor_version", minor)] {
+            let p = dir.path().join(format!("{name}.npy"));
+            std::fs::write(&p, &bytes).expect("write");
+            assert!(!npy_header(&p).map(|h| h.canonical).unwrap_or(false), "{name}");
+            let mut got = vec![0.0; 512];
+            match (load_patch(&p, &pre), load_patch_into(&p, &pre, &mut got)) {
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{name}"),
+                (Ok(a), Ok(())) => assert_eq!(a.as_slice().expect("standard"), &got[..], "{name}"),
+                (a, b) => panic!("{name}: load_patch {a:?}, load_patch_into {b:?}"),
+            }
+        }
         for (name, bytes) in &files {
             let p = dir.path().join(format!("{name}.npy"));
             std::fs::write(&p, bytes).expect("write");
+            if ["f32", "f64", "i16"].contains(&name.as_str()) {
+                assert!(
+                    npy_header(&p).expect(name).canonical,
+                    "{name} should take the fast path"
+                );
+            }
             let want = load_patch(&p, &pre).expect(name);
             let mut got = vec![f32::NAN; 512];
             load_patch_into(&p, &pre, &mut got).expect(name);

@@ -25,29 +25,42 @@ mod cpu {
         Ok(())
     }
 
+    /// The byte range a tensor's elements occupy.
+    pub fn span(t: &Tensor) -> std::ops::Range<usize> {
+        let start = t.data_ptr() as usize;
+        start..start + t.numel() * std::mem::size_of::<f32>()
+    }
+
     /// A contiguous f32 CPU tensor's elements. tch has no safe borrowed view of a tensor's
     /// memory (only copies), and copies are what the fused update exists to avoid.
-    pub fn f32_slice(t: &Tensor) -> Result<&[f32]> {
+    ///
+    /// # Safety
+    /// While the slice lives, nothing may write the tensor's memory: not through another
+    /// handle or view of the same storage, not by libtorch, and no mutable slice from
+    /// [`f32_slice_mut`] may overlap it.
+    pub unsafe fn f32_slice(t: &Tensor) -> Result<&[f32]> {
         check(t)?;
         if t.numel() == 0 {
             return Ok(&[]);
         }
         // SAFETY: checked above to be a defined, contiguous f32 tensor on the CPU, so
         // data_ptr points at numel initialised f32 values, kept alive by `t`'s storage for
-        // the borrow of `t`; libtorch CPU operations are synchronous and none runs on this
-        // tensor while the slice lives (the training loop is the only user).
+        // the borrow of `t`; no writer exists meanwhile (the caller's contract).
         Ok(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) })
     }
 
-    /// The same, writable; `&mut` on the handle stands for exclusive use of the memory: the
-    /// views aliasing it (the model's parameters) are not touched while the slice lives.
-    pub fn f32_slice_mut(t: &mut Tensor) -> Result<&mut [f32]> {
+    /// The same, writable.
+    ///
+    /// # Safety
+    /// While the slice lives, nothing else may read or write the tensor's memory: not
+    /// through another handle or view (the model's parameters alias the optimizer's flat
+    /// buffer), not by libtorch, and no other slice may overlap it.
+    pub unsafe fn f32_slice_mut(t: &mut Tensor) -> Result<&mut [f32]> {
         check(t)?;
         if t.numel() == 0 {
             return Ok(&mut []);
         }
-        // SAFETY: as in `f32_slice`; the caller holds the handle mutably and nothing else
-        // reads or writes the buffer through libtorch until the slice is dropped.
+        // SAFETY: as in `f32_slice`, with exclusive use guaranteed by the caller.
         Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) })
     }
 }
@@ -81,6 +94,8 @@ pub struct AdamW {
     /// Updates applied so far (skipped overflow steps excluded): a 0-dim f64 tensor on the
     /// device; [`AdamW::steps`] reads it.
     step_count: Tensor,
+    /// Threads of the fused CPU update (rayon's global pool when `None`).
+    pool: Option<rayon::ThreadPool>,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -107,6 +122,7 @@ impl AdamW {
             grad: flat.zeros_like(),
             scratch: flat.zeros_like(),
             step_count: Tensor::zeros([], (Kind::Double, device)),
+            pool: None,
             flat,
             beta1: 0.9,
             beta2: 0.999,
@@ -115,6 +131,26 @@ impl AdamW {
         };
         opt.bind();
         opt
+    }
+
+    /// Runs the fused CPU update on `n` threads (the run's `train.threads`) rather than on
+    /// one per core.
+    pub fn set_threads(&mut self, n: usize) -> Result<()> {
+        self.pool = Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("adamw-{i}"))
+                .build()
+                .context("cannot start the optimizer's threads")?,
+        );
+        Ok(())
+    }
+
+    fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
     }
 
     /// Updates applied so far (waits for the device).
@@ -211,6 +247,7 @@ impl AdamW {
     /// the global gradient norm is one read of the gradients, then one parallel pass reads
     /// each gradient where backward left it (no flat copy) and updates parameter and moments
     /// in place, element by element, with `step`'s formulas in f32.
+    #[allow(unsafe_code)] // raw slices over the tensors' memory: see the `cpu` module
     pub fn step_fused_cpu(&mut self, grads: &[Tensor], lr: f64, clip: f64) -> Result<()> {
         self.check_bound()?;
         if grads.len() != self.params.len() {
@@ -222,22 +259,66 @@ impl AdamW {
         }
         const CHUNK: usize = 1 << 15;
         let grads: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).contiguous()).collect();
-        let gs: Vec<&[f32]> = grads.iter().map(cpu::f32_slice).collect::<Result<_>>()?;
+        let own = [cpu::span(&self.flat), cpu::span(&self.m), cpu::span(&self.v)];
+        for (i, g) in grads.iter().enumerate() {
+            let n = self.params[i].1.numel();
+            if g.numel() != n {
+                bail!(
+                    "internal error: gradient of `{}` has {} elements, the parameter {n}",
+                    self.params[i].0,
+                    g.numel()
+                );
+            }
+            let s = cpu::span(g);
+            if own.iter().any(|o| s.start < o.end && o.start < s.end) {
+                bail!(
+                    "internal error: the gradient of `{}` shares the optimizer's memory",
+                    self.params[i].0
+                );
+            }
+        }
+        // SAFETY: the gradients are tensors of their own (checked above not to overlap the
+        // optimizer's buffers, the only memory written below), held in `grads` until the end
+        // of this function, and nothing else touches them meanwhile.
+        let gs: Vec<&[f32]> = grads
+            .iter()
+            .map(|g| unsafe { cpu::f32_slice(g) })
+            .collect::<Result<_>>()?;
         let coef = if clip > 0.0 {
             // Partial sums in a fixed order, so the norm (and the run) is reproducible
             // whatever the thread count.
-            let sq: f64 = gs
-                .iter()
-                .map(|g| {
-                    g.par_chunks(CHUNK)
-                        .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
-                        .collect::<Vec<f64>>()
-                        .iter()
-                        .sum::<f64>()
-                })
-                .sum();
+            // Eight independent lanes per chunk: a loop the compiler can vectorize, with the
+            // same order of additions on every run.
+            let chunk_sq = |c: &[f32]| {
+                let mut acc = [0f64; 8];
+                let mut it = c.chunks_exact(8);
+                for w in &mut it {
+                    for k in 0..8 {
+                        acc[k] += f64::from(w[k]) * f64::from(w[k]);
+                    }
+                }
+                acc.iter().sum::<f64>() + it.remainder().iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
+            };
+            let sq: f64 = self.in_pool(|| {
+                gs.iter()
+                    .map(|g| {
+                        g.par_chunks(CHUNK)
+                            .map(chunk_sq)
+                            .collect::<Vec<f64>>()
+                            .iter()
+                            .sum::<f64>()
+                    })
+                    .sum()
+            });
             let norm = sq.sqrt() as f32;
-            (clip as f32 / (norm + 1e-6)).min(1.0)
+            // As `step`'s clamp_max: a NaN norm gives a NaN coefficient (f32::min would
+            // drop it), an infinite one gives 0.
+            let c = clip as f32 / (norm + 1e-6);
+            if c.is_nan() {
+                f32::NAN
+            } else {
+                c.min(1.0)
+            }
         } else {
             1.0
         };
@@ -250,27 +331,42 @@ impl AdamW {
         let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
         let step_size = (lr / bc1) as f32;
         let eps = self.eps as f32;
-        let flat = cpu::f32_slice_mut(&mut self.flat)?;
-        let m = cpu::f32_slice_mut(&mut self.m)?;
-        let v = cpu::f32_slice_mut(&mut self.v)?;
-        for (i, g) in gs.iter().enumerate() {
-            let r = self.offsets[i] as usize..self.offsets[i] as usize + g.len();
-            flat[r.clone()]
-                .par_chunks_mut(CHUNK)
-                .zip(m[r.clone()].par_chunks_mut(CHUNK))
-                .zip(v[r].par_chunks_mut(CHUNK))
-                .zip(g.par_chunks(CHUNK))
-                .for_each(|(((p, m), v), g)| {
-                    for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                        let g = g * coef;
-                        *p *= decay;
-                        // torch.lerp for a weight below 0.5.
-                        *m += w1 * (g - *m);
-                        *v = b2 * *v + one_m_b2 * (g * g);
-                        let denom = v.sqrt() * inv_sqrt_bc2 + eps;
-                        *p -= step_size * *m / denom;
-                    }
-                });
+        // SAFETY: three separate buffers this optimizer owns; the parameters' views into
+        // `flat` are not used by anything while the slices live (this function is the only
+        // code running on them, and libtorch CPU work is synchronous), and the gradients
+        // were checked not to overlap them.
+        let (flat, m, v) = unsafe {
+            (
+                cpu::f32_slice_mut(&mut self.flat)?,
+                cpu::f32_slice_mut(&mut self.m)?,
+                cpu::f32_slice_mut(&mut self.v)?,
+            )
+        };
+        let offsets = &self.offsets;
+        let mut update = || {
+            for (i, g) in gs.iter().enumerate() {
+                let r = offsets[i] as usize..offsets[i] as usize + g.len();
+                flat[r.clone()]
+                    .par_chunks_mut(CHUNK)
+                    .zip(m[r.clone()].par_chunks_mut(CHUNK))
+                    .zip(v[r].par_chunks_mut(CHUNK))
+                    .zip(g.par_chunks(CHUNK))
+                    .for_each(|(((p, m), v), g)| {
+                        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                            let g = g * coef;
+                            *p *= decay;
+                            // torch.lerp for a weight below 0.5.
+                            *m += w1 * (g - *m);
+                            *v = b2 * *v + one_m_b2 * (g * g);
+                            let denom = v.sqrt() * inv_sqrt_bc2 + eps;
+                            *p -= step_size * *m / denom;
+                        }
+                    });
+            }
+        };
+        match &self.pool {
+            Some(pool) => pool.install(update),
+            None => update(),
         }
         let _ = self.step_count.fill_(t as f64);
         Ok(())
@@ -672,12 +768,13 @@ mod tests {
     }
     /// The fused CPU update follows the tensor update: five steps of a two-layer network
     /// (several parameter tensors, one larger than a parallel chunk), with the gradient
-    /// clipped on some steps and not on others, weight decay on; and it is reproducible.
+    /// clipped on some steps and not on others, weight decay on; and it is reproducible,
+    /// bit for bit, whatever the number of threads.
     #[test]
     fn fused_cpu_step_equals_the_tensor_step() {
         let x =
             Tensor::from_slice(&(0..96).map(|i| ((i * 37 % 19) as f32 - 9.0) / 7.0).collect::<Vec<_>>()).view([4, 24]);
-        let run = |fused: bool| {
+        let run = |fused: bool, threads: Option<usize>| {
             let vs = VarStore::new(tch::Device::Cpu);
             let root = vs.root();
             // Fixed weights (no global RNG: tests run in parallel).
@@ -696,6 +793,9 @@ mod tests {
                 }
             });
             let mut opt = AdamW::new(&vs, 0.05);
+            if let Some(n) = threads {
+                opt.set_threads(n).unwrap();
+            }
             for step in 0..5 {
                 let loss = l2
                     .forward(&l1.forward(&x).relu())
@@ -713,8 +813,8 @@ mod tests {
             assert_eq!(opt.steps().unwrap(), 5);
             (opt.flat.copy(), opt.m.copy(), opt.v.copy())
         };
-        let (pf, mf, vf) = run(true);
-        let (pt, mt, vt) = run(false);
+        let (pf, mf, vf) = run(true, None);
+        let (pt, mt, vt) = run(false, None);
         for (name, a, b) in [("weights", &pf, &pt), ("m", &mf, &mt), ("v", &vf, &vt)] {
             let scale = f64::try_from(b.abs().max()).unwrap();
             let d = f64::try_from((a - b).abs().max()).unwrap();
@@ -723,8 +823,13 @@ mod tests {
                 "{name}: fused and tensor updates differ by {d} (scale {scale})"
             );
         }
-        let (again, _, _) = run(true);
-        assert!(again.equal(&pf), "the fused update is not reproducible");
+        for threads in [None, Some(1), Some(3)] {
+            let (again, _, _) = run(true, threads);
+            assert!(
+                again.equal(&pf),
+                "the fused update differs on a rerun with {threads:?} threads"
+            );
+        }
     }
 
     /// A checkpoint loaded into the VarStore lands in the optimizer's buffer (tch's load

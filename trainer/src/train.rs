@@ -181,6 +181,24 @@ fn batch_tensor(c: &Cubes, idx: &[usize], aug: Option<AugmentState>, device: Dev
     Ok((x.to_device(device), Tensor::from_slice(&y).to_device(device)))
 }
 
+/// Adds a step's mean loss over `n` samples to the epoch's sums, on the device. `applied`
+/// (from a loss-scaled step: 1 applied, 0 skipped) leaves a skipped step out; it is
+/// selected, not multiplied, because a skipped step's loss may be Inf or NaN (an fp16
+/// overflow in the forward pass) and Inf · 0 is NaN.
+fn add_loss(sum: &mut Tensor, seen: &mut Tensor, loss: &Tensor, n: usize, applied: Option<&Tensor>) {
+    let loss = loss.detach().to_kind(tch::Kind::Double) * n as f64;
+    match applied {
+        Some(a) => {
+            *sum += loss.where_scalarother(&a.to_kind(tch::Kind::Bool), 0.0);
+            *seen += a.to_kind(tch::Kind::Double) * n as f64;
+        }
+        None => {
+            *sum += loss;
+            *seen += n as f64;
+        }
+    }
+}
+
 /// Saves the VarStore beside `path`, then renames over it.
 fn save_atomic(vs: &nn::VarStore, path: &Path) -> Result<()> {
     models::fsutil::replace_with(path, |tmp| vs.save(tmp)).context("cannot save checkpoint")?;
@@ -371,6 +389,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     net::check_names(&vs, &spec)?;
     let t = &cfg.train;
     let mut opt = crate::optim::AdamW::new(&vs, t.weight_decay);
+    if t.threads > 0 {
+        opt.set_threads(t.threads)?;
+    }
     let pw = Tensor::from_slice(&[pos_weight as f32]).to_device(device);
     let mut history: Vec<EpochMetrics> = Vec::new();
     let best_path = dir.join("best.safetensors");
@@ -552,18 +573,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                 };
                 let applied = opt.backward_step(&loss, lr, t.grad_clip, scaler.as_mut())?;
                 net.count_batch();
-                let loss = loss.detach().to_kind(tch::Kind::Double);
-                match applied {
-                    Some(a) => {
-                        let weight = a.to_kind(tch::Kind::Double) * n as f64;
-                        loss_sum += loss * &weight;
-                        loss_seen += weight;
-                    }
-                    None => {
-                        loss_sum += loss * n as f64;
-                        loss_seen += n as f64;
-                    }
-                }
+                add_loss(&mut loss_sum, &mut loss_seen, &loss, n, applied.as_ref());
                 seen += n;
                 step += 1;
                 pb.inc(n as u64);
@@ -848,4 +858,26 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<(Vec<RunSummary>, Opt
     };
     yaml(&summary_path, &cv)?;
     Ok((runs, Some(cv)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    /// A step the loss scaler skipped leaves the epoch's loss alone, even when its own loss
+    /// overflowed to Inf or NaN.
+    #[test]
+    fn skipped_steps_do_not_count_in_the_loss() {
+        let mut sum = Tensor::zeros([], (tch::Kind::Double, Device::Cpu));
+        let mut seen = Tensor::zeros([], (tch::Kind::Double, Device::Cpu));
+        let one = Tensor::from(1.0f32);
+        let zero = Tensor::from(0.0f32);
+        add_loss(&mut sum, &mut seen, &Tensor::from(0.5f32), 4, Some(&one));
+        add_loss(&mut sum, &mut seen, &Tensor::from(f32::INFINITY), 4, Some(&zero));
+        add_loss(&mut sum, &mut seen, &Tensor::from(f32::NAN), 2, Some(&zero));
+        add_loss(&mut sum, &mut seen, &Tensor::from(0.25f32), 2, None);
+        assert_eq!(f64::try_from(&sum).unwrap(), 0.5 * 4.0 + 0.25 * 2.0);
+        assert_eq!(f64::try_from(&seen).unwrap(), 6.0);
+    }
 }
