@@ -185,6 +185,11 @@ pub struct Summary {
     pub ort_version: String,
     pub ort_library: PathBuf,
     pub seconds: f64,
+    /// Seconds from the first batch's decoding to the last row, and of those the seconds
+    /// spent inside the model (ONNX Runtime's `run`): their ratio says whether decoding kept
+    /// the model fed (near 1) or the model waited on files.
+    pub pipeline_seconds: f64,
+    pub model_seconds: f64,
     /// Peak resident memory of the process (Linux `VmHWM`), KiB.
     pub peak_rss_kib: Option<u64>,
 }
@@ -487,6 +492,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let (mut scored, mut positives) = (0usize, 0usize);
     let batch = s.batch_size;
     let mut fatal: Option<InferError> = None;
+    let (mut pipeline_seconds, mut model_seconds) = (0.0f64, 0.0f64);
     let d = pre.cube_size;
     let per = d * d * d;
     std::thread::scope(|scope| {
@@ -528,6 +534,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                 }
             }
         });
+        let t_pipeline = Instant::now();
         for dec in rx {
             let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
             let good = dec.good;
@@ -544,6 +551,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                     .to_string();
                 errors.push((it.name.clone(), reason));
             }
+            let t_model = Instant::now();
             let logits = match s.tta {
                 Tta::None => scorer.score_flat(&dec.data),
                 Tta::Flips => {
@@ -558,6 +566,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                         .map(|z| z.chunks(8).map(|c| c.iter().sum::<f32>() / 8.0).collect())
                 }
             };
+            model_seconds += t_model.elapsed().as_secs_f64();
             let logits = match logits {
                 Ok(l) => l,
                 Err(e) => {
@@ -621,6 +630,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
             pb.inc(good.len() as u64);
             let _ = back_tx.send(dec.data);
         }
+        pipeline_seconds = t_pipeline.elapsed().as_secs_f64();
     });
     pb.finish_and_clear();
     if let Some(e) = fatal {
@@ -665,6 +675,8 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         ort_version: scorer.runtime.version.clone(),
         ort_library: scorer.runtime.library.clone(),
         seconds: t0.elapsed().as_secs_f64(),
+        pipeline_seconds,
+        model_seconds,
         peak_rss_kib: peak_rss_kib(),
     })
 }

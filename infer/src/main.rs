@@ -229,8 +229,16 @@ fn main() -> ExitCode {
                     .peak_rss_kib
                     .map(|k| format!(", peak RSS {:.0} MiB", k as f64 / 1024.0))
                     .unwrap_or_default();
+                let busy = if sum.pipeline_seconds > 0.0 {
+                    format!(
+                        ", model busy {:.0}% of the scoring time",
+                        100.0 * sum.model_seconds / sum.pipeline_seconds
+                    )
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "scored {} patch(es){resumed}{pos}, {} failed, {:.1} patches/s{rss} -> {}",
+                    "scored {} patch(es){resumed}{pos}, {} failed, {:.1} patches/s{rss}{busy} -> {}",
                     sum.scored,
                     sum.failed,
                     sum.scored as f64 / sum.seconds.max(1e-9),

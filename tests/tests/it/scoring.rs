@@ -368,6 +368,15 @@ fn doctor_reports_runtime_and_model() {
         r.stderr
     );
     assert!(r.stderr.contains("peak RSS"), "{}", r.stderr);
+    // And how much of the scoring time the model was busy (a percentage, at most 100).
+    let busy: f64 = r
+        .stderr
+        .split("model busy ")
+        .nth(1)
+        .and_then(|t| t.split('%').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no `model busy N%` in:\n{}", r.stderr));
+    assert!((0.0..=100.0).contains(&busy), "{busy}");
 }
 
 /// `--spin` only changes how ONNX Runtime's threads wait: the scores are the same.
