@@ -86,11 +86,12 @@ pub struct AdamW {
     flat: Tensor,
     m: Tensor,
     v: Tensor,
-    /// Reused buffers (the flat gradient and one temporary): a fresh tensor of the whole
-    /// model's size every step would be a fresh mmap with page faults on CPU (glibc maps
-    /// allocations above 32 MiB anew each time).
-    grad: Tensor,
-    scratch: Tensor,
+    /// Reused buffers of the tensor-op update (the flat gradient and one temporary), made on
+    /// its first use: a fresh tensor of the whole model's size every step would be a fresh
+    /// mmap with page faults on CPU (glibc maps allocations above 32 MiB anew each time), and
+    /// the fused CPU update needs neither (for r3d_18 they are 2 × 133 MB).
+    grad: Option<Tensor>,
+    scratch: Option<Tensor>,
     /// Updates applied so far (skipped overflow steps excluded): a 0-dim f64 tensor on the
     /// device; [`AdamW::steps`] reads it.
     step_count: Tensor,
@@ -119,8 +120,8 @@ impl AdamW {
             offsets,
             m: flat.zeros_like(),
             v: flat.zeros_like(),
-            grad: flat.zeros_like(),
-            scratch: flat.zeros_like(),
+            grad: None,
+            scratch: None,
             step_count: Tensor::zeros([], (Kind::Double, device)),
             pool: None,
             flat,
@@ -212,10 +213,11 @@ impl AdamW {
     /// [`AdamW::grads`] flattened into one tensor in the parameters' order. The returned
     /// tensor shares the optimizer's gradient buffer: pass it to [`AdamW::step`] before the
     /// next call.
-    pub fn flat_grad(&self, loss: &Tensor) -> Result<Tensor> {
+    pub fn flat_grad(&mut self, loss: &Tensor) -> Result<Tensor> {
         let grads = self.grads(loss)?;
         let flat: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
-        Ok(tch::no_grad(|| Tensor::cat_out(&self.grad, &flat, 0)))
+        let buf = self.grad.get_or_insert_with(|| self.flat.empty_like());
+        Ok(tch::no_grad(|| Tensor::cat_out(buf, &flat, 0)))
     }
 
     /// Backward pass and update in one: what the training loop calls. `loss` is unscaled;
@@ -438,7 +440,7 @@ impl AdamW {
             // In place, through one scratch buffer (no allocation per step):
             // p ← p·(1 − lr·wd); m ← lerp(m, g, 1 − β1); v ← β2·v + (1 − β2)·g²;
             // p ← p − (lr / bc1) · m / (√v / √bc2 + eps).
-            let s = &mut self.scratch;
+            let s = self.scratch.get_or_insert_with(|| self.flat.empty_like());
             let _ = self.flat.g_mul_(&decay);
             let _ = self.m.lerp_tensor_(&g, &w1);
             let _ = g.mul_out(s, &g);
@@ -455,18 +457,14 @@ impl AdamW {
         })
     }
 
-    /// Saves the moments (one entry per parameter, as before) and the step count.
+    /// Saves the moments (one entry per parameter, as before) and the step count. On the
+    /// CPU the entries are views of the flat buffers (safetensors copies one at a time as it
+    /// writes), not a second copy of both moments.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut named: Vec<(String, Tensor)> = Vec::new();
         for (i, (name, _)) in self.params.iter().enumerate() {
-            named.push((
-                format!("m.{name}"),
-                self.slice(&self.m, i).to_device(tch::Device::Cpu).copy(),
-            ));
-            named.push((
-                format!("v.{name}"),
-                self.slice(&self.v, i).to_device(tch::Device::Cpu).copy(),
-            ));
+            named.push((format!("m.{name}"), self.slice(&self.m, i).to_device(tch::Device::Cpu)));
+            named.push((format!("v.{name}"), self.slice(&self.v, i).to_device(tch::Device::Cpu)));
         }
         named.push(("step".into(), Tensor::from(self.steps()?)));
         models::fsutil::replace_with(path, |tmp| Tensor::write_safetensors(&named, tmp))
