@@ -186,8 +186,9 @@ pub struct Summary {
     pub ort_library: PathBuf,
     pub seconds: f64,
     /// Seconds from the first batch's decoding to the last row, and of those the seconds
-    /// spent inside the model (ONNX Runtime's `run`): their ratio says whether decoding kept
-    /// the model fed (near 1) or the model waited on files.
+    /// spent scoring on the scoring thread (ONNX Runtime's `run`, plus making the flips with
+    /// `--tta flips`): their ratio says whether decoding kept the model fed (near 1) or the
+    /// model waited on files.
     pub pipeline_seconds: f64,
     pub model_seconds: f64,
     /// Peak resident memory of the process (Linux `VmHWM`), KiB.
