@@ -511,26 +511,20 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                     .map(|(slot, it)| models::patch::load_patch_into(&it.path, &pre, slot))
                     .collect();
                 // The good cubes close ranks (this moves data only when a file failed).
-                let mut dec = Decoded {
-                    good: Vec::with_capacity(chunk.len()),
-                    bad: Vec::new(),
-                    data: Vec::new(),
-                };
+                let (mut good, mut bad) = (Vec::with_capacity(chunk.len()), Vec::new());
                 for (k, (it, r)) in chunk.iter().zip(results).enumerate() {
                     match r {
                         Ok(()) => {
-                            let w = dec.good.len();
-                            if w != k {
-                                data.copy_within(k * per..(k + 1) * per, w * per);
+                            if good.len() != k {
+                                data.copy_within(k * per..(k + 1) * per, good.len() * per);
                             }
-                            dec.good.push(*it);
+                            good.push(*it);
                         }
-                        Err(e) => dec.bad.push((*it, e)),
+                        Err(e) => bad.push((*it, e)),
                     }
                 }
-                data.truncate(dec.good.len() * per);
-                dec.data = data;
-                if tx.send(dec).is_err() {
+                data.truncate(good.len() * per);
+                if tx.send(Decoded { good, bad, data }).is_err() {
                     break; // the consumer stopped (fail-fast or an error)
                 }
             }

@@ -26,6 +26,12 @@ pub struct NpyHeader {
 /// allocating them. (ndarray-npy allocates from the header first; this check is why it is
 /// written here.)
 pub fn npy_header(path: &Path) -> Result<NpyHeader> {
+    open_npy(path).map(|(h, _, _)| h)
+}
+
+/// [`npy_header`], also handing back the open file (positioned after the header) and its
+/// length, for a reader that goes on to the data.
+fn open_npy(path: &Path) -> Result<(NpyHeader, std::fs::File, u64)> {
     use std::io::Read;
     let bad = |msg: String| Error::BadPatch {
         path: path.to_path_buf(),
@@ -108,13 +114,14 @@ pub fn npy_header(path: &Path) -> Result<NpyHeader> {
     );
     let got: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     let canonical = got.strip_prefix(&want).is_some_and(|end| end == "}" || end == ",}");
-    Ok(NpyHeader {
+    let h = NpyHeader {
         canonical: pre[7] == 0 && canonical,
         descr,
         fortran_order,
         shape,
         data_offset: start + hlen,
-    })
+    };
+    Ok((h, f, file_len))
 }
 
 /// Reads a `.npy` array of HU values as float32. Accepts float32, float64 and int16 (either
@@ -180,7 +187,7 @@ pub fn load_patch(path: &Path, pre: &Preprocess) -> Result<Array3<f32>> {
 /// reused per-thread buffer, with no array allocated; anything else goes through
 /// [`load_patch`] (and so ndarray-npy's stricter header checks) and is copied.
 pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result<()> {
-    use std::io::{Read, Seek};
+    use std::io::Read;
     let c = pre.cube_size;
     if out.len() != c * c * c {
         return Err(Error::BadPatch {
@@ -188,7 +195,7 @@ pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result
             msg: format!("internal: a buffer of {} values for a {c}³ cube", out.len()),
         });
     }
-    let h = npy_header(path)?;
+    let (h, mut f, len) = open_npy(path)?;
     let width = match h.descr.as_str() {
         "<f4" => 4,
         "<f8" => 8,
@@ -205,8 +212,6 @@ pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result
         msg,
     };
     let need = out.len() * width;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let extra = len
         .checked_sub(h.data_offset + need as u64)
         .ok_or_else(|| bad("truncated: the file holds less data than its header declares".into()))?;
@@ -214,8 +219,6 @@ pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result
         // What ndarray-npy (and so `load_patch`) says of such a file.
         return Err(bad(format!("{extra} unexpected bytes after the array data")));
     }
-    f.seek(std::io::SeekFrom::Start(h.data_offset))
-        .map_err(|e| Error::io(path, e))?;
     thread_local! {
         static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }

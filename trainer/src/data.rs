@@ -244,24 +244,17 @@ impl Cubes {
     /// disk in parallel.
     pub fn gather(&self, idx: &[usize]) -> Result<Vec<f32>> {
         let n = self.cube * self.cube * self.cube;
-        let disk: Vec<Option<Vec<f32>>> = idx
-            .par_iter()
-            .map(|&i| -> Result<Option<Vec<f32>>> {
+        let mut out = vec![0.0f32; idx.len() * n];
+        out.par_chunks_mut(n)
+            .zip(idx.par_iter())
+            .try_for_each(|(slot, &i)| -> Result<()> {
                 if i < self.cached {
-                    return Ok(None);
+                    slot.copy_from_slice(&self.cache[i * n..(i + 1) * n]);
+                    return Ok(());
                 }
-                let c = models::patch::load_patch(&self.paths[i], &self.pre)
-                    .with_context(|| format!("{}: changed since the run started?", self.paths[i].display()))?;
-                Ok(Some(c.iter().copied().collect()))
-            })
-            .collect::<Result<_>>()?;
-        let mut out = Vec::with_capacity(idx.len() * n);
-        for (&i, d) in idx.iter().zip(&disk) {
-            match d {
-                Some(v) => out.extend_from_slice(v),
-                None => out.extend_from_slice(&self.cache[i * n..(i + 1) * n]),
-            }
-        }
+                models::patch::load_patch_into(&self.paths[i], &self.pre, slot)
+                    .with_context(|| format!("{}: changed since the run started?", self.paths[i].display()))
+            })?;
         Ok(out)
     }
 }

@@ -123,13 +123,7 @@ pub fn parity(
         let x = Tensor::from_slice(chunk).view([(end - start) as i64, 1, cube as i64, cube as i64, cube as i64]);
         let t = tch::no_grad(|| net.forward_t(&x, false)).flatten(0, -1);
         let t = Vec::<f32>::try_from(&t)?;
-        let cubes: Vec<ndarray::Array3<f32>> = (start..end)
-            .map(|i| {
-                let k = i - start;
-                ndarray::Array3::from_shape_vec((cube, cube, cube), chunk[k * n_vox..(k + 1) * n_vox].to_vec())
-            })
-            .collect::<Result<_, _>>()?;
-        let o = scorer.score(&cubes)?;
+        let o = scorer.score_flat(chunk)?;
         if o.len() != t.len() {
             anyhow::bail!("parity: libtorch gave {} logits, ONNX Runtime {}", t.len(), o.len());
         }
