@@ -51,9 +51,15 @@ pub fn export_onnx(
     md: &BTreeMap<String, String>,
     out: &Path,
 ) -> Result<()> {
-    let weights = net::weights(vs)?;
-    let model = models::onnx::export(spec, &weights, pre.cube_size, md)?;
-    models::fsutil::write_atomic(out, &models::onnx::to_bytes(&model))?;
+    // One copy of the weights at a time besides the encoded bytes: the host copy is dropped
+    // once the model holds its own, and the model once it is encoded.
+    let model = {
+        let weights = net::weights(vs)?;
+        models::onnx::export(spec, &weights, pre.cube_size, md)?
+    };
+    let bytes = models::onnx::to_bytes(&model);
+    drop(model);
+    models::fsutil::write_atomic(out, &bytes)?;
     Ok(())
 }
 
@@ -76,10 +82,12 @@ pub struct Parity {
 
 /// Scores `cubes` (each `D³` floats, contiguous) with libtorch on CPU (eval mode) and with
 /// ONNX Runtime on CPU, in batches of `batch`; returns the comparison and the ORT logits.
-/// When `device` is a GPU the weights are also run there and compared, for information.
+/// `net` is the network whose variables `vs` holds. When `device` is a GPU the weights are
+/// also run there and compared, for information.
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 pub fn parity(
     spec: &ArchSpec,
+    net: &Net,
     vs: &nn::VarStore,
     model: &Path,
     n: usize,
@@ -90,10 +98,18 @@ pub fn parity(
     device: tch::Device,
 ) -> Result<(Parity, Vec<f32>)> {
     let n_vox = cube * cube * cube;
-    // A CPU copy of the weights, so CUDA kernels (TF32, cuDNN) do not blur the comparison.
-    let mut cpu = nn::VarStore::new(tch::Device::Cpu);
-    let net = Net::new(&cpu.root(), spec)?;
-    cpu.copy(vs).context("copying weights to CPU")?;
+    // The reference runs on the CPU, so CUDA kernels (TF32, cuDNN) do not blur the
+    // comparison; weights held elsewhere are copied there (weights on the CPU are not: a
+    // copy of r3d_18 is 133 MB).
+    let cpu_copy = if vs.device() == tch::Device::Cpu {
+        None
+    } else {
+        let mut cpu = nn::VarStore::new(tch::Device::Cpu);
+        let n = Net::new(&cpu.root(), spec)?;
+        cpu.copy(vs).context("copying weights to CPU")?;
+        Some((cpu, n))
+    };
+    let net = cpu_copy.as_ref().map_or(net, |(_, n)| n);
     let on_device = if device.is_cuda() {
         let mut g = nn::VarStore::new(device);
         let n = Net::new(&g.root(), spec)?;
@@ -146,7 +162,6 @@ pub fn parity(
         }
         ort_all.extend(o);
     }
-    drop(cpu);
     Ok((
         Parity {
             patches: n,

@@ -663,10 +663,16 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         }
     }
     let (best_epoch, best_auroc, _) = best.context("no epoch finished")?;
+    // Training is over: free its state before the export makes copies of its own. The
+    // weights, their gradients and the two AdamW moments are four copies of the model
+    // (530 MB for r3d_18), and the training patches may be cached; kept, they would set the
+    // run's peak memory during the export and parity check rather than during training.
+    let train_patches = train.len();
+    drop((opt, net, vs, pw, scaler, train));
 
     // Export the best checkpoint, not the last epoch.
     let mut best_vs = nn::VarStore::new(Device::Cpu);
-    let _best_net = Net::new(&best_vs.root(), &spec)?;
+    let best_net = Net::new(&best_vs.root(), &spec)?;
     best_vs
         .load(&best_path)
         .with_context(|| format!("{}: cannot reload best checkpoint", best_path.display()))?;
@@ -701,6 +707,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     export::export_onnx(&spec, &best_vs, pre, &md, &unchecked)?;
     let (parity, ort_logits) = export::parity(
         &spec,
+        &best_net,
         &best_vs,
         &unchecked,
         val.len(),
@@ -760,7 +767,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         run_dir: dir.clone(),
         device: crate::device_name(device),
         arch: spec.name.clone(),
-        train_patches: train.len(),
+        train_patches,
         train_positives: n_pos,
         val_patches: val.len(),
         val_positives: val_labels.iter().filter(|&&l| l == 1).count(),

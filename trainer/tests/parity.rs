@@ -63,6 +63,7 @@ fn check(spec: ArchSpec, cube: usize) {
         let fetch = |r: std::ops::Range<usize>| Ok(data[r.start * nv..r.end * nv].to_vec());
         let (p, ort) = export::parity(
             &spec,
+            &model,
             &vs,
             &path,
             n as usize,
