@@ -94,25 +94,40 @@ fn build(root: &nn::Path, layers: &[Layer], counters: &mut Vec<Tensor>) -> Vec<B
         .collect()
 }
 
-fn run(layers: &[Built], xs: &Tensor, train: bool) -> Tensor {
+fn run(layers: &[Built], xs: &Tensor, train: bool, inplace: bool) -> Tensor {
     let mut x = xs.shallow_clone();
-    for l in layers {
+    for (i, l) in layers.iter().enumerate() {
+        // After the first layer, `x` is this sequence's own intermediate (no other holder):
+        // ReLU and the residual sum may then overwrite it in place, as torchvision's
+        // `ReLU(inplace=True)` and `out += identity` do, which saves an activation-sized
+        // tensor per ReLU. None of the layers before them (convolution, BatchNorm, linear,
+        // pooling, dropout) keeps its output for backward; autograd's version check would
+        // stop a run if one did. The first layer's input may be shared (the network input,
+        // a block input that the shortcut also reads), so it is never overwritten.
+        let own = inplace && i > 0;
         x = match l {
             Built::Conv(c) => x.apply(c),
             Built::Bn(b) => x.apply_t(b, train),
+            Built::Relu if own => x.relu_(),
             Built::Relu => x.relu(),
             Built::MaxPool(k, s) => x.max_pool3d([*k; 3], [*s; 3], [0; 3], [1; 3], false),
             Built::Gap => x.adaptive_avg_pool3d([1, 1, 1]).flatten(1, -1),
             Built::Linear(lin) => x.apply(lin),
             Built::Dropout(p) => x.dropout(*p, train),
             Built::Residual(body, short) => {
-                let main = run(body, &x, train);
+                let main = run(body, &x, train, inplace);
                 let side = if short.is_empty() {
                     x.shallow_clone()
                 } else {
-                    run(short, &x, train)
+                    run(short, &x, train, inplace)
                 };
-                (main + side).relu()
+                if inplace && !body.is_empty() {
+                    let mut sum = main;
+                    sum += side;
+                    sum.relu_()
+                } else {
+                    (main + side).relu()
+                }
             }
         };
     }
@@ -144,7 +159,7 @@ impl nn::ModuleT for Net {
     /// # Shapes
     /// `[N, 1, D, D, D]` → `[N, 1]` logits.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        run(&self.layers, xs, train)
+        run(&self.layers, xs, train, true)
     }
 }
 
@@ -226,6 +241,44 @@ mod tests {
         let _dup = nn::conv3d(&vs.root() / "features" / "0", 1, 4, 3, Default::default());
         let msg = format!("{:#}", check_names(&vs, &spec).expect_err("dup"));
         assert!(msg.contains("__"), "{msg}");
+    }
+
+    #[test]
+    fn in_place_relu_and_sums_change_nothing() {
+        // r3d_18 (ReLU after BatchNorm and after every residual sum) and the baseline, in
+        // training mode: logits, every gradient and the input equal those of a run that
+        // writes every intermediate anew, and autograd accepts the in-place writes.
+        for mut spec in [ArchSpec::r3d_18(), ArchSpec::baseline_cnn(4)] {
+            // No dropout: its masks come from the global generator, which tests running
+            // beside this one draw from too.
+            for l in &mut spec.layers {
+                if let models::spec::Layer::Dropout { p } = l {
+                    *p = 0.0;
+                }
+            }
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let net = Net::new(&vs.root(), &spec).expect("build");
+            let x = Tensor::rand([2, 1, 16, 16, 16], (tch::Kind::Float, tch::Device::Cpu));
+            let x0 = x.copy();
+            let mut grads = Vec::new();
+            let mut outs = Vec::new();
+            for inplace in [true, false] {
+                let y = run(&net.layers, &x, true, inplace);
+                y.sum(tch::Kind::Float).backward();
+                let mut vars: Vec<_> = vs.trainable_variables().into_iter().collect();
+                grads.push(vars.iter().map(|v| v.grad().copy()).collect::<Vec<_>>());
+                for v in &mut vars {
+                    v.zero_grad();
+                }
+                outs.push(y.detach());
+            }
+            assert!(x.equal(&x0), "{}: the input was overwritten", spec.name);
+            assert!(outs[0].equal(&outs[1]), "{}: logits differ", spec.name);
+            assert!(outs[0].abs().sum(tch::Kind::Float).double_value(&[]) > 0.0);
+            for (a, b) in grads[0].iter().zip(&grads[1]) {
+                assert!(a.defined() && a.equal(b), "{}: a gradient differs", spec.name);
+            }
+        }
     }
 
     #[test]
