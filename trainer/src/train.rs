@@ -719,11 +719,14 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     )?;
     yaml(&dir.join("parity.yaml"), &parity)?;
     log(format!(
-        "export: {} (max |Δlogit| libtorch vs ONNX Runtime {} = {:.2e} over {} patches)",
+        "export: {} (max |Δlogit| libtorch vs ONNX Runtime {} = {:.2e} over {} patches; \
+         over max(1, |logit|): {:.2e}, tolerance {:.0e})",
         onnx_path.display(),
         parity.onnxruntime_version,
         parity.max_abs_diff_logit,
-        parity.patches
+        parity.patches,
+        parity.max_scaled_diff_logit,
+        parity.tolerance
     ));
     if let Some(d) = parity.device_max_abs_diff_logit {
         log(format!(
@@ -735,10 +738,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         let failed = dir.join("model.parity-failed.onnx");
         std::fs::rename(&unchecked, &failed)?;
         bail!(
-            "{}: export parity failed: max |Δlogit| {:.3e} > {:.0e} (see parity.yaml); the file must not be used",
+            "{}: export parity failed: max |Δlogit| / max(1, |logit|) {:.3e} > {:.0e} (max |Δlogit| {:.3e}; \
+             see parity.yaml); the file must not be used",
             failed.display(),
-            parity.max_abs_diff_logit,
-            parity.tolerance
+            parity.max_scaled_diff_logit,
+            parity.tolerance,
+            parity.max_abs_diff_logit
         );
     }
     std::fs::rename(&unchecked, &onnx_path)

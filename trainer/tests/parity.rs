@@ -120,3 +120,72 @@ fn baseline_cnn_parity_batches_1_and_3() {
 fn r3d_18_parity_at_64_batches_1_and_3() {
     check(ArchSpec::r3d_18(), 64);
 }
+
+/// The tolerance scales with the logit beyond 1: a network whose logits are in the
+/// thousands (here the baseline's last layer times 10⁴, as an undertrained network's eval-mode
+/// BatchNorm can give) passes with the same relative error, while one wrong weight still fails.
+#[test]
+fn large_logits_pass_and_a_wrong_weight_fails() {
+    let (spec, cube) = (ArchSpec::baseline_cnn(8), 16);
+    tch::manual_seed(12);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Net::new(&vs.root(), &spec).expect("build");
+    randomise(&vs);
+    let vars = vs.variables();
+    tch::no_grad(|| {
+        for name in ["head.3.weight", "head.3.bias"] {
+            let mut t = vars[name].shallow_clone();
+            let _ = t.g_mul_scalar_(1e4);
+        }
+    });
+    let pre = Preprocess {
+        cube_size: cube,
+        ..Default::default()
+    };
+    let md = export::metadata(&spec, &pre, &[]).expect("metadata");
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("model.onnx");
+    export::export_onnx(&spec, &vs, &pre, &md, &path).expect("export");
+    let n = 8usize;
+    let x = Tensor::rand(
+        [n as i64, 1, cube as i64, cube as i64, cube as i64],
+        (Kind::Float, Device::Cpu),
+    );
+    let data = Vec::<f32>::try_from(&x.flatten(0, -1)).expect("data");
+    let logits = Vec::<f32>::try_from(&tch::no_grad(|| model.forward_t(&x, false)).flatten(0, -1)).expect("logits");
+    assert!(
+        logits.iter().any(|l| l.abs() > 100.0),
+        "the logits must be large for the test to mean anything: {logits:?}"
+    );
+    let nv = cube * cube * cube;
+    let fetch = |r: std::ops::Range<usize>| Ok(data[r.start * nv..r.end * nv].to_vec());
+    let run = || export::parity(&spec, &model, &vs, &path, n, &fetch, cube, 4, None, Device::Cpu).expect("parity");
+    let p = run().0;
+    assert!(p.passed && p.max_scaled_diff_logit <= PARITY_TOLERANCE, "{p:?}");
+    eprintln!(
+        "logits up to {:.0}: max |Δlogit| {:.2e}, scaled {:.2e}",
+        logits.iter().fold(0f32, |m, l| m.max(l.abs())),
+        p.max_abs_diff_logit,
+        p.max_scaled_diff_logit
+    );
+    // The first convolution's kernels flipped along z in libtorch, as a writer with a layout
+    // error would leave them: the file no longer matches.
+    tch::no_grad(|| {
+        let mut w = vars["features.0.weight"].shallow_clone();
+        let flipped = w.flip([2]);
+        w.copy_(&flipped);
+    });
+    let p = run().0;
+    assert!(!p.passed && p.max_scaled_diff_logit > PARITY_TOLERANCE, "{p:?}");
+}
+
+#[test]
+fn scaled_diff_is_absolute_up_to_one_and_relative_beyond() {
+    use trainer::export::scaled_diff;
+    assert!((scaled_diff(0.5, 0.5002) - 2e-4).abs() < 1e-7);
+    assert!((scaled_diff(-0.25, -0.25) - 0.0).abs() < 1e-12);
+    assert!((scaled_diff(1000.0, 1000.5) - 5e-4).abs() < 1e-9);
+    assert!((scaled_diff(-200.0, -200.01) - 5e-5).abs() < 1e-7);
+    assert!(scaled_diff(f32::NAN, 0.0).is_infinite());
+    assert!(scaled_diff(1.0, f32::INFINITY).is_infinite());
+}
