@@ -48,12 +48,12 @@ fn percentile_ci(mut v: Vec<f64>) -> Option<[f64; 2]> {
 }
 
 /// Fills `auroc_bootstrap_ci95` of every metrics entry and `bootstrap` of every operating
-/// point. `probs` holds each method's calibrated probabilities.
-pub fn apply(cal: &mut CalibrationFile, t: &ScoreTable, probs: &BTreeMap<Method, Vec<f64>>, b: usize, seed: u64) {
+/// point. `log_odds` holds each method's calibrated log-odds (its ranking).
+pub fn apply(cal: &mut CalibrationFile, t: &ScoreTable, log_odds: &BTreeMap<Method, Vec<f64>>, b: usize, seed: u64) {
     let (groups, n_groups, _) = t.groups();
     let y = &t.labels;
     let mut keyed: Vec<(String, &Vec<f64>)> = vec![("uncalibrated".into(), &t.logits)];
-    keyed.extend(probs.iter().map(|(m, p)| (m.name().to_string(), p)));
+    keyed.extend(log_odds.iter().map(|(m, p)| (m.name().to_string(), p)));
     let orders: Vec<Vec<usize>> = keyed
         .iter()
         .map(|(_, s)| {

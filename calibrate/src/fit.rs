@@ -21,8 +21,32 @@ fn soft_nll(z: &[f64], t: &[f64], a: f64, b: f64) -> f64 {
         / z.len() as f64
 }
 
-/// Fits `T` minimising the NLL of `sigmoid(z / T)`. Newton on `a = 1/T` (convex in `a`).
+/// `sqrt(mean(v²))` of the finite values, or 1 when that is 0 or not finite.
+///
+/// Both fits run on logits divided by a scale like this and map the answer back. Newton from
+/// a slope of 1 on raw logits stalls when they are large: every `sigmoid` is then exactly 0
+/// or 1 in f64, the Hessian is 0 and no step is taken (an r3d_18 trained for one epoch gave
+/// logits in the thousands, and the fit returned T = 1 and Platt a = 1, b = 0 unchanged).
+/// The losses are convex, so the rescaled problem has the same minimum.
+fn rms(v: &[f64]) -> f64 {
+    let (mut s, mut n) = (0.0, 0usize);
+    for &x in v.iter().filter(|x| x.is_finite()) {
+        s += x * x;
+        n += 1;
+    }
+    let r = (s / n.max(1) as f64).sqrt();
+    if r.is_finite() && r > 0.0 {
+        r
+    } else {
+        1.0
+    }
+}
+
+/// Fits `T` minimising the NLL of `sigmoid(z / T)`. Newton on `a = 1/T` (convex in `a`),
+/// over `z / rms(z)` (see [`rms`]).
 pub fn fit_temperature(z: &[f64], y: &[u8]) -> Result<Temperature, CalError> {
+    let s = rms(z);
+    let z: &[f64] = &z.iter().map(|v| v / s).collect::<Vec<_>>();
     let t: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
     let n = z.len() as f64;
     let mut a = 1.0;
@@ -56,6 +80,7 @@ pub fn fit_temperature(z: &[f64], y: &[u8]) -> Result<Temperature, CalError> {
             break;
         }
     }
+    let a = a / s;
     if !(a.is_finite() && a > 0.0) {
         return Err(CalError::Fit(format!(
             "temperature scaling needs scores that rank positives higher; the best inverse temperature is {a:.4}"
@@ -65,8 +90,25 @@ pub fn fit_temperature(z: &[f64], y: &[u8]) -> Result<Temperature, CalError> {
 }
 
 /// Fits Platt scaling by unregularised logistic regression of the labels on the logit
-/// (Newton / IRLS). With `smoothing`, uses Platt's smoothed targets.
+/// (Newton / IRLS), over the logits centred and divided by their spread (see [`rms`]).
+/// With `smoothing`, uses Platt's smoothed targets.
 pub fn fit_platt(z: &[f64], y: &[u8], smoothing: bool) -> Result<Platt, CalError> {
+    let finite: Vec<f64> = z.iter().copied().filter(|v| v.is_finite()).collect();
+    let m = if finite.is_empty() {
+        0.0
+    } else {
+        finite.iter().sum::<f64>() / finite.len() as f64
+    };
+    let spread = rms(&finite.iter().map(|v| v - m).collect::<Vec<_>>());
+    if finite.iter().all(|&v| (v - m).abs() <= 1e-12 * m.abs().max(1.0)) {
+        // No slope can be fitted to one value (an uncalibrated model whose probabilities
+        // all round to 0 or 1 gives this).
+        return Err(CalError::Fit(
+            "Platt scaling needs logits that differ; these are all equal".into(),
+        ));
+    }
+    let s = spread;
+    let z: &[f64] = &z.iter().map(|v| (v - m) / s).collect::<Vec<_>>();
     let n_pos = y.iter().filter(|&&v| v == 1).count() as f64;
     let n_neg = y.len() as f64 - n_pos;
     let (tp, tn) = if smoothing {
@@ -76,8 +118,14 @@ pub fn fit_platt(z: &[f64], y: &[u8], smoothing: bool) -> Result<Platt, CalError
     };
     let t: Vec<f64> = y.iter().map(|&v| if v == 1 { tp } else { tn }).collect();
     let n = z.len() as f64;
-    // Start from the prior log-odds, slope 1: close to the answer for a sensible model.
-    let (mut a, mut b) = (1.0, 0.0);
+    // Start from slope 1 on the standardised logits and the targets' log-odds.
+    let tbar = t.iter().sum::<f64>() / n;
+    let b0 = if tbar > 0.0 && tbar < 1.0 {
+        (tbar / (1.0 - tbar)).ln()
+    } else {
+        0.0
+    };
+    let (mut a, mut b) = (1.0, b0);
     let mut f = soft_nll(z, &t, a, b);
     for _ in 0..MAX_ITER {
         let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 0.0, 0.0, 0.0);
@@ -120,6 +168,8 @@ pub fn fit_platt(z: &[f64], y: &[u8], smoothing: bool) -> Result<Platt, CalError
             break;
         }
     }
+    // Back to raw logits: a' (z - m) / s + b' = (a'/s) z + (b' - a' m / s).
+    let (a, b) = (a / s, b - a * m / s);
     if !(a.is_finite() && b.is_finite()) {
         return Err(CalError::Fit(
             "Platt scaling diverged (are the classes perfectly separated?)".into(),
@@ -237,6 +287,30 @@ mod tests {
         let nll = |t: f64| nll_from_logits(&z.iter().map(|v| v / t).collect::<Vec<_>>(), &y);
         assert!(nll(t) <= nll(t * 1.01) && nll(t) <= nll(t * 0.99), "T = {t}");
         assert!(t > 1.0, "overconfident logits need T > 1, got {t}");
+    }
+
+    /// Logits a thousand times larger and shifted, as an undertrained network gives: the fits
+    /// move with them instead of stalling at their starting point.
+    #[test]
+    fn fits_follow_logits_of_any_size() {
+        let (z, y) = data();
+        let t = fit_temperature(&z, &y).expect("fit").temperature;
+        let p = fit_platt(&z, &y, false).expect("fit");
+        for (k, c) in [(1000.0, -5000.0), (1e-3, 0.0), (1.0, 300.0)] {
+            let big: Vec<f64> = z.iter().map(|v| k * v + c).collect();
+            let pb = fit_platt(&big, &y, false).expect("fit");
+            // The same probabilities: a' (k z + c) + b' = a z + b.
+            assert!((pb.a * k / p.a - 1.0).abs() < 1e-6, "{k} {c}: {pb:?} vs {p:?}");
+            assert!((pb.a * c + pb.b - p.b).abs() < 1e-6, "{k} {c}: {pb:?} vs {p:?}");
+            if c == 0.0 {
+                let tb = fit_temperature(&big, &y).expect("fit").temperature;
+                assert!((tb / (k * t) - 1.0).abs() < 1e-6, "{k}: T {tb} vs {}", k * t);
+            }
+        }
+        let tb = fit_temperature(&z.iter().map(|v| 1000.0 * v).collect::<Vec<_>>(), &y)
+            .expect("fit")
+            .temperature;
+        assert!(tb > 900.0, "T = {tb}");
     }
 
     #[test]

@@ -282,20 +282,33 @@ impl Fitted {
             Method::Isotonic => self.isotonic.apply(z),
         }
     }
+
+    /// The log-odds method `m` gives logit `z`: `z / T`, `a z + b`, or the logit of the
+    /// isotonic probability. Taken directly for the first two rather than back from a
+    /// probability, which in f64 is exactly 0 or 1 beyond |log-odds| ≈ 37 and would tie
+    /// patches that the model ranks apart.
+    pub fn log_odds(&self, m: Method, z: f64) -> f64 {
+        match m {
+            Method::Temperature => z / self.temperature.temperature,
+            Method::Platt => self.platt.a * z + self.platt.b,
+            Method::Isotonic => metrics::logit(self.isotonic.apply(z)),
+        }
+    }
 }
 
-/// Every metric of one set of probabilities (`auroc_bootstrap_ci95` is filled later).
-pub fn compute_metrics(p: &[f64], y: &[u8]) -> Metrics {
-    let lp: Vec<f64> = p.iter().map(|&v| metrics::logit(v)).collect();
-    let (slope, intercept) = match fit::fit_platt(&lp, y, false) {
+/// Every metric of one set of probabilities `p` whose log-odds are `lp`
+/// (`auroc_bootstrap_ci95` is filled later). The ranking metrics and the calibration slope
+/// use `lp`, the probability metrics `p`: saturated probabilities would tie patches.
+pub fn compute_metrics(p: &[f64], lp: &[f64], y: &[u8]) -> Metrics {
+    let (slope, intercept) = match fit::fit_platt(lp, y, false) {
         Ok(f) => (f.a, f.b),
         Err(_) => (f64::NAN, f64::NAN),
     };
     Metrics {
-        auroc: metrics::auroc(p, y).unwrap_or(f64::NAN),
-        auroc_delong_ci95: metrics::auroc_delong_ci95(p, y),
+        auroc: metrics::auroc(lp, y).unwrap_or(f64::NAN),
+        auroc_delong_ci95: metrics::auroc_delong_ci95(lp, y),
         auroc_bootstrap_ci95: None,
-        auprc: metrics::average_precision(p, y),
+        auprc: metrics::average_precision(lp, y),
         brier: metrics::brier(p, y),
         nll: metrics::nll_from_probs(p, y),
         ece_15: metrics::ece(p, y, 15),
@@ -466,12 +479,13 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
     });
     let mut m = BTreeMap::new();
     let raw: Vec<f64> = z.iter().map(|&v| metrics::sigmoid(v)).collect();
-    m.insert("uncalibrated".to_string(), compute_metrics(&raw, y));
-    let mut probs = BTreeMap::new();
+    m.insert("uncalibrated".to_string(), compute_metrics(&raw, z, y));
+    let mut log_odds = BTreeMap::new();
     for meth in Method::ALL {
         let p: Vec<f64> = z.iter().map(|&v| fitted.probability(meth, v)).collect();
-        m.insert(meth.name().to_string(), compute_metrics(&p, y));
-        probs.insert(meth, p);
+        let lp: Vec<f64> = z.iter().map(|&v| fitted.log_odds(meth, v)).collect();
+        m.insert(meth.name().to_string(), compute_metrics(&p, &lp, y));
+        log_odds.insert(meth, lp);
     }
     let mut warnings = Vec::new();
     if m["uncalibrated"].auroc >= 1.0 {
@@ -518,7 +532,7 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
         p.threshold_probability = fitted.probability(method, p.threshold_logit);
     }
     if s.bootstrap > 0 {
-        bootstrap::apply(&mut cal, t, &probs, s.bootstrap, s.seed);
+        bootstrap::apply(&mut cal, t, &log_odds, s.bootstrap, s.seed);
     }
     if cal.operating_point().is_none() {
         let names: Vec<&str> = cal.operating_points.iter().map(|p| p.name.as_str()).collect();
@@ -806,6 +820,40 @@ mod tests {
         .expect("requested");
         assert_eq!(cal.method, Method::Platt);
         assert_eq!(cal.method_selection.chosen_by, "requested");
+    }
+
+    /// Logits in the thousands, all far below 0 (an undertrained network's): every
+    /// uncalibrated probability is 0 in f64, yet discrimination is measured on the logits, the
+    /// fits find their scale, and the results equal those of the same logits at a usual scale.
+    #[test]
+    fn logits_of_any_scale_calibrate_alike() {
+        let small = table(0.7, -1.5);
+        let mut big = small.clone();
+        for z in &mut big.logits {
+            *z = 1000.0 * *z - 10_000.0;
+        }
+        assert!(big.logits.iter().all(|&z| metrics::sigmoid(z) == 0.0));
+        let s = Settings {
+            bootstrap: 50,
+            ..quick()
+        };
+        let m = ModelRef {
+            path: "m.onnx".into(),
+            sha256: "ab".repeat(32),
+        };
+        let (a, b) = (
+            calibrate(&small, &s, m.clone()).expect("small"),
+            calibrate(&big, &s, m).expect("big"),
+        );
+        for key in ["uncalibrated", "temperature", "platt"] {
+            let (ma, mb) = (&a.metrics[key], &b.metrics[key]);
+            assert_eq!(ma.auroc, mb.auroc, "{key}");
+            assert_eq!(ma.auroc_bootstrap_ci95, mb.auroc_bootstrap_ci95, "{key}");
+            assert!(ma.auroc > 0.7, "{key}: {}", ma.auroc);
+        }
+        assert!((a.platt.a / (1000.0 * b.platt.a) - 1.0).abs() < 1e-6, "{:?} {:?}", a.platt, b.platt);
+        assert!((a.metrics["platt"].nll - b.metrics["platt"].nll).abs() < 1e-9);
+        assert!(b.temperature.temperature > 100.0, "{:?}", b.temperature);
     }
 
     #[test]
