@@ -851,7 +851,12 @@ mod tests {
             assert_eq!(ma.auroc_bootstrap_ci95, mb.auroc_bootstrap_ci95, "{key}");
             assert!(ma.auroc > 0.7, "{key}: {}", ma.auroc);
         }
-        assert!((a.platt.a / (1000.0 * b.platt.a) - 1.0).abs() < 1e-6, "{:?} {:?}", a.platt, b.platt);
+        assert!(
+            (a.platt.a / (1000.0 * b.platt.a) - 1.0).abs() < 1e-6,
+            "{:?} {:?}",
+            a.platt,
+            b.platt
+        );
         assert!((a.metrics["platt"].nll - b.metrics["platt"].nll).abs() < 1e-9);
         assert!(b.temperature.temperature > 100.0, "{:?}", b.temperature);
     }

@@ -16,7 +16,7 @@ use std::time::Instant;
 use ndarray::{Array3, ArrayView3, Axis};
 use rayon::prelude::*;
 
-use models::calibration::{sigmoid, CalibrationFile};
+use models::calibration::{sigmoid, Baked, CalibrationFile};
 
 use crate::{InferError, Scorer, ScorerOptions};
 
@@ -179,6 +179,8 @@ pub struct Summary {
     pub failed: usize,
     pub errors_file: Option<PathBuf>,
     pub predicted_positive: Option<usize>,
+    /// Which calibration gave `calibrated_probability` and `decision`, if any.
+    pub calibration: Option<String>,
     pub provider: &'static str,
     pub provider_note: String,
     pub all_nodes_on_provider: Option<bool>,
@@ -193,6 +195,44 @@ pub struct Summary {
     pub model_seconds: f64,
     /// Peak resident memory of the process (Linux `VmHWM`), KiB.
     pub peak_rss_kib: Option<u64>,
+}
+
+/// What gives `calibrated_probability` and `decision`.
+enum Cal {
+    /// `--calibration FILE`.
+    File(Box<CalibrationFile>),
+    /// The calibration a `model.calibrated.onnx` carries in its metadata.
+    Baked(Baked),
+}
+
+impl Cal {
+    fn probability(&self, z: f64) -> f64 {
+        match self {
+            Cal::File(c) => c.probability(z),
+            Cal::Baked(b) => b.probability(z),
+        }
+    }
+
+    /// Name and raw-logit threshold of the operating point behind `decision`.
+    fn operating_point(&self) -> Option<(&str, f64)> {
+        match self {
+            Cal::File(c) => c.operating_point().map(|p| (p.name.as_str(), p.threshold_logit)),
+            Cal::Baked(b) => Some((b.operating_point.as_str(), b.threshold_logit)),
+        }
+    }
+
+    fn describe(&self, file: Option<&Path>) -> String {
+        let (method, op) = match self {
+            Cal::File(c) => (c.method, self.operating_point()),
+            Cal::Baked(b) => (b.method, self.operating_point()),
+        };
+        let from = match (self, file) {
+            (Cal::File(_), Some(f)) => f.display().to_string(),
+            _ => "the model's own".to_string(),
+        };
+        let op = op.map_or_else(String::new, |(n, t)| format!("; decision: {n}, logit >= {t}"));
+        format!("{from} ({}{op})", method.name())
+    }
 }
 
 /// One scored patch, with every output column.
@@ -442,20 +482,33 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     }
     let mut sink = Sink::open(&s.out)?;
     let mut scorer = Scorer::open(&s.model, &s.scorer)?;
+    let baked = Baked::from_metadata(&scorer.metadata, &s.model)?;
     let cal = match &s.calibration {
         Some(p) => {
             let c = CalibrationFile::load(p)?;
-            if let Err(e) = c.check_model(p, &s.model, &scorer.model_sha256) {
-                if !s.force_calibration {
-                    return Err(e.into());
+            // A model.calibrated.onnx's `logit` is its source model's: that model's
+            // calibration applies to it.
+            let source = baked.as_ref().and_then(|b| b.source_model_sha256.as_deref());
+            if source != Some(c.model.sha256.as_str()) {
+                if let Err(e) = c.check_model(p, &s.model, &scorer.model_sha256) {
+                    if !s.force_calibration {
+                        return Err(e.into());
+                    }
+                    eprintln!("infer: warning: --force-calibration: applying it anyway: {e}");
                 }
-                eprintln!("infer: warning: --force-calibration: applying it anyway: {e}");
             }
-            Some(c)
+            if baked.as_ref().is_some_and(|b| !b.same_as(&c)) {
+                eprintln!(
+                    "infer: warning: {} carries its own calibration; {} is applied instead",
+                    s.model.display(),
+                    p.display()
+                );
+            }
+            Some(Cal::File(Box::new(c)))
         }
-        None => None,
+        None => baked.map(Cal::Baked),
     };
-    let op = cal.as_ref().and_then(|c| c.operating_point());
+    let op = cal.as_ref().and_then(Cal::operating_point);
     let header = csv_header(s.format, s.index.is_some(), has_label, cal.is_some());
     // --resume: keep the earlier rows, skip their patches.
     let (previous, done) = if s.resume && s.out.as_os_str() != "-" && s.out.is_file() {
@@ -571,7 +624,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
             };
             for (it, logit) in good.iter().zip(logits) {
                 let z = f64::from(logit);
-                let decision = op.map(|op| u8::from(z >= op.threshold_logit));
+                let decision = op.map(|(_, threshold)| u8::from(z >= threshold));
                 positives += usize::from(decision.unwrap_or(0));
                 let r = it.row.as_ref();
                 let row = OutRow {
@@ -586,7 +639,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                     probability: sigmoid(z),
                     calibrated_probability: cal.as_ref().map(|c| c.probability(z)),
                     decision,
-                    operating_point: op.map(|op| op.name.as_str()),
+                    operating_point: op.map(|(name, _)| name),
                     model_sha256: &sha,
                 };
                 let res = match s.format {
@@ -664,6 +717,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         failed: errors.len(),
         errors_file,
         predicted_positive: cal.as_ref().map(|_| positives),
+        calibration: cal.as_ref().map(|c| c.describe(s.calibration.as_deref())),
         provider: scorer.provider,
         provider_note: scorer.provider_note.clone(),
         all_nodes_on_provider: scorer.all_nodes_on_provider,

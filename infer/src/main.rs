@@ -216,6 +216,9 @@ fn main() -> ExitCode {
                     sum.provider,
                     sum.provider_note
                 );
+                if let Some(c) = &sum.calibration {
+                    eprintln!("calibration: {c}");
+                }
                 let pos = sum
                     .predicted_positive
                     .map(|p| format!(", {p} predicted positive"))

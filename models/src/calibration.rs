@@ -256,26 +256,7 @@ impl CalibrationFile {
                 self.default_operating_point
             ));
         }
-        let t = self.temperature.temperature;
-        if !(t.is_finite() && t > 0.0) {
-            return Err(format!("temperature must be a positive number, got {t}"));
-        }
-        if !(self.platt.a.is_finite() && self.platt.a > 0.0 && self.platt.b.is_finite()) {
-            return Err(format!(
-                "Platt parameters must be finite with a > 0, got a = {}, b = {}",
-                self.platt.a, self.platt.b
-            ));
-        }
-        let iso = &self.isotonic;
-        let increasing = iso.x.windows(2).all(|w| w[0] < w[1]) && iso.y.windows(2).all(|w| w[0] <= w[1]);
-        if iso.x.is_empty()
-            || iso.x.len() != iso.y.len()
-            || !increasing
-            || iso.x.iter().any(|v| !v.is_finite())
-            || iso.y.iter().any(|v| !(0.0..=1.0).contains(v))
-        {
-            return Err("isotonic knots must be finite, x increasing, y non-decreasing in [0, 1]".into());
-        }
+        check_parameters(&self.temperature, &self.platt, &self.isotonic)?;
         if let Some(p) = self.operating_points.iter().find(|p| !p.threshold_logit.is_finite()) {
             return Err(format!("operating point `{}` has a non-finite threshold", p.name));
         }
@@ -308,9 +289,205 @@ fn short(s: &str) -> &str {
     s.get(..12).unwrap_or(s)
 }
 
+/// Every method's parameters can be applied: `T > 0`, `a > 0`, finite; isotonic knots finite,
+/// `x` increasing, `y` non-decreasing in [0, 1].
+fn check_parameters(t: &Temperature, p: &Platt, iso: &Isotonic) -> std::result::Result<(), String> {
+    let t = t.temperature;
+    if !(t.is_finite() && t > 0.0) {
+        return Err(format!("temperature must be a positive number, got {t}"));
+    }
+    if !(p.a.is_finite() && p.a > 0.0 && p.b.is_finite()) {
+        return Err(format!(
+            "Platt parameters must be finite with a > 0, got a = {}, b = {}",
+            p.a, p.b
+        ));
+    }
+    let increasing = iso.x.windows(2).all(|w| w[0] < w[1]) && iso.y.windows(2).all(|w| w[0] <= w[1]);
+    if iso.x.is_empty()
+        || iso.x.len() != iso.y.len()
+        || !increasing
+        || iso.x.iter().any(|v| !v.is_finite())
+        || iso.y.iter().any(|v| !(0.0..=1.0).contains(v))
+    {
+        return Err("isotonic knots must be finite, x increasing, y non-decreasing in [0, 1]".into());
+    }
+    Ok(())
+}
+
+/// The calibration and default operating point that `calibrate` appends to
+/// `model.calibrated.onnx` and records in its `metadata_props` (`calibration.*`). `infer`
+/// reads them back, so scoring that file gives the calibrated columns by itself: its
+/// `logit` output is the raw logit, and a `probability` column alone would be the
+/// uncalibrated one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Baked {
+    pub method: Method,
+    pub temperature: Temperature,
+    pub platt: Platt,
+    pub isotonic: Isotonic,
+    pub operating_point: String,
+    pub threshold_logit: f64,
+    /// sha256 of the model it was fitted for (the same network without these nodes).
+    pub source_model_sha256: Option<String>,
+}
+
+impl Baked {
+    /// `None` when the model carries no calibration; an error naming `model` when it
+    /// carries one that cannot be read.
+    pub fn from_metadata(md: &BTreeMap<String, String>, model: &Path) -> Result<Option<Self>> {
+        let Some(method) = md.get("calibration.method") else {
+            return Ok(None);
+        };
+        let bad = |msg: String| Error::Calibration {
+            path: model.to_path_buf(),
+            msg: format!("the calibration in its metadata: {msg}"),
+        };
+        let get = |k: &str| md.get(k).ok_or_else(|| bad(format!("`{k}` is missing")));
+        let method: Method = method.parse().map_err(bad)?;
+        let params: serde_json::Value = serde_json::from_str(get("calibration.parameters_json")?)
+            .map_err(|e| bad(format!("`calibration.parameters_json`: {e}")))?;
+        let num = |k: &str| {
+            params[k]
+                .as_f64()
+                .ok_or_else(|| bad(format!("`calibration.parameters_json` lacks the number `{k}`")))
+        };
+        let list = |k: &str| -> Result<Vec<f64>> {
+            params[k]
+                .as_array()
+                .and_then(|a| a.iter().map(|v| v.as_f64()).collect::<Option<Vec<f64>>>())
+                .ok_or_else(|| bad(format!("`calibration.parameters_json` lacks the list of numbers `{k}`")))
+        };
+        let threshold_text = get("calibration.threshold_logit")?;
+        let threshold_logit: f64 = threshold_text.parse().map_err(|_| {
+            bad(format!(
+                "`calibration.threshold_logit` is `{threshold_text}`, not a number"
+            ))
+        })?;
+        // Unused methods get neutral parameters; only `method`'s are read.
+        let mut b = Baked {
+            method,
+            temperature: Temperature { temperature: 1.0 },
+            platt: Platt {
+                a: 1.0,
+                b: 0.0,
+                target_smoothing: false,
+            },
+            isotonic: Isotonic {
+                x: vec![0.0],
+                y: vec![0.5],
+            },
+            operating_point: get("calibration.operating_point")?.clone(),
+            threshold_logit,
+            source_model_sha256: md.get("calibration.source_model_sha256").cloned(),
+        };
+        match method {
+            Method::Temperature => b.temperature.temperature = num("temperature")?,
+            Method::Platt => (b.platt.a, b.platt.b) = (num("a")?, num("b")?),
+            Method::Isotonic => {
+                b.isotonic = Isotonic {
+                    x: list("x")?,
+                    y: list("y")?,
+                }
+            }
+        }
+        check_parameters(&b.temperature, &b.platt, &b.isotonic).map_err(bad)?;
+        if !threshold_logit.is_finite() {
+            return Err(bad("`calibration.threshold_logit` is not finite".into()));
+        }
+        Ok(Some(b))
+    }
+
+    /// Whether `c` applies exactly this calibration and operating point (the file the model
+    /// was baked from).
+    pub fn same_as(&self, c: &CalibrationFile) -> bool {
+        let params = match self.method {
+            Method::Temperature => self.temperature == c.temperature,
+            Method::Platt => (self.platt.a, self.platt.b) == (c.platt.a, c.platt.b),
+            Method::Isotonic => self.isotonic == c.isotonic,
+        };
+        params
+            && self.method == c.method
+            && c.operating_point()
+                .is_some_and(|p| p.name == self.operating_point && p.threshold_logit == self.threshold_logit)
+    }
+
+    /// Calibrated probability of a raw logit.
+    pub fn probability(&self, z: f64) -> f64 {
+        match self.method {
+            Method::Temperature => sigmoid(z / self.temperature.temperature),
+            Method::Platt => sigmoid(self.platt.a * z + self.platt.b),
+            Method::Isotonic => self.isotonic.apply(z),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn baked_md(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut md: BTreeMap<String, String> = [
+            ("calibration.method", "platt"),
+            ("calibration.parameters_json", r#"{"a":0.5,"b":-1.25}"#),
+            ("calibration.operating_point", "youden_j"),
+            ("calibration.threshold_logit", "0.75"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in pairs {
+            if v.is_empty() {
+                md.remove(*k);
+            } else {
+                md.insert(k.to_string(), v.to_string());
+            }
+        }
+        md
+    }
+
+    #[test]
+    fn baked_calibration_is_read_back_or_refused_with_the_reason() {
+        let m = Path::new("m.calibrated.onnx");
+        assert_eq!(Baked::from_metadata(&BTreeMap::new(), m).expect("none"), None);
+        let b = Baked::from_metadata(&baked_md(&[]), m).expect("ok").expect("some");
+        assert_eq!(
+            (b.method, b.platt.a, b.platt.b, b.threshold_logit),
+            (Method::Platt, 0.5, -1.25, 0.75)
+        );
+        assert!((b.probability(2.0) - sigmoid(-0.25)).abs() < 1e-15);
+        let iso = baked_md(&[
+            ("calibration.method", "isotonic"),
+            ("calibration.parameters_json", r#"{"x":[-1,2],"y":[0.1,0.9]}"#),
+        ]);
+        let b = Baked::from_metadata(&iso, m).expect("ok").expect("some");
+        assert!((b.probability(0.5) - 0.5).abs() < 1e-12);
+        for (pairs, want) in [
+            (vec![("calibration.method", "sigmoid")], "unknown method"),
+            (
+                vec![("calibration.parameters_json", "")],
+                "`calibration.parameters_json` is missing",
+            ),
+            (
+                vec![("calibration.parameters_json", "{a:")],
+                "calibration.parameters_json",
+            ),
+            (vec![("calibration.parameters_json", r#"{"a":0.5}"#)], "`b`"),
+            (vec![("calibration.parameters_json", r#"{"a":-0.5,"b":0}"#)], "a > 0"),
+            (vec![("calibration.threshold_logit", "high")], "not a number"),
+            (vec![("calibration.threshold_logit", "inf")], "not finite"),
+            (vec![("calibration.operating_point", "")], "operating_point"),
+            (
+                vec![
+                    ("calibration.method", "isotonic"),
+                    ("calibration.parameters_json", r#"{"x":[2,1],"y":[0.1,0.9]}"#),
+                ],
+                "x increasing",
+            ),
+        ] {
+            let e = Baked::from_metadata(&baked_md(&pairs), m).expect_err("bad").to_string();
+            assert!(e.contains("m.calibrated.onnx") && e.contains(want), "{pairs:?}: {e}");
+        }
+    }
 
     #[test]
     fn isotonic_interpolates_and_clips() {

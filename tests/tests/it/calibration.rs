@@ -234,11 +234,38 @@ fn calibrated_onnx_equals_infer_with_the_calibration() {
             assert!((p - want).abs() <= 1e-5, "{method} {name}: ONNX {p}, infer {want}");
             assert_eq!(dec.to_string(), r[di], "{method} {name}: decision");
         }
-        // infer reads the calibrated file too (its `logit` output).
-        run_ok(
-            "infer",
-            &["--model", s(&baked), s(&f.patches), "-o", "-", "-q", "--device", "cpu"],
-        );
+        // infer scores the calibrated file by itself: the calibration it carries gives the
+        // same calibrated columns as the file does for model.onnx. Its own calibration
+        // file is accepted for it too (its logit is model.onnx's), and gives them again.
+        for extra in [vec![], vec!["-c", s(&out)]] {
+            let again = d.path().join(format!("{method}-baked-{}.csv", extra.len()));
+            let mut args = vec![
+                "--model",
+                s(&baked),
+                s(&f.patches),
+                "-o",
+                s(&again),
+                "-q",
+                "--device",
+                "cpu",
+            ];
+            args.extend(extra);
+            run_ok("infer", &args);
+            let (h2, rows2) = read_csv(&again);
+            assert_eq!(rows2.len(), rows.len());
+            for key in [
+                "logit",
+                "probability",
+                "calibrated_probability",
+                "decision",
+                "operating_point",
+            ] {
+                let (a, b) = (chain_tests::col(&h, key), chain_tests::col(&h2, key));
+                for (r, r2) in rows.iter().zip(&rows2) {
+                    assert_eq!(r[a], r2[b], "{method}: {key} of {}", r[0]);
+                }
+            }
+        }
     }
 }
 
