@@ -230,7 +230,7 @@ impl Cal {
             (Cal::File(_), Some(f)) => f.display().to_string(),
             _ => "the model's own".to_string(),
         };
-        let op = op.map_or_else(String::new, |(n, t)| format!("; decision: {n}, logit >= {t}"));
+        let op = op.map_or_else(String::new, |(n, t)| format!("; decision: {n}, logit >= {t:.4}"));
         format!("{from} ({}{op})", method.name())
     }
 }
