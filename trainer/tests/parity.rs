@@ -28,20 +28,26 @@ fn randomise(vs: &nn::VarStore) {
     });
 }
 
+/// Exports `vs` to `model.onnx` in a fresh temporary folder (kept alive by the guard).
+fn export_to_tmp(spec: &ArchSpec, vs: &nn::VarStore, cube: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let pre = Preprocess {
+        cube_size: cube,
+        ..Default::default()
+    };
+    let md = export::metadata(spec, &pre, &[]).expect("metadata");
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("model.onnx");
+    export::export_onnx(spec, vs, &pre, &md, &path).expect("export");
+    (dir, path)
+}
+
 fn check(spec: ArchSpec, cube: usize) {
     tch::manual_seed(11);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Net::new(&vs.root(), &spec).expect("build");
     randomise(&vs);
     net::check_names(&vs, &spec).expect("names");
-    let pre = Preprocess {
-        cube_size: cube,
-        ..Default::default()
-    };
-    let md = export::metadata(&spec, &pre, &[]).expect("metadata");
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("model.onnx");
-    export::export_onnx(&spec, &vs, &pre, &md, &path).expect("export");
+    let (_dir, path) = export_to_tmp(&spec, &vs, cube);
     // Inputs in the preprocessed range [0, 1].
     // Three patches: one batch of 3, and three of 1.
     let n = 3;
@@ -138,14 +144,7 @@ fn large_logits_pass_and_a_wrong_weight_fails() {
             let _ = t.g_mul_scalar_(1e4);
         }
     });
-    let pre = Preprocess {
-        cube_size: cube,
-        ..Default::default()
-    };
-    let md = export::metadata(&spec, &pre, &[]).expect("metadata");
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("model.onnx");
-    export::export_onnx(&spec, &vs, &pre, &md, &path).expect("export");
+    let (_dir, path) = export_to_tmp(&spec, &vs, cube);
     let n = 8usize;
     let x = Tensor::rand(
         [n as i64, 1, cube as i64, cube as i64, cube as i64],
