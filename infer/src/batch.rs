@@ -462,7 +462,7 @@ fn peak_rss_kib() -> Option<u64> {
 pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let t0 = Instant::now();
     if s.batch_size == 0 {
-        return Err(input_err(&s.model, "--batch-size must be at least 1"));
+        return Err(InferError::Runtime("--batch-size must be at least 1".into()));
     }
     let (items, has_label, listing_problems) = match &s.index {
         Some(idx) => {

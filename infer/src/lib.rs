@@ -107,6 +107,7 @@ impl Scorer {
     /// Opens `model`: checks that it is an ONNX model exported by this toolchain, reads its
     /// preprocessing, and creates a session on the requested device.
     pub fn open(model: &Path, opts: &ScorerOptions) -> Result<Self, InferError> {
+        models::cli::check_threads("--threads", opts.threads).map_err(InferError::Runtime)?;
         let bytes = std::fs::read(model).map_err(|e| models::Error::io(model, e))?;
         let proto = models::onnx::parse_model(&bytes, model)?;
         let metadata = models::onnx::metadata(&proto);

@@ -211,6 +211,9 @@ impl TrainConfig {
             ));
         }
         let t = &self.train;
+        if let Err(e) = models::cli::check_threads("train.threads", t.threads) {
+            p.push(e);
+        }
         if t.epochs == 0 {
             p.push("train.epochs must be at least 1".into());
         }

@@ -289,6 +289,7 @@ fn do_scan(uid: &str, path: &Path, plan: &[Planned], job: &PrepareJob) -> Result
 /// `scans_failed`), `Err` for problems that stop everything (bad CSVs, other settings).
 pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     let t0 = Instant::now();
+    models::cli::check_threads("--jobs", job.jobs).map_err(anyhow::Error::msg)?;
     job.sampling
         .grid
         .validate()

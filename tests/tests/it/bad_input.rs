@@ -196,6 +196,56 @@ fn model_that_is_not_onnx() {
     assert!(!cal_out.exists());
 }
 
+/// A thread or job count beyond 4× the CPUs is refused before any pool starts (a slip such
+/// as `--threads 100000` used to start that many threads and exhaust the process limit).
+/// The count tried is one above the limit, so a broken check costs a few threads only.
+#[test]
+fn thread_counts_beyond_the_cpus_are_refused() {
+    let f = fixture();
+    let d = tempfile::tempdir().expect("tmp");
+    let n = (models::cli::max_threads() + 1).to_string();
+    let out = d.path().join("scores.csv");
+    let model = f.run.join("model.onnx");
+    let r = run_err(
+        "infer",
+        &["--model", s(&model), s(&f.patches), "-o", s(&out), "--threads", &n],
+    );
+    assert!(
+        r.stderr.contains(&format!("--threads {n} is more than")),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+    let run = d.path().join("run");
+    let r = run_err(
+        "trainer",
+        &["train", "--data", s(&f.patches), "--out", s(&run), "--threads", &n],
+    );
+    assert!(
+        r.stderr.contains(&format!("train.threads {n} is more than")),
+        "{}",
+        r.stderr
+    );
+    assert!(!run.exists());
+    let r = run_err(
+        "trainer",
+        &[
+            "prepare",
+            "--scans",
+            s(d.path()),
+            "--annotations",
+            s(&d.path().join("a.csv")),
+            "--candidates",
+            s(&d.path().join("c.csv")),
+            "--out",
+            s(&d.path().join("p")),
+            "--jobs",
+            &n,
+        ],
+    );
+    assert!(r.stderr.contains(&format!("--jobs {n} is more than")), "{}", r.stderr);
+}
+
 #[test]
 fn calibration_of_another_model_is_refused() {
     let f = fixture();
