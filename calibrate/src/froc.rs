@@ -573,6 +573,7 @@ pub struct FrocFiles {
 /// Reads the files, evaluates, writes `froc_summary.yaml`, `froc_curve.csv`,
 /// `froc_bootstrap.csv`, `nodules_without_candidate.csv` and `froc.png` into `out`.
 pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, CalError> {
+    crate::check_bootstrap(s.bootstrap)?;
     let (uids, header_warning) = read_series_list(&f.seriesuids)?;
     let annotations = read_findings(&f.annotations, "diameter_mm")?;
     let excluded = match &f.excluded {
@@ -747,6 +748,35 @@ pub fn summary(r: &FrocReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_many_resamples_are_refused_before_reading() {
+        let nowhere = PathBuf::from("/nonexistent/x.csv");
+        let files = FrocFiles {
+            annotations: nowhere.clone(),
+            excluded: None,
+            seriesuids: nowhere.clone(),
+            results: nowhere.clone(),
+            out: nowhere,
+        };
+        let s = FrocSettings {
+            bootstrap: crate::MAX_BOOTSTRAP + 1,
+            ..Default::default()
+        };
+        let e = run(&files, &s).expect_err("refused").to_string();
+        assert!(
+            e.starts_with(&format!("--bootstrap {}", crate::MAX_BOOTSTRAP + 1)),
+            "{e}"
+        );
+        let s = FrocSettings {
+            bootstrap: crate::MAX_BOOTSTRAP,
+            ..Default::default()
+        };
+        assert!(run(&files, &s)
+            .expect_err("no files")
+            .to_string()
+            .contains("/nonexistent"));
+    }
 
     fn f(uid: &str, x: f64, v: f64) -> Finding {
         Finding {

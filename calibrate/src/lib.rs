@@ -39,6 +39,9 @@ pub enum CalError {
     },
     #[error("fit: {0}")]
     Fit(String),
+    /// A setting out of its range.
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     Models(#[from] models::Error),
     #[error(transparent)]
@@ -448,7 +451,25 @@ impl Settings {
 }
 
 /// Fits every method on a score table and builds the calibration file.
+/// The most bootstrap resamples `calibrate` and `froc` take. Every resample's statistics are
+/// kept until the percentiles are read (a billion resamples asked for 4.8 GB at once and
+/// aborted); beyond 100,000 the Monte Carlo error of a 95% interval's ends is far below the
+/// interval's own width.
+pub const MAX_BOOTSTRAP: usize = 100_000;
+
+/// An error unless `b` is at most [`MAX_BOOTSTRAP`].
+pub fn check_bootstrap(b: usize) -> Result<(), CalError> {
+    if b > MAX_BOOTSTRAP {
+        return Err(CalError::Usage(format!(
+            "--bootstrap {b}: at most {MAX_BOOTSTRAP} resamples (more change a 95% interval by less \
+             than its Monte Carlo error, and each one's statistics are held in memory)"
+        )));
+    }
+    Ok(())
+}
+
 pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<CalibrationFile, CalError> {
+    check_bootstrap(s.bootstrap)?;
     for (name, v) in [("sensitivity", s.min_sensitivity), ("specificity", s.min_specificity)] {
         if !(0.0..=1.0).contains(&v) {
             return Err(CalError::Fit(format!("minimum {name} {v} outside [0, 1]")));
@@ -548,6 +569,8 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
 /// Reads the scores (or scores the patches), fits, and writes `calibration.yaml`, the
 /// report and `model.calibrated.onnx`, each atomically. Returns the calibration.
 pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
+    // Before any patch is scored or file read.
+    check_bootstrap(s.bootstrap)?;
     if !s.model.is_file() {
         return Err(input_err(
             &s.model,

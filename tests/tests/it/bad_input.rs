@@ -247,6 +247,17 @@ fn thread_counts_beyond_the_cpus_are_refused() {
 }
 
 #[test]
+fn too_many_bootstrap_resamples_are_refused_before_any_work() {
+    let f = fixture();
+    let d = tempfile::tempdir().expect("tmp");
+    let out = d.path().join("cal/calibration.yaml");
+    let n = "100001"; // calibrate::MAX_BOOTSTRAP + 1
+    let r = run_err("calibrate", &[s(&f.run), "-o", s(&out), "--bootstrap", n]);
+    assert!(r.stderr.contains(&format!("--bootstrap {n}: at most")), "{}", r.stderr);
+    assert!(!out.exists());
+}
+
+#[test]
 fn calibration_of_another_model_is_refused() {
     let f = fixture();
     let d = tempfile::tempdir().expect("tmp");
