@@ -96,15 +96,18 @@ fn build(root: &nn::Path, layers: &[Layer], counters: &mut Vec<Tensor>) -> Vec<B
 
 fn run(layers: &[Built], xs: &Tensor, train: bool, inplace: bool) -> Tensor {
     let mut x = xs.shallow_clone();
-    for (i, l) in layers.iter().enumerate() {
-        // After the first layer, `x` is this sequence's own intermediate (no other holder):
-        // ReLU and the residual sum may then overwrite it in place, as torchvision's
-        // `ReLU(inplace=True)` and `out += identity` do, which saves an activation-sized
-        // tensor per ReLU. None of the layers before them (convolution, BatchNorm, linear,
-        // pooling, dropout) keeps its output for backward; autograd's version check would
-        // stop a run if one did. The first layer's input may be shared (the network input,
-        // a block input that the shortcut also reads), so it is never overwritten.
-        let own = inplace && i > 0;
+    // Whether `x` is a tensor this sequence made (no other holder). ReLU and the residual
+    // sum may then overwrite it in place, as torchvision's `ReLU(inplace=True)` and
+    // `out += identity` do, which saves an activation-sized tensor per ReLU. None of the
+    // layers that make one (convolution, BatchNorm, linear, pooling, ReLU, a residual sum)
+    // keeps its output for backward; autograd's version check would stop a run if one did.
+    // The sequence's input may be shared (the network input; a block input that the
+    // shortcut reads after the body), and dropout returns its input unchanged in eval mode,
+    // so neither makes `x` fresh.
+    let mut fresh = false;
+    for l in layers {
+        let own = inplace && fresh;
+        fresh = fresh || !matches!(l, Built::Dropout(_));
         x = match l {
             Built::Conv(c) => x.apply(c),
             Built::Bn(b) => x.apply_t(b, train),
@@ -121,7 +124,8 @@ fn run(layers: &[Built], xs: &Tensor, train: bool, inplace: bool) -> Tensor {
                 } else {
                     run(short, &x, train, inplace)
                 };
-                if inplace && !body.is_empty() {
+                if inplace && body.iter().any(|l| !matches!(l, Built::Dropout(_))) {
+                    // The body made `main` (a layer other than dropout ran).
                     let mut sum = main;
                     sum += side;
                     sum.relu_()
@@ -279,6 +283,53 @@ mod tests {
                 assert!(a.defined() && a.equal(b), "{}: a gradient differs", spec.name);
             }
         }
+    }
+
+    /// Dropout returns its input in eval mode, so a ReLU after it, or a residual sum after a
+    /// body of dropout alone, must not write in place: here that would overwrite the
+    /// network input or the block input that the shortcut reads after the body.
+    #[test]
+    fn in_place_writes_never_reach_a_shared_tensor() {
+        use models::spec::Layer;
+        let conv = |name: &str, cin| Layer::Conv3d {
+            name: name.into(),
+            in_channels: cin,
+            out_channels: 4,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            bias: true,
+        };
+        let spec = ArchSpec {
+            name: "aliasing".into(),
+            in_channels: 1,
+            layers: vec![
+                Layer::Residual {
+                    body: vec![Layer::Dropout { p: 0.5 }],
+                    shortcut: vec![],
+                },
+                Layer::Relu,
+                conv("c0", 1),
+                Layer::Residual {
+                    body: vec![Layer::Dropout { p: 0.5 }, Layer::Relu, conv("c1", 4)],
+                    shortcut: vec![],
+                },
+                Layer::GlobalAvgPool,
+                Layer::Linear {
+                    name: "fc".into(),
+                    in_features: 4,
+                    out_features: 1,
+                },
+            ],
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let net = Net::new(&vs.root(), &spec).expect("build");
+        // Half the voxels negative, so that a ReLU written into the input shows.
+        let x = Tensor::rand([2, 1, 8, 8, 8], (tch::Kind::Float, tch::Device::Cpu)) - 0.5;
+        let x0 = x.copy();
+        let (a, b) = tch::no_grad(|| (run(&net.layers, &x, false, true), run(&net.layers, &x, false, false)));
+        assert!(x.equal(&x0), "the input was overwritten");
+        assert!(a.equal(&b), "in place {a} vs anew {b}");
     }
 
     #[test]
