@@ -197,6 +197,41 @@ pub struct Summary {
     pub peak_rss_kib: Option<u64>,
 }
 
+/// The calibration a `model.calibrated.onnx` carries. Unreadable, it is an error, unless a
+/// calibration file is given (`with_file`), which replaces it: then a warning.
+pub(crate) fn read_baked(
+    md: &std::collections::BTreeMap<String, String>,
+    model: &Path,
+    with_file: bool,
+) -> Result<Option<Baked>, InferError> {
+    match Baked::from_metadata(md, model) {
+        Ok(b) => Ok(b),
+        Err(e) if with_file => {
+            eprintln!("infer: warning: {e}; it is ignored, the --calibration file applies");
+            Ok(None)
+        }
+        Err(e) => Err(InferError::Runtime(format!(
+            "{e} (give its calibration.yaml with --calibration, or score the model it was made from)"
+        ))),
+    }
+}
+
+/// Refuses calibration `c` (read from `path`) for `model` unless it was fitted for it, or for
+/// the model that a `model.calibrated.onnx` was made from (`baked`): that file's `logit`
+/// output is its source model's.
+pub(crate) fn check_binding(
+    c: &CalibrationFile,
+    path: &Path,
+    model: &Path,
+    model_sha256: &str,
+    baked: Option<&Baked>,
+) -> Result<(), models::Error> {
+    if baked.and_then(|b| b.source_model_sha256.as_deref()) == Some(c.model.sha256.as_str()) {
+        return Ok(());
+    }
+    c.check_model(path, model, model_sha256)
+}
+
 /// What gives `calibrated_probability` and `decision`.
 enum Cal {
     /// `--calibration FILE`.
@@ -482,20 +517,15 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     }
     let mut sink = Sink::open(&s.out)?;
     let mut scorer = Scorer::open(&s.model, &s.scorer)?;
-    let baked = Baked::from_metadata(&scorer.metadata, &s.model)?;
+    let baked = read_baked(&scorer.metadata, &s.model, s.calibration.is_some())?;
     let cal = match &s.calibration {
         Some(p) => {
             let c = CalibrationFile::load(p)?;
-            // A model.calibrated.onnx's `logit` is its source model's: that model's
-            // calibration applies to it.
-            let source = baked.as_ref().and_then(|b| b.source_model_sha256.as_deref());
-            if source != Some(c.model.sha256.as_str()) {
-                if let Err(e) = c.check_model(p, &s.model, &scorer.model_sha256) {
-                    if !s.force_calibration {
-                        return Err(e.into());
-                    }
-                    eprintln!("infer: warning: --force-calibration: applying it anyway: {e}");
+            if let Err(e) = check_binding(&c, p, &s.model, &scorer.model_sha256, baked.as_ref()) {
+                if !s.force_calibration {
+                    return Err(e.into());
                 }
+                eprintln!("infer: warning: --force-calibration: applying it anyway: {e}");
             }
             if baked.as_ref().is_some_and(|b| !b.same_as(&c)) {
                 eprintln!(
@@ -733,6 +763,19 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreadable_baked_calibration_errs_unless_a_file_replaces_it() {
+        let m = Path::new("m.calibrated.onnx");
+        let md: std::collections::BTreeMap<String, String> =
+            [("calibration.method".to_string(), "sigmoid".to_string())]
+                .into_iter()
+                .collect();
+        let e = read_baked(&md, m, false).expect_err("no file").to_string();
+        assert!(e.contains("m.calibrated.onnx") && e.contains("--calibration"), "{e}");
+        assert_eq!(read_baked(&md, m, true).expect("replaced"), None);
+        assert_eq!(read_baked(&Default::default(), m, false).expect("none"), None);
+    }
 
     #[test]
     fn flips_are_the_eight_distinct_mirrors() {

@@ -154,9 +154,11 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     models::preprocess::Preprocess::from_metadata(&models::onnx::metadata(&proto))
         .map_err(|e| err(&s.model, e.to_string()))?;
     let model_sha = models::fsutil::sha256_bytes(&bytes);
+    let md = models::onnx::metadata(&proto);
+    let baked = crate::batch::read_baked(&md, &s.model, s.calibration.is_some())?;
     if let Some(c) = &s.calibration {
         let cal = models::calibration::CalibrationFile::load(c)?;
-        cal.check_model(c, &s.model, &model_sha)?;
+        crate::batch::check_binding(&cal, c, &s.model, &model_sha, baked.as_ref())?;
     }
     let model_name = s
         .model

@@ -70,6 +70,8 @@ pub struct RunSummary {
     /// Provenance: tool version and commit, libtorch, CUDA, index and split hashes.
     pub provenance: std::collections::BTreeMap<String, String>,
     pub parity_max_abs_diff_logit: f64,
+    /// The figure the parity check bounds: max |Δlogit| / max(1, max |logit|).
+    pub parity_max_scaled_diff_logit: f64,
     pub seconds: f64,
 }
 
@@ -305,11 +307,17 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         // The same job or nothing: config and split must be the ones the folder holds.
         let saved = std::fs::read_to_string(dir.join("config.yaml"))
             .with_context(|| format!("{}: no run to resume here (config.yaml missing)", dir.display()))?;
-        // The cache budget only decides what sits in memory: a resume may change it.
+        // The cache budget only decides what sits in memory, the thread count how fast it
+        // goes (a run begun on a workstation may go on on a smaller host): a resume may change
+        // either. With another thread count libtorch may sum in another order, so the weights
+        // need not equal an uninterrupted run's bit for bit.
         let comparable = |text: &str| -> Result<String> {
             let mut c: TrainConfig =
                 serde_yaml::from_str(text).with_context(|| format!("{}: unreadable config.yaml", dir.display()))?;
             c.train.cache_mb = cfg.train.cache_mb;
+            c.train.threads = cfg.train.threads;
+            // The folder being resumed is the run, wherever it has been moved or copied to.
+            c.out = cfg.out.clone();
             Ok(serde_yaml::to_string(&c)?)
         };
         let saved = comparable(&saved)?;
@@ -720,7 +728,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     yaml(&dir.join("parity.yaml"), &parity)?;
     log(format!(
         "export: {} (max |Δlogit| libtorch vs ONNX Runtime {} = {:.2e} over {} patches; \
-         over max(1, |logit|): {:.2e}, tolerance {:.0e})",
+         over max(1, largest |logit|): {:.2e}, tolerance {:.0e})",
         onnx_path.display(),
         parity.onnxruntime_version,
         parity.max_abs_diff_logit,
@@ -738,7 +746,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         let failed = dir.join("model.parity-failed.onnx");
         std::fs::rename(&unchecked, &failed)?;
         bail!(
-            "{}: export parity failed: max |Δlogit| / max(1, |logit|) {:.3e} > {:.0e} (max |Δlogit| {:.3e}; \
+            "{}: export parity failed: max |Δlogit| / max(1, largest |logit|) {:.3e} > {:.0e} (max |Δlogit| {:.3e}; \
              see parity.yaml); the file must not be used",
             failed.display(),
             parity.max_scaled_diff_logit,
@@ -789,6 +797,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         stopped_early_at_epoch: stopped_early,
         provenance: provenance.clone(),
         parity_max_abs_diff_logit: parity.max_abs_diff_logit,
+        parity_max_scaled_diff_logit: parity.max_scaled_diff_logit,
         seconds: t0.elapsed().as_secs_f64(),
     };
     yaml(&dir.join("summary.yaml"), &summary)?;

@@ -181,10 +181,11 @@ fn large_logits_pass_and_a_wrong_weight_fails() {
 #[test]
 fn scaled_diff_is_absolute_up_to_one_and_relative_beyond() {
     use trainer::export::scaled_diff;
-    assert!((scaled_diff(0.5, 0.5002) - 2e-4).abs() < 1e-7);
-    assert!((scaled_diff(-0.25, -0.25) - 0.0).abs() < 1e-12);
-    assert!((scaled_diff(1000.0, 1000.5) - 5e-4).abs() < 1e-9);
-    assert!((scaled_diff(-200.0, -200.01) - 5e-5).abs() < 1e-7);
-    assert!(scaled_diff(f32::NAN, 0.0).is_infinite());
-    assert!(scaled_diff(1.0, f32::INFINITY).is_infinite());
+    assert!((scaled_diff(&[0.5, -0.25], &[0.5002, -0.25]) - 2e-4).abs() < 1e-7);
+    assert_eq!(scaled_diff(&[0.5, -0.25], &[0.5, -0.25]), 0.0);
+    assert!((scaled_diff(&[1000.0], &[1000.5]) - 5e-4).abs() < 1e-9);
+    // Scaled by the run's largest logit, not each patch's: a logit near 0 among large ones.
+    assert!((scaled_diff(&[-200.0, 0.5], &[-200.0, 0.51]) - 5e-5).abs() < 1e-7);
+    assert!(scaled_diff(&[f32::NAN], &[0.0]).is_infinite());
+    assert!(scaled_diff(&[1.0, 2.0], &[1.0, f32::INFINITY]).is_infinite());
 }

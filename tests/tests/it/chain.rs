@@ -366,6 +366,20 @@ fn resume_ends_with_the_same_weights_as_an_uninterrupted_run() {
     // A different setting is refused; the same job resumes.
     let r = chain_tests::run("trainer", &["train", "--resume", s(&parts), "--lr", "0.5", "-q"]);
     assert!(!r.ok && r.stderr.contains("another config"), "{}", r.stderr);
+    // A copy of the paused run, in another folder, goes on with another thread count.
+    let copy = d.path().join("parts-2-threads");
+    std::fs::create_dir(&copy).expect("mkdir");
+    for e in std::fs::read_dir(&parts).expect("ls") {
+        let e = e.expect("entry");
+        if e.file_type().expect("type").is_file() {
+            std::fs::copy(e.path(), copy.join(e.file_name())).expect("copy");
+        }
+    }
+    let stop = ["--stop-after", "3", "-q"];
+    run_ok(
+        "trainer",
+        &[&["train", "--resume", s(&copy), "--threads", "2"][..], &stop[..]].concat(),
+    );
     // The same job resumes, also with another memory budget (it only decides what is held
     // in memory; here: nothing, every patch streamed from disk).
     run_ok("trainer", &["train", "--resume", s(&parts), "--cache-mb", "0", "-q"]);
