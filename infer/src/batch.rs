@@ -318,14 +318,42 @@ fn csv_header(format: Format, index: bool, label: bool, calibrated: bool) -> Vec
 }
 
 /// Rows of an existing output, for `--resume`: the raw text to keep and the patch names.
+/// Whether a kept row's calibrated columns are what `cal` gives its logit: a resumed output
+/// must not mix two calibrations (the columns and the model can be the same while the
+/// calibration file is another). Probabilities are written exactly, so they are compared
+/// to 1e-12.
+fn same_calibration(cal: &Cal, logit: Option<f64>, p: Option<f64>, decision: Option<f64>, op: Option<&str>) -> bool {
+    let (Some(z), Some(p)) = (logit, p) else {
+        return false;
+    };
+    let z = f64::from(z as f32);
+    if (cal.probability(z) - p).abs() > 1e-12 {
+        return false;
+    }
+    match cal.operating_point() {
+        Some((name, threshold)) => op == Some(name) && decision == Some(f64::from(u8::from(z >= threshold))),
+        None => true,
+    }
+}
+
 fn read_previous(
     path: &Path,
     format: Format,
     header: &[&str],
     model_sha256: &str,
+    cal: Option<&Cal>,
 ) -> Result<(Vec<u8>, HashSet<String>), InferError> {
     let bytes = std::fs::read(path).map_err(|e| models::Error::io(path, e))?;
     let mut done = HashSet::new();
+    let other_calibration = |line: usize| {
+        input_err(
+            path,
+            format!(
+                "--resume: line {line} was calibrated otherwise than this run calibrates \
+                 (another --calibration?); not mixing two in one output"
+            ),
+        )
+    };
     match format {
         Format::Luna16 => {
             return Err(input_err(
@@ -352,9 +380,22 @@ fn read_previous(
                 ));
             }
             let sha_col = got.iter().position(|h| h == "model_sha256");
+            let at = |name: &str| got.iter().position(|h| h == name);
+            let cal_cols = (
+                at("logit"),
+                at("calibrated_probability"),
+                at("decision"),
+                at("operating_point"),
+            );
             for (i, rec) in r.records().enumerate() {
                 let rec =
                     rec.map_err(|e| input_err(path, format!("line {}: {e} (a damaged output; not resuming)", i + 2)))?;
+                if let (Some(cal), (Some(l), Some(p), Some(d), Some(o))) = (cal, cal_cols) {
+                    let num = |c: usize| rec.get(c).and_then(|v| v.parse::<f64>().ok());
+                    if !same_calibration(cal, num(l), num(p), num(d), rec.get(o)) {
+                        return Err(other_calibration(i + 2));
+                    }
+                }
                 if let Some(c) = sha_col {
                     if rec.get(c) != Some(model_sha256) {
                         return Err(input_err(
@@ -389,6 +430,16 @@ fn read_previous(
                         path,
                         format!("--resume: line {} has other fields than this run writes", i + 1),
                     ));
+                }
+                if let Some(cal) = cal {
+                    let (l, p, d) = (
+                        v["logit"].as_f64(),
+                        v["calibrated_probability"].as_f64(),
+                        v["decision"].as_f64(),
+                    );
+                    if !same_calibration(cal, l, p, d, v["operating_point"].as_str()) {
+                        return Err(other_calibration(i + 1));
+                    }
                 }
                 done.insert(name.to_string());
             }
@@ -542,7 +593,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let header = csv_header(s.format, s.index.is_some(), has_label, cal.is_some());
     // --resume: keep the earlier rows, skip their patches.
     let (previous, done) = if s.resume && s.out.as_os_str() != "-" && s.out.is_file() {
-        read_previous(&s.out, s.format, &header, &scorer.model_sha256)?
+        read_previous(&s.out, s.format, &header, &scorer.model_sha256, cal.as_ref())?
     } else {
         (Vec::new(), HashSet::new())
     };

@@ -237,6 +237,65 @@ fn resume_scores_only_what_is_missing_and_equals_one_run() {
         "{}",
         r.stderr
     );
+    // Calibrated, in CSV and JSONL: resuming with the same calibration equals one run; with
+    // another one (same columns, same model) it is refused rather than mixing the two.
+    let other = d.path().join("other");
+    run_ok(
+        "calibrate",
+        &[
+            s(&f.run),
+            "-o",
+            s(&other.join("calibration.yaml")),
+            "--method",
+            "isotonic",
+            "--operating-point",
+            "max_f1",
+            "--bootstrap",
+            "0",
+            "--no-report",
+            "--no-bake",
+        ],
+    );
+    for ext in ["csv", "jsonl"] {
+        let one = d.path().join(format!("cal-one.{ext}"));
+        let cal = |c: &Path, out: &Path, resume: bool| {
+            let mut a = vec![
+                "--model",
+                s(&model),
+                "-c",
+                s(c),
+                s(&f.patches),
+                "-o",
+                s(out),
+                "-q",
+                "--format",
+                ext,
+            ];
+            if resume {
+                a.push("--resume");
+            }
+            chain_tests::run("infer", &a)
+        };
+        assert!(cal(&cal_out.join("calibration.yaml"), &one, false).ok);
+        let text = std::fs::read_to_string(&one).expect("read");
+        let keep = if ext == "csv" { 31 } else { 30 };
+        let partial: String = text.lines().take(keep).map(|l| format!("{l}\n")).collect();
+        let out = d.path().join(format!("cal-resumed.{ext}"));
+        std::fs::write(&out, &partial).expect("w");
+        let r = cal(&other.join("calibration.yaml"), &out, true);
+        assert!(
+            !r.ok && r.stderr.contains("calibrated otherwise"),
+            "{ext}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            std::fs::read_to_string(&out).expect("read"),
+            partial,
+            "{ext}: kept as it was"
+        );
+        assert!(cal(&cal_out.join("calibration.yaml"), &out, true).ok);
+        assert_eq!(std::fs::read_to_string(&out).expect("read"), text, "{ext}");
+    }
 }
 
 #[test]
