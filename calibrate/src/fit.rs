@@ -99,7 +99,6 @@ pub fn fit_platt(z: &[f64], y: &[u8], smoothing: bool) -> Result<Platt, CalError
     } else {
         finite.iter().sum::<f64>() / finite.len() as f64
     };
-    let spread = rms(&finite.iter().map(|v| v - m).collect::<Vec<_>>());
     if finite.iter().all(|&v| (v - m).abs() <= 1e-12 * m.abs().max(1.0)) {
         // No slope can be fitted to one value (an uncalibrated model whose probabilities
         // all round to 0 or 1 gives this).
@@ -107,7 +106,7 @@ pub fn fit_platt(z: &[f64], y: &[u8], smoothing: bool) -> Result<Platt, CalError
             "Platt scaling needs logits that differ; these are all equal".into(),
         ));
     }
-    let s = spread;
+    let s = rms(&finite.iter().map(|v| v - m).collect::<Vec<_>>());
     let z: &[f64] = &z.iter().map(|v| (v - m) / s).collect::<Vec<_>>();
     let n_pos = y.iter().filter(|&&v| v == 1).count() as f64;
     let n_neg = y.len() as f64 - n_pos;

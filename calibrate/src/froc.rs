@@ -655,8 +655,6 @@ fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), CalError> {
 }
 
 fn plot(r: &FrocReport, path: &Path) -> Result<(), CalError> {
-    // Draw to a temporary name, then rename: no half-written PNG.
-    let tmp = path.with_extension("png.tmp.png");
     let clip =
         |pts: Vec<(f64, f64)>| -> Vec<(f64, f64)> { pts.into_iter().filter(|p| p.0 >= 0.125 && p.0 <= 8.0).collect() };
     let mut raw: Vec<(f64, f64)> = Vec::new();
@@ -703,11 +701,7 @@ fn plot(r: &FrocReport, path: &Path) -> Result<(), CalError> {
         bands,
         annotations: vec![],
     };
-    plots::line_chart(&chart, &tmp).map_err(|e| CalError::Fit(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|source| CalError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    plots::line_chart(&chart, path).map_err(|e| CalError::Fit(e.to_string()))
 }
 
 /// A short human summary.

@@ -279,11 +279,7 @@ impl Fitted {
     }
 
     pub fn probability(&self, m: Method, z: f64) -> f64 {
-        match m {
-            Method::Temperature => metrics::sigmoid(z / self.temperature.temperature),
-            Method::Platt => metrics::sigmoid(self.platt.a * z + self.platt.b),
-            Method::Isotonic => self.isotonic.apply(z),
-        }
+        models::calibration::calibrated(m, &self.temperature, &self.platt, &self.isotonic, z)
     }
 
     /// The log-odds method `m` gives logit `z`: `z / T`, `a z + b`, or the logit of the

@@ -61,7 +61,7 @@ struct Args {
     /// Cross-validation folds for --method auto (grouped by series).
     #[arg(long, default_value_t = 5)]
     folds: usize,
-    /// Series-level bootstrap resamples (0 to skip).
+    /// Series-level bootstrap resamples (0 to skip; at most 100000).
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
     #[arg(long, default_value_t = 0)]

@@ -257,15 +257,14 @@ impl Cal {
     }
 
     fn describe(&self, file: Option<&Path>) -> String {
-        let (method, op) = match self {
-            Cal::File(c) => (c.method, self.operating_point()),
-            Cal::Baked(b) => (b.method, self.operating_point()),
+        let (from, method) = match (self, file) {
+            (Cal::File(c), Some(f)) => (f.display().to_string(), c.method),
+            (Cal::File(c), None) => ("the model's own".to_string(), c.method),
+            (Cal::Baked(b), _) => ("the model's own".to_string(), b.method),
         };
-        let from = match (self, file) {
-            (Cal::File(_), Some(f)) => f.display().to_string(),
-            _ => "the model's own".to_string(),
-        };
-        let op = op.map_or_else(String::new, |(n, t)| format!("; decision: {n}, logit >= {t:.4}"));
+        let op = self
+            .operating_point()
+            .map_or_else(String::new, |(n, t)| format!("; decision: {n}, logit >= {t:.4}"));
         format!("{from} ({}{op})", method.name())
     }
 }
@@ -317,7 +316,6 @@ fn csv_header(format: Format, index: bool, label: bool, calibrated: bool) -> Vec
     h
 }
 
-/// Rows of an existing output, for `--resume`: the raw text to keep and the patch names.
 /// Whether a kept row's calibrated columns are what `cal` gives its logit: a resumed output
 /// must not mix two calibrations (the columns and the model can be the same while the
 /// calibration file is another). Probabilities are written exactly, so they are compared
@@ -336,6 +334,7 @@ fn same_calibration(cal: &Cal, logit: Option<f64>, p: Option<f64>, decision: Opt
     }
 }
 
+/// Rows of an existing output, for `--resume`: the raw text to keep and the patch names.
 fn read_previous(
     path: &Path,
     format: Format,

@@ -151,10 +151,9 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     // The model must load and be scorable; its calibration must belong to it.
     let bytes = std::fs::read(&s.model).map_err(|e| models::Error::io(&s.model, e))?;
     let proto = models::onnx::parse_model(&bytes, &s.model)?;
-    models::preprocess::Preprocess::from_metadata(&models::onnx::metadata(&proto))
-        .map_err(|e| err(&s.model, e.to_string()))?;
-    let model_sha = models::fsutil::sha256_bytes(&bytes);
     let md = models::onnx::metadata(&proto);
+    models::preprocess::Preprocess::from_metadata(&md).map_err(|e| err(&s.model, e.to_string()))?;
+    let model_sha = models::fsutil::sha256_bytes(&bytes);
     let baked = crate::batch::read_baked(&md, &s.model, s.calibration.is_some())?;
     if let Some(c) = &s.calibration {
         let cal = models::calibration::CalibrationFile::load(c)?;

@@ -60,7 +60,7 @@ struct Args {
     /// Patches per ONNX Runtime call.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// ONNX Runtime intra-op threads (0 = its default).
+    /// ONNX Runtime intra-op threads (0 = its default; no more than max(8, 4 x CPUs)).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Let ONNX Runtime's threads spin while waiting (its own default; off here so the file

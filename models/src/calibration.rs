@@ -221,11 +221,7 @@ fn bad(path: &Path, msg: String) -> Error {
 impl CalibrationFile {
     /// Calibrated probability of a raw logit under `method`.
     pub fn probability_with(&self, method: Method, z: f64) -> f64 {
-        match method {
-            Method::Temperature => sigmoid(z / self.temperature.temperature),
-            Method::Platt => sigmoid(self.platt.a * z + self.platt.b),
-            Method::Isotonic => self.isotonic.apply(z),
-        }
+        calibrated(method, &self.temperature, &self.platt, &self.isotonic, z)
     }
 
     /// Calibrated probability of a raw logit under the chosen method.
@@ -287,6 +283,15 @@ impl CalibrationFile {
 
 fn short(s: &str) -> &str {
     s.get(..12).unwrap_or(s)
+}
+
+/// The probability `method` gives raw logit `z`, with these parameters.
+pub fn calibrated(method: Method, t: &Temperature, p: &Platt, iso: &Isotonic, z: f64) -> f64 {
+    match method {
+        Method::Temperature => sigmoid(z / t.temperature),
+        Method::Platt => sigmoid(p.a * z + p.b),
+        Method::Isotonic => iso.apply(z),
+    }
 }
 
 /// Every method's parameters can be applied: `T > 0`, `a > 0`, finite; isotonic knots finite,
@@ -413,11 +418,7 @@ impl Baked {
 
     /// Calibrated probability of a raw logit.
     pub fn probability(&self, z: f64) -> f64 {
-        match self.method {
-            Method::Temperature => sigmoid(z / self.temperature.temperature),
-            Method::Platt => sigmoid(self.platt.a * z + self.platt.b),
-            Method::Isotonic => self.isotonic.apply(z),
-        }
+        calibrated(self.method, &self.temperature, &self.platt, &self.isotonic, z)
     }
 }
 

@@ -232,46 +232,38 @@ pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result
             }
         })?;
         // One loop per type, so each compiles to a tight conversion; a non-finite value (a
-        // float64 beyond float32's range included, as in `read_npy_hu`) is found after.
-        fn convert(out: &mut [f32], hu: impl Iterator<Item = f32>, pre: &Preprocess) -> bool {
+        // float64 beyond float32's range included, as in `read_npy_hu`) is looked for after,
+        // only when there is one. Returns its flat index.
+        fn convert(
+            out: &mut [f32],
+            bytes: &[u8],
+            width: usize,
+            decode: impl Fn(&[u8]) -> f32,
+            pre: &Preprocess,
+        ) -> Option<usize> {
             let mut finite = true;
-            for (o, v) in out.iter_mut().zip(hu) {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(width)) {
+                let v = decode(b);
                 finite &= v.is_finite();
                 *o = pre.scale(v);
             }
-            finite
+            if finite {
+                return None;
+            }
+            bytes.chunks_exact(width).position(|b| !decode(b).is_finite())
         }
-        let finite = match width {
-            4 => convert(
-                out,
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                pre,
-            ),
+        let first_bad = match width {
+            4 => convert(out, bytes, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), pre),
             8 => convert(
                 out,
-                bytes
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32),
+                bytes,
+                8,
+                |b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
                 pre,
             ),
-            _ => convert(
-                out,
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]]))),
-                pre,
-            ),
+            _ => convert(out, bytes, 2, |b| f32::from(i16::from_le_bytes([b[0], b[1]])), pre),
         };
-        let first_bad = (!finite).then(|| {
-            bytes.chunks_exact(width).position(|b| !match width {
-                4 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite(),
-                8 => (f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32).is_finite(),
-                _ => true,
-            })
-        });
-        match first_bad.flatten() {
+        match first_bad {
             Some(i) => Err(bad(format!("non-finite value (NaN or Inf) at flat index {i}"))),
             None => Ok(()),
         }

@@ -77,20 +77,13 @@ fn rgb(c: (u8, u8, u8)) -> RGBColor {
 /// The PNG is drawn under a temporary name beside `path` and renamed over it, so a reader
 /// (or a crash) never sees a half-written chart.
 pub fn line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
-    let name = path
-        .file_name()
-        .map_or_else(|| "chart".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".tmp-{}-{name}", std::process::id()));
-    let drawn = draw_line_chart(chart, &tmp).and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(|e| PlotError {
-            path: path.display().to_string(),
-            msg: e.to_string(),
-        })
-    });
-    if drawn.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    drawn
+    models::fsutil::replace_with(path, |tmp| draw_line_chart(chart, tmp).map_err(|e| e.msg)).map_err(|e| PlotError {
+        path: path.display().to_string(),
+        msg: match e {
+            models::Error::Io { source, .. } => source.to_string(),
+            other => other.to_string(),
+        },
+    })
 }
 
 fn draw_line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {

@@ -84,7 +84,8 @@ struct PrepareArgs {
     /// Storage type of the cubes.
     #[arg(long, value_enum, default_value_t = trainer::prepare::CubeDtype::Int16)]
     dtype: trainer::prepare::CubeDtype,
-    /// Scans processed at once (0: one per core, at most 8; each holds a scan in memory).
+    /// Scans processed at once (0: one per core, at most 8; each holds a scan in memory;
+    /// no more than max(8, 4 x CPUs)).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
     #[arg(short, long)]
@@ -125,7 +126,8 @@ struct TrainArgs {
     precision: Option<String>,
     #[arg(long)]
     val_fraction: Option<f64>,
-    /// libtorch intra-op threads (0: its default).
+    /// libtorch intra-op threads (0: its default; no more than max(8, 4 x CPUs)). A resume
+    /// may change it.
     #[arg(long)]
     threads: Option<usize>,
     /// Memory for preprocessed patches in MiB; the rest are read from disk for each batch

@@ -94,6 +94,12 @@ fn build(root: &nn::Path, layers: &[Layer], counters: &mut Vec<Tensor>) -> Vec<B
         .collect()
 }
 
+/// Whether `l` returns a tensor of its own: every layer but dropout, which in eval mode
+/// returns its input.
+fn makes_new(l: &Built) -> bool {
+    !matches!(l, Built::Dropout(_))
+}
+
 fn run(layers: &[Built], xs: &Tensor, train: bool, inplace: bool) -> Tensor {
     let mut x = xs.shallow_clone();
     // Whether `x` is a tensor this sequence made (no other holder). ReLU and the residual
@@ -107,7 +113,7 @@ fn run(layers: &[Built], xs: &Tensor, train: bool, inplace: bool) -> Tensor {
     let mut fresh = false;
     for l in layers {
         let own = inplace && fresh;
-        fresh = fresh || !matches!(l, Built::Dropout(_));
+        fresh = fresh || makes_new(l);
         x = match l {
             Built::Conv(c) => x.apply(c),
             Built::Bn(b) => x.apply_t(b, train),
@@ -124,8 +130,8 @@ fn run(layers: &[Built], xs: &Tensor, train: bool, inplace: bool) -> Tensor {
                 } else {
                     run(short, &x, train, inplace)
                 };
-                if inplace && body.iter().any(|l| !matches!(l, Built::Dropout(_))) {
-                    // The body made `main` (a layer other than dropout ran).
+                if inplace && body.iter().any(makes_new) {
+                    // The body made `main`.
                     let mut sum = main;
                     sum += side;
                     sum.relu_()

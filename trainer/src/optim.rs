@@ -65,6 +65,14 @@ mod cpu {
     }
 }
 
+/// Runs `f` on `pool`, or on rayon's global pool when there is none.
+fn in_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
 /// AdamW over a VarStore's trainable variables, sorted by name.
 ///
 /// All trainable parameters live in one contiguous buffer (`flat`; each variable's data is
@@ -145,13 +153,6 @@ impl AdamW {
                 .context("cannot start the optimizer's threads")?,
         );
         Ok(())
-    }
-
-    fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(pool) => pool.install(f),
-            None => f(),
-        }
     }
 
     /// Updates applied so far (waits for the device).
@@ -301,7 +302,7 @@ impl AdamW {
                 }
                 acc.iter().sum::<f64>() + it.remainder().iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
             };
-            let sq: f64 = self.in_pool(|| {
+            let sq: f64 = in_pool(self.pool.as_ref(), || {
                 gs.iter()
                     .map(|g| {
                         g.par_chunks(CHUNK)
@@ -345,7 +346,7 @@ impl AdamW {
             )
         };
         let offsets = &self.offsets;
-        let mut update = || {
+        let update = || {
             for (i, g) in gs.iter().enumerate() {
                 let r = offsets[i] as usize..offsets[i] as usize + g.len();
                 flat[r.clone()]
@@ -366,10 +367,7 @@ impl AdamW {
                     });
             }
         };
-        match &self.pool {
-            Some(pool) => pool.install(update),
-            None => update(),
-        }
+        in_pool(self.pool.as_ref(), update);
         let _ = self.step_count.fill_(t as f64);
         Ok(())
     }

@@ -183,6 +183,15 @@ fn batch_tensor(c: &Cubes, idx: &[usize], aug: Option<AugmentState>, device: Dev
     Ok((x.to_device(device), Tensor::from_slice(&y).to_device(device)))
 }
 
+/// What `precision` resolved to, as `train_state.yaml` records it.
+fn precision_name(amp: bool) -> &'static str {
+    if amp {
+        "fp16"
+    } else {
+        "fp32"
+    }
+}
+
 /// Adds a step's mean loss over `n` samples to the epoch's sums, on the device. `applied`
 /// (from a loss-scaled step: 1 applied, 0 skipped) leaves a skipped step out; it is
 /// selected, not multiplied, because a skipped step's loss may be Inf or NaN (an fp16
@@ -443,7 +452,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         resumed_step = st.step;
         // `auto` resolves by host: a run begun in fp32 on a CPU must not go on in fp16 on a
         // GPU (or back) and still claim to be the same run.
-        let now = if amp { "fp16" } else { "fp32" };
+        let now = precision_name(amp);
         if let Some(was) = st.precision.as_deref() {
             if was != now {
                 bail!(
@@ -655,7 +664,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
                 best_sha256: models::fsutil::sha256_file(&best_path)?,
                 optimizer_sha256: models::fsutil::sha256_file(&opt_path)?,
                 grad_scaler: scaler.as_ref().map(|s| s.state()).transpose()?,
-                precision: Some((if amp { "fp16" } else { "fp32" }).to_string()),
+                precision: Some(precision_name(amp).to_string()),
             };
             yaml(&dir.join("train_state.yaml"), &st)?;
         }

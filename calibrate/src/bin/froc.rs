@@ -33,7 +33,7 @@ struct Args {
     /// Per-scan cap on candidates (the official entry point uses 100); 0 for none.
     #[arg(long, default_value_t = 100)]
     max_candidates: usize,
-    /// Bootstrap resamples over scans (0 to skip).
+    /// Bootstrap resamples over scans (0 to skip; at most 100000).
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
     #[arg(long, default_value_t = 0)]
