@@ -2,19 +2,17 @@
 //!
 //! Inputs: a training run's validation scores, any scores CSV, or an ONNX model plus a
 //! labelled patch folder scored through ONNX Runtime (site recalibration, with
-//! [`infer::Scorer`]). Methods: temperature scaling and Platt scaling (exact Newton fits)
+//! [`scorer::Scorer`]). Methods: temperature scaling and Platt scaling (exact Newton fits)
 //! and isotonic regression (PAV); `auto` picks by series-grouped cross-validated NLL.
 //! Outputs: `calibration.yaml` (every method's parameters, operating points with Wilson and
 //! series-bootstrap intervals, metrics before and after, bound to the model's sha256), a
 //! Markdown report with plots, and `model.calibrated.onnx` (the network with the
-//! calibration and the chosen threshold appended as graph nodes). `froc` computes the
-//! LUNA16 FROC/CPM ([`froc`]).
+//! calibration and the chosen threshold appended as graph nodes).
 #![warn(clippy::unwrap_used)]
 
 pub mod bake;
 pub mod bootstrap;
 pub mod fit;
-pub mod froc;
 pub mod metrics;
 pub mod report;
 pub mod thresholds;
@@ -45,7 +43,7 @@ pub enum CalError {
     #[error(transparent)]
     Models(#[from] models::Error),
     #[error(transparent)]
-    Infer(#[from] infer::InferError),
+    Scorer(#[from] scorer::ScorerError),
 }
 
 /// Scores with labels.
@@ -170,41 +168,49 @@ impl ScoreTable {
     /// Site recalibration: scores a labelled patch index (or folder with
     /// `patch_index.csv`) with `model` through ONNX Runtime. Unreadable patches are
     /// errors here: calibrating on a silently shrunken set would mislead.
-    pub fn from_patches(model: &Path, index: &Path, opts: &infer::ScorerOptions) -> Result<Self, CalError> {
-        let (items, has_label) = infer::collect_index(index)?;
+    pub fn from_patches(model: &Path, index: &Path, opts: &scorer::ScorerOptions) -> Result<Self, CalError> {
+        let (root, has_label, rows) = models::index::read_scoring_index(index)?;
         if !has_label {
             return Err(input_err(
                 index,
                 "the index has no `label` column: calibration needs labelled patches".into(),
             ));
         }
-        let mut scorer = infer::Scorer::open(model, opts)?;
+        let mut scorer = scorer::Scorer::open(model, opts)?;
         let pre = scorer.preprocess.clone();
         let mut t = ScoreTable {
             source: index.to_path_buf(),
             ..Default::default()
         };
         let mut errors = Vec::new();
-        for chunk in items.chunks(32) {
-            let mut cubes = Vec::new();
-            let mut rows = Vec::new();
-            for it in chunk {
-                match models::patch::load_patch(&it.path, &pre) {
-                    Ok(c) => {
-                        cubes.push(c);
-                        rows.push(it);
+        let per = pre.cube_size.pow(3);
+        let mut batch = Vec::new();
+        for chunk in rows.chunks(32) {
+            batch.clear();
+            let mut good = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                let path = root.join(&r.patch_file);
+                let at = batch.len();
+                batch.resize(at + per, 0.0);
+                match models::patch::load_patch_into(&path, &pre, &mut batch[at..]) {
+                    Ok(()) => good.push(r),
+                    Err(e) => {
+                        batch.truncate(at);
+                        errors.push(e.to_string());
                     }
-                    Err(e) => errors.push(e.to_string()),
                 }
             }
-            for (it, z) in rows.into_iter().zip(scorer.score(&cubes)?) {
-                let r = it
-                    .row
-                    .as_ref()
-                    .ok_or_else(|| input_err(index, "index row missing".into()))?;
+            for (r, z) in good.into_iter().zip(scorer.score_flat(&batch)?) {
+                if !z.is_finite() {
+                    errors.push(format!(
+                        "{}: the model's logit is {z} (not finite)",
+                        root.join(&r.patch_file).display()
+                    ));
+                    continue;
+                }
                 let y = r
                     .label
-                    .ok_or_else(|| input_err(index, format!("{}: no label", it.name)))?;
+                    .ok_or_else(|| input_err(index, format!("{}: no label", r.patch_file)))?;
                 t.logits.push(f64::from(z));
                 t.labels.push(y);
                 t.seriesuid.push(r.seriesuid.clone());
@@ -394,7 +400,7 @@ pub struct Settings {
     pub columns: Columns,
     /// Labelled patch index scored through ONNX Runtime (site recalibration).
     pub patches: Option<PathBuf>,
-    pub scorer: infer::ScorerOptions,
+    pub scorer: scorer::ScorerOptions,
     pub model: PathBuf,
     /// `calibration.yaml`; the report, plots and calibrated model go beside it.
     pub out: PathBuf,
@@ -421,7 +427,7 @@ impl Settings {
             scores: run.join("val_scores.csv"),
             columns: Columns::default(),
             patches: None,
-            scorer: infer::ScorerOptions::default(),
+            scorer: scorer::ScorerOptions::default(),
             model: run.join("model.onnx"),
             out: run.join("calibration.yaml"),
             method: None,
@@ -446,24 +452,12 @@ impl Settings {
     }
 }
 
-/// Fits every method on a score table and builds the calibration file.
-/// The most bootstrap resamples `calibrate` and `froc` take. Every resample's statistics are
-/// kept until the percentiles are read (a billion resamples asked for 4.8 GB at once and
-/// aborted); beyond 100,000 the Monte Carlo error of a 95% interval's ends is far below the
-/// interval's own width.
-pub const MAX_BOOTSTRAP: usize = 100_000;
-
-/// An error unless `b` is at most [`MAX_BOOTSTRAP`].
+/// An error unless `b` is at most [`models::cli::MAX_BOOTSTRAP`].
 pub fn check_bootstrap(b: usize) -> Result<(), CalError> {
-    if b > MAX_BOOTSTRAP {
-        return Err(CalError::Usage(format!(
-            "--bootstrap {b}: at most {MAX_BOOTSTRAP} resamples (more change a 95% interval by less \
-             than its Monte Carlo error, and each one's statistics are held in memory)"
-        )));
-    }
-    Ok(())
+    models::cli::check_bootstrap(b).map_err(CalError::Usage)
 }
 
+/// Fits every method on a score table and builds the calibration file.
 pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<CalibrationFile, CalError> {
     check_bootstrap(s.bootstrap)?;
     for (name, v) in [("sensitivity", s.min_sensitivity), ("specificity", s.min_specificity)] {

@@ -74,7 +74,7 @@ struct Args {
     no_bake: bool,
     /// Device for --patches scoring: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
-    device: infer::Device,
+    device: scorer::Device,
     /// Path of libonnxruntime.so for --patches.
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -108,7 +108,7 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
     Ok(Settings {
         scores: a.scores.unwrap_or(base.scores),
         patches: a.patches,
-        scorer: infer::ScorerOptions {
+        scorer: scorer::ScorerOptions {
             device: a.device,
             threads: 0,
             ort_lib: a.ort_lib,

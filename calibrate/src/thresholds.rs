@@ -6,7 +6,8 @@
 //! calibrated probability (filled in by the caller).
 pub use models::calibration::{OperatingPoint, Proportion};
 
-use crate::metrics::z_for;
+pub use models::metrics::{sweep, Sweep};
+use models::metrics::z_for;
 
 /// A proportion with its Wilson 95% interval.
 pub fn proportion(successes: usize, trials: usize) -> Proportion {
@@ -38,43 +39,6 @@ pub fn wilson(k: usize, n: usize, level: f64) -> [f64; 2] {
     let lo = if k == 0.0 { 0.0 } else { (centre - half).max(0.0) };
     let hi = if k == n { 1.0 } else { (centre + half).min(1.0) };
     [lo, hi]
-}
-
-/// Confusion counts at every distinct cut, from the highest logit down:
-/// (threshold, tp, fp), thresholds placed midway to the next lower score.
-pub struct Sweep {
-    pub cuts: Vec<(f64, usize, usize)>,
-    pub n_pos: usize,
-    pub n_neg: usize,
-}
-
-pub fn sweep(logits: &[f64], labels: &[u8]) -> Sweep {
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    let n_pos = labels.iter().filter(|&&l| l == 1).count();
-    let n_neg = labels.len() - n_pos;
-    let (mut tp, mut fp) = (0, 0);
-    let mut cuts = Vec::new();
-    let mut i = 0;
-    while i < idx.len() {
-        let t = logits[idx[i]];
-        while i < idx.len() && logits[idx[i]] == t {
-            if labels[idx[i]] == 1 {
-                tp += 1
-            } else {
-                fp += 1
-            }
-            i += 1;
-        }
-        cuts.push((t, tp, fp));
-    }
-    // Midway between each score and the next lower one, so the validation patches keep
-    // their side of the threshold after rounding and new patches near it are not biased.
-    for i in 0..cuts.len() {
-        let lower = cuts.get(i + 1).map_or(cuts[i].0 - 1.0, |c| c.0);
-        cuts[i].0 = (cuts[i].0 + lower) / 2.0;
-    }
-    Sweep { cuts, n_pos, n_neg }
 }
 
 /// The point at raw-logit threshold `t` on these data.

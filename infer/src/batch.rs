@@ -16,9 +16,12 @@ use std::time::Instant;
 use ndarray::{Array3, ArrayView3, Axis};
 use rayon::prelude::*;
 
-use models::calibration::{sigmoid, Baked, CalibrationFile};
+use models::calibration::{Baked, CalibrationFile};
+use models::metrics::sigmoid;
 
-use crate::{InferError, Scorer, ScorerOptions};
+use scorer::{Scorer, ScorerOptions};
+
+use crate::InferError;
 
 /// One patch to score: its path, the name it gets in the output, and its index row when
 /// the inputs came from an index CSV.
@@ -210,7 +213,7 @@ pub(crate) fn read_baked(
             eprintln!("infer: warning: {e}; it is ignored, the --calibration file applies");
             Ok(None)
         }
-        Err(e) => Err(InferError::Runtime(format!(
+        Err(e) => Err(InferError::Calibration(format!(
             "{e} (give its calibration.yaml with --calibration, or score the model it was made from)"
         ))),
     }
@@ -547,7 +550,7 @@ fn peak_rss_kib() -> Option<u64> {
 pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let t0 = Instant::now();
     if s.batch_size == 0 {
-        return Err(InferError::Runtime("--batch-size must be at least 1".into()));
+        return Err(InferError::Usage("--batch-size must be at least 1".into()));
     }
     let (items, has_label, listing_problems) = match &s.index {
         Some(idx) => {
@@ -698,7 +701,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
             let logits = match logits {
                 Ok(l) => l,
                 Err(e) => {
-                    fatal = Some(e);
+                    fatal = Some(e.into());
                     return;
                 }
             };

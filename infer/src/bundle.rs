@@ -147,7 +147,7 @@ exec "$here/infer" "$@"
 /// Builds the bundle archive; returns (path, size in bytes).
 pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     let exe = std::env::current_exe().map_err(|e| models::Error::io("current executable", e))?;
-    let ort = crate::runtime::locate(s.ort_lib.as_deref())?;
+    let ort = scorer::runtime::locate(s.ort_lib.as_deref())?;
     // The model must load and be scorable; its calibration must belong to it.
     let bytes = std::fs::read(&s.model).map_err(|e| models::Error::io(&s.model, e))?;
     let proto = models::onnx::parse_model(&bytes, &s.model)?;
@@ -207,7 +207,7 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
         model_sha256: model_sha,
         calibration: s.calibration.as_ref().map(|_| "calibration.yaml".to_string()),
         onnxruntime: ort_name,
-        onnxruntime_version: crate::runtime::init(s.ort_lib.as_deref())
+        onnxruntime_version: scorer::runtime::init(s.ort_lib.as_deref())
             .map(|r| r.version.clone())
             .unwrap_or_default(),
         requires: Requirements {

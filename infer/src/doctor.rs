@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use ort::ep::{self, ExecutionProvider};
 
-use crate::{runtime, InferError};
+use scorer::runtime;
+
+use crate::InferError;
 
 /// CUDA 13 / cuDNN 9 libraries the CUDA provider loads.
 const CUDA_LIBS: [&str; 5] = [

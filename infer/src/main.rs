@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use infer::{Device, ScorerOptions, Settings};
+use infer::Settings;
+use scorer::{Device, ScorerOptions};
 
 /// Score every .npy patch in the given folders/files (or an index CSV) with an ONNX model
 /// through ONNX Runtime. Preprocessing (cube size, HU window, padding) is read from the

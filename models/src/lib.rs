@@ -18,10 +18,13 @@
 pub mod calibration;
 pub mod cli;
 pub mod csvio;
+pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod index;
+pub mod luna16;
 pub mod metaimage;
+pub mod metrics;
 pub mod onnx;
 pub mod patch;
 pub mod preprocess;

@@ -15,10 +15,10 @@ pub fn bin_dir() -> PathBuf {
         .expect("target/<profile>")
         .to_path_buf();
     for (b, crates) in [
-        ("trainer", &["trainer", "models", "infer", "calibrate", "plots"][..]),
-        ("calibrate", &["calibrate", "models", "plots", "infer"][..]),
-        ("froc", &["calibrate", "models", "plots", "infer"][..]),
-        ("infer", &["infer", "models"][..]),
+        ("trainer", &["trainer", "models", "scorer", "plots"][..]),
+        ("calibrate", &["calibrate", "models", "plots", "scorer"][..]),
+        ("froc", &["froc", "models", "plots"][..]),
+        ("infer", &["infer", "models", "scorer"][..]),
     ] {
         let path = dir.join(b);
         let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| {

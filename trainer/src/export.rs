@@ -144,10 +144,10 @@ pub fn parity(
         None
     };
     let mut dev_max = 0.0f64;
-    let mut scorer = infer::Scorer::open(
+    let mut scorer = scorer::Scorer::open(
         model,
-        &infer::ScorerOptions {
-            device: infer::Device::Cpu,
+        &scorer::ScorerOptions {
+            device: scorer::Device::Cpu,
             threads: 0,
             ort_lib: ort_lib.map(Path::to_path_buf),
             spin: false,

@@ -6,7 +6,7 @@
 //! * [`net`] builds a [`models::spec::ArchSpec`] in a tch VarStore under the spec's names;
 //! * [`train`] runs the loop and writes the run folder;
 //! * [`export`] writes `model.onnx` through [`models::onnx`] and checks libtorch ↔ ONNX
-//!   Runtime parity with [`infer::Scorer`].
+//!   Runtime parity with [`scorer::Scorer`].
 #![warn(clippy::unwrap_used)]
 
 pub mod augment;
@@ -23,25 +23,11 @@ pub mod train;
 use anyhow::{bail, Result};
 use tch::Device;
 
-/// What a device string asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
+pub use models::device::DeviceChoice;
 
 /// Parses `auto`, `cpu`, `cuda`, `cuda:N`.
 pub fn parse_device(s: &str) -> Result<DeviceChoice> {
-    Ok(match s {
-        "auto" => DeviceChoice::Auto,
-        "cpu" => DeviceChoice::Cpu,
-        "cuda" => DeviceChoice::Cuda(0),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => DeviceChoice::Cuda(n),
-            _ => bail!("unknown device `{other}` (expected auto, cpu, cuda or cuda:N)"),
-        },
-    })
+    s.parse::<DeviceChoice>().map_err(anyhow::Error::msg)
 }
 
 /// Whether this binary was linked against libtorch_cuda (see build.rs).

@@ -156,8 +156,8 @@ pub fn find_scans(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
 /// run's seed and the series (so the draw does not depend on the order scans are done in).
 fn plan_series(
     uid: &str,
-    nodules: &[&calibrate::froc::Finding],
-    candidates: &[&calibrate::froc::Finding],
+    nodules: &[&models::luna16::Finding],
+    candidates: &[&models::luna16::Finding],
     s: &Sampling,
 ) -> Vec<Planned> {
     let mut out: Vec<Planned> = nodules
@@ -168,9 +168,7 @@ fn plan_series(
             label: 1,
         })
         .collect();
-    let dist = |a: &calibrate::froc::Finding, n: &calibrate::froc::Finding| {
-        ((a.x - n.x).powi(2) + (a.y - n.y).powi(2) + (a.z - n.z).powi(2)).sqrt()
-    };
+    let dist = |a: &models::luna16::Finding, n: &models::luna16::Finding| a.dist2(n).sqrt();
     let mut negatives = Vec::new();
     for c in candidates {
         // The nodule this candidate lies in, if any (distance within the radius).
@@ -297,7 +295,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     if !(job.sampling.neg_ratio.is_finite() && job.sampling.neg_ratio >= 0.0) {
         bail!("--neg-ratio must be >= 0, got {}", job.sampling.neg_ratio);
     }
-    let annotations = calibrate::froc::read_findings(&job.annotations, "diameter_mm")?;
+    let annotations = models::luna16::read_findings(&job.annotations, "diameter_mm")?;
     for a in &annotations {
         if a.value.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             bail!(
@@ -308,7 +306,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
             );
         }
     }
-    let candidates = calibrate::froc::read_findings(&job.candidates, "class")?;
+    let candidates = models::luna16::read_findings(&job.candidates, "class")?;
     if let Some(c) = candidates.iter().find(|c| c.value != 0.0 && c.value != 1.0) {
         bail!(
             "{}: series {}: class must be 0 or 1, got {}",
@@ -363,7 +361,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     std::fs::create_dir_all(&done_dir).with_context(|| format!("{}: cannot create", done_dir.display()))?;
     models::fsutil::write_atomic(&settings_path, serde_yaml::to_string(&settings)?.as_bytes())?;
 
-    let mut by_series: HashMap<&str, (Vec<&calibrate::froc::Finding>, Vec<&calibrate::froc::Finding>)> = HashMap::new();
+    let mut by_series: HashMap<&str, (Vec<&models::luna16::Finding>, Vec<&models::luna16::Finding>)> = HashMap::new();
     for a in &annotations {
         by_series.entry(&a.seriesuid).or_default().0.push(a);
     }
@@ -494,7 +492,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
 #[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use calibrate::froc::Finding;
+    use models::luna16::Finding;
 
     fn f(x: f64, value: f64) -> Finding {
         Finding {

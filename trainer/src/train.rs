@@ -309,7 +309,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         budget.map(|b| b.saturating_sub(val.cache_bytes() as u64)),
     )?;
     // The parity check after training needs ONNX Runtime: find it now, not after an hour.
-    infer::runtime::init(opts.ort_lib.as_deref())?;
+    scorer::runtime::init(opts.ort_lib.as_deref())?;
     let dir = &cfg.out;
     let manifest = split.manifest_csv(&index.rows)?;
     let resumed: Option<TrainState> = if opts.resume {
@@ -604,8 +604,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         let train_samples_per_s = seen as f64 / t_loop.elapsed().as_secs_f64().max(1e-9);
         let (logits, val_loss) = evaluate(&net, &val, t.batch_size, device, amp)?;
         let scores: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
-        let auroc = calibrate::metrics::auroc(&scores, &val_labels).unwrap_or(f64::NAN);
-        let auprc = calibrate::metrics::average_precision(&scores, &val_labels);
+        let auroc = models::metrics::auroc(&scores, &val_labels).unwrap_or(f64::NAN);
+        let auprc = models::metrics::average_precision(&scores, &val_labels);
         let train_loss = loss_sum / loss_seen.max(1.0);
         if !train_loss.is_finite() {
             bail!("training diverged at epoch {epoch} (loss {train_loss}); lower train.lr");
@@ -801,8 +801,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         pos_weight,
         best_epoch,
         best_val_auroc: best_auroc,
-        onnx_val_auroc: calibrate::metrics::auroc(&ort_scores, &val_labels).unwrap_or(f64::NAN),
-        onnx_val_auroc_delong_ci95: calibrate::metrics::auroc_delong_ci95(&ort_scores, &val_labels),
+        onnx_val_auroc: models::metrics::auroc(&ort_scores, &val_labels).unwrap_or(f64::NAN),
+        onnx_val_auroc_delong_ci95: models::metrics::auroc_delong_ci95(&ort_scores, &val_labels),
         stopped_early_at_epoch: stopped_early,
         provenance: provenance.clone(),
         parity_max_abs_diff_logit: parity.max_abs_diff_logit,

@@ -1,4 +1,5 @@
 //! `infer` and `calibrate` must never link libtorch: a scoring host has ONNX Runtime only.
+//! `froc` scores a results file and needs neither libtorch nor ONNX Runtime.
 use std::process::Command;
 
 use chain_tests::{bin, workspace};
@@ -29,7 +30,7 @@ fn infer_and_calibrate_binaries_do_not_need_libtorch() {
         "trainer should link libtorch: {:?}",
         needed("trainer")
     );
-    for b in ["infer", "calibrate"] {
+    for b in ["infer", "calibrate", "froc"] {
         let libs = needed(b);
         assert!(!libs.iter().any(|l| is_torch(l)), "{b} links libtorch: {libs:?}");
         // ONNX Runtime is loaded at run time, not linked.
@@ -40,18 +41,24 @@ fn infer_and_calibrate_binaries_do_not_need_libtorch() {
     }
 }
 
+/// The normal and build dependencies of a workspace package, one `name vX.Y.Z` per line.
+fn dependency_tree(pkg: &str) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(workspace())
+        .args(["tree", "--offline", "-p", pkg, "-e", "normal,build", "--prefix", "none"])
+        .output()
+        .expect("cargo tree");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.lines().count() > 5, "cargo tree printed too little: {text}");
+    text
+}
+
 #[test]
 fn infer_and_calibrate_dependency_trees_are_free_of_tch() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    for pkg in ["infer", "calibrate", "models"] {
-        let out = Command::new(&cargo)
-            .current_dir(workspace())
-            .args(["tree", "--offline", "-p", pkg, "-e", "normal,build", "--prefix", "none"])
-            .output()
-            .expect("cargo tree");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.lines().count() > 5, "cargo tree printed too little: {text}");
+    for pkg in ["infer", "calibrate", "scorer", "froc", "models", "plots"] {
+        let text = dependency_tree(pkg);
         for bad in ["tch v", "torch-sys v"] {
             assert!(
                 !text.lines().any(|l| l.starts_with(bad)),
@@ -59,4 +66,48 @@ fn infer_and_calibrate_dependency_trees_are_free_of_tch() {
             );
         }
     }
+}
+
+/// `froc` (and the crates below the scorer) never pull ONNX Runtime's bindings in; the
+/// scorer does (positive control).
+#[test]
+fn froc_and_the_contract_are_free_of_onnx_runtime() {
+    assert!(dependency_tree("scorer").lines().any(|l| l.starts_with("ort v")));
+    for pkg in ["froc", "models", "plots"] {
+        let text = dependency_tree(pkg);
+        for bad in ["ort v", "ort-sys v", "tch v", "tar v", "walkdir v", "indicatif v"] {
+            assert!(
+                !text.lines().any(|l| l.starts_with(bad)),
+                "{pkg} depends on {bad}:\n{text}"
+            );
+        }
+    }
+}
+
+/// The trainer no longer reaches `calibrate` or `infer` (it needs only the contract, the
+/// scorer for its parity check, and plots), and `calibrate` does not reach `infer`.
+#[test]
+fn crates_depend_only_on_what_sits_below_them() {
+    let direct = |pkg: &str| -> Vec<String> {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(&cargo)
+            .current_dir(workspace())
+            .args(["tree", "--offline", "-p", pkg, "-e", "normal", "--depth", "1", "--prefix", "none"])
+            .output()
+            .expect("cargo tree");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split(' ').next().map(str::to_string))
+            .collect()
+    };
+    let t = direct("trainer");
+    assert!(t.contains(&"scorer".to_string()), "{t:?}");
+    for bad in ["calibrate", "infer", "froc"] {
+        assert!(!t.contains(&bad.to_string()), "trainer depends on {bad}: {t:?}");
+    }
+    let c = direct("calibrate");
+    assert!(!c.contains(&"infer".to_string()) && !c.contains(&"froc".to_string()), "{c:?}");
+    let f = direct("froc");
+    assert!(!f.contains(&"scorer".to_string()) && !f.contains(&"calibrate".to_string()), "{f:?}");
 }

@@ -1,92 +1,20 @@
-//! LUNA16 FROC and CPM, computed as the challenge's evaluation script
-//! (`noduleCADEvaluationLUNA16.py`, with `NoduleFinding.py`) computes them. Implemented
-//! independently from a study of that script's behaviour; each rule below says what the
-//! script does and where we state a deviation.
-//!
-//! # Inputs
-//! * R1. `annotations.csv`, `annotations_excluded.csv` and the results CSV have a header
-//!   row and are read by column name (`seriesuid, coordX, coordY, coordZ, diameter_mm`;
-//!   results: `probability` instead of `diameter_mm`); other columns are ignored.
-//! * R2. The series list (`seriesuids.csv`) has no header: column 0 of every row is a
-//!   scan, and the number of scans (the FP/scan divisor) is the number of rows. *Stated
-//!   deviation:* a first row that reads `seriesuid` is taken as a header and reported in
-//!   the warnings (the script would count it as a scan without nodules).
-//! * R3. Annotations and results of series not in the list are ignored (the script does
-//!   so silently; we count the result rows and report them). A listed series without
-//!   results is a scan whose nodules are all missed.
-//!
-//! # Per scan, in list order
-//! * R4. Cap: if a scan has more than `max_candidates` (the script's entry point passes
-//!   100) candidates, let `t` be the (N+1)-th highest probability; only candidates with
-//!   `probability > t` (strictly) are kept. Ties at `t` are all dropped, so a scan can keep
-//!   fewer than N. Counts after the cap are the "candidates" totals.
-//! * R5. Hit: squared world-mm distance `d² < r²` (strict; a candidate exactly on the
-//!   radius is not a hit), `r = diameter_mm / 2`; a negative diameter (the −1 of excluded
-//!   findings without a size) becomes 10 mm, so `r = 5`. A diameter of 0 is never hit.
-//! * R6. Included nodules first, in file order: every candidate of the (capped) scan
-//!   within the radius matches, including one already matched by an earlier nodule (one
-//!   candidate can make two nodules true positives). A nodule with matches is one TP with
-//!   the maximum probability among them; the other matches are neither TP nor FP ("double
-//!   detections"). A nodule without matches is a miss.
-//! * R7. Then excluded findings (`annotations_excluded.csv`), in file order: candidates
-//!   within their radius that no included nodule claimed are ignored: neither TP nor FP
-//!   ("irrelevant candidates"). A candidate on both an included nodule and an excluded
-//!   finding is a TP (R6 comes first).
-//! * R8. Every remaining candidate is a false positive with its probability.
-//!
-//! # The curve
-//! * R9. Over all scans: TPs (one per detected nodule, its max probability) and FPs, sorted
-//!   by probability descending, ties forming one step. At each distinct threshold `t`:
-//!   `x = fpr·N_fp / N_scans` with `fpr = #FP(p ≥ t) / N_fp`, and
-//!   `y = tpr·N_det / N_nodules` with `tpr = #TP(p ≥ t) / N_det` (the script's
-//!   `roc_curve` then rescaling, in that floating-point order), from (0, 0). Missed
-//!   nodules are in `N_nodules` only, so the curve tops out at `N_det / N_nodules`. With no
-//!   false positives at all every x is 0 (the script's special case).
-//! * R10. Sensitivity at a rate `r` is `np.interp(r, x, y)`: linear in FP/scan; beyond the
-//!   curve the end value holds; at an x shared by several points, the last (highest) y.
-//! * R11. CPM: mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 FP/scan. The official script
-//!   only plots the curve; the CPM of the challenge's papers is this average. We evaluate
-//!   the raw curve exactly at the seven rates (derived copies of the script read it off a
-//!   10001-point grid and land slightly off the rates).
-//!
-//! # Bootstrap (`computeFROC_bootstrap`)
-//! * R12. Each of B resamples (script: 1000) draws `N_scans` scans from the list with
-//!   replacement; a scan drawn k times contributes its TPs, FPs and misses k times; the
-//!   divisor stays `N_scans` and `N_nodules` is recounted over the drawn scans. The script
-//!   has no seed; ours is configurable.
-//! * R13. Each resampled curve is interpolated (R10) on `linspace(0.125, 8, 10000)` (the
-//!   band) and at the seven rates; per point the mean is the average and the interval is
-//!   `sorted[floor(Pz·B)]`, `sorted[floor((1−Pz)·B)]` with `Pz = (1 − confidence)/2`
-//!   (indices 25 and 975 for B = 1000). The script stores float32; we keep f64.
+//! Matching candidates to findings, the FROC curve, the CPM and the scan bootstrap (rules
+//! R3–R13 of the crate documentation).
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::CalError;
+use models::luna16::Finding;
+
+use crate::FrocError;
 
 /// The seven FP/scan rates of the CPM.
 pub const RATES: [f64; 7] = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0];
 /// Points of the bootstrap band grid (the script's `linspace(0.125, 8, 10000)`).
 pub const GRID_POINTS: usize = 10_000;
-
-/// A finding with a position in world millimetres.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Finding {
-    pub seriesuid: String,
-    #[serde(rename = "coordX")]
-    pub x: f64,
-    #[serde(rename = "coordY")]
-    pub y: f64,
-    #[serde(rename = "coordZ")]
-    pub z: f64,
-    /// Diameter for annotations; probability for candidates.
-    #[serde(skip)]
-    pub value: f64,
-}
 
 /// Options of an evaluation.
 #[derive(Debug, Clone)]
@@ -175,96 +103,9 @@ pub struct FrocReport {
     pub missed: Vec<Finding>,
 }
 
-fn input_err(path: &Path, msg: String) -> CalError {
-    CalError::Input {
-        path: path.to_path_buf(),
-        msg,
-    }
-}
-
-/// Reads a LUNA16-style CSV with a header: `seriesuid, coordX, coordY, coordZ` and
-/// `value_col`. Every problem names the file and line.
-pub fn read_findings(path: &Path, value_col: &str) -> Result<Vec<Finding>, CalError> {
-    let (mut rdr, headers) = models::csvio::open(path, true)?;
-    let want = ["seriesuid", "coordX", "coordY", "coordZ", value_col];
-    let idx: Vec<Option<usize>> = want.iter().map(|w| headers.iter().position(|h| h == *w)).collect();
-    let missing: Vec<&str> = want
-        .iter()
-        .zip(&idx)
-        .filter(|(_, i)| i.is_none())
-        .map(|(w, _)| *w)
-        .collect();
-    if !missing.is_empty() {
-        return Err(input_err(
-            path,
-            format!(
-                "missing column(s) {} (expected {}; found {})",
-                missing.join(", "),
-                want.join(", "),
-                headers.iter().collect::<Vec<_>>().join(", ")
-            ),
-        ));
-    }
-    let idx: Vec<usize> = idx.into_iter().flatten().collect();
-    let mut out = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
-        let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
-        let num = |k: usize| -> Result<f64, CalError> {
-            let s = rec.get(idx[k]).unwrap_or("");
-            let v: f64 = s
-                .parse()
-                .map_err(|_| input_err(path, format!("line {line}: {} is not a number: {s:?}", want[k])))?;
-            if v.is_finite() {
-                Ok(v)
-            } else {
-                Err(input_err(path, format!("line {line}: {} is not finite: {s}", want[k])))
-            }
-        };
-        out.push(Finding {
-            seriesuid: rec.get(idx[0]).unwrap_or("").to_string(),
-            x: num(1)?,
-            y: num(2)?,
-            z: num(3)?,
-            value: num(4)?,
-        });
-    }
-    Ok(out)
-}
-
-/// Reads the series list (R2). Returns the uids and any warning.
-pub fn read_series_list(path: &Path) -> Result<(Vec<String>, Option<String>), CalError> {
-    let (mut rdr, _) = models::csvio::open(path, false)?;
-    let mut uids = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| input_err(path, format!("line {}: {e}", i + 1)))?;
-        let uid = rec.get(0).unwrap_or("").to_string();
-        if uid.is_empty() {
-            return Err(input_err(path, format!("line {}: empty seriesuid", i + 1)));
-        }
-        uids.push(uid);
-    }
-    let mut warning = None;
-    if uids.first().is_some_and(|u| u == "seriesuid") {
-        uids.remove(0);
-        warning = Some(format!(
-            "{}: first row `seriesuid` taken as a header (the official script would count it as a scan)",
-            path.display()
-        ));
-    }
-    if uids.is_empty() {
-        return Err(input_err(path, "no series listed".into()));
-    }
-    Ok((uids, warning))
-}
-
 fn radius2(diameter: f64) -> f64 {
     let d = if diameter < 0.0 { 10.0 } else { diameter };
     (d / 2.0) * (d / 2.0)
-}
-
-fn dist2(a: &Finding, b: &Finding) -> f64 {
-    (a.x - b.x).powi(2) + (a.y - b.y).powi(2) + (a.z - b.z).powi(2)
 }
 
 /// Matched entries per scan, and the totals (R3–R8).
@@ -330,7 +171,7 @@ fn match_all(
             let mut best: Option<f64> = None;
             let mut matches = 0;
             for (ci, c) in cands.iter().enumerate() {
-                if dist2(n, c) < r2 {
+                if n.dist2(c) < r2 {
                     matches += 1;
                     best = Some(best.map_or(c.value, |b: f64| b.max(c.value)));
                     in_pool[ci] = false;
@@ -358,7 +199,7 @@ fn match_all(
         for e in &exc[s] {
             let r2 = radius2(e.value);
             for (ci, c) in cands.iter().enumerate() {
-                if in_pool[ci] && dist2(e, c) < r2 {
+                if in_pool[ci] && e.dist2(c) < r2 {
                     in_pool[ci] = false;
                     t.irrelevant_candidates += 1;
                 }
@@ -454,10 +295,10 @@ pub fn evaluate(
     excluded: &[Finding],
     results: &[Finding],
     s: &FrocSettings,
-) -> Result<FrocReport, CalError> {
+) -> Result<FrocReport, FrocError> {
     if !(0.0 < s.confidence && s.confidence < 1.0) {
-        return Err(CalError::Fit(format!(
-            "confidence must be in (0, 1), got {}",
+        return Err(FrocError::Usage(format!(
+            "--confidence must be in (0, 1), got {}",
             s.confidence
         )));
     }
@@ -470,7 +311,7 @@ pub fn evaluate(
         ));
     }
     if m.totals.nodules == 0 {
-        return Err(CalError::Fit(
+        return Err(FrocError::Undefined(
             "the listed scans hold no annotated nodules: the FROC is undefined".into(),
         ));
     }
@@ -560,217 +401,9 @@ pub fn evaluate(
     })
 }
 
-/// Files of a FROC evaluation.
-#[derive(Debug, Clone)]
-pub struct FrocFiles {
-    pub annotations: PathBuf,
-    pub excluded: Option<PathBuf>,
-    pub seriesuids: PathBuf,
-    pub results: PathBuf,
-    pub out: PathBuf,
-}
-
-/// Reads the files, evaluates, writes `froc_summary.yaml`, `froc_curve.csv`,
-/// `froc_bootstrap.csv`, `nodules_without_candidate.csv` and `froc.png` into `out`.
-pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, CalError> {
-    crate::check_bootstrap(s.bootstrap)?;
-    let (uids, header_warning) = read_series_list(&f.seriesuids)?;
-    let annotations = read_findings(&f.annotations, "diameter_mm")?;
-    let excluded = match &f.excluded {
-        Some(p) => read_findings(p, "diameter_mm")?,
-        None => Vec::new(),
-    };
-    let results = read_findings(&f.results, "probability")?;
-    if results.is_empty() {
-        return Err(input_err(
-            &f.results,
-            "no candidates (the file has only a header)".into(),
-        ));
-    }
-    let mut report = evaluate(&uids, &annotations, &excluded, &results, s)?;
-    if let Some(w) = header_warning {
-        report.warnings.insert(0, w);
-    }
-    if f.excluded.is_none() {
-        report
-            .warnings
-            .push("no annotations_excluded.csv given: no candidate is ignored as irrelevant".into());
-    }
-    write_outputs(&report, &f.out)?;
-    Ok(report)
-}
-
-fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), CalError> {
-    std::fs::create_dir_all(out).map_err(|source| CalError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
-    let ser = |e: &dyn std::fmt::Display| CalError::Fit(e.to_string());
-    let yaml = serde_yaml::to_string(r).map_err(|e| ser(&e))?;
-    models::fsutil::write_atomic(&out.join("froc_summary.yaml"), yaml.as_bytes())?;
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["fp_per_scan", "sensitivity", "threshold"])
-        .map_err(|e| ser(&e))?;
-    for (x, y, t) in &r.curve {
-        w.write_record([format!("{x:.9}"), format!("{y:.9}"), format!("{t:.9}")])
-            .map_err(|e| ser(&e))?;
-    }
-    models::fsutil::write_atomic(&out.join("froc_curve.csv"), &w.into_inner().map_err(|e| ser(&e))?)?;
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "fp_per_scan",
-        "sensitivity_mean",
-        "sensitivity_lower",
-        "sensitivity_upper",
-    ])
-    .map_err(|e| ser(&e))?;
-    for (x, m, lo, hi) in &r.band {
-        w.write_record([
-            format!("{x:.9}"),
-            format!("{m:.9}"),
-            format!("{lo:.9}"),
-            format!("{hi:.9}"),
-        ])
-        .map_err(|e| ser(&e))?;
-    }
-    models::fsutil::write_atomic(&out.join("froc_bootstrap.csv"), &w.into_inner().map_err(|e| ser(&e))?)?;
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
-        .map_err(|e| ser(&e))?;
-    for n in &r.missed {
-        w.write_record([
-            n.seriesuid.clone(),
-            n.x.to_string(),
-            n.y.to_string(),
-            n.z.to_string(),
-            n.value.to_string(),
-        ])
-        .map_err(|e| ser(&e))?;
-    }
-    models::fsutil::write_atomic(
-        &out.join("nodules_without_candidate.csv"),
-        &w.into_inner().map_err(|e| ser(&e))?,
-    )?;
-    plot(r, &out.join("froc.png"))
-}
-
-fn plot(r: &FrocReport, path: &Path) -> Result<(), CalError> {
-    let clip =
-        |pts: Vec<(f64, f64)>| -> Vec<(f64, f64)> { pts.into_iter().filter(|p| p.0 >= 0.125 && p.0 <= 8.0).collect() };
-    let mut raw: Vec<(f64, f64)> = Vec::new();
-    // The raw curve on the plotted range, with its values at the range ends.
-    raw.push((0.125, interp(0.125, &r.curve)));
-    raw.extend(clip(r.curve.iter().map(|p| (p.0, p.1)).collect()));
-    raw.push((8.0, interp(8.0, &r.curve)));
-    let mut series = vec![plots::Series {
-        label: "FROC".into(),
-        points: raw,
-        color: (20, 60, 200),
-        markers: false,
-    }];
-    series.push(plots::Series {
-        label: format!("CPM {:.3} (7 rates)", r.cpm),
-        points: r.rates.iter().map(|p| (p.fp_per_scan, p.sensitivity)).collect(),
-        color: (200, 40, 40),
-        markers: true,
-    });
-    let bands = if r.band.is_empty() {
-        vec![]
-    } else {
-        // Every 10th grid point is plenty for the picture.
-        let pick: Vec<&(f64, f64, f64, f64)> = r.band.iter().step_by(10).collect();
-        vec![plots::Band {
-            label: format!(
-                "bootstrap {:.0}% CI ({} resamples)",
-                r.confidence * 100.0,
-                r.bootstrap_samples
-            ),
-            lower: pick.iter().map(|b| (b.0, b.2)).collect(),
-            upper: pick.iter().map(|b| (b.0, b.3)).collect(),
-            color: (20, 60, 200),
-        }]
-    };
-    let chart = plots::Chart {
-        title: format!("FROC: {} scans, {} nodules", r.totals.scans, r.totals.nodules),
-        x_label: "average false positives per scan".into(),
-        y_label: "sensitivity".into(),
-        x_range: (0.125, 8.0),
-        y_range: (0.0, 1.0),
-        log_x: true,
-        series,
-        bands,
-        annotations: vec![],
-    };
-    plots::line_chart(&chart, path).map_err(|e| CalError::Fit(e.to_string()))
-}
-
-/// A short human summary.
-pub fn summary(r: &FrocReport) -> String {
-    let mut s = String::new();
-    let t = &r.totals;
-    s += &format!(
-        "scans {}, nodules {}, candidates {} (after a cap of {}), TP {}, FP {}, FN {}, irrelevant {}, double detections {}\n",
-        t.scans,
-        t.nodules,
-        t.candidates,
-        r.max_candidates_per_scan.map_or("none".into(), |n| n.to_string()),
-        t.true_positives,
-        t.false_positives,
-        t.false_negatives,
-        t.irrelevant_candidates,
-        t.double_detections
-    );
-    s += "FP/scan  sensitivity  bootstrap mean [95% CI]\n";
-    for p in &r.rates {
-        s += &format!("{:>7}  {:>11.4}", p.fp_per_scan, p.sensitivity);
-        if let (Some(m), Some(lo), Some(hi)) = (p.bootstrap_mean, p.ci_lower, p.ci_upper) {
-            s += &format!("  {m:.4} [{lo:.4}, {hi:.4}]");
-        }
-        s += "\n";
-    }
-    s += &format!("CPM {:.4}", r.cpm);
-    if let (Some(m), Some([lo, hi])) = (r.cpm_bootstrap_mean, r.cpm_ci) {
-        s += &format!("  bootstrap mean {m:.4} [{lo:.4}, {hi:.4}]");
-    }
-    s += "\n";
-    for w in &r.warnings {
-        s += &format!("warning: {w}\n");
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn too_many_resamples_are_refused_before_reading() {
-        let nowhere = PathBuf::from("/nonexistent/x.csv");
-        let files = FrocFiles {
-            annotations: nowhere.clone(),
-            excluded: None,
-            seriesuids: nowhere.clone(),
-            results: nowhere.clone(),
-            out: nowhere,
-        };
-        let s = FrocSettings {
-            bootstrap: crate::MAX_BOOTSTRAP + 1,
-            ..Default::default()
-        };
-        let e = run(&files, &s).expect_err("refused").to_string();
-        assert!(
-            e.starts_with(&format!("--bootstrap {}", crate::MAX_BOOTSTRAP + 1)),
-            "{e}"
-        );
-        let s = FrocSettings {
-            bootstrap: crate::MAX_BOOTSTRAP,
-            ..Default::default()
-        };
-        assert!(run(&files, &s)
-            .expect_err("no files")
-            .to_string()
-            .contains("/nonexistent"));
-    }
 
     fn f(uid: &str, x: f64, v: f64) -> Finding {
         Finding {

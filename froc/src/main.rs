@@ -1,11 +1,11 @@
 //! `froc`: LUNA16 FROC and CPM from the challenge's own files, computed as the official
-//! evaluation script does (rules in `calibrate::froc`).
+//! evaluation script does (rules in the `froc` crate documentation).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use calibrate::froc::{FrocFiles, FrocSettings};
+use froc::{FrocFiles, FrocSettings};
 
 /// LUNA16 FROC / CPM with bootstrap intervals, as the challenge's evaluation script computes them.
 ///
@@ -58,9 +58,9 @@ fn main() -> ExitCode {
         seed: a.seed,
         confidence: a.confidence,
     };
-    match calibrate::froc::run(&files, &s) {
+    match froc::run(&files, &s) {
         Ok(r) => {
-            print!("{}", calibrate::froc::summary(&r));
+            print!("{}", froc::summary(&r));
             println!("wrote {}", a.out.display());
             ExitCode::SUCCESS
         }

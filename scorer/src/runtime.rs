@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use ort::environment::Environment;
 
-use crate::InferError;
+use crate::ScorerError;
 
 /// Environment variable naming the ONNX Runtime shared library (the name ort itself uses).
 pub const ORT_ENV: &str = "ORT_DYLIB_PATH";
@@ -62,13 +62,13 @@ fn lib_in(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Resolves the library path without loading it; `Err` lists every place tried.
-pub fn locate(flag: Option<&Path>) -> Result<PathBuf, InferError> {
+pub fn locate(flag: Option<&Path>) -> Result<PathBuf, ScorerError> {
     let mut tried = Vec::new();
     if let Some(p) = flag {
         if p.is_file() {
             return Ok(p.to_path_buf());
         }
-        return Err(InferError::Runtime(format!("--ort-lib {}: no such file", p.display())));
+        return Err(ScorerError::Runtime(format!("--ort-lib {}: no such file", p.display())));
     }
     // A bundle carries its library next to the binary: that wins over the environment.
     if let Some(dir) = std::env::current_exe()
@@ -85,7 +85,7 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, InferError> {
         if p.is_file() {
             return Ok(p);
         }
-        return Err(InferError::Runtime(format!("{ORT_ENV}={}: no such file", p.display())));
+        return Err(ScorerError::Runtime(format!("{ORT_ENV}={}: no such file", p.display())));
     }
     tried.push(format!("--ort-lib (not given), ${ORT_ENV} (not set)"));
     for dir in venv_dirs() {
@@ -100,7 +100,7 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, InferError> {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv").display()
         ));
     }
-    Err(InferError::Runtime(format!(
+    Err(ScorerError::Runtime(format!(
         "ONNX Runtime shared library (libonnxruntime.so) not found. Tried: {}. \
          Fix: run `scripts/setup` (installs onnxruntime==1.31.1 into .venv), or pass --ort-lib PATH, \
          or set {ORT_ENV}=/path/to/libonnxruntime.so",
@@ -109,7 +109,7 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, InferError> {
 }
 
 /// Loads ONNX Runtime once per process (ort allows one environment per process).
-pub fn init(flag: Option<&Path>) -> Result<&'static Runtime, InferError> {
+pub fn init(flag: Option<&Path>) -> Result<&'static Runtime, ScorerError> {
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
@@ -119,11 +119,11 @@ pub fn init(flag: Option<&Path>) -> Result<&'static Runtime, InferError> {
     }
     let library = locate(flag)?;
     let env = ort::init_from(&library)
-        .map_err(|e| InferError::Runtime(format!("{}: cannot load ONNX Runtime: {e}", library.display())))?
+        .map_err(|e| ScorerError::Runtime(format!("{}: cannot load ONNX Runtime: {e}", library.display())))?
         .with_name("nodule-infer")
         .build()
         .map_err(|e| {
-            InferError::Runtime(format!(
+            ScorerError::Runtime(format!(
                 "{}: cannot create the ONNX Runtime environment: {e}",
                 library.display()
             ))

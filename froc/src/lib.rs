@@ -1,0 +1,175 @@
+//! LUNA16 FROC and CPM, computed as the challenge's evaluation script
+//! (`noduleCADEvaluationLUNA16.py`, with `NoduleFinding.py`) computes them. Implemented
+//! independently from a study of that script's behaviour; each rule below says what the
+//! script does and where we state a deviation.
+//!
+//! # Inputs
+//! * R1. `annotations.csv`, `annotations_excluded.csv` and the results CSV have a header
+//!   row and are read by column name (`seriesuid, coordX, coordY, coordZ, diameter_mm`;
+//!   results: `probability` instead of `diameter_mm`); other columns are ignored.
+//! * R2. The series list (`seriesuids.csv`) has no header: column 0 of every row is a
+//!   scan, and the number of scans (the FP/scan divisor) is the number of rows. *Stated
+//!   deviation:* a first row that reads `seriesuid` is taken as a header and reported in
+//!   the warnings (the script would count it as a scan without nodules).
+//! * R3. Annotations and results of series not in the list are ignored (the script does
+//!   so silently; we count the result rows and report them). A listed series without
+//!   results is a scan whose nodules are all missed.
+//!
+//! # Per scan, in list order
+//! * R4. Cap: if a scan has more than `max_candidates` (the script's entry point passes
+//!   100) candidates, let `t` be the (N+1)-th highest probability; only candidates with
+//!   `probability > t` (strictly) are kept. Ties at `t` are all dropped, so a scan can keep
+//!   fewer than N. Counts after the cap are the "candidates" totals.
+//! * R5. Hit: squared world-mm distance `d² < r²` (strict; a candidate exactly on the
+//!   radius is not a hit), `r = diameter_mm / 2`; a negative diameter (the −1 of excluded
+//!   findings without a size) becomes 10 mm, so `r = 5`. A diameter of 0 is never hit.
+//! * R6. Included nodules first, in file order: every candidate of the (capped) scan
+//!   within the radius matches, including one already matched by an earlier nodule (one
+//!   candidate can make two nodules true positives). A nodule with matches is one TP with
+//!   the maximum probability among them; the other matches are neither TP nor FP ("double
+//!   detections"). A nodule without matches is a miss.
+//! * R7. Then excluded findings (`annotations_excluded.csv`), in file order: candidates
+//!   within their radius that no included nodule claimed are ignored: neither TP nor FP
+//!   ("irrelevant candidates"). A candidate on both an included nodule and an excluded
+//!   finding is a TP (R6 comes first).
+//! * R8. Every remaining candidate is a false positive with its probability.
+//!
+//! # The curve
+//! * R9. Over all scans: TPs (one per detected nodule, its max probability) and FPs, sorted
+//!   by probability descending, ties forming one step. At each distinct threshold `t`:
+//!   `x = fpr·N_fp / N_scans` with `fpr = #FP(p ≥ t) / N_fp`, and
+//!   `y = tpr·N_det / N_nodules` with `tpr = #TP(p ≥ t) / N_det` (the script's
+//!   `roc_curve` then rescaling, in that floating-point order), from (0, 0). Missed
+//!   nodules are in `N_nodules` only, so the curve tops out at `N_det / N_nodules`. With no
+//!   false positives at all every x is 0 (the script's special case).
+//! * R10. Sensitivity at a rate `r` is `np.interp(r, x, y)`: linear in FP/scan; beyond the
+//!   curve the end value holds; at an x shared by several points, the last (highest) y.
+//! * R11. CPM: mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 FP/scan. The official script
+//!   only plots the curve; the CPM of the challenge's papers is this average. We evaluate
+//!   the raw curve exactly at the seven rates (derived copies of the script read it off a
+//!   10001-point grid and land slightly off the rates).
+//!
+//! # Bootstrap (`computeFROC_bootstrap`)
+//! * R12. Each of B resamples (script: 1000) draws `N_scans` scans from the list with
+//!   replacement; a scan drawn k times contributes its TPs, FPs and misses k times; the
+//!   divisor stays `N_scans` and `N_nodules` is recounted over the drawn scans. The script
+//!   has no seed; ours is configurable.
+//! * R13. Each resampled curve is interpolated (R10) on `linspace(0.125, 8, 10000)` (the
+//!   band) and at the seven rates; per point the mean is the average and the interval is
+//!   `sorted[floor(Pz·B)]`, `sorted[floor((1−Pz)·B)]` with `Pz = (1 − confidence)/2`
+//!   (indices 25 and 975 for B = 1000). The script stores float32; we keep f64.
+//!
+//! # Layout
+//! [`models::luna16`] reads the CSV files (shared with `trainer prepare`), [`evaluate`]
+//! matches candidates and computes the curve, the CPM and the bootstrap, [`write`] writes
+//! the output folder and the summary. This crate links neither libtorch nor ONNX Runtime:
+//! it scores a results file, whatever made it.
+#![warn(clippy::unwrap_used)]
+
+pub mod evaluate;
+pub mod write;
+
+use std::path::{Path, PathBuf};
+
+pub use evaluate::{evaluate, interp, FrocReport, FrocSettings, RatePoint, Totals, GRID_POINTS, RATES};
+pub use models::luna16::Finding;
+use models::luna16::{read_findings, read_series_list};
+pub use write::summary;
+
+/// Errors of a FROC evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum FrocError {
+    #[error("{path}: {msg}")]
+    Input { path: PathBuf, msg: String },
+    /// A setting out of its range.
+    #[error("{0}")]
+    Usage(String),
+    /// The data leave the FROC undefined (no annotated nodule among the listed scans).
+    #[error("{0}")]
+    Undefined(String),
+    #[error("{path}: cannot write: {msg}")]
+    Output { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Models(#[from] models::Error),
+}
+
+fn input_err(path: &Path, msg: String) -> FrocError {
+    FrocError::Input {
+        path: path.to_path_buf(),
+        msg,
+    }
+}
+
+/// Files of a FROC evaluation.
+#[derive(Debug, Clone)]
+pub struct FrocFiles {
+    pub annotations: PathBuf,
+    pub excluded: Option<PathBuf>,
+    pub seriesuids: PathBuf,
+    pub results: PathBuf,
+    pub out: PathBuf,
+}
+
+/// Reads the files, evaluates, writes `froc_summary.yaml`, `froc_curve.csv`,
+/// `froc_bootstrap.csv`, `nodules_without_candidate.csv` and `froc.png` into `out`.
+pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
+    models::cli::check_bootstrap(s.bootstrap).map_err(FrocError::Usage)?;
+    let (uids, header_warning) = read_series_list(&f.seriesuids)?;
+    let annotations = read_findings(&f.annotations, "diameter_mm")?;
+    let excluded = match &f.excluded {
+        Some(p) => read_findings(p, "diameter_mm")?,
+        None => Vec::new(),
+    };
+    let results = read_findings(&f.results, "probability")?;
+    if results.is_empty() {
+        return Err(input_err(
+            &f.results,
+            "no candidates (the file has only a header)".into(),
+        ));
+    }
+    let mut report = evaluate(&uids, &annotations, &excluded, &results, s)?;
+    if let Some(w) = header_warning {
+        report.warnings.insert(0, w);
+    }
+    if f.excluded.is_none() {
+        report
+            .warnings
+            .push("no annotations_excluded.csv given: no candidate is ignored as irrelevant".into());
+    }
+    write::write_outputs(&report, &f.out)?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_resamples_are_refused_before_reading() {
+        let nowhere = PathBuf::from("/nonexistent/x.csv");
+        let files = FrocFiles {
+            annotations: nowhere.clone(),
+            excluded: None,
+            seriesuids: nowhere.clone(),
+            results: nowhere.clone(),
+            out: nowhere,
+        };
+        let s = FrocSettings {
+            bootstrap: models::cli::MAX_BOOTSTRAP + 1,
+            ..Default::default()
+        };
+        let e = run(&files, &s).expect_err("refused").to_string();
+        assert!(
+            e.starts_with(&format!("--bootstrap {}", models::cli::MAX_BOOTSTRAP + 1)),
+            "{e}"
+        );
+        let s = FrocSettings {
+            bootstrap: models::cli::MAX_BOOTSTRAP,
+            ..Default::default()
+        };
+        assert!(run(&files, &s)
+            .expect_err("no files")
+            .to_string()
+            .contains("/nonexistent"));
+    }
+}

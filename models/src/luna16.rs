@@ -1,0 +1,114 @@
+//! LUNA16's CSV files: `annotations.csv`, `annotations_excluded.csv`, `candidates*.csv`,
+//! results in the submission format (all `seriesuid, coordX, coordY, coordZ` and one value
+//! column), and the series list. Read by `trainer prepare` (what to cut) and `froc` (what to
+//! score against); positions are world millimetres in ITK/LPS, as the challenge gives them.
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// A finding with a position in world millimetres.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub seriesuid: String,
+    #[serde(rename = "coordX")]
+    pub x: f64,
+    #[serde(rename = "coordY")]
+    pub y: f64,
+    #[serde(rename = "coordZ")]
+    pub z: f64,
+    /// Diameter for annotations; probability for candidates.
+    #[serde(skip)]
+    pub value: f64,
+}
+
+impl Finding {
+    /// Squared distance in world millimetres.
+    pub fn dist2(&self, other: &Finding) -> f64 {
+        (self.x - other.x).powi(2) + (self.y - other.y).powi(2) + (self.z - other.z).powi(2)
+    }
+}
+
+fn input_err(path: &Path, msg: String) -> Error {
+    Error::BadCsv {
+        path: path.to_path_buf(),
+        msg,
+    }
+}
+
+/// Reads a LUNA16-style CSV with a header: `seriesuid, coordX, coordY, coordZ` and
+/// `value_col`. Every problem names the file and line.
+pub fn read_findings(path: &Path, value_col: &str) -> Result<Vec<Finding>> {
+    let (mut rdr, headers) = crate::csvio::open(path, true)?;
+    let want = ["seriesuid", "coordX", "coordY", "coordZ", value_col];
+    let idx: Vec<Option<usize>> = want.iter().map(|w| headers.iter().position(|h| h == *w)).collect();
+    let missing: Vec<&str> = want
+        .iter()
+        .zip(&idx)
+        .filter(|(_, i)| i.is_none())
+        .map(|(w, _)| *w)
+        .collect();
+    if !missing.is_empty() {
+        return Err(input_err(
+            path,
+            format!(
+                "missing column(s) {} (expected {}; found {})",
+                missing.join(", "),
+                want.join(", "),
+                headers.iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let idx: Vec<usize> = idx.into_iter().flatten().collect();
+    let mut out = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
+        let num = |k: usize| -> Result<f64> {
+            let s = rec.get(idx[k]).unwrap_or("");
+            let v: f64 = s
+                .parse()
+                .map_err(|_| input_err(path, format!("line {line}: {} is not a number: {s:?}", want[k])))?;
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(input_err(path, format!("line {line}: {} is not finite: {s}", want[k])))
+            }
+        };
+        out.push(Finding {
+            seriesuid: rec.get(idx[0]).unwrap_or("").to_string(),
+            x: num(1)?,
+            y: num(2)?,
+            z: num(3)?,
+            value: num(4)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads the series list (LUNA16's `seriesuids.csv`: no header, column 0 of every row). Returns the uids and any warning.
+pub fn read_series_list(path: &Path) -> Result<(Vec<String>, Option<String>)> {
+    let (mut rdr, _) = crate::csvio::open(path, false)?;
+    let mut uids = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = rec.map_err(|e| input_err(path, format!("line {}: {e}", i + 1)))?;
+        let uid = rec.get(0).unwrap_or("").to_string();
+        if uid.is_empty() {
+            return Err(input_err(path, format!("line {}: empty seriesuid", i + 1)));
+        }
+        uids.push(uid);
+    }
+    let mut warning = None;
+    if uids.first().is_some_and(|u| u == "seriesuid") {
+        uids.remove(0);
+        warning = Some(format!(
+            "{}: first row `seriesuid` taken as a header (the official script would count it as a scan)",
+            path.display()
+        ));
+    }
+    if uids.is_empty() {
+        return Err(input_err(path, "no series listed".into()));
+    }
+    Ok((uids, warning))
+}

@@ -1,0 +1,305 @@
+//! Scoring with an exported ONNX model through ONNX Runtime: the one piece that `infer`,
+//! `calibrate --patches` and the trainer's export parity check share.
+//!
+//! Never links libtorch, and does not link ONNX Runtime either: the library is located and
+//! loaded at run time ([`runtime`]), so the same binary runs wherever a compatible ONNX
+//! Runtime (1.24 or newer) is found. A [`Scorer`] checks that the model is one of ours (its
+//! preprocessing is read from the file's `metadata_props`,
+//! [`models::preprocess::Preprocess::from_metadata`], never re-typed by the user), opens a
+//! session on the requested device (CUDA first with CPU fallback disabled, so a partial
+//! placement is reported), and scores batches laid out as the model's input.
+//!
+//! Reading patches and writing outputs are the callers' business: this crate holds no file
+//! formats beyond the model itself.
+#![warn(clippy::unwrap_used)]
+
+pub mod runtime;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::Array3;
+use ort::ep::{self, ExecutionProvider};
+use ort::session::Session;
+use ort::value::TensorRef;
+
+pub use models::device::DeviceChoice as Device;
+use models::preprocess::Preprocess;
+
+/// Errors of opening and running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ScorerError {
+    #[error("{0}")]
+    Runtime(String),
+    #[error("{path}: {msg}")]
+    Model { path: PathBuf, msg: String },
+    #[error("device: {0}")]
+    Device(String),
+    #[error(transparent)]
+    Models(#[from] models::Error),
+}
+
+/// How to open a [`Scorer`].
+#[derive(Debug, Clone)]
+pub struct ScorerOptions {
+    pub device: Device,
+    /// Intra-op threads (0: ONNX Runtime's default).
+    pub threads: usize,
+    /// Explicit path of libonnxruntime.
+    pub ort_lib: Option<PathBuf>,
+    /// Let ONNX Runtime's worker threads spin between parallel sections (its own default).
+    /// Off by default: infer decodes files on the same cores, and on small hosts spinning
+    /// workers take the time the decoders need; on many-core hosts spinning may pay.
+    pub spin: bool,
+}
+
+impl Default for ScorerOptions {
+    fn default() -> Self {
+        ScorerOptions {
+            device: Device::Auto,
+            threads: 0,
+            ort_lib: None,
+            spin: false,
+        }
+    }
+}
+
+/// An ONNX model opened in ONNX Runtime with its preprocessing.
+pub struct Scorer {
+    session: Session,
+    pub model_path: PathBuf,
+    pub model_sha256: String,
+    pub preprocess: Preprocess,
+    pub metadata: BTreeMap<String, String>,
+    /// The execution provider the session runs on.
+    pub provider: &'static str,
+    /// Why that provider (for `--device auto`).
+    pub provider_note: String,
+    /// Whether every node runs on that provider (`Some(false)`: some fall back to CPU).
+    pub all_nodes_on_provider: Option<bool>,
+    pub runtime: &'static runtime::Runtime,
+    /// [`Scorer::score`]'s batch buffer, kept between calls: a fresh one per batch is a
+    /// fresh mmap (tens of MiB) with its page faults, on the scoring thread.
+    batch: Vec<f32>,
+}
+
+impl Scorer {
+    /// Opens `model`: checks that it is an ONNX model exported by this toolchain, reads its
+    /// preprocessing, and creates a session on the requested device.
+    pub fn open(model: &Path, opts: &ScorerOptions) -> Result<Self, ScorerError> {
+        models::cli::check_threads("--threads", opts.threads).map_err(ScorerError::Runtime)?;
+        let bytes = std::fs::read(model).map_err(|e| models::Error::io(model, e))?;
+        let proto = models::onnx::parse_model(&bytes, model)?;
+        let metadata = models::onnx::metadata(&proto);
+        let preprocess = Preprocess::from_metadata(&metadata).map_err(|e| ScorerError::Model {
+            path: model.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        let rt = runtime::init(opts.ort_lib.as_deref())?;
+        let model_err = |e: ort::Error| ScorerError::Model {
+            path: model.to_path_buf(),
+            msg: format!("ONNX Runtime cannot load it: {e}"),
+        };
+        let builder = || -> Result<ort::session::builder::SessionBuilder, ScorerError> {
+            // Decoding runs beside the session (infer's pipeline); ONNX Runtime's worker
+            // threads must not spin on the cores the decoders need.
+            let b = Session::builder(&rt.env)
+                .map_err(model_err)?
+                .with_intra_op_spinning(opts.spin)
+                .map_err(|e| model_err(e.into()))?;
+            if opts.threads > 0 {
+                return b.with_intra_threads(opts.threads).map_err(|e| model_err(e.into()));
+            }
+            Ok(b)
+        };
+        // Device ids are parsed as u16 (models::device), so they fit ONNX Runtime's i32.
+        let cuda = |id: usize| {
+            ep::CUDA::default()
+                .with_device_id(i32::try_from(id).unwrap_or(i32::MAX))
+                .build()
+                .error_on_failure()
+        };
+        // A CUDA session, first with CPU fallback disabled: if that commits, every node runs
+        // on CUDA; if only the fallback version commits, some nodes run on the CPU.
+        let cuda_session = |id: usize| -> Result<(Session, bool), String> {
+            let strict = builder()
+                .map_err(|e| e.to_string())?
+                .with_execution_providers([cuda(id)])
+                .map_err(|e| e.to_string())?
+                .with_disable_cpu_fallback()
+                .map_err(|e| e.to_string())
+                .and_then(|mut b| b.commit_from_memory(&bytes).map_err(|e| e.to_string()));
+            match strict {
+                Ok(s) => Ok((s, true)),
+                Err(_) => {
+                    let mut b = builder()
+                        .map_err(|e| e.to_string())?
+                        .with_execution_providers([cuda(id)])
+                        .map_err(|e| e.to_string())?;
+                    Ok((b.commit_from_memory(&bytes).map_err(|e| e.to_string())?, false))
+                }
+            }
+        };
+        let (session, provider, provider_note, all_nodes) = match opts.device {
+            Device::Cpu => (
+                builder()?.commit_from_memory(&bytes).map_err(model_err)?,
+                "CPUExecutionProvider",
+                "requested".to_string(),
+                Some(true),
+            ),
+            Device::Cuda(id) => {
+                let preload = runtime::preload_cuda_libraries(rt);
+                let (s, all) = cuda_session(id).map_err(|e| {
+                    ScorerError::Device(format!(
+                        "CUDA device {id} requested but the CUDA execution provider cannot be registered: {e}. {}{}",
+                        cuda_hint(rt),
+                        preload.err().map(|p| format!(" ({p})")).unwrap_or_default()
+                    ))
+                })?;
+                (
+                    s,
+                    "CUDAExecutionProvider",
+                    format!("requested (device {id})"),
+                    Some(all),
+                )
+            }
+            Device::Auto => {
+                let compiled = ep::CUDA::is_available().unwrap_or(false);
+                let attempt = if compiled {
+                    // Failing to preload is not fatal here: the libraries may be on the
+                    // loader path anyway; registration says whether CUDA works.
+                    let _ = runtime::preload_cuda_libraries(rt);
+                    cuda_session(0)
+                } else {
+                    Err(String::new())
+                };
+                match attempt {
+                    Ok((s, all)) => (
+                        s,
+                        "CUDAExecutionProvider",
+                        "auto: CUDA provider registered".to_string(),
+                        Some(all),
+                    ),
+                    Err(why) => {
+                        let note = if compiled {
+                            format!("auto: CUDA provider failed to register ({why}); using CPU")
+                        } else {
+                            "auto: this ONNX Runtime build has no CUDA provider; using CPU".to_string()
+                        };
+                        (
+                            builder()?.commit_from_memory(&bytes).map_err(model_err)?,
+                            "CPUExecutionProvider",
+                            note,
+                            Some(true),
+                        )
+                    }
+                }
+            }
+        };
+        let n_in = session.inputs().len();
+        // A calibrated model (calibrate's model.calibrated.onnx) has `probability` and
+        // `decision` outputs beside `logit`; the scorer reads `logit`.
+        let has_logit = session.outputs().iter().any(|o| o.name() == models::onnx::OUTPUT_NAME);
+        if n_in != 1 || !has_logit {
+            return Err(ScorerError::Model {
+                path: model.to_path_buf(),
+                msg: format!(
+                    "expected one input and a `{}` output, found {n_in} input(s) and outputs {:?}",
+                    models::onnx::OUTPUT_NAME,
+                    session
+                        .outputs()
+                        .iter()
+                        .map(|o| o.name().to_string())
+                        .collect::<Vec<_>>()
+                ),
+            });
+        }
+        Ok(Scorer {
+            session,
+            model_path: model.to_path_buf(),
+            model_sha256: models::fsutil::sha256_bytes(&bytes),
+            preprocess,
+            metadata,
+            provider,
+            provider_note,
+            all_nodes_on_provider: all_nodes,
+            runtime: rt,
+            batch: Vec::new(),
+        })
+    }
+
+    /// Scores preprocessed cubes (each `cube_size³`), returning one logit per cube.
+    ///
+    /// # Shapes
+    /// `cubes[i]`: `[D, D, D]` → input `[N, 1, D, D, D]` → output `[N, 1]`.
+    pub fn score(&mut self, cubes: &[Array3<f32>]) -> Result<Vec<f32>, ScorerError> {
+        let d = self.preprocess.cube_size;
+        let mut data = std::mem::take(&mut self.batch);
+        data.clear();
+        data.reserve(cubes.len() * d * d * d);
+        for c in cubes {
+            if c.shape() != [d, d, d] {
+                return Err(ScorerError::Model {
+                    path: self.model_path.clone(),
+                    msg: format!("cube of shape {:?} given, model takes {d}³", c.shape()),
+                });
+            }
+            match c.as_slice() {
+                Some(s) => data.extend_from_slice(s),
+                None => data.extend(c.iter()),
+            }
+        }
+        let out = self.score_flat(&data);
+        self.batch = data;
+        out
+    }
+
+    /// Scores a batch already laid out as the model's input: `n` preprocessed cubes one
+    /// after another (z, y, x order each), `data.len() = n · cube_size³`.
+    pub fn score_flat(&mut self, data: &[f32]) -> Result<Vec<f32>, ScorerError> {
+        let d = self.preprocess.cube_size;
+        let per = d * d * d;
+        if data.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !data.len().is_multiple_of(per) {
+            return Err(ScorerError::Model {
+                path: self.model_path.clone(),
+                msg: format!("{} values given, not a whole number of {d}³ cubes", data.len()),
+            });
+        }
+        let n = data.len() / per;
+        let input = TensorRef::from_array_view(([n, 1, d, d, d], data))
+            .map_err(|e| ScorerError::Runtime(format!("input tensor: {e}")))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![input])
+            .map_err(|e| ScorerError::Runtime(format!("{}: inference failed: {e}", self.model_path.display())))?;
+        let (shape, logits) = outputs[models::onnx::OUTPUT_NAME]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| ScorerError::Runtime(format!("output tensor: {e}")))?;
+        if logits.len() != n {
+            return Err(ScorerError::Model {
+                path: self.model_path.clone(),
+                msg: format!("output of shape {shape:?} for {n} inputs"),
+            });
+        }
+        Ok(logits.to_vec())
+    }
+}
+
+fn cuda_hint(rt: &runtime::Runtime) -> String {
+    let compiled = ep::CUDA::is_available().unwrap_or(false);
+    if compiled {
+        "The ONNX Runtime build has the CUDA provider, so a library it needs is missing or the driver is unusable: \
+         check `nvidia-smi`, and that CUDA 13 runtime, cuBLAS and cuDNN 9 libraries are on the loader path"
+            .to_string()
+    } else {
+        format!(
+            "The ONNX Runtime at {} (version {}) is a CPU-only build: install onnxruntime-gpu (scripts/setup --cuda) or point --ort-lib at a GPU build",
+            rt.library.display(),
+            rt.version
+        )
+    }
+}
+
