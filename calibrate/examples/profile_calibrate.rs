@@ -45,7 +45,7 @@ fn main() {
         .iter()
         .map(|&z| f.log_odds(calibrate::Method::Platt, z))
         .collect();
-    let _ = calibrate::compute_metrics(&p, &lp, &t.labels);
+    let _ = calibrate::metrics::compute_metrics(&p, &lp, &t.labels);
     println!("metrics of one method: {:.3} s", t0.elapsed().as_secs_f64());
     let t0 = Instant::now();
     let _ = calibrate(&t, &s, m).expect("calibrate");

@@ -77,18 +77,18 @@ fn threshold_f32(t: f64) -> f32 {
 pub fn calibrated_model(mut model: ModelProto, cal: &CalibrationFile) -> Result<ModelProto, CalError> {
     let op = cal
         .operating_point()
-        .ok_or_else(|| CalError::Fit("no default operating point".into()))?;
+        .ok_or_else(|| CalError::Model("the calibration has no default operating point".into()))?;
     let g = model
         .graph
         .as_mut()
-        .ok_or_else(|| CalError::Fit("model has no graph".into()))?;
+        .ok_or_else(|| CalError::Model("it has no graph".into()))?;
     let logit = models::onnx::OUTPUT_NAME;
     if !g.output.iter().any(|o| o.name.as_deref() == Some(logit)) {
-        return Err(CalError::Fit(format!("model has no `{logit}` output to calibrate")));
+        return Err(CalError::Model(format!("it has no `{logit}` output to calibrate")));
     }
     if g.output.iter().any(|o| o.name.as_deref() == Some("probability")) {
-        return Err(CalError::Fit(
-            "model is already calibrated (it has a `probability` output)".into(),
+        return Err(CalError::Model(
+            "it is already calibrated (it has a `probability` output)".into(),
         ));
     }
     let (mut inits, mut nodes) = (Vec::new(), Vec::new());

@@ -1,7 +1,7 @@
 //! Temperature scaling and Platt scaling, fitted exactly by Newton's method on their
 //! convex negative log-likelihoods (with backtracking, so every step decreases the loss),
 //! and isotonic regression by pool-adjacent-violators.
-pub use models::calibration::{Isotonic, Platt, Temperature};
+pub use models::calibration::{Isotonic, Method, Platt, Temperature};
 
 use crate::metrics::{sigmoid, softplus};
 use crate::CalError;
@@ -29,12 +29,18 @@ fn soft_nll(z: &[f64], t: &[f64], a: f64, b: f64) -> f64 {
 /// logits in the thousands, and the fit returned T = 1 and Platt a = 1, b = 0 unchanged).
 /// The losses are convex, so the rescaled problem has the same minimum.
 fn rms(v: &[f64]) -> f64 {
+    // Scaled by the largest magnitude first, so squares of logits near f64's range do not
+    // overflow to Inf (which would leave the fit unscaled).
+    let big = v.iter().filter(|x| x.is_finite()).fold(0.0f64, |a, x| a.max(x.abs()));
+    if big == 0.0 {
+        return 1.0;
+    }
     let (mut s, mut n) = (0.0, 0usize);
     for &x in v.iter().filter(|x| x.is_finite()) {
-        s += x * x;
+        s += (x / big) * (x / big);
         n += 1;
     }
-    let r = (s / n.max(1) as f64).sqrt();
+    let r = big * (s / n.max(1) as f64).sqrt();
     if r.is_finite() && r > 0.0 {
         r
     } else {
@@ -246,6 +252,115 @@ pub fn fit_isotonic(z: &[f64], y: &[u8]) -> Result<Isotonic, CalError> {
         }
     }
     Ok(Isotonic { x: kx, y: ky })
+}
+
+/// The logits the parametric fits see when some are extreme: those more than
+/// [`EXTREME_SPREADS`] robust spreads from the median, clipped to that bound.
+#[derive(Debug, Clone)]
+pub struct Clipped {
+    pub values: Vec<f64>,
+    original: Vec<f64>,
+    pub bounds: [f64; 2],
+    /// Indices of the clipped logits.
+    pub clipped: Vec<usize>,
+}
+
+/// How many robust spreads (1.4826 × the median absolute deviation, or the standard
+/// deviation when that is 0) from the median a logit may lie before the fits see it clipped.
+pub const EXTREME_SPREADS: f64 = 1000.0;
+
+impl Clipped {
+    /// The warning a calibration file carries: how many, the most extreme and its line.
+    pub fn warning(&self, source: &std::path::Path, lines: &[usize]) -> String {
+        let worst = self
+            .clipped
+            .iter()
+            .copied()
+            .max_by(|&a, &b| {
+                let d = |i: usize| (self.values[i] - self.original(i)).abs();
+                d(a).total_cmp(&d(b))
+            })
+            .unwrap_or(0);
+        let at = lines.get(worst).map_or_else(String::new, |l| format!(" on line {l}"));
+        format!(
+            "{} logit(s) in {} lie more than {EXTREME_SPREADS} robust spreads from the median (the most extreme{at}); \
+             the temperature and Platt fits see them clipped to [{:.4e}, {:.4e}] so that they cannot decide the fit \
+             (their probabilities are 0 or 1 either way); metrics and thresholds use the logits as given",
+            self.clipped.len(),
+            source.display(),
+            self.bounds[0],
+            self.bounds[1]
+        )
+    }
+
+    fn original(&self, i: usize) -> f64 {
+        self.original[i]
+    }
+}
+
+/// Clips logits more than [`EXTREME_SPREADS`] robust spreads from the median; `None` when
+/// none is that far (the usual case: nothing changes).
+pub fn clip_extremes(z: &[f64]) -> Option<Clipped> {
+    if z.len() < 3 {
+        return None;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            v[n / 2 - 1] / 2.0 + v[n / 2] / 2.0
+        }
+    };
+    let m = median(&mut z.to_vec());
+    let mad = 1.4826 * median(&mut z.iter().map(|v| (v - m).abs()).collect());
+    let spread = if mad > 0.0 { mad } else { rms(&z.iter().map(|v| v - m).collect::<Vec<_>>()) };
+    let (lo, hi) = (m - EXTREME_SPREADS * spread, m + EXTREME_SPREADS * spread);
+    let clipped: Vec<usize> = (0..z.len()).filter(|&i| z[i] < lo || z[i] > hi).collect();
+    if clipped.is_empty() || !(lo.is_finite() && hi.is_finite()) {
+        return None;
+    }
+    Some(Clipped {
+        values: z.iter().map(|v| v.clamp(lo, hi)).collect(),
+        bounds: [lo, hi],
+        clipped,
+        original: z.to_vec(),
+    })
+}
+
+/// A fitted set of calibrations.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    pub temperature: Temperature,
+    pub platt: Platt,
+    pub isotonic: Isotonic,
+}
+
+impl Fitted {
+    pub fn fit(z: &[f64], y: &[u8], smoothing: bool) -> Result<Self, CalError> {
+        Ok(Fitted {
+            temperature: fit_temperature(z, y)?,
+            platt: fit_platt(z, y, smoothing)?,
+            isotonic: fit_isotonic(z, y)?,
+        })
+    }
+
+    pub fn probability(&self, m: Method, z: f64) -> f64 {
+        models::calibration::calibrated(m, &self.temperature, &self.platt, &self.isotonic, z)
+    }
+
+    /// The log-odds method `m` gives logit `z`: `z / T`, `a z + b`, or the logit of the
+    /// isotonic probability. Taken directly for the first two rather than back from a
+    /// probability, which in f64 is exactly 0 or 1 beyond |log-odds| ≈ 37 and would tie
+    /// patches that the model ranks apart.
+    pub fn log_odds(&self, m: Method, z: f64) -> f64 {
+        match m {
+            Method::Temperature => z / self.temperature.temperature,
+            Method::Platt => self.platt.a * z + self.platt.b,
+            Method::Isotonic => crate::metrics::logit(self.isotonic.apply(z)),
+        }
+    }
 }
 
 #[cfg(test)]

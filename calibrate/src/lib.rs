@@ -8,17 +8,33 @@
 //! series-bootstrap intervals, metrics before and after, bound to the model's sha256), a
 //! Markdown report with plots, and `model.calibrated.onnx` (the network with the
 //! calibration and the chosen threshold appended as graph nodes).
+//!
+//! # Layout
+//! [`read`] turns a scores CSV or a scored patch index into a [`ScoreTable`]; [`fit`],
+//! [`select`], [`thresholds`], [`metrics`] and [`bootstrap`] compute ([`calibrate`] puts
+//! them together); [`write`] writes `calibration.yaml`, with [`report`] and [`bake`] for
+//! the report and the calibrated model. [`run`] checks the settings and the outputs, then
+//! reads, computes and writes.
 #![warn(clippy::unwrap_used)]
 
 pub mod bake;
 pub mod bootstrap;
 pub mod fit;
 pub mod metrics;
+pub mod read;
 pub mod report;
+pub mod select;
 pub mod thresholds;
+pub mod write;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use models::fsutil::{Lock, RunIo};
+
+pub use fit::Fitted;
+pub use read::{Columns, ScoreTable};
+pub use select::cross_validate;
 
 pub use models::calibration::{
     CalibrationFile, DataRef, Isotonic, Method, MethodSelection, Metrics, ModelRef, OperatingPoint, Platt, Temperature,
@@ -27,16 +43,18 @@ pub use models::calibration::{
 /// Errors of the calibrate library.
 #[derive(Debug, thiserror::Error)]
 pub enum CalError {
+    /// Bad input data, naming the file (and line).
     #[error("{path}: {msg}")]
     Input { path: PathBuf, msg: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The data do not support a fit (one class, too few groups, no ranking).
     #[error("fit: {0}")]
     Fit(String),
+    /// A model the calibrated graph cannot be made from.
+    #[error("the model cannot be calibrated: {0}")]
+    Model(String),
+    /// An output that could not be made (YAML, a plot, the calibrated ONNX graph).
+    #[error("{path}: cannot write: {msg}")]
+    Output { path: PathBuf, msg: String },
     /// A setting out of its range.
     #[error("{0}")]
     Usage(String),
@@ -44,352 +62,6 @@ pub enum CalError {
     Models(#[from] models::Error),
     #[error(transparent)]
     Scorer(#[from] scorer::ScorerError),
-}
-
-/// Scores with labels.
-#[derive(Debug, Clone, Default)]
-pub struct ScoreTable {
-    pub source: PathBuf,
-    pub logits: Vec<f64>,
-    pub labels: Vec<u8>,
-    /// Empty when the source has no series column.
-    pub seriesuid: Vec<String>,
-}
-
-/// Which columns of a scores CSV hold what.
-#[derive(Debug, Clone)]
-pub struct Columns {
-    /// Raw logit column; used unless `probability` is given.
-    pub logit: String,
-    /// Probability column instead of a logit (converted to a logit).
-    pub probability: Option<String>,
-    pub label: String,
-    /// Optional series column (bootstrap and cross-validation group by it).
-    pub seriesuid: String,
-    /// Optional patch column: a patch listed twice is an error.
-    pub patch: String,
-}
-
-impl Default for Columns {
-    fn default() -> Self {
-        Columns {
-            logit: "logit".into(),
-            probability: None,
-            label: "label".into(),
-            seriesuid: "seriesuid".into(),
-            patch: "patch_file".into(),
-        }
-    }
-}
-
-fn input_err(path: &Path, msg: String) -> CalError {
-    CalError::Input {
-        path: path.to_path_buf(),
-        msg,
-    }
-}
-
-impl ScoreTable {
-    /// Reads a scores CSV. Every problem names the file and line.
-    pub fn read(path: &Path, cols: &Columns) -> Result<Self, CalError> {
-        let (mut rdr, headers) = models::csvio::open(path, true)?;
-        let find = |name: &str| headers.iter().position(|h| h == name);
-        let score_col = cols.probability.as_deref().unwrap_or(&cols.logit);
-        let (Some(si), Some(li)) = (find(score_col), find(&cols.label)) else {
-            let missing: Vec<&str> = [score_col, cols.label.as_str()]
-                .into_iter()
-                .filter(|c| find(c).is_none())
-                .collect();
-            return Err(input_err(
-                path,
-                format!(
-                    "missing column(s) {} (columns present: {})",
-                    missing.join(", "),
-                    headers.iter().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        };
-        let (ui, pi) = (find(&cols.seriesuid), find(&cols.patch));
-        let mut t = ScoreTable {
-            source: path.to_path_buf(),
-            ..Default::default()
-        };
-        let mut seen = std::collections::HashMap::new();
-        for (i, rec) in rdr.records().enumerate() {
-            let line = i + 2;
-            let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
-            let raw = rec.get(si).unwrap_or("");
-            let s: f64 = raw
-                .parse()
-                .map_err(|_| input_err(path, format!("line {line}: `{score_col}` is not a number: {raw:?}")))?;
-            if !s.is_finite() {
-                return Err(input_err(
-                    path,
-                    format!("line {line}: `{score_col}` is not finite: {raw}"),
-                ));
-            }
-            let z = if cols.probability.is_some() {
-                if !(0.0..=1.0).contains(&s) {
-                    return Err(input_err(path, format!("line {line}: probability {s} outside [0, 1]")));
-                }
-                metrics::logit(s)
-            } else {
-                s
-            };
-            let y = match rec.get(li) {
-                Some("0" | "0.0") => 0,
-                Some("1" | "1.0") => 1,
-                other => {
-                    return Err(input_err(
-                        path,
-                        format!("line {line}: label must be 0 or 1, got {other:?}"),
-                    ))
-                }
-            };
-            if let Some(pi) = pi {
-                let p = rec.get(pi).unwrap_or("").to_string();
-                if let Some(first) = seen.insert(p.clone(), line) {
-                    return Err(input_err(
-                        path,
-                        format!("line {line}: patch {p:?} already scored on line {first}"),
-                    ));
-                }
-            }
-            t.logits.push(z);
-            t.labels.push(y);
-            if let Some(ui) = ui {
-                t.seriesuid.push(rec.get(ui).unwrap_or("").to_string());
-            }
-        }
-        t.check(path)?;
-        Ok(t)
-    }
-
-    /// Site recalibration: scores a labelled patch index (or folder with
-    /// `patch_index.csv`) with `model` through ONNX Runtime. Unreadable patches are
-    /// errors here: calibrating on a silently shrunken set would mislead.
-    pub fn from_patches(model: &Path, index: &Path, opts: &scorer::ScorerOptions) -> Result<Self, CalError> {
-        let (root, has_label, rows) = models::index::read_scoring_index(index)?;
-        if !has_label {
-            return Err(input_err(
-                index,
-                "the index has no `label` column: calibration needs labelled patches".into(),
-            ));
-        }
-        let mut scorer = scorer::Scorer::open(model, opts)?;
-        let pre = scorer.preprocess.clone();
-        let mut t = ScoreTable {
-            source: index.to_path_buf(),
-            ..Default::default()
-        };
-        let mut errors = Vec::new();
-        let per = pre.cube_size.pow(3);
-        let mut batch = Vec::new();
-        for chunk in rows.chunks(32) {
-            batch.clear();
-            let mut good = Vec::with_capacity(chunk.len());
-            for r in chunk {
-                let path = root.join(&r.patch_file);
-                let at = batch.len();
-                batch.resize(at + per, 0.0);
-                match models::patch::load_patch_into(&path, &pre, &mut batch[at..]) {
-                    Ok(()) => good.push(r),
-                    Err(e) => {
-                        batch.truncate(at);
-                        errors.push(e.to_string());
-                    }
-                }
-            }
-            for (r, z) in good.into_iter().zip(scorer.score_flat(&batch)?) {
-                if !z.is_finite() {
-                    errors.push(format!(
-                        "{}: the model's logit is {z} (not finite)",
-                        root.join(&r.patch_file).display()
-                    ));
-                    continue;
-                }
-                let y = r
-                    .label
-                    .ok_or_else(|| input_err(index, format!("{}: no label", r.patch_file)))?;
-                t.logits.push(f64::from(z));
-                t.labels.push(y);
-                t.seriesuid.push(r.seriesuid.clone());
-            }
-        }
-        if !errors.is_empty() {
-            return Err(input_err(
-                index,
-                format!(
-                    "{} patch(es) could not be scored:\n  {}",
-                    errors.len(),
-                    errors.join("\n  ")
-                ),
-            ));
-        }
-        t.check(index)?;
-        Ok(t)
-    }
-
-    fn check(&self, path: &Path) -> Result<(), CalError> {
-        let n_pos = self.labels.iter().filter(|&&l| l == 1).count();
-        if n_pos == 0 || n_pos == self.labels.len() {
-            return Err(input_err(
-                path,
-                format!(
-                    "calibration needs both classes; found {n_pos} positive(s) among {} row(s)",
-                    self.labels.len()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Group ids for cross-validation and bootstrap: series when known, else each patch.
-    pub fn groups(&self) -> (Vec<usize>, usize, &'static str) {
-        let by_series = self.seriesuid.len() == self.logits.len() && self.seriesuid.iter().all(|u| !u.is_empty());
-        if !by_series {
-            return (
-                (0..self.logits.len()).collect(),
-                self.logits.len(),
-                "patch (no seriesuid column)",
-            );
-        }
-        let mut ids = BTreeMap::new();
-        let g = self
-            .seriesuid
-            .iter()
-            .map(|u| {
-                let n = ids.len();
-                *ids.entry(u.as_str()).or_insert(n)
-            })
-            .collect();
-        (g, ids.len(), "seriesuid")
-    }
-}
-
-/// A fitted set of calibrations.
-#[derive(Debug, Clone)]
-pub struct Fitted {
-    pub temperature: Temperature,
-    pub platt: Platt,
-    pub isotonic: Isotonic,
-}
-
-impl Fitted {
-    pub fn fit(z: &[f64], y: &[u8], smoothing: bool) -> Result<Self, CalError> {
-        Ok(Fitted {
-            temperature: fit::fit_temperature(z, y)?,
-            platt: fit::fit_platt(z, y, smoothing)?,
-            isotonic: fit::fit_isotonic(z, y)?,
-        })
-    }
-
-    pub fn probability(&self, m: Method, z: f64) -> f64 {
-        models::calibration::calibrated(m, &self.temperature, &self.platt, &self.isotonic, z)
-    }
-
-    /// The log-odds method `m` gives logit `z`: `z / T`, `a z + b`, or the logit of the
-    /// isotonic probability. Taken directly for the first two rather than back from a
-    /// probability, which in f64 is exactly 0 or 1 beyond |log-odds| ≈ 37 and would tie
-    /// patches that the model ranks apart.
-    pub fn log_odds(&self, m: Method, z: f64) -> f64 {
-        match m {
-            Method::Temperature => z / self.temperature.temperature,
-            Method::Platt => self.platt.a * z + self.platt.b,
-            Method::Isotonic => metrics::logit(self.isotonic.apply(z)),
-        }
-    }
-}
-
-/// Every metric of one set of probabilities `p` whose log-odds are `lp`
-/// (`auroc_bootstrap_ci95` is filled later). The ranking metrics and the calibration slope
-/// use `lp`, the probability metrics `p`: saturated probabilities would tie patches.
-pub fn compute_metrics(p: &[f64], lp: &[f64], y: &[u8]) -> Metrics {
-    let (slope, intercept) = match fit::fit_platt(lp, y, false) {
-        Ok(f) => (f.a, f.b),
-        Err(_) => (f64::NAN, f64::NAN),
-    };
-    Metrics {
-        auroc: metrics::auroc(lp, y).unwrap_or(f64::NAN),
-        auroc_delong_ci95: metrics::auroc_delong_ci95(lp, y),
-        auroc_bootstrap_ci95: None,
-        auprc: metrics::average_precision(lp, y),
-        brier: metrics::brier(p, y),
-        nll: metrics::nll_from_probs(p, y),
-        ece_15: metrics::ece(p, y, 15),
-        adaptive_ece_15: metrics::adaptive_ece(p, y, 15),
-        mce_15: metrics::mce(p, y, 15),
-        calibration_slope: slope,
-        calibration_intercept: intercept,
-    }
-}
-
-/// Held-out NLL of every method, `k` folds grouped by series (patches of one scan never
-/// split between fitting and evaluation). Errors when the data cannot support it.
-pub fn cross_validate(t: &ScoreTable, smoothing: bool, k: usize) -> Result<MethodSelection, CalError> {
-    let (groups, n_groups, unit) = t.groups();
-    if n_groups < k {
-        return Err(CalError::Fit(format!(
-            "--method auto needs {k}-fold cross-validation grouped by {unit}, but there are only {n_groups} group(s); \
-             give more data or choose a method with --method"
-        )));
-    }
-    // A deterministic shuffle: order groups by the hash of their index, deal round-robin.
-    let mut order: Vec<usize> = (0..n_groups).collect();
-    order.sort_by_cached_key(|g| models::fsutil::sha256_bytes(g.to_string().as_bytes()));
-    let mut fold_of = vec![0; n_groups];
-    for (i, &g) in order.iter().enumerate() {
-        fold_of[g] = i % k;
-    }
-    // Folds are independent: fit and evaluate them in parallel.
-    use rayon::prelude::*;
-    let per_fold: Vec<Option<(Vec<f64>, usize)>> = (0..k)
-        .into_par_iter()
-        .map(|fold| {
-            let (mut zf, mut yf, mut ze, mut ye) = (vec![], vec![], vec![], vec![]);
-            for (i, &g) in groups.iter().enumerate() {
-                if fold_of[g] == fold {
-                    ze.push(t.logits[i]);
-                    ye.push(t.labels[i]);
-                } else {
-                    zf.push(t.logits[i]);
-                    yf.push(t.labels[i]);
-                }
-            }
-            if !(yf.contains(&0) && yf.contains(&1)) {
-                return None;
-            }
-            let f = Fitted::fit(&zf, &yf, smoothing).ok()?;
-            let nll = Method::ALL
-                .iter()
-                .map(|&m| {
-                    let p: Vec<f64> = ze.iter().map(|&z| f.probability(m, z)).collect();
-                    metrics::nll_from_probs(&p, &ye) * ze.len() as f64
-                })
-                .collect();
-            Some((nll, ze.len()))
-        })
-        .collect();
-    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-    let (mut n_eval, mut used) = (0usize, 0usize);
-    for (nll, n) in per_fold.into_iter().flatten() {
-        for (m, v) in Method::ALL.iter().zip(nll) {
-            *sums.entry(m.name().to_string()).or_default() += v;
-        }
-        n_eval += n;
-        used += 1;
-    }
-    if used == 0 {
-        return Err(CalError::Fit(format!(
-            "--method auto: no cross-validation fold (grouped by {unit}) had both classes to fit on; choose a method with --method"
-        )));
-    }
-    Ok(MethodSelection {
-        criterion: format!("mean held-out NLL, {k}-fold cross-validation grouped by {unit}"),
-        folds_used: used,
-        cv_nll: sums.into_iter().map(|(k, v)| (k, v / n_eval as f64)).collect(),
-        chosen_by: "auto".into(),
-    })
 }
 
 /// Options of a calibration run.
@@ -443,6 +115,45 @@ impl Settings {
         }
     }
 
+    /// Checks every setting, all problems at once, before anything is read.
+    pub fn check(&self) -> Result<(), CalError> {
+        let mut problems = Vec::new();
+        if let Err(e) = models::cli::check_bootstrap(self.bootstrap) {
+            problems.push(e);
+        }
+        if !(2..=MAX_FOLDS).contains(&self.folds) {
+            problems.push(format!("--folds {} must be from 2 to {MAX_FOLDS}", self.folds));
+        }
+        for (flag, v) in [
+            ("--min-sensitivity", self.min_sensitivity),
+            ("--min-specificity", self.min_specificity),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                problems.push(format!("{flag} {v} must be in (0, 1]"));
+            }
+        }
+        let points = operating_point_names(self.min_sensitivity, self.min_specificity);
+        if !points.contains(&self.operating_point) {
+            problems.push(format!(
+                "operating point `{}` is not one of {}",
+                self.operating_point,
+                points.join(", ")
+            ));
+        }
+        if self.patches.is_none() {
+            let c = &self.columns;
+            let names = [Some(&c.logit), c.probability.as_ref(), Some(&c.label), Some(&c.seriesuid)];
+            if names.iter().flatten().any(|n| n.is_empty()) {
+                problems.push("column names must not be empty".into());
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CalError::Usage(problems.join("; ")))
+        }
+    }
+
     /// The folder the outputs go to.
     pub fn out_dir(&self) -> PathBuf {
         match self.out.parent() {
@@ -452,6 +163,19 @@ impl Settings {
     }
 }
 
+/// The most cross-validation folds taken.
+pub const MAX_FOLDS: usize = 100;
+
+/// The operating points every calibration reports, by name.
+pub fn operating_point_names(min_sensitivity: f64, min_specificity: f64) -> Vec<String> {
+    vec![
+        "youden_j".into(),
+        "max_f1".into(),
+        format!("sensitivity_{min_sensitivity}"),
+        format!("specificity_{min_specificity}"),
+    ]
+}
+
 /// An error unless `b` is at most [`models::cli::MAX_BOOTSTRAP`].
 pub fn check_bootstrap(b: usize) -> Result<(), CalError> {
     models::cli::check_bootstrap(b).map_err(CalError::Usage)
@@ -459,20 +183,28 @@ pub fn check_bootstrap(b: usize) -> Result<(), CalError> {
 
 /// Fits every method on a score table and builds the calibration file.
 pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<CalibrationFile, CalError> {
-    check_bootstrap(s.bootstrap)?;
-    for (name, v) in [("sensitivity", s.min_sensitivity), ("specificity", s.min_specificity)] {
-        if !(0.0..=1.0).contains(&v) {
-            return Err(CalError::Fit(format!("minimum {name} {v} outside [0, 1]")));
-        }
-    }
+    s.check()?;
     let (z, y) = (&t.logits, &t.labels);
-    let fitted = Fitted::fit(z, y, s.platt_smoothing)?;
+    let mut warnings = Vec::new();
+    // The parametric fits see extreme logits clipped, so one absurd score cannot decide
+    // them (the warning names it); everything else uses the logits as they are.
+    let clipped = fit::clip_extremes(z);
+    if let Some(c) = &clipped {
+        warnings.push(c.warning(&t.source, &t.lines));
+    }
+    let fit_z: &[f64] = clipped.as_ref().map_or(z, |c| &c.values);
+    let fitted = Fitted::fit(fit_z, y, s.platt_smoothing)?;
+    let fit_table = clipped.as_ref().map(|c| ScoreTable {
+        logits: c.values.clone(),
+        ..t.clone()
+    });
+    let cv_table = fit_table.as_ref().unwrap_or(t);
     let selection = match s.method {
-        None => cross_validate(t, s.platt_smoothing, s.folds)?,
+        None => cross_validate(cv_table, s.platt_smoothing, s.folds)?,
         Some(m) => MethodSelection {
             criterion: format!("requested: {}", m.name()),
             folds_used: 0,
-            cv_nll: cross_validate(t, s.platt_smoothing, s.folds)
+            cv_nll: cross_validate(cv_table, s.platt_smoothing, s.folds)
                 .map(|c| c.cv_nll)
                 .unwrap_or_default(),
             chosen_by: "requested".into(),
@@ -490,15 +222,14 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
     });
     let mut m = BTreeMap::new();
     let raw: Vec<f64> = z.iter().map(|&v| metrics::sigmoid(v)).collect();
-    m.insert("uncalibrated".to_string(), compute_metrics(&raw, z, y));
+    m.insert("uncalibrated".to_string(), metrics::compute_metrics(&raw, z, y));
     let mut log_odds = BTreeMap::new();
     for meth in Method::ALL {
         let p: Vec<f64> = z.iter().map(|&v| fitted.probability(meth, v)).collect();
         let lp: Vec<f64> = z.iter().map(|&v| fitted.log_odds(meth, v)).collect();
-        m.insert(meth.name().to_string(), compute_metrics(&p, &lp, y));
+        m.insert(meth.name().to_string(), metrics::compute_metrics(&p, &lp, y));
         log_odds.insert(meth, lp);
     }
-    let mut warnings = Vec::new();
     if m["uncalibrated"].auroc >= 1.0 {
         warnings.push(
             "the calibration data are perfectly separated: the fitted slopes grow without bound and the \
@@ -545,147 +276,80 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
     if s.bootstrap > 0 {
         bootstrap::apply(&mut cal, t, &log_odds, s.bootstrap, s.seed);
     }
-    if cal.operating_point().is_none() {
-        let names: Vec<&str> = cal.operating_points.iter().map(|p| p.name.as_str()).collect();
-        return Err(CalError::Fit(format!(
-            "operating point `{}` is not one of {}",
-            s.operating_point,
-            names.join(", ")
-        )));
-    }
     Ok(cal)
 }
 
-/// Reads the scores (or scores the patches), fits, and writes `calibration.yaml`, the
-/// report and `model.calibrated.onnx`, each atomically. Returns the calibration.
+/// The outputs of a run, checked and locked before any work.
+struct OutputPlan {
+    dir: PathBuf,
+    _lock: Lock,
+}
+
+/// Declares the run's inputs and outputs (none may name an input or another), creates the
+/// output folder and locks it against a second run.
+fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
+    let mut io = RunIo::new();
+    io.input("model", &s.model);
+    match &s.patches {
+        Some(idx) => {
+            io.input("patch index", idx);
+            if let Ok(i) = models::index::read_scoring_index(idx) {
+                io.inputs("patch", i.rows.iter().map(|r| i.root.join(&r.patch_file)).collect::<Vec<_>>().iter().map(PathBuf::as_path));
+            }
+        }
+        None => {
+            io.input("scores", &s.scores);
+        }
+    }
+    let dir = s.out_dir();
+    if dir.is_dir() {
+        io.output("calibration file", &s.out)?;
+    }
+    let mut names = Vec::new();
+    if s.report {
+        names.push(report::REPORT_FILE.to_string());
+        names.extend(report::PLOTS.iter().map(|p| format!("{}/{p}", report::PLOTS_DIR)));
+    }
+    if s.bake {
+        names.push(write::BAKED_FILE.to_string());
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    io.outputs_in("calibration output", &dir, &names)?;
+    std::fs::create_dir_all(&dir).map_err(|e| models::Error::io(&dir, e))?;
+    let lock = Lock::within(&dir, &format!("output folder {}", dir.display()))?;
+    Ok(OutputPlan { dir, _lock: lock })
+}
+
+/// Checks the settings and the outputs, reads the scores (or scores the patches), fits, and
+/// writes `calibration.yaml`, the report and `model.calibrated.onnx`, each atomically.
+/// Returns the calibration.
 pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
     // Before any patch is scored or file read.
-    check_bootstrap(s.bootstrap)?;
-    if !s.model.is_file() {
-        return Err(input_err(
+    s.check()?;
+    if !s.model.exists() {
+        return Err(read::input_err(
             &s.model,
             "model file not found: a calibration is bound to the model it calibrates (run `trainer train` first, or pass --model)"
                 .into(),
         ));
     }
-    let bytes = std::fs::read(&s.model).map_err(|source| CalError::Io {
-        path: s.model.clone(),
-        source,
-    })?;
+    let plan = plan_outputs(s)?;
+    let bytes = models::fsutil::read_regular(&s.model)?;
     let proto = models::onnx::parse_model(&bytes, &s.model)?;
     let table = match &s.patches {
         Some(idx) => ScoreTable::from_patches(&s.model, idx, &s.scorer)?,
         None => ScoreTable::read(&s.scores, &s.columns)?,
     };
-    let sha = models::fsutil::sha256_bytes(&bytes);
-    let cal = calibrate(
-        &table,
-        s,
-        ModelRef {
-            path: s.model.clone(),
-            sha256: sha,
-        },
-    )?;
-    let text = serde_yaml::to_string(&cal).map_err(|e| CalError::Fit(e.to_string()))?;
-    let dir = s.out_dir();
-    std::fs::create_dir_all(&dir).map_err(|source| CalError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    models::fsutil::write_atomic(&s.out, text.as_bytes())?;
-    if s.report {
-        report::write(&cal, &table, &dir)?;
-    }
-    if s.bake {
-        let baked = bake::calibrated_model(proto, &cal)?;
-        models::fsutil::write_atomic(&dir.join("model.calibrated.onnx"), &models::onnx::to_bytes(&baked))?;
-    }
+    let model = ModelRef {
+        path: s.model.clone(),
+        sha256: models::fsutil::sha256_bytes(&bytes),
+    };
+    let cal = calibrate(&table, s, model)?;
+    write::write_outputs(&cal, &table, proto, s, &plan.dir)?;
     Ok(cal)
 }
 
-fn ci(v: Option<[f64; 2]>) -> String {
-    v.map_or_else(String::new, |[lo, hi]| format!(" [{lo:.3}, {hi:.3}]"))
-}
-
-/// A short human summary of a calibration.
-pub fn summary(cal: &CalibrationFile) -> String {
-    let mut out = String::new();
-    out += &format!(
-        "calibrated on {} patches ({} positive, prevalence {:.3}, {} series); method: {} ({})\n",
-        cal.data.n,
-        cal.data.n_positive,
-        cal.data.prevalence,
-        cal.data.n_series,
-        cal.method.name(),
-        cal.method_selection.chosen_by
-    );
-    if !cal.method_selection.cv_nll.is_empty() {
-        let nll: Vec<String> = cal
-            .method_selection
-            .cv_nll
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.4}"))
-            .collect();
-        out += &format!("{}: {}\n", cal.method_selection.criterion, nll.join(", "));
-    }
-    out += &format!(
-        "parameters: T = {:.4}; Platt a = {:.4}, b = {:.4}; isotonic {} knots\n",
-        cal.temperature.temperature,
-        cal.platt.a,
-        cal.platt.b,
-        cal.isotonic.x.len()
-    );
-    for w in &cal.warnings {
-        out += &format!("warning: {w}\n");
-    }
-    out += "metrics on the calibration data (in-sample after calibration):\n";
-    out += "               AUROC [DeLong 95%]     AUPRC   Brier   NLL     ECE15   aECE15  MCE15   slope   intercept\n";
-    for k in ["uncalibrated", "temperature", "platt", "isotonic"] {
-        if let Some(v) = cal.metrics.get(k) {
-            out += &format!(
-                "  {k:<12} {:.4} [{:.3}, {:.3}]  {:.4}  {:.4}  {:.4}  {:.4}  {:.4}  {:.4}  {:>6.3}  {:>6.3}\n",
-                v.auroc,
-                v.auroc_delong_ci95[0],
-                v.auroc_delong_ci95[1],
-                v.auprc,
-                v.brier,
-                v.nll,
-                v.ece_15,
-                v.adaptive_ece_15,
-                v.mce_15,
-                v.calibration_slope,
-                v.calibration_intercept
-            );
-        }
-    }
-    out += "operating points (Wilson 95%; series bootstrap 95% in braces):\n";
-    for p in &cal.operating_points {
-        let f = |x: &models::calibration::Proportion| match (x.value, x.ci95) {
-            (Some(v), Some([lo, hi])) => format!("{v:.3} [{lo:.3}, {hi:.3}]"),
-            _ => "n/a".into(),
-        };
-        let (bs, bp) = p.bootstrap.as_ref().map_or((String::new(), String::new()), |b| {
-            (ci(Some(b.sensitivity_ci95)), ci(Some(b.specificity_ci95)))
-        });
-        out += &format!(
-            "  {:<18} p >= {:.4} (logit >= {:+.4}): sens {}{{{}}} spec {}{{{}}} PPV {} NPV {} (TP {} FP {} TN {} FN {})\n",
-            p.name,
-            p.threshold_probability,
-            p.threshold_logit,
-            f(&p.sensitivity),
-            bs.trim(),
-            f(&p.specificity),
-            bp.trim(),
-            f(&p.ppv),
-            f(&p.npv),
-            p.tp,
-            p.fp,
-            p.tn,
-            p.fn_
-        );
-    }
-    out
-}
+pub use write::summary;
 
 #[cfg(test)]
 mod tests {

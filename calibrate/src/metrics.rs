@@ -4,6 +4,7 @@
 //!
 //! All functions take probabilities (or logits) and 0/1 labels of the same length; callers
 //! check lengths and that both classes are present.
+use models::calibration::Metrics;
 pub use models::metrics::{auroc, auroc_delong, auroc_delong_ci95, average_precision, logit, sigmoid, softplus, z_for, EPS};
 
 /// Mean squared error of probabilities against labels.
@@ -122,6 +123,29 @@ pub fn net_benefit(probs: &[f64], labels: &[u8], threshold: f64) -> f64 {
         }
     }
     tp / n - fp / n * threshold / (1.0 - threshold)
+}
+
+/// Every metric of one set of probabilities `p` whose log-odds are `lp`
+/// (`auroc_bootstrap_ci95` is filled later). The ranking metrics and the calibration slope
+/// use `lp`, the probability metrics `p`: saturated probabilities would tie patches.
+pub fn compute_metrics(p: &[f64], lp: &[f64], y: &[u8]) -> Metrics {
+    let (slope, intercept) = match crate::fit::fit_platt(lp, y, false) {
+        Ok(f) => (f.a, f.b),
+        Err(_) => (f64::NAN, f64::NAN),
+    };
+    Metrics {
+        auroc: auroc(lp, y).unwrap_or(f64::NAN),
+        auroc_delong_ci95: auroc_delong_ci95(lp, y),
+        auroc_bootstrap_ci95: None,
+        auprc: average_precision(lp, y),
+        brier: brier(p, y),
+        nll: nll_from_probs(p, y),
+        ece_15: ece(p, y, 15),
+        adaptive_ece_15: adaptive_ece(p, y, 15),
+        mce_15: mce(p, y, 15),
+        calibration_slope: slope,
+        calibration_intercept: intercept,
+    }
 }
 
 #[cfg(test)]

@@ -8,13 +8,23 @@ use models::calibration::{CalibrationFile, Method};
 
 use crate::{metrics, CalError, ScoreTable};
 
+/// The report's file name, beside `calibration.yaml`.
+pub const REPORT_FILE: &str = "calibration_report.md";
+/// The plots' folder, beside the report.
+pub const PLOTS_DIR: &str = "calibration_plots";
+/// The plots, in that folder.
+pub const PLOTS: [&str; 4] = ["reliability.png", "roc.png", "precision_recall.png", "decision_curve.png"];
+
 const BLUE: (u8, u8, u8) = (30, 80, 200);
 const RED: (u8, u8, u8) = (200, 50, 40);
 const GREY: (u8, u8, u8) = (120, 120, 120);
 const GREEN: (u8, u8, u8) = (40, 150, 60);
 
 fn draw(chart: &plots::Chart, path: &Path) -> Result<(), CalError> {
-    plots::line_chart(chart, path).map_err(|e| CalError::Fit(e.to_string()))
+    plots::line_chart(chart, path).map_err(|e| CalError::Output {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
 }
 
 fn chart(title: &str, x: &str, y: &str) -> plots::Chart {
@@ -77,8 +87,8 @@ fn pr(scores: &[f64], y: &[u8]) -> Vec<(f64, f64)> {
 
 /// Writes `calibration_report.md` and `calibration_plots/*.png` into `dir`.
 pub fn write(cal: &CalibrationFile, t: &ScoreTable, dir: &Path) -> Result<(), CalError> {
-    let plots_dir = dir.join("calibration_plots");
-    std::fs::create_dir_all(&plots_dir).map_err(|source| CalError::Io {
+    let plots_dir = dir.join(PLOTS_DIR);
+    std::fs::create_dir_all(&plots_dir).map_err(|source| models::Error::Io {
         path: plots_dir.clone(),
         source,
     })?;
@@ -161,7 +171,7 @@ pub fn write(cal: &CalibrationFile, t: &ScoreTable, dir: &Path) -> Result<(), Ca
     c.series.push(line("treat none", vec![(0.0, 0.0), (1.0, 0.0)], GREY));
     draw(&c, &plots_dir.join("decision_curve.png"))?;
 
-    models::fsutil::write_atomic(&dir.join("calibration_report.md"), markdown(cal).as_bytes())?;
+    models::fsutil::write_atomic(&dir.join(REPORT_FILE), markdown(cal).as_bytes())?;
     Ok(())
 }
 

@@ -71,6 +71,8 @@ pub mod write;
 
 use std::path::{Path, PathBuf};
 
+use models::fsutil::{Lock, RunIo};
+
 pub use evaluate::{evaluate, interp, FrocReport, FrocSettings, RatePoint, Totals, GRID_POINTS, RATES};
 pub use models::luna16::Finding;
 use models::luna16::{read_findings, read_series_list};
@@ -110,14 +112,110 @@ pub struct FrocFiles {
     pub out: PathBuf,
 }
 
+/// The largest diameter taken as a finding's, in mm (LUNA16's largest nodule is about
+/// 32 mm); a larger one is a unit or column mix-up, refused.
+pub const MAX_DIAMETER_MM: f64 = 100.0;
+
+/// Refuses diameters that are not positive or are absurd, naming the file and line; in
+/// `annotations_excluded.csv` the script's −1 ("no size", read as 10 mm) is allowed.
+fn check_diameters(path: &Path, v: &[Finding], minus_one_allowed: bool) -> Result<(), FrocError> {
+    for (i, f) in v.iter().enumerate() {
+        let d = f.value;
+        if (minus_one_allowed && d == -1.0) || (d > 0.0 && d <= MAX_DIAMETER_MM) {
+            continue;
+        }
+        let allowed = if minus_one_allowed {
+            format!("in (0, {MAX_DIAMETER_MM}] mm, or -1 for a finding without a size")
+        } else {
+            format!("in (0, {MAX_DIAMETER_MM}] mm")
+        };
+        return Err(input_err(
+            path,
+            format!("line {}: diameter_mm {d} of series {} must be {allowed}", i + 2, f.seriesuid),
+        ));
+    }
+    Ok(())
+}
+
+/// Drops rows that repeat an earlier row exactly (series, position and value), with a
+/// warning: a finding listed twice would count twice (a nodule missed twice, a candidate
+/// two false positives), and the CPM would silently differ from the file without the copy.
+fn dedupe(v: Vec<Finding>, path: &Path, what: &str, warnings: &mut Vec<String>) -> Vec<Finding> {
+    let mut seen = std::collections::HashSet::new();
+    let n = v.len();
+    let kept: Vec<Finding> = v
+        .into_iter()
+        .filter(|f| {
+            seen.insert((
+                f.seriesuid.clone(),
+                f.x.to_bits(),
+                f.y.to_bits(),
+                f.z.to_bits(),
+                f.value.to_bits(),
+            ))
+        })
+        .collect();
+    if kept.len() < n {
+        warnings.push(format!(
+            "{}: {} {what} row(s) repeat an earlier row exactly and were counted once",
+            path.display(),
+            n - kept.len()
+        ));
+    }
+    kept
+}
+
+/// The listed series with repeats dropped (with a warning: a scan listed twice would count
+/// twice in the false positives per scan).
+fn dedupe_series(uids: Vec<String>, path: &Path, warnings: &mut Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let n = uids.len();
+    let kept: Vec<String> = uids.into_iter().filter(|u| seen.insert(u.clone())).collect();
+    if kept.len() < n {
+        warnings.push(format!(
+            "{}: {} series listed more than once; each counted once ({} scans)",
+            path.display(),
+            n - kept.len(),
+            kept.len()
+        ));
+    }
+    kept
+}
+
 /// Reads the files, evaluates, writes `froc_summary.yaml`, `froc_curve.csv`,
 /// `froc_bootstrap.csv`, `nodules_without_candidate.csv` and `froc.png` into `out`.
+///
+/// Before any work, the outputs are checked against the inputs (none may overwrite one) and
+/// the output folder is locked against a second run.
 pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
     models::cli::check_bootstrap(s.bootstrap).map_err(FrocError::Usage)?;
+    if !(0.0 < s.confidence && s.confidence < 1.0) {
+        return Err(FrocError::Usage(format!(
+            "--confidence must be in (0, 1), got {}",
+            s.confidence
+        )));
+    }
+    let mut io = RunIo::new();
+    io.input("annotations", &f.annotations)
+        .input("series list", &f.seriesuids)
+        .input("results", &f.results);
+    if let Some(e) = &f.excluded {
+        io.input("excluded findings", e);
+    }
+    io.outputs_in("FROC output", &f.out, write::FILES)?;
+    let mut warnings = Vec::new();
     let (uids, header_warning) = read_series_list(&f.seriesuids)?;
+    warnings.extend(header_warning);
+    let uids = dedupe_series(uids, &f.seriesuids, &mut warnings);
     let annotations = read_findings(&f.annotations, "diameter_mm")?;
+    check_diameters(&f.annotations, &annotations, false)?;
+    let annotations = dedupe(annotations, &f.annotations, "annotation", &mut warnings);
     let excluded = match &f.excluded {
-        Some(p) => read_findings(p, "diameter_mm")?,
+        Some(p) => {
+            let e = read_findings(p, "diameter_mm")?;
+            check_diameters(p, &e, true)?;
+            dedupe(e, p, "excluded finding", &mut warnings)
+        }
         None => Vec::new(),
     };
     let results = read_findings(&f.results, "probability")?;
@@ -127,10 +225,19 @@ pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
             "no candidates (the file has only a header)".into(),
         ));
     }
-    let mut report = evaluate(&uids, &annotations, &excluded, &results, s)?;
-    if let Some(w) = header_warning {
-        report.warnings.insert(0, w);
+    let results = dedupe(results, &f.results, "result", &mut warnings);
+    let listed: std::collections::HashSet<&str> = uids.iter().map(String::as_str).collect();
+    let unlisted = annotations.iter().filter(|a| !listed.contains(a.seriesuid.as_str())).count();
+    if unlisted > 0 {
+        warnings.push(format!(
+            "{unlisted} annotation(s) belong to series not in {} and were not counted",
+            f.seriesuids.display()
+        ));
     }
+    std::fs::create_dir_all(&f.out).map_err(|e| models::Error::io(&f.out, e))?;
+    let _lock = Lock::within(&f.out, &format!("output folder {}", f.out.display()))?;
+    let mut report = evaluate(&uids, &annotations, &excluded, &results, s)?;
+    report.warnings.splice(0..0, warnings);
     if f.excluded.is_none() {
         report
             .warnings

@@ -4,6 +4,15 @@ use std::path::Path;
 use crate::evaluate::{interp, FrocReport};
 use crate::FrocError;
 
+/// The files an evaluation writes into its output folder.
+pub const FILES: &[&str] = &[
+    "froc_summary.yaml",
+    "froc_curve.csv",
+    "froc_bootstrap.csv",
+    "nodules_without_candidate.csv",
+    "froc.png",
+];
+
 /// A CSV file's bytes from a header and rows of already formatted fields.
 fn csv_bytes(path: &Path, header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Result<Vec<u8>, FrocError> {
     let err = |e: csv::Error| FrocError::Output {

@@ -1,14 +1,18 @@
-//! Batch scoring: inputs → bounded decode pipeline → session → streamed, atomic output.
+//! A scoring run: inputs → output plan → bounded decode pipeline → session → streamed,
+//! atomic output.
 //!
-//! A producer thread decodes and preprocesses the next batch (in parallel, rayon) straight
-//! into a batch buffer laid out as the model's input, while the session scores the current
-//! one; the scoring thread only runs the session and formats rows. A channel of capacity one
-//! and three recycled batch buffers bound what is in flight, so peak memory does not depend
-//! on the folder size. Output rows are
-//! streamed to a temporary file beside the output and renamed into place at the end; the
-//! order is the input order.
+//! Before any work the run collects its inputs ([`crate::inputs`]), checks its outputs
+//! against them and against each other, and takes the output's lock
+//! ([`models::fsutil::RunIo`], [`models::fsutil::Lock`]). A producer thread then decodes and
+//! preprocesses the next batch (in parallel, rayon) straight into a batch buffer laid out
+//! as the model's input, while the session scores the current one; the scoring thread only
+//! runs the session and formats rows. A channel of capacity one and three recycled batch
+//! buffers bound what is in flight, so peak memory does not depend on the folder size.
+//! Output rows are streamed to a temporary file beside the output and renamed into place at
+//! the end; the order is the input order. A logit that is not finite is that file's error,
+//! never a probability or a decision.
 use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
@@ -16,126 +20,20 @@ use std::time::Instant;
 use ndarray::{Array3, ArrayView3, Axis};
 use rayon::prelude::*;
 
-use models::calibration::{Baked, CalibrationFile};
+use models::fsutil::{Lock, RunIo, Sink, Target};
 use models::metrics::sigmoid;
-
 use scorer::{Scorer, ScorerOptions};
 
+use crate::calib::{self, Cal};
+use crate::inputs::{collect_index, collect_inputs, Inputs, Item};
+use crate::output::{csv_header, format_rows, Format, OutRow};
 use crate::InferError;
-
-/// One patch to score: its path, the name it gets in the output, and its index row when
-/// the inputs came from an index CSV.
-#[derive(Debug, Clone)]
-pub struct Item {
-    pub path: PathBuf,
-    pub name: String,
-    pub row: Option<models::index::ScoringRow>,
-}
 
 fn input_err(path: &Path, msg: impl Into<String>) -> InferError {
     InferError::Input {
         path: path.to_path_buf(),
         msg: msg.into(),
     }
-}
-
-/// A folder entry that could not be listed: (path, reason).
-pub type Unlisted = (String, String);
-
-/// Every `.npy` under the inputs in a stable (sorted) order, with the name each gets in the
-/// output, plus the entries that could not be listed (`path, reason`; a symlink loop under
-/// `--recursive`, an unreadable folder). Folders are listed, or walked with `recursive`
-/// (following symlinks, loops detected). A folder without patches is an error.
-pub fn collect_inputs(inputs: &[PathBuf], recursive: bool) -> Result<(Vec<Item>, Vec<Unlisted>), InferError> {
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut files = Vec::new();
-            let walker = walkdir::WalkDir::new(input)
-                .follow_links(true)
-                .max_depth(if recursive { usize::MAX } else { 1 })
-                .sort_by_file_name();
-            for entry in walker {
-                match entry {
-                    Ok(e) if e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "npy") => {
-                        files.push(e.into_path())
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let p = e
-                            .path()
-                            .map_or_else(|| input.display().to_string(), |p| p.display().to_string());
-                        let why = if e.loop_ancestor().is_some() {
-                            "symlink loop".to_string()
-                        } else {
-                            e.to_string()
-                        };
-                        problems.push((p, why));
-                    }
-                }
-            }
-            if files.is_empty() {
-                return Err(input_err(
-                    input,
-                    if recursive {
-                        "no .npy files under this folder"
-                    } else {
-                        "no .npy files in this folder (--recursive to descend)"
-                    },
-                ));
-            }
-            // One folder: names relative to it (they match its patch_index.csv); several
-            // inputs: paths as given, so two folders' equal names stay distinct.
-            out.extend(files.into_iter().map(|p| {
-                let name = if inputs.len() == 1 {
-                    p.strip_prefix(input).unwrap_or(&p).to_string_lossy().into_owned()
-                } else {
-                    p.to_string_lossy().into_owned()
-                };
-                Item {
-                    path: p,
-                    name,
-                    row: None,
-                }
-            }));
-        } else if input.exists() {
-            out.push(Item {
-                path: input.clone(),
-                name: input.to_string_lossy().into_owned(),
-                row: None,
-            });
-        } else {
-            return Err(input_err(input, "no such file or folder"));
-        }
-    }
-    Ok((out, problems))
-}
-
-/// The rows of an index CSV as items; output rows then carry the index's columns.
-pub fn collect_index(index: &Path) -> Result<(Vec<Item>, bool), InferError> {
-    let (root, has_label, rows) = models::index::read_scoring_index(index)?;
-    let items = rows
-        .into_iter()
-        .map(|r| Item {
-            path: root.join(&r.patch_file),
-            name: r.patch_file.clone(),
-            row: Some(r),
-        })
-        .collect();
-    Ok((items, has_label))
-}
-
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// One row per patch with every column.
-    Csv,
-    /// One JSON object per line with the same fields.
-    Jsonl,
-    /// LUNA16 submission format `seriesuid,coordX,coordY,coordZ,probability` (needs an
-    /// index with world coordinates; probability is the calibrated one when calibrated).
-    Luna16,
 }
 
 /// Test-time augmentation.
@@ -158,7 +56,7 @@ pub struct Settings {
     pub index: Option<PathBuf>,
     /// Output file; `-` for stdout.
     pub out: PathBuf,
-    pub format: Format,
+    pub format: crate::output::Format,
     /// Where failed files are listed (`patch_file,error`); default `<out>.errors.csv`.
     pub errors: Option<PathBuf>,
     /// Skip the patches an existing output already holds, and keep its rows.
@@ -177,6 +75,9 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub scored: usize,
+    /// Rows of an earlier output dropped by `--resume` because their patch is no longer
+    /// among the inputs.
+    pub resume_dropped: usize,
     /// Rows kept from an earlier output (`--resume`).
     pub resumed: usize,
     pub failed: usize,
@@ -200,314 +101,114 @@ pub struct Summary {
     pub peak_rss_kib: Option<u64>,
 }
 
-/// The calibration a `model.calibrated.onnx` carries. Unreadable, it is an error, unless a
-/// calibration file is given (`with_file`), which replaces it: then a warning.
-pub(crate) fn read_baked(
-    md: &std::collections::BTreeMap<String, String>,
-    model: &Path,
-    with_file: bool,
-) -> Result<Option<Baked>, InferError> {
-    match Baked::from_metadata(md, model) {
-        Ok(b) => Ok(b),
-        Err(e) if with_file => {
-            eprintln!("infer: warning: {e}; it is ignored, the --calibration file applies");
-            Ok(None)
-        }
-        Err(e) => Err(InferError::Calibration(format!(
-            "{e} (give its calibration.yaml with --calibration, or score the model it was made from)"
-        ))),
-    }
+/// Where a run writes, decided before any work.
+struct OutputPlan {
+    /// `None`: standard output.
+    out: Option<Target>,
+    errors: Option<(PathBuf, Target)>,
+    /// Held for the whole run.
+    _lock: Option<Lock>,
 }
 
-/// Refuses calibration `c` (read from `path`) for `model` unless it was fitted for it, or for
-/// the model that a `model.calibrated.onnx` was made from (`baked`): that file's `logit`
-/// output is its source model's.
-pub(crate) fn check_binding(
-    c: &CalibrationFile,
-    path: &Path,
-    model: &Path,
-    model_sha256: &str,
-    baked: Option<&Baked>,
-) -> Result<(), models::Error> {
-    if baked.and_then(|b| b.source_model_sha256.as_deref()) == Some(c.model.sha256.as_str()) {
-        return Ok(());
-    }
-    c.check_model(path, model, model_sha256)
+/// The default errors file: `OUT.errors.csv` (none for standard output).
+fn errors_path(s: &Settings) -> Option<PathBuf> {
+    s.errors.clone().or_else(|| {
+        (s.out.as_os_str() != "-").then(|| {
+            let mut p = s.out.clone().into_os_string();
+            p.push(".errors.csv");
+            PathBuf::from(p)
+        })
+    })
 }
 
-/// What gives `calibrated_probability` and `decision`.
-enum Cal {
-    /// `--calibration FILE`.
-    File(Box<CalibrationFile>),
-    /// The calibration a `model.calibrated.onnx` carries in its metadata.
-    Baked(Baked),
-}
-
-impl Cal {
-    fn probability(&self, z: f64) -> f64 {
-        match self {
-            Cal::File(c) => c.probability(z),
-            Cal::Baked(b) => b.probability(z),
-        }
+/// Declares the run's inputs and outputs (no output may name an input or another output;
+/// devices and FIFOs are written through) and locks the output against a second run.
+fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError> {
+    let mut io = RunIo::new();
+    io.input("model", &s.model);
+    if let Some(c) = &s.calibration {
+        io.input("calibration", c);
     }
-
-    /// Name and raw-logit threshold of the operating point behind `decision`.
-    fn operating_point(&self) -> Option<(&str, f64)> {
-        match self {
-            Cal::File(c) => c.operating_point().map(|p| (p.name.as_str(), p.threshold_logit)),
-            Cal::Baked(b) => Some((b.operating_point.as_str(), b.threshold_logit)),
-        }
+    if let Some(i) = &inputs.index {
+        io.input("index", i);
     }
-
-    fn describe(&self, file: Option<&Path>) -> String {
-        let (from, method) = match (self, file) {
-            (Cal::File(c), Some(f)) => (f.display().to_string(), c.method),
-            (Cal::File(c), None) => ("the model's own".to_string(), c.method),
-            (Cal::Baked(b), _) => ("the model's own".to_string(), b.method),
-        };
-        let op = self
-            .operating_point()
-            .map_or_else(String::new, |(n, t)| format!("; decision: {n}, logit >= {t:.4}"));
-        format!("{from} ({}{op})", method.name())
-    }
-}
-
-/// One scored patch, with every output column.
-#[derive(Debug, Clone, serde::Serialize)]
-struct OutRow<'a> {
-    patch_file: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seriesuid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    diam_mm: Option<Option<f64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    center_x: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    center_y: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    center_z: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    label: Option<Option<u8>>,
-    logit: f32,
-    probability: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    calibrated_probability: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    decision: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    operating_point: Option<&'a str>,
-    model_sha256: &'a str,
-}
-
-/// The CSV header for the rows a run writes (the order of [`OutRow`]'s fields).
-fn csv_header(format: Format, index: bool, label: bool, calibrated: bool) -> Vec<&'static str> {
-    if format == Format::Luna16 {
-        return vec!["seriesuid", "coordX", "coordY", "coordZ", "probability"];
-    }
-    let mut h = vec!["patch_file"];
-    if index {
-        h.extend(["seriesuid", "diam_mm", "center_x", "center_y", "center_z"]);
-        if label {
-            h.push("label");
-        }
-    }
-    h.extend(["logit", "probability"]);
-    if calibrated {
-        h.extend(["calibrated_probability", "decision", "operating_point"]);
-    }
-    h.push("model_sha256");
-    h
-}
-
-/// Whether a kept row's calibrated columns are what `cal` gives its logit: a resumed output
-/// must not mix two calibrations (the columns and the model can be the same while the
-/// calibration file is another). Probabilities are written exactly, so they are compared
-/// to 1e-12.
-fn same_calibration(cal: &Cal, logit: Option<f64>, p: Option<f64>, decision: Option<f64>, op: Option<&str>) -> bool {
-    let (Some(z), Some(p)) = (logit, p) else {
-        return false;
+    io.inputs("patch", inputs.items.iter().map(|it| it.path.as_path()));
+    let out = if s.out.as_os_str() == "-" {
+        None
+    } else {
+        Some(io.output("output", &s.out)?)
     };
-    let z = f64::from(z as f32);
-    if (cal.probability(z) - p).abs() > 1e-12 {
-        return false;
-    }
-    match cal.operating_point() {
-        Some((name, threshold)) => op == Some(name) && decision == Some(f64::from(u8::from(z >= threshold))),
-        None => true,
-    }
-}
-
-/// Rows of an existing output, for `--resume`: the raw text to keep and the patch names.
-fn read_previous(
-    path: &Path,
-    format: Format,
-    header: &[&str],
-    model_sha256: &str,
-    cal: Option<&Cal>,
-) -> Result<(Vec<u8>, HashSet<String>), InferError> {
-    let bytes = std::fs::read(path).map_err(|e| models::Error::io(path, e))?;
-    let mut done = HashSet::new();
-    let other_calibration = |line: usize| {
-        input_err(
-            path,
-            format!(
-                "--resume: line {line} was calibrated otherwise than this run calibrates \
-                 (another --calibration?); not mixing two in one output"
-            ),
-        )
+    let errors = match errors_path(s) {
+        Some(p) => {
+            let t = io.output("errors file", &p)?;
+            Some((p, t))
+        }
+        None => None,
     };
-    match format {
-        Format::Luna16 => {
-            return Err(input_err(
-                path,
-                "--resume needs an output that names its patches (csv or jsonl, not luna16)",
-            ))
-        }
-        Format::Csv => {
-            let mut r = csv::Reader::from_reader(bytes.as_slice());
-            let got: Vec<String> = r
-                .headers()
-                .map_err(|e| input_err(path, e.to_string()))?
-                .iter()
-                .map(String::from)
-                .collect();
-            if got != header {
-                return Err(input_err(
-                    path,
-                    format!(
-                        "--resume: its columns ({}) differ from this run's ({})",
-                        got.join(","),
-                        header.join(",")
-                    ),
-                ));
-            }
-            let sha_col = got.iter().position(|h| h == "model_sha256");
-            let at = |name: &str| got.iter().position(|h| h == name);
-            let cal_cols = (
-                at("logit"),
-                at("calibrated_probability"),
-                at("decision"),
-                at("operating_point"),
-            );
-            for (i, rec) in r.records().enumerate() {
-                let rec =
-                    rec.map_err(|e| input_err(path, format!("line {}: {e} (a damaged output; not resuming)", i + 2)))?;
-                if let (Some(cal), (Some(l), Some(p), Some(d), Some(o))) = (cal, cal_cols) {
-                    let num = |c: usize| rec.get(c).and_then(|v| v.parse::<f64>().ok());
-                    if !same_calibration(cal, num(l), num(p), num(d), rec.get(o)) {
-                        return Err(other_calibration(i + 2));
-                    }
-                }
-                if let Some(c) = sha_col {
-                    if rec.get(c) != Some(model_sha256) {
-                        return Err(input_err(
-                            path,
-                            format!("--resume: line {} was scored by another model", i + 2),
-                        ));
-                    }
-                }
-                done.insert(rec.get(0).unwrap_or("").to_string());
-            }
-        }
-        Format::Jsonl => {
-            for (i, line) in bytes.lines().enumerate() {
-                let line = line.map_err(|e| models::Error::io(path, e))?;
-                let v: serde_json::Value = serde_json::from_str(&line)
-                    .map_err(|e| input_err(path, format!("line {}: {e} (a damaged output; not resuming)", i + 1)))?;
-                let name = v["patch_file"]
-                    .as_str()
-                    .ok_or_else(|| input_err(path, format!("line {}: no patch_file", i + 1)))?;
-                if v["model_sha256"].as_str() != Some(model_sha256) {
-                    return Err(input_err(
-                        path,
-                        format!("--resume: line {} was scored by another model", i + 1),
-                    ));
-                }
-                let keys: Vec<&str> = v
-                    .as_object()
-                    .map(|o| o.keys().map(String::as_str).collect())
-                    .unwrap_or_default();
-                if header.iter().any(|h| !keys.contains(h)) {
-                    return Err(input_err(
-                        path,
-                        format!("--resume: line {} has other fields than this run writes", i + 1),
-                    ));
-                }
-                if let Some(cal) = cal {
-                    let (l, p, d) = (
-                        v["logit"].as_f64(),
-                        v["calibrated_probability"].as_f64(),
-                        v["decision"].as_f64(),
-                    );
-                    if !same_calibration(cal, l, p, d, v["operating_point"].as_str()) {
-                        return Err(other_calibration(i + 1));
-                    }
-                }
-                done.insert(name.to_string());
-            }
-        }
-    }
-    Ok((bytes, done))
+    let lock = match out.as_ref().or(errors.as_ref().map(|e| &e.1)) {
+        Some(Target::File(p)) => Some(Lock::beside(p, &format!("output {}", s.out.display()))?),
+        _ => None,
+    };
+    Ok(OutputPlan {
+        out,
+        errors,
+        _lock: lock,
+    })
 }
 
-/// Where rows go: stdout, or a temporary file renamed into place by [`Sink::finish`].
-enum Sink {
-    Stdout(std::io::BufWriter<std::io::Stdout>),
-    File {
-        tmp: tempfile::NamedTempFile,
-        path: PathBuf,
+/// The output being written. With `--fail-fast`, an output that cannot be replaced
+/// atomically (standard output, a device, a FIFO) is spooled to an anonymous temporary file
+/// and copied there only when the run succeeds, so a failed run writes nothing.
+enum Out {
+    Direct(Sink),
+    Spooled {
+        spool: std::io::BufWriter<std::fs::File>,
+        then: Sink,
     },
 }
 
-impl Sink {
-    fn open(out: &Path) -> Result<Self, InferError> {
-        if out.as_os_str() == "-" {
-            return Ok(Sink::Stdout(std::io::BufWriter::new(std::io::stdout())));
-        }
-        let dir = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+impl Out {
+    fn open(target: Option<&Target>, shown: &Path, fail_fast: bool) -> Result<Out, InferError> {
+        let sink = match target {
+            Some(t) => Sink::to(t, shown)?,
+            None => Sink::stdout(),
         };
-        if !dir.is_dir() {
-            return Err(input_err(
-                out,
-                format!("the output folder {} does not exist", dir.display()),
-            ));
+        if !fail_fast || matches!(target, Some(Target::File(_))) {
+            return Ok(Out::Direct(sink));
         }
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .tempfile_in(&dir)
-            .map_err(|e| models::Error::io(&dir, e))?;
-        Ok(Sink::File {
-            tmp,
-            path: out.to_path_buf(),
+        let spool = tempfile::tempfile().map_err(|e| models::Error::io(std::env::temp_dir(), e))?;
+        Ok(Out::Spooled {
+            spool: std::io::BufWriter::new(spool),
+            then: sink,
         })
     }
 
-    fn finish(self) -> Result<(), InferError> {
+    fn commit(self) -> Result<(), InferError> {
         match self {
-            Sink::Stdout(mut w) => w.flush().map_err(|e| models::Error::io("<stdout>", e).into()),
-            Sink::File { tmp, path } => {
-                tmp.as_file().sync_all().map_err(|e| models::Error::io(&path, e))?;
-                tmp.persist(&path).map_err(|e| models::Error::io(&path, e.error))?;
-                Ok(())
+            Out::Direct(s) => Ok(s.commit()?),
+            Out::Spooled { spool, mut then } => {
+                let shown = then.shown().to_path_buf();
+                let io = |e: std::io::Error| InferError::from(models::Error::io(&shown, e));
+                let mut f = spool.into_inner().map_err(|e| io(e.into_error()))?;
+                f.rewind().map_err(io)?;
+                std::io::copy(&mut f, &mut then).map_err(io)?;
+                Ok(then.commit()?)
             }
         }
     }
 }
 
-impl Write for Sink {
+impl Write for Out {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            Sink::Stdout(w) => w.write(buf),
-            Sink::File { tmp, .. } => tmp.write(buf),
+            Out::Direct(s) => s.write(buf),
+            Out::Spooled { spool, .. } => spool.write(buf),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            Sink::Stdout(w) => w.flush(),
-            Sink::File { tmp, .. } => tmp.flush(),
+            Out::Direct(s) => s.flush(),
+            Out::Spooled { spool, .. } => spool.flush(),
         }
     }
 }
@@ -542,103 +243,50 @@ fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Scores every input and writes the output atomically (streamed through a temporary
-/// file). Bad files are reported on stderr as `path: reason`, listed in the errors file, and
-/// skipped; the good rows are still written and [`Summary::failed`] counts the bad ones
-/// (the binary then exits non-zero). `fail_fast` stops at the first bad file, writing no
-/// output.
-pub fn run(s: &Settings) -> Result<Summary, InferError> {
-    let t0 = Instant::now();
-    if s.batch_size == 0 {
-        return Err(InferError::Usage("--batch-size must be at least 1".into()));
+/// What the scoring loop did.
+#[derive(Default)]
+struct Tally {
+    scored: usize,
+    positives: usize,
+    /// (name, reason) of every file that could not be scored.
+    errors: Vec<(String, String)>,
+    pipeline_seconds: f64,
+    model_seconds: f64,
+}
+
+impl Tally {
+    /// Records a file that could not be scored (printed as `path: reason`).
+    fn fail(&mut self, name: &str, shown: &Path, why: String) {
+        eprintln!("{}: {why}", shown.display());
+        self.errors.push((name.to_string(), why));
     }
-    let (items, has_label, listing_problems) = match &s.index {
-        Some(idx) => {
-            let (items, has_label) = collect_index(idx)?;
-            (items, has_label, Vec::new())
-        }
-        None => {
-            let (items, problems) = collect_inputs(&s.inputs, s.recursive)?;
-            (items, false, problems)
-        }
-    };
-    if s.format == Format::Luna16 && s.index.is_none() {
-        return Err(input_err(
-            &s.out,
-            "--format luna16 needs --index: the submission format carries each patch's seriesuid and world coordinates",
-        ));
-    }
-    let mut sink = Sink::open(&s.out)?;
-    let mut scorer = Scorer::open(&s.model, &s.scorer)?;
-    let baked = read_baked(&scorer.metadata, &s.model, s.calibration.is_some())?;
-    let cal = match &s.calibration {
-        Some(p) => {
-            let c = CalibrationFile::load(p)?;
-            if let Err(e) = check_binding(&c, p, &s.model, &scorer.model_sha256, baked.as_ref()) {
-                if !s.force_calibration {
-                    return Err(e.into());
-                }
-                eprintln!("infer: warning: --force-calibration: applying it anyway: {e}");
-            }
-            if baked.as_ref().is_some_and(|b| !b.same_as(&c)) {
-                eprintln!(
-                    "infer: warning: {} carries its own calibration; {} is applied instead",
-                    s.model.display(),
-                    p.display()
-                );
-            }
-            Some(Cal::File(Box::new(c)))
-        }
-        None => baked.map(Cal::Baked),
-    };
-    let op = cal.as_ref().and_then(Cal::operating_point);
-    let header = csv_header(s.format, s.index.is_some(), has_label, cal.is_some());
-    // --resume: keep the earlier rows, skip their patches.
-    let (previous, done) = if s.resume && s.out.as_os_str() != "-" && s.out.is_file() {
-        read_previous(&s.out, s.format, &header, &scorer.model_sha256, cal.as_ref())?
-    } else {
-        (Vec::new(), HashSet::new())
-    };
-    let resumed = done.len();
-    let todo: Vec<&Item> = items.iter().filter(|it| !done.contains(&it.name)).collect();
-    let io = |e: std::io::Error| InferError::from(models::Error::io(&s.out, e));
-    if previous.is_empty() {
-        match s.format {
-            Format::Jsonl => {}
-            _ => writeln!(sink, "{}", header.join(",")).map_err(io)?,
-        }
-    } else {
-        sink.write_all(&previous).map_err(io)?;
-    }
-    let mut errors: Vec<(String, String)> = listing_problems;
-    for (p, why) in &errors {
-        eprintln!("{p}: {why}");
-    }
-    let pb = if s.progress {
-        let pb = indicatif::ProgressBar::new(todo.len() as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patches  {per_sec}  ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        pb
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+}
+
+/// What the scoring loop needs besides the items.
+struct Scoring<'a> {
+    s: &'a Settings,
+    cal: Option<&'a Cal>,
+    has_label: bool,
+    sha: &'a str,
+    pb: &'a indicatif::ProgressBar,
+}
+
+/// Decodes on a producer thread, scores on this one, formats rows into `out`. Returns an
+/// error only for what stops the whole run (fail-fast, the session failing, the output).
+fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t: &mut Tally) -> Result<(), InferError> {
+    let s = c.s;
+    let op = c.cal.and_then(Cal::operating_point);
     let pre = scorer.preprocess.clone();
-    let sha = scorer.model_sha256.clone();
-    let (mut scored, mut positives) = (0usize, 0usize);
-    let batch = s.batch_size;
-    let mut fatal: Option<InferError> = None;
-    let (mut pipeline_seconds, mut model_seconds) = (0.0f64, 0.0f64);
     let d = pre.cube_size;
     let per = d * d * d;
-    std::thread::scope(|scope| {
+    let io = |e: std::io::Error| InferError::from(models::Error::io(&s.out, e));
+    std::thread::scope(|scope| -> Result<(), InferError> {
         let (tx, rx) = sync_channel::<Decoded>(1);
         // Buffers the scoring thread is done with come back: no fresh tens of MiB (and their
         // page faults) per batch.
         let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<f32>>();
         scope.spawn(move || {
-            for chunk in todo.chunks(batch) {
+            for chunk in todo.chunks(s.batch_size) {
                 let mut data = back_rx.try_recv().unwrap_or_default();
                 data.resize(chunk.len() * per, 0.0);
                 let results: Vec<Result<(), models::Error>> = data
@@ -666,21 +314,18 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
             }
         });
         let t_pipeline = Instant::now();
+        let mut text = Vec::new();
         for dec in rx {
-            let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
-            let good = dec.good;
             for (it, e) in dec.bad {
                 if s.fail_fast {
-                    fatal = Some(e.into());
-                    return;
+                    return Err(e.into());
                 }
-                eprintln!("{e}");
                 let msg = e.to_string();
                 let reason = msg
                     .strip_prefix(&format!("{}: ", it.path.display()))
                     .unwrap_or(&msg)
                     .to_string();
-                errors.push((it.name.clone(), reason));
+                t.fail(&it.name, &it.path, reason);
             }
             let t_model = Instant::now();
             let logits = match s.tta {
@@ -696,110 +341,198 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                         .score(&all)
                         .map(|z| z.chunks(8).map(|c| c.iter().sum::<f32>() / 8.0).collect())
                 }
-            };
-            model_seconds += t_model.elapsed().as_secs_f64();
-            let logits = match logits {
-                Ok(l) => l,
-                Err(e) => {
-                    fatal = Some(e.into());
-                    return;
+            }?;
+            t.model_seconds += t_model.elapsed().as_secs_f64();
+            let mut rows = Vec::with_capacity(dec.good.len());
+            for (it, &logit) in dec.good.iter().zip(&logits) {
+                if !logit.is_finite() {
+                    let why = format!(
+                        "the model's logit is {logit} (not finite): no probability or decision is given for it"
+                    );
+                    if s.fail_fast {
+                        return Err(input_err(&it.path, why));
+                    }
+                    t.fail(&it.name, &it.path, why);
+                    continue;
                 }
-            };
-            for (it, logit) in good.iter().zip(logits) {
                 let z = f64::from(logit);
                 let decision = op.map(|(_, threshold)| u8::from(z >= threshold));
-                positives += usize::from(decision.unwrap_or(0));
+                t.positives += usize::from(decision.unwrap_or(0));
                 let r = it.row.as_ref();
-                let row = OutRow {
+                rows.push(OutRow {
                     patch_file: &it.name,
                     seriesuid: r.map(|r| r.seriesuid.as_str()),
                     diam_mm: r.map(|r| r.diam_mm),
                     center_x: r.map(|r| r.center_x),
                     center_y: r.map(|r| r.center_y),
                     center_z: r.map(|r| r.center_z),
-                    label: if has_label { r.map(|r| r.label) } else { None },
+                    label: if c.has_label { r.map(|r| r.label) } else { None },
                     logit,
                     probability: sigmoid(z),
-                    calibrated_probability: cal.as_ref().map(|c| c.probability(z)),
+                    calibrated_probability: c.cal.map(|c| c.probability(z)),
                     decision,
                     operating_point: op.map(|(name, _)| name),
-                    model_sha256: &sha,
-                };
-                let res = match s.format {
-                    Format::Csv => w.serialize(&row).map_err(|e| e.to_string()),
-                    Format::Jsonl => serde_json::to_writer(&mut sink, &row)
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| sink.write_all(b"\n").map_err(|e| e.to_string())),
-                    Format::Luna16 => w
-                        .serialize((
-                            row.seriesuid.unwrap_or_default(),
-                            row.center_x.unwrap_or(f64::NAN),
-                            row.center_y.unwrap_or(f64::NAN),
-                            row.center_z.unwrap_or(f64::NAN),
-                            row.calibrated_probability.unwrap_or(row.probability),
-                        ))
-                        .map_err(|e| e.to_string()),
-                };
-                if let Err(e) = res {
-                    fatal = Some(input_err(&s.out, e));
-                    return;
-                }
-                scored += 1;
+                    model_sha256: c.sha,
+                });
             }
-            // Move this batch's CSV text to the sink; memory stays at one batch.
-            let text = match w.into_inner() {
-                Ok(t) => t,
-                Err(e) => {
-                    fatal = Some(input_err(&s.out, e.to_string()));
-                    return;
-                }
-            };
-            if let Err(e) = sink.write_all(&text).map_err(io) {
-                fatal = Some(e);
-                return;
-            }
-            pb.inc(good.len() as u64);
+            // This batch's text goes to the output in one write; memory stays at one batch.
+            text.clear();
+            format_rows(s.format, &rows, &mut text).map_err(|e| input_err(&s.out, e))?;
+            out.write_all(&text).map_err(io)?;
+            t.scored += rows.len();
+            c.pb.inc(dec.good.len() as u64);
             let _ = back_tx.send(dec.data);
         }
-        pipeline_seconds = t_pipeline.elapsed().as_secs_f64();
-    });
-    pb.finish_and_clear();
-    if let Some(e) = fatal {
-        return Err(e); // the temporary output is dropped: nothing half-written remains
-    }
-    sink.finish()?;
-    let errors_path = s.errors.clone().or_else(|| {
-        (s.out.as_os_str() != "-").then(|| {
-            let mut p = s.out.clone().into_os_string();
-            p.push(".errors.csv");
-            PathBuf::from(p)
-        })
-    });
-    let errors_file = if errors.is_empty() {
-        // A clean run leaves no errors file from an earlier one behind.
-        if let Some(p) = errors_path.as_ref().filter(|p| p.is_file()) {
-            std::fs::remove_file(p).map_err(|e| models::Error::io(p, e))?;
-        }
-        None
-    } else {
-        let path = errors_path;
-        if let Some(p) = &path {
-            let mut w = csv::Writer::from_writer(Vec::new());
-            w.write_record(["patch_file", "error"])
-                .map_err(|e| input_err(p, e.to_string()))?;
-            for (f, why) in &errors {
-                w.write_record([f, why]).map_err(|e| input_err(p, e.to_string()))?;
-            }
-            models::fsutil::write_atomic(p, &w.into_inner().map_err(|e| input_err(p, e.to_string()))?)?;
-        }
-        path
+        t.pipeline_seconds = t_pipeline.elapsed().as_secs_f64();
+        Ok(())
+    })
+}
+
+/// Lists the files that failed (`patch_file,error`), or removes the errors file an earlier
+/// run left when there are none.
+fn write_errors(errors: &[(String, String)], file: Option<&(PathBuf, Target)>) -> Result<Option<PathBuf>, InferError> {
+    let Some((path, target)) = file else {
+        return Ok(None);
     };
+    if errors.is_empty() {
+        if let Target::File(p) = target {
+            if p.is_file() {
+                std::fs::remove_file(p).map_err(|e| models::Error::io(p, e))?;
+            }
+        }
+        return Ok(None);
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["patch_file", "error"])
+        .map_err(|e| input_err(path, e.to_string()))?;
+    for (f, why) in errors {
+        w.write_record([f, why]).map_err(|e| input_err(path, e.to_string()))?;
+    }
+    let bytes = w.into_inner().map_err(|e| input_err(path, e.to_string()))?;
+    let mut sink = Sink::to(target, path)?;
+    sink.write_all(&bytes).map_err(|e| models::Error::io(path, e))?;
+    sink.commit()?;
+    Ok(Some(path.clone()))
+}
+
+/// Settings that are wrong whatever the inputs: refused before anything is read.
+fn check_settings(s: &Settings) -> Result<(), InferError> {
+    if s.batch_size == 0 {
+        return Err(InferError::Usage("--batch-size must be at least 1".into()));
+    }
+    if s.batch_size > MAX_BATCH {
+        return Err(InferError::Usage(format!(
+            "--batch-size {} is more than {MAX_BATCH} (a batch of 64³ cubes that size takes {:.0} GiB before the model runs)",
+            s.batch_size,
+            s.batch_size as f64 * 64f64.powi(3) * 4.0 / f64::from(1u32 << 30)
+        )));
+    }
+    models::cli::check_threads("--threads", s.scorer.threads).map_err(InferError::Usage)?;
+    if s.format == Format::Luna16 && s.index.is_none() {
+        return Err(input_err(
+            &s.out,
+            "--format luna16 needs --index: the submission format carries each patch's seriesuid and world coordinates",
+        ));
+    }
+    Ok(())
+}
+
+/// The largest `--batch-size` taken.
+pub const MAX_BATCH: usize = 4096;
+
+/// Scores every input and writes the output atomically (streamed through a temporary
+/// file). Bad files are reported on stderr as `path: reason`, listed in the errors file, and
+/// skipped; the good rows are still written and [`Summary::failed`] counts the bad ones
+/// (the binary then exits non-zero). `fail_fast` stops at the first bad file, writing no
+/// output.
+pub fn run(s: &Settings) -> Result<Summary, InferError> {
+    let t0 = Instant::now();
+    check_settings(s)?;
+    let inputs = match &s.index {
+        Some(idx) => collect_index(idx)?,
+        None => collect_inputs(&s.inputs, s.recursive)?,
+    };
+    let plan = plan_outputs(s, &inputs)?;
+    if s.fail_fast {
+        if let Some((name, why)) = inputs.refused.first() {
+            return Err(InferError::Input {
+                path: PathBuf::from(name),
+                msg: why.clone(),
+            });
+        }
+    }
+    let mut scorer = Scorer::open(&s.model, &s.scorer)?;
+    let cal = calib::choose(
+        s.calibration.as_deref(),
+        &s.model,
+        &scorer.model_sha256,
+        &scorer.metadata,
+        s.force_calibration,
+    )?;
+    let header = csv_header(s.format, s.index.is_some(), inputs.has_label, cal.is_some());
+    // --resume: keep the earlier rows of patches still among the inputs, skip those patches.
+    let previous = match &plan.out {
+        Some(Target::File(p)) if s.resume && p.is_file() => {
+            let names: HashSet<&str> = inputs.items.iter().map(|it| it.name.as_str()).collect();
+            Some(crate::resume::read_previous(
+                p,
+                s.format,
+                &header,
+                &scorer.model_sha256,
+                cal.as_ref(),
+                &names,
+            )?)
+        }
+        _ => None,
+    };
+    let done = previous.as_ref().map(|p| &p.done);
+    let todo: Vec<&Item> = inputs
+        .items
+        .iter()
+        .filter(|it| done.is_none_or(|d| !d.contains(&it.name)))
+        .collect();
+    let mut out = Out::open(plan.out.as_ref(), &s.out, s.fail_fast)?;
+    let io = |e: std::io::Error| InferError::from(models::Error::io(&s.out, e));
+    match &previous {
+        Some(p) => out.write_all(&p.text).map_err(io)?,
+        None if s.format != Format::Jsonl => writeln!(out, "{}", header.join(",")).map_err(io)?,
+        None => {}
+    }
+    let mut tally = Tally::default();
+    for (name, why) in &inputs.refused {
+        tally.fail(name, Path::new(name), why.clone());
+    }
+    let pb = if s.progress {
+        let pb = indicatif::ProgressBar::new(todo.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patches  {per_sec}  ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let sha = scorer.model_sha256.clone();
+    let scoring = Scoring {
+        s,
+        cal: cal.as_ref(),
+        has_label: inputs.has_label,
+        sha: &sha,
+        pb: &pb,
+    };
+    let result = score_all(&todo, &mut scorer, &scoring, &mut out, &mut tally);
+    pb.finish_and_clear();
+    // On an error the output is dropped: nothing half-written replaces anything.
+    result?;
+    out.commit()?;
+    let errors_file = write_errors(&tally.errors, plan.errors.as_ref())?;
     Ok(Summary {
-        scored,
-        resumed,
-        failed: errors.len(),
+        scored: tally.scored,
+        resume_dropped: previous.as_ref().map_or(0, |p| p.dropped),
+        resumed: previous.as_ref().map_or(0, |p| p.done.len()),
+        failed: tally.errors.len(),
         errors_file,
-        predicted_positive: cal.as_ref().map(|_| positives),
+        predicted_positive: cal.as_ref().map(|_| tally.positives),
         calibration: cal.as_ref().map(|c| c.describe(s.calibration.as_deref())),
         provider: scorer.provider,
         provider_note: scorer.provider_note.clone(),
@@ -807,8 +540,8 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         ort_version: scorer.runtime.version.clone(),
         ort_library: scorer.runtime.library.clone(),
         seconds: t0.elapsed().as_secs_f64(),
-        pipeline_seconds,
-        model_seconds,
+        pipeline_seconds: tally.pipeline_seconds,
+        model_seconds: tally.model_seconds,
         peak_rss_kib: peak_rss_kib(),
     })
 }
@@ -816,19 +549,6 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unreadable_baked_calibration_errs_unless_a_file_replaces_it() {
-        let m = Path::new("m.calibrated.onnx");
-        let md: std::collections::BTreeMap<String, String> =
-            [("calibration.method".to_string(), "sigmoid".to_string())]
-                .into_iter()
-                .collect();
-        let e = read_baked(&md, m, false).expect_err("no file").to_string();
-        assert!(e.contains("m.calibrated.onnx") && e.contains("--calibration"), "{e}");
-        assert_eq!(read_baked(&md, m, true).expect("replaced"), None);
-        assert_eq!(read_baked(&Default::default(), m, false).expect("none"), None);
-    }
 
     #[test]
     fn flips_are_the_eight_distinct_mirrors() {
@@ -845,12 +565,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn header_follows_the_row_fields() {
-        assert_eq!(
-            csv_header(Format::Csv, false, false, false),
-            ["patch_file", "logit", "probability", "model_sha256"]
-        );
-        assert_eq!(csv_header(Format::Csv, true, true, true).len(), 13);
-    }
 }

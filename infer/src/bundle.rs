@@ -68,7 +68,7 @@ fn err(path: &Path, msg: impl Into<String>) -> InferError {
 pub fn min_glibc(files: &[PathBuf]) -> Result<String, InferError> {
     let mut best: Vec<u32> = vec![2, 2, 5];
     for f in files {
-        let bytes = std::fs::read(f).map_err(|e| models::Error::io(f, e))?;
+        let bytes = models::fsutil::read_regular(f)?;
         let pat = b"GLIBC_";
         let mut i = 0;
         while let Some(pos) = bytes[i..].windows(pat.len()).position(|w| w == pat) {
@@ -149,15 +149,15 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     let exe = std::env::current_exe().map_err(|e| models::Error::io("current executable", e))?;
     let ort = scorer::runtime::locate(s.ort_lib.as_deref())?;
     // The model must load and be scorable; its calibration must belong to it.
-    let bytes = std::fs::read(&s.model).map_err(|e| models::Error::io(&s.model, e))?;
+    let bytes = models::fsutil::read_regular(&s.model)?;
     let proto = models::onnx::parse_model(&bytes, &s.model)?;
     let md = models::onnx::metadata(&proto);
     models::preprocess::Preprocess::from_metadata(&md).map_err(|e| err(&s.model, e.to_string()))?;
     let model_sha = models::fsutil::sha256_bytes(&bytes);
-    let baked = crate::batch::read_baked(&md, &s.model, s.calibration.is_some())?;
+    let baked = crate::calib::read_baked(&md, &s.model, s.calibration.is_some())?;
     if let Some(c) = &s.calibration {
         let cal = models::calibration::CalibrationFile::load(c)?;
-        crate::batch::check_binding(&cal, c, &s.model, &model_sha, baked.as_ref())?;
+        crate::calib::check_binding(&cal, c, &s.model, &model_sha, baked.as_ref())?;
     }
     let model_name = s
         .model
@@ -196,6 +196,15 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     if let Some(c) = &s.calibration {
         files.push(("calibration.yaml".into(), c.clone()));
     }
+    // Nothing the bundle is made of may be overwritten by it, and one bundle run at a time
+    // writes there.
+    let mut io = models::fsutil::RunIo::new();
+    io.inputs("bundled file", files.iter().map(|(_, p)| p.as_path()));
+    let target = io.output("bundle", &s.out)?;
+    let _lock = match &target {
+        models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(p, &format!("bundle {}", s.out.display()))?),
+        models::fsutil::Target::Stream(_) => None,
+    };
     let bins: Vec<PathBuf> = files
         .iter()
         .filter(|(n, _)| n == "infer" || n.starts_with("lib"))
@@ -257,7 +266,7 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     for (name, path) in &files {
         contents.insert(
             name.clone(),
-            std::fs::read(path).map_err(|e| models::Error::io(path, e))?,
+            models::fsutil::read_regular(path)?,
         );
     }
     for (name, data) in generated.drain(..) {
@@ -268,7 +277,7 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     }
     contents.insert(MANIFEST.into(), sums.into_bytes());
     // A deterministic archive: sorted names, fixed times and owners.
-    let write = |w: &mut std::io::BufWriter<&mut std::fs::File>| -> std::io::Result<()> {
+    let write = |w: &mut models::fsutil::Sink| -> std::io::Result<()> {
         let gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
         let mut tar = tar::Builder::new(gz);
         let mut dir = tar::Header::new_gnu();
@@ -287,7 +296,9 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
         }
         tar.into_inner()?.finish()?.flush()
     };
-    models::fsutil::write_atomic_with(&s.out, write)?;
+    let mut sink = models::fsutil::Sink::to(&target, &s.out)?;
+    write(&mut sink).map_err(|e| models::Error::io(&s.out, e))?;
+    sink.commit()?;
     let size = std::fs::metadata(&s.out)
         .map_err(|e| models::Error::io(&s.out, e))?
         .len();
@@ -307,7 +318,7 @@ pub fn verify_self() -> Result<Option<(PathBuf, BundleInfo)>, InferError> {
     if !manifest.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&manifest).map_err(|e| models::Error::io(&manifest, e))?;
+    let text = models::fsutil::read_regular_to_string(&manifest)?;
     let mut problems = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let Some((sum, name)) = line.split_once("  ") else {

@@ -28,6 +28,11 @@ pub enum InferError {
 
 mod batch;
 pub mod bundle;
+mod calib;
 pub mod doctor;
+pub mod inputs;
+pub mod output;
+mod resume;
 
-pub use batch::{collect_index, collect_inputs, run, Format, Item, Settings, Summary, Tta};
+pub use batch::{run, Settings, Summary, Tta, MAX_BATCH};
+pub use output::Format;

@@ -58,7 +58,7 @@ struct Args {
     /// auto, cpu, cuda or cuda:N. `cuda` fails if the CUDA provider cannot be registered.
     #[arg(long, default_value = "auto")]
     device: Device,
-    /// Patches per ONNX Runtime call.
+    /// Patches per ONNX Runtime call (1 to 4096).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// ONNX Runtime intra-op threads (0 = its default; no more than max(8, 4 x CPUs)).
@@ -224,10 +224,12 @@ fn main() -> ExitCode {
                     .predicted_positive
                     .map(|p| format!(", {p} predicted positive"))
                     .unwrap_or_default();
-                let resumed = if sum.resumed > 0 {
-                    format!(" ({} kept from the earlier output)", sum.resumed)
-                } else {
-                    String::new()
+                let resumed = match (sum.resumed, sum.resume_dropped) {
+                    (0, 0) => String::new(),
+                    (k, 0) => format!(" ({k} kept from the earlier output)"),
+                    (k, d) => format!(
+                        " ({k} kept from the earlier output, {d} dropped from it: no longer among the inputs)"
+                    ),
                 };
                 let rss = sum
                     .peak_rss_kib

@@ -228,7 +228,7 @@ impl CalibrationFile {
 
     /// Reads and checks a calibration file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsutil::read_regular_to_string(path)?;
         let cal: Self = serde_yaml::from_str(&text).map_err(|e| bad(path, format!("not a calibration file: {e}")))?;
         cal.check().map_err(|m| bad(path, m))?;
         Ok(cal)

@@ -4,21 +4,15 @@ use std::path::Path;
 
 use crate::{Error, Result};
 
-/// Opens `path` (fields trimmed, rows may vary in length) and reads its header row when
-/// `has_headers`.
+/// Opens `path` (a regular file: see [`crate::fsutil::open_regular`]; fields trimmed, rows
+/// may vary in length) and reads its header row when `has_headers`.
 pub fn open(path: &Path, has_headers: bool) -> Result<(csv::Reader<std::fs::File>, csv::StringRecord)> {
+    let file = crate::fsutil::open_regular(path)?;
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
         .has_headers(has_headers)
-        .from_path(path)
-        .map_err(|e| match e.into_kind() {
-            csv::ErrorKind::Io(io) => Error::io(path, io),
-            other => Error::BadCsv {
-                path: path.to_path_buf(),
-                msg: format!("{other:?}"),
-            },
-        })?;
+        .from_reader(file);
     let headers = if has_headers {
         rdr.headers()
             .map_err(|e| Error::BadCsv {

@@ -25,6 +25,15 @@ pub enum Error {
     WeightsMismatch { arch: String, problems: Vec<String> },
     #[error("architecture spec: {0}")]
     Spec(String),
+    /// An input that cannot be read as one (a FIFO, a device, a folder, unreadable).
+    #[error("{path}: {msg}")]
+    BadInput { path: PathBuf, msg: String },
+    /// An output the run refuses to write (it names an input, another output, a folder).
+    #[error("{path}: {msg}")]
+    BadOutput { path: PathBuf, msg: String },
+    /// Another process holds the lock on an output.
+    #[error("{path}: {msg}")]
+    Busy { path: PathBuf, msg: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

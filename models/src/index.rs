@@ -98,7 +98,7 @@ impl PatchIndex {
         if !absent.is_empty() {
             let shown: Vec<&str> = absent.iter().take(5).copied().collect();
             return Err(bad(format!(
-                "{} patch file(s) listed in the index do not exist under {}: {}{}",
+                "{} patch file(s) listed in the index do not exist (or are not regular files) under {}: {}{}",
                 absent.len(),
                 root.display(),
                 shown.join(", "),
@@ -189,9 +189,25 @@ fn open_index(
     Ok((path, rdr, headers))
 }
 
-/// Reads an index for scoring: returns the folder patch paths are relative to, whether the
-/// index has a `label` column, and the rows. Header and row errors name the file and line.
-pub fn read_scoring_index(path: &Path) -> Result<(PathBuf, bool, Vec<ScoringRow>)> {
+/// An index read for scoring: the rows that can be scored, and those that cannot.
+#[derive(Debug, Clone)]
+pub struct ScoringIndex {
+    /// The CSV read (a folder given resolves to its `patch_index.csv`).
+    pub path: PathBuf,
+    /// The folder `patch_file` paths are relative to.
+    pub root: PathBuf,
+    /// Whether the index has a `label` column.
+    pub has_label: bool,
+    pub rows: Vec<ScoringRow>,
+    /// Rows refused one by one, as (`patch_file`, reason with the line): a patch listed
+    /// again, a centre or diameter that is not finite. The other rows are scored.
+    pub refused: Vec<(String, String)>,
+}
+
+/// Reads an index for scoring. Header and row-format errors name the file and line and
+/// stop the read; a row listing a patch again (the first one is kept) or with a non-finite
+/// centre or diameter is refused on its own ([`ScoringIndex::refused`]).
+pub fn read_scoring_index(path: &Path) -> Result<ScoringIndex> {
     let (path, mut rdr, headers) = open_index(
         path,
         &SCORING_COLUMNS,
@@ -203,14 +219,47 @@ pub fn read_scoring_index(path: &Path) -> Result<(PathBuf, bool, Vec<ScoringRow>
     };
     let has_label = headers.iter().any(|h| h == "label");
     let mut rows = Vec::new();
+    let mut refused = Vec::new();
+    let mut seen = std::collections::HashMap::new();
     for (i, rec) in rdr.deserialize::<ScoringRow>().enumerate() {
-        rows.push(rec.map_err(|e| bad(format!("line {}: {e}", i + 2)))?);
+        let line = i + 2;
+        let row = rec.map_err(|e| bad(format!("line {line}: {e}")))?;
+        if row.patch_file.is_empty() {
+            return Err(bad(format!("line {line}: empty patch_file")));
+        }
+        let values = [
+            ("center_x", Some(row.center_x)),
+            ("center_y", Some(row.center_y)),
+            ("center_z", Some(row.center_z)),
+            ("diam_mm", row.diam_mm),
+        ];
+        if let Some((name, v)) = values.iter().find(|(_, v)| v.is_some_and(|v| !v.is_finite())) {
+            refused.push((
+                row.patch_file.clone(),
+                format!("{} line {line}: {name} is not finite ({})", path.display(), v.unwrap_or(f64::NAN)),
+            ));
+            continue;
+        }
+        if let Some(first) = seen.insert(row.patch_file.clone(), line) {
+            refused.push((
+                row.patch_file.clone(),
+                format!("{} line {line}: listed again (first on line {first})", path.display()),
+            ));
+            continue;
+        }
+        rows.push(row);
     }
-    if rows.is_empty() {
+    if rows.is_empty() && refused.is_empty() {
         return Err(bad("the index has no rows".into()));
     }
     let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok((root, has_label, rows))
+    Ok(ScoringIndex {
+        path,
+        root,
+        has_label,
+        rows,
+        refused,
+    })
 }
 
 #[cfg(test)]
@@ -261,14 +310,40 @@ mod tests {
             "patch_file,seriesuid,center_x,center_y,center_z\nsub/a.npy,s1,1.5,2,-3\n",
         )
         .expect("w");
-        let (root, has_label, rows) = read_scoring_index(&p).expect("read");
-        assert_eq!(root, dir.path());
-        assert!(!has_label);
-        assert_eq!(rows[0].patch_file, "sub/a.npy");
-        assert_eq!((rows[0].diam_mm, rows[0].label, rows[0].center_x), (None, None, 1.5));
+        let idx = read_scoring_index(&p).expect("read");
+        assert_eq!(idx.root, dir.path());
+        assert!(!idx.has_label);
+        assert_eq!(idx.rows[0].patch_file, "sub/a.npy");
+        assert_eq!(
+            (idx.rows[0].diam_mm, idx.rows[0].label, idx.rows[0].center_x),
+            (None, None, 1.5)
+        );
         std::fs::write(&p, "patch_file,seriesuid,center_x,center_y\na.npy,s1,1,2\n").expect("w");
         let msg = read_scoring_index(&p).expect_err("cols").to_string();
         assert!(msg.contains("missing column(s) center_z"), "{msg}");
+    }
+
+    /// A duplicated row and non-finite centres are refused row by row, naming the line;
+    /// the other rows stay.
+    #[test]
+    fn scoring_index_refuses_duplicates_and_non_finite_centres_per_row() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("new.csv");
+        std::fs::write(
+            &p,
+            "patch_file,seriesuid,center_x,center_y,center_z,diam_mm\n\
+             a.npy,s1,1,2,3,4\nb.npy,s1,NaN,2,3,\nc.npy,s1,1,inf,3,\na.npy,s1,1,2,3,4\nd.npy,s1,1,2,3,-inf\ne.npy,s2,0,0,0,\n",
+        )
+        .expect("w");
+        let idx = read_scoring_index(&p).expect("read");
+        let kept: Vec<&str> = idx.rows.iter().map(|r| r.patch_file.as_str()).collect();
+        assert_eq!(kept, ["a.npy", "e.npy"]);
+        let why: Vec<String> = idx.refused.iter().map(|(f, w)| format!("{f}: {w}")).collect();
+        assert_eq!(why.len(), 4, "{why:?}");
+        assert!(why[0].starts_with("b.npy") && why[0].contains("line 3: center_x is not finite"), "{why:?}");
+        assert!(why[1].contains("line 4: center_y"), "{why:?}");
+        assert!(why[2].starts_with("a.npy") && why[2].contains("line 5: listed again (first on line 2)"), "{why:?}");
+        assert!(why[3].contains("diam_mm is not finite"), "{why:?}");
     }
 
     #[test]

@@ -285,16 +285,18 @@ impl Scan {
             ))
         };
         // Only a regular file, and only as many bytes as the header accounts for: a header
-        // naming /dev/zero or a FIFO must not make us read forever.
-        let meta = std::fs::metadata(&data_path).map_err(data_err)?;
-        if !meta.is_file() {
-            return Err(bad(format!(
-                "ElementDataFile {} is not a regular file",
-                data_path.display()
-            )));
-        }
-        let len = meta.len() as usize;
-        let mut file = std::fs::File::open(&data_path).map_err(data_err)?;
+        // naming /dev/zero or a FIFO must not make us read (or wait) forever.
+        let mut file = match crate::fsutil::open_regular(&data_path) {
+            Ok(f) => f,
+            Err(Error::Io { source, .. }) => return Err(data_err(source)),
+            Err(_) => {
+                return Err(bad(format!(
+                    "ElementDataFile {} is not a regular file",
+                    data_path.display()
+                )))
+            }
+        };
+        let len = file.metadata().map_err(data_err)?.len() as usize;
         // Where the voxel bytes (or the zlib stream) start in that file.
         let base = if h.data_file.is_none() { h.header_end } else { 0 };
         let short = |have: usize, what: &str| Error::BadPatch {
@@ -337,7 +339,17 @@ impl Scan {
             if out.len() < need {
                 return Err(short(out.len(), "inflated data"));
             }
-            out.truncate(need);
+            if out.len() > need {
+                return Err(Error::BadPatch {
+                    path: data_path.clone(),
+                    msg: format!(
+                        "compressed data inflate beyond the {need} bytes the header ({} {:?} {}) declares",
+                        h.element_type.name(),
+                        h.geometry.dims,
+                        path.display()
+                    ),
+                });
+            }
             out
         } else {
             // HeaderSize = −1: the data are the file's last bytes; else they start HeaderSize
@@ -361,6 +373,19 @@ impl Scan {
             .try_reserve_exact(n)
             .map_err(|_| bad(format!("cannot allocate {n} voxels")))?;
         h.element_type.decode(&body, h.msb, &mut voxels);
+        // Integer types are always finite; a float scan with NaN or Inf would be cut into
+        // cubes that look like something (0 HU after clipping, say): refused.
+        let bad_voxels = voxels.iter().filter(|v| !v.is_finite()).count();
+        if bad_voxels > 0 {
+            let i = voxels.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            let [nx, ny, _] = h.geometry.dims;
+            return Err(bad(format!(
+                "{bad_voxels} voxel(s) are NaN or Inf (the first at x={}, y={}, z={}); a scan must hold finite values",
+                i % nx,
+                i / nx % ny,
+                i / (nx * ny)
+            )));
+        }
         Ok(Scan {
             path: path.to_path_buf(),
             geometry: h.geometry,
@@ -391,7 +416,7 @@ impl Scan {
 /// The header text of a `.mhd`, or the start of a `.mha` (up to and including the
 /// `ElementDataFile` line; a header is small, the data may be large).
 fn read_header_bytes(path: &Path) -> Result<Vec<u8>> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = crate::fsutil::open_regular(path)?;
     let mut buf = Vec::new();
     let mut r = std::io::BufReader::new(f).take(1 << 20);
     // Read line by line until ElementDataFile (the last header key in MetaIO).
@@ -801,5 +826,40 @@ mod tests {
         .unwrap();
         let e = Scan::read(&p).unwrap_err().to_string();
         assert!(e.contains("implausibly large"), "{e}");
+    }
+
+    /// Compressed data that inflate to more than the header declares, and float scans with
+    /// NaN or Inf voxels, are errors naming the file (never cut into cubes of 0 HU).
+    #[test]
+    fn overlong_inflation_and_non_finite_voxels_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = geom([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]);
+        let p = dir.path().join("c.mhd");
+        let compressed = WriteOptions {
+            compressed: true,
+            ..Default::default()
+        };
+        write(&p, &g, &[0.0; 60], compressed).unwrap();
+        let z = dir.path().join("c.zraw");
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &[0u8; 1000]).unwrap();
+        std::fs::write(&z, enc.finish().unwrap()).unwrap();
+        let e = Scan::read(&p).unwrap_err().to_string();
+        assert!(e.contains("c.zraw") && e.contains("inflate beyond the 120 bytes"), "{e}");
+        for (bad, what) in [(f32::NAN, "NaN"), (f32::INFINITY, "Inf"), (f32::NEG_INFINITY, "-Inf")] {
+            let mut vals = vec![-800.0f32; 60];
+            vals[7] = bad;
+            let p = dir.path().join("f.mhd");
+            let o = WriteOptions {
+                element_type: ElementType::Float,
+                ..Default::default()
+            };
+            write(&p, &g, &vals, o).unwrap();
+            let e = Scan::read(&p).unwrap_err().to_string();
+            assert!(e.contains("f.mhd") && e.contains("1 voxel(s) are NaN or Inf"), "{what}: {e}");
+        }
+        // The header itself must be a regular file.
+        let e = Scan::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("a folder"), "{e}");
     }
 }

@@ -1,273 +1,366 @@
-//! Reading patch cubes from `.npy` files (float32, float64 or int16, in HU).
+//! Reading patch cubes from `.npy` files (float32, float64 or int16, either byte order, C or
+//! Fortran order, in HU).
+//!
+//! One reader serves training and scoring. The header is parsed by ndarray-npy's own parser
+//! (the authority on the format, and what writes our files) after its length has been
+//! checked against the file, so a header that claims gigabytes allocates nothing. Then
+//! only the voxels the model's centre crop needs are read, straight from the file into the
+//! caller's buffer ([`load_patch_into`]): memory is bounded by the cube, not by the file,
+//! and a well-formed 2000³ array costs what a 64³ one does. Values outside the crop are
+//! never read, so they cannot reach a result (a NaN there is not looked for); within it, a
+//! non-finite value is an error naming its flat index in the array.
+use std::io::{Read, Seek};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use ndarray::{Array3, ArrayD};
-use ndarray_npy::ReadNpyError;
+use ndarray::{Array3, ArrayD, IxDyn, ShapeBuilder};
+use ndarray_npy::npy::header::{Header, Layout};
+use py_literal::Value as PyValue;
 
 use crate::preprocess::Preprocess;
 use crate::{Error, Result};
 
-/// What a `.npy` header declares.
+/// Largest `.npy` header accepted (numpy's own are 128 bytes; its limit for reading is 10 kB
+/// without `allow_pickle`).
+pub const MAX_HEADER_BYTES: u64 = 1 << 20;
+
+/// Largest array [`read_npy_hu`] reads whole (1 GiB of data). Patches are read through the
+/// crop instead ([`load_patch_into`]), which has no such limit.
+pub const MAX_WHOLE_BYTES: u64 = 1 << 30;
+
+/// The element types a patch may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F64,
+    I16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn width(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+            Dtype::I16 => 2,
+        }
+    }
+}
+
+/// What a `.npy` header declares, checked against the file's length.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NpyHeader {
+    /// The descriptor as written (`<f4`, `>i2`...).
     pub descr: String,
+    pub dtype: Dtype,
+    /// Big-endian data.
+    pub big_endian: bool,
     pub fortran_order: bool,
     pub shape: Vec<usize>,
     /// Bytes before the data.
     pub data_offset: u64,
-    /// The header is exactly what numpy writes (version x.0, the three keys with the values
-    /// parsed here and nothing else), so its parse here is the whole truth about it.
-    pub canonical: bool,
 }
 
-/// Reads and checks only the header of a `.npy` file: magic, version, dictionary, and that
-/// the file is long enough for the data it declares. This runs before any array is
-/// allocated, so a header claiming more elements than the file holds is refused without
-/// allocating them. (ndarray-npy allocates from the header first; this check is why it is
-/// written here.)
-pub fn npy_header(path: &Path) -> Result<NpyHeader> {
-    open_npy(path).map(|(h, _, _)| h)
-}
-
-/// [`npy_header`], also handing back the open file (positioned after the header) and its
-/// length, for a reader that goes on to the data.
-fn open_npy(path: &Path) -> Result<(NpyHeader, std::fs::File, u64)> {
-    use std::io::Read;
-    let bad = |msg: String| Error::BadPatch {
+fn bad(path: &Path, msg: String) -> Error {
+    Error::BadPatch {
         path: path.to_path_buf(),
         msg,
-    };
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    }
+}
+
+const TRUNCATED: &str = "truncated: the file holds less data than its header declares";
+
+/// Reads and checks the header of a `.npy` file: magic, version, dictionary (strictly, as
+/// numpy writes it: `descr`, `fortran_order`, `shape` and nothing else), a supported
+/// element type, and that the file holds exactly the data it declares. Runs before any
+/// array is allocated. Returns the open file too.
+fn open_npy(path: &Path) -> Result<(NpyHeader, std::fs::File)> {
+    let mut f = crate::fsutil::open_regular(path)?;
     let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut pre = [0u8; 12];
     let n = f.read(&mut pre).map_err(|e| Error::io(path, e))?;
     if n < 10 || &pre[..6] != b"\x93NUMPY" {
-        return Err(bad(if file_len == 0 {
-            "empty file".into()
-        } else {
-            "not a .npy file (no NUMPY magic)".into()
-        }));
+        return Err(bad(
+            path,
+            if file_len == 0 {
+                "empty file".into()
+            } else {
+                "not a .npy file (no NUMPY magic)".into()
+            },
+        ));
     }
     let (hlen, start) = match pre[6] {
         1 => (u64::from(u16::from_le_bytes([pre[8], pre[9]])), 10u64),
         2 | 3 if n >= 12 => (u64::from(u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]])), 12u64),
-        v => return Err(bad(format!("unsupported .npy version {v}"))),
+        v => return Err(bad(path, format!("unsupported .npy version {v}"))),
     };
-    if hlen > 1 << 20 || start + hlen > file_len {
-        return Err(bad(format!(
-            "truncated: header of {hlen} bytes in a {file_len}-byte file"
-        )));
+    if hlen > MAX_HEADER_BYTES || start + hlen > file_len {
+        return Err(bad(
+            path,
+            format!("truncated: header of {hlen} bytes in a {file_len}-byte file"),
+        ));
     }
-    let mut header = vec![0u8; hlen as usize];
-    use std::io::Seek;
-    f.seek(std::io::SeekFrom::Start(start))
-        .map_err(|e| Error::io(path, e))?;
-    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    let text = String::from_utf8_lossy(&header);
-    let after = |key: &str| {
-        text.find(key)
-            .map(|i| text[i + key.len()..].trim_start().trim_start_matches(':').trim_start())
+    f.rewind().map_err(|e| Error::io(path, e))?;
+    let header = Header::from_reader(&mut (&mut f).take(start + hlen))
+        .map_err(|e| bad(path, format!("not a valid .npy file ({e})")))?;
+    let descr = match &header.type_descriptor {
+        PyValue::String(s) => s.clone(),
+        other => format!("{other}"),
     };
-    let descr = after("'descr'")
-        .and_then(|s| {
-            let q = s.chars().next()?;
-            s[1..].split(q).next().map(str::to_string)
-        })
-        .ok_or_else(|| bad(format!("header without a dtype: {}", text.trim())))?;
-    let fortran_order = after("'fortran_order'").is_some_and(|s| s.starts_with("True"));
-    let shape_txt = after("'shape'")
-        .and_then(|s| s.strip_prefix('(').and_then(|s| s.split(')').next()))
-        .ok_or_else(|| bad(format!("header without a shape: {}", text.trim())))?;
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| bad(format!("bad shape in header: ({shape_txt})")))
-        })
-        .collect::<Result<_>>()?;
-    let item: u64 = descr
-        .trim_start_matches(['<', '>', '|', '='])
-        .get(1..)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(format!("unsupported array type {descr}")))?;
+    let (big_endian, kind) = match descr.as_bytes().first() {
+        Some(b'<') => (false, &descr[1..]),
+        Some(b'>') => (true, &descr[1..]),
+        Some(b'=') => (cfg!(target_endian = "big"), &descr[1..]),
+        _ => (false, descr.as_str()),
+    };
+    let dtype = match kind {
+        "f4" => Dtype::F32,
+        "f8" => Dtype::F64,
+        "i2" => Dtype::I16,
+        _ => {
+            return Err(bad(
+                path,
+                format!("unsupported array type {descr}: expected float32, float64 or int16 HU values"),
+            ))
+        }
+    };
+    let shape = header.shape.clone();
     let elements = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
     let need = elements
-        .and_then(|e| e.checked_mul(item))
-        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+        .and_then(|e| e.checked_mul(dtype.width() as u64))
+        .ok_or_else(|| bad(path, format!("shape {shape:?} overflows")))?;
     let have = file_len - start - hlen;
     if need > have {
-        return Err(bad(format!(
-            "truncated: the header declares {} elements ({need} bytes of data) but the file holds {have}",
-            elements.unwrap_or(0)
-        )));
+        return Err(bad(
+            path,
+            format!(
+                "truncated: the header declares {} elements ({need} bytes of data) but the file holds {have}",
+                elements.unwrap_or(0)
+            ),
+        ));
     }
-    let dims = match shape.as_slice() {
-        [d] => format!("{d},"),
-        s => s.iter().map(usize::to_string).collect::<Vec<_>>().join(","),
-    };
-    // numpy ends the dictionary with ", }", ndarray-npy with "}".
-    let want = format!(
-        "{{'descr':'{descr}','fortran_order':{},'shape':({dims})",
-        if fortran_order { "True" } else { "False" }
-    );
-    let got: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    let canonical = got.strip_prefix(&want).is_some_and(|end| end == "}" || end == ",}");
+    if have > need {
+        return Err(bad(path, format!("{} unexpected bytes after the array data", have - need)));
+    }
     let h = NpyHeader {
-        canonical: pre[7] == 0 && canonical,
         descr,
-        fortran_order,
+        dtype,
+        big_endian,
+        fortran_order: header.layout == Layout::Fortran,
         shape,
         data_offset: start + hlen,
     };
-    Ok((h, f, file_len))
+    Ok((h, f))
 }
 
-/// Reads a `.npy` array of HU values as float32. Accepts float32, float64 and int16 (either
-/// byte order); anything else, a truncated file, or a non-finite value is an error naming
-/// the file.
+/// Reads and checks only the header of a `.npy` file (see [`load_patch_into`]).
+pub fn npy_header(path: &Path) -> Result<NpyHeader> {
+    open_npy(path).map(|(h, _)| h)
+}
+
+/// One element's value as f32 (f64 beyond f32's range becomes ±Inf, and so an error).
+#[inline]
+fn decode(b: &[u8], dtype: Dtype, big: bool) -> f32 {
+    match (dtype, big) {
+        (Dtype::F32, false) => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        (Dtype::F32, true) => f32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        (Dtype::F64, false) => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
+        (Dtype::F64, true) => f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
+        (Dtype::I16, false) => f32::from(i16::from_le_bytes([b[0], b[1]])),
+        (Dtype::I16, true) => f32::from(i16::from_be_bytes([b[0], b[1]])),
+    }
+}
+
+/// Decodes a run of elements into `dst`, windowed and scaled; false when a value is not
+/// finite. One loop per element type, so each compiles to a tight conversion.
+fn convert_run(dst: &mut [f32], bytes: &[u8], dtype: Dtype, big: bool, pre: &Preprocess) -> bool {
+    fn run<const W: usize>(dst: &mut [f32], bytes: &[u8], pre: &Preprocess, dec: impl Fn(&[u8; W]) -> f32) -> bool {
+        let mut finite = true;
+        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(W)) {
+            let mut a = [0u8; W];
+            a.copy_from_slice(b);
+            let v = dec(&a);
+            finite &= v.is_finite();
+            *d = pre.scale(v);
+        }
+        finite
+    }
+    match (dtype, big) {
+        (Dtype::F32, false) => run::<4>(dst, bytes, pre, |b| f32::from_le_bytes(*b)),
+        (Dtype::F32, true) => run::<4>(dst, bytes, pre, |b| f32::from_be_bytes(*b)),
+        (Dtype::F64, false) => run::<8>(dst, bytes, pre, |b| f64::from_le_bytes(*b) as f32),
+        (Dtype::F64, true) => run::<8>(dst, bytes, pre, |b| f64::from_be_bytes(*b) as f32),
+        (Dtype::I16, false) => run::<2>(dst, bytes, pre, |b| f32::from(i16::from_le_bytes(*b))),
+        (Dtype::I16, true) => run::<2>(dst, bytes, pre, |b| f32::from(i16::from_be_bytes(*b))),
+    }
+}
+
+/// Reads a whole `.npy` array of HU values as float32, any rank (for tools and tests:
+/// patches are read through [`load_patch_into`]). Arrays over [`MAX_WHOLE_BYTES`] are
+/// refused; a non-finite value is an error naming its flat (C-order) index.
 pub fn read_npy_hu(path: &Path) -> Result<ArrayD<f32>> {
-    npy_header(path)?;
-    let bad = |msg: String| Error::BadPatch {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let describe = |e: ReadNpyError| match e {
-        ReadNpyError::Io(e) => Error::io(path, e),
-        ReadNpyError::MissingData => bad("truncated: the file holds less data than its header declares".into()),
-        ReadNpyError::ExtraBytes(n) => bad(format!("{n} unexpected bytes after the array data")),
-        ReadNpyError::ParseHeader(e) => bad(format!("not a valid .npy file ({e})")),
-        other => bad(other.to_string()),
-    };
-    let arr = match ndarray_npy::read_npy::<_, ArrayD<f32>>(path) {
-        Ok(a) => a,
-        Err(ReadNpyError::WrongDescriptor(_)) => match ndarray_npy::read_npy::<_, ArrayD<f64>>(path) {
-            Ok(a) => a.mapv(|v| v as f32),
-            Err(ReadNpyError::WrongDescriptor(_)) => match ndarray_npy::read_npy::<_, ArrayD<i16>>(path) {
-                Ok(a) => a.mapv(f32::from),
-                Err(ReadNpyError::WrongDescriptor(d)) => {
-                    return Err(bad(format!(
-                        "unsupported array type {d}: expected float32, float64 or int16 HU values"
-                    )))
-                }
-                Err(e) => return Err(describe(e)),
-            },
-            Err(e) => return Err(describe(e)),
-        },
-        Err(e) => return Err(describe(e)),
-    };
+    let (h, f) = open_npy(path)?;
+    let n: usize = h.shape.iter().product();
+    let bytes = n as u64 * h.dtype.width() as u64;
+    if bytes > MAX_WHOLE_BYTES {
+        return Err(bad(
+            path,
+            format!("{bytes} bytes of data: more than the {MAX_WHOLE_BYTES} read whole"),
+        ));
+    }
+    let mut raw = vec![0u8; bytes as usize];
+    f.read_exact_at(&mut raw, h.data_offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            bad(path, TRUNCATED.into())
+        } else {
+            Error::io(path, e)
+        }
+    })?;
+    let values: Vec<f32> = raw
+        .chunks_exact(h.dtype.width())
+        .map(|b| decode(b, h.dtype, h.big_endian))
+        .collect();
+    let shape = IxDyn(&h.shape);
+    let arr = if h.fortran_order {
+        ArrayD::from_shape_vec(shape.f(), values)
+    } else {
+        ArrayD::from_shape_vec(shape, values)
+    }
+    .map_err(|e| bad(path, format!("shape {:?}: {e}", h.shape)))?;
     if arr.is_empty() {
-        return Err(bad(format!("empty array of shape {:?}", arr.shape())));
+        return Err(bad(path, format!("empty array of shape {:?}", arr.shape())));
     }
     if let Some(i) = arr.iter().position(|v| !v.is_finite()) {
-        return Err(bad(format!("non-finite value (NaN or Inf) at flat index {i}")));
+        return Err(bad(path, format!("non-finite value (NaN or Inf) at flat index {i}")));
     }
     Ok(arr)
 }
 
-/// Reads a patch and applies `pre`: the one function training and scoring share. The rank
-/// is checked from the header, before the data are read.
+/// Reads a patch and applies `pre`: [`load_patch_into`] into a new cube.
 pub fn load_patch(path: &Path, pre: &Preprocess) -> Result<Array3<f32>> {
-    let h = npy_header(path)?;
-    if h.shape.len() != 3 {
-        return Err(Error::BadPatch {
-            path: path.to_path_buf(),
-            msg: format!("expected a 3-D cube (z, y, x), got shape {:?}", h.shape),
-        });
-    }
-    pre.apply(&read_npy_hu(path)?, path)
+    let c = pre.cube_size;
+    let mut out = Array3::zeros((c, c, c));
+    let slice = out
+        .as_slice_mut()
+        .ok_or_else(|| bad(path, "internal: a new cube is not contiguous".into()))?;
+    load_patch_into(path, pre, slice)?;
+    Ok(out)
 }
 
-/// [`load_patch`] into `out` (`cube_size³` values, z-y-x order): the same values and the
-/// same errors, for a scorer that decodes straight into its batch buffer.
-///
-/// Cubes already at the model's size, in C order, little-endian float32, float64 or int16,
-/// with a header as numpy writes it, take one pass from the file's bytes to `out` through a
-/// reused per-thread buffer, with no array allocated; anything else goes through
-/// [`load_patch`] (and so ndarray-npy's stricter header checks) and is copied.
+/// For one axis of `n` voxels and a cube of `c`: (first source voxel, first destination
+/// voxel, count) of the centre crop or pad, as [`Preprocess::apply`] places them.
+fn crop_range(n: usize, c: usize) -> (usize, usize, usize) {
+    if n >= c {
+        ((n - c) / 2, 0, c)
+    } else {
+        (0, (c - n) / 2, n)
+    }
+}
+
+/// Reads a patch into `out` (`cube_size³` values, z-y-x order): the centre crop or pad of
+/// each axis to the cube ([`Preprocess::apply`]'s placement, padding with `pad_hu`), windowed
+/// and scaled. Only the bytes of the crop are read, in runs as long as the layout allows
+/// (the whole data in one read for a cube at the model's size), through a per-thread
+/// buffer: memory does not grow with the file. The same values and errors as
+/// [`Preprocess::apply`] on the whole array.
 pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result<()> {
-    use std::io::Read;
     let c = pre.cube_size;
     if out.len() != c * c * c {
-        return Err(Error::BadPatch {
-            path: path.to_path_buf(),
-            msg: format!("internal: a buffer of {} values for a {c}³ cube", out.len()),
-        });
+        return Err(bad(
+            path,
+            format!("internal: a buffer of {} values for a {c}³ cube", out.len()),
+        ));
     }
-    let (h, mut f, len) = open_npy(path)?;
-    let width = match h.descr.as_str() {
-        "<f4" => 4,
-        "<f8" => 8,
-        "<i2" => 2,
-        _ => 0,
+    let (h, f) = open_npy(path)?;
+    let &[nz, ny, nx] = h.shape.as_slice() else {
+        return Err(bad(
+            path,
+            format!("expected a 3-D cube (z, y, x), got shape {:?}", h.shape),
+        ));
     };
-    if width == 0 || !h.canonical || h.fortran_order || h.shape != [c, c, c] {
-        let cube = load_patch(path, pre)?;
-        out.iter_mut().zip(cube.iter()).for_each(|(o, &v)| *o = v);
-        return Ok(());
+    if nz == 0 || ny == 0 || nx == 0 {
+        return Err(bad(path, format!("empty array of shape {:?}", h.shape)));
     }
-    let bad = |msg: String| Error::BadPatch {
-        path: path.to_path_buf(),
-        msg,
+    let (sz, dz, cz) = crop_range(nz, c);
+    let (sy, dy, cy) = crop_range(ny, c);
+    let (sx, dx, cx) = crop_range(nx, c);
+    if cz < c || cy < c || cx < c {
+        out.fill(pre.scale(pre.pad_hu));
+    }
+    let w = h.dtype.width();
+    // Runs along the fastest axis of the file (x in C order, z in Fortran order), merged
+    // with the next axes while the crop covers them whole.
+    let read_err = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            bad(path, TRUNCATED.into())
+        } else {
+            Error::io(path, e)
+        }
     };
-    let need = out.len() * width;
-    let extra = len
-        .checked_sub(h.data_offset + need as u64)
-        .ok_or_else(|| bad("truncated: the file holds less data than its header declares".into()))?;
-    if extra > 0 {
-        // What ndarray-npy (and so `load_patch`) says of such a file.
-        return Err(bad(format!("{extra} unexpected bytes after the array data")));
-    }
     thread_local! {
         static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    BYTES.with_borrow_mut(|bytes| {
-        bytes.resize(need, 0);
-        f.read_exact(bytes).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                bad("truncated: the file holds less data than its header declares".into())
-            } else {
-                Error::io(path, e)
-            }
-        })?;
-        // One loop per type, so each compiles to a tight conversion; a non-finite value (a
-        // float64 beyond float32's range included, as in `read_npy_hu`) is looked for after,
-        // only when there is one. Returns its flat index.
-        fn convert(
-            out: &mut [f32],
-            bytes: &[u8],
-            width: usize,
-            decode: impl Fn(&[u8]) -> f32,
-            pre: &Preprocess,
-        ) -> Option<usize> {
-            let mut finite = true;
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(width)) {
-                let v = decode(b);
-                finite &= v.is_finite();
-                *o = pre.scale(v);
-            }
-            if finite {
-                return None;
-            }
-            bytes.chunks_exact(width).position(|b| !decode(b).is_finite())
+    // The first non-finite voxel: its (z, y, x) in the array.
+    let mut first_bad: Option<[usize; 3]> = None;
+    let mut note_bad = |zyx: [usize; 3]| {
+        if first_bad.is_none_or(|b| zyx < b) {
+            first_bad = Some(zyx);
         }
-        let first_bad = match width {
-            4 => convert(out, bytes, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), pre),
-            8 => convert(
-                out,
-                bytes,
-                8,
-                |b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
-                pre,
-            ),
-            _ => convert(out, bytes, 2, |b| f32::from(i16::from_le_bytes([b[0], b[1]])), pre),
-        };
-        match first_bad {
-            Some(i) => Err(bad(format!("non-finite value (NaN or Inf) at flat index {i}"))),
-            None => Ok(()),
+    };
+    BYTES.with_borrow_mut(|buf| -> Result<()> {
+        if !h.fortran_order {
+            // C order: element (z, y, x) at ((z·ny + y)·nx + x).
+            let full_x = cx == nx;
+            let full_y = full_x && cy == ny;
+            let (planes, rows_per_read) = if full_y { (1, cz * cy) } else if full_x { (cz, cy) } else { (cz * cy, 1) };
+            buf.resize(rows_per_read * cx * w, 0);
+            for k in 0..planes {
+                // The first (z, y) row of this read.
+                let (z0, y0) = if full_y {
+                    (sz, sy)
+                } else if full_x {
+                    (sz + k, sy)
+                } else {
+                    (sz + k / cy, sy + k % cy)
+                };
+                let at = ((z0 * ny + y0) * nx + sx) as u64 * w as u64;
+                f.read_exact_at(buf, h.data_offset + at).map_err(read_err)?;
+                for (r, row) in buf.chunks_exact(cx * w).enumerate() {
+                    // Row r of this read is (z, y) = (z0, y0) + r rows on.
+                    let flat = (z0 - sz) * cy + (y0 - sy) + r;
+                    let (oz, oy) = (flat / cy, flat % cy);
+                    let o = ((dz + oz) * c + dy + oy) * c + dx;
+                    if !convert_run(&mut out[o..o + cx], row, h.dtype, h.big_endian, pre) {
+                        if let Some(x) = row.chunks_exact(w).position(|b| !decode(b, h.dtype, h.big_endian).is_finite()) {
+                            note_bad([sz + oz, sy + oy, sx + x]);
+                        }
+                    }
+                }
+            }
+        } else {
+            // Fortran order: element (z, y, x) at ((x·ny + y)·nz + z).
+            buf.resize(cz * w, 0);
+            for x in 0..cx {
+                for y in 0..cy {
+                    let at = (((sx + x) * ny + sy + y) * nz + sz) as u64 * w as u64;
+                    f.read_exact_at(buf, h.data_offset + at).map_err(read_err)?;
+                    for (z, b) in buf.chunks_exact(w).enumerate() {
+                        let v = decode(b, h.dtype, h.big_endian);
+                        if !v.is_finite() {
+                            note_bad([sz + z, sy + y, sx + x]);
+                        }
+                        out[((dz + z) * c + dy + y) * c + dx + x] = pre.scale(v);
+                    }
+                }
+            }
         }
-    })
+        Ok(())
+    })?;
+    if let Some([z, y, x]) = first_bad {
+        let i = (z * ny + y) * nx + x;
+        return Err(bad(path, format!("non-finite value (NaN or Inf) at flat index {i}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -399,7 +492,7 @@ mod tests {
         for (name, bytes) in [("odd_key", odd_key), ("minor_version", minor)] {
             let p = dir.path().join(format!("{name}.npy"));
             std::fs::write(&p, &bytes).expect("write");
-            assert!(!npy_header(&p).map(|h| h.canonical).unwrap_or(false), "{name}");
+            assert!(npy_header(&p).is_err(), "{name}: refused as ndarray-npy refuses it");
             let mut got = vec![0.0; 512];
             match (load_patch(&p, &pre), load_patch_into(&p, &pre, &mut got)) {
                 (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{name}"),
@@ -410,12 +503,7 @@ mod tests {
         for (name, bytes) in &files {
             let p = dir.path().join(format!("{name}.npy"));
             std::fs::write(&p, bytes).expect("write");
-            if ["f32", "f64", "i16"].contains(&name.as_str()) {
-                assert!(
-                    npy_header(&p).expect(name).canonical,
-                    "{name} should take the fast path"
-                );
-            }
+            npy_header(&p).expect(name);
             let want = load_patch(&p, &pre).expect(name);
             let mut got = vec![f32::NAN; 512];
             load_patch_into(&p, &pre, &mut got).expect(name);
@@ -449,5 +537,120 @@ mod tests {
             let err = load_patch_into(&p, &pre, &mut got).expect_err(name).to_string();
             assert_eq!(err, want, "{name}");
         }
+    }
+
+    /// The crop reader against an independent decoder: ndarray-npy reads the whole array
+    /// and [`Preprocess::apply`] crops it. Every dtype, byte order and memory order, on
+    /// shapes that crop, pad, or both, by odd and even margins.
+    #[test]
+    fn crop_reader_equals_reading_whole_and_cropping() {
+        use ndarray::ShapeBuilder;
+        use ndarray_npy::WriteNpyExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let pre = Preprocess {
+            cube_size: 8,
+            ..Preprocess::default()
+        };
+        let oracle = |p: &Path| -> Array3<f32> {
+            let a: ArrayD<f32> = match ndarray_npy::read_npy::<_, ArrayD<f32>>(p) {
+                Ok(a) => a,
+                Err(_) => match ndarray_npy::read_npy::<_, ArrayD<f64>>(p) {
+                    Ok(a) => a.mapv(|v| v as f32),
+                    Err(_) => ndarray_npy::read_npy::<_, ArrayD<i16>>(p).expect("i16").mapv(f32::from),
+                },
+            };
+            pre.apply(&a, p).expect("apply")
+        };
+        let f = |z: usize, y: usize, x: usize| ((z * 31 + y * 17 + x * 5) % 97) as f32 * 23.0 - 1100.0;
+        let mut k = 0;
+        for shape in [(8, 8, 8), (5, 8, 11), (13, 3, 9), (1, 1, 1), (20, 9, 8), (8, 20, 7), (10, 10, 30)] {
+            for fortran in [false, true] {
+                let a = if fortran {
+                    Array3::from_shape_fn(shape.f(), |(z, y, x)| f(z, y, x))
+                } else {
+                    Array3::from_shape_fn(shape, |(z, y, x)| f(z, y, x))
+                };
+                let mut variants: Vec<Vec<u8>> = Vec::new();
+                let mut b = Vec::new();
+                a.write_npy(&mut b).expect("f32");
+                variants.push(b);
+                let mut b = Vec::new();
+                a.mapv(f64::from).write_npy(&mut b).expect("f64");
+                variants.push(b);
+                let mut b = Vec::new();
+                a.mapv(|v| v as i16).write_npy(&mut b).expect("i16");
+                variants.push(b);
+                // Big-endian float32 and int16: the descriptor says so and the bytes follow.
+                for (from, width) in [(0usize, 4usize), (2, 2)] {
+                    let mut be = variants[from].clone();
+                    let tag = if width == 4 { b"<f4" } else { b"<i2" };
+                    let at = be.windows(3).position(|w| w == tag).expect("descr");
+                    be[at] = b'>';
+                    let data = be.len() - a.len() * width;
+                    for w in be[data..].chunks_exact_mut(width) {
+                        w.reverse();
+                    }
+                    variants.push(be);
+                }
+                for bytes in variants {
+                    k += 1;
+                    let p = dir.path().join(format!("v{k}.npy"));
+                    std::fs::write(&p, &bytes).expect("write");
+                    let want = oracle(&p);
+                    let got = load_patch(&p, &pre).expect("load");
+                    assert_eq!(got, want, "{shape:?} fortran={fortran} file {k}");
+                }
+            }
+        }
+        // A NaN inside the crop is named by its flat index in the whole array; one outside
+        // the crop is never read.
+        let mut a = Array3::from_shape_fn((10, 10, 10), |(z, y, x)| f(z, y, x));
+        a[[5, 6, 7]] = f32::NAN;
+        a[[0, 0, 0]] = f32::NAN;
+        let p = dir.path().join("nan.npy");
+        a.write_npy(std::fs::File::create(&p).expect("create")).expect("w");
+        let e = load_patch(&p, &pre).expect_err("nan").to_string();
+        assert!(e.contains(&format!("flat index {}", 5 * 100 + 6 * 10 + 7)), "{e}");
+        a[[5, 6, 7]] = 0.0;
+        a.write_npy(std::fs::File::create(&p).expect("create")).expect("w");
+        assert!(load_patch(&p, &pre).is_ok(), "a NaN outside the crop cannot reach a result");
+    }
+
+    /// A well-formed array far larger than the cube (3.4 GB of int16, stored sparse) is read
+    /// through its centre crop only; reading it whole is refused with the limit named.
+    #[test]
+    fn a_huge_array_is_read_only_where_the_crop_needs_it() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("huge.npy");
+        let n = 1200usize;
+        let mut dict = format!("{{'descr': '<i2', 'fortran_order': False, 'shape': ({n}, {n}, {n}), }}");
+        while (10 + dict.len() + 1) % 64 != 0 {
+            dict.push(' ');
+        }
+        dict.push('\n');
+        let mut head = b"\x93NUMPY\x01\x00".to_vec();
+        head.extend((dict.len() as u16).to_le_bytes());
+        head.extend(dict.as_bytes());
+        let mut file = std::fs::File::create(&p).expect("create");
+        file.write_all(&head).expect("w");
+        file.set_len((head.len() + n * n * n * 2) as u64).expect("sparse");
+        // The voxel at the cube's centre, (n/2, n/2, n/2), holds 123 HU.
+        let centre = ((n / 2 * n + n / 2) * n + n / 2) * 2;
+        file.write_all_at(&123i16.to_le_bytes(), (head.len() + centre) as u64)
+            .expect("w");
+        drop(file);
+        let pre = Preprocess {
+            cube_size: 8,
+            hu_min: -1000.0,
+            hu_max: 1000.0,
+            ..Preprocess::default()
+        };
+        let cube = load_patch(&p, &pre).expect("crop");
+        // The crop starts at (n − 8)/2 = 596, so the centre voxel is at 604 − 596 = 4.
+        assert_eq!(cube[[4, 4, 4]], pre.scale(123.0));
+        assert_eq!(cube[[3, 4, 4]], pre.scale(0.0));
+        let e = read_npy_hu(&p).expect_err("whole").to_string();
+        assert!(e.contains("more than the 1073741824 read whole"), "{e}");
     }
 }

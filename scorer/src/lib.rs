@@ -88,7 +88,7 @@ impl Scorer {
     /// preprocessing, and creates a session on the requested device.
     pub fn open(model: &Path, opts: &ScorerOptions) -> Result<Self, ScorerError> {
         models::cli::check_threads("--threads", opts.threads).map_err(ScorerError::Runtime)?;
-        let bytes = std::fs::read(model).map_err(|e| models::Error::io(model, e))?;
+        let bytes = models::fsutil::read_regular(model)?;
         let proto = models::onnx::parse_model(&bytes, model)?;
         let metadata = models::onnx::metadata(&proto);
         let preprocess = Preprocess::from_metadata(&metadata).map_err(|e| ScorerError::Model {

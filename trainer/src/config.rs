@@ -132,6 +132,16 @@ impl Default for TrainLoop {
     }
 }
 
+/// Largest `model.width` (the baseline's last stage has 4× that many channels).
+pub const MAX_WIDTH: usize = 256;
+/// Largest `train.lr`: AdamW moves each weight by about `lr` per step, so beyond 1 it
+/// cannot train.
+pub const MAX_LR: f64 = 1.0;
+/// Largest `train.batch_size`.
+pub const MAX_BATCH: usize = 4096;
+/// Largest `train.epochs`.
+pub const MAX_EPOCHS: usize = 100_000;
+
 /// The model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -153,6 +163,9 @@ impl Default for ModelConfig {
 
 impl ModelConfig {
     pub fn spec(&self) -> Result<models::spec::ArchSpec> {
+        if !(1..=MAX_WIDTH).contains(&self.width) {
+            bail!("model.width must be from 1 to {MAX_WIDTH}, got {}", self.width);
+        }
         let spec = match self.arch.as_str() {
             "baseline_cnn" => models::spec::ArchSpec::baseline_cnn(self.width),
             other => models::spec::ArchSpec::by_name(other)?,
@@ -183,7 +196,7 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Reads a YAML config; unknown keys are errors (a typo must not be ignored quietly).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+        let text = models::fsutil::read_regular_to_string(path).context("cannot read config")?;
         serde_yaml::from_str(&text).with_context(|| format!("{}: invalid training config", path.display()))
     }
 
@@ -214,28 +227,51 @@ impl TrainConfig {
         if let Err(e) = models::cli::check_threads("train.threads", t.threads) {
             p.push(e);
         }
-        if t.epochs == 0 {
-            p.push("train.epochs must be at least 1".into());
+        if !(1..=MAX_EPOCHS).contains(&t.epochs) {
+            p.push(format!("train.epochs must be from 1 to {MAX_EPOCHS}, got {}", t.epochs));
         }
-        if t.batch_size < 2 {
-            p.push("train.batch_size must be at least 2 (BatchNorm needs it)".into());
+        if !(2..=MAX_BATCH).contains(&t.batch_size) {
+            p.push(format!(
+                "train.batch_size must be from 2 (BatchNorm needs two samples) to {MAX_BATCH}, got {}",
+                t.batch_size
+            ));
         }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            p.push(format!("train.lr must be positive, got {}", t.lr));
+        if !(t.lr > 0.0 && t.lr <= MAX_LR) {
+            p.push(format!("train.lr must be in (0, {MAX_LR}], got {}", t.lr));
         }
-        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-            p.push(format!("train.weight_decay must be >= 0, got {}", t.weight_decay));
+        if !(t.weight_decay.is_finite() && (0.0..=1.0).contains(&t.weight_decay)) {
+            p.push(format!("train.weight_decay must be in [0, 1], got {}", t.weight_decay));
         }
         if let PosWeight::Value(v) = t.pos_weight {
-            if !(v > 0.0 && v.is_finite()) {
-                p.push(format!("train.pos_weight must be `auto` or a positive number, got {v}"));
+            if !(v > 0.0 && v <= 1e6) {
+                p.push(format!("train.pos_weight must be `auto` or a number in (0, 1e6], got {v}"));
             }
         }
         if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
-            p.push(format!("train.grad_clip must be >= 0, got {}", t.grad_clip));
+            p.push(format!("train.grad_clip must be a finite number >= 0 (0: off), got {}", t.grad_clip));
         }
-        if !(t.focal_gamma >= 0.0 && t.focal_gamma.is_finite()) {
-            p.push(format!("train.focal_gamma must be >= 0, got {}", t.focal_gamma));
+        if !(0.0..=10.0).contains(&t.focal_gamma) {
+            p.push(format!("train.focal_gamma must be in [0, 10], got {}", t.focal_gamma));
+        }
+        let a = &t.augment;
+        let half = self.preprocess.cube_size / 2;
+        if a.jitter_voxels >= half.max(1) {
+            p.push(format!(
+                "train.augment.jitter_voxels must be below half the cube ({half} for {}³), got {}",
+                self.preprocess.cube_size, a.jitter_voxels
+            ));
+        }
+        if !(0.0..1.0).contains(&a.intensity_scale) {
+            p.push(format!(
+                "train.augment.intensity_scale must be in [0, 1) (x·(1 + a) with |a| below it), got {}",
+                a.intensity_scale
+            ));
+        }
+        if !(0.0..=1.0).contains(&a.intensity_shift) {
+            p.push(format!(
+                "train.augment.intensity_shift must be in [0, 1] (on the preprocessed scale), got {}",
+                a.intensity_shift
+            ));
         }
         if t.warmup_epochs >= t.epochs && t.epochs > 1 {
             p.push(format!(

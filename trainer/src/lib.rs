@@ -14,6 +14,7 @@ pub mod config;
 pub mod cuda;
 pub mod data;
 pub mod export;
+pub mod kfold;
 pub mod net;
 pub mod optim;
 pub mod prepare;

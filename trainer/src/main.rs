@@ -251,6 +251,7 @@ fn main() -> ExitCode {
                 let (runs, cv) = trainer::train::run(
                     &cfg,
                     &RunOptions {
+                        config: a.config.clone(),
                         force: a.force,
                         ort_lib: a.ort_lib.clone(),
                         quiet: a.quiet,

@@ -321,28 +321,27 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
         annotations_sha256: models::fsutil::sha256_file(&job.annotations)?,
         candidates_sha256: models::fsutil::sha256_file(&job.candidates)?,
     };
-    // One run per folder at a time: an advisory lock held for the whole run (released by the
-    // OS however the process ends, so an interrupted run leaves no stale lock).
-    std::fs::create_dir_all(&job.out).with_context(|| format!("{}: cannot create", job.out.display()))?;
-    let lock_path = job.out.join(LOCK_FILE);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("{}: cannot open", lock_path.display()))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "{}: another `trainer prepare` is working on this folder; wait for it, or use another --out",
-            job.out.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => bail!("{}: cannot lock: {e}", lock_path.display()),
+    // Nothing prepare writes may be one of its inputs.
+    let mut io = models::fsutil::RunIo::new();
+    io.input("annotations", &job.annotations).input("candidates", &job.candidates);
+    for scan in scans.values() {
+        io.input("scan", scan);
+        for ext in ["raw", "zraw"] {
+            io.input("scan data", &scan.with_extension(ext));
+        }
     }
+    io.outputs_in("prepared file", &job.out, &[INDEX_FILE, SETTINGS_FILE, ERRORS_FILE])?;
+    // One run per folder at a time: an OS lock held for the whole run (released however the
+    // process ends, so an interrupted run leaves no stale lock).
+    std::fs::create_dir_all(&job.out).with_context(|| format!("{}: cannot create", job.out.display()))?;
+    let _lock = models::fsutil::Lock::acquire_kept(
+        &job.out.join(LOCK_FILE),
+        "another `trainer prepare` is working on this folder; wait for it, or use another --out",
+    )?;
     // Same settings or a fresh folder: never mix patches made two ways in one index.
     let settings_path = job.out.join(SETTINGS_FILE);
     if settings_path.exists() {
-        let before: PrepareSettings = serde_yaml::from_str(&std::fs::read_to_string(&settings_path)?)
+        let before: PrepareSettings = serde_yaml::from_str(&models::fsutil::read_regular_to_string(&settings_path)?)
             .with_context(|| format!("{}: unreadable", settings_path.display()))?;
         if before != settings {
             bail!(

@@ -230,13 +230,22 @@ fn patch(cfg: &SynthConfig, look: &SeriesLook, positive: bool, rng: &mut StdRng)
 /// Writes `cfg.series × cfg.patches_per_series` float32 `.npy` cubes and `patch_index.csv`
 /// into `out`. Refuses a folder that already holds an index.
 pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
-    if cfg.series < 2 || cfg.patches_per_series < 1 || cfg.cube_size < 8 {
-        bail!("synthetic set needs at least 2 series, 1 patch per series and a cube of 8 voxels");
+    if !(2..=100_000).contains(&cfg.series)
+        || !(1..=100_000).contains(&cfg.patches_per_series)
+        || cfg.series * cfg.patches_per_series > 10_000_000
+        || !(8..=models::preprocess::MAX_CUBE).contains(&cfg.cube_size)
+    {
+        bail!(
+            "a synthetic set takes 2 to 100000 series, 1 to 100000 patches per series (10 million at most in all) \
+             and a cube of 8 to {} voxels",
+            models::preprocess::MAX_CUBE
+        );
     }
     if !(0.0..1.0).contains(&cfg.positive_fraction) || cfg.positive_fraction == 0.0 {
         bail!("positive_fraction must be in (0, 1), got {}", cfg.positive_fraction);
     }
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
+    let _lock = models::fsutil::Lock::within(out, &format!("folder {}", out.display()))?;
     let index_path = out.join(INDEX_FILE);
     if index_path.exists() {
         bail!("{}: already exists; choose an empty folder", index_path.display());
@@ -260,11 +269,11 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
             let uid = format!("1.2.826.0.1.3680043.8.498.{}.{}", cfg.seed, s + 1);
             let file = format!("s{:03}_p{:03}.npy", s + 1, p + 1);
             let path = out.join(&file);
-            // Write to a temporary name and rename, so an interrupted run leaves no
-            // half-written patch under its final name.
-            let tmp = out.join(format!(".{file}.tmp"));
-            ndarray_npy::write_npy(&tmp, &cube).with_context(|| format!("{}: cannot write", tmp.display()))?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot rename", path.display()))?;
+            // Atomic, so an interrupted run leaves no half-written patch under its final name.
+            models::fsutil::write_atomic_with(&path, |w| {
+                use ndarray_npy::WriteNpyExt;
+                cube.write_npy(w).map_err(std::io::Error::other)
+            })?;
             Ok(IndexRow {
                 patch_file: file,
                 seriesuid: uid,

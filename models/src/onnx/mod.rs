@@ -144,7 +144,7 @@ pub fn to_bytes(model: &ModelProto) -> Vec<u8> {
 /// Reads and decodes an ONNX file, checking that it has a graph and an opset, so that a
 /// file that is not ONNX gets a clear error before any runtime sees it.
 pub fn read_model(path: &Path) -> Result<ModelProto> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fsutil::read_regular(path)?;
     parse_model(&bytes, path)
 }
 

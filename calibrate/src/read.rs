@@ -1,0 +1,242 @@
+//! Reading what is calibrated: a scores CSV (logits or probabilities, labels, series), or a
+//! labelled patch index scored through ONNX Runtime ([`scorer::Scorer`]). Every problem
+//! names the file and line, before anything is fitted.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::{metrics, CalError};
+
+/// Scores with labels.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreTable {
+    pub source: PathBuf,
+    /// Each row's line in the source (for messages); empty when the rows have no lines.
+    pub lines: Vec<usize>,
+    pub logits: Vec<f64>,
+    pub labels: Vec<u8>,
+    /// Empty when the source has no series column.
+    pub seriesuid: Vec<String>,
+}
+
+/// Which columns of a scores CSV hold what.
+#[derive(Debug, Clone)]
+pub struct Columns {
+    /// Raw logit column; used unless `probability` is given.
+    pub logit: String,
+    /// Probability column instead of a logit (converted to a logit).
+    pub probability: Option<String>,
+    pub label: String,
+    /// Optional series column (bootstrap and cross-validation group by it).
+    pub seriesuid: String,
+    /// Optional patch column: a patch listed twice is an error.
+    pub patch: String,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns {
+            logit: "logit".into(),
+            probability: None,
+            label: "label".into(),
+            seriesuid: "seriesuid".into(),
+            patch: "patch_file".into(),
+        }
+    }
+}
+
+pub(crate) fn input_err(path: &Path, msg: String) -> CalError {
+    CalError::Input {
+        path: path.to_path_buf(),
+        msg,
+    }
+}
+
+impl ScoreTable {
+    /// Reads a scores CSV. Every problem names the file and line.
+    pub fn read(path: &Path, cols: &Columns) -> Result<Self, CalError> {
+        let (mut rdr, headers) = models::csvio::open(path, true)?;
+        let find = |name: &str| headers.iter().position(|h| h == name);
+        let score_col = cols.probability.as_deref().unwrap_or(&cols.logit);
+        let (Some(si), Some(li)) = (find(score_col), find(&cols.label)) else {
+            let missing: Vec<&str> = [score_col, cols.label.as_str()]
+                .into_iter()
+                .filter(|c| find(c).is_none())
+                .collect();
+            return Err(input_err(
+                path,
+                format!(
+                    "missing column(s) {} (columns present: {})",
+                    missing.join(", "),
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        };
+        let (ui, pi) = (find(&cols.seriesuid), find(&cols.patch));
+        let mut t = ScoreTable {
+            source: path.to_path_buf(),
+            ..Default::default()
+        };
+        let mut seen = std::collections::HashMap::new();
+        for (i, rec) in rdr.records().enumerate() {
+            let line = i + 2;
+            let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
+            let raw = rec.get(si).unwrap_or("");
+            let s: f64 = raw
+                .parse()
+                .map_err(|_| input_err(path, format!("line {line}: `{score_col}` is not a number: {raw:?}")))?;
+            if !s.is_finite() {
+                return Err(input_err(
+                    path,
+                    format!("line {line}: `{score_col}` is not finite: {raw}"),
+                ));
+            }
+            if s.abs() > f64::from(f32::MAX) {
+                return Err(input_err(
+                    path,
+                    format!(
+                        "line {line}: `{score_col}` is {raw}, beyond what a float32 model outputs (±3.4e38): \
+                         not a logit of this toolchain's models"
+                    ),
+                ));
+            }
+            let z = if cols.probability.is_some() {
+                if !(0.0..=1.0).contains(&s) {
+                    return Err(input_err(path, format!("line {line}: probability {s} outside [0, 1]")));
+                }
+                metrics::logit(s)
+            } else {
+                s
+            };
+            let y = match rec.get(li) {
+                Some("0" | "0.0") => 0,
+                Some("1" | "1.0") => 1,
+                other => {
+                    return Err(input_err(
+                        path,
+                        format!("line {line}: label must be 0 or 1, got {other:?}"),
+                    ))
+                }
+            };
+            if let Some(pi) = pi {
+                let p = rec.get(pi).unwrap_or("").to_string();
+                if let Some(first) = seen.insert(p.clone(), line) {
+                    return Err(input_err(
+                        path,
+                        format!("line {line}: patch {p:?} already scored on line {first}"),
+                    ));
+                }
+            }
+            t.logits.push(z);
+            t.labels.push(y);
+            t.lines.push(line);
+            if let Some(ui) = ui {
+                t.seriesuid.push(rec.get(ui).unwrap_or("").to_string());
+            }
+        }
+        t.check(path)?;
+        Ok(t)
+    }
+
+    /// Site recalibration: scores a labelled patch index (or folder with
+    /// `patch_index.csv`) with `model` through ONNX Runtime. Unreadable patches are
+    /// errors here: calibrating on a silently shrunken set would mislead.
+    pub fn from_patches(model: &Path, index: &Path, opts: &scorer::ScorerOptions) -> Result<Self, CalError> {
+        let idx = models::index::read_scoring_index(index)?;
+        if !idx.has_label {
+            return Err(input_err(
+                index,
+                "the index has no `label` column: calibration needs labelled patches".into(),
+            ));
+        }
+        let mut scorer = scorer::Scorer::open(model, opts)?;
+        let pre = scorer.preprocess.clone();
+        let mut t = ScoreTable {
+            source: index.to_path_buf(),
+            ..Default::default()
+        };
+        let (root, rows) = (&idx.root, &idx.rows);
+        let mut errors: Vec<String> = idx.refused.iter().map(|(_, why)| why.clone()).collect();
+        let per = pre.cube_size.pow(3);
+        let mut batch = Vec::new();
+        for chunk in rows.chunks(32) {
+            batch.clear();
+            let mut good = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                let path = root.join(&r.patch_file);
+                let at = batch.len();
+                batch.resize(at + per, 0.0);
+                match models::patch::load_patch_into(&path, &pre, &mut batch[at..]) {
+                    Ok(()) => good.push(r),
+                    Err(e) => {
+                        batch.truncate(at);
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            for (r, z) in good.into_iter().zip(scorer.score_flat(&batch)?) {
+                if !z.is_finite() {
+                    errors.push(format!(
+                        "{}: the model's logit is {z} (not finite)",
+                        root.join(&r.patch_file).display()
+                    ));
+                    continue;
+                }
+                let y = r
+                    .label
+                    .ok_or_else(|| input_err(index, format!("{}: no label", r.patch_file)))?;
+                t.logits.push(f64::from(z));
+                t.labels.push(y);
+                t.seriesuid.push(r.seriesuid.clone());
+            }
+        }
+        if !errors.is_empty() {
+            return Err(input_err(
+                index,
+                format!(
+                    "{} patch(es) could not be scored:\n  {}",
+                    errors.len(),
+                    errors.join("\n  ")
+                ),
+            ));
+        }
+        t.check(index)?;
+        Ok(t)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), CalError> {
+        let n_pos = self.labels.iter().filter(|&&l| l == 1).count();
+        if n_pos == 0 || n_pos == self.labels.len() {
+            return Err(input_err(
+                path,
+                format!(
+                    "calibration needs both classes; found {n_pos} positive(s) among {} row(s)",
+                    self.labels.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Group ids for cross-validation and bootstrap: series when known, else each patch.
+    pub fn groups(&self) -> (Vec<usize>, usize, &'static str) {
+        let by_series = self.seriesuid.len() == self.logits.len() && self.seriesuid.iter().all(|u| !u.is_empty());
+        if !by_series {
+            return (
+                (0..self.logits.len()).collect(),
+                self.logits.len(),
+                "patch (no seriesuid column)",
+            );
+        }
+        let mut ids = BTreeMap::new();
+        let g = self
+            .seriesuid
+            .iter()
+            .map(|u| {
+                let n = ids.len();
+                *ids.entry(u.as_str()).or_insert(n)
+            })
+            .collect();
+        (g, ids.len(), "seriesuid")
+    }
+}
+

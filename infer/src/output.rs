@@ -1,0 +1,106 @@
+//! The output formats: one row per scored patch in CSV or JSONL with every column, or the
+//! LUNA16 submission format; rows are formatted batch by batch and streamed to a
+//! [`models::fsutil::Sink`].
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One row per patch with every column.
+    Csv,
+    /// One JSON object per line with the same fields.
+    Jsonl,
+    /// LUNA16 submission format `seriesuid,coordX,coordY,coordZ,probability` (needs an
+    /// index with world coordinates; probability is the calibrated one when calibrated).
+    Luna16,
+}
+
+/// One scored patch, with every output column.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct OutRow<'a> {
+    pub(crate) patch_file: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) seriesuid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) diam_mm: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) center_x: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) center_y: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) center_z: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) label: Option<Option<u8>>,
+    pub(crate) logit: f32,
+    pub(crate) probability: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) calibrated_probability: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) decision: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) operating_point: Option<&'a str>,
+    pub(crate) model_sha256: &'a str,
+}
+
+/// The CSV header for the rows a run writes (the order of [`OutRow`]'s fields).
+pub(crate) fn csv_header(format: Format, index: bool, label: bool, calibrated: bool) -> Vec<&'static str> {
+    if format == Format::Luna16 {
+        return vec!["seriesuid", "coordX", "coordY", "coordZ", "probability"];
+    }
+    let mut h = vec!["patch_file"];
+    if index {
+        h.extend(["seriesuid", "diam_mm", "center_x", "center_y", "center_z"]);
+        if label {
+            h.push("label");
+        }
+    }
+    h.extend(["logit", "probability"]);
+    if calibrated {
+        h.extend(["calibrated_probability", "decision", "operating_point"]);
+    }
+    h.push("model_sha256");
+    h
+}
+
+/// Formats one batch's rows; the text goes to the sink in one write.
+pub(crate) fn format_rows(format: Format, rows: &[OutRow], out: &mut Vec<u8>) -> Result<(), String> {
+    match format {
+        Format::Jsonl => {
+            for row in rows {
+                serde_json::to_writer(&mut *out, row).map_err(|e| e.to_string())?;
+                out.push(b'\n');
+            }
+            Ok(())
+        }
+        Format::Csv | Format::Luna16 => {
+            let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(&mut *out);
+            for row in rows {
+                let r = if format == Format::Csv {
+                    w.serialize(row)
+                } else {
+                    w.serialize((
+                        row.seriesuid.unwrap_or_default(),
+                        row.center_x.unwrap_or(f64::NAN),
+                        row.center_y.unwrap_or(f64::NAN),
+                        row.center_z.unwrap_or(f64::NAN),
+                        row.calibrated_probability.unwrap_or(row.probability),
+                    ))
+                };
+                r.map_err(|e| e.to_string())?;
+            }
+            w.flush().map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_follows_the_row_fields() {
+        assert_eq!(
+            csv_header(Format::Csv, false, false, false),
+            ["patch_file", "logit", "probability", "model_sha256"]
+        );
+        assert_eq!(csv_header(Format::Csv, true, true, true).len(), 13);
+    }
+}

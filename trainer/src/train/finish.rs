@@ -1,0 +1,173 @@
+//! The end of a run: the best checkpoint exported to ONNX, checked against libtorch through
+//! ONNX Runtime (only then does it become `model.onnx`), the validation scores of the
+//! exported model, and `summary.yaml`.
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tch::nn;
+use tch::Device;
+
+use models::fsutil::TEMP_PREFIX;
+
+use crate::config::TrainConfig;
+use crate::export;
+use crate::net::Net;
+use crate::train::epochs::Training;
+use crate::train::folder::RunFolder;
+use crate::train::inputs::Data;
+use crate::train::{write_csv, yaml, RunOptions, RunSummary};
+
+/// Frees the training state, exports the best checkpoint, checks parity, writes the
+/// validation scores and the summary.
+pub fn finish(cfg: &TrainConfig, opts: &RunOptions, data: Data, folder: &RunFolder, tr: Training, t0: Instant) -> Result<RunSummary> {
+    let (best_epoch, best_auroc, _) = tr.best.context("no epoch finished")?;
+    // Training is over: free its state before the export makes copies of its own. The
+    // weights, their gradients and the two AdamW moments are four copies of the model
+    // (530 MB for r3d_18), and the training patches may be cached; kept, they would set the
+    // run's peak memory during the export and parity check rather than during training.
+    let stopped_early = tr.stopped_early;
+    drop(tr);
+    let Data {
+        found,
+        train,
+        val,
+        n_pos,
+        pos_weight,
+        val_series,
+    } = data;
+    let train_patches = train.len();
+    drop(train);
+    let (spec, index, device, amp) = (found.spec, found.index, found.device, found.amp);
+    let dir = &folder.dir;
+    let pre = &cfg.preprocess;
+    let best_path = dir.join("best.safetensors");
+    let val_labels: Vec<u8> = val.labels.iter().map(|&l| l as u8).collect();
+    let log = |s: String| {
+        if !opts.quiet {
+            eprintln!("{s}");
+        }
+    };
+
+    // Export the best checkpoint, not the last epoch.
+    let mut best_vs = nn::VarStore::new(Device::Cpu);
+    let best_net = Net::new(&best_vs.root(), &spec)?;
+    best_vs
+        .load(&best_path)
+        .with_context(|| format!("{}: cannot reload best checkpoint", best_path.display()))?;
+    let provenance: std::collections::BTreeMap<String, String> = [
+        ("tool.version", models::TOOL_VERSION.to_string()),
+        ("tool.git_commit", env!("NODULE_GIT_COMMIT").to_string()),
+        ("training.libtorch_version", crate::libtorch_version()),
+        ("training.cuda_available", tch::Cuda::is_available().to_string()),
+        ("training.device", crate::device_name(device)),
+        (
+            "training.precision",
+            (if amp { "fp16-mixed" } else { "fp32" }).to_string(),
+        ),
+        ("training.cuda_libraries", crate::cuda::loaded_cuda_libraries()),
+        ("training.config_sha256", cfg.sha256()?),
+        ("training.index_sha256", models::fsutil::sha256_file(&index.path)?),
+        (
+            "training.split_sha256",
+            models::fsutil::sha256_file(&dir.join("split.csv"))?,
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut extra: Vec<(&str, String)> = provenance.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    extra.push(("training.best_epoch", best_epoch.to_string()));
+    extra.push(("training.val_auroc", format!("{best_auroc:.6}")));
+    let md = export::metadata(&spec, pre, &extra)?;
+    // Written under a temporary name; it becomes model.onnx only once parity holds.
+    let onnx_path = dir.join("model.onnx");
+    let unchecked = dir.join(format!("{TEMP_PREFIX}{}.model-unchecked.onnx", std::process::id()));
+    export::export_onnx(&spec, &best_vs, pre, &md, &unchecked)?;
+    let (parity, ort_logits) = export::parity(
+        &spec,
+        &best_net,
+        &best_vs,
+        &unchecked,
+        val.len(),
+        &|r: std::ops::Range<usize>| val.gather(&r.collect::<Vec<_>>()),
+        val.cube,
+        cfg.train.batch_size,
+        opts.ort_lib.as_deref(),
+        device,
+    )?;
+    yaml(&dir.join("parity.yaml"), &parity)?;
+    log(format!(
+        "export: {} (max |Δlogit| libtorch vs ONNX Runtime {} = {:.2e} over {} patches; \
+         over max(1, largest |logit|): {:.2e}, tolerance {:.0e})",
+        onnx_path.display(),
+        parity.onnxruntime_version,
+        parity.max_abs_diff_logit,
+        parity.patches,
+        parity.max_scaled_diff_logit,
+        parity.tolerance
+    ));
+    if let Some(d) = parity.device_max_abs_diff_logit {
+        log(format!(
+            "export: the same weights on {} (fp32) vs ONNX Runtime: max |Δlogit| {d:.2e}",
+            parity.device
+        ));
+    }
+    if !parity.passed {
+        let failed = dir.join("model.parity-failed.onnx");
+        std::fs::rename(&unchecked, &failed)?;
+        bail!(
+            "{}: export parity failed: max |Δlogit| / max(1, largest |logit|) {:.3e} > {:.0e} (max |Δlogit| {:.3e}; \
+             see parity.yaml); the file must not be used",
+            failed.display(),
+            parity.max_scaled_diff_logit,
+            parity.tolerance,
+            parity.max_abs_diff_logit
+        );
+    }
+    std::fs::rename(&unchecked, &onnx_path)
+        .with_context(|| format!("{}: cannot move the checked model into place", onnx_path.display()))?;
+    #[derive(Serialize)]
+    struct ValScore<'a> {
+        patch_file: &'a str,
+        seriesuid: &'a str,
+        label: u8,
+        logit: f32,
+    }
+    let vs_rows: Vec<ValScore> = val
+        .rows
+        .iter()
+        .zip(&ort_logits)
+        .map(|(r, &logit)| ValScore {
+            patch_file: &r.patch_file,
+            seriesuid: &r.seriesuid,
+            label: r.label,
+            logit,
+        })
+        .collect();
+    write_csv(&dir.join("val_scores.csv"), &vs_rows)?;
+    let ort_scores: Vec<f64> = ort_logits.iter().map(|&v| f64::from(v)).collect();
+    let summary = RunSummary {
+        run_dir: dir.clone(),
+        device: crate::device_name(device),
+        arch: spec.name.clone(),
+        train_patches,
+        train_positives: n_pos,
+        val_patches: val.len(),
+        val_positives: val_labels.iter().filter(|&&l| l == 1).count(),
+        val_series,
+        pos_weight,
+        best_epoch,
+        best_val_auroc: best_auroc,
+        onnx_val_auroc: models::metrics::auroc(&ort_scores, &val_labels).unwrap_or(f64::NAN),
+        onnx_val_auroc_delong_ci95: models::metrics::auroc_delong_ci95(&ort_scores, &val_labels),
+        stopped_early_at_epoch: stopped_early,
+        provenance: provenance.clone(),
+        parity_max_abs_diff_logit: parity.max_abs_diff_logit,
+        parity_max_scaled_diff_logit: parity.max_scaled_diff_logit,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    yaml(&dir.join("summary.yaml"), &summary)?;
+    Ok(summary)
+}
+
