@@ -254,53 +254,48 @@ pub fn fit_isotonic(z: &[f64], y: &[u8]) -> Result<Isotonic, CalError> {
     Ok(Isotonic { x: kx, y: ky })
 }
 
-/// The logits the parametric fits see when some are extreme: those more than
-/// [`EXTREME_SPREADS`] robust spreads from the median, clipped to that bound.
+/// Logits so far from the rest that no fit over them means anything: more than
+/// [`EXTREME_SPREADS`] robust spreads from the median. A mislabelled one would decide a
+/// temperature or Platt fit on its own (its loss grows with its size), while a correctly
+/// labelled one adds nothing to it; so the fits leave them out, with a warning, and the
+/// metrics and thresholds keep them (their probabilities are 0 or 1 either way).
 #[derive(Debug, Clone)]
-pub struct Clipped {
-    pub values: Vec<f64>,
-    original: Vec<f64>,
+pub struct Extremes {
+    /// Indices of the extreme logits.
+    pub indices: Vec<usize>,
+    /// The range outside which a logit is extreme.
     pub bounds: [f64; 2],
-    /// Indices of the clipped logits.
-    pub clipped: Vec<usize>,
 }
 
-/// How many robust spreads (1.4826 × the median absolute deviation, or the standard
-/// deviation when that is 0) from the median a logit may lie before the fits see it clipped.
+/// How many robust spreads (1.4826 × the median absolute deviation, or the root mean
+/// square deviation when that is 0) from the median make a logit extreme.
 pub const EXTREME_SPREADS: f64 = 1000.0;
 
-impl Clipped {
+impl Extremes {
     /// The warning a calibration file carries: how many, the most extreme and its line.
-    pub fn warning(&self, source: &std::path::Path, lines: &[usize]) -> String {
+    pub fn warning(&self, z: &[f64], source: &std::path::Path, lines: &[usize]) -> String {
         let worst = self
-            .clipped
+            .indices
             .iter()
             .copied()
-            .max_by(|&a, &b| {
-                let d = |i: usize| (self.values[i] - self.original(i)).abs();
-                d(a).total_cmp(&d(b))
-            })
+            .max_by(|&a, &b| z[a].abs().total_cmp(&z[b].abs()))
             .unwrap_or(0);
-        let at = lines.get(worst).map_or_else(String::new, |l| format!(" on line {l}"));
+        let at = lines.get(worst).map_or_else(String::new, |l| format!(", on line {l}"));
         format!(
-            "{} logit(s) in {} lie more than {EXTREME_SPREADS} robust spreads from the median (the most extreme{at}); \
-             the temperature and Platt fits see them clipped to [{:.4e}, {:.4e}] so that they cannot decide the fit \
-             (their probabilities are 0 or 1 either way); metrics and thresholds use the logits as given",
-            self.clipped.len(),
+            "{} logit(s) in {} lie more than {EXTREME_SPREADS} robust spreads from the median, outside [{:.4e}, {:.4e}] \
+             (the most extreme: {:e}{at}); the temperature and Platt fits leave them out, since one of them \
+             mislabelled would decide the fit alone; metrics and thresholds include them",
+            self.indices.len(),
             source.display(),
             self.bounds[0],
-            self.bounds[1]
+            self.bounds[1],
+            z[worst]
         )
-    }
-
-    fn original(&self, i: usize) -> f64 {
-        self.original[i]
     }
 }
 
-/// Clips logits more than [`EXTREME_SPREADS`] robust spreads from the median; `None` when
-/// none is that far (the usual case: nothing changes).
-pub fn clip_extremes(z: &[f64]) -> Option<Clipped> {
+/// The extreme logits of `z`, if any (the usual case: none).
+pub fn extremes(z: &[f64]) -> Option<Extremes> {
     if z.len() < 3 {
         return None;
     }
@@ -317,15 +312,13 @@ pub fn clip_extremes(z: &[f64]) -> Option<Clipped> {
     let mad = 1.4826 * median(&mut z.iter().map(|v| (v - m).abs()).collect());
     let spread = if mad > 0.0 { mad } else { rms(&z.iter().map(|v| v - m).collect::<Vec<_>>()) };
     let (lo, hi) = (m - EXTREME_SPREADS * spread, m + EXTREME_SPREADS * spread);
-    let clipped: Vec<usize> = (0..z.len()).filter(|&i| z[i] < lo || z[i] > hi).collect();
-    if clipped.is_empty() || !(lo.is_finite() && hi.is_finite()) {
+    if !(lo.is_finite() && hi.is_finite()) {
         return None;
     }
-    Some(Clipped {
-        values: z.iter().map(|v| v.clamp(lo, hi)).collect(),
+    let indices: Vec<usize> = (0..z.len()).filter(|&i| z[i] < lo || z[i] > hi).collect();
+    (!indices.is_empty()).then_some(Extremes {
+        indices,
         bounds: [lo, hi],
-        clipped,
-        original: z.to_vec(),
     })
 }
 

@@ -186,19 +186,15 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
     s.check()?;
     let (z, y) = (&t.logits, &t.labels);
     let mut warnings = Vec::new();
-    // The parametric fits see extreme logits clipped, so one absurd score cannot decide
-    // them (the warning names it); everything else uses the logits as they are.
-    let clipped = fit::clip_extremes(z);
-    if let Some(c) = &clipped {
-        warnings.push(c.warning(&t.source, &t.lines));
-    }
-    let fit_z: &[f64] = clipped.as_ref().map_or(z, |c| &c.values);
-    let fitted = Fitted::fit(fit_z, y, s.platt_smoothing)?;
-    let fit_table = clipped.as_ref().map(|c| ScoreTable {
-        logits: c.values.clone(),
-        ..t.clone()
+    // The fits leave out logits so extreme that no fit over them means anything (the
+    // warning names them); everything else uses every logit.
+    let extreme = fit::extremes(z);
+    let fit_table = extreme.as_ref().map(|e| {
+        warnings.push(e.warning(z, &t.source, &t.lines));
+        t.without(&e.indices)
     });
     let cv_table = fit_table.as_ref().unwrap_or(t);
+    let fitted = Fitted::fit(&cv_table.logits, &cv_table.labels, s.platt_smoothing)?;
     let selection = match s.method {
         None => cross_validate(cv_table, s.platt_smoothing, s.folds)?,
         Some(m) => MethodSelection {
@@ -282,7 +278,9 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
 /// The outputs of a run, checked and locked before any work.
 struct OutputPlan {
     dir: PathBuf,
-    _lock: Lock,
+    lock: Lock,
+    /// The folder did not exist before this run.
+    created: bool,
 }
 
 /// Declares the run's inputs and outputs (none may name an input or another), creates the
@@ -315,9 +313,10 @@ fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
     }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     io.outputs_in("calibration output", &dir, &names)?;
+    let created = !dir.exists();
     std::fs::create_dir_all(&dir).map_err(|e| models::Error::io(&dir, e))?;
     let lock = Lock::within(&dir, &format!("output folder {}", dir.display()))?;
-    Ok(OutputPlan { dir, _lock: lock })
+    Ok(OutputPlan { dir, lock, created })
 }
 
 /// Checks the settings and the outputs, reads the scores (or scores the patches), fits, and
@@ -334,19 +333,27 @@ pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
         ));
     }
     let plan = plan_outputs(s)?;
-    let bytes = models::fsutil::read_regular(&s.model)?;
-    let proto = models::onnx::parse_model(&bytes, &s.model)?;
-    let table = match &s.patches {
-        Some(idx) => ScoreTable::from_patches(&s.model, idx, &s.scorer)?,
-        None => ScoreTable::read(&s.scores, &s.columns)?,
-    };
-    let model = ModelRef {
-        path: s.model.clone(),
-        sha256: models::fsutil::sha256_bytes(&bytes),
-    };
-    let cal = calibrate(&table, s, model)?;
-    write::write_outputs(&cal, &table, proto, s, &plan.dir)?;
-    Ok(cal)
+    let done = (|| {
+        let bytes = models::fsutil::read_regular(&s.model)?;
+        let proto = models::onnx::parse_model(&bytes, &s.model)?;
+        let table = match &s.patches {
+            Some(idx) => ScoreTable::from_patches(&s.model, idx, &s.scorer)?,
+            None => ScoreTable::read(&s.scores, &s.columns)?,
+        };
+        let model = ModelRef {
+            path: s.model.clone(),
+            sha256: models::fsutil::sha256_bytes(&bytes),
+        };
+        let cal = calibrate(&table, s, model)?;
+        write::write_outputs(&cal, &table, proto, s, &plan.dir)?;
+        Ok(cal)
+    })();
+    if done.is_err() && plan.created {
+        // Bad input leaves no folder behind (this run's, still empty).
+        drop(plan.lock);
+        let _ = std::fs::remove_dir(&plan.dir);
+    }
+    done
 }
 
 pub use write::summary;
@@ -569,5 +576,38 @@ mod tests {
             .expect_err("bad")
             .to_string()
             .contains("temperature"));
+    }
+
+    /// One absurd, mislabelled logit (1e30 among logits of a few units) would decide a
+    /// temperature or Platt fit on its own; the fits leave it out, say so, and equal the fits
+    /// without it, while the metrics still count it.
+    #[test]
+    fn an_extreme_logit_does_not_decide_the_fit() {
+        let clean = table(0.7, -1.5);
+        let mut odd = clean.clone();
+        odd.logits.push(1e30);
+        odd.labels.push(0);
+        odd.seriesuid.push("S_odd".into());
+        odd.lines = (2..odd.logits.len() + 2).collect();
+        let s = Settings {
+            method: Some(Method::Platt),
+            ..quick()
+        };
+        let m = ModelRef {
+            path: "m.onnx".into(),
+            sha256: "ab".repeat(32),
+        };
+        let (a, b) = (
+            calibrate(&clean, &s, m.clone()).expect("clean"),
+            calibrate(&odd, &s, m).expect("odd"),
+        );
+        assert_eq!(a.platt, b.platt);
+        assert_eq!(a.temperature, b.temperature);
+        assert!(
+            b.warnings.iter().any(|w| w.contains("1 logit(s)") && w.contains("line 2002") && w.contains("leave them out")),
+            "{:?}",
+            b.warnings
+        );
+        assert_eq!(b.data.n, clean.logits.len() + 1);
     }
 }

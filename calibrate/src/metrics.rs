@@ -182,4 +182,18 @@ mod tests {
         // At t = .5: TP 1, FP 1 of N 4 → 1/4 − 1/4 · 1 = 0.
         assert_eq!(net_benefit(&[0.9, 0.6, 0.2, 0.1], &[1, 0, 1, 0], 0.5), 0.0);
     }
+
+    /// Every routine ends on NaN input (a NaN score or probability gives NaN or a number,
+    /// never a hang or a panic).
+    #[test]
+    fn every_metric_terminates_on_nan() {
+        let p = [0.2, f64::NAN, 0.9, 0.4];
+        let y = [0u8, 1, 1, 0];
+        let _ = (brier(&p, &y), nll_from_probs(&p, &y), nll_from_logits(&p, &y));
+        let _ = (ece(&p, &y, 15), mce(&p, &y, 15), adaptive_ece(&p, &y, 15), net_benefit(&p, &y, 0.5));
+        let _ = reliability_bins(&p, &y, 15);
+        let m = compute_metrics(&p, &p, &y);
+        assert!(m.auroc.is_nan() && m.auprc.is_nan(), "{m:?}");
+        assert!(net_benefit(&p, &y, f64::NAN).is_nan());
+    }
 }

@@ -217,6 +217,22 @@ impl ScoreTable {
         Ok(())
     }
 
+    /// The table without the rows `drop` (sorted indices).
+    pub fn without(&self, drop: &[usize]) -> ScoreTable {
+        let keep = |i: &usize| drop.binary_search(i).is_err();
+        let pick = |v: &[f64]| (0..v.len()).filter(keep).map(|i| v[i]).collect::<Vec<_>>();
+        ScoreTable {
+            source: self.source.clone(),
+            lines: (0..self.lines.len()).filter(keep).map(|i| self.lines[i]).collect(),
+            logits: pick(&self.logits),
+            labels: (0..self.labels.len()).filter(keep).map(|i| self.labels[i]).collect(),
+            seriesuid: (0..self.seriesuid.len())
+                .filter(keep)
+                .map(|i| self.seriesuid[i].clone())
+                .collect(),
+        }
+    }
+
     /// Group ids for cross-validation and bootstrap: series when known, else each patch.
     pub fn groups(&self) -> (Vec<usize>, usize, &'static str) {
         let by_series = self.seriesuid.len() == self.logits.len() && self.seriesuid.iter().all(|u| !u.is_empty());

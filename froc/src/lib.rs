@@ -185,8 +185,8 @@ fn dedupe_series(uids: Vec<String>, path: &Path, warnings: &mut Vec<String>) -> 
 /// Reads the files, evaluates, writes `froc_summary.yaml`, `froc_curve.csv`,
 /// `froc_bootstrap.csv`, `nodules_without_candidate.csv` and `froc.png` into `out`.
 ///
-/// Before any work, the outputs are checked against the inputs (none may overwrite one) and
-/// the output folder is locked against a second run.
+/// Before any work, the outputs are checked against the inputs (none may overwrite one);
+/// the output folder is locked against a second run while it is written.
 pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
     models::cli::check_bootstrap(s.bootstrap).map_err(FrocError::Usage)?;
     if !(0.0 < s.confidence && s.confidence < 1.0) {
@@ -234,9 +234,10 @@ pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
             f.seriesuids.display()
         ));
     }
+    let mut report = evaluate(&uids, &annotations, &excluded, &results, s)?;
+    // Created only now, so bad input leaves no folder behind.
     std::fs::create_dir_all(&f.out).map_err(|e| models::Error::io(&f.out, e))?;
     let _lock = Lock::within(&f.out, &format!("output folder {}", f.out.display()))?;
-    let mut report = evaluate(&uids, &annotations, &excluded, &results, s)?;
     report.warnings.splice(0..0, warnings);
     if f.excluded.is_none() {
         report

@@ -110,10 +110,11 @@ struct OutputPlan {
     _lock: Option<Lock>,
 }
 
-/// The default errors file: `OUT.errors.csv` (none for standard output).
-fn errors_path(s: &Settings) -> Option<PathBuf> {
+/// The errors file: `--errors`, else `OUT.errors.csv` beside a regular output (none for
+/// standard output, a device or a FIFO: the reasons are on stderr).
+fn errors_path(s: &Settings, out: Option<&Target>) -> Option<PathBuf> {
     s.errors.clone().or_else(|| {
-        (s.out.as_os_str() != "-").then(|| {
+        matches!(out, Some(Target::File(_))).then(|| {
             let mut p = s.out.clone().into_os_string();
             p.push(".errors.csv");
             PathBuf::from(p)
@@ -138,7 +139,7 @@ fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError>
     } else {
         Some(io.output("output", &s.out)?)
     };
-    let errors = match errors_path(s) {
+    let errors = match errors_path(s, out.as_ref()) {
         Some(p) => {
             let t = io.output("errors file", &p)?;
             Some((p, t))

@@ -125,7 +125,9 @@ pub fn find_scans(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
             }
         };
         let p = e.path();
-        let is_scan = e.file_type().is_file()
+        // Anything named like a scan is one: a FIFO, a socket or a folder so named is then
+        // reported as that scan's error (reading it never blocks), not skipped silently.
+        let is_scan = e.depth() > 0
             && p.extension()
                 .is_some_and(|x| x.eq_ignore_ascii_case("mhd") || x.eq_ignore_ascii_case("mha"));
         if !is_scan {

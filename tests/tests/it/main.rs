@@ -7,5 +7,6 @@ mod fixture;
 mod froc;
 mod linking;
 mod prepare;
+mod regression;
 mod scoring;
 mod setup;

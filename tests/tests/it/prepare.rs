@@ -341,6 +341,85 @@ fn bad_prepare_inputs_are_named() {
     );
 }
 
+/// Scans that are not what their header says, or not scans at all: a float scan with a NaN
+/// voxel (was cut into cubes), compressed data inflating beyond the header, a FIFO named
+/// like a scan (was skipped silently) and a folder so named: each a failed scan with its
+/// reason, the good one prepared. An output that names an input is refused first.
+#[test]
+fn scans_with_nan_voxels_overlong_data_or_special_files_were_cut_or_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let scans = root.join("scans");
+    let g = geom(ID, [0.0; 3]);
+    let c = at(&g, [24.0, 24.0, 12.0]);
+    scan(&scans.join("A.mhd"), &g, &[c], WriteOptions::default());
+    let float = WriteOptions {
+        element_type: ElementType::Float,
+        ..Default::default()
+    };
+    scan(&scans.join("N.mhd"), &g, &[c], float);
+    let raw = scans.join("N.raw");
+    let mut bytes = std::fs::read(&raw).unwrap();
+    bytes[400..404].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&raw, bytes).unwrap();
+    let compressed = WriteOptions {
+        compressed: true,
+        ..Default::default()
+    };
+    scan(&scans.join("Z.mhd"), &g, &[c], compressed);
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, &vec![0u8; 48 * 48 * 24 * 2 + 100]).unwrap();
+    std::fs::write(scans.join("Z.zraw"), enc.finish().unwrap()).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(scans.join("F.mhd")).status().unwrap().success());
+    std::fs::create_dir(scans.join("D.mha")).unwrap();
+    let ann = root.join("annotations.csv");
+    let cand = root.join("candidates.csv");
+    let mut a = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm
+");
+    let mut k = String::from("seriesuid,coordX,coordY,coordZ,class
+");
+    for uid in ["A", "N", "Z", "F", "D"] {
+        a += &format!("{uid},{},{},{},6
+", c[0], c[1], c[2]);
+        k += &format!("{uid},{},{},{},0
+", c[0] + 12.0, c[1], c[2]);
+    }
+    std::fs::write(&ann, a).unwrap();
+    std::fs::write(&cand, k).unwrap();
+    let out = root.join("out");
+    let go = |cand: &Path| {
+        run(
+            "trainer",
+            &["prepare", "--scans", s(&scans), "--annotations", s(&ann), "--candidates", s(cand), "--out", s(&out), "-q"],
+        )
+    };
+    // The candidates file inside the output under a name prepare writes: refused.
+    std::fs::create_dir(&out).unwrap();
+    let inside = out.join("prepare_errors.csv");
+    std::fs::copy(&cand, &inside).unwrap();
+    let r = go(&inside);
+    assert!(!r.ok && r.stderr.contains("an input of this run"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&inside).unwrap(), std::fs::read(&cand).unwrap());
+    std::fs::remove_dir_all(&out).unwrap();
+    let r = go(&cand);
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(r.stdout.contains("(0 done before, 4 failed)"), "{}\n{}", r.stdout, r.stderr);
+    for (name, why) in [
+        ("N.mhd", "NaN or Inf"),
+        ("Z.zraw", "inflate beyond"),
+        ("F.mhd", "FIFO"),
+        ("D.mha", "a folder"),
+    ] {
+        assert!(
+            r.stderr.lines().any(|l| l.contains(name) && l.contains(why)),
+            "no `{name}: …{why}…` in:\n{}",
+            r.stderr
+        );
+    }
+    let (_, rows) = read_csv(&out.join("patch_index.csv"));
+    assert!(!rows.is_empty() && rows.iter().all(|r| r[1] == "A"), "{rows:?}");
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {

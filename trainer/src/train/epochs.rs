@@ -30,6 +30,17 @@ use crate::train::{write_csv, yaml, EpochMetrics, RunOptions, TrainState};
 /// How often (in steps) a CUDA run reads back whether a loss was not finite.
 pub const CUDA_CHECK_EVERY: usize = 32;
 
+/// A test hook: `NODULE_FAILPOINT=nan_loss_at_step=N` makes the loss of the run's step N
+/// (1-based) NaN, so the tests can show, through the real binary, what a diverging run
+/// does (no setting the config accepts makes a loss non-finite on demand).
+fn failpoint_nan_step() -> Option<usize> {
+    std::env::var("NODULE_FAILPOINT")
+        .ok()?
+        .strip_prefix("nan_loss_at_step=")?
+        .parse()
+        .ok()
+}
+
 /// Training batches assembled ahead of the one being trained on.
 const PREFETCH_BATCHES: usize = 2;
 
@@ -397,6 +408,7 @@ fn train_epoch(cfg: &TrainConfig, opts: &RunOptions, data: &Data, tr: &mut Train
     // count in the loss; known on the device only.
     let mut loss_seen = Tensor::zeros([], (tch::Kind::Double, device));
     let mut watch = Watch::new(device, if device.is_cuda() { CUDA_CHECK_EVERY } else { 1 });
+    let nan_step = failpoint_nan_step();
     let first_step = tr.step;
     let mut seen = 0usize;
     let mut lr = t.lr;
@@ -445,7 +457,10 @@ fn train_epoch(cfg: &TrainConfig, opts: &RunOptions, data: &Data, tr: &mut Train
             let z = crate::cuda::autocast(amp, || tr.net.forward_t(&x, true))
                 .flatten(0, -1)
                 .to_kind(tch::Kind::Float);
-            let loss = loss_of(t.loss, t.focal_gamma, &z, &y, &tr.pos_weight);
+            let mut loss = loss_of(t.loss, t.focal_gamma, &z, &y, &tr.pos_weight);
+            if nan_step == Some(tr.step + 1) {
+                loss = loss * f64::NAN;
+            }
             if !amp {
                 if let Some(b) = watch.record(&loss)? {
                     return Err(fail(b));
