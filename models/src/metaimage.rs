@@ -324,11 +324,10 @@ impl Scan {
             let avail = len.saturating_sub(base);
             let csize = h.compressed_size.map_or(avail, |c| c.min(avail));
             let src = read_at(&mut file, base, csize)?;
-            // Bounded: never inflate more than the header's volume (plus one byte to notice),
-            // and reserve it up front so a failed allocation is an error, not an abort.
+            // Bounded: never inflate more than the header's volume (plus one byte to notice
+            // more). The buffer grows with what actually inflates, not with what the header
+            // claims, and a failed allocation is an error (read_to_end reserves fallibly).
             let mut out = Vec::new();
-            out.try_reserve_exact(need + 1)
-                .map_err(|_| bad(format!("cannot allocate {need} bytes for the voxel data")))?;
             flate2::read::ZlibDecoder::new(&src[..])
                 .take(need as u64 + 1)
                 .read_to_end(&mut out)

@@ -459,7 +459,7 @@ fn train_epoch(cfg: &TrainConfig, opts: &RunOptions, data: &Data, tr: &mut Train
                 .to_kind(tch::Kind::Float);
             let mut loss = loss_of(t.loss, t.focal_gamma, &z, &y, &tr.pos_weight);
             if nan_step == Some(tr.step + 1) {
-                loss = loss * f64::NAN;
+                loss *= f64::NAN;
             }
             if !amp {
                 if let Some(b) = watch.record(&loss)? {
