@@ -49,16 +49,16 @@ struct Args {
     /// Use Platt's smoothed targets.
     #[arg(long)]
     platt_smoothing: bool,
-    /// Sensitivity the fixed-sensitivity operating point must keep.
+    /// Sensitivity the fixed-sensitivity operating point must keep, in (0, 1].
     #[arg(long, default_value_t = 0.95)]
     min_sensitivity: f64,
-    /// Specificity the fixed-specificity operating point must keep.
+    /// Specificity the fixed-specificity operating point must keep, in (0, 1].
     #[arg(long, default_value_t = 0.95)]
     min_specificity: f64,
     /// Operating point for infer's decision: youden_j, max_f1, sensitivity or specificity.
     #[arg(long, default_value = "youden_j")]
     operating_point: String,
-    /// Cross-validation folds for --method auto (grouped by series).
+    /// Cross-validation folds for --method auto (grouped by series; 2 to 100).
     #[arg(long, default_value_t = 5)]
     folds: usize,
     /// Series-level bootstrap resamples (0 to skip; at most 100000).

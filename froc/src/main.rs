@@ -38,6 +38,7 @@ struct Args {
     bootstrap: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Level of the bootstrap intervals, in (0, 1).
     #[arg(long, default_value_t = 0.95)]
     confidence: f64,
 }

@@ -147,7 +147,7 @@ fn mutate(mut v: Vec<u8>, m: &Mutation) -> Vec<u8> {
 /// A `.npy` header with the given dictionary text, padded as numpy pads.
 fn npy_with_header(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut d = dict.to_string();
-    while (10 + d.len() + 1) % 64 != 0 {
+    while !(10 + d.len() + 1).is_multiple_of(64) {
         d.push(' ');
     }
     d.push('\n');

@@ -2,7 +2,7 @@
 //! resolved config is written into the run folder and its hash into the ONNX metadata.
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::{Result, TrainError};
 use serde::{Deserialize, Serialize};
 
 use models::preprocess::Preprocess;
@@ -164,7 +164,10 @@ impl Default for ModelConfig {
 impl ModelConfig {
     pub fn spec(&self) -> Result<models::spec::ArchSpec> {
         if !(1..=MAX_WIDTH).contains(&self.width) {
-            bail!("model.width must be from 1 to {MAX_WIDTH}, got {}", self.width);
+            return Err(TrainError::Config(format!(
+                "model.width must be from 1 to {MAX_WIDTH}, got {}",
+                self.width
+            )));
         }
         let spec = match self.arch.as_str() {
             "baseline_cnn" => models::spec::ArchSpec::baseline_cnn(self.width),
@@ -196,8 +199,11 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Reads a YAML config; unknown keys are errors (a typo must not be ignored quietly).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = models::fsutil::read_regular_to_string(path).context("cannot read config")?;
-        serde_yaml::from_str(&text).with_context(|| format!("{}: invalid training config", path.display()))
+        let text = models::fsutil::read_regular_to_string(path)?;
+        serde_yaml::from_str(&text).map_err(TrainError::format(format!(
+            "{}: invalid training config",
+            path.display()
+        )))
     }
 
     /// Checks values, reporting every problem at once.
@@ -209,8 +215,11 @@ impl TrainConfig {
         if let Err(e) = self.model.spec() {
             p.push(format!("{e:#}"));
         }
-        if self.split.folds == 1 {
-            p.push("split.folds must be 0 (single split) or at least 2".into());
+        if self.split.folds == 1 || self.split.folds > 100 {
+            p.push(format!(
+                "split.folds must be 0 (single split) or 2 to 100, got {}",
+                self.split.folds
+            ));
         }
         if let Some(f) = self.split.fold {
             if self.split.folds < 2 || f == 0 || f > self.split.folds {
@@ -244,11 +253,16 @@ impl TrainConfig {
         }
         if let PosWeight::Value(v) = t.pos_weight {
             if !(v > 0.0 && v <= 1e6) {
-                p.push(format!("train.pos_weight must be `auto` or a number in (0, 1e6], got {v}"));
+                p.push(format!(
+                    "train.pos_weight must be `auto` or a number in (0, 1e6], got {v}"
+                ));
             }
         }
         if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
-            p.push(format!("train.grad_clip must be a finite number >= 0 (0: off), got {}", t.grad_clip));
+            p.push(format!(
+                "train.grad_clip must be a finite number >= 0 (0: off), got {}",
+                t.grad_clip
+            ));
         }
         if !(0.0..=10.0).contains(&t.focal_gamma) {
             p.push(format!("train.focal_gamma must be in [0, 10], got {}", t.focal_gamma));
@@ -285,7 +299,10 @@ impl TrainConfig {
         if p.is_empty() {
             Ok(())
         } else {
-            bail!("invalid training config:\n  {}", p.join("\n  "))
+            Err(TrainError::Config(format!(
+                "invalid training config:\n  {}",
+                p.join("\n  ")
+            )))
         }
     }
 

@@ -11,9 +11,9 @@
 //! anything asks libtorch about CUDA (libtorch caches its CUDA hooks on first use).
 //!
 //! Written on libc directly: it is two calls, and `libloading` would unload the library on
-//! drop and hides `RTLD_GLOBAL` behind its unix-only API anyway. The one `unsafe` block of
-//! the workspace is here (the workspace denies unsafe code elsewhere).
-#![allow(unsafe_code)]
+//! drop and hides `RTLD_GLOBAL` behind its unix-only API anyway. The workspace denies unsafe
+//! code; the functions here that call C (dlopen, dlsym, libtorch's autocast switches, the
+//! CUDA runtime's memory query) allow it one by one, each block with its SAFETY comment.
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -74,6 +74,7 @@ pub fn loaded_cuda_libraries() -> String {
 }
 
 /// Loads libtorch_cuda once (idempotent); call before any CUDA query or seeding.
+#[allow(unsafe_code)]
 pub fn ensure_loaded() -> &'static CudaLib {
     static STATE: OnceLock<CudaLib> = OnceLock::new();
     STATE.get_or_init(|| {
@@ -116,6 +117,7 @@ pub fn ensure_loaded() -> &'static CudaLib {
 
 /// c10's `FLAGS_caffe2_log_level` (0 info, 1 warning, 2 error), the threshold below which
 /// libtorch's C++ logger drops a message; `None` if this libtorch does not export it.
+#[allow(unsafe_code)]
 fn torch_log_level() -> Option<&'static std::sync::atomic::AtomicI32> {
     static FLAG: OnceLock<usize> = OnceLock::new();
     let addr = *FLAG.get_or_init(|| {
@@ -161,6 +163,7 @@ fn without_torch_warnings<T>(f: impl FnOnce() -> T) -> T {
 /// warnings libtorch 2.11 prints on every call of the entry points tch uses
 /// (`at::autocast::is_enabled` / `set_enabled`): five lines per training step otherwise.
 /// Only those calls are silenced; warnings raised inside `f` still print.
+#[allow(unsafe_code)]
 pub fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     if !enabled {
         return f();
@@ -168,6 +171,7 @@ pub fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     /// Leaves autocast as it was, also when `f` panics (a CUDA out-of-memory).
     struct Leave(std::os::raw::c_int);
     impl Drop for Leave {
+        #[allow(unsafe_code)]
         fn drop(&mut self) {
             // SAFETY: as below.
             if unsafe { torch_sys::at_autocast_decrement_nesting() } == 0 {
@@ -183,6 +187,39 @@ pub fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     unsafe { torch_sys::at_autocast_increment_nesting() };
     let _leave = Leave(prev);
     f()
+}
+
+/// Free and total bytes of CUDA device `n` (the CUDA runtime's `cudaMemGetInfo`), when the
+/// runtime is loaded in this process (it is once libtorch has used CUDA); `None` otherwise.
+#[allow(unsafe_code)]
+pub fn mem_info(n: usize) -> Option<(u64, u64)> {
+    type GetDevice = unsafe extern "C" fn(*mut i32) -> i32;
+    type SetDevice = unsafe extern "C" fn(i32) -> i32;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    let n = i32::try_from(n).ok()?;
+    // SAFETY: dlsym on the global scope with NUL-terminated names; the symbols, when present,
+    // are the CUDA runtime's functions with exactly these C signatures (cuda_runtime_api.h),
+    // called with valid pointers to locals. The current device is restored.
+    unsafe {
+        let sym = |name: &std::ffi::CStr| libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+        let (get, set, info) = (sym(c"cudaGetDevice"), sym(c"cudaSetDevice"), sym(c"cudaMemGetInfo"));
+        if get.is_null() || set.is_null() || info.is_null() {
+            return None;
+        }
+        let get: GetDevice = std::mem::transmute::<*mut libc::c_void, GetDevice>(get);
+        let set: SetDevice = std::mem::transmute::<*mut libc::c_void, SetDevice>(set);
+        let info: MemGetInfo = std::mem::transmute::<*mut libc::c_void, MemGetInfo>(info);
+        let mut current = 0i32;
+        if get(&mut current) != 0 || (current != n && set(n) != 0) {
+            return None;
+        }
+        let (mut free, mut total) = (0usize, 0usize);
+        let rc = info(&mut free, &mut total);
+        if current != n {
+            set(current);
+        }
+        (rc == 0).then_some((free as u64, total as u64))
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::{Result, TrainError};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -35,27 +35,27 @@ impl Split {
     pub fn new(rows: &[IndexRow], cfg: &SplitConfig, index: &Path) -> Result<Self> {
         let n_pos = rows.iter().filter(|r| r.label == 1).count();
         if n_pos == 0 {
-            bail!(
+            return Err(TrainError::Data(format!(
                 "{}: no positive patches (label = 1); training needs nodules",
                 index.display()
-            );
+            )));
         }
         if n_pos == rows.len() {
-            bail!(
+            return Err(TrainError::Data(format!(
                 "{}: no negative patches (label = 0). Training needs real negatives (e.g. non-nodule candidates \
                  from the same scans); random noise is not offered as a substitute",
                 index.display()
-            );
+            )));
         }
         let mut has_pos: BTreeMap<&str, bool> = BTreeMap::new();
         for r in rows {
             *has_pos.entry(&r.seriesuid).or_default() |= r.label == 1;
         }
         if has_pos.len() < 2 {
-            bail!(
+            return Err(TrainError::Data(format!(
                 "{}: all patches come from one series; a series-disjoint split needs at least two",
                 index.display()
-            );
+            )));
         }
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let mut series = BTreeMap::new();
@@ -98,7 +98,7 @@ impl Split {
             let side = self
                 .series
                 .get(&r.seriesuid)
-                .with_context(|| format!("series {} has no side", r.seriesuid))?;
+                .ok_or_else(|| TrainError::Internal(format!("series {} has no side", r.seriesuid)))?;
             let i = usize::from(*side == Side::Val);
             series[i].insert(&r.seriesuid);
             files[i].insert(&r.patch_file);
@@ -106,30 +106,30 @@ impl Split {
         }
         let leaked: Vec<&str> = series[0].intersection(&series[1]).copied().collect();
         if !leaked.is_empty() {
-            bail!(
+            return Err(TrainError::Data(format!(
                 "{}: series in both training and validation: {}",
                 index.display(),
                 leaked.join(", ")
-            );
+            )));
         }
         let leaked: Vec<&str> = files[0].intersection(&files[1]).copied().collect();
         if !leaked.is_empty() {
-            bail!(
+            return Err(TrainError::Data(format!(
                 "{}: patch file(s) listed under series on both sides of the split: {}",
                 index.display(),
                 leaked.iter().take(5).copied().collect::<Vec<_>>().join(", ")
-            );
+            )));
         }
         for (side, name) in [(0, "training"), (1, "validation")] {
             if counts[side][0] == 0 || counts[side][1] == 0 {
-                bail!(
+                return Err(TrainError::Data(format!(
                     "{}: the {name} split has {} negative(s) and {} positive(s); it needs both classes \
                      (add series with {}, or change split.val_fraction / split.seed)",
                     index.display(),
                     counts[side][0],
                     counts[side][1],
                     if counts[side][1] == 0 { "nodules" } else { "negatives" }
-                );
+                )));
             }
         }
         Ok(())
@@ -203,13 +203,13 @@ impl Cubes {
             }
         }
         if !errors.is_empty() {
-            bail!(
+            return Err(TrainError::Data(format!(
                 "{} of {} patch file(s) could not be loaded:\n  {}{}",
                 errors.len(),
                 rows.len(),
                 errors.iter().take(10).cloned().collect::<Vec<_>>().join("\n  "),
                 if errors.len() > 10 { "\n  ..." } else { "" }
-            );
+            )));
         }
         Ok(Cubes {
             rows: rows.iter().map(|r| (*r).clone()).collect(),
@@ -253,7 +253,7 @@ impl Cubes {
                     return Ok(());
                 }
                 models::patch::load_patch_into(&self.paths[i], &self.pre, slot)
-                    .with_context(|| format!("{}: changed since the run started?", self.paths[i].display()))
+                    .map_err(|e| TrainError::Data(format!("{e} (changed since the run started?)")))
             })?;
         Ok(out)
     }

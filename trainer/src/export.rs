@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use crate::{Result, TrainError};
 use serde::Serialize;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -131,14 +131,16 @@ pub fn parity(
     } else {
         let mut cpu = nn::VarStore::new(tch::Device::Cpu);
         let n = Net::new(&cpu.root(), spec)?;
-        cpu.copy(vs).context("copying weights to CPU")?;
+        cpu.copy(vs)
+            .map_err(TrainError::tch("copying the weights to the CPU"))?;
         Some((cpu, n))
     };
     let net = cpu_copy.as_ref().map_or(net, |(_, n)| n);
     let on_device = if device.is_cuda() {
         let mut g = nn::VarStore::new(device);
         let n = Net::new(&g.root(), spec)?;
-        g.copy(vs).context("copying weights on the device")?;
+        g.copy(vs)
+            .map_err(TrainError::tch("copying the weights on the device"))?;
         Some((g, n))
     } else {
         None
@@ -160,14 +162,29 @@ pub fn parity(
         let end = (start + batch).min(n);
         let chunk = &fetch(start..end)?;
         if chunk.len() != (end - start) * n_vox {
-            anyhow::bail!("parity: {} values for {} cubes of {cube}³", chunk.len(), end - start);
+            return Err(TrainError::Export(format!(
+                "parity: {} values for {} cubes of {cube}³",
+                chunk.len(),
+                end - start
+            )));
         }
         let x = Tensor::from_slice(chunk).view([(end - start) as i64, 1, cube as i64, cube as i64, cube as i64]);
-        let t = tch::no_grad(|| net.forward_t(&x, false)).flatten(0, -1);
-        let t = Vec::<f32>::try_from(&t)?;
+        let site = crate::error::Site {
+            device: tch::Device::Cpu,
+            batch: Some(batch),
+        };
+        let t = crate::error::torch("the parity check's libtorch pass", site, || {
+            Ok(Vec::<f32>::try_from(
+                &tch::no_grad(|| net.forward_t(&x, false)).flatten(0, -1),
+            )?)
+        })?;
         let o = scorer.score_flat(chunk)?;
         if o.len() != t.len() {
-            anyhow::bail!("parity: libtorch gave {} logits, ONNX Runtime {}", t.len(), o.len());
+            return Err(TrainError::Export(format!(
+                "parity: libtorch gave {} logits, ONNX Runtime {}",
+                t.len(),
+                o.len()
+            )));
         }
         if let Some((g, gnet)) = &on_device {
             let z = tch::no_grad(|| gnet.forward_t(&x.to_device(g.device()), false)).flatten(0, -1);

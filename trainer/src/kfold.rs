@@ -3,7 +3,7 @@
 //! validation AUROC.
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use crate::{Result, TrainError};
 use serde::Serialize;
 
 use models::fsutil::{Lock, RunIo};
@@ -36,7 +36,9 @@ pub struct CvSummary {
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<(Vec<RunSummary>, Option<CvSummary>)> {
     let k = cfg.split.folds;
     if opts.resume || opts.stop_after.is_some() {
-        bail!("--resume and --stop-after work on one run: give split.fold to resume one fold");
+        return Err(TrainError::RunFolder(
+            "--resume and --stop-after work on one run: give split.fold to resume one fold".to_string(),
+        ));
     }
     cfg.validate()?;
     let summary_path = cfg.out.join("cv_summary.yaml");
@@ -46,17 +48,19 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<(Vec<RunSummary>, Opt
         io.input("config", c);
     }
     io.outputs_in("cross-validation summary", &cfg.out, &["cv_summary.yaml"])?;
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("{}: cannot create", cfg.out.display()))?;
+    std::fs::create_dir_all(&cfg.out)
+        .map_err(|e| TrainError::file(format!("{}: cannot create", cfg.out.display()), e))?;
     let _lock = Lock::within(&cfg.out, &format!("cross-validation folder {}", cfg.out.display()))?;
     if summary_path.exists() && !opts.force {
-        bail!(
+        return Err(TrainError::RunFolder(format!(
             "{}: a cross-validation already lives here; choose another --out or pass --force",
             cfg.out.display()
-        );
+        )));
     }
     if summary_path.exists() {
         // --force: the old summary must not sit beside new folds if one of them fails.
-        std::fs::remove_file(&summary_path).with_context(|| format!("{}: cannot remove", summary_path.display()))?;
+        std::fs::remove_file(&summary_path)
+            .map_err(|e| TrainError::file(format!("{}: cannot remove", summary_path.display()), e))?;
     }
     let mut runs = Vec::new();
     for f in 1..=k {
@@ -91,4 +95,3 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<(Vec<RunSummary>, Opt
     yaml(&summary_path, &cv)?;
     Ok((runs, Some(cv)))
 }
-

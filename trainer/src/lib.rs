@@ -21,14 +21,16 @@ pub mod prepare;
 pub mod synth;
 pub mod train;
 
-use anyhow::{bail, Result};
+pub mod error;
+
+pub use error::{Result, TrainError};
 use tch::Device;
 
 pub use models::device::DeviceChoice;
 
 /// Parses `auto`, `cpu`, `cuda`, `cuda:N`.
 pub fn parse_device(s: &str) -> Result<DeviceChoice> {
-    s.parse::<DeviceChoice>().map_err(anyhow::Error::msg)
+    s.parse::<DeviceChoice>().map_err(TrainError::Config)
 }
 
 /// Whether this binary was linked against libtorch_cuda (see build.rs).
@@ -47,18 +49,22 @@ pub fn resolve_device(s: &str) -> Result<Device> {
         ),
         DeviceChoice::Cuda(n) => {
             if let cuda::CudaLib::Unavailable(why) = cuda::ensure_loaded() {
-                bail!(
+                return Err(TrainError::Device(format!(
                     "CUDA requested but libtorch's CUDA library cannot be used: {why} \
                      (on a GPU host, point LD_LIBRARY_PATH at a CUDA build of torch 2.11.0's torch/lib, \
                      or run `scripts/setup --cuda` and rebuild)"
-                );
+                )));
             }
             if !tch::Cuda::is_available() {
-                bail!("CUDA requested but libtorch reports no usable GPU (check `nvidia-smi` and the driver)");
+                return Err(TrainError::Device(
+                    "CUDA requested but libtorch reports no usable GPU (check `nvidia-smi` and the driver)".to_string(),
+                ));
             }
             let count = tch::Cuda::device_count() as usize;
             if n >= count {
-                bail!("CUDA device {n} requested but only {count} visible");
+                return Err(TrainError::Device(format!(
+                    "CUDA device {n} requested but only {count} visible"
+                )));
             }
             Ok(Device::Cuda(n))
         }

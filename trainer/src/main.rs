@@ -27,13 +27,16 @@ enum Cmd {
         /// Output folder (must not already hold an index).
         #[arg(short, long)]
         out: PathBuf,
+        /// Series (2 to 100000).
         #[arg(long, default_value_t = SynthConfig::default().series)]
         series: usize,
+        /// Patches per series (1 to 100000; 10 million in all at most).
         #[arg(long, default_value_t = SynthConfig::default().patches_per_series)]
         patches_per_series: usize,
+        /// Chance of a patch being a nodule, in (0, 1).
         #[arg(long, default_value_t = SynthConfig::default().positive_fraction)]
         positive_fraction: f64,
-        /// Cube side in voxels (1 mm each).
+        /// Cube side in voxels (1 mm each; 8 to 512).
         #[arg(long, default_value_t = SynthConfig::default().cube_size)]
         cube_size: usize,
         #[arg(long, default_value_t = SynthConfig::default().seed)]
@@ -104,16 +107,22 @@ struct TrainArgs {
     /// Run folder to create.
     #[arg(short, long)]
     out: Option<PathBuf>,
+    /// baseline_cnn or r3d_18.
     #[arg(long)]
     arch: Option<String>,
+    /// Width of the baseline CNN's first stage (1 to 256).
     #[arg(long)]
     width: Option<usize>,
+    /// Cube side fed to the network, in voxels (8 to 512).
     #[arg(long)]
     cube_size: Option<usize>,
+    /// Epochs (1 to 100000).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Patches per step (2 to 4096; BatchNorm needs two).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Peak learning rate of AdamW, in (0, 1].
     #[arg(long)]
     lr: Option<f64>,
     #[arg(long)]
@@ -124,6 +133,7 @@ struct TrainArgs {
     /// auto (fp16 mixed precision on CUDA, fp32 on CPU), fp32 or fp16.
     #[arg(long, value_parser = ["auto", "fp32", "fp16"])]
     precision: Option<String>,
+    /// Fraction of series held out for validation, in (0, 1).
     #[arg(long)]
     val_fraction: Option<f64>,
     /// libtorch intra-op threads (0: its default; no more than max(8, 4 x CPUs)). A resume
@@ -134,7 +144,8 @@ struct TrainArgs {
     /// (default: all in memory).
     #[arg(long)]
     cache_mb: Option<u64>,
-    /// k-fold cross-validation over series (one run folder per fold and cv_summary.yaml).
+    /// k-fold cross-validation over series, 2 to 100 folds (one run folder per fold and
+    /// cv_summary.yaml).
     #[arg(long)]
     folds: Option<usize>,
     /// Replace the files of an existing run folder.

@@ -1,6 +1,6 @@
 //! The libtorch side of an [`ArchSpec`]: builds the layers in a tch `VarStore` under the
 //! spec's dotted names and runs them.
-use anyhow::{bail, Result};
+use crate::{Result, TrainError};
 use tch::{nn, Tensor};
 
 use models::onnx::{WeightTensor, Weights};
@@ -199,11 +199,11 @@ pub fn check_names(vs: &nn::VarStore, spec: &ArchSpec) -> Result<()> {
         }
     }
     if !problems.is_empty() {
-        bail!(
+        return Err(TrainError::Internal(format!(
             "architecture `{}` and its libtorch build disagree:\n  {}",
             spec.name,
             problems.join("\n  ")
-        );
+        )));
     }
     Ok(())
 }

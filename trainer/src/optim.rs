@@ -6,7 +6,7 @@
 //! `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)`, capped at 1).
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::{Result, TrainError};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
@@ -14,13 +14,15 @@ use tch::{Kind, Tensor};
 
 /// Raw access to CPU tensors' memory, for the fused CPU update.
 mod cpu {
-    #![allow(unsafe_code)]
-    use anyhow::{bail, Result};
     use tch::{Device, Kind, Tensor};
+
+    use crate::{Result, TrainError};
 
     fn check(t: &Tensor) -> Result<()> {
         if !t.defined() || t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() {
-            bail!("internal error: the fused CPU update needs contiguous f32 CPU tensors");
+            return Err(TrainError::Internal(
+                "the fused CPU update needs contiguous f32 CPU tensors".into(),
+            ));
         }
         Ok(())
     }
@@ -38,6 +40,7 @@ mod cpu {
     /// While the slice lives, nothing may write the tensor's memory: not through another
     /// handle or view of the same storage, not by libtorch, and no mutable slice from
     /// [`f32_slice_mut`] may overlap it.
+    #[allow(unsafe_code)]
     pub unsafe fn f32_slice(t: &Tensor) -> Result<&[f32]> {
         check(t)?;
         if t.numel() == 0 {
@@ -55,6 +58,7 @@ mod cpu {
     /// While the slice lives, nothing else may read or write the tensor's memory: not
     /// through another handle or view (the model's parameters alias the optimizer's flat
     /// buffer), not by libtorch, and no other slice may overlap it.
+    #[allow(unsafe_code)]
     pub unsafe fn f32_slice_mut(t: &mut Tensor) -> Result<&mut [f32]> {
         check(t)?;
         if t.numel() == 0 {
@@ -150,14 +154,14 @@ impl AdamW {
                 .num_threads(n)
                 .thread_name(|i| format!("adamw-{i}"))
                 .build()
-                .context("cannot start the optimizer's threads")?,
+                .map_err(|e| TrainError::Internal(format!("cannot start the optimizer's threads: {e}")))?,
         );
         Ok(())
     }
 
     /// Updates applied so far (waits for the device).
     pub fn steps(&self) -> Result<i64> {
-        Ok(f64::try_from(&self.step_count).context("reading the optimizer's step count")? as i64)
+        Ok(f64::try_from(&self.step_count).map_err(TrainError::tch("reading the optimizer's step count"))? as i64)
     }
 
     /// The slice of a flat buffer that holds parameter `i`, shaped like it.
@@ -191,10 +195,10 @@ impl AdamW {
     fn check_bound(&self) -> Result<()> {
         for i in 0..self.params.len() {
             if !self.is_bound(i) {
-                bail!(
-                    "internal error: parameter `{}` no longer lives in the optimizer's buffer (call AdamW::bind after loading weights)",
+                return Err(TrainError::Internal(format!(
+                    "parameter `{}` no longer lives in the optimizer's buffer (call AdamW::bind after loading weights)",
                     self.params[i].0
-                );
+                )));
             }
         }
         Ok(())
@@ -204,9 +208,13 @@ impl AdamW {
     /// (`torch.autograd.grad`: nothing accumulates in `.grad`, so there is nothing to zero).
     fn grads(&self, loss: &Tensor) -> Result<Vec<Tensor>> {
         let inputs: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
-        let grads = Tensor::f_run_backward(&[loss], &inputs, false, false).context("backward pass")?;
+        let grads =
+            Tensor::f_run_backward(&[loss], &inputs, false, false).map_err(TrainError::tch("the backward pass"))?;
         if let Some(i) = grads.iter().position(|g| !g.defined()) {
-            bail!("parameter `{}` does not take part in the loss", self.params[i].0);
+            return Err(TrainError::Internal(format!(
+                "parameter `{}` does not take part in the loss",
+                self.params[i].0
+            )));
         }
         Ok(grads)
     }
@@ -251,14 +259,14 @@ impl AdamW {
     /// each gradient where backward left it (no flat copy) and updates parameter and moments
     /// in place, element by element, with `step`'s formulas in f32.
     #[allow(unsafe_code)] // raw slices over the tensors' memory: see the `cpu` module
-    pub fn step_fused_cpu(&mut self, grads: &[Tensor], lr: f64, clip: f64) -> Result<()> {
+    fn step_fused_cpu(&mut self, grads: &[Tensor], lr: f64, clip: f64) -> Result<()> {
         self.check_bound()?;
         if grads.len() != self.params.len() {
-            bail!(
-                "internal error: {} gradients for {} parameters",
+            return Err(TrainError::Internal(format!(
+                "{} gradients for {} parameters",
                 grads.len(),
                 self.params.len()
-            );
+            )));
         }
         const CHUNK: usize = 1 << 15;
         let grads: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).contiguous()).collect();
@@ -266,18 +274,18 @@ impl AdamW {
         for (i, g) in grads.iter().enumerate() {
             let n = self.params[i].1.numel();
             if g.numel() != n {
-                bail!(
-                    "internal error: gradient of `{}` has {} elements, the parameter {n}",
+                return Err(TrainError::Internal(format!(
+                    "gradient of `{}` has {} elements, the parameter {n}",
                     self.params[i].0,
                     g.numel()
-                );
+                )));
             }
             let s = cpu::span(g);
             if own.iter().any(|o| s.start < o.end && o.start < s.end) {
-                bail!(
-                    "internal error: the gradient of `{}` shares the optimizer's memory",
+                return Err(TrainError::Internal(format!(
+                    "the gradient of `{}` shares the optimizer's memory",
                     self.params[i].0
-                );
+                )));
             }
         }
         // SAFETY: the gradients are tensors of their own (checked above not to overlap the
@@ -465,15 +473,17 @@ impl AdamW {
             named.push((format!("v.{name}"), self.slice(&self.v, i).to_device(tch::Device::Cpu)));
         }
         named.push(("step".into(), Tensor::from(self.steps()?)));
-        models::fsutil::replace_with(path, |tmp| Tensor::write_safetensors(&named, tmp))
-            .context("cannot save optimizer state")?;
+        models::fsutil::replace_with(path, |tmp| Tensor::write_safetensors(&named, tmp))?;
         Ok(())
     }
 
     /// Restores what [`AdamW::save`] wrote; every moment must be present with its shape.
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let saved: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
-            .with_context(|| format!("{}: cannot read optimizer state", path.display()))?
+            .map_err(TrainError::tch(format!(
+                "{}: cannot read the optimizer state",
+                path.display()
+            )))?
             .into_iter()
             .collect();
         tch::no_grad(|| -> Result<()> {
@@ -481,25 +491,27 @@ impl AdamW {
                 for (prefix, buf) in [("m", &self.m), ("v", &self.v)] {
                     let mut dst = self.slice(buf, i);
                     let Some(src) = saved.get(&format!("{prefix}.{name}")) else {
-                        bail!("{}: no optimizer state for `{name}`", path.display());
+                        return Err(TrainError::RunFolder(format!(
+                            "{}: no optimizer state for `{name}`",
+                            path.display()
+                        )));
                     };
                     if src.size() != dst.size() {
-                        bail!(
+                        return Err(TrainError::RunFolder(format!(
                             "{}: optimizer state for `{name}` has shape {:?}, expected {:?}",
                             path.display(),
                             src.size(),
                             dst.size()
-                        );
+                        )));
                     }
                     dst.copy_(src);
                 }
             }
             Ok(())
         })?;
-        let step = saved
-            .get("step")
-            .and_then(|t| i64::try_from(t).ok())
-            .with_context(|| format!("{}: no step count in the optimizer state", path.display()))?;
+        let step = saved.get("step").and_then(|t| i64::try_from(t).ok()).ok_or_else(|| {
+            TrainError::RunFolder(format!("{}: no step count in the optimizer state", path.display()))
+        })?;
         let _ = self.step_count.fill_(step as f64);
         Ok(())
     }
@@ -569,7 +581,7 @@ impl DeviceScaler {
         let inv = self.scale.reciprocal();
         grad.shallow_clone()
             .f_internal_amp_non_finite_check_and_unscale(&mut self.found_inf, &inv)
-            .context("unscaling the gradient")?;
+            .map_err(TrainError::tch("unscaling the gradient"))?;
         let c = &self.config;
         let _ = self
             .scale
@@ -580,14 +592,15 @@ impl DeviceScaler {
                 c.backoff_factor,
                 i64::from(c.growth_interval),
             )
-            .context("updating the loss scale")?;
+            .map_err(TrainError::tch("updating the loss scale"))?;
         Ok(self.found_inf.shallow_clone())
     }
 
     /// The state to save (waits for the device).
     pub fn state(&self) -> Result<GradScaler> {
-        let scale = f64::try_from(&self.scale.view([])).context("reading the loss scale")?;
-        let tracker = i64::try_from(&self.growth_tracker.view([])).context("reading the loss scaler")?;
+        let scale = f64::try_from(&self.scale.view([])).map_err(TrainError::tch("reading the loss scale"))?;
+        let tracker =
+            i64::try_from(&self.growth_tracker.view([])).map_err(TrainError::tch("reading the loss scaler"))?;
         Ok(GradScaler {
             scale,
             growth_tracker: u32::try_from(tracker).unwrap_or(0),

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use crate::{Result, TrainError};
 use ndarray::Array3;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -112,7 +112,7 @@ struct Planned {
 /// Lists `.mhd`/`.mha` files under `dir` (LUNA16's `subset*/` layout or flat), by series.
 pub fn find_scans(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
     if !dir.is_dir() {
-        bail!("{}: not a folder of scans", dir.display());
+        return Err(TrainError::Data(format!("{}: not a folder of scans", dir.display())));
     }
     let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
     for e in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
@@ -139,17 +139,24 @@ pub fn find_scans(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
             .unwrap_or_default();
         // The uid names folders and files under --out: nothing that could climb out of it.
         if uid.is_empty() || uid == "." || uid == ".." || uid.contains(['/', '\\']) {
-            bail!("{}: a scan's file name must be its seriesuid, not {uid:?}", p.display());
+            return Err(TrainError::Data(format!(
+                "{}: a scan's file name must be its seriesuid, not {uid:?}",
+                p.display()
+            )));
         }
         if let Some(prev) = out.insert(uid.clone(), p.to_path_buf()) {
-            bail!("series {uid} appears twice: {} and {}", prev.display(), p.display());
+            return Err(TrainError::Data(format!(
+                "series {uid} appears twice: {} and {}",
+                prev.display(),
+                p.display()
+            )));
         }
     }
     if out.is_empty() {
-        bail!(
+        return Err(TrainError::Data(format!(
             "{}: no .mhd or .mha scans found (looked in every subfolder)",
             dir.display()
-        );
+        )));
     }
     Ok(out)
 }
@@ -215,11 +222,12 @@ fn npy_bytes(cube: &Array3<f32>, dtype: CubeDtype) -> Result<Vec<u8>> {
     use ndarray_npy::WriteNpyExt;
     let mut buf = Vec::new();
     match dtype {
-        CubeDtype::Float32 => cube.write_npy(&mut buf)?,
+        CubeDtype::Float32 => cube.write_npy(&mut buf),
         CubeDtype::Int16 => cube
             .mapv(|v| v.round().clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16)
-            .write_npy(&mut buf)?,
+            .write_npy(&mut buf),
     }
+    .map_err(TrainError::format("a cube as .npy"))?;
     Ok(buf)
 }
 
@@ -256,9 +264,9 @@ fn do_scan(uid: &str, path: &Path, plan: &[Planned], job: &PrepareJob) -> Result
     // Not committed yet, so whatever an interrupted attempt left here (patches, temporary
     // files) is not in any index: start clean.
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("{}: cannot clear", dir.display()))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::file(format!("{}: cannot clear", dir.display()), e))?;
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::file(format!("{}: cannot create", dir.display()), e))?;
     let mut rows = Vec::with_capacity(plan.len());
     let (mut np, mut nn) = (0usize, 0usize);
     for p in plan {
@@ -289,33 +297,36 @@ fn do_scan(uid: &str, path: &Path, plan: &[Planned], job: &PrepareJob) -> Result
 /// `scans_failed`), `Err` for problems that stop everything (bad CSVs, other settings).
 pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     let t0 = Instant::now();
-    models::cli::check_threads("--jobs", job.jobs).map_err(anyhow::Error::msg)?;
+    models::cli::check_threads("--jobs", job.jobs).map_err(TrainError::Config)?;
     job.sampling
         .grid
         .validate()
-        .map_err(|e| anyhow::anyhow!("patch grid: {e}"))?;
+        .map_err(|e| TrainError::Config(format!("patch grid: {e}")))?;
     if !(job.sampling.neg_ratio.is_finite() && job.sampling.neg_ratio >= 0.0) {
-        bail!("--neg-ratio must be >= 0, got {}", job.sampling.neg_ratio);
+        return Err(TrainError::Data(format!(
+            "--neg-ratio must be >= 0, got {}",
+            job.sampling.neg_ratio
+        )));
     }
     let annotations = models::luna16::read_findings(&job.annotations, "diameter_mm")?;
     for a in &annotations {
         if a.value.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-            bail!(
+            return Err(TrainError::Data(format!(
                 "{}: series {}: diameter_mm must be positive, got {}",
                 job.annotations.display(),
                 a.seriesuid,
                 a.value
-            );
+            )));
         }
     }
     let candidates = models::luna16::read_findings(&job.candidates, "class")?;
     if let Some(c) = candidates.iter().find(|c| c.value != 0.0 && c.value != 1.0) {
-        bail!(
+        return Err(TrainError::Data(format!(
             "{}: series {}: class must be 0 or 1, got {}",
             job.candidates.display(),
             c.seriesuid,
             c.value
-        );
+        )));
     }
     let scans = find_scans(&job.scans)?;
     let settings = PrepareSettings {
@@ -325,7 +336,8 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     };
     // Nothing prepare writes may be one of its inputs.
     let mut io = models::fsutil::RunIo::new();
-    io.input("annotations", &job.annotations).input("candidates", &job.candidates);
+    io.input("annotations", &job.annotations)
+        .input("candidates", &job.candidates);
     for scan in scans.values() {
         io.input("scan", scan);
         for ext in ["raw", "zraw"] {
@@ -335,7 +347,8 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     io.outputs_in("prepared file", &job.out, &[INDEX_FILE, SETTINGS_FILE, ERRORS_FILE])?;
     // One run per folder at a time: an OS lock held for the whole run (released however the
     // process ends, so an interrupted run leaves no stale lock).
-    std::fs::create_dir_all(&job.out).with_context(|| format!("{}: cannot create", job.out.display()))?;
+    std::fs::create_dir_all(&job.out)
+        .map_err(|e| TrainError::file(format!("{}: cannot create", job.out.display()), e))?;
     let _lock = models::fsutil::Lock::acquire_kept(
         &job.out.join(LOCK_FILE),
         "another `trainer prepare` is working on this folder; wait for it, or use another --out",
@@ -344,22 +357,23 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     let settings_path = job.out.join(SETTINGS_FILE);
     if settings_path.exists() {
         let before: PrepareSettings = serde_yaml::from_str(&models::fsutil::read_regular_to_string(&settings_path)?)
-            .with_context(|| format!("{}: unreadable", settings_path.display()))?;
+            .map_err(TrainError::format(format!("{}: unreadable", settings_path.display())))?;
         if before != settings {
-            bail!(
+            return Err(TrainError::Data(format!(
                 "{}: this folder was prepared with other settings or other CSVs ({}); use another --out, or the same settings to resume",
                 job.out.display(),
                 settings_path.display()
-            );
+            )));
         }
     } else if job.out.join(INDEX_FILE).exists() {
-        bail!(
+        return Err(TrainError::Data(format!(
             "{}: already holds a {INDEX_FILE} not made by `trainer prepare`; use another --out",
             job.out.display()
-        );
+        )));
     }
     let done_dir = job.out.join(DONE_DIR);
-    std::fs::create_dir_all(&done_dir).with_context(|| format!("{}: cannot create", done_dir.display()))?;
+    std::fs::create_dir_all(&done_dir)
+        .map_err(|e| TrainError::file(format!("{}: cannot create", done_dir.display()), e))?;
     models::fsutil::write_atomic(&settings_path, serde_yaml::to_string(&settings)?.as_bytes())?;
 
     let mut by_series: HashMap<&str, (Vec<&models::luna16::Finding>, Vec<&models::luna16::Finding>)> = HashMap::new();
@@ -414,7 +428,10 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     } else {
         std::thread::available_parallelism().map_or(2, |n| n.get()).min(8)
     };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|e| TrainError::Internal(format!("cannot start {jobs} scan threads: {e}")))?;
     let empty = (Vec::new(), Vec::new());
     let results: Vec<(String, PathBuf, Result<usize>)> = pool.install(|| {
         todo.par_iter()
@@ -464,21 +481,22 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     if summary.scans_failed > 0 {
         models::fsutil::write_atomic(&errors_path, &errors.into_inner()?)?;
     } else if errors_path.exists() {
-        std::fs::remove_file(&errors_path).with_context(|| format!("{}: cannot remove", errors_path.display()))?;
+        std::fs::remove_file(&errors_path)
+            .map_err(|e| TrainError::file(format!("{}: cannot remove", errors_path.display()), e))?;
     }
     // The index: every finished scan's list, in series order, also those finished by
     // earlier runs on other scan folders (LUNA16's subsets one at a time into one --out).
     let mut lists: Vec<PathBuf> = std::fs::read_dir(&done_dir)
-        .with_context(|| format!("{}: cannot list", done_dir.display()))?
+        .map_err(|e| TrainError::file(format!("{}: cannot list", done_dir.display()), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "csv"))
         .collect();
     lists.sort();
     let mut rows: Vec<IndexRow> = Vec::new();
     for p in lists {
-        let mut r = csv::Reader::from_path(&p).with_context(|| format!("{}: unreadable", p.display()))?;
+        let mut r = csv::Reader::from_reader(models::fsutil::open_regular(&p)?);
         for row in r.deserialize() {
-            rows.push(row.with_context(|| format!("{}: bad row", p.display()))?);
+            rows.push(row.map_err(TrainError::format(format!("{}: bad row", p.display())))?);
         }
     }
     summary.positives_total = rows.iter().filter(|r| r.label == 1).count();

@@ -16,7 +16,7 @@
 //! patch)`, so patches are generated in parallel and identically on every run.
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::{Result, TrainError};
 use ndarray::Array3;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -235,20 +235,30 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
         || cfg.series * cfg.patches_per_series > 10_000_000
         || !(8..=models::preprocess::MAX_CUBE).contains(&cfg.cube_size)
     {
-        bail!(
+        return Err(TrainError::Config(format!(
             "a synthetic set takes 2 to 100000 series, 1 to 100000 patches per series (10 million at most in all) \
              and a cube of 8 to {} voxels",
             models::preprocess::MAX_CUBE
-        );
+        )));
     }
     if !(0.0..1.0).contains(&cfg.positive_fraction) || cfg.positive_fraction == 0.0 {
-        bail!("positive_fraction must be in (0, 1), got {}", cfg.positive_fraction);
+        return Err(TrainError::Config(format!(
+            "positive_fraction must be in (0, 1), got {}",
+            cfg.positive_fraction
+        )));
     }
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create folder", out.display()))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| TrainError::file(format!("{}: cannot create folder", out.display()), e))?;
     let _lock = models::fsutil::Lock::within(out, &format!("folder {}", out.display()))?;
+    // The output policy, as every binary applies it (synth reads nothing, so only the
+    // folder's stale temporary files are at stake).
+    models::fsutil::RunIo::new().outputs_in("synthetic set", out, &[INDEX_FILE])?;
     let index_path = out.join(INDEX_FILE);
     if index_path.exists() {
-        bail!("{}: already exists; choose an empty folder", index_path.display());
+        return Err(TrainError::Data(format!(
+            "{}: already exists; choose an empty folder",
+            index_path.display()
+        )));
     }
     let jobs: Vec<(usize, usize)> = (0..cfg.series)
         .flat_map(|s| (0..cfg.patches_per_series).map(move |p| (s, p)))
@@ -287,7 +297,9 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
         .collect::<Result<_>>()?;
     let n_pos = rows.iter().filter(|r| r.label == 1).count();
     if n_pos == 0 || n_pos == rows.len() {
-        bail!("the synthetic set came out with one class only; use more patches or another seed");
+        return Err(TrainError::Data(
+            "the synthetic set came out with one class only; use more patches or another seed".to_string(),
+        ));
     }
     write_luna16_reference(cfg, &rows, &out.join("luna16"))?;
     PatchIndex::write(&index_path, &rows)?;
@@ -299,7 +311,8 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
 /// centre as a finding without a size, diameter −1, as LUNA16 lists non-nodule findings),
 /// and `seriesuids.csv` (every series, no header).
 fn write_luna16_reference(cfg: &SynthConfig, rows: &[IndexRow], dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| TrainError::file(format!("{}: cannot create folder", dir.display()), e))?;
     let mut ann = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm\n");
     let mut exc = ann.clone();
     for (i, r) in rows.iter().enumerate() {

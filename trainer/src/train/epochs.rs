@@ -13,7 +13,8 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{torch, Site};
+use crate::{Result, TrainError};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -100,7 +101,7 @@ fn add_loss(sum: &mut Tensor, seen: &mut Tensor, loss: &Tensor, n: usize, applie
 
 /// Saves the VarStore beside `path`, then renames over it.
 fn save_atomic(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    models::fsutil::replace_with(path, |tmp| vs.save(tmp)).context("cannot save checkpoint")?;
+    models::fsutil::replace_with(path, |tmp| vs.save(tmp))?;
     Ok(())
 }
 
@@ -140,14 +141,21 @@ fn evaluate(net: &Net, c: &Cubes, batch: usize, device: Device, amp: bool) -> Re
     let mut logits = Vec::with_capacity(c.len());
     let mut loss_sum = 0.0;
     let idx: Vec<usize> = (0..c.len()).collect();
+    let site = Site {
+        device,
+        batch: Some(batch),
+    };
     for chunk in idx.chunks(batch) {
-        let (x, y) = batch_tensor(c, chunk, None, device)?;
-        let z = tch::no_grad(|| crate::cuda::autocast(amp, || net.forward_t(&x, false)))
-            .flatten(0, -1)
-            .to_kind(tch::Kind::Float);
-        let l = z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Sum);
-        loss_sum += f64::try_from(&l)?;
-        logits.extend(Vec::<f32>::try_from(&z.to_device(Device::Cpu))?);
+        let (l, z) = torch("validation", site, || {
+            let (x, y) = batch_tensor(c, chunk, None, device)?;
+            let z = tch::no_grad(|| crate::cuda::autocast(amp, || net.forward_t(&x, false)))
+                .flatten(0, -1)
+                .to_kind(tch::Kind::Float);
+            let l = z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Sum);
+            Ok((f64::try_from(&l)?, Vec::<f32>::try_from(&z.to_device(Device::Cpu))?))
+        })?;
+        loss_sum += l;
+        logits.extend(z);
     }
     Ok((logits, loss_sum / c.len() as f64))
 }
@@ -191,9 +199,12 @@ pub fn start(cfg: &TrainConfig, opts: &RunOptions, data: &Data, folder: &RunFold
         tch::Cuda::cudnn_set_benchmark(true);
     }
     let mut vs = nn::VarStore::new(device);
-    let net = Net::new(&vs.root(), spec)?;
-    net::check_names(&vs, spec)?;
-    let mut opt = crate::optim::AdamW::new(&vs, t.weight_decay);
+    let site = Site { device, batch: None };
+    let (net, mut opt) = torch(&format!("building {} and its optimizer", spec.name), site, || {
+        let net = Net::new(&vs.root(), spec)?;
+        net::check_names(&vs, spec)?;
+        Ok((net, crate::optim::AdamW::new(&vs, t.weight_decay)))
+    })?;
     if t.threads > 0 {
         opt.set_threads(t.threads)?;
     }
@@ -202,8 +213,10 @@ pub fn start(cfg: &TrainConfig, opts: &RunOptions, data: &Data, folder: &RunFold
     if let Some(st) = &folder.resumed {
         let dir = &folder.dir;
         let last = dir.join("last.safetensors");
-        vs.load(&last)
-            .with_context(|| format!("{}: cannot load the last checkpoint", last.display()))?;
+        vs.load(&last).map_err(TrainError::tch(format!(
+            "{}: cannot load the last checkpoint",
+            last.display()
+        )))?;
         opt.load(&dir.join("optimizer.safetensors"))?;
         opt.bind();
         let metrics = dir.join("metrics.csv");
@@ -211,7 +224,7 @@ pub fn start(cfg: &TrainConfig, opts: &RunOptions, data: &Data, folder: &RunFold
         history = r
             .deserialize()
             .collect::<Result<_, _>>()
-            .with_context(|| format!("{}: unreadable", metrics.display()))?;
+            .map_err(TrainError::format(format!("{}: unreadable", metrics.display())))?;
         history.truncate(st.epochs_done);
         best = Some((st.best_epoch, st.best_val_auroc, st.best_val_loss));
         first_epoch = st.epochs_done + 1;
@@ -369,7 +382,7 @@ impl Watch {
 }
 
 /// The message of a loss that stopped being finite.
-fn diverged(epoch: usize, in_epoch: usize, per_epoch: usize, global: usize, lr: f64) -> anyhow::Error {
+fn diverged(epoch: usize, in_epoch: usize, per_epoch: usize, global: usize, lr: f64) -> TrainError {
     let kept = if epoch > 1 {
         format!(
             "the run folder keeps epoch {} (`trainer train --resume` continues from it)",
@@ -378,15 +391,22 @@ fn diverged(epoch: usize, in_epoch: usize, per_epoch: usize, global: usize, lr: 
     } else {
         "no epoch was finished, so the same command starts the run again (no --force needed)".to_string()
     };
-    anyhow::anyhow!(
+    TrainError::Diverged(format!(
         "training diverged at epoch {epoch}, step {in_epoch} of {per_epoch} (step {global} of the run): the loss is \
          not finite (learning rate {lr:.3e} at that step; lower train.lr); {kept}"
-    )
+    ))
 }
 
 /// Trains one epoch: a background thread reads, augments and stacks the next batches (and
 /// pins them for an asynchronous copy on CUDA) while this one trains.
-fn train_epoch(cfg: &TrainConfig, opts: &RunOptions, data: &Data, tr: &mut Training, epoch: usize, sched: &Schedule) -> Result<EpochTrained> {
+fn train_epoch(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    data: &Data,
+    tr: &mut Training,
+    epoch: usize,
+    sched: &Schedule,
+) -> Result<EpochTrained> {
     let (t, device, amp) = (&cfg.train, data.found.device, data.found.amp);
     let pre = &cfg.preprocess;
     let pad = f64::from(pre.scale(pre.pad_hu));
@@ -449,24 +469,33 @@ fn train_epoch(cfg: &TrainConfig, opts: &RunOptions, data: &Data, tr: &mut Train
         });
         // Owning the receiver here means an error below drops it, which stops the
         // producer (its send fails) instead of leaving it blocked on a full channel.
+        let site = Site {
+            device,
+            batch: Some(t.batch_size),
+        };
         for batch in rx.into_iter() {
             let (x, y, n) = batch?;
-            let x = x.to_device_(device, tch::Kind::Float, true, false);
-            let y = y.to_device_(device, tch::Kind::Float, true, false);
             lr = lr_at(t.lr, tr.step, sched.warmup, sched.total);
-            let z = crate::cuda::autocast(amp, || tr.net.forward_t(&x, true))
-                .flatten(0, -1)
-                .to_kind(tch::Kind::Float);
-            let mut loss = loss_of(t.loss, t.focal_gamma, &z, &y, &tr.pos_weight);
-            if nan_step == Some(tr.step + 1) {
-                loss *= f64::NAN;
-            }
-            if !amp {
-                if let Some(b) = watch.record(&loss)? {
-                    return Err(fail(b));
+            // The step's libtorch work: a failure (CUDA out of memory, say) is an error
+            // naming the batch size and the device, not a panic.
+            let (loss, applied) = torch(&format!("epoch {epoch}, training step {}", tr.step + 1), site, || {
+                let x = x.to_device_(device, tch::Kind::Float, true, false);
+                let y = y.to_device_(device, tch::Kind::Float, true, false);
+                let z = crate::cuda::autocast(amp, || tr.net.forward_t(&x, true))
+                    .flatten(0, -1)
+                    .to_kind(tch::Kind::Float);
+                let mut loss = loss_of(t.loss, t.focal_gamma, &z, &y, &tr.pos_weight);
+                if nan_step == Some(tr.step + 1) {
+                    loss *= f64::NAN;
                 }
-            }
-            let applied = tr.opt.backward_step(&loss, lr, t.grad_clip, tr.scaler.as_mut())?;
+                if !amp {
+                    if let Some(b) = watch.record(&loss)? {
+                        return Err(fail(b));
+                    }
+                }
+                let applied = tr.opt.backward_step(&loss, lr, t.grad_clip, tr.scaler.as_mut())?;
+                Ok((loss, applied))
+            })?;
             tr.net.count_batch();
             add_loss(&mut loss_sum, &mut loss_seen, &loss, n, applied.as_ref());
             seen += n;
@@ -479,7 +508,7 @@ fn train_epoch(cfg: &TrainConfig, opts: &RunOptions, data: &Data, tr: &mut Train
                 .cloned()
                 .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            anyhow::anyhow!("the batch-loading thread failed: {why}")
+            TrainError::Internal(format!("the batch-loading thread failed: {why}"))
         })
     })?;
     pb.finish_and_clear();
@@ -490,14 +519,16 @@ fn train_epoch(cfg: &TrainConfig, opts: &RunOptions, data: &Data, tr: &mut Train
     let loss_sum = f64::try_from(&loss_sum)?;
     let loss_seen = f64::try_from(&loss_seen)?;
     if loss_seen == 0.0 && seen > 0 {
-        bail!(
+        return Err(TrainError::Diverged(format!(
             "epoch {epoch}: every step overflowed in fp16 and was skipped, so nothing was learnt (the forward pass \
              itself overflows: train in fp32 with train.precision: fp32, or lower train.lr)"
-        );
+        )));
     }
     let train_loss = loss_sum / loss_seen.max(1.0);
     if !train_loss.is_finite() {
-        bail!("training diverged at epoch {epoch} (loss {train_loss}); lower train.lr");
+        return Err(TrainError::Diverged(format!(
+            "training diverged at epoch {epoch} (loss {train_loss}); lower train.lr"
+        )));
     }
     Ok(EpochTrained {
         train_loss,
@@ -549,7 +580,13 @@ fn save_epoch(data: &Data, folder: &RunFolder, tr: &mut Training, m: EpochMetric
 
 /// Runs the epochs from `tr.first_epoch`: train, validate, keep the best by validation
 /// AUROC (ties: lower validation loss), save, stop early or pause as configured.
-pub fn run(cfg: &TrainConfig, opts: &RunOptions, data: &Data, folder: &RunFolder, tr: &mut Training) -> Result<Outcome> {
+pub fn run(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    data: &Data,
+    folder: &RunFolder,
+    tr: &mut Training,
+) -> Result<Outcome> {
     let t = &cfg.train;
     let (device, amp) = (data.found.device, data.found.amp);
     let val_labels = data.val_labels();
@@ -564,17 +601,19 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions, data: &Data, folder: &RunFolder
         let e = train_epoch(cfg, opts, data, tr, epoch, &sched)?;
         let (logits, val_loss) = evaluate(&tr.net, &data.val, t.batch_size, device, amp)?;
         if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
-            bail!(
+            return Err(TrainError::Diverged(format!(
                 "training diverged at epoch {epoch}: the validation logit of {} is {} (lower train.lr); the run folder \
                  keeps the epoch before",
                 data.val.rows[i].patch_file,
                 logits[i]
-            );
+            )));
         }
         let scores: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
         let auroc = models::metrics::auroc(&scores, &val_labels).unwrap_or(f64::NAN);
         let auprc = models::metrics::average_precision(&scores, &val_labels);
-        let is_best = tr.best.is_none_or(|(_, b, bl)| auroc > b || (auroc == b && val_loss < bl));
+        let is_best = tr
+            .best
+            .is_none_or(|(_, b, bl)| auroc > b || (auroc == b && val_loss < bl));
         if is_best {
             tr.best = Some((epoch, auroc, val_loss));
         }
@@ -659,7 +698,10 @@ mod tests {
             assert_eq!(clean.record(&Tensor::from(l)).unwrap(), None);
         }
         let msg = diverged(3, 3, 10, 23, 0.5).to_string();
-        assert!(msg.contains("epoch 3, step 3 of 10 (step 23 of the run)") && msg.contains("keeps epoch 2"), "{msg}");
+        assert!(
+            msg.contains("epoch 3, step 3 of 10 (step 23 of the run)") && msg.contains("keeps epoch 2"),
+            "{msg}"
+        );
         assert!(diverged(1, 1, 10, 1, 0.5).to_string().contains("no --force needed"));
     }
 }

@@ -3,7 +3,7 @@
 //! exported model, and `summary.yaml`.
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use crate::{Result, TrainError};
 use serde::Serialize;
 use tch::nn;
 use tch::Device;
@@ -20,8 +20,17 @@ use crate::train::{write_csv, yaml, RunOptions, RunSummary};
 
 /// Frees the training state, exports the best checkpoint, checks parity, writes the
 /// validation scores and the summary.
-pub fn finish(cfg: &TrainConfig, opts: &RunOptions, data: Data, folder: &RunFolder, tr: Training, t0: Instant) -> Result<RunSummary> {
-    let (best_epoch, best_auroc, _) = tr.best.context("no epoch finished")?;
+pub fn finish(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    data: Data,
+    folder: &RunFolder,
+    tr: Training,
+    t0: Instant,
+) -> Result<RunSummary> {
+    let (best_epoch, best_auroc, _) = tr
+        .best
+        .ok_or_else(|| TrainError::Internal("no epoch finished".into()))?;
     // Training is over: free its state before the export makes copies of its own. The
     // weights, their gradients and the two AdamW moments are four copies of the model
     // (530 MB for r3d_18), and the training patches may be cached; kept, they would set the
@@ -52,9 +61,10 @@ pub fn finish(cfg: &TrainConfig, opts: &RunOptions, data: Data, folder: &RunFold
     // Export the best checkpoint, not the last epoch.
     let mut best_vs = nn::VarStore::new(Device::Cpu);
     let best_net = Net::new(&best_vs.root(), &spec)?;
-    best_vs
-        .load(&best_path)
-        .with_context(|| format!("{}: cannot reload best checkpoint", best_path.display()))?;
+    best_vs.load(&best_path).map_err(TrainError::tch(format!(
+        "{}: cannot reload the best checkpoint",
+        best_path.display()
+    )))?;
     let provenance: std::collections::BTreeMap<String, String> = [
         ("tool.version", models::TOOL_VERSION.to_string()),
         ("tool.git_commit", env!("NODULE_GIT_COMMIT").to_string()),
@@ -115,18 +125,23 @@ pub fn finish(cfg: &TrainConfig, opts: &RunOptions, data: Data, folder: &RunFold
     }
     if !parity.passed {
         let failed = dir.join("model.parity-failed.onnx");
-        std::fs::rename(&unchecked, &failed)?;
-        bail!(
+        std::fs::rename(&unchecked, &failed)
+            .map_err(|e| TrainError::file(format!("{}: cannot keep the failed export", failed.display()), e))?;
+        return Err(TrainError::Export(format!(
             "{}: export parity failed: max |Δlogit| / max(1, largest |logit|) {:.3e} > {:.0e} (max |Δlogit| {:.3e}; \
              see parity.yaml); the file must not be used",
             failed.display(),
             parity.max_scaled_diff_logit,
             parity.tolerance,
             parity.max_abs_diff_logit
-        );
+        )));
     }
-    std::fs::rename(&unchecked, &onnx_path)
-        .with_context(|| format!("{}: cannot move the checked model into place", onnx_path.display()))?;
+    std::fs::rename(&unchecked, &onnx_path).map_err(|e| {
+        TrainError::file(
+            format!("{}: cannot move the checked model into place", onnx_path.display()),
+            e,
+        )
+    })?;
     #[derive(Serialize)]
     struct ValScore<'a> {
         patch_file: &'a str,
@@ -170,4 +185,3 @@ pub fn finish(cfg: &TrainConfig, opts: &RunOptions, data: Data, folder: &RunFold
     yaml(&dir.join("summary.yaml"), &summary)?;
     Ok(summary)
 }
-

@@ -13,7 +13,7 @@
 //!   checkpoints are exactly what the run wrote (their sha256 are in `train_state.yaml`).
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::{Result, TrainError};
 
 use models::fsutil::{Lock, RunIo, DIR_LOCK, TEMP_PREFIX};
 
@@ -55,9 +55,9 @@ pub struct RunFolder {
 /// The folder's entries other than its lock and temporary files.
 fn entries(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot read", dir.display()))? {
+    for e in std::fs::read_dir(dir).map_err(|e| TrainError::file(format!("{}: cannot read", dir.display()), e))? {
         let name = e
-            .with_context(|| format!("{}: cannot read", dir.display()))?
+            .map_err(|e| TrainError::file(format!("{}: cannot read", dir.display()), e))?
             .file_name()
             .to_string_lossy()
             .into_owned();
@@ -76,7 +76,7 @@ fn read_state(dir: &Path) -> Result<Option<TrainState>> {
     }
     let text = models::fsutil::read_regular_to_string(&p)?;
     Ok(Some(
-        serde_yaml::from_str(&text).with_context(|| format!("{}: unreadable", p.display()))?,
+        serde_yaml::from_str(&text).map_err(TrainError::format(format!("{}: unreadable", p.display())))?,
     ))
 }
 
@@ -94,14 +94,14 @@ fn unchanged(dir: &Path, file: &str, want: &str, what: &str) -> Result<()> {
         return Ok(());
     }
     let p = dir.join(file);
-    let got = models::fsutil::sha256_file(&p).with_context(|| format!("{}: {what}", dir.display()))?;
+    let got = models::fsutil::sha256_file(&p)?;
     if got != want {
-        bail!(
+        return Err(TrainError::RunFolder(format!(
             "{}: changed since the run wrote it (sha256 {} ≠ {} in train_state.yaml); {what}",
             p.display(),
             &got[..12],
             &want[..want.len().min(12)]
-        );
+        )));
     }
     Ok(())
 }
@@ -111,7 +111,7 @@ fn unchanged(dir: &Path, file: &str, want: &str, what: &str) -> Result<()> {
 fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<TrainState>> {
     // The same job or nothing: config and split must be the ones the folder holds.
     let saved = models::fsutil::read_regular_to_string(&dir.join("config.yaml"))
-        .with_context(|| format!("{}: no run to resume here", dir.display()))?;
+        .map_err(|e| TrainError::RunFolder(format!("{}: no run to resume here ({e})", dir.display())))?;
     let st = read_state(dir)?;
     let fix = "restore it, or start a new run (another --out, or --force)";
     if let Some(st) = &st {
@@ -123,8 +123,8 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
     // either. With another thread count libtorch may sum in another order, so the weights
     // need not equal an uninterrupted run's bit for bit.
     let comparable = |text: &str| -> Result<String> {
-        let mut c: TrainConfig =
-            serde_yaml::from_str(text).with_context(|| format!("{}: unreadable config.yaml", dir.display()))?;
+        let mut c: TrainConfig = serde_yaml::from_str(text)
+            .map_err(TrainError::format(format!("{}: unreadable config.yaml", dir.display())))?;
         c.train.cache_mb = cfg.train.cache_mb;
         c.train.threads = cfg.train.threads;
         // The folder being resumed is the run, wherever it has been moved or copied to.
@@ -139,16 +139,16 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
             .zip(ours.lines())
             .find(|(a, b)| a != b)
             .map_or_else(String::new, |(a, b)| format!(": `{a}` there, `{b}` now"));
-        bail!(
+        return Err(TrainError::RunFolder(format!(
             "{}: this run was made with another config or architecture{diff}; resume with the same settings",
             dir.display()
-        );
+        )));
     }
     if std::fs::read(dir.join("split.csv")).ok().as_deref() != Some(found.manifest.as_slice()) {
-        bail!(
+        return Err(TrainError::RunFolder(format!(
             "{}: the split differs from the one this run used (has the index changed?)",
             dir.display()
-        );
+        )));
     }
     let Some(st) = st.filter(|s| s.epochs_done > 0) else {
         return Ok(None);
@@ -161,12 +161,12 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
     ] {
         let p = dir.join(file);
         if !p.is_file() || models::fsutil::sha256_file(&p)? != *want {
-            bail!(
+            return Err(TrainError::RunFolder(format!(
                 "{}: does not match train_state.yaml (the run was stopped while saving epoch {}, or the file was \
                  changed); it cannot resume safely: start it again",
                 p.display(),
                 st.epochs_done + 1
-            );
+            )));
         }
     }
     // `auto` resolves by host: a run begun in fp32 on a CPU must not go on in fp16 on a GPU
@@ -174,12 +174,12 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
     let now = super::epochs::precision_name(found.amp);
     if let Some(was) = st.precision.as_deref() {
         if was != now {
-            bail!(
+            return Err(TrainError::RunFolder(format!(
                 "{}: this run trained in {was}, here it would go on in {now} on {} (device and precision are `auto`?); \
                  resume it on the same kind of device (NODULE_NO_CUDA=1 keeps `auto` on the CPU)",
                 dir.display(),
                 crate::device_name(found.device)
-            );
+            )));
         }
     }
     Ok(Some(st))
@@ -197,11 +197,15 @@ pub fn open(cfg: &TrainConfig, opts: &RunOptions, found: &Found) -> Result<Opene
     let patches: Vec<PathBuf> = found.index.rows.iter().map(|r| found.index.patch_path(r)).collect();
     io.inputs("patch", patches.iter().map(PathBuf::as_path));
     if dir.exists() && !dir.is_dir() {
-        bail!("{}: the run folder is not a folder", dir.display());
+        return Err(TrainError::RunFolder(format!(
+            "{}: the run folder is not a folder",
+            dir.display()
+        )));
     }
     io.outputs_in("run file", dir, RUN_FILES)?;
     let created = !dir.exists();
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create run folder", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| TrainError::file(format!("{}: cannot create run folder", dir.display()), e))?;
     let lock = Lock::within(dir, &format!("run folder {}", dir.display()))?;
     let opened = |plan| Opened {
         dir: dir.clone(),
@@ -232,15 +236,16 @@ fn decide(cfg: &TrainConfig, opts: &RunOptions, found: &Found) -> Result<Plan> {
             for name in RUN_FILES {
                 let p = dir.join(name);
                 if p.exists() {
-                    std::fs::remove_file(&p).with_context(|| format!("{}: cannot remove", p.display()))?;
+                    std::fs::remove_file(&p)
+                        .map_err(|e| TrainError::file(format!("{}: cannot remove", p.display()), e))?;
                 }
             }
             Plan::Start
         } else {
-            bail!(
+            return Err(TrainError::RunFolder(format!(
                 "{}: run folder exists and is not empty; choose another --out, pass --force, or --resume to continue it",
                 dir.display()
-            );
+            )));
         }
     })
 }

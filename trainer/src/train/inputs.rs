@@ -4,7 +4,7 @@
 //! not found").
 use std::collections::BTreeSet;
 
-use anyhow::{bail, Result};
+use crate::{Result, TrainError};
 use tch::Device;
 
 use models::index::PatchIndex;
@@ -76,10 +76,12 @@ impl Data {
 /// `fp16` or `fp32`: what `precision` resolves to on `device`.
 fn resolve_precision(cfg: &TrainConfig, device: Device) -> Result<bool> {
     Ok(match (cfg.train.precision, device.is_cuda()) {
-        (Precision::Fp16, false) => bail!(
-            "train.precision fp16 needs a CUDA device (the run resolved to {}); use auto or fp32",
-            crate::device_name(device)
-        ),
+        (Precision::Fp16, false) => {
+            return Err(TrainError::Config(format!(
+                "train.precision fp16 needs a CUDA device (the run resolved to {}); use auto or fp32",
+                crate::device_name(device)
+            )))
+        }
         (Precision::Fp32, _) | (Precision::Auto, false) => false,
         (Precision::Fp16 | Precision::Auto, true) => true,
     })

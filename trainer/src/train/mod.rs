@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use crate::Result;
 use serde::Serialize;
 
 use crate::config::TrainConfig;
@@ -143,7 +143,6 @@ pub const RUN_FILES: &[&str] = &[
     "calibration.yaml",
 ];
 
-
 /// Runs a whole training job as configured.
 /// `Ok(None)` when the run paused (`stop_after`) before its last epoch.
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>> {
@@ -195,4 +194,3 @@ pub(crate) fn yaml<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     models::fsutil::write_atomic(path, serde_yaml::to_string(v)?.as_bytes())?;
     Ok(())
 }
-
