@@ -310,7 +310,11 @@ pub fn extremes(z: &[f64]) -> Option<Extremes> {
     };
     let m = median(&mut z.to_vec());
     let mad = 1.4826 * median(&mut z.iter().map(|v| (v - m).abs()).collect());
-    let spread = if mad > 0.0 { mad } else { rms(&z.iter().map(|v| v - m).collect::<Vec<_>>()) };
+    let spread = if mad > 0.0 {
+        mad
+    } else {
+        rms(&z.iter().map(|v| v - m).collect::<Vec<_>>())
+    };
     let (lo, hi) = (m - EXTREME_SPREADS * spread, m + EXTREME_SPREADS * spread);
     if !(lo.is_finite() && hi.is_finite()) {
         return None;

@@ -142,7 +142,12 @@ impl Settings {
         }
         if self.patches.is_none() {
             let c = &self.columns;
-            let names = [Some(&c.logit), c.probability.as_ref(), Some(&c.label), Some(&c.seriesuid)];
+            let names = [
+                Some(&c.logit),
+                c.probability.as_ref(),
+                Some(&c.label),
+                Some(&c.seriesuid),
+            ];
             if names.iter().flatten().any(|n| n.is_empty()) {
                 problems.push("column names must not be empty".into());
             }
@@ -292,7 +297,15 @@ fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
         Some(idx) => {
             io.input("patch index", idx);
             if let Ok(i) = models::index::read_scoring_index(idx) {
-                io.inputs("patch", i.rows.iter().map(|r| i.root.join(&r.patch_file)).collect::<Vec<_>>().iter().map(PathBuf::as_path));
+                io.inputs(
+                    "patch",
+                    i.rows
+                        .iter()
+                        .map(|r| i.root.join(&r.patch_file))
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(PathBuf::as_path),
+                );
             }
         }
         None => {
@@ -604,7 +617,9 @@ mod tests {
         assert_eq!(a.platt, b.platt);
         assert_eq!(a.temperature, b.temperature);
         assert!(
-            b.warnings.iter().any(|w| w.contains("1 logit(s)") && w.contains("line 2002") && w.contains("leave them out")),
+            b.warnings
+                .iter()
+                .any(|w| w.contains("1 logit(s)") && w.contains("line 2002") && w.contains("leave them out")),
             "{:?}",
             b.warnings
         );

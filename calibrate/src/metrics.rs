@@ -5,7 +5,9 @@
 //! All functions take probabilities (or logits) and 0/1 labels of the same length; callers
 //! check lengths and that both classes are present.
 use models::calibration::Metrics;
-pub use models::metrics::{auroc, auroc_delong, auroc_delong_ci95, average_precision, logit, sigmoid, softplus, z_for, EPS};
+pub use models::metrics::{
+    auroc, auroc_delong, auroc_delong_ci95, average_precision, logit, sigmoid, softplus, z_for, EPS,
+};
 
 /// Mean squared error of probabilities against labels.
 pub fn brier(probs: &[f64], labels: &[u8]) -> f64 {
@@ -190,7 +192,12 @@ mod tests {
         let p = [0.2, f64::NAN, 0.9, 0.4];
         let y = [0u8, 1, 1, 0];
         let _ = (brier(&p, &y), nll_from_probs(&p, &y), nll_from_logits(&p, &y));
-        let _ = (ece(&p, &y, 15), mce(&p, &y, 15), adaptive_ece(&p, &y, 15), net_benefit(&p, &y, 0.5));
+        let _ = (
+            ece(&p, &y, 15),
+            mce(&p, &y, 15),
+            adaptive_ece(&p, &y, 15),
+            net_benefit(&p, &y, 0.5),
+        );
         let _ = reliability_bins(&p, &y, 15);
         let m = compute_metrics(&p, &p, &y);
         assert!(m.auroc.is_nan() && m.auprc.is_nan(), "{m:?}");

@@ -255,4 +255,3 @@ impl ScoreTable {
         (g, ids.len(), "seriesuid")
     }
 }
-

@@ -13,7 +13,12 @@ pub const REPORT_FILE: &str = "calibration_report.md";
 /// The plots' folder, beside the report.
 pub const PLOTS_DIR: &str = "calibration_plots";
 /// The plots, in that folder.
-pub const PLOTS: [&str; 4] = ["reliability.png", "roc.png", "precision_recall.png", "decision_curve.png"];
+pub const PLOTS: [&str; 4] = [
+    "reliability.png",
+    "roc.png",
+    "precision_recall.png",
+    "decision_curve.png",
+];
 
 const BLUE: (u8, u8, u8) = (30, 80, 200);
 const RED: (u8, u8, u8) = (200, 50, 40);

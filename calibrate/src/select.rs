@@ -75,4 +75,3 @@ pub fn cross_validate(t: &ScoreTable, smoothing: bool, k: usize) -> Result<Metho
         chosen_by: "auto".into(),
     })
 }
-

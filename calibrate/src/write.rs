@@ -12,7 +12,13 @@ pub const BAKED_FILE: &str = "model.calibrated.onnx";
 
 /// Writes `calibration.yaml` (at `s.out`), then the report and the calibrated model into
 /// `dir` as the settings ask.
-pub fn write_outputs(cal: &CalibrationFile, t: &ScoreTable, model: ModelProto, s: &Settings, dir: &Path) -> Result<(), CalError> {
+pub fn write_outputs(
+    cal: &CalibrationFile,
+    t: &ScoreTable,
+    model: ModelProto,
+    s: &Settings,
+    dir: &Path,
+) -> Result<(), CalError> {
     let text = serde_yaml::to_string(cal).map_err(|e| CalError::Output {
         path: s.out.clone(),
         msg: e.to_string(),
@@ -111,4 +117,3 @@ pub fn summary(cal: &CalibrationFile) -> String {
     }
     out
 }
-

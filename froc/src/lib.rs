@@ -131,7 +131,11 @@ fn check_diameters(path: &Path, v: &[Finding], minus_one_allowed: bool) -> Resul
         };
         return Err(input_err(
             path,
-            format!("line {}: diameter_mm {d} of series {} must be {allowed}", i + 2, f.seriesuid),
+            format!(
+                "line {}: diameter_mm {d} of series {} must be {allowed}",
+                i + 2,
+                f.seriesuid
+            ),
         ));
     }
     Ok(())
@@ -227,7 +231,10 @@ pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
     }
     let results = dedupe(results, &f.results, "result", &mut warnings);
     let listed: std::collections::HashSet<&str> = uids.iter().map(String::as_str).collect();
-    let unlisted = annotations.iter().filter(|a| !listed.contains(a.seriesuid.as_str())).count();
+    let unlisted = annotations
+        .iter()
+        .filter(|a| !listed.contains(a.seriesuid.as_str()))
+        .count();
     if unlisted > 0 {
         warnings.push(format!(
             "{unlisted} annotation(s) belong to series not in {} and were not counted",

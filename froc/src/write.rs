@@ -45,7 +45,12 @@ pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), FrocError>
     let rows = r.curve.iter().map(|(x, y, t)| vec![f9(x), f9(y), f9(t)]);
     models::fsutil::write_atomic(&p, &csv_bytes(&p, &["fp_per_scan", "sensitivity", "threshold"], rows)?)?;
     let p = out.join("froc_bootstrap.csv");
-    let header = ["fp_per_scan", "sensitivity_mean", "sensitivity_lower", "sensitivity_upper"];
+    let header = [
+        "fp_per_scan",
+        "sensitivity_mean",
+        "sensitivity_lower",
+        "sensitivity_upper",
+    ];
     let rows = r.band.iter().map(|(x, m, lo, hi)| vec![f9(x), f9(m), f9(lo), f9(hi)]);
     models::fsutil::write_atomic(&p, &csv_bytes(&p, &header, rows)?)?;
     let p = out.join("nodules_without_candidate.csv");

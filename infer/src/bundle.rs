@@ -144,11 +144,9 @@ fi
 exec "$here/infer" "$@"
 "#;
 
-/// Builds the bundle archive; returns (path, size in bytes).
-pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
-    let exe = std::env::current_exe().map_err(|e| models::Error::io("current executable", e))?;
-    let ort = scorer::runtime::locate(s.ort_lib.as_deref())?;
-    // The model must load and be scorable; its calibration must belong to it.
+/// Checks that the model loads and is scorable, and that its calibration belongs to it;
+/// returns the model's sha256.
+fn check_model(s: &BundleSettings) -> Result<String, InferError> {
     let bytes = models::fsutil::read_regular(&s.model)?;
     let proto = models::onnx::parse_model(&bytes, &s.model)?;
     let md = models::onnx::metadata(&proto);
@@ -159,63 +157,69 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
         let cal = models::calibration::CalibrationFile::load(c)?;
         crate::calib::check_binding(&cal, c, &s.model, &model_sha, baked.as_ref())?;
     }
-    let model_name = s
-        .model
-        .file_name()
-        .map_or("model.onnx".into(), |n| n.to_string_lossy().into_owned());
-    let ort_name = ort
-        .file_name()
-        .map_or("libonnxruntime.so".into(), |n| n.to_string_lossy().into_owned());
+    Ok(model_sha)
+}
+
+/// The files the archive carries, by their name in it: this binary, ONNX Runtime (with
+/// `--gpu` its CUDA provider), the model and its calibration.
+fn bundled_files(s: &BundleSettings, ort: &Path) -> Result<Vec<(String, PathBuf)>, InferError> {
+    let exe = std::env::current_exe().map_err(|e| models::Error::io("current executable", e))?;
+    let name_of = |p: &Path, default: &str| {
+        p.file_name()
+            .map_or(default.into(), |n| n.to_string_lossy().into_owned())
+    };
     let mut files: Vec<(String, PathBuf)> = vec![
-        ("infer".into(), exe.clone()),
-        (ort_name.clone(), ort.clone()),
-        (model_name.clone(), s.model.clone()),
+        ("infer".into(), exe),
+        (name_of(ort, "libonnxruntime.so"), ort.to_path_buf()),
+        (name_of(&s.model, "model.onnx"), s.model.clone()),
     ];
-    let ort_dir = ort.parent().map(Path::to_path_buf).unwrap_or_default();
-    let (mut cuda_major, mut cudnn_major, mut driver) = (None, None, None);
     if s.gpu {
-        let mut found = 0;
-        for lib in ["libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"] {
+        let ort_dir = ort.parent().map(Path::to_path_buf).unwrap_or_default();
+        let provider = ["libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"];
+        for lib in provider {
             let p = ort_dir.join(lib);
             if p.is_file() {
                 files.push((lib.into(), p));
-                found += 1;
             }
         }
-        if found < 2 {
+        if files.len() < 5 {
             return Err(err(
                 &ort_dir,
                 "--gpu needs the ONNX Runtime GPU build (libonnxruntime_providers_cuda.so beside the library): \
                  set up with `scripts/setup --cuda` or pass --ort-lib from onnxruntime-gpu",
             ));
         }
-        // onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9; NVIDIA's CUDA 13 needs a
-        // driver of the 580 series or newer.
-        (cuda_major, cudnn_major, driver) = (Some(13), Some(9), Some(">= 580".to_string()));
     }
     if let Some(c) = &s.calibration {
         files.push(("calibration.yaml".into(), c.clone()));
     }
-    // Nothing the bundle is made of may be overwritten by it, and one bundle run at a time
-    // writes there.
-    let mut io = models::fsutil::RunIo::new();
-    io.inputs("bundled file", files.iter().map(|(_, p)| p.as_path()));
-    let target = io.output("bundle", &s.out)?;
-    let _lock = match &target {
-        models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(p, &format!("bundle {}", s.out.display()))?),
-        models::fsutil::Target::Stream(_) => None,
-    };
+    Ok(files)
+}
+
+/// The bundle's description and its README text.
+fn describe(
+    s: &BundleSettings,
+    files: &[(String, PathBuf)],
+    model_sha: String,
+) -> Result<(BundleInfo, String), InferError> {
     let bins: Vec<PathBuf> = files
         .iter()
         .filter(|(n, _)| n == "infer" || n.starts_with("lib"))
         .map(|(_, p)| p.clone())
         .collect();
+    // onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9; NVIDIA's CUDA 13 needs a driver
+    // of the 580 series or newer.
+    let (cuda_major, cudnn_major, driver) = if s.gpu {
+        (Some(13), Some(9), Some(">= 580".to_string()))
+    } else {
+        (None, None, None)
+    };
     let info = BundleInfo {
         tool_version: models::TOOL_VERSION.into(),
-        model: model_name.clone(),
+        model: files[2].0.clone(),
         model_sha256: model_sha,
         calibration: s.calibration.as_ref().map(|_| "calibration.yaml".to_string()),
-        onnxruntime: ort_name,
+        onnxruntime: files[1].0.clone(),
         onnxruntime_version: scorer::runtime::init(s.ort_lib.as_deref())
             .map(|r| r.version.clone())
             .unwrap_or_default(),
@@ -251,53 +255,62 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
             ""
         }
     );
-    let mut generated: Vec<(String, Vec<u8>)> = vec![
-        (
-            DESCRIPTION.into(),
-            serde_yaml::to_string(&info)
-                .map_err(|e| err(&s.out, e.to_string()))?
-                .into_bytes(),
-        ),
-        ("README.txt".into(), readme.into_bytes()),
-        ("run".into(), RUN.as_bytes().to_vec()),
-    ];
-    let mut sums = String::new();
+    Ok((info, readme))
+}
+
+/// Writes the archive: sorted names, fixed times and owners (deterministic), one top folder.
+fn pack(contents: &BTreeMap<String, Vec<u8>>, w: &mut models::fsutil::Sink) -> std::io::Result<()> {
+    let gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    dir.set_mtime(0);
+    tar.append_data(&mut dir, format!("{TOP}/"), std::io::empty())?;
+    for (name, data) in contents {
+        let mut h = tar::Header::new_gnu();
+        let exec = name == "infer" || name == "run" || name.starts_with("lib");
+        h.set_mode(if exec { 0o755 } else { 0o644 });
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        tar.append_data(&mut h, format!("{TOP}/{name}"), data.as_slice())?;
+    }
+    tar.into_inner()?.finish()?.flush()
+}
+
+/// Builds the bundle archive; returns (path, size in bytes).
+pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
+    let ort = scorer::runtime::locate(s.ort_lib.as_deref())?;
+    let model_sha = check_model(s)?;
+    let files = bundled_files(s, &ort)?;
+    // Nothing the bundle is made of may be overwritten by it, and one bundle run at a time
+    // writes there.
+    let mut io = models::fsutil::RunIo::new();
+    io.inputs("bundled file", files.iter().map(|(_, p)| p.as_path()));
+    let target = io.output("bundle", &s.out)?;
+    let _lock = match &target {
+        models::fsutil::Target::File(p) => {
+            Some(models::fsutil::Lock::beside(p, &format!("bundle {}", s.out.display()))?)
+        }
+        models::fsutil::Target::Stream(_) => None,
+    };
+    let (info, readme) = describe(s, &files, model_sha)?;
     let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (name, path) in &files {
-        contents.insert(
-            name.clone(),
-            models::fsutil::read_regular(path)?,
-        );
+        contents.insert(name.clone(), models::fsutil::read_regular(path)?);
     }
-    for (name, data) in generated.drain(..) {
-        contents.insert(name, data);
-    }
-    for (name, data) in &contents {
-        sums += &format!("{}  {name}\n", models::fsutil::sha256_bytes(data));
-    }
+    let yaml = serde_yaml::to_string(&info).map_err(|e| err(&s.out, e.to_string()))?;
+    contents.insert(DESCRIPTION.into(), yaml.into_bytes());
+    contents.insert("README.txt".into(), readme.into_bytes());
+    contents.insert("run".into(), RUN.as_bytes().to_vec());
+    let sums: String = contents
+        .iter()
+        .map(|(name, data)| format!("{}  {name}\n", models::fsutil::sha256_bytes(data)))
+        .collect();
     contents.insert(MANIFEST.into(), sums.into_bytes());
-    // A deterministic archive: sorted names, fixed times and owners.
-    let write = |w: &mut models::fsutil::Sink| -> std::io::Result<()> {
-        let gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
-        let mut tar = tar::Builder::new(gz);
-        let mut dir = tar::Header::new_gnu();
-        dir.set_entry_type(tar::EntryType::Directory);
-        dir.set_mode(0o755);
-        dir.set_size(0);
-        dir.set_mtime(0);
-        tar.append_data(&mut dir, format!("{TOP}/"), std::io::empty())?;
-        for (name, data) in &contents {
-            let mut h = tar::Header::new_gnu();
-            let exec = name == "infer" || name == "run" || name.starts_with("lib");
-            h.set_mode(if exec { 0o755 } else { 0o644 });
-            h.set_size(data.len() as u64);
-            h.set_mtime(0);
-            tar.append_data(&mut h, format!("{TOP}/{name}"), data.as_slice())?;
-        }
-        tar.into_inner()?.finish()?.flush()
-    };
     let mut sink = models::fsutil::Sink::to(&target, &s.out)?;
-    write(&mut sink).map_err(|e| models::Error::io(&s.out, e))?;
+    pack(&contents, &mut sink).map_err(|e| models::Error::io(&s.out, e))?;
     sink.commit()?;
     let size = std::fs::metadata(&s.out)
         .map_err(|e| models::Error::io(&s.out, e))?

@@ -113,7 +113,13 @@ pub(crate) fn choose(
 /// must not mix two calibrations (the columns and the model can be the same while the
 /// calibration file is another). Probabilities are written exactly, so they are compared
 /// to 1e-12.
-pub(crate) fn same_calibration(cal: &Cal, logit: Option<f64>, p: Option<f64>, decision: Option<f64>, op: Option<&str>) -> bool {
+pub(crate) fn same_calibration(
+    cal: &Cal,
+    logit: Option<f64>,
+    p: Option<f64>,
+    decision: Option<f64>,
+    op: Option<&str>,
+) -> bool {
     let (Some(z), Some(p)) = (logit, p) else {
         return false;
     };
@@ -143,5 +149,4 @@ mod tests {
         assert_eq!(read_baked(&md, m, true).expect("replaced"), None);
         assert_eq!(read_baked(&Default::default(), m, false).expect("none"), None);
     }
-
 }

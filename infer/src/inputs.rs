@@ -167,9 +167,10 @@ fn drop_repeats(inputs: &mut Inputs) {
     let mut kept = Vec::with_capacity(inputs.items.len());
     for it in inputs.items.drain(..) {
         if by_name.insert(it.name.clone(), ()).is_some() {
-            inputs
-                .refused
-                .push((it.name.clone(), "listed twice: scored once, under its first entry".into()));
+            inputs.refused.push((
+                it.name.clone(),
+                "listed twice: scored once, under its first entry".into(),
+            ));
             continue;
         }
         if let Ok(m) = std::fs::metadata(&it.path) {
@@ -206,8 +207,15 @@ mod tests {
         assert_eq!(names, ["a.npy"]);
         let why: Vec<String> = got.refused.iter().map(|(n, w)| format!("{n}: {w}")).collect();
         assert_eq!(why.len(), 3, "{why:?}");
-        assert!(why.iter().any(|w| w.contains("dir.npy") && w.contains("a folder")), "{why:?}");
-        assert!(why.iter().any(|w| w.contains("hard.npy") && w.contains("the same file as a.npy")), "{why:?}");
+        assert!(
+            why.iter().any(|w| w.contains("dir.npy") && w.contains("a folder")),
+            "{why:?}"
+        );
+        assert!(
+            why.iter()
+                .any(|w| w.contains("hard.npy") && w.contains("the same file as a.npy")),
+            "{why:?}"
+        );
         assert!(why.iter().any(|w| w.contains("not valid UTF-8")), "{why:?}");
         // A file given twice, and once more through another spelling.
         let a = root.join("a.npy");

@@ -106,6 +106,96 @@ enum Cmd {
     },
 }
 
+/// `infer bundle`.
+fn bundle(s: &infer::bundle::BundleSettings) -> ExitCode {
+    match infer::bundle::make(s) {
+        Ok((p, size)) => {
+            println!(
+                "wrote {} ({:.1} MiB); on the target: tar -xzf {} && ./{}/run PATCH_FOLDER -o scores.csv",
+                p.display(),
+                size as f64 / 1048576.0,
+                p.file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+                infer::bundle::TOP
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("infer bundle: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `infer doctor`, with the bundle's report first when started from one.
+fn doctor(
+    model: Option<PathBuf>,
+    ort_lib: Option<&std::path::Path>,
+    bundle: &Option<(PathBuf, infer::bundle::BundleInfo)>,
+) -> ExitCode {
+    if let Some((_, info)) = bundle {
+        print!("{}", infer::doctor::bundle_report(info));
+    }
+    let model = model.or_else(|| bundle.as_ref().map(|(d, i)| d.join(&i.model)));
+    match infer::doctor::report(model.as_deref(), ort_lib) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("infer doctor: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The summary lines on stderr: runtime and provider, calibration, counts and speed.
+fn print_summary(sum: &infer::Summary, out: &std::path::Path) {
+    let placement = match sum.all_nodes_on_provider {
+        Some(true) => "every node on it",
+        Some(false) => "some nodes fall back to CPU",
+        None => "node placement unknown",
+    };
+    eprintln!(
+        "ONNX Runtime {} ({}) on {} ({placement}) [{}]",
+        sum.ort_version,
+        sum.ort_library.display(),
+        sum.provider,
+        sum.provider_note
+    );
+    if let Some(c) = &sum.calibration {
+        eprintln!("calibration: {c}");
+    }
+    let pos = sum
+        .predicted_positive
+        .map(|p| format!(", {p} predicted positive"))
+        .unwrap_or_default();
+    let resumed = match (sum.resumed, sum.resume_dropped) {
+        (0, 0) => String::new(),
+        (k, 0) => format!(" ({k} kept from the earlier output)"),
+        (k, d) => format!(" ({k} kept from the earlier output, {d} dropped from it: no longer among the inputs)"),
+    };
+    let rss = sum
+        .peak_rss_kib
+        .map(|k| format!(", peak RSS {:.0} MiB", k as f64 / 1024.0))
+        .unwrap_or_default();
+    let busy = if sum.pipeline_seconds > 0.0 {
+        format!(
+            ", model busy {:.0}% of the scoring time",
+            100.0 * sum.model_seconds / sum.pipeline_seconds
+        )
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "scored {} patch(es){resumed}{pos}, {} failed, {:.1} patches/s{rss}{busy} -> {}",
+        sum.scored,
+        sum.failed,
+        sum.scored as f64 / sum.seconds.max(1e-9),
+        out.display()
+    );
+}
+
 fn main() -> ExitCode {
     models::cli::default_sigpipe();
     let mut a = Args::parse();
@@ -117,30 +207,13 @@ fn main() -> ExitCode {
         ort_lib,
     }) = &a.cmd
     {
-        let s = infer::bundle::BundleSettings {
+        return bundle(&infer::bundle::BundleSettings {
             model: model.clone(),
             calibration: calibration.clone(),
             out: out.clone(),
             gpu: *gpu,
             ort_lib: ort_lib.clone(),
-        };
-        return match infer::bundle::make(&s) {
-            Ok((p, size)) => {
-                println!(
-                    "wrote {} ({:.1} MiB); on the target: tar -xzf {} && ./{}/run PATCH_FOLDER -o scores.csv",
-                    p.display(),
-                    size as f64 / 1048576.0,
-                    p.file_name()
-                        .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
-                    infer::bundle::TOP
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("infer bundle: error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        });
     }
     // Started from a bundle: check it, and default to its model and calibration.
     let bundle = match infer::bundle::verify_self() {
@@ -159,21 +232,7 @@ fn main() -> ExitCode {
         }
     }
     if let Some(Cmd::Doctor { model, ort_lib }) = &a.cmd {
-        if let Some((_, info)) = &bundle {
-            print!("{}", infer::doctor::bundle_report(info));
-        }
-        let model = model.clone().or_else(|| bundle.as_ref().map(|(d, i)| d.join(&i.model)));
-        let model = model.as_ref();
-        return match infer::doctor::report(model.map(PathBuf::as_path), ort_lib.as_deref()) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("infer doctor: error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return doctor(model.clone(), ort_lib.as_deref(), &bundle);
     }
     let Some(model) = a.model.clone() else {
         eprintln!("infer: error: --model is required");
@@ -205,51 +264,7 @@ fn main() -> ExitCode {
     match infer::run(&s) {
         Ok(sum) => {
             if !quiet {
-                let placement = match sum.all_nodes_on_provider {
-                    Some(true) => "every node on it",
-                    Some(false) => "some nodes fall back to CPU",
-                    None => "node placement unknown",
-                };
-                eprintln!(
-                    "ONNX Runtime {} ({}) on {} ({placement}) [{}]",
-                    sum.ort_version,
-                    sum.ort_library.display(),
-                    sum.provider,
-                    sum.provider_note
-                );
-                if let Some(c) = &sum.calibration {
-                    eprintln!("calibration: {c}");
-                }
-                let pos = sum
-                    .predicted_positive
-                    .map(|p| format!(", {p} predicted positive"))
-                    .unwrap_or_default();
-                let resumed = match (sum.resumed, sum.resume_dropped) {
-                    (0, 0) => String::new(),
-                    (k, 0) => format!(" ({k} kept from the earlier output)"),
-                    (k, d) => format!(
-                        " ({k} kept from the earlier output, {d} dropped from it: no longer among the inputs)"
-                    ),
-                };
-                let rss = sum
-                    .peak_rss_kib
-                    .map(|k| format!(", peak RSS {:.0} MiB", k as f64 / 1024.0))
-                    .unwrap_or_default();
-                let busy = if sum.pipeline_seconds > 0.0 {
-                    format!(
-                        ", model busy {:.0}% of the scoring time",
-                        100.0 * sum.model_seconds / sum.pipeline_seconds
-                    )
-                } else {
-                    String::new()
-                };
-                eprintln!(
-                    "scored {} patch(es){resumed}{pos}, {} failed, {:.1} patches/s{rss}{busy} -> {}",
-                    sum.scored,
-                    sum.failed,
-                    sum.scored as f64 / sum.seconds.max(1e-9),
-                    s.out.display()
-                );
+                print_summary(&sum, &s.out);
             }
             if sum.failed > 0 {
                 let list = sum

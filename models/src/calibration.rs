@@ -326,11 +326,49 @@ pub struct Baked {
     pub source_model_sha256: Option<String>,
 }
 
+/// The `metadata_props` keys of a calibration baked into a model: written by
+/// [`Baked::metadata_of`] (for `calibrate`'s `model.calibrated.onnx`) and read by
+/// [`Baked::from_metadata`] (for `infer`), one list for both.
+pub mod keys {
+    pub const METHOD: &str = "calibration.method";
+    /// The applied method's parameters as JSON (`temperature`; `a`, `b`; `x`, `y`).
+    pub const PARAMETERS_JSON: &str = "calibration.parameters_json";
+    pub const OPERATING_POINT: &str = "calibration.operating_point";
+    pub const THRESHOLD_LOGIT: &str = "calibration.threshold_logit";
+    pub const THRESHOLD_PROBABILITY: &str = "calibration.threshold_probability";
+    /// sha256 of the model the calibration was fitted for.
+    pub const SOURCE_MODEL_SHA256: &str = "calibration.source_model_sha256";
+    pub const N: &str = "calibration.n";
+    pub const PREVALENCE: &str = "calibration.prevalence";
+}
+
 impl Baked {
+    /// The metadata entries that record `cal` with operating point `op` in a model.
+    pub fn metadata_of(cal: &CalibrationFile, op: &OperatingPoint) -> Vec<(String, String)> {
+        let params = match cal.method {
+            Method::Temperature => serde_json::json!({ "temperature": cal.temperature.temperature }),
+            Method::Platt => serde_json::json!({ "a": cal.platt.a, "b": cal.platt.b }),
+            Method::Isotonic => serde_json::json!({ "x": cal.isotonic.x, "y": cal.isotonic.y }),
+        };
+        [
+            (keys::METHOD, cal.method.name().to_string()),
+            (keys::PARAMETERS_JSON, params.to_string()),
+            (keys::OPERATING_POINT, op.name.clone()),
+            (keys::THRESHOLD_LOGIT, op.threshold_logit.to_string()),
+            (keys::THRESHOLD_PROBABILITY, op.threshold_probability.to_string()),
+            (keys::SOURCE_MODEL_SHA256, cal.model.sha256.clone()),
+            (keys::N, cal.data.n.to_string()),
+            (keys::PREVALENCE, cal.data.prevalence.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     /// `None` when the model carries no calibration; an error naming `model` when it
     /// carries one that cannot be read.
     pub fn from_metadata(md: &BTreeMap<String, String>, model: &Path) -> Result<Option<Self>> {
-        let Some(method) = md.get("calibration.method") else {
+        let Some(method) = md.get(keys::METHOD) else {
             return Ok(None);
         };
         let bad = |msg: String| Error::Calibration {
@@ -339,8 +377,8 @@ impl Baked {
         };
         let get = |k: &str| md.get(k).ok_or_else(|| bad(format!("`{k}` is missing")));
         let method: Method = method.parse().map_err(bad)?;
-        let params: serde_json::Value = serde_json::from_str(get("calibration.parameters_json")?)
-            .map_err(|e| bad(format!("`calibration.parameters_json`: {e}")))?;
+        let params: serde_json::Value = serde_json::from_str(get(keys::PARAMETERS_JSON)?)
+            .map_err(|e| bad(format!("`{}`: {e}", keys::PARAMETERS_JSON)))?;
         let num = |k: &str| {
             params[k]
                 .as_f64()
@@ -352,7 +390,7 @@ impl Baked {
                 .and_then(|a| a.iter().map(|v| v.as_f64()).collect::<Option<Vec<f64>>>())
                 .ok_or_else(|| bad(format!("`calibration.parameters_json` lacks the list of numbers `{k}`")))
         };
-        let threshold_text = get("calibration.threshold_logit")?;
+        let threshold_text = get(keys::THRESHOLD_LOGIT)?;
         let threshold_logit: f64 = threshold_text.parse().map_err(|_| {
             bad(format!(
                 "`calibration.threshold_logit` is `{threshold_text}`, not a number"
@@ -371,9 +409,9 @@ impl Baked {
                 x: vec![0.0],
                 y: vec![0.5],
             },
-            operating_point: get("calibration.operating_point")?.clone(),
+            operating_point: get(keys::OPERATING_POINT)?.clone(),
             threshold_logit,
-            source_model_sha256: md.get("calibration.source_model_sha256").cloned(),
+            source_model_sha256: md.get(keys::SOURCE_MODEL_SHA256).cloned(),
         };
         match method {
             Method::Temperature => b.temperature.temperature = num("temperature")?,

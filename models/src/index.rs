@@ -236,7 +236,11 @@ pub fn read_scoring_index(path: &Path) -> Result<ScoringIndex> {
         if let Some((name, v)) = values.iter().find(|(_, v)| v.is_some_and(|v| !v.is_finite())) {
             refused.push((
                 row.patch_file.clone(),
-                format!("{} line {line}: {name} is not finite ({})", path.display(), v.unwrap_or(f64::NAN)),
+                format!(
+                    "{} line {line}: {name} is not finite ({})",
+                    path.display(),
+                    v.unwrap_or(f64::NAN)
+                ),
             ));
             continue;
         }
@@ -340,9 +344,15 @@ mod tests {
         assert_eq!(kept, ["a.npy", "e.npy"]);
         let why: Vec<String> = idx.refused.iter().map(|(f, w)| format!("{f}: {w}")).collect();
         assert_eq!(why.len(), 4, "{why:?}");
-        assert!(why[0].starts_with("b.npy") && why[0].contains("line 3: center_x is not finite"), "{why:?}");
+        assert!(
+            why[0].starts_with("b.npy") && why[0].contains("line 3: center_x is not finite"),
+            "{why:?}"
+        );
         assert!(why[1].contains("line 4: center_y"), "{why:?}");
-        assert!(why[2].starts_with("a.npy") && why[2].contains("line 5: listed again (first on line 2)"), "{why:?}");
+        assert!(
+            why[2].starts_with("a.npy") && why[2].contains("line 5: listed again (first on line 2)"),
+            "{why:?}"
+        );
         assert!(why[3].contains("diam_mm is not finite"), "{why:?}");
     }
 

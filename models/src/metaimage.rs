@@ -844,7 +844,10 @@ mod tests {
         std::io::Write::write_all(&mut enc, &[0u8; 1000]).unwrap();
         std::fs::write(&z, enc.finish().unwrap()).unwrap();
         let e = Scan::read(&p).unwrap_err().to_string();
-        assert!(e.contains("c.zraw") && e.contains("inflate beyond the 120 bytes"), "{e}");
+        assert!(
+            e.contains("c.zraw") && e.contains("inflate beyond the 120 bytes"),
+            "{e}"
+        );
         for (bad, what) in [(f32::NAN, "NaN"), (f32::INFINITY, "Inf"), (f32::NEG_INFINITY, "-Inf")] {
             let mut vals = vec![-800.0f32; 60];
             vals[7] = bad;
@@ -855,7 +858,10 @@ mod tests {
             };
             write(&p, &g, &vals, o).unwrap();
             let e = Scan::read(&p).unwrap_err().to_string();
-            assert!(e.contains("f.mhd") && e.contains("1 voxel(s) are NaN or Inf"), "{what}: {e}");
+            assert!(
+                e.contains("f.mhd") && e.contains("1 voxel(s) are NaN or Inf"),
+                "{what}: {e}"
+            );
         }
         // The header itself must be a regular file.
         let e = Scan::read(dir.path()).unwrap_err().to_string();

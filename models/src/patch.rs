@@ -140,7 +140,10 @@ fn open_npy(path: &Path) -> Result<(NpyHeader, std::fs::File)> {
         ));
     }
     if have > need {
-        return Err(bad(path, format!("{} unexpected bytes after the array data", have - need)));
+        return Err(bad(
+            path,
+            format!("{} unexpected bytes after the array data", have - need),
+        ));
     }
     let h = NpyHeader {
         descr,
@@ -312,7 +315,13 @@ pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result
             // C order: element (z, y, x) at ((z·ny + y)·nx + x).
             let full_x = cx == nx;
             let full_y = full_x && cy == ny;
-            let (planes, rows_per_read) = if full_y { (1, cz * cy) } else if full_x { (cz, cy) } else { (cz * cy, 1) };
+            let (planes, rows_per_read) = if full_y {
+                (1, cz * cy)
+            } else if full_x {
+                (cz, cy)
+            } else {
+                (cz * cy, 1)
+            };
             buf.resize(rows_per_read * cx * w, 0);
             for k in 0..planes {
                 // The first (z, y) row of this read.
@@ -331,7 +340,10 @@ pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result
                     let (oz, oy) = (flat / cy, flat % cy);
                     let o = ((dz + oz) * c + dy + oy) * c + dx;
                     if !convert_run(&mut out[o..o + cx], row, h.dtype, h.big_endian, pre) {
-                        if let Some(x) = row.chunks_exact(w).position(|b| !decode(b, h.dtype, h.big_endian).is_finite()) {
+                        if let Some(x) = row
+                            .chunks_exact(w)
+                            .position(|b| !decode(b, h.dtype, h.big_endian).is_finite())
+                        {
                             note_bad([sz + oz, sy + oy, sx + x]);
                         }
                     }
@@ -563,7 +575,15 @@ mod tests {
         };
         let f = |z: usize, y: usize, x: usize| ((z * 31 + y * 17 + x * 5) % 97) as f32 * 23.0 - 1100.0;
         let mut k = 0;
-        for shape in [(8, 8, 8), (5, 8, 11), (13, 3, 9), (1, 1, 1), (20, 9, 8), (8, 20, 7), (10, 10, 30)] {
+        for shape in [
+            (8, 8, 8),
+            (5, 8, 11),
+            (13, 3, 9),
+            (1, 1, 1),
+            (20, 9, 8),
+            (8, 20, 7),
+            (10, 10, 30),
+        ] {
             for fortran in [false, true] {
                 let a = if fortran {
                     Array3::from_shape_fn(shape.f(), |(z, y, x)| f(z, y, x))
@@ -613,7 +633,10 @@ mod tests {
         assert!(e.contains(&format!("flat index {}", 5 * 100 + 6 * 10 + 7)), "{e}");
         a[[5, 6, 7]] = 0.0;
         a.write_npy(std::fs::File::create(&p).expect("create")).expect("w");
-        assert!(load_patch(&p, &pre).is_ok(), "a NaN outside the crop cannot reach a result");
+        assert!(
+            load_patch(&p, &pre).is_ok(),
+            "a NaN outside the crop cannot reach a result"
+        );
     }
 
     /// A well-formed array far larger than the cube (3.4 GB of int16, stored sparse) is read

@@ -196,7 +196,10 @@ fn npy_input() -> impl Strategy<Value = Vec<u8>> {
                     _ => format!("({})", dims.join(", ")),
                 };
                 let f = if fortran { "True" } else { "False" };
-                npy_with_header(&format!("{{'descr': '{descr}', 'fortran_order': {f}, 'shape': {shape}, }}"), &data)
+                npy_with_header(
+                    &format!("{{'descr': '{descr}', 'fortran_order': {f}, 'shape': {shape}, }}"),
+                    &data,
+                )
             }),
         // Arbitrary text where the dictionary goes.
         ("[ -~]{0,120}", prop::collection::vec(any::<u8>(), 0..64)).prop_map(|(t, d)| npy_with_header(&t, &d)),
@@ -232,9 +235,27 @@ fn mhd_value() -> impl Strategy<Value = String> {
     prop_oneof![
         "[0-9 .eE+-]{0,40}",
         prop::sample::select(vec![
-            "MET_SHORT", "MET_FLOAT", "MET_DOUBLE", "MET_UCHAR", "MET_INT", "True", "False", "-1", "3", "4 4 4",
-            "1000000 1000000 1000", "1000 1000 1000", "1024 1024 1024", "0 0 0", "1 0 0 0 1 0 0 0 1",
-            "0 0 0 0 0 0 0 0 0", "nan nan nan", "1e308 1e308 1e308", "4 3", "4 3 2 1", "-4 3 2",
+            "MET_SHORT",
+            "MET_FLOAT",
+            "MET_DOUBLE",
+            "MET_UCHAR",
+            "MET_INT",
+            "True",
+            "False",
+            "-1",
+            "3",
+            "4 4 4",
+            "1000000 1000000 1000",
+            "1000 1000 1000",
+            "1024 1024 1024",
+            "0 0 0",
+            "1 0 0 0 1 0 0 0 1",
+            "0 0 0 0 0 0 0 0 0",
+            "nan nan nan",
+            "1e308 1e308 1e308",
+            "4 3",
+            "4 3 2 1",
+            "-4 3 2",
         ])
         .prop_map(str::to_string),
     ]
@@ -257,7 +278,10 @@ fn mhd_text() -> impl Strategy<Value = String> {
         "ElementNumberOfChannels",
         "Junk",
     ]);
-    (prop::collection::vec((key, mhd_value()), 0..12), prop::sample::select(vec!["d.raw", "LOCAL", "", "/dev/zero", "missing.raw"]))
+    (
+        prop::collection::vec((key, mhd_value()), 0..12),
+        prop::sample::select(vec!["d.raw", "LOCAL", "", "/dev/zero", "missing.raw"]),
+    )
         .prop_map(|(kv, data)| {
             let mut s = String::new();
             for (k, v) in kv {
@@ -350,8 +374,10 @@ fn csv_field() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z0-9_./]{0,12}",
         "-?[0-9]{1,4}(\\.[0-9]{1,3})?",
-        prop::sample::select(vec!["NaN", "inf", "-inf", "1e308", "0", "1", "1.0", "2", "", "\"\"", "\"a,b\"", "\u{feff}"])
-            .prop_map(str::to_string),
+        prop::sample::select(vec![
+            "NaN", "inf", "-inf", "1e308", "0", "1", "1.0", "2", "", "\"\"", "\"a,b\"", "\u{feff}"
+        ])
+        .prop_map(str::to_string),
     ]
 }
 

@@ -302,4 +302,3 @@ fn cuda_hint(rt: &runtime::Runtime) -> String {
         )
     }
 }
-

@@ -231,6 +231,121 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
+/// `trainer train`.
+fn train(a: &TrainArgs) -> Result<()> {
+    let cfg = resolve(a)?;
+    let (runs, cv) = trainer::train::run(
+        &cfg,
+        &RunOptions {
+            config: a.config.clone(),
+            force: a.force,
+            ort_lib: a.ort_lib.clone(),
+            quiet: a.quiet,
+            resume: a.resume.is_some(),
+            stop_after: a.stop_after,
+        },
+    )?;
+    if runs.is_empty() && cv.is_none() {
+        println!("paused; continue with: trainer train --resume {}", cfg.out.display());
+    }
+    for s in &runs {
+        println!(
+            "best epoch {} with validation AUROC {:.4} (exported model: {:.4}, {} val patches / {} series); parity max |Δlogit| {:.2e}; run folder {}",
+            s.best_epoch,
+            s.best_val_auroc,
+            s.onnx_val_auroc,
+            s.val_patches,
+            s.val_series,
+            s.parity_max_abs_diff_logit,
+            s.run_dir.display()
+        );
+    }
+    if let Some(cv) = cv {
+        println!(
+            "{}-fold cross-validation: validation AUROC {:.4} ± {:.4} (mean ± sd over folds) -> {}",
+            cv.folds.len(),
+            cv.mean_val_auroc,
+            cv.sd_val_auroc,
+            cfg.out.join("cv_summary.yaml").display()
+        );
+    }
+    Ok(())
+}
+
+/// `trainer prepare`.
+fn prepare(a: &PrepareArgs) -> Result<()> {
+    let job = trainer::prepare::PrepareJob {
+        scans: a.scans.clone(),
+        annotations: a.annotations.clone(),
+        candidates: a.candidates.clone(),
+        out: a.out.clone(),
+        sampling: trainer::prepare::Sampling {
+            grid: models::resample::PatchGrid {
+                size_mm: a.size_mm,
+                spacing_mm: a.spacing_mm,
+            },
+            neg_ratio: a.neg_ratio,
+            min_negatives: a.min_negatives,
+            all_negatives: a.all_negatives,
+            seed: a.seed,
+            dtype: a.dtype,
+        },
+        jobs: a.jobs,
+        quiet: a.quiet,
+    };
+    let s = trainer::prepare::run(&job)?;
+    println!(
+        "prepared {} scan(s) now ({} done before, {} failed): {} patches written ({:.1} patches/s); index {} holds {} positives and {} negatives",
+        s.scans_done_now,
+        s.scans_done_before,
+        s.scans_failed,
+        s.patches_written,
+        s.patches_per_s,
+        a.out.join(models::index::INDEX_FILE).display(),
+        s.positives_total,
+        s.negatives_total
+    );
+    if s.annotated_series_without_scan > 0 {
+        println!(
+            "note: {} annotated series have no scan under {} (other subsets?)",
+            s.annotated_series_without_scan,
+            a.scans.display()
+        );
+    }
+    if s.scans_failed > 0 {
+        anyhow::bail!(
+            "{} scan(s) failed (see {}); run the same command again to retry them",
+            s.scans_failed,
+            a.out.join(trainer::prepare::ERRORS_FILE).display()
+        );
+    }
+    Ok(())
+}
+
+/// `trainer doctor`.
+fn doctor() {
+    let lib = std::path::Path::new(env!("NODULE_LIBTORCH_LIB"));
+    let version = trainer::torch_version_in(lib).unwrap_or_else(|| "not found there now".into());
+    println!(
+        "libtorch built against: {} (torch {version}; tch 0.24 needs 2.11.0)",
+        lib.display()
+    );
+    if let Some(dir) = trainer::cuda::loaded_libtorch_dir() {
+        println!(
+            "libtorch loaded from: {} (torch {})",
+            dir.display(),
+            trainer::libtorch_version()
+        );
+    }
+    println!("CUDA library: {}", trainer::cuda::ensure_loaded());
+    println!(
+        "CUDA available: {} ({} device(s)); cuDNN: {}",
+        tch::Cuda::is_available(),
+        tch::Cuda::device_count(),
+        tch::Cuda::cudnn_is_available()
+    );
+}
+
 fn main() -> ExitCode {
     models::cli::default_sigpipe();
     let run = || -> Result<()> {
@@ -257,113 +372,9 @@ fn main() -> ExitCode {
                     idx.display()
                 );
             }
-            Cmd::Train(a) => {
-                let cfg = resolve(&a)?;
-                let (runs, cv) = trainer::train::run(
-                    &cfg,
-                    &RunOptions {
-                        config: a.config.clone(),
-                        force: a.force,
-                        ort_lib: a.ort_lib.clone(),
-                        quiet: a.quiet,
-                        resume: a.resume.is_some(),
-                        stop_after: a.stop_after,
-                    },
-                )?;
-                if runs.is_empty() && cv.is_none() {
-                    println!("paused; continue with: trainer train --resume {}", cfg.out.display());
-                }
-                for s in &runs {
-                    println!(
-                        "best epoch {} with validation AUROC {:.4} (exported model: {:.4}, {} val patches / {} series); parity max |Δlogit| {:.2e}; run folder {}",
-                        s.best_epoch,
-                        s.best_val_auroc,
-                        s.onnx_val_auroc,
-                        s.val_patches,
-                        s.val_series,
-                        s.parity_max_abs_diff_logit,
-                        s.run_dir.display()
-                    );
-                }
-                if let Some(cv) = cv {
-                    println!(
-                        "{}-fold cross-validation: validation AUROC {:.4} ± {:.4} (mean ± sd over folds) -> {}",
-                        cv.folds.len(),
-                        cv.mean_val_auroc,
-                        cv.sd_val_auroc,
-                        cfg.out.join("cv_summary.yaml").display()
-                    );
-                }
-            }
-            Cmd::Prepare(a) => {
-                let job = trainer::prepare::PrepareJob {
-                    scans: a.scans.clone(),
-                    annotations: a.annotations.clone(),
-                    candidates: a.candidates.clone(),
-                    out: a.out.clone(),
-                    sampling: trainer::prepare::Sampling {
-                        grid: models::resample::PatchGrid {
-                            size_mm: a.size_mm,
-                            spacing_mm: a.spacing_mm,
-                        },
-                        neg_ratio: a.neg_ratio,
-                        min_negatives: a.min_negatives,
-                        all_negatives: a.all_negatives,
-                        seed: a.seed,
-                        dtype: a.dtype,
-                    },
-                    jobs: a.jobs,
-                    quiet: a.quiet,
-                };
-                let s = trainer::prepare::run(&job)?;
-                println!(
-                    "prepared {} scan(s) now ({} done before, {} failed): {} patches written ({:.1} patches/s); index {} holds {} positives and {} negatives",
-                    s.scans_done_now,
-                    s.scans_done_before,
-                    s.scans_failed,
-                    s.patches_written,
-                    s.patches_per_s,
-                    a.out.join(models::index::INDEX_FILE).display(),
-                    s.positives_total,
-                    s.negatives_total
-                );
-                if s.annotated_series_without_scan > 0 {
-                    println!(
-                        "note: {} annotated series have no scan under {} (other subsets?)",
-                        s.annotated_series_without_scan,
-                        a.scans.display()
-                    );
-                }
-                if s.scans_failed > 0 {
-                    anyhow::bail!(
-                        "{} scan(s) failed (see {}); run the same command again to retry them",
-                        s.scans_failed,
-                        a.out.join(trainer::prepare::ERRORS_FILE).display()
-                    );
-                }
-            }
-            Cmd::Doctor => {
-                let lib = std::path::Path::new(env!("NODULE_LIBTORCH_LIB"));
-                let version = trainer::torch_version_in(lib).unwrap_or_else(|| "not found there now".into());
-                println!(
-                    "libtorch built against: {} (torch {version}; tch 0.24 needs 2.11.0)",
-                    lib.display()
-                );
-                if let Some(dir) = trainer::cuda::loaded_libtorch_dir() {
-                    println!(
-                        "libtorch loaded from: {} (torch {})",
-                        dir.display(),
-                        trainer::libtorch_version()
-                    );
-                }
-                println!("CUDA library: {}", trainer::cuda::ensure_loaded());
-                println!(
-                    "CUDA available: {} ({} device(s)); cuDNN: {}",
-                    tch::Cuda::is_available(),
-                    tch::Cuda::device_count(),
-                    tch::Cuda::cudnn_is_available()
-                );
-            }
+            Cmd::Train(a) => train(&a)?,
+            Cmd::Prepare(a) => prepare(&a)?,
+            Cmd::Doctor => doctor(),
         }
         Ok(())
     };

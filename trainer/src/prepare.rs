@@ -27,6 +27,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use models::index::{IndexRow, INDEX_FILE};
+use models::luna16::Finding;
 use models::metaimage::Scan;
 use models::resample::{extract, PatchGrid};
 
@@ -163,12 +164,7 @@ pub fn find_scans(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
 
 /// Positives and negatives of one series, negatives drawn with a generator seeded from the
 /// run's seed and the series (so the draw does not depend on the order scans are done in).
-fn plan_series(
-    uid: &str,
-    nodules: &[&models::luna16::Finding],
-    candidates: &[&models::luna16::Finding],
-    s: &Sampling,
-) -> Vec<Planned> {
+fn plan_series(uid: &str, nodules: &[&Finding], candidates: &[&Finding], s: &Sampling) -> Vec<Planned> {
     let mut out: Vec<Planned> = nodules
         .iter()
         .map(|n| Planned {
@@ -177,7 +173,7 @@ fn plan_series(
             label: 1,
         })
         .collect();
-    let dist = |a: &models::luna16::Finding, n: &models::luna16::Finding| a.dist2(n).sqrt();
+    let dist = |a: &Finding, n: &Finding| a.dist2(n).sqrt();
     let mut negatives = Vec::new();
     for c in candidates {
         // The nodule this candidate lies in, if any (distance within the radius).
@@ -293,31 +289,39 @@ fn do_scan(uid: &str, path: &Path, plan: &[Planned], job: &PrepareJob) -> Result
     Ok(rows)
 }
 
-/// Runs a whole preparation; `Ok` with the summary even when some scans failed (see
-/// `scans_failed`), `Err` for problems that stop everything (bad CSVs, other settings).
-pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
-    let t0 = Instant::now();
+/// What a run reads, checked before the output folder is touched.
+struct Inputs {
+    annotations: Vec<Finding>,
+    candidates: Vec<Finding>,
+    scans: BTreeMap<String, PathBuf>,
+    settings: PrepareSettings,
+}
+
+/// Checks the settings, reads the CSVs (diameters positive, classes 0 or 1) and finds the
+/// scans.
+fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
     models::cli::check_threads("--jobs", job.jobs).map_err(TrainError::Config)?;
     job.sampling
         .grid
         .validate()
         .map_err(|e| TrainError::Config(format!("patch grid: {e}")))?;
     if !(job.sampling.neg_ratio.is_finite() && job.sampling.neg_ratio >= 0.0) {
-        return Err(TrainError::Data(format!(
+        return Err(TrainError::Config(format!(
             "--neg-ratio must be >= 0, got {}",
             job.sampling.neg_ratio
         )));
     }
     let annotations = models::luna16::read_findings(&job.annotations, "diameter_mm")?;
-    for a in &annotations {
-        if a.value.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-            return Err(TrainError::Data(format!(
-                "{}: series {}: diameter_mm must be positive, got {}",
-                job.annotations.display(),
-                a.seriesuid,
-                a.value
-            )));
-        }
+    if let Some(a) = annotations
+        .iter()
+        .find(|a| a.value.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+    {
+        return Err(TrainError::Data(format!(
+            "{}: series {}: diameter_mm must be positive, got {}",
+            job.annotations.display(),
+            a.seriesuid,
+            a.value
+        )));
     }
     let candidates = models::luna16::read_findings(&job.candidates, "class")?;
     if let Some(c) = candidates.iter().find(|c| c.value != 0.0 && c.value != 1.0) {
@@ -334,31 +338,39 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
         annotations_sha256: models::fsutil::sha256_file(&job.annotations)?,
         candidates_sha256: models::fsutil::sha256_file(&job.candidates)?,
     };
-    // Nothing prepare writes may be one of its inputs.
+    Ok(Inputs {
+        annotations,
+        candidates,
+        scans,
+        settings,
+    })
+}
+
+/// The output policy (nothing prepare writes may be an input), the folder's lock (one run
+/// per folder at a time, released however the process ends), and the settings it was made
+/// with: the same or a fresh folder, never patches made two ways in one index.
+fn open_folder(job: &PrepareJob, inputs: &Inputs) -> Result<models::fsutil::Lock> {
     let mut io = models::fsutil::RunIo::new();
     io.input("annotations", &job.annotations)
         .input("candidates", &job.candidates);
-    for scan in scans.values() {
+    for scan in inputs.scans.values() {
         io.input("scan", scan);
         for ext in ["raw", "zraw"] {
             io.input("scan data", &scan.with_extension(ext));
         }
     }
     io.outputs_in("prepared file", &job.out, &[INDEX_FILE, SETTINGS_FILE, ERRORS_FILE])?;
-    // One run per folder at a time: an OS lock held for the whole run (released however the
-    // process ends, so an interrupted run leaves no stale lock).
     std::fs::create_dir_all(&job.out)
         .map_err(|e| TrainError::file(format!("{}: cannot create", job.out.display()), e))?;
-    let _lock = models::fsutil::Lock::acquire_kept(
+    let lock = models::fsutil::Lock::acquire_kept(
         &job.out.join(LOCK_FILE),
         "another `trainer prepare` is working on this folder; wait for it, or use another --out",
     )?;
-    // Same settings or a fresh folder: never mix patches made two ways in one index.
     let settings_path = job.out.join(SETTINGS_FILE);
     if settings_path.exists() {
         let before: PrepareSettings = serde_yaml::from_str(&models::fsutil::read_regular_to_string(&settings_path)?)
             .map_err(TrainError::format(format!("{}: unreadable", settings_path.display())))?;
-        if before != settings {
+        if before != inputs.settings {
             return Err(TrainError::Data(format!(
                 "{}: this folder was prepared with other settings or other CSVs ({}); use another --out, or the same settings to resume",
                 job.out.display(),
@@ -374,44 +386,22 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     let done_dir = job.out.join(DONE_DIR);
     std::fs::create_dir_all(&done_dir)
         .map_err(|e| TrainError::file(format!("{}: cannot create", done_dir.display()), e))?;
-    models::fsutil::write_atomic(&settings_path, serde_yaml::to_string(&settings)?.as_bytes())?;
+    models::fsutil::write_atomic(&settings_path, serde_yaml::to_string(&inputs.settings)?.as_bytes())?;
+    Ok(lock)
+}
 
-    let mut by_series: HashMap<&str, (Vec<&models::luna16::Finding>, Vec<&models::luna16::Finding>)> = HashMap::new();
-    for a in &annotations {
+/// One scan's outcome: (seriesuid, scan, patches written or the error).
+type ScanResult = (String, PathBuf, Result<usize>);
+
+/// Cuts the scans in `todo` in parallel (`--jobs`), each committed by its patch list.
+fn cut_scans(job: &PrepareJob, inputs: &Inputs, todo: &[(&String, &PathBuf)]) -> Result<Vec<ScanResult>> {
+    let mut by_series: HashMap<&str, (Vec<&Finding>, Vec<&Finding>)> = HashMap::new();
+    for a in &inputs.annotations {
         by_series.entry(&a.seriesuid).or_default().0.push(a);
     }
-    for c in &candidates {
+    for c in &inputs.candidates {
         by_series.entry(&c.seriesuid).or_default().1.push(c);
     }
-    let mut summary = PrepareSummary {
-        scans_found: scans.len(),
-        annotated_series_without_scan: annotations
-            .iter()
-            .map(|a| a.seriesuid.as_str())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .filter(|u| !scans.contains_key(*u))
-            .count(),
-        ..Default::default()
-    };
-    let done_path = |uid: &str| done_dir.join(format!("{uid}.csv"));
-    let todo: Vec<(&String, &PathBuf)> = scans.iter().filter(|(uid, _)| !done_path(uid).is_file()).collect();
-    summary.scans_done_before = scans.len() - todo.len();
-    let log = |s: String| {
-        if !job.quiet {
-            eprintln!("{s}");
-        }
-    };
-    log(format!(
-        "prepare: {} scans under {} ({} done before, {} to do); {} mm cubes at {} mm ({}³ voxels)",
-        scans.len(),
-        job.scans.display(),
-        summary.scans_done_before,
-        todo.len(),
-        job.sampling.grid.size_mm,
-        job.sampling.grid.spacing_mm,
-        job.sampling.grid.voxels()
-    ));
     let pb = if job.quiet || !std::io::stderr().is_terminal() {
         indicatif::ProgressBar::hidden()
     } else {
@@ -433,11 +423,12 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
         .build()
         .map_err(|e| TrainError::Internal(format!("cannot start {jobs} scan threads: {e}")))?;
     let empty = (Vec::new(), Vec::new());
-    let results: Vec<(String, PathBuf, Result<usize>)> = pool.install(|| {
+    let done_dir = job.out.join(DONE_DIR);
+    let results = pool.install(|| {
         todo.par_iter()
             .map(|(uid, path)| {
                 let (nod, cand) = by_series.get(uid.as_str()).unwrap_or(&empty);
-                let plan = plan_series(uid, nod, cand, &settings.sampling);
+                let plan = plan_series(uid, nod, cand, &inputs.settings.sampling);
                 let r = do_scan(uid, path, &plan, job).and_then(|rows| {
                     let mut w = csv::Writer::from_writer(Vec::new());
                     for row in &rows {
@@ -447,7 +438,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
                         w.write_record(models::index::COLUMNS)?;
                     }
                     // The commit point of this scan.
-                    models::fsutil::write_atomic(&done_path(uid), &w.into_inner()?)?;
+                    models::fsutil::write_atomic(&done_dir.join(format!("{uid}.csv")), &w.into_inner()?)?;
                     Ok(rows.len())
                 });
                 match &r {
@@ -463,9 +454,15 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
             .collect()
     });
     pb.finish_and_clear();
+    Ok(results)
+}
+
+/// Counts the outcomes, and lists the failed scans in `prepare_errors.csv` (removed when
+/// none failed).
+fn record_outcomes(job: &PrepareJob, results: &[ScanResult], summary: &mut PrepareSummary) -> Result<()> {
     let mut errors = csv::Writer::from_writer(Vec::new());
     errors.write_record(["seriesuid", "scan", "error"])?;
-    for (uid, path, r) in &results {
+    for (uid, path, r) in results {
         match r {
             Ok(n) => {
                 summary.scans_done_now += 1;
@@ -484,8 +481,14 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
         std::fs::remove_file(&errors_path)
             .map_err(|e| TrainError::file(format!("{}: cannot remove", errors_path.display()), e))?;
     }
-    // The index: every finished scan's list, in series order, also those finished by
-    // earlier runs on other scan folders (LUNA16's subsets one at a time into one --out).
+    Ok(())
+}
+
+/// Rebuilds `patch_index.csv` from every finished scan's list, in series order (also those
+/// finished by earlier runs on other scan folders: LUNA16's subsets one at a time into one
+/// --out), and counts its classes.
+fn rebuild_index(job: &PrepareJob, summary: &mut PrepareSummary) -> Result<()> {
+    let done_dir = job.out.join(DONE_DIR);
     let mut lists: Vec<PathBuf> = std::fs::read_dir(&done_dir)
         .map_err(|e| TrainError::file(format!("{}: cannot list", done_dir.display()), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -501,7 +504,49 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
     }
     summary.positives_total = rows.iter().filter(|r| r.label == 1).count();
     summary.negatives_total = rows.len() - summary.positives_total;
-    models::index::PatchIndex::write(&job.out.join(INDEX_FILE), &rows)?;
+    models::index::PatchIndex::write(&job.out.join(INDEX_FILE), &rows).map_err(TrainError::from)
+}
+
+/// Runs a whole preparation; `Ok` with the summary even when some scans failed (see
+/// `scans_failed`), `Err` for problems that stop everything (bad CSVs, other settings).
+pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
+    let t0 = Instant::now();
+    let inputs = read_inputs(job)?;
+    let _lock = open_folder(job, &inputs)?;
+    let scans = &inputs.scans;
+    let mut summary = PrepareSummary {
+        scans_found: scans.len(),
+        annotated_series_without_scan: inputs
+            .annotations
+            .iter()
+            .map(|a| a.seriesuid.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|u| !scans.contains_key(*u))
+            .count(),
+        ..Default::default()
+    };
+    let done_dir = job.out.join(DONE_DIR);
+    let todo: Vec<(&String, &PathBuf)> = scans
+        .iter()
+        .filter(|(uid, _)| !done_dir.join(format!("{uid}.csv")).is_file())
+        .collect();
+    summary.scans_done_before = scans.len() - todo.len();
+    if !job.quiet {
+        eprintln!(
+            "prepare: {} scans under {} ({} done before, {} to do); {} mm cubes at {} mm ({}³ voxels)",
+            scans.len(),
+            job.scans.display(),
+            summary.scans_done_before,
+            todo.len(),
+            job.sampling.grid.size_mm,
+            job.sampling.grid.spacing_mm,
+            job.sampling.grid.voxels()
+        );
+    }
+    let results = cut_scans(job, &inputs, &todo)?;
+    record_outcomes(job, &results, &mut summary)?;
+    rebuild_index(job, &mut summary)?;
     summary.seconds = t0.elapsed().as_secs_f64();
     summary.patches_per_s = summary.patches_written as f64 / summary.seconds.max(1e-9);
     Ok(summary)

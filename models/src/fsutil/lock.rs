@@ -65,7 +65,11 @@ impl Lock {
                         path: path.to_path_buf(),
                         msg: format!(
                             "{busy} (held by {})",
-                            if holder.is_empty() { "a process that has not said which" } else { holder }
+                            if holder.is_empty() {
+                                "a process that has not said which"
+                            } else {
+                                holder
+                            }
                         ),
                     });
                 }
@@ -97,7 +101,10 @@ impl Lock {
     /// Takes the lock of one output file: `.NAME.lock` beside it. `what` names the output
     /// in the message ("output scores.csv").
     pub fn beside(file: &Path, what: &str) -> Result<Lock> {
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Lock::acquire(&file.with_file_name(format!(".{name}.lock")), &in_use(what))
     }
 

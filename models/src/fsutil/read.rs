@@ -45,7 +45,10 @@ pub fn open_regular(path: &Path) -> Result<File> {
     if !meta.is_file() {
         return Err(Error::BadInput {
             path: path.to_path_buf(),
-            msg: format!("not a regular file ({}); inputs must be regular files", kind_of(meta.file_type())),
+            msg: format!(
+                "not a regular file ({}); inputs must be regular files",
+                kind_of(meta.file_type())
+            ),
         });
     }
     Ok(f)
@@ -64,7 +67,10 @@ pub fn read_regular_to_string(path: &Path) -> Result<String> {
     let bytes = read_regular(path)?;
     String::from_utf8(bytes).map_err(|e| Error::BadInput {
         path: path.to_path_buf(),
-        msg: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+        msg: format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
     })
 }
 

@@ -87,11 +87,10 @@ pub fn resolve_output(path: &Path) -> Result<Target> {
                     Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
                     _ => PathBuf::from("."),
                 };
-                let dir = dir
-                    .canonicalize()
-                    .ok()
-                    .filter(|d| d.is_dir())
-                    .ok_or_else(|| bad_output(path, format!("the output folder {} does not exist", dir.display())))?;
+                let dir =
+                    dir.canonicalize().ok().filter(|d| d.is_dir()).ok_or_else(|| {
+                        bad_output(path, format!("the output folder {} does not exist", dir.display()))
+                    })?;
                 return Ok(Target::File(dir.join(name)));
             }
             Err(e) => return Err(Error::io(&p, e)),
@@ -338,7 +337,10 @@ mod tests {
         // /dev/null stays a device.
         write_atomic(Path::new("/dev/null"), b"gone").expect("dev null");
         replace_with(Path::new("/dev/null"), |p| std::fs::write(p, b"x")).expect("dev null");
-        assert!(std::fs::metadata("/dev/null").expect("meta").file_type().is_char_device());
+        assert!(std::fs::metadata("/dev/null")
+            .expect("meta")
+            .file_type()
+            .is_char_device());
         // A folder is refused.
         let e = write_atomic(dir.path(), b"x").expect_err("dir").to_string();
         assert!(e.contains("a folder"), "{e}");
@@ -363,7 +365,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         // PID 2^22 + 1 is above Linux's largest pid_max, so no process has it.
         let dead = dir.path().join(format!("{TEMP_PREFIX}4194305.abcdef.csv"));
-        let mine = dir.path().join(format!("{TEMP_PREFIX}{}.abcdef.csv", std::process::id()));
+        let mine = dir
+            .path()
+            .join(format!("{TEMP_PREFIX}{}.abcdef.csv", std::process::id()));
         let other = dir.path().join(".tmp-something-else");
         for p in [&dead, &mine, &other] {
             std::fs::write(p, b"x").expect("w");

@@ -3,7 +3,10 @@
 //! The graph is written for inference: BatchNormalization uses the running statistics
 //! (`training_mode` = 0), Dropout is the identity and is left out. The batch dimension is
 //! dynamic (`batch`); the cube size is fixed and also recorded in `metadata_props`.
+pub mod build;
 pub mod proto;
+
+use build::{float, int, ints, node, value_info, Dim};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -85,13 +88,7 @@ pub fn export(
     g.nodes.push(node("Identity", &[&out], OUTPUT_NAME, vec![]));
     let initializer = weights
         .iter()
-        .map(|(name, w)| TensorProto {
-            dims: w.shape.iter().map(|&d| d as i64).collect(),
-            data_type: Some(data_type::FLOAT),
-            name: Some(name.clone()),
-            raw_data: Some(w.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            ..Default::default()
-        })
+        .map(|(name, w)| build::f32_tensor(name, w.shape.iter().map(|&d| d as i64).collect(), &w.data))
         .collect();
     let c = cube as i64;
     let graph = GraphProto {
@@ -100,6 +97,7 @@ pub fn export(
         initializer,
         input: vec![value_info(
             INPUT_NAME,
+            data_type::FLOAT,
             &[
                 Dim::Param("batch"),
                 Dim::Value(spec.in_channels as i64),
@@ -108,7 +106,11 @@ pub fn export(
                 Dim::Value(c),
             ],
         )],
-        output: vec![value_info(OUTPUT_NAME, &[Dim::Param("batch"), Dim::Value(1)])],
+        output: vec![value_info(
+            OUTPUT_NAME,
+            data_type::FLOAT,
+            &[Dim::Param("batch"), Dim::Value(1)],
+        )],
         ..Default::default()
     };
     Ok(ModelProto {
@@ -171,74 +173,6 @@ pub fn metadata(model: &ModelProto) -> BTreeMap<String, String> {
         .iter()
         .map(|e| (e.key.clone().unwrap_or_default(), e.value.clone().unwrap_or_default()))
         .collect()
-}
-
-enum Dim<'a> {
-    Value(i64),
-    Param(&'a str),
-}
-
-fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
-    use tensor_shape_proto::{dimension::Value as DV, Dimension};
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            value: Some(match d {
-                Dim::Value(v) => DV::DimValue(*v),
-                Dim::Param(p) => DV::DimParam((*p).to_string()),
-            }),
-            denotation: None,
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(data_type::FLOAT),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            denotation: None,
-        }),
-        doc_string: None,
-    }
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.to_string()],
-        name: Some(output.to_string()),
-        op_type: Some(op.to_string()),
-        attribute,
-        ..Default::default()
-    }
-}
-
-fn ints(name: &str, v: Vec<i64>) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_type::INTS),
-        ints: v,
-        ..Default::default()
-    }
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_type::INT),
-        i: Some(v),
-        ..Default::default()
-    }
-}
-
-fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_type::FLOAT),
-        f: Some(v),
-        ..Default::default()
-    }
 }
 
 #[derive(Default)]

@@ -92,7 +92,18 @@ fn crates_depend_only_on_what_sits_below_them() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(&cargo)
             .current_dir(workspace())
-            .args(["tree", "--offline", "-p", pkg, "-e", "normal", "--depth", "1", "--prefix", "none"])
+            .args([
+                "tree",
+                "--offline",
+                "-p",
+                pkg,
+                "-e",
+                "normal",
+                "--depth",
+                "1",
+                "--prefix",
+                "none",
+            ])
             .output()
             .expect("cargo tree");
         String::from_utf8_lossy(&out.stdout)
@@ -107,7 +118,13 @@ fn crates_depend_only_on_what_sits_below_them() {
         assert!(!t.contains(&bad.to_string()), "trainer depends on {bad}: {t:?}");
     }
     let c = direct("calibrate");
-    assert!(!c.contains(&"infer".to_string()) && !c.contains(&"froc".to_string()), "{c:?}");
+    assert!(
+        !c.contains(&"infer".to_string()) && !c.contains(&"froc".to_string()),
+        "{c:?}"
+    );
     let f = direct("froc");
-    assert!(!f.contains(&"scorer".to_string()) && !f.contains(&"calibrate".to_string()), "{f:?}");
+    assert!(
+        !f.contains(&"scorer".to_string()) && !f.contains(&"calibrate".to_string()),
+        "{f:?}"
+    );
 }

@@ -370,19 +370,35 @@ fn scans_with_nan_voxels_overlong_data_or_special_files_were_cut_or_skipped() {
     let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut enc, &vec![0u8; 48 * 48 * 24 * 2 + 100]).unwrap();
     std::fs::write(scans.join("Z.zraw"), enc.finish().unwrap()).unwrap();
-    assert!(std::process::Command::new("mkfifo").arg(scans.join("F.mhd")).status().unwrap().success());
+    assert!(std::process::Command::new("mkfifo")
+        .arg(scans.join("F.mhd"))
+        .status()
+        .unwrap()
+        .success());
     std::fs::create_dir(scans.join("D.mha")).unwrap();
     let ann = root.join("annotations.csv");
     let cand = root.join("candidates.csv");
-    let mut a = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm
-");
-    let mut k = String::from("seriesuid,coordX,coordY,coordZ,class
-");
+    let mut a = String::from(
+        "seriesuid,coordX,coordY,coordZ,diameter_mm
+",
+    );
+    let mut k = String::from(
+        "seriesuid,coordX,coordY,coordZ,class
+",
+    );
     for uid in ["A", "N", "Z", "F", "D"] {
-        a += &format!("{uid},{},{},{},6
-", c[0], c[1], c[2]);
-        k += &format!("{uid},{},{},{},0
-", c[0] + 12.0, c[1], c[2]);
+        a += &format!(
+            "{uid},{},{},{},6
+",
+            c[0], c[1], c[2]
+        );
+        k += &format!(
+            "{uid},{},{},{},0
+",
+            c[0] + 12.0,
+            c[1],
+            c[2]
+        );
     }
     std::fs::write(&ann, a).unwrap();
     std::fs::write(&cand, k).unwrap();
@@ -390,7 +406,18 @@ fn scans_with_nan_voxels_overlong_data_or_special_files_were_cut_or_skipped() {
     let go = |cand: &Path| {
         run(
             "trainer",
-            &["prepare", "--scans", s(&scans), "--annotations", s(&ann), "--candidates", s(cand), "--out", s(&out), "-q"],
+            &[
+                "prepare",
+                "--scans",
+                s(&scans),
+                "--annotations",
+                s(&ann),
+                "--candidates",
+                s(cand),
+                "--out",
+                s(&out),
+                "-q",
+            ],
         )
     };
     // The candidates file inside the output under a name prepare writes: refused.
@@ -403,7 +430,12 @@ fn scans_with_nan_voxels_overlong_data_or_special_files_were_cut_or_skipped() {
     std::fs::remove_dir_all(&out).unwrap();
     let r = go(&cand);
     assert!(!r.ok, "{}", r.stdout);
-    assert!(r.stdout.contains("(0 done before, 4 failed)"), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("(0 done before, 4 failed)"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     for (name, why) in [
         ("N.mhd", "NaN or Inf"),
         ("Z.zraw", "inflate beyond"),

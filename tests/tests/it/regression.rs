@@ -75,7 +75,12 @@ fn infer_output_equal_to_a_patch_turned_the_patch_into_a_csv() {
     let detour = d.path().join("sub/../patches/s001_p001.npy");
     for out in [&link, &hard, &detour] {
         let r = infer(&[s(&p), "-o", s(out)]);
-        assert!(!r.ok && r.stderr.contains("an input of this run"), "{}: {}", out.display(), r.stderr);
+        assert!(
+            !r.ok && r.stderr.contains("an input of this run"),
+            "{}: {}",
+            out.display(),
+            r.stderr
+        );
     }
     // The errors file is an output too, and two outputs may not be one file.
     let r = infer(&[s(&p), "-o", s(&d.path().join("x.csv")), "--errors", s(&model())]);
@@ -98,7 +103,14 @@ fn infer_and_calibrate_output_equal_to_the_model_overwrote_the_model() {
     assert!(!r.ok && r.stderr.contains("would overwrite the model"), "{}", r.stderr);
     let r = run(
         "calibrate",
-        &["--scores", s(&f.run.join("val_scores.csv")), "--model", s(&m), "-o", s(&m)],
+        &[
+            "--scores",
+            s(&f.run.join("val_scores.csv")),
+            "--model",
+            s(&m),
+            "-o",
+            s(&m),
+        ],
     );
     assert!(!r.ok && r.stderr.contains("would overwrite the model"), "{}", r.stderr);
     // The calibrated model beside the calibration file is an output as well.
@@ -116,16 +128,7 @@ fn infer_and_calibrate_output_equal_to_the_model_overwrote_the_model() {
         ],
     );
     assert!(!r.ok && r.stderr.contains("an input of this run"), "{}", r.stderr);
-    let r = run(
-        "infer",
-        &[
-            "bundle",
-            "--model",
-            s(&m),
-            "-o",
-            s(&m),
-        ],
-    );
+    let r = run("infer", &["bundle", "--model", s(&m), "-o", s(&m)]);
     assert!(!r.ok && r.stderr.contains("an input of this run"), "{}", r.stderr);
     assert_eq!(std::fs::read(&m).expect("read"), before, "the model was changed");
 }
@@ -144,15 +147,35 @@ fn trainer_run_files_that_are_inputs_are_refused_before_any_work() {
     std::fs::write(&idx, &text).expect("w");
     let r = run_err(
         "trainer",
-        &["train", "--data", s(&idx), "--out", s(&run_dir), "--cube-size", "16", "--force"],
+        &[
+            "train",
+            "--data",
+            s(&idx),
+            "--out",
+            s(&run_dir),
+            "--cube-size",
+            "16",
+            "--force",
+        ],
     );
     assert!(r.stderr.contains("an input of this run"), "{}", r.stderr);
-    assert_eq!(std::fs::read_to_string(&idx).expect("read"), text, "the index was touched");
+    assert_eq!(
+        std::fs::read_to_string(&idx).expect("read"),
+        text,
+        "the index was touched"
+    );
     // A config file that is the run's own config.yaml, with --force.
     let cfg = run_dir.join("config.yaml");
     std::fs::write(&cfg, format!("data: {}\nout: {}\n", p.display(), run_dir.display())).expect("w");
-    let r = run_err("trainer", &["train", "--config", s(&cfg), "--force", "--cube-size", "16"]);
-    assert!(r.stderr.contains("config file") && r.stderr.contains("an input of this run"), "{}", r.stderr);
+    let r = run_err(
+        "trainer",
+        &["train", "--config", s(&cfg), "--force", "--cube-size", "16"],
+    );
+    assert!(
+        r.stderr.contains("config file") && r.stderr.contains("an input of this run"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -191,7 +214,9 @@ fn froc_output_folder_holding_its_inputs_is_refused() {
         ],
     );
     assert!(r.stderr.contains("an input of this run"), "{}", r.stderr);
-    assert!(std::fs::read_to_string(&results).expect("read").starts_with("seriesuid,"));
+    assert!(std::fs::read_to_string(&results)
+        .expect("read")
+        .starts_with("seriesuid,"));
 }
 
 // ---- Outputs that are not regular files --------------------------------------------------
@@ -212,7 +237,9 @@ fn output_to_dev_null_replaced_the_device_and_symlinks_were_replaced_by_files() 
     let r = infer(&[s(&f.patches), "-o", s(&link)]);
     assert!(r.ok, "{}", r.stderr);
     assert!(std::fs::symlink_metadata(&link).expect("meta").file_type().is_symlink());
-    assert!(std::fs::read_to_string(&target).expect("target").starts_with("patch_file,"));
+    assert!(std::fs::read_to_string(&target)
+        .expect("target")
+        .starts_with("patch_file,"));
     // A folder is no output.
     let r = infer(&[s(&f.patches), "-o", s(d.path())]);
     assert!(!r.ok && r.stderr.contains("is a folder"), "{}", r.stderr);
@@ -281,19 +308,38 @@ fn a_second_process_writing_the_same_output_was_not_refused() {
     std::fs::create_dir(&run_dir).expect("mkdir");
     let held = hold(&run_dir.join(".nodule.lock"));
     for extra in [&[][..], &["--force"][..]] {
-        let mut a = vec!["train", "--data", s(&f.patches), "--out", s(&run_dir), "--cube-size", "16"];
+        let mut a = vec![
+            "train",
+            "--data",
+            s(&f.patches),
+            "--out",
+            s(&run_dir),
+            "--cube-size",
+            "16",
+        ];
         a.extend_from_slice(extra);
         let r = run_err("trainer", &a);
-        assert!(r.stderr.contains("run folder") && r.stderr.contains("PID 424242"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("run folder") && r.stderr.contains("PID 424242"),
+            "{}",
+            r.stderr
+        );
     }
     let r = run_err("trainer", &["train", "--resume", s(&run_dir)]);
-    assert!(r.stderr.contains("PID 424242") || r.stderr.contains("not a run folder"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("PID 424242") || r.stderr.contains("not a run folder"),
+        "{}",
+        r.stderr
+    );
     drop(held);
     // calibrate.
     let cal = d.path().join("cal");
     std::fs::create_dir(&cal).expect("mkdir");
     let held = hold(&cal.join(".nodule.lock"));
-    let r = run_err("calibrate", &[s(&f.run), "-o", s(&cal.join("calibration.yaml")), "--bootstrap", "0"]);
+    let r = run_err(
+        "calibrate",
+        &[s(&f.run), "-o", s(&cal.join("calibration.yaml")), "--bootstrap", "0"],
+    );
     assert!(r.stderr.contains("PID 424242"), "{}", r.stderr);
     drop(held);
 }
@@ -322,20 +368,49 @@ fn a_fifo_named_like_a_patch_blocked_infer_forever() {
     let (_, rows) = read_csv(&out);
     assert_eq!(rows.len(), crate::fixture::PATCHES);
     // Explicit arguments, a device among them: reported, never waited on.
-    let r = infer(&[s(&p.join("x.npy")), "/dev/zero", s(&p.join("s001_p001.npy")), "-o", s(&out)]);
+    let r = infer(&[
+        s(&p.join("x.npy")),
+        "/dev/zero",
+        s(&p.join("s001_p001.npy")),
+        "-o",
+        s(&out),
+    ]);
     assert!(!r.ok, "{}", r.stderr);
-    assert!(r.stderr.contains("x.npy") && r.stderr.contains("/dev/zero"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("x.npy") && r.stderr.contains("/dev/zero"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(read_csv(&out).1.len(), 1);
     // The other binaries' inputs: a FIFO as scores, config, results, scan.
     let fifo = d.path().join("fifo.csv");
     mkfifo(&fifo);
-    let r = run_err("calibrate", &["--scores", s(&fifo), "--model", s(&model()), "-o", s(&d.path().join("c.yaml"))]);
+    let r = run_err(
+        "calibrate",
+        &[
+            "--scores",
+            s(&fifo),
+            "--model",
+            s(&model()),
+            "-o",
+            s(&d.path().join("c.yaml")),
+        ],
+    );
     assert!(r.stderr.contains("FIFO"), "{}", r.stderr);
     let r = run_err("trainer", &["train", "--config", s(&fifo)]);
     assert!(r.stderr.contains("FIFO"), "{}", r.stderr);
     let r = run_err(
         "froc",
-        &["--annotations", s(&fifo), "--seriesuids", s(&fifo), "--results", s(&fifo), "-o", s(&d.path().join("f"))],
+        &[
+            "--annotations",
+            s(&fifo),
+            "--seriesuids",
+            s(&fifo),
+            "--results",
+            s(&fifo),
+            "-o",
+            s(&d.path().join("f")),
+        ],
     );
     assert!(r.stderr.contains("FIFO"), "{}", r.stderr);
 }
@@ -363,7 +438,11 @@ fn the_same_file_twice_and_odd_names_were_scored_silently() {
     text.push('\n');
     std::fs::write(&idx, text).expect("w");
     let r = infer(&["--index", s(&idx), "-o", s(&out)]);
-    assert!(!r.ok && r.stderr.contains("listed again (first on line 2)"), "{}", r.stderr);
+    assert!(
+        !r.ok && r.stderr.contains("listed again (first on line 2)"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(read_csv(&out).1.len(), crate::fixture::PATCHES);
 }
 
@@ -425,7 +504,16 @@ fn a_nan_logit_became_a_silent_negative() {
     let out = d.path().join("scores.csv");
     let r = run(
         "infer",
-        &["--model", s(&nan_model), s(&f.patches), "-o", s(&out), "--device", "cpu", "-q"],
+        &[
+            "--model",
+            s(&nan_model),
+            s(&f.patches),
+            "-o",
+            s(&out),
+            "--device",
+            "cpu",
+            "-q",
+        ],
     );
     assert!(!r.ok && r.stderr.contains("logit is NaN (not finite)"), "{}", r.stderr);
     let (_, rows) = read_csv(&out);
@@ -457,8 +545,15 @@ fn calibrate_fitted_garbage_on_absurd_logits() {
     let m = model();
     // Beyond what a float32 model can output: an error naming the line.
     let p = write("huge.csv", "1e308");
-    let r = run_err("calibrate", &["--scores", s(&p), "--model", s(&m), "-o", s(&d.path().join("a/c.yaml"))]);
-    assert!(r.stderr.contains("line 2") && r.stderr.contains("beyond what a float32 model outputs"), "{}", r.stderr);
+    let r = run_err(
+        "calibrate",
+        &["--scores", s(&p), "--model", s(&m), "-o", s(&d.path().join("a/c.yaml"))],
+    );
+    assert!(
+        r.stderr.contains("line 2") && r.stderr.contains("beyond what a float32 model outputs"),
+        "{}",
+        r.stderr
+    );
     assert!(!d.path().join("a").exists());
     // Within float32 but absurd beside the rest: a named warning, and the fit is the one
     // without the outlier's weight (the temperature stays of the order of the others').
@@ -466,7 +561,20 @@ fn calibrate_fitted_garbage_on_absurd_logits() {
     let out = d.path().join("b/c.yaml");
     let r = run_ok(
         "calibrate",
-        &["--scores", s(&p), "--model", s(&m), "-o", s(&out), "--bootstrap", "0", "--no-report", "--no-bake", "--method", "temperature"],
+        &[
+            "--scores",
+            s(&p),
+            "--model",
+            s(&m),
+            "-o",
+            s(&out),
+            "--bootstrap",
+            "0",
+            "--no-report",
+            "--no-bake",
+            "--method",
+            "temperature",
+        ],
     );
     assert!(r.stdout.contains("robust spreads from the median"), "{}", r.stdout);
     let cal: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&out).expect("read")).expect("yaml");
@@ -505,9 +613,18 @@ fn settings_out_of_range_panicked_or_never_ended() {
     for (args, want) in [
         (&["--folds", "0"][..], "--folds 0 must be from 2"),
         (&["--min-sensitivity", "0"][..], "--min-sensitivity 0 must be in (0, 1]"),
-        (&["--min-specificity", "1.5"][..], "--min-specificity 1.5 must be in (0, 1]"),
-        (&["--min-sensitivity", "NaN"][..], "--min-sensitivity NaN must be in (0, 1]"),
-        (&["--operating-point", "best"][..], "operating point `best` is not one of"),
+        (
+            &["--min-specificity", "1.5"][..],
+            "--min-specificity 1.5 must be in (0, 1]",
+        ),
+        (
+            &["--min-sensitivity", "NaN"][..],
+            "--min-sensitivity NaN must be in (0, 1]",
+        ),
+        (
+            &["--operating-point", "best"][..],
+            "operating point `best` is not one of",
+        ),
     ] {
         let mut a = vec![s(&f.run), "-o", s(&cal)];
         a.extend_from_slice(args);
@@ -516,7 +633,10 @@ fn settings_out_of_range_panicked_or_never_ended() {
     }
     assert!(!cal.exists() && !d.path().join("cal").exists());
     let scores = d.path().join("s.csv");
-    for (args, want) in [(&["--batch-size", "0"][..], "at least 1"), (&["--batch-size", "100000"][..], "more than 4096")] {
+    for (args, want) in [
+        (&["--batch-size", "0"][..], "at least 1"),
+        (&["--batch-size", "100000"][..], "more than 4096"),
+    ] {
         let mut a = vec![s(&f.patches), "-o", s(&scores)];
         a.extend_from_slice(args);
         let r = infer(&a);
@@ -526,8 +646,14 @@ fn settings_out_of_range_panicked_or_never_ended() {
     for (yaml, want) in [
         ("train: { lr: 1e30 }", "train.lr must be in (0, 1]"),
         ("train: { lr: .nan }", "train.lr must be in (0, 1]"),
-        ("train: { augment: { intensity_scale: 1e308 } }", "intensity_scale must be in [0, 1)"),
-        ("train: { augment: { jitter_voxels: 8 } }", "jitter_voxels must be below half the cube"),
+        (
+            "train: { augment: { intensity_scale: 1e308 } }",
+            "intensity_scale must be in [0, 1)",
+        ),
+        (
+            "train: { augment: { jitter_voxels: 8 } }",
+            "jitter_voxels must be below half the cube",
+        ),
         ("model: { width: 0 }", "model.width must be from 1"),
         ("model: { width: 100000 }", "model.width must be from 1"),
         ("train: { batch_size: 1000000 }", "train.batch_size must be from 2"),
@@ -549,7 +675,18 @@ fn settings_out_of_range_panicked_or_never_ended() {
     }
     let r = run_err(
         "froc",
-        &["--annotations", "a", "--seriesuids", "b", "--results", "c", "-o", "d", "--confidence", "1.5"],
+        &[
+            "--annotations",
+            "a",
+            "--seriesuids",
+            "b",
+            "--results",
+            "c",
+            "-o",
+            "d",
+            "--confidence",
+            "1.5",
+        ],
     );
     assert!(r.stderr.contains("--confidence must be in (0, 1)"), "{}", r.stderr);
 }
@@ -560,8 +697,22 @@ fn a_diverging_run_looped_forever_and_lost_its_last_good_epoch() {
     let d = tempfile::tempdir().expect("tmp");
     let run_dir = d.path().join("run");
     let args = [
-        "train", "--data", s(&f.patches), "--out", s(&run_dir), "--cube-size", "16", "--width", "4",
-        "--epochs", "3", "--batch-size", "8", "--device", "cpu", "-q",
+        "train",
+        "--data",
+        s(&f.patches),
+        "--out",
+        s(&run_dir),
+        "--cube-size",
+        "16",
+        "--width",
+        "4",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "-q",
     ];
     // Step 13 is in epoch 2 (60 training patches, 8 steps an epoch).
     let r: chain_tests::Run = Command::new(bin("trainer"))
@@ -572,7 +723,8 @@ fn a_diverging_run_looped_forever_and_lost_its_last_good_epoch() {
         .into();
     assert!(!r.ok, "{}", r.stderr);
     assert!(
-        r.stderr.contains("training diverged at epoch 2, step 5 of 8 (step 13 of the run)")
+        r.stderr
+            .contains("training diverged at epoch 2, step 5 of 8 (step 13 of the run)")
             && r.stderr.contains("keeps epoch 1"),
         "{}",
         r.stderr
@@ -605,7 +757,17 @@ fn froc_counted_a_series_listed_twice_twice() {
     let results = d.path().join("results.csv");
     run_ok(
         "infer",
-        &["--model", s(&model()), "--index", s(&f.patches), "--format", "luna16", "-o", s(&results), "-q"],
+        &[
+            "--model",
+            s(&model()),
+            "--index",
+            s(&f.patches),
+            "--format",
+            "luna16",
+            "-o",
+            s(&results),
+            "-q",
+        ],
     );
     let l16 = f.patches.join("luna16");
     let froc = |ann: &Path, uids: &Path, res: &Path, out: &str| {
@@ -633,10 +795,19 @@ fn froc_counted_a_series_listed_twice_twice() {
             .expect("CPM");
         (cpm, r.stdout)
     };
-    let (clean, _) = froc(&l16.join("annotations.csv"), &l16.join("seriesuids.csv"), &results, "clean");
+    let (clean, _) = froc(
+        &l16.join("annotations.csv"),
+        &l16.join("seriesuids.csv"),
+        &results,
+        "clean",
+    );
     let twice = |src: &Path, name: &str, skip_header: bool| {
         let text = std::fs::read_to_string(src).expect("read");
-        let body: String = text.lines().skip(usize::from(skip_header)).map(|l| format!("{l}\n")).collect();
+        let body: String = text
+            .lines()
+            .skip(usize::from(skip_header))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let p = d.path().join(name);
         std::fs::write(&p, format!("{text}{body}")).expect("w");
         p
@@ -646,7 +817,11 @@ fn froc_counted_a_series_listed_twice_twice() {
     let res2 = twice(&results, "res2.csv", true);
     let (dup, out) = froc(&ann2, &uids2, &res2, "dup");
     assert_eq!(dup, clean, "{out}");
-    for w in ["series listed more than once", "annotation row(s) repeat", "result row(s) repeat"] {
+    for w in [
+        "series listed more than once",
+        "annotation row(s) repeat",
+        "result row(s) repeat",
+    ] {
         assert!(out.contains(w), "no `{w}` warning:\n{out}");
     }
     // Absurd and non-positive diameters are refused; annotations of unlisted series named.
@@ -660,9 +835,22 @@ fn froc_counted_a_series_listed_twice_twice() {
         std::fs::write(&p, lines.join("\n") + "\n").expect("w");
         let r = run_err(
             "froc",
-            &["--annotations", s(&p), "--seriesuids", s(&l16.join("seriesuids.csv")), "--results", s(&results), "-o", s(&d.path().join("bad"))],
+            &[
+                "--annotations",
+                s(&p),
+                "--seriesuids",
+                s(&l16.join("seriesuids.csv")),
+                "--results",
+                s(&results),
+                "-o",
+                s(&d.path().join("bad")),
+            ],
         );
-        assert!(r.stderr.contains("line 2") && r.stderr.contains("diameter_mm"), "{d_mm}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("line 2") && r.stderr.contains("diameter_mm"),
+            "{d_mm}: {}",
+            r.stderr
+        );
     }
     let text = std::fs::read_to_string(l16.join("annotations.csv")).expect("read");
     let p = d.path().join("extra_ann.csv");
@@ -679,8 +867,24 @@ fn resume_accepted_a_folder_whose_config_or_metrics_changed() {
     let d = tempfile::tempdir().expect("tmp");
     let run_dir = d.path().join("run");
     let args = [
-        "train", "--data", s(&f.patches), "--out", s(&run_dir), "--cube-size", "16", "--width", "4",
-        "--epochs", "3", "--batch-size", "8", "--device", "cpu", "-q", "--stop-after", "1",
+        "train",
+        "--data",
+        s(&f.patches),
+        "--out",
+        s(&run_dir),
+        "--cube-size",
+        "16",
+        "--width",
+        "4",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "-q",
+        "--stop-after",
+        "1",
     ];
     run_ok("trainer", &args);
     for (file, edit) in [
@@ -694,7 +898,11 @@ fn resume_accepted_a_folder_whose_config_or_metrics_changed() {
         assert!(orig.contains(edit.0), "{file}: {orig}");
         std::fs::write(&p, orig.replacen(edit.0, edit.1, 1)).expect("w");
         let r = run_err("trainer", &["train", "--resume", s(&run_dir), "-q"]);
-        assert!(r.stderr.contains(file) && r.stderr.contains("changed since the run wrote it"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains(file) && r.stderr.contains("changed since the run wrote it"),
+            "{}",
+            r.stderr
+        );
         std::fs::write(&p, orig).expect("restore");
     }
     run_ok("trainer", &["train", "--resume", s(&run_dir), "-q"]);
@@ -709,8 +917,26 @@ fn a_run_killed_in_its_first_epoch_could_not_start_again() {
     let p = synth(d.path(), 10, 6, 64, 71);
     let run_dir = d.path().join("run");
     let args = [
-        "train", "--data", s(&p), "--out", s(&run_dir), "--cube-size", "64", "--width", "4",
-        "--epochs", "2", "--batch-size", "4", "--device", "cpu", "-q", "--cache-mb", "0", "--threads", "1",
+        "train",
+        "--data",
+        s(&p),
+        "--out",
+        s(&run_dir),
+        "--cube-size",
+        "64",
+        "--width",
+        "4",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "-q",
+        "--cache-mb",
+        "0",
+        "--threads",
+        "1",
     ];
     let mut child = Command::new(bin("trainer")).args(args).spawn().expect("trainer");
     let state = run_dir.join("train_state.yaml");
@@ -738,9 +964,16 @@ fn infer_resume_kept_rows_of_inputs_no_longer_given() {
     assert!(r.ok, "{}", r.stderr);
     std::fs::remove_file(p.join("s001_p001.npy")).expect("rm");
     let m = model();
-    let r = run("infer", &["--model", s(&m), s(&p), "-o", s(&out), "--resume", "--device", "cpu"]);
+    let r = run(
+        "infer",
+        &["--model", s(&m), s(&p), "-o", s(&out), "--resume", "--device", "cpu"],
+    );
     assert!(r.ok, "{}", r.stderr);
-    assert!(r.stderr.contains("1 dropped from it: no longer among the inputs"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("1 dropped from it: no longer among the inputs"),
+        "{}",
+        r.stderr
+    );
     let (_, rows) = read_csv(&out);
     assert_eq!(rows.len(), crate::fixture::PATCHES - 1);
     assert!(!rows.iter().any(|r| r[0] == "s001_p001.npy"));

@@ -18,54 +18,15 @@ use crate::train::folder::RunFolder;
 use crate::train::inputs::Data;
 use crate::train::{write_csv, yaml, RunOptions, RunSummary};
 
-/// Frees the training state, exports the best checkpoint, checks parity, writes the
-/// validation scores and the summary.
-pub fn finish(
+/// Where the run came from, for `summary.yaml` and the model's metadata.
+fn provenance(
     cfg: &TrainConfig,
-    opts: &RunOptions,
-    data: Data,
-    folder: &RunFolder,
-    tr: Training,
-    t0: Instant,
-) -> Result<RunSummary> {
-    let (best_epoch, best_auroc, _) = tr
-        .best
-        .ok_or_else(|| TrainError::Internal("no epoch finished".into()))?;
-    // Training is over: free its state before the export makes copies of its own. The
-    // weights, their gradients and the two AdamW moments are four copies of the model
-    // (530 MB for r3d_18), and the training patches may be cached; kept, they would set the
-    // run's peak memory during the export and parity check rather than during training.
-    let stopped_early = tr.stopped_early;
-    drop(tr);
-    let Data {
-        found,
-        train,
-        val,
-        n_pos,
-        pos_weight,
-        val_series,
-    } = data;
-    let train_patches = train.len();
-    drop(train);
-    let (spec, index, device, amp) = (found.spec, found.index, found.device, found.amp);
-    let dir = &folder.dir;
-    let pre = &cfg.preprocess;
-    let best_path = dir.join("best.safetensors");
-    let val_labels: Vec<u8> = val.labels.iter().map(|&l| l as u8).collect();
-    let log = |s: String| {
-        if !opts.quiet {
-            eprintln!("{s}");
-        }
-    };
-
-    // Export the best checkpoint, not the last epoch.
-    let mut best_vs = nn::VarStore::new(Device::Cpu);
-    let best_net = Net::new(&best_vs.root(), &spec)?;
-    best_vs.load(&best_path).map_err(TrainError::tch(format!(
-        "{}: cannot reload the best checkpoint",
-        best_path.display()
-    )))?;
-    let provenance: std::collections::BTreeMap<String, String> = [
+    index: &std::path::Path,
+    dir: &std::path::Path,
+    device: Device,
+    amp: bool,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    Ok([
         ("tool.version", models::TOOL_VERSION.to_string()),
         ("tool.git_commit", env!("NODULE_GIT_COMMIT").to_string()),
         ("training.libtorch_version", crate::libtorch_version()),
@@ -77,7 +38,7 @@ pub fn finish(
         ),
         ("training.cuda_libraries", crate::cuda::loaded_cuda_libraries()),
         ("training.config_sha256", cfg.sha256()?),
-        ("training.index_sha256", models::fsutil::sha256_file(&index.path)?),
+        ("training.index_sha256", models::fsutil::sha256_file(index)?),
         (
             "training.split_sha256",
             models::fsutil::sha256_file(&dir.join("split.csv"))?,
@@ -85,19 +46,38 @@ pub fn finish(
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let mut extra: Vec<(&str, String)> = provenance.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    extra.push(("training.best_epoch", best_epoch.to_string()));
-    extra.push(("training.val_auroc", format!("{best_auroc:.6}")));
-    let md = export::metadata(&spec, pre, &extra)?;
+    .collect())
+}
+
+/// Exports the best checkpoint under a temporary name, checks libtorch against ONNX Runtime
+/// on the validation patches, and only then makes it `model.onnx` (a failed one is kept as
+/// `model.parity-failed.onnx`). Returns the parity figures and ONNX Runtime's logits.
+#[allow(clippy::too_many_arguments)]
+fn export_checked(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    spec: &models::spec::ArchSpec,
+    (best_net, best_vs): (&Net, &nn::VarStore),
+    md: &std::collections::BTreeMap<String, String>,
+    val: &crate::data::Cubes,
+    folder: &RunFolder,
+    device: Device,
+) -> Result<(export::Parity, Vec<f32>)> {
+    let dir = &folder.dir;
+    let pre = &cfg.preprocess;
+    let log = |s: String| {
+        if !opts.quiet {
+            eprintln!("{s}");
+        }
+    };
     // Written under a temporary name; it becomes model.onnx only once parity holds.
     let onnx_path = dir.join("model.onnx");
     let unchecked = dir.join(format!("{TEMP_PREFIX}{}.model-unchecked.onnx", std::process::id()));
-    export::export_onnx(&spec, &best_vs, pre, &md, &unchecked)?;
+    export::export_onnx(spec, best_vs, pre, md, &unchecked)?;
     let (parity, ort_logits) = export::parity(
-        &spec,
-        &best_net,
-        &best_vs,
+        spec,
+        best_net,
+        best_vs,
         &unchecked,
         val.len(),
         &|r: std::ops::Range<usize>| val.gather(&r.collect::<Vec<_>>()),
@@ -142,6 +122,56 @@ pub fn finish(
             e,
         )
     })?;
+    Ok((parity, ort_logits))
+}
+
+/// Frees the training state, exports the best checkpoint, checks parity, writes the
+/// validation scores and the summary.
+pub fn finish(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    data: Data,
+    folder: &RunFolder,
+    tr: Training,
+    t0: Instant,
+) -> Result<RunSummary> {
+    let (best_epoch, best_auroc, _) = tr
+        .best
+        .ok_or_else(|| TrainError::Internal("no epoch finished".into()))?;
+    // Training is over: free its state before the export makes copies of its own. The
+    // weights, their gradients and the two AdamW moments are four copies of the model
+    // (530 MB for r3d_18), and the training patches may be cached; kept, they would set the
+    // run's peak memory during the export and parity check rather than during training.
+    let stopped_early = tr.stopped_early;
+    drop(tr);
+    let Data {
+        found,
+        train,
+        val,
+        n_pos,
+        pos_weight,
+        val_series,
+    } = data;
+    let train_patches = train.len();
+    drop(train);
+    let (spec, index, device, amp) = (found.spec, found.index, found.device, found.amp);
+    let dir = &folder.dir;
+    let pre = &cfg.preprocess;
+    let best_path = dir.join("best.safetensors");
+    let val_labels: Vec<u8> = val.labels.iter().map(|&l| l as u8).collect();
+    // Export the best checkpoint, not the last epoch.
+    let mut best_vs = nn::VarStore::new(Device::Cpu);
+    let best_net = Net::new(&best_vs.root(), &spec)?;
+    best_vs.load(&best_path).map_err(TrainError::tch(format!(
+        "{}: cannot reload the best checkpoint",
+        best_path.display()
+    )))?;
+    let provenance = provenance(cfg, &index.path, dir, device, amp)?;
+    let mut extra: Vec<(&str, String)> = provenance.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    extra.push(("training.best_epoch", best_epoch.to_string()));
+    extra.push(("training.val_auroc", format!("{best_auroc:.6}")));
+    let md = export::metadata(&spec, pre, &extra)?;
+    let (parity, ort_logits) = export_checked(cfg, opts, &spec, (&best_net, &best_vs), &md, &val, folder, device)?;
     #[derive(Serialize)]
     struct ValScore<'a> {
         patch_file: &'a str,
