@@ -49,7 +49,7 @@ fn rms(v: &[f64]) -> f64 {
 }
 
 /// Fits `T` minimising the NLL of `sigmoid(z / T)`. Newton on `a = 1/T` (convex in `a`),
-/// over `z / rms(z)` (see [`rms`]).
+/// over `z / rms(z)` (the logits divided by their root mean square).
 pub fn fit_temperature(z: &[f64], y: &[u8]) -> Result<Temperature, CalError> {
     let s = rms(z);
     let z: &[f64] = &z.iter().map(|v| v / s).collect::<Vec<_>>();
@@ -96,7 +96,7 @@ pub fn fit_temperature(z: &[f64], y: &[u8]) -> Result<Temperature, CalError> {
 }
 
 /// Fits Platt scaling by unregularised logistic regression of the labels on the logit
-/// (Newton / IRLS), over the logits centred and divided by their spread (see [`rms`]).
+/// (Newton / IRLS), over the logits centred and divided by their spread.
 /// With `smoothing`, uses Platt's smoothed targets.
 pub fn fit_platt(z: &[f64], y: &[u8], smoothing: bool) -> Result<Platt, CalError> {
     let finite: Vec<f64> = z.iter().copied().filter(|v| v.is_finite()).collect();

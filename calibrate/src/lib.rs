@@ -12,7 +12,7 @@
 //! # Layout
 //! [`read`] turns a scores CSV or a scored patch index into a [`ScoreTable`]; [`fit`],
 //! [`select`], [`thresholds`], [`metrics`] and [`bootstrap`] compute ([`calibrate`] puts
-//! them together); [`write`] writes `calibration.yaml`, with [`report`] and [`bake`] for
+//! them together); [`write`](mod@write) writes `calibration.yaml`, with [`report`] and [`bake`] for
 //! the report and the calibrated model. [`run`] checks the settings and the outputs, then
 //! reads, computes and writes.
 #![warn(clippy::unwrap_used)]

@@ -587,7 +587,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, String> {
     })
 }
 
-/// How [`write`] stores the voxels.
+/// How [`write`](fn@write) stores the voxels.
 #[derive(Debug, Clone, Copy)]
 pub struct WriteOptions {
     pub element_type: ElementType,

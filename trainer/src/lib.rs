@@ -4,9 +4,15 @@
 //! * [`config`] is the YAML training config;
 //! * [`data`] loads a patch folder and splits it by `seriesuid`;
 //! * [`net`] builds a [`models::spec::ArchSpec`] in a tch VarStore under the spec's names;
-//! * [`train`] runs the loop and writes the run folder;
+//! * [`train`] runs a training run as named steps (the run folder, the inputs, the epochs,
+//!   the finish) and [`kfold`] a cross-validation of them;
+//! * [`optim`] is AdamW on tensors (its state saved for `--resume`) and the fp16 loss scaler;
 //! * [`export`] writes `model.onnx` through [`models::onnx`] and checks libtorch ↔ ONNX
-//!   Runtime parity with [`scorer::Scorer`].
+//!   Runtime parity with [`scorer::Scorer`];
+//! * [`prepare`] cuts patch folders from LUNA16 scans;
+//! * [`cuda`] brings libtorch's CUDA half up at run time;
+//! * [`error`] is the library's error type: libtorch failures a user can meet (CUDA out of
+//!   memory) are errors with what to change, not panics.
 #![warn(clippy::unwrap_used)]
 
 pub mod augment;

@@ -219,7 +219,7 @@ impl AdamW {
         Ok(grads)
     }
 
-    /// [`AdamW::grads`] flattened into one tensor in the parameters' order. The returned
+    /// The gradients of `loss` flattened into one tensor in the parameters' order. The returned
     /// tensor shares the optimizer's gradient buffer: pass it to [`AdamW::step`] before the
     /// next call.
     pub fn flat_grad(&mut self, loss: &Tensor) -> Result<Tensor> {
@@ -232,7 +232,7 @@ impl AdamW {
     /// Backward pass and update in one: what the training loop calls. `loss` is unscaled;
     /// with a `scaler` it is scaled here. Returns what [`AdamW::step`] returns.
     ///
-    /// On the CPU without a scaler the update is [`AdamW::step_fused_cpu`]: one pass over
+    /// On the CPU without a scaler the update is fused (`AdamW::step_fused_cpu`): one pass over
     /// the memory instead of a dozen (libtorch's fused AdamW kernel is not bound by tch, and
     /// `torch.optim.AdamW(fused=True)` is what a PyTorch user at best settings runs).
     pub fn backward_step(
@@ -575,7 +575,7 @@ impl DeviceScaler {
     }
 
     /// Divides the (flat) gradient by the scale in place, records whether it held an Inf
-    /// or NaN, and updates the scale for the next step. Returns the flag (f32, shape [1]).
+    /// or NaN, and updates the scale for the next step. Returns the flag (f32, shape `[1]`).
     pub fn unscale_and_update(&mut self, grad: &Tensor) -> Result<Tensor> {
         let _ = self.found_inf.zero_();
         let inv = self.scale.reciprocal();

@@ -2,7 +2,7 @@
 //!
 //! * [`read`]: inputs are opened only if they are regular files, never in a way that can
 //!   block ([`open_regular`]);
-//! * [`write`]: outputs are written atomically, through symlinks to their targets, and
+//! * [`write`](mod@write): outputs are written atomically, through symlinks to their targets, and
 //!   devices and FIFOs are written through rather than replaced ([`Sink`],
 //!   [`write_atomic`]); temporary files have one name pattern and stale ones are cleaned;
 //! * [`lock`]: exclusive use of an output by one process at a time ([`Lock`]);

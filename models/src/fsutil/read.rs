@@ -19,7 +19,7 @@ pub fn kind_of(ft: std::fs::FileType) -> &'static str {
     } else if ft.is_dir() {
         "a folder"
     } else if ft.is_fifo() {
-        "a FIFO (named pipe)"
+        "a FIFO"
     } else if ft.is_socket() {
         "a socket"
     } else if ft.is_char_device() {

@@ -3,7 +3,7 @@
 //!
 //! [`train`] is a list of named steps: [`folder::open`] (the output policy, the lock, what
 //! the folder already holds), [`inputs::load`] (the patches, read and checked before
-//! anything is written), [`folder::RunFolder::begin`] (config, split and the starting
+//! anything is written), [`folder::Opened::begin`] (config, split and the starting
 //! state), [`epochs::start`] (model, optimizer, and the resumed state), [`epochs::run`]
 //! (the epoch loop), and [`finish::finish`] (export, parity, validation scores, summary).
 //! A k-fold cross-validation runs it once per fold ([`crate::kfold`]).
