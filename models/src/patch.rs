@@ -156,6 +156,21 @@ fn open_npy(path: &Path) -> Result<(NpyHeader, std::fs::File)> {
     Ok((h, f))
 }
 
+/// The bytes of a version 1.0 `.npy` header holding the dictionary text `dict`, padded with
+/// spaces and a newline to a multiple of 64 bytes as numpy pads it: what a writer puts
+/// before the data (the tests use it to build sparse and hostile files).
+pub fn npy_header_bytes(dict: &str) -> Vec<u8> {
+    let mut d = dict.to_string();
+    while !(10 + d.len() + 1).is_multiple_of(64) {
+        d.push(' ');
+    }
+    d.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((d.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
+    out.extend(d.as_bytes());
+    out
+}
+
 /// Reads and checks only the header of a `.npy` file (see [`load_patch_into`]).
 pub fn npy_header(path: &Path) -> Result<NpyHeader> {
     open_npy(path).map(|(h, _)| h)
@@ -430,14 +445,7 @@ mod tests {
 
         // A header that claims far more data than the file holds: refused before allocating.
         let p = dir.path().join("huge.npy");
-        let mut dict = String::from("{'descr': '<f4', 'fortran_order': False, 'shape': (99999, 99999, 9), }");
-        while (10 + dict.len() + 1) % 64 != 0 {
-            dict.push(' ');
-        }
-        dict.push('\n');
-        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-        bytes.extend((dict.len() as u16).to_le_bytes());
-        bytes.extend(dict.as_bytes());
+        let mut bytes = npy_header_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (99999, 99999, 9), }");
         bytes.extend([0u8; 32]);
         std::fs::write(&p, bytes).expect("write");
         let msg = read_npy_hu(&p).expect_err("huge").to_string();
@@ -647,14 +655,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("huge.npy");
         let n = 1200usize;
-        let mut dict = format!("{{'descr': '<i2', 'fortran_order': False, 'shape': ({n}, {n}, {n}), }}");
-        while (10 + dict.len() + 1) % 64 != 0 {
-            dict.push(' ');
-        }
-        dict.push('\n');
-        let mut head = b"\x93NUMPY\x01\x00".to_vec();
-        head.extend((dict.len() as u16).to_le_bytes());
-        head.extend(dict.as_bytes());
+        let head = npy_header_bytes(&format!(
+            "{{'descr': '<i2', 'fortran_order': False, 'shape': ({n}, {n}, {n}), }}"
+        ));
         let mut file = std::fs::File::create(&p).expect("create");
         file.write_all(&head).expect("w");
         file.set_len((head.len() + n * n * n * 2) as u64).expect("sparse");

@@ -144,16 +144,9 @@ fn mutate(mut v: Vec<u8>, m: &Mutation) -> Vec<u8> {
     v
 }
 
-/// A `.npy` header with the given dictionary text, padded as numpy pads.
+/// A `.npy` file: the header with the given dictionary text, then `data`.
 fn npy_with_header(dict: &str, data: &[u8]) -> Vec<u8> {
-    let mut d = dict.to_string();
-    while !(10 + d.len() + 1).is_multiple_of(64) {
-        d.push(' ');
-    }
-    d.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((d.len().min(u16::MAX as usize) as u16).to_le_bytes());
-    out.extend(d.as_bytes());
+    let mut out = models::patch::npy_header_bytes(dict);
     out.extend_from_slice(data);
     out
 }

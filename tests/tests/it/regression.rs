@@ -44,6 +44,47 @@ fn patches_copy(dir: &Path) -> PathBuf {
     out
 }
 
+/// A three-epoch CPU training run of the fixture's size into `out`.
+fn small_run<'a>(patches: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--data",
+        s(patches),
+        "--out",
+        s(out),
+        "--cube-size",
+        "16",
+        "--width",
+        "4",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "-q",
+    ]
+}
+
+/// The fixture's patches scored into a LUNA16 results file at `out`.
+fn luna16_results(out: &Path) {
+    let f = fixture();
+    run_ok(
+        "infer",
+        &[
+            "--model",
+            s(&model()),
+            "--index",
+            s(&f.patches),
+            "--format",
+            "luna16",
+            "-o",
+            s(out),
+            "-q",
+        ],
+    );
+}
+
 fn model() -> PathBuf {
     fixture().run.join("model.onnx")
 }
@@ -183,20 +224,7 @@ fn froc_output_folder_holding_its_inputs_is_refused() {
     let f = fixture();
     let d = tempfile::tempdir().expect("tmp");
     let results = d.path().join("froc_curve.csv");
-    run_ok(
-        "infer",
-        &[
-            "--model",
-            s(&model()),
-            "--index",
-            s(&f.patches),
-            "--format",
-            "luna16",
-            "-o",
-            s(&results),
-            "-q",
-        ],
-    );
+    luna16_results(&results);
     let l16 = f.patches.join("luna16");
     let r = run_err(
         "froc",
@@ -454,14 +482,9 @@ fn a_huge_npy_was_read_whole_and_aborted_the_process() {
     let p = patches_copy(d.path());
     // 1200³ int16 (3.4 GB, stored sparse): read through the 16³ crop only.
     let n = 1200usize;
-    let mut dict = format!("{{'descr': '<i2', 'fortran_order': False, 'shape': ({n}, {n}, {n}), }}");
-    while (10 + dict.len() + 1) % 64 != 0 {
-        dict.push(' ');
-    }
-    dict.push('\n');
-    let mut head = b"\x93NUMPY\x01\x00".to_vec();
-    head.extend((dict.len() as u16).to_le_bytes());
-    head.extend(dict.as_bytes());
+    let head = models::patch::npy_header_bytes(&format!(
+        "{{'descr': '<i2', 'fortran_order': False, 'shape': ({n}, {n}, {n}), }}"
+    ));
     let mut f = std::fs::File::create(p.join("huge.npy")).expect("create");
     f.write_all(&head).expect("w");
     f.set_len((head.len() + n * n * n * 2) as u64).expect("sparse");
@@ -696,27 +719,10 @@ fn a_diverging_run_looped_forever_and_lost_its_last_good_epoch() {
     let f = fixture();
     let d = tempfile::tempdir().expect("tmp");
     let run_dir = d.path().join("run");
-    let args = [
-        "train",
-        "--data",
-        s(&f.patches),
-        "--out",
-        s(&run_dir),
-        "--cube-size",
-        "16",
-        "--width",
-        "4",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "-q",
-    ];
+    let args = small_run(&f.patches, &run_dir);
     // Step 13 is in epoch 2 (60 training patches, 8 steps an epoch).
     let r: chain_tests::Run = Command::new(bin("trainer"))
-        .args(args)
+        .args(&args)
         .env("NODULE_FAILPOINT", "nan_loss_at_step=13")
         .output()
         .expect("trainer")
@@ -755,20 +761,7 @@ fn froc_counted_a_series_listed_twice_twice() {
     let f = fixture();
     let d = tempfile::tempdir().expect("tmp");
     let results = d.path().join("results.csv");
-    run_ok(
-        "infer",
-        &[
-            "--model",
-            s(&model()),
-            "--index",
-            s(&f.patches),
-            "--format",
-            "luna16",
-            "-o",
-            s(&results),
-            "-q",
-        ],
-    );
+    luna16_results(&results);
     let l16 = f.patches.join("luna16");
     let froc = |ann: &Path, uids: &Path, res: &Path, out: &str| {
         let r = run_ok(
@@ -866,26 +859,8 @@ fn resume_accepted_a_folder_whose_config_or_metrics_changed() {
     let f = fixture();
     let d = tempfile::tempdir().expect("tmp");
     let run_dir = d.path().join("run");
-    let args = [
-        "train",
-        "--data",
-        s(&f.patches),
-        "--out",
-        s(&run_dir),
-        "--cube-size",
-        "16",
-        "--width",
-        "4",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "-q",
-        "--stop-after",
-        "1",
-    ];
+    let mut args = small_run(&f.patches, &run_dir);
+    args.extend(["--stop-after", "1"]);
     run_ok("trainer", &args);
     for (file, edit) in [
         ("config.yaml", "  epochs: 3", "  epochs: 5"),
