@@ -441,6 +441,27 @@ fn check_settings(s: &Settings) -> Result<(), InferError> {
 /// The largest `--batch-size` taken.
 pub const MAX_BATCH: usize = 4096;
 
+/// The most bytes one batch buffer may take (three are in flight, and with `--tta flips`
+/// eight copies of each cube go to the model).
+pub const MAX_BATCH_BYTES: u64 = 2 << 30;
+
+/// Refuses a batch size whose buffers would not fit in sensible memory for this model's cube.
+fn check_batch_memory(s: &Settings, cube: usize) -> Result<(), InferError> {
+    let per_cube = (cube as u64).pow(3) * 4 * if s.tta == Tta::Flips { 8 } else { 1 };
+    let bytes = per_cube * s.batch_size as u64;
+    if bytes > MAX_BATCH_BYTES {
+        return Err(InferError::Usage(format!(
+            "--batch-size {} with this model's {cube}³ cubes{} takes {:.1} GiB per batch (three are in flight); \
+             at most {} for it",
+            s.batch_size,
+            if s.tta == Tta::Flips { " and --tta flips" } else { "" },
+            bytes as f64 / f64::from(1u32 << 30),
+            (MAX_BATCH_BYTES / per_cube).max(1)
+        )));
+    }
+    Ok(())
+}
+
 /// Scores every input and writes the output atomically (streamed through a temporary
 /// file). Bad files are reported on stderr as `path: reason`, listed in the errors file, and
 /// skipped; the good rows are still written and [`Summary::failed`] counts the bad ones
@@ -463,6 +484,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         }
     }
     let mut scorer = Scorer::open(&s.model, &s.scorer)?;
+    check_batch_memory(s, scorer.preprocess.cube_size)?;
     let cal = calib::choose(
         s.calibration.as_deref(),
         &s.model,

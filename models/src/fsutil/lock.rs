@@ -8,7 +8,7 @@
 //! locked file, and if it does not (the holder removed it meanwhile) locking starts again.
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
@@ -48,13 +48,31 @@ impl Lock {
 
     fn take(path: &Path, busy: &str, keep: bool) -> Result<Lock> {
         for _ in 0..100 {
+            // Never through a symlink, and only a regular file: a lock file planted as a link
+            // to another file must not get that file truncated.
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .read(true)
                 .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(path)
-                .map_err(|e| Error::io(path, e))?;
+                .map_err(|e| {
+                    if e.raw_os_error() == Some(libc::ELOOP) {
+                        Error::Busy {
+                            path: path.to_path_buf(),
+                            msg: "the lock file is a symbolic link; remove it".into(),
+                        }
+                    } else {
+                        Error::io(path, e)
+                    }
+                })?;
+            if !f.metadata().map_err(|e| Error::io(path, e))?.is_file() {
+                return Err(Error::Busy {
+                    path: path.to_path_buf(),
+                    msg: "the lock file is not a regular file; remove it".into(),
+                });
+            }
             match f.try_lock() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
@@ -158,6 +176,16 @@ mod tests {
         let again = Lock::beside(&d.path().join("out.csv"), "output out.csv").expect("free again");
         assert_eq!(again.path(), p);
         drop(again);
+        // A lock file planted as a symlink to another file: refused, the file untouched.
+        let victim = d.path().join("precious.txt");
+        std::fs::write(&victim, b"keep me").expect("w");
+        std::os::unix::fs::symlink(&victim, &p).expect("ln");
+        let e = Lock::beside(&d.path().join("out.csv"), "output out.csv")
+            .expect_err("symlink")
+            .to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read(&victim).expect("read"), b"keep me");
+        std::fs::remove_file(&p).expect("rm");
         let kept = Lock::acquire_kept(&p, "busy").expect("kept");
         drop(kept);
         assert!(p.exists(), "a kept lock file stays");

@@ -54,17 +54,43 @@ pub fn open_regular(path: &Path) -> Result<File> {
     Ok(f)
 }
 
-/// The bytes of a regular file ([`open_regular`]).
-pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
-    let mut f = open_regular(path)?;
+/// The largest file [`read_regular`] reads whole: 2 GiB, protobuf's own limit on a message
+/// (an ONNX model larger than that cannot be read by anyone).
+pub const MAX_WHOLE_FILE: u64 = 2 << 30;
+
+/// The largest text file [`read_regular_to_string`] reads (configs, `calibration.yaml`,
+/// state files are kilobytes).
+pub const MAX_TEXT_FILE: u64 = 64 << 20;
+
+/// The bytes of a regular file ([`open_regular`]) of at most `max` bytes.
+fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let f = open_regular(path)?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > max {
+        return Err(Error::BadInput {
+            path: path.to_path_buf(),
+            msg: format!("{len} bytes: more than the {max} a file of this kind may have"),
+        });
+    }
     let mut v = Vec::new();
-    f.read_to_end(&mut v).map_err(|e| Error::io(path, e))?;
+    v.try_reserve_exact(len as usize)
+        .map_err(|_| Error::BadInput {
+            path: path.to_path_buf(),
+            msg: format!("cannot allocate {len} bytes to read it"),
+        })?;
+    f.take(max).read_to_end(&mut v).map_err(|e| Error::io(path, e))?;
     Ok(v)
 }
 
-/// The text of a regular file ([`open_regular`]); invalid UTF-8 is an error naming it.
+/// The bytes of a regular file ([`open_regular`]), up to [`MAX_WHOLE_FILE`].
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    read_limited(path, MAX_WHOLE_FILE)
+}
+
+/// The text of a regular file ([`open_regular`]), up to [`MAX_TEXT_FILE`]; invalid UTF-8 is
+/// an error naming it.
 pub fn read_regular_to_string(path: &Path) -> Result<String> {
-    let bytes = read_regular(path)?;
+    let bytes = read_limited(path, MAX_TEXT_FILE)?;
     String::from_utf8(bytes).map_err(|e| Error::BadInput {
         path: path.to_path_buf(),
         msg: format!(
@@ -101,5 +127,10 @@ mod tests {
         std::fs::write(&f, [0xff, 0xfe]).expect("w");
         let e = read_regular_to_string(&f).expect_err("utf8").to_string();
         assert!(e.contains("not UTF-8"), "{e}");
+        // A "config" of 65 MiB (sparse): refused by its size before anything is read.
+        let big = d.path().join("big.yaml");
+        std::fs::File::create(&big).expect("create").set_len(MAX_TEXT_FILE + 1).expect("len");
+        let e = read_regular_to_string(&big).expect_err("big").to_string();
+        assert!(e.contains("more than the 67108864"), "{e}");
     }
 }

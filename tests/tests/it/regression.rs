@@ -372,6 +372,20 @@ fn a_second_process_writing_the_same_output_was_not_refused() {
     drop(held);
 }
 
+/// A lock file planted as a symlink to another file would have had that file truncated
+/// (the holder writes its PID into the lock file).
+#[test]
+fn a_lock_file_planted_as_a_symlink_truncated_its_target() {
+    let f = fixture();
+    let d = tempfile::tempdir().expect("tmp");
+    let victim = d.path().join("precious.txt");
+    std::fs::write(&victim, b"keep me").expect("w");
+    std::os::unix::fs::symlink(&victim, d.path().join(".scores.csv.lock")).expect("ln");
+    let r = infer(&[s(&f.patches), "-o", s(&d.path().join("scores.csv"))]);
+    assert!(!r.ok && r.stderr.contains("symbolic link"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&victim).expect("read"), b"keep me");
+}
+
 // ---- Inputs that are not regular files ---------------------------------------------------
 
 #[test]
