@@ -257,8 +257,9 @@ pub fn fit_isotonic(z: &[f64], y: &[u8]) -> Result<Isotonic, CalError> {
 /// Logits so far from the rest that no fit over them means anything: more than
 /// [`EXTREME_SPREADS`] robust spreads from the median. A mislabelled one would decide a
 /// temperature or Platt fit on its own (its loss grows with its size), while a correctly
-/// labelled one adds nothing to it; so the fits leave them out, with a warning, and the
-/// metrics and thresholds keep them (their probabilities are 0 or 1 either way).
+/// labelled one adds nothing to it; so the fits (temperature, Platt, isotonic, and the
+/// cross-validation that chooses among them) leave them out, with a warning, unless that
+/// would leave a class without examples; the metrics and thresholds keep them (their probabilities are 0 or 1 either way).
 #[derive(Debug, Clone)]
 pub struct Extremes {
     /// Indices of the extreme logits.
@@ -283,8 +284,9 @@ impl Extremes {
         let at = lines.get(worst).map_or_else(String::new, |l| format!(", on line {l}"));
         format!(
             "{} logit(s) in {} lie more than {EXTREME_SPREADS} robust spreads from the median, outside [{:.4e}, {:.4e}] \
-             (the most extreme: {:e}{at}); the temperature and Platt fits leave them out, since one of them \
-             mislabelled would decide the fit alone; metrics and thresholds include them",
+             (the most extreme: {:e}{at}); the temperature, Platt and isotonic fits and the method \
+             cross-validation leave them out, since one of them mislabelled would decide the fit alone; \
+             metrics and thresholds include them",
             self.indices.len(),
             source.display(),
             self.bounds[0],

@@ -194,9 +194,21 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
     // The fits leave out logits so extreme that no fit over them means anything (the
     // warning names them); everything else uses every logit.
     let extreme = fit::extremes(z);
-    let fit_table = extreme.as_ref().map(|e| {
-        warnings.push(e.warning(z, &t.source, &t.lines));
-        t.without(&e.indices)
+    let fit_table = extreme.as_ref().and_then(|e| {
+        let rest = t.without(&e.indices);
+        let both = rest.labels.contains(&1) && rest.labels.contains(&0);
+        if both {
+            warnings.push(e.warning(z, &t.source, &t.lines));
+            Some(rest)
+        } else {
+            // Without them one class would be gone: fit on everything, and say so.
+            warnings.push(format!(
+                "{} extreme logit(s) in {} are all of one class's only examples; the fits keep them",
+                e.indices.len(),
+                t.source.display()
+            ));
+            None
+        }
     });
     let cv_table = fit_table.as_ref().unwrap_or(t);
     let fitted = Fitted::fit(&cv_table.logits, &cv_table.labels, s.platt_smoothing)?;
@@ -283,7 +295,8 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
 /// The outputs of a run, checked and locked before any work.
 struct OutputPlan {
     dir: PathBuf,
-    lock: Lock,
+    /// None when `-o` is a device or FIFO (written through, no folder of ours).
+    lock: Option<Lock>,
     /// The folder did not exist before this run.
     created: bool,
 }
@@ -314,7 +327,22 @@ fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
     }
     let dir = s.out_dir();
     if dir.is_dir() {
-        io.output("calibration file", &s.out)?;
+        if let models::fsutil::Target::Stream(_) = io.output("calibration file", &s.out)? {
+            // A device or FIFO takes the calibration file; the report and the calibrated
+            // model need a folder of their own, not the device's.
+            if s.report || s.bake {
+                return Err(CalError::Usage(format!(
+                    "-o {} is a device or FIFO: the report and model.calibrated.onnx need a folder \
+                     (add --no-report --no-bake, or give -o a file path)",
+                    s.out.display()
+                )));
+            }
+            return Ok(OutputPlan {
+                dir,
+                lock: None,
+                created: false,
+            });
+        }
     }
     let mut names = Vec::new();
     if s.report {
@@ -329,7 +357,11 @@ fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
     let created = !dir.exists();
     std::fs::create_dir_all(&dir).map_err(|e| models::Error::io(&dir, e))?;
     let lock = Lock::within(&dir, &format!("output folder {}", dir.display()))?;
-    Ok(OutputPlan { dir, lock, created })
+    Ok(OutputPlan {
+        dir,
+        lock: Some(lock),
+        created,
+    })
 }
 
 /// Checks the settings and the outputs, reads the scores (or scores the patches), fits, and
@@ -624,5 +656,29 @@ mod tests {
             b.warnings
         );
         assert_eq!(b.data.n, clean.logits.len() + 1);
+        // Where the extremes are all of one class, leaving them out would leave nothing to
+        // fit that class: the fits keep them and say so.
+        let mut lone = clean.clone();
+        let positives: Vec<usize> = (0..lone.labels.len()).filter(|&i| lone.labels[i] == 1).collect();
+        let keep: Vec<usize> = positives[1..].to_vec();
+        lone = lone.without(&keep);
+        let p = (0..lone.labels.len())
+            .find(|&i| lone.labels[i] == 1)
+            .expect("one positive");
+        lone.logits[p] = 1e30;
+        let c = calibrate(
+            &lone,
+            &quick(),
+            ModelRef {
+                path: "m.onnx".into(),
+                sha256: "ab".repeat(32),
+            },
+        )
+        .expect("lone");
+        assert!(
+            c.warnings.iter().any(|w| w.contains("the fits keep them")),
+            "{:?}",
+            c.warnings
+        );
     }
 }

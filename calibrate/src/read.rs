@@ -77,8 +77,7 @@ impl ScoreTable {
             ..Default::default()
         };
         let mut seen = std::collections::HashMap::new();
-        for (i, rec) in rdr.records().enumerate() {
-            let line = i + 2;
+        for (line, rec) in models::csvio::rows(&mut rdr) {
             let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
             let raw = rec.get(si).unwrap_or("");
             let s: f64 = raw

@@ -10,8 +10,9 @@ use crate::{CalError, ScoreTable, Settings};
 /// The calibrated model's file name, beside `calibration.yaml`.
 pub const BAKED_FILE: &str = "model.calibrated.onnx";
 
-/// Writes `calibration.yaml` (at `s.out`), then the report and the calibrated model into
-/// `dir` as the settings ask.
+/// Writes the report and the calibrated model into `dir` as the settings ask, then
+/// `calibration.yaml` (at `s.out`) last: a run that fails half-way leaves the previous
+/// calibration file in force, never one that names outputs this run did not finish.
 pub fn write_outputs(
     cal: &CalibrationFile,
     t: &ScoreTable,
@@ -23,14 +24,20 @@ pub fn write_outputs(
         path: s.out.clone(),
         msg: e.to_string(),
     })?;
-    models::fsutil::write_atomic(&s.out, text.as_bytes())?;
-    if s.report {
-        crate::report::write(cal, t, dir)?;
-    }
     if s.bake {
         let baked = crate::bake::calibrated_model(model, cal)?;
         models::fsutil::write_atomic(&dir.join(BAKED_FILE), &models::onnx::to_bytes(&baked))?;
+    } else if dir.join(BAKED_FILE).exists() {
+        // Not ours to delete, but it no longer matches the calibration written beside it.
+        eprintln!(
+            "warning: {} was left as it was (--no-bake) and still holds the previous calibration",
+            dir.join(BAKED_FILE).display()
+        );
     }
+    if s.report {
+        crate::report::write(cal, t, dir)?;
+    }
+    models::fsutil::write_atomic(&s.out, text.as_bytes())?;
     Ok(())
 }
 

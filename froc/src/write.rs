@@ -30,16 +30,15 @@ fn csv_bytes(path: &Path, header: &[&str], rows: impl IntoIterator<Item = Vec<St
     })
 }
 
-/// Writes `froc_summary.yaml`, `froc_curve.csv`, `froc_bootstrap.csv`,
-/// `nodules_without_candidate.csv` and `froc.png` into `out`, each atomically.
+/// Writes `froc_curve.csv`, `froc_bootstrap.csv`, `nodules_without_candidate.csv`,
+/// `froc.png` and, last, `froc_summary.yaml` into `out`, each atomically.
 pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), FrocError> {
     std::fs::create_dir_all(out).map_err(|e| models::Error::io(out, e))?;
-    let p = out.join("froc_summary.yaml");
+    let summary = out.join("froc_summary.yaml");
     let yaml = serde_yaml::to_string(r).map_err(|e| FrocError::Output {
-        path: p.clone(),
+        path: summary.clone(),
         msg: e.to_string(),
     })?;
-    models::fsutil::write_atomic(&p, yaml.as_bytes())?;
     let f9 = |v: &f64| format!("{v:.9}");
     let p = out.join("froc_curve.csv");
     let rows = r.curve.iter().map(|(x, y, t)| vec![f9(x), f9(y), f9(t)]);
@@ -65,7 +64,10 @@ pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), FrocError>
         ]
     });
     models::fsutil::write_atomic(&p, &csv_bytes(&p, &header, rows)?)?;
-    plot(r, &out.join("froc.png"))
+    plot(r, &out.join("froc.png"))?;
+    // The summary last: a run that fails half-way leaves the earlier summary in force.
+    models::fsutil::write_atomic(&summary, yaml.as_bytes())?;
+    Ok(())
 }
 
 fn plot(r: &FrocReport, path: &Path) -> Result<(), FrocError> {

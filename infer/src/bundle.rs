@@ -353,7 +353,7 @@ pub fn verify_self() -> Result<Option<(PathBuf, BundleInfo)>, InferError> {
         }
     }
     let desc = dir.join(DESCRIPTION);
-    let info: Option<BundleInfo> = std::fs::read_to_string(&desc)
+    let info: Option<BundleInfo> = models::fsutil::read_regular_to_string(&desc)
         .ok()
         .and_then(|t| serde_yaml::from_str(&t).ok());
     match &info {

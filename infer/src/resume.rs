@@ -91,8 +91,7 @@ pub(crate) fn read_previous(
             );
             let mut w = csv::Writer::from_writer(Vec::new());
             w.write_record(&got).map_err(|e| input_err(path, e.to_string()))?;
-            for (i, rec) in r.records().enumerate() {
-                let line = i + 2;
+            for (line, rec) in models::csvio::rows(&mut r) {
                 let rec = rec.map_err(|e| damaged(line, &e))?;
                 if let (Some(cal), (Some(l), Some(p), Some(d), Some(o))) = (cal, cal_cols) {
                     let num = |c: usize| rec.get(c).and_then(|v| v.parse::<f64>().ok());
@@ -130,7 +129,7 @@ pub(crate) fn read_previous(
                     .as_object()
                     .map(|o| o.keys().map(String::as_str).collect())
                     .unwrap_or_default();
-                if header.iter().any(|h| !keys.contains(h)) {
+                if keys.len() != header.len() || header.iter().any(|h| !keys.contains(h)) {
                     return Err(input_err(
                         path,
                         format!("--resume: line {n} has other fields than this run writes"),

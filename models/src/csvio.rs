@@ -26,6 +26,31 @@ pub fn open(path: &Path, has_headers: bool) -> Result<(csv::Reader<std::fs::File
     Ok((rdr, headers))
 }
 
+/// The rows of `rdr`, each with the line of the file it starts on: a row's index is not its
+/// line when a quoted field spans lines or blank lines are skipped, and a message must point
+/// at the line a user's editor shows.
+pub fn rows<R: std::io::Read>(
+    rdr: &mut csv::Reader<R>,
+) -> impl Iterator<Item = (usize, csv::Result<csv::StringRecord>)> + '_ {
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let mut rec = csv::StringRecord::new();
+        let at = rdr.position().line();
+        let (line, item) = match rdr.read_record(&mut rec) {
+            Ok(false) => return None,
+            Ok(true) => (rec.position().map_or(at, |p| p.line()), Ok(rec)),
+            Err(e) => {
+                failed = true;
+                (e.position().map_or(at, |p| p.line()), Err(e))
+            }
+        };
+        Some((usize::try_from(line).unwrap_or(usize::MAX), item))
+    })
+}
+
 /// The names in `want` that the header lacks.
 pub fn missing<'a>(headers: &csv::StringRecord, want: &[&'a str]) -> Vec<&'a str> {
     want.iter()
@@ -49,5 +74,17 @@ mod tests {
         std::fs::write(&p, "a, b\n1,2\n").expect("w");
         let (_, h) = open(&p, true).expect("open");
         assert_eq!(missing(&h, &["a", "b", "c"]), ["c"]);
+    }
+
+    #[test]
+    fn rows_carry_the_line_they_start_on() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("x.csv");
+        std::fs::write(&p, "a,b\n1,\"two\nlines\"\n\n3,4\n").expect("w");
+        let (mut r, _) = open(&p, true).expect("open");
+        let got: Vec<(usize, String)> = rows(&mut r)
+            .map(|(l, rec)| (l, rec.expect("row")[0].to_string()))
+            .collect();
+        assert_eq!(got, [(2, "1".to_string()), (5, "3".to_string())]);
     }
 }

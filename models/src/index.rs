@@ -221,9 +221,10 @@ pub fn read_scoring_index(path: &Path) -> Result<ScoringIndex> {
     let mut rows = Vec::new();
     let mut refused = Vec::new();
     let mut seen = std::collections::HashMap::new();
-    for (i, rec) in rdr.deserialize::<ScoringRow>().enumerate() {
-        let line = i + 2;
-        let row = rec.map_err(|e| bad(format!("line {line}: {e}")))?;
+    for (line, rec) in crate::csvio::rows(&mut rdr) {
+        let row: ScoringRow = rec
+            .and_then(|r| r.deserialize(Some(&headers)))
+            .map_err(|e| bad(format!("line {line}: {e}")))?;
         if row.patch_file.is_empty() {
             return Err(bad(format!("line {line}: empty patch_file")));
         }

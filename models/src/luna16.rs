@@ -62,8 +62,7 @@ pub fn read_findings(path: &Path, value_col: &str) -> Result<Vec<Finding>> {
     }
     let idx: Vec<usize> = idx.into_iter().flatten().collect();
     let mut out = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
+    for (line, rec) in crate::csvio::rows(&mut rdr) {
         let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
         let num = |k: usize| -> Result<f64> {
             let s = rec.get(idx[k]).unwrap_or("");
@@ -91,11 +90,11 @@ pub fn read_findings(path: &Path, value_col: &str) -> Result<Vec<Finding>> {
 pub fn read_series_list(path: &Path) -> Result<(Vec<String>, Option<String>)> {
     let (mut rdr, _) = crate::csvio::open(path, false)?;
     let mut uids = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| input_err(path, format!("line {}: {e}", i + 1)))?;
+    for (line, rec) in crate::csvio::rows(&mut rdr) {
+        let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
         let uid = rec.get(0).unwrap_or("").to_string();
         if uid.is_empty() {
-            return Err(input_err(path, format!("line {}: empty seriesuid", i + 1)));
+            return Err(input_err(path, format!("line {line}: empty seriesuid")));
         }
         uids.push(uid);
     }

@@ -323,12 +323,17 @@ impl Scan {
         let body: Vec<u8> = if h.compressed {
             let avail = len.saturating_sub(base);
             let csize = h.compressed_size.map_or(avail, |c| c.min(avail));
-            let src = read_at(&mut file, base, csize)?;
-            // Bounded: never inflate more than the header's volume (plus one byte to notice
-            // more). The buffer grows with what actually inflates, not with what the header
-            // claims, and a failed allocation is an error (read_to_end reserves fallibly).
+            {
+                use std::io::Seek;
+                file.seek(std::io::SeekFrom::Start(base as u64))
+                    .map_err(|e| Error::io(&data_path, e))?;
+            }
+            // Streamed from the file (the compressed bytes are never held whole) and bounded:
+            // never inflate more than the header's volume (plus one byte to notice more). The
+            // buffer grows with what actually inflates, not with what the header claims, and a
+            // failed allocation is an error (read_to_end reserves fallibly).
             let mut out = Vec::new();
-            flate2::read::ZlibDecoder::new(&src[..])
+            flate2::read::ZlibDecoder::new(std::io::BufReader::new((&file).take(csize as u64)))
                 .take(need as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| Error::BadPatch {

@@ -520,11 +520,22 @@ mod tests {
                 (a, b) => panic!("{name}: load_patch {a:?}, load_patch_into {b:?}"),
             }
         }
+        // The oracle: ndarray-npy's own reader, then the whole-array preprocessing.
+        let oracle = |name: &str, bytes: &[u8], p: &Path| -> Array3<f32> {
+            use ndarray_npy::ReadNpyExt;
+            let hu: ArrayD<f32> = match name {
+                "f64" => ArrayD::<f64>::read_npy(bytes).expect(name).mapv(|v| v as f32),
+                "i16" => ArrayD::<i16>::read_npy(bytes).expect(name).mapv(f32::from),
+                _ => ArrayD::<f32>::read_npy(bytes).expect(name),
+            };
+            pre.apply(&hu, p).expect(name)
+        };
         for (name, bytes) in &files {
             let p = dir.path().join(format!("{name}.npy"));
             std::fs::write(&p, bytes).expect("write");
             npy_header(&p).expect(name);
-            let want = load_patch(&p, &pre).expect(name);
+            let want = oracle(name, bytes, &p);
+            assert_eq!(want, load_patch(&p, &pre).expect(name), "{name}");
             let mut got = vec![f32::NAN; 512];
             load_patch_into(&p, &pre, &mut got).expect(name);
             assert_eq!(want.as_slice().expect("standard"), &got[..], "{name}");

@@ -67,10 +67,21 @@ impl Lock {
                         Error::io(path, e)
                     }
                 })?;
-            if !f.metadata().map_err(|e| Error::io(path, e))?.is_file() {
+            let m = f.metadata().map_err(|e| Error::io(path, e))?;
+            if !m.is_file() {
                 return Err(Error::Busy {
                     path: path.to_path_buf(),
                     msg: "the lock file is not a regular file; remove it".into(),
+                });
+            }
+            // A hard link to another file would get that file truncated just the same.
+            if m.nlink() != 1 {
+                return Err(Error::Busy {
+                    path: path.to_path_buf(),
+                    msg: format!(
+                        "the lock file has {} names (a hard link to another file?); remove it",
+                        m.nlink()
+                    ),
                 });
             }
             match f.try_lock() {
@@ -145,9 +156,19 @@ fn in_use(what: &str) -> String {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        // Removed while still held, then released (see the module documentation).
+        // Removed while still held, then released (see the module documentation); only if
+        // the path still names our file, not one someone put in its place.
         if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
+            let same = match (
+                self.file.as_ref().map(File::metadata),
+                std::fs::symlink_metadata(&self.path),
+            ) {
+                (Some(Ok(ours)), Ok(now)) => ours.dev() == now.dev() && ours.ino() == now.ino(),
+                _ => false,
+            };
+            if same {
+                let _ = std::fs::remove_file(&self.path);
+            }
         }
         self.file.take();
     }
@@ -185,6 +206,21 @@ mod tests {
             .to_string();
         assert!(e.contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read(&victim).expect("read"), b"keep me");
+        std::fs::remove_file(&p).expect("rm");
+        // Planted as a hard link: refused, the file untouched.
+        std::fs::hard_link(&victim, &p).expect("ln");
+        let e = Lock::beside(&d.path().join("out.csv"), "output out.csv")
+            .expect_err("hard link")
+            .to_string();
+        assert!(e.contains("hard link"), "{e}");
+        assert_eq!(std::fs::read(&victim).expect("read"), b"keep me");
+        std::fs::remove_file(&p).expect("rm");
+        // A lock file replaced while held: the holder leaves the replacement alone.
+        let held = Lock::beside(&d.path().join("out.csv"), "output out.csv").expect("lock");
+        std::fs::remove_file(&p).expect("rm");
+        std::fs::write(&p, b"someone else's").expect("w");
+        drop(held);
+        assert_eq!(std::fs::read(&p).expect("read"), b"someone else's");
         std::fs::remove_file(&p).expect("rm");
         let kept = Lock::acquire_kept(&p, "busy").expect("kept");
         drop(kept);

@@ -73,11 +73,10 @@ fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>> {
         });
     }
     let mut v = Vec::new();
-    v.try_reserve_exact(len as usize)
-        .map_err(|_| Error::BadInput {
-            path: path.to_path_buf(),
-            msg: format!("cannot allocate {len} bytes to read it"),
-        })?;
+    v.try_reserve_exact(len as usize).map_err(|_| Error::BadInput {
+        path: path.to_path_buf(),
+        msg: format!("cannot allocate {len} bytes to read it"),
+    })?;
     f.take(max).read_to_end(&mut v).map_err(|e| Error::io(path, e))?;
     Ok(v)
 }
@@ -129,7 +128,10 @@ mod tests {
         assert!(e.contains("not UTF-8"), "{e}");
         // A "config" of 65 MiB (sparse): refused by its size before anything is read.
         let big = d.path().join("big.yaml");
-        std::fs::File::create(&big).expect("create").set_len(MAX_TEXT_FILE + 1).expect("len");
+        std::fs::File::create(&big)
+            .expect("create")
+            .set_len(MAX_TEXT_FILE + 1)
+            .expect("len");
         let e = read_regular_to_string(&big).expect_err("big").to_string();
         assert!(e.contains("more than the 67108864"), "{e}");
     }

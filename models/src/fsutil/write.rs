@@ -112,8 +112,14 @@ fn temp_owner(name: &str) -> Option<i32> {
     name.strip_prefix(TEMP_PREFIX)?.split('.').next()?.parse().ok()
 }
 
+/// How old a temporary file must be before [`clean_stale_temps`] removes it: its process id
+/// alone is not proof (a PID is reused, and a process in another PID namespace sharing
+/// the folder looks dead from here), so a file still being written is left alone.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 /// Removes the temporary files in `dir` that a process no longer running left behind (a run
-/// killed while writing). Best effort: what cannot be removed stays. Returns how many went.
+/// killed while writing) and that nothing has touched for [`STALE_AFTER`]. Best effort:
+/// what cannot be removed stays. Returns how many went.
 pub fn clean_stale_temps(dir: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
@@ -125,14 +131,21 @@ pub fn clean_stale_temps(dir: &Path) -> usize {
         let Some(pid) = name.to_str().and_then(temp_owner) else {
             continue;
         };
-        if pid != me && pid > 0 && !alive(pid) && std::fs::remove_file(e.path()).is_ok() {
+        let old = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if old && pid != me && pid > 0 && !alive(pid) && std::fs::remove_file(e.path()).is_ok() {
             n += 1;
         }
     }
     n
 }
 
-/// A temporary file beside `dest` with our name pattern (and `dest`'s extension).
+/// A temporary file beside `dest` with our name pattern (and `dest`'s extension), with the
+/// permissions `dest` has now (0644 for a new file), so replacing a file keeps its mode.
 fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -146,9 +159,28 @@ fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile> {
         .prefix(&format!("{TEMP_PREFIX}{}.", std::process::id()))
         .suffix(&suffix)
         // Outputs are ordinary files others may read (tempfile defaults to 0600).
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode_of(dest)))
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))
+}
+
+/// The permission bits of an existing regular file, 0644 otherwise.
+fn mode_of(dest: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(dest)
+        .ok()
+        .filter(|m| m.is_file())
+        .map_or(0o644, |m| m.permissions().mode() & 0o7777)
+}
+
+/// Renames `tmp` over `dest` and syncs the folder, so the rename itself survives a crash.
+fn persist(tmp: tempfile::TempPath, dest: &Path) -> std::io::Result<()> {
+    tmp.persist(dest).map_err(|e| e.error)?;
+    if let Some(dir) = dest.parent() {
+        // Best effort: some file systems refuse to sync a folder; the data is synced already.
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 enum Inner {
@@ -222,7 +254,7 @@ impl Sink {
             Inner::Atomic { w, tmp, dest } => {
                 let f = w.into_inner().map_err(|e| io(e.into_error()))?;
                 f.sync_all().map_err(io)?;
-                tmp.persist(&dest).map_err(|e| io(e.error))?;
+                persist(tmp, &dest).map_err(io)?;
                 Ok(())
             }
             Inner::Stream(mut w) => w.flush().map_err(io),
@@ -275,7 +307,7 @@ pub fn replace_with<E: std::fmt::Display>(path: &Path, write: impl FnOnce(&Path)
             File::open(&tmp)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| Error::io(path, e))?;
-            tmp.persist(dest).map_err(|e| Error::io(path, e.error))?;
+            persist(tmp, dest).map_err(|e| Error::io(path, e))?;
         }
         Target::Stream(_) => {
             let mut sink = Sink::to(&target, path)?;
@@ -361,6 +393,19 @@ mod tests {
     }
 
     #[test]
+    fn replacing_a_file_keeps_its_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("private.yaml");
+        write_atomic(&p, b"one").expect("write");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&p), 0o644, "a new output is readable by others");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        write_atomic(&p, b"two").expect("write");
+        assert_eq!(mode(&p), 0o600, "replacing a private file made it readable by others");
+    }
+
+    #[test]
     fn stale_temporaries_of_dead_processes_are_cleaned_and_live_ones_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         // PID 2^22 + 1 is above Linux's largest pid_max, so no process has it.
@@ -369,11 +414,21 @@ mod tests {
             .path()
             .join(format!("{TEMP_PREFIX}{}.abcdef.csv", std::process::id()));
         let other = dir.path().join(".tmp-something-else");
-        for p in [&dead, &mine, &other] {
+        // A dead owner but written just now: perhaps a live process in another namespace.
+        let recent = dir.path().join(format!("{TEMP_PREFIX}4194305.ghijkl.csv"));
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for p in [&dead, &mine, &other, &recent] {
             std::fs::write(p, b"x").expect("w");
+            if p != &recent {
+                File::options()
+                    .write(true)
+                    .open(p)
+                    .and_then(|f| f.set_modified(hour_ago))
+                    .expect("mtime");
+            }
         }
         assert_eq!(clean_stale_temps(dir.path()), 1);
-        assert!(!dead.exists() && mine.exists() && other.exists());
+        assert!(!dead.exists() && mine.exists() && other.exists() && recent.exists());
         assert_eq!(temp_owner(".tmp-nodule.77.x"), Some(77));
         assert_eq!(temp_owner("tmp-nodule.77.x"), None);
     }

@@ -298,10 +298,21 @@ fn temporary_files_of_a_killed_run_stayed_forever() {
     let d = tempfile::tempdir().expect("tmp");
     // PID 4194305 is above Linux's largest pid_max: its process is surely gone.
     let stale = d.path().join(".tmp-nodule.4194305.AbCdEf.csv");
+    // And one as fresh: its writer may be a live process this PID namespace cannot see.
+    let fresh = d.path().join(".tmp-nodule.4194305.GhIjKl.csv");
     std::fs::write(&stale, b"half a file").expect("w");
+    std::fs::write(&fresh, b"being written").expect("w");
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .and_then(|f| f.set_modified(hour_ago))
+        .expect("mtime");
     let r = infer(&[s(&f.patches), "-o", s(&d.path().join("scores.csv"))]);
     assert!(r.ok, "{}", r.stderr);
     assert!(!stale.exists(), "a killed run's temporary file was left");
+    assert!(fresh.exists(), "a temporary file written minutes ago was removed");
+    std::fs::remove_file(&fresh).expect("rm");
     let left: Vec<String> = std::fs::read_dir(d.path())
         .expect("ls")
         .flatten()
@@ -353,12 +364,10 @@ fn a_second_process_writing_the_same_output_was_not_refused() {
             r.stderr
         );
     }
+    // --resume of a run folder (its config present): refused on the lock, not later.
+    std::fs::copy(f.run.join("config.yaml"), run_dir.join("config.yaml")).expect("config");
     let r = run_err("trainer", &["train", "--resume", s(&run_dir)]);
-    assert!(
-        r.stderr.contains("PID 424242") || r.stderr.contains("not a run folder"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("PID 424242"), "{}", r.stderr);
     drop(held);
     // calibrate.
     let cal = d.path().join("cal");
@@ -895,6 +904,34 @@ fn resume_accepted_a_folder_whose_config_or_metrics_changed() {
         std::fs::write(&p, orig).expect("restore");
     }
     run_ok("trainer", &["train", "--resume", s(&run_dir), "-q"]);
+}
+
+/// `--force` over a finished run with data that fail to load removed the finished run first.
+#[test]
+fn force_with_bad_data_lost_the_previous_run() {
+    let f = fixture();
+    let d = tempfile::tempdir().expect("tmp");
+    let run_dir = d.path().join("run");
+    run_ok("trainer", &small_run(&f.patches, &run_dir));
+    let before: Vec<(String, Vec<u8>)> = ["model.onnx", "metrics.csv", "summary.yaml", "config.yaml"]
+        .iter()
+        .map(|n| (n.to_string(), std::fs::read(run_dir.join(n)).expect(n)))
+        .collect();
+    let bad = patches_copy(d.path());
+    let index = bad.join("patch_index.csv");
+    let text = std::fs::read_to_string(&index).expect("index");
+    std::fs::write(&index, text.replacen(",1\n", ",7\n", 1)).expect("w");
+    let mut args = small_run(&bad, &run_dir);
+    args.push("--force");
+    let r = run_err("trainer", &args);
+    assert!(
+        r.stderr.contains("patch_index.csv") && r.stderr.contains("label"),
+        "{}",
+        r.stderr
+    );
+    for (n, bytes) in before {
+        assert_eq!(std::fs::read(run_dir.join(&n)).expect(&n), bytes, "{n} changed");
+    }
 }
 
 /// A run killed (SIGKILL) inside its first epoch left a folder that refused the same

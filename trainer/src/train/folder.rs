@@ -29,6 +29,9 @@ const UNSTARTED: [&str; 3] = ["config.yaml", "split.csv", "train_state.yaml"];
 enum Plan {
     /// Write a new run (the folder is empty, or holds a run that never finished an epoch).
     Start,
+    /// `--force`: a new run, the previous run's files removed once the inputs have loaded
+    /// (a run that fails before that leaves them as they were).
+    Replace,
     /// Continue from this state (`None`: the run had not finished an epoch).
     Resume(Option<Box<TrainState>>),
 }
@@ -51,6 +54,32 @@ pub struct RunFolder {
     pub config_sha256: String,
     pub split_sha256: String,
 }
+
+/// Removes the previous run's files (and the calibrate outputs made from it), so the folder
+/// never mixes two runs.
+fn remove_run_files(dir: &Path) -> Result<()> {
+    let plots = dir.join(CALIBRATION_PLOTS);
+    let plot_files: Vec<PathBuf> = [
+        "reliability.png",
+        "roc.png",
+        "precision_recall.png",
+        "decision_curve.png",
+    ]
+    .iter()
+    .map(|n| plots.join(n))
+    .collect();
+    for p in RUN_FILES.iter().map(|n| dir.join(n)).chain(plot_files) {
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| TrainError::file(format!("{}: cannot remove", p.display()), e))?;
+        }
+    }
+    // Only if nothing else is in it.
+    let _ = std::fs::remove_dir(&plots);
+    Ok(())
+}
+
+/// The folder calibrate writes its plots into, beside `calibration.yaml`.
+const CALIBRATION_PLOTS: &str = "calibration_plots";
 
 /// The folder's entries other than its lock and temporary files.
 fn entries(dir: &Path) -> Result<Vec<String>> {
@@ -144,7 +173,7 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
             dir.display()
         )));
     }
-    if std::fs::read(dir.join("split.csv")).ok().as_deref() != Some(found.manifest.as_slice()) {
+    if models::fsutil::read_regular(&dir.join("split.csv")).ok().as_deref() != Some(found.manifest.as_slice()) {
         return Err(TrainError::RunFolder(format!(
             "{}: the split differs from the one this run used (has the index changed?)",
             dir.display()
@@ -232,15 +261,7 @@ fn decide(cfg: &TrainConfig, opts: &RunOptions, found: &Found) -> Result<Plan> {
         if names.is_empty() || unstarted(dir, &names)? {
             Plan::Start
         } else if opts.force {
-            // Remove the previous run's files so the folder never mixes two runs.
-            for name in RUN_FILES {
-                let p = dir.join(name);
-                if p.exists() {
-                    std::fs::remove_file(&p)
-                        .map_err(|e| TrainError::file(format!("{}: cannot remove", p.display()), e))?;
-                }
-            }
-            Plan::Start
+            Plan::Replace
         } else {
             return Err(TrainError::RunFolder(format!(
                 "{}: run folder exists and is not empty; choose another --out, pass --force, or --resume to continue it",
@@ -269,6 +290,10 @@ impl Opened {
         let config_text = serde_yaml::to_string(cfg)?;
         let (resumed, fresh) = match self.plan {
             Plan::Start => (None, true),
+            Plan::Replace => {
+                remove_run_files(&dir)?;
+                (None, true)
+            }
             Plan::Resume(st) => (st.map(|b| *b), false),
         };
         if fresh {

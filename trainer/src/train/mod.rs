@@ -141,6 +141,8 @@ pub const RUN_FILES: &[&str] = &[
     "val_scores.csv",
     "summary.yaml",
     "calibration.yaml",
+    "calibration_report.md",
+    "model.calibrated.onnx",
 ];
 
 /// Runs a whole training job as configured.
