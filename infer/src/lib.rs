@@ -30,6 +30,7 @@ mod batch;
 pub mod bundle;
 mod calib;
 pub mod doctor;
+pub mod import;
 pub mod inputs;
 pub mod output;
 mod resume;

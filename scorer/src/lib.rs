@@ -288,6 +288,40 @@ impl Scorer {
     }
 }
 
+/// Runs any ONNX model (`bytes`, named `path` in errors) once on the CPU: `data` as `input`
+/// of `shape`, returning `output`'s shape and values. For checking a model that is not (yet)
+/// one of ours, such as one being imported.
+pub fn probe(
+    bytes: &[u8],
+    path: &Path,
+    ort_lib: Option<&Path>,
+    input: &str,
+    output: &str,
+    shape: [usize; 5],
+    data: &[f32],
+) -> Result<(Vec<i64>, Vec<f32>), ScorerError> {
+    let rt = runtime::init(ort_lib)?;
+    let model_err = |msg: String| ScorerError::Model {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut session = Session::builder(&rt.env)
+        .and_then(|mut b| b.commit_from_memory(bytes))
+        .map_err(|e| model_err(format!("ONNX Runtime cannot load it: {e}")))?;
+    let tensor =
+        TensorRef::from_array_view((shape, data)).map_err(|e| ScorerError::Runtime(format!("input tensor: {e}")))?;
+    let outputs = session
+        .run(ort::inputs![input => tensor])
+        .map_err(|e| model_err(format!("running it on a test batch failed: {e}")))?;
+    let value = outputs
+        .get(output)
+        .ok_or_else(|| model_err(format!("no output `{output}`")))?;
+    let (shape, values) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| model_err(format!("output `{output}` is not a float tensor: {e}")))?;
+    Ok((shape.iter().copied().collect(), values.to_vec()))
+}
+
 fn cuda_hint(rt: &runtime::Runtime) -> String {
     let compiled = ep::CUDA::is_available().unwrap_or(false);
     if compiled {

@@ -5,6 +5,7 @@
 //! dynamic (`batch`); the cube size is fixed and also recorded in `metadata_props`.
 pub mod build;
 pub mod proto;
+pub mod wire;
 
 use build::{float, int, ints, node, value_info, Dim};
 

@@ -5,6 +5,7 @@ mod calibration;
 mod chain;
 mod fixture;
 mod froc;
+mod import;
 mod linking;
 mod prepare;
 mod regression;

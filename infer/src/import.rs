@@ -1,0 +1,734 @@
+//! `infer import`: any ONNX binary classifier of CT cubes made into a model our tools score,
+//! calibrate and bundle.
+//!
+//! What is taken: one float input `[N, 1, D, D, D]` (any name; sizes fixed or symbolic) and
+//! one output `[N, 1]` or `[N]` (any name; `--output` picks one of several) that the user
+//! declares a logit or a probability.
+//! What is made: the same file, edited at the protobuf wire level so that everything it
+//! holds is kept byte for byte ([`models::onnx::wire`]), with
+//! * a `logit` output `[batch, 1]`: the declared output reshaped, or for a probability its
+//!   log-odds `log(p) − log(1 − p)` with `p` clipped to `[2⁻²⁴, 1 − 2⁻²⁴]` — a float32
+//!   probability rounds to 0 or 1 beyond |logit| ≈ 16.6, so the derived logit saturates
+//!   there and the ranking among near-certain patches is lost;
+//! * the graph's other outputs dropped, and any value the source already called `logit`,
+//!   `probability` or `decision` renamed (`source.NAME`), so calibrate can append its own;
+//! * our metadata: the preprocessing (from flags, or copied from a model of ours with
+//!   `--like`), the source's file name and sha256, what was declared.
+//!
+//! Before the file is written, the source runs in ONNX Runtime on a test batch (its output's
+//! shape and, for a probability, its range are checked), and so does the imported model,
+//! whose logits must equal the source's (or their log-odds).
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use models::onnx::build::{self, node, Dim};
+use models::onnx::proto::{data_type, tensor_shape_proto, type_proto, GraphProto, TensorProto, ValueInfoProto};
+use models::onnx::wire::{rewrite, Edit};
+use models::preprocess::Preprocess;
+
+use crate::InferError;
+
+/// What the imported model's output means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputKind {
+    /// Log-odds of a nodule (no sigmoid at the end).
+    Logit,
+    /// Probability of a nodule in [0, 1] (a sigmoid at the end).
+    Probability,
+}
+
+impl OutputKind {
+    fn name(self) -> &'static str {
+        match self {
+            OutputKind::Logit => "logit",
+            OutputKind::Probability => "probability",
+        }
+    }
+}
+
+/// An import.
+#[derive(Debug, Clone)]
+pub struct ImportSettings {
+    pub source: PathBuf,
+    pub out: PathBuf,
+    pub kind: OutputKind,
+    /// The output to use when the model has several.
+    pub output: Option<String>,
+    /// A model of ours whose preprocessing to copy (flags below override it).
+    pub like: Option<PathBuf>,
+    pub cube_size: Option<usize>,
+    pub hu_min: Option<f32>,
+    pub hu_max: Option<f32>,
+    pub out_min: Option<f32>,
+    pub out_max: Option<f32>,
+    pub pad_hu: Option<f32>,
+    pub ort_lib: Option<PathBuf>,
+}
+
+/// What an import made.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub out: PathBuf,
+    pub input: String,
+    pub output: String,
+    pub preprocess: Preprocess,
+    pub source_sha256: String,
+    /// External data files made inline: (name, sha256).
+    pub external: Vec<(String, String)>,
+    /// Values the source called `logit`, `probability` or `decision`, renamed.
+    pub renamed: Vec<(String, String)>,
+    /// Largest difference between the imported model's logits and the source's output
+    /// (or its log-odds) on the test batch.
+    pub max_abs_diff: f64,
+    pub onnxruntime_version: String,
+}
+
+fn refuse(path: &Path, msg: impl Into<String>) -> InferError {
+    InferError::Input {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// A value's element type and shape: `None` per symbolic dimension; no shape when unknown.
+fn tensor_type(v: &ValueInfoProto) -> Option<(i32, Option<Vec<Option<i64>>>)> {
+    let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
+    let dims = t.shape.as_ref().map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match d.value {
+                Some(tensor_shape_proto::dimension::Value::DimValue(v)) => Some(v),
+                _ => None,
+            })
+            .collect()
+    });
+    Some((t.elem_type.unwrap_or(0), dims))
+}
+
+fn shape_text(dims: &Option<Vec<Option<i64>>>) -> String {
+    match dims {
+        None => "unknown".into(),
+        Some(d) => format!(
+            "[{}]",
+            d.iter()
+                .map(|x| x.map_or("?".to_string(), |v| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Picks the one output (or the one named), or says which there are.
+fn pick<'a>(path: &Path, values: &[&'a ValueInfoProto], named: Option<&str>) -> Result<&'a ValueInfoProto, InferError> {
+    let names: Vec<&str> = values.iter().map(|v| v.name.as_deref().unwrap_or("")).collect();
+    match named {
+        Some(n) => values
+            .iter()
+            .copied()
+            .find(|v| v.name.as_deref() == Some(n))
+            .ok_or_else(|| {
+                refuse(
+                    path,
+                    format!("--output {n}: the model's outputs are {}", names.join(", ")),
+                )
+            }),
+        None if values.len() == 1 => Ok(values[0]),
+        None => Err(refuse(
+            path,
+            format!(
+                "the model has {} outputs ({}); a patch classifier has one: choose it with --output",
+                values.len(),
+                names.join(", ")
+            ),
+        )),
+    }
+}
+
+/// The input: float, `[N, 1, D, D, D]`; returns its fixed cube side, if any.
+fn check_input(path: &Path, v: &ValueInfoProto) -> Result<Option<usize>, InferError> {
+    let name = v.name.as_deref().unwrap_or("");
+    let (elem, dims) = tensor_type(v).ok_or_else(|| refuse(path, format!("input `{name}` is not a tensor")))?;
+    if elem != data_type::FLOAT {
+        return Err(refuse(
+            path,
+            format!("input `{name}` is not float32 (ONNX type {elem})"),
+        ));
+    }
+    let shape = shape_text(&dims);
+    let Some(d) = dims else {
+        return Ok(None);
+    };
+    if d.len() != 5 {
+        return Err(refuse(
+            path,
+            format!("input `{name}` has shape {shape}: a patch classifier takes [N, 1, D, D, D] (rank 5)"),
+        ));
+    }
+    if d[1].is_some_and(|c| c != 1) {
+        return Err(refuse(
+            path,
+            format!(
+                "input `{name}` has shape {shape}: one channel expected, not {}",
+                d[1].unwrap_or(0)
+            ),
+        ));
+    }
+    let fixed: Vec<i64> = d[2..].iter().flatten().copied().collect();
+    if fixed.iter().any(|&x| x != fixed[0]) {
+        return Err(refuse(path, format!("input `{name}` has shape {shape}: not a cube")));
+    }
+    Ok(fixed.first().map(|&x| x as usize))
+}
+
+/// The output: float, `[N]` or `[N, 1]` (or of unknown shape, checked on the test batch).
+fn check_output(path: &Path, v: &ValueInfoProto) -> Result<(), InferError> {
+    let name = v.name.as_deref().unwrap_or("");
+    let (elem, dims) = tensor_type(v).ok_or_else(|| refuse(path, format!("output `{name}` is not a tensor")))?;
+    if elem != data_type::FLOAT {
+        return Err(refuse(
+            path,
+            format!("output `{name}` is not float32 (ONNX type {elem})"),
+        ));
+    }
+    if let Some(d) = &dims {
+        let ok = d.len() == 1 || (d.len() == 2 && d[1].is_none_or(|x| x == 1));
+        if !ok {
+            return Err(refuse(
+                path,
+                format!(
+                    "output `{name}` has shape {}: a patch classifier gives [N, 1] or [N]",
+                    shape_text(&dims)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every value name the main graph uses.
+fn value_names(g: &GraphProto) -> HashSet<String> {
+    let mut s = HashSet::new();
+    for n in &g.node {
+        s.extend(n.input.iter().cloned());
+        s.extend(n.output.iter().cloned());
+    }
+    s.extend(g.initializer.iter().filter_map(|t| t.name.clone()));
+    for v in g.input.iter().chain(&g.output).chain(&g.value_info) {
+        s.extend(v.name.clone());
+    }
+    s
+}
+
+/// A name not in `used` (and reserves it): `base`, else `base.2`, ...
+fn fresh(used: &mut HashSet<String>, base: &str) -> String {
+    let mut name = base.to_string();
+    let mut k = 1;
+    while used.contains(&name) {
+        k += 1;
+        name = format!("{base}.{k}");
+    }
+    used.insert(name.clone());
+    name
+}
+
+fn f32_const(name: &str, v: f32) -> TensorProto {
+    build::f32_tensor(name, vec![1], &[v])
+}
+
+/// The preprocessing: `--like`'s, else the defaults, with the flags on top; the cube side
+/// must agree with a fixed input size.
+fn preprocessing(s: &ImportSettings, fixed_cube: Option<usize>) -> Result<Preprocess, InferError> {
+    let mut pre = match &s.like {
+        Some(like) => {
+            let bytes = models::fsutil::read_regular(like)?;
+            let md = models::onnx::metadata(&models::onnx::parse_model(&bytes, like)?);
+            Preprocess::from_metadata(&md).map_err(|e| refuse(like, format!("--like: {e}")))?
+        }
+        None => Preprocess {
+            cube_size: 0,
+            ..Preprocess::default()
+        },
+    };
+    if let Some(c) = s.cube_size {
+        pre.cube_size = c;
+    }
+    for (v, slot) in [
+        (s.hu_min, &mut pre.hu_min),
+        (s.hu_max, &mut pre.hu_max),
+        (s.out_min, &mut pre.out_min),
+        (s.out_max, &mut pre.out_max),
+        (s.pad_hu, &mut pre.pad_hu),
+    ] {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    }
+    match (fixed_cube, pre.cube_size) {
+        (None, 0) => {
+            return Err(refuse(
+                &s.source,
+                "the input's spatial size is symbolic: give --cube-size (or --like a model of ours)",
+            ))
+        }
+        (Some(f), 0) => pre.cube_size = f,
+        (Some(f), c) if f != c => {
+            return Err(InferError::Usage(format!(
+                "--cube-size {c} (or --like's) differs from the input's fixed size {f}"
+            )))
+        }
+        _ => {}
+    }
+    pre.validate().map_err(|e| {
+        let why = e.to_string();
+        let why = why.rsplit_once(": ").map_or(why.as_str(), |(_, w)| w).to_string();
+        InferError::Usage(format!("the preprocessing flags (or --like's): {why}"))
+    })?;
+    Ok(pre)
+}
+
+/// The edit that adds the `logit` output and our metadata.
+struct Plan {
+    edit: Edit,
+    input: String,
+    source_output: String,
+    renamed: Vec<(String, String)>,
+}
+
+fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> Plan {
+    let (bytes, input, output) = (&src.bytes, src.input.as_str(), src.output.as_str());
+    let source_md = models::onnx::metadata(&src.proto);
+    let mut used = value_names(g);
+    // Our reserved names: anything the source called so is renamed (also in subgraphs, where
+    // the bytes may hold it unseen by the main graph's names).
+    let mut rename = HashMap::new();
+    for reserved in [models::onnx::OUTPUT_NAME, "probability", "decision"] {
+        let in_bytes = bytes.windows(reserved.len()).any(|w| w == reserved.as_bytes());
+        if used.contains(reserved) || in_bytes {
+            let new = fresh(&mut used, &format!("source.{reserved}"));
+            rename.insert(reserved.to_string(), new);
+        }
+    }
+    let r = |n: &str| rename.get(n).cloned().unwrap_or_else(|| n.to_string());
+    let (input, out) = (r(input), r(output));
+    let logit = models::onnx::OUTPUT_NAME;
+    used.insert(logit.into());
+    let mut nodes = Vec::new();
+    let mut inits = Vec::new();
+    let shape = fresh(&mut used, "import.shape");
+    inits.push(TensorProto {
+        dims: vec![2],
+        data_type: Some(data_type::INT64),
+        name: Some(shape.clone()),
+        raw_data: Some([-1i64, 1].iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    });
+    let z = match s.kind {
+        OutputKind::Logit => out.clone(),
+        OutputKind::Probability => {
+            // log(p) − log(1 − p) on p clipped away from 0 and 1 (2⁻²⁴: float32's step below 1).
+            let eps = 2f32.powi(-24);
+            let mut name = |n: &str| fresh(&mut used, &format!("import.{n}"));
+            let (c_eps, c_hi, c_one) = (name("eps"), name("one_m_eps"), name("one"));
+            let (lo, p, q, lp, lq, z) = (
+                name("lo"),
+                name("p"),
+                name("q"),
+                name("log_p"),
+                name("log_q"),
+                name("z"),
+            );
+            inits.push(f32_const(&c_eps, eps));
+            inits.push(f32_const(&c_hi, 1.0 - eps));
+            inits.push(f32_const(&c_one, 1.0));
+            nodes.push(node("Max", &[&out, &c_eps], &lo, vec![]));
+            nodes.push(node("Min", &[&lo, &c_hi], &p, vec![]));
+            nodes.push(node("Sub", &[&c_one, &p], &q, vec![]));
+            nodes.push(node("Log", &[&p], &lp, vec![]));
+            nodes.push(node("Log", &[&q], &lq, vec![]));
+            nodes.push(node("Sub", &[&lp, &lq], &z, vec![]));
+            z
+        }
+    };
+    nodes.push(node("Reshape", &[&z, &shape], logit, vec![]));
+    let reserved_prefix = |k: &str| {
+        [
+            "preprocess.",
+            "calibration.",
+            "input.",
+            "output.",
+            "training.",
+            "tool.",
+            "import.",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || ["architecture", "architecture.spec_json", "format"].contains(&k)
+    };
+    let mut md: Vec<(String, String)> = source_md
+        .iter()
+        .filter(|(k, _)| !reserved_prefix(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    md.extend(pre.to_metadata());
+    let file = s
+        .source
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    md.extend(
+        [
+            ("format", "nodule-patch-classifier/1".to_string()),
+            ("input.name", input.clone()),
+            (
+                "input.layout",
+                "NCDHW: [batch, 1, z, y, x] float32, preprocessed as preprocess.* says".into(),
+            ),
+            ("output.name", logit.to_string()),
+            (
+                "output.meaning",
+                match s.kind {
+                    OutputKind::Logit => "logit of P(nodule); probability = sigmoid(logit)".to_string(),
+                    OutputKind::Probability => "logit of P(nodule), derived from the source's probability \
+                         (saturates beyond |logit| ≈ 16.6, where float32 probabilities round to 0 or 1)"
+                        .to_string(),
+                },
+            ),
+            ("architecture", "imported".to_string()),
+            ("import.source_file", file),
+            ("import.source_sha256", src.sha256.clone()),
+            ("import.source_output", output.to_string()),
+            ("import.output_kind", s.kind.name().to_string()),
+            ("tool.name", "nodule-toolchain".to_string()),
+            ("tool.version", models::TOOL_VERSION.to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    if !src.external.is_empty() {
+        let files: Vec<String> = src.external.iter().map(|(n, h)| format!("{n} sha256:{h}")).collect();
+        md.push(("import.source_external_data".into(), files.join("; ")));
+    }
+    let mut renamed: Vec<(String, String)> = rename.into_iter().collect();
+    renamed.sort();
+    Plan {
+        edit: Edit {
+            rename: renamed.iter().cloned().collect(),
+            drop_outputs: true,
+            nodes,
+            initializers: inits,
+            outputs: vec![build::value_info(
+                logit,
+                data_type::FLOAT,
+                &[Dim::Param("batch"), Dim::Value(1)],
+            )],
+            metadata: Some(md),
+        },
+        input,
+        source_output: output.to_string(),
+        renamed,
+    }
+}
+
+/// Two test cubes, preprocessed: air, and a pseudo-random HU field over the window.
+fn test_batch(pre: &Preprocess) -> Vec<f32> {
+    let n = pre.cube_size.pow(3);
+    let mut st: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut out = vec![pre.scale(pre.pad_hu); n];
+    out.extend((0..n).map(|_| {
+        st ^= st << 13;
+        st ^= st >> 7;
+        st ^= st << 17;
+        pre.scale(-1000.0 + 1400.0 * (st >> 11) as f32 / (1u64 << 53) as f32)
+    }));
+    out
+}
+
+/// The source model, read and checked: its one input and the output to use.
+struct Source {
+    /// The model, its external data (if any) inline.
+    bytes: Vec<u8>,
+    /// The sha256 of the source file as it is on disk.
+    sha256: String,
+    /// External data files made inline: (name, sha256).
+    external: Vec<(String, String)>,
+    proto: models::onnx::proto::ModelProto,
+    input: String,
+    output: String,
+    /// The input's fixed cube side, if it is fixed.
+    fixed_cube: Option<usize>,
+}
+
+/// Files by name with their sha256.
+type FileSums = Vec<(String, String)>;
+
+/// The most external data made inline: a protobuf message, so an ONNX file, holds at most
+/// 2 GiB.
+const MAX_INLINE: u64 = (2 << 30) - (16 << 20);
+
+/// Reads the tensors a model stores as external data (`torch.onnx.export` writes the weights
+/// to `MODEL.onnx.data` beside the model): only files in the model's own folder (a relative
+/// location without `..`, as the ONNX specification requires), regular files, each range
+/// within its file, 2 GiB in all. Returns the loader's files (name, sha256) after use.
+struct ExternalData {
+    dir: PathBuf,
+    source: PathBuf,
+    files: BTreeMap<String, std::fs::File>,
+    total: u64,
+}
+
+impl ExternalData {
+    fn new(source: &Path) -> Self {
+        let dir = match source.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        ExternalData {
+            dir,
+            source: source.to_path_buf(),
+            files: BTreeMap::new(),
+            total: 0,
+        }
+    }
+
+    fn load(&mut self, r: &models::onnx::wire::ExternalRef) -> Result<Vec<u8>, String> {
+        use std::os::unix::fs::FileExt;
+        let rel = Path::new(&r.location);
+        let plain = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || r.location.is_empty() {
+            return Err(format!(
+                "tensor `{}`: external data location {:?} is not a file name inside the model's folder",
+                r.tensor, r.location
+            ));
+        }
+        if !self.files.contains_key(&r.location) {
+            let f =
+                models::fsutil::open_regular(&self.dir.join(rel)).map_err(|e| format!("tensor `{}`: {e}", r.tensor))?;
+            self.files.insert(r.location.clone(), f);
+        }
+        let f = &self.files[&r.location];
+        let path = self.dir.join(rel);
+        let size = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?.len();
+        let len = r.length.unwrap_or(size.saturating_sub(r.offset));
+        let end = r.offset.checked_add(len).filter(|&e| e <= size);
+        if end.is_none() {
+            return Err(format!(
+                "tensor `{}`: bytes {}..+{len} of {} lie beyond its {size} bytes",
+                r.tensor,
+                r.offset,
+                path.display()
+            ));
+        }
+        self.total += len;
+        if self.total > MAX_INLINE {
+            return Err(format!(
+                "external data of more than {MAX_INLINE} bytes: a single ONNX file holds at most 2 GiB"
+            ));
+        }
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len as usize)
+            .map_err(|_| format!("cannot allocate {len} bytes for tensor `{}`", r.tensor))?;
+        buf.resize(len as usize, 0);
+        f.read_exact_at(&mut buf, r.offset)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(buf)
+    }
+
+    /// The source's bytes with its external data inline, and the external files' names and
+    /// sha256 (for the metadata).
+    fn inline(mut self, bytes: Vec<u8>) -> Result<(Vec<u8>, FileSums), InferError> {
+        let (out, n) =
+            models::onnx::wire::inline_external(&bytes, &mut |r| self.load(r)).map_err(|e| refuse(&self.source, e))?;
+        if n == 0 {
+            return Ok((bytes, Vec::new()));
+        }
+        let mut sums = Vec::new();
+        for name in self.files.keys() {
+            let p = self.dir.join(name);
+            sums.push((name.clone(), models::fsutil::sha256_file(&p)?));
+        }
+        Ok((out, sums))
+    }
+}
+
+impl Source {
+    fn read(s: &ImportSettings) -> Result<Source, InferError> {
+        let file_bytes = models::fsutil::read_regular(&s.source)?;
+        let sha256 = models::fsutil::sha256_bytes(&file_bytes);
+        let (bytes, external) = ExternalData::new(&s.source).inline(file_bytes)?;
+        let proto = models::onnx::parse_model(&bytes, &s.source)?;
+        let opset = proto
+            .opset_import
+            .iter()
+            .filter(|o| o.domain.as_deref().is_none_or(|d| d.is_empty() || d == "ai.onnx"))
+            .filter_map(|o| o.version)
+            .max();
+        if opset.is_none_or(|v| v < 8) {
+            return Err(refuse(
+                &s.source,
+                format!(
+                    "default-domain opset {}: at least 8 is needed (re-export with a newer opset)",
+                    opset.map_or("missing".into(), |v| v.to_string())
+                ),
+            ));
+        }
+        let g = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| refuse(&s.source, "the model has no graph"))?;
+        let inits: HashSet<&str> = g.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+        let inputs: Vec<&ValueInfoProto> = g
+            .input
+            .iter()
+            .filter(|v| !inits.contains(v.name.as_deref().unwrap_or("")))
+            .collect();
+        if inputs.len() != 1 {
+            let names: Vec<&str> = inputs.iter().map(|v| v.name.as_deref().unwrap_or("")).collect();
+            return Err(refuse(
+                &s.source,
+                format!(
+                    "the model has {} inputs ({}); a patch classifier takes one, the cube",
+                    inputs.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        let outputs: Vec<&ValueInfoProto> = g.output.iter().collect();
+        let output = pick(&s.source, &outputs, s.output.as_deref())?;
+        let fixed_cube = check_input(&s.source, inputs[0])?;
+        check_output(&s.source, output)?;
+        let (input, output) = (
+            inputs[0].name.clone().unwrap_or_default(),
+            output.name.clone().unwrap_or_default(),
+        );
+        Ok(Source {
+            bytes,
+            sha256,
+            external,
+            proto,
+            input,
+            output,
+            fixed_cube,
+        })
+    }
+
+    /// The source's output on `data` (two cubes): two finite values, and for a probability
+    /// within [0, 1].
+    fn probe(&self, s: &ImportSettings, c: usize, data: &[f32]) -> Result<Vec<f32>, InferError> {
+        let out = &self.output;
+        let (shape, want) = scorer::probe(
+            &self.bytes,
+            &s.source,
+            s.ort_lib.as_deref(),
+            &self.input,
+            out,
+            [2, 1, c, c, c],
+            data,
+        )?;
+        if want.len() != 2 {
+            return Err(refuse(
+                &s.source,
+                format!("output `{out}` gives shape {shape:?} for a batch of 2 cubes: [N, 1] or [N] expected"),
+            ));
+        }
+        if let Some(v) = want.iter().find(|v| !v.is_finite()) {
+            return Err(refuse(&s.source, format!("output `{out}` is {v} on a test batch")));
+        }
+        if s.kind == OutputKind::Probability {
+            if let Some(v) = want.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+                return Err(refuse(
+                    &s.source,
+                    format!("output `{out}` was declared a probability but gives {v} (a logit? --output-kind logit)"),
+                ));
+            }
+        }
+        Ok(want)
+    }
+}
+
+/// Scores the imported model at `path` on `data` and compares its logits with the source's
+/// output `want` (or its log-odds). Returns the largest difference and the runtime version.
+fn verify(s: &ImportSettings, path: &Path, data: &[f32], want: &[f32]) -> Result<(f64, String), InferError> {
+    let mut sc = scorer::Scorer::open(
+        path,
+        &scorer::ScorerOptions {
+            device: scorer::Device::Cpu,
+            threads: 0,
+            ort_lib: s.ort_lib.clone(),
+            spin: false,
+        },
+    )?;
+    let got = sc.score_flat(data)?;
+    let mut max_abs_diff = 0.0f64;
+    for (&g, &w) in got.iter().zip(want) {
+        let w = match s.kind {
+            OutputKind::Logit => f64::from(w),
+            OutputKind::Probability => {
+                let p = f64::from(w.clamp(2f32.powi(-24), 1.0 - 2f32.powi(-24)));
+                (p / (1.0 - p)).ln()
+            }
+        };
+        let d = (f64::from(g) - w).abs();
+        // NaN-safe: a NaN difference must fail, and f64::max would drop it.
+        max_abs_diff = if d.is_nan() { d } else { max_abs_diff.max(d) };
+    }
+    let scale = want.iter().fold(1.0f64, |a, v| a.max(f64::from(v.abs())));
+    if max_abs_diff.is_nan() || max_abs_diff > 1e-4 * scale || got.len() != want.len() {
+        return Err(InferError::Input {
+            path: s.out.clone(),
+            msg: format!("internal: the imported model's logits differ from the source's by {max_abs_diff:e}"),
+        });
+    }
+    Ok((max_abs_diff, sc.runtime.version.clone()))
+}
+
+/// Imports `s.source` into `s.out` (see the module documentation).
+pub fn import(s: &ImportSettings) -> Result<Imported, InferError> {
+    let mut io = models::fsutil::RunIo::new();
+    io.input("source model", &s.source);
+    if let Some(l) = &s.like {
+        io.input("--like model", l);
+    }
+    let target = io.output("imported model", &s.out)?;
+    let _lock = match &target {
+        models::fsutil::Target::File(p) => {
+            Some(models::fsutil::Lock::beside(p, &format!("output {}", s.out.display()))?)
+        }
+        models::fsutil::Target::Stream(_) => None,
+    };
+    let src = Source::read(s)?;
+    let pre = preprocessing(s, src.fixed_cube)?;
+    let g = src
+        .proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| refuse(&s.source, "the model has no graph"))?;
+    let plan = plan(s, &src, g, &pre);
+    let data = test_batch(&pre);
+    let want = src.probe(s, pre.cube_size, &data)?;
+    let imported = rewrite(&src.bytes, &plan.edit).map_err(|e| refuse(&s.source, format!("not an ONNX model: {e}")))?;
+    let mut checked = (0.0, String::new());
+    let mut check = |tmp: &Path| -> Result<(), InferError> {
+        std::fs::write(tmp, &imported).map_err(|e| models::Error::io(tmp, e))?;
+        checked = verify(s, tmp, &data, &want)?;
+        Ok(())
+    };
+    match &target {
+        models::fsutil::Target::File(_) => models::fsutil::replace_with(&s.out, &mut check)?,
+        models::fsutil::Target::Stream(_) => {
+            let tmp = tempfile::NamedTempFile::new().map_err(|e| models::Error::io(std::env::temp_dir(), e))?;
+            check(tmp.path())?;
+            models::fsutil::write_atomic(&s.out, &imported)?;
+        }
+    }
+    Ok(Imported {
+        out: s.out.clone(),
+        input: plan.input,
+        output: plan.source_output,
+        preprocess: pre,
+        source_sha256: src.sha256.clone(),
+        external: src.external.clone(),
+        renamed: plan.renamed,
+        max_abs_diff: checked.0,
+        onnxruntime_version: checked.1,
+    })
+}
