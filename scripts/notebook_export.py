@@ -7,6 +7,12 @@ torch cannot import. torchvision's r3d_18 with the notebook's 1-channel 7³ stri
 The ONNX file has none of our metadata: `infer import` is what makes it scoreable.
 
   python scripts/notebook_export.py PATCH_FOLDER OUT.onnx [EPOCHS]
+writes OUT.onnx (with its weights in OUT.onnx.data, as PyTorch 2.11 exports) and the same
+weights as a state dict, OUT.safetensors (what `trainer export --weights` and `train.init`
+read): the few lines that save any PyTorch model's weights for this toolchain are
+
+  from safetensors.torch import save_file
+  save_file({k: v.contiguous() for k, v in model.state_dict().items()}, "weights.safetensors")
 """
 import csv
 import os
@@ -57,3 +63,9 @@ torch.onnx.export(
     dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
 )
 print(f"exported {out}")
+
+from safetensors.torch import save_file
+
+state = out[: -len(".onnx")] + ".safetensors" if out.endswith(".onnx") else out + ".safetensors"
+save_file({k: v.contiguous() for k, v in m.state_dict().items()}, state)
+print(f"saved the state dict {state}")

@@ -86,9 +86,6 @@ mod tests {
         let got: Vec<(usize, String)> = rows(&mut r)
             .map(|(l, rec)| (l, rec.expect("row")[0].to_string()))
             .collect();
-        assert_eq!(
-            got,
-            [(2, "1".to_string()), (4, "3".to_string()), (5, "5".to_string())]
-        );
+        assert_eq!(got, [(2, "1".to_string()), (4, "3".to_string()), (5, "5".to_string())]);
     }
 }

@@ -37,6 +37,7 @@ pub mod patch;
 pub mod preprocess;
 pub mod resample;
 pub mod spec;
+pub mod state_dict;
 
 pub use error::{Error, Result};
 

@@ -172,6 +172,15 @@ impl ArchSpec {
         out
     }
 
+    /// The name prefix of the head's parameters (`fc.` for r3d_18, `head.` for the
+    /// baseline): the first part of the last parameter's name.
+    pub fn head_prefix(&self) -> String {
+        self.params()
+            .last()
+            .and_then(|p| p.name.split('.').next().map(|s| format!("{s}.")))
+            .unwrap_or_default()
+    }
+
     /// Number of trainable scalars.
     pub fn num_trainable(&self) -> usize {
         self.params()

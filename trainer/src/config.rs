@@ -81,6 +81,31 @@ pub struct TrainLoop {
     /// beyond it are read from disk for every batch, in parallel and ahead of the step.
     /// Unset: every patch in memory.
     pub cache_mb: Option<u64>,
+    /// Start from these weights instead of a random initialisation: a safetensors state
+    /// dict with torchvision's names (a run's `best.safetensors`, or one saved from
+    /// PyTorch), matched strictly ([`models::state_dict`]). A resumed run continues from its
+    /// checkpoint instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
+    /// With `init`: leave the file's head out and initialise it afresh (a head of another
+    /// shape, such as a Kinetics-400 classifier's).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reinit_head: bool,
+    /// With `init`: leave the file's first convolution out and initialise it afresh
+    /// (torchvision's Kinetics-400 `r3d_18` has a 3×7×7 stem where the notebook's is 7³; the
+    /// notebook replaced it by a fresh one).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reinit_stem: bool,
+}
+
+impl TrainLoop {
+    /// What of `init` to leave out.
+    pub fn reinit(&self) -> models::state_dict::Reinit {
+        models::state_dict::Reinit {
+            stem: self.reinit_stem,
+            head: self.reinit_head,
+        }
+    }
 }
 
 /// Arithmetic precision of training.
@@ -128,6 +153,9 @@ impl Default for TrainLoop {
             threads: 0,
             precision: Precision::Auto,
             cache_mb: None,
+            init: None,
+            reinit_head: false,
+            reinit_stem: false,
         }
     }
 }
@@ -247,6 +275,12 @@ impl TrainConfig {
         }
         if !(t.lr > 0.0 && t.lr <= MAX_LR) {
             p.push(format!("train.lr must be in (0, {MAX_LR}], got {}", t.lr));
+        }
+        if (t.reinit_head || t.reinit_stem) && t.init.is_none() {
+            p.push(
+                "train.reinit_head and train.reinit_stem need train.init (the weights to leave them out of)"
+                    .to_string(),
+            );
         }
         if !(t.weight_decay.is_finite() && (0.0..=1.0).contains(&t.weight_decay)) {
             p.push(format!("train.weight_decay must be in [0, 1], got {}", t.weight_decay));

@@ -224,3 +224,126 @@ pub fn parity(
         ort_all,
     ))
 }
+
+/// `trainer export`: weights from a safetensors state dict (a run's, or one saved from
+/// PyTorch with torchvision's names) to a parity-checked ONNX model, without training.
+#[derive(Debug, Clone)]
+pub struct WeightsExport {
+    pub weights: std::path::PathBuf,
+    pub out: std::path::PathBuf,
+    pub spec: ArchSpec,
+    pub preprocess: Preprocess,
+    pub ort_lib: Option<std::path::PathBuf>,
+}
+
+/// What [`export_weights`] did.
+#[derive(Debug, Clone)]
+pub struct WeightsExported {
+    pub parity: Parity,
+    pub notes: Vec<String>,
+    pub weights_sha256: String,
+}
+
+/// Cubes the parity check of an export without data runs on: air, then fields of
+/// pseudo-random HU over the window, smoothed so the network sees structure at several
+/// scales rather than white noise alone; preprocessed.
+pub fn test_cubes(pre: &Preprocess, n: usize) -> Vec<f32> {
+    let c = pre.cube_size;
+    let mut st: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        st ^= st << 13;
+        st ^= st >> 7;
+        st ^= st << 17;
+        (st >> 11) as f32 / (1u64 << 53) as f32
+    };
+    let mut out = vec![pre.scale(pre.pad_hu); c * c * c];
+    for k in 1..n {
+        // A ball of soft tissue of random size and place in noisy lung.
+        let r = (c as f32) * (0.1 + 0.3 * next());
+        let centre = [next(), next(), next()].map(|v| (c as f32) * (0.25 + 0.5 * v));
+        let amp = 100.0 * k as f32;
+        for z in 0..c {
+            for y in 0..c {
+                for x in 0..c {
+                    let d2 = [z, y, x]
+                        .iter()
+                        .zip(&centre)
+                        .map(|(&p, &q)| (p as f32 - q).powi(2))
+                        .sum::<f32>();
+                    let base = if d2 <= r * r { 40.0 } else { -850.0 };
+                    out.push(pre.scale(base + amp * (next() - 0.5)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads, matches and loads the weights into the spec's network, exports it, and checks
+/// libtorch against ONNX Runtime on [`test_cubes`] before the model is written (atomically;
+/// a failed check writes nothing).
+pub fn export_weights(job: &WeightsExport) -> Result<WeightsExported> {
+    let mut io = models::fsutil::RunIo::new();
+    io.input("weights", &job.weights);
+    let target = io.output("model", &job.out)?;
+    let _lock = match &target {
+        models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(
+            p,
+            &format!("output {}", job.out.display()),
+        )?),
+        models::fsutil::Target::Stream(_) => None,
+    };
+    job.preprocess.validate()?;
+    job.spec.validate()?;
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let net = Net::new(&vs.root(), &job.spec)?;
+    net::check_names(&vs, &job.spec)?;
+    let notes = net::init_from(&vs, &job.spec, &job.weights, Default::default())?;
+    let weights_sha256 = models::fsutil::sha256_file(&job.weights)?;
+    let file = job
+        .weights
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let mut extra = vec![
+        ("export.weights_file", file),
+        ("export.weights_sha256", weights_sha256.clone()),
+    ];
+    if !notes.is_empty() {
+        extra.push(("export.notes", notes.join("; ")));
+    }
+    let md = metadata(&job.spec, &job.preprocess, &extra)?;
+    let n = 8;
+    let cubes = test_cubes(&job.preprocess, n);
+    let n_vox = job.preprocess.cube_size.pow(3);
+    let fetch = |r: std::ops::Range<usize>| Ok(cubes[r.start * n_vox..r.end * n_vox].to_vec());
+    let mut checked = None;
+    models::fsutil::replace_with(&job.out, |tmp: &Path| -> Result<()> {
+        export_onnx(&job.spec, &vs, &job.preprocess, &md, tmp)?;
+        let (p, _) = parity(
+            &job.spec,
+            &net,
+            &vs,
+            tmp,
+            n,
+            &fetch,
+            job.preprocess.cube_size,
+            4,
+            job.ort_lib.as_deref(),
+            tch::Device::Cpu,
+        )?;
+        if !p.passed {
+            return Err(TrainError::Export(format!(
+                "export parity failed: max |Δlogit| / max(1, largest |logit|) {:.3e} > {:.0e}; nothing written",
+                p.max_scaled_diff_logit, p.tolerance
+            )));
+        }
+        checked = Some(p);
+        Ok(())
+    })?;
+    let parity = checked.ok_or_else(|| TrainError::Internal("the export was not checked".into()))?;
+    Ok(WeightsExported {
+        parity,
+        notes,
+        weights_sha256,
+    })
+}

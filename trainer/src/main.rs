@@ -44,12 +44,115 @@ enum Cmd {
     },
     /// Train, keep the best epoch by validation AUROC, export model.onnx, check parity.
     Train(Box<TrainArgs>),
+    /// Export weights (a safetensors state dict with torchvision's names: a run's
+    /// best.safetensors or one saved from PyTorch) to a parity-checked ONNX model with our
+    /// metadata, without training.
+    Export(Box<ExportArgs>),
     /// Print what this trainer links and sees: libtorch, CUDA.
     Doctor,
     /// Cut a patch folder from LUNA16-style scans (.mhd/.raw, .mha): positives from the
     /// annotations and the candidates labelled 1, real negatives from the candidates
     /// labelled 0. Resumable: run it again with the same settings to finish.
     Prepare(Box<PrepareArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    /// The weights: safetensors with torchvision's names (float32, float64, float16 or
+    /// bfloat16; num_batches_tracked counters ignored).
+    #[arg(long)]
+    weights: PathBuf,
+    /// The ONNX model to write.
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Take the architecture and preprocessing from this training config (a run folder's
+    /// config.yaml); the flags below override it.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// baseline_cnn or r3d_18 (default: the config's, else baseline_cnn).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Width of the baseline CNN's first stage (1 to 256).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Cube side in voxels (8 to 512; default 64).
+    #[arg(long)]
+    cube_size: Option<usize>,
+    /// HU window low end (default -1000).
+    #[arg(long, allow_hyphen_values = true)]
+    hu_min: Option<f32>,
+    /// HU window high end (default 400).
+    #[arg(long, allow_hyphen_values = true)]
+    hu_max: Option<f32>,
+    /// The window's low end maps onto this (default 0).
+    #[arg(long, allow_hyphen_values = true)]
+    out_min: Option<f32>,
+    /// The window's high end maps onto this (default 1).
+    #[arg(long, allow_hyphen_values = true)]
+    out_max: Option<f32>,
+    /// HU of the padding where a patch is smaller than the cube (default -1000, air).
+    #[arg(long, allow_hyphen_values = true)]
+    pad_hu: Option<f32>,
+    /// libonnxruntime for the parity check (else $ORT_DYLIB_PATH, the project venv).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+}
+
+/// `trainer export`.
+fn export(a: &ExportArgs) -> Result<()> {
+    let (mut model, mut pre) = match &a.config {
+        Some(c) => {
+            let cfg = TrainConfig::load(c)?;
+            (cfg.model, cfg.preprocess)
+        }
+        None => (
+            trainer::config::ModelConfig::default(),
+            models::preprocess::Preprocess::default(),
+        ),
+    };
+    if let Some(v) = &a.arch {
+        model.arch = v.clone();
+    }
+    if let Some(v) = a.width {
+        model.width = v;
+    }
+    if let Some(v) = a.cube_size {
+        pre.cube_size = v;
+    }
+    for (v, slot) in [
+        (a.hu_min, &mut pre.hu_min),
+        (a.hu_max, &mut pre.hu_max),
+        (a.out_min, &mut pre.out_min),
+        (a.out_max, &mut pre.out_max),
+        (a.pad_hu, &mut pre.pad_hu),
+    ] {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    }
+    let job = trainer::export::WeightsExport {
+        weights: a.weights.clone(),
+        out: a.out.clone(),
+        spec: model.spec()?,
+        preprocess: pre,
+        ort_lib: a.ort_lib.clone(),
+    };
+    let r = trainer::export::export_weights(&job)?;
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    println!(
+        "exported {} ({}, {}³ cubes) -> {}; parity max |Δlogit| libtorch vs ONNX Runtime {} = {:.2e} over {} test cubes; weights sha256 {}",
+        a.weights.display(),
+        job.spec.name,
+        job.preprocess.cube_size,
+        a.out.display(),
+        r.parity.onnxruntime_version,
+        r.parity.max_abs_diff_logit,
+        r.parity.patches,
+        r.weights_sha256
+    );
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -148,6 +251,18 @@ struct TrainArgs {
     /// cv_summary.yaml).
     #[arg(long)]
     folds: Option<usize>,
+    /// Start from these weights (safetensors with torchvision's names: a run's
+    /// best.safetensors or a PyTorch state dict) instead of a random initialisation.
+    #[arg(long, value_name = "WEIGHTS")]
+    init: Option<PathBuf>,
+    /// With --init: initialise the head afresh, leaving the file's head out (another
+    /// number of classes, such as Kinetics-400's).
+    #[arg(long)]
+    reinit_head: bool,
+    /// With --init: initialise the first convolution afresh, leaving the file's out
+    /// (torchvision's Kinetics r3d_18 stem is 3x7x7 over 3 channels; the notebook's is 7³).
+    #[arg(long)]
+    reinit_stem: bool,
     /// Replace the files of an existing run folder.
     #[arg(long)]
     force: bool,
@@ -227,6 +342,15 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = a.folds {
         cfg.split.folds = v;
+    }
+    if let Some(v) = &a.init {
+        cfg.train.init = Some(v.clone());
+    }
+    if a.reinit_head {
+        cfg.train.reinit_head = true;
+    }
+    if a.reinit_stem {
+        cfg.train.reinit_stem = true;
     }
     Ok(cfg)
 }
@@ -374,6 +498,7 @@ fn main() -> ExitCode {
             }
             Cmd::Train(a) => train(&a)?,
             Cmd::Prepare(a) => prepare(&a)?,
+            Cmd::Export(a) => export(&a)?,
             Cmd::Doctor => doctor(),
         }
         Ok(())

@@ -208,6 +208,48 @@ pub fn check_names(vs: &nn::VarStore, spec: &ArchSpec) -> Result<()> {
     Ok(())
 }
 
+/// Copies `weights` into the VarStore's variables of the same names and shapes (in their
+/// kind and on their device); variables `weights` lacks keep their values.
+pub fn load_weights(vs: &nn::VarStore, weights: &Weights) -> Result<()> {
+    let vars = vs.variables();
+    tch::no_grad(|| -> Result<()> {
+        for (name, w) in weights {
+            let v = vars
+                .get(name)
+                .ok_or_else(|| TrainError::Internal(format!("no variable `{name}` to load into")))?;
+            let shape: Vec<i64> = w.shape.iter().map(|&d| d as i64).collect();
+            if v.size() != shape {
+                return Err(TrainError::Internal(format!(
+                    "`{name}`: variable shape {:?}, weights {:?}",
+                    v.size(),
+                    shape
+                )));
+            }
+            let t = Tensor::from_slice(&w.data)
+                .reshape(&shape)
+                .to_kind(v.kind())
+                .to_device(v.device());
+            v.shallow_clone().copy_(&t);
+        }
+        Ok(())
+    })
+}
+
+/// Loads the initial weights of `train.init` (or `trainer export --weights`) into `vs`:
+/// read, matched strictly to `spec` ([`models::state_dict`]), copied. Returns the notes to
+/// print (a summed 3-channel stem, a head left out).
+pub fn init_from(
+    vs: &nn::VarStore,
+    spec: &ArchSpec,
+    path: &std::path::Path,
+    reinit: models::state_dict::Reinit,
+) -> Result<Vec<String>> {
+    let sd = models::state_dict::read(path)?;
+    let m = models::state_dict::match_spec(spec, sd, path, reinit)?;
+    load_weights(vs, &m.weights)?;
+    Ok(m.notes)
+}
+
 /// Copies every floating-point variable to CPU float32, sorted by name (the int64
 /// `num_batches_tracked` counters are not part of the inference graph).
 pub fn weights(vs: &nn::VarStore) -> Result<Weights> {
@@ -232,6 +274,73 @@ pub fn weights(vs: &nn::VarStore) -> Result<Weights> {
 mod tests {
     use super::*;
     use tch::nn::ModuleT;
+
+    /// Weights saved from one network (a state dict as PyTorch's `save_file` writes it, its
+    /// counters included) load into another: every variable equal; with `reinit_head`, the
+    /// head keeps its own initial values and the file's head of another shape is passed over.
+    #[test]
+    fn initial_weights_load_every_variable_or_all_but_the_head() {
+        let spec = ArchSpec::baseline_cnn(2);
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("w.safetensors");
+        tch::manual_seed(1);
+        let src = nn::VarStore::new(tch::Device::Cpu);
+        let _a = Net::new(&src.root(), &spec).expect("build");
+        src.save(&path).expect("save");
+        let values = |vs: &nn::VarStore| -> std::collections::BTreeMap<String, Vec<f32>> {
+            weights(vs)
+                .expect("weights")
+                .into_iter()
+                .map(|(k, w)| (k, w.data))
+                .collect()
+        };
+        tch::manual_seed(2);
+        let dst = nn::VarStore::new(tch::Device::Cpu);
+        let _b = Net::new(&dst.root(), &spec).expect("build");
+        let fresh = values(&dst);
+        assert_ne!(fresh, values(&src));
+        let notes = init_from(&dst, &spec, &path, Default::default()).expect("load");
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(values(&dst), values(&src));
+        // Another head in the file: refused without reinit_head, passed over with it.
+        let mut w = models::state_dict::read(&path).expect("read");
+        let head = spec.head_prefix();
+        w.retain(|k, _| !k.starts_with(&head));
+        w.insert(
+            format!("{head}weight"),
+            WeightTensor {
+                shape: vec![400, 8],
+                data: vec![0.5; 3200],
+            },
+        );
+        let other = d.path().join("other_head.safetensors");
+        models::state_dict::write(&other, &w).expect("write");
+        tch::manual_seed(3);
+        let third = nn::VarStore::new(tch::Device::Cpu);
+        let _c = Net::new(&third.root(), &spec).expect("build");
+        let own = values(&third);
+        let e = init_from(&third, &spec, &other, Default::default())
+            .expect_err("head")
+            .to_string();
+        assert!(
+            e.contains("other_head.safetensors") && e.contains(&format!("`{head}weight`")),
+            "{e}"
+        );
+        assert_eq!(values(&third), own, "a refused file changed nothing");
+        let head_only = models::state_dict::Reinit {
+            head: true,
+            ..Default::default()
+        };
+        init_from(&third, &spec, &other, head_only).expect("reinit head");
+        for (k, v) in values(&third) {
+            let want = if k.starts_with(&head) {
+                &own[&k]
+            } else {
+                &values(&src)[&k]
+            };
+            assert_eq!(&v, want, "{k}");
+        }
+    }
 
     #[test]
     fn spec_names_equal_varstore_names() {

@@ -11,3 +11,4 @@ mod prepare;
 mod regression;
 mod scoring;
 mod setup;
+mod weights;

@@ -187,7 +187,15 @@ pub enum Outcome {
 
 /// Builds the model and optimizer on the run's device; for a resumed run, loads the last
 /// checkpoint, the optimizer state, the metrics and the best so far.
-pub fn start(cfg: &TrainConfig, opts: &RunOptions, data: &Data, folder: &RunFolder) -> Result<Training> {
+/// `init`: `train.init`'s matched weights, loaded into a new run (a resumed one has its
+/// checkpoint) and dropped.
+pub fn start(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    data: &Data,
+    folder: &RunFolder,
+    init: Option<models::state_dict::Matched>,
+) -> Result<Training> {
     let (device, amp, spec) = (data.found.device, data.found.amp, &data.found.spec);
     let t = &cfg.train;
     if t.threads > 0 {
@@ -207,6 +215,15 @@ pub fn start(cfg: &TrainConfig, opts: &RunOptions, data: &Data, folder: &RunFold
     })?;
     if t.threads > 0 {
         opt.set_threads(t.threads)?;
+    }
+    if let (Some(init), Some(path), None) = (&init, &t.init, &folder.resumed) {
+        net::load_weights(&vs, &init.weights)?;
+        if !opts.quiet {
+            for note in &init.notes {
+                eprintln!("init: {note}");
+            }
+            eprintln!("init: weights from {}", path.display());
+        }
     }
     let mut scaler_state = amp.then(crate::optim::GradScaler::default);
     let (mut history, mut best, mut first_epoch, mut step, mut stopped_early) = (Vec::new(), None, 1, 0, None);

@@ -21,6 +21,7 @@ use crate::train::{write_csv, yaml, RunOptions, RunSummary};
 /// Where the run came from, for `summary.yaml` and the model's metadata.
 fn provenance(
     cfg: &TrainConfig,
+    init: Option<(&'static str, String)>,
     index: &std::path::Path,
     dir: &std::path::Path,
     device: Device,
@@ -45,8 +46,27 @@ fn provenance(
         ),
     ]
     .into_iter()
+    .chain(init)
     .map(|(k, v)| (k.to_string(), v))
     .collect())
+}
+
+/// `training.init`: the initial weights' file and sha256, when the run started from some.
+fn init_provenance(cfg: &TrainConfig, found: &crate::train::inputs::Found) -> Option<(&'static str, String)> {
+    let (p, sha) = (cfg.train.init.as_ref()?, found.init_sha256.as_ref()?);
+    Some((
+        "training.init",
+        format!(
+            "{} sha256:{sha}{}",
+            p.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            if cfg.train.reinit_head {
+                " (head initialised afresh)"
+            } else {
+                ""
+            }
+        ),
+    ))
 }
 
 /// Exports the best checkpoint under a temporary name, checks libtorch against ONNX Runtime
@@ -154,6 +174,7 @@ pub fn finish(
     } = data;
     let train_patches = train.len();
     drop(train);
+    let init = init_provenance(cfg, &found);
     let (spec, index, device, amp) = (found.spec, found.index, found.device, found.amp);
     let dir = &folder.dir;
     let pre = &cfg.preprocess;
@@ -166,7 +187,7 @@ pub fn finish(
         "{}: cannot reload the best checkpoint",
         best_path.display()
     )))?;
-    let provenance = provenance(cfg, &index.path, dir, device, amp)?;
+    let provenance = provenance(cfg, init, &index.path, dir, device, amp)?;
     let mut extra: Vec<(&str, String)> = provenance.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     extra.push(("training.best_epoch", best_epoch.to_string()));
     extra.push(("training.val_auroc", format!("{best_auroc:.6}")));

@@ -223,6 +223,9 @@ pub fn open(cfg: &TrainConfig, opts: &RunOptions, found: &Found) -> Result<Opene
         io.input("config file", c);
     }
     io.input("index", &found.index.path);
+    if let Some(w) = &cfg.train.init {
+        io.input("initial weights (train.init)", w);
+    }
     let patches: Vec<PathBuf> = found.index.rows.iter().map(|r| found.index.patch_path(r)).collect();
     io.inputs("patch", patches.iter().map(PathBuf::as_path));
     if dir.exists() && !dir.is_dir() {

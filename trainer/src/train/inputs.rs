@@ -24,6 +24,11 @@ pub struct Found {
     pub amp: bool,
     /// `split.csv` as the run writes it.
     pub manifest: Vec<u8>,
+    /// `train.init`'s weights, matched to the spec before any work (taken by the start of
+    /// training, which loads them, so they are not held through it).
+    pub init: Option<models::state_dict::Matched>,
+    /// `train.init`'s sha256, for the model's metadata.
+    pub init_sha256: Option<String>,
 }
 
 /// Everything the epochs train on.
@@ -87,7 +92,8 @@ fn resolve_precision(cfg: &TrainConfig, device: Device) -> Result<bool> {
     })
 }
 
-/// Reads the index (every patch file must exist), splits it by series, resolves the device.
+/// Reads the index (every patch file must exist), splits it by series, resolves the device,
+/// and reads and matches `train.init`'s weights.
 pub fn find(cfg: &TrainConfig) -> Result<Found> {
     let spec = cfg.model.spec()?;
     let index = PatchIndex::read(&cfg.data)?;
@@ -95,7 +101,17 @@ pub fn find(cfg: &TrainConfig) -> Result<Found> {
     let device = crate::resolve_device(&cfg.train.device)?;
     let amp = resolve_precision(cfg, device)?;
     let manifest = split.manifest_csv(&index.rows)?;
+    let (init, init_sha256) = match &cfg.train.init {
+        Some(p) => {
+            let sd = models::state_dict::read(p)?;
+            let m = models::state_dict::match_spec(&spec, sd, p, cfg.train.reinit())?;
+            (Some(m), Some(models::fsutil::sha256_file(p)?))
+        }
+        None => (None, None),
+    };
     Ok(Found {
+        init,
+        init_sha256,
         spec,
         index,
         split,

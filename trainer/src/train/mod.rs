@@ -152,7 +152,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     cfg.validate()?;
     let found = inputs::find(cfg)?;
     let folder = folder::open(cfg, opts, &found)?;
-    let data = match inputs::load(cfg, opts, found) {
+    let mut data = match inputs::load(cfg, opts, found) {
         Ok(d) => d,
         Err(e) => {
             // Bad input leaves no folder behind (one this run created, still empty).
@@ -166,7 +166,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         }
     }
     let folder = folder.begin(cfg, &data)?;
-    let mut state = epochs::start(cfg, opts, &data, &folder)?;
+    let init = data.found.init.take();
+    let mut state = epochs::start(cfg, opts, &data, &folder, init)?;
     if epochs::run(cfg, opts, &data, &folder, &mut state)? == epochs::Outcome::Paused {
         return Ok(None);
     }
