@@ -50,9 +50,10 @@ enum Cmd {
     Export(Box<ExportArgs>),
     /// Print what this trainer links and sees: libtorch, CUDA.
     Doctor,
-    /// Cut a patch folder from LUNA16-style scans (.mhd/.raw, .mha): positives from the
-    /// annotations and the candidates labelled 1, real negatives from the candidates
-    /// labelled 0. Resumable: run it again with the same settings to finish.
+    /// Cut a patch folder from CT scans (MetaImage .mhd/.mha, DICOM series, NIfTI-1
+    /// .nii/.nii.gz): positives from the annotations and the candidates labelled 1, real
+    /// negatives from the candidates labelled 0. Resumable: run it again with the same
+    /// settings to finish.
     Prepare(Box<PrepareArgs>),
 }
 
@@ -157,9 +158,14 @@ fn export(a: &ExportArgs) -> Result<()> {
 
 #[derive(clap::Args, Debug)]
 struct PrepareArgs {
-    /// Folder of scans: LUNA16's subset*/ layout or flat (searched recursively).
+    /// Folder of scans: LUNA16's subset*/ layout or flat (searched recursively); .mhd/.mha,
+    /// .nii/.nii.gz, and DICOM files (.dcm or no extension) grouped by SeriesInstanceUID.
     #[arg(long)]
     scans: PathBuf,
+    /// Read only this format (metaimage, dicom or nifti): needed where one series is
+    /// stored in two formats side by side.
+    #[arg(long)]
+    format: Option<scans::Format>,
     /// annotations.csv (seriesuid, coordX, coordY, coordZ, diameter_mm; world mm).
     #[arg(long)]
     annotations: PathBuf,
@@ -400,6 +406,7 @@ fn train(a: &TrainArgs) -> Result<()> {
 fn prepare(a: &PrepareArgs) -> Result<()> {
     let job = trainer::prepare::PrepareJob {
         scans: a.scans.clone(),
+        format: a.format,
         annotations: a.annotations.clone(),
         candidates: a.candidates.clone(),
         out: a.out.clone(),

@@ -1,4 +1,5 @@
-//! `trainer prepare`: from LUNA16 scans (MetaImage) to a training-ready patch folder.
+//! `trainer prepare`: from CT scans (MetaImage, DICOM series, NIfTI-1: [`scans`]) to a
+//! training-ready patch folder.
 //!
 //! Positives are the nodules of `annotations.csv` and the candidates labelled 1; negatives
 //! are the real candidates labelled 0 (never noise), none within a nodule's radius,
@@ -14,7 +15,7 @@
 //! `prepare_errors.csv` while the others go on; the exit status is then non-zero.
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -28,7 +29,6 @@ use serde::{Deserialize, Serialize};
 
 use models::index::{IndexRow, INDEX_FILE};
 use models::luna16::Finding;
-use models::metaimage::Scan;
 use models::resample::{extract, PatchGrid};
 
 /// Folder (inside the output) holding each finished scan's patch list.
@@ -76,6 +76,8 @@ pub struct PrepareSettings {
 #[derive(Debug, Clone)]
 pub struct PrepareJob {
     pub scans: PathBuf,
+    /// Read only scans of this format (all of them when `None`).
+    pub format: Option<scans::Format>,
     pub annotations: PathBuf,
     pub candidates: PathBuf,
     pub out: PathBuf,
@@ -108,58 +110,6 @@ struct Planned {
     center: [f64; 3],
     diam_mm: f64,
     label: u8,
-}
-
-/// Lists `.mhd`/`.mha` files under `dir` (LUNA16's `subset*/` layout or flat), by series.
-pub fn find_scans(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
-    if !dir.is_dir() {
-        return Err(TrainError::Data(format!("{}: not a folder of scans", dir.display())));
-    }
-    let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for e in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
-        let e = match e {
-            Ok(e) => e,
-            // A symlink loop or an unreadable folder: say so and go on with the rest.
-            Err(err) => {
-                eprintln!("prepare: skipping {err}");
-                continue;
-            }
-        };
-        let p = e.path();
-        // Anything named like a scan is one: a FIFO, a socket or a folder so named is then
-        // reported as that scan's error (reading it never blocks), not skipped silently.
-        let is_scan = e.depth() > 0
-            && p.extension()
-                .is_some_and(|x| x.eq_ignore_ascii_case("mhd") || x.eq_ignore_ascii_case("mha"));
-        if !is_scan {
-            continue;
-        }
-        let uid = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        // The uid names folders and files under --out: nothing that could climb out of it.
-        if uid.is_empty() || uid == "." || uid == ".." || uid.contains(['/', '\\']) {
-            return Err(TrainError::Data(format!(
-                "{}: a scan's file name must be its seriesuid, not {uid:?}",
-                p.display()
-            )));
-        }
-        if let Some(prev) = out.insert(uid.clone(), p.to_path_buf()) {
-            return Err(TrainError::Data(format!(
-                "series {uid} appears twice: {} and {}",
-                prev.display(),
-                p.display()
-            )));
-        }
-    }
-    if out.is_empty() {
-        return Err(TrainError::Data(format!(
-            "{}: no .mhd or .mha scans found (looked in every subfolder)",
-            dir.display()
-        )));
-    }
-    Ok(out)
 }
 
 /// Positives and negatives of one series, negatives drawn with a generator seeded from the
@@ -228,11 +178,12 @@ fn npy_bytes(cube: &Array3<f32>, dtype: CubeDtype) -> Result<Vec<u8>> {
 }
 
 /// Cuts and writes one scan's patches; returns its index rows.
-fn do_scan(uid: &str, path: &Path, plan: &[Planned], job: &PrepareJob) -> Result<Vec<IndexRow>> {
+fn do_scan(uid: &str, source: &scans::Source, plan: &[Planned], job: &PrepareJob) -> Result<Vec<IndexRow>> {
     if plan.is_empty() {
         return Ok(Vec::new());
     }
-    let scan = Scan::read(path)?;
+    let scan = source.read()?;
+    let path = source.path();
     // A centre outside the scan gives an all-air patch: most likely coordinates in another
     // frame (voxel indices, another scan's). Say so; the patch is still written.
     let g = &scan.geometry;
@@ -293,7 +244,7 @@ fn do_scan(uid: &str, path: &Path, plan: &[Planned], job: &PrepareJob) -> Result
 struct Inputs {
     annotations: Vec<Finding>,
     candidates: Vec<Finding>,
-    scans: BTreeMap<String, PathBuf>,
+    scans: BTreeMap<String, scans::Source>,
     settings: PrepareSettings,
 }
 
@@ -332,7 +283,11 @@ fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
             c.value
         )));
     }
-    let scans = find_scans(&job.scans)?;
+    let found = scans::find(&job.scans, job.format)?;
+    for (p, why) in &found.unreadable {
+        eprintln!("prepare: warning: {}: not read as a DICOM file: {why}", p.display());
+    }
+    let scans = found.scans;
     let settings = PrepareSettings {
         sampling: job.sampling.clone(),
         annotations_sha256: models::fsutil::sha256_file(&job.annotations)?,
@@ -354,10 +309,7 @@ fn open_folder(job: &PrepareJob, inputs: &Inputs) -> Result<models::fsutil::Lock
     io.input("annotations", &job.annotations)
         .input("candidates", &job.candidates);
     for scan in inputs.scans.values() {
-        io.input("scan", scan);
-        for ext in ["raw", "zraw"] {
-            io.input("scan data", &scan.with_extension(ext));
-        }
+        io.inputs("scan", scan.files().iter().map(PathBuf::as_path));
     }
     io.outputs_in("prepared file", &job.out, &[INDEX_FILE, SETTINGS_FILE, ERRORS_FILE])?;
     std::fs::create_dir_all(&job.out)
@@ -394,7 +346,7 @@ fn open_folder(job: &PrepareJob, inputs: &Inputs) -> Result<models::fsutil::Lock
 type ScanResult = (String, PathBuf, Result<usize>);
 
 /// Cuts the scans in `todo` in parallel (`--jobs`), each committed by its patch list.
-fn cut_scans(job: &PrepareJob, inputs: &Inputs, todo: &[(&String, &PathBuf)]) -> Result<Vec<ScanResult>> {
+fn cut_scans(job: &PrepareJob, inputs: &Inputs, todo: &[(&String, &scans::Source)]) -> Result<Vec<ScanResult>> {
     let mut by_series: HashMap<&str, (Vec<&Finding>, Vec<&Finding>)> = HashMap::new();
     for a in &inputs.annotations {
         by_series.entry(&a.seriesuid).or_default().0.push(a);
@@ -449,7 +401,7 @@ fn cut_scans(job: &PrepareJob, inputs: &Inputs, todo: &[(&String, &PathBuf)]) ->
                     Err(e) => pb.suspend(|| eprintln!("prepare: error: series {uid}: {e:#}")),
                 }
                 pb.inc(1);
-                ((*uid).clone(), (*path).clone(), r)
+                ((*uid).clone(), path.path().to_path_buf(), r)
             })
             .collect()
     });
@@ -527,7 +479,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
         ..Default::default()
     };
     let done_dir = job.out.join(DONE_DIR);
-    let todo: Vec<(&String, &PathBuf)> = scans
+    let todo: Vec<(&String, &scans::Source)> = scans
         .iter()
         .filter(|(uid, _)| !done_dir.join(format!("{uid}.csv")).is_file())
         .collect();

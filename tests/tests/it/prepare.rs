@@ -569,24 +569,57 @@ fn prepare_reads_the_real_slab() {
         c += &format!("{uid},{x},{y},-87.0,0\n");
     }
     std::fs::write(root.join("candidates.csv"), c).unwrap();
-    let out = root.join("out");
-    run_ok(
-        "trainer",
-        &[
+    let (ann, cand) = (root.join("annotations.csv"), root.join("candidates.csv"));
+    let prepare = |format: Option<&str>, out: &Path| {
+        let mut a = vec![
             "prepare",
             "--scans",
             s(&slab),
             "--annotations",
-            s(&root.join("annotations.csv")),
+            s(&ann),
             "--candidates",
-            s(&root.join("candidates.csv")),
+            s(&cand),
             "--out",
-            s(&out),
+            s(out),
             "--min-negatives",
             "3",
             "-q",
-        ],
+        ];
+        if let Some(f) = format {
+            a.extend(["--format", f]);
+        }
+        chain_tests::run("trainer", &a)
+    };
+    // The folder holds the series twice, as MetaImage and as its DICOM slices: refused
+    // until a format is chosen.
+    let r = prepare(None, &root.join("both"));
+    assert!(
+        !r.ok && r.stderr.contains(&format!("series {uid} appears twice")) && r.stderr.contains("choose one format"),
+        "{}",
+        r.stderr
     );
+    let out = root.join("out");
+    let r = prepare(Some("metaimage"), &out);
+    assert!(r.ok, "{}", r.stderr);
+    // The DICOM slices (shuffled by nothing but their names, which sort by descending z)
+    // give the same cubes as the MetaImage of the same voxels: the spacing differs only by
+    // the MetaImage's rounding (0.681641 against PixelSpacing 0.681640625 mm).
+    let out_dicom = root.join("out_dicom");
+    let r = prepare(Some("dicom"), &out_dicom);
+    assert!(r.ok, "{}", r.stderr);
+    let (_, rows_d) = read_csv(&out_dicom.join("patch_index.csv"));
+    assert_eq!(rows_d.len(), 3);
+    let mut worst = 0.0f32;
+    for r in &rows_d {
+        let f = &r[0];
+        let a = models::patch::read_npy_hu(&out.join(f)).unwrap();
+        let b = models::patch::read_npy_hu(&out_dicom.join(f)).unwrap();
+        assert_eq!(a.shape(), b.shape());
+        for (x, y) in a.iter().zip(b.iter()) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(worst <= 0.5, "DICOM and MetaImage cubes differ by up to {worst} HU");
     let (h, rows) = read_csv(&out.join("patch_index.csv"));
     assert_eq!(rows.len(), 3);
     for r in &rows {
