@@ -20,6 +20,7 @@ pub mod config;
 pub mod cuda;
 pub mod data;
 pub mod export;
+pub mod inspect;
 pub mod kfold;
 pub mod net;
 pub mod optim;

@@ -48,6 +48,21 @@ enum Cmd {
     /// best.safetensors or one saved from PyTorch) to a parity-checked ONNX model with our
     /// metadata, without training.
     Export(Box<ExportArgs>),
+    /// Print a scan's geometry as prepare reads it (size, spacing, origin, direction,
+    /// extent, HU range) and where world points land: a .mhd/.mha/.nii/.nii.gz file, a
+    /// DICOM file (its series), or a folder holding one scan (or --series among several).
+    Inspect {
+        scan: PathBuf,
+        /// Read only this format (metaimage, dicom or nifti).
+        #[arg(long)]
+        format: Option<scans::Format>,
+        /// The series to inspect when the folder holds several.
+        #[arg(long)]
+        series: Option<String>,
+        /// A world point in mm, `X,Y,Z` (LPS, as LUNA16's CSVs): where it lands (repeatable).
+        #[arg(long, value_name = "X,Y,Z", allow_hyphen_values = true)]
+        world: Vec<String>,
+    },
     /// Print what this trainer links and sees: libtorch, CUDA.
     Doctor,
     /// Cut a patch folder from CT scans (MetaImage .mhd/.mha, DICOM series, NIfTI-1
@@ -506,6 +521,29 @@ fn main() -> ExitCode {
             Cmd::Train(a) => train(&a)?,
             Cmd::Prepare(a) => prepare(&a)?,
             Cmd::Export(a) => export(&a)?,
+            Cmd::Inspect {
+                scan,
+                format,
+                series,
+                world,
+            } => {
+                let points = world
+                    .iter()
+                    .map(|w| {
+                        let v: Vec<f64> = w
+                            .split(',')
+                            .map(|x| x.trim().parse::<f64>())
+                            .collect::<Result<_, _>>()
+                            .map_err(|e| anyhow::anyhow!("--world {w}: {e}"))?;
+                        match v[..] {
+                            [x, y, z] if v.iter().all(|c| c.is_finite()) => Ok([x, y, z]),
+                            _ => anyhow::bail!("--world {w}: three finite numbers X,Y,Z expected"),
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let (uid, src) = trainer::inspect::locate(&scan, format, series.as_deref())?;
+                print!("{}", trainer::inspect::report(&uid, &src, &points)?);
+            }
             Cmd::Doctor => doctor(),
         }
         Ok(())

@@ -641,3 +641,35 @@ fn prepare_reads_the_real_slab() {
         );
     }
 }
+
+/// `trainer inspect` on the real slab: the DICOM series from one of its files, the geometry
+/// the MetaImage beside it states, and where world points land.
+#[test]
+fn inspect_prints_the_geometry_and_where_points_land() {
+    let slab = chain_tests::workspace().join("../shared/data/lidc-idri-0002");
+    let file = slab.join("dicom/-87.000000.dcm");
+    let r = run_ok(
+        "trainer",
+        &["inspect", s(&file), "--world", "-60,-20,-87", "--world", "0,0,10"],
+    );
+    for want in [
+        "DICOM series of 12 files",
+        "seriesuid 1.3.6.1.4.1.14519.5.2.1.6279.6001.619372068417051974713149104919",
+        "size: 512 × 512 × 12 voxels",
+        "spacing: 0.681641 × 0.681641 × 1.250000 mm",
+        "origin: (-175.5000, -174.5000, -94.5000) mm",
+        "z [-94.50, -80.75] mm",
+        // (−60 + 175.5) / 0.681640625 = 169.44; (−87 + 94.5) / 1.25 = 6.
+        "world (-60.00, -20.00, -87.00) mm -> voxel (169.44, 226.66, 6.00) (inside)",
+        "(outside the scan)",
+    ] {
+        assert!(r.stdout.contains(want), "{want:?} in:\n{}", r.stdout);
+    }
+    // The folder holds the series twice: named, with the way out.
+    let r = run_err("trainer", &["inspect", s(&slab)]);
+    assert!(r.stderr.contains("choose one format"), "{}", r.stderr);
+    let r = run_ok("trainer", &["inspect", s(&slab), "--format", "metaimage"]);
+    assert!(r.stdout.contains("(MetaImage)"), "{}", r.stdout);
+    let r = run_err("trainer", &["inspect", s(&file), "--world", "1,2"]);
+    assert!(r.stderr.contains("--world 1,2"), "{}", r.stderr);
+}
