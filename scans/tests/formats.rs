@@ -435,3 +435,18 @@ fn nifti_files_that_are_not_a_scan_are_refused() {
     let e = scans::nifti::read(&fifo).expect_err("fifo").to_string();
     assert!(e.contains("fifo.nii"), "{e}");
 }
+
+/// JPEG Lossless (process 14, first-order prediction) slices, made by DCMTK from an
+/// uncompressed series (`tests/fixtures/make_jpeg_lossless.sh`): the same volume, voxel for
+/// voxel, as the uncompressed files they came from.
+#[test]
+fn jpeg_lossless_slices_decode_to_the_uncompressed_volume() {
+    let fx = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg_lossless");
+    let plain = only(&fx.join("plain"), Format::Dicom).read().expect("plain");
+    let jpeg = only(&fx.join("jpeg"), Format::Dicom).read().expect("jpeg lossless");
+    assert_eq!(plain.geometry, jpeg.geometry);
+    assert_eq!(plain.geometry.dims, [32, 32, 4]);
+    assert_eq!(plain.geometry.spacing, [0.7, 0.8, 1.25]);
+    assert_eq!(plain.voxels, jpeg.voxels);
+    assert!(plain.voxels.iter().any(|&v| v < -1000.0) && plain.voxels.iter().any(|&v| v > -700.0));
+}
