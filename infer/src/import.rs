@@ -56,12 +56,8 @@ pub struct ImportSettings {
     pub output: Option<String>,
     /// A model of ours whose preprocessing to copy (flags below override it).
     pub like: Option<PathBuf>,
-    pub cube_size: Option<usize>,
-    pub hu_min: Option<f32>,
-    pub hu_max: Option<f32>,
-    pub out_min: Option<f32>,
-    pub out_max: Option<f32>,
-    pub pad_hu: Option<f32>,
+    /// Preprocessing given on the command line (over `like`'s or the defaults).
+    pub pre: models::cli::PreprocessFlags,
     pub ort_lib: Option<PathBuf>,
 }
 
@@ -251,20 +247,7 @@ fn preprocessing(s: &ImportSettings, fixed_cube: Option<usize>) -> Result<Prepro
             ..Preprocess::default()
         },
     };
-    if let Some(c) = s.cube_size {
-        pre.cube_size = c;
-    }
-    for (v, slot) in [
-        (s.hu_min, &mut pre.hu_min),
-        (s.hu_max, &mut pre.hu_max),
-        (s.out_min, &mut pre.out_min),
-        (s.out_max, &mut pre.out_max),
-        (s.pad_hu, &mut pre.pad_hu),
-    ] {
-        if let Some(v) = v {
-            *slot = v;
-        }
-    }
+    s.pre.apply(&mut pre);
     match (fixed_cube, pre.cube_size) {
         (None, 0) => {
             return Err(refuse(

@@ -217,24 +217,9 @@ struct ImportArgs {
     /// Copy the preprocessing from this model of ours (the flags below override it).
     #[arg(long)]
     like: Option<PathBuf>,
-    /// Cube side in voxels (8 to 512); needed when the input's size is symbolic.
-    #[arg(long)]
-    cube_size: Option<usize>,
-    /// HU window low end (default -1000).
-    #[arg(long, allow_hyphen_values = true)]
-    hu_min: Option<f32>,
-    /// HU window high end (default 400).
-    #[arg(long, allow_hyphen_values = true)]
-    hu_max: Option<f32>,
-    /// The window's low end maps onto this (default 0).
-    #[arg(long, allow_hyphen_values = true)]
-    out_min: Option<f32>,
-    /// The window's high end maps onto this (default 1).
-    #[arg(long, allow_hyphen_values = true)]
-    out_max: Option<f32>,
-    /// HU of the padding where a patch is smaller than the cube (default -1000, air).
-    #[arg(long, allow_hyphen_values = true)]
-    pad_hu: Option<f32>,
+    /// The preprocessing (--cube-size is needed when the input's size is symbolic).
+    #[command(flatten)]
+    pre: models::cli::PreprocessFlags,
     /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, next to this binary, the project venv).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -248,12 +233,7 @@ fn import(a: &ImportArgs) -> ExitCode {
         kind: a.output_kind,
         output: a.output.clone(),
         like: a.like.clone(),
-        cube_size: a.cube_size,
-        hu_min: a.hu_min,
-        hu_max: a.hu_max,
-        out_min: a.out_min,
-        out_max: a.out_max,
-        pad_hu: a.pad_hu,
+        pre: a.pre,
         ort_lib: a.ort_lib.clone(),
     };
     match infer::import::import(&s) {

@@ -15,6 +15,51 @@ pub fn default_sigpipe() {
     }
 }
 
+/// The preprocessing flags of the commands that make a model from something else
+/// (`infer import`, `trainer export`): each one given replaces that field of the
+/// preprocessing the command starts from (another model's, a config's, or the defaults).
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct PreprocessFlags {
+    /// Cube side in voxels (8 to 512).
+    #[arg(long)]
+    pub cube_size: Option<usize>,
+    /// HU window low end (default -1000).
+    #[arg(long, allow_hyphen_values = true)]
+    pub hu_min: Option<f32>,
+    /// HU window high end (default 400).
+    #[arg(long, allow_hyphen_values = true)]
+    pub hu_max: Option<f32>,
+    /// The window's low end maps onto this (default 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub out_min: Option<f32>,
+    /// The window's high end maps onto this (default 1).
+    #[arg(long, allow_hyphen_values = true)]
+    pub out_max: Option<f32>,
+    /// HU of the padding where a patch is smaller than the cube (default -1000, air).
+    #[arg(long, allow_hyphen_values = true)]
+    pub pad_hu: Option<f32>,
+}
+
+impl PreprocessFlags {
+    /// `pre` with every flag given put in (not validated: the caller validates the result).
+    pub fn apply(&self, pre: &mut crate::preprocess::Preprocess) {
+        if let Some(c) = self.cube_size {
+            pre.cube_size = c;
+        }
+        for (v, slot) in [
+            (self.hu_min, &mut pre.hu_min),
+            (self.hu_max, &mut pre.hu_max),
+            (self.out_min, &mut pre.out_min),
+            (self.out_max, &mut pre.out_max),
+            (self.pad_hu, &mut pre.pad_hu),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+    }
+}
+
 /// CPUs this process may use (`available_parallelism`: affinity and cgroup quota), at least 1.
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -91,24 +91,9 @@ struct ExportArgs {
     /// Width of the baseline CNN's first stage (1 to 256).
     #[arg(long)]
     width: Option<usize>,
-    /// Cube side in voxels (8 to 512; default 64).
-    #[arg(long)]
-    cube_size: Option<usize>,
-    /// HU window low end (default -1000).
-    #[arg(long, allow_hyphen_values = true)]
-    hu_min: Option<f32>,
-    /// HU window high end (default 400).
-    #[arg(long, allow_hyphen_values = true)]
-    hu_max: Option<f32>,
-    /// The window's low end maps onto this (default 0).
-    #[arg(long, allow_hyphen_values = true)]
-    out_min: Option<f32>,
-    /// The window's high end maps onto this (default 1).
-    #[arg(long, allow_hyphen_values = true)]
-    out_max: Option<f32>,
-    /// HU of the padding where a patch is smaller than the cube (default -1000, air).
-    #[arg(long, allow_hyphen_values = true)]
-    pad_hu: Option<f32>,
+    /// The preprocessing (default: the config's, else a 64³ cube and the defaults below).
+    #[command(flatten)]
+    pre: models::cli::PreprocessFlags,
     /// libonnxruntime for the parity check (else $ORT_DYLIB_PATH, the project venv).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -132,20 +117,7 @@ fn export(a: &ExportArgs) -> Result<()> {
     if let Some(v) = a.width {
         model.width = v;
     }
-    if let Some(v) = a.cube_size {
-        pre.cube_size = v;
-    }
-    for (v, slot) in [
-        (a.hu_min, &mut pre.hu_min),
-        (a.hu_max, &mut pre.hu_max),
-        (a.out_min, &mut pre.out_min),
-        (a.out_max, &mut pre.out_max),
-        (a.pad_hu, &mut pre.pad_hu),
-    ] {
-        if let Some(v) = v {
-            *slot = v;
-        }
-    }
+    a.pre.apply(&mut pre);
     let job = trainer::export::WeightsExport {
         weights: a.weights.clone(),
         out: a.out.clone(),
