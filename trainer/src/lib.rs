@@ -19,6 +19,7 @@ pub mod augment;
 pub mod config;
 pub mod cuda;
 pub mod data;
+pub mod ensemble;
 pub mod export;
 pub mod inspect;
 pub mod kfold;

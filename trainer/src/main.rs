@@ -48,6 +48,20 @@ enum Cmd {
     /// best.safetensors or one saved from PyTorch) to a parity-checked ONNX model with our
     /// metadata, without training.
     Export(Box<ExportArgs>),
+    /// Average models' logits in one ONNX model (the fold models of a k-fold run: `trainer
+    /// ensemble RUN/fold_* -o ensemble.onnx`), checked against the members' mean in ONNX
+    /// Runtime; members must share preprocessing. calibrate, infer and infer bundle take it.
+    Ensemble {
+        /// Member models (.onnx files, or run folders: their model.onnx); two or more.
+        #[arg(required = true, num_args = 2..)]
+        members: Vec<PathBuf>,
+        /// The ensemble model to write.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// libonnxruntime for the check (else $ORT_DYLIB_PATH, the project venv).
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
+    },
     /// Print a scan's geometry as prepare reads it (size, spacing, origin, direction,
     /// extent, HU range) and where world points land: a .mhd/.mha/.nii/.nii.gz file, a
     /// DICOM file (its series), or a folder holding one scan (or --series among several).
@@ -493,6 +507,17 @@ fn main() -> ExitCode {
             Cmd::Train(a) => train(&a)?,
             Cmd::Prepare(a) => prepare(&a)?,
             Cmd::Export(a) => export(&a)?,
+            Cmd::Ensemble { members, out, ort_lib } => {
+                let b = trainer::ensemble::build(&members, &out, ort_lib.as_deref())?;
+                println!(
+                    "ensemble of {} models -> {}; max |Δlogit| against the mean of the members in ONNX Runtime {} = {:.2e} over {} test cubes",
+                    b.members.len(),
+                    out.display(),
+                    b.onnxruntime_version,
+                    b.max_abs_diff,
+                    b.cubes
+                );
+            }
             Cmd::Inspect {
                 scan,
                 format,

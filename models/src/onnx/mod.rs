@@ -4,6 +4,7 @@
 //! (`training_mode` = 0), Dropout is the identity and is left out. The batch dimension is
 //! dynamic (`batch`); the cube size is fixed and also recorded in `metadata_props`.
 pub mod build;
+pub mod ensemble;
 pub mod proto;
 pub mod wire;
 

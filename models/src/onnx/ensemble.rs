@@ -1,0 +1,188 @@
+//! One ONNX graph that averages the logits of several models of ours (the fold models of a
+//! k-fold cross-validation): every member's graph under its own name prefix (`m0/`, `m1/`,
+//! ...), all reading the one input, their `logit`s summed and scaled by 1/k into `logit`.
+//! Averaging logits (not probabilities) keeps the output a logit that `calibrate` can
+//! calibrate like any model's.
+//!
+//! Members must be models this toolchain wrote (`trainer train`, `trainer export`): their
+//! graphs are fully described by [`super::proto`], so decoding and re-encoding them loses
+//! nothing. Refused, naming the member: an imported model (`infer import`: it may hold what
+//! our schema does not declare), a calibrated model (averaging calibrated outputs is not
+//! the calibration of the average: use the fold's `model.onnx` and calibrate the ensemble),
+//! another ensemble, preprocessing that differs from the first member's, an input or output
+//! other than ours, or another cube size.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::build::{self, node, value_info, Dim};
+use super::proto::{data_type, ModelProto, StringStringEntryProto};
+use super::{metadata, INPUT_NAME, OUTPUT_NAME};
+use crate::preprocess::Preprocess;
+use crate::{Error, Result};
+
+/// A member: where it came from (for messages and the metadata), its sha256, the model.
+pub struct Member {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub model: ModelProto,
+}
+
+fn bad(path: &Path, msg: impl Into<String>) -> Error {
+    Error::BadOnnx {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// Checks a member and returns its preprocessing.
+fn check(m: &Member) -> Result<Preprocess> {
+    let md = metadata(&m.model);
+    if md.keys().any(|k| k.starts_with("calibration.")) {
+        return Err(bad(
+            &m.path,
+            "a calibrated model: average the folds' model.onnx, then calibrate the ensemble",
+        ));
+    }
+    let arch = md.get("architecture").map(String::as_str).unwrap_or("");
+    match arch {
+        "imported" => {
+            return Err(bad(
+                &m.path,
+                "an imported model (infer import): only models this toolchain wrote are averaged",
+            ))
+        }
+        "ensemble" => return Err(bad(&m.path, "already an ensemble: give its members instead")),
+        "" => return Err(bad(&m.path, "no `architecture` in its metadata: not a model of ours")),
+        _ => {}
+    }
+    let g = m.model.graph.as_ref().ok_or_else(|| bad(&m.path, "no graph"))?;
+    let names = |v: &[super::proto::ValueInfoProto]| v.iter().filter_map(|x| x.name.clone()).collect::<Vec<_>>();
+    if names(&g.input) != [INPUT_NAME] || names(&g.output) != [OUTPUT_NAME] {
+        return Err(bad(
+            &m.path,
+            format!(
+                "inputs {:?} and outputs {:?}: a model of ours has input `{INPUT_NAME}` and output `{OUTPUT_NAME}`",
+                names(&g.input),
+                names(&g.output)
+            ),
+        ));
+    }
+    Preprocess::from_metadata(&md).map_err(|e| bad(&m.path, format!("preprocessing: {e}")))
+}
+
+/// The ensemble of `members` (at least two) with `extra` metadata (tool and provenance).
+pub fn ensemble(members: &[Member], extra: &BTreeMap<String, String>) -> Result<ModelProto> {
+    let Some(first) = members.first() else {
+        return Err(Error::Metadata("an ensemble needs members".into()));
+    };
+    if members.len() < 2 {
+        return Err(bad(&first.path, "an ensemble needs at least two members"));
+    }
+    let pre = check(first)?;
+    for m in &members[1..] {
+        let p = check(m)?;
+        if p != pre {
+            return Err(bad(
+                &m.path,
+                format!(
+                    "preprocessing {p:?} differs from {}'s {pre:?}: members must see the same cubes",
+                    first.path.display()
+                ),
+            ));
+        }
+    }
+    let mut nodes = Vec::new();
+    let mut initializer = Vec::new();
+    let mut logits = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let prefix = format!("m{i}/");
+        let ren = |n: &str| {
+            if n == INPUT_NAME || n.is_empty() {
+                n.to_string()
+            } else {
+                format!("{prefix}{n}")
+            }
+        };
+        let g = m.model.graph.clone().ok_or_else(|| bad(&m.path, "no graph"))?;
+        for mut n in g.node {
+            n.input = n.input.iter().map(|s| ren(s)).collect();
+            n.output = n.output.iter().map(|s| ren(s)).collect();
+            n.name = n.name.map(|s| format!("{prefix}{s}"));
+            nodes.push(n);
+        }
+        for mut t in g.initializer {
+            t.name = t.name.map(|s| ren(&s));
+            initializer.push(t);
+        }
+        logits.push(ren(OUTPUT_NAME));
+    }
+    let k = members.len();
+    let refs: Vec<&str> = logits.iter().map(String::as_str).collect();
+    nodes.push(node("Sum", &refs, "ensemble/sum", vec![]));
+    initializer.push(build::f32_tensor("ensemble/one_over_k", vec![1], &[1.0 / k as f32]));
+    nodes.push(node(
+        "Mul",
+        &["ensemble/sum", "ensemble/one_over_k"],
+        OUTPUT_NAME,
+        vec![],
+    ));
+    let first_graph = first.model.graph.as_ref().ok_or_else(|| bad(&first.path, "no graph"))?;
+    let c = pre.cube_size as i64;
+    let mut md = metadata(&first.model);
+    md.retain(|key, _| {
+        key.starts_with("preprocess.") || key.starts_with("input.") || key.starts_with("output.") || key == "format"
+    });
+    md.insert("architecture".into(), "ensemble".into());
+    md.insert("ensemble.size".into(), k.to_string());
+    md.insert(
+        "ensemble.members".into(),
+        members
+            .iter()
+            .map(|m| {
+                let md = metadata(&m.model);
+                format!(
+                    "{} sha256:{} ({})",
+                    m.path.display(),
+                    m.sha256,
+                    md.get("architecture").cloned().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    md.insert(
+        "output.meaning".into(),
+        format!("logit of P(nodule): the mean of the {k} members' logits; probability = sigmoid(logit)"),
+    );
+    md.extend(extra.iter().map(|(a, b)| (a.clone(), b.clone())));
+    let graph = super::proto::GraphProto {
+        node: nodes,
+        name: Some(format!("ensemble of {k}")),
+        initializer,
+        input: vec![value_info(
+            INPUT_NAME,
+            data_type::FLOAT,
+            &[
+                Dim::Param("batch"),
+                Dim::Value(1),
+                Dim::Value(c),
+                Dim::Value(c),
+                Dim::Value(c),
+            ],
+        )],
+        output: first_graph.output.clone(),
+        ..Default::default()
+    };
+    Ok(ModelProto {
+        graph: Some(graph),
+        doc_string: Some(format!("mean of {k} patch classifiers' logits")),
+        metadata_props: md
+            .into_iter()
+            .map(|(k, v)| StringStringEntryProto {
+                key: Some(k),
+                value: Some(v),
+            })
+            .collect(),
+        ..first.model.clone()
+    })
+}
