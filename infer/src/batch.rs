@@ -61,6 +61,8 @@ pub struct Settings {
     pub errors: Option<PathBuf>,
     /// Skip the patches an existing output already holds, and keep its rows.
     pub resume: bool,
+    /// Score only this part of the inputs ([`crate::shard`]).
+    pub shard: Option<crate::shard::Shard>,
     pub tta: Tta,
     pub batch_size: usize,
     pub scorer: ScorerOptions,
@@ -139,6 +141,15 @@ fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError>
     } else {
         Some(io.output("output", &s.out)?)
     };
+    if let Some(sh) = s.shard {
+        if !matches!(out, Some(Target::File(_))) {
+            return Err(InferError::Usage(format!(
+                "--shard {}/{} needs -o a file: its record (OUT.shard.yaml) goes beside it for `infer merge`",
+                sh.k, sh.n
+            )));
+        }
+        io.output("shard record", &crate::shard::record_path(&s.out))?;
+    }
     let errors = match errors_path(s, out.as_ref()) {
         Some(p) => {
             let t = io.output("errors file", &p)?;
@@ -470,10 +481,11 @@ fn check_batch_memory(s: &Settings, cube: usize) -> Result<(), InferError> {
 pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let t0 = Instant::now();
     check_settings(s)?;
-    let inputs = match &s.index {
+    let mut inputs = match &s.index {
         Some(idx) => collect_index(idx)?,
         None => collect_inputs(&s.inputs, s.recursive)?,
     };
+    let part = s.shard.map(|sh| (sh, crate::shard::select(&mut inputs, sh)));
     let plan = plan_outputs(s, &inputs)?;
     if s.fail_fast {
         if let Some((name, why)) = inputs.refused.first() {
@@ -549,6 +561,30 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     result?;
     out.commit()?;
     let errors_file = write_errors(&tally.errors, plan.errors.as_ref())?;
+    if let Some((sh, (first, end, n, inputs_sha256))) = part {
+        let calibration = match (&s.calibration, &cal) {
+            (Some(p), _) => models::fsutil::sha256_file(p)?,
+            (None, Some(_)) => "model".into(),
+            (None, None) => "none".into(),
+        };
+        crate::shard::write_record(
+            &s.out,
+            &crate::shard::Record {
+                shard: sh.k,
+                of: sh.n,
+                inputs: n,
+                inputs_sha256,
+                first,
+                end,
+                rows: tally.scored + previous.as_ref().map_or(0, |p| p.done.len()),
+                failed: tally.errors.len(),
+                model_sha256: sha.clone(),
+                calibration,
+                format: crate::shard::format_name(s.format).into(),
+                header: header.iter().map(|h| h.to_string()).collect(),
+            },
+        )?;
+    }
     Ok(Summary {
         scored: tally.scored,
         resume_dropped: previous.as_ref().map_or(0, |p| p.dropped),

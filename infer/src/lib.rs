@@ -34,6 +34,7 @@ pub mod import;
 pub mod inputs;
 pub mod output;
 mod resume;
+pub mod shard;
 
 pub use batch::{run, Settings, Summary, Tta, MAX_BATCH};
 pub use output::Format;

@@ -52,6 +52,10 @@ struct Args {
     /// Keep an existing output's rows and score only the patches it lacks.
     #[arg(long)]
     resume: bool,
+    /// Score only part K of N of the inputs (contiguous, in their sorted order; K from 1),
+    /// for a job array; `infer merge` joins the parts. Writes OUT.shard.yaml beside OUT.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<infer::shard::Shard>,
     /// Test-time augmentation: `flips` averages the logits of the 8 flip combinations.
     #[arg(long, value_enum, default_value = "none")]
     tta: infer::Tta,
@@ -101,6 +105,17 @@ enum Cmd {
     /// probability, preprocessing from the flags or another model (--like). Checked on a test
     /// batch with ONNX Runtime before it is written.
     Import(Box<ImportArgs>),
+    /// Join the outputs of `infer --shard K/N` (all N of them, any order) into what one run
+    /// would have written; refuses parts of different runs, missing or repeated parts, and
+    /// a patch scored twice.
+    Merge {
+        /// The shard outputs (each with its .shard.yaml beside it).
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+        /// The merged output.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Print the ONNX Runtime library and version, its providers, the CUDA libraries and
     /// driver found, and (with --model) the model's metadata.
     Doctor {
@@ -311,6 +326,28 @@ fn main() -> ExitCode {
     if let Some(Cmd::Import(args)) = &a.cmd {
         return import(args);
     }
+    if let Some(Cmd::Merge { shards, out }) = &a.cmd {
+        return match infer::shard::merge(shards, out) {
+            Ok(m) => {
+                println!(
+                    "merged {} shards: {} rows -> {}{}",
+                    m.shards,
+                    m.rows,
+                    out.display(),
+                    if m.failed > 0 {
+                        format!("; {} patches failed (see the shards' errors files)", m.failed)
+                    } else {
+                        String::new()
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("infer merge: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Cmd::Doctor { model, ort_lib }) = &a.cmd {
         return doctor(model.clone(), ort_lib.as_deref(), &bundle);
     }
@@ -329,6 +366,7 @@ fn main() -> ExitCode {
         format: a.format,
         errors: a.errors,
         resume: a.resume,
+        shard: a.shard,
         tta: a.tta,
         batch_size: a.batch_size,
         scorer: ScorerOptions {

@@ -12,4 +12,5 @@ mod prepare;
 mod regression;
 mod scoring;
 mod setup;
+mod shard;
 mod weights;

@@ -1,0 +1,311 @@
+//! Scoring spread over a job array: `infer --shard K/N` scores the K-th of N contiguous parts
+//! of the inputs (in their sorted order, so every task computes the same parts), and
+//! `infer merge` joins the parts' outputs into what one run would have written, byte for byte.
+//!
+//! Each shard's output gets a record beside it, `OUT.shard.yaml`: which part of how many,
+//! of which inputs (the sha256 of every input's name, in order), scored by which model and
+//! calibration into which format, and how many rows it holds. `merge` refuses shards that
+//! disagree on any of these, a part missing or given twice, parts that do not tile the
+//! inputs, a row count that differs from its record, and a patch scored twice.
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::inputs::Inputs;
+use crate::output::Format;
+use crate::InferError;
+
+/// The most parts a run may be cut into.
+pub const MAX_SHARDS: usize = 100_000;
+
+/// Part `k` (1-based) of `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub k: usize,
+    pub n: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("--shard {s}: K/N expected, such as 2/8"))?;
+        let (k, n): (usize, usize) = (
+            k.trim()
+                .parse()
+                .map_err(|_| format!("--shard {s}: K is not a whole number"))?,
+            n.trim()
+                .parse()
+                .map_err(|_| format!("--shard {s}: N is not a whole number"))?,
+        );
+        if !(1..=MAX_SHARDS).contains(&n) || !(1..=n).contains(&k) {
+            return Err(format!("--shard {s}: 1 <= K <= N <= {MAX_SHARDS} (K counts from 1)"));
+        }
+        Ok(Shard { k, n })
+    }
+}
+
+/// What a shard's output holds (`OUT.shard.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub shard: usize,
+    pub of: usize,
+    /// Inputs of the whole run, and the sha256 of their names in order.
+    pub inputs: usize,
+    pub inputs_sha256: String,
+    /// This part: inputs `first..end` of the whole run.
+    pub first: usize,
+    pub end: usize,
+    /// Rows in the output (scored patches; failed ones are in the errors file).
+    pub rows: usize,
+    pub failed: usize,
+    pub model_sha256: String,
+    /// The calibration file's sha256, `model` for the model's own, or `none`.
+    pub calibration: String,
+    pub format: String,
+    pub header: Vec<String>,
+}
+
+/// The record's path beside an output.
+pub fn record_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_os_string();
+    s.push(".shard.yaml");
+    PathBuf::from(s)
+}
+
+/// The inputs' identity: sha256 of their names in order, one per line.
+pub fn inputs_sha256(inputs: &Inputs) -> String {
+    let mut text = String::new();
+    for it in &inputs.items {
+        text += &it.name;
+        text.push('\n');
+    }
+    models::fsutil::sha256_bytes(text.as_bytes())
+}
+
+/// Keeps part `shard` of the inputs: items `[(k−1)·n/N, k·n/N)` of the sorted list; the
+/// entries refused while collecting are reported by part 1 only. Returns the part's range
+/// and the whole run's size and identity.
+pub fn select(inputs: &mut Inputs, shard: Shard) -> (usize, usize, usize, String) {
+    let n = inputs.items.len();
+    let sha = inputs_sha256(inputs);
+    let (first, end) = ((shard.k - 1) * n / shard.n, shard.k * n / shard.n);
+    inputs.items = inputs.items[first..end].to_vec();
+    if shard.k != 1 {
+        inputs.refused.clear();
+    }
+    (first, end, n, sha)
+}
+
+fn bad(path: &Path, msg: impl Into<String>) -> InferError {
+    InferError::Input {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// The patch a row scores (its first CSV field, or a JSON line's `patch_file`).
+fn patch_of(line: &str, format: &str) -> Option<String> {
+    if format == "jsonl" {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        return v.get("patch_file").and_then(|p| p.as_str()).map(str::to_string);
+    }
+    if format == "luna16" {
+        // A submission row has no patch name: the whole row is its identity.
+        return Some(line.to_string());
+    }
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(line.as_bytes());
+    r.records().next()?.ok()?.get(0).map(str::to_string)
+}
+
+/// What [`merge`] did.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub shards: usize,
+    pub rows: usize,
+    pub failed: usize,
+}
+
+/// Joins shard outputs into `out` (see the module documentation), atomically.
+pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
+    let mut io = models::fsutil::RunIo::new();
+    let records: Vec<PathBuf> = shards.iter().map(|p| record_path(p)).collect();
+    io.inputs("shard output", shards.iter().map(PathBuf::as_path));
+    io.inputs("shard record", records.iter().map(PathBuf::as_path));
+    let target = io.output("merged output", out)?;
+    let _lock = match &target {
+        models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(p, &format!("output {}", out.display()))?),
+        models::fsutil::Target::Stream(_) => None,
+    };
+    let mut parts: Vec<(Record, &PathBuf)> = Vec::with_capacity(shards.len());
+    for (p, r) in shards.iter().zip(&records) {
+        let text = models::fsutil::read_regular_to_string(r).map_err(|e| {
+            bad(
+                p,
+                format!("no shard record beside it ({e}): was it written by `infer --shard K/N`?"),
+            )
+        })?;
+        let rec: Record = serde_yaml::from_str(&text).map_err(|e| bad(r, format!("not a shard record: {e}")))?;
+        parts.push((rec, p));
+    }
+    let Some((first, first_path)) = parts.first().map(|(r, p)| (r.clone(), (*p).clone())) else {
+        return Err(InferError::Usage("infer merge needs the shard outputs".into()));
+    };
+    for (r, p) in &parts {
+        for (what, same) in [
+            ("the number of shards", r.of == first.of),
+            (
+                "the inputs",
+                r.inputs_sha256 == first.inputs_sha256 && r.inputs == first.inputs,
+            ),
+            ("the model", r.model_sha256 == first.model_sha256),
+            ("the calibration", r.calibration == first.calibration),
+            (
+                "the output format",
+                r.format == first.format && r.header == first.header,
+            ),
+        ] {
+            if !same {
+                return Err(bad(
+                    p,
+                    format!(
+                        "{what} differ from {}'s: shards of different runs",
+                        first_path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    parts.sort_by_key(|(r, _)| r.shard);
+    for k in 1..=first.of {
+        let given: Vec<&PathBuf> = parts.iter().filter(|(r, _)| r.shard == k).map(|(_, p)| *p).collect();
+        match given.len() {
+            1 => {}
+            0 => return Err(InferError::Usage(format!("shard {k} of {} is missing", first.of))),
+            _ => {
+                return Err(InferError::Usage(format!(
+                    "shard {k} of {} is given twice: {} and {}",
+                    first.of,
+                    given[0].display(),
+                    given[1].display()
+                )))
+            }
+        }
+    }
+    let mut at = 0;
+    for (r, p) in &parts {
+        if r.first != at || r.end < r.first {
+            return Err(bad(
+                p,
+                format!(
+                    "holds inputs {}..{} where {at} was next: the shards do not tile the inputs",
+                    r.first, r.end
+                ),
+            ));
+        }
+        at = r.end;
+    }
+    if at != first.inputs {
+        return Err(InferError::Usage(format!(
+            "the shards cover {at} of {} inputs",
+            first.inputs
+        )));
+    }
+    let header = first.header.join(",");
+    let has_header = first.format != "jsonl";
+    let mut seen = HashSet::new();
+    let mut rows = 0;
+    models::fsutil::write_atomic_with(out, |w| {
+        if has_header {
+            writeln!(w, "{header}")?;
+        }
+        for (r, p) in &parts {
+            let f = models::fsutil::open_regular(p).map_err(std::io::Error::other)?;
+            let mut lines = std::io::BufReader::new(f).lines();
+            if has_header {
+                let h = lines.next().transpose()?.unwrap_or_default();
+                if h != header {
+                    return Err(std::io::Error::other(format!(
+                        "{}: its header is not its record's",
+                        p.display()
+                    )));
+                }
+            }
+            let mut n = 0;
+            for line in lines {
+                let line = line?;
+                let patch = patch_of(&line, &first.format)
+                    .ok_or_else(|| std::io::Error::other(format!("{}: an unreadable row: {line}", p.display())))?;
+                if !seen.insert(patch.clone()) {
+                    return Err(std::io::Error::other(format!(
+                        "{}: {patch} is scored twice",
+                        p.display()
+                    )));
+                }
+                writeln!(w, "{line}")?;
+                n += 1;
+            }
+            if n != r.rows {
+                return Err(std::io::Error::other(format!(
+                    "{}: {n} rows where its record says {} (changed since it was written?)",
+                    p.display(),
+                    r.rows
+                )));
+            }
+            rows += n;
+        }
+        Ok(())
+    })?;
+    Ok(Merged {
+        shards: parts.len(),
+        rows,
+        failed: parts.iter().map(|(r, _)| r.failed).sum(),
+    })
+}
+
+/// The name of a format in records.
+pub fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Csv => "csv",
+        Format::Jsonl => "jsonl",
+        Format::Luna16 => "luna16",
+    }
+}
+
+/// Writes a shard's record beside its output.
+pub fn write_record(out: &Path, rec: &Record) -> Result<(), InferError> {
+    let text = serde_yaml::to_string(rec).map_err(|e| bad(out, e.to_string()))?;
+    models::fsutil::write_atomic(&record_path(out), text.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse_and_tile_the_inputs() {
+        assert_eq!("2/3".parse::<Shard>(), Ok(Shard { k: 2, n: 3 }));
+        for bad in ["0/3", "4/3", "3", "a/b", "1/0", "1/100001"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        // Every split of every size covers each input exactly once, in order.
+        for n in 0..40 {
+            for parts in 1..8 {
+                let mut next = 0;
+                for k in 1..=parts {
+                    let (a, b) = ((k - 1) * n / parts, k * n / parts);
+                    assert_eq!(a, next);
+                    next = b;
+                }
+                assert_eq!(next, n);
+            }
+        }
+    }
+}
