@@ -19,6 +19,7 @@
 
 pub mod bake;
 pub mod bootstrap;
+pub mod compare;
 pub mod fit;
 pub mod metrics;
 pub mod read;

@@ -16,6 +16,10 @@ pub struct ScoreTable {
     pub labels: Vec<u8>,
     /// Empty when the source has no series column.
     pub seriesuid: Vec<String>,
+    /// Each row's patch; empty when the source has no patch column.
+    pub patches: Vec<String>,
+    /// Each row's 0/1 `decision` (a calibrated infer output); empty without that column.
+    pub decisions: Vec<u8>,
 }
 
 /// Which columns of a scores CSV hold what.
@@ -71,7 +75,7 @@ impl ScoreTable {
                 ),
             ));
         };
-        let (ui, pi) = (find(&cols.seriesuid), find(&cols.patch));
+        let (ui, pi, di) = (find(&cols.seriesuid), find(&cols.patch), find("decision"));
         let mut t = ScoreTable {
             source: path.to_path_buf(),
             ..Default::default()
@@ -123,6 +127,19 @@ impl ScoreTable {
                         path,
                         format!("line {line}: patch {p:?} already scored on line {first}"),
                     ));
+                }
+                t.patches.push(p);
+            }
+            if let Some(di) = di {
+                match rec.get(di) {
+                    Some("0") => t.decisions.push(0),
+                    Some("1") => t.decisions.push(1),
+                    other => {
+                        return Err(input_err(
+                            path,
+                            format!("line {line}: decision must be 0 or 1, got {other:?}"),
+                        ))
+                    }
                 }
             }
             t.logits.push(z);
@@ -228,6 +245,14 @@ impl ScoreTable {
             seriesuid: (0..self.seriesuid.len())
                 .filter(keep)
                 .map(|i| self.seriesuid[i].clone())
+                .collect(),
+            patches: (0..self.patches.len())
+                .filter(keep)
+                .map(|i| self.patches[i].clone())
+                .collect(),
+            decisions: (0..self.decisions.len())
+                .filter(keep)
+                .map(|i| self.decisions[i])
                 .collect(),
         }
     }

@@ -25,14 +25,14 @@ const RED: (u8, u8, u8) = (200, 50, 40);
 const GREY: (u8, u8, u8) = (120, 120, 120);
 const GREEN: (u8, u8, u8) = (40, 150, 60);
 
-fn draw(chart: &plots::Chart, path: &Path) -> Result<(), CalError> {
+pub(crate) fn draw(chart: &plots::Chart, path: &Path) -> Result<(), CalError> {
     plots::line_chart(chart, path).map_err(|e| CalError::Output {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })
 }
 
-fn chart(title: &str, x: &str, y: &str) -> plots::Chart {
+pub(crate) fn chart(title: &str, x: &str, y: &str) -> plots::Chart {
     plots::Chart {
         title: title.into(),
         x_label: x.into(),
@@ -46,7 +46,7 @@ fn chart(title: &str, x: &str, y: &str) -> plots::Chart {
     }
 }
 
-fn line(label: &str, points: Vec<(f64, f64)>, color: (u8, u8, u8)) -> plots::Series {
+pub(crate) fn line(label: &str, points: Vec<(f64, f64)>, color: (u8, u8, u8)) -> plots::Series {
     plots::Series {
         label: label.into(),
         points,
@@ -65,7 +65,7 @@ fn marks(label: &str, points: Vec<(f64, f64)>, color: (u8, u8, u8)) -> plots::Se
 }
 
 /// ROC points (FPR, TPR) from the highest score down.
-fn roc(scores: &[f64], y: &[u8]) -> Vec<(f64, f64)> {
+pub(crate) fn roc(scores: &[f64], y: &[u8]) -> Vec<(f64, f64)> {
     let s = crate::thresholds::sweep(scores, y);
     let mut pts = vec![(0.0, 0.0)];
     pts.extend(

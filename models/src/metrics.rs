@@ -78,9 +78,11 @@ pub fn auroc(scores: &[f64], labels: &[u8]) -> Option<f64> {
     Some(u / (n_pos as f64 * n_neg as f64))
 }
 
-/// AUROC with DeLong's variance: returns (AUROC, standard error). Needs both classes and at
-/// least two of each for the variance.
-pub fn auroc_delong(scores: &[f64], labels: &[u8]) -> Option<(f64, f64)> {
+/// DeLong's structural components of the AUROC: `V10` per positive (the share of negatives
+/// it outscores, ties one half) and `V01` per negative (the share of positives that outscore
+/// it), positives and negatives in their order in `scores`. `None` when a class has fewer
+/// than two members or a score is NaN.
+pub fn delong_components(scores: &[f64], labels: &[u8]) -> Option<(Vec<f64>, Vec<f64>)> {
     if has_nan(scores) {
         return None;
     }
@@ -102,16 +104,70 @@ pub fn auroc_delong(scores: &[f64], labels: &[u8]) -> Option<(f64, f64)> {
     }
     let all: Vec<f64> = pos.iter().chain(&neg).copied().collect();
     let (r_all, r_pos, r_neg) = (midranks(&all), midranks(&pos), midranks(&neg));
-    // Structural components: V10 for positives, V01 for negatives.
     let v10: Vec<f64> = (0..m).map(|i| (r_all[i] - r_pos[i]) / n as f64).collect();
     let v01: Vec<f64> = (0..n).map(|j| 1.0 - (r_all[m + j] - r_neg[j]) / m as f64).collect();
-    let auc = v10.iter().sum::<f64>() / m as f64;
-    let var = |v: &[f64]| {
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    Some((v10, v01))
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Sample covariance.
+fn cov(a: &[f64], b: &[f64]) -> f64 {
+    let (ma, mb) = (mean(a), mean(b));
+    a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum::<f64>() / (a.len() - 1) as f64
+}
+
+/// AUROC with DeLong's variance: returns (AUROC, standard error). Needs both classes and at
+/// least two of each for the variance.
+pub fn auroc_delong(scores: &[f64], labels: &[u8]) -> Option<(f64, f64)> {
+    let (v10, v01) = delong_components(scores, labels)?;
+    let se = (cov(&v10, &v10) / v10.len() as f64 + cov(&v01, &v01) / v01.len() as f64).sqrt();
+    Some((mean(&v10), se))
+}
+
+/// DeLong's test of two correlated AUROCs (two models scoring the same patches): the
+/// difference `AUROC(b) − AUROC(a)`, its standard error from the paired structural
+/// components, and the two-sided p-value of `z = difference / se` (1 when the scores are
+/// identical, so that the difference has no variance).
+pub fn paired_delong(a: &[f64], b: &[f64], labels: &[u8]) -> Option<(f64, f64, f64)> {
+    let (a10, a01) = delong_components(a, labels)?;
+    let (b10, b01) = delong_components(b, labels)?;
+    let (m, n) = (a10.len() as f64, a01.len() as f64);
+    let diff = mean(&b10) - mean(&a10);
+    let var = (cov(&a10, &a10) + cov(&b10, &b10) - 2.0 * cov(&a10, &b10)) / m
+        + (cov(&a01, &a01) + cov(&b01, &b01) - 2.0 * cov(&a01, &b01)) / n;
+    let se = var.max(0.0).sqrt();
+    let p = if se > 0.0 {
+        2.0 * (1.0 - Normal::standard().cdf((diff / se).abs()))
+    } else if diff == 0.0 {
+        1.0
+    } else {
+        0.0
     };
-    let se = (var(&v10) / m as f64 + var(&v01) / n as f64).sqrt();
-    Some((auc, se))
+    Some((diff, se, p))
+}
+
+/// The highest sensitivity at a threshold whose specificity is at least `spec` (predicted
+/// positive: score ≥ threshold), and that threshold: midway between the lowest score called
+/// positive and the next lower one, as [`sweep`] places its cuts (+∞ when none keeps the
+/// specificity while calling anything positive).
+pub fn sensitivity_at_specificity(scores: &[f64], labels: &[u8], spec: f64) -> (f64, f64) {
+    let s = sweep(scores, labels);
+    if s.n_pos == 0 || s.n_neg == 0 {
+        return (f64::NAN, f64::INFINITY);
+    }
+    let mut best = (0.0, f64::INFINITY);
+    for &(t, tp, fp) in &s.cuts {
+        if 1.0 - fp as f64 / s.n_neg as f64 >= spec - 1e-12 {
+            let sens = tp as f64 / s.n_pos as f64;
+            if sens > best.0 {
+                best = (sens, t);
+            }
+        }
+    }
+    best
 }
 
 /// Two-sided normal quantile for a confidence level (1.96 for 0.95).

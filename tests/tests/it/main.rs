@@ -3,6 +3,7 @@ mod bad_input;
 mod bundle;
 mod calibration;
 mod chain;
+mod compare;
 mod ensemble;
 mod fixture;
 mod froc;
