@@ -248,13 +248,6 @@ fn flips(c: ArrayView3<f32>) -> Vec<Array3<f32>> {
         .collect()
 }
 
-fn peak_rss_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// What the scoring loop did.
 #[derive(Default)]
 struct Tally {
@@ -601,7 +594,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         seconds: t0.elapsed().as_secs_f64(),
         pipeline_seconds: tally.pipeline_seconds,
         model_seconds: tally.model_seconds,
-        peak_rss_kib: peak_rss_kib(),
+        peak_rss_kib: models::cli::peak_rss_kib(),
     })
 }
 

@@ -60,6 +60,15 @@ impl PreprocessFlags {
     }
 }
 
+/// This process's peak resident memory so far (Linux `VmHWM`), in KiB; `None` where
+/// `/proc` does not say.
+pub fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// CPUs this process may use (`available_parallelism`: affinity and cgroup quota), at least 1.
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -123,29 +123,38 @@ fn draw_line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
             }
             for s in &chart.series {
                 let color = rgb(s.color);
+                // A series without a label stays out of the legend.
                 if s.markers {
-                    ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled())))
-                        .map_err(|e| err(&e))?
-                        .label(&s.label)
-                        .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+                    let a = ctx
+                        .draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled())))
+                        .map_err(|e| err(&e))?;
+                    if !s.label.is_empty() {
+                        a.label(&s.label)
+                            .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+                    }
                 } else {
-                    ctx.draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
-                        .map_err(|e| err(&e))?
-                        .label(&s.label)
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                    let a = ctx
+                        .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
+                        .map_err(|e| err(&e))?;
+                    if !s.label.is_empty() {
+                        a.label(&s.label)
+                            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                    }
                 }
             }
             for (x, y, text) in &chart.annotations {
                 ctx.draw_series(std::iter::once(Text::new(text.clone(), (*x, *y), ("sans-serif", 12))))
                     .map_err(|e| err(&e))?;
             }
-            ctx.configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 15))
-                .draw()
-                .map_err(|e| err(&e))?;
+            if chart.series.iter().any(|s| !s.label.is_empty()) || !chart.bands.is_empty() {
+                ctx.configure_series_labels()
+                    .position(SeriesLabelPosition::LowerRight)
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .label_font(("sans-serif", 15))
+                    .draw()
+                    .map_err(|e| err(&e))?;
+            }
         }};
     }
     if chart.log_x {

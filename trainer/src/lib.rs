@@ -26,6 +26,7 @@ pub mod kfold;
 pub mod net;
 pub mod optim;
 pub mod prepare;
+pub mod sweep;
 pub mod synth;
 pub mod train;
 

@@ -48,6 +48,29 @@ enum Cmd {
     /// best.safetensors or one saved from PyTorch) to a parity-checked ONNX model with our
     /// metadata, without training.
     Export(Box<ExportArgs>),
+    /// Run a sweep: a base config and a grid (or list) of overrides, each a k-fold
+    /// cross-validation; resumable; one task per configuration and fold for a job array
+    /// (--task, or SLURM_ARRAY_TASK_ID / JOB_COMPLETION_INDEX); then sweep_summary.csv/.md
+    /// and forest.png.
+    Sweep {
+        /// The sweep file (base, out, folds, grid or cells).
+        file: PathBuf,
+        /// Run only this task (from 0; see --list); else SLURM_ARRAY_TASK_ID or
+        /// JOB_COMPLETION_INDEX when set; else every task not done, then the summary.
+        #[arg(long)]
+        task: Option<usize>,
+        /// Only build the summary (every task must be done).
+        #[arg(long, conflicts_with = "task")]
+        collect: bool,
+        /// Print the configurations and tasks, and do nothing.
+        #[arg(long, conflicts_with_all = ["task", "collect"])]
+        list: bool,
+        /// libonnxruntime for the parity checks (else $ORT_DYLIB_PATH, the project venv).
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Average models' logits in one ONNX model (the fold models of a k-fold run: `trainer
     /// ensemble RUN/fold_* -o ensemble.onnx`), checked against the members' mean in ONNX
     /// Runtime; members must share preprocessing. calibrate, infer and infer bundle take it.
@@ -111,6 +134,71 @@ struct ExportArgs {
     /// libonnxruntime for the parity check (else $ORT_DYLIB_PATH, the project venv).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
+}
+
+/// `trainer sweep`.
+fn sweep(
+    file: &std::path::Path,
+    task: Option<usize>,
+    collect: bool,
+    list: bool,
+    ort_lib: Option<PathBuf>,
+    quiet: bool,
+) -> Result<()> {
+    use trainer::sweep;
+    let plan = sweep::plan(file)?;
+    let tasks = plan.tasks();
+    if list {
+        println!(
+            "{} configurations × {} folds = {} tasks (0 to {}); sweep folder {}",
+            plan.cells.len(),
+            plan.folds,
+            tasks.len(),
+            tasks.len().saturating_sub(1),
+            plan.out.display()
+        );
+        for (i, (c, f)) in tasks.iter().enumerate() {
+            println!("task {i}: cell_{c:02} ({}), fold {f}", plan.cells[*c].label);
+        }
+        return Ok(());
+    }
+    sweep::check_plan_record(&plan)?;
+    let opts = RunOptions {
+        ort_lib,
+        quiet,
+        ..RunOptions::default()
+    };
+    if !collect {
+        match sweep::task_from_env(task)? {
+            Some(i) => {
+                let ran = sweep::run_task(&plan, i, &opts)?;
+                println!("task {i}: {}", if ran { "done" } else { "done before" });
+                return Ok(());
+            }
+            None => {
+                let mut before = 0;
+                for i in 0..tasks.len() {
+                    if !sweep::run_task(&plan, i, &opts)? {
+                        before += 1;
+                    }
+                }
+                println!(
+                    "{} tasks: {} run now, {before} done before",
+                    tasks.len(),
+                    tasks.len() - before
+                );
+            }
+        }
+    }
+    let c = sweep::collect(&plan)?;
+    print!("{}", c.table);
+    println!(
+        "best: configuration {} ({}); wrote {}/sweep_summary.csv, sweep_summary.md, forest.png",
+        c.best,
+        c.cells[c.best].label,
+        plan.out.display()
+    );
+    Ok(())
 }
 
 /// `trainer export`.
@@ -507,6 +595,14 @@ fn main() -> ExitCode {
             Cmd::Train(a) => train(&a)?,
             Cmd::Prepare(a) => prepare(&a)?,
             Cmd::Export(a) => export(&a)?,
+            Cmd::Sweep {
+                file,
+                task,
+                collect,
+                list,
+                ort_lib,
+                quiet,
+            } => sweep(&file, task, collect, list, ort_lib, quiet)?,
             Cmd::Ensemble { members, out, ort_lib } => {
                 let b = trainer::ensemble::build(&members, &out, ort_lib.as_deref())?;
                 println!(

@@ -14,4 +14,5 @@ mod regression;
 mod scoring;
 mod setup;
 mod shard;
+mod sweep;
 mod weights;

@@ -123,11 +123,33 @@ fn three_shards_merged_equal_one_run_byte_for_byte() {
     assert!(r.stderr.contains("1 <= K <= N"), "{}", r.stderr);
 }
 
-/// The Slurm batch script parses as bash and runs an array whose tasks score one shard each
-/// and a dependent merge; the Kubernetes manifest is an Indexed Job whose completions equal
-/// its shards.
+/// The Slurm batch scripts parse as bash and run arrays whose tasks score one shard (or run
+/// one sweep task) each, then a dependent merge (or collect); the Kubernetes manifests are
+/// Indexed Jobs whose pods take their part from `JOB_COMPLETION_INDEX`.
 #[test]
 fn the_job_array_files_score_shards_and_merge() {
+    for (script, wants) in [(
+        "deploy/slurm/sweep.sbatch",
+        &["SLURM_ARRAY_TASK_ID", "trainer\" sweep", "--collect"][..],
+    )] {
+        let p = workspace().join(script);
+        let ok = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&p)
+            .status()
+            .expect("bash");
+        assert!(ok.success(), "{script}");
+        let text = std::fs::read_to_string(&p).expect("read");
+        for w in wants {
+            assert!(text.contains(w), "{w} in {script}");
+        }
+    }
+    let text = std::fs::read_to_string(workspace().join("deploy/k8s/sweep-indexed-job.yaml")).expect("read");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
+        .collect();
+    assert!(docs.iter().any(|d| d["spec"]["completionMode"] == "Indexed"));
+    assert!(text.contains("trainer sweep") && text.contains("--collect"));
     let sbatch = workspace().join("deploy/slurm/score.sbatch");
     let ok = std::process::Command::new("bash")
         .arg("-n")

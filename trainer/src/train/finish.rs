@@ -232,6 +232,7 @@ pub fn finish(
         parity_max_abs_diff_logit: parity.max_abs_diff_logit,
         parity_max_scaled_diff_logit: parity.max_scaled_diff_logit,
         seconds: t0.elapsed().as_secs_f64(),
+        peak_rss_mib: models::cli::peak_rss_kib().map(|k| k as f64 / 1024.0),
     };
     yaml(&dir.join("summary.yaml"), &summary)?;
     Ok(summary)

@@ -74,6 +74,9 @@ pub struct RunSummary {
     /// The figure the parity check bounds: max |Δlogit| / max(1, max |logit|).
     pub parity_max_scaled_diff_logit: f64,
     pub seconds: f64,
+    /// The process's peak resident memory when the run ended, MiB (Linux `VmHWM`; in a
+    /// process that ran several runs, such as a sweep without `--task`, the largest so far).
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// Options that are not part of the reproducible config.
