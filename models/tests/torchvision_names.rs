@@ -1,11 +1,28 @@
-//! The r3d_18 spec declares exactly the state-dict entries torchvision's `r3d_18` has with
-//! the notebook's stem and head: same names, shapes and kinds, in torchvision's order. The
-//! fixture was written by `scripts/torchvision_r3d18.py names` (torch 2.11.0, torchvision).
+//! The video-ResNet specs declare exactly the state-dict entries torchvision's `r3d_18`,
+//! `mc3_18` and `r2plus1d_18` have with the notebook's stem and head: same names, shapes and
+//! kinds, in torchvision's order. The fixtures were written by
+//! `scripts/torchvision_video.py names ARCH` (torch 2.11.0, torchvision 0.26.0).
 use models::spec::{ArchSpec, ParamKind};
 
 #[test]
 fn r3d_18_spec_equals_torchvision_state_dict() {
-    let fixture = include_str!("fixtures/r3d_18_state_dict.txt");
+    check(ArchSpec::r3d_18(), include_str!("fixtures/r3d_18_state_dict.txt"));
+}
+
+#[test]
+fn mc3_18_spec_equals_torchvision_state_dict() {
+    check(ArchSpec::mc3_18(), include_str!("fixtures/mc3_18_state_dict.txt"));
+}
+
+#[test]
+fn r2plus1d_18_spec_equals_torchvision_state_dict() {
+    check(
+        ArchSpec::r2plus1d_18(),
+        include_str!("fixtures/r2plus1d_18_state_dict.txt"),
+    );
+}
+
+fn check(spec: ArchSpec, fixture: &str) {
     let theirs: Vec<(String, Vec<usize>, String)> = fixture
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -20,7 +37,7 @@ fn r3d_18_spec_equals_torchvision_state_dict() {
         })
         .collect();
     assert!(theirs.len() > 100, "fixture too short: {}", theirs.len());
-    let ours: Vec<(String, Vec<usize>, String)> = ArchSpec::r3d_18()
+    let ours: Vec<(String, Vec<usize>, String)> = spec
         .params()
         .into_iter()
         .map(|p| {

@@ -174,10 +174,46 @@ pub const MAX_EPOCHS: usize = 100_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `baseline_cnn` or `r3d_18`.
+    /// A built-in architecture: `baseline_cnn`, `r3d_18`, `mc3_18` or `r2plus1d_18` (or, with
+    /// `spec`, that spec's name).
     pub arch: String,
-    /// Width of the baseline CNN's first stage.
+    /// Width of the baseline CNN's first stage (the other architectures have fixed widths).
     pub width: usize,
+    /// An architecture as data: a spec file (a path, relative to the config file that names
+    /// it) or the spec inline. It replaces `arch`; the run folder's config holds it inline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SpecRef>,
+}
+
+/// `model.spec`: a file still to read, or the spec itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpecRef {
+    File(PathBuf),
+    Inline(Box<models::spec::ArchSpec>),
+}
+
+impl Serialize for SpecRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            SpecRef::File(p) => p.serialize(s),
+            SpecRef::Inline(spec) => spec.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SpecRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(p) => Ok(SpecRef::File(PathBuf::from(p))),
+            v @ serde_yaml::Value::Mapping(_) => models::spec::ArchSpec::from_value(v, "model.spec (inline)")
+                .map(|s| SpecRef::Inline(Box::new(s)))
+                .map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "model.spec must be a spec file's path or a spec inline, got {other:?}"
+            ))),
+        }
+    }
 }
 
 impl Default for ModelConfig {
@@ -185,11 +221,36 @@ impl Default for ModelConfig {
         ModelConfig {
             arch: "baseline_cnn".into(),
             width: 16,
+            spec: None,
         }
     }
 }
 
 impl ModelConfig {
+    /// Reads `model.spec` if it names a file (a relative path taken from `dir`) and puts the
+    /// spec inline, its name as `arch`. A given `arch` other than the default must be the
+    /// spec's name.
+    pub fn resolve_spec(&mut self, dir: &Path) -> Result<()> {
+        let Some(r) = &self.spec else { return Ok(()) };
+        let spec = match r {
+            SpecRef::Inline(s) => (**s).clone(),
+            SpecRef::File(p) => {
+                let p = if p.is_relative() { dir.join(p) } else { p.clone() };
+                let text = models::fsutil::read_regular_to_string(&p)?;
+                models::spec::ArchSpec::from_yaml(&text, &p.display().to_string())?
+            }
+        };
+        if self.arch != ModelConfig::default().arch && self.arch != spec.name {
+            return Err(TrainError::Config(format!(
+                "model.arch `{}` and model.spec (`{}`) both name the architecture; give one",
+                self.arch, spec.name
+            )));
+        }
+        self.arch = spec.name.clone();
+        self.spec = Some(SpecRef::Inline(Box::new(spec)));
+        Ok(())
+    }
+
     pub fn spec(&self) -> Result<models::spec::ArchSpec> {
         if !(1..=MAX_WIDTH).contains(&self.width) {
             return Err(TrainError::Config(format!(
@@ -197,9 +258,14 @@ impl ModelConfig {
                 self.width
             )));
         }
-        let spec = match self.arch.as_str() {
-            "baseline_cnn" => models::spec::ArchSpec::baseline_cnn(self.width),
-            other => models::spec::ArchSpec::by_name(other)?,
+        let spec = match (&self.spec, self.arch.as_str()) {
+            (Some(SpecRef::Inline(s)), _) => (**s).clone(),
+            (Some(SpecRef::File(p)), _) => {
+                let text = models::fsutil::read_regular_to_string(p)?;
+                models::spec::ArchSpec::from_yaml(&text, &p.display().to_string())?
+            }
+            (None, "baseline_cnn") => models::spec::ArchSpec::baseline_cnn(self.width),
+            (None, other) => models::spec::ArchSpec::by_name(other)?,
         };
         spec.validate()?;
         Ok(spec)
@@ -228,10 +294,14 @@ impl TrainConfig {
     /// Reads a YAML config; unknown keys are errors (a typo must not be ignored quietly).
     pub fn load(path: &Path) -> Result<Self> {
         let text = models::fsutil::read_regular_to_string(path)?;
-        serde_yaml::from_str(&text).map_err(TrainError::format(format!(
+        let mut cfg: TrainConfig = serde_yaml::from_str(&text).map_err(TrainError::format(format!(
             "{}: invalid training config",
             path.display()
-        )))
+        )))?;
+        cfg.model
+            .resolve_spec(path.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| TrainError::Config(format!("{}: {e:#}", path.display())))?;
+        Ok(cfg)
     }
 
     /// Checks values, reporting every problem at once.
@@ -240,8 +310,13 @@ impl TrainConfig {
         if let Err(e) = self.preprocess.validate() {
             p.push(e.to_string());
         }
-        if let Err(e) = self.model.spec() {
-            p.push(format!("{e:#}"));
+        match self.model.spec() {
+            Err(e) => p.push(format!("{e:#}")),
+            Ok(spec) => {
+                if let Err(e) = spec.check_input(self.preprocess.cube_size) {
+                    p.push(format!("{e:#} (preprocess.cube_size)"));
+                }
+            }
         }
         if self.split.folds == 1 || self.split.folds > 100 {
             p.push(format!(

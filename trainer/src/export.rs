@@ -295,6 +295,7 @@ pub fn export_weights(job: &WeightsExport) -> Result<WeightsExported> {
     };
     job.preprocess.validate()?;
     job.spec.validate()?;
+    job.spec.check_input(job.preprocess.cube_size)?;
     let vs = nn::VarStore::new(tch::Device::Cpu);
     let net = Net::new(&vs.root(), &job.spec)?;
     net::check_names(&vs, &job.spec)?;

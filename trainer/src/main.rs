@@ -1,5 +1,5 @@
 //! `trainer`: synthetic data, training with libtorch, native ONNX export.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -100,6 +100,17 @@ enum Cmd {
         #[arg(long, value_name = "X,Y,Z", allow_hyphen_values = true)]
         world: Vec<String>,
     },
+    /// Print an architecture as a spec file (YAML) with its parameter count, checked for a
+    /// cube size: a built-in's name (a starting point for one of your own) or a spec file
+    /// (validated, each problem naming its layer). Train it with `model: { spec: FILE }` or
+    /// `--spec FILE`.
+    Spec {
+        /// baseline_cnn, r3d_18, mc3_18, r2plus1d_18, or a spec file.
+        arch: String,
+        /// Cube side to check the network against, in voxels.
+        #[arg(long, default_value_t = 64)]
+        cube_size: usize,
+    },
     /// Print what this trainer links and sees: libtorch, CUDA.
     Doctor,
     /// Cut a patch folder from CT scans (MetaImage .mhd/.mha, DICOM series, NIfTI-1
@@ -122,9 +133,13 @@ struct ExportArgs {
     /// config.yaml); the flags below override it.
     #[arg(short, long)]
     config: Option<PathBuf>,
-    /// baseline_cnn or r3d_18 (default: the config's, else baseline_cnn).
-    #[arg(long)]
+    /// baseline_cnn, r3d_18, mc3_18 or r2plus1d_18 (default: the config's, else
+    /// baseline_cnn).
+    #[arg(long, conflicts_with = "spec")]
     arch: Option<String>,
+    /// An architecture spec file (see `trainer spec`) instead of a built-in.
+    #[arg(long)]
+    spec: Option<PathBuf>,
     /// Width of the baseline CNN's first stage (1 to 256).
     #[arg(long)]
     width: Option<usize>,
@@ -201,6 +216,39 @@ fn sweep(
     Ok(())
 }
 
+/// `--arch NAME` or `--spec FILE` (relative to the working folder) from the command line:
+/// either replaces the config's architecture.
+fn set_arch(model: &mut trainer::config::ModelConfig, arch: Option<&String>, spec: Option<&PathBuf>) -> Result<()> {
+    if let Some(v) = arch {
+        model.arch = v.clone();
+        model.spec = None;
+    }
+    if let Some(p) = spec {
+        model.arch = trainer::config::ModelConfig::default().arch;
+        model.spec = Some(trainer::config::SpecRef::File(p.clone()));
+        model.resolve_spec(Path::new("."))?;
+    }
+    Ok(())
+}
+
+/// `trainer spec`: prints an architecture as a spec file writes it, with its size.
+fn show_spec(arch: &str, cube: usize) -> Result<()> {
+    let spec = if models::spec::ARCHITECTURES.contains(&arch) {
+        models::spec::ArchSpec::by_name(arch)?
+    } else {
+        let p = Path::new(arch);
+        models::spec::ArchSpec::from_yaml(&models::fsutil::read_regular_to_string(p)?, &p.display().to_string())?
+    };
+    let size = spec.check_input(cube)?;
+    println!(
+        "# {}: {} trainable parameters; a {cube}³ cube is {size} voxels (z, y, x) before global pooling",
+        spec.name,
+        spec.num_trainable()
+    );
+    print!("{}", spec.to_yaml()?);
+    Ok(())
+}
+
 /// `trainer export`.
 fn export(a: &ExportArgs) -> Result<()> {
     let (mut model, mut pre) = match &a.config {
@@ -213,9 +261,7 @@ fn export(a: &ExportArgs) -> Result<()> {
             models::preprocess::Preprocess::default(),
         ),
     };
-    if let Some(v) = &a.arch {
-        model.arch = v.clone();
-    }
+    set_arch(&mut model, a.arch.as_ref(), a.spec.as_ref())?;
     if let Some(v) = a.width {
         model.width = v;
     }
@@ -305,9 +351,12 @@ struct TrainArgs {
     /// Run folder to create.
     #[arg(short, long)]
     out: Option<PathBuf>,
-    /// baseline_cnn or r3d_18.
-    #[arg(long)]
+    /// baseline_cnn, r3d_18, mc3_18 or r2plus1d_18.
+    #[arg(long, conflicts_with = "spec")]
     arch: Option<String>,
+    /// An architecture spec file (see `trainer spec`) instead of a built-in.
+    #[arg(long)]
+    spec: Option<PathBuf>,
     /// Width of the baseline CNN's first stage (1 to 256).
     #[arg(long)]
     width: Option<usize>,
@@ -399,9 +448,7 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(run) = &a.resume {
         cfg.out = run.clone();
     }
-    if let Some(v) = &a.arch {
-        cfg.model.arch = v.clone();
-    }
+    set_arch(&mut cfg.model, a.arch.as_ref(), a.spec.as_ref())?;
     if let Some(v) = a.width {
         cfg.model.width = v;
     }
@@ -637,6 +684,7 @@ fn main() -> ExitCode {
                 let (uid, src) = trainer::inspect::locate(&scan, format, series.as_deref())?;
                 print!("{}", trainer::inspect::report(&uid, &src, &points)?);
             }
+            Cmd::Spec { arch, cube_size } => show_spec(&arch, cube_size)?,
             Cmd::Doctor => doctor(),
         }
         Ok(())

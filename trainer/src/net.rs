@@ -11,7 +11,7 @@ enum Built {
     Conv(nn::Conv3D),
     Bn(nn::BatchNorm),
     Relu,
-    MaxPool(i64, i64),
+    MaxPool([i64; 3], [i64; 3]),
     Gap,
     Linear(nn::Linear),
     Dropout(f64),
@@ -46,17 +46,23 @@ fn build(root: &nn::Path, layers: &[Layer], counters: &mut Vec<Tensor>) -> Vec<B
                 padding,
                 bias,
             } => {
-                let cfg = nn::ConvConfig {
-                    stride: *stride as i64,
-                    padding: *padding as i64,
+                // tch's `nn::conv3d` takes one kernel size for every axis; the generic
+                // `nn::conv` takes one per axis (with stride and padding likewise).
+                let cfg = nn::ConvConfigND::<[i64; 3]> {
+                    stride: stride.i64s(),
+                    padding: padding.i64s(),
+                    dilation: [1; 3],
+                    groups: 1,
                     bias: *bias,
-                    ..Default::default()
+                    ws_init: nn::ConvConfig::default().ws_init,
+                    bs_init: nn::ConvConfig::default().bs_init,
+                    padding_mode: nn::PaddingMode::Zeros,
                 };
-                Built::Conv(nn::conv3d(
+                Built::Conv(nn::conv(
                     path(root, name),
                     *in_channels as i64,
                     *out_channels as i64,
-                    *kernel as i64,
+                    kernel.i64s(),
                     cfg,
                 ))
             }
@@ -73,9 +79,9 @@ fn build(root: &nn::Path, layers: &[Layer], counters: &mut Vec<Tensor>) -> Vec<B
                 counters.push(p.add("num_batches_tracked", zero, false));
                 Built::Bn(bn)
             }
-            Layer::Relu => Built::Relu,
-            Layer::MaxPool3d { kernel, stride } => Built::MaxPool(*kernel as i64, *stride as i64),
-            Layer::GlobalAvgPool => Built::Gap,
+            Layer::Relu {} => Built::Relu,
+            Layer::MaxPool3d { kernel, stride } => Built::MaxPool(kernel.i64s(), stride.i64s()),
+            Layer::GlobalAvgPool {} => Built::Gap,
             Layer::Linear {
                 name,
                 in_features,
@@ -119,7 +125,7 @@ fn run(layers: &[Built], xs: &Tensor, train: bool, inplace: bool) -> Tensor {
             Built::Bn(b) => x.apply_t(b, train),
             Built::Relu if own => x.relu_(),
             Built::Relu => x.relu(),
-            Built::MaxPool(k, s) => x.max_pool3d([*k; 3], [*s; 3], [0; 3], [1; 3], false),
+            Built::MaxPool(k, s) => x.max_pool3d(k, s, [0; 3], [1; 3], false),
             Built::Gap => x.adaptive_avg_pool3d([1, 1, 1]).flatten(1, -1),
             Built::Linear(lin) => x.apply(lin),
             Built::Dropout(p) => x.dropout(*p, train),
@@ -410,9 +416,9 @@ mod tests {
             name: name.into(),
             in_channels: cin,
             out_channels: 4,
-            kernel: 3,
-            stride: 1,
-            padding: 1,
+            kernel: 3.into(),
+            stride: 1.into(),
+            padding: 1.into(),
             bias: true,
         };
         let spec = ArchSpec {
@@ -423,13 +429,13 @@ mod tests {
                     body: vec![Layer::Dropout { p: 0.5 }],
                     shortcut: vec![],
                 },
-                Layer::Relu,
+                Layer::Relu {},
                 conv("c0", 1),
                 Layer::Residual {
-                    body: vec![Layer::Dropout { p: 0.5 }, Layer::Relu, conv("c1", 4)],
+                    body: vec![Layer::Dropout { p: 0.5 }, Layer::Relu {}, conv("c1", 4)],
                     shortcut: vec![],
                 },
-                Layer::GlobalAvgPool,
+                Layer::GlobalAvgPool {},
                 Layer::Linear {
                     name: "fc".into(),
                     in_features: 4,

@@ -138,13 +138,23 @@ fn label(o: &BTreeMap<String, Value>) -> String {
 pub fn plan(path: &Path) -> Result<Plan> {
     let text = models::fsutil::read_regular_to_string(path)?;
     let f: SweepFile = serde_yaml::from_str(&text).map_err(|e| cfg_err(path, format!("invalid sweep file: {e}")))?;
+    let here = path.parent().unwrap_or(Path::new("."));
     let base: Value = match (&f.base, &f.config) {
         (Some(b), None) => {
-            let p = path.parent().unwrap_or(Path::new(".")).join(b);
-            serde_yaml::from_str(&models::fsutil::read_regular_to_string(&p)?)
-                .map_err(|e| cfg_err(&p, format!("invalid training config: {e}")))?
+            let p = here.join(b);
+            let mut v: Value = serde_yaml::from_str(&models::fsutil::read_regular_to_string(&p)?)
+                .map_err(|e| cfg_err(&p, format!("invalid training config: {e}")))?;
+            rebase_spec(
+                v.get_mut("model").and_then(|m| m.get_mut("spec")),
+                p.parent().unwrap_or(here),
+            );
+            v
         }
-        (None, Some(v)) => v.clone(),
+        (None, Some(v)) => {
+            let mut v = v.clone();
+            rebase_spec(v.get_mut("model").and_then(|m| m.get_mut("spec")), here);
+            v
+        }
         _ => {
             return Err(cfg_err(
                 path,
@@ -189,14 +199,20 @@ pub fn plan(path: &Path) -> Result<Plan> {
     for o in overrides {
         let mut v = base.clone();
         for (k, val) in &o {
-            set(&mut v, k, val.clone()).map_err(|e| cfg_err(path, e))?;
+            let mut val = val.clone();
+            if k == "model.spec" {
+                rebase_spec(Some(&mut val), here);
+            }
+            set(&mut v, k, val).map_err(|e| cfg_err(path, e))?;
         }
         set(&mut v, "split.folds", Value::from(f.folds as u64)).map_err(|e| cfg_err(path, e))?;
         set(&mut v, "out", Value::String(f.out.to_string_lossy().into_owned())).map_err(|e| cfg_err(path, e))?;
         let lbl = label(&o);
         let mut c: TrainConfig =
             serde_yaml::from_value(v).map_err(|e| cfg_err(path, format!("configuration {lbl}: {e}")))?;
-        c.validate()
+        c.model
+            .resolve_spec(here)
+            .and_then(|()| c.validate())
             .map_err(|e| cfg_err(path, format!("configuration {lbl}: {e}")))?;
         let index = cells.len();
         c.out = f.out.join(format!("cell_{index:02}"));
@@ -222,6 +238,16 @@ pub fn plan(path: &Path) -> Result<Plan> {
         folds: f.folds,
         cells,
     })
+}
+
+/// A `model.spec` file path, relative to the file that gave it, made relative to the
+/// working folder as a training run reads it (a spec inline is left as it is).
+fn rebase_spec(spec: Option<&mut Value>, dir: &Path) {
+    if let Some(Value::String(p)) = spec {
+        if Path::new(p.as_str()).is_relative() {
+            *p = dir.join(p.as_str()).to_string_lossy().into_owned();
+        }
+    }
 }
 
 /// Whether a task's fold is done: its summary written by a run of the task's config.

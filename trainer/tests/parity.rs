@@ -127,6 +127,28 @@ fn r3d_18_parity_at_64_batches_1_and_3() {
     check(ArchSpec::r3d_18(), 64);
 }
 
+/// torchvision's other video ResNets: anisotropic kernels, strides and paddings (1×3×3,
+/// 3×1×1, (2+1)D stems) in both the libtorch build and the ONNX writer.
+#[test]
+fn mc3_18_parity_at_32_batches_1_and_3() {
+    check(ArchSpec::mc3_18(), 32);
+}
+
+#[test]
+fn r2plus1d_18_parity_at_32_batches_1_and_3() {
+    check(ArchSpec::r2plus1d_18(), 32);
+}
+
+/// An architecture as data: the documented example spec file, read as a user's would be.
+#[test]
+fn spec_file_parity_batches_1_and_3() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/specs/small_res2plus1d.yaml");
+    let text = std::fs::read_to_string(&path).expect("example spec");
+    let spec = ArchSpec::from_yaml(&text, &path.display().to_string()).expect("valid");
+    spec.check_input(24).expect("fits 24³");
+    check(spec, 24);
+}
+
 /// The tolerance scales with the logit beyond 1: a network whose logits are in the
 /// thousands (here the baseline's last layer times 10⁴, as an undertrained network's eval-mode
 /// BatchNorm can give) passes with the same relative error, while one wrong weight still fails.

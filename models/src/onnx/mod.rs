@@ -207,7 +207,7 @@ impl GraphBuilder {
                 bias,
                 ..
             } => {
-                let (k, s, p) = (*kernel as i64, *stride as i64, *padding as i64);
+                let p = padding.i64s();
                 let w = format!("{name}.weight");
                 let b = format!("{name}.bias");
                 let mut inputs = vec![x.as_str(), w.as_str()];
@@ -216,9 +216,10 @@ impl GraphBuilder {
                 }
                 let out = format!("{name}.out");
                 let attrs = vec![
-                    ints("kernel_shape", vec![k; 3]),
-                    ints("strides", vec![s; 3]),
-                    ints("pads", vec![p; 6]),
+                    ints("kernel_shape", kernel.i64s().to_vec()),
+                    ints("strides", stride.i64s().to_vec()),
+                    // Begin (z, y, x), then end (z, y, x): symmetric, as PyTorch pads.
+                    ints("pads", [p, p].concat()),
                     ints("dilations", vec![1; 3]),
                     int("group", 1),
                 ];
@@ -236,7 +237,7 @@ impl GraphBuilder {
                 ));
                 out
             }
-            Layer::Relu => {
+            Layer::Relu {} => {
                 let out = self.fresh("relu");
                 self.nodes.push(node("Relu", &[&x], &out, vec![]));
                 out
@@ -244,14 +245,14 @@ impl GraphBuilder {
             Layer::MaxPool3d { kernel, stride } => {
                 let out = self.fresh("maxpool");
                 let attrs = vec![
-                    ints("kernel_shape", vec![*kernel as i64; 3]),
-                    ints("strides", vec![*stride as i64; 3]),
+                    ints("kernel_shape", kernel.i64s().to_vec()),
+                    ints("strides", stride.i64s().to_vec()),
                     ints("pads", vec![0; 6]),
                 ];
                 self.nodes.push(node("MaxPool", &[&x], &out, attrs));
                 out
             }
-            Layer::GlobalAvgPool => {
+            Layer::GlobalAvgPool {} => {
                 let pooled = self.fresh("avgpool");
                 self.nodes.push(node("GlobalAveragePool", &[&x], &pooled, vec![]));
                 let out = self.fresh("flatten");

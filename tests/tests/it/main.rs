@@ -1,4 +1,5 @@
 //! One integration-test binary that drives the real binaries (see `chain_tests` helpers).
+mod arch;
 mod bad_input;
 mod bundle;
 mod calibration;
