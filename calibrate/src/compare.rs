@@ -11,7 +11,12 @@
 //!   intervals and two-sided p-values;
 //! * McNemar's test at the fixed-specificity operating points (each model at its own
 //!   threshold; continuity-corrected χ² and the exact binomial p), and at the calibrated
-//!   decisions when every file has a `decision` column (`infer --calibration` output).
+//!   decisions when every file has a `decision` column (`infer --calibration` output);
+//! * with LUNA16's files (`annotations.csv`, `seriesuids.csv`, optionally
+//!   `annotations_excluded.csv`) and the patches' world positions in the scores
+//!   (`center_x/y/z`, as `infer --index` writes them): each model's CPM and the paired scan
+//!   bootstrap of the CPM difference ([`froc::paired_cpm`]: the same resampled scans for
+//!   every model, the candidates matched as the challenge's evaluation script matches them).
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -39,6 +44,24 @@ pub struct CompareSettings {
     /// Series-level bootstrap resamples (0: none).
     pub bootstrap: usize,
     pub seed: u64,
+    /// LUNA16's files, for the CPM comparison.
+    pub luna16: Option<Luna16Files>,
+}
+
+/// LUNA16's ground truth for the CPM comparison.
+#[derive(Debug, Clone)]
+pub struct Luna16Files {
+    pub annotations: PathBuf,
+    pub excluded: Option<PathBuf>,
+    pub seriesuids: PathBuf,
+}
+
+/// The CPM comparison: each model's CPM, the differences against the reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpmComparison {
+    #[serde(flatten)]
+    pub paired: froc::PairedCpm,
+    pub warnings: Vec<String>,
 }
 
 /// One model on its own.
@@ -99,6 +122,9 @@ pub struct Comparison {
     pub bootstrap_used: usize,
     pub models: Vec<ModelStats>,
     pub pairs: Vec<PairStats>,
+    /// With LUNA16's files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpm: Option<CpmComparison>,
 }
 
 /// McNemar's test from the two models' correctness.
@@ -331,7 +357,12 @@ pub fn compare(s: &CompareSettings) -> Result<Comparison, CalError> {
             mcnemar_at_decision: decisions,
         });
     }
+    let cpm = match &s.luna16 {
+        Some(l) => Some(compare_cpm(s, l, &tables)?),
+        None => None,
+    };
     Ok(Comparison {
+        cpm,
         patches: n,
         positives: y.iter().filter(|&&l| l == 1).count(),
         series: groups.len(),
@@ -341,6 +372,70 @@ pub fn compare(s: &CompareSettings) -> Result<Comparison, CalError> {
         models,
         pairs,
     })
+}
+
+fn froc_err(e: froc::FrocError) -> CalError {
+    match e {
+        froc::FrocError::Input { path, msg } => CalError::Input { path, msg },
+        froc::FrocError::Models(m) => CalError::Models(m),
+        other => CalError::Usage(other.to_string()),
+    }
+}
+
+/// The models' candidates (each patch at its world position with its score) against
+/// LUNA16's annotations: CPMs and the paired scan bootstrap.
+fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> Result<CpmComparison, CalError> {
+    let truth = froc::read_truth(&l.annotations, l.excluded.as_deref(), &l.seriesuids).map_err(froc_err)?;
+    let score = s.columns.probability.as_deref().unwrap_or(&s.columns.logit);
+    let mut candidates = Vec::new();
+    for t in tables {
+        let c = models::luna16::read_findings_from(
+            &t.source,
+            [&s.columns.seriesuid, "center_x", "center_y", "center_z", score],
+        )
+        .map_err(|e| match e {
+            models::Error::BadCsv { path, msg } => CalError::Input {
+                path,
+                msg: format!("{msg}; the CPM needs each patch's world position (infer --index writes it)"),
+            },
+            other => other.into(),
+        })?;
+        candidates.push(c);
+    }
+    // Matched by patch_file already; the positions must agree too.
+    let key = |v: &[models::luna16::Finding]| {
+        let mut k: Vec<(String, u64, u64, u64)> = v
+            .iter()
+            .map(|f| (f.seriesuid.clone(), f.x.to_bits(), f.y.to_bits(), f.z.to_bits()))
+            .collect();
+        k.sort_unstable();
+        k
+    };
+    let reference = key(&candidates[0]);
+    for (t, c) in tables.iter().zip(&candidates).skip(1) {
+        if key(c) != reference {
+            return Err(input_err(
+                &t.source,
+                format!(
+                    "the patches' world positions (center_x/y/z) differ from those in {}: not the same candidates",
+                    tables[0].source.display()
+                ),
+            ));
+        }
+    }
+    let settings = froc::FrocSettings {
+        bootstrap: s.bootstrap,
+        seed: s.seed,
+        ..Default::default()
+    };
+    let refs: Vec<&[models::luna16::Finding]> = candidates.iter().map(Vec::as_slice).collect();
+    let paired =
+        froc::paired_cpm(&truth.uids, &truth.annotations, &truth.excluded, &refs, &settings).map_err(froc_err)?;
+    let mut warnings = truth.warnings;
+    if l.excluded.is_none() {
+        warnings.push("no annotations_excluded.csv given: no candidate is ignored as irrelevant".into());
+    }
+    Ok(CpmComparison { paired, warnings })
 }
 
 fn ci(c: [f64; 2]) -> String {
@@ -392,6 +487,41 @@ pub fn table(c: &Comparison) -> String {
             mc(&p.mcnemar_at_specificity),
             p.mcnemar_at_decision.as_ref().map_or_else(|| "-".into(), mc)
         );
+    }
+    if let Some(cp) = &c.cpm {
+        let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
+        let p = &cp.paired;
+        out += &format!(
+            "\nLUNA16 CPM on {} scans ({} nodules); paired scan bootstrap {} resamples, {}% intervals\n\n\
+             | model | CPM [interval] | TP | FP |\n|---|---|---|---|\n",
+            p.scans,
+            p.nodules,
+            p.bootstrap_samples,
+            p.confidence * 100.0
+        );
+        for (m, s) in names.iter().zip(&p.models) {
+            let iv = s.ci.map_or_else(String::new, |x| format!(" {}", ci(x)));
+            out += &format!(
+                "| {m} | {:.4}{iv} | {} | {} |\n",
+                s.cpm, s.true_positives, s.false_positives
+            );
+        }
+        if !p.diffs.is_empty() {
+            out += "\n| vs reference | ΔCPM (paired bootstrap) |\n|---|---|\n";
+        }
+        for (k, d) in p.diffs.iter().enumerate() {
+            out += &format!(
+                "| {} − {} | {:+.4} {} p={:.4} |\n",
+                names[k + 1],
+                names[0],
+                d.diff,
+                ci(d.ci),
+                d.p
+            );
+        }
+        for w in &cp.warnings {
+            out += &format!("\nwarning: {w}\n");
+        }
     }
     out
 }

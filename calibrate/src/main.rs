@@ -116,6 +116,16 @@ enum Cmd {
         label_col: String,
         #[arg(long, default_value = "seriesuid")]
         series_col: String,
+        /// LUNA16's annotations.csv: with --seriesuids, each model's CPM and the paired scan
+        /// bootstrap of the CPM difference (the scores need center_x/y/z: infer --index).
+        #[arg(long, requires = "seriesuids")]
+        annotations: Option<PathBuf>,
+        /// LUNA16's annotations_excluded.csv (candidates on these are ignored).
+        #[arg(long, requires = "annotations")]
+        excluded: Option<PathBuf>,
+        /// The scans to evaluate (LUNA16's seriesuids.csv: one per row, no header).
+        #[arg(long, requires = "annotations")]
+        seriesuids: Option<PathBuf>,
     },
 }
 
@@ -132,6 +142,9 @@ fn compare(c: Cmd) -> anyhow::Result<()> {
         prob_col,
         label_col,
         series_col,
+        annotations,
+        excluded,
+        seriesuids,
     } = c;
     let columns = Columns {
         logit: logit_col,
@@ -147,6 +160,13 @@ fn compare(c: Cmd) -> anyhow::Result<()> {
         specificity,
         bootstrap,
         seed,
+        luna16: annotations
+            .zip(seriesuids)
+            .map(|(annotations, seriesuids)| calibrate::compare::Luna16Files {
+                annotations,
+                excluded,
+                seriesuids,
+            }),
     };
     let cmp = calibrate::compare::compare(&s)?;
     print!("{}", calibrate::compare::table(&cmp));

@@ -225,6 +225,166 @@ fn match_all(
     }
 }
 
+impl Matched {
+    /// Included nodules in a resample (R12: recounted over the drawn scans).
+    fn nodules_in(&self, w: &[u32]) -> f64 {
+        self.scans
+            .iter()
+            .zip(w)
+            .map(|(sc, &k)| sc.nodules as f64 * f64::from(k))
+            .sum()
+    }
+}
+
+/// R12: resample `k` of a bootstrap seeded by `seed`: how many times each of `n` scans is
+/// drawn (`n` draws with replacement).
+fn resample(seed: u64, k: usize, n: usize) -> Vec<u32> {
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut w = vec![0u32; n];
+    for _ in 0..n {
+        w[rng.random_range(0..n)] += 1;
+    }
+    w
+}
+
+/// CPM of a curve (R11).
+fn cpm_of(c: &[(f64, f64, f64)]) -> f64 {
+    RATES.iter().map(|&r| interp(r, c)).sum::<f64>() / RATES.len() as f64
+}
+
+/// The CPM of one model in a paired comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpmOf {
+    pub cpm: f64,
+    /// Percentile interval over the resamples (R13), as `froc` gives it for this model alone.
+    pub ci: Option<[f64; 2]>,
+    pub true_positives: usize,
+    pub false_positives: usize,
+}
+
+/// A model's CPM against the reference's on the same resampled scans.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpmDiff {
+    /// other − reference.
+    pub diff: f64,
+    /// Percentile interval of the paired differences (R13's indices).
+    pub ci: [f64; 2],
+    /// Two-sided: twice the smaller share of resampled differences on either side of 0.
+    pub p: f64,
+}
+
+/// A paired scan bootstrap of the CPM of several candidate sets (the first the
+/// reference) against the same annotations: each resample draws the scans once (R12) and
+/// every model's curve is computed on that draw, so the spread of the difference is that of
+/// the difference, not of two independent intervals. With the same seed, each model's own
+/// interval is the one `froc` reports for it alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedCpm {
+    pub models: Vec<CpmOf>,
+    /// Against the first model, for the second onwards; empty without resamples.
+    pub diffs: Vec<CpmDiff>,
+    pub bootstrap_samples: usize,
+    pub bootstrap_seed: u64,
+    pub confidence: f64,
+    pub scans: usize,
+    pub nodules: usize,
+}
+
+/// See [`PairedCpm`].
+pub fn paired_cpm(
+    uids: &[String],
+    annotations: &[Finding],
+    excluded: &[Finding],
+    results: &[&[Finding]],
+    s: &FrocSettings,
+) -> Result<PairedCpm, FrocError> {
+    if !(0.0 < s.confidence && s.confidence < 1.0) {
+        return Err(FrocError::Usage(format!(
+            "--confidence must be in (0, 1), got {}",
+            s.confidence
+        )));
+    }
+    let matched: Vec<Matched> = results
+        .iter()
+        .map(|r| match_all(uids, annotations, excluded, r, s.max_candidates))
+        .collect();
+    let Some(first) = matched.first() else {
+        return Err(FrocError::Usage("a paired CPM needs candidate sets to compare".into()));
+    };
+    if first.totals.nodules == 0 {
+        return Err(FrocError::Undefined(
+            "the listed scans hold no annotated nodules: the FROC is undefined".into(),
+        ));
+    }
+    let sorted: Vec<Vec<Entry>> = matched
+        .iter()
+        .map(|m| {
+            let mut e = m.entries.clone();
+            e.sort_by(|a, b| b.prob.total_cmp(&a.prob));
+            e
+        })
+        .collect();
+    let n = uids.len();
+    let ones = vec![1u32; n];
+    let points: Vec<f64> = sorted
+        .iter()
+        .map(|e| cpm_of(&curve(e, &ones, n, first.totals.nodules as f64)))
+        .collect();
+    let b = s.bootstrap;
+    // Per resample, every model's CPM (the nodule count is the annotations', the same for all).
+    let boots: Vec<Vec<f64>> = (0..b)
+        .into_par_iter()
+        .map(|k| {
+            let w = resample(s.seed, k, n);
+            let nodules = first.nodules_in(&w);
+            sorted.iter().map(|e| cpm_of(&curve(e, &w, n, nodules))).collect()
+        })
+        .collect();
+    let pz = (1.0 - s.confidence) / 2.0;
+    let (lo_i, hi_i) = (
+        ((pz * b as f64).floor() as usize).min(b.saturating_sub(1)),
+        (((1.0 - pz) * b as f64).floor() as usize).min(b.saturating_sub(1)),
+    );
+    let interval = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        [v[lo_i], v[hi_i]]
+    };
+    let models = matched
+        .iter()
+        .enumerate()
+        .map(|(i, m)| CpmOf {
+            cpm: points[i],
+            ci: (b > 0).then(|| interval(boots.iter().map(|r| r[i]).collect())),
+            true_positives: m.totals.true_positives,
+            false_positives: m.totals.false_positives,
+        })
+        .collect();
+    let diffs = if b == 0 {
+        Vec::new()
+    } else {
+        (1..results.len())
+            .map(|i| {
+                let d: Vec<f64> = boots.iter().map(|r| r[i] - r[0]).collect();
+                let share = |f: &dyn Fn(f64) -> bool| d.iter().filter(|&&x| f(x)).count() as f64 / b as f64;
+                CpmDiff {
+                    diff: points[i] - points[0],
+                    p: (2.0 * share(&|x| x <= 0.0).min(share(&|x| x >= 0.0))).min(1.0),
+                    ci: interval(d),
+                }
+            })
+            .collect()
+    };
+    Ok(PairedCpm {
+        models,
+        diffs,
+        bootstrap_samples: b,
+        bootstrap_seed: s.seed,
+        confidence: s.confidence,
+        scans: n,
+        nodules: first.totals.nodules,
+    })
+}
+
 /// R9: the FROC curve from entries sorted by probability descending, with per-scan
 /// weights (multiplicities in a bootstrap resample; 1 otherwise). Returns
 /// (x, y, threshold) points starting at (0, 0).
@@ -320,7 +480,7 @@ pub fn evaluate(
     let ones = vec![1u32; uids.len()];
     let raw = curve(&sorted, &ones, uids.len(), m.totals.nodules as f64);
     let sens: Vec<f64> = RATES.iter().map(|&r| interp(r, &raw)).collect();
-    let cpm = sens.iter().sum::<f64>() / RATES.len() as f64;
+    let cpm = cpm_of(&raw);
 
     // R12–R13: bootstrap over scans.
     let b = s.bootstrap;
@@ -332,18 +492,8 @@ pub fn evaluate(
         let resamples: Vec<(Vec<f64>, Vec<f32>)> = (0..b)
             .into_par_iter()
             .map(|k| {
-                let mut rng = StdRng::seed_from_u64(s.seed.wrapping_add(k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                let mut w = vec![0u32; uids.len()];
-                for _ in 0..uids.len() {
-                    w[rng.random_range(0..uids.len())] += 1;
-                }
-                let nodules: f64 = m
-                    .scans
-                    .iter()
-                    .zip(&w)
-                    .map(|(sc, &k)| sc.nodules as f64 * f64::from(k))
-                    .sum();
-                let c = curve(&sorted, &w, uids.len(), nodules);
+                let w = resample(s.seed, k, uids.len());
+                let c = curve(&sorted, &w, uids.len(), m.nodules_in(&w));
                 let at_rates: Vec<f64> = RATES.iter().map(|&r| interp(r, &c)).collect();
                 let on_grid: Vec<f32> = grid.iter().map(|&g| interp(g, &c) as f32).collect();
                 (at_rates, on_grid)
@@ -630,5 +780,62 @@ mod tests {
         .expect("eval");
         assert_eq!(r.totals.results_rows_unknown_series, 1);
         assert!(r.warnings[0].contains("not in the list"));
+    }
+
+    /// 40 scans with a nodule each, candidates of `detect(s)` probability on the nodule and
+    /// five false positives per scan.
+    fn scans40(detect: impl Fn(usize) -> f64) -> (Vec<Finding>, Vec<Finding>) {
+        let (mut ann, mut res) = (Vec::new(), Vec::new());
+        for s in 0..40 {
+            let uid = format!("s{s}");
+            ann.push(f(&uid, 0.0, 10.0));
+            res.push(f(&uid, 0.0, detect(s)));
+            for k in 0..5 {
+                res.push(f(&uid, 100.0 + 20.0 * k as f64, ((s * 13 + k * 3) % 17) as f64 / 17.0));
+            }
+        }
+        (ann, res)
+    }
+
+    /// A model against itself: no difference, in every resample. Each model's own CPM and
+    /// interval are the ones `evaluate` gives it alone with the same seed (the same draws).
+    #[test]
+    fn paired_cpm_of_a_model_with_itself_is_zero_and_matches_evaluate() {
+        let (ann, res) = scans40(|s| 0.3 + 0.6 * ((s * 7) % 10) as f64 / 10.0);
+        let s = FrocSettings {
+            bootstrap: 300,
+            seed: 9,
+            ..Default::default()
+        };
+        let alone = evaluate(&uids(40), &ann, &[], &res, &s).expect("eval");
+        let p = paired_cpm(&uids(40), &ann, &[], &[&res, &res], &s).expect("paired");
+        assert_eq!(p.models[0].cpm, alone.cpm);
+        assert_eq!(p.models[0].ci, alone.cpm_ci);
+        assert_eq!((p.diffs[0].diff, p.diffs[0].ci, p.diffs[0].p), (0.0, [0.0, 0.0], 1.0));
+    }
+
+    /// A model that finds every nodule against one that finds three in four, the rest ranked
+    /// below the false positives: a positive difference whose paired interval excludes 0.
+    #[test]
+    fn paired_cpm_finds_a_real_difference() {
+        let (ann, a) = scans40(|s| if s % 4 == 0 { 0.001 } else { 0.95 });
+        let (_, b) = scans40(|_| 0.95);
+        let s = FrocSettings {
+            bootstrap: 500,
+            seed: 1,
+            ..Default::default()
+        };
+        let p = paired_cpm(&uids(40), &ann, &[], &[&a, &b], &s).expect("paired");
+        let (ea, eb) = (
+            evaluate(&uids(40), &ann, &[], &a, &s).expect("a"),
+            evaluate(&uids(40), &ann, &[], &b, &s).expect("b"),
+        );
+        let d = &p.diffs[0];
+        assert!((d.diff - (eb.cpm - ea.cpm)).abs() < 1e-12, "{d:?}");
+        assert!(d.diff > 0.1 && d.ci[0] > 0.0 && d.p < 0.01, "{d:?}");
+        // Swapped, the difference changes sign, as does its interval.
+        let q = paired_cpm(&uids(40), &ann, &[], &[&b, &a], &s).expect("swapped");
+        assert!((q.diffs[0].diff + d.diff).abs() < 1e-12);
+        assert!((q.diffs[0].ci[0] + d.ci[1]).abs() < 1e-12 && (q.diffs[0].ci[1] + d.ci[0]).abs() < 1e-12);
     }
 }

@@ -73,7 +73,10 @@ use std::path::{Path, PathBuf};
 
 use models::fsutil::{Lock, RunIo};
 
-pub use evaluate::{evaluate, interp, FrocReport, FrocSettings, RatePoint, Totals, GRID_POINTS, RATES};
+pub use evaluate::{
+    evaluate, interp, paired_cpm, CpmDiff, CpmOf, FrocReport, FrocSettings, PairedCpm, RatePoint, Totals, GRID_POINTS,
+    RATES,
+};
 pub use models::luna16::Finding;
 use models::luna16::{read_findings, read_series_list};
 pub use write::summary;
@@ -186,6 +189,51 @@ fn dedupe_series(uids: Vec<String>, path: &Path, warnings: &mut Vec<String>) -> 
     kept
 }
 
+/// What candidates are scored against: the listed scans, their nodules and the excluded
+/// findings, read and checked as [`run`] reads them.
+#[derive(Debug, Clone)]
+pub struct Truth {
+    pub uids: Vec<String>,
+    pub annotations: Vec<Finding>,
+    pub excluded: Vec<Finding>,
+    /// Repeats dropped, a header taken as such, annotations of unlisted series.
+    pub warnings: Vec<String>,
+}
+
+/// Reads `seriesuids.csv`, `annotations.csv` and (optionally) `annotations_excluded.csv`:
+/// diameters checked, exact repeats counted once with a warning.
+pub fn read_truth(annotations: &Path, excluded: Option<&Path>, seriesuids: &Path) -> Result<Truth, FrocError> {
+    let mut warnings = Vec::new();
+    let (uids, header_warning) = read_series_list(seriesuids)?;
+    warnings.extend(header_warning);
+    let uids = dedupe_series(uids, seriesuids, &mut warnings);
+    let ann = read_findings(annotations, "diameter_mm")?;
+    check_diameters(annotations, &ann, false)?;
+    let ann = dedupe(ann, annotations, "annotation", &mut warnings);
+    let excluded = match excluded {
+        Some(p) => {
+            let e = read_findings(p, "diameter_mm")?;
+            check_diameters(p, &e, true)?;
+            dedupe(e, p, "excluded finding", &mut warnings)
+        }
+        None => Vec::new(),
+    };
+    let listed: std::collections::HashSet<&str> = uids.iter().map(String::as_str).collect();
+    let unlisted = ann.iter().filter(|a| !listed.contains(a.seriesuid.as_str())).count();
+    if unlisted > 0 {
+        warnings.push(format!(
+            "{unlisted} annotation(s) belong to series not in {} and were not counted",
+            seriesuids.display()
+        ));
+    }
+    Ok(Truth {
+        uids,
+        annotations: ann,
+        excluded,
+        warnings,
+    })
+}
+
 /// Reads the files, evaluates, writes `froc_summary.yaml`, `froc_curve.csv`,
 /// `froc_bootstrap.csv`, `nodules_without_candidate.csv` and `froc.png` into `out`.
 ///
@@ -207,21 +255,12 @@ pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
         io.input("excluded findings", e);
     }
     io.outputs_in("FROC output", &f.out, write::FILES)?;
-    let mut warnings = Vec::new();
-    let (uids, header_warning) = read_series_list(&f.seriesuids)?;
-    warnings.extend(header_warning);
-    let uids = dedupe_series(uids, &f.seriesuids, &mut warnings);
-    let annotations = read_findings(&f.annotations, "diameter_mm")?;
-    check_diameters(&f.annotations, &annotations, false)?;
-    let annotations = dedupe(annotations, &f.annotations, "annotation", &mut warnings);
-    let excluded = match &f.excluded {
-        Some(p) => {
-            let e = read_findings(p, "diameter_mm")?;
-            check_diameters(p, &e, true)?;
-            dedupe(e, p, "excluded finding", &mut warnings)
-        }
-        None => Vec::new(),
-    };
+    let Truth {
+        uids,
+        annotations,
+        excluded,
+        mut warnings,
+    } = read_truth(&f.annotations, f.excluded.as_deref(), &f.seriesuids)?;
     let results = read_findings(&f.results, "probability")?;
     if results.is_empty() {
         return Err(input_err(
@@ -230,17 +269,6 @@ pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
         ));
     }
     let results = dedupe(results, &f.results, "result", &mut warnings);
-    let listed: std::collections::HashSet<&str> = uids.iter().map(String::as_str).collect();
-    let unlisted = annotations
-        .iter()
-        .filter(|a| !listed.contains(a.seriesuid.as_str()))
-        .count();
-    if unlisted > 0 {
-        warnings.push(format!(
-            "{unlisted} annotation(s) belong to series not in {} and were not counted",
-            f.seriesuids.display()
-        ));
-    }
     let mut report = evaluate(&uids, &annotations, &excluded, &results, s)?;
     // Created only now, so bad input leaves no folder behind.
     std::fs::create_dir_all(&f.out).map_err(|e| models::Error::io(&f.out, e))?;

@@ -40,8 +40,13 @@ fn input_err(path: &Path, msg: String) -> Error {
 /// Reads a LUNA16-style CSV with a header: `seriesuid, coordX, coordY, coordZ` and
 /// `value_col`. Every problem names the file and line.
 pub fn read_findings(path: &Path, value_col: &str) -> Result<Vec<Finding>> {
+    read_findings_from(path, ["seriesuid", "coordX", "coordY", "coordZ", value_col])
+}
+
+/// As [`read_findings`] with other column names, in the order series, x, y, z, value (a
+/// scores CSV of `infer --index`: `seriesuid, center_x, center_y, center_z, logit`).
+pub fn read_findings_from(path: &Path, want: [&str; 5]) -> Result<Vec<Finding>> {
     let (mut rdr, headers) = crate::csvio::open(path, true)?;
-    let want = ["seriesuid", "coordX", "coordY", "coordZ", value_col];
     let idx: Vec<Option<usize>> = want.iter().map(|w| headers.iter().position(|h| h == *w)).collect();
     let missing: Vec<&str> = want
         .iter()
