@@ -4,10 +4,67 @@ use std::path::Path;
 
 use crate::{Error, Result};
 
+/// A reader that turns each `\r\n` into `\n`. The csv crate reads Windows line ends (as
+/// Python's csv module writes them by default) but counts the line a record starts on one
+/// short after every `\r\n`, so every message would name the line above the one at fault;
+/// no kept crate offers the conversion as a `Read` adapter, and it is a few lines.
+#[derive(Debug)]
+pub struct Lf<R> {
+    inner: std::io::BufReader<R>,
+}
+
+impl<R: std::io::Read> std::io::Read for Lf<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::BufRead;
+        let mut w = 0;
+        while w < buf.len() {
+            let avail = self.inner.fill_buf()?;
+            let Some(&first) = avail.first() else { break };
+            if first == b'\r' {
+                // Drop it when a `\n` follows (looking past the buffered bytes if need be).
+                let lf_next = match avail.get(1) {
+                    Some(&b) => b == b'\n',
+                    None => {
+                        self.inner.consume(1);
+                        if self.inner.fill_buf()?.first() == Some(&b'\n') {
+                            continue;
+                        }
+                        buf[w] = b'\r';
+                        w += 1;
+                        continue;
+                    }
+                };
+                self.inner.consume(1);
+                if !lf_next {
+                    buf[w] = b'\r';
+                    w += 1;
+                }
+                continue;
+            }
+            let room = buf.len() - w;
+            let run = avail
+                .iter()
+                .take(room)
+                .position(|&c| c == b'\r')
+                .unwrap_or(avail.len().min(room));
+            buf[w..w + run].copy_from_slice(&avail[..run]);
+            self.inner.consume(run);
+            w += run;
+        }
+        Ok(w)
+    }
+}
+
+/// The reader [`open`] gives.
+pub type CsvReader = csv::Reader<Lf<std::fs::File>>;
+
 /// Opens `path` (a regular file: see [`crate::fsutil::open_regular`]; fields trimmed, rows
-/// may vary in length) and reads its header row when `has_headers`.
-pub fn open(path: &Path, has_headers: bool) -> Result<(csv::Reader<std::fs::File>, csv::StringRecord)> {
-    let file = crate::fsutil::open_regular(path)?;
+/// may vary in length, Windows line ends read as Unix ones) and reads its header row when
+/// `has_headers`.
+pub fn open(path: &Path, has_headers: bool) -> Result<(CsvReader, csv::StringRecord)> {
+    let file = Lf {
+        inner: std::io::BufReader::new(crate::fsutil::open_regular(path)?),
+    };
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
@@ -87,5 +144,34 @@ mod tests {
             .map(|(l, rec)| (l, rec.expect("row")[0].to_string()))
             .collect();
         assert_eq!(got, [(2, "1".to_string()), (4, "3".to_string()), (5, "5".to_string())]);
+        // Windows line ends (Python's csv module writes them by default): the same lines.
+        std::fs::write(&p, "a,b\r\n1,\"two\r\nlines\"\r\n3,4\r\n5,6\r\n").expect("w");
+        let (mut r, _) = open(&p, true).expect("open");
+        let got: Vec<(usize, String)> = rows(&mut r)
+            .map(|(l, rec)| (l, rec.expect("row")[0].to_string()))
+            .collect();
+        assert_eq!(got, [(2, "1".to_string()), (4, "3".to_string()), (5, "5".to_string())]);
+    }
+
+    /// `\r\n` becomes `\n` wherever the reads split it; a lone `\r` stays.
+    #[test]
+    fn crlf_becomes_lf_across_any_read_size() {
+        use std::io::Read;
+        let text = b"a\r\nb\rc\r\n\r\nd\r";
+        for size in 1..8 {
+            let mut r = Lf {
+                inner: std::io::BufReader::with_capacity(size, &text[..]),
+            };
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; size];
+            loop {
+                let n = r.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(out, b"a\nb\rc\n\nd\r", "size {size}");
+        }
     }
 }

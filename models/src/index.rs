@@ -168,7 +168,7 @@ fn open_index(
     path: &Path,
     required: &[&str],
     needs: &str,
-) -> Result<(PathBuf, csv::Reader<std::fs::File>, csv::StringRecord)> {
+) -> Result<(PathBuf, crate::csvio::CsvReader, csv::StringRecord)> {
     let path = if path.is_dir() {
         path.join(INDEX_FILE)
     } else {
