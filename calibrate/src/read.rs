@@ -172,24 +172,53 @@ impl ScoreTable {
         };
         let (root, rows) = (&idx.root, &idx.rows);
         let mut errors: Vec<String> = idx.refused.iter().map(|(_, why)| why.clone()).collect();
+        // A model with tabular features: each patch's values, from the index's columns.
+        let feats = match &scorer.features {
+            Some(columns) => {
+                let keys: Vec<(&str, &str)> = rows
+                    .iter()
+                    .map(|r| (r.patch_file.as_str(), r.seriesuid.as_str()))
+                    .collect();
+                let src = models::features::FeatureSource {
+                    columns: columns.clone(),
+                    join: None,
+                };
+                Some(models::features::read(&idx.path, &keys, &src)?)
+            }
+            None => None,
+        };
         let per = pre.cube_size.pow(3);
         let mut batch = Vec::new();
-        for chunk in rows.chunks(32) {
+        let mut fbatch = Vec::new();
+        for (c, chunk) in rows.chunks(32).enumerate() {
             batch.clear();
+            fbatch.clear();
             let mut good = Vec::with_capacity(chunk.len());
-            for r in chunk {
+            for (k, r) in chunk.iter().enumerate() {
+                let f = match feats.as_ref().map(|f| &f[c * 32 + k]) {
+                    Some(Err(why)) => {
+                        errors.push(why.clone());
+                        continue;
+                    }
+                    Some(Ok(v)) => v.as_slice(),
+                    None => &[],
+                };
                 let path = root.join(&r.patch_file);
                 let at = batch.len();
                 batch.resize(at + per, 0.0);
                 match models::patch::load_patch_into(&path, &pre, &mut batch[at..]) {
-                    Ok(()) => good.push(r),
+                    Ok(()) => {
+                        good.push(r);
+                        fbatch.extend_from_slice(f);
+                    }
                     Err(e) => {
                         batch.truncate(at);
                         errors.push(e.to_string());
                     }
                 }
             }
-            for (r, z) in good.into_iter().zip(scorer.score_flat(&batch)?) {
+            let f = feats.is_some().then_some(fbatch.as_slice());
+            for (r, z) in good.into_iter().zip(scorer.score_flat_with(&batch, f)?) {
                 if !z.is_finite() {
                     errors.push(format!(
                         "{}: the model's logit is {z} (not finite)",

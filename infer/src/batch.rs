@@ -11,7 +11,7 @@
 //! Output rows are streamed to a temporary file beside the output and renamed into place at
 //! the end; the order is the input order. A logit that is not finite is that file's error,
 //! never a probability or a decision.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
@@ -54,6 +54,9 @@ pub struct Settings {
     pub recursive: bool,
     /// Index CSV (or a folder holding `patch_index.csv`) listing the patches to score.
     pub index: Option<PathBuf>,
+    /// A CSV of per-series values (`seriesuid` and feature columns) for the tabular
+    /// features of a model with them that the index lacks.
+    pub features_csv: Option<PathBuf>,
     /// Output file; `-` for stdout.
     pub out: PathBuf,
     pub format: crate::output::Format,
@@ -134,6 +137,9 @@ fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError>
     }
     if let Some(i) = &inputs.index {
         io.input("index", i);
+    }
+    if let Some(f) = &s.features_csv {
+        io.input("features CSV", f);
     }
     io.inputs("patch", inputs.items.iter().map(|it| it.path.as_path()));
     let out = if s.out.as_os_str() == "-" {
@@ -270,6 +276,8 @@ impl Tally {
 /// What the scoring loop needs besides the items.
 struct Scoring<'a> {
     s: &'a Settings,
+    /// Each item's tabular features (a model with them), by output name.
+    feats: Option<&'a HashMap<String, Vec<f32>>>,
     cal: Option<&'a Cal>,
     has_label: bool,
     sha: &'a str,
@@ -333,8 +341,16 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
                 t.fail(&it.name, &it.path, reason);
             }
             let t_model = Instant::now();
+            // The features of the decoded patches, in their order (a model with them).
+            let feats: Option<Vec<f32>> = c.feats.map(|m| {
+                dec.good
+                    .iter()
+                    .flat_map(|it| m.get(&it.name).map(Vec::as_slice).unwrap_or_default())
+                    .copied()
+                    .collect()
+            });
             let logits = match s.tta {
-                Tta::None => scorer.score_flat(&dec.data),
+                Tta::None => scorer.score_flat_with(&dec.data, feats.as_deref()),
                 Tta::Flips => {
                     let all: Vec<Array3<f32>> = dec
                         .data
@@ -342,8 +358,15 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
                         .filter_map(|c| ArrayView3::from_shape((d, d, d), c).ok())
                         .flat_map(flips)
                         .collect();
+                    // Each patch's features with each of its eight flips.
+                    let nf = feats.as_ref().map_or(0, |f| f.len() / dec.good.len().max(1));
+                    let f8: Option<Vec<f32>> = feats.as_ref().map(|f| {
+                        f.chunks(nf.max(1))
+                            .flat_map(|row| std::iter::repeat_n(row, 8).flatten().copied())
+                            .collect()
+                    });
                     scorer
-                        .score(&all)
+                        .score_with(&all, f8.as_deref())
                         .map(|z| z.chunks(8).map(|c| c.iter().sum::<f32>() / 8.0).collect())
                 }
             }?;
@@ -442,6 +465,58 @@ fn check_settings(s: &Settings) -> Result<(), InferError> {
     Ok(())
 }
 
+/// A model with tabular features: reads them for every item from the index (or
+/// `--features-csv` by series); an item whose values are missing or not finite is reported
+/// as that item's error, not scored (with `--fail-fast`, the run stops). `None` for a
+/// cube-only model; a model with features scored without `--index` is refused.
+fn read_features(
+    s: &Settings,
+    scorer: &Scorer,
+    inputs: &mut Inputs,
+) -> Result<Option<HashMap<String, Vec<f32>>>, InferError> {
+    let Some(columns) = &scorer.features else {
+        if s.features_csv.is_some() {
+            return Err(InferError::Usage(format!(
+                "--features-csv is given but {} takes no tabular features",
+                s.model.display()
+            )));
+        }
+        return Ok(None);
+    };
+    let Some(index) = &inputs.index else {
+        return Err(InferError::Usage(format!(
+            "{} takes tabular features ({}) beside each cube: score with --index INDEX, whose rows hold them \
+             (or --features-csv FILE for per-series values)",
+            s.model.display(),
+            columns.join(", ")
+        )));
+    };
+    let src = models::features::FeatureSource {
+        columns: columns.clone(),
+        join: s.features_csv.clone(),
+    };
+    let keys: Vec<(&str, &str)> = inputs
+        .items
+        .iter()
+        .map(|it| (it.name.as_str(), it.row.as_ref().map_or("", |r| r.seriesuid.as_str())))
+        .collect();
+    let values = models::features::read(index, &keys, &src)?;
+    let mut map = HashMap::with_capacity(values.len());
+    let mut kept = Vec::with_capacity(inputs.items.len());
+    for (it, v) in std::mem::take(&mut inputs.items).into_iter().zip(values) {
+        match v {
+            Ok(v) => {
+                map.insert(it.name.clone(), v);
+                kept.push(it);
+            }
+            Err(why) if s.fail_fast => return Err(input_err(&it.path, why)),
+            Err(why) => inputs.refused.push((it.name.clone(), why)),
+        }
+    }
+    inputs.items = kept;
+    Ok(Some(map))
+}
+
 /// The largest `--batch-size` taken.
 pub const MAX_BATCH: usize = 4096;
 
@@ -490,6 +565,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     }
     let mut scorer = Scorer::open(&s.model, &s.scorer)?;
     check_batch_memory(s, scorer.preprocess.cube_size)?;
+    let feats = read_features(s, &scorer, &mut inputs)?;
     let cal = calib::choose(
         s.calibration.as_deref(),
         &s.model,
@@ -543,6 +619,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let sha = scorer.model_sha256.clone();
     let scoring = Scoring {
         s,
+        feats: feats.as_ref(),
         cal: cal.as_ref(),
         has_label: inputs.has_label,
         sha: &sha,

@@ -31,6 +31,10 @@ struct Args {
     /// center_x, center_y, center_z, optional diam_mm and label. Output rows carry them.
     #[arg(long, conflicts_with = "inputs")]
     index: Option<PathBuf>,
+    /// For a model with tabular features: a CSV of per-series values (seriesuid and the
+    /// feature columns the index lacks), as the model was trained with model.features_csv.
+    #[arg(long, requires = "index")]
+    features_csv: Option<PathBuf>,
     /// The exported model (model.onnx of a training run).
     #[arg(short, long)]
     model: Option<PathBuf>,
@@ -362,6 +366,7 @@ fn main() -> ExitCode {
         inputs: a.inputs,
         recursive: a.recursive,
         index: a.index,
+        features_csv: a.features_csv,
         out: a.out,
         format: a.format,
         errors: a.errors,

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod csvio;
 pub mod device;
 pub mod error;
+pub mod features;
 pub mod fsutil;
 pub mod index;
 pub mod luna16;

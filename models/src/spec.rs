@@ -150,6 +150,15 @@ pub enum Layer {
     },
     /// Identity at inference; only active while training.
     Dropout { p: f64 },
+    /// Joins `count` tabular features (the model's second input, `features`, raw values) to
+    /// the flattened image embedding: `[N, C] → [N, C + count]`, each feature standardised
+    /// first with the training split's statistics, held as the buffers `NAME.mean` and
+    /// `NAME.std` (`[count]` each). At most one, at the top level, after `global_avg_pool`.
+    Features {
+        #[serde(default)]
+        name: String,
+        count: usize,
+    },
     /// `relu(body(x) + shortcut(x))`; an empty shortcut is the identity.
     Residual {
         body: Vec<Layer>,
@@ -169,13 +178,17 @@ impl Layer {
             Layer::GlobalAvgPool {} => "global_avg_pool",
             Layer::Linear { .. } => "linear",
             Layer::Dropout { .. } => "dropout",
+            Layer::Features { .. } => "features",
             Layer::Residual { .. } => "residual",
         }
     }
 
     fn name(&self) -> Option<&str> {
         match self {
-            Layer::Conv3d { name, .. } | Layer::BatchNorm3d { name, .. } | Layer::Linear { name, .. } => Some(name),
+            Layer::Conv3d { name, .. }
+            | Layer::BatchNorm3d { name, .. }
+            | Layer::Linear { name, .. }
+            | Layer::Features { name, .. } => Some(name),
             _ => None,
         }
     }
@@ -227,6 +240,8 @@ pub const MAX_TRAINABLE: usize = 500_000_000;
 pub const MAX_CHANNELS: usize = 65_536;
 /// Largest kernel, stride or padding on one axis.
 pub const MAX_WINDOW: usize = 64;
+/// Most tabular features a model takes.
+pub const MAX_FEATURES: usize = 256;
 /// Most layers in a spec, residual members included, and deepest residual nesting.
 pub const MAX_LAYERS: usize = 10_000;
 pub const MAX_NESTING: usize = 16;
@@ -384,6 +399,58 @@ impl ArchSpec {
         serde_yaml::to_string(self).map_err(|e| Error::Spec(format!("`{}`: {e}", self.name)))
     }
 
+    /// How many tabular features the network takes (its `features` layer's count; 0: none).
+    pub fn feature_count(&self) -> usize {
+        self.layers
+            .iter()
+            .find_map(|l| match l {
+                Layer::Features { count, .. } => Some(*count),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// The network taking `count` tabular features: a spec that has a `features` layer must
+    /// have that count; otherwise one named `tabular` is put right after the global pooling
+    /// and the first linear layer after it widened by `count` (its weights change shape).
+    pub fn with_features(mut self, count: usize) -> Result<Self> {
+        let have = self.feature_count();
+        if have > 0 || count == 0 {
+            if have != count {
+                return Err(Error::Spec(format!(
+                    "`{}` takes {have} tabular feature(s), the config names {count}",
+                    self.name
+                )));
+            }
+            return Ok(self);
+        }
+        let Some(gap) = self.layers.iter().position(|l| matches!(l, Layer::GlobalAvgPool {})) else {
+            return Err(Error::Spec(format!(
+                "`{}` has no global_avg_pool to join features after",
+                self.name
+            )));
+        };
+        let Some(Layer::Linear { in_features, .. }) = self.layers[gap..]
+            .iter_mut()
+            .find(|l| matches!(l, Layer::Linear { .. }))
+        else {
+            return Err(Error::Spec(format!(
+                "`{}` has no linear layer after its global_avg_pool",
+                self.name
+            )));
+        };
+        *in_features += count;
+        self.layers.insert(
+            gap + 1,
+            Layer::Features {
+                name: "tabular".into(),
+                count,
+            },
+        );
+        self.validate()?;
+        Ok(self)
+    }
+
     /// Every parameter and buffer, in a deterministic (depth-first) order.
     pub fn params(&self) -> Vec<ParamSpec> {
         let mut out = Vec::new();
@@ -424,6 +491,15 @@ impl ArchSpec {
         }
         if self.layers.is_empty() {
             problems.push("no layers".into());
+        }
+        if self
+            .layers
+            .iter()
+            .filter(|l| matches!(l, Layer::Features { .. }))
+            .count()
+            > 1
+        {
+            problems.push("more than one features layer".into());
         }
         let mut ch = Some(self.in_channels);
         let mut flat = false;
@@ -523,7 +599,10 @@ fn fill_names(layers: &mut [Layer], prefix: &str) {
     for (i, l) in layers.iter_mut().enumerate() {
         let at = format!("{prefix}.{i}");
         match l {
-            Layer::Conv3d { name, .. } | Layer::BatchNorm3d { name, .. } | Layer::Linear { name, .. }
+            Layer::Conv3d { name, .. }
+            | Layer::BatchNorm3d { name, .. }
+            | Layer::Linear { name, .. }
+            | Layer::Features { name, .. }
                 if name.is_empty() =>
             {
                 *name = at;
@@ -615,6 +694,14 @@ fn check_values(layers: &[Layer], prefix: &str, depth: usize, count: &mut usize,
                     bad(format!("p {p} must be in [0, 1)"));
                 }
             }
+            Layer::Features { count, .. } => {
+                if !(1..=MAX_FEATURES).contains(count) {
+                    bad(format!("count {count} must be from 1 to {MAX_FEATURES}"));
+                }
+                if depth > 0 {
+                    bad("tabular features join at the top level, not inside a residual block".into());
+                }
+            }
             Layer::Residual { body, shortcut } => {
                 if body.is_empty() {
                     bad("a residual block needs a body".into());
@@ -679,7 +766,11 @@ fn walk_sizes(layers: &[Layer], prefix: &str, size: &mut Option<Dims3>, problems
                 }
             }
             Layer::GlobalAvgPool {} => return,
-            Layer::BatchNorm3d { .. } | Layer::Relu {} | Layer::Linear { .. } | Layer::Dropout { .. } => Some(now),
+            Layer::BatchNorm3d { .. }
+            | Layer::Relu {}
+            | Layer::Linear { .. }
+            | Layer::Dropout { .. }
+            | Layer::Features { .. } => Some(now),
         };
     }
 }
@@ -779,6 +870,10 @@ fn collect_params(layers: &[Layer], out: &mut Vec<ParamSpec>) {
                 out.push(t(format!("{name}.weight"), vec![*out_features, *in_features]));
                 out.push(t(format!("{name}.bias"), vec![*out_features]));
             }
+            Layer::Features { name, count } => {
+                out.push(b(format!("{name}.mean"), vec![*count]));
+                out.push(b(format!("{name}.std"), vec![*count]));
+            }
             Layer::Residual { body, shortcut } => {
                 collect_params(body, out);
                 collect_params(shortcut, out);
@@ -831,6 +926,14 @@ fn check_chain(layers: &[Layer], prefix: &str, ch: &mut Option<usize>, flat: &mu
                     ));
                 }
                 *ch = Some(*out_features);
+            }
+            Layer::Features { count, .. } => {
+                if !*flat {
+                    problems.push(format!(
+                        "{who}: joins features to flattened features (after global_avg_pool), gets {gets}"
+                    ));
+                }
+                *ch = ch.map(|c| c + count);
             }
             Layer::MaxPool3d { .. } | Layer::GlobalAvgPool {} if *flat => {
                 problems.push(format!("{who}: pools a volume, gets {gets}"));

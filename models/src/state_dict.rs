@@ -101,6 +101,9 @@ pub struct Reinit {
     pub stem: bool,
     /// The head: every parameter under [`ArchSpec::head_prefix`].
     pub head: bool,
+    /// The tabular features' standardisation buffers, when the file lacks them (a training
+    /// run sets them from its own training split; an export needs them from the file).
+    pub features: bool,
 }
 
 /// Matches a state dict read from `path` to `spec` (see the module documentation).
@@ -113,6 +116,15 @@ pub fn match_spec(spec: &ArchSpec, mut sd: Weights, path: &Path, reinit: Reinit)
         .collect();
     let head = spec.head_prefix();
     let reinit_head = reinit.head;
+    let feature_buffers: Vec<String> = spec
+        .layers
+        .iter()
+        .filter_map(|l| match l {
+            crate::spec::Layer::Features { name, .. } => Some([format!("{name}.mean"), format!("{name}.std")]),
+            _ => None,
+        })
+        .flatten()
+        .collect();
     // The first convolution: its weight and (if it has one) bias.
     let stem: Vec<String> = params
         .first()
@@ -177,9 +189,13 @@ pub fn match_spec(spec: &ArchSpec, mut sd: Weights, path: &Path, reinit: Reinit)
         .iter()
         .filter(|p| {
             let fresh = (reinit_head && p.name.starts_with(&head)) || (reinit.stem && stem.contains(&p.name));
-            !fresh
+            let set_by_run = reinit.features && feature_buffers.contains(&p.name) && !sd.contains_key(&p.name);
+            !fresh && !set_by_run
         })
         .collect();
+    if reinit.features && feature_buffers.iter().any(|b| !sd.contains_key(b)) {
+        notes.push("the tabular features' statistics come from this run's training split".into());
+    }
     let mut problems = Vec::new();
     for p in &expected {
         match sd.get(&p.name) {
@@ -383,7 +399,11 @@ mod tests {
             e.contains("`stem.0.weight`: expected shape") && e.contains("Kinetics"),
             "{e}"
         );
-        let both = Reinit { stem: true, head: true };
+        let both = Reinit {
+            stem: true,
+            head: true,
+            features: false,
+        };
         let m = match_spec(&spec, kinetics, p, both).expect("match");
         assert!(!m.weights.contains_key("stem.0.weight") && m.weights.contains_key("stem.1.weight"));
         assert!(

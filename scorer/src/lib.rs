@@ -78,6 +78,9 @@ pub struct Scorer {
     /// Whether every node runs on that provider (`Some(false)`: some fall back to CPU).
     pub all_nodes_on_provider: Option<bool>,
     pub runtime: &'static runtime::Runtime,
+    /// The tabular feature columns the model takes as its second input (`features`, raw
+    /// values in this order), from its metadata; `None` for a cube-only model.
+    pub features: Option<Vec<String>>,
     /// [`Scorer::score`]'s batch buffer, kept between calls: a fresh one per batch is a
     /// fresh mmap (tens of MiB) with its page faults, on the scoring thread.
     batch: Vec<f32>,
@@ -200,11 +203,28 @@ impl Scorer {
         // A calibrated model (calibrate's model.calibrated.onnx) has `probability` and
         // `decision` outputs beside `logit`; the scorer reads `logit`.
         let has_logit = session.outputs().iter().any(|o| o.name() == models::onnx::OUTPUT_NAME);
-        if n_in != 1 || !has_logit {
+        let features =
+            models::features::FeatureStats::columns_from_metadata(&metadata).map_err(|e| ScorerError::Model {
+                path: model.to_path_buf(),
+                msg: e.to_string(),
+            })?;
+        let feature_input = session.inputs().iter().any(|i| i.name() == models::onnx::FEATURES_NAME);
+        if features.is_some() != feature_input {
             return Err(ScorerError::Model {
                 path: model.to_path_buf(),
                 msg: format!(
-                    "expected one input and a `{}` output, found {n_in} input(s) and outputs {:?}",
+                    "its metadata {} tabular features but its graph {} a `{}` input",
+                    if features.is_some() { "names" } else { "names no" },
+                    if feature_input { "has" } else { "has no" },
+                    models::onnx::FEATURES_NAME
+                ),
+            });
+        }
+        if n_in != 1 + usize::from(feature_input) || !has_logit {
+            return Err(ScorerError::Model {
+                path: model.to_path_buf(),
+                msg: format!(
+                    "expected one input (two with tabular features) and a `{}` output, found {n_in} input(s) and outputs {:?}",
                     models::onnx::OUTPUT_NAME,
                     session
                         .outputs()
@@ -224,6 +244,7 @@ impl Scorer {
             provider_note,
             all_nodes_on_provider: all_nodes,
             runtime: rt,
+            features,
             batch: Vec::new(),
         })
     }
@@ -233,6 +254,12 @@ impl Scorer {
     /// # Shapes
     /// `cubes[i]`: `[D, D, D]` → input `[N, 1, D, D, D]` → output `[N, 1]`.
     pub fn score(&mut self, cubes: &[Array3<f32>]) -> Result<Vec<f32>, ScorerError> {
+        self.score_with(cubes, None)
+    }
+
+    /// [`Scorer::score`] with the tabular features a model with them takes (`F` raw values
+    /// per cube).
+    pub fn score_with(&mut self, cubes: &[Array3<f32>], feats: Option<&[f32]>) -> Result<Vec<f32>, ScorerError> {
         let d = self.preprocess.cube_size;
         let mut data = std::mem::take(&mut self.batch);
         data.clear();
@@ -249,7 +276,7 @@ impl Scorer {
                 None => data.extend(c.iter()),
             }
         }
-        let out = self.score_flat(&data);
+        let out = self.score_flat_with(&data, feats);
         self.batch = data;
         out
     }
@@ -257,6 +284,12 @@ impl Scorer {
     /// Scores a batch already laid out as the model's input: `n` preprocessed cubes one
     /// after another (z, y, x order each), `data.len() = n · cube_size³`.
     pub fn score_flat(&mut self, data: &[f32]) -> Result<Vec<f32>, ScorerError> {
+        self.score_flat_with(data, None)
+    }
+
+    /// [`Scorer::score_flat`] with the tabular features a model with them takes: `n · F`
+    /// raw values, `F` per cube in the order of [`Scorer::features`].
+    pub fn score_flat_with(&mut self, data: &[f32], feats: Option<&[f32]>) -> Result<Vec<f32>, ScorerError> {
         let d = self.preprocess.cube_size;
         let per = d * d * d;
         if data.is_empty() {
@@ -269,12 +302,35 @@ impl Scorer {
             });
         }
         let n = data.len() / per;
+        let nf = self.features.as_ref().map_or(0, Vec::len);
+        let given = feats.map(<[f32]>::len);
+        if (nf == 0 && given.is_some()) || (nf > 0 && given != Some(n * nf)) {
+            return Err(ScorerError::Model {
+                path: self.model_path.clone(),
+                msg: match &self.features {
+                    Some(c) => format!(
+                        "the model takes {nf} tabular feature(s) per patch ({}); given {} value(s) for {n} patch(es) \
+                         (score with --index, whose rows hold them)",
+                        c.join(", "),
+                        given.unwrap_or(0)
+                    ),
+                    None => "the model takes no tabular features, yet some were given".into(),
+                },
+            });
+        }
         let input = TensorRef::from_array_view(([n, 1, d, d, d], data))
             .map_err(|e| ScorerError::Runtime(format!("input tensor: {e}")))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![input])
-            .map_err(|e| ScorerError::Runtime(format!("{}: inference failed: {e}", self.model_path.display())))?;
+        let outputs = match feats {
+            // A cube-only model's one input, whatever its name.
+            None => self.session.run(ort::inputs![input]),
+            Some(f) => {
+                let t = TensorRef::from_array_view(([n, nf], f))
+                    .map_err(|e| ScorerError::Runtime(format!("features tensor: {e}")))?;
+                self.session
+                    .run(ort::inputs![models::onnx::INPUT_NAME => input, models::onnx::FEATURES_NAME => t])
+            }
+        }
+        .map_err(|e| ScorerError::Runtime(format!("{}: inference failed: {e}", self.model_path.display())))?;
         let (shape, logits) = outputs[models::onnx::OUTPUT_NAME]
             .try_extract_tensor::<f32>()
             .map_err(|e| ScorerError::Runtime(format!("output tensor: {e}")))?;

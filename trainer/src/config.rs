@@ -104,6 +104,7 @@ impl TrainLoop {
         models::state_dict::Reinit {
             stem: self.reinit_stem,
             head: self.reinit_head,
+            features: true,
         }
     }
 }
@@ -183,6 +184,14 @@ pub struct ModelConfig {
     /// it) or the spec inline. It replaces `arch`; the run folder's config holds it inline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spec: Option<SpecRef>,
+    /// Tabular (clinical) features: numeric columns of the index, or of `features_csv`
+    /// joined on `seriesuid`, joined to the image embedding before the head.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// A CSV of per-series values (`seriesuid` and feature columns) for the features the
+    /// index lacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features_csv: Option<PathBuf>,
 }
 
 /// `model.spec`: a file still to read, or the spec itself.
@@ -222,6 +231,8 @@ impl Default for ModelConfig {
             arch: "baseline_cnn".into(),
             width: 16,
             spec: None,
+            features: Vec::new(),
+            features_csv: None,
         }
     }
 }
@@ -267,8 +278,24 @@ impl ModelConfig {
             (None, "baseline_cnn") => models::spec::ArchSpec::baseline_cnn(self.width),
             (None, other) => models::spec::ArchSpec::by_name(other)?,
         };
+        models::features::check_columns(&self.features)
+            .map_err(|e| TrainError::Config(format!("model.features: {e}")))?;
+        if self.features_csv.is_some() && self.features.is_empty() {
+            return Err(TrainError::Config(
+                "model.features_csv is given but model.features names no column".into(),
+            ));
+        }
+        let spec = spec.with_features(self.features.len())?;
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// Where the features come from (`None`: a model without features).
+    pub fn feature_source(&self) -> Option<models::features::FeatureSource> {
+        (!self.features.is_empty()).then(|| models::features::FeatureSource {
+            columns: self.features.clone(),
+            join: self.features_csv.clone(),
+        })
     }
 }
 

@@ -178,6 +178,9 @@ pub struct Cubes {
     /// The first `cached` cubes, contiguous.
     cache: Vec<f32>,
     cached: usize,
+    /// Tabular features per patch (raw values, `nf` each), row-major.
+    pub features: Vec<f32>,
+    pub nf: usize,
 }
 
 impl Cubes {
@@ -219,7 +222,32 @@ impl Cubes {
             pre: pre.clone(),
             cache,
             cached,
+            features: Vec::new(),
+            nf: 0,
         })
+    }
+
+    /// Takes each patch's features from `values` (by patch file, `nf` each).
+    pub fn set_features(&mut self, values: &std::collections::HashMap<String, Vec<f32>>, nf: usize) -> Result<()> {
+        let mut out = Vec::with_capacity(self.rows.len() * nf);
+        for r in &self.rows {
+            let v = values
+                .get(&r.patch_file)
+                .filter(|v| v.len() == nf)
+                .ok_or_else(|| TrainError::Internal(format!("no features read for {}", r.patch_file)))?;
+            out.extend_from_slice(v);
+        }
+        self.nf = nf;
+        self.features = out;
+        Ok(())
+    }
+
+    /// The features of the patches `idx`, `nf` each, concatenated (empty without features).
+    pub fn gather_features(&self, idx: &[usize]) -> Vec<f32> {
+        idx.iter()
+            .flat_map(|&i| &self.features[i * self.nf..(i + 1) * self.nf])
+            .copied()
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -257,6 +285,42 @@ impl Cubes {
             })?;
         Ok(out)
     }
+}
+
+/// Reads `source`'s features for every row of `index`: every missing or non-finite value is
+/// an error, all counted and the first few named.
+pub fn read_features(
+    index: &PatchIndex,
+    source: &models::features::FeatureSource,
+) -> Result<std::collections::HashMap<String, Vec<f32>>> {
+    let keys: Vec<(&str, &str)> = index
+        .rows
+        .iter()
+        .map(|r| (r.patch_file.as_str(), r.seriesuid.as_str()))
+        .collect();
+    let values = models::features::read(&index.path, &keys, source)?;
+    let errors: Vec<&String> = values.iter().filter_map(|v| v.as_ref().err()).collect();
+    if !errors.is_empty() {
+        return Err(TrainError::Data(format!(
+            "{} of {} patch(es) lack a usable value of a feature ({}):\n  {}{}",
+            errors.len(),
+            values.len(),
+            source.columns.join(", "),
+            errors
+                .iter()
+                .take(10)
+                .map(|e| e.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  "),
+            if errors.len() > 10 { "\n  ..." } else { "" }
+        )));
+    }
+    Ok(index
+        .rows
+        .iter()
+        .zip(values)
+        .filter_map(|(r, v)| v.ok().map(|v| (r.patch_file.clone(), v)))
+        .collect())
 }
 
 #[cfg(test)]

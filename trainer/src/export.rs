@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::{Result, TrainError};
 use serde::Serialize;
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::Tensor;
 
 use models::preprocess::Preprocess;
@@ -105,18 +105,22 @@ pub struct Parity {
     pub device_max_abs_diff_logit: Option<f64>,
 }
 
-/// Scores `cubes` (each `D³` floats, contiguous) with libtorch on CPU (eval mode) and with
-/// ONNX Runtime on CPU, in batches of `batch`; returns the comparison and the ORT logits.
-/// `net` is the network whose variables `vs` holds. When `device` is a GPU the weights are
-/// also run there and compared, for information.
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+/// The cubes (each `D³`, preprocessed) and tabular features (`F` raw values each; empty for a
+/// model without) of a range of patches, for [`parity`].
+pub type Fetch<'a> = dyn Fn(std::ops::Range<usize>) -> Result<(Vec<f32>, Vec<f32>)> + Sync + 'a;
+
+/// Scores `cubes` (each `D³` floats, contiguous, with their features) with libtorch on CPU
+/// (eval mode) and with ONNX Runtime on CPU, in batches of `batch`; returns the comparison
+/// and the ORT logits. `net` is the network whose variables `vs` holds. When `device` is a
+/// GPU the weights are also run there and compared, for information.
+#[allow(clippy::too_many_arguments)] // few call sites; a struct would only rename them
 pub fn parity(
     spec: &ArchSpec,
     net: &Net,
     vs: &nn::VarStore,
     model: &Path,
     n: usize,
-    fetch: &(dyn Fn(std::ops::Range<usize>) -> Result<Vec<f32>> + Sync),
+    fetch: &Fetch,
     cube: usize,
     batch: usize,
     ort_lib: Option<&Path>,
@@ -160,25 +164,28 @@ pub fn parity(
     let mut ort_all = Vec::with_capacity(n);
     for start in (0..n).step_by(batch.max(1)) {
         let end = (start + batch).min(n);
-        let chunk = &fetch(start..end)?;
-        if chunk.len() != (end - start) * n_vox {
+        let (chunk, feats) = &fetch(start..end)?;
+        let nf = net.feature_count();
+        if chunk.len() != (end - start) * n_vox || feats.len() != (end - start) * nf {
             return Err(TrainError::Export(format!(
-                "parity: {} values for {} cubes of {cube}³",
+                "parity: {} values and {} features for {} cubes of {cube}³ with {nf} features each",
                 chunk.len(),
+                feats.len(),
                 end - start
             )));
         }
         let x = Tensor::from_slice(chunk).view([(end - start) as i64, 1, cube as i64, cube as i64, cube as i64]);
+        let f = (nf > 0).then(|| Tensor::from_slice(feats).view([(end - start) as i64, nf as i64]));
         let site = crate::error::Site {
             device: tch::Device::Cpu,
             batch: Some(batch),
         };
         let t = crate::error::torch("the parity check's libtorch pass", site, || {
             Ok(Vec::<f32>::try_from(
-                &tch::no_grad(|| net.forward_t(&x, false)).flatten(0, -1),
+                &tch::no_grad(|| net.forward_with(&x, f.as_ref(), false))?.flatten(0, -1),
             )?)
         })?;
-        let o = scorer.score_flat(chunk)?;
+        let o = scorer.score_flat_with(chunk, (nf > 0).then_some(feats.as_slice()))?;
         if o.len() != t.len() {
             return Err(TrainError::Export(format!(
                 "parity: libtorch gave {} logits, ONNX Runtime {}",
@@ -187,7 +194,8 @@ pub fn parity(
             )));
         }
         if let Some((g, gnet)) = &on_device {
-            let z = tch::no_grad(|| gnet.forward_t(&x.to_device(g.device()), false)).flatten(0, -1);
+            let fd = f.as_ref().map(|f| f.to_device(g.device()));
+            let z = tch::no_grad(|| gnet.forward_with(&x.to_device(g.device()), fd.as_ref(), false))?.flatten(0, -1);
             for (a, b) in Vec::<f32>::try_from(&z.to_device(tch::Device::Cpu))?.iter().zip(&o) {
                 let d = f64::from((a - b).abs());
                 dev_max = if d.is_finite() { dev_max.max(d) } else { f64::INFINITY };
@@ -232,6 +240,8 @@ pub struct WeightsExport {
     pub weights: std::path::PathBuf,
     pub out: std::path::PathBuf,
     pub spec: ArchSpec,
+    /// The tabular feature columns (`model.features`), for a spec that takes features.
+    pub features: Vec<String>,
     pub preprocess: Preprocess,
     pub ort_lib: Option<std::path::PathBuf>,
 }
@@ -279,6 +289,17 @@ pub fn test_cubes(pre: &Preprocess, n: usize) -> Vec<f32> {
     out
 }
 
+/// The name of the spec's `features` layer (the prefix of its buffers).
+fn feature_layer(spec: &ArchSpec) -> String {
+    spec.layers
+        .iter()
+        .find_map(|l| match l {
+            models::spec::Layer::Features { name, .. } => Some(format!("{name}.")),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 /// Reads, matches and loads the weights into the spec's network, exports it, and checks
 /// libtorch against ONNX Runtime on [`test_cubes`] before the model is written (atomically;
 /// a failed check writes nothing).
@@ -312,11 +333,48 @@ pub fn export_weights(job: &WeightsExport) -> Result<WeightsExported> {
     if !notes.is_empty() {
         extra.push(("export.notes", notes.join("; ")));
     }
-    let md = metadata(&job.spec, &job.preprocess, &extra)?;
+    let mut md = metadata(&job.spec, &job.preprocess, &extra)?;
     let n = 8;
     let cubes = test_cubes(&job.preprocess, n);
     let n_vox = job.preprocess.cube_size.pow(3);
-    let fetch = |r: std::ops::Range<usize>| Ok(cubes[r.start * n_vox..r.end * n_vox].to_vec());
+    // A model with tabular features: their statistics are the file's, the test values
+    // spread around them (mean + k·std, k from −2 to 2).
+    let nf = job.spec.feature_count();
+    let mut feats = Vec::new();
+    if nf > 0 {
+        let w = net::weights(&vs)?;
+        let stat = |suffix: &str| {
+            w.iter()
+                .find(|(k, _)| k.ends_with(suffix) && k.starts_with(&feature_layer(&job.spec)))
+                .map(|(_, t)| t.data.clone())
+                .unwrap_or_default()
+        };
+        let (mean, std) = (stat(".mean"), stat(".std"));
+        let stats = models::features::FeatureStats {
+            columns: job.features.clone(),
+            mean: mean.clone(),
+            std: std.clone(),
+        };
+        if stats.columns.len() != nf {
+            return Err(TrainError::Config(format!(
+                "the architecture takes {nf} tabular feature(s), model.features names {}",
+                stats.columns.len()
+            )));
+        }
+        md.extend(stats.to_metadata());
+        for i in 0..n {
+            for c in 0..nf {
+                let k = (i as f32 / (n - 1) as f32) * 4.0 - 2.0 + 0.3 * c as f32;
+                feats.push(mean[c] + k * std[c]);
+            }
+        }
+    }
+    let fetch = |r: std::ops::Range<usize>| {
+        Ok((
+            cubes[r.start * n_vox..r.end * n_vox].to_vec(),
+            feats[r.start * nf..r.end * nf].to_vec(),
+        ))
+    };
     let mut checked = None;
     models::fsutil::replace_with(&job.out, |tmp: &Path| -> Result<()> {
         export_onnx(&job.spec, &vs, &job.preprocess, &md, tmp)?;

@@ -41,6 +41,10 @@ enum Cmd {
         cube_size: usize,
         #[arg(long, default_value_t = SynthConfig::default().seed)]
         seed: u64,
+        /// Also write tabular features: `suv_max` in the index (carries signal) and
+        /// clinical.csv with per-series `pack_years` (no signal), for model.features.
+        #[arg(long)]
+        features: bool,
     },
     /// Train, keep the best epoch by validation AUROC, export model.onnx, check parity.
     Train(Box<TrainArgs>),
@@ -270,6 +274,7 @@ fn export(a: &ExportArgs) -> Result<()> {
         weights: a.weights.clone(),
         out: a.out.clone(),
         spec: model.spec()?,
+        features: model.features.clone(),
         preprocess: pre,
         ort_lib: a.ort_lib.clone(),
     };
@@ -624,6 +629,7 @@ fn main() -> ExitCode {
                 positive_fraction,
                 cube_size,
                 seed,
+                features,
             } => {
                 let cfg = SynthConfig {
                     series,
@@ -631,6 +637,7 @@ fn main() -> ExitCode {
                     positive_fraction,
                     cube_size,
                     seed,
+                    features,
                 };
                 let idx = trainer::synth::generate(&cfg, &out)?;
                 println!(

@@ -15,6 +15,8 @@ enum Built {
     Gap,
     Linear(nn::Linear),
     Dropout(f64),
+    /// Tabular features joined after the pooling: their standardisation buffers.
+    Features(Tensor, Tensor),
     Residual(Vec<Built>, Vec<Built>),
 }
 
@@ -24,6 +26,8 @@ pub struct Net {
     layers: Vec<Built>,
     /// BatchNorm `num_batches_tracked` counters (int64 scalars, as PyTorch keeps them).
     counters: Vec<Tensor>,
+    /// Tabular features the network takes (0: none).
+    features: usize,
 }
 
 /// `root / "a" / "b" / "c"` for the name `a.b.c`.
@@ -93,6 +97,21 @@ fn build(root: &nn::Path, layers: &[Layer], counters: &mut Vec<Tensor>) -> Vec<B
                 Default::default(),
             )),
             Layer::Dropout { p } => Built::Dropout(*p),
+            Layer::Features { name, count } => {
+                // Buffers, not trained: set from the training split's statistics.
+                let p = path(root, name);
+                let mean = p.add(
+                    "mean",
+                    Tensor::zeros([*count as i64], (tch::Kind::Float, p.device())),
+                    false,
+                );
+                let std = p.add(
+                    "std",
+                    Tensor::ones([*count as i64], (tch::Kind::Float, p.device())),
+                    false,
+                );
+                Built::Features(mean, std)
+            }
             Layer::Residual { body, shortcut } => {
                 Built::Residual(build(root, body, counters), build(root, shortcut, counters))
             }
@@ -106,7 +125,7 @@ fn makes_new(l: &Built) -> bool {
     !matches!(l, Built::Dropout(_))
 }
 
-fn run(layers: &[Built], xs: &Tensor, train: bool, inplace: bool) -> Tensor {
+fn run(layers: &[Built], xs: &Tensor, feats: Option<&Tensor>, train: bool, inplace: bool) -> Tensor {
     let mut x = xs.shallow_clone();
     // Whether `x` is a tensor this sequence made (no other holder). ReLU and the residual
     // sum may then overwrite it in place, as torchvision's `ReLU(inplace=True)` and
@@ -129,12 +148,17 @@ fn run(layers: &[Built], xs: &Tensor, train: bool, inplace: bool) -> Tensor {
             Built::Gap => x.adaptive_avg_pool3d([1, 1, 1]).flatten(1, -1),
             Built::Linear(lin) => x.apply(lin),
             Built::Dropout(p) => x.dropout(*p, train),
+            Built::Features(mean, std) => match feats {
+                // Standardised in float32, then in the embedding's kind (fp16 under autocast).
+                Some(f) => Tensor::cat(&[x.shallow_clone(), ((f - mean) / std).to_kind(x.kind())], 1),
+                None => x,
+            },
             Built::Residual(body, short) => {
-                let main = run(body, &x, train, inplace);
+                let main = run(body, &x, feats, train, inplace);
                 let side = if short.is_empty() {
                     x.shallow_clone()
                 } else {
-                    run(short, &x, train, inplace)
+                    run(short, &x, feats, train, inplace)
                 };
                 if inplace && body.iter().any(makes_new) {
                     // The body made `main`.
@@ -156,7 +180,47 @@ impl Net {
         spec.validate()?;
         let mut counters = Vec::new();
         let layers = build(root, &spec.layers, &mut counters);
-        Ok(Net { layers, counters })
+        Ok(Net {
+            layers,
+            counters,
+            features: spec.feature_count(),
+        })
+    }
+
+    /// Tabular features the network takes (0: none).
+    pub fn feature_count(&self) -> usize {
+        self.features
+    }
+
+    /// The forward pass with the tabular features (`[N, F]`, raw values) a network with a
+    /// `features` layer needs; `[N, 1, D, H, W]` → `[N, 1]` logits.
+    pub fn forward_with(&self, xs: &Tensor, feats: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let got = feats.map_or(0, |f| f.size().get(1).copied().unwrap_or(0) as usize);
+        if got != self.features || feats.is_some_and(|f| f.size().first() != xs.size().first()) {
+            return Err(TrainError::Internal(format!(
+                "the network takes {} tabular feature(s) per patch, given {:?} for a batch of {:?}",
+                self.features,
+                feats.map(Tensor::size),
+                xs.size().first()
+            )));
+        }
+        Ok(run(&self.layers, xs, feats, train, true))
+    }
+
+    /// Sets the tabular features' standardisation (training split statistics).
+    pub fn set_feature_stats(&self, mean: &[f32], std: &[f32]) -> Result<()> {
+        for l in &self.layers {
+            if let Built::Features(m, s) = l {
+                if m.size() != [mean.len() as i64] || s.size() != [std.len() as i64] {
+                    return Err(TrainError::Internal("feature statistics of another length".into()));
+                }
+                tch::no_grad(|| {
+                    m.shallow_clone().copy_(&Tensor::from_slice(mean).to_device(m.device()));
+                    s.shallow_clone().copy_(&Tensor::from_slice(std).to_device(s.device()));
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Counts one training batch in every BatchNorm's `num_batches_tracked`, as PyTorch does
@@ -173,9 +237,10 @@ impl Net {
 
 impl nn::ModuleT for Net {
     /// # Shapes
-    /// `[N, 1, D, D, D]` → `[N, 1]` logits.
+    /// `[N, 1, D, D, D]` → `[N, 1]` logits. For a network without tabular features (one
+    /// with them takes [`Net::forward_with`]).
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        run(&self.layers, xs, train, true)
+        run(&self.layers, xs, None, train, true)
     }
 }
 
@@ -388,7 +453,7 @@ mod tests {
             let mut grads = Vec::new();
             let mut outs = Vec::new();
             for inplace in [true, false] {
-                let y = run(&net.layers, &x, true, inplace);
+                let y = run(&net.layers, &x, None, true, inplace);
                 y.sum(tch::Kind::Float).backward();
                 let mut vars: Vec<_> = vs.trainable_variables().into_iter().collect();
                 grads.push(vars.iter().map(|v| v.grad().copy()).collect::<Vec<_>>());
@@ -448,7 +513,12 @@ mod tests {
         // Half the voxels negative, so that a ReLU written into the input shows.
         let x = Tensor::rand([2, 1, 8, 8, 8], (tch::Kind::Float, tch::Device::Cpu)) - 0.5;
         let x0 = x.copy();
-        let (a, b) = tch::no_grad(|| (run(&net.layers, &x, false, true), run(&net.layers, &x, false, false)));
+        let (a, b) = tch::no_grad(|| {
+            (
+                run(&net.layers, &x, None, false, true),
+                run(&net.layers, &x, None, false, false),
+            )
+        });
         assert!(x.equal(&x0), "the input was overwritten");
         assert!(a.equal(&b), "in place {a} vs anew {b}");
     }

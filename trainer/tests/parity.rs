@@ -34,7 +34,18 @@ fn export_to_tmp(spec: &ArchSpec, vs: &nn::VarStore, cube: usize) -> (tempfile::
         cube_size: cube,
         ..Default::default()
     };
-    let md = export::metadata(spec, &pre, &[]).expect("metadata");
+    let mut md = export::metadata(spec, &pre, &[]).expect("metadata");
+    if spec.feature_count() > 0 {
+        let w = net::weights(vs).expect("weights");
+        md.extend(
+            models::features::FeatureStats {
+                columns: (0..spec.feature_count()).map(|c| format!("f{c}")).collect(),
+                mean: w["tabular.mean"].data.clone(),
+                std: w["tabular.std"].data.clone(),
+            }
+            .to_metadata(),
+        );
+    }
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("model.onnx");
     export::export_onnx(spec, vs, &pre, &md, &path).expect("export");
@@ -47,6 +58,12 @@ fn check(spec: ArchSpec, cube: usize) {
     let model = Net::new(&vs.root(), &spec).expect("build");
     randomise(&vs);
     net::check_names(&vs, &spec).expect("names");
+    let nf = spec.feature_count();
+    if nf > 0 {
+        let mean: Vec<f32> = (0..nf).map(|c| 90.0 + c as f32).collect();
+        let std: Vec<f32> = (0..nf).map(|c| 20.0 + 5.0 * c as f32).collect();
+        model.set_feature_stats(&mean, &std).expect("stats");
+    }
     let (_dir, path) = export_to_tmp(&spec, &vs, cube);
     // Inputs in the preprocessed range [0, 1].
     // Three patches: one batch of 3, and three of 1.
@@ -56,7 +73,17 @@ fn check(spec: ArchSpec, cube: usize) {
         (Kind::Float, Device::Cpu),
     );
     let data = Vec::<f32>::try_from(&x.flatten(0, -1)).expect("data");
-    let direct = Vec::<f32>::try_from(&tch::no_grad(|| model.forward_t(&x, false)).flatten(0, -1)).expect("logits");
+    // Tabular features, raw values far from standardised, with statistics to match.
+    let feats: Vec<f32> = (0..n as usize * nf)
+        .map(|i| 50.0 + 10.0 * ((i * 7) % 11) as f32)
+        .collect();
+    let f = (nf > 0).then(|| Tensor::from_slice(&feats).view([n, nf as i64]));
+    let direct = Vec::<f32>::try_from(
+        &tch::no_grad(|| model.forward_with(&x, f.as_ref(), false))
+            .expect("forward")
+            .flatten(0, -1),
+    )
+    .expect("logits");
     let spread =
         direct.iter().cloned().fold(f32::NEG_INFINITY, f32::max) - direct.iter().cloned().fold(f32::INFINITY, f32::min);
     assert!(
@@ -66,7 +93,12 @@ fn check(spec: ArchSpec, cube: usize) {
     );
     for batch in [1, 3] {
         let nv = cube * cube * cube;
-        let fetch = |r: std::ops::Range<usize>| Ok(data[r.start * nv..r.end * nv].to_vec());
+        let fetch = |r: std::ops::Range<usize>| {
+            Ok((
+                data[r.start * nv..r.end * nv].to_vec(),
+                feats[r.start * nf..r.end * nf].to_vec(),
+            ))
+        };
         let (p, ort) = export::parity(
             &spec,
             &model,
@@ -127,6 +159,13 @@ fn r3d_18_parity_at_64_batches_1_and_3() {
     check(ArchSpec::r3d_18(), 64);
 }
 
+/// Tabular features joined before the head: the graph's second input, standardised in the
+/// graph with the statistics the network holds.
+#[test]
+fn baseline_with_features_parity_batches_1_and_3() {
+    check(ArchSpec::baseline_cnn(8).with_features(3).expect("features"), 16);
+}
+
 /// torchvision's other video ResNets: anisotropic kernels, strides and paddings (1×3×3,
 /// 3×1×1, (2+1)D stems) in both the libtorch build and the ONNX writer.
 #[test]
@@ -179,7 +218,7 @@ fn large_logits_pass_and_a_wrong_weight_fails() {
         "the logits must be large for the test to mean anything: {logits:?}"
     );
     let nv = cube * cube * cube;
-    let fetch = |r: std::ops::Range<usize>| Ok(data[r.start * nv..r.end * nv].to_vec());
+    let fetch = |r: std::ops::Range<usize>| Ok((data[r.start * nv..r.end * nv].to_vec(), Vec::new()));
     let run = || export::parity(&spec, &model, &vs, &path, n, &fetch, cube, 4, None, Device::Cpu).expect("parity");
     let p = run().0;
     assert!(p.passed && p.max_scaled_diff_logit <= PARITY_TOLERANCE, "{p:?}");

@@ -43,6 +43,13 @@ fn check(m: &Member) -> Result<Preprocess> {
             "a calibrated model: average the folds' model.onnx, then calibrate the ensemble",
         ));
     }
+    if md.contains_key("features.columns") {
+        return Err(bad(
+            &m.path,
+            "a model with tabular features: ensembles of such models are not supported yet (score the folds \
+             and average their logits, or use one fold's model)",
+        ));
+    }
     let arch = md.get("architecture").map(String::as_str).unwrap_or("");
     match arch {
         "imported" => {

@@ -25,6 +25,9 @@ pub const OPSET: i64 = 17;
 pub const IR_VERSION: i64 = 8;
 /// Graph input name: `[batch, 1, D, D, D]` float32, preprocessed.
 pub const INPUT_NAME: &str = "patch";
+/// Second graph input of a model with tabular features: `[batch, F]` float32, raw values
+/// in the order of the `features.columns` metadata (the graph standardises them).
+pub const FEATURES_NAME: &str = "features";
 /// Graph output name: `[batch, 1]` float32 logit of P(nodule).
 pub const OUTPUT_NAME: &str = "logit";
 
@@ -93,21 +96,29 @@ pub fn export(
         .map(|(name, w)| build::f32_tensor(name, w.shape.iter().map(|&d| d as i64).collect(), &w.data))
         .collect();
     let c = cube as i64;
+    let mut input = vec![value_info(
+        INPUT_NAME,
+        data_type::FLOAT,
+        &[
+            Dim::Param("batch"),
+            Dim::Value(spec.in_channels as i64),
+            Dim::Value(c),
+            Dim::Value(c),
+            Dim::Value(c),
+        ],
+    )];
+    if spec.feature_count() > 0 {
+        input.push(value_info(
+            FEATURES_NAME,
+            data_type::FLOAT,
+            &[Dim::Param("batch"), Dim::Value(spec.feature_count() as i64)],
+        ));
+    }
     let graph = GraphProto {
         node: g.nodes,
         name: Some(spec.name.clone()),
         initializer,
-        input: vec![value_info(
-            INPUT_NAME,
-            data_type::FLOAT,
-            &[
-                Dim::Param("batch"),
-                Dim::Value(spec.in_channels as i64),
-                Dim::Value(c),
-                Dim::Value(c),
-                Dim::Value(c),
-            ],
-        )],
+        input,
         output: vec![value_info(
             OUTPUT_NAME,
             data_type::FLOAT,
@@ -267,6 +278,17 @@ impl GraphBuilder {
                 out
             }
             Layer::Dropout { .. } => x,
+            Layer::Features { name, .. } => {
+                let (mean, std) = (format!("{name}.mean"), format!("{name}.std"));
+                let centred = format!("{name}.centred");
+                self.nodes.push(node("Sub", &[FEATURES_NAME, &mean], &centred, vec![]));
+                let scaled = format!("{name}.standardised");
+                self.nodes.push(node("Div", &[&centred, &std], &scaled, vec![]));
+                let out = format!("{name}.out");
+                self.nodes
+                    .push(node("Concat", &[&x, &scaled], &out, vec![int("axis", 1)]));
+                out
+            }
             Layer::Residual { body, shortcut } => {
                 let main = self.layers(body, x.clone());
                 let side = self.layers(shortcut, x);

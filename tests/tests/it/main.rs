@@ -6,6 +6,7 @@ mod calibration;
 mod chain;
 mod compare;
 mod ensemble;
+mod features;
 mod fixture;
 mod froc;
 mod import;

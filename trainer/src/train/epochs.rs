@@ -18,7 +18,7 @@ use crate::{Result, TrainError};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::{Device, Tensor};
 
 use crate::config::{Loss, Sampler, TrainConfig};
@@ -49,7 +49,13 @@ type AugmentState<'a> = (&'a crate::augment::Augment, f64, &'a mut StdRng, &'a m
 
 /// A batch on `device`; with `aug`, each sample is augmented (any label) and counted per
 /// class in `aug.3` when changed.
-fn batch_tensor(c: &Cubes, idx: &[usize], aug: Option<AugmentState>, device: Device) -> Result<(Tensor, Tensor)> {
+/// The cubes, labels and (a model with them) tabular features `[n, F]` of the patches `idx`.
+fn batch_tensor(
+    c: &Cubes,
+    idx: &[usize],
+    aug: Option<AugmentState>,
+    device: Device,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let d = c.cube as i64;
     let mut x = Tensor::from_slice(&c.gather(idx)?).view([idx.len() as i64, 1, d, d, d]);
     if let Some((a, pad, rng, counts)) = aug {
@@ -69,7 +75,12 @@ fn batch_tensor(c: &Cubes, idx: &[usize], aug: Option<AugmentState>, device: Dev
         }
     }
     let y: Vec<f32> = idx.iter().map(|&i| c.labels[i]).collect();
-    Ok((x.to_device(device), Tensor::from_slice(&y).to_device(device)))
+    let f = (c.nf > 0).then(|| {
+        Tensor::from_slice(&c.gather_features(idx))
+            .view([idx.len() as i64, c.nf as i64])
+            .to_device(device)
+    });
+    Ok((x.to_device(device), Tensor::from_slice(&y).to_device(device), f))
 }
 
 /// What `precision` resolved to, as `train_state.yaml` records it.
@@ -147,8 +158,8 @@ fn evaluate(net: &Net, c: &Cubes, batch: usize, device: Device, amp: bool) -> Re
     };
     for chunk in idx.chunks(batch) {
         let (l, z) = torch("validation", site, || {
-            let (x, y) = batch_tensor(c, chunk, None, device)?;
-            let z = tch::no_grad(|| crate::cuda::autocast(amp, || net.forward_t(&x, false)))
+            let (x, y, f) = batch_tensor(c, chunk, None, device)?;
+            let z = tch::no_grad(|| crate::cuda::autocast(amp, || net.forward_with(&x, f.as_ref(), false)))?
                 .flatten(0, -1)
                 .to_kind(tch::Kind::Float);
             let l = z.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Sum);
@@ -224,6 +235,11 @@ pub fn start(
             }
             eprintln!("init: weights from {}", path.display());
         }
+    }
+    if let Some(st) = &data.feature_stats {
+        // The training split's statistics, over any `train.init` brought (a resumed run's
+        // checkpoint, loaded below, holds the same).
+        net.set_feature_stats(&st.mean, &st.std)?;
     }
     let mut scaler_state = amp.then(crate::optim::GradScaler::default);
     let (mut history, mut best, mut first_epoch, mut step, mut stopped_early) = (Vec::new(), None, 1, 0, None);
@@ -452,7 +468,8 @@ fn train_epoch(
     let t_loop = Instant::now();
     // BatchNorm statistics need more than one sample: a final chunk of one is skipped.
     let chunks: Vec<&[usize]> = order.chunks(t.batch_size).filter(|c| c.len() >= 2).collect();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Tensor, Tensor, usize)>>(PREFETCH_BATCHES);
+    type Batch = (Tensor, Tensor, Option<Tensor>, usize);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(PREFETCH_BATCHES);
     let (train_ref, aug_cfg) = (&data.train, &t.augment);
     let fail = |b: usize| {
         let lr = lr_at(t.lr, first_step + b, sched.warmup, sched.total);
@@ -469,13 +486,13 @@ fn train_epoch(
                     Some((aug_cfg, pad, &mut rng, &mut augmented)),
                     Device::Cpu,
                 )
-                .map(|(mut x, mut y)| {
+                .map(|(mut x, mut y, f)| {
                     if device.is_cuda() {
                         // `_pin_memory`: `pin_memory(device)` warns (deprecated argument) per call.
                         x = x.f_internal_pin_memory(device).unwrap_or(x);
                         y = y.f_internal_pin_memory(device).unwrap_or(y);
                     }
-                    (x, y, chunk.len())
+                    (x, y, f, chunk.len())
                 });
                 let failed = batch.is_err();
                 if tx.send(batch).is_err() || failed {
@@ -491,14 +508,15 @@ fn train_epoch(
             batch: Some(t.batch_size),
         };
         for batch in rx.into_iter() {
-            let (x, y, n) = batch?;
+            let (x, y, f, n) = batch?;
             lr = lr_at(t.lr, tr.step, sched.warmup, sched.total);
             // The step's libtorch work: a failure (CUDA out of memory, say) is an error
             // naming the batch size and the device, not a panic.
             let (loss, applied) = torch(&format!("epoch {epoch}, training step {}", tr.step + 1), site, || {
                 let x = x.to_device_(device, tch::Kind::Float, true, false);
                 let y = y.to_device_(device, tch::Kind::Float, true, false);
-                let z = crate::cuda::autocast(amp, || tr.net.forward_t(&x, true))
+                let f = f.map(|f| f.to_device_(device, tch::Kind::Float, true, false));
+                let z = crate::cuda::autocast(amp, || tr.net.forward_with(&x, f.as_ref(), true))?
                     .flatten(0, -1)
                     .to_kind(tch::Kind::Float);
                 let mut loss = loss_of(t.loss, t.focal_gamma, &z, &y, &tr.pos_weight);

@@ -100,7 +100,10 @@ fn export_checked(
         best_vs,
         &unchecked,
         val.len(),
-        &|r: std::ops::Range<usize>| val.gather(&r.collect::<Vec<_>>()),
+        &|r: std::ops::Range<usize>| {
+            let idx: Vec<usize> = r.collect();
+            Ok((val.gather(&idx)?, val.gather_features(&idx)))
+        },
         val.cube,
         cfg.train.batch_size,
         opts.ort_lib.as_deref(),
@@ -171,6 +174,7 @@ pub fn finish(
         n_pos,
         pos_weight,
         val_series,
+        feature_stats,
     } = data;
     let train_patches = train.len();
     drop(train);
@@ -191,7 +195,10 @@ pub fn finish(
     let mut extra: Vec<(&str, String)> = provenance.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     extra.push(("training.best_epoch", best_epoch.to_string()));
     extra.push(("training.val_auroc", format!("{best_auroc:.6}")));
-    let md = export::metadata(&spec, pre, &extra)?;
+    let mut md = export::metadata(&spec, pre, &extra)?;
+    if let Some(s) = &feature_stats {
+        md.extend(s.to_metadata());
+    }
     let (parity, ort_logits) = export_checked(cfg, opts, &spec, (&best_net, &best_vs), &md, &val, folder, device)?;
     #[derive(Serialize)]
     struct ValScore<'a> {

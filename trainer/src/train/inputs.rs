@@ -29,6 +29,8 @@ pub struct Found {
     pub init: Option<models::state_dict::Matched>,
     /// `train.init`'s sha256, for the model's metadata.
     pub init_sha256: Option<String>,
+    /// Each index row's tabular features, by patch file (a model with them).
+    pub features: Option<std::collections::HashMap<String, Vec<f32>>>,
 }
 
 /// Everything the epochs train on.
@@ -41,6 +43,8 @@ pub struct Data {
     pub pos_weight: f64,
     /// Series on the validation side.
     pub val_series: usize,
+    /// The tabular features' training-split statistics (a model with features).
+    pub feature_stats: Option<models::features::FeatureStats>,
 }
 
 impl Data {
@@ -101,6 +105,11 @@ pub fn find(cfg: &TrainConfig) -> Result<Found> {
     let device = crate::resolve_device(&cfg.train.device)?;
     let amp = resolve_precision(cfg, device)?;
     let manifest = split.manifest_csv(&index.rows)?;
+    // The features are read (and every bad value reported) before the run folder is touched.
+    let features = match cfg.model.feature_source() {
+        Some(src) => Some(crate::data::read_features(&index, &src)?),
+        None => None,
+    };
     let (init, init_sha256) = match &cfg.train.init {
         Some(p) => {
             let sd = models::state_dict::read(p)?;
@@ -110,6 +119,7 @@ pub fn find(cfg: &TrainConfig) -> Result<Found> {
         None => (None, None),
     };
     Ok(Found {
+        features,
         init,
         init_sha256,
         spec,
@@ -129,13 +139,24 @@ pub fn load(cfg: &TrainConfig, opts: &RunOptions, found: Found) -> Result<Data> 
     let val_rows = found.split.rows(&found.index.rows, Side::Val);
     // The cache budget goes to validation first (read in full every epoch), then training.
     let budget = cfg.train.cache_mb.map(|mb| mb.saturating_mul(1 << 20));
-    let val = Cubes::load(&found.index, &val_rows, pre, budget)?;
-    let train = Cubes::load(
+    let mut val = Cubes::load(&found.index, &val_rows, pre, budget)?;
+    let mut train = Cubes::load(
         &found.index,
         &train_rows,
         pre,
         budget.map(|b| b.saturating_sub(val.cache_bytes() as u64)),
     )?;
+    let feature_stats = match (cfg.model.feature_source(), &found.features) {
+        (Some(src), Some(values)) => {
+            train.set_features(values, src.columns.len())?;
+            val.set_features(values, src.columns.len())?;
+            Some(
+                models::features::FeatureStats::fit(&src.columns, &train.features)
+                    .map_err(|e| TrainError::Data(format!("{}: {e}", found.index.path.display())))?,
+            )
+        }
+        _ => None,
+    };
     scorer::runtime::init(opts.ort_lib.as_deref())?;
     let n_pos = train.labels.iter().filter(|&&l| l == 1.0).count();
     let pos_weight = match cfg.train.pos_weight {
@@ -150,5 +171,6 @@ pub fn load(cfg: &TrainConfig, opts: &RunOptions, found: Found) -> Result<Data> 
         n_pos,
         pos_weight,
         val_series,
+        feature_stats,
     })
 }
