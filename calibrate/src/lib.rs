@@ -73,6 +73,9 @@ pub struct Settings {
     pub columns: Columns,
     /// Labelled patch index scored through ONNX Runtime (site recalibration).
     pub patches: Option<PathBuf>,
+    /// For a model with tabular features: per-series values (joined on `seriesuid`) of the
+    /// columns the index lacks.
+    pub features_csv: Option<PathBuf>,
     pub scorer: scorer::ScorerOptions,
     pub model: PathBuf,
     /// `calibration.yaml`; the report, plots and calibrated model go beside it.
@@ -100,6 +103,7 @@ impl Settings {
             scores: run.join("val_scores.csv"),
             columns: Columns::default(),
             patches: None,
+            features_csv: None,
             scorer: scorer::ScorerOptions::default(),
             model: run.join("model.onnx"),
             out: run.join("calibration.yaml"),
@@ -310,6 +314,9 @@ fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
     match &s.patches {
         Some(idx) => {
             io.input("patch index", idx);
+            if let Some(f) = &s.features_csv {
+                io.input("features CSV", f);
+            }
             if let Ok(i) = models::index::read_scoring_index(idx) {
                 io.inputs(
                     "patch",
@@ -383,7 +390,7 @@ pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
         let bytes = models::fsutil::read_regular(&s.model)?;
         let proto = models::onnx::parse_model(&bytes, &s.model)?;
         let table = match &s.patches {
-            Some(idx) => ScoreTable::from_patches(&s.model, idx, &s.scorer)?,
+            Some(idx) => ScoreTable::from_patches(&s.model, idx, s.features_csv.as_deref(), &s.scorer)?,
             None => ScoreTable::read(&s.scores, &s.columns)?,
         };
         let model = ModelRef {

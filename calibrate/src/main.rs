@@ -27,6 +27,10 @@ struct Args {
     /// Labelled patch index CSV (or folder with patch_index.csv) to score with --model.
     #[arg(long)]
     patches: Option<PathBuf>,
+    /// With --patches, for a model with tabular features: per-series values (seriesuid and
+    /// the feature columns the index lacks).
+    #[arg(long, requires = "patches")]
+    features_csv: Option<PathBuf>,
     /// The ONNX model the scores come from (default: RUN/model.onnx).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -205,6 +209,7 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
     Ok(Settings {
         scores: a.scores.unwrap_or(base.scores),
         patches: a.patches,
+        features_csv: a.features_csv,
         scorer: scorer::ScorerOptions {
             device: a.device,
             threads: 0,

@@ -156,7 +156,14 @@ impl ScoreTable {
     /// Site recalibration: scores a labelled patch index (or folder with
     /// `patch_index.csv`) with `model` through ONNX Runtime. Unreadable patches are
     /// errors here: calibrating on a silently shrunken set would mislead.
-    pub fn from_patches(model: &Path, index: &Path, opts: &scorer::ScorerOptions) -> Result<Self, CalError> {
+    /// A model with tabular features reads them from the index's rows (and `features_csv`
+    /// by series); a patch without a usable value is an error like an unreadable one.
+    pub fn from_patches(
+        model: &Path,
+        index: &Path,
+        features_csv: Option<&Path>,
+        opts: &scorer::ScorerOptions,
+    ) -> Result<Self, CalError> {
         let idx = models::index::read_scoring_index(index)?;
         if !idx.has_label {
             return Err(input_err(
@@ -181,7 +188,7 @@ impl ScoreTable {
                     .collect();
                 let src = models::features::FeatureSource {
                     columns: columns.clone(),
-                    join: None,
+                    join: features_csv.map(Path::to_path_buf),
                 };
                 Some(models::features::read(&idx.path, &keys, &src)?)
             }

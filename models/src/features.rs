@@ -235,6 +235,28 @@ impl FeatureStats {
         ])
     }
 
+    /// The statistics a model's metadata holds (`None`: a model without features, or one
+    /// whose metadata names only the columns, as an ensemble's does).
+    pub fn from_metadata(md: &BTreeMap<String, String>) -> Result<Option<Self>> {
+        let Some(columns) = Self::columns_from_metadata(md)? else {
+            return Ok(None);
+        };
+        let nums = |k: &str| -> Result<Option<Vec<f32>>> {
+            md.get(k)
+                .map(|v| serde_json::from_str::<Vec<f32>>(v).map_err(|e| Error::Metadata(format!("{k}: {e}"))))
+                .transpose()
+        };
+        match (nums("features.mean")?, nums("features.std")?) {
+            (Some(mean), Some(std)) if mean.len() == columns.len() && std.len() == columns.len() => {
+                Ok(Some(FeatureStats { columns, mean, std }))
+            }
+            (None, None) => Ok(None),
+            _ => Err(Error::Metadata(
+                "features.mean and features.std must list one value per feature column".into(),
+            )),
+        }
+    }
+
     /// The columns a model's metadata names (`None`: a model without features).
     pub fn columns_from_metadata(md: &BTreeMap<String, String>) -> Result<Option<Vec<String>>> {
         match md.get("features.columns") {

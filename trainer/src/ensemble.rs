@@ -67,15 +67,30 @@ pub fn build(members: &[PathBuf], out: &Path, ort_lib: Option<&Path>) -> Result<
     .collect();
     let model = models::onnx::ensemble::ensemble(&ms, &extra)?;
     let pre = models::preprocess::Preprocess::from_metadata(&models::onnx::metadata(&model))?;
+    // Members with tabular features: test values around the first member's statistics
+    // (mean + k·std, k from −2 to 2).
+    let stats = models::features::FeatureStats::from_metadata(&models::onnx::metadata(&ms[0].model))?;
     drop(ms);
     let bytes = models::onnx::to_bytes(&model);
     drop(model);
     // The members' mean on test cubes, each member in ONNX Runtime on its own.
     let n = 8;
     let cubes = crate::export::test_cubes(&pre, n);
+    let feats: Option<Vec<f32>> = stats.map(|s| {
+        (0..n)
+            .flat_map(|i| {
+                let k = (i as f32 / (n - 1) as f32) * 4.0 - 2.0;
+                s.mean
+                    .iter()
+                    .zip(&s.std)
+                    .map(move |(m, sd)| m + k * sd)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    });
     let mut mean = vec![0.0f64; n];
     for p in &paths {
-        let logits = open(p, ort_lib)?.score_flat(&cubes)?;
+        let logits = open(p, ort_lib)?.score_flat_with(&cubes, feats.as_deref())?;
         for (m, l) in mean.iter_mut().zip(&logits) {
             *m += f64::from(*l) / paths.len() as f64;
         }
@@ -84,7 +99,7 @@ pub fn build(members: &[PathBuf], out: &Path, ort_lib: Option<&Path>) -> Result<
     models::fsutil::replace_with(out, |tmp: &Path| -> Result<()> {
         std::fs::write(tmp, &bytes).map_err(|e| TrainError::file(format!("{}: cannot write", tmp.display()), e))?;
         let mut sc = open(tmp, ort_lib)?;
-        let got = sc.score_flat(&cubes)?;
+        let got = sc.score_flat_with(&cubes, feats.as_deref())?;
         let (mut diff, mut scale) = (0.0f64, 1.0f64);
         for (g, m) in got.iter().zip(&mean) {
             let d = (f64::from(*g) - m).abs();

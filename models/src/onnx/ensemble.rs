@@ -10,13 +10,15 @@
 //! our schema does not declare), a calibrated model (averaging calibrated outputs is not
 //! the calibration of the average: use the fold's `model.onnx` and calibrate the ensemble),
 //! another ensemble, preprocessing that differs from the first member's, an input or output
-//! other than ours, or another cube size.
+//! other than ours, or another cube size. Members with tabular features must all take the
+//! same columns: the ensemble then takes them too (its second input `features`, raw values),
+//! and each member standardises them with its own training statistics.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::build::{self, node, value_info, Dim};
 use super::proto::{data_type, ModelProto, StringStringEntryProto};
-use super::{metadata, INPUT_NAME, OUTPUT_NAME};
+use super::{metadata, FEATURES_NAME, INPUT_NAME, OUTPUT_NAME};
 use crate::preprocess::Preprocess;
 use crate::{Error, Result};
 
@@ -34,20 +36,14 @@ fn bad(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
-/// Checks a member and returns its preprocessing.
-fn check(m: &Member) -> Result<Preprocess> {
+/// Checks a member and returns its preprocessing and tabular feature columns (as its
+/// metadata lists them).
+fn check(m: &Member) -> Result<(Preprocess, Option<String>)> {
     let md = metadata(&m.model);
     if md.keys().any(|k| k.starts_with("calibration.")) {
         return Err(bad(
             &m.path,
             "a calibrated model: average the folds' model.onnx, then calibrate the ensemble",
-        ));
-    }
-    if md.contains_key("features.columns") {
-        return Err(bad(
-            &m.path,
-            "a model with tabular features: ensembles of such models are not supported yet (score the folds \
-             and average their logits, or use one fold's model)",
         ));
     }
     let arch = md.get("architecture").map(String::as_str).unwrap_or("");
@@ -64,17 +60,24 @@ fn check(m: &Member) -> Result<Preprocess> {
     }
     let g = m.model.graph.as_ref().ok_or_else(|| bad(&m.path, "no graph"))?;
     let names = |v: &[super::proto::ValueInfoProto]| v.iter().filter_map(|x| x.name.clone()).collect::<Vec<_>>();
-    if names(&g.input) != [INPUT_NAME] || names(&g.output) != [OUTPUT_NAME] {
+    let features = md.get("features.columns").cloned();
+    let inputs: &[&str] = if features.is_some() {
+        &[INPUT_NAME, FEATURES_NAME]
+    } else {
+        &[INPUT_NAME]
+    };
+    if names(&g.input) != inputs || names(&g.output) != [OUTPUT_NAME] {
         return Err(bad(
             &m.path,
             format!(
-                "inputs {:?} and outputs {:?}: a model of ours has input `{INPUT_NAME}` and output `{OUTPUT_NAME}`",
+                "inputs {:?} and outputs {:?}: a model of ours has inputs {inputs:?} and output `{OUTPUT_NAME}`",
                 names(&g.input),
                 names(&g.output)
             ),
         ));
     }
-    Preprocess::from_metadata(&md).map_err(|e| bad(&m.path, format!("preprocessing: {e}")))
+    let pre = Preprocess::from_metadata(&md).map_err(|e| bad(&m.path, format!("preprocessing: {e}")))?;
+    Ok((pre, features))
 }
 
 /// The ensemble of `members` (at least two) with `extra` metadata (tool and provenance).
@@ -85,15 +88,26 @@ pub fn ensemble(members: &[Member], extra: &BTreeMap<String, String>) -> Result<
     if members.len() < 2 {
         return Err(bad(&first.path, "an ensemble needs at least two members"));
     }
-    let pre = check(first)?;
+    let (pre, features) = check(first)?;
     for m in &members[1..] {
-        let p = check(m)?;
+        let (p, f) = check(m)?;
         if p != pre {
             return Err(bad(
                 &m.path,
                 format!(
                     "preprocessing {p:?} differs from {}'s {pre:?}: members must see the same cubes",
                     first.path.display()
+                ),
+            ));
+        }
+        if f != features {
+            return Err(bad(
+                &m.path,
+                format!(
+                    "tabular features {} differ from {}'s {}: members must take the same columns",
+                    f.as_deref().unwrap_or("(none)"),
+                    first.path.display(),
+                    features.as_deref().unwrap_or("(none)")
                 ),
             ));
         }
@@ -104,7 +118,7 @@ pub fn ensemble(members: &[Member], extra: &BTreeMap<String, String>) -> Result<
     for (i, m) in members.iter().enumerate() {
         let prefix = format!("m{i}/");
         let ren = |n: &str| {
-            if n == INPUT_NAME || n.is_empty() {
+            if n == INPUT_NAME || n == FEATURES_NAME || n.is_empty() {
                 n.to_string()
             } else {
                 format!("{prefix}{n}")
@@ -137,8 +151,21 @@ pub fn ensemble(members: &[Member], extra: &BTreeMap<String, String>) -> Result<
     let c = pre.cube_size as i64;
     let mut md = metadata(&first.model);
     md.retain(|key, _| {
-        key.starts_with("preprocess.") || key.starts_with("input.") || key.starts_with("output.") || key == "format"
+        key.starts_with("preprocess.")
+            || key.starts_with("input.")
+            || key.starts_with("output.")
+            || key == "format"
+            || key == "features.columns"
     });
+    if features.is_some() {
+        md.insert(
+            "features.meaning".into(),
+            format!(
+                "second input `{FEATURES_NAME}`: raw values of features.columns in that order; each member \
+                 standardises them with its own training statistics (in its graph)"
+            ),
+        );
+    }
     md.insert("architecture".into(), "ensemble".into());
     md.insert("ensemble.size".into(), k.to_string());
     md.insert(
@@ -166,17 +193,28 @@ pub fn ensemble(members: &[Member], extra: &BTreeMap<String, String>) -> Result<
         node: nodes,
         name: Some(format!("ensemble of {k}")),
         initializer,
-        input: vec![value_info(
-            INPUT_NAME,
-            data_type::FLOAT,
-            &[
-                Dim::Param("batch"),
-                Dim::Value(1),
-                Dim::Value(c),
-                Dim::Value(c),
-                Dim::Value(c),
-            ],
-        )],
+        input: {
+            let mut v = vec![value_info(
+                INPUT_NAME,
+                data_type::FLOAT,
+                &[
+                    Dim::Param("batch"),
+                    Dim::Value(1),
+                    Dim::Value(c),
+                    Dim::Value(c),
+                    Dim::Value(c),
+                ],
+            )];
+            // The members' `features` input, as the first declares it.
+            v.extend(
+                first_graph
+                    .input
+                    .iter()
+                    .filter(|i| i.name.as_deref() == Some(FEATURES_NAME))
+                    .cloned(),
+            );
+            v
+        },
         output: first_graph.output.clone(),
         ..Default::default()
     };

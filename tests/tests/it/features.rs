@@ -202,18 +202,37 @@ fn a_feature_with_signal_beats_the_image_alone_and_scores_everywhere() {
         (&md2["features.mean"], &md2["features.std"]),
         (&md["features.mean"], &md["features.std"])
     );
-    // Ensembles of feature models are refused for now, naming the member.
+    // An ensemble of feature models takes the features too (each member standardises them
+    // itself); members with other columns are refused, naming the member.
+    let ens = d.path().join("ens.onnx");
+    run_ok(
+        "trainer",
+        &["ensemble", s(&both.join("model.onnx")), s(&again), "-o", s(&ens)],
+    );
+    assert_eq!(metadata(&ens)["features.columns"], r#"["suv_max"]"#);
+    let es = d.path().join("ens.csv");
+    run_ok("infer", &["--model", s(&ens), "--index", s(&data), "-o", s(&es), "-q"]);
+    let (eh, erows) = read_csv(&es);
+    for r in &erows {
+        let got: f64 = r[col(&eh, "logit")].parse().expect("z");
+        let want = logit_of[r[col(&eh, "patch_file")].as_str()];
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
     let r = run_err(
         "trainer",
         &[
             "ensemble",
             s(&both.join("model.onnx")),
-            s(&again),
+            s(&image.join("model.onnx")),
             "-o",
             s(&d.path().join("e.onnx")),
         ],
     );
-    assert!(r.stderr.contains("tabular features"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("image/model.onnx") && r.stderr.contains("tabular features (none) differ"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -250,6 +269,22 @@ fn joined_features_and_refused_columns() {
         ],
     );
     assert_eq!(read_csv(&out).1.len(), 600);
+    let cal = d.path().join("cal.yaml");
+    run_ok(
+        "calibrate",
+        &[
+            "--patches",
+            s(&data),
+            "--features-csv",
+            s(&clinical),
+            "--model",
+            s(&run.join("model.onnx")),
+            "-o",
+            s(&cal),
+            "--bootstrap",
+            "20",
+        ],
+    );
     // Without the CSV, pack_years is nowhere: refused before scoring, naming the column.
     let r = run_err(
         "infer",
