@@ -402,6 +402,7 @@ fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> R
         })?;
         candidates.push(c);
     }
+    let mut warnings = truth.warnings;
     // Matched by patch_file already; the positions must agree too.
     let key = |v: &[models::luna16::Finding]| {
         let mut k: Vec<(String, u64, u64, u64)> = v
@@ -428,10 +429,15 @@ fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> R
         seed: s.seed,
         ..Default::default()
     };
+    // Exact repeats (series, position and score) counted once, as froc counts a results file.
+    let candidates: Vec<Vec<models::luna16::Finding>> = candidates
+        .into_iter()
+        .zip(tables)
+        .map(|(c, t)| froc::dedupe(c, &t.source, "candidate", &mut warnings))
+        .collect();
     let refs: Vec<&[models::luna16::Finding]> = candidates.iter().map(Vec::as_slice).collect();
     let paired =
         froc::paired_cpm(&truth.uids, &truth.annotations, &truth.excluded, &refs, &settings).map_err(froc_err)?;
-    let mut warnings = truth.warnings;
     if l.excluded.is_none() {
         warnings.push("no annotations_excluded.csv given: no candidate is ignored as irrelevant".into());
     }

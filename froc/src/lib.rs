@@ -147,7 +147,7 @@ fn check_diameters(path: &Path, v: &[Finding], minus_one_allowed: bool) -> Resul
 /// Drops rows that repeat an earlier row exactly (series, position and value), with a
 /// warning: a finding listed twice would count twice (a nodule missed twice, a candidate
 /// two false positives), and the CPM would silently differ from the file without the copy.
-fn dedupe(v: Vec<Finding>, path: &Path, what: &str, warnings: &mut Vec<String>) -> Vec<Finding> {
+pub fn dedupe(v: Vec<Finding>, path: &Path, what: &str, warnings: &mut Vec<String>) -> Vec<Finding> {
     let mut seen = std::collections::HashSet::new();
     let n = v.len();
     let kept: Vec<Finding> = v

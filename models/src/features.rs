@@ -98,9 +98,16 @@ fn read_table(path: &Path, key: &str, columns: &[String], unique: bool) -> Resul
                 }
             })
             .collect();
-        if let Some((first, _)) = out.insert(id.clone(), (line, values)) {
-            if unique {
+        // A key listed again: an error where keys must be unique (the per-series CSV); in an
+        // index the first row counts, as the index readers keep it (the repeat is reported
+        // there as that entry's error).
+        match out.get(&id) {
+            Some((first, _)) if unique => {
                 return Err(bad(format!("line {line}: {key} {id} is already on line {first}")));
+            }
+            Some(_) => {}
+            None => {
+                out.insert(id, (line, values));
             }
         }
     }
@@ -149,6 +156,11 @@ pub fn read(
         .map(|(patch, series)| {
             let mut v = Vec::with_capacity(source.columns.len());
             for (c, own) in in_index.iter().enumerate() {
+                let file = if *own {
+                    index
+                } else {
+                    source.join.as_deref().unwrap_or(index)
+                };
                 let value = if *own {
                     match by_patch.get(*patch) {
                         Some((_, vals)) => vals[c].clone().map_err(|e| at(index, &e)),
@@ -164,7 +176,7 @@ pub fn read(
                 };
                 match value {
                     Ok(x) if x.abs() <= f64::from(f32::MAX) => v.push(x as f32),
-                    Ok(x) => return Err(at(index, &format!("{}: {x} is beyond float32", source.columns[c]))),
+                    Ok(x) => return Err(at(file, &format!("{}: {x} is beyond float32", source.columns[c]))),
                     Err(e) => return Err(e),
                 }
             }
@@ -321,6 +333,14 @@ mod tests {
             join: Some(join.clone()),
         };
         let e = read(&index, &rows, &src).expect_err("absent").to_string();
+        // A patch listed twice in an index: its first row's values, as the index readers keep.
+        let twice = d.path().join("twice.csv");
+        std::fs::write(&twice, "patch_file,seriesuid,suv\na.npy,S1,2.5\na.npy,S1,9\n").expect("twice");
+        let src1 = FeatureSource {
+            columns: cols(&["suv"]),
+            join: None,
+        };
+        assert_eq!(read(&twice, &[("a.npy", "S1")], &src1).expect("read")[0], Ok(vec![2.5]));
         assert!(e.contains("bmi in neither the index nor"), "{e}");
         std::fs::write(&join, "seriesuid,age\nS1,61\nS1,62\n").expect("join");
         let src = FeatureSource {

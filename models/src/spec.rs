@@ -517,6 +517,16 @@ impl ArchSpec {
                 problems.push(format!("duplicate parameter name `{}`", pair[0]));
             }
         }
+        // Layer names name the graph's values too (`NAME.out`): two layers may not share one
+        // even where their parameters differ (a features layer beside a convolution).
+        let mut layer_names = Vec::new();
+        collect_layer_names(&self.layers, &mut layer_names);
+        layer_names.sort_unstable();
+        for pair in layer_names.windows(2) {
+            if pair[0] == pair[1] {
+                problems.push(format!("two layers are named `{}`", pair[0]));
+            }
+        }
         if problems.is_empty() && self.num_trainable() > MAX_TRAINABLE {
             problems.push(format!(
                 "{} trainable parameters, at most {MAX_TRAINABLE}",
@@ -591,6 +601,18 @@ fn video_resnet(name: &str, stem: Vec<Layer>, builders: [ConvBuilder; 4]) -> Arc
         name: name.into(),
         in_channels: 1,
         layers,
+    }
+}
+
+fn collect_layer_names<'a>(layers: &'a [Layer], out: &mut Vec<&'a str>) {
+    for l in layers {
+        if let Some(n) = l.name() {
+            out.push(n);
+        }
+        if let Layer::Residual { body, shortcut } = l {
+            collect_layer_names(body, out);
+            collect_layer_names(shortcut, out);
+        }
     }
 }
 
@@ -717,7 +739,7 @@ fn check_values(layers: &[Layer], prefix: &str, depth: usize, count: &mut usize,
 /// Output size of a window of `k`, stride `s`, padding `p` over `n` voxels, or `None` when
 /// the (padded) input is smaller than the window.
 fn out_size(n: usize, k: usize, s: usize, p: usize) -> Option<usize> {
-    let padded = n + 2 * p;
+    let padded = n.checked_add(p.checked_mul(2)?)?;
     (padded >= k && s >= 1).then(|| (padded - k) / s + 1)
 }
 
@@ -1055,6 +1077,8 @@ mod tests {
         assert_eq!(ArchSpec::r3d_18().check_input(64).expect("fits"), Dims3::all(4));
         assert_eq!(ArchSpec::r2plus1d_18().check_input(64).expect("fits"), Dims3::all(4));
         assert_eq!(ArchSpec::mc3_18().check_input(64).expect("fits"), Dims3([32, 4, 4]));
+        // A cube too large to add padding to: an error, not an overflow.
+        assert!(ArchSpec::r3d_18().check_input(usize::MAX).is_err());
     }
 
     const SMALL: &str = "name: small\nlayers:\n\
@@ -1110,6 +1134,7 @@ mod tests {
             ),
             ("name: head,", "name: \"../x\",", "name `../x` must be dot-separated"),
             ("name: small", "name: r3d_18", "is a built-in architecture's"),
+            ("name: head,", "name: layers.1,", "two layers are named `layers.1`"),
             (
                 "in_features: 4, out_features: 1",
                 "in_features: 4, out_features: 2",

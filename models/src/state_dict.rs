@@ -116,6 +116,15 @@ pub fn match_spec(spec: &ArchSpec, mut sd: Weights, path: &Path, reinit: Reinit)
         .collect();
     let head = spec.head_prefix();
     let reinit_head = reinit.head;
+    // The head is told apart by its name prefix: a spec whose head shares it with the first
+    // layer (unnamed layers are all `layers.N`) would have every weight left out.
+    if reinit_head && params.first().is_some_and(|p| p.name.starts_with(&head)) {
+        return Err(Error::Spec(format!(
+            "`{}`: cannot tell its head from the rest (the first and the last layer are both under `{head}`): \
+             give the head's layers names of their own (such as `name: fc.0`) to initialise it afresh",
+            spec.name
+        )));
+    }
     let feature_buffers: Vec<String> = spec
         .layers
         .iter()
@@ -467,5 +476,27 @@ mod tests {
             e.contains("half.safetensors") && e.contains("not a safetensors file"),
             "{e}"
         );
+    }
+
+    /// A spec whose layers are all unnamed (`layers.N`): its head cannot be told from the
+    /// rest, so initialising the head afresh is refused rather than dropping every weight.
+    #[test]
+    fn reinit_head_needs_a_head_of_its_own() {
+        let spec = ArchSpec::from_yaml(
+            "name: plain\nlayers:\n- {op: conv3d, in_channels: 1, out_channels: 2, kernel: 3}\n\
+             - {op: global_avg_pool}\n- {op: linear, in_features: 2, out_features: 1}\n",
+            "plain.yaml",
+        )
+        .expect("spec");
+        let reinit = Reinit {
+            head: true,
+            ..Default::default()
+        };
+        let e = match_spec(&spec, weights_of(&spec), Path::new("w.safetensors"), reinit)
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("cannot tell its head from the rest"), "{e}");
+        // Without the option, the same file loads.
+        match_spec(&spec, weights_of(&spec), Path::new("w.safetensors"), Reinit::default()).expect("loads");
     }
 }

@@ -334,16 +334,21 @@ impl TrainConfig {
     /// Checks values, reporting every problem at once.
     pub fn validate(&self) -> Result<()> {
         let mut p = Vec::new();
-        if let Err(e) = self.preprocess.validate() {
-            p.push(e.to_string());
-        }
+        let pre_ok = match self.preprocess.validate() {
+            Ok(()) => true,
+            Err(e) => {
+                p.push(e.to_string());
+                false
+            }
+        };
         match self.model.spec() {
             Err(e) => p.push(format!("{e:#}")),
-            Ok(spec) => {
+            Ok(spec) if pre_ok => {
                 if let Err(e) = spec.check_input(self.preprocess.cube_size) {
                     p.push(format!("{e:#} (preprocess.cube_size)"));
                 }
             }
+            Ok(_) => {}
         }
         if self.split.folds == 1 || self.split.folds > 100 {
             p.push(format!(

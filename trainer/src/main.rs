@@ -243,6 +243,12 @@ fn show_spec(arch: &str, cube: usize) -> Result<()> {
         let p = Path::new(arch);
         models::spec::ArchSpec::from_yaml(&models::fsutil::read_regular_to_string(p)?, &p.display().to_string())?
     };
+    if !(8..=models::preprocess::MAX_CUBE).contains(&cube) {
+        anyhow::bail!(
+            "--cube-size must be from 8 to {}, got {cube}",
+            models::preprocess::MAX_CUBE
+        );
+    }
     let size = spec.check_input(cube)?;
     println!(
         "# {}: {} trainable parameters; a {cube}³ cube is {size} voxels (z, y, x) before global pooling",

@@ -210,8 +210,9 @@ pub fn plan(path: &Path) -> Result<Plan> {
         let lbl = label(&o);
         let mut c: TrainConfig =
             serde_yaml::from_value(v).map_err(|e| cfg_err(path, format!("configuration {lbl}: {e}")))?;
+        // Paths were made relative to the working folder above (rebase_spec).
         c.model
-            .resolve_spec(here)
+            .resolve_spec(Path::new(""))
             .and_then(|()| c.validate())
             .map_err(|e| cfg_err(path, format!("configuration {lbl}: {e}")))?;
         let index = cells.len();

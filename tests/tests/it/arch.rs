@@ -215,6 +215,18 @@ fn a_sweep_takes_spec_files_relative_to_itself() {
         "{}",
         r.stdout
     );
+    // The sweep file named by a relative path from another folder: the spec is still
+    // found beside it (not joined to its folder twice).
+    let r = std::process::Command::new(chain_tests::bin("trainer"))
+        .current_dir(d.path().parent().expect("tmp root"))
+        .args([
+            "sweep",
+            &format!("{}/sweep.yaml", d.path().file_name().expect("name").to_string_lossy()),
+            "--list",
+        ])
+        .output()
+        .expect("run trainer");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     write("model.spec: [nets/gone.yaml]");
     let r = run_err("trainer", &["sweep", s(&file), "--list"]);
     assert!(r.stderr.contains("gone.yaml"), "{}", r.stderr);
