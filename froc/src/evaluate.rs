@@ -37,6 +37,19 @@ impl Default for FrocSettings {
     }
 }
 
+impl FrocSettings {
+    /// Checks the settings an evaluation cannot run with.
+    pub fn check(&self) -> Result<(), FrocError> {
+        if !(0.0 < self.confidence && self.confidence < 1.0) {
+            return Err(FrocError::Usage(format!(
+                "--confidence must be in (0, 1), got {}",
+                self.confidence
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// One entry of the FROC computation (R6–R8).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -298,12 +311,7 @@ pub fn paired_cpm(
     results: &[&[Finding]],
     s: &FrocSettings,
 ) -> Result<PairedCpm, FrocError> {
-    if !(0.0 < s.confidence && s.confidence < 1.0) {
-        return Err(FrocError::Usage(format!(
-            "--confidence must be in (0, 1), got {}",
-            s.confidence
-        )));
-    }
+    s.check()?;
     let matched: Vec<Matched> = results
         .iter()
         .map(|r| match_all(uids, annotations, excluded, r, s.max_candidates))
@@ -456,12 +464,7 @@ pub fn evaluate(
     results: &[Finding],
     s: &FrocSettings,
 ) -> Result<FrocReport, FrocError> {
-    if !(0.0 < s.confidence && s.confidence < 1.0) {
-        return Err(FrocError::Usage(format!(
-            "--confidence must be in (0, 1), got {}",
-            s.confidence
-        )));
-    }
+    s.check()?;
     let m = match_all(uids, annotations, excluded, results, s.max_candidates);
     let mut warnings = Vec::new();
     if m.totals.results_rows_unknown_series > 0 {

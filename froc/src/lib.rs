@@ -241,12 +241,7 @@ pub fn read_truth(annotations: &Path, excluded: Option<&Path>, seriesuids: &Path
 /// the output folder is locked against a second run while it is written.
 pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
     models::cli::check_bootstrap(s.bootstrap).map_err(FrocError::Usage)?;
-    if !(0.0 < s.confidence && s.confidence < 1.0) {
-        return Err(FrocError::Usage(format!(
-            "--confidence must be in (0, 1), got {}",
-            s.confidence
-        )));
-    }
+    s.check()?;
     let mut io = RunIo::new();
     io.input("annotations", &f.annotations)
         .input("series list", &f.seriesuids)
