@@ -167,11 +167,11 @@ pub fn read(
                         None => Err(at(index, &format!("patch {patch} is not listed"))),
                     }
                 } else {
-                    let (table, _) = joined.as_ref().expect("join read when a column is not in the index");
-                    let j = source.join.as_deref().unwrap_or(Path::new(""));
-                    match table.get(*series) {
-                        Some((_, vals)) => vals[c].clone().map_err(|e| at(j, &e)),
-                        None => Err(at(j, &format!("series {series} is not listed"))),
+                    // A column the index lacks was found in the joined CSV (checked above).
+                    match joined.as_ref().map(|(table, _)| table.get(*series)) {
+                        Some(Some((_, vals))) => vals[c].clone().map_err(|e| at(file, &e)),
+                        Some(None) => Err(at(file, &format!("series {series} is not listed"))),
+                        None => Err(at(index, &format!("no column `{}`", source.columns[c]))),
                     }
                 };
                 match value {

@@ -226,6 +226,9 @@ pub fn open(cfg: &TrainConfig, opts: &RunOptions, found: &Found) -> Result<Opene
     if let Some(w) = &cfg.train.init {
         io.input("initial weights (train.init)", w);
     }
+    if let Some(f) = &cfg.model.features_csv {
+        io.input("features CSV (model.features_csv)", f);
+    }
     let patches: Vec<PathBuf> = found.index.rows.iter().map(|r| found.index.patch_path(r)).collect();
     io.inputs("patch", patches.iter().map(PathBuf::as_path));
     if dir.exists() && !dir.is_dir() {
