@@ -148,12 +148,15 @@ impl Geometry {
         if dims.contains(&0) {
             return Err(format!("DimSize {dims:?} has a zero"));
         }
-        if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(format!("ElementSpacing {spacing:?} must be positive"));
+        check_spacing(&spacing).map_err(|e| format!("ElementSpacing: {e}"))?;
+        if offset.iter().any(|o| !(o.is_finite() && o.abs() <= MAX_OFFSET_MM)) {
+            return Err(format!(
+                "Offset {} lies over {} m from the origin (or is not finite): not a position in a patient",
+                fmt_vec(&offset),
+                MAX_OFFSET_MM / 1000.0
+            ));
         }
-        if offset.iter().any(|o| !o.is_finite()) {
-            return Err(format!("Offset {offset:?} is not finite"));
-        }
+
         // A = [d0·s0 | d1·s1 | d2·s2] (columns); world − offset = A · index.
         let mut a = [[0.0; 3]; 3];
         for (i, row) in direction.iter().enumerate() {
@@ -255,7 +258,34 @@ struct Header {
 
 /// Upper bound on voxels a header may claim (2³⁰: a 1024³ volume, 4 GiB as f32; LUNA16's
 /// largest is about 512 × 512 × 800), checked before anything is allocated.
-const MAX_VOXELS: usize = 1 << 30;
+pub const MAX_VOXELS: usize = 1 << 30;
+
+/// The finest and coarsest voxel a scan may have, in mm: 1 µm (beyond micro-CT) to 100 mm
+/// (no CT slice is thicker). A spacing outside is a unit or encoding mistake (1e-30 makes
+/// the voxel grid singular, 1e300 overflows every world position), refused as such.
+pub const SPACING_RANGE_MM: (f64, f64) = (1e-3, 100.0);
+
+/// How far from the world origin a scan's origin may lie, in mm (10 m: scanner coordinates
+/// are within a metre or two).
+pub const MAX_OFFSET_MM: f64 = 1e4;
+
+/// Numbers for a message, without Rust's debug formatting.
+pub fn fmt_vec(v: &[f64]) -> String {
+    let parts: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// Checks voxel spacings against [`SPACING_RANGE_MM`]; the error says which and why.
+pub fn check_spacing(spacing: &[f64]) -> std::result::Result<(), String> {
+    let (lo, hi) = SPACING_RANGE_MM;
+    if spacing.iter().any(|s| !(s.is_finite() && *s >= lo && *s <= hi)) {
+        return Err(format!(
+            "spacing {} mm: each must lie within [{lo}, {hi}] mm (1 µm to 10 cm); a value outside is a unit or encoding mistake",
+            fmt_vec(spacing)
+        ));
+    }
+    Ok(())
+}
 
 impl Scan {
     /// Reads a `.mhd` (with its data file) or `.mha`.

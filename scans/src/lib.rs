@@ -84,6 +84,17 @@ pub enum Format {
     Nifti,
 }
 
+impl Format {
+    /// The format's name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::MetaImage => "MetaImage",
+            Format::Dicom => "DICOM",
+            Format::Nifti => "NIfTI-1",
+        }
+    }
+}
+
 impl std::str::FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -96,14 +107,16 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// A file name's scan format by its extension (DICOM: `.dcm`, or no extension).
+/// A file name's scan format by its extension (DICOM: `.dcm`, `.dicom`, `.ima`, or no
+/// extension).
 fn kind_of(p: &Path) -> Option<Format> {
     let name = p.file_name()?.to_string_lossy().to_ascii_lowercase();
     if name.ends_with(".mhd") || name.ends_with(".mha") {
         Some(Format::MetaImage)
     } else if name.ends_with(".nii") || name.ends_with(".nii.gz") {
         Some(Format::Nifti)
-    } else if name.ends_with(".dcm") || p.extension().is_none() {
+    } else if name.ends_with(".dcm") || name.ends_with(".dicom") || name.ends_with(".ima") || p.extension().is_none()
+    {
         Some(Format::Dicom)
     } else {
         None
@@ -125,98 +138,156 @@ fn uid_from_name(p: &Path) -> String {
     name
 }
 
+/// Why a seriesuid cannot name the files and folders made for it, if it cannot (it names
+/// folders and files under an output folder: nothing that could climb out of it).
+pub fn bad_uid(uid: &str) -> Option<String> {
+    if uid.is_empty() || uid == "." || uid == ".." || uid.contains(['/', '\\', '\0']) || uid.chars().any(char::is_control)
+    {
+        Some(format!(
+            "a scan's seriesuid must name a file (no '/', '\\', control characters, '.' or '..'), not {uid:?}"
+        ))
+    } else {
+        None
+    }
+}
+
 /// What [`find`] found.
 #[derive(Debug, Default)]
 pub struct Found {
     pub scans: BTreeMap<String, Source>,
-    /// Files that look like DICOM but whose header could not be read: each reported, none
-    /// skipped silently.
+    /// Files that are not scans this reads, or that cannot be read as one, each with the
+    /// reason: a scan of another format (NRRD, Analyze...), a damaged DICOM file, a series
+    /// found twice. Each is an error of the run, reported and never skipped silently; the
+    /// other scans go on.
     pub unreadable: Vec<(PathBuf, String)>,
+    /// DICOMDIR index files, which hold no image (the files they list are read as found).
+    pub directories: Vec<PathBuf>,
+    /// Files without an extension that are neither DICOM nor a known scan format (a
+    /// README, a lock file): counted, not read.
+    pub ignored: usize,
 }
 
 /// Every scan under `dir` (all subfolders, symlinks followed), of one format when `only`
-/// says so: MetaImage and NIfTI files by extension, DICOM files (`.dcm`, or no extension
-/// and the `DICM` signature) grouped by SeriesInstanceUID. Anything named like a scan is
-/// one, so a FIFO or a folder so named is that scan's error when it is read (reading never
-/// blocks), not skipped. A series found twice (also in two formats: choose one with
-/// `only`), or a uid that could climb out of the output folder, is an error.
+/// says so: MetaImage and NIfTI files by extension, DICOM files (`.dcm`, `.dicom`, `.ima`,
+/// or no extension; with or without the Part-10 header) grouped by SeriesInstanceUID.
+/// Anything named like a scan is one, so a FIFO or a folder so named is that scan's error
+/// when it is read (reading never blocks), not skipped. A file of another scan format
+/// (NRRD, Analyze, MINC...), a file that cannot be read, a seriesuid that could climb out
+/// of the output folder, and a series found twice (also in two formats: choose one with
+/// `only`) are each listed in [`Found::unreadable`] with the reason, and never stop the
+/// other scans. Only a folder without any scan, or one that cannot be listed, is an error.
 pub fn find(dir: &Path, only: Option<Format>) -> Result<Found> {
     if !dir.is_dir() {
         return Err(bad(dir, "not a folder of scans"));
     }
     let mut found = Found::default();
     let mut dicom: BTreeMap<String, (PathBuf, Vec<PathBuf>)> = BTreeMap::new();
-    let add = |found: &mut Found, uid: String, src: Source| -> Result<()> {
-        // The uid names folders and files under --out: nothing that could climb out of it.
-        if uid.is_empty() || uid == "." || uid == ".." || uid.contains(['/', '\\']) || uid.contains('\0') {
-            return Err(bad(
-                src.path(),
-                format!("a scan's seriesuid must name a file, not {uid:?}"),
-            ));
+    let mut twice: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    let add = |found: &mut Found, twice: &mut BTreeMap<String, Vec<PathBuf>>, uid: String, src: Source| {
+        if let Some(why) = bad_uid(&uid) {
+            for f in src.files().into_iter().take(1) {
+                found.unreadable.push((f, why.clone()));
+            }
+            return;
         }
-        if let Some(prev) = found.scans.insert(uid.clone(), src.clone()) {
-            let hint = if std::mem::discriminant(&prev) == std::mem::discriminant(&src) {
-                String::new()
-            } else {
-                format!(" ({} and {}: choose one format)", prev.format(), src.format())
-            };
-            return Err(bad(
-                src.path(),
-                format!(
-                    "series {uid} appears twice: {} and {}{hint}",
-                    prev.path().display(),
-                    src.path().display()
-                ),
-            ));
+        if let Some(prev) = found.scans.get(&uid) {
+            twice.entry(uid).or_insert_with(|| vec![prev.path().to_path_buf()]).push(src.path().to_path_buf());
+            return;
         }
-        Ok(())
+        if twice.contains_key(&uid) {
+            if let Some(v) = twice.get_mut(&uid) {
+                v.push(src.path().to_path_buf());
+            }
+            return;
+        }
+        found.scans.insert(uid, src);
     };
     for e in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
         let e = match e {
             Ok(e) => e,
-            // A symlink loop or an unreadable folder: say so and go on with the rest.
+            // A symlink loop or an unreadable folder: that path's error, the rest goes on.
             Err(err) => {
-                eprintln!("prepare: skipping {err}");
+                let p = err.path().map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
+                found.unreadable.push((p, format!("cannot be listed: {err}")));
                 continue;
             }
         };
         let (p, depth, is_dir) = (e.path().to_path_buf(), e.depth(), e.file_type().is_dir());
-        if depth == 0 {
+        if depth == 0 || (is_dir && kind_of(&p) != Some(Format::MetaImage) && kind_of(&p) != Some(Format::Nifti)) {
             continue;
         }
-        let kind = kind_of(&p).filter(|k| only.is_none_or(|o| o == *k));
+        let kind = kind_of(&p);
+        if kind.is_some_and(|k| only.is_some_and(|o| o != k)) {
+            continue;
+        }
         match kind {
-            Some(Format::MetaImage) => add(&mut found, uid_from_name(&p), Source::MetaImage(p))?,
-            Some(Format::Nifti) => add(&mut found, uid_from_name(&p), Source::Nifti(p))?,
-            Some(Format::Dicom) if !is_dir => match dicom::probe(&p) {
-                Ok(Some(uid)) => {
+            Some(Format::MetaImage) => add(&mut found, &mut twice, uid_from_name(&p), Source::MetaImage(p)),
+            Some(Format::Nifti) => add(&mut found, &mut twice, uid_from_name(&p), Source::Nifti(p)),
+            Some(Format::Dicom) => match dicom::probe(&p) {
+                Ok(dicom::Probe::Series(uid)) => {
+                    if let Some(why) = bad_uid(&uid) {
+                        found.unreadable.push((p, why));
+                        continue;
+                    }
                     let folder = p.parent().unwrap_or(dir).to_path_buf();
                     let entry = dicom.entry(uid).or_insert_with(|| (folder, Vec::new()));
                     entry.1.push(p);
                 }
-                // Without an extension and without the signature: not a scan.
-                Ok(None) => {
-                    if p.extension().is_some() {
-                        found
-                            .unreadable
-                            .push((p, "no DICOM signature (DICM at byte 128)".into()));
-                    }
-                }
+                Ok(dicom::Probe::Directory) => found.directories.push(p),
+                Ok(dicom::Probe::NotDicom) => match dicom::foreign_format(&p) {
+                    Some(f) => found.unreadable.push((
+                        p,
+                        format!("a {f} file: not a scan format read here (MetaImage, DICOM, NIfTI-1); convert it"),
+                    )),
+                    // No extension, not DICOM, no scan format: not a scan (a README).
+                    None if p.extension().is_none() => found.ignored += 1,
+                    None => found.unreadable.push((
+                        p,
+                        "named as DICOM but not DICOM (no DICM signature, not a data set) and no scan format known here"
+                            .into(),
+                    )),
+                },
                 Err(e) => found.unreadable.push((p, e.to_string())),
             },
-            _ => {}
+            None => {
+                if only.is_none() {
+                    if let Some(f) = dicom::foreign_format(&p) {
+                        // The data file of an Analyze/NIfTI pair is reported with its header.
+                        let pair_data = f.contains("image data") && p.with_extension("hdr").is_file();
+                        let metaimage_data = f.contains("raw voxel data");
+                        if !pair_data && !metaimage_data {
+                            found.unreadable.push((
+                                p,
+                                format!("a {f} file: not a scan format read here (MetaImage, DICOM, NIfTI-1); convert it"),
+                            ));
+                        }
+                    }
+                }
+            }
         }
     }
     for (uid, (folder, files)) in dicom {
-        add(&mut found, uid, Source::Dicom { dir: folder, files })?;
+        add(&mut found, &mut twice, uid, Source::Dicom { dir: folder, files });
     }
-    if found.scans.is_empty() {
+    for (uid, paths) in twice {
+        found.scans.remove(&uid);
+        let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        found.unreadable.push((
+            paths.last().cloned().unwrap_or_default(),
+            format!(
+                "series {uid} appears {} times: {}; neither is read (if it is one series in two formats, choose one with --format)",
+                paths.len(),
+                shown.join(" and ")
+            ),
+        ));
+    }
+    if found.scans.is_empty() && found.unreadable.is_empty() {
         return Err(bad(
             dir,
             match only {
                 None => "no .mhd or .mha scans, no .nii/.nii.gz and no DICOM files found (looked in every subfolder)"
                     .to_string(),
-                Some(f) => format!("no {f:?} scans found (looked in every subfolder)"),
+                Some(f) => format!("no {} scans found (looked in every subfolder)", f.name()),
             },
         ));
     }

@@ -12,10 +12,14 @@ fn the_lidc_dicom_slices_equal_their_metaimage() {
     let dir = data();
     let uid = "1.3.6.1.4.1.14519.5.2.1.6279.6001.619372068417051974713149104919";
     // The MetaImage and the DICOM series name the same seriesuid (LUNA16's is the
-    // SeriesInstanceUID): found together they are one series twice, and refused.
-    let e = scans::find(&dir, None).expect_err("twice").to_string();
+    // SeriesInstanceUID): found together they are one series twice, and that series is
+    // refused (listed, naming both, and not read), never one of them picked silently.
+    let both = scans::find(&dir, None).expect("find");
+    assert!(both.scans.is_empty(), "{:?}", both.scans.keys());
+    assert_eq!(both.unreadable.len(), 1, "{:?}", both.unreadable);
+    let e = &both.unreadable[0].1;
     assert!(
-        e.contains(&format!("series {uid} appears twice")) && e.contains("choose one format"),
+        e.contains(&format!("series {uid} appears 2 times")) && e.contains(".mhd") && e.contains("--format"),
         "{e}"
     );
     let found = scans::find(&dir, Some(scans::Format::Dicom)).expect("find");

@@ -22,8 +22,25 @@ pub fn locate(path: &Path, format: Option<scans::Format>, series: Option<&str>) 
             return Ok((uid_of(path), scans::Source::Nifti(path.to_path_buf())));
         }
         // A DICOM file: its series among the files of its folder.
-        let uid = scans::dicom::probe(path)?
-            .ok_or_else(|| TrainError::Data(format!("{}: not a scan (no DICOM signature)", path.display())))?;
+        let uid = match scans::dicom::probe(path)? {
+            scans::dicom::Probe::Series(uid) => uid,
+            scans::dicom::Probe::Directory => {
+                return Err(TrainError::Data(format!(
+                    "{}: a DICOMDIR (an index of files, no image); inspect its folder instead",
+                    path.display()
+                )))
+            }
+            scans::dicom::Probe::NotDicom => {
+                return Err(TrainError::Data(format!(
+                    "{}: not a scan ({})",
+                    path.display(),
+                    scans::dicom::foreign_format(path).map_or_else(
+                        || "not DICOM, and no scan format known here".to_string(),
+                        |f| format!("a {f} file, a format not read here")
+                    )
+                )))
+            }
+        };
         dir_of_file = path
             .parent()
             .map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf);
@@ -40,13 +57,24 @@ pub fn locate(path: &Path, format: Option<scans::Format>, series: Option<&str>) 
     for (p, why) in &found.unreadable {
         eprintln!("inspect: warning: {}: {why}", p.display());
     }
+    // Nothing readable: the reasons are the error.
+    let reasons = || {
+        found
+            .unreadable
+            .iter()
+            .map(|(p, why)| format!("{}: {why}", p.display()))
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    };
     match want {
-        Some(uid) => found
-            .scans
-            .get(&uid)
-            .cloned()
-            .map(|s| (uid.clone(), s))
-            .ok_or_else(|| TrainError::Data(format!("{}: no series {uid}", dir.display()))),
+        Some(uid) => found.scans.get(&uid).cloned().map(|s| (uid.clone(), s)).ok_or_else(|| {
+            TrainError::Data(format!("{}: no series {uid} read here\n  {}", dir.display(), reasons()))
+        }),
+        None if found.scans.is_empty() => Err(TrainError::Data(format!(
+            "{}: no scan read here:\n  {}",
+            dir.display(),
+            reasons()
+        ))),
         None if found.scans.len() == 1 => found
             .scans
             .into_iter()

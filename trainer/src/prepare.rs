@@ -245,6 +245,9 @@ struct Inputs {
     annotations: Vec<Finding>,
     candidates: Vec<Finding>,
     scans: BTreeMap<String, scans::Source>,
+    /// Files under the scan folder that are not scans read here or cannot be read as one:
+    /// each a failure of the run (listed in the errors file), never skipped silently.
+    unreadable: Vec<(PathBuf, String)>,
     settings: PrepareSettings,
 }
 
@@ -285,8 +288,16 @@ fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
     }
     let found = scans::find(&job.scans, job.format)?;
     for (p, why) in &found.unreadable {
-        eprintln!("prepare: warning: {}: not read as a DICOM file: {why}", p.display());
+        eprintln!("prepare: error: {}: {why}", p.display());
     }
+    if !job.quiet && (found.ignored > 0 || !found.directories.is_empty()) {
+        eprintln!(
+            "prepare: {} DICOMDIR index file(s) and {} file(s) without an extension that are no scan left aside",
+            found.directories.len(),
+            found.ignored
+        );
+    }
+    let unreadable = found.unreadable;
     let scans = found.scans;
     let settings = PrepareSettings {
         sampling: job.sampling.clone(),
@@ -297,6 +308,7 @@ fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
         annotations,
         candidates,
         scans,
+        unreadable,
         settings,
     })
 }
@@ -411,9 +423,18 @@ fn cut_scans(job: &PrepareJob, inputs: &Inputs, todo: &[(&String, &scans::Source
 
 /// Counts the outcomes, and lists the failed scans in `prepare_errors.csv` (removed when
 /// none failed).
-fn record_outcomes(job: &PrepareJob, results: &[ScanResult], summary: &mut PrepareSummary) -> Result<()> {
+fn record_outcomes(
+    job: &PrepareJob,
+    results: &[ScanResult],
+    unreadable: &[(PathBuf, String)],
+    summary: &mut PrepareSummary,
+) -> Result<()> {
     let mut errors = csv::Writer::from_writer(Vec::new());
     errors.write_record(["seriesuid", "scan", "error"])?;
+    for (path, why) in unreadable {
+        summary.scans_failed += 1;
+        errors.write_record(["", &path.display().to_string(), why.as_str()])?;
+    }
     for (uid, path, r) in results {
         match r {
             Ok(n) => {
@@ -497,7 +518,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
         );
     }
     let results = cut_scans(job, &inputs, &todo)?;
-    record_outcomes(job, &results, &mut summary)?;
+    record_outcomes(job, &results, &inputs.unreadable, &mut summary)?;
     rebuild_index(job, &mut summary)?;
     summary.seconds = t0.elapsed().as_secs_f64();
     summary.patches_per_s = summary.patches_written as f64 / summary.seconds.max(1e-9);

@@ -590,14 +590,16 @@ fn prepare_reads_the_real_slab() {
         }
         chain_tests::run("trainer", &a)
     };
-    // The folder holds the series twice, as MetaImage and as its DICOM slices: refused
-    // until a format is chosen.
+    // The folder holds the series twice, as MetaImage and as its DICOM slices: that series
+    // is refused (listed in the errors file, non-zero exit) until a format is chosen.
     let r = prepare(None, &root.join("both"));
     assert!(
-        !r.ok && r.stderr.contains(&format!("series {uid} appears twice")) && r.stderr.contains("choose one format"),
+        !r.ok && r.stderr.contains(&format!("series {uid} appears 2 times")) && r.stderr.contains("--format"),
         "{}",
         r.stderr
     );
+    let errors = std::fs::read_to_string(root.join("both/prepare_errors.csv")).unwrap();
+    assert!(errors.contains("appears 2 times"), "{errors}");
     let out = root.join("out");
     let r = prepare(Some("metaimage"), &out);
     assert!(r.ok, "{}", r.stderr);
@@ -668,7 +670,7 @@ fn inspect_prints_the_geometry_and_where_points_land() {
     }
     // The folder holds the series twice: named, with the way out.
     let r = run_err("trainer", &["inspect", s(&slab)]);
-    assert!(r.stderr.contains("choose one format"), "{}", r.stderr);
+    assert!(r.stderr.contains("appears 2 times") && r.stderr.contains("--format"), "{}", r.stderr);
     let r = run_ok("trainer", &["inspect", s(&slab), "--format", "metaimage"]);
     assert!(r.stdout.contains("(MetaImage)"), "{}", r.stdout);
     let r = run_err("trainer", &["inspect", s(&file), "--world", "1,2"]);

@@ -1,4 +1,5 @@
-//! DICOM CT series (dicom-rs: `dicom-object`, `dicom-pixeldata` with its pure-Rust decoders).
+//! DICOM CT series (dicom-rs: `dicom-object`, `dicom-pixeldata` with its pure-Rust decoders,
+//! and [`jpeg12`] for 12-bit JPEG Extended).
 //!
 //! A series is the files that share a SeriesInstanceUID (one folder may hold several; each
 //! is a scan). Its geometry, as ITK (and so LUNA16's MetaImage files) defines it:
@@ -11,90 +12,144 @@
 //!
 //! Voxels are RescaleSlope × stored value + RescaleIntercept, per slice (HU for CT).
 //!
+//! Files are read as the standard defines them, whoever wrote them ([`open`]): with or
+//! without the Part-10 preamble or file meta group, attributes stored as UN decoded by their
+//! dictionary VR. Pixel data decode in every transfer syntax listed in [`TRANSFER_SYNTAXES`];
+//! any other is refused by name.
+//!
 //! Refused, each with a message naming the file and what is wrong: a modality other than CT;
-//! slices that differ in size, spacing or orientation (non-parallel slices); positions off
-//! the normal through the first one (gantry tilt, or a sheared stack); two slices at one
+//! files of one SeriesInstanceUID from different patients, studies or frames of reference
+//! (an anonymiser that gave two series one UID: never interleaved into one volume); slices
+//! that differ in size, spacing or orientation (non-parallel slices); positions off the
+//! normal through the first one (gantry tilt, or a sheared stack); two slices at one
 //! position; a gap over 1.5 × the median spacing (a missing slice); multi-frame or colour
-//! images; a rescale that overflows float32; a transfer syntax no pure-Rust decoder reads
-//! (JPEG 2000, JPEG-LS, ...), named with its UID.
-use std::io::{Read, Seek, SeekFrom};
+//! images; a RescaleSlope that is zero or not finite, a rescale that overflows float32 or
+//! gives values no CT holds; a transfer syntax not in the list, named with its UID.
 use std::path::{Path, PathBuf};
 
+use dicom_core::header::HasLength;
+use dicom_core::VR;
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 
 use crate::{bad, Scan};
 use models::metaimage::{ElementType, Geometry};
 use models::Result;
 
-/// The DICOM signature: `DICM` after a 128-byte preamble.
-const MAGIC_AT: u64 = 128;
+pub mod jpeg12;
+pub mod open;
+pub mod walk;
 
-/// The most a DICOM file may hold (a CT slice is well under a MiB; a multi-frame file is
-/// refused anyway): anything larger is refused before it is parsed.
-const MAX_FILE: u64 = 1 << 30;
+pub use open::{foreign_format, Opened};
 
-/// Opens `path` as a DICOM Part-10 file, reading up to `until` (all of it when `None`).
-/// `Ok(None)`: no `DICM` signature.
-fn open(path: &Path, until: Option<dicom_core::Tag>) -> Result<Option<DefaultDicomObject>> {
-    let mut f = models::fsutil::open_regular(path)?;
-    let len = f.metadata().map_err(|e| models::Error::io(path, e))?.len();
-    if len > MAX_FILE {
-        return Err(bad(
-            path,
-            format!("{len} bytes: more than a DICOM slice holds ({MAX_FILE})"),
-        ));
-    }
-    let mut magic = [0u8; 4];
-    let has = f.seek(SeekFrom::Start(MAGIC_AT)).is_ok() && f.read_exact(&mut magic).is_ok() && &magic == b"DICM";
-    if !has {
-        return Ok(None);
-    }
-    f.seek(SeekFrom::Start(MAGIC_AT))
-        .map_err(|e| models::Error::io(path, e))?;
-    let mut opts = OpenFileOptions::new().read_preamble(dicom_object::file::ReadPreamble::Never);
-    if let Some(t) = until {
-        opts = opts.read_until(t);
-    }
-    opts.from_reader(std::io::BufReader::new(f.take(len)))
-        .map(Some)
-        .map_err(|e| bad(path, format!("not a readable DICOM file: {e}")))
+/// The transfer syntaxes whose pixel data this reader decodes, with their names.
+pub const TRANSFER_SYNTAXES: [(&str, &str); 10] = [
+    ("1.2.840.10008.1.2", "Implicit VR Little Endian"),
+    ("1.2.840.10008.1.2.1", "Explicit VR Little Endian"),
+    ("1.2.840.10008.1.2.1.99", "Deflated Explicit VR Little Endian"),
+    ("1.2.840.10008.1.2.2", "Explicit VR Big Endian (retired)"),
+    ("1.2.840.10008.1.2.5", "RLE Lossless"),
+    ("1.2.840.10008.1.2.4.50", "JPEG Baseline (8-bit)"),
+    ("1.2.840.10008.1.2.4.51", "JPEG Extended (12-bit)"),
+    ("1.2.840.10008.1.2.4.57", "JPEG Lossless, Non-Hierarchical"),
+    ("1.2.840.10008.1.2.4.70", "JPEG Lossless, First-Order Prediction"),
+    ("1.2.840.10008.1.2.1.98", "Encapsulated Uncompressed Explicit VR Little Endian"),
+];
+
+/// Media Storage Directory Storage: a DICOMDIR, an index of the files beside it.
+const DICOMDIR_CLASS: &str = "1.2.840.10008.1.3.10";
+
+/// The largest slice read, in pixels (a CT slice has 512² or 1024²).
+const MAX_SLICE_PIXELS: usize = 1 << 24;
+
+/// The most voxels one series may have (as MetaImage's reader allows).
+const MAX_VOXELS: usize = models::metaimage::MAX_VOXELS;
+
+/// HU a CT holds at most, either way (air is −1000, padding values reach about −3000 and
+/// −32768 with an intercept, dense metal 30000 on extended scales): a rescaled value beyond
+/// these is no Hounsfield unit, and the rescale is wrong.
+const HU_RANGE: (f64, f64) = (-40_000.0, 100_000.0);
+
+/// What [`probe`] tells of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// An image of the series with this SeriesInstanceUID.
+    Series(String),
+    /// A DICOMDIR (an index of files, no image).
+    Directory,
+    /// Not a DICOM file.
+    NotDicom,
 }
 
-/// The SeriesInstanceUID of a DICOM file (its header only), or `None` when the file has no
-/// DICOM signature.
-pub fn probe(path: &Path) -> Result<Option<String>> {
-    let Some(obj) = open(path, Some(tags::PIXEL_DATA))? else {
-        return Ok(None);
+/// What a DICOM file is (its header only): an image of a series, a DICOMDIR, or not DICOM.
+pub fn probe(path: &Path) -> Result<Probe> {
+    let Opened::Dicom(obj) = open::open(path, Some(tags::PIXEL_DATA))? else {
+        return Ok(Probe::NotDicom);
     };
-    Ok(Some(text(&obj, path, tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?))
+    if obj.meta().media_storage_sop_class_uid() == DICOMDIR_CLASS
+        || obj.get(tags::DIRECTORY_RECORD_SEQUENCE).is_some()
+    {
+        return Ok(Probe::Directory);
+    }
+    let uid = text(&obj, path, tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
+    if uid.is_empty() {
+        return Err(bad(path, "SeriesInstanceUID is empty: the file names no series"));
+    }
+    Ok(Probe::Series(uid))
+}
+
+/// An element this reader needs, refused by name when it is stored as UN and could not be
+/// decoded by its dictionary VR (its bytes are never read as numbers).
+fn element<'a>(
+    obj: &'a DefaultDicomObject,
+    path: &Path,
+    tag: dicom_core::Tag,
+    name: &str,
+) -> Result<Option<&'a dicom_object::mem::InMemElement>> {
+    let e = obj.element_opt(tag).map_err(|e| bad(path, format!("{name}: {e}")))?;
+    if let Some(e) = e {
+        if e.vr() == VR::UN {
+            return Err(bad(
+                path,
+                format!("{name} is stored with VR UN and its bytes do not fit its dictionary VR"),
+            ));
+        }
+    }
+    Ok(e)
 }
 
 fn text(obj: &DefaultDicomObject, path: &Path, tag: dicom_core::Tag, name: &str) -> Result<String> {
-    let e = obj
-        .element_opt(tag)
-        .map_err(|e| bad(path, format!("{name}: {e}")))?
-        .ok_or_else(|| bad(path, format!("no {name}")))?;
+    let e = element(obj, path, tag, name)?.ok_or_else(|| bad(path, format!("no {name}")))?;
     let s = e.to_str().map_err(|e| bad(path, format!("{name}: {e}")))?;
     Ok(s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_string())
 }
 
+/// An optional text attribute ("" when absent).
+fn text_or_empty(obj: &DefaultDicomObject, path: &Path, tag: dicom_core::Tag, name: &str) -> Result<String> {
+    match element(obj, path, tag, name)? {
+        None => Ok(String::new()),
+        Some(_) => text(obj, path, tag, name),
+    }
+}
+
 fn numbers(obj: &DefaultDicomObject, path: &Path, tag: dicom_core::Tag, name: &str, n: usize) -> Result<Vec<f64>> {
-    let e = obj
-        .element_opt(tag)
-        .map_err(|e| bad(path, format!("{name}: {e}")))?
-        .ok_or_else(|| bad(path, format!("no {name}")))?;
+    let e = element(obj, path, tag, name)?.ok_or_else(|| bad(path, format!("no {name}")))?;
     let v = e.to_multi_float64().map_err(|e| bad(path, format!("{name}: {e}")))?;
     if v.len() != n || v.iter().any(|x| !x.is_finite()) {
-        return Err(bad(path, format!("{name} must be {n} finite numbers, got {v:?}")));
+        let shown: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+        return Err(bad(
+            path,
+            format!("{name} must be {n} finite numbers, got [{}]", shown.join(", ")),
+        ));
     }
     Ok(v)
 }
 
 fn number_or(obj: &DefaultDicomObject, path: &Path, tag: dicom_core::Tag, name: &str, default: f64) -> Result<f64> {
-    match obj.element_opt(tag).map_err(|e| bad(path, format!("{name}: {e}")))? {
+    match element(obj, path, tag, name)? {
         None => Ok(default),
+        Some(e) if e.is_empty() => Ok(default),
         Some(e) => {
             let v = e.to_float64().map_err(|e| bad(path, format!("{name}: {e}")))?;
             if v.is_finite() {
@@ -106,10 +161,20 @@ fn number_or(obj: &DefaultDicomObject, path: &Path, tag: dicom_core::Tag, name: 
     }
 }
 
+/// Who and where a slice belongs to: one series is one patient, study and frame of
+/// reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    patient: String,
+    study: String,
+    frame: String,
+}
+
 /// One slice's header.
 struct Slice {
     path: PathBuf,
     obj: DefaultDicomObject,
+    identity: Identity,
     position: [f64; 3],
     /// Row direction, column direction.
     orientation: [[f64; 3]; 2],
@@ -118,10 +183,16 @@ struct Slice {
     size: [usize; 2],
     slope: f64,
     intercept: f64,
+    /// PixelRepresentation 1 (two's complement) and BitsStored, for the 12-bit JPEG path.
+    signed: bool,
+    bits_stored: u32,
 }
 
 fn slice(path: &Path) -> Result<Slice> {
-    let obj = open(path, None)?.ok_or_else(|| bad(path, "no DICOM signature (DICM at byte 128)"))?;
+    let Opened::Dicom(obj) = open::open(path, None)? else {
+        return Err(bad(path, "not a DICOM file"));
+    };
+    let obj = *obj;
     let modality = text(&obj, path, tags::MODALITY, "Modality")?;
     if modality != "CT" {
         return Err(bad(path, format!("Modality {modality:?}: only CT is read (HU)")));
@@ -146,13 +217,28 @@ fn slice(path: &Path) -> Result<Slice> {
         6,
     )?;
     let ps = numbers(&obj, path, tags::PIXEL_SPACING, "PixelSpacing", 2)?;
-    if ps.iter().any(|&s| s <= 0.0) {
-        return Err(bad(path, format!("PixelSpacing {ps:?} must be positive")));
+    if let Err(why) = models::metaimage::check_spacing(&[ps[1], ps[0]]) {
+        return Err(bad(path, format!("PixelSpacing: {why}")));
+    }
+    if ipp.iter().any(|p| p.abs() > models::metaimage::MAX_OFFSET_MM) {
+        return Err(bad(
+            path,
+            format!(
+                "ImagePositionPatient {ipp:?} lies over {} m from the origin: not a position in a patient",
+                models::metaimage::MAX_OFFSET_MM / 1000.0
+            ),
+        ));
     }
     let rows = number_or(&obj, path, tags::ROWS, "Rows", 0.0)?;
     let cols = number_or(&obj, path, tags::COLUMNS, "Columns", 0.0)?;
     if rows < 1.0 || cols < 1.0 {
         return Err(bad(path, format!("Rows {rows} × Columns {cols}: no image")));
+    }
+    if rows * cols > MAX_SLICE_PIXELS as f64 {
+        return Err(bad(
+            path,
+            format!("Rows {rows} × Columns {cols}: more than the {MAX_SLICE_PIXELS} pixels a slice may have"),
+        ));
     }
     let unit = |v: [f64; 3]| {
         let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
@@ -170,14 +256,35 @@ fn slice(path: &Path) -> Result<Slice> {
             format!("ImageOrientationPatient {iop:?}: row and column directions are not perpendicular"),
         ));
     }
+    let slope = number_or(&obj, path, tags::RESCALE_SLOPE, "RescaleSlope", 1.0)?;
+    if slope == 0.0 {
+        return Err(bad(
+            path,
+            "RescaleSlope is 0: every voxel would be the intercept; the rescale is wrong",
+        ));
+    }
+    let intercept = number_or(&obj, path, tags::RESCALE_INTERCEPT, "RescaleIntercept", 0.0)?;
+    let identity = Identity {
+        patient: text_or_empty(&obj, path, tags::PATIENT_ID, "PatientID")?,
+        study: text_or_empty(&obj, path, tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?,
+        frame: text_or_empty(&obj, path, tags::FRAME_OF_REFERENCE_UID, "FrameOfReferenceUID")?,
+    };
+    let signed = number_or(&obj, path, tags::PIXEL_REPRESENTATION, "PixelRepresentation", 0.0)? == 1.0;
+    let bits_stored = number_or(&obj, path, tags::BITS_STORED, "BitsStored", 16.0)?;
+    if !(1.0..=32.0).contains(&bits_stored) {
+        return Err(bad(path, format!("BitsStored {bits_stored}")));
+    }
     Ok(Slice {
         path: path.to_path_buf(),
         position: [ipp[0], ipp[1], ipp[2]],
         orientation: [row, col],
         spacing: [ps[1], ps[0]],
         size: [cols as usize, rows as usize],
-        slope: number_or(&obj, path, tags::RESCALE_SLOPE, "RescaleSlope", 1.0)?,
-        intercept: number_or(&obj, path, tags::RESCALE_INTERCEPT, "RescaleIntercept", 0.0)?,
+        slope,
+        intercept,
+        identity,
+        signed,
+        bits_stored: bits_stored as u32,
         obj,
     })
 }
@@ -199,6 +306,32 @@ const SAME_POSITION_MM: f64 = 1e-3;
 /// A gap over this many median spacings is a missing slice.
 const MAX_GAP: f64 = 1.5;
 
+/// Checks that every slice belongs to the first one's patient, study and frame of
+/// reference: one SeriesInstanceUID given to two series (an anonymiser's fault) is refused,
+/// never interleaved.
+fn one_series(slices: &[Slice], uid: &str) -> Result<()> {
+    let first = &slices[0];
+    for s in &slices[1..] {
+        let (a, b) = (&first.identity, &s.identity);
+        for (what, x, y) in [
+            ("PatientID", &a.patient, &b.patient),
+            ("StudyInstanceUID", &a.study, &b.study),
+            ("FrameOfReferenceUID", &a.frame, &b.frame),
+        ] {
+            if x != y {
+                return Err(bad(
+                    &s.path,
+                    format!(
+                        "SeriesInstanceUID {uid} is shared with {}, but its {what} is {y:?} where that file's is {x:?}: \
+                         two series under one UID (an anonymiser's fault?); not read as one volume",
+                        first.path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 /// Orders the slices along the normal and checks the stack; returns the z spacing.
 fn stack(slices: &mut [Slice], dir: &Path) -> Result<f64> {
     let first = &slices[0];
@@ -284,22 +417,79 @@ fn stack(slices: &mut [Slice], dir: &Path) -> Result<f64> {
     Ok(median)
 }
 
+/// The pixel data of a JPEG-coded slice as one byte stream (its fragments joined; a single
+/// frame may be split over several).
+fn jpeg_stream(s: &Slice) -> Option<Vec<u8>> {
+    let frags = s.obj.get(tags::PIXEL_DATA)?.value().fragments()?;
+    Some(frags.iter().flat_map(|f| f.iter().copied()).collect())
+}
+
+/// One slice's stored values, decoded: 12-bit JPEG by [`jpeg12`], everything else by
+/// dicom-pixeldata.
+fn stored_values(s: &Slice, ts: &str) -> Result<Vec<f64>> {
+    let jpeg = ts == "1.2.840.10008.1.2.4.50" || ts == "1.2.840.10008.1.2.4.51";
+    if jpeg {
+        if let Some(stream) = jpeg_stream(s).filter(|d| jpeg12::sequential_precision(d) == Some(12)) {
+            let img = jpeg12::decode(&stream).map_err(|e| bad(&s.path, format!("12-bit JPEG pixel data: {e}")))?;
+            if [img.width, img.height] != s.size {
+                return Err(bad(
+                    &s.path,
+                    format!(
+                        "the JPEG image is {}×{} where Columns × Rows say {}×{}",
+                        img.width, img.height, s.size[0], s.size[1]
+                    ),
+                ));
+            }
+            let bits = s.bits_stored.min(16);
+            return Ok(img
+                .samples
+                .iter()
+                .map(|&v| {
+                    let v = i64::from(v);
+                    // Two's complement within BitsStored when PixelRepresentation is 1.
+                    if s.signed && bits < 32 && v >= 1 << (bits - 1) {
+                        (v - (1 << bits)) as f64
+                    } else {
+                        v as f64
+                    }
+                })
+                .collect());
+        }
+    }
+    let decoded = s.obj.decode_pixel_data().map_err(|e| {
+        let name = TRANSFER_SYNTAXES
+            .iter()
+            .find(|(u, _)| *u == ts)
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_else(|| {
+                use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+                dicom_transfer_syntax_registry::TransferSyntaxRegistry
+                    .get(ts)
+                    .map_or("unknown".to_string(), |t| t.name().to_string())
+            });
+        let supported = TRANSFER_SYNTAXES.iter().any(|(u, _)| *u == ts);
+        bad(
+            &s.path,
+            if supported {
+                format!("pixel data in transfer syntax {ts} ({name}) cannot be decoded: {}", open::chain(&e))
+            } else {
+                format!(
+                    "pixel data in transfer syntax {ts} ({name}) are not read here (read: uncompressed, deflated, RLE, \
+                     JPEG baseline, extended and lossless); convert the series, e.g. with `gdcmconv --raw` or `dcmdjpls`: {}",
+                    open::chain(&e)
+                )
+            },
+        )
+    })?;
+    decoded
+        .to_vec_with_options(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
+        .map_err(|e| bad(&s.path, format!("pixel data: {}", open::chain(&e))))
+}
+
 /// One slice's voxels in HU (its own slope and intercept), row by row.
 fn voxels(s: &Slice, out: &mut Vec<f32>) -> Result<()> {
     let ts = s.obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
-    let decoded = s.obj.decode_pixel_data().map_err(|e| {
-        use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
-        let name = dicom_transfer_syntax_registry::TransferSyntaxRegistry
-            .get(&ts)
-            .map_or("unknown", |t| t.name());
-        bad(
-            &s.path,
-            format!("pixel data in transfer syntax {ts} ({name}) cannot be decoded here (uncompressed, RLE and JPEG are): {e}"),
-        )
-    })?;
-    let raw: Vec<f64> = decoded
-        .to_vec_with_options(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
-        .map_err(|e| bad(&s.path, format!("pixel data: {e}")))?;
+    let raw = stored_values(s, &ts)?;
     if raw.len() != s.size[0] * s.size[1] {
         return Err(bad(
             &s.path,
@@ -308,17 +498,17 @@ fn voxels(s: &Slice, out: &mut Vec<f32>) -> Result<()> {
     }
     for v in raw {
         let hu = s.slope * v + s.intercept;
-        let f = hu as f32;
-        if !f.is_finite() {
+        if !(HU_RANGE.0..=HU_RANGE.1).contains(&hu) {
             return Err(bad(
                 &s.path,
                 format!(
-                    "RescaleSlope {} × {v} + RescaleIntercept {} = {hu:e}: beyond float32",
-                    s.slope, s.intercept
+                    "RescaleSlope {} × stored {v} + RescaleIntercept {} = {hu:e}: no CT holds that (HU lie within \
+                     [{}, {}]); the rescale or the pixel data are wrong",
+                    s.slope, s.intercept, HU_RANGE.0, HU_RANGE.1
                 ),
             ));
         }
-        out.push(f);
+        out.push(hu as f32);
     }
     Ok(())
 }
@@ -345,6 +535,7 @@ pub fn read_series(dir: &Path, files: &[PathBuf]) -> Result<Scan> {
             ));
         }
     }
+    one_series(&slices, &uid)?;
     let dz = stack(&mut slices, dir)?;
     let first = &slices[0];
     let [row, col] = first.orientation;
@@ -358,6 +549,12 @@ pub fn read_series(dir: &Path, files: &[PathBuf]) -> Result<Scan> {
     )
     .map_err(|e| bad(dir, e))?;
     let n = dims.iter().product::<usize>();
+    if n > MAX_VOXELS {
+        return Err(bad(
+            dir,
+            format!("{dims:?} voxels: more than the {MAX_VOXELS} a scan may have"),
+        ));
+    }
     let mut voxels_out = Vec::new();
     voxels_out
         .try_reserve_exact(n)
@@ -455,6 +652,6 @@ pub fn write_series(
 }
 
 /// CT Image Storage.
-const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+pub(crate) const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
 /// Explicit VR Little Endian.
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
