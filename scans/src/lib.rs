@@ -18,6 +18,7 @@ pub use models::metaimage::Scan;
 use models::{Error, Result};
 
 pub mod dicom;
+pub mod guard;
 pub mod nifti;
 
 pub(crate) fn bad(path: &Path, msg: impl Into<String>) -> Error {

@@ -418,9 +418,9 @@ fn check(h: &Header) -> std::result::Result<([usize; 3], Stored, Geometry), Stri
         ));
     }
     let off = f64::from(h.vox_offset);
-    if !(off.is_finite() && off.fract() == 0.0 && off >= 352.0) {
+    if !(off.is_finite() && off.fract() == 0.0 && off >= 352.0 && off <= MAX_BYTES as f64) {
         return Err(format!(
-            "vox_offset {off}: a single-file NIfTI-1 volume starts at byte 352 or later, on a whole byte"
+            "vox_offset {off}: a single-file NIfTI-1 volume starts at byte 352 or later (within 2 GiB), on a whole byte"
         ));
     }
     match h.xyzt_units & 0x07 {

@@ -33,7 +33,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 
-use crate::{bad, Scan};
+use crate::{bad, guard, Scan};
 use models::metaimage::{ElementType, Geometry};
 use models::Result;
 
@@ -60,8 +60,8 @@ pub const TRANSFER_SYNTAXES: [(&str, &str); 10] = [
 /// Media Storage Directory Storage: a DICOMDIR, an index of the files beside it.
 const DICOMDIR_CLASS: &str = "1.2.840.10008.1.3.10";
 
-/// The largest slice read, in pixels (a CT slice has 512² or 1024²).
-const MAX_SLICE_PIXELS: usize = 1 << 24;
+/// The largest slice read, in pixels (a CT slice has 512² or 1024²; 2048² at most).
+const MAX_SLICE_PIXELS: usize = 2048 * 2048;
 
 /// The most voxels one series may have (as MetaImage's reader allows).
 const MAX_VOXELS: usize = models::metaimage::MAX_VOXELS;
@@ -456,7 +456,35 @@ fn stored_values(s: &Slice, ts: &str) -> Result<Vec<f64>> {
                 .collect());
         }
     }
-    let decoded = s.obj.decode_pixel_data().map_err(|e| {
+    // Native (uncompressed) pixel data must hold the slice: checked here, before a decoder
+    // sizes its buffers by Rows × Columns.
+    if let Some(bytes) = s.obj.get(tags::PIXEL_DATA).and_then(|e| e.value().primitive()).map(|p| p.calculate_byte_len()) {
+        let bits = number_or(&s.obj, &s.path, tags::BITS_ALLOCATED, "BitsAllocated", 16.0)?;
+        if ![8.0, 16.0, 32.0].contains(&bits) {
+            return Err(bad(&s.path, format!("BitsAllocated {bits}: a CT slice has 8, 16 or 32")));
+        }
+        let need = s.size[0] * s.size[1] * bits as usize / 8;
+        if bytes < need {
+            return Err(bad(
+                &s.path,
+                format!(
+                    "{bytes} bytes of pixel data where {}×{} pixels of {bits} bits need {need}: truncated",
+                    s.size[0], s.size[1]
+                ),
+            ));
+        }
+    }
+    if ts == "1.2.840.10008.1.2.5" {
+        check_rle(s)?;
+    }
+    let decode = || {
+        s.obj.decode_pixel_data().and_then(|d| {
+            d.to_vec_with_options::<f64>(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
+        })
+    };
+    let decoded = guard::decoder(decode)
+        .map_err(|p| bad(&s.path, format!("pixel data the decoder cannot take ({p}): damaged")))?;
+    decoded.map_err(|e| {
         let name = TRANSFER_SYNTAXES
             .iter()
             .find(|(u, _)| *u == ts)
@@ -480,10 +508,41 @@ fn stored_values(s: &Slice, ts: &str) -> Result<Vec<f64>> {
                 )
             },
         )
-    })?;
-    decoded
-        .to_vec_with_options(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
-        .map_err(|e| bad(&s.path, format!("pixel data: {}", open::chain(&e))))
+    })
+}
+
+/// An RLE Lossless frame's header checked before dicom-rs's decoder reads it (it sizes an
+/// array by the segment count and slices by the offsets unchecked): one fragment, a 64-byte
+/// header, one segment per byte of a sample, offsets rising inside the fragment.
+fn check_rle(s: &Slice) -> Result<()> {
+    let frags = s
+        .obj
+        .get(tags::PIXEL_DATA)
+        .and_then(|e| e.value().fragments())
+        .ok_or_else(|| bad(&s.path, "RLE Lossless pixel data that are not encapsulated"))?;
+    let [f] = frags else {
+        return Err(bad(
+            &s.path,
+            format!("{} RLE fragments for one frame: one expected", frags.len()),
+        ));
+    };
+    let bits = number_or(&s.obj, &s.path, tags::BITS_ALLOCATED, "BitsAllocated", 16.0)?;
+    let want = (bits / 8.0).ceil() as usize;
+    let word = |i: usize| f.get(4 * i..4 * i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let damaged = |why: &str| bad(&s.path, format!("an RLE Lossless frame with {why}: damaged"));
+    let n = word(0).ok_or_else(|| damaged("no header"))?;
+    if f.len() < 64 || n != want || !(1..=15).contains(&n) {
+        return Err(damaged(&format!("{n} segments where {bits}-bit samples have {want}")));
+    }
+    let mut last = 63;
+    for i in 1..=n {
+        let o = word(i).ok_or_else(|| damaged("a short header"))?;
+        if o <= last || o >= f.len() {
+            return Err(damaged(&format!("segment offset {o} outside the frame of {} bytes", f.len())));
+        }
+        last = o;
+    }
+    Ok(())
 }
 
 /// One slice's voxels in HU (its own slope and intercept), row by row.

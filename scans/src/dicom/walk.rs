@@ -189,6 +189,27 @@ impl Walker<'_> {
                 // Encapsulated pixel data: fragments until the sequence delimiter.
                 at = self.fragments(h.value_at, enc)?;
             } else {
+                // dicom-rs reads only whole values of a binary VR and would start the next
+                // element inside the rest.
+                let vr = h.vr.or_else(|| match StandardDataDictionary.by_tag(h.tag).map(|e| e.vr()) {
+                    Some(VirtualVr::Exact(vr)) => Some(vr),
+                    _ => None,
+                });
+                let size = match vr {
+                    Some(VR::US | VR::SS | VR::OW) => 2,
+                    Some(VR::UL | VR::SL | VR::FL | VR::AT | VR::OF | VR::OL) => 4,
+                    Some(VR::FD | VR::SV | VR::UV | VR::OD | VR::OV) => 8,
+                    _ => 1,
+                };
+                if h.len % size != 0 {
+                    return Err(format!(
+                        "element ({:04X},{:04X}) of VR {} holds {} bytes, not whole values of {size} bytes",
+                        h.tag.0,
+                        h.tag.1,
+                        vr.map_or("?", |v| v.to_string()),
+                        h.len
+                    ));
+                }
                 at = self.skip(h.value_at, h.len, limit)?;
             }
         }
