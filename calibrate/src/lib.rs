@@ -287,6 +287,7 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
         note: "Parameters, thresholds and the metrics after calibration are computed on the same calibration data \
                (in-sample); the method choice uses held-out folds. Judge the operating points on new data."
             .into(),
+        outputs: Default::default(),
     };
     for p in &mut cal.operating_points {
         p.threshold_probability = fitted.probability(method, p.threshold_logit);
@@ -384,6 +385,15 @@ pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
             "model file not found: a calibration is bound to the model it calibrates (run `trainer train` first, or pass --model)"
                 .into(),
         ));
+    }
+    // A training run folder's scores and model are used together only if its summary (the
+    // run's commit point) says they are one run's.
+    if s.patches.is_none() && s.scores.file_name().is_some_and(|n| n == "val_scores.csv") {
+        let dir = s.scores.parent().unwrap_or(Path::new("."));
+        let same_dir = s.model.parent().unwrap_or(Path::new(".")) == dir;
+        if same_dir && dir.join("config.yaml").exists() {
+            models::runfolder::check_outputs(dir, &["val_scores.csv", "model.onnx"])?;
+        }
     }
     let plan = plan_outputs(s)?;
     let done = (|| {

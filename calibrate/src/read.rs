@@ -146,7 +146,20 @@ impl ScoreTable {
             t.labels.push(y);
             t.lines.push(line);
             if let Some(ui) = ui {
-                t.seriesuid.push(rec.get(ui).unwrap_or("").to_string());
+                let uid = rec.get(ui).unwrap_or("");
+                // Folds and the bootstrap group by series: a row without one would turn
+                // every grouping into per-patch (and count series wrongly).
+                if uid.is_empty() {
+                    return Err(input_err(
+                        path,
+                        format!(
+                            "line {line}: `{}` is blank; every row needs its series (folds and the bootstrap \
+                             group by it), or leave the column out to group by patch",
+                            cols.seriesuid
+                        ),
+                    ));
+                }
+                t.seriesuid.push(uid.to_string());
             }
         }
         t.check(path)?;

@@ -8,11 +8,13 @@ use models::onnx::proto::ModelProto;
 use crate::{CalError, ScoreTable, Settings};
 
 /// The calibrated model's file name, beside `calibration.yaml`.
-pub const BAKED_FILE: &str = "model.calibrated.onnx";
+pub use models::calibration::BAKED_FILE;
 
 /// Writes the report and the calibrated model into `dir` as the settings ask, then
-/// `calibration.yaml` (at `s.out`) last: a run that fails half-way leaves the previous
-/// calibration file in force, never one that names outputs this run did not finish.
+/// `calibration.yaml` (at `s.out`) last, with the sha256 of each of them
+/// ([`CalibrationFile::outputs`]): a run that fails (or is killed) half-way leaves the
+/// previous calibration file in force, and a reader that finds a calibrated model or report
+/// beside it that is not the one it names refuses the pair.
 pub fn write_outputs(
     cal: &CalibrationFile,
     t: &ScoreTable,
@@ -20,13 +22,13 @@ pub fn write_outputs(
     s: &Settings,
     dir: &Path,
 ) -> Result<(), CalError> {
-    let text = serde_yaml::to_string(cal).map_err(|e| CalError::Output {
-        path: s.out.clone(),
-        msg: e.to_string(),
-    })?;
+    let mut cal = cal.clone();
     if s.bake {
-        let baked = crate::bake::calibrated_model(model, cal)?;
-        models::fsutil::write_atomic(&dir.join(BAKED_FILE), &models::onnx::to_bytes(&baked))?;
+        let baked = crate::bake::calibrated_model(model, &cal)?;
+        let bytes = models::onnx::to_bytes(&baked);
+        models::fsutil::write_atomic(&dir.join(BAKED_FILE), &bytes)?;
+        cal.outputs
+            .insert(BAKED_FILE.to_string(), models::fsutil::sha256_bytes(&bytes));
     } else if dir.join(BAKED_FILE).exists() {
         // Not ours to delete, but it no longer matches the calibration written beside it.
         eprintln!(
@@ -35,8 +37,19 @@ pub fn write_outputs(
         );
     }
     if s.report {
-        crate::report::write(cal, t, dir)?;
+        crate::report::write(&cal, t, dir)?;
+        for name in std::iter::once(crate::report::REPORT_FILE.to_string())
+            .chain(crate::report::PLOTS.iter().map(|p| format!("{}/{p}", crate::report::PLOTS_DIR)))
+        {
+            cal.outputs
+                .insert(name.clone(), models::fsutil::sha256_file(&dir.join(&name))?);
+        }
     }
+    // The commit point: written last, naming the digest of every file above.
+    let text = serde_yaml::to_string(&cal).map_err(|e| CalError::Output {
+        path: s.out.clone(),
+        msg: e.to_string(),
+    })?;
     models::fsutil::write_atomic(&s.out, text.as_bytes())?;
     Ok(())
 }

@@ -11,7 +11,7 @@
 //! Output rows are streamed to a temporary file beside the output and renamed into place at
 //! the end; the order is the input order. A logit that is not finite is that file's error,
 //! never a probability or a decision.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
@@ -83,6 +83,9 @@ pub struct Summary {
     /// Rows of an earlier output dropped by `--resume` because their patch is no longer
     /// among the inputs.
     pub resume_dropped: usize,
+    /// Rows of an earlier output scored again because their patch file changed since
+    /// (`--resume`).
+    pub resume_changed: usize,
     /// Rows kept from an earlier output (`--resume`).
     pub resumed: usize,
     pub failed: usize,
@@ -111,8 +114,8 @@ struct OutputPlan {
     /// `None`: standard output.
     out: Option<Target>,
     errors: Option<(PathBuf, Target)>,
-    /// Held for the whole run.
-    _lock: Option<Lock>,
+    /// Held for the whole run: one per output file.
+    _locks: Vec<Lock>,
 }
 
 /// The errors file: `--errors`, else `OUT.errors.csv` beside a regular output (none for
@@ -127,8 +130,20 @@ fn errors_path(s: &Settings, out: Option<&Target>) -> Option<PathBuf> {
     })
 }
 
+/// Whether the first bytes of a file are one of our score outputs (any format): what a run
+/// may replace at its output path.
+pub(crate) fn is_scores(head: &[u8]) -> bool {
+    head.starts_with(b"patch_file,")
+        || head.starts_with(b"seriesuid,coordX,coordY,coordZ,probability")
+        || head.starts_with(b"{\"patch_file\"")
+}
+
+/// The header line of an errors file.
+pub(crate) const ERRORS_HEADER: &str = "patch_file,error";
+
 /// Declares the run's inputs and outputs (no output may name an input or another output;
-/// devices and FIFOs are written through) and locks the output against a second run.
+/// devices and FIFOs are written through; an existing file is replaced only if it is one of
+/// ours of that kind) and locks each output file against a second run.
 fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError> {
     let mut io = RunIo::new();
     io.input("model", &s.model);
@@ -145,8 +160,14 @@ fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError>
     let out = if s.out.as_os_str() == "-" {
         None
     } else {
-        Some(io.output("output", &s.out)?)
+        let t = io.output("output", &s.out)?;
+        models::fsutil::check_replaceable(&s.out, "scores output", &is_scores)?;
+        Some(t)
     };
+    let mut locks = Vec::new();
+    if let Some(Target::File(p)) = &out {
+        locks.push(Lock::beside(p, &format!("output {}", s.out.display()))?);
+    }
     if let Some(sh) = s.shard {
         if !matches!(out, Some(Target::File(_))) {
             return Err(InferError::Usage(format!(
@@ -154,23 +175,27 @@ fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError>
                 sh.k, sh.n
             )));
         }
-        io.output("shard record", &crate::shard::record_path(&s.out))?;
+        let rec = crate::shard::record_path(&s.out);
+        io.output("shard record", &rec)?;
+        models::fsutil::check_replaceable(&rec, "shard record", &|h| h.starts_with(b"shard:"))?;
     }
     let errors = match errors_path(s, out.as_ref()) {
         Some(p) => {
             let t = io.output("errors file", &p)?;
+            models::fsutil::check_replaceable(&p, "errors list", &|h| {
+                h.starts_with(format!("{ERRORS_HEADER}\n").as_bytes())
+            })?;
+            if let Target::File(f) = &t {
+                locks.push(Lock::beside(f, &format!("errors file {}", p.display()))?);
+            }
             Some((p, t))
         }
         None => None,
     };
-    let lock = match out.as_ref().or(errors.as_ref().map(|e| &e.1)) {
-        Some(Target::File(p)) => Some(Lock::beside(p, &format!("output {}", s.out.display()))?),
-        _ => None,
-    };
     Ok(OutputPlan {
         out,
         errors,
-        _lock: lock,
+        _locks: locks,
     })
 }
 
@@ -235,6 +260,8 @@ impl Write for Out {
 /// another in `data` (the model's input layout), and the files that failed.
 struct Decoded<'a> {
     good: Vec<&'a Item>,
+    /// Each good item's input digest ([`models::patch::load_patch_hashed`]).
+    digests: Vec<String>,
     bad: Vec<(&'a Item, models::Error)>,
     data: Vec<f32>,
 }
@@ -302,26 +329,35 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
             for chunk in todo.chunks(s.batch_size) {
                 let mut data = back_rx.try_recv().unwrap_or_default();
                 data.resize(chunk.len() * per, 0.0);
-                let results: Vec<Result<(), models::Error>> = data
+                let results: Vec<Result<String, models::Error>> = data
                     .par_chunks_mut(per)
                     .zip(chunk.par_iter())
-                    .map(|(slot, it)| models::patch::load_patch_into(&it.path, &pre, slot))
+                    .map(|(slot, it)| models::patch::load_patch_hashed(&it.path, &pre, slot))
                     .collect();
                 // The good cubes close ranks (this moves data only when a file failed).
                 let (mut good, mut bad) = (Vec::with_capacity(chunk.len()), Vec::new());
+                let mut digests = Vec::with_capacity(chunk.len());
                 for (k, (it, r)) in chunk.iter().zip(results).enumerate() {
                     match r {
-                        Ok(()) => {
+                        Ok(digest) => {
                             if good.len() != k {
                                 data.copy_within(k * per..(k + 1) * per, good.len() * per);
                             }
                             good.push(*it);
+                            digests.push(digest);
                         }
                         Err(e) => bad.push((*it, e)),
                     }
                 }
                 data.truncate(good.len() * per);
-                if tx.send(Decoded { good, bad, data }).is_err() {
+                if tx.send(Decoded {
+                    good,
+                    digests,
+                    bad,
+                    data,
+                })
+                .is_err()
+                {
                     break; // the consumer stopped (fail-fast or an error)
                 }
             }
@@ -372,7 +408,7 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
             }?;
             t.model_seconds += t_model.elapsed().as_secs_f64();
             let mut rows = Vec::with_capacity(dec.good.len());
-            for (it, &logit) in dec.good.iter().zip(&logits) {
+            for ((it, &logit), digest) in dec.good.iter().zip(&logits).zip(&dec.digests) {
                 if !logit.is_finite() {
                     let why = format!(
                         "the model's logit is {logit} (not finite): no probability or decision is given for it"
@@ -401,6 +437,7 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
                     decision,
                     operating_point: op.map(|(name, _)| name),
                     model_sha256: c.sha,
+                    input_sha256: digest,
                 });
             }
             // This batch's text goes to the output in one write; memory stays at one batch.
@@ -431,7 +468,7 @@ fn write_errors(errors: &[(String, String)], file: Option<&(PathBuf, Target)>) -
         return Ok(None);
     }
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["patch_file", "error"])
+    w.write_record(ERRORS_HEADER.split(','))
         .map_err(|e| input_err(path, e.to_string()))?;
     for (f, why) in errors {
         w.write_record([f, why]).map_err(|e| input_err(path, e.to_string()))?;
@@ -577,14 +614,25 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     // --resume: keep the earlier rows of patches still among the inputs, skip those patches.
     let previous = match &plan.out {
         Some(Target::File(p)) if s.resume && p.is_file() => {
-            let names: HashSet<&str> = inputs.items.iter().map(|it| it.name.as_str()).collect();
+            let items: HashMap<&str, &Path> =
+                inputs.items.iter().map(|it| (it.name.as_str(), it.path.as_path())).collect();
+            let pre = scorer.preprocess.clone();
+            // A kept row must be of the same input: its file still gives the digest the row
+            // records (a file of the same name with other contents is scored again).
+            let same_input = |name: &str, digest: &str| {
+                let mut scratch = vec![0f32; pre.cube_size.pow(3)];
+                items.get(name).is_some_and(|p| {
+                    models::patch::load_patch_hashed(p, &pre, &mut scratch).is_ok_and(|d| d == digest)
+                })
+            };
             Some(crate::resume::read_previous(
                 p,
                 s.format,
                 &header,
                 &scorer.model_sha256,
                 cal.as_ref(),
-                &names,
+                &|name: &str| items.contains_key(name),
+                &same_input,
             )?)
         }
         _ => None,
@@ -652,12 +700,14 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                 calibration,
                 format: crate::shard::format_name(s.format).into(),
                 header: header.iter().map(|h| h.to_string()).collect(),
+                output_sha256: models::fsutil::sha256_file(&s.out)?,
             },
         )?;
     }
     Ok(Summary {
         scored: tally.scored,
         resume_dropped: previous.as_ref().map_or(0, |p| p.dropped),
+        resume_changed: previous.as_ref().map_or(0, |p| p.changed),
         resumed: previous.as_ref().map_or(0, |p| p.done.len()),
         failed: tally.errors.len(),
         errors_file,

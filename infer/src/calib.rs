@@ -90,6 +90,9 @@ pub(crate) fn choose(
 ) -> Result<Option<Cal>, InferError> {
     let baked = read_baked(md, model, file.is_some())?;
     let Some(p) = file else {
+        if let Some(b) = &baked {
+            models::calibration::check_beside(model, model_sha256, b)?;
+        }
         return Ok(baked.map(Cal::Baked));
     };
     let c = CalibrationFile::load(p)?;

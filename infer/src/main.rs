@@ -194,10 +194,23 @@ fn print_summary(sum: &infer::Summary, out: &std::path::Path) {
         .predicted_positive
         .map(|p| format!(", {p} predicted positive"))
         .unwrap_or_default();
-    let resumed = match (sum.resumed, sum.resume_dropped) {
-        (0, 0) => String::new(),
-        (k, 0) => format!(" ({k} kept from the earlier output)"),
-        (k, d) => format!(" ({k} kept from the earlier output, {d} dropped from it: no longer among the inputs)"),
+    let resumed = if sum.resumed + sum.resume_dropped + sum.resume_changed == 0 {
+        String::new()
+    } else {
+        let mut parts = vec![format!("{} kept from the earlier output", sum.resumed)];
+        if sum.resume_changed > 0 {
+            parts.push(format!(
+                "{} scored again: their files changed since",
+                sum.resume_changed
+            ));
+        }
+        if sum.resume_dropped > 0 {
+            parts.push(format!(
+                "{} dropped from it: no longer among the inputs",
+                sum.resume_dropped
+            ));
+        }
+        format!(" ({})", parts.join(", "))
     };
     let rss = sum
         .peak_rss_kib

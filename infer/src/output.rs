@@ -38,6 +38,10 @@ pub(crate) struct OutRow<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) operating_point: Option<&'a str>,
     pub(crate) model_sha256: &'a str,
+    /// sha256 of what was read from the patch file (its header's description and the
+    /// cropped voxels: `models::patch::load_patch_hashed`): `--resume` keeps a row only for
+    /// the same input.
+    pub(crate) input_sha256: &'a str,
 }
 
 /// The CSV header for the rows a run writes (the order of [`OutRow`]'s fields).
@@ -56,7 +60,7 @@ pub(crate) fn csv_header(format: Format, index: bool, label: bool, calibrated: b
     if calibrated {
         h.extend(["calibrated_probability", "decision", "operating_point"]);
     }
-    h.push("model_sha256");
+    h.extend(["model_sha256", "input_sha256"]);
     h
 }
 
@@ -99,8 +103,8 @@ mod tests {
     fn header_follows_the_row_fields() {
         assert_eq!(
             csv_header(Format::Csv, false, false, false),
-            ["patch_file", "logit", "probability", "model_sha256"]
+            ["patch_file", "logit", "probability", "model_sha256", "input_sha256"]
         );
-        assert_eq!(csv_header(Format::Csv, true, true, true).len(), 13);
+        assert_eq!(csv_header(Format::Csv, true, true, true).len(), 14);
     }
 }

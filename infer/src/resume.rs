@@ -1,10 +1,15 @@
 //! `--resume`: the rows an earlier output already holds are kept, and only the patches it
 //! lacks are scored. Kept rows must come from the same model, with the same columns and the
 //! same calibration (every kept row's calibrated probability and decision are recomputed
-//! from its logit), and rows of patches no longer among the inputs are dropped.
+//! from its logit), and of the same input: a row is kept only when its patch file still
+//! gives the `input_sha256` the row records (another file of the same name, in another
+//! folder or rewritten since, is scored again). Rows of patches no longer among the inputs
+//! are dropped. The kept rows are copied as they were written, so a resumed output equals
+//! one run's byte for byte, whatever the names hold (commas, quotes, newlines).
 use std::collections::HashSet;
-use std::io::BufRead;
 use std::path::Path;
+
+use rayon::prelude::*;
 
 use crate::calib::{same_calibration, Cal};
 use crate::output::Format;
@@ -25,24 +30,30 @@ pub(crate) struct Previous {
     pub done: HashSet<String>,
     /// Rows dropped because their patch is no longer among the inputs.
     pub dropped: usize,
+    /// Rows dropped because their patch file changed since (scored again).
+    pub changed: usize,
+}
+
+/// One earlier row: its patch, recorded digest, and its bytes as written.
+struct Row {
+    name: String,
+    digest: String,
+    bytes: std::ops::Range<usize>,
 }
 
 /// Reads an existing output for `--resume`: checks every row (model, columns, calibration)
-/// and keeps those of patches still among the inputs (`names`).
+/// and keeps those of patches still among the inputs (`wanted`) whose input is unchanged
+/// (`same_input(name, recorded digest)`).
 pub(crate) fn read_previous(
     path: &Path,
     format: Format,
     header: &[&str],
     model_sha256: &str,
     cal: Option<&Cal>,
-    names: &HashSet<&str>,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
+    same_input: &(dyn Fn(&str, &str) -> bool + Sync),
 ) -> Result<Previous, InferError> {
     let bytes = models::fsutil::read_regular(path)?;
-    let mut prev = Previous {
-        text: Vec::new(),
-        done: HashSet::new(),
-        dropped: 0,
-    };
     let other_calibration = |line: usize| {
         input_err(
             path,
@@ -56,7 +67,7 @@ pub(crate) fn read_previous(
     let damaged = |line: usize, e: &dyn std::fmt::Display| {
         input_err(path, format!("line {line}: {e} (a damaged output; not resuming)"))
     };
-    match format {
+    let (head_len, rows) = match format {
         Format::Luna16 => {
             return Err(input_err(
                 path,
@@ -64,7 +75,7 @@ pub(crate) fn read_previous(
             ))
         }
         Format::Csv => {
-            let mut r = csv::Reader::from_reader(bytes.as_slice());
+            let mut r = csv::ReaderBuilder::new().from_reader(bytes.as_slice());
             let got: Vec<String> = r
                 .headers()
                 .map_err(|e| input_err(path, e.to_string()))?
@@ -81,18 +92,26 @@ pub(crate) fn read_previous(
                     ),
                 ));
             }
+            let head_len = r.position().byte() as usize;
             let at = |name: &str| got.iter().position(|h| h == name);
-            let sha_col = at("model_sha256");
+            let (sha_col, in_col) = (at("model_sha256"), at("input_sha256"));
             let cal_cols = (
                 at("logit"),
                 at("calibrated_probability"),
                 at("decision"),
                 at("operating_point"),
             );
-            let mut w = csv::Writer::from_writer(Vec::new());
-            w.write_record(&got).map_err(|e| input_err(path, e.to_string()))?;
-            for (line, rec) in models::csvio::rows(&mut r) {
-                let rec = rec.map_err(|e| damaged(line, &e))?;
+            let mut rows = Vec::new();
+            let mut rec = csv::StringRecord::new();
+            loop {
+                let start = r.position().byte() as usize;
+                let line = r.position().line() as usize;
+                match r.read_record(&mut rec) {
+                    Ok(false) => break,
+                    Ok(true) => {}
+                    Err(e) => return Err(damaged(line, &e)),
+                }
+                let end = r.position().byte() as usize;
                 if let (Some(cal), (Some(l), Some(p), Some(d), Some(o))) = (cal, cal_cols) {
                     let num = |c: usize| rec.get(c).and_then(|v| v.parse::<f64>().ok());
                     if !same_calibration(cal, num(l), num(p), num(d), rec.get(o)) {
@@ -102,23 +121,25 @@ pub(crate) fn read_previous(
                 if sha_col.is_some_and(|c| rec.get(c) != Some(model_sha256)) {
                     return Err(other_model(line));
                 }
-                let name = rec.get(0).unwrap_or("");
-                if !names.contains(name) {
-                    prev.dropped += 1;
-                    continue;
-                }
-                if !prev.done.insert(name.to_string()) {
-                    return Err(damaged(line, &format!("{name} is already scored on an earlier line")));
-                }
-                w.write_record(&rec).map_err(|e| input_err(path, e.to_string()))?;
+                rows.push((
+                    line,
+                    Row {
+                        name: rec.get(0).unwrap_or("").to_string(),
+                        digest: in_col.and_then(|c| rec.get(c)).unwrap_or("").to_string(),
+                        bytes: start..end,
+                    },
+                ));
             }
-            prev.text = w.into_inner().map_err(|e| input_err(path, e.to_string()))?;
+            (head_len, rows)
         }
         Format::Jsonl => {
-            for (i, line) in bytes.lines().enumerate() {
+            let mut rows = Vec::new();
+            let mut start = 0;
+            for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
                 let n = i + 1;
-                let line = line.map_err(|e| models::Error::io(path, e))?;
-                let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| damaged(n, &e))?;
+                let range = start..start + line.len();
+                start = range.end;
+                let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| damaged(n, &e))?;
                 let name = v["patch_file"]
                     .as_str()
                     .ok_or_else(|| input_err(path, format!("line {n}: no patch_file")))?;
@@ -145,15 +166,45 @@ pub(crate) fn read_previous(
                         return Err(other_calibration(n));
                     }
                 }
-                if !names.contains(name) {
-                    prev.dropped += 1;
-                    continue;
+                if !line.ends_with(b"\n") {
+                    return Err(damaged(n, &"the last line is cut short"));
                 }
-                if !prev.done.insert(name.to_string()) {
-                    return Err(damaged(n, &format!("{name} is already scored on an earlier line")));
-                }
-                prev.text.extend_from_slice(line.as_bytes());
-                prev.text.push(b'\n');
+                rows.push((
+                    n,
+                    Row {
+                        name: name.to_string(),
+                        digest: v["input_sha256"].as_str().unwrap_or("").to_string(),
+                        bytes: range,
+                    },
+                ));
+            }
+            (0, rows)
+        }
+    };
+    let mut prev = Previous {
+        text: bytes[..head_len].to_vec(),
+        done: HashSet::new(),
+        dropped: 0,
+        changed: 0,
+    };
+    let mut seen = HashSet::new();
+    for (line, r) in &rows {
+        if !seen.insert(r.name.as_str()) {
+            return Err(damaged(*line, &format!("{} is already scored on an earlier line", r.name)));
+        }
+    }
+    // Whether each wanted row's input is unchanged: read in parallel (the crops only).
+    let same: Vec<Option<bool>> = rows
+        .par_iter()
+        .map(|(_, r)| wanted(&r.name).then(|| same_input(&r.name, &r.digest)))
+        .collect();
+    for ((_, r), same) in rows.iter().zip(same) {
+        match same {
+            None => prev.dropped += 1,
+            Some(false) => prev.changed += 1,
+            Some(true) => {
+                prev.text.extend_from_slice(&bytes[r.bytes.clone()]);
+                prev.done.insert(r.name.clone());
             }
         }
     }

@@ -8,7 +8,7 @@
 //! disagree on any of these, a part missing or given twice, parts that do not tile the
 //! inputs, a row count that differs from its record, and a patch scored twice.
 use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,10 @@ pub struct Record {
     pub calibration: String,
     pub format: String,
     pub header: Vec<String>,
+    /// sha256 of the output file this record describes: the output and its record are one
+    /// commit only when this matches (a shard killed between writing its output and its
+    /// record, or rerun with other settings, leaves a pair that `merge` refuses).
+    pub output_sha256: String,
 }
 
 /// The record's path beside an output.
@@ -108,20 +112,33 @@ fn bad(path: &Path, msg: impl Into<String>) -> InferError {
     }
 }
 
-/// The patch a row scores (its first CSV field, or a JSON line's `patch_file`).
-fn patch_of(line: &str, format: &str) -> Option<String> {
-    if format == "jsonl" {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        return v.get("patch_file").and_then(|p| p.as_str()).map(str::to_string);
+/// The patch each row of an output body (rows only) scores: CSV records (quoted fields,
+/// newlines inside them, as the csv writer writes them), JSON lines' `patch_file`; a LUNA16
+/// row names no patch (`None`).
+fn patches_of(body: &[u8], format: &str) -> Result<Vec<Option<String>>, String> {
+    match format {
+        "jsonl" => body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+            .map(|(i, l)| {
+                let v: serde_json::Value =
+                    serde_json::from_slice(l).map_err(|e| format!("row {}: not JSON: {e}", i + 1))?;
+                Ok(v.get("patch_file").and_then(|p| p.as_str()).map(str::to_string))
+            })
+            .collect(),
+        _ => {
+            let mut r = csv::ReaderBuilder::new().has_headers(false).from_reader(body);
+            let luna = format == "luna16";
+            r.records()
+                .enumerate()
+                .map(|(i, rec)| {
+                    let rec = rec.map_err(|e| format!("row {}: {e}", i + 1))?;
+                    Ok((!luna).then(|| rec.get(0).unwrap_or("").to_string()))
+                })
+                .collect()
+        }
     }
-    if format == "luna16" {
-        // A submission row has no patch name: the whole row is its identity.
-        return Some(line.to_string());
-    }
-    let mut r = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(line.as_bytes());
-    r.records().next()?.ok()?.get(0).map(str::to_string)
 }
 
 /// What [`merge`] did.
@@ -139,6 +156,7 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
     io.inputs("shard output", shards.iter().map(PathBuf::as_path));
     io.inputs("shard record", records.iter().map(PathBuf::as_path));
     let target = io.output("merged output", out)?;
+    models::fsutil::check_replaceable(out, "scores output", &crate::batch::is_scores)?;
     let _lock = match &target {
         models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(p, &format!("output {}", out.display()))?),
         models::fsutil::Target::Stream(_) => None,
@@ -219,46 +237,57 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
     }
     let header = first.header.join(",");
     let has_header = first.format != "jsonl";
+    // Every part is read whole, checked against its record (digest, rows), and its rows
+    // copied byte for byte: the merge is then what one run writes.
+    let mut bodies = Vec::with_capacity(parts.len());
+    for (r, p) in &parts {
+        let bytes = models::fsutil::read_regular(p)?;
+        if models::fsutil::sha256_bytes(&bytes) != r.output_sha256 {
+            return Err(bad(
+                p,
+                format!(
+                    "not the output its record {} describes (changed since, or the record of another run: \
+                     a shard killed between writing the two?); score this shard again",
+                    record_path(p).display()
+                ),
+            ));
+        }
+        let body = if has_header {
+            let end = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+            if bytes[..end].strip_suffix(b"\n").unwrap_or(&bytes[..end]) != header.as_bytes() {
+                return Err(bad(p, "its header is not its record's"));
+            }
+            bytes[end..].to_vec()
+        } else {
+            bytes
+        };
+        bodies.push(body);
+    }
     let mut seen = HashSet::new();
     let mut rows = 0;
+    for ((r, p), body) in parts.iter().zip(&bodies) {
+        let names = patches_of(body, &first.format).map_err(|e| bad(p, e))?;
+        if names.len() != r.rows {
+            return Err(bad(
+                p,
+                format!("{} rows where its record says {}", names.len(), r.rows),
+            ));
+        }
+        // Parts tile the inputs, so a patch in two parts means parts of different runs.
+        // (A LUNA16 submission names no patch: its rows may repeat within one run.)
+        for n in names.into_iter().flatten() {
+            if !seen.insert(n.clone()) {
+                return Err(bad(p, format!("{n} is scored twice")));
+            }
+        }
+        rows += r.rows;
+    }
     models::fsutil::write_atomic_with(out, |w| {
         if has_header {
             writeln!(w, "{header}")?;
         }
-        for (r, p) in &parts {
-            let f = models::fsutil::open_regular(p).map_err(std::io::Error::other)?;
-            let mut lines = std::io::BufReader::new(f).lines();
-            if has_header {
-                let h = lines.next().transpose()?.unwrap_or_default();
-                if h != header {
-                    return Err(std::io::Error::other(format!(
-                        "{}: its header is not its record's",
-                        p.display()
-                    )));
-                }
-            }
-            let mut n = 0;
-            for line in lines {
-                let line = line?;
-                let patch = patch_of(&line, &first.format)
-                    .ok_or_else(|| std::io::Error::other(format!("{}: an unreadable row: {line}", p.display())))?;
-                if !seen.insert(patch.clone()) {
-                    return Err(std::io::Error::other(format!(
-                        "{}: {patch} is scored twice",
-                        p.display()
-                    )));
-                }
-                writeln!(w, "{line}")?;
-                n += 1;
-            }
-            if n != r.rows {
-                return Err(std::io::Error::other(format!(
-                    "{}: {n} rows where its record says {} (changed since it was written?)",
-                    p.display(),
-                    r.rows
-                )));
-            }
-            rows += n;
+        for body in &bodies {
+            w.write_all(body)?;
         }
         Ok(())
     })?;

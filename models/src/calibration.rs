@@ -176,6 +176,42 @@ pub struct MethodSelection {
     pub chosen_by: String,
 }
 
+/// The calibration file's name in a run folder.
+pub const CALIBRATION_FILE: &str = "calibration.yaml";
+/// The calibrated model's name, beside the calibration file.
+pub const BAKED_FILE: &str = "model.calibrated.onnx";
+
+/// Refuses a calibrated model (`model`, sha256 `sha`) used while the `calibration.yaml`
+/// beside it names another file of that name (or, written without digests, another
+/// calibration): the two come from different calibrate runs, one of them killed half-way or
+/// run with `--no-bake`. Nothing to check when no calibration file lies beside it.
+pub fn check_beside(model: &Path, sha: &str, baked: &Baked) -> Result<()> {
+    let Some(name) = model.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(());
+    };
+    let yaml = model.with_file_name(CALIBRATION_FILE);
+    if !yaml.exists() {
+        return Ok(());
+    }
+    let cal = CalibrationFile::load(&yaml)?;
+    let mismatch = match cal.outputs.get(&name) {
+        Some(want) => want != sha,
+        None => !baked.same_as(&cal),
+    };
+    if mismatch {
+        return Err(Error::Calibration {
+            path: model.to_path_buf(),
+            msg: format!(
+                "its calibration is not the one {} beside it records (the two come from different calibrate runs: \
+                 one killed half-way, or run with --no-bake); run `calibrate` again, or give the calibration to \
+                 apply with --calibration",
+                yaml.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// `calibration.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationFile {
@@ -199,6 +235,12 @@ pub struct CalibrationFile {
     #[serde(default)]
     pub warnings: Vec<String>,
     pub note: String,
+    /// The files this calibration was written with, beside it (`model.calibrated.onnx`, the
+    /// report), by name, with their sha256. `calibration.yaml` is written last: it is the
+    /// commit point, and a reader that uses one of these files with it checks the digest,
+    /// so files of two calibrate runs (one killed half-way) are never used together.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
 }
 
 fn bad(path: &Path, msg: String) -> Error {

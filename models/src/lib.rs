@@ -37,6 +37,7 @@ pub mod onnx;
 pub mod patch;
 pub mod preprocess;
 pub mod resample;
+pub mod runfolder;
 pub mod spec;
 pub mod state_dict;
 

@@ -282,6 +282,23 @@ fn crop_range(n: usize, c: usize) -> (usize, usize, usize) {
 /// buffer: memory does not grow with the file. The same values and errors as
 /// [`Preprocess::apply`] on the whole array.
 pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result<()> {
+    load_inner(path, pre, out, None)
+}
+
+/// [`load_patch_into`], and the sha256 of what was read: the header's description of the
+/// array (type, order, shape, data offset) and every byte of the crop, in reading order.
+/// Two files give one digest exactly when the model sees the same input from them (what
+/// lies outside the crop is not read, so not hashed); `infer --resume` keeps an earlier row
+/// only if its file still gives the digest that row records.
+pub fn load_patch_hashed(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    load_inner(path, pre, out, Some(&mut h))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn load_inner(path: &Path, pre: &Preprocess, out: &mut [f32], mut digest: Option<&mut sha2::Sha256>) -> Result<()> {
+    use sha2::Digest;
     let c = pre.cube_size;
     if out.len() != c * c * c {
         return Err(bad(
@@ -290,6 +307,9 @@ pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result
         ));
     }
     let (h, f) = open_npy(path)?;
+    if let Some(d) = digest.as_deref_mut() {
+        d.update(format!("{}|{}|{:?}|{}\n", h.descr, h.fortran_order, h.shape, h.data_offset).as_bytes());
+    }
     let &[nz, ny, nx] = h.shape.as_slice() else {
         return Err(bad(
             path,
@@ -349,6 +369,9 @@ pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result
                 };
                 let at = ((z0 * ny + y0) * nx + sx) as u64 * w as u64;
                 f.read_exact_at(buf, h.data_offset + at).map_err(read_err)?;
+                if let Some(d) = digest.as_deref_mut() {
+                    d.update(&*buf);
+                }
                 for (r, row) in buf.chunks_exact(cx * w).enumerate() {
                     // Row r of this read is (z, y) = (z0, y0) + r rows on.
                     let flat = (z0 - sz) * cy + (y0 - sy) + r;
@@ -371,6 +394,9 @@ pub fn load_patch_into(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Result
                 for y in 0..cy {
                     let at = (((sx + x) * ny + sy + y) * nz + sz) as u64 * w as u64;
                     f.read_exact_at(buf, h.data_offset + at).map_err(read_err)?;
+                    if let Some(d) = digest.as_deref_mut() {
+                        d.update(&*buf);
+                    }
                     for (z, b) in buf.chunks_exact(w).enumerate() {
                         let v = decode(b, h.dtype, h.big_endian);
                         if !v.is_finite() {

@@ -42,6 +42,19 @@ impl Default for Preprocess {
 /// Largest cube side accepted (512³ float32 is 512 MiB per patch).
 pub const MAX_CUBE: usize = 512;
 
+/// The HU a window, or padding, may reach: beyond what any CT stores (int16 with an
+/// intercept), a window only compresses the tissue into a sliver of the input range.
+pub const HU_LIMITS: (f32, f32) = (-40_000.0, 100_000.0);
+
+/// Air to dense bone: a window must overlap it, or every patch maps to one value.
+pub const TISSUE_HU: (f32, f32) = (-1024.0, 3071.0);
+
+/// The narrowest window taken, in HU.
+pub const MIN_WINDOW_HU: f32 = 10.0;
+
+/// The largest output value taken (the network's input scale).
+pub const MAX_OUT: f32 = 1e6;
+
 const KEYS: [&str; 6] = [
     "preprocess.cube_size",
     "preprocess.hu_min",
@@ -58,20 +71,51 @@ impl Preprocess {
         if !(8..=MAX_CUBE).contains(&self.cube_size) {
             problems.push(format!("cube_size {} is outside 8..={MAX_CUBE} voxels", self.cube_size));
         }
-        if !(self.hu_min.is_finite() && self.hu_max.is_finite() && self.hu_min < self.hu_max) {
+        let (lo, hi) = HU_LIMITS;
+        let window_ok = self.hu_min.is_finite() && self.hu_max.is_finite() && self.hu_min < self.hu_max;
+        if !window_ok {
             problems.push(format!(
                 "HU window [{}, {}] must be finite with min < max",
                 self.hu_min, self.hu_max
             ));
-        }
-        if !(self.out_min.is_finite() && self.out_max.is_finite() && self.out_min != self.out_max) {
+        } else if self.hu_min < lo || self.hu_max > hi {
             problems.push(format!(
-                "output range [{}, {}] must be finite and non-empty",
-                self.out_min, self.out_max
+                "HU window [{}, {}] reaches beyond [{lo}, {hi}] HU, where no CT has values: it would squeeze every \
+                 tissue into a sliver of the input range",
+                self.hu_min, self.hu_max
+            ));
+        } else if self.hu_max - self.hu_min < MIN_WINDOW_HU {
+            problems.push(format!(
+                "HU window [{}, {}] is narrower than {MIN_WINDOW_HU} HU: every patch would be nearly all one value",
+                self.hu_min, self.hu_max
+            ));
+        } else if self.hu_max <= TISSUE_HU.0 || self.hu_min >= TISSUE_HU.1 {
+            problems.push(format!(
+                "HU window [{}, {}] lies outside the HU of air and tissue [{}, {}]: every patch would be one value",
+                self.hu_min, self.hu_max, TISSUE_HU.0, TISSUE_HU.1
             ));
         }
-        if !self.pad_hu.is_finite() {
-            problems.push("pad_hu must be finite".into());
+        let out_ok = self.out_min.is_finite()
+            && self.out_max.is_finite()
+            && self.out_min.abs() <= MAX_OUT
+            && self.out_max.abs() <= MAX_OUT;
+        if !out_ok || self.out_min == self.out_max {
+            problems.push(format!(
+                "output range [{}, {}] must be finite, non-empty and within ±{MAX_OUT}",
+                self.out_min, self.out_max
+            ));
+        } else if window_ok && problems.is_empty() {
+            // One HU apart must stay apart after scaling in float32, at both ends.
+            let apart = |a: f32, b: f32| self.scale(a) != self.scale(b);
+            if !(apart(self.hu_min, self.hu_min + 1.0) && apart(self.hu_max - 1.0, self.hu_max)) {
+                problems.push(format!(
+                    "output range [{}, {}] over the HU window [{}, {}] maps 1 HU steps to one float32 value",
+                    self.out_min, self.out_max, self.hu_min, self.hu_max
+                ));
+            }
+        }
+        if !(self.pad_hu.is_finite() && self.pad_hu >= lo && self.pad_hu <= hi) {
+            problems.push(format!("pad_hu {} must be finite and within [{lo}, {hi}] HU", self.pad_hu));
         }
         if problems.is_empty() {
             Ok(())

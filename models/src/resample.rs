@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::metaimage::Scan;
 
+/// The fewest voxels along a patch's edge (a cube under 8³ holds no nodule).
+pub const MIN_EDGE: usize = 8;
+
 /// The value given to points outside the scan: air.
 pub const AIR_HU: f32 = -1000.0;
 
@@ -48,10 +51,11 @@ impl PatchGrid {
         if !(self.spacing_mm.is_finite() && self.spacing_mm > 0.0) {
             return Err(format!("patch spacing {} mm must be positive", self.spacing_mm));
         }
-        let n = self.voxels();
-        if n == 0 || n > crate::preprocess::MAX_CUBE {
+        crate::metaimage::check_spacing(&[self.spacing_mm]).map_err(|e| format!("patch {e}"))?;
+        let n = self.size_mm / self.spacing_mm;
+        if !(n.is_finite() && n < 1e6 && (MIN_EDGE..=crate::preprocess::MAX_CUBE).contains(&self.voxels())) {
             return Err(format!(
-                "{} mm at {} mm gives {n} voxels per edge (1 to {} allowed)",
+                "{} mm at {} mm gives {n:.0} voxels per edge ({MIN_EDGE} to {} allowed)",
                 self.size_mm,
                 self.spacing_mm,
                 crate::preprocess::MAX_CUBE

@@ -476,6 +476,7 @@ fn calibration_yaml() -> String {
         bootstrap_seed: 0,
         warnings: vec![],
         note: String::new(),
+        outputs: Default::default(),
     };
     serde_yaml::to_string(&cal).unwrap()
 }

@@ -55,6 +55,9 @@ pub struct SweepFile {
     pub cells: Vec<BTreeMap<String, Value>>,
 }
 
+/// The most configurations a sweep may have.
+pub const MAX_CONFIGURATIONS: usize = 10_000;
+
 fn default_folds() -> usize {
     3
 }
@@ -168,6 +171,22 @@ pub fn plan(path: &Path) -> Result<Plan> {
     if !f.grid.is_empty() && !f.cells.is_empty() {
         return Err(cfg_err(path, "give `grid:` or `cells:`, not both"));
     }
+    // The number of configurations, counted before any is made: a grid of a few lines can
+    // name more combinations than memory holds.
+    let combos = f
+        .grid
+        .values()
+        .try_fold(if f.grid.is_empty() { 0usize } else { 1 }, |n, v| n.checked_mul(v.len()));
+    let total = combos.and_then(|n| n.checked_add(f.cells.len() + 1));
+    if total.is_none_or(|t| t > MAX_CONFIGURATIONS) {
+        return Err(cfg_err(
+            path,
+            format!(
+                "{} configurations: at most {MAX_CONFIGURATIONS}",
+                total.map_or_else(|| "more than 2^64".to_string(), |t| t.to_string())
+            ),
+        ));
+    }
     let mut overrides: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
     if !f.grid.is_empty() {
         let mut combos: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
@@ -189,12 +208,6 @@ pub fn plan(path: &Path) -> Result<Plan> {
         overrides.extend(combos);
     }
     overrides.extend(f.cells.iter().cloned());
-    if overrides.len() > 10_000 {
-        return Err(cfg_err(
-            path,
-            format!("{} configurations: at most 10000", overrides.len()),
-        ));
-    }
     let mut cells: Vec<Cell> = Vec::new();
     for o in overrides {
         let mut v = base.clone();
@@ -253,7 +266,8 @@ fn rebase_spec(spec: Option<&mut Value>, dir: &Path) {
 
 /// Whether a task's fold is done: its summary written by a run of the task's config.
 fn done(c: &TrainConfig) -> bool {
-    let Ok(text) = std::fs::read_to_string(c.out.join("config.yaml")) else {
+    // Through the bounded, non-blocking reader: a FIFO named config.yaml is not waited on.
+    let Ok(text) = models::fsutil::read_regular_to_string(&c.out.join("config.yaml")) else {
         return false;
     };
     let same = serde_yaml::from_str::<TrainConfig>(&text).is_ok_and(|x| &x == c);
@@ -383,11 +397,15 @@ pub fn collect(plan: &Plan) -> Result<Collected> {
         let sd = (aurocs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (k - 1) as f64).sqrt();
         let half = t * sd / (k as f64).sqrt();
         let rows = oof_rows(&dirs)?;
-        let mut oof = String::from("patch_file,seriesuid,label,logit\n");
+        let mut oof = csv::Writer::from_writer(Vec::new());
+        let csv_err = |e: csv::Error| TrainError::Data(format!("oof_scores.csv: {e}"));
+        oof.write_record(["patch_file", "seriesuid", "label", "logit"]).map_err(csv_err)?;
         for r in &rows {
-            oof += &format!("{},{},{},{}\n", r.0, r.1, r.2, r.3);
+            oof.write_record([r.0.as_str(), r.1.as_str(), &r.2.to_string(), &r.3.to_string()])
+                .map_err(csv_err)?;
         }
-        models::fsutil::write_atomic(&plan.cell_dir(cell.index).join("oof_scores.csv"), oof.as_bytes())?;
+        let oof = oof.into_inner().map_err(|e| TrainError::Data(format!("oof_scores.csv: {e}")))?;
+        models::fsutil::write_atomic(&plan.cell_dir(cell.index).join("oof_scores.csv"), &oof)?;
         let y: Vec<u8> = rows.iter().map(|r| r.2).collect();
         let z: Vec<f64> = rows.iter().map(|r| r.3).collect();
         let (pooled, se) = auroc_delong(&z, &y).unwrap_or((f64::NAN, f64::NAN));
@@ -600,12 +618,21 @@ pub fn check_plan_record(plan: &Plan) -> Result<()> {
     std::fs::create_dir_all(&plan.out)
         .map_err(|e| TrainError::file(format!("{}: cannot create", plan.out.display()), e))?;
     let p = plan.out.join("sweep_plan.yaml");
-    match std::fs::read_to_string(&p) {
-        Ok(before) if before != text => Err(TrainError::RunFolder(format!(
-            "{}: this folder holds another sweep (sweep_plan.yaml differs); use another `out`",
-            plan.out.display()
-        ))),
-        Ok(_) => Ok(()),
-        Err(_) => Ok(models::fsutil::write_atomic(&p, text.as_bytes())?),
+    // The check and the write under one lock: two sweeps started together cannot both find
+    // the folder free.
+    let _lock = models::fsutil::Lock::beside(&p, &format!("sweep plan {}", p.display()))?;
+    match std::fs::symlink_metadata(&p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(models::fsutil::write_atomic(&p, text.as_bytes())?),
+        _ => {
+            let before = models::fsutil::read_regular_to_string(&p)?;
+            if before == text {
+                Ok(())
+            } else {
+                Err(TrainError::RunFolder(format!(
+                    "{}: this folder holds another sweep (sweep_plan.yaml differs); use another `out`",
+                    plan.out.display()
+                )))
+            }
+        }
     }
 }

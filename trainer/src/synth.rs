@@ -366,16 +366,29 @@ fn write_with_features(cfg: &SynthConfig, rows: &[IndexRow], index: &Path, clini
 fn write_luna16_reference(cfg: &SynthConfig, rows: &[IndexRow], dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| TrainError::file(format!("{}: cannot create folder", dir.display()), e))?;
-    let mut ann = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm\n");
-    let mut exc = ann.clone();
+    let header = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"];
+    let (mut ann, mut exc) = (csv::Writer::from_writer(Vec::new()), csv::Writer::from_writer(Vec::new()));
+    ann.write_record(header)?;
+    exc.write_record(header)?;
     for (i, r) in rows.iter().enumerate() {
-        let line = |d: f64| format!("{},{},{},{},{}\n", r.seriesuid, r.center_x, r.center_y, r.center_z, d);
+        let line = |d: f64| {
+            [r.center_x, r.center_y, r.center_z, d]
+                .iter()
+                .fold(vec![r.seriesuid.clone()], |mut v, x| {
+                    v.push(x.to_string());
+                    v
+                })
+        };
         if r.label == 1 {
-            ann += &line(r.diam_mm);
+            ann.write_record(line(r.diam_mm))?;
         } else if i % 7 == 3 {
-            exc += &line(-1.0);
+            exc.write_record(line(-1.0))?;
         }
     }
+    let ann = String::from_utf8(ann.into_inner().map_err(|e| TrainError::Data(e.to_string()))?)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let exc = String::from_utf8(exc.into_inner().map_err(|e| TrainError::Data(e.to_string()))?)
+        .map_err(|e| TrainError::Data(e.to_string()))?;
     let uids: String = (0..cfg.series)
         .map(|s| format!("1.2.826.0.1.3680043.8.498.{}.{}\n", cfg.seed, s + 1))
         .collect();

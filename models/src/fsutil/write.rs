@@ -99,6 +99,38 @@ pub fn resolve_output(path: &Path) -> Result<Target> {
     Err(bad_output(path, "too many levels of symbolic links"))
 }
 
+/// Refuses to replace an existing file at `path` that this toolchain did not write: a
+/// regular, non-empty file whose first bytes `ours` does not recognise as a `what` of ours
+/// (another run's scores named as an errors file, a patch index named as an output) is left
+/// as it is, with an error saying so, before any work. Nothing else is checked (a missing
+/// file, an empty one, a device or FIFO written through).
+pub fn check_replaceable(path: &Path, what: &str, ours: &dyn Fn(&[u8]) -> bool) -> Result<()> {
+    use std::io::Read;
+    let Ok(Target::File(p)) = resolve_output(path) else {
+        return Ok(());
+    };
+    let Ok(meta) = std::fs::metadata(&p) else {
+        return Ok(());
+    };
+    if !meta.is_file() || meta.len() == 0 {
+        return Ok(());
+    }
+    let mut head = Vec::with_capacity(4096);
+    super::read::open_regular(&p)?
+        .take(4096)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(&p, e))?;
+    if ours(&head) {
+        return Ok(());
+    }
+    Err(bad_output(
+        path,
+        format!(
+            "exists and is not a {what} this toolchain writes: it is not replaced; remove it yourself, or choose another path"
+        ),
+    ))
+}
+
 /// Whether process `pid` exists (signal 0 checks without sending anything).
 #[allow(unsafe_code)]
 fn alive(pid: i32) -> bool {

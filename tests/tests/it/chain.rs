@@ -162,7 +162,8 @@ fn calibrate_then_infer_agree_with_the_run() {
             "calibrated_probability",
             "decision",
             "operating_point",
-            "model_sha256"
+            "model_sha256",
+            "input_sha256"
         ]
     );
     assert_eq!(rows.len(), PATCHES);
@@ -198,7 +199,7 @@ fn calibrate_then_infer_agree_with_the_run() {
         ],
     );
     let first = r.stdout.lines().next().expect("header");
-    assert_eq!(first, "patch_file,logit,probability,model_sha256");
+    assert_eq!(first, "patch_file,logit,probability,model_sha256,input_sha256");
     assert_eq!(r.stdout.lines().count(), PATCHES + 1);
 }
 

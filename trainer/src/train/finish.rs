@@ -240,7 +240,12 @@ pub fn finish(
         parity_max_scaled_diff_logit: parity.max_scaled_diff_logit,
         seconds: t0.elapsed().as_secs_f64(),
         peak_rss_mib: models::cli::peak_rss_kib().map(|k| k as f64 / 1024.0),
+        outputs: ["model.onnx", "parity.yaml", "val_scores.csv"]
+            .iter()
+            .map(|n| Ok((n.to_string(), models::fsutil::sha256_file(&dir.join(n))?)))
+            .collect::<Result<_>>()?,
     };
-    yaml(&dir.join("summary.yaml"), &summary)?;
+    // The commit point, written last.
+    yaml(&dir.join(models::runfolder::SUMMARY_FILE), &summary)?;
     Ok(summary)
 }

@@ -77,6 +77,10 @@ pub struct RunSummary {
     /// The process's peak resident memory when the run ended, MiB (Linux `VmHWM`; in a
     /// process that ran several runs, such as a sweep without `--task`, the largest so far).
     pub peak_rss_mib: Option<f64>,
+    /// The sha256 of the files written before this summary (`model.onnx`, `parity.yaml`,
+    /// `val_scores.csv`): the summary is the run's commit point
+    /// ([`models::runfolder::check_outputs`]).
+    pub outputs: std::collections::BTreeMap<String, String>,
 }
 
 /// Options that are not part of the reproducible config.
