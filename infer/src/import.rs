@@ -31,17 +31,52 @@ use crate::InferError;
 /// What the imported model's output means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputKind {
-    /// Log-odds of a nodule (no sigmoid at the end).
+    /// Log-odds of a nodule (no sigmoid at the end), `[N, 1]` or `[N]`.
     Logit,
-    /// Probability of a nodule in [0, 1] (a sigmoid at the end).
+    /// Probability of a nodule in [0, 1] (a sigmoid at the end), `[N, 1]` or `[N]`.
     Probability,
+    /// Two class scores before a softmax, `[N, 2]` (MONAI's and torchvision's default
+    /// classifiers): the logit is l[positive] − l[other].
+    TwoClassLogits,
+    /// Two class probabilities after a softmax, `[N, 2]`: the logit is
+    /// log(p[positive] / p[other]).
+    Softmax,
 }
 
 impl OutputKind {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             OutputKind::Logit => "logit",
             OutputKind::Probability => "probability",
+            OutputKind::TwoClassLogits => "two-class-logits",
+            OutputKind::Softmax => "softmax",
+        }
+    }
+
+    /// Values per patch in the output.
+    fn width(self) -> usize {
+        match self {
+            OutputKind::Logit | OutputKind::Probability => 1,
+            OutputKind::TwoClassLogits | OutputKind::Softmax => 2,
+        }
+    }
+
+    /// Whether the values are probabilities (in [0, 1]).
+    fn probabilities(self) -> bool {
+        matches!(self, OutputKind::Probability | OutputKind::Softmax)
+    }
+
+    /// The logit of one patch's output values `v` (`width` of them).
+    fn logit(self, v: &[f32], positive: usize) -> f64 {
+        let clip = |p: f32| f64::from(p.clamp(2f32.powi(-24), 1.0 - 2f32.powi(-24)));
+        match self {
+            OutputKind::Logit => f64::from(v[0]),
+            OutputKind::Probability => {
+                let p = clip(v[0]);
+                (p / (1.0 - p)).ln()
+            }
+            OutputKind::TwoClassLogits => f64::from(v[positive]) - f64::from(v[1 - positive]),
+            OutputKind::Softmax => clip(v[positive]).ln() - clip(v[1 - positive]).ln(),
         }
     }
 }
@@ -52,6 +87,8 @@ pub struct ImportSettings {
     pub source: PathBuf,
     pub out: PathBuf,
     pub kind: OutputKind,
+    /// For two-class outputs: the index (0 or 1) of the nodule class.
+    pub positive_class: usize,
     /// The output to use when the model has several.
     pub output: Option<String>,
     /// A model of ours whose preprocessing to copy (flags below override it).
@@ -77,6 +114,10 @@ pub struct Imported {
     /// (or its log-odds) on the test batch.
     pub max_abs_diff: f64,
     pub onnxruntime_version: String,
+    /// The batch size the source's input fixes, if it fixes one (scored in batches of it).
+    pub fixed_batch: Option<usize>,
+    /// What looks wrong but was done as declared (a logit declared on a Sigmoid's output).
+    pub warnings: Vec<String>,
 }
 
 fn refuse(path: &Path, msg: impl Into<String>) -> InferError {
@@ -142,8 +183,9 @@ fn pick<'a>(path: &Path, values: &[&'a ValueInfoProto], named: Option<&str>) -> 
     }
 }
 
-/// The input: float, `[N, 1, D, D, D]`; returns its fixed cube side, if any.
-fn check_input(path: &Path, v: &ValueInfoProto) -> Result<Option<usize>, InferError> {
+/// The input: float, `[N, 1, D, D, D]`; returns its fixed cube side and batch size, if
+/// fixed.
+fn check_input(path: &Path, v: &ValueInfoProto) -> Result<(Option<usize>, Option<usize>), InferError> {
     let name = v.name.as_deref().unwrap_or("");
     let (elem, dims) = tensor_type(v).ok_or_else(|| refuse(path, format!("input `{name}` is not a tensor")))?;
     if elem != data_type::FLOAT {
@@ -154,7 +196,7 @@ fn check_input(path: &Path, v: &ValueInfoProto) -> Result<Option<usize>, InferEr
     }
     let shape = shape_text(&dims);
     let Some(d) = dims else {
-        return Ok(None);
+        return Ok((None, None));
     };
     if d.len() != 5 {
         return Err(refuse(
@@ -175,11 +217,28 @@ fn check_input(path: &Path, v: &ValueInfoProto) -> Result<Option<usize>, InferEr
     if fixed.iter().any(|&x| x != fixed[0]) {
         return Err(refuse(path, format!("input `{name}` has shape {shape}: not a cube")));
     }
-    Ok(fixed.first().map(|&x| x as usize))
+    let batch = match d[0] {
+        Some(b) if !(1..=MAX_FIXED_BATCH as i64).contains(&b) => {
+            return Err(refuse(
+                path,
+                format!(
+                    "input `{name}` has shape {shape}: a fixed batch of {b} is not scored (1 to {MAX_FIXED_BATCH}); \
+                     re-export with a dynamic batch (torch.onnx.export(..., dynamic_axes={{\"{name}\": {{0: \"batch\"}}}}))"
+                ),
+            ))
+        }
+        b => b.map(|b| b as usize),
+    };
+    Ok((fixed.first().map(|&x| x as usize), batch))
 }
 
-/// The output: float, `[N]` or `[N, 1]` (or of unknown shape, checked on the test batch).
-fn check_output(path: &Path, v: &ValueInfoProto) -> Result<(), InferError> {
+/// The largest fixed batch size taken (a model exported for a batch of 1, `torch.onnx.export`'s
+/// default, is scored one cube per run; a larger fixed batch is padded to fit).
+const MAX_FIXED_BATCH: usize = 256;
+
+/// The output: float, `[N]` or `[N, 1]` (two classes: `[N, 2]`), or of unknown shape,
+/// checked on the test batch.
+fn check_output(path: &Path, v: &ValueInfoProto, kind: OutputKind) -> Result<(), InferError> {
     let name = v.name.as_deref().unwrap_or("");
     let (elem, dims) = tensor_type(v).ok_or_else(|| refuse(path, format!("output `{name}` is not a tensor")))?;
     if elem != data_type::FLOAT {
@@ -189,14 +248,24 @@ fn check_output(path: &Path, v: &ValueInfoProto) -> Result<(), InferError> {
         ));
     }
     if let Some(d) = &dims {
-        let ok = d.len() == 1 || (d.len() == 2 && d[1].is_none_or(|x| x == 1));
+        let ok = match kind.width() {
+            1 => d.len() == 1 || (d.len() == 2 && d[1].is_none_or(|x| x == 1)),
+            _ => d.len() == 2 && d[1].is_none_or(|x| x == 2),
+        };
         if !ok {
+            let hint = if d.len() == 2 && d[1] == Some(2) {
+                ": two classes; import it with --output-kind two-class-logits (scores before a softmax) or softmax \
+                 (probabilities), and --positive-class for the nodule's index"
+                    .to_string()
+            } else if kind.width() == 2 {
+                format!(": --output-kind {} takes [N, 2]", kind.name())
+            } else {
+                ": a patch classifier gives [N, 1] or [N] (or [N, 2] with --output-kind two-class-logits or softmax)"
+                    .to_string()
+            };
             return Err(refuse(
                 path,
-                format!(
-                    "output `{name}` has shape {}: a patch classifier gives [N, 1] or [N]",
-                    shape_text(&dims)
-                ),
+                format!("output `{name}` has shape {}{hint}", shape_text(&dims)),
             ));
         }
     }
@@ -309,6 +378,41 @@ fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> P
     });
     let z = match s.kind {
         OutputKind::Logit => out.clone(),
+        OutputKind::TwoClassLogits | OutputKind::Softmax => {
+            let mut name = |n: &str| fresh(&mut used, &format!("import.{n}"));
+            let (i_pos, i_neg) = (name("positive_index"), name("other_index"));
+            let (g_pos, g_neg, z) = (name("positive"), name("other"), name("z"));
+            for (n, k) in [(&i_pos, s.positive_class), (&i_neg, 1 - s.positive_class)] {
+                inits.push(TensorProto {
+                    dims: vec![1],
+                    data_type: Some(data_type::INT64),
+                    name: Some(n.clone()),
+                    raw_data: Some((k as i64).to_le_bytes().to_vec()),
+                    ..Default::default()
+                });
+            }
+            nodes.push(node("Gather", &[&out, &i_pos], &g_pos, vec![build::int("axis", 1)]));
+            nodes.push(node("Gather", &[&out, &i_neg], &g_neg, vec![build::int("axis", 1)]));
+            if s.kind == OutputKind::TwoClassLogits {
+                nodes.push(node("Sub", &[&g_pos, &g_neg], &z, vec![]));
+            } else {
+                // log(p₊) − log(p₋) on probabilities clipped away from 0 and 1.
+                let eps = 2f32.powi(-24);
+                let (c_eps, c_hi) = (name("eps"), name("one_m_eps"));
+                inits.push(f32_const(&c_eps, eps));
+                inits.push(f32_const(&c_hi, 1.0 - eps));
+                let mut logs = Vec::new();
+                for g in [&g_pos, &g_neg] {
+                    let (lo, p, l) = (name("lo"), name("p"), name("log_p"));
+                    nodes.push(node("Max", &[g, &c_eps], &lo, vec![]));
+                    nodes.push(node("Min", &[&lo, &c_hi], &p, vec![]));
+                    nodes.push(node("Log", &[&p], &l, vec![]));
+                    logs.push(l);
+                }
+                nodes.push(node("Sub", &[&logs[0], &logs[1]], &z, vec![]));
+            }
+            z
+        }
         OutputKind::Probability => {
             // log(p) − log(1 − p) on p clipped away from 0 and 1 (2⁻²⁴: float32's step below 1).
             let eps = 2f32.powi(-24);
@@ -375,6 +479,18 @@ fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> P
                     OutputKind::Probability => "logit of P(nodule), derived from the source's probability \
                          (saturates beyond |logit| ≈ 16.6, where float32 probabilities round to 0 or 1)"
                         .to_string(),
+                    OutputKind::TwoClassLogits => format!(
+                        "logit of P(nodule) = the source's class-{} score minus its class-{} score (softmax of two \
+                         classes = sigmoid of their difference)",
+                        s.positive_class,
+                        1 - s.positive_class
+                    ),
+                    OutputKind::Softmax => format!(
+                        "logit of P(nodule) = log(p{} / p{}) of the source's two softmax probabilities (saturates \
+                         beyond |logit| ≈ 16.6)",
+                        s.positive_class,
+                        1 - s.positive_class
+                    ),
                 },
             ),
             ("architecture", "imported".to_string()),
@@ -382,6 +498,7 @@ fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> P
             ("import.source_sha256", src.sha256.clone()),
             ("import.source_output", output.to_string()),
             ("import.output_kind", s.kind.name().to_string()),
+            ("import.positive_class", s.positive_class.to_string()),
             ("tool.name", "nodule-toolchain".to_string()),
             ("tool.version", models::TOOL_VERSION.to_string()),
         ]
@@ -434,11 +551,17 @@ struct Source {
     sha256: String,
     /// External data files made inline: (name, sha256).
     external: Vec<(String, String)>,
+    /// Their paths (inputs of the run: no output may be one).
+    external_paths: Vec<PathBuf>,
     proto: models::onnx::proto::ModelProto,
     input: String,
     output: String,
     /// The input's fixed cube side, if it is fixed.
     fixed_cube: Option<usize>,
+    /// The input's fixed batch size, if it is fixed.
+    fixed_batch: Option<usize>,
+    /// Warnings about what was declared.
+    warnings: Vec<String>,
 }
 
 /// Files by name with their sha256.
@@ -484,8 +607,19 @@ impl ExternalData {
             ));
         }
         if !self.files.contains_key(&r.location) {
-            let f =
-                models::fsutil::open_regular(&self.dir.join(rel)).map_err(|e| format!("tensor `{}`: {e}", r.tensor))?;
+            let p = self.dir.join(rel);
+            let f = models::fsutil::open_regular(&p).map_err(|e| format!("tensor `{}`: {e}", r.tensor))?;
+            // Through symbolic links too, the file must stay inside the model's folder: a
+            // link named as external data must not pull /etc/passwd into the model.
+            let (real, home) = (std::fs::canonicalize(&p), std::fs::canonicalize(&self.dir));
+            if !matches!((&real, &home), (Ok(r), Ok(h)) if r.starts_with(h)) {
+                return Err(format!(
+                    "tensor `{}`: external data file {} leads outside the model's folder{}; not read",
+                    r.tensor,
+                    p.display(),
+                    real.map_or_else(|_| String::new(), |r| format!(" (to {})", r.display()))
+                ));
+            }
             self.files.insert(r.location.clone(), f);
         }
         let f = &self.files[&r.location];
@@ -537,7 +671,9 @@ impl Source {
     fn read(s: &ImportSettings) -> Result<Source, InferError> {
         let file_bytes = models::fsutil::read_regular(&s.source)?;
         let sha256 = models::fsutil::sha256_bytes(&file_bytes);
+        let dir = ExternalData::new(&s.source).dir.clone();
         let (bytes, external) = ExternalData::new(&s.source).inline(file_bytes)?;
+        let external_paths = external.iter().map(|(n, _)| dir.join(n)).collect();
         let proto = models::onnx::parse_model(&bytes, &s.source)?;
         let opset = proto
             .opset_import
@@ -577,60 +713,105 @@ impl Source {
         }
         let outputs: Vec<&ValueInfoProto> = g.output.iter().collect();
         let output = pick(&s.source, &outputs, s.output.as_deref())?;
-        let fixed_cube = check_input(&s.source, inputs[0])?;
-        check_output(&s.source, output)?;
+        let (fixed_cube, fixed_batch) = check_input(&s.source, inputs[0])?;
+        check_output(&s.source, output, s.kind)?;
         let (input, output) = (
             inputs[0].name.clone().unwrap_or_default(),
             output.name.clone().unwrap_or_default(),
         );
+        // What computes the output: a logit declared on a Sigmoid (or two-class logits on a
+        // Softmax) is most likely a probability.
+        // (Through the ops that only reshape or copy.)
+        let mut producer = String::new();
+        let mut value = output.clone();
+        for _ in 0..16 {
+            let Some(n) = g.node.iter().find(|n| n.output.iter().any(|o| *o == value)) else {
+                break;
+            };
+            producer = n.op_type.clone().unwrap_or_default();
+            match (producer.as_str(), n.input.first()) {
+                ("Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity", Some(i)) => value = i.clone(),
+                _ => break,
+            }
+        }
+        let mut warnings = Vec::new();
+        match (s.kind, producer.as_str()) {
+            (OutputKind::Logit, "Sigmoid") => warnings.push(format!(
+                "output `{output}` is computed by a Sigmoid, yet it was declared a logit: if it is a probability, \
+                 import it with --output-kind probability"
+            )),
+            (OutputKind::TwoClassLogits, "Softmax") => warnings.push(format!(
+                "output `{output}` is computed by a Softmax, yet it was declared two-class logits: if it holds \
+                 probabilities, import it with --output-kind softmax"
+            )),
+            _ => {}
+        }
         Ok(Source {
             bytes,
             sha256,
             external,
+            external_paths,
             proto,
             input,
             output,
             fixed_cube,
+            fixed_batch,
+            warnings,
         })
     }
 
-    /// The source's output on `data` (two cubes): two finite values, and for a probability
-    /// within [0, 1].
-    fn probe(&self, s: &ImportSettings, c: usize, data: &[f32]) -> Result<Vec<f32>, InferError> {
+    /// The source's logits (or what the declared output gives as logits) on `data`
+    /// ([`TEST_CUBES`] cubes, run in batches of the input's fixed size when it has one):
+    /// finite, and for probabilities within [0, 1].
+    fn probe(&self, s: &ImportSettings, c: usize, data: &[f32]) -> Result<Vec<f64>, InferError> {
         let out = &self.output;
-        let (shape, want) = scorer::probe(
-            &self.bytes,
-            &s.source,
-            s.ort_lib.as_deref(),
-            &self.input,
-            out,
-            [2, 1, c, c, c],
-            data,
-        )?;
-        if want.len() != 2 {
-            return Err(refuse(
-                &s.source,
-                format!("output `{out}` gives shape {shape:?} for a batch of 2 cubes: [N, 1] or [N] expected"),
-            ));
-        }
-        if let Some(v) = want.iter().find(|v| !v.is_finite()) {
-            return Err(refuse(&s.source, format!("output `{out}` is {v} on a test batch")));
-        }
-        if s.kind == OutputKind::Probability {
-            if let Some(v) = want.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+        let per = c * c * c;
+        let b = self.fixed_batch.unwrap_or(TEST_CUBES);
+        let mut values = Vec::new();
+        let mut k = 0;
+        while k < TEST_CUBES {
+            // A fixed batch larger than what is left: the rest padded with the first cubes.
+            let batch: Vec<f32> = (0..b).flat_map(|i| &data[((k + i) % TEST_CUBES) * per..][..per]).copied().collect();
+            let (sh, v) = scorer::probe(&self.bytes, &s.source, s.ort_lib.as_deref(), &self.input, out, [b, 1, c, c, c], &batch)?;
+            let w = s.kind.width();
+            if v.len() != b * w {
                 return Err(refuse(
                     &s.source,
-                    format!("output `{out}` was declared a probability but gives {v} (a logit? --output-kind logit)"),
+                    format!(
+                        "output `{out}` gives shape {} for a batch of {b} cube(s): [{b}, {w}]{} expected",
+                        shape_text(&Some(sh.iter().map(|&x| Some(x)).collect())),
+                        if w == 1 { " or [N]" } else { "" }
+                    ),
+                ));
+            }
+            values.extend(v.chunks(w).take(TEST_CUBES - k).map(<[f32]>::to_vec));
+            k += b.min(TEST_CUBES - k);
+        }
+        for v in values.iter().flatten() {
+            if !v.is_finite() {
+                return Err(refuse(&s.source, format!("output `{out}` is {v} on a test batch")));
+            }
+            if s.kind.probabilities() && !(0.0..=1.0).contains(v) {
+                return Err(refuse(
+                    &s.source,
+                    format!(
+                        "output `{out}` was declared {} but gives {v} (logits? --output-kind {})",
+                        if s.kind == OutputKind::Probability { "a probability" } else { "softmax" },
+                        if s.kind == OutputKind::Softmax { "two-class-logits" } else { "logit" }
+                    ),
                 ));
             }
         }
-        Ok(want)
+        Ok(values.iter().map(|v| s.kind.logit(v, s.positive_class)).collect())
     }
 }
 
+/// Cubes in the test batch.
+const TEST_CUBES: usize = 2;
+
 /// Scores the imported model at `path` on `data` and compares its logits with the source's
 /// output `want` (or its log-odds). Returns the largest difference and the runtime version.
-fn verify(s: &ImportSettings, path: &Path, data: &[f32], want: &[f32]) -> Result<(f64, String), InferError> {
+fn verify(s: &ImportSettings, path: &Path, data: &[f32], want: &[f64]) -> Result<(f64, String), InferError> {
     let mut sc = scorer::Scorer::open(
         path,
         &scorer::ScorerOptions {
@@ -643,18 +824,11 @@ fn verify(s: &ImportSettings, path: &Path, data: &[f32], want: &[f32]) -> Result
     let got = sc.score_flat(data)?;
     let mut max_abs_diff = 0.0f64;
     for (&g, &w) in got.iter().zip(want) {
-        let w = match s.kind {
-            OutputKind::Logit => f64::from(w),
-            OutputKind::Probability => {
-                let p = f64::from(w.clamp(2f32.powi(-24), 1.0 - 2f32.powi(-24)));
-                (p / (1.0 - p)).ln()
-            }
-        };
         let d = (f64::from(g) - w).abs();
         // NaN-safe: a NaN difference must fail, and f64::max would drop it.
         max_abs_diff = if d.is_nan() { d } else { max_abs_diff.max(d) };
     }
-    let scale = want.iter().fold(1.0f64, |a, v| a.max(f64::from(v.abs())));
+    let scale = want.iter().fold(1.0f64, |a, v| a.max(v.abs()));
     if max_abs_diff.is_nan() || max_abs_diff > 1e-4 * scale || got.len() != want.len() {
         return Err(InferError::Input {
             path: s.out.clone(),
@@ -664,21 +838,36 @@ fn verify(s: &ImportSettings, path: &Path, data: &[f32], want: &[f32]) -> Result
     Ok((max_abs_diff, sc.runtime.version.clone()))
 }
 
+/// Whether the first bytes of a file look like an ONNX model (a protobuf whose first field
+/// is `ir_version`, field 1 varint): an existing file of another kind is never replaced.
+pub(crate) fn is_onnx_of_ours(head: &[u8]) -> bool {
+    head.first() == Some(&0x08)
+}
+
 /// Imports `s.source` into `s.out` (see the module documentation).
 pub fn import(s: &ImportSettings) -> Result<Imported, InferError> {
+    if s.positive_class > 1 {
+        return Err(InferError::Usage(format!(
+            "--positive-class {}: two classes are numbered 0 and 1",
+            s.positive_class
+        )));
+    }
+    // The source first (reading writes nothing): its external data files are inputs too.
+    let src = Source::read(s)?;
     let mut io = models::fsutil::RunIo::new();
     io.input("source model", &s.source);
+    io.inputs("external data file of the source", src.external_paths.iter().map(PathBuf::as_path));
     if let Some(l) = &s.like {
         io.input("--like model", l);
     }
     let target = io.output("imported model", &s.out)?;
+    models::fsutil::check_replaceable(&s.out, "model", &|h| is_onnx_of_ours(h))?;
     let _lock = match &target {
         models::fsutil::Target::File(p) => {
             Some(models::fsutil::Lock::beside(p, &format!("output {}", s.out.display()))?)
         }
         models::fsutil::Target::Stream(_) => None,
     };
-    let src = Source::read(s)?;
     let pre = preprocessing(s, src.fixed_cube)?;
     let g = src
         .proto
@@ -713,5 +902,7 @@ pub fn import(s: &ImportSettings) -> Result<Imported, InferError> {
         renamed: plan.renamed,
         max_abs_diff: checked.0,
         onnxruntime_version: checked.1,
+        fixed_batch: src.fixed_batch,
+        warnings: src.warnings.clone(),
     })
 }

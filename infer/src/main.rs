@@ -240,9 +240,13 @@ struct ImportArgs {
     /// Where to write the imported model.
     #[arg(short, long)]
     out: PathBuf,
-    /// What the output is: logit (log-odds) or probability (after a sigmoid).
+    /// What the output is: logit (log-odds), probability (after a sigmoid), or for an
+    /// [N, 2] output two-class-logits (before a softmax) or softmax (probabilities).
     #[arg(long, value_enum)]
     output_kind: infer::import::OutputKind,
+    /// For a two-class output: the index of the nodule class (0 or 1).
+    #[arg(long, default_value_t = 1)]
+    positive_class: usize,
     /// The output to use, when the model has several.
     #[arg(long)]
     output: Option<String>,
@@ -263,6 +267,7 @@ fn import(a: &ImportArgs) -> ExitCode {
         source: a.source.clone(),
         out: a.out.clone(),
         kind: a.output_kind,
+        positive_class: a.positive_class,
         output: a.output.clone(),
         like: a.like.clone(),
         pre: a.pre,
@@ -277,8 +282,18 @@ fn import(a: &ImportArgs) -> ExitCode {
                 r.input,
                 r.output,
                 match a.output_kind {
-                    infer::import::OutputKind::Logit => "logit",
-                    infer::import::OutputKind::Probability => "probability, its log-odds as the logit",
+                    infer::import::OutputKind::Logit => "logit".to_string(),
+                    infer::import::OutputKind::Probability => "probability, its log-odds as the logit".to_string(),
+                    infer::import::OutputKind::TwoClassLogits => format!(
+                        "two class scores, class {} minus class {} as the logit",
+                        a.positive_class,
+                        1 - a.positive_class.min(1)
+                    ),
+                    infer::import::OutputKind::Softmax => format!(
+                        "two softmax probabilities, log(p{} / p{}) as the logit",
+                        a.positive_class,
+                        1 - a.positive_class.min(1)
+                    ),
                 },
                 r.out.display()
             );
@@ -288,6 +303,12 @@ fn import(a: &ImportArgs) -> ExitCode {
             );
             for (name, sha) in &r.external {
                 println!("made inline the external data file {name} (sha256 {sha})");
+            }
+            if let Some(b) = r.fixed_batch {
+                println!("the input's batch size is fixed at {b}: scored {b} cube(s) per run (a last, smaller batch padded)");
+            }
+            for w in &r.warnings {
+                eprintln!("infer import: warning: {w}");
             }
             for (from, to) in &r.renamed {
                 println!("renamed the source's value `{from}` to `{to}` (the name is ours)");

@@ -84,6 +84,9 @@ pub struct Scorer {
     /// [`Scorer::score`]'s batch buffer, kept between calls: a fresh one per batch is a
     /// fresh mmap (tens of MiB) with its page faults, on the scoring thread.
     batch: Vec<f32>,
+    /// The batch size the model's input fixes, if it fixes one: every run gets exactly that
+    /// many cubes (more are cut into runs of it, the last run padded with copies).
+    pub fixed_batch: Option<usize>,
 }
 
 impl Scorer {
@@ -234,7 +237,19 @@ impl Scorer {
                 ),
             });
         }
+        // A batch size the cube input fixes (an imported `torch.onnx.export` model without
+        // dynamic axes): batches are cut or padded to it.
+        let fixed_batch = session
+            .inputs()
+            .iter()
+            .find(|i| i.name() != models::onnx::FEATURES_NAME)
+            .and_then(|i| match i.dtype() {
+                ort::value::ValueType::Tensor { shape, .. } => shape.first().copied().filter(|&b| b > 0),
+                _ => None,
+            })
+            .map(|b| b as usize);
         Ok(Scorer {
+            fixed_batch,
             session,
             model_path: model.to_path_buf(),
             model_sha256: models::fsutil::sha256_bytes(&bytes),
@@ -290,6 +305,36 @@ impl Scorer {
     /// [`Scorer::score_flat`] with the tabular features a model with them takes: `n · F`
     /// raw values, `F` per cube in the order of [`Scorer::features`].
     pub fn score_flat_with(&mut self, data: &[f32], feats: Option<&[f32]>) -> Result<Vec<f32>, ScorerError> {
+        let Some(b) = self.fixed_batch else {
+            return self.run_batch(data, feats);
+        };
+        let d = self.preprocess.cube_size;
+        let per = d * d * d;
+        let nf = self.features.as_ref().map_or(0, Vec::len);
+        if per == 0 || !data.len().is_multiple_of(per) {
+            return self.run_batch(data, feats);
+        }
+        let n = data.len() / per;
+        let mut out = Vec::with_capacity(n);
+        for start in (0..n).step_by(b) {
+            let k = b.min(n - start);
+            let mut cubes = data[start * per..(start + k) * per].to_vec();
+            let mut f = feats.map(|f| f[start * nf..(start + k) * nf].to_vec());
+            // Padded with copies of the first cube of the run; their logits are dropped.
+            for _ in k..b {
+                cubes.extend_from_within(..per);
+                if let Some(f) = f.as_mut() {
+                    f.extend_from_within(..nf);
+                }
+            }
+            let z = self.run_batch(&cubes, f.as_deref())?;
+            out.extend_from_slice(&z[..k]);
+        }
+        Ok(out)
+    }
+
+    /// One run of the session on `data` (and `feats`).
+    fn run_batch(&mut self, data: &[f32], feats: Option<&[f32]>) -> Result<Vec<f32>, ScorerError> {
         let d = self.preprocess.cube_size;
         let per = d * d * d;
         if data.is_empty() {

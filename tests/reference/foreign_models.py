@@ -15,6 +15,14 @@ batch is left to ONNX Runtime in the tests. Files:
                     writes them)
   escape.onnx       external data at "../outside.data": outside the model's folder
   short.onnx        external data whose range runs past the end of short.onnx.data
+  fixed1.onnx       input [1,1,16,16,16] and a Reshape to [1, 4] baked in (torch.onnx.export
+                    without dynamic_axes), output [1,1]
+  fixed3.onnx       the same for a fixed batch of 3
+  two_class.onnx    output `logits` [N,2]: two class scores (MONAI's default classifier head)
+  softmax.onnx      output `prob` [N,2] after a Softmax over the classes
+  nested_if.onnx    a node holding 3,000 `If` subgraphs nested in each other
+  linked.onnx       external data named `linked.onnx.data`, a symbolic link to a file
+                    outside the model's folder
 """
 import os
 import sys
@@ -32,13 +40,13 @@ def init(name, shape, scale=0.2):
     return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
 
 
-def cnn(in_name, in_shape, out_name, head=None, spatial=3, channels=4):
+def cnn(in_name, in_shape, out_name, head=None, spatial=3, channels=4, classes=1):
     k = [3] * spatial
     inits = [
         init("conv.w", [channels, 1] + k),
         init("conv.b", [channels]),
-        init("fc.w", [1, channels], 1.0),
-        init("fc.b", [1], 0.1),
+        init("fc.w", [classes, channels], 1.0),
+        init("fc.b", [classes], 0.1),
     ]
     nodes = [
         helper.make_node("Conv", [in_name, "conv.w", "conv.b"], ["c"], pads=[1] * (2 * spatial)),
@@ -58,9 +66,19 @@ def cnn(in_name, in_shape, out_name, head=None, spatial=3, channels=4):
     elif head == "sigmoid":
         nodes.append(helper.make_node("Sigmoid", ["z"], [out_name]))
         outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", 1]))
+    elif head == "softmax":
+        nodes.append(helper.make_node("Softmax", ["z"], [out_name], axis=1))
+        outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", classes]))
+    elif head == "fixed":
+        # What torch.onnx.export writes for `x.view(1, -1)` without dynamic axes.
+        b = in_shape[0]
+        inits.append(numpy_helper.from_array(np.array([b, channels], dtype=np.int64), "fixed_shape"))
+        nodes[3] = helper.make_node("Reshape", ["g", "fixed_shape"], ["f"])
+        nodes.append(helper.make_node("Identity", ["z"], [out_name]))
+        outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [b, classes]))
     else:
         nodes.append(helper.make_node("Identity", ["z"], [out_name]))
-        outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", 1]))
+        outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", classes]))
     inputs = [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, in_shape)]
     return nodes, inits, inputs, outputs
 
@@ -113,4 +131,47 @@ with open(os.path.join(out, "..", "outside.data"), "wb") as f:
     f.write(os.urandom(4096))
 save("short", *cnn("input", ["N", 1, 16, 16, 16], "output"), external=True)
 tamper("short", length=1 << 20)
+save("fixed1", *cnn("input", [1, 1, 16, 16, 16], "output", head="fixed"))
+save("fixed3", *cnn("input", [3, 1, 16, 16, 16], "output", head="fixed"))
+save("two_class", *cnn("input", ["N", 1, 16, 16, 16], "logits", classes=2))
+save("softmax", *cnn("input", ["N", 1, 16, 16, 16], "prob", head="softmax", classes=2))
+
+
+def field(num, payload):
+    """A length-delimited protobuf field."""
+    key, n = (num << 3) | 2, len(payload)
+    out = bytearray()
+    for v in (key, n):
+        while True:
+            b = v & 0x7F
+            v >>= 7
+            out.append(b | (0x80 if v else 0))
+            if not v:
+                break
+    return bytes(out) + payload
+
+
+# 3,000 If nodes, each the then-branch of the one around it (built as bytes: onnx's own
+# serializer would recurse as deep).
+inner = b""
+for _ in range(3000):
+    attr = field(1, b"then_branch") + bytes([0xA0, 0x01, 5]) + field(6, inner)
+    node = field(1, b"cond") + field(2, b"o") + field(4, b"If") + field(5, attr)
+    inner = field(1, node)
+nodes, inits, inputs, outputs = cnn("input", ["N", 1, 16, 16, 16], "output")
+m = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializer=inits),
+                      opset_imports=[helper.make_opsetid("", 17)])
+m.ir_version = 8
+raw = m.SerializeToString()
+# The deep node appended to the main graph (field 7 of the model): re-encode the graph.
+g = m.graph.SerializeToString() + field(1, field(1, b"cond") + field(2, b"deep") + field(4, b"If")
+                                         + field(5, field(1, b"then_branch") + bytes([0xA0, 0x01, 5]) + field(6, inner)))
+m.ClearField("graph")
+with open(os.path.join(out, "nested_if.onnx"), "wb") as f:
+    f.write(m.SerializeToString() + field(7, g))
+# External data through a symbolic link that leads out of the model's folder.
+save("linked", *cnn("input", ["N", 1, 16, 16, 16], "output"), external=True)
+secret = os.path.join(out, "..", "secret.data")
+os.replace(os.path.join(out, "linked.onnx.data"), secret)
+os.symlink(os.path.abspath(secret), os.path.join(out, "linked.onnx.data"))
 print("ok")

@@ -154,11 +154,26 @@ fn schema(kind: Kind, num: u64) -> Option<Kind> {
     }
 }
 
+/// How deep messages may nest (graph → node → attribute → subgraph is three levels): real
+/// models nest a few subgraphs; 3,000 nested `If`s would otherwise overflow the stack.
+pub const MAX_NESTING: usize = 96;
+
+fn too_deep(depth: usize) -> Result<(), String> {
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "subgraphs nested more than {} deep (If/Loop/Scan bodies inside each other): not read",
+            MAX_NESTING / 3
+        ));
+    }
+    Ok(())
+}
+
 /// `msg` (of `kind`) with value names renamed through `map`; untouched fields are copied.
-fn renamed(msg: &[u8], kind: Kind, map: &HashMap<String, String>) -> Result<Vec<u8>, String> {
+fn renamed(msg: &[u8], kind: Kind, map: &HashMap<String, String>, depth: usize) -> Result<Vec<u8>, String> {
     if map.is_empty() {
         return Ok(msg.to_vec());
     }
+    too_deep(depth)?;
     let mut out = Vec::with_capacity(msg.len());
     for f in fields(msg)? {
         match (f.payload, schema(kind, f.num)) {
@@ -169,7 +184,7 @@ fn renamed(msg: &[u8], kind: Kind, map: &HashMap<String, String>) -> Result<Vec<
                     None => out.extend_from_slice(&msg[f.start..f.end]),
                 }
             }
-            (Some((s, e)), Some(k)) => put_bytes(&mut out, f.num, &renamed(&msg[s..e], k, map)?),
+            (Some((s, e)), Some(k)) => put_bytes(&mut out, f.num, &renamed(&msg[s..e], k, map, depth + 1)?),
             _ => out.extend_from_slice(&msg[f.start..f.end]),
         }
     }
@@ -208,7 +223,7 @@ pub fn rewrite(bytes: &[u8], edit: &Edit) -> Result<Vec<u8>, String> {
                     match (gf.num, gf.payload, schema(Kind::Graph, gf.num)) {
                         (12, _, _) if edit.drop_outputs => {}
                         (_, Some((ps, pe)), Some(k)) => {
-                            put_bytes(&mut g, gf.num, &renamed(&bytes[s + ps..s + pe], k, &edit.rename)?)
+                            put_bytes(&mut g, gf.num, &renamed(&bytes[s + ps..s + pe], k, &edit.rename, 1)?)
                         }
                         _ => g.extend_from_slice(raw),
                     }
@@ -330,7 +345,8 @@ fn inline_tensor(msg: &[u8], load: &mut Loader) -> Result<Option<Vec<u8>>, Strin
 }
 
 /// `msg` (of `kind`) with the external tensors it reaches made inline; counts them.
-fn inlined(msg: &[u8], kind: Kind, load: &mut Loader, n: &mut usize) -> Result<Vec<u8>, String> {
+fn inlined(msg: &[u8], kind: Kind, load: &mut Loader, n: &mut usize, depth: usize) -> Result<Vec<u8>, String> {
+    too_deep(depth)?;
     if let Kind::Tensor = kind {
         if let Some(t) = inline_tensor(msg, load)? {
             *n += 1;
@@ -341,7 +357,7 @@ fn inlined(msg: &[u8], kind: Kind, load: &mut Loader, n: &mut usize) -> Result<V
     let mut out = Vec::with_capacity(msg.len());
     for f in fields(msg)? {
         match (f.payload, tensor_schema(kind, f.num)) {
-            (Some((s, e)), Some(k)) => put_bytes(&mut out, f.num, &inlined(&msg[s..e], k, load, n)?),
+            (Some((s, e)), Some(k)) => put_bytes(&mut out, f.num, &inlined(&msg[s..e], k, load, n, depth + 1)?),
             _ => out.extend_from_slice(&msg[f.start..f.end]),
         }
     }
@@ -356,7 +372,7 @@ pub fn inline_external(bytes: &[u8], load: &mut Loader) -> Result<(Vec<u8>, usiz
     let mut out = Vec::with_capacity(bytes.len());
     for f in fields(bytes)? {
         match (f.num, f.payload) {
-            (7, Some((s, e))) => put_bytes(&mut out, 7, &inlined(&bytes[s..e], Kind::Graph, load, &mut n)?),
+            (7, Some((s, e))) => put_bytes(&mut out, 7, &inlined(&bytes[s..e], Kind::Graph, load, &mut n, 0)?),
             _ => out.extend_from_slice(&bytes[f.start..f.end]),
         }
     }

@@ -78,7 +78,7 @@ fn foreign_models_score_as_their_own_runtime_scores_them() {
     let default_window = ["-1000", "400", "0", "1"];
     // (source, its output, declared kind, extra flags, the window the reference applies)
     type Case<'a> = (&'a str, &'a str, &'a str, Vec<&'a str>, [&'a str; 4]);
-    let cases: [Case; 5] = [
+    let cases: Vec<Case> = vec![
         (
             "named",
             "output",
@@ -100,6 +100,12 @@ fn foreign_models_score_as_their_own_runtime_scores_them() {
         ("logit_prob", "logit", "probability", vec![], default_window),
         // Weights in a `.onnx.data` file beside the model, as torch.onnx.export writes them.
         ("external", "output", "logit", vec![], default_window),
+        // torch.onnx.export without dynamic_axes: a fixed batch (1, or 3) scored in runs of it.
+        ("fixed1", "output", "logit", vec![], default_window),
+        ("fixed3", "output", "logit", vec![], default_window),
+        // Two-class heads (MONAI's classifiers default to two outputs).
+        ("two_class", "logits", "two-class-logits", vec![], default_window),
+        ("softmax", "prob", "softmax", vec![], default_window),
     ];
     for (name, output, kind, extra, window) in cases {
         let source = src.join(format!("{name}.onnx"));
@@ -130,6 +136,9 @@ fn foreign_models_score_as_their_own_runtime_scores_them() {
         }
         if name == "logit_prob" {
             assert!(r.stdout.contains("`logit` to `source.logit`"), "{}", r.stdout);
+        }
+        if name.starts_with("fixed") {
+            assert!(r.stdout.contains("batch size is fixed"), "{}", r.stdout);
         }
         if name == "external" {
             // One file: the weights inline, the data file's sha256 in the metadata.
@@ -293,6 +302,26 @@ fn models_it_cannot_score_are_refused_naming_the_fault() {
             import(&m("short"), "logit", &[]),
             &["short.onnx.data", "beyond its"][..],
         ),
+        // A two-class output declared one logit: refused with the way forward.
+        (
+            import(&m("two_class"), "logit", &[]),
+            &["[?, 2]", "two-class-logits", "--positive-class"][..],
+        ),
+        (
+            import(&m("two_class"), "softmax", &[]),
+            &["declared softmax", "--output-kind two-class-logits"][..],
+        ),
+        (
+            import(&m("two_class"), "two-class-logits", &["--positive-class", "2"]),
+            &["--positive-class 2"][..],
+        ),
+        // 3,000 nested If subgraphs: a clear refusal, not a stack overflow.
+        (import(&m("nested_if"), "logit", &[]), &["nested more than"][..]),
+        // External data through a symbolic link out of the model's folder: not read.
+        (
+            import(&m("linked"), "logit", &[]),
+            &["linked.onnx.data", "leads outside the model's folder", "secret.data"][..],
+        ),
     ] {
         for w in want {
             assert!(e.contains(w), "expected {w:?} in: {e}");
@@ -325,6 +354,21 @@ fn models_it_cannot_score_are_refused_naming_the_fault() {
     );
     assert!(r.stderr.contains("named.onnx"), "{}", r.stderr);
     assert_eq!(std::fs::read(&named).expect("read"), before);
+    // An output naming the source's external data file: refused, the weights untouched.
+    let data = src.join("external.onnx.data");
+    let before = std::fs::read(&data).expect("read");
+    let r = run_err(
+        "infer",
+        &["import", s(&m("external")), "-o", s(&data), "--output-kind", "logit"],
+    );
+    assert!(r.stderr.contains("external data file of the source"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&data).expect("read"), before);
+    // A logit declared on a Sigmoid's output: imported as declared, with a warning.
+    let r = run_ok(
+        "infer",
+        &["import", s(&m("sigmoid")), "-o", s(&out), "--output-kind", "logit"],
+    );
+    assert!(r.stderr.contains("computed by a Sigmoid"), "{}", r.stderr);
     // A FIFO as the source: refused at once, not waited on.
     let fifo = d.path().join("fifo.onnx");
     let ok = std::process::Command::new("mkfifo")
