@@ -335,6 +335,13 @@ fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
         }
     }
     let dir = s.out_dir();
+    // What an earlier calibration wrote is replaced; a file of another kind at those paths
+    // is not.
+    models::fsutil::check_replaceable(&s.out, "calibration file", &|h| h.starts_with(b"tool_version:"))?;
+    models::fsutil::check_replaceable(&dir.join(report::REPORT_FILE), "calibration report", &|h| {
+        h.starts_with(b"# Calibration report")
+    })?;
+    models::fsutil::check_replaceable(&dir.join(write::BAKED_FILE), "model", &models::onnx::looks_like_onnx)?;
     if dir.is_dir() {
         if let models::fsutil::Target::Stream(_) = io.output("calibration file", &s.out)? {
             // A device or FIFO takes the calibration file; the report and the calibrated

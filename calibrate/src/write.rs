@@ -38,9 +38,11 @@ pub fn write_outputs(
     }
     if s.report {
         crate::report::write(&cal, t, dir)?;
-        for name in std::iter::once(crate::report::REPORT_FILE.to_string())
-            .chain(crate::report::PLOTS.iter().map(|p| format!("{}/{p}", crate::report::PLOTS_DIR)))
-        {
+        for name in std::iter::once(crate::report::REPORT_FILE.to_string()).chain(
+            crate::report::PLOTS
+                .iter()
+                .map(|p| format!("{}/{p}", crate::report::PLOTS_DIR)),
+        ) {
             cal.outputs
                 .insert(name.clone(), models::fsutil::sha256_file(&dir.join(&name))?);
         }

@@ -350,13 +350,14 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
                     }
                 }
                 data.truncate(good.len() * per);
-                if tx.send(Decoded {
-                    good,
-                    digests,
-                    bad,
-                    data,
-                })
-                .is_err()
+                if tx
+                    .send(Decoded {
+                        good,
+                        digests,
+                        bad,
+                        data,
+                    })
+                    .is_err()
                 {
                     break; // the consumer stopped (fail-fast or an error)
                 }
@@ -614,16 +615,19 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     // --resume: keep the earlier rows of patches still among the inputs, skip those patches.
     let previous = match &plan.out {
         Some(Target::File(p)) if s.resume && p.is_file() => {
-            let items: HashMap<&str, &Path> =
-                inputs.items.iter().map(|it| (it.name.as_str(), it.path.as_path())).collect();
+            let items: HashMap<&str, &Path> = inputs
+                .items
+                .iter()
+                .map(|it| (it.name.as_str(), it.path.as_path()))
+                .collect();
             let pre = scorer.preprocess.clone();
             // A kept row must be of the same input: its file still gives the digest the row
             // records (a file of the same name with other contents is scored again).
             let same_input = |name: &str, digest: &str| {
                 let mut scratch = vec![0f32; pre.cube_size.pow(3)];
-                items.get(name).is_some_and(|p| {
-                    models::patch::load_patch_hashed(p, &pre, &mut scratch).is_ok_and(|d| d == digest)
-                })
+                items
+                    .get(name)
+                    .is_some_and(|p| models::patch::load_patch_hashed(p, &pre, &mut scratch).is_ok_and(|d| d == digest))
             };
             Some(crate::resume::read_previous(
                 p,

@@ -289,6 +289,8 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     let mut io = models::fsutil::RunIo::new();
     io.inputs("bundled file", files.iter().map(|(_, p)| p.as_path()));
     let target = io.output("bundle", &s.out)?;
+    // A bundle replaces only a gzip archive (an earlier bundle), never another file.
+    models::fsutil::check_replaceable(&s.out, "bundle", &|h| h.starts_with(&[0x1f, 0x8b]))?;
     let _lock = match &target {
         models::fsutil::Target::File(p) => {
             Some(models::fsutil::Lock::beside(p, &format!("bundle {}", s.out.display()))?)

@@ -771,8 +771,19 @@ impl Source {
         let mut k = 0;
         while k < TEST_CUBES {
             // A fixed batch larger than what is left: the rest padded with the first cubes.
-            let batch: Vec<f32> = (0..b).flat_map(|i| &data[((k + i) % TEST_CUBES) * per..][..per]).copied().collect();
-            let (sh, v) = scorer::probe(&self.bytes, &s.source, s.ort_lib.as_deref(), &self.input, out, [b, 1, c, c, c], &batch)?;
+            let batch: Vec<f32> = (0..b)
+                .flat_map(|i| &data[((k + i) % TEST_CUBES) * per..][..per])
+                .copied()
+                .collect();
+            let (sh, v) = scorer::probe(
+                &self.bytes,
+                &s.source,
+                s.ort_lib.as_deref(),
+                &self.input,
+                out,
+                [b, 1, c, c, c],
+                &batch,
+            )?;
             let w = s.kind.width();
             if v.len() != b * w {
                 return Err(refuse(
@@ -796,8 +807,16 @@ impl Source {
                     &s.source,
                     format!(
                         "output `{out}` was declared {} but gives {v} (logits? --output-kind {})",
-                        if s.kind == OutputKind::Probability { "a probability" } else { "softmax" },
-                        if s.kind == OutputKind::Softmax { "two-class-logits" } else { "logit" }
+                        if s.kind == OutputKind::Probability {
+                            "a probability"
+                        } else {
+                            "softmax"
+                        },
+                        if s.kind == OutputKind::Softmax {
+                            "two-class-logits"
+                        } else {
+                            "logit"
+                        }
                     ),
                 ));
             }
@@ -838,12 +857,6 @@ fn verify(s: &ImportSettings, path: &Path, data: &[f32], want: &[f64]) -> Result
     Ok((max_abs_diff, sc.runtime.version.clone()))
 }
 
-/// Whether the first bytes of a file look like an ONNX model (a protobuf whose first field
-/// is `ir_version`, field 1 varint): an existing file of another kind is never replaced.
-pub(crate) fn is_onnx_of_ours(head: &[u8]) -> bool {
-    head.first() == Some(&0x08)
-}
-
 /// Imports `s.source` into `s.out` (see the module documentation).
 pub fn import(s: &ImportSettings) -> Result<Imported, InferError> {
     if s.positive_class > 1 {
@@ -856,12 +869,15 @@ pub fn import(s: &ImportSettings) -> Result<Imported, InferError> {
     let src = Source::read(s)?;
     let mut io = models::fsutil::RunIo::new();
     io.input("source model", &s.source);
-    io.inputs("external data file of the source", src.external_paths.iter().map(PathBuf::as_path));
+    io.inputs(
+        "external data file of the source",
+        src.external_paths.iter().map(PathBuf::as_path),
+    );
     if let Some(l) = &s.like {
         io.input("--like model", l);
     }
     let target = io.output("imported model", &s.out)?;
-    models::fsutil::check_replaceable(&s.out, "model", &|h| is_onnx_of_ours(h))?;
+    models::fsutil::check_replaceable(&s.out, "model", &models::onnx::looks_like_onnx)?;
     let _lock = match &target {
         models::fsutil::Target::File(p) => {
             Some(models::fsutil::Lock::beside(p, &format!("output {}", s.out.display()))?)

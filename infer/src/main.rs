@@ -305,7 +305,9 @@ fn import(a: &ImportArgs) -> ExitCode {
                 println!("made inline the external data file {name} (sha256 {sha})");
             }
             if let Some(b) = r.fixed_batch {
-                println!("the input's batch size is fixed at {b}: scored {b} cube(s) per run (a last, smaller batch padded)");
+                println!(
+                    "the input's batch size is fixed at {b}: scored {b} cube(s) per run (a last, smaller batch padded)"
+                );
             }
             for w in &r.warnings {
                 eprintln!("infer import: warning: {w}");

@@ -190,7 +190,10 @@ pub(crate) fn read_previous(
     let mut seen = HashSet::new();
     for (line, r) in &rows {
         if !seen.insert(r.name.as_str()) {
-            return Err(damaged(*line, &format!("{} is already scored on an earlier line", r.name)));
+            return Err(damaged(
+                *line,
+                &format!("{} is already scored on an earlier line", r.name),
+            ));
         }
     }
     // Whether each wanted row's input is unchanged: read in parallel (the crops only).

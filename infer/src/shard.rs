@@ -268,10 +268,7 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
     for ((r, p), body) in parts.iter().zip(&bodies) {
         let names = patches_of(body, &first.format).map_err(|e| bad(p, e))?;
         if names.len() != r.rows {
-            return Err(bad(
-                p,
-                format!("{} rows where its record says {}", names.len(), r.rows),
-            ));
+            return Err(bad(p, format!("{} rows where its record says {}", names.len(), r.rows)));
         }
         // Parts tile the inputs, so a patch in two parts means parts of different runs.
         // (A LUNA16 submission names no patch: its rows may repeat within one run.)

@@ -115,7 +115,10 @@ impl Preprocess {
             }
         }
         if !(self.pad_hu.is_finite() && self.pad_hu >= lo && self.pad_hu <= hi) {
-            problems.push(format!("pad_hu {} must be finite and within [{lo}, {hi}] HU", self.pad_hu));
+            problems.push(format!(
+                "pad_hu {} must be finite and within [{lo}, {hi}] HU",
+                self.pad_hu
+            ));
         }
         if problems.is_empty() {
             Ok(())

@@ -116,8 +116,7 @@ fn kind_of(p: &Path) -> Option<Format> {
         Some(Format::MetaImage)
     } else if name.ends_with(".nii") || name.ends_with(".nii.gz") {
         Some(Format::Nifti)
-    } else if name.ends_with(".dcm") || name.ends_with(".dicom") || name.ends_with(".ima") || p.extension().is_none()
-    {
+    } else if name.ends_with(".dcm") || name.ends_with(".dicom") || name.ends_with(".ima") || p.extension().is_none() {
         Some(Format::Dicom)
     } else {
         None
@@ -142,7 +141,11 @@ fn uid_from_name(p: &Path) -> String {
 /// Why a seriesuid cannot name the files and folders made for it, if it cannot (it names
 /// folders and files under an output folder: nothing that could climb out of it).
 pub fn bad_uid(uid: &str) -> Option<String> {
-    if uid.is_empty() || uid == "." || uid == ".." || uid.contains(['/', '\\', '\0']) || uid.chars().any(char::is_control)
+    if uid.is_empty()
+        || uid == "."
+        || uid == ".."
+        || uid.contains(['/', '\\', '\0'])
+        || uid.chars().any(char::is_control)
     {
         Some(format!(
             "a scan's seriesuid must name a file (no '/', '\\', control characters, '.' or '..'), not {uid:?}"
@@ -192,7 +195,10 @@ pub fn find(dir: &Path, only: Option<Format>) -> Result<Found> {
             return;
         }
         if let Some(prev) = found.scans.get(&uid) {
-            twice.entry(uid).or_insert_with(|| vec![prev.path().to_path_buf()]).push(src.path().to_path_buf());
+            twice
+                .entry(uid)
+                .or_insert_with(|| vec![prev.path().to_path_buf()])
+                .push(src.path().to_path_buf());
             return;
         }
         if twice.contains_key(&uid) {

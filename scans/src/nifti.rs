@@ -142,7 +142,11 @@ impl Stored {
             16 => Stored::F32,
             64 => Stored::F64,
             32 | 1792 | 2048 => return Err(format!("datatype {datatype} is complex: a CT is real-valued")),
-            128 | 2304 => return Err(format!("datatype {datatype} is RGB colour: a CT has one value per voxel")),
+            128 | 2304 => {
+                return Err(format!(
+                    "datatype {datatype} is RGB colour: a CT has one value per voxel"
+                ))
+            }
             1536 => return Err("datatype 1536 (128-bit float) is not read".into()),
             other => return Err(format!("datatype {other} is no NIfTI-1 type")),
         })
@@ -204,7 +208,9 @@ fn scaling(h: &Header) -> std::result::Result<Option<(f64, f64)>, String> {
         ));
     }
     if slope.abs() < f64::EPSILON {
-        return Err(format!("scl_slope {slope:e}: ITK reads a slope this small as 1, the others as given"));
+        return Err(format!(
+            "scl_slope {slope:e}: ITK reads a slope this small as 1, the others as given"
+        ));
     }
     Ok(Some((slope, inter)))
 }
@@ -254,9 +260,21 @@ fn qform(h: &Header) -> std::result::Result<Affine, String> {
         a = a.sqrt();
     }
     let r = [
-        [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
-        [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
-        [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        [
+            a * a + b * b - c * c - d * d,
+            2.0 * (b * c - a * d),
+            2.0 * (b * d + a * c),
+        ],
+        [
+            2.0 * (b * c + a * d),
+            a * a + c * c - b * b - d * d,
+            2.0 * (c * d - a * b),
+        ],
+        [
+            2.0 * (b * d - a * c),
+            2.0 * (c * d + a * b),
+            a * a + d * d - c * c - b * b,
+        ],
     ];
     let s = [dx[0], dx[1], qfac * dx[2]];
     let mut m = [[0.0; 4]; 3];
@@ -331,9 +349,9 @@ fn affine(h: &Header) -> std::result::Result<Affine, String> {
         }
     }
     match (h.sform_code > 0, h.qform_code > 0) {
-        (false, false) => Err(
-            "neither an sform nor a qform (both codes 0): the file does not say where its voxels are".into(),
-        ),
+        (false, false) => {
+            Err("neither an sform nor a qform (both codes 0): the file does not say where its voxels are".into())
+        }
         (false, true) => qform(h),
         (true, false) => sform(h),
         (true, true) => {
@@ -380,9 +398,7 @@ fn geometry(m: Affine, dims: [usize; 3]) -> std::result::Result<Geometry, String
 fn check(h: &Header) -> std::result::Result<([usize; 3], Stored, Geometry), String> {
     match &h.magic {
         b"n+1\0" => {}
-        b"ni1\0" => {
-            return Err("the magic says this is the header of a .hdr/.img pair, not a single .nii file".into())
-        }
+        b"ni1\0" => return Err("the magic says this is the header of a .hdr/.img pair, not a single .nii file".into()),
         m => {
             return Err(format!(
                 "magic {:?}: an Analyze 7.5 file (or damaged), whose orientation the standard readers do not agree on",
@@ -425,14 +441,25 @@ fn check(h: &Header) -> std::result::Result<([usize; 3], Stored, Geometry), Stri
     }
     match h.xyzt_units & 0x07 {
         0 | 2 => {}
-        1 => return Err("spatial units of metres: ITK converts them to mm, nibabel does not; the readers disagree".into()),
-        3 => return Err("spatial units of microns: ITK converts them to mm, nibabel does not; the readers disagree".into()),
+        1 => {
+            return Err(
+                "spatial units of metres: ITK converts them to mm, nibabel does not; the readers disagree".into(),
+            )
+        }
+        3 => {
+            return Err(
+                "spatial units of microns: ITK converts them to mm, nibabel does not; the readers disagree".into(),
+            )
+        }
         u => return Err(format!("spatial unit code {u} is not one of NIfTI's")),
     }
     let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let n = n
-        .filter(|&n| n <= models::metaimage::MAX_VOXELS)
-        .ok_or_else(|| format!("dim {dims:?}: more than the {} voxels a scan may have", models::metaimage::MAX_VOXELS))?;
+    let n = n.filter(|&n| n <= models::metaimage::MAX_VOXELS).ok_or_else(|| {
+        format!(
+            "dim {dims:?}: more than the {} voxels a scan may have",
+            models::metaimage::MAX_VOXELS
+        )
+    })?;
     let bytes = n as u64 * ty.size() as u64;
     if bytes > MAX_BYTES {
         return Err(format!("{bytes} bytes of voxels: more than the {MAX_BYTES} read"));

@@ -460,10 +460,15 @@ fn jpeg_extended_12_bit_slices_decode_as_dcmtk_decodes_them() {
     let fx = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg_extended");
     let plain = only(&fx.join("plain"), Format::Dicom).read().expect("plain");
     let jpeg = only(&fx.join("jpeg"), Format::Dicom).read().expect("jpeg extended");
-    let dcmtk = only(&fx.join("decoded"), Format::Dicom).read().expect("dcmdjpeg's decoding");
+    let dcmtk = only(&fx.join("decoded"), Format::Dicom)
+        .read()
+        .expect("dcmdjpeg's decoding");
     assert_eq!(jpeg.geometry, plain.geometry);
     assert_eq!(jpeg.geometry.dims, [48, 40, 4]);
-    assert_eq!(jpeg.voxels, dcmtk.voxels, "our 12-bit decoding differs from IJG libjpeg's");
+    assert_eq!(
+        jpeg.voxels, dcmtk.voxels,
+        "our 12-bit decoding differs from IJG libjpeg's"
+    );
     let worst = jpeg
         .voxels
         .iter()

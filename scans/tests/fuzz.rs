@@ -73,14 +73,42 @@ const TEXT_TAGS: [(u32, VR); 10] = [
     (0x0010_0020, VR::LO), // PatientID
     (0x0020_0052, VR::UI), // FrameOfReferenceUID
 ];
-const SHORT_TAGS: [u32; 6] = [0x0028_0010, 0x0028_0011, 0x0028_0100, 0x0028_0101, 0x0028_0102, 0x0028_0103];
+const SHORT_TAGS: [u32; 6] = [
+    0x0028_0010,
+    0x0028_0011,
+    0x0028_0100,
+    0x0028_0101,
+    0x0028_0102,
+    0x0028_0103,
+];
 
 fn hostile_text() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "nan", "inf", "-inf", "-1", "0", "1e308", "1e-308", "1e-30", "", "abc", "1\\2\\3\\4", "1\\2", "65535",
-            "-0", "../x", "a/b", "CT", "MR", "1.2.3", "1\\0\\0\\0\\1\\0", "0\\0\\0\\0\\0\\0", "1\\0\\0\\1\\0\\0",
-            "2147483648", "-2147483649",
+            "nan",
+            "inf",
+            "-inf",
+            "-1",
+            "0",
+            "1e308",
+            "1e-308",
+            "1e-30",
+            "",
+            "abc",
+            "1\\2\\3\\4",
+            "1\\2",
+            "65535",
+            "-0",
+            "../x",
+            "a/b",
+            "CT",
+            "MR",
+            "1.2.3",
+            "1\\0\\0\\0\\1\\0",
+            "0\\0\\0\\0\\0\\0",
+            "1\\0\\0\\1\\0\\0",
+            "2147483648",
+            "-2147483649",
         ])
         .prop_map(str::to_string),
         "[ -~]{0,40}",
@@ -90,15 +118,32 @@ fn hostile_text() -> impl Strategy<Value = String> {
 fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         (0..TEXT_TAGS.len(), hostile_text()).prop_map(|(i, v)| Edit::Text(TEXT_TAGS[i].0, TEXT_TAGS[i].1, v)),
-        (0..SHORT_TAGS.len(), prop::sample::select(vec![0u16, 1, 7, 8, 12, 15, 16, 17, 32, 64, 255, 4096, 65535]))
+        (
+            0..SHORT_TAGS.len(),
+            prop::sample::select(vec![0u16, 1, 7, 8, 12, 15, 16, 17, 32, 64, 255, 4096, 65535])
+        )
             .prop_map(|(i, v)| Edit::Short(SHORT_TAGS[i], v)),
         (
-            prop::sample::select(vec![0x0028_1053u32, 0x0028_0010, 0x0020_000E, 0x0020_0032, 0x0028_0030, 0x0008_0060]),
+            prop::sample::select(vec![
+                0x0028_1053u32,
+                0x0028_0010,
+                0x0020_000E,
+                0x0020_0032,
+                0x0028_0030,
+                0x0008_0060
+            ]),
             prop::collection::vec(any::<u8>(), 0..24)
         )
             .prop_map(|(t, b)| Edit::Un(t, b)),
-        prop::sample::select(vec![0x0028_0030u32, 0x0020_0032, 0x0020_0037, 0x0028_0010, 0x0008_0060, 0x7FE0_0010])
-            .prop_map(Edit::Remove),
+        prop::sample::select(vec![
+            0x0028_0030u32,
+            0x0020_0032,
+            0x0020_0037,
+            0x0028_0010,
+            0x0008_0060,
+            0x7FE0_0010
+        ])
+        .prop_map(Edit::Remove),
         prop::collection::vec(any::<u8>(), 0..400).prop_map(Edit::PixelBytes),
         prop::collection::vec(jpeg_like(), 1..3).prop_map(Edit::Fragments),
     ]
@@ -140,13 +185,21 @@ fn apply(e: &Edit, o: &mut InMemDicomObject) {
             o.put(DataElement::new(tag(*t), VR::US, PrimitiveValue::from(*v)));
         }
         Edit::Un(t, b) => {
-            o.put(DataElement::new(tag(*t), VR::UN, PrimitiveValue::U8(b.iter().copied().collect())));
+            o.put(DataElement::new(
+                tag(*t),
+                VR::UN,
+                PrimitiveValue::U8(b.iter().copied().collect()),
+            ));
         }
         Edit::Remove(t) => {
             o.remove_element(tag(*t));
         }
         Edit::PixelBytes(b) => {
-            o.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(b.iter().copied().collect())));
+            o.put(DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                PrimitiveValue::U8(b.iter().copied().collect()),
+            ));
         }
         Edit::Fragments(f) => {
             o.put(DataElement::new(
@@ -308,16 +361,55 @@ proptest! {
 /// Offsets of the NIfTI-1 header fields the fuzzer sets, and their kind ('h' i16, 'f' f32,
 /// 'b' byte, 'i' 4 raw bytes).
 const NIFTI_FIELDS: [(usize, char); 26] = [
-    (40, 'h'), (42, 'h'), (44, 'h'), (46, 'h'), (48, 'h'), (70, 'h'), (72, 'h'), (76, 'f'), (80, 'f'),
-    (84, 'f'), (88, 'f'), (108, 'f'), (112, 'f'), (116, 'f'), (123, 'b'), (252, 'h'), (254, 'h'), (256, 'f'),
-    (260, 'f'), (264, 'f'), (268, 'f'), (280, 'f'), (284, 'f'), (300, 'f'), (320, 'f'), (344, 'i'),
+    (40, 'h'),
+    (42, 'h'),
+    (44, 'h'),
+    (46, 'h'),
+    (48, 'h'),
+    (70, 'h'),
+    (72, 'h'),
+    (76, 'f'),
+    (80, 'f'),
+    (84, 'f'),
+    (88, 'f'),
+    (108, 'f'),
+    (112, 'f'),
+    (116, 'f'),
+    (123, 'b'),
+    (252, 'h'),
+    (254, 'h'),
+    (256, 'f'),
+    (260, 'f'),
+    (264, 'f'),
+    (268, 'f'),
+    (280, 'f'),
+    (284, 'f'),
+    (300, 'f'),
+    (320, 'f'),
+    (344, 'i'),
 ];
 
 fn hostile_f32() -> impl Strategy<Value = f32> {
     prop_oneof![
         prop::sample::select(vec![
-            0.0f32, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-30, 1e30,
-            f32::MAX, f32::MIN_POSITIVE, 352.0, 351.0, 348.0, 1e9,
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            -0.5,
+            2.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-30,
+            1e30,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            352.0,
+            351.0,
+            348.0,
+            1e9,
         ]),
         any::<f32>(),
     ]
@@ -339,7 +431,10 @@ fn nifti_valid() -> Vec<u8> {
     b[123] = 2;
     b[252..254].copy_from_slice(&1i16.to_le_bytes());
     b[254..256].copy_from_slice(&1i16.to_le_bytes());
-    for (r, row) in [[1.0f32, 0.0, 0.0, -4.0], [0.0, 1.0, 0.0, -3.0], [0.0, 0.0, 1.0, -2.0]].iter().enumerate() {
+    for (r, row) in [[1.0f32, 0.0, 0.0, -4.0], [0.0, 1.0, 0.0, -3.0], [0.0, 0.0, 1.0, -2.0]]
+        .iter()
+        .enumerate()
+    {
         for (c, v) in row.iter().enumerate() {
             b[280 + 16 * r + 4 * c..284 + 16 * r + 4 * c].copy_from_slice(&v.to_le_bytes());
         }

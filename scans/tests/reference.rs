@@ -60,7 +60,11 @@ fn read_f32(p: &Path) -> Vec<f32> {
 fn dicom_scan(dir: &Path, series: Option<&str>) -> Result<scans::Scan, String> {
     let found = scans::find(dir, Some(Format::Dicom)).map_err(|e| e.to_string())?;
     let src: Source = match series {
-        Some(uid) => found.scans.get(uid).cloned().ok_or(format!("no series {uid}: {:?}", found.unreadable))?,
+        Some(uid) => found
+            .scans
+            .get(uid)
+            .cloned()
+            .ok_or(format!("no series {uid}: {:?}", found.unreadable))?,
         None => {
             if let Some((p, why)) = found.unreadable.first() {
                 return Err(format!("{}: {why}", p.display()));
@@ -123,7 +127,10 @@ fn scans_other_tools_wrote_read_as_those_tools_read_them() {
                     assert!(e.contains(why), "{name}: {e}");
                     // The message names a file of the case.
                     let file = path.file_name().expect("name").to_string_lossy().into_owned();
-                    assert!(e.contains(&file) || e.contains(".dcm") || e.contains("IM"), "{name}: {e}");
+                    assert!(
+                        e.contains(&file) || e.contains(".dcm") || e.contains("IM"),
+                        "{name}: {e}"
+                    );
                 });
                 // A header claiming a huge volume costs nothing before the data run out.
                 assert!(peak < 64 << 20, "{name}: {peak} bytes allocated");

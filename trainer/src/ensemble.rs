@@ -44,6 +44,7 @@ pub fn build(members: &[PathBuf], out: &Path, ort_lib: Option<&Path>) -> Result<
     let mut io = models::fsutil::RunIo::new();
     io.inputs("member model", paths.iter().map(PathBuf::as_path));
     let target = io.output("ensemble model", out)?;
+    models::fsutil::check_replaceable(out, "model", &models::onnx::looks_like_onnx)?;
     let _lock = match &target {
         models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(p, &format!("output {}", out.display()))?),
         models::fsutil::Target::Stream(_) => None,

@@ -307,6 +307,7 @@ pub fn export_weights(job: &WeightsExport) -> Result<WeightsExported> {
     let mut io = models::fsutil::RunIo::new();
     io.input("weights", &job.weights);
     let target = io.output("model", &job.out)?;
+    models::fsutil::check_replaceable(&job.out, "model", &models::onnx::looks_like_onnx)?;
     let _lock = match &target {
         models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(
             p,

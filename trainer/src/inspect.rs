@@ -67,9 +67,11 @@ pub fn locate(path: &Path, format: Option<scans::Format>, series: Option<&str>) 
             .join("\n  ")
     };
     match want {
-        Some(uid) => found.scans.get(&uid).cloned().map(|s| (uid.clone(), s)).ok_or_else(|| {
-            TrainError::Data(format!("{}: no series {uid} read here\n  {}", dir.display(), reasons()))
-        }),
+        Some(uid) => {
+            found.scans.get(&uid).cloned().map(|s| (uid.clone(), s)).ok_or_else(|| {
+                TrainError::Data(format!("{}: no series {uid} read here\n  {}", dir.display(), reasons()))
+            })
+        }
         None if found.scans.is_empty() => Err(TrainError::Data(format!(
             "{}: no scan read here:\n  {}",
             dir.display(),

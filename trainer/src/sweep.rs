@@ -176,7 +176,9 @@ pub fn plan(path: &Path) -> Result<Plan> {
     let combos = f
         .grid
         .values()
-        .try_fold(if f.grid.is_empty() { 0usize } else { 1 }, |n, v| n.checked_mul(v.len()));
+        .try_fold(if f.grid.is_empty() { 0usize } else { 1 }, |n, v| {
+            n.checked_mul(v.len())
+        });
     let total = combos.and_then(|n| n.checked_add(f.cells.len() + 1));
     if total.is_none_or(|t| t > MAX_CONFIGURATIONS) {
         return Err(cfg_err(
@@ -399,12 +401,15 @@ pub fn collect(plan: &Plan) -> Result<Collected> {
         let rows = oof_rows(&dirs)?;
         let mut oof = csv::Writer::from_writer(Vec::new());
         let csv_err = |e: csv::Error| TrainError::Data(format!("oof_scores.csv: {e}"));
-        oof.write_record(["patch_file", "seriesuid", "label", "logit"]).map_err(csv_err)?;
+        oof.write_record(["patch_file", "seriesuid", "label", "logit"])
+            .map_err(csv_err)?;
         for r in &rows {
             oof.write_record([r.0.as_str(), r.1.as_str(), &r.2.to_string(), &r.3.to_string()])
                 .map_err(csv_err)?;
         }
-        let oof = oof.into_inner().map_err(|e| TrainError::Data(format!("oof_scores.csv: {e}")))?;
+        let oof = oof
+            .into_inner()
+            .map_err(|e| TrainError::Data(format!("oof_scores.csv: {e}")))?;
         models::fsutil::write_atomic(&plan.cell_dir(cell.index).join("oof_scores.csv"), &oof)?;
         let y: Vec<u8> = rows.iter().map(|r| r.2).collect();
         let z: Vec<f64> = rows.iter().map(|r| r.3).collect();

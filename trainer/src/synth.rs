@@ -367,7 +367,10 @@ fn write_luna16_reference(cfg: &SynthConfig, rows: &[IndexRow], dir: &Path) -> R
     std::fs::create_dir_all(dir)
         .map_err(|e| TrainError::file(format!("{}: cannot create folder", dir.display()), e))?;
     let header = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"];
-    let (mut ann, mut exc) = (csv::Writer::from_writer(Vec::new()), csv::Writer::from_writer(Vec::new()));
+    let (mut ann, mut exc) = (
+        csv::Writer::from_writer(Vec::new()),
+        csv::Writer::from_writer(Vec::new()),
+    );
     ann.write_record(header)?;
     exc.write_record(header)?;
     for (i, r) in rows.iter().enumerate() {

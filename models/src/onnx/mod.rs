@@ -179,6 +179,13 @@ pub fn parse_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
     }
 }
 
+/// Whether the first bytes of a file look like an ONNX model (a protobuf whose first field
+/// is `ir_version`, field 1, a varint): an existing file of another kind is never replaced
+/// by a model ([`crate::fsutil::check_replaceable`]).
+pub fn looks_like_onnx(head: &[u8]) -> bool {
+    head.first() == Some(&0x08)
+}
+
 /// The model's `metadata_props` as a map.
 pub fn metadata(model: &ModelProto) -> BTreeMap<String, String> {
     model

@@ -22,9 +22,9 @@ pub struct Image {
 
 /// Natural (row-major) index of the k-th coefficient in zig-zag order.
 const ZIGZAG: [usize; 64] = [
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14,
-    21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60,
-    61, 54, 47, 55, 62, 63,
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21,
+    28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54,
+    47, 55, 62, 63,
 ];
 
 /// The most samples an image may have (a CT slice has 512² or 1024²).
@@ -314,8 +314,16 @@ pub fn decode(data: &[u8]) -> Result<Image, String> {
                     .copied()
                     .flatten()
                     .ok_or("a quantisation table the frame names is missing")?;
-                let dct = dc.get(td).cloned().flatten().ok_or("a DC Huffman table the scan names is missing")?;
-                let act = ac.get(ta).cloned().flatten().ok_or("an AC Huffman table the scan names is missing")?;
+                let dct = dc
+                    .get(td)
+                    .cloned()
+                    .flatten()
+                    .ok_or("a DC Huffman table the scan names is missing")?;
+                let act = ac
+                    .get(ta)
+                    .cloned()
+                    .flatten()
+                    .ok_or("an AC Huffman table the scan names is missing")?;
                 return scan(&data[pos..], f, &q, &dct, &act, restart);
             }
             // APPn, COM, and anything else with a length: skipped.
@@ -556,7 +564,11 @@ mod tests {
                 let max = f64::from((1u32 << precision) - 1);
                 for i in 0..64 {
                     let e = exact[i].clamp(0.0, max);
-                    assert!((f64::from(out[i]) - e).abs() <= 1.0, "{precision} bit, {i}: {} vs {e}", out[i]);
+                    assert!(
+                        (f64::from(out[i]) - e).abs() <= 1.0,
+                        "{precision} bit, {i}: {} vs {e}",
+                        out[i]
+                    );
                 }
             }
         }

@@ -54,7 +54,10 @@ pub const TRANSFER_SYNTAXES: [(&str, &str); 10] = [
     ("1.2.840.10008.1.2.4.51", "JPEG Extended (12-bit)"),
     ("1.2.840.10008.1.2.4.57", "JPEG Lossless, Non-Hierarchical"),
     ("1.2.840.10008.1.2.4.70", "JPEG Lossless, First-Order Prediction"),
-    ("1.2.840.10008.1.2.1.98", "Encapsulated Uncompressed Explicit VR Little Endian"),
+    (
+        "1.2.840.10008.1.2.1.98",
+        "Encapsulated Uncompressed Explicit VR Little Endian",
+    ),
 ];
 
 /// Media Storage Directory Storage: a DICOMDIR, an index of the files beside it.
@@ -87,8 +90,7 @@ pub fn probe(path: &Path) -> Result<Probe> {
     let Opened::Dicom(obj) = open::open(path, Some(tags::PIXEL_DATA))? else {
         return Ok(Probe::NotDicom);
     };
-    if obj.meta().media_storage_sop_class_uid() == DICOMDIR_CLASS
-        || obj.get(tags::DIRECTORY_RECORD_SEQUENCE).is_some()
+    if obj.meta().media_storage_sop_class_uid() == DICOMDIR_CLASS || obj.get(tags::DIRECTORY_RECORD_SEQUENCE).is_some()
     {
         return Ok(Probe::Directory);
     }
@@ -458,10 +460,18 @@ fn stored_values(s: &Slice, ts: &str) -> Result<Vec<f64>> {
     }
     // Native (uncompressed) pixel data must hold the slice: checked here, before a decoder
     // sizes its buffers by Rows × Columns.
-    if let Some(bytes) = s.obj.get(tags::PIXEL_DATA).and_then(|e| e.value().primitive()).map(|p| p.calculate_byte_len()) {
+    if let Some(bytes) = s
+        .obj
+        .get(tags::PIXEL_DATA)
+        .and_then(|e| e.value().primitive())
+        .map(|p| p.calculate_byte_len())
+    {
         let bits = number_or(&s.obj, &s.path, tags::BITS_ALLOCATED, "BitsAllocated", 16.0)?;
         if ![8.0, 16.0, 32.0].contains(&bits) {
-            return Err(bad(&s.path, format!("BitsAllocated {bits}: a CT slice has 8, 16 or 32")));
+            return Err(bad(
+                &s.path,
+                format!("BitsAllocated {bits}: a CT slice has 8, 16 or 32"),
+            ));
         }
         let need = s.size[0] * s.size[1] * bits as usize / 8;
         if bytes < need {
@@ -528,7 +538,10 @@ fn check_rle(s: &Slice) -> Result<()> {
     };
     let bits = number_or(&s.obj, &s.path, tags::BITS_ALLOCATED, "BitsAllocated", 16.0)?;
     let want = (bits / 8.0).ceil() as usize;
-    let word = |i: usize| f.get(4 * i..4 * i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let word = |i: usize| {
+        f.get(4 * i..4 * i + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
     let damaged = |why: &str| bad(&s.path, format!("an RLE Lossless frame with {why}: damaged"));
     let n = word(0).ok_or_else(|| damaged("no header"))?;
     if f.len() < 64 || n != want || !(1..=15).contains(&n) {
@@ -538,7 +551,10 @@ fn check_rle(s: &Slice) -> Result<()> {
     for i in 1..=n {
         let o = word(i).ok_or_else(|| damaged("a short header"))?;
         if o <= last || o >= f.len() {
-            return Err(damaged(&format!("segment offset {o} outside the frame of {} bytes", f.len())));
+            return Err(damaged(&format!(
+                "segment offset {o} outside the frame of {} bytes",
+                f.len()
+            )));
         }
         last = o;
     }

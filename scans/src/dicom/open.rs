@@ -78,8 +78,8 @@ pub fn open(path: &Path, until: Option<Tag>) -> Result<Opened> {
             let ts_uid = meta.transfer_syntax().to_string();
             let (data, enc, ts) = dataset_of(&bytes[meta_end..], &ts_uid).map_err(|e| bad(path, e))?;
             let checked = super::walk::check(&data, enc, until).map_err(damaged)?;
-            let ds = InMemDicomObject::read_dataset_with_ts(&*checked.data(&data), ts)
-                .map_err(|e| damaged(chain(&e)))?;
+            let ds =
+                InMemDicomObject::read_dataset_with_ts(&*checked.data(&data), ts).map_err(|e| damaged(chain(&e)))?;
             ds.with_exact_meta(meta)
         }
         None => {
@@ -124,7 +124,10 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
 /// The data set after the file meta group, as dicom-rs is to parse it: a deflated one
 /// inflated here (bounded by [`MAX_INFLATED`]) and parsed as the explicit VR little endian
 /// data it then is; with its encoding for [`super::walk`].
-fn dataset_of<'a>(b: &'a [u8], ts_uid: &str) -> std::result::Result<(std::borrow::Cow<'a, [u8]>, Encoding, Ts), String> {
+fn dataset_of<'a>(
+    b: &'a [u8],
+    ts_uid: &str,
+) -> std::result::Result<(std::borrow::Cow<'a, [u8]>, Encoding, Ts), String> {
     if ts_uid == "1.2.840.10008.1.2.1.99" {
         let mut out = Vec::new();
         flate2::read::DeflateDecoder::new(b)
@@ -136,8 +139,8 @@ fn dataset_of<'a>(b: &'a [u8], ts_uid: &str) -> std::result::Result<(std::borrow
         }
         return Ok((out.into(), Encoding::EXPLICIT_LE, ts_named("1.2.840.10008.1.2.1")?));
     }
-    let ts = ts_named(ts_uid)
-        .map_err(|_| format!("transfer syntax {ts_uid:?} is not one the DICOM standard defines"))?;
+    let ts =
+        ts_named(ts_uid).map_err(|_| format!("transfer syntax {ts_uid:?} is not one the DICOM standard defines"))?;
     let enc = match ts_uid {
         "1.2.840.10008.1.2" => Encoding::IMPLICIT_LE,
         "1.2.840.10008.1.2.2" => Encoding::EXPLICIT_BE,
@@ -209,7 +212,12 @@ fn with_made_up_meta(ds: InMemDicomObject, ts: &str, path: &Path) -> Result<Defa
             .media_storage_sop_class_uid(class)
             .media_storage_sop_instance_uid(instance),
     )
-    .map_err(|e| bad(path, format!("a DICOM data set without a file meta group: {}", chain(&e))))
+    .map_err(|e| {
+        bad(
+            path,
+            format!("a DICOM data set without a file meta group: {}", chain(&e)),
+        )
+    })
 }
 
 /// A UN value decoded by the VR the standard dictionary gives `tag` (UN values are always
@@ -245,11 +253,7 @@ fn decode_un(tag: Tag, bytes: &[u8], signed_pixels: bool) -> Option<(VR, Primiti
                 .collect(),
         )
     }
-    let text = || {
-        String::from_utf8_lossy(bytes)
-            .trim_end_matches(['\0', ' '])
-            .to_string()
-    };
+    let text = || String::from_utf8_lossy(bytes).trim_end_matches(['\0', ' ']).to_string();
     let v = match vr {
         VR::AE
         | VR::AS
@@ -348,8 +352,12 @@ pub fn foreign_format(path: &Path) -> Option<&'static str> {
         .unwrap_or(0);
     let head = &head[..n];
     let sizeof_hdr = |h: &[u8]| {
-        h.get(..4)
-            .map(|b| (i32::from_le_bytes([b[0], b[1], b[2], b[3]]), i32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+        h.get(..4).map(|b| {
+            (
+                i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            )
+        })
     };
     let by_content = if head.starts_with(b"NRRD000") {
         Some("NRRD")

@@ -88,7 +88,10 @@ impl Walker<'_> {
                 value_at: at + 8,
             });
         }
-        let code = self.b.get(at + 4..at + 6).ok_or("the data end inside an element header")?;
+        let code = self
+            .b
+            .get(at + 4..at + 6)
+            .ok_or("the data end inside an element header")?;
         let vr = VR::from_binary([code[0], code[1]]).ok_or_else(|| {
             format!(
                 "element ({:04X},{:04X}) has no valid VR ({:?}): not explicit-VR data, or damaged",
@@ -191,10 +194,11 @@ impl Walker<'_> {
             } else {
                 // dicom-rs reads only whole values of a binary VR and would start the next
                 // element inside the rest.
-                let vr = h.vr.or_else(|| match StandardDataDictionary.by_tag(h.tag).map(|e| e.vr()) {
-                    Some(VirtualVr::Exact(vr)) => Some(vr),
-                    _ => None,
-                });
+                let vr =
+                    h.vr.or_else(|| match StandardDataDictionary.by_tag(h.tag).map(|e| e.vr()) {
+                        Some(VirtualVr::Exact(vr)) => Some(vr),
+                        _ => None,
+                    });
                 let size = match vr {
                     Some(VR::US | VR::SS | VR::OW) => 2,
                     Some(VR::UL | VR::SL | VR::FL | VR::AT | VR::OF | VR::OL) => 4,
@@ -216,15 +220,12 @@ impl Walker<'_> {
     }
 
     fn skip(&self, at: usize, len: u32, limit: usize) -> Result<usize, String> {
-        let next = at
-            .checked_add(len as usize)
-            .filter(|&n| n <= limit)
-            .ok_or_else(|| {
-                format!(
-                    "an element declares {len} bytes at byte {at}, where only {} remain in what holds it",
-                    limit.saturating_sub(at)
-                )
-            })?;
+        let next = at.checked_add(len as usize).filter(|&n| n <= limit).ok_or_else(|| {
+            format!(
+                "an element declares {len} bytes at byte {at}, where only {} remain in what holds it",
+                limit.saturating_sub(at)
+            )
+        })?;
         Ok(next)
     }
 

@@ -16,5 +16,6 @@ mod regression;
 mod scoring;
 mod setup;
 mod shard;
+mod sources;
 mod sweep;
 mod weights;

@@ -670,7 +670,11 @@ fn inspect_prints_the_geometry_and_where_points_land() {
     }
     // The folder holds the series twice: named, with the way out.
     let r = run_err("trainer", &["inspect", s(&slab)]);
-    assert!(r.stderr.contains("appears 2 times") && r.stderr.contains("--format"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("appears 2 times") && r.stderr.contains("--format"),
+        "{}",
+        r.stderr
+    );
     let r = run_ok("trainer", &["inspect", s(&slab), "--format", "metaimage"]);
     assert!(r.stdout.contains("(MetaImage)"), "{}", r.stdout);
     let r = run_err("trainer", &["inspect", s(&file), "--world", "1,2"]);
