@@ -335,13 +335,6 @@ fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
         }
     }
     let dir = s.out_dir();
-    // What an earlier calibration wrote is replaced; a file of another kind at those paths
-    // is not.
-    models::fsutil::check_replaceable(&s.out, "calibration file", &|h| h.starts_with(b"tool_version:"))?;
-    models::fsutil::check_replaceable(&dir.join(report::REPORT_FILE), "calibration report", &|h| {
-        h.starts_with(b"# Calibration report")
-    })?;
-    models::fsutil::check_replaceable(&dir.join(write::BAKED_FILE), "model", &models::onnx::looks_like_onnx)?;
     if dir.is_dir() {
         if let models::fsutil::Target::Stream(_) = io.output("calibration file", &s.out)? {
             // A device or FIFO takes the calibration file; the report and the calibrated
@@ -370,6 +363,13 @@ fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
     }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     io.outputs_in("calibration output", &dir, &names)?;
+    // What an earlier calibration wrote is replaced; a file of another kind at those paths
+    // is not.
+    models::fsutil::check_replaceable(&s.out, "calibration file", &|h| h.starts_with(b"tool_version:"))?;
+    models::fsutil::check_replaceable(&dir.join(report::REPORT_FILE), "calibration report", &|h| {
+        h.starts_with(b"# Calibration report")
+    })?;
+    models::fsutil::check_replaceable(&dir.join(write::BAKED_FILE), "model", &models::onnx::looks_like_onnx)?;
     let created = !dir.exists();
     std::fs::create_dir_all(&dir).map_err(|e| models::Error::io(&dir, e))?;
     let lock = Lock::within(&dir, &format!("output folder {}", dir.display()))?;

@@ -387,6 +387,13 @@ pub fn collect(plan: &Plan) -> Result<Collected> {
             missing.join(", ")
         )));
     }
+    // sweep_summary.md is the summary's commit point (written last, with the sha256 of every
+    // file it summarises): it goes first, so a collect killed half-way leaves no summary
+    // that names files of another collect.
+    let md = plan.out.join(SUMMARY_MD);
+    if md.is_file() {
+        std::fs::remove_file(&md).map_err(|e| TrainError::file(format!("{}: cannot remove", md.display()), e))?;
+    }
     let k = plan.folds;
     let t = StudentsT::new(0.0, 1.0, (k - 1) as f64).map_or(f64::NAN, |d| d.inverse_cdf(0.975));
     let mut cells = Vec::new();
@@ -487,15 +494,6 @@ fn write_summary(plan: &Plan, cells: &[CellSummary], table: &str) -> Result<()> 
         .into_inner()
         .map_err(|e| TrainError::Data(format!("sweep summary: {e}")))?;
     models::fsutil::write_atomic(&plan.out.join("sweep_summary.csv"), &bytes)?;
-    models::fsutil::write_atomic(
-        &plan.out.join("sweep_summary.md"),
-        format!(
-            "# Sweep: {} configurations × {} folds\n\nBest (highest pooled out-of-fold AUROC) marked.\n\n{table}\n![forest plot](forest.png)\n",
-            cells.len(),
-            plan.folds
-        )
-        .as_bytes(),
-    )?;
     let n = cells.len() as f64;
     let mut chart = plots::Chart {
         title: "Pooled out-of-fold AUROC [DeLong 95%] per configuration".into(),
@@ -542,8 +540,32 @@ fn write_summary(plan: &Plan, cells: &[CellSummary], table: &str) -> Result<()> 
     }
     plots::line_chart(&chart, &plan.out.join("forest.png"))
         .map_err(|e| TrainError::Data(format!("forest plot: {e}")))?;
+    // The commit point, last: what it summarises, by digest.
+    let mut files: Vec<String> = cells
+        .iter()
+        .map(|c| format!("cell_{:02}/oof_scores.csv", c.index))
+        .collect();
+    files.extend(["sweep_summary.csv".to_string(), "forest.png".to_string()]);
+    let mut digests = String::new();
+    for f in &files {
+        digests += &format!("| `{f}` | {} |\n", models::fsutil::sha256_file(&plan.out.join(f))?);
+    }
+    models::fsutil::write_atomic(
+        &plan.out.join(SUMMARY_MD),
+        format!(
+            "# Sweep: {} configurations × {} folds\n\nBest (highest pooled out-of-fold AUROC) marked.\n\n{table}\n\
+             ![forest plot](forest.png)\n\n## Files summarised (sha256)\n\nWritten last: a file that differs from its \
+             digest here comes from another `--collect`.\n\n| file | sha256 |\n|---|---|\n{digests}",
+            cells.len(),
+            plan.folds
+        )
+        .as_bytes(),
+    )?;
     Ok(())
 }
+
+/// The sweep summary's commit point.
+pub const SUMMARY_MD: &str = "sweep_summary.md";
 
 #[derive(Serialize)]
 struct CsvRow<'a> {

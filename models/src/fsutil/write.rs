@@ -205,9 +205,35 @@ fn mode_of(dest: &Path) -> u32 {
         .map_or(0o644, |m| m.permissions().mode() & 0o7777)
 }
 
+/// A test hook for the kill loops: `NODULE_FAILPOINT=kill_after_commit=N` makes the process
+/// kill itself with SIGKILL right after its N-th committed output file, the instant between
+/// two files of one command that a real kill can hit.
+fn failpoint_after_commit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static AT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    static DONE: AtomicUsize = AtomicUsize::new(0);
+    let at = AT.get_or_init(|| {
+        std::env::var("NODULE_FAILPOINT")
+            .ok()?
+            .strip_prefix("kill_after_commit=")?
+            .parse()
+            .ok()
+    });
+    if let Some(n) = *at {
+        if DONE.fetch_add(1, Ordering::SeqCst) + 1 == n {
+            #[allow(unsafe_code)]
+            // SAFETY: kill(2) on our own process id; no memory is touched.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Renames `tmp` over `dest` and syncs the folder, so the rename itself survives a crash.
 fn persist(tmp: tempfile::TempPath, dest: &Path) -> std::io::Result<()> {
     tmp.persist(dest).map_err(|e| e.error)?;
+    failpoint_after_commit();
     if let Some(dir) = dest.parent() {
         // Best effort: some file systems refuse to sync a folder; the data is synced already.
         let _ = File::open(dir).and_then(|d| d.sync_all());

@@ -8,6 +8,7 @@ mod compare;
 mod ensemble;
 mod features;
 mod fixture;
+mod hostile_scans;
 mod froc;
 mod import;
 mod linking;
