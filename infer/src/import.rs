@@ -334,7 +334,10 @@ fn preprocessing(s: &ImportSettings, fixed_cube: Option<usize>) -> Result<Prepro
     }
     pre.validate().map_err(|e| {
         let why = e.to_string();
-        let why = why.rsplit_once(": ").map_or(why.as_str(), |(_, w)| w).to_string();
+        let why = why
+            .split_once("invalid preprocessing: ")
+            .map_or(why.as_str(), |(_, w)| w)
+            .to_string();
         InferError::Usage(format!("the preprocessing flags (or --like's): {why}"))
     })?;
     Ok(pre)
@@ -439,6 +442,13 @@ fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> P
         }
     };
     nodes.push(node("Reshape", &[&z, &shape], logit, vec![]));
+    // Node names must be unique too (a model of ours has a node named `logit`).
+    let mut node_names: HashSet<String> = g.node.iter().filter_map(|n| n.name.clone()).collect();
+    node_names.extend(used.iter().cloned());
+    for n in &mut nodes {
+        let base = format!("import.{}", n.name.as_deref().unwrap_or("node"));
+        n.name = Some(fresh(&mut node_names, &base));
+    }
     let reserved_prefix = |k: &str| {
         [
             "preprocess.",

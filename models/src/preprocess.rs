@@ -52,6 +52,9 @@ pub const TISSUE_HU: (f32, f32) = (-1024.0, 3071.0);
 /// The narrowest window taken, in HU.
 pub const MIN_WINDOW_HU: f32 = 10.0;
 
+/// The narrowest output range taken: a network fed values that differ by less sees none.
+pub const MIN_OUT_SPAN: f32 = 1e-3;
+
 /// The largest output value taken (the network's input scale).
 pub const MAX_OUT: f32 = 1e6;
 
@@ -67,6 +70,14 @@ const KEYS: [&str; 6] = [
 impl Preprocess {
     /// Checks the settings make sense.
     pub fn validate(&self) -> Result<()> {
+        // Numbers as a person writes them: 1e38, not 39 digits.
+        let n = |v: f32| {
+            if v.is_finite() && v.abs() >= 1e6 {
+                format!("{v:e}")
+            } else {
+                format!("{v}")
+            }
+        };
         let mut problems = Vec::new();
         if !(8..=MAX_CUBE).contains(&self.cube_size) {
             problems.push(format!("cube_size {} is outside 8..={MAX_CUBE} voxels", self.cube_size));
@@ -76,33 +87,41 @@ impl Preprocess {
         if !window_ok {
             problems.push(format!(
                 "HU window [{}, {}] must be finite with min < max",
-                self.hu_min, self.hu_max
+                n(self.hu_min),
+                n(self.hu_max)
             ));
         } else if self.hu_min < lo || self.hu_max > hi {
             problems.push(format!(
                 "HU window [{}, {}] reaches beyond [{lo}, {hi}] HU, where no CT has values: it would squeeze every \
                  tissue into a sliver of the input range",
-                self.hu_min, self.hu_max
+                n(self.hu_min),
+                n(self.hu_max)
             ));
         } else if self.hu_max - self.hu_min < MIN_WINDOW_HU {
             problems.push(format!(
                 "HU window [{}, {}] is narrower than {MIN_WINDOW_HU} HU: every patch would be nearly all one value",
-                self.hu_min, self.hu_max
+                n(self.hu_min),
+                n(self.hu_max)
             ));
         } else if self.hu_max <= TISSUE_HU.0 || self.hu_min >= TISSUE_HU.1 {
             problems.push(format!(
                 "HU window [{}, {}] lies outside the HU of air and tissue [{}, {}]: every patch would be one value",
-                self.hu_min, self.hu_max, TISSUE_HU.0, TISSUE_HU.1
+                n(self.hu_min),
+                n(self.hu_max),
+                TISSUE_HU.0,
+                TISSUE_HU.1
             ));
         }
         let out_ok = self.out_min.is_finite()
             && self.out_max.is_finite()
             && self.out_min.abs() <= MAX_OUT
             && self.out_max.abs() <= MAX_OUT;
-        if !out_ok || self.out_min == self.out_max {
+        if !out_ok || (self.out_max - self.out_min).abs() < MIN_OUT_SPAN {
             problems.push(format!(
-                "output range [{}, {}] must be finite, non-empty and within ±{MAX_OUT}",
-                self.out_min, self.out_max
+                "output range [{}, {}] must be finite, at least {MIN_OUT_SPAN} wide and within ±{}",
+                n(self.out_min),
+                n(self.out_max),
+                n(MAX_OUT)
             ));
         } else if window_ok && problems.is_empty() {
             // One HU apart must stay apart after scaling in float32, at both ends.
@@ -110,7 +129,10 @@ impl Preprocess {
             if !(apart(self.hu_min, self.hu_min + 1.0) && apart(self.hu_max - 1.0, self.hu_max)) {
                 problems.push(format!(
                     "output range [{}, {}] over the HU window [{}, {}] maps 1 HU steps to one float32 value",
-                    self.out_min, self.out_max, self.hu_min, self.hu_max
+                    n(self.out_min),
+                    n(self.out_max),
+                    n(self.hu_min),
+                    n(self.hu_max)
                 ));
             }
         }

@@ -69,7 +69,11 @@ fn cube(out: &Path) -> Vec<f32> {
     let (h, rows) = read_csv(&out.join("patch_index.csv"));
     assert_eq!(rows.len(), 1, "{rows:?}");
     let f = &rows[0][chain_tests::col(&h, "patch_file")];
-    models::patch::read_npy_hu(&out.join(f)).expect("cube").iter().copied().collect()
+    models::patch::read_npy_hu(&out.join(f))
+        .expect("cube")
+        .iter()
+        .copied()
+        .collect()
 }
 
 #[test]
@@ -85,14 +89,22 @@ fn dicom_rescale_stored_as_un_was_read_as_garbage() {
     let v = cube(&out);
     let inside: Vec<f32> = v.iter().copied().filter(|&x| x != -1000.0).collect();
     assert!(!inside.is_empty());
-    assert!(inside.iter().all(|&x| (-1100.0..=-100.0).contains(&x)), "{:?}", &inside[..8]);
+    assert!(
+        inside.iter().all(|&x| (-1100.0..=-100.0).contains(&x)),
+        "{:?}",
+        &inside[..8]
+    );
     // With the whole geometry (position, orientation, spacing, rows, columns) stored as UN:
     // the same geometry as the same series written with its VRs.
     let geometry = |case: &str| -> Vec<String> {
         let r = run_ok("trainer", &["inspect", s(&c.join("dicom").join(case))]);
         r.stdout
             .lines()
-            .filter(|l| ["size:", "spacing:", "origin:", "direction"].iter().any(|k| l.trim_start().starts_with(k)))
+            .filter(|l| {
+                ["size:", "spacing:", "origin:", "direction"]
+                    .iter()
+                    .any(|k| l.trim_start().starts_with(k))
+            })
             .map(str::to_string)
             .collect()
     };
@@ -120,7 +132,10 @@ fn rescale_slope_zero_made_an_all_air_positive() {
     let r = prepare(&c.join("dicom/slope_zero"), &out, &[]);
     assert!(!r.ok, "{}", r.stderr);
     let errors = std::fs::read_to_string(out.join("prepare_errors.csv")).expect("errors file");
-    assert!(errors.contains("RescaleSlope is 0") && errors.contains(".dcm"), "{errors}");
+    assert!(
+        errors.contains("RescaleSlope is 0") && errors.contains(".dcm"),
+        "{errors}"
+    );
 }
 
 #[test]
@@ -142,7 +157,14 @@ fn two_patients_under_one_series_uid_were_interleaved_into_one_volume() {
 fn a_deflated_series_counted_as_no_scan_with_exit_0() {
     let d = tempfile::tempdir().expect("tmp");
     let c = cases(d.path());
-    for case in ["deflated", "implicit_le", "explicit_be", "no_meta", "no_preamble", "rle"] {
+    for case in [
+        "deflated",
+        "implicit_le",
+        "explicit_be",
+        "no_meta",
+        "no_preamble",
+        "rle",
+    ] {
         let out = d.path().join(case);
         let r = prepare(&c.join("dicom").join(case), &out, &[]);
         assert!(r.ok, "{case}: {}", r.stderr);
@@ -217,7 +239,11 @@ fn nifti_quaternion_of_norm_two_gave_4_mm_spacing() {
     let d = tempfile::tempdir().expect("tmp");
     let c = cases(d.path());
     let r = run_ok("trainer", &["inspect", s(&c.join("nifti/quaternion_norm_2.nii"))]);
-    assert!(r.stdout.contains("spacing: 0.800000 × 0.700000 × 2.500000 mm"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("spacing: 0.800000 × 0.700000 × 2.500000 mm"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -235,7 +261,11 @@ fn nifti_geometry_the_standard_readers_disagree_on_was_picked_silently() {
     ] {
         let p = c.join(format!("nifti/{case}.nii"));
         let r = run_err("trainer", &["inspect", s(&p)]);
-        assert!(r.stderr.contains(want) && r.stderr.contains(case), "{case}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(want) && r.stderr.contains(case),
+            "{case}: {}",
+            r.stderr
+        );
     }
 }
 
