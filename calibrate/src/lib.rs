@@ -396,10 +396,24 @@ pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
     // A training run folder's scores and model are used together only if its summary (the
     // run's commit point) says they are one run's.
     if s.patches.is_none() && s.scores.file_name().is_some_and(|n| n == "val_scores.csv") {
-        let dir = s.scores.parent().unwrap_or(Path::new("."));
-        let same_dir = s.model.parent().unwrap_or(Path::new(".")) == dir;
-        if same_dir && dir.join("config.yaml").exists() {
-            models::runfolder::check_outputs(dir, &["val_scores.csv", "model.onnx"])?;
+        let folder = |p: &Path| {
+            let d = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            std::fs::canonicalize(d).ok()
+        };
+        let dir = folder(&s.scores);
+        if dir.is_some() && dir == folder(&s.model) {
+            let dir = dir.unwrap_or_default();
+            if dir.join("config.yaml").exists() {
+                let model_name = s
+                    .model
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                models::runfolder::check_outputs(&dir, &["val_scores.csv", &model_name])?;
+            }
         }
     }
     let plan = plan_outputs(s)?;

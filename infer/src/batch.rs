@@ -409,7 +409,13 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
             }?;
             t.model_seconds += t_model.elapsed().as_secs_f64();
             let mut rows = Vec::with_capacity(dec.good.len());
-            for ((it, &logit), digest) in dec.good.iter().zip(&logits).zip(&dec.digests) {
+            let digests: Vec<String> = dec
+                .good
+                .iter()
+                .zip(&dec.digests)
+                .map(|(it, d)| input_digest(d, s.tta, c.feats.and_then(|m| m.get(&it.name)).map(Vec::as_slice)))
+                .collect();
+            for ((it, &logit), digest) in dec.good.iter().zip(&logits).zip(&digests) {
                 if !logit.is_finite() {
                     let why = format!(
                         "the model's logit is {logit} (not finite): no probability or decision is given for it"
@@ -555,6 +561,22 @@ fn read_features(
     Ok(Some(map))
 }
 
+/// A row's `input_sha256`: what the model was given for it. The digest of the bytes read
+/// from the patch ([`models::patch::load_patch_hashed`]) as it is for a plain run; with
+/// tabular features or `--tta flips`, the sha256 of that digest with the feature values
+/// and the augmentation, so that `--resume` rescores a row whose features or augmentation
+/// differ as it rescores a changed file.
+fn input_digest(crop: &str, tta: Tta, feats: Option<&[f32]>) -> String {
+    if tta == Tta::None && feats.is_none() {
+        return crop.to_string();
+    }
+    let mut text = format!("{crop}|tta={tta:?}|");
+    for v in feats.unwrap_or_default() {
+        text += &format!("{:08x},", v.to_bits());
+    }
+    models::fsutil::sha256_bytes(text.as_bytes())
+}
+
 /// The largest `--batch-size` taken.
 pub const MAX_BATCH: usize = 4096;
 
@@ -625,9 +647,11 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
             // records (a file of the same name with other contents is scored again).
             let same_input = |name: &str, digest: &str| {
                 let mut scratch = vec![0f32; pre.cube_size.pow(3)];
-                items
-                    .get(name)
-                    .is_some_and(|p| models::patch::load_patch_hashed(p, &pre, &mut scratch).is_ok_and(|d| d == digest))
+                let f = feats.as_ref().and_then(|m| m.get(name)).map(Vec::as_slice);
+                items.get(name).is_some_and(|p| {
+                    models::patch::load_patch_hashed(p, &pre, &mut scratch)
+                        .is_ok_and(|d| input_digest(&d, s.tta, f) == digest)
+                })
             };
             Some(crate::resume::read_previous(
                 p,
@@ -705,6 +729,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                 format: crate::shard::format_name(s.format).into(),
                 header: header.iter().map(|h| h.to_string()).collect(),
                 output_sha256: models::fsutil::sha256_file(&s.out)?,
+                tta: format!("{:?}", s.tta).to_lowercase(),
             },
         )?;
     }

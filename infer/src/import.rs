@@ -234,7 +234,7 @@ fn check_input(path: &Path, v: &ValueInfoProto) -> Result<(Option<usize>, Option
 
 /// The largest fixed batch size taken (a model exported for a batch of 1, `torch.onnx.export`'s
 /// default, is scored one cube per run; a larger fixed batch is padded to fit).
-const MAX_FIXED_BATCH: usize = 256;
+const MAX_FIXED_BATCH: usize = scorer::MAX_FIXED_BATCH;
 
 /// The output: float, `[N]` or `[N, 1]` (two classes: `[N, 2]`), or of unknown shape,
 /// checked on the test batch.
@@ -622,7 +622,15 @@ impl ExternalData {
             // Through symbolic links too, the file must stay inside the model's folder: a
             // link named as external data must not pull /etc/passwd into the model.
             let (real, home) = (std::fs::canonicalize(&p), std::fs::canonicalize(&self.dir));
-            if !matches!((&real, &home), (Ok(r), Ok(h)) if r.starts_with(h)) {
+            // And the file opened is the one that path names now (no link swapped between).
+            let same_file = || {
+                use std::os::unix::fs::MetadataExt;
+                match (f.metadata(), real.as_ref().map(std::fs::metadata)) {
+                    (Ok(a), Ok(Ok(b))) => a.dev() == b.dev() && a.ino() == b.ino(),
+                    _ => false,
+                }
+            };
+            if !matches!((&real, &home), (Ok(r), Ok(h)) if r.starts_with(h)) || !same_file() {
                 return Err(format!(
                     "tensor `{}`: external data file {} leads outside the model's folder{}; not read",
                     r.tensor,

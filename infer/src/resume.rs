@@ -75,6 +75,17 @@ pub(crate) fn read_previous(
             ))
         }
         Format::Csv => {
+            // Rows are copied as written: an output cut short or re-saved with other line
+            // ends (an editor's \r\n) is not ours as it was, and not resumed.
+            if !bytes.ends_with(b"\n") {
+                return Err(damaged(1, &"it does not end with a whole line"));
+            }
+            if bytes.contains(&b'\r') {
+                return Err(input_err(
+                    path,
+                    "--resume: it holds \\r line ends (re-saved by another program?); this toolchain writes \\n; not resuming",
+                ));
+            }
             let mut r = csv::ReaderBuilder::new().from_reader(bytes.as_slice());
             let got: Vec<String> = r
                 .headers()

@@ -68,6 +68,8 @@ pub struct Record {
     pub calibration: String,
     pub format: String,
     pub header: Vec<String>,
+    /// `--tta` of the run (`none` or `flips`): shards scored otherwise are not merged.
+    pub tta: String,
     /// sha256 of the output file this record describes: the output and its record are one
     /// commit only when this matches (a shard killed between writing its output and its
     /// record, or rerun with other settings, leaves a pair that `merge` refuses).
@@ -183,6 +185,7 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
                 r.inputs_sha256 == first.inputs_sha256 && r.inputs == first.inputs,
             ),
             ("the model", r.model_sha256 == first.model_sha256),
+            ("the test-time augmentation (--tta)", r.tta == first.tta),
             ("the calibration", r.calibration == first.calibration),
             (
                 "the output format",

@@ -47,7 +47,7 @@ pub fn check_outputs(dir: &Path, names: &[&str]) -> Result<()> {
                          (one killed while it exported?); resume or rerun the training",
                         p.display(),
                         &got[..12],
-                        &want[..want.len().min(12)]
+                        want.chars().take(12).collect::<String>()
                     ),
                 });
             }

@@ -248,6 +248,15 @@ impl Scorer {
                 _ => None,
             })
             .map(|b| b as usize);
+        if let Some(b) = fixed_batch.filter(|&b| b > MAX_FIXED_BATCH) {
+            return Err(ScorerError::Model {
+                path: model.to_path_buf(),
+                msg: format!(
+                    "its input fixes a batch of {b} cubes (at most {MAX_FIXED_BATCH} are scored per run); re-export it \
+                     with a dynamic batch"
+                ),
+            });
+        }
         Ok(Scorer {
             fixed_batch,
             session,
@@ -315,6 +324,10 @@ impl Scorer {
             return self.run_batch(data, feats);
         }
         let n = data.len() / per;
+        if feats.is_some_and(|f| f.len() != n * nf) {
+            // The error of a whole run says what is wrong.
+            return self.run_batch(data, feats);
+        }
         let mut out = Vec::with_capacity(n);
         for start in (0..n).step_by(b) {
             let k = b.min(n - start);
@@ -388,6 +401,9 @@ impl Scorer {
         Ok(logits.to_vec())
     }
 }
+
+/// The largest batch size a model's input may fix (import refuses more, too).
+pub const MAX_FIXED_BATCH: usize = 256;
 
 /// Runs any ONNX model (`bytes`, named `path` in errors) once on the CPU: `data` as `input`
 /// of `shape`, returning `output`'s shape and values. For checking a model that is not (yet)

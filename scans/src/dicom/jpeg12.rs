@@ -52,7 +52,8 @@ impl Huffman {
                 code += n as i32;
                 k += n;
                 maxcode[len] = code - 1;
-                if code > (1 << len) {
+                // An all-ones code is reserved (ISO/IEC 10918-1 C.2), as IJG enforces.
+                if code >= (1 << len) {
                     return Err(format!("a Huffman table with more codes of length {len} than fit"));
                 }
             }
@@ -82,7 +83,11 @@ impl<'a> Bits<'a> {
     fn fill(&mut self) -> Result<(), String> {
         while self.n <= 56 {
             let Some(&b) = self.data.get(self.pos) else {
-                return Err("the JPEG data end inside a block (truncated)".into());
+                // The data end (no EOI): what is buffered may still be enough.
+                if self.n == 0 {
+                    return Err("the JPEG data end inside a block (truncated)".into());
+                }
+                return Ok(());
             };
             if b == 0xFF {
                 match self.data.get(self.pos + 1) {
@@ -180,7 +185,9 @@ fn u16_at(d: &[u8], i: usize) -> Result<usize, String> {
 }
 
 /// Decodes a JPEG stream (see the module documentation).
-pub fn decode(data: &[u8]) -> Result<Image, String> {
+/// `expected`: the image's width and height when the caller knows them (DICOM's Columns and
+/// Rows): another frame size is refused before anything is allocated.
+pub fn decode(data: &[u8], expected: Option<(usize, usize)>) -> Result<Image, String> {
     if data.get(..2) != Some(&[0xFF, 0xD8]) {
         return Err("not a JPEG stream (no SOI marker)".into());
     }
@@ -234,6 +241,11 @@ pub fn decode(data: &[u8]) -> Result<Image, String> {
                 if width == 0 || width * height > MAX_SAMPLES {
                     return Err(format!("{width} × {height} samples: not an image this reader takes"));
                 }
+                if let Some((w, h)) = expected.filter(|&e| e != (width, height)) {
+                    return Err(format!(
+                        "the JPEG image is {width}×{height} where Columns × Rows say {w}×{h}"
+                    ));
+                }
                 if seg.len() < 9 || seg[8] > 3 {
                     return Err("a bad frame component".into());
                 }
@@ -245,6 +257,7 @@ pub fn decode(data: &[u8]) -> Result<Image, String> {
                     table: usize::from(seg[8]),
                 });
             }
+            0xDE | 0xDF => return Err("hierarchical JPEG (DHP/EXP) is not read by this decoder".into()),
             0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
                 let what = match m {
                     0xC2 => "progressive DCT",
@@ -352,6 +365,9 @@ fn scan(data: &[u8], f: &Frame, q: &[u16; 64], dc: &Huffman, ac: &Huffman, resta
         }
         let mut coef = [0i16; 64];
         let t = bits.decode(dc)?;
+        if t > 15 {
+            return Err(format!("a DC difference of {t} bits (damaged data)"));
+        }
         pred = pred.wrapping_add(bits.receive_extend(t)?);
         // JCOEF is 16 bits in the IJG library.
         coef[0] = pred as i16;
@@ -576,13 +592,17 @@ mod tests {
 
     #[test]
     fn malformed_streams_are_errors_not_panics() {
-        assert!(decode(&[]).is_err());
-        assert!(decode(&[0xFF, 0xD8]).is_err());
-        assert!(decode(&[0xFF, 0xD8, 0xFF, 0xD9]).is_err());
+        assert!(decode(&[], None).is_err());
+        assert!(decode(&[0xFF, 0xD8], None).is_err());
+        assert!(decode(&[0xFF, 0xD8, 0xFF, 0xD9], None).is_err());
         // A frame header claiming an absurd size, then the end.
-        let e = decode(&[0xFF, 0xD8, 0xFF, 0xC1, 0, 11, 12, 0xFF, 0xFF, 0xFF, 0xFF, 1, 1, 0x11, 0]).expect_err("big");
+        let e = decode(
+            &[0xFF, 0xD8, 0xFF, 0xC1, 0, 11, 12, 0xFF, 0xFF, 0xFF, 0xFF, 1, 1, 0x11, 0],
+            None,
+        )
+        .expect_err("big");
         assert!(e.contains("samples"), "{e}");
-        let e = decode(&[0xFF, 0xD8, 0xFF, 0xC2, 0, 11, 8, 0, 8, 0, 8, 1, 1, 0x11, 0]).expect_err("progressive");
+        let e = decode(&[0xFF, 0xD8, 0xFF, 0xC2, 0, 11, 8, 0, 8, 0, 8, 1, 1, 0x11, 0], None).expect_err("progressive");
         assert!(e.contains("progressive"), "{e}");
     }
 }

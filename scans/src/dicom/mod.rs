@@ -432,7 +432,8 @@ fn stored_values(s: &Slice, ts: &str) -> Result<Vec<f64>> {
     let jpeg = ts == "1.2.840.10008.1.2.4.50" || ts == "1.2.840.10008.1.2.4.51";
     if jpeg {
         if let Some(stream) = jpeg_stream(s).filter(|d| jpeg12::sequential_precision(d) == Some(12)) {
-            let img = jpeg12::decode(&stream).map_err(|e| bad(&s.path, format!("12-bit JPEG pixel data: {e}")))?;
+            let img = jpeg12::decode(&stream, Some((s.size[0], s.size[1])))
+                .map_err(|e| bad(&s.path, format!("12-bit JPEG pixel data: {e}")))?;
             if [img.width, img.height] != s.size {
                 return Err(bad(
                     &s.path,
@@ -442,7 +443,24 @@ fn stored_values(s: &Slice, ts: &str) -> Result<Vec<f64>> {
                     ),
                 ));
             }
-            let bits = s.bits_stored.min(16);
+            // The JPEG's precision holds BitsStored bits: more would be a sign bit the samples
+            // lack, and a sample beyond them a value the header does not allow.
+            let bits = s.bits_stored;
+            if bits > u32::from(img.precision) {
+                return Err(bad(
+                    &s.path,
+                    format!(
+                        "BitsStored {bits} in a {}-bit JPEG: the header and the pixel data disagree",
+                        img.precision
+                    ),
+                ));
+            }
+            if let Some(v) = img.samples.iter().find(|&&v| u32::from(v) >= 1 << bits) {
+                return Err(bad(
+                    &s.path,
+                    format!("a sample of {v} in {bits} stored bits: the header and the pixel data disagree"),
+                ));
+            }
             return Ok(img
                 .samples
                 .iter()

@@ -55,7 +55,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The largest data set a deflated file may inflate to.
-const MAX_INFLATED: u64 = 1 << 30;
+const MAX_INFLATED: u64 = MAX_FILE;
 
 /// Opens `path` (a regular file: [`models::fsutil::open_regular`]) as DICOM, reading up to
 /// the top-level element `until` (all of it when `None`). The file is read whole (at most

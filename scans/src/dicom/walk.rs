@@ -44,6 +44,8 @@ const SEQ_END: Tag = Tag(0xFFFE, 0xE0DD);
 
 struct Walker<'a> {
     b: &'a [u8],
+    /// Where the data end but for zero bytes padding the file (some writers leave them).
+    content_end: usize,
     /// Byte ranges of top-level UN elements of undefined length (CP-246: implicit VR items
     /// inside explicit VR data), which dicom-rs 0.10 parses as explicit VR and so misreads;
     /// no element this reader uses is one, and they are cut out before parsing.
@@ -100,9 +102,31 @@ impl Walker<'_> {
                 String::from_utf8_lossy(code)
             )
         })?;
-        let long = matches!(
+        // dicom-rs's rule (and the standard's): these VRs have a 2-byte length, every other
+        // one (OB, OW, SQ, UN, UT, SV, UV...) a reserved pair and a 4-byte length.
+        let long = !matches!(
             vr,
-            VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::SQ | VR::UC | VR::UR | VR::UT | VR::UN
+            VR::AE
+                | VR::AS
+                | VR::AT
+                | VR::CS
+                | VR::DA
+                | VR::DS
+                | VR::DT
+                | VR::FL
+                | VR::FD
+                | VR::IS
+                | VR::LO
+                | VR::LT
+                | VR::PN
+                | VR::SH
+                | VR::SL
+                | VR::SS
+                | VR::ST
+                | VR::TM
+                | VR::UI
+                | VR::UL
+                | VR::US
         );
         Ok(if long {
             Header {
@@ -153,8 +177,8 @@ impl Walker<'_> {
             if at == limit && end.is_some() || at >= self.b.len() && end.is_none() && depth == 0 {
                 return Ok((at, None));
             }
-            // Zero bytes padding the end of a file (some writers leave them): the end.
-            if depth == 0 && end.is_none() && self.b[at.min(self.b.len())..].iter().all(|&x| x == 0) {
+            // Zero bytes padding the end of a file: the end.
+            if depth == 0 && end.is_none() && at >= self.content_end {
                 return Ok((at, None));
             }
             if at >= limit {
@@ -314,6 +338,7 @@ impl Checked {
 pub fn check(b: &[u8], enc: Encoding, stop: Option<Tag>) -> Result<Checked, String> {
     let w = Walker {
         b,
+        content_end: b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1),
         drop: Default::default(),
     };
     let (end, at) = w.elements(0, None, enc, 0, stop)?;
@@ -328,6 +353,7 @@ pub fn check(b: &[u8], enc: Encoding, stop: Option<Tag>) -> Result<Checked, Stri
 pub fn meta_group_end(b: &[u8]) -> Result<usize, String> {
     let w = Walker {
         b,
+        content_end: b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1),
         drop: Default::default(),
     };
     let mut at = 0;
@@ -381,6 +407,25 @@ mod tests {
         }
         let e = check(&deep, Encoding::EXPLICIT_LE, None).err().expect("deep");
         assert!(e.contains("nested"), "{e}");
+        // SV and UV have 4-byte lengths: a huge one is caught, not read as 0.
+        let mut sv = ok.clone();
+        sv.extend([0x08, 0x00, 0x20, 0x00, b'S', b'V', 0, 0]);
+        sv.extend(0xE000_0008u32.to_le_bytes());
+        sv.extend([b'O', b'B', 0, 0, 0, 0, 0, 0]);
+        assert!(check(&sv, Encoding::EXPLICIT_LE, None).is_err());
+        let mut sv_ok = ok.clone();
+        sv_ok.extend([0x08, 0x00, 0x20, 0x00, b'S', b'V', 0, 0, 8, 0, 0, 0]);
+        sv_ok.extend(7i64.to_le_bytes());
+        assert_eq!(
+            check(&sv_ok, Encoding::EXPLICIT_LE, None).map(|c| c.stop),
+            Ok(sv_ok.len())
+        );
+        // Thousands of empty implicit elements before a stray byte: linear, not quadratic.
+        let mut pad = vec![0u8; 8 << 20];
+        pad.push(1);
+        let t0 = std::time::Instant::now();
+        assert!(check(&pad, Encoding::IMPLICIT_LE, None).is_err());
+        assert!(t0.elapsed().as_secs() < 10, "{:?}", t0.elapsed());
         // Truncated inside a header.
         assert!(check(&ok[..ok.len() - 3], Encoding::EXPLICIT_LE, None).is_err());
     }

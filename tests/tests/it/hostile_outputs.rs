@@ -400,6 +400,25 @@ fn infer_resume_kept_the_row_of_another_file_of_the_same_name() {
         (h, rows)
     };
     assert_eq!(sorted(&out), sorted(&fresh));
+    // Another test-time augmentation gives every patch another input: all scored again.
+    let r = run_ok(
+        "infer",
+        &["--model", s(&model), s(&b), "-o", s(&out), "--resume", "--tta", "flips"],
+    );
+    assert!(
+        r.stderr.contains("0 kept from the earlier output, 80 scored again"),
+        "{}",
+        r.stderr
+    );
+    // An output re-saved with Windows line ends is not resumed (its rows would be copied
+    // with them).
+    let text = std::fs::read_to_string(&out).expect("r");
+    std::fs::write(&out, text.replace('\n', "\r\n")).expect("w");
+    let r = run_err(
+        "infer",
+        &["--model", s(&model), s(&b), "-o", s(&out), "--resume", "--tta", "flips"],
+    );
+    assert!(r.stderr.contains("line ends"), "{}", r.stderr);
 }
 
 #[test]
