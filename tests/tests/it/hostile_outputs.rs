@@ -803,3 +803,81 @@ fn a_fifo_named_sweep_plan_or_fold_config_hung_trainer_sweep() {
     let e = within(&["sweep", s(&p), "--collect"]);
     assert!(e.contains("tasks not done"), "{e}");
 }
+
+#[test]
+fn merge_and_resume_disagreed_with_one_run_on_names_with_commas_newlines_and_repeated_luna16_rows() {
+    let d = tempfile::tempdir().expect("tmp");
+    let model = fixture().run.join("model.onnx");
+    let p = patches_copy(d.path(), "p");
+    for (from, to) in [
+        ("s001_p001.npy", "a,b.npy"),
+        ("s001_p002.npy", "quote\"d.npy"),
+        ("s001_p003.npy", "new\nline.npy"),
+    ] {
+        std::fs::rename(p.join(from), p.join(to)).expect("rename");
+    }
+    let one = d.path().join("one.csv");
+    run_ok("infer", &["--model", s(&model), s(&p), "-o", s(&one), "-q"]);
+    let text = std::fs::read_to_string(&one).expect("r");
+    assert!(text.contains("\"new\nline.npy\"") && text.contains("\"a,b.npy\""), "{text}");
+    // Three shards merged: one run's bytes.
+    let parts: Vec<PathBuf> = (1..=3).map(|k| d.path().join(format!("s{k}.csv"))).collect();
+    for (k, part) in parts.iter().enumerate() {
+        let shard = format!("{}/3", k + 1);
+        run_ok("infer", &["--model", s(&model), s(&p), "-o", s(part), "--shard", &shard, "-q"]);
+    }
+    let merged = d.path().join("merged.csv");
+    run_ok("infer", &["merge", s(&parts[0]), s(&parts[1]), s(&parts[2]), "-o", s(&merged)]);
+    assert_eq!(std::fs::read(&merged).expect("m"), std::fs::read(&one).expect("one"));
+    // Resumed from an output of part of the folder: the rows of one run.
+    let resumed = d.path().join("resumed.csv");
+    std::fs::copy(&parts[0], &resumed).expect("copy");
+    let r = run_ok("infer", &["--model", s(&model), s(&p), "-o", s(&resumed), "--resume"]);
+    assert!(r.stderr.contains("kept from the earlier output"), "{}", r.stderr);
+    let sorted = |f: &Path| {
+        let (h, mut rows) = read_csv(f);
+        rows.sort();
+        (h, rows)
+    };
+    assert_eq!(sorted(&resumed), sorted(&one));
+
+    // LUNA16 submissions name no patch: two patches at one place with one content give two
+    // equal rows, in one run and in a merge alike.
+    let q = patches_copy(d.path(), "q");
+    std::fs::copy(q.join("s002_p001.npy"), q.join("s002_p001_again.npy")).expect("copy");
+    let idx = q.join("patch_index.csv");
+    let (h, mut rows) = read_csv(&idx);
+    let dup = rows
+        .iter()
+        .find(|r| r[col(&h, "patch_file")] == "s002_p001.npy")
+        .expect("row")
+        .clone();
+    let mut again = dup.clone();
+    again[col(&h, "patch_file")] = "s002_p001_again.npy".into();
+    rows.push(again);
+    let mut w = csv::Writer::from_path(&idx).expect("w");
+    w.write_record(&h).expect("h");
+    for r in &rows {
+        w.write_record(r).expect("r");
+    }
+    w.flush().expect("flush");
+    let one = d.path().join("one_luna.csv");
+    run_ok("infer", &["--model", s(&model), "--index", s(&idx), "--format", "luna16", "-o", s(&one), "-q"]);
+    let lines: Vec<String> = std::fs::read_to_string(&one).expect("r").lines().map(str::to_string).collect();
+    let mut seen = std::collections::HashSet::new();
+    assert!(lines.iter().any(|l| !seen.insert(l.clone())), "no repeated row to test with");
+    let parts: Vec<PathBuf> = (1..=4).map(|k| d.path().join(format!("l{k}.csv"))).collect();
+    for (k, part) in parts.iter().enumerate() {
+        let shard = format!("{}/4", k + 1);
+        run_ok(
+            "infer",
+            &["--model", s(&model), "--index", s(&idx), "--format", "luna16", "-o", s(part), "--shard", &shard, "-q"],
+        );
+    }
+    let merged = d.path().join("merged_luna.csv");
+    let mut a = vec!["merge"];
+    a.extend(parts.iter().map(|p| s(p)));
+    a.extend(["-o", s(&merged)]);
+    run_ok("infer", &a);
+    assert_eq!(std::fs::read(&merged).expect("m"), std::fs::read(&one).expect("one"));
+}
