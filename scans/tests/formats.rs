@@ -479,3 +479,27 @@ fn jpeg_extended_12_bit_slices_decode_as_dcmtk_decodes_them() {
     // The extremes of the 12-bit range survive as HU (intercept −1024).
     assert!(plain.voxels.contains(&3071.0) && plain.voxels.contains(&-1024.0));
 }
+
+/// 8-bit JPEG Baseline (process 1) slices made by DCMTK (`make_jpeg_baseline.sh`): the
+/// samples DCMTK's decoder gives, as for 12 bits.
+#[test]
+fn jpeg_baseline_8_bit_slices_decode_as_dcmtk_decodes_them() {
+    let fx = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg_baseline");
+    let plain = only(&fx.join("plain"), Format::Dicom).read().expect("plain");
+    let jpeg = only(&fx.join("jpeg"), Format::Dicom).read().expect("jpeg baseline");
+    let dcmtk = only(&fx.join("decoded"), Format::Dicom)
+        .read()
+        .expect("dcmdjpeg's decoding");
+    assert_eq!(jpeg.geometry, plain.geometry);
+    assert_eq!(
+        jpeg.voxels, dcmtk.voxels,
+        "our 8-bit decoding differs from IJG libjpeg's"
+    );
+    let worst = jpeg
+        .voxels
+        .iter()
+        .zip(&plain.voxels)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst > 0.0 && worst <= 8.0 * 40.0, "lossy error {worst} HU");
+}

@@ -431,9 +431,11 @@ fn jpeg_stream(s: &Slice) -> Option<Vec<u8>> {
 fn stored_values(s: &Slice, ts: &str) -> Result<Vec<f64>> {
     let jpeg = ts == "1.2.840.10008.1.2.4.50" || ts == "1.2.840.10008.1.2.4.51";
     if jpeg {
-        if let Some(stream) = jpeg_stream(s).filter(|d| jpeg12::sequential_precision(d) == Some(12)) {
+        // Sequential DCT at 8 or 12 bits: our decoder, which gives what IJG libjpeg (DCMTK,
+        // GDCM) gives, sample for sample.
+        if let Some(stream) = jpeg_stream(s).filter(|d| jpeg12::sequential_precision(d).is_some()) {
             let img = jpeg12::decode(&stream, Some((s.size[0], s.size[1])))
-                .map_err(|e| bad(&s.path, format!("12-bit JPEG pixel data: {e}")))?;
+                .map_err(|e| bad(&s.path, format!("JPEG pixel data: {e}")))?;
             if [img.width, img.height] != s.size {
                 return Err(bad(
                     &s.path,

@@ -819,15 +819,24 @@ fn merge_and_resume_disagreed_with_one_run_on_names_with_commas_newlines_and_rep
     let one = d.path().join("one.csv");
     run_ok("infer", &["--model", s(&model), s(&p), "-o", s(&one), "-q"]);
     let text = std::fs::read_to_string(&one).expect("r");
-    assert!(text.contains("\"new\nline.npy\"") && text.contains("\"a,b.npy\""), "{text}");
+    assert!(
+        text.contains("\"new\nline.npy\"") && text.contains("\"a,b.npy\""),
+        "{text}"
+    );
     // Three shards merged: one run's bytes.
     let parts: Vec<PathBuf> = (1..=3).map(|k| d.path().join(format!("s{k}.csv"))).collect();
     for (k, part) in parts.iter().enumerate() {
         let shard = format!("{}/3", k + 1);
-        run_ok("infer", &["--model", s(&model), s(&p), "-o", s(part), "--shard", &shard, "-q"]);
+        run_ok(
+            "infer",
+            &["--model", s(&model), s(&p), "-o", s(part), "--shard", &shard, "-q"],
+        );
     }
     let merged = d.path().join("merged.csv");
-    run_ok("infer", &["merge", s(&parts[0]), s(&parts[1]), s(&parts[2]), "-o", s(&merged)]);
+    run_ok(
+        "infer",
+        &["merge", s(&parts[0]), s(&parts[1]), s(&parts[2]), "-o", s(&merged)],
+    );
     assert_eq!(std::fs::read(&merged).expect("m"), std::fs::read(&one).expect("one"));
     // Resumed from an output of part of the folder: the rows of one run.
     let resumed = d.path().join("resumed.csv");
@@ -862,16 +871,48 @@ fn merge_and_resume_disagreed_with_one_run_on_names_with_commas_newlines_and_rep
     }
     w.flush().expect("flush");
     let one = d.path().join("one_luna.csv");
-    run_ok("infer", &["--model", s(&model), "--index", s(&idx), "--format", "luna16", "-o", s(&one), "-q"]);
-    let lines: Vec<String> = std::fs::read_to_string(&one).expect("r").lines().map(str::to_string).collect();
+    run_ok(
+        "infer",
+        &[
+            "--model",
+            s(&model),
+            "--index",
+            s(&idx),
+            "--format",
+            "luna16",
+            "-o",
+            s(&one),
+            "-q",
+        ],
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&one)
+        .expect("r")
+        .lines()
+        .map(str::to_string)
+        .collect();
     let mut seen = std::collections::HashSet::new();
-    assert!(lines.iter().any(|l| !seen.insert(l.clone())), "no repeated row to test with");
+    assert!(
+        lines.iter().any(|l| !seen.insert(l.clone())),
+        "no repeated row to test with"
+    );
     let parts: Vec<PathBuf> = (1..=4).map(|k| d.path().join(format!("l{k}.csv"))).collect();
     for (k, part) in parts.iter().enumerate() {
         let shard = format!("{}/4", k + 1);
         run_ok(
             "infer",
-            &["--model", s(&model), "--index", s(&idx), "--format", "luna16", "-o", s(part), "--shard", &shard, "-q"],
+            &[
+                "--model",
+                s(&model),
+                "--index",
+                s(&idx),
+                "--format",
+                "luna16",
+                "-o",
+                s(part),
+                "--shard",
+                &shard,
+                "-q",
+            ],
         );
     }
     let merged = d.path().join("merged_luna.csv");
