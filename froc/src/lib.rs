@@ -60,7 +60,7 @@
 //!   (indices 25 and 975 for B = 1000). The script stores float32; we keep f64.
 //!
 //! # Layout
-//! [`models::luna16`] reads the CSV files (shared with `trainer prepare`), [`evaluate`](mod@evaluate)
+//! [`models::luna16`] reads the CSV files (shared with `scans prepare`), [`evaluate`](mod@evaluate)
 //! matches candidates and computes the curve, the CPM and the bootstrap, [`write`](mod@write) writes
 //! the output folder and the summary. This crate links neither libtorch nor ONNX Runtime:
 //! it scores a results file, whatever made it.

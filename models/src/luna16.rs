@@ -1,6 +1,6 @@
 //! LUNA16's CSV files: `annotations.csv`, `annotations_excluded.csv`, `candidates*.csv`,
 //! results in the submission format (all `seriesuid, coordX, coordY, coordZ` and one value
-//! column), and the series list. Read by `trainer prepare` (what to cut) and `froc` (what to
+//! column), and the series list. Read by `scans prepare` (what to cut) and `froc` (what to
 //! score against); positions are world millimetres in ITK/LPS, as the challenge gives them.
 use std::path::Path;
 

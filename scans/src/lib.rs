@@ -1,25 +1,33 @@
-//! CT scans as hospitals and public collections store them, read into the geometry
-//! `trainer prepare` cuts patches from: [`models::metaimage::Scan`] (voxels in HU, x fastest;
-//! world mm in LUNA16's frame, ITK/LPS).
+//! Step 1 of the flow, scan → cubes: CT scans as hospitals and public collections store
+//! them, read into one geometry ([`metaimage::Scan`]: voxels in HU, x fastest; world mm in
+//! LUNA16's frame, ITK/LPS), and the cubes cut from them ([`resample`]) into a patch folder
+//! ([`prepare`]) or straight into a scorer's batches (`infer --scans`). The `scans` binary
+//! runs `prepare` and `inspect`. No libtorch, no ONNX Runtime: a CPU box that only prepares
+//! data builds this crate alone (a test reads the binary's links).
 //!
-//! * MetaImage (`.mhd` + `.raw`/`.zraw`, `.mha`): [`models::metaimage`].
+//! * MetaImage (`.mhd` + `.raw`/`.zraw`, `.mha`): [`metaimage`].
 //! * DICOM series ([`dicom`]): files grouped by SeriesInstanceUID, slices ordered by their
 //!   position along the slice normal, rescaled to HU; the `seriesuid` is the
 //!   SeriesInstanceUID (as LUNA16's is).
 //! * NIfTI-1 (`.nii`, `.nii.gz`, [`nifti`]): sform, else qform, from RAS to LPS; the
 //!   `seriesuid` is the file name without its extension.
-//!
-//! Its own crate so that the DICOM and NIfTI decoders reach only the trainer: the scoring
-//! binaries, which read patches, never link them.
+//! * Geometry (world ↔ voxel) in [`metaimage::Geometry`]; cutting in [`resample`].
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use models::metaimage::Scan;
+pub use metaimage::Scan;
 use models::{Error, Result};
 
 pub mod dicom;
+pub mod error;
 pub mod guard;
+pub mod inspect;
+pub mod metaimage;
 pub mod nifti;
+pub mod prepare;
+pub mod resample;
+
+pub use error::ScanError;
 
 pub(crate) fn bad(path: &Path, msg: impl Into<String>) -> Error {
     Error::BadInput {

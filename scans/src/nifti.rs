@@ -11,7 +11,7 @@
 //!   LUNA16's (ITK's) LPS: the first two world coordinates change sign;
 //! * **voxels**: `scl_slope × value + scl_inter` when the slope is a number other than 0,
 //!   streamed from the file into the one float32 volume (no second copy), the header's
-//!   volume checked against [`models::metaimage::MAX_VOXELS`] and [`MAX_BYTES`] first and
+//!   volume checked against [`crate::metaimage::MAX_VOXELS`] and [`MAX_BYTES`] first and
 //!   memory grown only as the data arrive, so a small file claiming a huge volume costs
 //!   nothing.
 //!
@@ -33,13 +33,13 @@
 //! * a slope of 0 or not finite with a non-zero intercept (ITK adds the intercept, nibabel
 //!   ignores both), a non-finite intercept with a slope, a slope below 2.2e-16 in size (ITK
 //!   reads 1), values beyond float32 or beyond any CT's HU, a voxel that is not finite;
-//! * a spacing outside [`models::metaimage::SPACING_RANGE_MM`], an origin beyond
-//!   [`models::metaimage::MAX_OFFSET_MM`].
+//! * a spacing outside [`crate::metaimage::SPACING_RANGE_MM`], an origin beyond
+//!   [`crate::metaimage::MAX_OFFSET_MM`].
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use crate::metaimage::{ElementType, Geometry};
 use crate::{bad, Scan};
-use models::metaimage::{ElementType, Geometry};
 use models::Result;
 
 /// The largest volume read, in bytes of stored data.
@@ -238,13 +238,13 @@ fn qform(h: &Header) -> std::result::Result<Affine, String> {
         return Err(format!(
             "pixdim {} (voxel size {v}): on the qform, ITK mirrors a negative voxel size, nibabel takes its size, \
              nifti1_io takes 1 mm; the readers disagree",
-            models::metaimage::fmt_vec(&dx)
+            crate::metaimage::fmt_vec(&dx)
         ));
     }
     if dx.contains(&0.0) {
         return Err(format!(
             "pixdim {}: a voxel size of 0 says no size (the readers assume 1 mm)",
-            models::metaimage::fmt_vec(&dx)
+            crate::metaimage::fmt_vec(&dx)
         ));
     }
     // nifti1_io: a quaternion of norm above 1 (within rounding or not) is normalised.
@@ -333,8 +333,8 @@ fn sform(h: &Header) -> std::result::Result<Affine, String> {
             return Err(format!(
                 "pixdim {} differs from the sform's voxel size {}: ITK takes its spacing from pixdim (and mirrors a \
                  negative one), nibabel and nifti1_io from the sform; the readers disagree",
-                models::metaimage::fmt_vec(&dx),
-                models::metaimage::fmt_vec(&[cols[0].0, cols[1].0, cols[2].0])
+                crate::metaimage::fmt_vec(&dx),
+                crate::metaimage::fmt_vec(&[cols[0].0, cols[1].0, cols[2].0])
             ));
         }
     }
@@ -388,7 +388,7 @@ fn geometry(m: Affine, dims: [usize; 3]) -> std::result::Result<Geometry, String
         spacing[axis] = len;
         direction[axis] = col.map(|v| v / len);
     }
-    models::metaimage::check_spacing(&spacing).map_err(|e| format!("voxel size: {e}"))?;
+    crate::metaimage::check_spacing(&spacing).map_err(|e| format!("voxel size: {e}"))?;
     let offset = [0, 1, 2].map(|w| flip[w] * m[w][3]);
     Geometry::new(dims, spacing, offset, direction)
 }
@@ -454,10 +454,10 @@ fn check(h: &Header) -> std::result::Result<([usize; 3], Stored, Geometry), Stri
         u => return Err(format!("spatial unit code {u} is not one of NIfTI's")),
     }
     let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let n = n.filter(|&n| n <= models::metaimage::MAX_VOXELS).ok_or_else(|| {
+    let n = n.filter(|&n| n <= crate::metaimage::MAX_VOXELS).ok_or_else(|| {
         format!(
             "dim {dims:?}: more than the {} voxels a scan may have",
-            models::metaimage::MAX_VOXELS
+            crate::metaimage::MAX_VOXELS
         )
     })?;
     let bytes = n as u64 * ty.size() as u64;

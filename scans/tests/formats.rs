@@ -1,15 +1,15 @@
 //! One volume written as MetaImage, as DICOM slices (shuffled file names; uncompressed and
 //! RLE Lossless) and as NIfTI-1 (sform, qform; `.nii` and `.nii.gz`) reads into the same
-//! geometry and gives the same cubes as `trainer prepare` cuts them
-//! (`models::resample::extract`); and every way a series can be wrong is refused, naming
+//! geometry and gives the same cubes as `scans prepare` cuts them
+//! (`scans::resample::extract`); and every way a series can be wrong is refused, naming
 //! the file.
 use std::path::{Path, PathBuf};
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use models::metaimage::{Geometry, WriteOptions};
-use models::resample::{extract, PatchGrid};
+use scans::metaimage::{Geometry, WriteOptions};
+use scans::resample::{extract, PatchGrid};
 use scans::{Format, Source};
 
 const UID: &str = "1.2.826.0.1.3680043.8.498.99";
@@ -102,10 +102,10 @@ fn rle_frame(pixels: &[u16]) -> Vec<u8> {
 /// names that say nothing of position, InstanceNumber against it); RLE Lossless when `ts`
 /// says so; `edit` may change a slice's object before it is written.
 fn write_dicom(v: &Volume, dir: &Path, ts: &str, edit: &dyn Fn(usize, &mut InMemDicomObject)) -> Vec<PathBuf> {
-    let scan = models::metaimage::Scan {
+    let scan = scans::metaimage::Scan {
         path: dir.to_path_buf(),
         geometry: v.g.clone(),
-        element_type: models::metaimage::ElementType::Short,
+        element_type: scans::metaimage::ElementType::Short,
         voxels: v.hu.iter().map(|&h| f32::from(h)).collect(),
     };
     let [nx, ny, _] = v.g.dims;
@@ -205,7 +205,7 @@ fn metaimage_dicom_and_nifti_give_the_same_cubes() {
     let hu: Vec<f32> = v.hu.iter().map(|&h| f32::from(h)).collect();
     let mhd = d.path().join("mhd").join(format!("{UID}.mhd"));
     std::fs::create_dir_all(mhd.parent().expect("dir")).expect("mkdir");
-    models::metaimage::write(&mhd, &v.g, &hu, WriteOptions::default()).expect("mhd");
+    scans::metaimage::write(&mhd, &v.g, &hu, WriteOptions::default()).expect("mhd");
     let reference = cubes(&only(&d.path().join("mhd"), Format::MetaImage));
     // DICOM, uncompressed and RLE Lossless: the same geometry, the same voxels, the same cubes.
     for (name, ts) in [("dicom", EXPLICIT_LE), ("dicom_rle", RLE)] {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use models::metaimage::{ElementType, Geometry, Scan};
 use proptest::prelude::*;
+use scans::metaimage::{ElementType, Geometry, Scan};
 
 /// The most memory any one read may hold at once beyond what it started with.
 const BOUND: usize = 64 << 20;
@@ -463,4 +463,148 @@ fn the_valid_nifti_of_the_fuzzer_reads() {
     let found = scans::find(v.path(), None).expect("find");
     let s = found.scans.values().next().expect("one").read().expect("valid dicom");
     assert_eq!(s.voxels, volume().voxels);
+}
+
+// The MetaImage reader (moved here with it from the models crate).
+
+/// Hostile values for a MetaImage key.
+fn mhd_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[0-9 .eE+-]{0,40}",
+        prop::sample::select(vec![
+            "MET_SHORT",
+            "MET_FLOAT",
+            "MET_DOUBLE",
+            "MET_UCHAR",
+            "MET_INT",
+            "True",
+            "False",
+            "-1",
+            "3",
+            "4 4 4",
+            "1000000 1000000 1000",
+            "1000 1000 1000",
+            "1024 1024 1024",
+            "0 0 0",
+            "1 0 0 0 1 0 0 0 1",
+            "0 0 0 0 0 0 0 0 0",
+            "nan nan nan",
+            "1e308 1e308 1e308",
+            "4 3",
+            "4 3 2 1",
+            "-4 3 2",
+        ])
+        .prop_map(str::to_string),
+    ]
+}
+
+/// A MetaImage header from generated key/value lines.
+fn mhd_text() -> impl Strategy<Value = String> {
+    let key = prop::sample::select(vec![
+        "NDims",
+        "DimSize",
+        "ElementSpacing",
+        "Offset",
+        "TransformMatrix",
+        "ElementType",
+        "BinaryDataByteOrderMSB",
+        "CompressedData",
+        "CompressedDataSize",
+        "HeaderSize",
+        "ObjectType",
+        "ElementNumberOfChannels",
+        "Junk",
+    ]);
+    (
+        prop::collection::vec((key, mhd_value()), 0..12),
+        prop::sample::select(vec!["d.raw", "LOCAL", "", "/dev/zero", "missing.raw"]),
+    )
+        .prop_map(|(kv, data)| {
+            let mut s = String::new();
+            for (k, v) in kv {
+                s += &format!("{k} = {v}\n");
+            }
+            s += &format!("ElementDataFile = {data}\n");
+            s
+        })
+}
+
+fn mhd_valid(compressed: bool, float: bool) -> (String, Vec<u8>) {
+    let et = if float { "MET_FLOAT" } else { "MET_SHORT" };
+    let n = 4 * 3 * 2;
+    let data: Vec<u8> = if float {
+        (0..n).flat_map(|i| (i as f32 - 500.0).to_le_bytes()).collect()
+    } else {
+        (0..n).flat_map(|i| (i as i16 - 500).to_le_bytes()).collect()
+    };
+    let data = if compressed {
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &data).unwrap();
+        enc.finish().unwrap()
+    } else {
+        data
+    };
+    let header = format!(
+        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\nCompressedData = {}\n\
+         TransformMatrix = 1 0 0 0 1 0 0 0 1\nOffset = -10 5 -300\nElementSpacing = 0.7 0.7 2.5\n\
+         DimSize = 4 3 2\nElementType = {et}\nElementDataFile = d.raw\n",
+        if compressed { "True" } else { "False" }
+    );
+    (header, data)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The MetaImage header and reader: generated headers over random data, and valid
+    /// scans mutated in the header or the data.
+    #[test]
+    fn metaimage_header_and_reader(
+        kind in 0u8..4,
+        text in mhd_text(),
+        value in mhd_value(),
+        which in 0usize..11,
+        data in prop::collection::vec(any::<u8>(), 0..512),
+        m in mutation(),
+        compressed in any::<bool>(),
+        float in any::<bool>(),
+    ) {
+        let _g = common::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().expect("tmp");
+        let (header, data) = match kind {
+            0 => (text.into_bytes(), data),
+            1 => {
+                let (h, v) = mhd_valid(compressed, float);
+                (mutate(h.into_bytes(), &m), v)
+            }
+            2 => {
+                // One key of a valid header given a hostile value.
+                let (h, v) = mhd_valid(compressed, float);
+                let mut lines: Vec<String> = h.lines().map(str::to_string).collect();
+                let i = which % (lines.len() - 1);
+                let key = lines[i].split(" = ").next().unwrap_or("").to_string();
+                lines[i] = format!("{key} = {value}");
+                ((lines.join("\n") + "\n").into_bytes(), v)
+            }
+            _ => {
+                let (h, v) = mhd_valid(compressed, float);
+                (h.into_bytes(), mutate(v, &m))
+            }
+        };
+        let p = d.path().join("s.mhd");
+        std::fs::write(&p, &header).expect("w");
+        std::fs::write(d.path().join("d.raw"), &data).expect("w");
+        let (r, peak) = common::peak_of(|| scans::metaimage::Scan::read(&p));
+        prop_assert!(peak <= BOUND, "Scan::read held {peak} bytes");
+        if let Ok(s) = r {
+            prop_assert!(s.voxels.iter().all(|v| v.is_finite()));
+        }
+        // The same as one .mha file.
+        let mut local = header.clone();
+        local.extend_from_slice(&data);
+        let p = d.path().join("s.mha");
+        std::fs::write(&p, &local).expect("w");
+        let (_, peak) = common::peak_of(|| scans::metaimage::Scan::read(&p));
+        prop_assert!(peak <= BOUND, "Scan::read (.mha) held {peak} bytes");
+    }
 }

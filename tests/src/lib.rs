@@ -19,6 +19,7 @@ pub fn bin_dir() -> PathBuf {
         ("calibrate", &["calibrate", "models", "plots", "scorer"][..]),
         ("froc", &["froc", "models", "plots"][..]),
         ("infer", &["infer", "models", "scorer"][..]),
+        ("scans", &["scans", "models"][..]),
     ] {
         let path = dir.join(b);
         let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| {

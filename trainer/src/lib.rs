@@ -9,7 +9,6 @@
 //! * [`optim`] is AdamW on tensors (its state saved for `--resume`) and the fp16 loss scaler;
 //! * [`export`] writes `model.onnx` through [`models::onnx`] and checks libtorch ↔ ONNX
 //!   Runtime parity with [`scorer::Scorer`];
-//! * [`prepare`] cuts patch folders from LUNA16 scans;
 //! * [`cuda`] brings libtorch's CUDA half up at run time;
 //! * [`error`] is the library's error type: libtorch failures a user can meet (CUDA out of
 //!   memory) are errors with what to change, not panics.
@@ -21,11 +20,9 @@ pub mod cuda;
 pub mod data;
 pub mod ensemble;
 pub mod export;
-pub mod inspect;
 pub mod kfold;
 pub mod net;
 pub mod optim;
-pub mod prepare;
 pub mod sweep;
 pub mod synth;
 pub mod train;

@@ -89,21 +89,6 @@ enum Cmd {
         #[arg(long)]
         ort_lib: Option<PathBuf>,
     },
-    /// Print a scan's geometry as prepare reads it (size, spacing, origin, direction,
-    /// extent, HU range) and where world points land: a .mhd/.mha/.nii/.nii.gz file, a
-    /// DICOM file (its series), or a folder holding one scan (or --series among several).
-    Inspect {
-        scan: PathBuf,
-        /// Read only this format (metaimage, dicom or nifti).
-        #[arg(long)]
-        format: Option<scans::Format>,
-        /// The series to inspect when the folder holds several.
-        #[arg(long)]
-        series: Option<String>,
-        /// A world point in mm, `X,Y,Z` (LPS, as LUNA16's CSVs): where it lands (repeatable).
-        #[arg(long, value_name = "X,Y,Z", allow_hyphen_values = true)]
-        world: Vec<String>,
-    },
     /// Print an architecture as a spec file (YAML) with its parameter count, checked for a
     /// cube size: a built-in's name (a starting point for one of your own) or a spec file
     /// (validated, each problem naming its layer). Train it with `model: { spec: FILE }` or
@@ -117,11 +102,6 @@ enum Cmd {
     },
     /// Print what this trainer links and sees: libtorch, CUDA.
     Doctor,
-    /// Cut a patch folder from CT scans (MetaImage .mhd/.mha, DICOM series, NIfTI-1
-    /// .nii/.nii.gz): positives from the annotations and the candidates labelled 1, real
-    /// negatives from the candidates labelled 0. Resumable: run it again with the same
-    /// settings to finish.
-    Prepare(Box<PrepareArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -300,54 +280,6 @@ fn export(a: &ExportArgs) -> Result<()> {
         r.weights_sha256
     );
     Ok(())
-}
-
-#[derive(clap::Args, Debug)]
-struct PrepareArgs {
-    /// Folder of scans: LUNA16's subset*/ layout or flat (searched recursively); .mhd/.mha,
-    /// .nii/.nii.gz, and DICOM files (.dcm or no extension) grouped by SeriesInstanceUID.
-    #[arg(long)]
-    scans: PathBuf,
-    /// Read only this format (metaimage, dicom or nifti): needed where one series is
-    /// stored in two formats side by side.
-    #[arg(long)]
-    format: Option<scans::Format>,
-    /// annotations.csv (seriesuid, coordX, coordY, coordZ, diameter_mm; world mm).
-    #[arg(long)]
-    annotations: PathBuf,
-    /// candidates.csv or candidates_V2.csv (seriesuid, coordX, coordY, coordZ, class).
-    #[arg(long)]
-    candidates: PathBuf,
-    /// Patch folder to write (patch_index.csv and patches/<seriesuid>/*.npy).
-    #[arg(short, long)]
-    out: PathBuf,
-    /// Cube edge in mm.
-    #[arg(long, default_value_t = 64.0)]
-    size_mm: f64,
-    /// Isotropic voxel size of the cubes in mm.
-    #[arg(long, default_value_t = 1.0)]
-    spacing_mm: f64,
-    /// Negatives per positive, per scan.
-    #[arg(long, default_value_t = 3.0)]
-    neg_ratio: f64,
-    /// Negatives per scan at least (scans without nodules get this many).
-    #[arg(long, default_value_t = 5)]
-    min_negatives: usize,
-    /// Keep every negative candidate (about 480 per nodule in LUNA16).
-    #[arg(long)]
-    all_negatives: bool,
-    /// Seed of the negative subsampling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Storage type of the cubes.
-    #[arg(long, value_enum, default_value_t = trainer::prepare::CubeDtype::Int16)]
-    dtype: trainer::prepare::CubeDtype,
-    /// Scans processed at once (0: one per core, at most 8; each holds a scan in memory;
-    /// no more than max(8, 4 x CPUs)).
-    #[arg(long, default_value_t = 0)]
-    jobs: usize,
-    #[arg(short, long)]
-    quiet: bool,
 }
 
 /// Settings come from --config (YAML), then these flags override, then defaults.
@@ -549,57 +481,6 @@ fn train(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// `trainer prepare`.
-fn prepare(a: &PrepareArgs) -> Result<()> {
-    let job = trainer::prepare::PrepareJob {
-        scans: a.scans.clone(),
-        format: a.format,
-        annotations: a.annotations.clone(),
-        candidates: a.candidates.clone(),
-        out: a.out.clone(),
-        sampling: trainer::prepare::Sampling {
-            grid: models::resample::PatchGrid {
-                size_mm: a.size_mm,
-                spacing_mm: a.spacing_mm,
-            },
-            neg_ratio: a.neg_ratio,
-            min_negatives: a.min_negatives,
-            all_negatives: a.all_negatives,
-            seed: a.seed,
-            dtype: a.dtype,
-        },
-        jobs: a.jobs,
-        quiet: a.quiet,
-    };
-    let s = trainer::prepare::run(&job)?;
-    println!(
-        "prepared {} scan(s) now ({} done before, {} failed): {} patches written ({:.1} patches/s); index {} holds {} positives and {} negatives",
-        s.scans_done_now,
-        s.scans_done_before,
-        s.scans_failed,
-        s.patches_written,
-        s.patches_per_s,
-        a.out.join(models::index::INDEX_FILE).display(),
-        s.positives_total,
-        s.negatives_total
-    );
-    if s.annotated_series_without_scan > 0 {
-        println!(
-            "note: {} annotated series have no scan under {} (other subsets?)",
-            s.annotated_series_without_scan,
-            a.scans.display()
-        );
-    }
-    if s.scans_failed > 0 {
-        anyhow::bail!(
-            "{} scan(s) failed (see {}); run the same command again to retry them",
-            s.scans_failed,
-            a.out.join(trainer::prepare::ERRORS_FILE).display()
-        );
-    }
-    Ok(())
-}
-
 /// `trainer doctor`.
 fn doctor() {
     let lib = std::path::Path::new(env!("NODULE_LIBTORCH_LIB"));
@@ -653,7 +534,6 @@ fn main() -> ExitCode {
                 );
             }
             Cmd::Train(a) => train(&a)?,
-            Cmd::Prepare(a) => prepare(&a)?,
             Cmd::Export(a) => export(&a)?,
             Cmd::Sweep {
                 file,
@@ -673,29 +553,6 @@ fn main() -> ExitCode {
                     b.max_abs_diff,
                     b.cubes
                 );
-            }
-            Cmd::Inspect {
-                scan,
-                format,
-                series,
-                world,
-            } => {
-                let points = world
-                    .iter()
-                    .map(|w| {
-                        let v: Vec<f64> = w
-                            .split(',')
-                            .map(|x| x.trim().parse::<f64>())
-                            .collect::<Result<_, _>>()
-                            .map_err(|e| anyhow::anyhow!("--world {w}: {e}"))?;
-                        match v[..] {
-                            [x, y, z] if v.iter().all(|c| c.is_finite()) => Ok([x, y, z]),
-                            _ => anyhow::bail!("--world {w}: three finite numbers X,Y,Z expected"),
-                        }
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let (uid, src) = trainer::inspect::locate(&scan, format, series.as_deref())?;
-                print!("{}", trainer::inspect::report(&uid, &src, &points)?);
             }
             Cmd::Spec { arch, cube_size } => show_spec(&arch, cube_size)?,
             Cmd::Doctor => doctor(),

@@ -33,8 +33,8 @@ use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 
+use crate::metaimage::{ElementType, Geometry};
 use crate::{bad, guard, Scan};
-use models::metaimage::{ElementType, Geometry};
 use models::Result;
 
 pub mod jpeg12;
@@ -67,7 +67,7 @@ const DICOMDIR_CLASS: &str = "1.2.840.10008.1.3.10";
 const MAX_SLICE_PIXELS: usize = 2048 * 2048;
 
 /// The most voxels one series may have (as MetaImage's reader allows).
-const MAX_VOXELS: usize = models::metaimage::MAX_VOXELS;
+const MAX_VOXELS: usize = crate::metaimage::MAX_VOXELS;
 
 /// HU a CT holds at most, either way (air is −1000, padding values reach about −3000 and
 /// −32768 with an intercept, dense metal 30000 on extended scales): a rescaled value beyond
@@ -219,15 +219,15 @@ fn slice(path: &Path) -> Result<Slice> {
         6,
     )?;
     let ps = numbers(&obj, path, tags::PIXEL_SPACING, "PixelSpacing", 2)?;
-    if let Err(why) = models::metaimage::check_spacing(&[ps[1], ps[0]]) {
+    if let Err(why) = crate::metaimage::check_spacing(&[ps[1], ps[0]]) {
         return Err(bad(path, format!("PixelSpacing: {why}")));
     }
-    if ipp.iter().any(|p| p.abs() > models::metaimage::MAX_OFFSET_MM) {
+    if ipp.iter().any(|p| p.abs() > crate::metaimage::MAX_OFFSET_MM) {
         return Err(bad(
             path,
             format!(
                 "ImagePositionPatient {ipp:?} lies over {} m from the origin: not a position in a patient",
-                models::metaimage::MAX_OFFSET_MM / 1000.0
+                crate::metaimage::MAX_OFFSET_MM / 1000.0
             ),
         ));
     }

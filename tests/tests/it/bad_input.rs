@@ -228,7 +228,7 @@ fn thread_counts_beyond_the_cpus_are_refused() {
     );
     assert!(!run.exists());
     let r = run_err(
-        "trainer",
+        "scans",
         &[
             "prepare",
             "--scans",

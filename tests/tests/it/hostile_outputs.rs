@@ -574,7 +574,7 @@ fn settings_that_mean_nothing_passed_validation() {
         ("64", "1e300", "spacing"),
     ] {
         let r = run_err(
-            "trainer",
+            "scans",
             &[
                 "prepare",
                 "--scans",

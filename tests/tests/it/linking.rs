@@ -126,3 +126,29 @@ fn crates_depend_only_on_what_sits_below_them() {
         "{f:?}"
     );
 }
+
+/// Step 1, scan → cubes, builds and runs without libtorch and without ONNX Runtime: a CPU
+/// box that only prepares data needs neither (the `scans` binary's links, and the crate's
+/// dependency tree; the trainer, which links libtorch, no longer reads scans).
+#[test]
+fn the_scans_binary_carries_no_libtorch_and_no_onnx_runtime() {
+    let libs = needed("scans");
+    assert!(
+        !libs.iter().any(|l| is_torch(l) || l.contains("onnxruntime")),
+        "scans links {libs:?}"
+    );
+    let text = dependency_tree("scans");
+    for bad in ["tch v", "torch-sys v", "ort v", "ort-sys v"] {
+        assert!(
+            !text.lines().any(|l| l.starts_with(bad)),
+            "scans depends on {bad}:\n{text}"
+        );
+    }
+    let trainer = dependency_tree("trainer");
+    assert!(
+        !trainer
+            .lines()
+            .any(|l| l.starts_with("scans v") || l.starts_with("dicom-object v")),
+        "the trainer still reads scans"
+    );
+}

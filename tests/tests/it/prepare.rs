@@ -1,10 +1,10 @@
-//! `trainer prepare`: synthetic LUNA16-style scans (subset folders, .mhd/.raw, .mha,
+//! `scans prepare`: synthetic LUNA16-style scans (subset folders, .mhd/.raw, .mha,
 //! compressed, flipped directions) with nodules at known world positions → a patch folder.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 use std::path::Path;
 
 use chain_tests::{col, read_csv, run, run_err, run_ok, s};
-use models::metaimage::{self, ElementType, Geometry, WriteOptions};
+use scans::metaimage::{self, ElementType, Geometry, WriteOptions};
 
 const ID: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
 
@@ -138,7 +138,7 @@ fn scans_to_patch_folder_resumable_with_per_scan_errors() {
     let call = |extra: &[&'static str]| {
         let a = args(extra);
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-        run("trainer", &refs)
+        run("scans", &refs)
     };
 
     // First run: D fails (named, with what is wrong); A, B, C are done.
@@ -220,7 +220,7 @@ fn scans_to_patch_folder_resumable_with_per_scan_errors() {
     held.lock().unwrap();
     let r = call(&[]);
     assert!(
-        !r.ok && r.stderr.contains("another `trainer prepare` is working"),
+        !r.ok && r.stderr.contains("another `scans prepare` is working"),
         "{}",
         r.stderr
     );
@@ -235,7 +235,7 @@ fn scans_to_patch_folder_resumable_with_per_scan_errors() {
     std::fs::write(&d_raw, &good_d).unwrap();
     let a = args(&[]);
     let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-    let r = run_ok("trainer", &refs);
+    let r = run_ok("scans", &refs);
     assert!(
         r.stdout.contains("prepared 1 scan(s) now (3 done before, 0 failed)"),
         "{}",
@@ -281,7 +281,7 @@ fn bad_prepare_inputs_are_named() {
     };
     let go = |v: Vec<String>| {
         let refs: Vec<&str> = v.iter().map(String::as_str).collect();
-        run_err("trainer", &refs)
+        run_err("scans", &refs)
     };
     // No scans in the folder.
     let r = go(base(&scans, &ann, &cand));
@@ -405,7 +405,7 @@ fn scans_with_nan_voxels_overlong_data_or_special_files_were_cut_or_skipped() {
     let out = root.join("out");
     let go = |cand: &Path| {
         run(
-            "trainer",
+            "scans",
             &[
                 "prepare",
                 "--scans",
@@ -496,7 +496,7 @@ fn a_prepared_folder_trains() {
     // what earlier runs finished.
     for subset in ["subset0", "subset1"] {
         run_ok(
-            "trainer",
+            "scans",
             &[
                 "prepare",
                 "--scans",
@@ -544,7 +544,7 @@ fn a_prepared_folder_trains() {
     assert!(run_dir.join("model.onnx").is_file());
 }
 
-/// `trainer prepare` on the real LIDC-IDRI slab in `../shared/data/` (read in place): the
+/// `scans prepare` on the real LIDC-IDRI slab in `../shared/data/` (read in place): the
 /// cubes hold real CT values where the slab is and air beyond its 15 mm.
 #[test]
 fn prepare_reads_the_real_slab() {
@@ -588,7 +588,7 @@ fn prepare_reads_the_real_slab() {
         if let Some(f) = format {
             a.extend(["--format", f]);
         }
-        chain_tests::run("trainer", &a)
+        chain_tests::run("scans", &a)
     };
     // The folder holds the series twice, as MetaImage and as its DICOM slices: that series
     // is refused (listed in the errors file, non-zero exit) until a format is chosen.
@@ -645,14 +645,14 @@ fn prepare_reads_the_real_slab() {
     }
 }
 
-/// `trainer inspect` on the real slab: the DICOM series from one of its files, the geometry
+/// `scans inspect` on the real slab: the DICOM series from one of its files, the geometry
 /// the MetaImage beside it states, and where world points land.
 #[test]
 fn inspect_prints_the_geometry_and_where_points_land() {
     let slab = chain_tests::workspace().join("../shared/data/lidc-idri-0002");
     let file = slab.join("dicom/-87.000000.dcm");
     let r = run_ok(
-        "trainer",
+        "scans",
         &["inspect", s(&file), "--world", "-60,-20,-87", "--world", "0,0,10"],
     );
     for want in [
@@ -669,14 +669,14 @@ fn inspect_prints_the_geometry_and_where_points_land() {
         assert!(r.stdout.contains(want), "{want:?} in:\n{}", r.stdout);
     }
     // The folder holds the series twice: named, with the way out.
-    let r = run_err("trainer", &["inspect", s(&slab)]);
+    let r = run_err("scans", &["inspect", s(&slab)]);
     assert!(
         r.stderr.contains("appears 2 times") && r.stderr.contains("--format"),
         "{}",
         r.stderr
     );
-    let r = run_ok("trainer", &["inspect", s(&slab), "--format", "metaimage"]);
+    let r = run_ok("scans", &["inspect", s(&slab), "--format", "metaimage"]);
     assert!(r.stdout.contains("(MetaImage)"), "{}", r.stdout);
-    let r = run_err("trainer", &["inspect", s(&file), "--world", "1,2"]);
+    let r = run_err("scans", &["inspect", s(&file), "--world", "1,2"]);
     assert!(r.stderr.contains("--world 1,2"), "{}", r.stderr);
 }

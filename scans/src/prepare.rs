@@ -1,4 +1,4 @@
-//! `trainer prepare`: from CT scans (MetaImage, DICOM series, NIfTI-1: [`scans`]) to a
+//! `scans prepare`: from CT scans (MetaImage, DICOM series, NIfTI-1: [`scans`]) to a
 //! training-ready patch folder.
 //!
 //! Positives are the nodules of `annotations.csv` and the candidates labelled 1; negatives
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::{Result, TrainError};
+use crate::error::{Result, ScanError};
 use ndarray::Array3;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -27,9 +27,9 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::resample::{extract, PatchGrid};
 use models::index::{IndexRow, INDEX_FILE};
 use models::luna16::Finding;
-use models::resample::{extract, PatchGrid};
 
 /// Folder (inside the output) holding each finished scan's patch list.
 pub const DONE_DIR: &str = ".prepare";
@@ -40,12 +40,23 @@ pub const ERRORS_FILE: &str = "prepare_errors.csv";
 pub const LOCK_FILE: &str = "prepare.lock";
 
 /// Storage type of the written cubes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CubeDtype {
     /// HU rounded to int16 (half the space; CT is integer HU anyway).
     Int16,
     Float32,
+}
+
+impl std::str::FromStr for CubeDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "int16" => Ok(CubeDtype::Int16),
+            "float32" => Ok(CubeDtype::Float32),
+            other => Err(format!("cube dtype {other:?}: int16 or float32")),
+        }
+    }
 }
 
 /// How patches are cut and sampled.
@@ -77,7 +88,7 @@ pub struct PrepareSettings {
 pub struct PrepareJob {
     pub scans: PathBuf,
     /// Read only scans of this format (all of them when `None`).
-    pub format: Option<scans::Format>,
+    pub format: Option<crate::Format>,
     pub annotations: PathBuf,
     pub candidates: PathBuf,
     pub out: PathBuf,
@@ -173,12 +184,12 @@ fn npy_bytes(cube: &Array3<f32>, dtype: CubeDtype) -> Result<Vec<u8>> {
             .mapv(|v| v.round().clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16)
             .write_npy(&mut buf),
     }
-    .map_err(TrainError::format("a cube as .npy"))?;
+    .map_err(ScanError::format("a cube as .npy"))?;
     Ok(buf)
 }
 
 /// Cuts and writes one scan's patches; returns its index rows.
-fn do_scan(uid: &str, source: &scans::Source, plan: &[Planned], job: &PrepareJob) -> Result<Vec<IndexRow>> {
+fn do_scan(uid: &str, source: &crate::Source, plan: &[Planned], job: &PrepareJob) -> Result<Vec<IndexRow>> {
     if plan.is_empty() {
         return Ok(Vec::new());
     }
@@ -211,9 +222,9 @@ fn do_scan(uid: &str, source: &scans::Source, plan: &[Planned], job: &PrepareJob
     // Not committed yet, so whatever an interrupted attempt left here (patches, temporary
     // files) is not in any index: start clean.
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::file(format!("{}: cannot clear", dir.display()), e))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| ScanError::file(format!("{}: cannot clear", dir.display()), e))?;
     }
-    std::fs::create_dir_all(&dir).map_err(|e| TrainError::file(format!("{}: cannot create", dir.display()), e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| ScanError::file(format!("{}: cannot create", dir.display()), e))?;
     let mut rows = Vec::with_capacity(plan.len());
     let (mut np, mut nn) = (0usize, 0usize);
     for p in plan {
@@ -244,7 +255,7 @@ fn do_scan(uid: &str, source: &scans::Source, plan: &[Planned], job: &PrepareJob
 struct Inputs {
     annotations: Vec<Finding>,
     candidates: Vec<Finding>,
-    scans: BTreeMap<String, scans::Source>,
+    scans: BTreeMap<String, crate::Source>,
     /// Files under the scan folder that are not scans read here or cannot be read as one:
     /// each a failure of the run (listed in the errors file), never skipped silently.
     unreadable: Vec<(PathBuf, String)>,
@@ -254,13 +265,13 @@ struct Inputs {
 /// Checks the settings, reads the CSVs (diameters positive, classes 0 or 1) and finds the
 /// scans.
 fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
-    models::cli::check_threads("--jobs", job.jobs).map_err(TrainError::Config)?;
+    models::cli::check_threads("--jobs", job.jobs).map_err(ScanError::Config)?;
     job.sampling
         .grid
         .validate()
-        .map_err(|e| TrainError::Config(format!("patch grid: {e}")))?;
+        .map_err(|e| ScanError::Config(format!("patch grid: {e}")))?;
     if !(job.sampling.neg_ratio.is_finite() && job.sampling.neg_ratio >= 0.0) {
-        return Err(TrainError::Config(format!(
+        return Err(ScanError::Config(format!(
             "--neg-ratio must be >= 0, got {}",
             job.sampling.neg_ratio
         )));
@@ -270,7 +281,7 @@ fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
         .iter()
         .find(|a| a.value.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
     {
-        return Err(TrainError::Data(format!(
+        return Err(ScanError::Data(format!(
             "{}: series {}: diameter_mm must be positive, got {}",
             job.annotations.display(),
             a.seriesuid,
@@ -279,14 +290,14 @@ fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
     }
     let candidates = models::luna16::read_findings(&job.candidates, "class")?;
     if let Some(c) = candidates.iter().find(|c| c.value != 0.0 && c.value != 1.0) {
-        return Err(TrainError::Data(format!(
+        return Err(ScanError::Data(format!(
             "{}: series {}: class must be 0 or 1, got {}",
             job.candidates.display(),
             c.seriesuid,
             c.value
         )));
     }
-    let found = scans::find(&job.scans, job.format)?;
+    let found = crate::find(&job.scans, job.format)?;
     for (p, why) in &found.unreadable {
         eprintln!("prepare: error: {}: {why}", p.display());
     }
@@ -325,31 +336,31 @@ fn open_folder(job: &PrepareJob, inputs: &Inputs) -> Result<models::fsutil::Lock
     }
     io.outputs_in("prepared file", &job.out, &[INDEX_FILE, SETTINGS_FILE, ERRORS_FILE])?;
     std::fs::create_dir_all(&job.out)
-        .map_err(|e| TrainError::file(format!("{}: cannot create", job.out.display()), e))?;
+        .map_err(|e| ScanError::file(format!("{}: cannot create", job.out.display()), e))?;
     let lock = models::fsutil::Lock::acquire_kept(
         &job.out.join(LOCK_FILE),
-        "another `trainer prepare` is working on this folder; wait for it, or use another --out",
+        "another `scans prepare` is working on this folder; wait for it, or use another --out",
     )?;
     let settings_path = job.out.join(SETTINGS_FILE);
     if settings_path.exists() {
         let before: PrepareSettings = serde_yaml::from_str(&models::fsutil::read_regular_to_string(&settings_path)?)
-            .map_err(TrainError::format(format!("{}: unreadable", settings_path.display())))?;
+            .map_err(ScanError::format(format!("{}: unreadable", settings_path.display())))?;
         if before != inputs.settings {
-            return Err(TrainError::Data(format!(
+            return Err(ScanError::Data(format!(
                 "{}: this folder was prepared with other settings or other CSVs ({}); use another --out, or the same settings to resume",
                 job.out.display(),
                 settings_path.display()
             )));
         }
     } else if job.out.join(INDEX_FILE).exists() {
-        return Err(TrainError::Data(format!(
-            "{}: already holds a {INDEX_FILE} not made by `trainer prepare`; use another --out",
+        return Err(ScanError::Data(format!(
+            "{}: already holds a {INDEX_FILE} not made by `scans prepare`; use another --out",
             job.out.display()
         )));
     }
     let done_dir = job.out.join(DONE_DIR);
     std::fs::create_dir_all(&done_dir)
-        .map_err(|e| TrainError::file(format!("{}: cannot create", done_dir.display()), e))?;
+        .map_err(|e| ScanError::file(format!("{}: cannot create", done_dir.display()), e))?;
     models::fsutil::write_atomic(&settings_path, serde_yaml::to_string(&inputs.settings)?.as_bytes())?;
     Ok(lock)
 }
@@ -358,7 +369,7 @@ fn open_folder(job: &PrepareJob, inputs: &Inputs) -> Result<models::fsutil::Lock
 type ScanResult = (String, PathBuf, Result<usize>);
 
 /// Cuts the scans in `todo` in parallel (`--jobs`), each committed by its patch list.
-fn cut_scans(job: &PrepareJob, inputs: &Inputs, todo: &[(&String, &scans::Source)]) -> Result<Vec<ScanResult>> {
+fn cut_scans(job: &PrepareJob, inputs: &Inputs, todo: &[(&String, &crate::Source)]) -> Result<Vec<ScanResult>> {
     let mut by_series: HashMap<&str, (Vec<&Finding>, Vec<&Finding>)> = HashMap::new();
     for a in &inputs.annotations {
         by_series.entry(&a.seriesuid).or_default().0.push(a);
@@ -385,7 +396,7 @@ fn cut_scans(job: &PrepareJob, inputs: &Inputs, todo: &[(&String, &scans::Source
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .build()
-        .map_err(|e| TrainError::Internal(format!("cannot start {jobs} scan threads: {e}")))?;
+        .map_err(|e| ScanError::Internal(format!("cannot start {jobs} scan threads: {e}")))?;
     let empty = (Vec::new(), Vec::new());
     let done_dir = job.out.join(DONE_DIR);
     let results = pool.install(|| {
@@ -452,7 +463,7 @@ fn record_outcomes(
         models::fsutil::write_atomic(&errors_path, &errors.into_inner()?)?;
     } else if errors_path.exists() {
         std::fs::remove_file(&errors_path)
-            .map_err(|e| TrainError::file(format!("{}: cannot remove", errors_path.display()), e))?;
+            .map_err(|e| ScanError::file(format!("{}: cannot remove", errors_path.display()), e))?;
     }
     Ok(())
 }
@@ -463,7 +474,7 @@ fn record_outcomes(
 fn rebuild_index(job: &PrepareJob, summary: &mut PrepareSummary) -> Result<()> {
     let done_dir = job.out.join(DONE_DIR);
     let mut lists: Vec<PathBuf> = std::fs::read_dir(&done_dir)
-        .map_err(|e| TrainError::file(format!("{}: cannot list", done_dir.display()), e))?
+        .map_err(|e| ScanError::file(format!("{}: cannot list", done_dir.display()), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "csv"))
         .collect();
@@ -472,12 +483,12 @@ fn rebuild_index(job: &PrepareJob, summary: &mut PrepareSummary) -> Result<()> {
     for p in lists {
         let mut r = csv::Reader::from_reader(models::fsutil::open_regular(&p)?);
         for row in r.deserialize() {
-            rows.push(row.map_err(TrainError::format(format!("{}: bad row", p.display())))?);
+            rows.push(row.map_err(ScanError::format(format!("{}: bad row", p.display())))?);
         }
     }
     summary.positives_total = rows.iter().filter(|r| r.label == 1).count();
     summary.negatives_total = rows.len() - summary.positives_total;
-    models::index::PatchIndex::write(&job.out.join(INDEX_FILE), &rows).map_err(TrainError::from)
+    models::index::PatchIndex::write(&job.out.join(INDEX_FILE), &rows).map_err(ScanError::from)
 }
 
 /// Runs a whole preparation; `Ok` with the summary even when some scans failed (see
@@ -500,7 +511,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
         ..Default::default()
     };
     let done_dir = job.out.join(DONE_DIR);
-    let todo: Vec<(&String, &scans::Source)> = scans
+    let todo: Vec<(&String, &crate::Source)> = scans
         .iter()
         .filter(|(uid, _)| !done_dir.join(format!("{uid}.csv")).is_file())
         .collect();

@@ -16,7 +16,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use models::{Error, Result};
 
 /// The voxel types of MetaImage's `ElementType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,7 +316,7 @@ impl Scan {
         };
         // Only a regular file, and only as many bytes as the header accounts for: a header
         // naming /dev/zero or a FIFO must not make us read (or wait) forever.
-        let mut file = match crate::fsutil::open_regular(&data_path) {
+        let mut file = match models::fsutil::open_regular(&data_path) {
             Ok(f) => f,
             Err(Error::Io { source, .. }) => return Err(data_err(source)),
             Err(_) => {
@@ -450,7 +450,7 @@ impl Scan {
 /// The header text of a `.mhd`, or the start of a `.mha` (up to and including the
 /// `ElementDataFile` line; a header is small, the data may be large).
 fn read_header_bytes(path: &Path) -> Result<Vec<u8>> {
-    let f = crate::fsutil::open_regular(path)?;
+    let f = models::fsutil::open_regular(path)?;
     let mut buf = Vec::new();
     let mut r = std::io::BufReader::new(f).take(1 << 20);
     // Read line by line until ElementDataFile (the last header key in MetaIO).
@@ -694,10 +694,10 @@ pub fn write(path: &Path, g: &Geometry, voxels: &[f32], o: WriteOptions) -> Resu
     if o.local {
         let mut all = header.into_bytes();
         all.extend_from_slice(&data);
-        crate::fsutil::write_atomic(path, &all)
+        models::fsutil::write_atomic(path, &all)
     } else {
-        crate::fsutil::write_atomic(&path.with_file_name(&data_name), &data)?;
-        crate::fsutil::write_atomic(path, header.as_bytes())
+        models::fsutil::write_atomic(&path.with_file_name(&data_name), &data)?;
+        models::fsutil::write_atomic(path, header.as_bytes())
     }
 }
 

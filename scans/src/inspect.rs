@@ -1,12 +1,12 @@
-//! `trainer inspect`: what a scan is, as `prepare` will read it — size, spacing, origin,
+//! `scans inspect`: what a scan is, as `prepare` will read it — size, spacing, origin,
 //! direction, extent in world mm, the HU range, and where world points land.
 use std::path::Path;
 
-use crate::{Result, TrainError};
+use crate::error::{Result, ScanError};
 
 /// The scan at `path`: a `.mhd`/`.mha`/`.nii`/`.nii.gz` file, a DICOM file (its series, from
 /// the files beside it), or a folder holding exactly one scan (or `series` among several).
-pub fn locate(path: &Path, format: Option<scans::Format>, series: Option<&str>) -> Result<(String, scans::Source)> {
+pub fn locate(path: &Path, format: Option<crate::Format>, series: Option<&str>) -> Result<(String, crate::Source)> {
     let dir_of_file;
     let (dir, want) = if path.is_dir() {
         (path, series.map(str::to_string))
@@ -16,25 +16,25 @@ pub fn locate(path: &Path, format: Option<scans::Format>, series: Option<&str>) 
             .map(|n| n.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
         if [".mhd", ".mha"].iter().any(|e| name.ends_with(e)) {
-            return Ok((uid_of(path), scans::Source::MetaImage(path.to_path_buf())));
+            return Ok((uid_of(path), crate::Source::MetaImage(path.to_path_buf())));
         }
         if [".nii", ".nii.gz"].iter().any(|e| name.ends_with(e)) {
-            return Ok((uid_of(path), scans::Source::Nifti(path.to_path_buf())));
+            return Ok((uid_of(path), crate::Source::Nifti(path.to_path_buf())));
         }
         // A DICOM file: its series among the files of its folder.
-        let uid = match scans::dicom::probe(path)? {
-            scans::dicom::Probe::Series(uid) => uid,
-            scans::dicom::Probe::Directory => {
-                return Err(TrainError::Data(format!(
+        let uid = match crate::dicom::probe(path)? {
+            crate::dicom::Probe::Series(uid) => uid,
+            crate::dicom::Probe::Directory => {
+                return Err(ScanError::Data(format!(
                     "{}: a DICOMDIR (an index of files, no image); inspect its folder instead",
                     path.display()
                 )))
             }
-            scans::dicom::Probe::NotDicom => {
-                return Err(TrainError::Data(format!(
+            crate::dicom::Probe::NotDicom => {
+                return Err(ScanError::Data(format!(
                     "{}: not a scan ({})",
                     path.display(),
-                    scans::dicom::foreign_format(path).map_or_else(
+                    crate::dicom::foreign_format(path).map_or_else(
                         || "not DICOM, and no scan format known here".to_string(),
                         |f| format!("a {f} file, a format not read here")
                     )
@@ -46,12 +46,12 @@ pub fn locate(path: &Path, format: Option<scans::Format>, series: Option<&str>) 
             .map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf);
         (dir_of_file.as_path(), Some(uid))
     };
-    let found = scans::find(
+    let found = crate::find(
         dir,
         format.or(if path.is_dir() {
             None
         } else {
-            Some(scans::Format::Dicom)
+            Some(crate::Format::Dicom)
         }),
     )?;
     for (p, why) in &found.unreadable {
@@ -69,10 +69,10 @@ pub fn locate(path: &Path, format: Option<scans::Format>, series: Option<&str>) 
     match want {
         Some(uid) => {
             found.scans.get(&uid).cloned().map(|s| (uid.clone(), s)).ok_or_else(|| {
-                TrainError::Data(format!("{}: no series {uid} read here\n  {}", dir.display(), reasons()))
+                ScanError::Data(format!("{}: no series {uid} read here\n  {}", dir.display(), reasons()))
             })
         }
-        None if found.scans.is_empty() => Err(TrainError::Data(format!(
+        None if found.scans.is_empty() => Err(ScanError::Data(format!(
             "{}: no scan read here:\n  {}",
             dir.display(),
             reasons()
@@ -81,8 +81,8 @@ pub fn locate(path: &Path, format: Option<scans::Format>, series: Option<&str>) 
             .scans
             .into_iter()
             .next()
-            .ok_or_else(|| TrainError::Internal("one scan, then none".into())),
-        None => Err(TrainError::Data(format!(
+            .ok_or_else(|| ScanError::Internal("one scan, then none".into())),
+        None => Err(ScanError::Data(format!(
             "{}: {} scans; choose one with --series:\n  {}",
             dir.display(),
             found.scans.len(),
@@ -114,7 +114,7 @@ fn v3(v: [f64; 3], digits: usize) -> String {
 }
 
 /// The report on a scan, with where each of `points` (world mm) lands.
-pub fn report(uid: &str, src: &scans::Source, points: &[[f64; 3]]) -> Result<String> {
+pub fn report(uid: &str, src: &crate::Source, points: &[[f64; 3]]) -> Result<String> {
     let scan = src.read()?;
     let g = &scan.geometry;
     let mut out = String::new();

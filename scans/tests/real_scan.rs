@@ -2,8 +2,8 @@
 //! 12 slices of 512 × 512 int16 HU as a LUNA-style `.mhd`/`.raw`.
 use std::path::PathBuf;
 
-use models::metaimage::{ElementType, Scan};
-use models::resample::{extract, PatchGrid, AIR_HU};
+use scans::metaimage::{ElementType, Scan};
+use scans::resample::{extract, PatchGrid, AIR_HU};
 
 fn slab() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/lidc-idri-0002");

@@ -53,12 +53,12 @@ impl PatchGrid {
         }
         crate::metaimage::check_spacing(&[self.spacing_mm]).map_err(|e| format!("patch {e}"))?;
         let n = self.size_mm / self.spacing_mm;
-        if !(n.is_finite() && n < 1e6 && (MIN_EDGE..=crate::preprocess::MAX_CUBE).contains(&self.voxels())) {
+        if !(n.is_finite() && n < 1e6 && (MIN_EDGE..=models::preprocess::MAX_CUBE).contains(&self.voxels())) {
             return Err(format!(
                 "{} mm at {} mm gives {n:.0} voxels per edge ({MIN_EDGE} to {} allowed)",
                 self.size_mm,
                 self.spacing_mm,
-                crate::preprocess::MAX_CUBE
+                models::preprocess::MAX_CUBE
             ));
         }
         Ok(())
