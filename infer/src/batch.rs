@@ -74,6 +74,25 @@ pub struct Settings {
     pub force_calibration: bool,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Score candidates straight from the scans under this folder (with `candidates`).
+    pub scans: Option<PathBuf>,
+    /// The points to score in `scans` (LUNA16's candidates format or a patch index).
+    pub candidates: Option<PathBuf>,
+    /// Read only scans of this format.
+    pub scan_format: Option<scans::Format>,
+    /// Cube edge cut from scans, mm (default: the model's cube at `spacing_mm`).
+    pub size_mm: Option<f64>,
+    /// Voxel size of the cubes cut from scans, mm.
+    pub spacing_mm: f64,
+    /// Scans read at once (0: by the cores, at most 4); each is in memory while read and cut.
+    pub scan_jobs: usize,
+    pub missing_scans: crate::from_scans::MissingScans,
+    /// Score only the series this fold of a k-fold run held out, with its model, and write
+    /// `OUT.fold.yaml` for `infer merge --folds` ([`crate::folds`]).
+    pub held_out: Option<PathBuf>,
+    /// Benchmarks only: cut every cube from the scans into memory before scoring starts (the
+    /// ceiling of scoring from scans: the model alone on cubes in memory).
+    pub preload: bool,
 }
 
 /// What a run did.
@@ -105,8 +124,13 @@ pub struct Summary {
     /// model waited on files.
     pub pipeline_seconds: f64,
     pub model_seconds: f64,
+    /// Seconds from the pipeline's start to the first batch's arrival at the scoring thread
+    /// (reading the first scan or files): the pipeline's fill time.
+    pub first_batch_seconds: f64,
     /// Peak resident memory of the process (Linux `VmHWM`), KiB.
     pub peak_rss_kib: Option<u64>,
+    /// What the run says about its inputs besides errors (left-out candidates…).
+    pub notes: Vec<String>,
 }
 
 /// Where a run writes, decided before any work.
@@ -134,12 +158,20 @@ fn errors_path(s: &Settings, out: Option<&Target>) -> Option<PathBuf> {
 /// may replace at its output path.
 pub(crate) fn is_scores(head: &[u8]) -> bool {
     head.starts_with(b"patch_file,")
+        || head.starts_with(b"candidate,")
+        || head.starts_with(b"{\"candidate\"")
         || head.starts_with(b"seriesuid,coordX,coordY,coordZ,probability")
         || head.starts_with(b"{\"patch_file\"")
 }
 
-/// The header line of an errors file.
+/// The header line of an errors file (`candidate,error` for LUNA16's candidates scored from
+/// scans).
 pub(crate) const ERRORS_HEADER: &str = "patch_file,error";
+
+/// Whether the first bytes of a file are one of our errors files.
+fn is_errors(head: &[u8]) -> bool {
+    head.starts_with(format!("{ERRORS_HEADER}\n").as_bytes()) || head.starts_with(b"candidate,error\n")
+}
 
 /// Declares the run's inputs and outputs (no output may name an input or another output;
 /// devices and FIFOs are written through; an existing file is replaced only if it is one of
@@ -156,7 +188,14 @@ fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError>
     if let Some(f) = &s.features_csv {
         io.input("features CSV", f);
     }
-    io.inputs("patch", inputs.items.iter().map(|it| it.path.as_path()));
+    match &inputs.scans {
+        Some(set) => {
+            io.inputs("scan", crate::from_scans::scan_files(set).iter().map(PathBuf::as_path));
+        }
+        None => {
+            io.inputs("patch", inputs.items.iter().map(|it| it.path.as_path()));
+        }
+    }
     let out = if s.out.as_os_str() == "-" {
         None
     } else {
@@ -179,12 +218,21 @@ fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError>
         io.output("shard record", &rec)?;
         models::fsutil::check_replaceable(&rec, "shard record", &|h| h.starts_with(b"shard:"))?;
     }
+    if s.held_out.is_some() {
+        if !matches!(out, Some(Target::File(_))) {
+            return Err(InferError::Usage(
+                "--held-out needs -o a file: its record (OUT.fold.yaml) goes beside it for `infer merge --folds`"
+                    .into(),
+            ));
+        }
+        let rec = crate::folds::record_path(&s.out);
+        io.output("fold record", &rec)?;
+        models::fsutil::check_replaceable(&rec, "fold record", &|h| h.starts_with(b"fold:"))?;
+    }
     let errors = match errors_path(s, out.as_ref()) {
         Some(p) => {
             let t = io.output("errors file", &p)?;
-            models::fsutil::check_replaceable(&p, "errors list", &|h| {
-                h.starts_with(format!("{ERRORS_HEADER}\n").as_bytes())
-            })?;
+            models::fsutil::check_replaceable(&p, "errors list", &is_errors)?;
             if let Target::File(f) = &t {
                 locks.push(Lock::beside(f, &format!("errors file {}", p.display()))?);
             }
@@ -258,12 +306,12 @@ impl Write for Out {
 
 /// One batch from the decoding thread: the files that decoded, their cubes one after
 /// another in `data` (the model's input layout), and the files that failed.
-struct Decoded<'a> {
-    good: Vec<&'a Item>,
+pub(crate) struct Decoded<'a> {
+    pub(crate) good: Vec<&'a Item>,
     /// Each good item's input digest ([`models::patch::load_patch_hashed`]).
-    digests: Vec<String>,
-    bad: Vec<(&'a Item, models::Error)>,
-    data: Vec<f32>,
+    pub(crate) digests: Vec<String>,
+    pub(crate) bad: Vec<(&'a Item, models::Error)>,
+    pub(crate) data: Vec<f32>,
 }
 
 /// The 8 flip combinations of a cube (identity first).
@@ -290,12 +338,21 @@ struct Tally {
     errors: Vec<(String, String)>,
     pipeline_seconds: f64,
     model_seconds: f64,
+    /// When the first batch reached the scoring thread, from the pipeline's start.
+    first_batch_seconds: Option<f64>,
+    /// The last line printed: the same reason for the same path (every candidate of a scan
+    /// that cannot be read) is printed once, and listed for each in the errors file.
+    last_shown: String,
 }
 
 impl Tally {
     /// Records a file that could not be scored (printed as `path: reason`).
     fn fail(&mut self, name: &str, shown: &Path, why: String) {
-        eprintln!("{}: {why}", shown.display());
+        let line = format!("{}: {why}", shown.display());
+        if line != self.last_shown {
+            eprintln!("{line}");
+            self.last_shown = line;
+        }
         self.errors.push((name.to_string(), why));
     }
 }
@@ -309,6 +366,8 @@ struct Scoring<'a> {
     has_label: bool,
     sha: &'a str,
     pb: &'a indicatif::ProgressBar,
+    /// Cutting from scans (`--scans`), else decoding files.
+    feed: Option<crate::from_scans::Feed<'a>>,
 }
 
 /// Decodes on a producer thread, scores on this one, formats rows into `out`. Returns an
@@ -325,7 +384,12 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
         // Buffers the scoring thread is done with come back: no fresh tens of MiB (and their
         // page faults) per batch.
         let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<f32>>();
+        let feed = c.feed.as_ref();
         scope.spawn(move || {
+            if let Some(f) = feed {
+                crate::from_scans::produce(todo, f, &tx, &back_rx);
+                return;
+            }
             for chunk in todo.chunks(s.batch_size) {
                 let mut data = back_rx.try_recv().unwrap_or_default();
                 data.resize(chunk.len() * per, 0.0);
@@ -366,6 +430,9 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
         let t_pipeline = Instant::now();
         let mut text = Vec::new();
         for dec in rx {
+            if t.first_batch_seconds.is_none() {
+                t.first_batch_seconds = Some(t_pipeline.elapsed().as_secs_f64());
+            }
             for (it, e) in dec.bad {
                 if s.fail_fast {
                     return Err(e.into());
@@ -430,8 +497,10 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
                 let decision = op.map(|(_, threshold)| u8::from(z >= threshold));
                 t.positives += usize::from(decision.unwrap_or(0));
                 let r = it.row.as_ref();
+                let scan_candidate = c.feed.as_ref().is_some_and(|f| f.set.name_column() == "candidate");
                 rows.push(OutRow {
-                    patch_file: &it.name,
+                    patch_file: (!scan_candidate).then_some(it.name.as_str()),
+                    candidate: scan_candidate.then_some(it.name.as_str()),
                     seriesuid: r.map(|r| r.seriesuid.as_str()),
                     diam_mm: r.map(|r| r.diam_mm),
                     center_x: r.map(|r| r.center_x),
@@ -462,7 +531,11 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
 
 /// Lists the files that failed (`patch_file,error`), or removes the errors file an earlier
 /// run left when there are none.
-fn write_errors(errors: &[(String, String)], file: Option<&(PathBuf, Target)>) -> Result<Option<PathBuf>, InferError> {
+fn write_errors(
+    errors: &[(String, String)],
+    name_col: &str,
+    file: Option<&(PathBuf, Target)>,
+) -> Result<Option<PathBuf>, InferError> {
     let Some((path, target)) = file else {
         return Ok(None);
     };
@@ -475,7 +548,7 @@ fn write_errors(errors: &[(String, String)], file: Option<&(PathBuf, Target)>) -
         return Ok(None);
     }
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(ERRORS_HEADER.split(','))
+    w.write_record([name_col, "error"])
         .map_err(|e| input_err(path, e.to_string()))?;
     for (f, why) in errors {
         w.write_record([f, why]).map_err(|e| input_err(path, e.to_string()))?;
@@ -500,11 +573,30 @@ fn check_settings(s: &Settings) -> Result<(), InferError> {
         )));
     }
     models::cli::check_threads("--threads", s.scorer.threads).map_err(InferError::Usage)?;
-    if s.format == Format::Luna16 && s.index.is_none() {
+    if s.format == Format::Luna16 && s.index.is_none() && s.scans.is_none() {
         return Err(input_err(
             &s.out,
-            "--format luna16 needs --index: the submission format carries each patch's seriesuid and world coordinates",
+            "--format luna16 needs --index (or --scans): the submission format carries each patch's seriesuid and world coordinates",
         ));
+    }
+    if s.scans.is_some() != s.candidates.is_some() {
+        return Err(InferError::Usage(
+            "--scans DIR and --candidates FILE go together: the candidates say where to cut the scans".into(),
+        ));
+    }
+    if s.held_out.is_some() && (s.scans.is_none() || s.shard.is_some()) {
+        return Err(InferError::Usage(
+            "--held-out scores a fold's held-out scans: it takes --scans and --candidates, and no --shard".into(),
+        ));
+    }
+    if s.scans.is_some() {
+        models::cli::check_threads("--scan-jobs", s.scan_jobs).map_err(InferError::Usage)?;
+        if !(s.spacing_mm.is_finite() && s.spacing_mm > 0.0) {
+            return Err(InferError::Usage(format!(
+                "--spacing-mm must be positive, got {}",
+                s.spacing_mm
+            )));
+        }
     }
     Ok(())
 }
@@ -527,24 +619,30 @@ fn read_features(
         }
         return Ok(None);
     };
-    let Some(index) = &inputs.index else {
-        return Err(InferError::Usage(format!(
-            "{} takes tabular features ({}) beside each cube: score with --index INDEX, whose rows hold them \
-             (or --features-csv FILE for per-series values)",
-            s.model.display(),
-            columns.join(", ")
-        )));
-    };
-    let src = models::features::FeatureSource {
-        columns: columns.clone(),
-        join: s.features_csv.clone(),
-    };
     let keys: Vec<(&str, &str)> = inputs
         .items
         .iter()
         .map(|it| (it.name.as_str(), it.row.as_ref().map_or("", |r| r.seriesuid.as_str())))
         .collect();
-    let values = models::features::read(index, &keys, &src)?;
+    let values = match &inputs.scans {
+        Some(set) => crate::from_scans::features(set, s.features_csv.as_deref(), &keys, columns)?,
+        None => {
+            let Some(index) = &inputs.index else {
+                return Err(InferError::Usage(format!(
+                    "{} takes tabular features ({}) beside each cube: score with --index INDEX, whose rows hold them \
+                     (or --features-csv FILE for per-series values)",
+                    s.model.display(),
+                    columns.join(", ")
+                )));
+            };
+            let src = models::features::FeatureSource {
+                columns: columns.clone(),
+                join: s.features_csv.clone(),
+            };
+            models::features::read(index, &keys, &src)?
+        }
+    };
+    drop(keys);
     let mut map = HashMap::with_capacity(values.len());
     let mut kept = Vec::with_capacity(inputs.items.len());
     for (it, v) in std::mem::take(&mut inputs.items).into_iter().zip(values) {
@@ -609,9 +707,13 @@ fn check_batch_memory(s: &Settings, cube: usize) -> Result<(), InferError> {
 pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let t0 = Instant::now();
     check_settings(s)?;
-    let mut inputs = match &s.index {
-        Some(idx) => collect_index(idx)?,
-        None => collect_inputs(&s.inputs, s.recursive)?,
+    let held_out = s.held_out.as_deref().map(crate::folds::HeldOut::read).transpose()?;
+    let mut inputs = match (&s.scans, &s.candidates, &s.index) {
+        (Some(dir), Some(cands), _) => {
+            crate::from_scans::collect(dir, cands, s.scan_format, s.missing_scans, held_out.as_ref())?
+        }
+        (_, _, Some(idx)) => collect_index(idx)?,
+        _ => collect_inputs(&s.inputs, s.recursive)?,
     };
     let part = s.shard.map(|sh| (sh, crate::shard::select(&mut inputs, sh)));
     let plan = plan_outputs(s, &inputs)?;
@@ -624,6 +726,9 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         }
     }
     let mut scorer = Scorer::open(&s.model, &s.scorer)?;
+    if let Some(h) = &held_out {
+        h.check_model(&s.model, &scorer.model_sha256)?;
+    }
     check_batch_memory(s, scorer.preprocess.cube_size)?;
     let feats = read_features(s, &scorer, &mut inputs)?;
     let cal = calib::choose(
@@ -633,36 +738,34 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         &scorer.metadata,
         s.force_calibration,
     )?;
-    let header = csv_header(s.format, s.index.is_some(), inputs.has_label, cal.is_some());
+    let name_col = inputs.scans.as_ref().map_or("patch_file", |set| set.name_column());
+    let header = csv_header(
+        s.format,
+        name_col,
+        inputs.index.is_some(),
+        inputs.has_label,
+        cal.is_some(),
+    );
+    let grid = match &inputs.scans {
+        Some(_) => Some(crate::from_scans::grid(
+            s.size_mm,
+            s.spacing_mm,
+            scorer.preprocess.cube_size,
+        )?),
+        None => None,
+    };
     // --resume: keep the earlier rows of patches still among the inputs, skip those patches.
     let previous = match &plan.out {
-        Some(Target::File(p)) if s.resume && p.is_file() => {
-            let items: HashMap<&str, &Path> = inputs
-                .items
-                .iter()
-                .map(|it| (it.name.as_str(), it.path.as_path()))
-                .collect();
-            let pre = scorer.preprocess.clone();
-            // A kept row must be of the same input: its file still gives the digest the row
-            // records (a file of the same name with other contents is scored again).
-            let same_input = |name: &str, digest: &str| {
-                let mut scratch = vec![0f32; pre.cube_size.pow(3)];
-                let f = feats.as_ref().and_then(|m| m.get(name)).map(Vec::as_slice);
-                items.get(name).is_some_and(|p| {
-                    models::patch::load_patch_hashed(p, &pre, &mut scratch)
-                        .is_ok_and(|d| input_digest(&d, s.tta, f) == digest)
-                })
-            };
-            Some(crate::resume::read_previous(
-                p,
-                s.format,
-                &header,
-                &scorer.model_sha256,
-                cal.as_ref(),
-                &|name: &str| items.contains_key(name),
-                &same_input,
-            )?)
-        }
+        Some(Target::File(p)) if s.resume && p.is_file() => Some(previous_rows(
+            s,
+            p,
+            &inputs,
+            &scorer,
+            &header,
+            cal.as_ref(),
+            feats.as_ref(),
+            grid.as_ref(),
+        )?),
         _ => None,
     };
     let done = previous.as_ref().map(|p| &p.done);
@@ -693,7 +796,23 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         indicatif::ProgressBar::hidden()
     };
     let sha = scorer.model_sha256.clone();
+    let jobs = match s.scan_jobs {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
+        j => j,
+    };
+    let feed = match (&inputs.scans, grid) {
+        (Some(set), Some(grid)) => Some(crate::from_scans::Feed {
+            set,
+            grid,
+            pre: scorer.preprocess.clone(),
+            batch: s.batch_size,
+            jobs,
+            preload: s.preload,
+        }),
+        _ => None,
+    };
     let scoring = Scoring {
+        feed,
         s,
         feats: feats.as_ref(),
         cal: cal.as_ref(),
@@ -706,13 +825,33 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     // On an error the output is dropped: nothing half-written replaces anything.
     result?;
     out.commit()?;
-    let errors_file = write_errors(&tally.errors, plan.errors.as_ref())?;
+    let errors_file = write_errors(&tally.errors, name_col, plan.errors.as_ref())?;
+    let calibration = match (&s.calibration, &cal) {
+        (Some(p), _) => models::fsutil::sha256_file(p)?,
+        (None, Some(_)) => "model".into(),
+        (None, None) => "none".into(),
+    };
+    if let Some(h) = &held_out {
+        crate::folds::write_record(
+            &s.out,
+            &crate::folds::Record {
+                fold: h.fold,
+                folds: h.folds,
+                cv_sha256: h.cv_sha256.clone(),
+                series: h.series.iter().cloned().collect(),
+                candidates_sha256: models::fsutil::sha256_file(s.candidates.as_deref().unwrap_or(Path::new("")))?,
+                rows: tally.scored + previous.as_ref().map_or(0, |p| p.done.len()),
+                failed: tally.errors.len(),
+                model_sha256: sha.clone(),
+                calibration: calibration.clone(),
+                format: crate::shard::format_name(s.format).into(),
+                header: header.iter().map(|h| h.to_string()).collect(),
+                tta: format!("{:?}", s.tta).to_lowercase(),
+                output_sha256: models::fsutil::sha256_file(&s.out)?,
+            },
+        )?;
+    }
     if let Some((sh, (first, end, n, inputs_sha256))) = part {
-        let calibration = match (&s.calibration, &cal) {
-            (Some(p), _) => models::fsutil::sha256_file(p)?,
-            (None, Some(_)) => "model".into(),
-            (None, None) => "none".into(),
-        };
         crate::shard::write_record(
             &s.out,
             &crate::shard::Record {
@@ -749,8 +888,59 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         ort_library: scorer.runtime.library.clone(),
         seconds: t0.elapsed().as_secs_f64(),
         pipeline_seconds: tally.pipeline_seconds,
+        first_batch_seconds: tally.first_batch_seconds.unwrap_or(0.0),
         model_seconds: tally.model_seconds,
         peak_rss_kib: models::cli::peak_rss_kib(),
+        notes: inputs.notes.clone(),
+    })
+}
+
+/// `--resume`: the earlier output's rows to keep. A row is kept only for the same input: its
+/// patch file (or, from scans, its cube cut from the scan now) still gives the digest the
+/// row records; another file of the same name, or a scan changed since, is scored again.
+#[allow(clippy::too_many_arguments)]
+fn previous_rows(
+    s: &Settings,
+    p: &Path,
+    inputs: &Inputs,
+    scorer: &Scorer,
+    header: &[&str],
+    cal: Option<&Cal>,
+    feats: Option<&HashMap<String, Vec<f32>>>,
+    grid: Option<&scans::resample::PatchGrid>,
+) -> Result<crate::resume::Previous, InferError> {
+    let items: HashMap<&str, &Path> = inputs
+        .items
+        .iter()
+        .map(|it| (it.name.as_str(), it.path.as_path()))
+        .collect();
+    let pre = scorer.preprocess.clone();
+    let wanted = |name: &str| items.contains_key(name);
+    let read = |same: &(dyn Fn(&str, &str) -> bool + Sync)| {
+        crate::resume::read_previous(p, s.format, header, &scorer.model_sha256, cal, &wanted, same)
+    };
+    let with_feats = |name: &str, d: &str| input_digest(d, s.tta, feats.and_then(|m| m.get(name)).map(Vec::as_slice));
+    if let (Some(set), Some(grid)) = (&inputs.scans, grid) {
+        // First the names the output holds, then their cubes cut again, scan by scan.
+        let named = std::sync::Mutex::new(std::collections::HashSet::new());
+        read(&|name: &str, _: &str| {
+            named
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name.to_string());
+            false
+        })?;
+        let names = named.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = crate::from_scans::digests_now(&names, &inputs.items, set, grid, &pre);
+        return read(&|name: &str, digest: &str| now.get(name).is_some_and(|d| with_feats(name, d) == digest));
+    }
+    // A kept row must be of the same input: its file still gives the digest the row records
+    // (a file of the same name with other contents is scored again).
+    read(&|name: &str, digest: &str| {
+        let mut scratch = vec![0f32; pre.cube_size.pow(3)];
+        items.get(name).is_some_and(|f| {
+            models::patch::load_patch_hashed(f, &pre, &mut scratch).is_ok_and(|d| with_feats(name, &d) == digest)
+        })
     })
 }
 

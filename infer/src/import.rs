@@ -743,7 +743,7 @@ impl Source {
         let mut producer = String::new();
         let mut value = output.clone();
         for _ in 0..16 {
-            let Some(n) = g.node.iter().find(|n| n.output.iter().any(|o| *o == value)) else {
+            let Some(n) = g.node.iter().find(|n| n.output.contains(&value)) else {
                 break;
             };
             producer = n.op_type.clone().unwrap_or_default();

@@ -33,8 +33,13 @@ pub struct Inputs {
     pub refused: Vec<Refused>,
     /// Whether the index has a `label` column (index mode).
     pub has_label: bool,
-    /// The index CSV (index mode).
+    /// The index CSV (index mode), or the candidates file (scored from scans).
     pub index: Option<PathBuf>,
+    /// The scans the items are cut from (`--scans`): items then name their scan's path,
+    /// and are grouped by scan in order.
+    pub scans: Option<std::sync::Arc<crate::from_scans::ScanSet>>,
+    /// What the run should say about its inputs besides errors (left-out candidates…).
+    pub notes: Vec<String>,
 }
 
 fn input_err(path: &Path, msg: impl Into<String>) -> InferError {
@@ -154,6 +159,7 @@ pub fn collect_index(index: &Path) -> Result<Inputs, InferError> {
         refused: idx.refused,
         has_label: idx.has_label,
         index: Some(idx.path),
+        ..Inputs::default()
     };
     drop_repeats(&mut out);
     Ok(out)

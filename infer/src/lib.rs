@@ -30,6 +30,8 @@ mod batch;
 pub mod bundle;
 mod calib;
 pub mod doctor;
+pub mod folds;
+pub mod from_scans;
 pub mod import;
 pub mod inputs;
 pub mod output;

@@ -22,18 +22,55 @@ struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     /// Folders of .npy cubes, or single .npy files.
-    #[arg(required_unless_present = "index")]
+    #[arg(required_unless_present_any = ["index", "scans"])]
     inputs: Vec<PathBuf>,
     /// Descend into sub-folders (symlinks followed, loops reported).
     #[arg(short, long)]
     recursive: bool,
     /// Index CSV (or folder with patch_index.csv) listing the patches: patch_file, seriesuid,
     /// center_x, center_y, center_z, optional diam_mm and label. Output rows carry them.
-    #[arg(long, conflicts_with = "inputs")]
+    #[arg(long, conflicts_with_all = ["inputs", "scans"])]
     index: Option<PathBuf>,
+    /// Score straight from CT scans (MetaImage, DICOM series, NIfTI-1) under this folder, at
+    /// the points of --candidates: no patch folder is written. Rows carry seriesuid and
+    /// world centre (--format luna16 feeds `froc`).
+    #[arg(long, conflicts_with = "inputs", requires = "candidates")]
+    scans: Option<PathBuf>,
+    /// With --scans: the points to score, world mm: LUNA16's candidates CSV (seriesuid,
+    /// coordX, coordY, coordZ[, class]) or a patch index (patch_file, seriesuid, center_x,
+    /// center_y, center_z[, diam_mm, label]).
+    #[arg(long, requires = "scans")]
+    candidates: Option<PathBuf>,
+    /// With --scans: read only this format (metaimage, dicom or nifti).
+    #[arg(long, requires = "scans")]
+    scan_format: Option<scans::Format>,
+    /// With --scans: cube edge in mm (default: the model's cube size x --spacing-mm, i.e.
+    /// the cube `scans prepare` cuts at that spacing).
+    #[arg(long, requires = "scans")]
+    size_mm: Option<f64>,
+    /// With --scans: voxel size of the cubes in mm, as the model's patches were prepared.
+    #[arg(long, requires = "scans", default_value_t = 1.0)]
+    spacing_mm: f64,
+    /// With --scans: scans read at once (0: one per core, at most 4); each is in memory
+    /// (4 bytes per voxel) while it is read and cut.
+    #[arg(long, default_value_t = 0)]
+    scan_jobs: usize,
+    /// With --scans: candidates whose series has no scan under the folder are errors
+    /// (error), or left out and counted (skip: scoring one LUNA16 subset with the whole list).
+    #[arg(long, value_enum, default_value = "error")]
+    missing_scans: infer::from_scans::MissingScans,
+    /// With --scans: score only the series this fold of a k-fold run held out (RUN/fold_N of
+    /// `trainer train --folds K`: its split.csv), with its own model (the default -m), and
+    /// write OUT.fold.yaml beside -o for `infer merge --folds`.
+    #[arg(long, requires = "scans", value_name = "RUN/fold_N")]
+    held_out: Option<PathBuf>,
+    /// Benchmarks: with --scans, cut every cube into memory before scoring starts, to time
+    /// the model alone on cubes in memory (the ceiling); memory grows with the candidates.
+    #[arg(long, hide = true, requires = "scans")]
+    preload_cubes: bool,
     /// For a model with tabular features: a CSV of per-series values (seriesuid and the
     /// feature columns the index lacks), as the model was trained with model.features_csv.
-    #[arg(long, requires = "index")]
+    #[arg(long)]
     features_csv: Option<PathBuf>,
     /// The exported model (model.onnx of a training run).
     #[arg(short, long)]
@@ -111,14 +148,20 @@ enum Cmd {
     Import(Box<ImportArgs>),
     /// Join the outputs of `infer --shard K/N` (all N of them, any order) into what one run
     /// would have written; refuses parts of different runs, missing or repeated parts, and
-    /// a patch scored twice.
+    /// a patch scored twice. With --folds: join the K outputs of `infer --scans ...
+    /// --held-out RUN/fold_N` (one per fold of a k-fold run) into the out-of-fold scores of
+    /// every candidate.
     Merge {
-        /// The shard outputs (each with its .shard.yaml beside it).
+        /// The shard outputs (each with its .shard.yaml beside it), or with --folds the fold
+        /// outputs (each with its .fold.yaml).
         #[arg(required = true)]
         shards: Vec<PathBuf>,
         /// The merged output.
         #[arg(short, long)]
         out: PathBuf,
+        /// The parts are the folds of a k-fold run's held-out scoring.
+        #[arg(long)]
+        folds: bool,
     },
     /// Print the ONNX Runtime library and version, its providers, the CUDA libraries and
     /// driver found, and (with --model) the model's metadata.
@@ -190,6 +233,9 @@ fn print_summary(sum: &infer::Summary, out: &std::path::Path) {
     if let Some(c) = &sum.calibration {
         eprintln!("calibration: {c}");
     }
+    for n in &sum.notes {
+        eprintln!("note: {n}");
+    }
     let pos = sum
         .predicted_positive
         .map(|p| format!(", {p} predicted positive"))
@@ -224,6 +270,10 @@ fn print_summary(sum: &infer::Summary, out: &std::path::Path) {
     } else {
         String::new()
     };
+    eprintln!(
+        "timing: {:.3} s in all; pipeline {:.3} s (first batch after {:.3} s), model {:.3} s",
+        sum.seconds, sum.pipeline_seconds, sum.first_batch_seconds, sum.model_seconds
+    );
     eprintln!(
         "scored {} patch(es){resumed}{pos}, {} failed, {:.1} patches/s{rss}{busy} -> {}",
         sum.scored,
@@ -366,7 +416,34 @@ fn main() -> ExitCode {
     if let Some(Cmd::Import(args)) = &a.cmd {
         return import(args);
     }
-    if let Some(Cmd::Merge { shards, out }) = &a.cmd {
+    if let Some(Cmd::Merge {
+        shards,
+        out,
+        folds: true,
+    }) = &a.cmd
+    {
+        return match infer::folds::merge(shards, out) {
+            Ok(m) => {
+                println!(
+                    "merged {} folds: {} rows of out-of-fold scores -> {}{}",
+                    m.folds,
+                    m.rows,
+                    out.display(),
+                    if m.failed > 0 {
+                        format!("; {} candidates failed (see the folds' errors files)", m.failed)
+                    } else {
+                        String::new()
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("infer merge: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Cmd::Merge { shards, out, .. }) = &a.cmd {
         return match infer::shard::merge(shards, out) {
             Ok(m) => {
                 println!(
@@ -390,6 +467,9 @@ fn main() -> ExitCode {
     }
     if let Some(Cmd::Doctor { model, ort_lib }) = &a.cmd {
         return doctor(model.clone(), ort_lib.as_deref(), &bundle);
+    }
+    if a.model.is_none() {
+        a.model = a.held_out.as_ref().map(|r| r.join("model.onnx"));
     }
     let Some(model) = a.model.clone() else {
         eprintln!("infer: error: --model is required");
@@ -419,6 +499,15 @@ fn main() -> ExitCode {
         fail_fast: a.fail_fast,
         force_calibration: a.force_calibration,
         progress: !quiet && std::io::stderr().is_terminal(),
+        scans: a.scans,
+        candidates: a.candidates,
+        scan_format: a.scan_format,
+        size_mm: a.size_mm,
+        spacing_mm: a.spacing_mm,
+        scan_jobs: a.scan_jobs,
+        missing_scans: a.missing_scans,
+        preload: a.preload_cubes,
+        held_out: a.held_out,
     };
     match infer::run(&s) {
         Ok(sum) => {
@@ -431,7 +520,7 @@ fn main() -> ExitCode {
                     .map(|p| format!(", listed in {}", p.display()))
                     .unwrap_or_default();
                 eprintln!(
-                    "infer: error: {} file(s) could not be scored (reasons above{list})",
+                    "infer: error: {} input(s) could not be scored (reasons above{list})",
                     sum.failed
                 );
                 return ExitCode::FAILURE;

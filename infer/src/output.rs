@@ -16,7 +16,12 @@ pub enum Format {
 /// One scored patch, with every output column.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct OutRow<'a> {
-    pub(crate) patch_file: &'a str,
+    /// The row's name: a patch file's, or (scored from scans with LUNA16's candidates) the
+    /// candidate's; one of the two is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) patch_file: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) candidate: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) seriesuid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -45,11 +50,19 @@ pub(crate) struct OutRow<'a> {
 }
 
 /// The CSV header for the rows a run writes (the order of [`OutRow`]'s fields).
-pub(crate) fn csv_header(format: Format, index: bool, label: bool, calibrated: bool) -> Vec<&'static str> {
+/// `name` is the first column's: `patch_file`, or `candidate` for LUNA16's candidates
+/// scored from scans.
+pub(crate) fn csv_header(
+    format: Format,
+    name: &'static str,
+    index: bool,
+    label: bool,
+    calibrated: bool,
+) -> Vec<&'static str> {
     if format == Format::Luna16 {
         return vec!["seriesuid", "coordX", "coordY", "coordZ", "probability"];
     }
-    let mut h = vec!["patch_file"];
+    let mut h = vec![name];
     if index {
         h.extend(["seriesuid", "diam_mm", "center_x", "center_y", "center_z"]);
         if label {
@@ -102,9 +115,9 @@ mod tests {
     #[test]
     fn header_follows_the_row_fields() {
         assert_eq!(
-            csv_header(Format::Csv, false, false, false),
+            csv_header(Format::Csv, "patch_file", false, false, false),
             ["patch_file", "logit", "probability", "model_sha256", "input_sha256"]
         );
-        assert_eq!(csv_header(Format::Csv, true, true, true).len(), 14);
+        assert_eq!(csv_header(Format::Csv, "candidate", true, true, true).len(), 14);
     }
 }

@@ -151,9 +151,14 @@ pub(crate) fn read_previous(
                 let range = start..start + line.len();
                 start = range.end;
                 let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| damaged(n, &e))?;
-                let name = v["patch_file"]
+                let name = v[header.first().copied().unwrap_or("patch_file")]
                     .as_str()
-                    .ok_or_else(|| input_err(path, format!("line {n}: no patch_file")))?;
+                    .ok_or_else(|| {
+                        input_err(
+                            path,
+                            format!("line {n}: no {}", header.first().copied().unwrap_or("patch_file")),
+                        )
+                    })?;
                 if v["model_sha256"].as_str() != Some(model_sha256) {
                     return Err(other_model(n));
                 }

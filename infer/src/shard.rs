@@ -93,13 +93,19 @@ pub fn inputs_sha256(inputs: &Inputs) -> String {
     models::fsutil::sha256_bytes(text.as_bytes())
 }
 
-/// Keeps part `shard` of the inputs: items `[(k−1)·n/N, k·n/N)` of the sorted list; the
+/// Keeps part `shard` of the inputs: items `[(k−1)·n/N, k·n/N)` of the sorted list (from
+/// scans: the items of scans `[(k−1)·S/N, k·S/N)`, whole scans per part); the
 /// entries refused while collecting are reported by part 1 only. Returns the part's range
 /// and the whole run's size and identity.
 pub fn select(inputs: &mut Inputs, shard: Shard) -> (usize, usize, usize, String) {
     let n = inputs.items.len();
     let sha = inputs_sha256(inputs);
-    let (first, end) = ((shard.k - 1) * n / shard.n, shard.k * n / shard.n);
+    // From scans: whole scans per part (each scan read by one task only).
+    let (first, end) = if inputs.scans.is_some() {
+        crate::from_scans::shard_range(&inputs.items, shard.k, shard.n)
+    } else {
+        ((shard.k - 1) * n / shard.n, shard.k * n / shard.n)
+    };
     inputs.items = inputs.items[first..end].to_vec();
     if shard.k != 1 {
         inputs.refused.clear();
@@ -117,7 +123,7 @@ fn bad(path: &Path, msg: impl Into<String>) -> InferError {
 /// The patch each row of an output body (rows only) scores: CSV records (quoted fields,
 /// newlines inside them, as the csv writer writes them), JSON lines' `patch_file`; a LUNA16
 /// row names no patch (`None`).
-fn patches_of(body: &[u8], format: &str) -> Result<Vec<Option<String>>, String> {
+pub(crate) fn patches_of(body: &[u8], format: &str) -> Result<Vec<Option<String>>, String> {
     match format {
         "jsonl" => body
             .split(|&b| b == b'\n')
@@ -126,7 +132,10 @@ fn patches_of(body: &[u8], format: &str) -> Result<Vec<Option<String>>, String> 
             .map(|(i, l)| {
                 let v: serde_json::Value =
                     serde_json::from_slice(l).map_err(|e| format!("row {}: not JSON: {e}", i + 1))?;
-                Ok(v.get("patch_file").and_then(|p| p.as_str()).map(str::to_string))
+                Ok(v.get("patch_file")
+                    .or_else(|| v.get("candidate"))
+                    .and_then(|p| p.as_str())
+                    .map(str::to_string))
             })
             .collect(),
         _ => {

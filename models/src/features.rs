@@ -185,6 +185,46 @@ pub fn read(
         .collect())
 }
 
+/// The feature values of each `(name, seriesuid)` row from a per-series CSV alone (rows
+/// whose own file has no feature columns: LUNA16's candidates scored from scans). As
+/// [`read`] for the columns it takes from `join`.
+pub fn read_by_series(
+    join: &Path,
+    rows: &[(&str, &str)],
+    columns: &[String],
+) -> Result<Vec<std::result::Result<Vec<f32>, String>>> {
+    let (table, idx) = read_table(join, "seriesuid", columns, true)?;
+    let absent: Vec<&str> = columns
+        .iter()
+        .zip(&idx)
+        .filter(|(_, i)| i.is_none())
+        .map(|(c, _)| c.as_str())
+        .collect();
+    if !absent.is_empty() {
+        return Err(Error::BadCsv {
+            path: join.to_path_buf(),
+            msg: format!("no feature column(s) {}", absent.join(", ")),
+        });
+    }
+    let at = |e: &str| format!("{}: {e}", join.display());
+    Ok(rows
+        .iter()
+        .map(|(_, series)| {
+            let (_, vals) = table
+                .get(*series)
+                .ok_or_else(|| at(&format!("series {series} is not listed")))?;
+            vals.iter()
+                .zip(columns)
+                .map(|(v, c)| match v {
+                    Ok(x) if x.abs() <= f64::from(f32::MAX) => Ok(*x as f32),
+                    Ok(x) => Err(at(&format!("{c}: {x} is beyond float32"))),
+                    Err(e) => Err(at(e)),
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// Standardisation statistics of the features (training split).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureStats {

@@ -297,6 +297,70 @@ pub fn load_patch_hashed(path: &Path, pre: &Preprocess, out: &mut [f32]) -> Resu
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A cube of HU values in memory (`n`³, z-y-x order, as cut from a scan), given to the model
+/// as [`load_patch_hashed`] gives a patch file: centre crop or pad to `pre.cube_size`,
+/// windowed and scaled into `out`, and the digest that function returns for the same cube
+/// stored as a float32 `.npy` (C order, as `scans prepare --dtype float32` writes it). So
+/// a row scored from a scan and one scored from that cube's file carry the same
+/// `input_sha256`, and the same logit. `Err` names the first non-finite value (by its flat
+/// index), or a buffer of the wrong size.
+pub fn cube_into_hashed(
+    hu: &[f32],
+    n: usize,
+    pre: &Preprocess,
+    out: &mut [f32],
+) -> std::result::Result<String, String> {
+    use sha2::Digest;
+    let c = pre.cube_size;
+    if out.len() != c * c * c || hu.len() != n * n * n || n == 0 {
+        return Err(format!(
+            "internal: a {}-value cube of edge {n} into a {}-value buffer for a {c}³ cube",
+            hu.len(),
+            out.len()
+        ));
+    }
+    let shape = vec![n, n, n];
+    let header = Header {
+        type_descriptor: PyValue::String("<f4".into()),
+        layout: Layout::Standard,
+        shape: shape.clone(),
+    };
+    let offset = header
+        .to_bytes()
+        .map_err(|e| format!("internal: a .npy header for {shape:?}: {e}"))?
+        .len();
+    let mut h = sha2::Sha256::new();
+    h.update(format!("<f4|false|{shape:?}|{offset}\n").as_bytes());
+    let (s, d, k) = crop_range(n, c);
+    if k < c {
+        out.fill(pre.scale(pre.pad_hu));
+    }
+    let mut bytes = Vec::with_capacity(k * 4);
+    let mut first_bad: Option<usize> = None;
+    for z in 0..k {
+        for y in 0..k {
+            let src = ((s + z) * n + s + y) * n + s;
+            let row = &hu[src..src + k];
+            bytes.clear();
+            for v in row {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            h.update(&bytes);
+            let o = ((d + z) * c + d + y) * c + d;
+            for (x, (dst, &v)) in out[o..o + k].iter_mut().zip(row).enumerate() {
+                if !v.is_finite() && first_bad.is_none() {
+                    first_bad = Some(src + x);
+                }
+                *dst = pre.scale(v);
+            }
+        }
+    }
+    if let Some(i) = first_bad {
+        return Err(format!("non-finite value (NaN or Inf) at flat index {i}"));
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn load_inner(path: &Path, pre: &Preprocess, out: &mut [f32], mut digest: Option<&mut sha2::Sha256>) -> Result<()> {
     use sha2::Digest;
     let c = pre.cube_size;
@@ -599,6 +663,33 @@ mod tests {
     /// The crop reader against an independent decoder: ndarray-npy reads the whole array
     /// and [`Preprocess::apply`] crops it. Every dtype, byte order and memory order, on
     /// shapes that crop, pad, or both, by odd and even margins.
+    /// A cube in memory gives what its float32 `.npy` file gives: the same model input and
+    /// the same digest, whether it is cropped, padded or taken whole; a NaN is refused.
+    #[test]
+    fn a_cube_in_memory_is_read_as_its_npy_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pre = Preprocess {
+            cube_size: 8,
+            ..Preprocess::default()
+        };
+        for n in [8usize, 11, 5, 64] {
+            let cube = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+                ((z * 31 + y * 17 + x * 5) % 97) as f32 * 23.5 - 1100.0
+            });
+            let p = dir.path().join(format!("c{n}.npy"));
+            write_npy(&p, &cube).expect("write");
+            let (mut a, mut b) = (vec![0f32; 512], vec![0f32; 512]);
+            let from_file = load_patch_hashed(&p, &pre, &mut a).expect("file");
+            let from_memory = cube_into_hashed(cube.as_slice().expect("flat"), n, &pre, &mut b).expect("memory");
+            assert_eq!(from_file, from_memory, "{n}³");
+            assert_eq!(a, b, "{n}³");
+        }
+        let mut bad = vec![0f32; 1000];
+        bad[123] = f32::NAN;
+        let e = cube_into_hashed(&bad, 10, &pre, &mut vec![0f32; 512]).expect_err("NaN");
+        assert!(e.contains("flat index 123"), "{e}");
+    }
+
     #[test]
     fn crop_reader_equals_reading_whole_and_cropping() {
         use ndarray::ShapeBuilder;

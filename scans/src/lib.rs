@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 pub use metaimage::Scan;
 use models::{Error, Result};
 
+pub mod bench;
+pub mod candidates;
 pub mod dicom;
 pub mod error;
 pub mod guard;

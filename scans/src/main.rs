@@ -40,6 +40,25 @@ enum Cmd {
         #[arg(long, value_name = "X,Y,Z", allow_hyphen_values = true)]
         world: Vec<String>,
     },
+    /// Benchmarks (scripts/bench-scans): cubes per second of cutting alone, in memory, per
+    /// thread count (reading the scans timed apart).
+    #[command(hide = true)]
+    BenchCut {
+        #[arg(long)]
+        scans: PathBuf,
+        #[arg(long)]
+        candidates: PathBuf,
+        #[arg(long, default_value_t = 64.0)]
+        size_mm: f64,
+        #[arg(long, default_value_t = 1.0)]
+        spacing_mm: f64,
+        /// Thread counts to time, e.g. 1,2.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        threads: Vec<usize>,
+        /// Time the per-voxel general path instead of the separable one.
+        #[arg(long)]
+        general: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -165,6 +184,34 @@ fn main() -> ExitCode {
     let run = || -> Result<()> {
         match cli.cmd {
             Cmd::Prepare(a) => prepare(&a),
+            Cmd::BenchCut {
+                scans,
+                candidates,
+                size_mm,
+                spacing_mm,
+                threads,
+                general,
+            } => {
+                let grid = scans::resample::PatchGrid { size_mm, spacing_mm };
+                let (reading, n, speeds) = scans::bench::cut_speed(&scans, &candidates, &grid, &threads, general)?;
+                println!(
+                    "read {n} scan(s) in {reading:.2} s ({:.2} s each)",
+                    reading / n.max(1) as f64
+                );
+                for sp in speeds {
+                    println!(
+                        "cut {} cubes of {}³ on {} thread(s){} in {:.2} s: {:.0} cubes/s, {:.0} per thread",
+                        sp.cubes,
+                        grid.voxels(),
+                        sp.threads,
+                        if general { " (general path)" } else { "" },
+                        sp.seconds,
+                        sp.cubes as f64 / sp.seconds,
+                        sp.cubes as f64 / sp.seconds / sp.threads as f64
+                    );
+                }
+                Ok(())
+            }
             Cmd::Inspect {
                 scan,
                 format,

@@ -329,7 +329,7 @@ fn sform(h: &Header) -> std::result::Result<Affine, String> {
     let dx = [1, 2, 3].map(|i| f64::from(h.pixdim[i]));
     for j in 0..3 {
         let n = cols[j].0;
-        if !(dx[j] > 0.0) || (dx[j] - n).abs() > 1e-4 * n.max(1e-3) {
+        if dx[j].partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || (dx[j] - n).abs() > 1e-4 * n.max(1e-3) {
             return Err(format!(
                 "pixdim {} differs from the sform's voxel size {}: ITK takes its spacing from pixdim (and mirrors a \
                  negative one), nibabel and nifti1_io from the sform; the readers disagree",

@@ -68,18 +68,51 @@ impl PatchGrid {
 /// The cube of `grid.voxels()`³ values (z, y, x) centred on the world point `center` (mm).
 pub fn extract(scan: &Scan, center: [f64; 3], grid: &PatchGrid) -> Array3<f32> {
     let n = grid.voxels();
+    let mut out = vec![0f32; n * n * n];
+    extract_into(scan, center, grid, &mut out);
+    Array3::from_shape_vec((n, n, n), out).unwrap_or_else(|_| Array3::zeros((n, n, n)))
+}
+
+/// Continuous scan index of cube voxel (0, 0, 0), and its change per cube step along world
+/// z, y, x (the cube's axes in array order).
+fn cube_frame(scan: &Scan, center: [f64; 3], grid: &PatchGrid) -> ([f64; 3], [[f64; 3]; 3]) {
+    let n = grid.voxels();
     let s = grid.spacing_mm;
     let h = (n as f64 - 1.0) / 2.0;
     let g = &scan.geometry;
-    // Continuous scan index of cube voxel (0, 0, 0), and its change per cube step along
-    // world x, y, z.
     let base = g.world_to_voxel([center[0] - h * s, center[1] - h * s, center[2] - h * s]);
-    let dx = g.apply_to_index([s, 0.0, 0.0]);
-    let dy = g.apply_to_index([0.0, s, 0.0]);
     let dz = g.apply_to_index([0.0, 0.0, s]);
-    let mut out = Array3::<f32>::zeros((n, n, n));
-    for ((a, b, c), v) in out.indexed_iter_mut() {
-        let (a, b, c) = (a as f64, b as f64, c as f64);
+    let dy = g.apply_to_index([0.0, s, 0.0]);
+    let dx = g.apply_to_index([s, 0.0, 0.0]);
+    (base, [dz, dy, dx])
+}
+
+/// [`extract`] into `out` (`grid.voxels()`³ values, z-y-x order; panics on another
+/// length, a caller's bug).
+///
+/// Scans whose axes run along the world's (any order, either sign: LUNA16's MetaImage, and
+/// nearly every axial DICOM series and NIfTI file) take a separable path: each cube axis
+/// moves along one scan axis only, so the two outer interpolations are done once per cube
+/// row over just the scan voxels that row needs, then the inner one per voxel: ~10× fewer
+/// operations than eight neighbours per voxel, in f32. Oblique scans (a gantry tilt, a
+/// rotated direction matrix) take the general path, [`trilinear`] per voxel. Both give the
+/// trilinear value at the same points (to float rounding: the separable path sums in f32).
+pub fn extract_into(scan: &Scan, center: [f64; 3], grid: &PatchGrid, out: &mut [f32]) {
+    let n = grid.voxels();
+    assert_eq!(out.len(), n * n * n, "extract_into: a buffer for another cube size");
+    let (base, steps) = cube_frame(scan, center, grid);
+    if let Some(axes) = aligned_axes(&steps, n) {
+        separable(scan, base, &steps, axes, n, out);
+        return;
+    }
+    general(scan, base, &steps, n, out);
+}
+
+/// The general cut of [`extract_into`]: [`trilinear`] at every cube voxel.
+fn general(scan: &Scan, base: [f64; 3], steps: &[[f64; 3]; 3], n: usize, out: &mut [f32]) {
+    let [dz, dy, dx] = *steps;
+    for (i, v) in out.iter_mut().enumerate() {
+        let (a, b, c) = ((i / (n * n)) as f64, ((i / n) % n) as f64, (i % n) as f64);
         let p = [
             base[0] + a * dz[0] + b * dy[0] + c * dx[0],
             base[1] + a * dz[1] + b * dy[1] + c * dx[1],
@@ -87,7 +120,139 @@ pub fn extract(scan: &Scan, center: [f64; 3], grid: &PatchGrid) -> Array3<f32> {
         ];
         *v = trilinear(scan, p);
     }
-    out
+}
+
+/// [`extract_into`] by the general path whatever the scan (benchmarks: `scans bench-cut
+/// --general` times the per-voxel cut the separable path replaces).
+pub fn extract_into_general(scan: &Scan, center: [f64; 3], grid: &PatchGrid, out: &mut [f32]) {
+    let n = grid.voxels();
+    assert_eq!(out.len(), n * n * n, "extract_into: a buffer for another cube size");
+    let (base, steps) = cube_frame(scan, center, grid);
+    general(scan, base, &steps, n, out);
+}
+
+/// For each cube axis (z, y, x), the one scan axis it moves along, when every step moves
+/// along one scan axis only (the others' components under 10⁻⁹ voxel over the whole cube)
+/// and the three are distinct; `None` for an oblique scan.
+fn aligned_axes(steps: &[[f64; 3]; 3], n: usize) -> Option<[usize; 3]> {
+    let mut axes = [0usize; 3];
+    for (k, d) in steps.iter().enumerate() {
+        let main = (0..3).max_by(|&i, &j| d[i].abs().total_cmp(&d[j].abs()))?;
+        let off_axis = (0..3).filter(|&i| i != main).map(|i| d[i].abs()).sum::<f64>();
+        if !(d[main].is_finite() && d[main] != 0.0 && off_axis * n as f64 <= 1e-9) {
+            return None;
+        }
+        axes[k] = main;
+    }
+    (axes[0] != axes[1] && axes[1] != axes[2] && axes[0] != axes[2]).then_some(axes)
+}
+
+/// Along one cube axis: per cube index, the lower scan neighbour and the weight of the
+/// upper one, or `None` where the point is far outside (beyond one voxel: air, as
+/// [`trilinear`] gives).
+fn axis_points(base: f64, step: f64, n: usize, len: usize) -> Vec<Option<(i64, f32)>> {
+    (0..n)
+        .map(|i| {
+            let p = base + i as f64 * step;
+            (p >= -1.0 && p <= len as f64).then(|| {
+                let f = p.floor();
+                (f as i64, (p - f) as f32)
+            })
+        })
+        .collect()
+}
+
+/// The separable trilinear cut of [`extract_into`] for axis-aligned scans.
+fn separable(scan: &Scan, base: [f64; 3], steps: &[[f64; 3]; 3], axes: [usize; 3], n: usize, out: &mut [f32]) {
+    let dims = scan.geometry.dims;
+    let strides = [1usize, dims[0], dims[0] * dims[1]];
+    let pts: Vec<Vec<Option<(i64, f32)>>> = (0..3)
+        .map(|k| axis_points(base[axes[k]], steps[k][axes[k]], n, dims[axes[k]]))
+        .collect();
+    let (len_c, stride_c) = (dims[axes[2]] as i64, strides[axes[2]]);
+    // The scan indices along the inner axis that the row needs (the same for every row).
+    let inner: Vec<(i64, f32)> = pts[2].iter().flatten().copied().collect();
+    let lo = inner.iter().map(|p| p.0).min().unwrap_or(0);
+    let hi = inner.iter().map(|p| p.0 + 1).max().unwrap_or(-1);
+    let width = (hi - lo + 1).max(0) as usize;
+    let mut tmp = vec![0f32; width];
+    let valid = |i: i64, k: usize| i >= 0 && i < dims[axes[k]] as i64;
+    let vox = &scan.voxels;
+    for (a, plane) in out.chunks_exact_mut(n * n).enumerate() {
+        let Some((za, ta)) = pts[0][a] else {
+            plane.fill(AIR_HU);
+            continue;
+        };
+        for (b, row) in plane.chunks_exact_mut(n).enumerate() {
+            let Some((yb, tb)) = pts[1][b] else {
+                row.fill(AIR_HU);
+                continue;
+            };
+            // The four scan rows around (a, b), their weights, and whether each is inside.
+            let mut rows: [(Option<usize>, f32); 4] = [(None, 0.0); 4];
+            for (r, (da, db)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+                let (ia, ib) = (za + da, yb + db);
+                let w = if da == 0 { 1.0 - ta } else { ta } * if db == 0 { 1.0 - tb } else { tb };
+                let at = (valid(ia, 0) && valid(ib, 1))
+                    .then(|| ia as usize * strides[axes[0]] + ib as usize * strides[axes[1]]);
+                rows[r] = (at, w);
+            }
+            let air: f32 = rows.iter().filter(|r| r.0.is_none()).map(|r| r.1).sum::<f32>() * AIR_HU;
+            let all_inside = rows.iter().all(|r| r.0.is_some()) && lo >= 0 && hi < len_c;
+            if all_inside && stride_c == 1 {
+                // The common case (x along x, the cube inside the scan): four contiguous runs
+                // of scan voxels, summed in a loop the compiler vectorises.
+                let run = |r: usize| {
+                    let at = rows[r].0.unwrap_or(0) + lo as usize;
+                    &vox[at..at + width]
+                };
+                let (r0, r1, r2, r3) = (run(0), run(1), run(2), run(3));
+                let (w0, w1, w2, w3) = (rows[0].1, rows[1].1, rows[2].1, rows[3].1);
+                for ((((t, a), b), c), d) in tmp.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+                    *t = w0 * a + w1 * b + w2 * c + w3 * d;
+                }
+            } else {
+                fill_row(&mut tmp, lo, len_c, stride_c, &rows, air, vox);
+            }
+            for (v, p) in row.iter_mut().zip(&pts[2]) {
+                *v = match p {
+                    Some((ic, tc)) => {
+                        let j = (ic - lo) as usize;
+                        tmp[j] * (1.0 - tc) + tmp[j + 1] * tc
+                    }
+                    None => AIR_HU,
+                };
+            }
+        }
+    }
+}
+
+/// One row of the separable cut where a neighbour row or voxel may lie outside the scan
+/// (air) or the inner axis is strided.
+fn fill_row(
+    tmp: &mut [f32],
+    lo: i64,
+    len_c: i64,
+    stride_c: usize,
+    rows: &[(Option<usize>, f32); 4],
+    air: f32,
+    vox: &[f32],
+) {
+    for (j, t) in tmp.iter_mut().enumerate() {
+        let ic = lo + j as i64;
+        *t = if ic < 0 || ic >= len_c {
+            AIR_HU
+        } else {
+            let o = ic as usize * stride_c;
+            let mut acc = air;
+            for &(at, w) in rows {
+                if let Some(at) = at {
+                    acc += w * vox[at + o];
+                }
+            }
+            acc
+        };
+    }
 }
 
 /// The scan's value at continuous index `p` (x, y, z); neighbours outside are air.
@@ -333,6 +498,90 @@ mod tests {
         );
         assert!(cube.iter().all(|&v| v == AIR_HU));
         assert_eq!(trilinear(&scan, [1.5, 1.5, 1.5]), 0.0);
+    }
+
+    /// The separable path gives the general path's values (to f32 rounding) for scans with
+    /// flipped, permuted and anisotropic axes, centres inside, at the border and outside.
+    #[test]
+    fn separable_cut_equals_the_general_one() {
+        let dirs = [
+            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]],
+            [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]],
+            [[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]],
+        ];
+        let mut checked = 0;
+        for (k, dir) in dirs.iter().enumerate() {
+            let g = Geometry::new([23, 19, 11], [0.7, 0.8, 2.5], [-8.0, 3.0, 10.0], *dir).unwrap();
+            let voxels: Vec<f32> = (0..23 * 19 * 11)
+                .map(|i| ((i * 7919 + k * 13) % 2000) as f32 - 1000.0 + 0.25)
+                .collect();
+            let scan = Scan {
+                path: "mem".into(),
+                geometry: g.clone(),
+                element_type: ElementType::Float,
+                voxels,
+            };
+            for grid in [
+                PatchGrid {
+                    size_mm: 12.0,
+                    spacing_mm: 1.0,
+                },
+                PatchGrid {
+                    size_mm: 9.0,
+                    spacing_mm: 0.5,
+                },
+            ] {
+                let n = grid.voxels();
+                for idx in [
+                    [11.0, 9.0, 5.0],
+                    [0.0, 0.0, 0.0],
+                    [22.4, 18.9, 10.6],
+                    [-3.0, 10.0, 5.0],
+                    [40.0, 9.0, 5.0],
+                ] {
+                    let center = g.voxel_to_world(idx);
+                    let (base, steps) = cube_frame(&scan, center, &grid);
+                    let axes = aligned_axes(&steps, n).expect("an axis-aligned scan");
+                    let mut fast = vec![0f32; n * n * n];
+                    let mut slow = vec![0f32; n * n * n];
+                    separable(&scan, base, &steps, axes, n, &mut fast);
+                    general(&scan, base, &steps, n, &mut slow);
+                    let worst = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(worst < 2e-3, "direction {k}, centre {idx:?}, {n}³: max |Δ| {worst} HU");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 40);
+        // An oblique scan is not taken for an aligned one.
+        let tilt = 0.1f64;
+        let g = Geometry::new(
+            [8, 8, 8],
+            [1.0; 3],
+            [0.0; 3],
+            [
+                [1.0, 0.0, 0.0],
+                [0.0, tilt.cos(), tilt.sin()],
+                [0.0, -tilt.sin(), tilt.cos()],
+            ],
+        )
+        .unwrap();
+        let scan = Scan {
+            path: "mem".into(),
+            geometry: g,
+            element_type: ElementType::Short,
+            voxels: vec![0.0; 512],
+        };
+        let (_, steps) = cube_frame(
+            &scan,
+            [4.0; 3],
+            &PatchGrid {
+                size_mm: 8.0,
+                spacing_mm: 1.0,
+            },
+        );
+        assert_eq!(aligned_axes(&steps, 8), None);
     }
 
     #[test]

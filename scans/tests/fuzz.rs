@@ -539,8 +539,8 @@ fn mhd_valid(compressed: bool, float: bool) -> (String, Vec<u8>) {
     };
     let data = if compressed {
         let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut enc, &data).unwrap();
-        enc.finish().unwrap()
+        std::io::Write::write_all(&mut enc, &data).expect("zlib");
+        enc.finish().expect("zlib")
     } else {
         data
     };

@@ -18,7 +18,7 @@ pub fn bin_dir() -> PathBuf {
         ("trainer", &["trainer", "models", "scorer", "plots"][..]),
         ("calibrate", &["calibrate", "models", "plots", "scorer"][..]),
         ("froc", &["froc", "models", "plots"][..]),
-        ("infer", &["infer", "models", "scorer"][..]),
+        ("infer", &["infer", "models", "scorer", "scans"][..]),
         ("scans", &["scans", "models"][..]),
     ] {
         let path = dir.join(b);

@@ -175,7 +175,7 @@ fn bare_data_set(head: &[u8]) -> Option<(Ts, Encoding)> {
         && head[4].is_ascii_uppercase()
         && head[5].is_ascii_uppercase();
     // The first elements of a data set are of groups 0002 to 0010, in ascending order.
-    let low = |g: u16| (0x0002..=0x0010).contains(&g) && g % 2 == 0;
+    let low = |g: u16| (0x0002..=0x0010).contains(&g) && g.is_multiple_of(2);
     if low(le) {
         if explicit {
             Some((ts_named("1.2.840.10008.1.2.1").ok()?, Encoding::EXPLICIT_LE))
@@ -240,7 +240,7 @@ fn decode_un(tag: Tag, bytes: &[u8], signed_pixels: bool) -> Option<(VR, Primiti
         _ => return None,
     };
     fn le<const N: usize, T>(b: &[u8], f: fn([u8; N]) -> T) -> Option<C<T>> {
-        if b.len() % N != 0 {
+        if !b.len().is_multiple_of(N) {
             return None;
         }
         Some(
@@ -339,7 +339,7 @@ pub fn foreign_format(path: &Path) -> Option<&'static str> {
     let mut head = [0u8; 352];
     let n = models::fsutil::open_regular(path)
         .ok()
-        .and_then(|mut f| {
+        .map(|mut f| {
             let mut got = 0;
             while got < head.len() {
                 match f.read(&mut head[got..]) {
@@ -347,7 +347,7 @@ pub fn foreign_format(path: &Path) -> Option<&'static str> {
                     Ok(k) => got += k,
                 }
             }
-            Some(got)
+            got
         })
         .unwrap_or(0);
     let head = &head[..n];

@@ -142,7 +142,7 @@ fn infer_reports_every_bad_file_and_keeps_going() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("3 file(s) could not be scored"), "{}", r.stderr);
+    assert!(r.stderr.contains("3 input(s) could not be scored"), "{}", r.stderr);
     let (_, rows) = read_csv(&out);
     let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(names, ["s001_p001.npy", "s001_p002.npy"]);

@@ -1,0 +1,296 @@
+//! The evaluation loop of a k-fold run: each fold's model scores the series it held out,
+//! straight from the scans (`infer --scans DIR --candidates FILE --held-out RUN/fold_N`), and
+//! `infer merge --folds` joins the K outputs into one file of out-of-fold scores over every
+//! candidate, for `froc`: how LUNA16's false-positive-reduction track is evaluated.
+//!
+//! `--held-out RUN` reads the fold's `split.csv` (its validation series) and `config.yaml`
+//! (`split.fold` of `split.folds`); only candidates of those series are scored, with the
+//! fold's own model (`RUN/model.onnx`, or its calibrated copy; another model is refused:
+//! scoring a series with a model that trained on it is the leak this loop exists to avoid).
+//! Beside the output goes `OUT.fold.yaml`: which fold of which cross-validation (the sha256
+//! of every series of the split and the number of folds), its validation series, the
+//! candidates file, model, calibration, format, and the output's sha256. `merge --folds`
+//! refuses outputs of different cross-validations or candidates, a fold missing or given
+//! twice, series held out twice, and an output that is not the one its record describes.
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::InferError;
+
+fn bad(path: &Path, msg: impl Into<String>) -> InferError {
+    InferError::Input {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// A fold's held-out part, read from its run folder.
+#[derive(Debug, Clone)]
+pub struct HeldOut {
+    pub run: PathBuf,
+    pub fold: usize,
+    pub folds: usize,
+    /// The validation series of this fold.
+    pub series: BTreeSet<String>,
+    /// sha256 of every series of the split (sorted, one per line) and the number of folds:
+    /// the same for every fold of one cross-validation.
+    pub cv_sha256: String,
+}
+
+impl HeldOut {
+    /// Reads `RUN/split.csv` and `RUN/config.yaml` of a fold's run folder.
+    pub fn read(run: &Path) -> Result<Self, InferError> {
+        let cfg_path = run.join("config.yaml");
+        let text = models::fsutil::read_regular_to_string(&cfg_path)
+            .map_err(|e| bad(run, format!("not a training run folder ({e})")))?;
+        let cfg: serde_yaml::Value =
+            serde_yaml::from_str(&text).map_err(|e| bad(&cfg_path, format!("not a run's config: {e}")))?;
+        let get = |k: &str| {
+            cfg.get("split")
+                .and_then(|s| s.get(k))
+                .and_then(serde_yaml::Value::as_u64)
+        };
+        let (Some(fold), Some(folds)) = (get("fold"), get("folds")) else {
+            return Err(bad(
+                &cfg_path,
+                "not one fold of a k-fold run (no split.fold of split.folds): --held-out takes RUN/fold_N of `trainer train --folds K`",
+            ));
+        };
+        let (fold, folds) = (fold as usize, folds as usize);
+        if folds < 2 || !(1..=folds).contains(&fold) {
+            return Err(bad(&cfg_path, format!("split.fold {fold} of split.folds {folds}")));
+        }
+        let split = run.join("split.csv");
+        let (mut rdr, headers) = models::csvio::open(&split, true)?;
+        let (Some(u), Some(k)) = (
+            headers.iter().position(|h| h == "seriesuid"),
+            headers.iter().position(|h| h == "split"),
+        ) else {
+            return Err(bad(&split, "no seriesuid and split columns"));
+        };
+        let (mut all, mut series) = (BTreeSet::new(), BTreeSet::new());
+        for (line, rec) in models::csvio::rows(&mut rdr) {
+            let rec = rec.map_err(|e| bad(&split, format!("line {line}: {e}")))?;
+            let uid = rec.get(u).unwrap_or("").to_string();
+            match rec.get(k).unwrap_or("") {
+                "val" => {
+                    series.insert(uid.clone());
+                }
+                "train" => {}
+                other => return Err(bad(&split, format!("line {line}: split {other:?} (train or val)"))),
+            }
+            all.insert(uid);
+        }
+        if series.is_empty() {
+            return Err(bad(&split, "no validation series"));
+        }
+        let mut text = format!("folds={folds}\n");
+        for s in &all {
+            text += s;
+            text.push('\n');
+        }
+        Ok(HeldOut {
+            run: run.to_path_buf(),
+            fold,
+            folds,
+            series,
+            cv_sha256: models::fsutil::sha256_bytes(text.as_bytes()),
+        })
+    }
+
+    /// The fold's models: `model.onnx`, and `model.calibrated.onnx` when calibrated.
+    pub fn models(&self) -> Vec<PathBuf> {
+        ["model.onnx", models::calibration::BAKED_FILE]
+            .iter()
+            .map(|f| self.run.join(f))
+            .filter(|p| p.is_file())
+            .collect()
+    }
+
+    /// Refuses a model that is not one of this fold's (by content).
+    pub fn check_model(&self, model: &Path, sha256: &str) -> Result<(), InferError> {
+        for m in self.models() {
+            if models::fsutil::sha256_file(&m)? == sha256 {
+                return Ok(());
+            }
+        }
+        Err(bad(
+            model,
+            format!(
+                "not the model of fold {} ({}): its held-out series must be scored by the model that did not train on them",
+                self.fold,
+                self.run.join("model.onnx").display()
+            ),
+        ))
+    }
+}
+
+/// What a fold's output holds (`OUT.fold.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub fold: usize,
+    pub folds: usize,
+    pub cv_sha256: String,
+    /// This fold's validation series.
+    pub series: Vec<String>,
+    pub candidates_sha256: String,
+    pub rows: usize,
+    pub failed: usize,
+    pub model_sha256: String,
+    /// The calibration file's sha256, `model` for the model's own, or `none`.
+    pub calibration: String,
+    pub format: String,
+    pub header: Vec<String>,
+    pub tta: String,
+    pub output_sha256: String,
+}
+
+/// The record's path beside an output.
+pub fn record_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_os_string();
+    s.push(".fold.yaml");
+    PathBuf::from(s)
+}
+
+/// Writes a fold's record beside its output (after the output: the record commits it).
+pub fn write_record(out: &Path, rec: &Record) -> Result<(), InferError> {
+    let text = serde_yaml::to_string(rec).map_err(|e| bad(out, e.to_string()))?;
+    models::fsutil::write_atomic(&record_path(out), text.as_bytes())?;
+    Ok(())
+}
+
+/// What [`merge`] did.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub folds: usize,
+    pub rows: usize,
+    pub failed: usize,
+}
+
+/// Joins the K fold outputs into `out`: the header once, then each fold's rows in fold
+/// order, byte for byte.
+pub fn merge(outputs: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
+    let mut io = models::fsutil::RunIo::new();
+    let records: Vec<PathBuf> = outputs.iter().map(|p| record_path(p)).collect();
+    io.inputs("fold output", outputs.iter().map(PathBuf::as_path));
+    io.inputs("fold record", records.iter().map(PathBuf::as_path));
+    let target = io.output("merged output", out)?;
+    models::fsutil::check_replaceable(out, "scores output", &crate::batch::is_scores)?;
+    let _lock = match &target {
+        models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(p, &format!("output {}", out.display()))?),
+        models::fsutil::Target::Stream(_) => None,
+    };
+    let mut parts: Vec<(Record, &PathBuf)> = Vec::with_capacity(outputs.len());
+    for (p, r) in outputs.iter().zip(&records) {
+        let text = models::fsutil::read_regular_to_string(r).map_err(|e| {
+            bad(
+                p,
+                format!("no fold record beside it ({e}): was it written by `infer --scans ... --held-out RUN/fold_N`?"),
+            )
+        })?;
+        let rec: Record = serde_yaml::from_str(&text).map_err(|e| bad(r, format!("not a fold record: {e}")))?;
+        parts.push((rec, p));
+    }
+    let Some((first, first_path)) = parts.first().map(|(r, p)| (r.clone(), (*p).clone())) else {
+        return Err(InferError::Usage("infer merge --folds needs the fold outputs".into()));
+    };
+    for (r, p) in &parts {
+        for (what, same) in [
+            (
+                "the cross-validation (its series or number of folds)",
+                r.cv_sha256 == first.cv_sha256 && r.folds == first.folds,
+            ),
+            ("the candidates file", r.candidates_sha256 == first.candidates_sha256),
+            ("the test-time augmentation (--tta)", r.tta == first.tta),
+            (
+                "the output format",
+                r.format == first.format && r.header == first.header,
+            ),
+            (
+                "whether it is calibrated",
+                (r.calibration == "none") == (first.calibration == "none"),
+            ),
+        ] {
+            if !same {
+                return Err(bad(
+                    p,
+                    format!(
+                        "{what} differ from {}'s: not folds of one evaluation",
+                        first_path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    parts.sort_by_key(|(r, _)| r.fold);
+    for k in 1..=first.folds {
+        let given: Vec<&PathBuf> = parts.iter().filter(|(r, _)| r.fold == k).map(|(_, p)| *p).collect();
+        match given.len() {
+            1 => {}
+            0 => return Err(InferError::Usage(format!("fold {k} of {} is missing", first.folds))),
+            _ => {
+                return Err(InferError::Usage(format!(
+                    "fold {k} of {} is given twice: {} and {}",
+                    first.folds,
+                    given[0].display(),
+                    given[1].display()
+                )))
+            }
+        }
+    }
+    let mut held = BTreeSet::new();
+    for (r, p) in &parts {
+        if let Some(s) = r.series.iter().find(|s| !held.insert(s.as_str())) {
+            return Err(bad(p, format!("series {s} is held out by two folds")));
+        }
+    }
+    let header = first.header.join(",");
+    let has_header = first.format != "jsonl";
+    let mut bodies = Vec::with_capacity(parts.len());
+    for (r, p) in &parts {
+        let bytes = models::fsutil::read_regular(p)?;
+        if models::fsutil::sha256_bytes(&bytes) != r.output_sha256 {
+            return Err(bad(
+                p,
+                format!(
+                    "not the output its record {} describes (changed since, or a run killed between the two); score this fold again",
+                    record_path(p).display()
+                ),
+            ));
+        }
+        let body = if has_header {
+            let end = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+            if bytes[..end].strip_suffix(b"\n").unwrap_or(&bytes[..end]) != header.as_bytes() {
+                return Err(bad(p, "its header is not its record's"));
+            }
+            bytes[end..].to_vec()
+        } else {
+            bytes
+        };
+        let n = crate::shard::patches_of(&body, &first.format)
+            .map_err(|e| bad(p, e))?
+            .len();
+        if n != r.rows {
+            return Err(bad(p, format!("{n} rows where its record says {}", r.rows)));
+        }
+        bodies.push(body);
+    }
+    models::fsutil::write_atomic_with(out, |w| {
+        if has_header {
+            writeln!(w, "{header}")?;
+        }
+        for body in &bodies {
+            w.write_all(body)?;
+        }
+        Ok(())
+    })?;
+    Ok(Merged {
+        folds: parts.len(),
+        rows: parts.iter().map(|(r, _)| r.rows).sum(),
+        failed: parts.iter().map(|(r, _)| r.failed).sum(),
+    })
+}
