@@ -240,6 +240,8 @@ fn describe(
         "nodule-scorer {} — scores 3D lung-nodule CT patches (.npy, HU) with {}{cal_arg}.\n\n\
          On the target host (no Rust, Python or network needed):\n\n  \
          tar -xzf {} && ./{TOP}/run PATCH_FOLDER -o scores.csv\n\n\
+         or straight from CT scans (DICOM series, MetaImage, NIfTI) at LUNA16-style candidate points:\n\n  \
+         ./{TOP}/run --scans SCAN_FOLDER --candidates candidates.csv -o scores.csv\n\n\
          `./{TOP}/run --help` lists every option; `./{TOP}/run doctor` checks this host.\n\
          Needs: {} Linux with glibc >= {}{}.\n",
         info.tool_version,

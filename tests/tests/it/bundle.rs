@@ -136,6 +136,56 @@ fn bundle_scores_like_the_workspace_in_a_cleared_environment() {
         readme.contains("./nodule-scorer/run PATCH_FOLDER -o scores.csv"),
         "{readme}"
     );
+    assert!(readme.contains("--scans SCAN_FOLDER --candidates"), "{readme}");
+    // The bundle reads DICOM with nothing else installed: the real slab's DICOM series
+    // scored from the bundle in a cleared environment equals the workspace's scores.
+    let dicom = chain_tests::workspace().join("../shared/data/lidc-idri-0002/dicom");
+    let cand = d.path().join("candidates.csv");
+    std::fs::write(
+        &cand,
+        "seriesuid,coordX,coordY,coordZ,class\n\
+         1.3.6.1.4.1.14519.5.2.1.6279.6001.619372068417051974713149104919,-60,-20,-87,0\n\
+         1.3.6.1.4.1.14519.5.2.1.6279.6001.619372068417051974713149104919,10.5,30,-90,1\n",
+    )
+    .expect("w");
+    let from_bundle = d.path().join("bundle_dicom.csv");
+    let r = run_bundle(
+        &dir,
+        &[
+            "--scans",
+            s(&dicom),
+            "--candidates",
+            s(&cand),
+            "-o",
+            s(&from_bundle),
+            "-q",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert!(r.ok, "bundle --scans failed:\n{}\n{}", r.stdout, r.stderr);
+    let from_workspace = d.path().join("workspace_dicom.csv");
+    run_ok(
+        "infer",
+        &[
+            "--scans",
+            s(&dicom),
+            "--candidates",
+            s(&cand),
+            "-m",
+            s(&model),
+            "-c",
+            s(&cal),
+            "-o",
+            s(&from_workspace),
+            "-q",
+            "--device",
+            "cpu",
+        ],
+    );
+    let text = std::fs::read_to_string(&from_bundle).expect("out");
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert_eq!(text, std::fs::read_to_string(&from_workspace).expect("ref"));
 }
 
 #[test]
