@@ -193,6 +193,8 @@ fn decode(b: &[u8], dtype: Dtype, big: bool) -> f32 {
 /// finite. One loop per element type, so each compiles to a tight conversion.
 fn convert_run(dst: &mut [f32], bytes: &[u8], dtype: Dtype, big: bool, pre: &Preprocess) -> bool {
     fn run<const W: usize>(dst: &mut [f32], bytes: &[u8], pre: &Preprocess, dec: impl Fn(&[u8; W]) -> f32) -> bool {
+        // A copy the compiler knows `dst` cannot alias: the loop keeps the window in registers.
+        let pre = pre.clone();
         let mut finite = true;
         for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(W)) {
             let mut a = [0u8; W];
@@ -335,23 +337,29 @@ pub fn cube_into_hashed(
     if k < c {
         out.fill(pre.scale(pre.pad_hu));
     }
-    let mut bytes = Vec::with_capacity(k * 4);
+    let mut bytes = Vec::new();
     let mut first_bad: Option<usize> = None;
+    // A copy the compiler knows `out` cannot alias: the scaling loop then vectorises.
+    let pre = pre.clone();
     for z in 0..k {
         for y in 0..k {
             let src = ((s + z) * n + s + y) * n + s;
             let row = &hu[src..src + k];
-            bytes.clear();
-            for v in row {
-                bytes.extend_from_slice(&v.to_le_bytes());
+            // The bytes a float32 `.npy` stores (little-endian), hashed as they are on a
+            // little-endian host.
+            if cfg!(target_endian = "little") {
+                h.update(bytemuck::cast_slice::<f32, u8>(row));
+            } else {
+                bytes.clear();
+                bytes.extend(row.iter().flat_map(|v| v.to_le_bytes()));
+                h.update(&bytes);
             }
-            h.update(&bytes);
             let o = ((d + z) * c + d + y) * c + d;
-            for (x, (dst, &v)) in out[o..o + k].iter_mut().zip(row).enumerate() {
-                if !v.is_finite() && first_bad.is_none() {
-                    first_bad = Some(src + x);
-                }
+            for (dst, &v) in out[o..o + k].iter_mut().zip(row) {
                 *dst = pre.scale(v);
+            }
+            if first_bad.is_none() && !row.iter().all(|v| v.is_finite()) {
+                first_bad = row.iter().position(|v| !v.is_finite()).map(|x| src + x);
             }
         }
     }

@@ -5,7 +5,7 @@
 //! are the real candidates labelled 0 (never noise), none within a nodule's radius,
 //! subsampled per scan to a ratio with a seed (or all of them). Each patch is a cube of
 //! `size_mm` at `spacing_mm` in HU, cut around its centre only (see
-//! [`models::resample`]), written as `.npy` (z, y, x).
+//! [`crate::resample`]), written as `.npy` (z, y, x).
 //!
 //! Resumable and safe to interrupt: every patch file is written atomically, and a scan
 //! counts as done only once its list of patches (`.prepare/<seriesuid>.csv`) is written,
