@@ -682,3 +682,159 @@ fn a_k_fold_run_scores_its_held_out_scans_and_froc_evaluates_every_candidate() {
     let cpm = y["cpm"].as_f64().expect("cpm");
     assert!((0.0..=1.0).contains(&cpm), "{cpm}");
 }
+
+/// A model with tabular features scored from scans: LUNA16's candidates take them by series
+/// from `--features-csv` (without it: refused, saying so), an index takes them from its own
+/// columns, and both give the same logits; a series the CSV lacks is its candidates' error.
+#[test]
+fn tabular_features_come_from_the_candidates_or_by_series() {
+    let d = tempfile::tempdir().expect("tmp");
+    let w = d.path();
+    let data = w.join("patches");
+    run_ok(
+        "trainer",
+        &[
+            "synth",
+            "--out",
+            s(&data),
+            "--series",
+            "12",
+            "--patches-per-series",
+            "4",
+            "--cube-size",
+            "16",
+            "--seed",
+            "4",
+            "--features",
+        ],
+    );
+    let run_dir = w.join("run");
+    let cfg = w.join("run.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data: {}\nout: {}\nmodel: {{ width: 2, features: [suv_max] }}\npreprocess: {{ cube_size: 16 }}\n\
+             train: {{ epochs: 1, batch_size: 8, device: cpu, seed: 1 }}\n",
+            s(&data),
+            s(&run_dir)
+        ),
+    )
+    .expect("config");
+    run_ok("trainer", &["train", "--config", s(&cfg), "-q"]);
+    let m = run_dir.join("model.onnx");
+    let scans = w.join("scans");
+    let pts = three_scans(&scans);
+    let (_, cand) = luna16_csvs(w, &pts);
+    let feats = w.join("suv.csv");
+    std::fs::write(&feats, "seriesuid,suv_max\nA,1.5\nB,7.25\nC,0.5\n").expect("w");
+    let by_series = w.join("by_series.csv");
+    let r = run(
+        "infer",
+        &[
+            "--scans",
+            s(&scans),
+            "--candidates",
+            s(&cand),
+            "-m",
+            s(&m),
+            "-o",
+            s(&by_series),
+        ],
+    );
+    assert!(!r.ok && r.stderr.contains("--features-csv"), "{}", r.stderr);
+    run_ok(
+        "infer",
+        &[
+            "--scans",
+            s(&scans),
+            "--candidates",
+            s(&cand),
+            "-m",
+            s(&m),
+            "--features-csv",
+            s(&feats),
+            "-o",
+            s(&by_series),
+            "-q",
+        ],
+    );
+    // The same points as an index with the values in its rows.
+    let index = w.join("index.csv");
+    let mut text = String::from("patch_file,seriesuid,center_x,center_y,center_z,suv_max\n");
+    for (k, (uid, p)) in pts.iter().enumerate() {
+        let v = match uid.as_str() {
+            "A" => "1.5",
+            "B" => "7.25",
+            _ => "0.5",
+        };
+        text += &format!("p{k}.npy,{uid},{},{},{},{v}\n", p[0], p[1], p[2]);
+    }
+    std::fs::write(&index, text).expect("w");
+    let from_index = w.join("from_index.csv");
+    run_ok(
+        "infer",
+        &[
+            "--scans",
+            s(&scans),
+            "--candidates",
+            s(&index),
+            "-m",
+            s(&m),
+            "-o",
+            s(&from_index),
+            "-q",
+        ],
+    );
+    let logits = |p: &Path| {
+        let (h, rows) = read_csv(p);
+        let mut v: Vec<(String, String, String, String)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r[col(&h, "center_x")].clone(),
+                    r[col(&h, "center_y")].clone(),
+                    r[col(&h, "center_z")].clone(),
+                    r[col(&h, "logit")].clone(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (logits(&by_series), logits(&from_index));
+    assert_eq!(a.len(), 8);
+    assert_eq!(a, b);
+    // The features move the logits (B's value differs), and a series the CSV lacks is an error.
+    std::fs::write(&feats, "seriesuid,suv_max\nA,1.5\nB,0.5\n").expect("w");
+    let r = run(
+        "infer",
+        &[
+            "--scans",
+            s(&scans),
+            "--candidates",
+            s(&cand),
+            "-m",
+            s(&m),
+            "--features-csv",
+            s(&feats),
+            "-o",
+            s(&w.join("x.csv")),
+        ],
+    );
+    assert!(!r.ok && r.stderr.contains("series C is not listed"), "{}", r.stderr);
+    let (h, rows) = read_csv(&w.join("x.csv"));
+    assert_eq!(rows.len(), 5, "A and B scored");
+    let b_now: Vec<String> = rows
+        .iter()
+        .filter(|r| r[col(&h, "seriesuid")] == "B")
+        .map(|r| r[col(&h, "logit")].clone())
+        .collect();
+    let b_before: Vec<String> = {
+        let (h, rows) = read_csv(&by_series);
+        rows.iter()
+            .filter(|r| r[col(&h, "seriesuid")] == "B")
+            .map(|r| r[col(&h, "logit")].clone())
+            .collect()
+    };
+    assert_ne!(b_now, b_before);
+}
