@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The folder holding the workspace's binaries: `target/<profile>`, found from the test
-/// executable's own path (`target/<profile>/deps/<test>`).
+/// executable's own path (`target/<profile>/deps/<test>`). Each binary must be newer than the
+/// sources it is built from (see [`binaries`]): a suite run after an edit without a rebuild
+/// would test old binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -14,13 +16,7 @@ pub fn bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>")
         .to_path_buf();
-    for (b, crates) in [
-        ("trainer", &["trainer", "models", "scorer", "plots"][..]),
-        ("calibrate", &["calibrate", "models", "plots", "scorer"][..]),
-        ("froc", &["froc", "models", "plots"][..]),
-        ("infer", &["infer", "models", "scorer", "scans"][..]),
-        ("scans", &["scans", "models"][..]),
-    ] {
+    for (b, crates) in binaries() {
         let path = dir.join(b);
         let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| {
             panic!(
@@ -28,19 +24,97 @@ pub fn bin_dir() -> PathBuf {
                 path.display()
             )
         });
-        for (k, c) in crates.iter().enumerate() {
+        for (k, src) in crates.iter().enumerate() {
             // The binary's own crate counts whole; of the crates it links only the library
             // does (another crate's `main.rs` or `src/bin/` is not part of this binary).
-            if let Some(src) = newest_source(&workspace().join(c).join("src"), k > 0) {
+            if let Some(t) = newest_source(src, k > 0) {
                 assert!(
-                    src <= built,
-                    "{} is older than the sources of `{c}`: run `cargo build --workspace --bins` (scripts/test does)",
-                    path.display()
+                    t <= built,
+                    "{} is older than the sources in {}: run `cargo build --workspace --bins` (scripts/test does)",
+                    path.display(),
+                    src.display()
                 );
             }
         }
     }
     dir
+}
+
+/// Every binary of the workspace with the source folders it is built from: its own
+/// package's `src` first, then the `src` of every workspace package it reaches through
+/// normal dependencies. Read from `cargo metadata` once per test process, so the list
+/// follows the manifests (a hand-kept one went stale: it missed `scans` for the trainer and
+/// `froc` for calibrate).
+pub fn binaries() -> &'static [(String, Vec<PathBuf>)] {
+    static BINS: std::sync::OnceLock<Vec<(String, Vec<PathBuf>)>> = std::sync::OnceLock::new();
+    BINS.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--offline",
+                "--manifest-path",
+            ])
+            .arg(workspace().join("Cargo.toml"))
+            .output()
+            .expect("cargo metadata");
+        assert!(
+            out.status.success(),
+            "cargo metadata: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+        let packages = meta["packages"].as_array().cloned().unwrap_or_default();
+        // Workspace package name -> (its src folder, its normal workspace dependencies).
+        let mut pkgs: std::collections::BTreeMap<String, (PathBuf, Vec<String>)> = std::collections::BTreeMap::new();
+        for p in &packages {
+            let name = p["name"].as_str().unwrap_or_default().to_string();
+            let dir = Path::new(p["manifest_path"].as_str().unwrap_or_default())
+                .parent()
+                .map(|d| d.join("src"))
+                .unwrap_or_default();
+            let deps = p["dependencies"]
+                .as_array()
+                .map(|d| {
+                    d.iter()
+                        .filter(|d| d["kind"].is_null() && d.get("path").is_some_and(|p| !p.is_null()))
+                        .filter_map(|d| d["name"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            pkgs.insert(name, (dir, deps));
+        }
+        let mut bins = Vec::new();
+        for p in &packages {
+            let name = p["name"].as_str().unwrap_or_default().to_string();
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if !t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")) {
+                    continue;
+                }
+                let mut seen = vec![name.clone()];
+                let mut at = 0;
+                while at < seen.len() {
+                    let deps = pkgs.get(&seen[at]).map(|(_, d)| d.clone()).unwrap_or_default();
+                    for d in deps {
+                        if !seen.contains(&d) {
+                            seen.push(d);
+                        }
+                    }
+                    at += 1;
+                }
+                let dirs = seen
+                    .iter()
+                    .filter_map(|c| pkgs.get(c).map(|(d, _)| d.clone()))
+                    .collect();
+                bins.push((t["name"].as_str().unwrap_or_default().to_string(), dirs));
+            }
+        }
+        assert!(bins.len() >= 5, "cargo metadata listed too few binaries: {bins:?}");
+        bins
+    })
 }
 
 /// Newest modification time under `dir`; with `library_only`, `dir`'s `main.rs` and `bin/`

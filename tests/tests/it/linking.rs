@@ -152,3 +152,35 @@ fn the_scans_binary_carries_no_libtorch_and_no_onnx_runtime() {
         "the trainer still reads scans"
     );
 }
+
+/// The check that binaries are newer than their sources follows the manifests: each binary
+/// is checked against every workspace crate it is built from (calibrate against froc, infer
+/// against scans), and against no crate it is not.
+#[test]
+fn the_stale_binary_check_follows_the_manifests() {
+    let bins = chain_tests::binaries();
+    let of = |b: &str| -> Vec<String> {
+        bins.iter()
+            .find(|(n, _)| n == b)
+            .unwrap_or_else(|| panic!("no binary {b} in {bins:?}"))
+            .1
+            .iter()
+            .map(|d| {
+                d.parent()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let names: Vec<&str> = bins.iter().map(|(n, _)| n.as_str()).collect();
+    for b in ["trainer", "calibrate", "froc", "infer", "scans"] {
+        assert!(names.contains(&b), "{names:?}");
+    }
+    assert_eq!(of("calibrate")[0], "calibrate", "its own crate first");
+    assert!(of("calibrate").contains(&"froc".to_string()), "{:?}", of("calibrate"));
+    assert!(of("infer").contains(&"scans".to_string()), "{:?}", of("infer"));
+    assert!(of("infer").contains(&"models".to_string()), "{:?}", of("infer"));
+    assert!(!of("scans").contains(&"scorer".to_string()), "{:?}", of("scans"));
+    assert!(!of("trainer").contains(&"scans".to_string()), "{:?}", of("trainer"));
+}
