@@ -36,15 +36,9 @@ fn weighted_auroc(order: &[usize], scores: &[f64], labels: &[u8], w: &[f64]) -> 
     (p_tot > 0.0 && n_tot > 0.0).then(|| sum / (p_tot * n_tot))
 }
 
-fn percentile_ci(mut v: Vec<f64>) -> Option<[f64; 2]> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let b = v.len() as f64;
-    let lo = ((0.025 * b).floor() as usize).min(v.len() - 1);
-    let hi = ((0.975 * b).floor() as usize).min(v.len() - 1);
-    Some([v[lo], v[hi]])
+/// The 95% percentile interval (the one definition: [`models::metrics::percentile_interval`]).
+fn percentile_ci(v: Vec<f64>) -> Option<[f64; 2]> {
+    models::metrics::percentile_interval(&v, 0.95)
 }
 
 /// Fills `auroc_bootstrap_ci95` of every metrics entry and `bootstrap` of every operating

@@ -236,17 +236,13 @@ fn stats_on(t: &ScoreTable, rows: &[usize], spec: f64) -> Option<[f64; 3]> {
     ])
 }
 
-fn boot_diff(point: f64, mut v: Vec<f64>) -> Option<BootDiff> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let q = |f: f64| v[((v.len() - 1) as f64 * f).round() as usize];
+fn boot_diff(point: f64, v: Vec<f64>) -> Option<BootDiff> {
+    let ci95 = models::metrics::percentile_interval(&v, 0.95)?;
     let le = v.iter().filter(|&&d| d <= 0.0).count() as f64 / v.len() as f64;
     let ge = v.iter().filter(|&&d| d >= 0.0).count() as f64 / v.len() as f64;
     Some(BootDiff {
         diff: point,
-        ci95: [q(0.025), q(0.975)],
+        ci95,
         p: (2.0 * le.min(ge)).min(1.0),
     })
 }

@@ -348,15 +348,7 @@ pub fn paired_cpm(
             sorted.iter().map(|e| cpm_of(&curve(e, &w, n, nodules))).collect()
         })
         .collect();
-    let pz = (1.0 - s.confidence) / 2.0;
-    let (lo_i, hi_i) = (
-        ((pz * b as f64).floor() as usize).min(b.saturating_sub(1)),
-        (((1.0 - pz) * b as f64).floor() as usize).min(b.saturating_sub(1)),
-    );
-    let interval = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        [v[lo_i], v[hi_i]]
-    };
+    let interval = |v: Vec<f64>| models::metrics::percentile_interval(&v, s.confidence).unwrap_or([f64::NAN; 2]);
     let models = matched
         .iter()
         .enumerate()
@@ -502,12 +494,9 @@ pub fn evaluate(
                 (at_rates, on_grid)
             })
             .collect();
-        let pz = (1.0 - s.confidence) / 2.0;
-        let lo_i = ((pz * b as f64).floor() as usize).min(b - 1);
-        let hi_i = (((1.0 - pz) * b as f64).floor() as usize).min(b - 1);
-        let stats = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            (v.iter().sum::<f64>() / v.len() as f64, v[lo_i], v[hi_i])
+        let stats = |v: Vec<f64>| {
+            let [lo, hi] = models::metrics::percentile_interval(&v, s.confidence).unwrap_or([f64::NAN; 2]);
+            (v.iter().sum::<f64>() / v.len() as f64, lo, hi)
         };
         for ri in 0..RATES.len() {
             rate_stats.push(stats(resamples.iter().map(|r| r.0[ri]).collect()));

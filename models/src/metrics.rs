@@ -170,6 +170,26 @@ pub fn sensitivity_at_specificity(scores: &[f64], labels: &[u8], spec: f64) -> (
     best
 }
 
+/// The percentile bootstrap interval at `level` (0.95 for 95%) of one statistic's values over
+/// B resamples: the one definition every tool here reports (`calibrate`'s intervals, `calibrate
+/// compare`'s paired differences, `froc`'s FROC and CPM bands), LUNA16's evaluation script's.
+/// With p = (1 − level)/2 and the values sorted, the interval is [v[⌊p·B⌋], v[⌊(1 − p)·B⌋]],
+/// each index at most B − 1; in numpy, `v = np.sort(v); v[min(int(np.floor(p * B)), B - 1)]`
+/// and likewise for 1 − p. It is not `np.percentile`'s default, which interpolates between
+/// neighbouring values: for B = 1000 at 95% the two differ by at most the gap between the
+/// 25th and 26th (975th and 976th) sorted values. `None` without values.
+pub fn percentile_interval(values: &[f64], level: f64) -> Option<[f64; 2]> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let b = v.len();
+    let p = (1.0 - level) / 2.0;
+    let at = |q: f64| ((q * b as f64).floor() as usize).min(b - 1);
+    Some([v[at(p)], v[at(1.0 - p)]])
+}
+
 /// Two-sided normal quantile for a confidence level (1.96 for 0.95).
 pub fn z_for(level: f64) -> f64 {
     Normal::standard().inverse_cdf(0.5 + level / 2.0)
@@ -256,6 +276,20 @@ pub fn sweep(logits: &[f64], labels: &[u8]) -> Sweep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// LUNA16's percentile indices ⌊p·B⌋ and ⌊(1 − p)·B⌋, clamped, on values whose sorted
+    /// position is their value.
+    #[test]
+    fn percentile_interval_takes_the_luna16_indices() {
+        let shuffled = |b: usize| -> Vec<f64> { (0..b).map(|i| ((i * 7919) % b) as f64).collect() };
+        assert_eq!(percentile_interval(&shuffled(1000), 0.95), Some([25.0, 975.0]));
+        assert_eq!(percentile_interval(&shuffled(100), 0.95), Some([2.0, 97.0]));
+        // p = (1 − 0.9)/2 is 0.0499… in floating point, and 0.0499…·40 floors to 1: the
+        // script's arithmetic, kept (numpy gives the same: see the integration test).
+        assert_eq!(percentile_interval(&shuffled(40), 0.9), Some([1.0, 38.0]));
+        assert_eq!(percentile_interval(&[3.5], 0.95), Some([3.5, 3.5]));
+        assert_eq!(percentile_interval(&[], 0.95), None);
+    }
 
     #[test]
     fn auroc_cases() {

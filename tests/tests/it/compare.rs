@@ -209,3 +209,45 @@ fn comparisons_on_different_patches_are_refused() {
     let r = run_err("calibrate", &["compare", s(&a), s(&b), "--bootstrap", "100001"]);
     assert!(r.stderr.contains("bootstrap"), "{}", r.stderr);
 }
+
+/// The one percentile-interval definition (`models::metrics::percentile_interval`, used by
+/// calibrate, compare and froc) equals LUNA16's evaluation script's indexing computed by numpy
+/// on random values, for several resample counts and levels.
+#[test]
+fn the_bootstrap_interval_is_the_luna16_scripts_checked_with_numpy() {
+    let d = tempfile::tempdir().expect("tmp");
+    let mut cases = Vec::new();
+    let mut x = 12345u64;
+    for (b, level) in [(1000usize, 0.95), (137, 0.95), (20, 0.9), (999, 0.99), (1, 0.95)] {
+        let v: Vec<f64> = (0..b)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 11) as f64 / (1u64 << 53) as f64
+            })
+            .collect();
+        cases.push((v, level));
+    }
+    let json = serde_json::to_string(&cases).expect("json");
+    let input = d.path().join("cases.json");
+    std::fs::write(&input, json).expect("w");
+    let script = r#"
+import json, sys, numpy as np
+cases = json.load(open(sys.argv[1]))
+out = []
+for v, c in cases:
+    s = np.sort(np.array(v)); B = len(s); pz = (1.0 - c) / 2.0
+    out.append([s[min(int(np.floor(pz * B)), B - 1)], s[min(int(np.floor((1.0 - pz) * B)), B - 1)]])
+print(json.dumps(out))
+"#;
+    let o = std::process::Command::new(chain_tests::workspace().join(".venv/bin/python"))
+        .args(["-c", script])
+        .arg(&input)
+        .output()
+        .expect("python");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want: Vec<[f64; 2]> = serde_json::from_slice(&o.stdout).expect("numpy output");
+    for ((v, level), w) in cases.iter().zip(&want) {
+        let got = models::metrics::percentile_interval(v, *level).expect("interval");
+        assert_eq!(got, *w, "B {} level {level}", v.len());
+    }
+}
