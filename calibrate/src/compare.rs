@@ -536,7 +536,7 @@ pub fn write(c: &Comparison, tables_dir: &Path, scores: &[PathBuf], columns: &Co
     io.outputs_in("comparison", dir, &["comparison.yaml", "comparison.md", "roc.png"])?;
     std::fs::create_dir_all(dir).map_err(|e| models::Error::io(dir, e))?;
     let _lock = models::fsutil::Lock::within(dir, &format!("output folder {}", dir.display()))?;
-    let yaml = serde_yaml::to_string(c).map_err(|e| CalError::Output {
+    let yaml = yaml_serde::to_string(c).map_err(|e| CalError::Output {
         path: dir.join("comparison.yaml"),
         msg: e.to_string(),
     })?;

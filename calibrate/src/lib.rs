@@ -642,7 +642,7 @@ mod tests {
         )
         .expect("cal");
         let p = d.path().join("c.yaml");
-        std::fs::write(&p, serde_yaml::to_string(&cal).expect("yaml")).expect("write");
+        std::fs::write(&p, yaml_serde::to_string(&cal).expect("yaml")).expect("write");
         let back = CalibrationFile::load(&p).expect("load");
         assert_eq!(back, cal);
         assert!(back.check_model(&p, Path::new("m.onnx"), &"ab".repeat(32)).is_ok());
@@ -655,7 +655,7 @@ mod tests {
         assert!((cal.probability(op.threshold_logit) - op.threshold_probability).abs() < 1e-12);
         let mut broken = cal.clone();
         broken.temperature.temperature = -1.0;
-        std::fs::write(&p, serde_yaml::to_string(&broken).expect("yaml")).expect("write");
+        std::fs::write(&p, yaml_serde::to_string(&broken).expect("yaml")).expect("write");
         assert!(CalibrationFile::load(&p)
             .expect_err("bad")
             .to_string()

@@ -48,7 +48,7 @@ pub fn write_outputs(
         }
     }
     // The commit point: written last, naming the digest of every file above.
-    let text = serde_yaml::to_string(&cal).map_err(|e| CalError::Output {
+    let text = yaml_serde::to_string(&cal).map_err(|e| CalError::Output {
         path: s.out.clone(),
         msg: e.to_string(),
     })?;

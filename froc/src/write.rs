@@ -35,7 +35,7 @@ fn csv_bytes(path: &Path, header: &[&str], rows: impl IntoIterator<Item = Vec<St
 pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), FrocError> {
     std::fs::create_dir_all(out).map_err(|e| models::Error::io(out, e))?;
     let summary = out.join("froc_summary.yaml");
-    let yaml = serde_yaml::to_string(r).map_err(|e| FrocError::Output {
+    let yaml = yaml_serde::to_string(r).map_err(|e| FrocError::Output {
         path: summary.clone(),
         msg: e.to_string(),
     })?;

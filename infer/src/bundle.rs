@@ -304,7 +304,7 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     for (name, path) in &files {
         contents.insert(name.clone(), models::fsutil::read_regular(path)?);
     }
-    let yaml = serde_yaml::to_string(&info).map_err(|e| err(&s.out, e.to_string()))?;
+    let yaml = yaml_serde::to_string(&info).map_err(|e| err(&s.out, e.to_string()))?;
     contents.insert(DESCRIPTION.into(), yaml.into_bytes());
     contents.insert("README.txt".into(), readme.into_bytes());
     contents.insert("run".into(), RUN.as_bytes().to_vec());
@@ -359,7 +359,7 @@ pub fn verify_self() -> Result<Option<(PathBuf, BundleInfo)>, InferError> {
     let desc = dir.join(DESCRIPTION);
     let info: Option<BundleInfo> = models::fsutil::read_regular_to_string(&desc)
         .ok()
-        .and_then(|t| serde_yaml::from_str(&t).ok());
+        .and_then(|t| yaml_serde::from_str(&t).ok());
     match &info {
         None => problems.push(format!("{DESCRIPTION} is missing or unreadable")),
         Some(i) => {

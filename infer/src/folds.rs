@@ -46,12 +46,12 @@ impl HeldOut {
         let cfg_path = run.join("config.yaml");
         let text = models::fsutil::read_regular_to_string(&cfg_path)
             .map_err(|e| bad(run, format!("not a training run folder ({e})")))?;
-        let cfg: serde_yaml::Value =
-            serde_yaml::from_str(&text).map_err(|e| bad(&cfg_path, format!("not a run's config: {e}")))?;
+        let cfg: yaml_serde::Value =
+            yaml_serde::from_str(&text).map_err(|e| bad(&cfg_path, format!("not a run's config: {e}")))?;
         let get = |k: &str| {
             cfg.get("split")
                 .and_then(|s| s.get(k))
-                .and_then(serde_yaml::Value::as_u64)
+                .and_then(yaml_serde::Value::as_u64)
         };
         let (Some(fold), Some(folds)) = (get("fold"), get("folds")) else {
             return Err(bad(
@@ -158,7 +158,7 @@ pub fn record_path(out: &Path) -> PathBuf {
 
 /// Writes a fold's record beside its output (after the output: the record commits it).
 pub fn write_record(out: &Path, rec: &Record) -> Result<(), InferError> {
-    let text = serde_yaml::to_string(rec).map_err(|e| bad(out, e.to_string()))?;
+    let text = yaml_serde::to_string(rec).map_err(|e| bad(out, e.to_string()))?;
     models::fsutil::write_atomic(&record_path(out), text.as_bytes())?;
     Ok(())
 }
@@ -192,7 +192,7 @@ pub fn merge(outputs: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
                 format!("no fold record beside it ({e}): was it written by `infer --scans ... --held-out RUN/fold_N`?"),
             )
         })?;
-        let rec: Record = serde_yaml::from_str(&text).map_err(|e| bad(r, format!("not a fold record: {e}")))?;
+        let rec: Record = yaml_serde::from_str(&text).map_err(|e| bad(r, format!("not a fold record: {e}")))?;
         parts.push((rec, p));
     }
     let Some((first, first_path)) = parts.first().map(|(r, p)| (r.clone(), (*p).clone())) else {

@@ -180,7 +180,7 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
                 format!("no shard record beside it ({e}): was it written by `infer --shard K/N`?"),
             )
         })?;
-        let rec: Record = serde_yaml::from_str(&text).map_err(|e| bad(r, format!("not a shard record: {e}")))?;
+        let rec: Record = yaml_serde::from_str(&text).map_err(|e| bad(r, format!("not a shard record: {e}")))?;
         parts.push((rec, p));
     }
     let Some((first, first_path)) = parts.first().map(|(r, p)| (r.clone(), (*p).clone())) else {
@@ -318,7 +318,7 @@ pub fn format_name(f: Format) -> &'static str {
 
 /// Writes a shard's record beside its output.
 pub fn write_record(out: &Path, rec: &Record) -> Result<(), InferError> {
-    let text = serde_yaml::to_string(rec).map_err(|e| bad(out, e.to_string()))?;
+    let text = yaml_serde::to_string(rec).map_err(|e| bad(out, e.to_string()))?;
     models::fsutil::write_atomic(&record_path(out), text.as_bytes())?;
     Ok(())
 }

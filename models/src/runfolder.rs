@@ -32,7 +32,7 @@ pub fn check_outputs(dir: &Path, names: &[&str]) -> Result<()> {
         outputs: BTreeMap<String, String>,
     }
     let text = crate::fsutil::read_regular_to_string(&p)?;
-    let o: Outputs = serde_yaml::from_str(&text).map_err(|e| Error::BadInput {
+    let o: Outputs = yaml_serde::from_str(&text).map_err(|e| Error::BadInput {
         path: p.clone(),
         msg: format!("not a run summary: {e}"),
     })?;

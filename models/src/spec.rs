@@ -371,15 +371,15 @@ impl ArchSpec {
     /// names optional. Unknown keys, out-of-range values and a network that does not chain
     /// are refused, naming the layer at fault; `origin` names the file in messages.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
-        let v: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| Error::Spec(format!("{origin}: not an architecture spec: {e}")))?;
+        let v: yaml_serde::Value =
+            yaml_serde::from_str(text).map_err(|e| Error::Spec(format!("{origin}: not an architecture spec: {e}")))?;
         Self::from_value(v, origin)
     }
 
     /// As [`ArchSpec::from_yaml`], from a parsed YAML value (a spec inline in a config).
-    pub fn from_value(v: serde_yaml::Value, origin: &str) -> Result<Self> {
+    pub fn from_value(v: yaml_serde::Value, origin: &str) -> Result<Self> {
         let mut spec: ArchSpec =
-            serde_yaml::from_value(v).map_err(|e| Error::Spec(format!("{origin}: not an architecture spec: {e}")))?;
+            yaml_serde::from_value(v).map_err(|e| Error::Spec(format!("{origin}: not an architecture spec: {e}")))?;
         if ARCHITECTURES.contains(&spec.name.as_str()) {
             return Err(Error::Spec(format!(
                 "{origin}: name `{}` is a built-in architecture's; give the spec a name of its own",
@@ -396,7 +396,7 @@ impl ArchSpec {
 
     /// The spec as a spec file writes it (YAML), every layer named.
     pub fn to_yaml(&self) -> Result<String> {
-        serde_yaml::to_string(self).map_err(|e| Error::Spec(format!("`{}`: {e}", self.name)))
+        yaml_serde::to_string(self).map_err(|e| Error::Spec(format!("`{}`: {e}", self.name)))
     }
 
     /// How many tabular features the network takes (its `features` layer's count; 0: none).
@@ -1049,12 +1049,12 @@ mod tests {
     /// one number, so the metadata of models exported before sizes had axes is unchanged.
     #[test]
     fn sizes_read_as_one_number_or_three() {
-        let d: Dims3 = serde_yaml::from_str("3").expect("scalar");
+        let d: Dims3 = yaml_serde::from_str("3").expect("scalar");
         assert_eq!(d, Dims3([3, 3, 3]));
-        let d: Dims3 = serde_yaml::from_str("[1, 3, 5]").expect("list");
+        let d: Dims3 = yaml_serde::from_str("[1, 3, 5]").expect("list");
         assert_eq!(d, Dims3([1, 3, 5]));
         for bad in ["[1, 3]", "[1, 2, 3, 4]", "-1", "2.5", "x"] {
-            assert!(serde_yaml::from_str::<Dims3>(bad).is_err(), "{bad}");
+            assert!(yaml_serde::from_str::<Dims3>(bad).is_err(), "{bad}");
         }
         let json = serde_json::to_string(&ArchSpec::r3d_18()).expect("json");
         assert!(

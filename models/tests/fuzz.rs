@@ -338,7 +338,7 @@ fn calibration_yaml() -> String {
         note: String::new(),
         outputs: Default::default(),
     };
-    serde_yaml::to_string(&cal).unwrap()
+    yaml_serde::to_string(&cal).unwrap()
 }
 
 proptest! {

@@ -29,7 +29,7 @@ pub enum ScanError {
     #[error("{0}")]
     Csv(#[from] csv::Error),
     #[error("YAML: {0}")]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] yaml_serde::Error),
 }
 
 impl From<csv::IntoInnerError<csv::Writer<Vec<u8>>>> for ScanError {

@@ -343,7 +343,7 @@ fn open_folder(job: &PrepareJob, inputs: &Inputs) -> Result<models::fsutil::Lock
     )?;
     let settings_path = job.out.join(SETTINGS_FILE);
     if settings_path.exists() {
-        let before: PrepareSettings = serde_yaml::from_str(&models::fsutil::read_regular_to_string(&settings_path)?)
+        let before: PrepareSettings = yaml_serde::from_str(&models::fsutil::read_regular_to_string(&settings_path)?)
             .map_err(ScanError::format(format!("{}: unreadable", settings_path.display())))?;
         if before != inputs.settings {
             return Err(ScanError::Data(format!(
@@ -361,7 +361,7 @@ fn open_folder(job: &PrepareJob, inputs: &Inputs) -> Result<models::fsutil::Lock
     let done_dir = job.out.join(DONE_DIR);
     std::fs::create_dir_all(&done_dir)
         .map_err(|e| ScanError::file(format!("{}: cannot create", done_dir.display()), e))?;
-    models::fsutil::write_atomic(&settings_path, serde_yaml::to_string(&inputs.settings)?.as_bytes())?;
+    models::fsutil::write_atomic(&settings_path, yaml_serde::to_string(&inputs.settings)?.as_bytes())?;
     Ok(lock)
 }
 

@@ -213,9 +213,9 @@ impl Serialize for SpecRef {
 impl<'de> Deserialize<'de> for SpecRef {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
-        match serde_yaml::Value::deserialize(d)? {
-            serde_yaml::Value::String(p) => Ok(SpecRef::File(PathBuf::from(p))),
-            v @ serde_yaml::Value::Mapping(_) => models::spec::ArchSpec::from_value(v, "model.spec (inline)")
+        match yaml_serde::Value::deserialize(d)? {
+            yaml_serde::Value::String(p) => Ok(SpecRef::File(PathBuf::from(p))),
+            v @ yaml_serde::Value::Mapping(_) => models::spec::ArchSpec::from_value(v, "model.spec (inline)")
                 .map(|s| SpecRef::Inline(Box::new(s)))
                 .map_err(D::Error::custom),
             other => Err(D::Error::custom(format!(
@@ -321,7 +321,7 @@ impl TrainConfig {
     /// Reads a YAML config; unknown keys are errors (a typo must not be ignored quietly).
     pub fn load(path: &Path) -> Result<Self> {
         let text = models::fsutil::read_regular_to_string(path)?;
-        let mut cfg: TrainConfig = serde_yaml::from_str(&text).map_err(TrainError::format(format!(
+        let mut cfg: TrainConfig = yaml_serde::from_str(&text).map_err(TrainError::format(format!(
             "{}: invalid training config",
             path.display()
         )))?;
@@ -449,7 +449,7 @@ impl TrainConfig {
 
     /// Hex sha256 of the resolved config as YAML.
     pub fn sha256(&self) -> Result<String> {
-        Ok(models::fsutil::sha256_bytes(serde_yaml::to_string(self)?.as_bytes()))
+        Ok(models::fsutil::sha256_bytes(yaml_serde::to_string(self)?.as_bytes()))
     }
 }
 
@@ -460,24 +460,24 @@ mod tests {
     #[test]
     fn yaml_defaults_and_unknown_keys() {
         let c: TrainConfig =
-            serde_yaml::from_str("data: d\nout: o\ntrain:\n  epochs: 3\n  pos_weight: 2.5\n").expect("parse");
+            yaml_serde::from_str("data: d\nout: o\ntrain:\n  epochs: 3\n  pos_weight: 2.5\n").expect("parse");
         assert_eq!(c.train.epochs, 3);
         assert_eq!(c.train.pos_weight, PosWeight::Value(2.5));
         assert_eq!(c.train.batch_size, 16);
         assert_eq!(c.preprocess.cube_size, 64);
-        let c: TrainConfig = serde_yaml::from_str("data: d\nout: o\ntrain:\n  pos_weight: auto\n").expect("parse");
+        let c: TrainConfig = yaml_serde::from_str("data: d\nout: o\ntrain:\n  pos_weight: auto\n").expect("parse");
         // A partial section keeps the other defaults.
         let c2: TrainConfig =
-            serde_yaml::from_str("data: d\nout: o\npreprocess: { cube_size: 32 }\n").expect("partial");
+            yaml_serde::from_str("data: d\nout: o\npreprocess: { cube_size: 32 }\n").expect("partial");
         assert_eq!((c2.preprocess.cube_size, c2.preprocess.hu_min), (32, -1000.0));
         assert_eq!(c.train.pos_weight, PosWeight::Auto(AutoTag::Auto));
-        let e = serde_yaml::from_str::<TrainConfig>("data: d\nout: o\ntrain:\n  epoch: 3\n").expect_err("typo");
+        let e = yaml_serde::from_str::<TrainConfig>("data: d\nout: o\ntrain:\n  epoch: 3\n").expect_err("typo");
         assert!(e.to_string().contains("epoch"), "{e}");
     }
 
     #[test]
     fn validate_lists_all_problems() {
-        let mut c: TrainConfig = serde_yaml::from_str("data: d\nout: o\n").expect("parse");
+        let mut c: TrainConfig = yaml_serde::from_str("data: d\nout: o\n").expect("parse");
         c.train.epochs = 0;
         c.train.lr = -1.0;
         c.train.device = "tpu".into();

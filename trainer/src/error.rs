@@ -101,8 +101,8 @@ impl From<tch::TchError> for TrainError {
     }
 }
 
-impl From<serde_yaml::Error> for TrainError {
-    fn from(e: serde_yaml::Error) -> Self {
+impl From<yaml_serde::Error> for TrainError {
+    fn from(e: yaml_serde::Error) -> Self {
         TrainError::Format {
             what: "YAML".into(),
             msg: e.to_string(),

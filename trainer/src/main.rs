@@ -375,10 +375,10 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         (None, None) => {
             let data = a.data.clone().context("give --config FILE or --data FOLDER")?;
             let out = a.out.clone().context("give --config FILE or --out RUN_FOLDER")?;
-            serde_yaml::from_str::<TrainConfig>(&format!(
+            yaml_serde::from_str::<TrainConfig>(&format!(
                 "data: {}\nout: {}\n",
-                serde_yaml::to_string(&data)?.trim(),
-                serde_yaml::to_string(&out)?.trim()
+                yaml_serde::to_string(&data)?.trim(),
+                yaml_serde::to_string(&out)?.trim()
             ))?
         }
     };
@@ -423,7 +423,7 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         cfg.train.cache_mb = Some(v);
     }
     if let Some(v) = &a.precision {
-        cfg.train.precision = serde_yaml::from_str(v)?;
+        cfg.train.precision = yaml_serde::from_str(v)?;
     }
     if let Some(v) = a.folds {
         cfg.split.folds = v;

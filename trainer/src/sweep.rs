@@ -25,8 +25,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
 use statrs::distribution::{ContinuousCDF, StudentsT};
+use yaml_serde::Value;
 
 use models::metrics::{auroc_delong, paired_delong, z_for};
 
@@ -132,7 +132,7 @@ fn label(o: &BTreeMap<String, Value>) -> String {
         return "base".into();
     }
     o.iter()
-        .map(|(k, v)| format!("{k}={}", serde_yaml::to_string(v).unwrap_or_default().trim()))
+        .map(|(k, v)| format!("{k}={}", yaml_serde::to_string(v).unwrap_or_default().trim()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -140,12 +140,12 @@ fn label(o: &BTreeMap<String, Value>) -> String {
 /// Reads a sweep file and plans its configurations (each validated).
 pub fn plan(path: &Path) -> Result<Plan> {
     let text = models::fsutil::read_regular_to_string(path)?;
-    let f: SweepFile = serde_yaml::from_str(&text).map_err(|e| cfg_err(path, format!("invalid sweep file: {e}")))?;
+    let f: SweepFile = yaml_serde::from_str(&text).map_err(|e| cfg_err(path, format!("invalid sweep file: {e}")))?;
     let here = path.parent().unwrap_or(Path::new("."));
     let base: Value = match (&f.base, &f.config) {
         (Some(b), None) => {
             let p = here.join(b);
-            let mut v: Value = serde_yaml::from_str(&models::fsutil::read_regular_to_string(&p)?)
+            let mut v: Value = yaml_serde::from_str(&models::fsutil::read_regular_to_string(&p)?)
                 .map_err(|e| cfg_err(&p, format!("invalid training config: {e}")))?;
             rebase_spec(
                 v.get_mut("model").and_then(|m| m.get_mut("spec")),
@@ -224,7 +224,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
         set(&mut v, "out", Value::String(f.out.to_string_lossy().into_owned())).map_err(|e| cfg_err(path, e))?;
         let lbl = label(&o);
         let mut c: TrainConfig =
-            serde_yaml::from_value(v).map_err(|e| cfg_err(path, format!("configuration {lbl}: {e}")))?;
+            yaml_serde::from_value(v).map_err(|e| cfg_err(path, format!("configuration {lbl}: {e}")))?;
         // Paths were made relative to the working folder above (rebase_spec).
         c.model
             .resolve_spec(Path::new(""))
@@ -272,7 +272,7 @@ fn done(c: &TrainConfig) -> bool {
     let Ok(text) = models::fsutil::read_regular_to_string(&c.out.join("config.yaml")) else {
         return false;
     };
-    let same = serde_yaml::from_str::<TrainConfig>(&text).is_ok_and(|x| &x == c);
+    let same = yaml_serde::from_str::<TrainConfig>(&text).is_ok_and(|x| &x == c);
     same && c.out.join("summary.yaml").is_file()
 }
 
@@ -329,7 +329,7 @@ pub struct CellSummary {
 /// Reads one fold's summary figures: (validation AUROC, seconds, peak RSS).
 fn fold_figures(dir: &Path) -> Result<(f64, f64, Option<f64>)> {
     let p = dir.join("summary.yaml");
-    let v: Value = serde_yaml::from_str(&models::fsutil::read_regular_to_string(&p)?)
+    let v: Value = yaml_serde::from_str(&models::fsutil::read_regular_to_string(&p)?)
         .map_err(|e| TrainError::Data(format!("{}: {e}", p.display())))?;
     let f = |k: &str| v.get(k).and_then(Value::as_f64);
     let auroc = f("onnx_val_auroc").ok_or_else(|| TrainError::Data(format!("{}: no onnx_val_auroc", p.display())))?;
@@ -638,10 +638,10 @@ pub fn check_plan_record(plan: &Plan) -> Result<()> {
         cells: plan
             .cells
             .iter()
-            .map(|c| (c.label.as_str(), serde_yaml::to_string(&c.config).unwrap_or_default()))
+            .map(|c| (c.label.as_str(), yaml_serde::to_string(&c.config).unwrap_or_default()))
             .collect(),
     };
-    let text = serde_yaml::to_string(&rec)?;
+    let text = yaml_serde::to_string(&rec)?;
     std::fs::create_dir_all(&plan.out)
         .map_err(|e| TrainError::file(format!("{}: cannot create", plan.out.display()), e))?;
     let p = plan.out.join("sweep_plan.yaml");

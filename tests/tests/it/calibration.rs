@@ -10,8 +10,8 @@ fn python() -> PathBuf {
     workspace().join(".venv/bin/python")
 }
 
-fn yaml(p: &Path) -> serde_yaml::Value {
-    serde_yaml::from_str(&std::fs::read_to_string(p).expect("read")).expect("yaml")
+fn yaml(p: &Path) -> yaml_serde::Value {
+    yaml_serde::from_str(&std::fs::read_to_string(p).expect("read")).expect("yaml")
 }
 
 /// 3000 scores from 60 series; labels from sigmoid(0.6 z − 0.8); logits rounded so that
@@ -84,7 +84,7 @@ fn metrics_and_fits_agree_with_scikit_learn() {
     );
     assert!(ours <= grid + 1e-12, "temperature NLL {ours} worse than grid {grid}");
     // Isotonic: our knots, interpolated, predict what scikit-learn predicts.
-    let seq = |v: &serde_yaml::Value| -> Vec<f64> {
+    let seq = |v: &yaml_serde::Value| -> Vec<f64> {
         v.as_sequence()
             .expect("seq")
             .iter()

@@ -60,8 +60,8 @@ fn run_folder_is_complete_and_honest() {
         .map(|r| r[col(&h, "val_auroc")].parse().expect("f64"))
         .collect();
     let best = auroc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let summary: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(f.run.join("summary.yaml")).expect("read")).expect("yaml");
+    let summary: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(f.run.join("summary.yaml")).expect("read")).expect("yaml");
     assert_eq!(summary["best_val_auroc"].as_f64(), Some(best));
     let best_epoch = auroc.iter().position(|&a| a == best).expect("best") + 1;
     assert_eq!(summary["best_epoch"].as_u64(), Some(best_epoch as u64));
@@ -93,8 +93,8 @@ fn run_folder_is_complete_and_honest() {
     let labels: BTreeSet<&str> = vrows.iter().map(|r| r[col(&vh, "label")].as_str()).collect();
     assert_eq!(labels.len(), 2, "validation must hold both classes");
     // Parity recorded and within tolerance.
-    let parity: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(f.run.join("parity.yaml")).expect("read")).expect("yaml");
+    let parity: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(f.run.join("parity.yaml")).expect("read")).expect("yaml");
     assert_eq!(parity["passed"].as_bool(), Some(true));
     assert!(parity["max_abs_diff_logit"].as_f64().expect("f64") <= 1e-4);
     assert!(f.train_stdout.contains("best epoch"), "{}", f.train_stdout);
@@ -111,7 +111,7 @@ fn calibrate_then_infer_agree_with_the_run() {
         "{}",
         r.stdout
     );
-    let c: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&cal).expect("read")).expect("yaml");
+    let c: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(&cal).expect("read")).expect("yaml");
     assert_eq!(
         c["model"]["sha256"].as_str(),
         Some(sha256(&f.run.join("model.onnx")).as_str())
@@ -259,8 +259,8 @@ fn k_fold_cross_validation_partitions_the_series() {
         "{}",
         r.stdout
     );
-    let cv: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("cv_summary.yaml")).expect("cv")).expect("yaml");
+    let cv: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(out.join("cv_summary.yaml")).expect("cv")).expect("yaml");
     assert_eq!(cv["folds"].as_sequence().map(Vec::len), Some(3));
     let mut val_series: Vec<String> = Vec::new();
     for f in 1..=3 {

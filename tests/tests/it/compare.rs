@@ -42,8 +42,8 @@ fn scores(dir: &Path) -> [PathBuf; 3] {
     ]
 }
 
-fn yaml(p: &Path) -> serde_yaml::Value {
-    serde_yaml::from_str(&std::fs::read_to_string(p).expect("read")).expect("yaml")
+fn yaml(p: &Path) -> yaml_serde::Value {
+    yaml_serde::from_str(&std::fs::read_to_string(p).expect("read")).expect("yaml")
 }
 
 #[test]
@@ -84,7 +84,7 @@ fn compare_agrees_with_an_independent_computation() {
             "{what}: ours {x}, reference {y}"
         )
     };
-    let f = |v: &serde_yaml::Value| v.as_f64().expect("f64");
+    let f = |v: &yaml_serde::Value| v.as_f64().expect("f64");
     let g = |v: &serde_json::Value| v.as_f64().expect("f64");
     for k in 0..3 {
         let (m, r) = (&ours["models"][k], &theirs["models"][k]);

@@ -75,8 +75,8 @@ fn a_feature_with_signal_beats_the_image_alone_and_scores_everywhere() {
         ],
     );
     eprintln!("{}", r.stdout);
-    let y: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("comparison.yaml")).expect("yaml")).expect("parse");
+    let y: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(out.join("comparison.yaml")).expect("yaml")).expect("parse");
     let pair = &y["pairs"][0];
     let diff = pair["auroc_diff"].as_f64().expect("diff");
     let lo = pair["delong_ci95"][0].as_f64().expect("lo");

@@ -54,8 +54,8 @@ fn infer_luna16_output_feeds_froc() {
     ] {
         assert!(out.join(name).is_file(), "froc output lacks {name}");
     }
-    let y: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("froc_summary.yaml")).expect("read")).expect("yaml");
+    let y: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(out.join("froc_summary.yaml")).expect("read")).expect("yaml");
     let cpm = y["cpm"].as_f64().expect("cpm");
     assert!((0.0..=1.0).contains(&cpm));
     assert_eq!(y["rates"].as_sequence().expect("rates").len(), 7);
@@ -191,8 +191,8 @@ fn froc_matches_the_sklearn_reference() {
                 "0",
             ],
         );
-        let y: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(out.join("froc_summary.yaml")).expect("read")).expect("yaml");
+        let y: yaml_serde::Value =
+            yaml_serde::from_str(&std::fs::read_to_string(out.join("froc_summary.yaml")).expect("read")).expect("yaml");
         let ours: Vec<f64> = y["rates"]
             .as_sequence()
             .expect("rates")
@@ -288,8 +288,8 @@ fn compare_gives_the_paired_cpm_difference() {
         "{}",
         r.stdout
     );
-    let y: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("comparison.yaml")).expect("yaml")).expect("parse");
+    let y: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(out.join("comparison.yaml")).expect("yaml")).expect("parse");
     let cpm = &y["cpm"];
     let model_cpm = |i: usize| cpm["models"][i]["cpm"].as_f64().expect("cpm");
     // froc on each model's submission file (written from the scores: probability = sigmoid).
@@ -314,8 +314,8 @@ fn compare_gives_the_paired_cpm_difference() {
         let mut args = vec!["--results", s(&p), "-o", s(&o), "--bootstrap", "0"];
         args.extend(truth);
         run_ok("froc", &args);
-        let y: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(o.join("froc_summary.yaml")).expect("read")).expect("yaml");
+        let y: yaml_serde::Value =
+            yaml_serde::from_str(&std::fs::read_to_string(o.join("froc_summary.yaml")).expect("read")).expect("yaml");
         y["cpm"].as_f64().expect("cpm")
     };
     let (fa, fb) = (froc_cpm(&a, "a"), froc_cpm(&b, "b"));

@@ -676,8 +676,8 @@ fn a_k_fold_run_scores_its_held_out_scans_and_froc_evaluates_every_candidate() {
             "0",
         ],
     );
-    let y: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(froc_out.join("froc_summary.yaml")).expect("read"))
+    let y: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(froc_out.join("froc_summary.yaml")).expect("read"))
             .expect("yaml");
     let cpm = y["cpm"].as_f64().expect("cpm");
     assert!((0.0..=1.0).contains(&cpm), "{cpm}");

@@ -184,3 +184,79 @@ fn the_stale_binary_check_follows_the_manifests() {
     assert!(!of("scans").contains(&"scorer".to_string()), "{:?}", of("scans"));
     assert!(!of("trainer").contains(&"scans".to_string()), "{:?}", of("trainer"));
 }
+
+/// Every dependency a crate declares is used by its code (as `cargo machete` checks: the
+/// crate's name appears as a path in the sources of the targets that take it), so no crate
+/// builds what it does not use. Normal dependencies are looked for in `src/`, dev-dependencies
+/// in `tests/`, `benches/`, `examples/` and `src/` (unit tests), build dependencies in
+/// `build.rs`.
+#[test]
+fn every_declared_dependency_is_used() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+            "--manifest-path",
+        ])
+        .arg(chain_tests::workspace().join("Cargo.toml"))
+        .output()
+        .expect("cargo metadata");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    fn sources(dir: &std::path::Path, out: &mut String) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                *out += &std::fs::read_to_string(&p).unwrap_or_default();
+            }
+        }
+    }
+    let mut unused = Vec::new();
+    for p in meta["packages"].as_array().expect("packages") {
+        let root = std::path::Path::new(p["manifest_path"].as_str().expect("manifest"))
+            .parent()
+            .expect("dir")
+            .to_path_buf();
+        let (mut src, mut dev, mut build) = (String::new(), String::new(), String::new());
+        sources(&root.join("src"), &mut src);
+        for d in ["tests", "benches", "examples"] {
+            sources(&root.join(d), &mut dev);
+        }
+        dev += &src;
+        build += &std::fs::read_to_string(root.join("build.rs")).unwrap_or_default();
+        for d in p["dependencies"].as_array().into_iter().flatten() {
+            let name = d["rename"]
+                .as_str()
+                .or(d["name"].as_str())
+                .unwrap_or_default()
+                .replace('-', "_");
+            let text = match d["kind"].as_str() {
+                None => &src,
+                Some("dev") => &dev,
+                _ => &build,
+            };
+            let used = [
+                format!("{name}::"),
+                format!("use {name}"),
+                format!("extern crate {name}"),
+            ]
+            .iter()
+            .any(|pat| text.contains(pat.as_str()));
+            if !used {
+                unused.push(format!(
+                    "{} declares {} ({}) and does not use it",
+                    p["name"].as_str().unwrap_or_default(),
+                    name,
+                    d["kind"].as_str().unwrap_or("normal")
+                ));
+            }
+        }
+    }
+    assert!(unused.is_empty(), "{}", unused.join("\n"));
+}

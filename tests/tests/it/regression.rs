@@ -623,7 +623,7 @@ fn calibrate_fitted_garbage_on_absurd_logits() {
         ],
     );
     assert!(r.stdout.contains("robust spreads from the median"), "{}", r.stdout);
-    let cal: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&out).expect("read")).expect("yaml");
+    let cal: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(&out).expect("read")).expect("yaml");
     let t = cal["temperature"]["temperature"].as_f64().expect("T");
     assert!(t.is_finite() && t < 1e6, "temperature {t}");
 }

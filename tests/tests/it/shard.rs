@@ -145,8 +145,8 @@ fn the_job_array_files_score_shards_and_merge() {
         }
     }
     let text = std::fs::read_to_string(workspace().join("deploy/k8s/sweep-indexed-job.yaml")).expect("read");
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
+    let docs: Vec<yaml_serde::Value> = yaml_serde::Deserializer::from_str(&text)
+        .map(|d| yaml_serde::Value::deserialize(d).expect("yaml"))
         .collect();
     assert!(docs.iter().any(|d| d["spec"]["completionMode"] == "Indexed"));
     assert!(text.contains("trainer sweep") && text.contains("--collect"));
@@ -163,15 +163,15 @@ fn the_job_array_files_score_shards_and_merge() {
     }
     let manifest = workspace().join("deploy/k8s/score-indexed-job.yaml");
     let text = std::fs::read_to_string(&manifest).expect("read");
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
+    let docs: Vec<yaml_serde::Value> = yaml_serde::Deserializer::from_str(&text)
+        .map(|d| yaml_serde::Value::deserialize(d).expect("yaml"))
         .collect();
     let score = docs
         .iter()
         .find(|d| d["spec"]["completionMode"] == "Indexed")
         .expect("an Indexed Job");
     assert_eq!(score["spec"]["completions"], score["spec"]["parallelism"]);
-    let script = serde_yaml::to_string(&score["spec"]["template"]).expect("yaml");
+    let script = yaml_serde::to_string(&score["spec"]["template"]).expect("yaml");
     assert!(
         script.contains("JOB_COMPLETION_INDEX") && script.contains("--shard"),
         "{script}"

@@ -105,8 +105,8 @@ fn a_sweep_runs_resumes_spreads_over_tasks_and_compares() {
         ],
     );
     assert!(r.stdout.contains("ΔAUROC"), "{}", r.stdout);
-    let y: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(cmp.join("comparison.yaml")).expect("read")).expect("yaml");
+    let y: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(cmp.join("comparison.yaml")).expect("read")).expect("yaml");
     let theirs = y["pairs"][0]["auroc_diff"].as_f64().expect("diff");
     let ours: f64 = full[2][9].parse().expect("diff_vs_base");
     assert!((ours - theirs).abs() < 1e-9, "sweep {ours} vs compare {theirs}");

@@ -105,7 +105,7 @@ fn read_state(dir: &Path) -> Result<Option<TrainState>> {
     }
     let text = models::fsutil::read_regular_to_string(&p)?;
     Ok(Some(
-        serde_yaml::from_str(&text).map_err(TrainError::format(format!("{}: unreadable", p.display())))?,
+        yaml_serde::from_str(&text).map_err(TrainError::format(format!("{}: unreadable", p.display())))?,
     ))
 }
 
@@ -152,16 +152,16 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
     // either. With another thread count libtorch may sum in another order, so the weights
     // need not equal an uninterrupted run's bit for bit.
     let comparable = |text: &str| -> Result<String> {
-        let mut c: TrainConfig = serde_yaml::from_str(text)
+        let mut c: TrainConfig = yaml_serde::from_str(text)
             .map_err(TrainError::format(format!("{}: unreadable config.yaml", dir.display())))?;
         c.train.cache_mb = cfg.train.cache_mb;
         c.train.threads = cfg.train.threads;
         // The folder being resumed is the run, wherever it has been moved or copied to.
         c.out = cfg.out.clone();
-        Ok(serde_yaml::to_string(&c)?)
+        Ok(yaml_serde::to_string(&c)?)
     };
     let saved = comparable(&saved)?;
-    let ours = serde_yaml::to_string(cfg)?;
+    let ours = yaml_serde::to_string(cfg)?;
     if saved != ours {
         let diff = saved
             .lines()
@@ -293,7 +293,7 @@ impl Opened {
     /// started again, and a resume can tell whether they changed).
     pub fn begin(self, cfg: &TrainConfig, data: &Data) -> Result<RunFolder> {
         let dir = self.dir;
-        let config_text = serde_yaml::to_string(cfg)?;
+        let config_text = yaml_serde::to_string(cfg)?;
         let (resumed, fresh) = match self.plan {
             Plan::Start => (None, true),
             Plan::Replace => {

@@ -201,6 +201,6 @@ pub(crate) fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
 }
 
 pub(crate) fn yaml<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    models::fsutil::write_atomic(path, serde_yaml::to_string(v)?.as_bytes())?;
+    models::fsutil::write_atomic(path, yaml_serde::to_string(v)?.as_bytes())?;
     Ok(())
 }
