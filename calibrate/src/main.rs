@@ -257,7 +257,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("calibrate: error: {e:#}");
+            eprintln!("calibrate: error: {}", models::cli::error_text(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -68,6 +68,9 @@ struct Args {
     /// the model alone on cubes in memory (the ceiling); memory grows with the candidates.
     #[arg(long, hide = true, requires = "scans")]
     preload_cubes: bool,
+    /// Benchmarks: print where the time went (in all, pipeline, first batch, model).
+    #[arg(long, hide = true)]
+    timing: bool,
     /// For a model with tabular features: a CSV of per-series values (seriesuid and the
     /// feature columns the index lacks), as the model was trained with model.features_csv.
     #[arg(long)]
@@ -217,7 +220,7 @@ fn doctor(
 }
 
 /// The summary lines on stderr: runtime and provider, calibration, counts and speed.
-fn print_summary(sum: &infer::Summary, out: &std::path::Path) {
+fn print_summary(sum: &infer::Summary, out: &std::path::Path, timing: bool) {
     let placement = match sum.all_nodes_on_provider {
         Some(true) => "every node on it",
         Some(false) => "some nodes fall back to CPU",
@@ -270,10 +273,12 @@ fn print_summary(sum: &infer::Summary, out: &std::path::Path) {
     } else {
         String::new()
     };
-    eprintln!(
-        "timing: {:.3} s in all; pipeline {:.3} s (first batch after {:.3} s), model {:.3} s",
-        sum.seconds, sum.pipeline_seconds, sum.first_batch_seconds, sum.model_seconds
-    );
+    if timing {
+        eprintln!(
+            "timing: {:.3} s in all; pipeline {:.3} s (first batch after {:.3} s), model {:.3} s",
+            sum.seconds, sum.pipeline_seconds, sum.first_batch_seconds, sum.model_seconds
+        );
+    }
     eprintln!(
         "scored {} patch(es){resumed}{pos}, {} failed, {:.1} patches/s{rss}{busy} -> {}",
         sum.scored,
@@ -476,6 +481,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let quiet = a.quiet;
+    let timing = a.timing;
     let s = Settings {
         model,
         calibration: a.calibration,
@@ -512,7 +518,7 @@ fn main() -> ExitCode {
     match infer::run(&s) {
         Ok(sum) => {
             if !quiet {
-                print_summary(&sum, &s.out);
+                print_summary(&sum, &s.out, timing);
             }
             if sum.failed > 0 {
                 let list = sum

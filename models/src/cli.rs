@@ -131,3 +131,52 @@ mod tests {
         );
     }
 }
+
+/// An error and its causes as one line for a person: `outer: cause: cause`, each cause
+/// added only when the text so far does not already say it (our errors print the cause they
+/// wrap, and also expose it as their `source` for callers that match on it: printing the
+/// chain naively said "No such file or directory" twice).
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{what}: {source}")]
+    struct Wrapped {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the scans")]
+    struct Outer(#[source] Wrapped);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let w = Wrapped {
+            what: "c.csv".into(),
+            source: io(),
+        };
+        assert_eq!(error_text(&w), "c.csv: No such file or directory");
+        let o = Outer(Wrapped {
+            what: "c.csv".into(),
+            source: io(),
+        });
+        assert_eq!(error_text(&o), "reading the scans: c.csv: No such file or directory");
+    }
+}

@@ -228,7 +228,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("scans: error: {e:#}");
+            eprintln!("scans: error: {}", models::cli::error_text(e.as_ref()));
             ExitCode::FAILURE
         }
     }

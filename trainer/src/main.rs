@@ -562,7 +562,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("trainer: error: {e:#}");
+            eprintln!("trainer: error: {}", models::cli::error_text(e.as_ref()));
             ExitCode::FAILURE
         }
     }
