@@ -158,7 +158,11 @@ fn the_job_array_files_score_shards_and_merge() {
         .expect("bash");
     assert!(ok.success());
     let text = std::fs::read_to_string(&sbatch).expect("read");
-    for want in ["#SBATCH --array", "SLURM_ARRAY_TASK_ID", "--shard", "merge"] {
+    // The array is given on the command line: an #SBATCH --array line would make the merge
+    // step (the same script) an array of merges racing on one output (scripts/slurm-check
+    // found it on a real cluster).
+    assert!(!text.contains("#SBATCH --array"), "{}", sbatch.display());
+    for want in ["--array=1-N", "SLURM_ARRAY_TASK_ID", "--shard", "merge"] {
         assert!(text.contains(want), "{want} in {}", sbatch.display());
     }
     let manifest = workspace().join("deploy/k8s/score-indexed-job.yaml");
