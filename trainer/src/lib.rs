@@ -25,6 +25,7 @@ pub mod net;
 pub mod optim;
 pub mod sweep;
 pub mod synth;
+pub mod track;
 pub mod train;
 
 pub mod error;

@@ -102,6 +102,15 @@ enum Cmd {
     },
     /// Print what this trainer links and sees: libtorch, CUDA.
     Doctor,
+    /// Send a run folder to its MLflow tracking server: what the run could not send while it
+    /// trained (the server was down or slow), or a run trained without tracking.
+    MlflowSync {
+        /// The run folder.
+        run: PathBuf,
+        /// The tracking server (else MLFLOW_TRACKING_URI, else the one the run used).
+        #[arg(long)]
+        mlflow: Option<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -165,6 +174,8 @@ fn sweep(
     let opts = RunOptions {
         ort_lib,
         quiet,
+        // Each fold run of the sweep is tracked on its own when MLFLOW_TRACKING_URI is set.
+        mlflow: trainer::track::Settings::from_env(None).map_err(anyhow::Error::msg)?,
         ..RunOptions::default()
     };
     if !collect {
@@ -360,6 +371,12 @@ struct TrainArgs {
     /// Pause after this epoch, leaving the run resumable with --resume.
     #[arg(long, value_name = "EPOCH")]
     stop_after: Option<usize>,
+    /// Track the run on this MLflow tracking server (http://HOST:PORT; else
+    /// MLFLOW_TRACKING_URI; experiment from MLFLOW_EXPERIMENT_NAME, else `nodule`): params,
+    /// every epoch's metrics as they happen, the run's files at the end. A server that is down
+    /// never fails or slows the run: what was not sent is kept (`trainer mlflow-sync RUN`).
+    #[arg(long, value_name = "URI")]
+    mlflow: Option<String>,
     /// libonnxruntime for the parity check (else $ORT_DYLIB_PATH, the project venv).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -440,6 +457,48 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
+/// `trainer mlflow-sync`.
+fn mlflow_sync(run: &std::path::Path, flag: Option<&str>) -> Result<()> {
+    use trainer::track;
+    let settings = match track::Settings::from_env(flag).map_err(anyhow::Error::msg)? {
+        Some(s) => s,
+        None => {
+            let p = run.join(track::STATE_FILE);
+            let st: track::State = yaml_serde::from_str(&models::fsutil::read_regular_to_string(&p)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            track::Settings {
+                uri: st.uri,
+                experiment: st.experiment,
+            }
+        }
+    };
+    if !run.join("config.yaml").is_file() {
+        anyhow::bail!("{}: not a run folder (no config.yaml)", run.display());
+    }
+    let mut st = track::load_or_new(run, &settings).map_err(anyhow::Error::msg)?;
+    let end = if run.join("summary.yaml").is_file() {
+        track::End::Finished
+    } else {
+        track::End::Running
+    };
+    track::sync(run, &mut st, end)
+        .map_err(|e| anyhow::anyhow!("MLflow at {}: {e}; nothing is lost, run this again", settings.uri))?;
+    println!(
+        "MLflow: run {} in experiment {:?} at {}: {} epochs of metrics, {} artifacts{}",
+        st.run_id.as_deref().unwrap_or("?"),
+        st.experiment,
+        st.uri,
+        st.metric_rows_sent,
+        st.artifacts_sent.len(),
+        if end == track::End::Running {
+            " (the run has not finished)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 /// `trainer train`.
 fn train(a: &TrainArgs) -> Result<()> {
     let cfg = resolve(a)?;
@@ -452,6 +511,8 @@ fn train(a: &TrainArgs) -> Result<()> {
             quiet: a.quiet,
             resume: a.resume.is_some(),
             stop_after: a.stop_after,
+            mlflow: trainer::track::Settings::from_env(a.mlflow.as_deref()).map_err(anyhow::Error::msg)?,
+            mlflow_key: None,
         },
     )?;
     if runs.is_empty() && cv.is_none() {
@@ -556,6 +617,7 @@ fn main() -> ExitCode {
             }
             Cmd::Spec { arch, cube_size } => show_spec(&arch, cube_size)?,
             Cmd::Doctor => doctor(),
+            Cmd::MlflowSync { run, mlflow } => mlflow_sync(&run, mlflow.as_deref())?,
         }
         Ok(())
     };

@@ -14,6 +14,7 @@ mod hostile_outputs;
 mod hostile_scans;
 mod import;
 mod linking;
+mod mlflow;
 mod prepare;
 mod regression;
 mod scoring;

@@ -98,6 +98,10 @@ pub struct RunOptions {
     pub resume: bool,
     /// Pause after this epoch, leaving the run resumable (no export yet).
     pub stop_after: Option<usize>,
+    /// Track the run on an MLflow server ([`crate::track`]).
+    pub mlflow: Option<crate::track::Settings>,
+    /// The tracking key, in the exported model's metadata (set by [`train`]).
+    pub mlflow_key: Option<String>,
 }
 
 /// Where a run stands (`train_state.yaml`), for `--resume`: written when the run starts
@@ -150,6 +154,7 @@ pub const RUN_FILES: &[&str] = &[
     "calibration.yaml",
     "calibration_report.md",
     "model.calibrated.onnx",
+    crate::track::STATE_FILE,
 ];
 
 /// Runs a whole training job as configured.
@@ -173,12 +178,38 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         }
     }
     let folder = folder.begin(cfg, &data)?;
-    let init = data.found.init.take();
-    let mut state = epochs::start(cfg, opts, &data, &folder, init)?;
-    if epochs::run(cfg, opts, &data, &folder, &mut state)? == epochs::Outcome::Paused {
-        return Ok(None);
+    // Tracking never stops the run: a tracker that cannot start is reported and left out.
+    let tracker = opts
+        .mlflow
+        .as_ref()
+        .and_then(|s| match crate::track::Tracker::start(&folder.dir, s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("trainer: warning: MLflow tracking off for this run: {e}");
+                None
+            }
+        });
+    let opts = &RunOptions {
+        mlflow_key: tracker.as_ref().map(crate::track::Tracker::key),
+        ..opts.clone()
+    };
+    let result = (|| {
+        let init = data.found.init.take();
+        let mut state = epochs::start(cfg, opts, &data, &folder, init)?;
+        if epochs::run(cfg, opts, &data, &folder, &mut state)? == epochs::Outcome::Paused {
+            return Ok(None);
+        }
+        finish::finish(cfg, opts, data, &folder, state, t0).map(Some)
+    })();
+    if let Some(t) = tracker {
+        let end = match &result {
+            Ok(Some(_)) => crate::track::End::Finished,
+            Ok(None) => crate::track::End::Running,
+            Err(_) => crate::track::End::Failed,
+        };
+        eprintln!("{}", t.finish(end));
     }
-    finish::finish(cfg, opts, data, &folder, state, t0).map(Some)
+    result
 }
 
 /// Runs the configured job: one training run, or with `split.folds >= 2` (and no single

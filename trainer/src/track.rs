@@ -1,0 +1,553 @@
+//! MLflow tracking of a training run (`MLFLOW_TRACKING_URI`, MLflow's own convention, or
+//! `--mlflow URI`), through MLflow's REST API.
+//!
+//! The run folder is the outbox: what MLflow should show is what the folder holds
+//! (`config.yaml` as params, each row of `metrics.csv` as that epoch's metrics, the files a
+//! finished run writes as artifacts), and `mlflow.yaml` beside them records what has been
+//! sent. A background thread mirrors the folder to the server about once a second while the
+//! run trains, and once more at the end (for at most [`FINAL_WAIT`]); each request has short
+//! timeouts and runs off the training thread, so a tracking server that is down, slow or
+//! refusing never fails or slows the run and loses nothing: what could not be sent stays in
+//! the folder, is retried, is reported at the end, and `trainer mlflow-sync RUN` sends it
+//! later. Sending is idempotent (the MLflow run is found again by the `nodule.run_key` tag
+//! the folder's key gives it; rows and files are sent once, in order), so a resumed run
+//! continues the same MLflow run. The key is in the exported model's metadata
+//! (`training.mlflow_run_key`). Written here because no kept crate speaks MLflow's API; the
+//! HTTP is `ureq`'s.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The tracking state file in a run folder.
+pub const STATE_FILE: &str = "mlflow.yaml";
+/// How long the end of a run waits for the last sends.
+pub const FINAL_WAIT: Duration = Duration::from_secs(5);
+/// The files of a finished run sent as artifacts (those that exist).
+pub const ARTIFACTS: &[&str] = &[
+    "model.onnx",
+    "summary.yaml",
+    "metrics.csv",
+    "config.yaml",
+    "split.csv",
+    "parity.yaml",
+    "val_scores.csv",
+    "curves.png",
+];
+
+/// Where to track.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `http://host:port` of an MLflow tracking server.
+    pub uri: String,
+    pub experiment: String,
+}
+
+impl Settings {
+    /// `--mlflow URI`, else `MLFLOW_TRACKING_URI`; the experiment from
+    /// `MLFLOW_EXPERIMENT_NAME` (MLflow's convention), else `nodule`. `None`: no tracking.
+    pub fn from_env(flag: Option<&str>) -> Result<Option<Self>, String> {
+        let Some(uri) = flag
+            .map(str::to_string)
+            .or_else(|| std::env::var("MLFLOW_TRACKING_URI").ok())
+            .filter(|u| !u.is_empty())
+        else {
+            return Ok(None);
+        };
+        let uri = uri.trim_end_matches('/').to_string();
+        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+            return Err(format!(
+                "MLflow tracking URI {uri:?}: an http:// or https:// tracking server is needed (a file store is MLflow's \
+                 own folder: point MLflow at the run folder instead)"
+            ));
+        }
+        if uri.starts_with("https://") {
+            return Err(format!(
+                "MLflow tracking URI {uri}: https is not built in yet; use the server's http address (or a local proxy)"
+            ));
+        }
+        let experiment = std::env::var("MLFLOW_EXPERIMENT_NAME")
+            .ok()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| "nodule".into());
+        Ok(Some(Settings { uri, experiment }))
+    }
+}
+
+/// What has been sent (`mlflow.yaml`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub uri: String,
+    pub experiment: String,
+    /// This run's key: the `nodule.run_key` tag that finds its MLflow run again.
+    pub key: String,
+    #[serde(default)]
+    pub experiment_id: Option<String>,
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// Where the run's artifacts go (`mlflow-artifacts:/…`).
+    #[serde(default)]
+    pub artifact_uri: Option<String>,
+    #[serde(default)]
+    pub params_sent: bool,
+    /// Rows of `metrics.csv` sent.
+    #[serde(default)]
+    pub metric_rows_sent: usize,
+    /// Artifacts sent, with the sha256 of what was sent.
+    #[serde(default)]
+    pub artifacts_sent: BTreeMap<String, String>,
+    /// `FINISHED` or `FAILED` once the run's end was sent.
+    #[serde(default)]
+    pub ended: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A fresh key: 128 random bits, hex.
+fn new_key() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Reads the folder's state, or starts one for `s` (a new key).
+pub fn load_or_new(dir: &Path, s: &Settings) -> Result<State, String> {
+    let p = dir.join(STATE_FILE);
+    if p.exists() {
+        let text = models::fsutil::read_regular_to_string(&p).map_err(|e| e.to_string())?;
+        let mut st: State = yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        if st.uri != s.uri || st.experiment != s.experiment {
+            // Another server or experiment: the run is sent there afresh, under the same key.
+            st = State {
+                uri: s.uri.clone(),
+                experiment: s.experiment.clone(),
+                key: st.key,
+                ..State::default()
+            };
+        }
+        return Ok(st);
+    }
+    Ok(State {
+        uri: s.uri.clone(),
+        experiment: s.experiment.clone(),
+        key: new_key(),
+        ..State::default()
+    })
+}
+
+fn save(dir: &Path, st: &State) -> Result<(), String> {
+    let text = yaml_serde::to_string(st).map_err(|e| e.to_string())?;
+    models::fsutil::write_atomic(&dir.join(STATE_FILE), text.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// One MLflow REST client with short timeouts.
+struct Client {
+    agent: ureq::Agent,
+    uri: String,
+}
+
+impl Client {
+    fn new(uri: &str) -> Self {
+        Client {
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(2))
+                .timeout_read(Duration::from_secs(15))
+                .timeout_write(Duration::from_secs(30))
+                .build(),
+            uri: uri.to_string(),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let url = format!("{}{path}", self.uri);
+        let req = self.agent.request(method, &url).set("Content-Type", "application/json");
+        let r = match body {
+            Some(b) => req.send_string(&b.to_string()),
+            None => req.call(),
+        };
+        match r {
+            Ok(resp) => {
+                let text = resp.into_string().map_err(|e| format!("{url}: {e}"))?;
+                if text.trim().is_empty() {
+                    Ok(json!({}))
+                } else {
+                    serde_json::from_str(&text).map_err(|e| format!("{url}: not JSON ({e})"))
+                }
+            }
+            Err(ureq::Error::Status(code, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                Err(format!(
+                    "{url}: HTTP {code}: {}",
+                    text.chars().take(300).collect::<String>()
+                ))
+            }
+            Err(e) => Err(format!("{url}: {e}")),
+        }
+    }
+
+    fn put_file(&self, path: &str, bytes: &[u8]) -> Result<(), String> {
+        let url = format!("{}{path}", self.uri);
+        match self.agent.put(&url).send_bytes(bytes) {
+            Ok(_) => Ok(()),
+            Err(ureq::Error::Status(code, resp)) => Err(format!(
+                "{url}: HTTP {code}: {}",
+                resp.into_string()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            )),
+            Err(e) => Err(format!("{url}: {e}")),
+        }
+    }
+}
+
+/// `config.yaml` flattened to dotted params (`train.epochs` = `10`), MLflow's limits kept
+/// (values cut at 6,000 characters).
+fn params_of(dir: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = models::fsutil::read_regular_to_string(&dir.join("config.yaml")).map_err(|e| e.to_string())?;
+    let v: yaml_serde::Value = yaml_serde::from_str(&text).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    fn walk(prefix: &str, v: &yaml_serde::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            yaml_serde::Value::Mapping(m) => {
+                for (k, v) in m {
+                    let k = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+                    let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            yaml_serde::Value::Null => out.push((prefix.to_string(), "null".into())),
+            other => {
+                let text = match other {
+                    yaml_serde::Value::String(s) => s.clone(),
+                    o => yaml_serde::to_string(o).unwrap_or_default().trim().to_string(),
+                };
+                out.push((prefix.to_string(), text.chars().take(6000).collect()));
+            }
+        }
+    }
+    walk("", &v, &mut out);
+    Ok(out)
+}
+
+/// The metric rows of `metrics.csv`: (epoch, [(name, value)]).
+fn metric_rows(dir: &Path) -> Result<Vec<(u64, Vec<(String, f64)>)>, String> {
+    let p = dir.join("metrics.csv");
+    if !p.exists() {
+        return Ok(Vec::new());
+    }
+    let text = models::fsutil::read_regular_to_string(&p).map_err(|e| e.to_string())?;
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let headers = r.headers().map_err(|e| e.to_string())?.clone();
+    let mut out = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| e.to_string())?;
+        let mut epoch = 0u64;
+        let mut values = Vec::new();
+        for (h, v) in headers.iter().zip(rec.iter()) {
+            if h == "epoch" {
+                epoch = v.parse().unwrap_or(0);
+            } else if h != "best" {
+                if let Ok(x) = v.parse::<f64>() {
+                    if x.is_finite() {
+                        values.push((h.to_string(), x));
+                    }
+                }
+            }
+        }
+        out.push((epoch, values));
+    }
+    Ok(out)
+}
+
+/// What the end of a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Still training: send what there is.
+    Running,
+    Finished,
+    Failed,
+}
+
+impl End {
+    fn status(self) -> Option<&'static str> {
+        match self {
+            End::Running => None,
+            End::Finished => Some("FINISHED"),
+            End::Failed => Some("FAILED"),
+        }
+    }
+}
+
+/// Sends what the folder holds and the state lacks; saves the state after each step. `Err`
+/// says what could not be sent (the rest is kept for the next try).
+pub fn sync(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
+    let c = Client::new(&st.uri);
+    if st.run_id.is_none() {
+        let exp = c
+            .call(
+                "GET",
+                &format!(
+                    "/api/2.0/mlflow/experiments/get-by-name?experiment_name={}",
+                    urlencode(&st.experiment)
+                ),
+                None,
+            )
+            .ok()
+            .and_then(|v| v["experiment"]["experiment_id"].as_str().map(str::to_string));
+        let exp = match exp {
+            Some(e) => e,
+            None => c.call(
+                "POST",
+                "/api/2.0/mlflow/experiments/create",
+                Some(&json!({"name": st.experiment})),
+            )?["experiment_id"]
+                .as_str()
+                .ok_or("MLflow did not return the experiment's id")?
+                .to_string(),
+        };
+        // The run this key made before (a sync that ended before its state was saved).
+        let found = c.call(
+            "POST",
+            "/api/2.0/mlflow/runs/search",
+            Some(&json!({"experiment_ids": [exp], "filter": format!("tags.`nodule.run_key` = '{}'", st.key), "max_results": 1})),
+        )?;
+        let run = match found["runs"].as_array().and_then(|r| r.first()) {
+            Some(r) => r["info"].clone(),
+            None => {
+                let name = dir
+                    .file_name()
+                    .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                c.call(
+                    "POST",
+                    "/api/2.0/mlflow/runs/create",
+                    Some(&json!({
+                        "experiment_id": exp,
+                        "run_name": name,
+                        "start_time": now_ms(),
+                        "tags": [
+                            {"key": "nodule.run_key", "value": st.key},
+                            {"key": "nodule.run_folder", "value": dir.display().to_string()},
+                            {"key": "nodule.tool_version", "value": env!("CARGO_PKG_VERSION")},
+                            {"key": "mlflow.source.name", "value": "trainer train"},
+                            {"key": "host", "value": host.trim()},
+                        ],
+                    })),
+                )?["run"]["info"]
+                    .clone()
+            }
+        };
+        st.run_id = Some(
+            run["run_id"]
+                .as_str()
+                .ok_or("MLflow did not return the run's id")?
+                .to_string(),
+        );
+        st.artifact_uri = run["artifact_uri"].as_str().map(str::to_string);
+        st.experiment_id = Some(exp);
+        save(dir, st)?;
+    }
+    let run_id = st.run_id.clone().unwrap_or_default();
+    if !st.params_sent && dir.join("config.yaml").exists() {
+        for chunk in params_of(dir)?.chunks(100) {
+            let params: Vec<Value> = chunk.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+            c.call(
+                "POST",
+                "/api/2.0/mlflow/runs/log-batch",
+                Some(&json!({"run_id": run_id, "params": params})),
+            )?;
+        }
+        st.params_sent = true;
+        save(dir, st)?;
+    }
+    let rows = metric_rows(dir)?;
+    while st.metric_rows_sent < rows.len() {
+        let (epoch, values) = &rows[st.metric_rows_sent];
+        let t = now_ms();
+        let metrics: Vec<Value> = values
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v, "timestamp": t, "step": epoch}))
+            .collect();
+        c.call(
+            "POST",
+            "/api/2.0/mlflow/runs/log-batch",
+            Some(&json!({"run_id": run_id, "metrics": metrics})),
+        )?;
+        st.metric_rows_sent += 1;
+        save(dir, st)?;
+    }
+    let Some(status) = end.status() else {
+        return Ok(());
+    };
+    if status == "FINISHED" {
+        for name in ARTIFACTS {
+            let p = dir.join(name);
+            if !p.is_file() {
+                continue;
+            }
+            let bytes = models::fsutil::read_regular(&p).map_err(|e| e.to_string())?;
+            let sha = models::fsutil::sha256_bytes(&bytes);
+            if st.artifacts_sent.get(*name) == Some(&sha) {
+                continue;
+            }
+            let base = st
+                .artifact_uri
+                .as_deref()
+                .and_then(|u| u.strip_prefix("mlflow-artifacts:"))
+                .ok_or("the run's artifacts are not served by this MLflow server (start it with --serve-artifacts)")?;
+            c.put_file(
+                &format!(
+                    "/api/2.0/mlflow-artifacts/artifacts/{}/{name}",
+                    base.trim_start_matches('/')
+                ),
+                &bytes,
+            )?;
+            if *name == "model.onnx" {
+                c.call(
+                    "POST",
+                    "/api/2.0/mlflow/runs/set-tag",
+                    Some(&json!({"run_id": run_id, "key": "nodule.model_sha256", "value": sha})),
+                )?;
+            }
+            st.artifacts_sent.insert((*name).to_string(), sha);
+            save(dir, st)?;
+        }
+    }
+    if st.ended.as_deref() != Some(status) {
+        c.call(
+            "POST",
+            "/api/2.0/mlflow/runs/update",
+            Some(&json!({"run_id": run_id, "status": status, "end_time": now_ms()})),
+        )?;
+        st.ended = Some(status.to_string());
+        save(dir, st)?;
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A run's tracker: mirrors the folder in the background while the run trains.
+pub struct Tracker {
+    dir: PathBuf,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker").field("dir", &self.dir).finish()
+    }
+}
+
+impl Tracker {
+    /// Starts mirroring `dir` (a run folder that exists) to the server; its key is saved at
+    /// once so the exported model can name it.
+    pub fn start(dir: &Path, s: &Settings) -> Result<Self, String> {
+        let st = load_or_new(dir, s)?;
+        save(dir, &st)?;
+        let state = Arc::new(Mutex::new(st));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, sta, sto) = (dir.to_path_buf(), state.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("mlflow".into())
+            .spawn(move || {
+                let mut wait = Duration::from_secs(1);
+                while !sto.load(Ordering::SeqCst) {
+                    let r = {
+                        let mut st = sta.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        sync(&d, &mut st, End::Running)
+                    };
+                    // Back off while the server is away (up to 10 s), at once again when it is back.
+                    wait = if r.is_ok() {
+                        Duration::from_secs(1)
+                    } else {
+                        (wait * 2).min(Duration::from_secs(10))
+                    };
+                    let until = Instant::now() + wait;
+                    while Instant::now() < until && !sto.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the MLflow thread: {e}"))?;
+        Ok(Tracker {
+            dir: dir.to_path_buf(),
+            state,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The key that finds this run's MLflow run (`nodule.run_key`).
+    pub fn key(&self) -> String {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .key
+            .clone()
+    }
+
+    /// Ends the background mirroring and sends the rest, retrying for at most
+    /// [`FINAL_WAIT`]; returns one line saying what was sent, or what was kept and why.
+    pub fn finish(mut self, end: End) -> String {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let deadline = Instant::now() + FINAL_WAIT;
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let last = loop {
+            match sync(&self.dir, &mut st, end) {
+                Ok(()) => {
+                    return format!(
+                        "MLflow: run {} in experiment {:?} at {} ({} epochs of metrics, {} artifacts)",
+                        st.run_id.as_deref().unwrap_or("?"),
+                        st.experiment,
+                        st.uri,
+                        st.metric_rows_sent,
+                        st.artifacts_sent.len()
+                    )
+                }
+                Err(e) if Instant::now() >= deadline => break e,
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        };
+        format!(
+            "MLflow: not everything reached {} ({}); it is kept in {}: `trainer mlflow-sync {}` sends it",
+            st.uri,
+            last,
+            self.dir.display(),
+            self.dir.display()
+        )
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
