@@ -13,7 +13,6 @@
 //! refuses outputs of different cross-validations or candidates, a fold missing or given
 //! twice, series held out twice, and an output that is not the one its record describes.
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -174,16 +173,8 @@ pub struct Merged {
 /// Joins the K fold outputs into `out`: the header once, then each fold's rows in fold
 /// order, byte for byte.
 pub fn merge(outputs: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
-    let mut io = models::fsutil::RunIo::new();
     let records: Vec<PathBuf> = outputs.iter().map(|p| record_path(p)).collect();
-    io.inputs("fold output", outputs.iter().map(PathBuf::as_path));
-    io.inputs("fold record", records.iter().map(PathBuf::as_path));
-    let target = io.output("merged output", out)?;
-    models::fsutil::check_replaceable(out, "scores output", &crate::batch::is_scores)?;
-    let _lock = match &target {
-        models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(p, &format!("output {}", out.display()))?),
-        models::fsutil::Target::Stream(_) => None,
-    };
+    let _lock = crate::shard::open_merge(outputs, &records, out, "fold")?;
     let mut parts: Vec<(Record, &PathBuf)> = Vec::with_capacity(outputs.len());
     for (p, r) in outputs.iter().zip(&records) {
         let text = models::fsutil::read_regular_to_string(r).map_err(|e| {
@@ -248,29 +239,11 @@ pub fn merge(outputs: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
             return Err(bad(p, format!("series {s} is held out by two folds")));
         }
     }
-    let header = first.header.join(",");
-    let has_header = first.format != "jsonl";
+    let joined = first.header.join(",");
+    let header = (first.format != "jsonl").then_some(joined.as_str());
     let mut bodies = Vec::with_capacity(parts.len());
     for (r, p) in &parts {
-        let bytes = models::fsutil::read_regular(p)?;
-        if models::fsutil::sha256_bytes(&bytes) != r.output_sha256 {
-            return Err(bad(
-                p,
-                format!(
-                    "not the output its record {} describes (changed since, or a run killed between the two); score this fold again",
-                    record_path(p).display()
-                ),
-            ));
-        }
-        let body = if has_header {
-            let end = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
-            if bytes[..end].strip_suffix(b"\n").unwrap_or(&bytes[..end]) != header.as_bytes() {
-                return Err(bad(p, "its header is not its record's"));
-            }
-            bytes[end..].to_vec()
-        } else {
-            bytes
-        };
+        let body = crate::shard::checked_body(p, &record_path(p), &r.output_sha256, header, "fold")?;
         let n = crate::shard::patches_of(&body, &first.format)
             .map_err(|e| bad(p, e))?
             .len();
@@ -279,15 +252,7 @@ pub fn merge(outputs: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
         }
         bodies.push(body);
     }
-    models::fsutil::write_atomic_with(out, |w| {
-        if has_header {
-            writeln!(w, "{header}")?;
-        }
-        for body in &bodies {
-            w.write_all(body)?;
-        }
-        Ok(())
-    })?;
+    crate::shard::write_merged(out, header, &bodies)?;
     Ok(Merged {
         folds: parts.len(),
         rows: parts.iter().map(|(r, _)| r.rows).sum(),

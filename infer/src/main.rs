@@ -197,6 +197,40 @@ fn bundle(s: &infer::bundle::BundleSettings) -> ExitCode {
     }
 }
 
+/// `infer merge` (of shards, or with `--folds` of a k-fold run's held-out parts).
+fn merge(parts: &[PathBuf], out: &std::path::Path, folds: bool) -> ExitCode {
+    // (parts, rows, failed), and how the line names them.
+    let r = if folds {
+        infer::folds::merge(parts, out).map(|m| (m.folds, m.rows, m.failed))
+    } else {
+        infer::shard::merge(parts, out).map(|m| (m.shards, m.rows, m.failed))
+    };
+    let (what, rows, failed) = if folds {
+        (
+            "folds",
+            "rows of out-of-fold scores",
+            "candidates failed (see the folds' errors files)",
+        )
+    } else {
+        ("shards", "rows", "patches failed (see the shards' errors files)")
+    };
+    match r {
+        Ok((n, k, bad)) => {
+            let bad = if bad > 0 {
+                format!("; {bad} {failed}")
+            } else {
+                String::new()
+            };
+            println!("merged {n} {what}: {k} {rows} -> {}{bad}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("infer merge: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `infer doctor`, with the bundle's report first when started from one.
 fn doctor(
     model: Option<PathBuf>,
@@ -421,54 +455,8 @@ fn main() -> ExitCode {
     if let Some(Cmd::Import(args)) = &a.cmd {
         return import(args);
     }
-    if let Some(Cmd::Merge {
-        shards,
-        out,
-        folds: true,
-    }) = &a.cmd
-    {
-        return match infer::folds::merge(shards, out) {
-            Ok(m) => {
-                println!(
-                    "merged {} folds: {} rows of out-of-fold scores -> {}{}",
-                    m.folds,
-                    m.rows,
-                    out.display(),
-                    if m.failed > 0 {
-                        format!("; {} candidates failed (see the folds' errors files)", m.failed)
-                    } else {
-                        String::new()
-                    }
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("infer merge: error: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(Cmd::Merge { shards, out, .. }) = &a.cmd {
-        return match infer::shard::merge(shards, out) {
-            Ok(m) => {
-                println!(
-                    "merged {} shards: {} rows -> {}{}",
-                    m.shards,
-                    m.rows,
-                    out.display(),
-                    if m.failed > 0 {
-                        format!("; {} patches failed (see the shards' errors files)", m.failed)
-                    } else {
-                        String::new()
-                    }
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("infer merge: error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(Cmd::Merge { shards, out, folds }) = &a.cmd {
+        return merge(shards, out, *folds);
     }
     if let Some(Cmd::Doctor { model, ort_lib }) = &a.cmd {
         return doctor(model.clone(), ort_lib.as_deref(), &bundle);

@@ -160,18 +160,76 @@ pub struct Merged {
     pub failed: usize,
 }
 
-/// Joins shard outputs into `out` (see the module documentation), atomically.
-pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
+/// A merge's output policy: its parts and their records are inputs, the merged output is
+/// one of ours (or new) and is locked while it is written. `kind` names the parts
+/// (`shard`, `fold`).
+pub(crate) fn open_merge(
+    parts: &[PathBuf],
+    records: &[PathBuf],
+    out: &Path,
+    kind: &str,
+) -> Result<Option<models::fsutil::Lock>, InferError> {
     let mut io = models::fsutil::RunIo::new();
-    let records: Vec<PathBuf> = shards.iter().map(|p| record_path(p)).collect();
-    io.inputs("shard output", shards.iter().map(PathBuf::as_path));
-    io.inputs("shard record", records.iter().map(PathBuf::as_path));
+    io.inputs(&format!("{kind} output"), parts.iter().map(PathBuf::as_path));
+    io.inputs(&format!("{kind} record"), records.iter().map(PathBuf::as_path));
     let target = io.output("merged output", out)?;
     models::fsutil::check_replaceable(out, "scores output", &crate::batch::is_scores)?;
-    let _lock = match &target {
+    Ok(match &target {
         models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(p, &format!("output {}", out.display()))?),
         models::fsutil::Target::Stream(_) => None,
+    })
+}
+
+/// A part's rows, read whole and checked against its record: the output the record
+/// describes (`output_sha256`), under the record's header (none for JSON lines). `kind`
+/// and `record` name the part and its record in messages.
+pub(crate) fn checked_body(
+    part: &Path,
+    record: &Path,
+    output_sha256: &str,
+    header: Option<&str>,
+    kind: &str,
+) -> Result<Vec<u8>, InferError> {
+    let bytes = models::fsutil::read_regular(part)?;
+    if models::fsutil::sha256_bytes(&bytes) != output_sha256 {
+        return Err(bad(
+            part,
+            format!(
+                "not the output its record {} describes (changed since, or the record of another run: \
+                 a {kind} killed between writing the two?); score this {kind} again",
+                record.display()
+            ),
+        ));
+    }
+    let Some(header) = header else {
+        return Ok(bytes);
     };
+    let end = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+    if bytes[..end].strip_suffix(b"\n").unwrap_or(&bytes[..end]) != header.as_bytes() {
+        return Err(bad(part, "its header is not its record's"));
+    }
+    Ok(bytes[end..].to_vec())
+}
+
+/// Writes the merged output atomically: the header once (none for JSON lines), then the
+/// parts' rows in order, byte for byte.
+pub(crate) fn write_merged(out: &Path, header: Option<&str>, bodies: &[Vec<u8>]) -> Result<(), InferError> {
+    models::fsutil::write_atomic_with(out, |w| {
+        if let Some(h) = header {
+            writeln!(w, "{h}")?;
+        }
+        for body in bodies {
+            w.write_all(body)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Joins shard outputs into `out` (see the module documentation), atomically.
+pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
+    let records: Vec<PathBuf> = shards.iter().map(|p| record_path(p)).collect();
+    let _lock = open_merge(shards, &records, out, "shard")?;
     let mut parts: Vec<(Record, &PathBuf)> = Vec::with_capacity(shards.len());
     for (p, r) in shards.iter().zip(&records) {
         let text = models::fsutil::read_regular_to_string(r).map_err(|e| {
@@ -247,33 +305,13 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
             first.inputs
         )));
     }
-    let header = first.header.join(",");
-    let has_header = first.format != "jsonl";
+    let joined = first.header.join(",");
+    let header = (first.format != "jsonl").then_some(joined.as_str());
     // Every part is read whole, checked against its record (digest, rows), and its rows
     // copied byte for byte: the merge is then what one run writes.
     let mut bodies = Vec::with_capacity(parts.len());
     for (r, p) in &parts {
-        let bytes = models::fsutil::read_regular(p)?;
-        if models::fsutil::sha256_bytes(&bytes) != r.output_sha256 {
-            return Err(bad(
-                p,
-                format!(
-                    "not the output its record {} describes (changed since, or the record of another run: \
-                     a shard killed between writing the two?); score this shard again",
-                    record_path(p).display()
-                ),
-            ));
-        }
-        let body = if has_header {
-            let end = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
-            if bytes[..end].strip_suffix(b"\n").unwrap_or(&bytes[..end]) != header.as_bytes() {
-                return Err(bad(p, "its header is not its record's"));
-            }
-            bytes[end..].to_vec()
-        } else {
-            bytes
-        };
-        bodies.push(body);
+        bodies.push(checked_body(p, &record_path(p), &r.output_sha256, header, "shard")?);
     }
     let mut seen = HashSet::new();
     let mut rows = 0;
@@ -291,15 +329,7 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
         }
         rows += r.rows;
     }
-    models::fsutil::write_atomic_with(out, |w| {
-        if has_header {
-            writeln!(w, "{header}")?;
-        }
-        for body in &bodies {
-            w.write_all(body)?;
-        }
-        Ok(())
-    })?;
+    write_merged(out, header, &bodies)?;
     Ok(Merged {
         shards: parts.len(),
         rows,

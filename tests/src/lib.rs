@@ -40,6 +40,30 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// `cargo metadata --no-deps` of the workspace (its packages, their targets and declared
+/// dependencies), read offline.
+pub fn cargo_metadata() -> serde_json::Value {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+            "--manifest-path",
+        ])
+        .arg(workspace().join("Cargo.toml"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("cargo metadata JSON")
+}
+
 /// Every binary of the workspace with the source folders it is built from: its own
 /// package's `src` first, then the `src` of every workspace package it reaches through
 /// normal dependencies. Read from `cargo metadata` once per test process, so the list
@@ -48,25 +72,7 @@ pub fn bin_dir() -> PathBuf {
 pub fn binaries() -> &'static [(String, Vec<PathBuf>)] {
     static BINS: std::sync::OnceLock<Vec<(String, Vec<PathBuf>)>> = std::sync::OnceLock::new();
     BINS.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .args([
-                "metadata",
-                "--format-version",
-                "1",
-                "--no-deps",
-                "--offline",
-                "--manifest-path",
-            ])
-            .arg(workspace().join("Cargo.toml"))
-            .output()
-            .expect("cargo metadata");
-        assert!(
-            out.status.success(),
-            "cargo metadata: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+        let meta = cargo_metadata();
         let packages = meta["packages"].as_array().cloned().unwrap_or_default();
         // Workspace package name -> (its src folder, its normal workspace dependencies).
         let mut pkgs: std::collections::BTreeMap<String, (PathBuf, Vec<String>)> = std::collections::BTreeMap::new();

@@ -240,8 +240,11 @@ fn params_of(dir: &Path) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// The metric rows of `metrics.csv`: (epoch, [(name, value)]).
-fn metric_rows(dir: &Path) -> Result<Vec<(u64, Vec<(String, f64)>)>, String> {
+/// One row of `metrics.csv`: its epoch, and each metric's name and value.
+type MetricRow = (u64, Vec<(String, f64)>);
+
+/// The metric rows of `metrics.csv`.
+fn metric_rows(dir: &Path) -> Result<Vec<MetricRow>, String> {
     let p = dir.join("metrics.csv");
     if !p.exists() {
         return Ok(Vec::new());
@@ -328,6 +331,7 @@ pub fn sync(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
                 let name = dir
                     .file_name()
                     .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+                // fsutil-exempt: the kernel's host name, not a user path.
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
                 c.call(
                     "POST",
@@ -549,5 +553,56 @@ impl Tracker {
 impl Drop for Tracker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_flattens_to_dotted_params_and_metrics_rows_to_steps() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("config.yaml"),
+            "data: /p\nmodel:\n  arch: baseline_cnn\n  width: 16\n  features: []\ntrain:\n  lr: 0.001\n  init: null\n",
+        )
+        .unwrap();
+        let p: BTreeMap<String, String> = params_of(d.path()).unwrap().into_iter().collect();
+        assert_eq!(p["data"], "/p");
+        assert_eq!(p["model.arch"], "baseline_cnn");
+        assert_eq!(p["model.width"], "16");
+        assert_eq!(p["model.features"], "[]");
+        assert_eq!(p["train.lr"], "0.001");
+        assert_eq!(p["train.init"], "null");
+        std::fs::write(
+            d.path().join("metrics.csv"),
+            "epoch,lr,train_loss,val_auroc,best\n1,0.001,0.9,0.5,true\n2,0.0005,0.7,NaN,false\n",
+        )
+        .unwrap();
+        let rows = metric_rows(d.path()).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[0],
+            (
+                1,
+                vec![
+                    ("lr".into(), 0.001),
+                    ("train_loss".into(), 0.9),
+                    ("val_auroc".into(), 0.5)
+                ]
+            )
+        );
+        assert_eq!(rows[1].1.len(), 2, "a NaN is not sent");
+        assert_eq!(urlencode("nodule exp/1"), "nodule%20exp%2F1");
+    }
+
+    #[test]
+    fn only_http_servers_are_taken() {
+        assert!(Settings::from_env(Some("file:///tmp/mlruns")).is_err());
+        assert!(Settings::from_env(Some("https://mlflow.example")).is_err());
+        let s = Settings::from_env(Some("http://127.0.0.1:5000/")).unwrap().unwrap();
+        assert_eq!(s.uri, "http://127.0.0.1:5000");
     }
 }

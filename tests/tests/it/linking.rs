@@ -192,21 +192,7 @@ fn the_stale_binary_check_follows_the_manifests() {
 /// `build.rs`.
 #[test]
 fn every_declared_dependency_is_used() {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--offline",
-            "--manifest-path",
-        ])
-        .arg(chain_tests::workspace().join("Cargo.toml"))
-        .output()
-        .expect("cargo metadata");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let meta = chain_tests::cargo_metadata();
     fn sources(dir: &std::path::Path, out: &mut String) {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let p = e.path();
