@@ -252,6 +252,12 @@ fn main() -> ExitCode {
             "wrote {} (and the report, plots, model.calibrated.onnx beside it)",
             s.out.display()
         );
+        // A tracked run (its folder holds mlflow.yaml): the calibration joins its MLflow run.
+        if s.out.file_name().is_some_and(|n| n == "calibration.yaml") {
+            if let Some(line) = s.out.parent().and_then(tracking::after_calibration) {
+                eprintln!("{line}");
+            }
+        }
         Ok(())
     };
     match run() {

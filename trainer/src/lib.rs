@@ -25,7 +25,6 @@ pub mod net;
 pub mod optim;
 pub mod sweep;
 pub mod synth;
-pub mod track;
 pub mod train;
 
 pub mod error;

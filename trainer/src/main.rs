@@ -175,7 +175,7 @@ fn sweep(
         ort_lib,
         quiet,
         // Each fold run of the sweep is tracked on its own when MLFLOW_TRACKING_URI is set.
-        mlflow: trainer::track::Settings::from_env(None).map_err(anyhow::Error::msg)?,
+        mlflow: tracking::Settings::from_env(None).map_err(anyhow::Error::msg)?,
         ..RunOptions::default()
     };
     if !collect {
@@ -459,7 +459,7 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
 
 /// `trainer mlflow-sync`.
 fn mlflow_sync(run: &std::path::Path, flag: Option<&str>) -> Result<()> {
-    use trainer::track;
+    use tracking as track;
     let settings = match track::Settings::from_env(flag).map_err(anyhow::Error::msg)? {
         Some(s) => s,
         None => {
@@ -511,7 +511,7 @@ fn train(a: &TrainArgs) -> Result<()> {
             quiet: a.quiet,
             resume: a.resume.is_some(),
             stop_after: a.stop_after,
-            mlflow: trainer::track::Settings::from_env(a.mlflow.as_deref()).map_err(anyhow::Error::msg)?,
+            mlflow: tracking::Settings::from_env(a.mlflow.as_deref()).map_err(anyhow::Error::msg)?,
             mlflow_key: None,
         },
     )?;

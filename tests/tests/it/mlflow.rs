@@ -212,9 +212,9 @@ fn a_run_is_tracked_in_a_real_mlflow_server_and_survives_the_server_going_away()
             "--out",
             s(&data),
             "--series",
-            "12",
+            "16",
             "--patches-per-series",
-            "6",
+            "8",
             "--cube-size",
             "16",
         ],
@@ -227,15 +227,35 @@ fn a_run_is_tracked_in_a_real_mlflow_server_and_survives_the_server_going_away()
     let server = Server::start(&server_dir, port);
     let uri = server.uri.clone();
     let live = w.join("live");
-    let mut a = train_args(&data, &live, "3");
+    let mut a = train_args(&data, &live, "8");
     a.extend(["--mlflow", &uri]);
     let r = run_ok("trainer", &a);
     assert!(
-        r.stderr.contains("MLflow: run ") && r.stderr.contains("3 epochs of metrics"),
+        r.stderr.contains("MLflow: run ") && r.stderr.contains("8 epochs of metrics"),
         "{}",
         r.stderr
     );
     assert_equal_to_folder(&read_back(&uri, &model_key(&live), &w.join("dl1")), &live);
+    // calibrate adds its calibration to the same MLflow run: the chosen method's metrics,
+    // the method as a tag, its files as artifacts.
+    let r = run_ok(
+        "calibrate",
+        &[s(&live), "--bootstrap", "0", "--method", "platt", "--no-report"],
+    );
+    assert!(r.stderr.contains("MLflow: calibration added to run"), "{}", r.stderr);
+    let back = read_back(&uri, &model_key(&live), &w.join("dl1c"));
+    assert_equal_to_folder(&back, &live);
+    let cal: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(live.join("calibration.yaml")).expect("cal")).expect("yaml");
+    assert_eq!(back["tags"]["nodule.calibration_method"], "platt");
+    assert_eq!(
+        back["metrics"]["calibration.auroc"][0][1].as_f64(),
+        cal["metrics"]["platt"]["auroc"].as_f64()
+    );
+    for f in ["calibration.yaml", "model.calibrated.onnx"] {
+        let sha = models::fsutil::sha256_file(&live.join(f)).expect("sha");
+        assert_eq!(back["artifacts"][f].as_str(), Some(sha.as_str()), "artifact {f}");
+    }
 
     // 2. The server goes away in the middle of a run: two epochs sent, then it stops; the
     //    run goes on (paused and resumed) without it, keeping what it could not send; the

@@ -99,7 +99,7 @@ pub struct RunOptions {
     /// Pause after this epoch, leaving the run resumable (no export yet).
     pub stop_after: Option<usize>,
     /// Track the run on an MLflow server ([`crate::track`]).
-    pub mlflow: Option<crate::track::Settings>,
+    pub mlflow: Option<tracking::Settings>,
     /// The tracking key, in the exported model's metadata (set by [`train`]).
     pub mlflow_key: Option<String>,
 }
@@ -154,7 +154,7 @@ pub const RUN_FILES: &[&str] = &[
     "calibration.yaml",
     "calibration_report.md",
     "model.calibrated.onnx",
-    crate::track::STATE_FILE,
+    tracking::STATE_FILE,
 ];
 
 /// Runs a whole training job as configured.
@@ -182,7 +182,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     let tracker = opts
         .mlflow
         .as_ref()
-        .and_then(|s| match crate::track::Tracker::start(&folder.dir, s) {
+        .and_then(|s| match tracking::Tracker::start(&folder.dir, s) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("trainer: warning: MLflow tracking off for this run: {e}");
@@ -190,7 +190,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
             }
         });
     let opts = &RunOptions {
-        mlflow_key: tracker.as_ref().map(crate::track::Tracker::key),
+        mlflow_key: tracker.as_ref().map(tracking::Tracker::key),
         ..opts.clone()
     };
     let result = (|| {
@@ -203,9 +203,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     })();
     if let Some(t) = tracker {
         let end = match &result {
-            Ok(Some(_)) => crate::track::End::Finished,
-            Ok(None) => crate::track::End::Running,
-            Err(_) => crate::track::End::Failed,
+            Ok(Some(_)) => tracking::End::Finished,
+            Ok(None) => tracking::End::Running,
+            Err(_) => tracking::End::Failed,
         };
         eprintln!("{}", t.finish(end));
     }

@@ -1,5 +1,7 @@
 //! MLflow tracking of a training run (`MLFLOW_TRACKING_URI`, MLflow's own convention, or
-//! `--mlflow URI`), through MLflow's REST API.
+//! `--mlflow URI`), through MLflow's REST API; `calibrate RUN` adds its calibration to the
+//! same MLflow run. Its own crate, below the trainer and `calibrate` (no libtorch, no ONNX
+//! Runtime), so both send through one client.
 //!
 //! The run folder is the outbox: what MLflow should show is what the folder holds
 //! (`config.yaml` as params, each row of `metrics.csv` as that epoch's metrics, the files a
@@ -37,6 +39,9 @@ pub const ARTIFACTS: &[&str] = &[
     "parity.yaml",
     "val_scores.csv",
     "curves.png",
+    "calibration.yaml",
+    "calibration_report.md",
+    "model.calibrated.onnx",
 ];
 
 /// Where to track.
@@ -103,6 +108,9 @@ pub struct State {
     /// `FINISHED` or `FAILED` once the run's end was sent.
     #[serde(default)]
     pub ended: Option<String>,
+    /// sha256 of the `calibration.yaml` whose metrics were sent.
+    #[serde(default)]
+    pub calibration_sent: Option<String>,
 }
 
 fn now_ms() -> u64 {
@@ -428,6 +436,7 @@ pub fn sync(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
             save(dir, st)?;
         }
     }
+    send_calibration(dir, st, &c, &run_id)?;
     if st.ended.as_deref() != Some(status) {
         c.call(
             "POST",
@@ -438,6 +447,64 @@ pub fn sync(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
         save(dir, st)?;
     }
     Ok(())
+}
+
+/// The calibration's metrics (`calibration.yaml`, of the method it chose: AUROC, Brier, NLL,
+/// ECE, slope…) as `calibration.*` metrics and its method as a tag, once per calibration.
+fn send_calibration(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<(), String> {
+    let p = dir.join("calibration.yaml");
+    if !p.is_file() {
+        return Ok(());
+    }
+    let bytes = models::fsutil::read_regular(&p).map_err(|e| e.to_string())?;
+    let sha = models::fsutil::sha256_bytes(&bytes);
+    if st.calibration_sent.as_deref() == Some(sha.as_str()) {
+        return Ok(());
+    }
+    let v: yaml_serde::Value = yaml_serde::from_slice(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
+    let method = v["method"].as_str().unwrap_or("none").to_string();
+    let t = now_ms();
+    let mut metrics = Vec::new();
+    if let Some(m) = v["metrics"][method.as_str()].as_mapping() {
+        for (k, x) in m {
+            if let (Some(k), Some(x)) = (k.as_str(), x.as_f64()) {
+                if x.is_finite() {
+                    metrics.push(json!({"key": format!("calibration.{k}"), "value": x, "timestamp": t, "step": 0}));
+                }
+            }
+        }
+    }
+    c.call(
+        "POST",
+        "/api/2.0/mlflow/runs/log-batch",
+        Some(&json!({"run_id": run_id, "metrics": metrics, "tags": [{"key": "nodule.calibration_method", "value": method}]})),
+    )?;
+    st.calibration_sent = Some(sha);
+    save(dir, st)
+}
+
+/// After `calibrate RUN`: sends the calibration of a run that is tracked (its folder holds
+/// `mlflow.yaml`) to its MLflow run; `None` for a run that is not. Never an error: the line
+/// says what was sent, or that `trainer mlflow-sync RUN` sends it later.
+pub fn after_calibration(dir: &Path) -> Option<String> {
+    let p = dir.join(STATE_FILE);
+    if !p.is_file() {
+        return None;
+    }
+    let text = models::fsutil::read_regular_to_string(&p).ok()?;
+    let mut st: State = yaml_serde::from_str(&text).ok()?;
+    Some(match sync(dir, &mut st, End::Finished) {
+        Ok(()) => format!(
+            "MLflow: calibration added to run {} at {}",
+            st.run_id.as_deref().unwrap_or("?"),
+            st.uri
+        ),
+        Err(e) => format!(
+            "MLflow: the calibration did not reach {} ({e}); `trainer mlflow-sync {}` sends it",
+            st.uri,
+            dir.display()
+        ),
+    })
 }
 
 fn urlencode(s: &str) -> String {
