@@ -190,49 +190,31 @@ pub fn merge(outputs: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
         return Err(InferError::Usage("infer merge --folds needs the fold outputs".into()));
     };
     for (r, p) in &parts {
-        for (what, same) in [
-            (
-                "the cross-validation (its series or number of folds)",
-                r.cv_sha256 == first.cv_sha256 && r.folds == first.folds,
-            ),
-            ("the candidates file", r.candidates_sha256 == first.candidates_sha256),
-            ("the test-time augmentation (--tta)", r.tta == first.tta),
-            (
-                "the output format",
-                r.format == first.format && r.header == first.header,
-            ),
-            (
-                "whether it is calibrated",
-                (r.calibration == "none") == (first.calibration == "none"),
-            ),
-        ] {
-            if !same {
-                return Err(bad(
-                    p,
-                    format!(
-                        "{what} differ from {}'s: not folds of one evaluation",
-                        first_path.display()
-                    ),
-                ));
-            }
-        }
+        crate::shard::agree(
+            p,
+            &first_path,
+            &[
+                (
+                    "the cross-validation (its series or number of folds)",
+                    r.cv_sha256 == first.cv_sha256 && r.folds == first.folds,
+                ),
+                ("the candidates file", r.candidates_sha256 == first.candidates_sha256),
+                ("the test-time augmentation (--tta)", r.tta == first.tta),
+                (
+                    "the output format",
+                    r.format == first.format && r.header == first.header,
+                ),
+                (
+                    "whether it is calibrated",
+                    (r.calibration == "none") == (first.calibration == "none"),
+                ),
+            ],
+            "not folds of one evaluation",
+        )?;
     }
     parts.sort_by_key(|(r, _)| r.fold);
-    for k in 1..=first.folds {
-        let given: Vec<&PathBuf> = parts.iter().filter(|(r, _)| r.fold == k).map(|(_, p)| *p).collect();
-        match given.len() {
-            1 => {}
-            0 => return Err(InferError::Usage(format!("fold {k} of {} is missing", first.folds))),
-            _ => {
-                return Err(InferError::Usage(format!(
-                    "fold {k} of {} is given twice: {} and {}",
-                    first.folds,
-                    given[0].display(),
-                    given[1].display()
-                )))
-            }
-        }
-    }
+    let numbers: Vec<(usize, &PathBuf)> = parts.iter().map(|(r, p)| (r.fold, *p)).collect();
+    crate::shard::each_once(&numbers, first.folds, "fold")?;
     let mut held = BTreeSet::new();
     for (r, p) in &parts {
         if let Some(s) = r.series.iter().find(|s| !held.insert(s.as_str())) {

@@ -211,6 +211,38 @@ pub(crate) fn checked_body(
     Ok(bytes[end..].to_vec())
 }
 
+/// Refuses a part whose record disagrees with the first part's: each `(what, agrees)`;
+/// `not_one` says what the parts then are not (`shards of one run`…).
+pub(crate) fn agree(part: &Path, first: &Path, checks: &[(&str, bool)], not_one: &str) -> Result<(), InferError> {
+    match checks.iter().find(|(_, same)| !same) {
+        Some((what, _)) => Err(bad(
+            part,
+            format!("{what} differ from {}'s: {not_one}", first.display()),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Refuses parts numbered otherwise than 1..=n once each: `numbers` holds each part's number
+/// and path; `kind` names them (`shard`, `fold`).
+pub(crate) fn each_once(numbers: &[(usize, &PathBuf)], n: usize, kind: &str) -> Result<(), InferError> {
+    for k in 1..=n {
+        let given: Vec<&PathBuf> = numbers.iter().filter(|(i, _)| *i == k).map(|(_, p)| *p).collect();
+        match given.len() {
+            1 => {}
+            0 => return Err(InferError::Usage(format!("{kind} {k} of {n} is missing"))),
+            _ => {
+                return Err(InferError::Usage(format!(
+                    "{kind} {k} of {n} is given twice: {} and {}",
+                    given[0].display(),
+                    given[1].display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes the merged output atomically: the header once (none for JSON lines), then the
 /// parts' rows in order, byte for byte.
 pub(crate) fn write_merged(out: &Path, header: Option<&str>, bodies: &[Vec<u8>]) -> Result<(), InferError> {
@@ -245,47 +277,29 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
         return Err(InferError::Usage("infer merge needs the shard outputs".into()));
     };
     for (r, p) in &parts {
-        for (what, same) in [
-            ("the number of shards", r.of == first.of),
-            (
-                "the inputs",
-                r.inputs_sha256 == first.inputs_sha256 && r.inputs == first.inputs,
-            ),
-            ("the model", r.model_sha256 == first.model_sha256),
-            ("the test-time augmentation (--tta)", r.tta == first.tta),
-            ("the calibration", r.calibration == first.calibration),
-            (
-                "the output format",
-                r.format == first.format && r.header == first.header,
-            ),
-        ] {
-            if !same {
-                return Err(bad(
-                    p,
-                    format!(
-                        "{what} differ from {}'s: shards of different runs",
-                        first_path.display()
-                    ),
-                ));
-            }
-        }
+        agree(
+            p,
+            &first_path,
+            &[
+                ("the number of shards", r.of == first.of),
+                (
+                    "the inputs",
+                    r.inputs_sha256 == first.inputs_sha256 && r.inputs == first.inputs,
+                ),
+                ("the model", r.model_sha256 == first.model_sha256),
+                ("the test-time augmentation (--tta)", r.tta == first.tta),
+                ("the calibration", r.calibration == first.calibration),
+                (
+                    "the output format",
+                    r.format == first.format && r.header == first.header,
+                ),
+            ],
+            "shards of different runs",
+        )?;
     }
     parts.sort_by_key(|(r, _)| r.shard);
-    for k in 1..=first.of {
-        let given: Vec<&PathBuf> = parts.iter().filter(|(r, _)| r.shard == k).map(|(_, p)| *p).collect();
-        match given.len() {
-            1 => {}
-            0 => return Err(InferError::Usage(format!("shard {k} of {} is missing", first.of))),
-            _ => {
-                return Err(InferError::Usage(format!(
-                    "shard {k} of {} is given twice: {} and {}",
-                    first.of,
-                    given[0].display(),
-                    given[1].display()
-                )))
-            }
-        }
-    }
+    let numbers: Vec<(usize, &PathBuf)> = parts.iter().map(|(r, p)| (r.shard, *p)).collect();
+    each_once(&numbers, first.of, "shard")?;
     let mut at = 0;
     for (r, p) in &parts {
         if r.first != at || r.end < r.first {
