@@ -375,6 +375,8 @@ struct Scoring<'a> {
 fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t: &mut Tally) -> Result<(), InferError> {
     let s = c.s;
     let op = c.cal.and_then(Cal::operating_point);
+    // Rows name LUNA16's candidates in a `candidate` column, anything else as `patch_file`.
+    let scan_candidate = c.feed.as_ref().is_some_and(|f| f.set.name_column() == "candidate");
     let pre = scorer.preprocess.clone();
     let d = pre.cube_size;
     let per = d * d * d;
@@ -497,7 +499,6 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
                 let decision = op.map(|(_, threshold)| u8::from(z >= threshold));
                 t.positives += usize::from(decision.unwrap_or(0));
                 let r = it.row.as_ref();
-                let scan_candidate = c.feed.as_ref().is_some_and(|f| f.set.name_column() == "candidate");
                 rows.push(OutRow {
                     patch_file: (!scan_candidate).then_some(it.name.as_str()),
                     candidate: scan_candidate.then_some(it.name.as_str()),
@@ -642,7 +643,6 @@ fn read_features(
             models::features::read(index, &keys, &src)?
         }
     };
-    drop(keys);
     let mut map = HashMap::with_capacity(values.len());
     let mut kept = Vec::with_capacity(inputs.items.len());
     for (it, v) in std::mem::take(&mut inputs.items).into_iter().zip(values) {

@@ -198,15 +198,11 @@ fn uid(it: &Item) -> &str {
 /// than half a voxel), most likely coordinates in another frame.
 fn outside(scan: &scans::Scan, it: &Item) -> Option<String> {
     let r = it.row.as_ref()?;
-    let g = &scan.geometry;
-    let v = g.world_to_voxel([r.center_x, r.center_y, r.center_z]);
-    (0..3)
-        .any(|k| !(v[k] >= -0.5 && v[k] <= g.dims[k] as f64 - 0.5))
-        .then(|| {
-            "the centre lies outside the scan (world mm in the scan's frame expected, as LUNA16's CSVs; \
+    (!scan.geometry.contains_world([r.center_x, r.center_y, r.center_z])).then(|| {
+        "the centre lies outside the scan (world mm in the scan's frame expected, as LUNA16's CSVs; \
              `scans inspect SCAN --world X,Y,Z` shows where a point lands): not scored"
-                .to_string()
-        })
+            .to_string()
+    })
 }
 
 thread_local! {
@@ -306,23 +302,14 @@ pub(crate) struct Feed<'s> {
     pub preload: bool,
 }
 
-/// The batch being filled.
-struct Filling<'a> {
-    dec: Decoded<'a>,
-}
-
-impl<'a> Filling<'a> {
-    fn new(data: Vec<f32>) -> Self {
-        let mut data = data;
-        data.clear();
-        Filling {
-            dec: Decoded {
-                good: Vec::new(),
-                digests: Vec::new(),
-                bad: Vec::new(),
-                data,
-            },
-        }
+/// An empty batch around a recycled buffer.
+fn empty_batch<'a>(mut data: Vec<f32>) -> Decoded<'a> {
+    data.clear();
+    Decoded {
+        good: Vec::new(),
+        digests: Vec::new(),
+        bad: Vec::new(),
+        data,
     }
 }
 
@@ -374,16 +361,16 @@ fn cut_all<'a>(todo: &[&'a Item], f: &Feed, out: &dyn Fn(Decoded<'a>) -> bool, b
         }
         drop(stx);
         let mut pending: BTreeMap<usize, models::Result<scans::Scan>> = BTreeMap::new();
-        let mut cur = Filling::new(back.try_recv().unwrap_or_default());
-        let send = |cur: &mut Filling<'a>, force: bool| -> bool {
-            if cur.dec.good.len() < f.batch && !force {
+        let mut cur = empty_batch(back.try_recv().unwrap_or_default());
+        let send = |cur: &mut Decoded<'a>, force: bool| -> bool {
+            if cur.good.len() < f.batch && !force {
                 return true;
             }
-            if cur.dec.good.is_empty() && cur.dec.bad.is_empty() {
+            if cur.good.is_empty() && cur.bad.is_empty() {
                 return true;
             }
-            let next = Filling::new(back.try_recv().unwrap_or_default());
-            out(std::mem::replace(cur, next).dec)
+            let next = empty_batch(back.try_recv().unwrap_or_default());
+            out(std::mem::replace(cur, next))
         };
         'scans: for (gi, items) in groups.iter().enumerate() {
             let scan = loop {
@@ -408,7 +395,7 @@ fn cut_all<'a>(todo: &[&'a Item], f: &Feed, out: &dyn Fn(Decoded<'a>) -> bool, b
                     for it in items.iter() {
                         let shown = it.path.display().to_string();
                         let why = msg.strip_prefix(&format!("{shown}: ")).unwrap_or(&msg);
-                        cur.dec.bad.push((*it, item_err(it, why.to_string())));
+                        cur.bad.push((*it, item_err(it, why.to_string())));
                     }
                     if !send(&mut cur, true) {
                         break 'scans;
@@ -417,12 +404,12 @@ fn cut_all<'a>(todo: &[&'a Item], f: &Feed, out: &dyn Fn(Decoded<'a>) -> bool, b
                 Ok(scan) => {
                     let mut rest: &[&'a Item] = items;
                     while !rest.is_empty() {
-                        let room = f.batch - cur.dec.good.len();
+                        let room = f.batch - cur.good.len();
                         let (now, later) = rest.split_at(room.min(rest.len()));
                         rest = later;
-                        let start = cur.dec.good.len();
-                        cur.dec.data.resize((start + now.len()) * per, 0.0);
-                        let results: Vec<Result<String, String>> = cur.dec.data[start * per..]
+                        let start = cur.good.len();
+                        cur.data.resize((start + now.len()) * per, 0.0);
+                        let results: Vec<Result<String, String>> = cur.data[start * per..]
                             .par_chunks_mut(per)
                             .zip(now.par_iter())
                             .map(|(slot, it)| cut_one(&scan, it, &f.grid, &f.pre, slot))
@@ -430,20 +417,18 @@ fn cut_all<'a>(todo: &[&'a Item], f: &Feed, out: &dyn Fn(Decoded<'a>) -> bool, b
                         for (k, (it, r)) in now.iter().zip(results).enumerate() {
                             match r {
                                 Ok(d) => {
-                                    let at = cur.dec.good.len();
+                                    let at = cur.good.len();
                                     if at != start + k {
-                                        cur.dec
-                                            .data
-                                            .copy_within((start + k) * per..(start + k + 1) * per, at * per);
+                                        cur.data.copy_within((start + k) * per..(start + k + 1) * per, at * per);
                                     }
-                                    cur.dec.good.push(*it);
-                                    cur.dec.digests.push(d);
+                                    cur.good.push(*it);
+                                    cur.digests.push(d);
                                 }
-                                Err(why) => cur.dec.bad.push((*it, item_err(it, why))),
+                                Err(why) => cur.bad.push((*it, item_err(it, why))),
                             }
                         }
-                        let good = cur.dec.good.len();
-                        cur.dec.data.truncate(good * per);
+                        let good = cur.good.len();
+                        cur.data.truncate(good * per);
                         if !send(&mut cur, false) {
                             break 'scans;
                         }

@@ -114,24 +114,6 @@ pub fn check_bootstrap(b: usize) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thread_counts_are_bounded_by_the_cpus() {
-        let max = max_threads();
-        assert!(max >= 8 && max >= 4 * cpus());
-        assert!(check_threads("--threads", 0).is_ok());
-        assert!(check_threads("--threads", max).is_ok());
-        let e = check_threads("--threads", max + 1).expect_err("too many");
-        assert!(
-            e.starts_with(&format!("--threads {}", max + 1)) && e.contains(&max.to_string()),
-            "{e}"
-        );
-    }
-}
-
 /// An error and its causes as one line for a person: `outer: cause: cause`, each cause
 /// added only when the text so far does not already say it (our errors print the cause they
 /// wrap, and also expose it as their `source` for callers that match on it: printing the
@@ -150,8 +132,21 @@ pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
-mod error_text_tests {
-    use super::error_text;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_counts_are_bounded_by_the_cpus() {
+        let max = max_threads();
+        assert!(max >= 8 && max >= 4 * cpus());
+        assert!(check_threads("--threads", 0).is_ok());
+        assert!(check_threads("--threads", max).is_ok());
+        let e = check_threads("--threads", max + 1).expect_err("too many");
+        assert!(
+            e.starts_with(&format!("--threads {}", max + 1)) && e.contains(&max.to_string()),
+            "{e}"
+        );
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("{what}: {source}")]

@@ -157,7 +157,7 @@ pub fn report(uid: &str, src: &crate::Source, points: &[[f64; 3]]) -> Result<Str
     );
     for &p in points {
         let v = g.world_to_voxel(p);
-        let inside = (0..3).all(|k| v[k] >= -0.5 && v[k] <= g.dims[k] as f64 - 0.5);
+        let inside = g.contains_world(p);
         out += &format!(
             "world {} mm -> voxel {} ({})\n",
             v3(p, 2),

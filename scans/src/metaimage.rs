@@ -191,6 +191,13 @@ impl Geometry {
         self.apply_to_index(d)
     }
 
+    /// Whether world point `w` (mm) lies in the scan: within half a voxel of its outer voxel
+    /// centres along every axis (a NaN is outside).
+    pub fn contains_world(&self, w: [f64; 3]) -> bool {
+        let v = self.world_to_voxel(w);
+        (0..3).all(|k| v[k] >= -0.5 && v[k] <= self.dims[k] as f64 - 0.5)
+    }
+
     /// The index change of a world displacement `d` (mm).
     pub fn apply_to_index(&self, d: [f64; 3]) -> [f64; 3] {
         let m = &self.to_index;

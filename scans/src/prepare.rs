@@ -198,13 +198,7 @@ fn do_scan(uid: &str, source: &crate::Source, plan: &[Planned], job: &PrepareJob
     // A centre outside the scan gives an all-air patch: most likely coordinates in another
     // frame (voxel indices, another scan's). Say so; the patch is still written.
     let g = &scan.geometry;
-    let outside = plan
-        .iter()
-        .filter(|p| {
-            let v = g.world_to_voxel(p.center);
-            (0..3).any(|k| !(v[k] >= -0.5 && v[k] <= g.dims[k] as f64 - 0.5))
-        })
-        .count();
+    let outside = plan.iter().filter(|p| !g.contains_world(p.center)).count();
     if outside > 0 {
         eprintln!(
             "prepare: warning: {}: {outside} of {} centres lie outside the scan (world mm expected; check the CSV's coordinates)",
