@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chain_tests::{col, read_csv, run, run_ok, s, workspace};
 use scans::metaimage::{self, ElementType, Geometry, WriteOptions};
+use std::process::Command;
 
 use crate::fixture::fixture;
 
@@ -660,6 +661,24 @@ fn a_k_fold_run_scores_its_held_out_scans_and_froc_evaluates_every_candidate() {
     got.sort();
     want.sort();
     assert_eq!(got, want);
+    // A fold output changed after its record was written: the merge refuses it.
+    let mut text = std::fs::read_to_string(&outs[0]).expect("read");
+    text.push_str(&text.lines().nth(1).expect("a row").to_string());
+    text.push('\n');
+    std::fs::write(&outs[0], text).expect("w");
+    let r = run(
+        "infer",
+        &[
+            "merge",
+            "--folds",
+            s(&outs[0]),
+            s(&outs[1]),
+            "-o",
+            s(&w.join("oof2.csv")),
+        ],
+    );
+    assert!(!r.ok && r.stderr.contains("not the output its record"), "{}", r.stderr);
+    assert!(!w.join("oof2.csv").exists());
     let froc_out = w.join("froc");
     run_ok(
         "froc",
@@ -837,4 +856,46 @@ fn tabular_features_come_from_the_candidates_or_by_series() {
             .collect()
     };
     assert_ne!(b_now, b_before);
+}
+
+/// Hostile settings and paths for scoring from scans: an output that is a scan's data file,
+/// a candidates file that is a FIFO, absurd grids and thread counts, a --held-out folder that
+/// is no fold: each a clear error before anything is written, the inputs untouched.
+#[test]
+fn hostile_paths_and_settings_for_scans_are_refused() {
+    let d = tempfile::tempdir().expect("tmp");
+    let scans = d.path().join("scans");
+    let pts = three_scans(&scans);
+    let (_, cand) = luna16_csvs(d.path(), &pts);
+    let m = model();
+    let raw = scans.join("A.raw");
+    let before = std::fs::read(&raw).expect("raw");
+    let base = |extra: &[&str]| {
+        let mut a = vec!["--scans", s(&scans), "-m", s(&m)];
+        a.extend_from_slice(extra);
+        run("infer", &a)
+    };
+    let r = base(&["--candidates", s(&cand), "-o", s(&raw)]);
+    assert!(!r.ok && r.stderr.contains("A.raw"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&raw).expect("raw"), before, "a scan was overwritten");
+    let fifo = d.path().join("fifo.csv");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let out = d.path().join("x.csv");
+    let t0 = std::time::Instant::now();
+    let r = base(&["--candidates", s(&fifo), "-o", s(&out)]);
+    assert!(!r.ok && r.stderr.contains("fifo.csv"), "{}", r.stderr);
+    assert!(t0.elapsed().as_secs() < 30, "a FIFO hung the run");
+    for (flags, why) in [
+        (&["--spacing-mm", "NaN"][..], "--spacing-mm"),
+        (&["--size-mm", "1e300"][..], "--size-mm"),
+        (&["--spacing-mm", "0.0000001"][..], "--size-mm"),
+        (&["--scan-jobs", "100000000"][..], "--scan-jobs"),
+        (&["--held-out", s(&scans)][..], "not a training run folder"),
+    ] {
+        let mut a = vec!["--candidates", s(&cand), "-o", s(&out)];
+        a.extend_from_slice(flags);
+        let r = base(&a);
+        assert!(!r.ok && r.stderr.contains(why), "{flags:?}: {}", r.stderr);
+        assert!(!out.exists(), "{flags:?} wrote an output");
+    }
 }
