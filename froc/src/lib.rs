@@ -79,7 +79,7 @@ pub use evaluate::{
 };
 pub use models::luna16::Finding;
 use models::luna16::{read_findings, read_series_list};
-pub use write::summary;
+pub use write::{summary, FILES};
 
 /// Errors of a FROC evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,39 @@ pub struct FrocFiles {
     pub seriesuids: PathBuf,
     pub results: PathBuf,
     pub out: PathBuf,
+    /// The model the results came from (read only for its MLflow run; see
+    /// [`tracked_model`]).
+    pub model: Option<PathBuf>,
+}
+
+/// Where the model's training was tracked: (its MLflow run key, tracking URI, experiment)
+/// from its metadata; `None` for a model trained without tracking.
+pub fn tracked_model(model: &Path) -> Result<Option<(String, String, String)>, FrocError> {
+    let m = models::onnx::read_model(model).map_err(|e| FrocError::Usage(e.to_string()))?;
+    let md = models::onnx::metadata(&m);
+    let get = |k: &str| md.get(k).cloned();
+    Ok(get("training.mlflow_run_key").map(|k| {
+        (
+            k,
+            get("training.mlflow_tracking_uri").unwrap_or_default(),
+            get("training.mlflow_experiment").unwrap_or_else(|| "nodule".into()),
+        )
+    }))
+}
+
+/// The evaluation's figures as MLflow metrics: `froc.cpm` (and its interval), and
+/// `froc.sensitivity_at_<rate>` at each of the seven rates.
+pub fn mlflow_metrics(r: &FrocReport) -> std::collections::BTreeMap<String, f64> {
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("froc.cpm".to_string(), r.cpm);
+    if let Some([lo, hi]) = r.cpm_ci {
+        m.insert("froc.cpm_ci_lower".to_string(), lo);
+        m.insert("froc.cpm_ci_upper".to_string(), hi);
+    }
+    for p in &r.rates {
+        m.insert(format!("froc.sensitivity_at_{}", p.fp_per_scan), p.sensitivity);
+    }
+    m
 }
 
 /// The largest diameter taken as a finding's, in mm (LUNA16's largest nodule is about
@@ -249,6 +282,9 @@ pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
     if let Some(e) = &f.excluded {
         io.input("excluded findings", e);
     }
+    if let Some(m) = &f.model {
+        io.input("model", m);
+    }
     io.outputs_in("FROC output", &f.out, write::FILES)?;
     let Truth {
         uids,
@@ -291,6 +327,7 @@ mod tests {
             seriesuids: nowhere.clone(),
             results: nowhere.clone(),
             out: nowhere,
+            model: None,
         };
         let s = FrocSettings {
             bootstrap: models::cli::MAX_BOOTSTRAP + 1,

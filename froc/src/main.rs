@@ -41,6 +41,47 @@ struct Args {
     /// Level of the bootstrap intervals, in (0, 1).
     #[arg(long, default_value_t = 0.95)]
     confidence: f64,
+    /// The model the results came from: when it was trained with MLflow tracking (its
+    /// metadata names the run), the FROC's metrics and files are added to that run.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The MLflow server of that run (else MLFLOW_TRACKING_URI, else the model's).
+    #[arg(long, requires = "model")]
+    mlflow: Option<String>,
+}
+
+/// Adds the evaluation to the MLflow run that made the model; one line saying what
+/// happened (never an error: the FROC is written either way).
+fn to_mlflow(
+    model: &std::path::Path,
+    tracked: Option<(String, String, String)>,
+    flag: Option<&str>,
+    out: &std::path::Path,
+    r: &froc::FrocReport,
+) -> String {
+    let Some((key, uri, experiment)) = tracked else {
+        return format!(
+            "MLflow: {} was trained without tracking (no training.mlflow_run_key): nothing sent",
+            model.display()
+        );
+    };
+    let uri = match tracking::Settings::from_env(flag) {
+        Ok(Some(s)) => s.uri,
+        Ok(None) => uri,
+        Err(e) => return format!("MLflow: nothing sent: {e}"),
+    };
+    let s = match tracking::Settings::from_env(Some(&uri)) {
+        Ok(Some(s)) => tracking::Settings { experiment, ..s },
+        Ok(None) => return "MLflow: nothing sent: the model names no tracking server".into(),
+        Err(e) => return format!("MLflow: nothing sent: {e}"),
+    };
+    let e = tracking::Evaluation {
+        key,
+        metrics: froc::mlflow_metrics(r),
+        artifact_dir: "froc".into(),
+        files: froc::FILES.iter().map(|f| (*f).to_string()).collect(),
+    };
+    tracking::add_evaluation(out, &s, e)
 }
 
 fn main() -> ExitCode {
@@ -52,6 +93,14 @@ fn main() -> ExitCode {
         seriesuids: a.seriesuids,
         results: a.results,
         out: a.out.clone(),
+        model: a.model.clone(),
+    };
+    let tracked = match a.model.as_deref().map(froc::tracked_model).transpose() {
+        Ok(t) => t.flatten(),
+        Err(e) => {
+            eprintln!("froc: error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let s = FrocSettings {
         max_candidates: (a.max_candidates > 0).then_some(a.max_candidates),
@@ -63,6 +112,9 @@ fn main() -> ExitCode {
         Ok(r) => {
             print!("{}", froc::summary(&r));
             println!("wrote {}", a.out.display());
+            if let Some(m) = &a.model {
+                eprintln!("{}", to_mlflow(m, tracked, a.mlflow.as_deref(), &a.out, &r));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -44,12 +44,18 @@ pub const ARTIFACTS: &[&str] = &[
     "model.calibrated.onnx",
 ];
 
-/// Where to track.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where to track, and what this run is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     /// `http://host:port` of an MLflow tracking server.
     pub uri: String,
     pub experiment: String,
+    /// A sweep folder whose MLflow run is this run's parent (see [`open_sweep`]).
+    pub parent: Option<PathBuf>,
+    /// The MLflow run's name (default: the folder's name).
+    pub name: Option<String>,
+    /// Tags the MLflow run is created with, beside ours.
+    pub tags: BTreeMap<String, String>,
 }
 
 impl Settings {
@@ -79,7 +85,40 @@ impl Settings {
             .ok()
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| "nodule".into());
-        Ok(Some(Settings { uri, experiment }))
+        Ok(Some(Settings {
+            uri,
+            experiment,
+            ..Settings::default()
+        }))
+    }
+}
+
+/// What a folder mirrored to MLflow is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A training run folder: its own MLflow run.
+    #[default]
+    Run,
+    /// A sweep folder: the parent MLflow run of its fold runs.
+    Sweep,
+    /// An evaluation's output folder (`froc --model`): its metrics and files are added to
+    /// the MLflow run that made the model, which it never creates.
+    Evaluation,
+}
+
+/// A tracking URI without any `user:password@` in it (for what is written down).
+pub fn without_credentials(uri: &str) -> String {
+    match uri.split_once("://") {
+        Some((scheme, rest)) => {
+            let (host, path) = rest.split_once('/').map_or((rest, None), |(h, p)| (h, Some(p)));
+            let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+            match path {
+                Some(p) => format!("{scheme}://{host}/{p}"),
+                None => format!("{scheme}://{host}"),
+            }
+        }
+        None => uri.to_string(),
     }
 }
 
@@ -88,8 +127,33 @@ impl Settings {
 pub struct State {
     pub uri: String,
     pub experiment: String,
-    /// This run's key: the `nodule.run_key` tag that finds its MLflow run again.
+    /// This run's key: the `nodule.run_key` tag that finds its MLflow run again (for an
+    /// evaluation, the key of the run that made the model).
     pub key: String,
+    #[serde(default)]
+    pub kind: Kind,
+    /// A sweep folder whose MLflow run is this run's parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Tags the run is created with, beside ours.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Params of a sweep (a training run's come from its `config.yaml`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// Metrics of an evaluation, sent once (with `metrics_sent`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub metrics_sent: bool,
+    /// Where an evaluation's files go among the run's artifacts (`froc/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_dir: Option<String>,
+    /// The files of an evaluation to send.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
     #[serde(default)]
     pub experiment_id: Option<String>,
     #[serde(default)]
@@ -111,6 +175,9 @@ pub struct State {
     /// sha256 of the `calibration.yaml` whose metrics were sent.
     #[serde(default)]
     pub calibration_sent: Option<String>,
+    /// sha256 of the `sweep_summary.csv` whose metrics were sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary_sent: Option<String>,
 }
 
 fn now_ms() -> u64 {
@@ -130,26 +197,55 @@ fn new_key() -> String {
 /// Reads the folder's state, or starts one for `s` (a new key).
 pub fn load_or_new(dir: &Path, s: &Settings) -> Result<State, String> {
     let p = dir.join(STATE_FILE);
-    if p.exists() {
-        let text = models::fsutil::read_regular_to_string(&p).map_err(|e| e.to_string())?;
-        let mut st: State = yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut st = if p.exists() {
+        let st = read_state(dir)?;
         if st.uri != s.uri || st.experiment != s.experiment {
             // Another server or experiment: the run is sent there afresh, under the same key.
-            st = State {
-                uri: s.uri.clone(),
-                experiment: s.experiment.clone(),
-                key: st.key,
-                ..State::default()
-            };
+            afresh(st, &s.uri, &s.experiment)
+        } else {
+            st
         }
-        return Ok(st);
+    } else {
+        State {
+            uri: s.uri.clone(),
+            experiment: s.experiment.clone(),
+            key: new_key(),
+            ..State::default()
+        }
+    };
+    if s.parent.is_some() {
+        st.parent.clone_from(&s.parent);
     }
-    Ok(State {
-        uri: s.uri.clone(),
-        experiment: s.experiment.clone(),
-        key: new_key(),
+    if s.name.is_some() {
+        st.name.clone_from(&s.name);
+    }
+    st.tags.extend(s.tags.clone());
+    Ok(st)
+}
+
+/// `st` to be sent to another server or experiment: what it is kept, what was sent forgotten.
+fn afresh(st: State, uri: &str, experiment: &str) -> State {
+    State {
+        uri: uri.to_string(),
+        experiment: experiment.to_string(),
+        key: st.key,
+        kind: st.kind,
+        parent: st.parent,
+        name: st.name,
+        tags: st.tags,
+        params: st.params,
+        metrics: st.metrics,
+        artifact_dir: st.artifact_dir,
+        files: st.files,
         ..State::default()
-    })
+    }
+}
+
+/// The folder's `mlflow.yaml`.
+pub fn read_state(dir: &Path) -> Result<State, String> {
+    let p = dir.join(STATE_FILE);
+    let text = models::fsutil::read_regular_to_string(&p).map_err(|e| e.to_string())?;
+    yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
 }
 
 fn save(dir: &Path, st: &State) -> Result<(), String> {
@@ -219,17 +315,24 @@ impl Client {
     }
 }
 
-/// `config.yaml` flattened to dotted params (`train.epochs` = `10`), MLflow's limits kept
-/// (values cut at 6,000 characters).
+/// `config.yaml` flattened to dotted params (`train.epochs` = `10`).
 fn params_of(dir: &Path) -> Result<Vec<(String, String)>, String> {
     let text = models::fsutil::read_regular_to_string(&dir.join("config.yaml")).map_err(|e| e.to_string())?;
     let v: yaml_serde::Value = yaml_serde::from_str(&text).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
+    Ok(flatten(&v))
+}
+
+/// A YAML value flattened to dotted params, MLflow's limits kept (values cut at 6,000
+/// characters); a list is one value.
+pub fn flatten(v: &yaml_serde::Value) -> Vec<(String, String)> {
     fn walk(prefix: &str, v: &yaml_serde::Value, out: &mut Vec<(String, String)>) {
         match v {
             yaml_serde::Value::Mapping(m) => {
                 for (k, v) in m {
-                    let k = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+                    let k = k.as_str().map_or_else(
+                        || yaml_serde::to_string(k).unwrap_or_default().trim().to_string(),
+                        str::to_string,
+                    );
                     let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
                     walk(&key, v, out);
                 }
@@ -244,8 +347,9 @@ fn params_of(dir: &Path) -> Result<Vec<(String, String)>, String> {
             }
         }
     }
-    walk("", &v, &mut out);
-    Ok(out)
+    let mut out = Vec::new();
+    walk("", v, &mut out);
+    out
 }
 
 /// One row of `metrics.csv`: its epoch, and each metric's name and value.
@@ -300,89 +404,216 @@ impl End {
     }
 }
 
+/// The files of a sweep's summary sent as the parent run's artifacts (with every
+/// configuration's `cell_NN/oof_scores.csv`).
+pub const SWEEP_ARTIFACTS: &[&str] = &["sweep_summary.csv", "sweep_summary.md", "forest.png", "sweep_plan.yaml"];
+
+/// The columns of `sweep_summary.csv` sent as the parent run's metrics, per configuration.
+const SWEEP_METRICS: &[&str] = &[
+    "mean_val_auroc",
+    "pooled_oof_auroc",
+    "pooled_oof_auroc_lo",
+    "pooled_oof_auroc_hi",
+    "diff_vs_base",
+    "diff_vs_base_p",
+];
+
 /// Sends what the folder holds and the state lacks; saves the state after each step. `Err`
-/// says what could not be sent (the rest is kept for the next try).
+/// says what could not be sent (the rest is kept for the next try). A sweep folder is sent
+/// under its lock, from its `mlflow.yaml` as it is now (its fold runs, in other processes,
+/// create its MLflow run when they need it): `st` gives its server and comes back updated.
 pub fn sync(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
+    if st.kind != Kind::Sweep {
+        return sync_folder(dir, st, end);
+    }
+    let _lock = wait_lock(dir)?;
+    let mut cur = read_state(dir)?;
+    if cur.kind != Kind::Sweep {
+        return Err(format!("{}: not a sweep's tracking state", dir.join(STATE_FILE).display()));
+    }
+    if cur.uri != st.uri || cur.experiment != st.experiment {
+        cur = afresh(cur, &st.uri, &st.experiment);
+    }
+    let r = sync_folder(dir, &mut cur, end);
+    *st = cur;
+    r
+}
+
+/// The lock of a sweep folder's tracking state, waited for (fold runs of one sweep in other
+/// processes take it for a moment each).
+fn wait_lock(dir: &Path) -> Result<models::fsutil::Lock, String> {
+    models::fsutil::Lock::beside_waiting(
+        &dir.join(STATE_FILE),
+        "the sweep's MLflow state",
+        Duration::from_secs(30),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn sync_folder(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
     let c = Client::new(&st.uri);
     if st.run_id.is_none() {
-        let exp = c
-            .call(
-                "GET",
-                &format!(
-                    "/api/2.0/mlflow/experiments/get-by-name?experiment_name={}",
-                    urlencode(&st.experiment)
-                ),
-                None,
-            )
-            .ok()
-            .and_then(|v| v["experiment"]["experiment_id"].as_str().map(str::to_string));
-        let exp = match exp {
-            Some(e) => e,
-            None => c.call(
-                "POST",
-                "/api/2.0/mlflow/experiments/create",
-                Some(&json!({"name": st.experiment})),
-            )?["experiment_id"]
-                .as_str()
-                .ok_or("MLflow did not return the experiment's id")?
-                .to_string(),
-        };
-        // The run this key made before (a sync that ended before its state was saved).
-        let found = c.call(
-            "POST",
-            "/api/2.0/mlflow/runs/search",
-            Some(&json!({"experiment_ids": [exp], "filter": format!("tags.`nodule.run_key` = '{}'", st.key), "max_results": 1})),
-        )?;
-        let run = match found["runs"].as_array().and_then(|r| r.first()) {
-            Some(r) => r["info"].clone(),
-            None => {
-                let name = dir
-                    .file_name()
-                    .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
-                // fsutil-exempt: the kernel's host name, not a user path.
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-                c.call(
-                    "POST",
-                    "/api/2.0/mlflow/runs/create",
-                    Some(&json!({
-                        "experiment_id": exp,
-                        "run_name": name,
-                        "start_time": now_ms(),
-                        "tags": [
-                            {"key": "nodule.run_key", "value": st.key},
-                            {"key": "nodule.run_folder", "value": dir.display().to_string()},
-                            {"key": "nodule.tool_version", "value": env!("CARGO_PKG_VERSION")},
-                            {"key": "mlflow.source.name", "value": "trainer train"},
-                            {"key": "host", "value": host.trim()},
-                        ],
-                    })),
-                )?["run"]["info"]
-                    .clone()
-            }
-        };
-        st.run_id = Some(
-            run["run_id"]
-                .as_str()
-                .ok_or("MLflow did not return the run's id")?
-                .to_string(),
-        );
-        st.artifact_uri = run["artifact_uri"].as_str().map(str::to_string);
-        st.experiment_id = Some(exp);
+        open_run(dir, st, &c)?;
         save(dir, st)?;
     }
     let run_id = st.run_id.clone().unwrap_or_default();
-    if !st.params_sent && dir.join("config.yaml").exists() {
-        for chunk in params_of(dir)?.chunks(100) {
-            let params: Vec<Value> = chunk.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
-            c.call(
-                "POST",
-                "/api/2.0/mlflow/runs/log-batch",
-                Some(&json!({"run_id": run_id, "params": params})),
-            )?;
+    send_params(dir, st, &c, &run_id)?;
+    if st.kind == Kind::Run {
+        send_metric_rows(dir, st, &c, &run_id)?;
+    }
+    let Some(status) = end.status() else {
+        return Ok(());
+    };
+    if status == "FINISHED" {
+        send_end_metrics(dir, st, &c, &run_id)?;
+        for (local, remote) in artifacts_of(dir, st) {
+            send_artifact(dir, st, &c, &run_id, &local, &remote)?;
         }
-        st.params_sent = true;
+    }
+    if st.kind == Kind::Run {
+        send_calibration(dir, st, &c, &run_id)?;
+    }
+    // An evaluation adds to a run it did not make: that run's status is not its to set.
+    if st.kind != Kind::Evaluation && st.ended.as_deref() != Some(status) {
+        c.call(
+            "POST",
+            "/api/2.0/mlflow/runs/update",
+            Some(&json!({"run_id": run_id, "status": status, "end_time": now_ms()})),
+        )?;
+        st.ended = Some(status.to_string());
         save(dir, st)?;
     }
+    Ok(())
+}
+
+/// The experiment's id (created if it does not exist and `create`).
+fn experiment_id(c: &Client, name: &str, create: bool) -> Result<String, String> {
+    let path = format!(
+        "/api/2.0/mlflow/experiments/get-by-name?experiment_name={}",
+        urlencode(name)
+    );
+    if let Some(e) = c
+        .call("GET", &path, None)
+        .ok()
+        .and_then(|v| v["experiment"]["experiment_id"].as_str().map(str::to_string))
+    {
+        return Ok(e);
+    }
+    if !create {
+        return Err(format!("MLflow has no experiment {name:?}"));
+    }
+    c.call(
+        "POST",
+        "/api/2.0/mlflow/experiments/create",
+        Some(&json!({"name": name})),
+    )?["experiment_id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| "MLflow did not return the experiment's id".to_string())
+}
+
+/// Finds the MLflow run of the folder's key, or creates it (never for an evaluation).
+fn open_run(dir: &Path, st: &mut State, c: &Client) -> Result<(), String> {
+    let exp = experiment_id(c, &st.experiment, st.kind != Kind::Evaluation)?;
+    // The run this key made before (a sync that ended before its state was saved).
+    let found = c.call(
+        "POST",
+        "/api/2.0/mlflow/runs/search",
+        Some(&json!({"experiment_ids": [exp], "filter": format!("tags.`nodule.run_key` = '{}'", st.key), "max_results": 1})),
+    )?;
+    let run = match found["runs"].as_array().and_then(|r| r.first()) {
+        Some(r) => r["info"].clone(),
+        None if st.kind == Kind::Evaluation => {
+            return Err(format!(
+                "MLflow at {} has no run with nodule.run_key {} in experiment {:?} (the run that made the model)",
+                st.uri, st.key, st.experiment
+            ))
+        }
+        None => create_run(dir, st, c, &exp)?,
+    };
+    st.run_id = Some(
+        run["run_id"]
+            .as_str()
+            .ok_or("MLflow did not return the run's id")?
+            .to_string(),
+    );
+    st.artifact_uri = run["artifact_uri"].as_str().map(str::to_string);
+    st.experiment_id = Some(exp);
+    Ok(())
+}
+
+/// Creates the folder's MLflow run: its key, folder, tool version, host and the state's
+/// tags; a fold run of a sweep under its sweep's run (`mlflow.parentRunId`).
+fn create_run(dir: &Path, st: &State, c: &Client, exp: &str) -> Result<Value, String> {
+    let name = st.name.clone().unwrap_or_else(|| {
+        dir.file_name()
+            .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned())
+    });
+    // fsutil-exempt: the kernel's host name, not a user path.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let source = if st.kind == Kind::Sweep { "trainer sweep" } else { "trainer train" };
+    let mut tags: BTreeMap<String, String> = [
+        ("nodule.run_key", st.key.clone()),
+        ("nodule.run_folder", dir.display().to_string()),
+        ("nodule.tool_version", env!("CARGO_PKG_VERSION").to_string()),
+        ("mlflow.source.name", source.to_string()),
+        ("host", host.trim().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    tags.extend(st.tags.clone());
+    if let Some(p) = &st.parent {
+        tags.insert("mlflow.parentRunId".into(), parent_run(p, st)?);
+    }
+    let tags: Vec<Value> = tags.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+    Ok(c.call(
+        "POST",
+        "/api/2.0/mlflow/runs/create",
+        Some(&json!({"experiment_id": exp, "run_name": name, "start_time": now_ms(), "tags": tags})),
+    )?["run"]["info"]
+        .clone())
+}
+
+/// The MLflow run id of the sweep folder `parent` (its run created now if need be, on the
+/// child's server and experiment).
+fn parent_run(parent: &Path, child: &State) -> Result<String, String> {
+    let mut pst = State {
+        uri: child.uri.clone(),
+        experiment: child.experiment.clone(),
+        kind: Kind::Sweep,
+        ..State::default()
+    };
+    sync(parent, &mut pst, End::Running).map_err(|e| format!("the sweep's run ({}): {e}", parent.display()))?;
+    pst.run_id
+        .ok_or_else(|| format!("{}: the sweep's MLflow run has no id", parent.display()))
+}
+
+/// A run's params, once: a training run's `config.yaml`, a sweep's own; an evaluation
+/// sends none (the run's params are the training's, and MLflow never changes a param).
+fn send_params(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<(), String> {
+    if st.params_sent {
+        return Ok(());
+    }
+    let params = match st.kind {
+        Kind::Run if dir.join("config.yaml").exists() => params_of(dir)?,
+        Kind::Run | Kind::Evaluation => return Ok(()),
+        Kind::Sweep => st.params.clone().into_iter().collect(),
+    };
+    for chunk in params.chunks(100) {
+        let params: Vec<Value> = chunk.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+        c.call(
+            "POST",
+            "/api/2.0/mlflow/runs/log-batch",
+            Some(&json!({"run_id": run_id, "params": params})),
+        )?;
+    }
+    st.params_sent = true;
+    save(dir, st)
+}
+
+/// Each new row of a training run's `metrics.csv`, as that epoch's step.
+fn send_metric_rows(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<(), String> {
     let rows = metric_rows(dir)?;
     while st.metric_rows_sent < rows.len() {
         let (epoch, values) = &rows[st.metric_rows_sent];
@@ -399,54 +630,126 @@ pub fn sync(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
         st.metric_rows_sent += 1;
         save(dir, st)?;
     }
-    let Some(status) = end.status() else {
-        return Ok(());
-    };
-    if status == "FINISHED" {
-        for name in ARTIFACTS {
-            let p = dir.join(name);
+    Ok(())
+}
+
+/// The metrics a finished sweep or evaluation has: a sweep's summary (`cell_NN.<column>`,
+/// sent again when the summary changes), an evaluation's own (once).
+fn send_end_metrics(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<(), String> {
+    let (metrics, digest) = match st.kind {
+        Kind::Run => return Ok(()),
+        Kind::Evaluation if st.metrics_sent => return Ok(()),
+        Kind::Evaluation => (st.metrics.clone(), None),
+        Kind::Sweep => {
+            let p = dir.join("sweep_summary.csv");
             if !p.is_file() {
-                continue;
+                return Ok(());
             }
             let bytes = models::fsutil::read_regular(&p).map_err(|e| e.to_string())?;
             let sha = models::fsutil::sha256_bytes(&bytes);
-            if st.artifacts_sent.get(*name) == Some(&sha) {
-                continue;
+            if st.summary_sent.as_deref() == Some(sha.as_str()) {
+                return Ok(());
             }
-            let base = st
-                .artifact_uri
-                .as_deref()
-                .and_then(|u| u.strip_prefix("mlflow-artifacts:"))
-                .ok_or("the run's artifacts are not served by this MLflow server (start it with --serve-artifacts)")?;
-            c.put_file(
-                &format!(
-                    "/api/2.0/mlflow-artifacts/artifacts/{}/{name}",
-                    base.trim_start_matches('/')
-                ),
-                &bytes,
-            )?;
-            if *name == "model.onnx" {
-                c.call(
-                    "POST",
-                    "/api/2.0/mlflow/runs/set-tag",
-                    Some(&json!({"run_id": run_id, "key": "nodule.model_sha256", "value": sha})),
-                )?;
-            }
-            st.artifacts_sent.insert((*name).to_string(), sha);
-            save(dir, st)?;
+            (sweep_metrics(&p, &bytes)?, Some(sha))
         }
-    }
-    send_calibration(dir, st, &c, &run_id)?;
-    if st.ended.as_deref() != Some(status) {
+    };
+    let t = now_ms();
+    let list: Vec<Value> = metrics
+        .iter()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(k, v)| json!({"key": k, "value": v, "timestamp": t, "step": 0}))
+        .collect();
+    for chunk in list.chunks(1000) {
         c.call(
             "POST",
-            "/api/2.0/mlflow/runs/update",
-            Some(&json!({"run_id": run_id, "status": status, "end_time": now_ms()})),
+            "/api/2.0/mlflow/runs/log-batch",
+            Some(&json!({"run_id": run_id, "metrics": chunk})),
         )?;
-        st.ended = Some(status.to_string());
-        save(dir, st)?;
     }
-    Ok(())
+    st.metrics_sent = true;
+    st.summary_sent = digest;
+    save(dir, st)
+}
+
+/// `cell_NN.<column>` of every configuration's row of `sweep_summary.csv`.
+fn sweep_metrics(p: &Path, bytes: &[u8]) -> Result<BTreeMap<String, f64>, String> {
+    let mut r = csv::Reader::from_reader(bytes);
+    let h = r.headers().map_err(|e| format!("{}: {e}", p.display()))?.clone();
+    let index = h.iter().position(|x| x == "index").ok_or(format!("{}: no index column", p.display()))?;
+    let mut out = BTreeMap::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| format!("{}: {e}", p.display()))?;
+        let i: usize = rec
+            .get(index)
+            .and_then(|v| v.parse().ok())
+            .ok_or(format!("{}: a row without its index", p.display()))?;
+        for (col, v) in h.iter().zip(rec.iter()) {
+            if let (true, Ok(x)) = (SWEEP_METRICS.contains(&col), v.parse::<f64>()) {
+                out.insert(format!("cell_{i:02}.{col}"), x);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// (file in the folder, artifact path) of what a finished folder sends.
+fn artifacts_of(dir: &Path, st: &State) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = match st.kind {
+        Kind::Run => ARTIFACTS.iter().map(|n| ((*n).to_string(), (*n).to_string())).collect(),
+        Kind::Sweep => SWEEP_ARTIFACTS.iter().map(|n| ((*n).to_string(), (*n).to_string())).collect(),
+        Kind::Evaluation => {
+            let prefix = st.artifact_dir.as_deref().unwrap_or("evaluation");
+            st.files.iter().map(|n| (n.clone(), format!("{prefix}/{n}"))).collect()
+        }
+    };
+    if st.kind == Kind::Sweep {
+        // fsutil-exempt: listing the sweep's own folder for its cell_NN folders.
+        let mut cells: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("cell_"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        cells.sort();
+        out.extend(cells.into_iter().map(|c| {
+            let f = format!("{c}/oof_scores.csv");
+            (f.clone(), f)
+        }));
+    }
+    out.retain(|(local, _)| dir.join(local).is_file());
+    out
+}
+
+/// One artifact, unless the same bytes were sent under that path before.
+fn send_artifact(dir: &Path, st: &mut State, c: &Client, run_id: &str, local: &str, remote: &str) -> Result<(), String> {
+    let bytes = models::fsutil::read_regular(&dir.join(local)).map_err(|e| e.to_string())?;
+    let sha = models::fsutil::sha256_bytes(&bytes);
+    if st.artifacts_sent.get(remote) == Some(&sha) {
+        return Ok(());
+    }
+    let base = st
+        .artifact_uri
+        .as_deref()
+        .and_then(|u| u.strip_prefix("mlflow-artifacts:"))
+        .ok_or("the run's artifacts are not served by this MLflow server (start it with --serve-artifacts)")?;
+    c.put_file(
+        &format!(
+            "/api/2.0/mlflow-artifacts/artifacts/{}/{remote}",
+            base.trim_start_matches('/')
+        ),
+        &bytes,
+    )?;
+    if st.kind == Kind::Run && remote == "model.onnx" {
+        c.call(
+            "POST",
+            "/api/2.0/mlflow/runs/set-tag",
+            Some(&json!({"run_id": run_id, "key": "nodule.model_sha256", "value": sha})),
+        )?;
+    }
+    st.artifacts_sent.insert(remote.to_string(), sha);
+    save(dir, st)
 }
 
 /// The calibration's metrics (`calibration.yaml`, of the method it chose: AUROC, Brier, NLL,
@@ -487,24 +790,92 @@ fn send_calibration(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Res
 /// `mlflow.yaml`) to its MLflow run; `None` for a run that is not. Never an error: the line
 /// says what was sent, or that `trainer mlflow-sync RUN` sends it later.
 pub fn after_calibration(dir: &Path) -> Option<String> {
-    let p = dir.join(STATE_FILE);
-    if !p.is_file() {
+    send_tracked(dir, "calibration added to run")
+}
+
+/// After a sweep's summary is written: sends it to the sweep's MLflow run (metrics per
+/// configuration, the summary files) and ends that run; `None` for a sweep not tracked.
+pub fn after_collect(dir: &Path) -> Option<String> {
+    send_tracked(dir, "sweep summary added to parent run")
+}
+
+fn send_tracked(dir: &Path, what: &str) -> Option<String> {
+    if !dir.join(STATE_FILE).is_file() {
         return None;
     }
-    let text = models::fsutil::read_regular_to_string(&p).ok()?;
-    let mut st: State = yaml_serde::from_str(&text).ok()?;
+    let mut st = read_state(dir).ok()?;
     Some(match sync(dir, &mut st, End::Finished) {
-        Ok(()) => format!(
-            "MLflow: calibration added to run {} at {}",
-            st.run_id.as_deref().unwrap_or("?"),
-            st.uri
-        ),
+        Ok(()) => format!("MLflow: {what} {} at {}", st.run_id.as_deref().unwrap_or("?"), st.uri),
         Err(e) => format!(
-            "MLflow: the calibration did not reach {} ({e}); `trainer mlflow-sync {}` sends it",
+            "MLflow: not everything reached {} ({e}); `trainer mlflow-sync {}` sends it",
             st.uri,
             dir.display()
         ),
     })
+}
+
+/// Starts (or takes up again) a sweep's tracking in its folder, without the network: its
+/// MLflow run is created by the first fold run that is sent, and its fold runs are created
+/// under it. `params` are the sweep's (its configurations, folds, base config).
+pub fn open_sweep(dir: &Path, s: &Settings, params: BTreeMap<String, String>) -> Result<(), String> {
+    let _lock = wait_lock(dir)?;
+    let mut st = load_or_new(dir, s)?;
+    if dir.join(STATE_FILE).exists() && st.kind != Kind::Sweep {
+        return Err(format!("{}: tracks a run, not a sweep", dir.join(STATE_FILE).display()));
+    }
+    st.kind = Kind::Sweep;
+    if st.params != params {
+        st.params = params;
+        st.params_sent = false;
+    }
+    save(dir, &st)
+}
+
+/// What an evaluation adds to the MLflow run that made its model.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The model's `training.mlflow_run_key`.
+    pub key: String,
+    /// Its metrics, by MLflow name (`froc.cpm`).
+    pub metrics: BTreeMap<String, f64>,
+    /// Where its files go among the run's artifacts (`froc`).
+    pub artifact_dir: String,
+    /// Its files, in its output folder.
+    pub files: Vec<String>,
+}
+
+/// Adds an evaluation written in `out` to the MLflow run that made the model (found by
+/// its key on `s`'s server); `out/mlflow.yaml` records what was sent (`trainer mlflow-sync
+/// OUT` sends the rest). Never an error: the line says what was sent or kept.
+pub fn add_evaluation(out: &Path, s: &Settings, e: Evaluation) -> String {
+    let mut st = State {
+        uri: s.uri.clone(),
+        experiment: s.experiment.clone(),
+        key: e.key,
+        kind: Kind::Evaluation,
+        metrics: e.metrics,
+        artifact_dir: Some(e.artifact_dir),
+        files: e.files,
+        ..State::default()
+    };
+    if let Err(e) = save(out, &st) {
+        return format!("MLflow: not sent ({e})");
+    }
+    match sync(out, &mut st, End::Finished) {
+        Ok(()) => format!(
+            "MLflow: {} metrics and {} files added to run {} at {}",
+            st.metrics.len(),
+            st.artifacts_sent.len(),
+            st.run_id.as_deref().unwrap_or("?"),
+            st.uri
+        ),
+        Err(err) => format!(
+            "MLflow: not everything reached {} ({err}); it is kept in {}: `trainer mlflow-sync {}` sends it",
+            st.uri,
+            out.display(),
+            out.display()
+        ),
+    }
 }
 
 fn urlencode(s: &str) -> String {
@@ -671,5 +1042,7 @@ mod tests {
         assert!(Settings::from_env(Some("https://mlflow.example")).is_err());
         let s = Settings::from_env(Some("http://127.0.0.1:5000/")).unwrap().unwrap();
         assert_eq!(s.uri, "http://127.0.0.1:5000");
+        assert_eq!(without_credentials("http://u:p@h:5000/x"), "http://h:5000/x");
+        assert_eq!(without_credentials("http://h:5000"), "http://h:5000");
     }
 }

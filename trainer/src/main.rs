@@ -72,6 +72,10 @@ enum Cmd {
         /// libonnxruntime for the parity checks (else $ORT_DYLIB_PATH, the project venv).
         #[arg(long)]
         ort_lib: Option<PathBuf>,
+        /// Track in this MLflow server (else MLFLOW_TRACKING_URI): the sweep as a parent run,
+        /// each configuration's fold as a child run, the summary on the parent.
+        #[arg(long)]
+        mlflow: Option<String>,
         #[arg(short, long)]
         quiet: bool,
     },
@@ -151,6 +155,7 @@ fn sweep(
     collect: bool,
     list: bool,
     ort_lib: Option<PathBuf>,
+    mlflow: Option<&str>,
     quiet: bool,
 ) -> Result<()> {
     use trainer::sweep;
@@ -171,11 +176,17 @@ fn sweep(
         return Ok(());
     }
     sweep::check_plan_record(&plan)?;
+    let mlflow = tracking::Settings::from_env(mlflow).map_err(anyhow::Error::msg)?;
+    if let Some(s) = &mlflow {
+        // Tracking never stops the sweep: a folder that cannot take it is reported.
+        if let Err(e) = tracking::open_sweep(&plan.out, s, sweep::tracking_params(&plan)) {
+            eprintln!("trainer: warning: MLflow tracking off for this sweep: {e}");
+        }
+    }
     let opts = RunOptions {
         ort_lib,
         quiet,
-        // Each fold run of the sweep is tracked on its own when MLFLOW_TRACKING_URI is set.
-        mlflow: tracking::Settings::from_env(None).map_err(anyhow::Error::msg)?,
+        mlflow,
         ..RunOptions::default()
     };
     if !collect {
@@ -208,6 +219,9 @@ fn sweep(
         c.cells[c.best].label,
         plan.out.display()
     );
+    if let Some(line) = tracking::after_collect(&plan.out) {
+        eprintln!("{line}");
+    }
     Ok(())
 }
 
@@ -457,26 +471,38 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
-/// `trainer mlflow-sync`.
+/// `trainer mlflow-sync`: a run folder, a sweep folder or an evaluation's folder.
 fn mlflow_sync(run: &std::path::Path, flag: Option<&str>) -> Result<()> {
     use tracking as track;
-    let settings = match track::Settings::from_env(flag).map_err(anyhow::Error::msg)? {
-        Some(s) => s,
-        None => {
-            let p = run.join(track::STATE_FILE);
-            let st: track::State = yaml_serde::from_str(&models::fsutil::read_regular_to_string(&p)?)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            track::Settings {
-                uri: st.uri,
-                experiment: st.experiment,
-            }
-        }
+    let before = run
+        .join(track::STATE_FILE)
+        .is_file()
+        .then(|| track::read_state(run))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let settings = match (track::Settings::from_env(flag).map_err(anyhow::Error::msg)?, &before) {
+        (Some(s), _) => s,
+        (None, Some(st)) => track::Settings {
+            uri: st.uri.clone(),
+            experiment: st.experiment.clone(),
+            ..track::Settings::default()
+        },
+        (None, None) => anyhow::bail!(
+            "{}: never tracked, and no server given (--mlflow URI or MLFLOW_TRACKING_URI)",
+            run.display()
+        ),
     };
-    if !run.join("config.yaml").is_file() {
+    let kind = before.as_ref().map_or(track::Kind::Run, |b| b.kind);
+    if kind == track::Kind::Run && !run.join("config.yaml").is_file() {
         anyhow::bail!("{}: not a run folder (no config.yaml)", run.display());
     }
     let mut st = track::load_or_new(run, &settings).map_err(anyhow::Error::msg)?;
-    let end = if run.join("summary.yaml").is_file() {
+    let finished = match kind {
+        track::Kind::Run => run.join("summary.yaml").is_file(),
+        track::Kind::Sweep => run.join(trainer::sweep::SUMMARY_MD).is_file(),
+        track::Kind::Evaluation => true,
+    };
+    let end = if finished {
         track::End::Finished
     } else {
         track::End::Running
@@ -491,7 +517,7 @@ fn mlflow_sync(run: &std::path::Path, flag: Option<&str>) -> Result<()> {
         st.metric_rows_sent,
         st.artifacts_sent.len(),
         if end == track::End::Running {
-            " (the run has not finished)"
+            " (it has not finished)"
         } else {
             ""
         }
@@ -602,8 +628,9 @@ fn main() -> ExitCode {
                 collect,
                 list,
                 ort_lib,
+                mlflow,
                 quiet,
-            } => sweep(&file, task, collect, list, ort_lib, quiet)?,
+            } => sweep(&file, task, collect, list, ort_lib, mlflow.as_deref(), quiet)?,
             Cmd::Ensemble { members, out, ort_lib } => {
                 let b = trainer::ensemble::build(&members, &out, ort_lib.as_deref())?;
                 println!(

@@ -289,11 +289,30 @@ pub fn run_task(plan: &Plan, i: usize, opts: &RunOptions) -> Result<bool> {
     if done(&c) {
         return Ok(false);
     }
+    // A tracked fold run is a child of the sweep's MLflow run.
+    let mlflow = opts.mlflow.clone().map(|s| {
+        let cell_label = &plan.cells[cell].label;
+        tracking::Settings {
+            parent: plan.out.join(tracking::STATE_FILE).is_file().then(|| plan.out.clone()),
+            name: Some(format!("cell_{cell:02}/fold_{fold}")),
+            tags: [
+                ("nodule.sweep.cell", cell.to_string()),
+                ("nodule.sweep.fold", fold.to_string()),
+                ("nodule.sweep.configuration", cell_label.clone()),
+                ("mlflow.source.name", "trainer sweep".to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            ..s
+        }
+    });
     let opts = RunOptions {
         force: true,
         config: None,
         resume: false,
         stop_after: None,
+        mlflow,
         ..opts.clone()
     };
     if !opts.quiet {
@@ -304,6 +323,25 @@ pub fn run_task(plan: &Plan, i: usize, opts: &RunOptions) -> Result<bool> {
     }
     train(&c, &opts)?;
     Ok(true)
+}
+
+/// A tracked sweep's params: its folds, each configuration's overrides, the base config
+/// (dotted, as a training run's).
+pub fn tracking_params(plan: &Plan) -> BTreeMap<String, String> {
+    let mut p = BTreeMap::new();
+    p.insert("sweep.folds".to_string(), plan.folds.to_string());
+    p.insert("sweep.configurations".to_string(), plan.cells.len().to_string());
+    for c in &plan.cells {
+        p.insert(format!("sweep.cell_{:02}", c.index), c.label.chars().take(6000).collect());
+    }
+    if let Some(base) = plan.cells.first() {
+        if let Ok(v) = yaml_serde::to_value(&base.config) {
+            for (k, v) in tracking::flatten(&v) {
+                p.insert(format!("base.{k}"), v);
+            }
+        }
+    }
+    p
 }
 
 /// One configuration's line of the summary.
@@ -646,8 +684,13 @@ pub fn check_plan_record(plan: &Plan) -> Result<()> {
         .map_err(|e| TrainError::file(format!("{}: cannot create", plan.out.display()), e))?;
     let p = plan.out.join("sweep_plan.yaml");
     // The check and the write under one lock: two sweeps started together cannot both find
-    // the folder free.
-    let _lock = models::fsutil::Lock::beside(&p, &format!("sweep plan {}", p.display()))?;
+    // the folder free. Held for a moment only, so the tasks of an array that start together
+    // wait for each other rather than fail.
+    let _lock = models::fsutil::Lock::beside_waiting(
+        &p,
+        &format!("sweep plan {}", p.display()),
+        std::time::Duration::from_secs(30),
+    )?;
     match std::fs::symlink_metadata(&p) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(models::fsutil::write_atomic(&p, text.as_bytes())?),
         _ => {

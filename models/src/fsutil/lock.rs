@@ -137,6 +137,21 @@ impl Lock {
         Lock::acquire(&file.with_file_name(format!(".{name}.lock")), &in_use(what))
     }
 
+    /// Like [`Lock::beside`], but a lock another process holds is waited for, up to
+    /// `patience`: for short critical sections many processes pass through (the array
+    /// tasks of one sweep recording its plan together), not for a whole run.
+    pub fn beside_waiting(file: &Path, what: &str, patience: std::time::Duration) -> Result<Lock> {
+        let until = std::time::Instant::now() + patience;
+        loop {
+            match Lock::beside(file, what) {
+                Err(Error::Busy { .. }) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Takes the lock of an output folder: `.nodule.lock` inside it. `what` names the folder
     /// in the message ("run folder runs/a").
     pub fn within(dir: &Path, what: &str) -> Result<Lock> {
@@ -225,5 +240,28 @@ mod tests {
         let kept = Lock::acquire_kept(&p, "busy").expect("kept");
         drop(kept);
         assert!(p.exists(), "a kept lock file stays");
+    }
+
+    #[test]
+    fn a_waiting_lock_gets_the_lock_when_it_is_let_go_and_not_before_its_patience_ends() {
+        use std::time::{Duration, Instant};
+        let d = tempfile::tempdir().expect("tmp");
+        let out = d.path().join("plan.yaml");
+        let held = Lock::beside(&out, "plan").expect("lock");
+        let t0 = Instant::now();
+        let e = Lock::beside_waiting(&out, "plan", Duration::from_millis(200))
+            .expect_err("held past the patience")
+            .to_string();
+        assert!(e.contains("in use") && t0.elapsed() >= Duration::from_millis(200), "{e}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let o = out.clone();
+        let waiter = std::thread::spawn(move || {
+            tx.send(()).expect("send");
+            Lock::beside_waiting(&o, "plan", Duration::from_secs(20)).map(drop)
+        });
+        rx.recv().expect("started");
+        std::thread::sleep(Duration::from_millis(300));
+        drop(held);
+        waiter.join().expect("join").expect("got the lock once it was let go");
     }
 }

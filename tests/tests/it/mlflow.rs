@@ -104,10 +104,19 @@ out["params"] = r.data.params
 out["tags"] = r.data.tags
 out["metrics"] = {k: sorted([m.step, m.value] for m in c.get_metric_history(r.info.run_id, k)) for k in r.data.metrics}
 arts = {}
-for a in c.list_artifacts(r.info.run_id):
-    p = c.download_artifacts(r.info.run_id, a.path, dl)
-    arts[a.path] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+def walk(path):
+    for a in c.list_artifacts(r.info.run_id, path):
+        if a.is_dir:
+            walk(a.path)
+        else:
+            p = c.download_artifacts(r.info.run_id, a.path, dl)
+            arts[a.path] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+walk(None)
 out["artifacts"] = arts
+out["children"] = sorted(
+    [x.info.run_name, x.data.tags.get("nodule.run_key"), x.info.status]
+    for x in c.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{r.info.run_id}'")
+)
 print(json.dumps(out))
 "#;
     std::fs::create_dir_all(download).expect("mkdir");
@@ -171,6 +180,13 @@ fn assert_equal_to_folder(back: &serde_json::Value, run: &Path) {
     assert_eq!(back["tags"]["nodule.model_sha256"].as_str(), Some(model_sha.as_str()));
 }
 
+/// The key a folder's `mlflow.yaml` holds.
+fn state_key(dir: &Path) -> String {
+    let v: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(dir.join("mlflow.yaml")).expect("mlflow.yaml")).expect("yaml");
+    v["key"].as_str().expect("key").to_string()
+}
+
 /// The key the exported model records.
 fn model_key(run: &Path) -> String {
     let md = models::onnx::metadata(&models::onnx::read_model(&run.join("model.onnx")).expect("model"));
@@ -198,6 +214,87 @@ fn train_args<'a>(data: &'a Path, out: &'a Path, epochs: &'a str) -> Vec<&'a str
         "cpu",
         "-q",
     ]
+}
+
+/// `froc --model` on a tracked model: MLflow's run gets `froc.*` metrics equal to
+/// froc_summary.yaml and the files under `froc/`; an untracked model says nothing was sent.
+fn froc_adds_to_the_models_run(w: &Path, run: &Path, uri: &str) {
+    let md = models::onnx::metadata(&models::onnx::read_model(&run.join("model.onnx")).expect("model"));
+    assert_eq!(md.get("training.mlflow_tracking_uri").map(String::as_str), Some(uri));
+    assert_eq!(md.get("training.mlflow_experiment").map(String::as_str), Some("nodule"));
+    let e = w.join("eval");
+    std::fs::create_dir_all(&e).expect("mkdir");
+    std::fs::write(e.join("series.csv"), "s1\ns2\n").expect("w");
+    std::fs::write(
+        e.join("annotations.csv"),
+        "seriesuid,coordX,coordY,coordZ,diameter_mm\ns1,0,0,0,10\ns2,20,20,20,8\n",
+    )
+    .expect("w");
+    std::fs::write(
+        e.join("results.csv"),
+        "seriesuid,coordX,coordY,coordZ,probability\ns1,0,0,1,0.9\ns1,50,50,50,0.8\ns2,10,10,10,0.3\ns2,20,21,20,0.2\n",
+    )
+    .expect("w");
+    let froc_args = |out: &Path, model: &Path| -> Vec<String> {
+        [
+            "--annotations",
+            s(&e.join("annotations.csv")),
+            "--seriesuids",
+            s(&e.join("series.csv")),
+            "--results",
+            s(&e.join("results.csv")),
+            "--bootstrap",
+            "50",
+            "-o",
+            s(out),
+            "--model",
+            s(model),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let out = e.join("froc");
+    let a = froc_args(&out, &run.join("model.onnx"));
+    let r = run_ok("froc", &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(r.stderr.contains("metrics and 5 files added to run"), "{}", r.stderr);
+    let back = read_back(uri, &model_key(run), &w.join("dl_froc"));
+    let summary: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(out.join("froc_summary.yaml")).expect("summary")).expect("yaml");
+    assert_eq!(back["metrics"]["froc.cpm"][0][1].as_f64(), summary["cpm"].as_f64());
+    assert_eq!(
+        back["metrics"]["froc.cpm_ci_lower"][0][1].as_f64(),
+        summary["cpm_ci"][0].as_f64()
+    );
+    let rates = summary["rates"].as_sequence().expect("rates");
+    assert_eq!(rates.len(), 7);
+    for p in rates {
+        let k = format!("froc.sensitivity_at_{}", p["fp_per_scan"].as_f64().expect("rate"));
+        assert_eq!(back["metrics"][&k][0][1].as_f64(), p["sensitivity"].as_f64(), "{k}");
+    }
+    for f in [
+        "froc_summary.yaml",
+        "froc_curve.csv",
+        "froc_bootstrap.csv",
+        "nodules_without_candidate.csv",
+        "froc.png",
+    ] {
+        let sha = models::fsutil::sha256_file(&out.join(f)).expect("sha");
+        assert_eq!(
+            back["artifacts"][format!("froc/{f}")].as_str(),
+            Some(sha.as_str()),
+            "artifact froc/{f}"
+        );
+    }
+    assert_eq!(back["status"], "FINISHED", "the training run's status is not froc's to change");
+    // A model trained without tracking: the FROC is written, and the line says nothing was sent.
+    let data = w.join("patches");
+    let plain = w.join("plain");
+    run_ok("trainer", &train_args(&data, &plain, "1"));
+    let a = froc_args(&e.join("froc_plain"), &plain.join("model.onnx"));
+    let r = run_ok("froc", &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(r.stderr.contains("trained without tracking") && r.stderr.contains("nothing sent"), "{}", r.stderr);
+    assert!(!e.join("froc_plain").join("mlflow.yaml").exists());
 }
 
 #[test]
@@ -256,6 +353,9 @@ fn a_run_is_tracked_in_a_real_mlflow_server_and_survives_the_server_going_away()
         let sha = models::fsutil::sha256_file(&live.join(f)).expect("sha");
         assert_eq!(back["artifacts"][f].as_str(), Some(sha.as_str()), "artifact {f}");
     }
+    // froc --model adds its CPM, sensitivities and files to the run that made the model (the
+    // model's metadata names the run and its server; no flag or variable needed).
+    froc_adds_to_the_models_run(w, &live, &uri);
 
     // 2. The server goes away in the middle of a run: two epochs sent, then it stops; the
     //    run goes on (paused and resumed) without it, keeping what it could not send; the
@@ -310,4 +410,108 @@ fn a_run_is_tracked_in_a_real_mlflow_server_and_survives_the_server_going_away()
     // Sending again changes nothing (one run, the same points).
     run_ok("trainer", &["mlflow-sync", s(&later)]);
     assert_equal_to_folder(&read_back(&uri, &model_key(&later), &w.join("dl4")), &later);
+}
+
+/// A sweep tracked as MLflow's parent run with one child run per configuration and fold:
+/// its tasks run at once as an array's would (four processes creating the parent together:
+/// one parent), each child equal to its fold folder, and the parent, after `--collect`, holds
+/// the summary's figures per configuration and its files.
+#[test]
+fn a_sweep_is_a_parent_run_with_a_child_per_configuration_and_fold() {
+    let d = tempfile::tempdir().expect("tmp");
+    let w = d.path();
+    let data = w.join("patches");
+    run_ok(
+        "trainer",
+        &[
+            "synth", "--out", s(&data), "--series", "12", "--patches-per-series", "6", "--cube-size", "16",
+        ],
+    );
+    let file = w.join("sweep.yaml");
+    let out = w.join("sw");
+    std::fs::write(
+        &file,
+        format!(
+            "config:\n  data: {}\n  out: unused\n  model: {{ width: 2 }}\n  preprocess: {{ cube_size: 16 }}\n  \
+             train: {{ epochs: 2, batch_size: 8, lr: 0.003, device: cpu }}\nout: {}\nfolds: 2\ngrid:\n  model.width: [2, 3]\n",
+            s(&data),
+            s(&out)
+        ),
+    )
+    .expect("write");
+    let server_dir = w.join("server");
+    std::fs::create_dir_all(&server_dir).expect("mkdir");
+    let server = Server::start(&server_dir, free_port());
+    let uri = server.uri.clone();
+    // Four tasks at once, as a job array runs them.
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new(chain_tests::bin("trainer"))
+                .args(["sweep", s(&file), "-q", "--mlflow", &uri])
+                .env("SLURM_ARRAY_TASK_ID", i.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("trainer")
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().expect("wait");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let r = run_ok("trainer", &["sweep", s(&file), "--collect", "--mlflow", &uri]);
+    assert!(r.stderr.contains("sweep summary added to parent run"), "{}", r.stderr);
+
+    let key = state_key(&out);
+    let back = read_back(&uri, &key, &w.join("dl_parent"));
+    assert_eq!(back["runs"], 1, "one parent run");
+    assert_eq!(back["status"], "FINISHED");
+    assert_eq!(back["params"]["sweep.folds"], "2");
+    assert_eq!(back["params"]["sweep.cell_01"], "model.width=3");
+    assert_eq!(back["params"]["base.model.width"], "2");
+    // Its children: one per configuration and fold, each the run its folder holds.
+    let kids = back["children"].as_array().expect("children");
+    let mut want = Vec::new();
+    for (c, f) in [(0, 1), (0, 2), (1, 1), (1, 2)] {
+        let dir = out.join(format!("cell_{c:02}/fold_{f}"));
+        let k = state_key(&dir);
+        assert_eq!(model_key(&dir), k);
+        want.push(serde_json::json!([format!("cell_{c:02}/fold_{f}"), k, "FINISHED"]));
+        let child = read_back(&uri, &k, &w.join(format!("dl_{c}_{f}")));
+        assert_equal_to_folder(&child, &dir);
+        assert_eq!(child["tags"]["nodule.sweep.cell"], c.to_string());
+        assert_eq!(child["tags"]["nodule.sweep.fold"], f.to_string());
+    }
+    assert_eq!(kids, &want);
+    // The parent's metrics are the summary's, per configuration; its files are the summary's.
+    let (h, rows) = chain_tests::read_csv(&out.join("sweep_summary.csv"));
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        let i: usize = r[chain_tests::col(&h, "index")].parse().expect("index");
+        for m in ["mean_val_auroc", "pooled_oof_auroc"] {
+            let v: f64 = r[chain_tests::col(&h, m)].parse().expect("value");
+            assert_eq!(
+                back["metrics"][format!("cell_{i:02}.{m}")][0][1].as_f64(),
+                Some(v),
+                "cell {i} {m}"
+            );
+        }
+    }
+    for f in [
+        "sweep_summary.csv",
+        "sweep_summary.md",
+        "forest.png",
+        "sweep_plan.yaml",
+        "cell_00/oof_scores.csv",
+        "cell_01/oof_scores.csv",
+    ] {
+        let sha = models::fsutil::sha256_file(&out.join(f)).expect("sha");
+        assert_eq!(back["artifacts"][f].as_str(), Some(sha.as_str()), "artifact {f}");
+    }
+    // Sending it again changes nothing.
+    let r = run_ok("trainer", &["mlflow-sync", s(&out)]);
+    assert!(r.stdout.contains("MLflow: run "), "{}", r.stdout);
+    let again = read_back(&uri, &key, &w.join("dl_parent2"));
+    assert_eq!(again["metrics"], back["metrics"]);
+    assert_eq!(again["children"], back["children"]);
 }

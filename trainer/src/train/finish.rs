@@ -194,8 +194,11 @@ pub fn finish(
     let provenance = provenance(cfg, init, &index.path, dir, device, amp)?;
     let mut extra: Vec<(&str, String)> = provenance.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     extra.push(("training.best_epoch", best_epoch.to_string()));
-    if let Some(k) = &opts.mlflow_key {
+    if let (Some(k), Some(m)) = (&opts.mlflow_key, &opts.mlflow) {
+        // Where the run is tracked: `froc --model` adds its evaluation there.
         extra.push(("training.mlflow_run_key", k.clone()));
+        extra.push(("training.mlflow_tracking_uri", tracking::without_credentials(&m.uri)));
+        extra.push(("training.mlflow_experiment", m.experiment.clone()));
     }
     extra.push(("training.val_auroc", format!("{best_auroc:.6}")));
     let mut md = export::metadata(&spec, pre, &extra)?;

@@ -182,7 +182,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
     let tracker = opts
         .mlflow
         .as_ref()
-        .and_then(|s| match tracking::Tracker::start(&folder.dir, s) {
+        .map(|s| {
+            let mut s = s.clone();
+            s.tags.insert("nodule.git_commit".into(), env!("NODULE_GIT_COMMIT").into());
+            s
+        })
+        .and_then(|s| match tracking::Tracker::start(&folder.dir, &s) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("trainer: warning: MLflow tracking off for this run: {e}");
