@@ -31,6 +31,7 @@ pub mod bundle;
 mod calib;
 pub mod doctor;
 pub mod folds;
+pub mod gallery;
 pub mod from_scans;
 pub mod import;
 pub mod inputs;

@@ -166,6 +166,12 @@ enum Cmd {
         #[arg(long)]
         folds: bool,
     },
+    /// Write a review page of scored patches (one HTML file that opens offline): each
+    /// patch's axial, coronal and sagittal mid-slices with its scores; false positives,
+    /// false negatives, borderline cases and the highest scores at the operating point; a
+    /// table that sorts and filters. From infer's scores (CSV or JSONL), a val_scores.csv,
+    /// or a run folder (its validation patches, operating point and charts).
+    Gallery(Box<GalleryArgs>),
     /// Print the ONNX Runtime library and version, its providers, the CUDA libraries and
     /// driver found, and (with --model) the model's metadata.
     Doctor {
@@ -174,6 +180,102 @@ enum Cmd {
         #[arg(long)]
         ort_lib: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct GalleryArgs {
+    /// Scores written by infer (CSV or JSONL), a trainer's val_scores.csv, or a run folder.
+    scores: PathBuf,
+    /// The folder the patch names are relative to (default: the index's folder; for a run
+    /// folder, its config's data).
+    #[arg(long)]
+    patches: Option<PathBuf>,
+    /// An index for the series, centres and labels the scores lack (default: the patch
+    /// folder's patch_index.csv, when the scores lack them).
+    #[arg(long)]
+    index: Option<PathBuf>,
+    /// A calibration: its probabilities and its operating point's decisions (a run
+    /// folder's own calibration.yaml is taken by default).
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    /// Which of the calibration's operating points (default: its default).
+    #[arg(long)]
+    operating_point: Option<String>,
+    /// Call positive at a probability (the one shown) at or above this.
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// The page to write.
+    #[arg(short, long, default_value = "review.html")]
+    out: PathBuf,
+    /// Thumbnails in a folder beside the page (NAME_thumbs/), or embedded in it.
+    #[arg(long, value_enum, default_value_t = infer::gallery::Thumbnails::Folder)]
+    thumbnails: infer::gallery::Thumbnails,
+    /// Patches in the highest-scores section.
+    #[arg(long, default_value_t = 50)]
+    top: usize,
+    /// Patches on each side of the threshold in the borderline section.
+    #[arg(long, default_value_t = 25)]
+    borderline: usize,
+    /// Voxel size of the patches in mm, for the scale bar (default: the patch folder's
+    /// prepare.yaml).
+    #[arg(long)]
+    spacing_mm: Option<f64>,
+}
+
+impl From<&GalleryArgs> for infer::gallery::GallerySettings {
+    fn from(a: &GalleryArgs) -> Self {
+        infer::gallery::GallerySettings {
+            scores: a.scores.clone(),
+            patches: a.patches.clone(),
+            index: a.index.clone(),
+            calibration: a.calibration.clone(),
+            operating_point: a.operating_point.clone(),
+            threshold: a.threshold,
+            out: a.out.clone(),
+            thumbnails: a.thumbnails,
+            top: a.top,
+            borderline: a.borderline,
+            spacing_mm: a.spacing_mm,
+        }
+    }
+}
+
+/// `infer gallery`.
+fn gallery(a: &GalleryArgs) -> ExitCode {
+    match infer::gallery::run(&a.into()) {
+        Ok(g) => {
+            for p in g.problems.iter().take(20) {
+                eprintln!("infer gallery: not shown in full: {p}");
+            }
+            if g.problems.len() > 20 {
+                eprintln!(
+                    "infer gallery: ... and {} more not shown in full (listed on the page)",
+                    g.problems.len() - 20
+                );
+            }
+            for w in &g.warnings {
+                eprintln!("infer gallery: note: {w}");
+            }
+            let secs: Vec<String> = g.sections.iter().map(|(t, n)| format!("{t} {n}")).collect();
+            let thumbs = g.thumbs_dir.as_ref().map_or_else(
+                || "thumbnails embedded".to_string(),
+                |d| format!("thumbnails {:.1} MiB in {}", g.thumbs_bytes as f64 / 1048576.0, d.display()),
+            );
+            println!(
+                "wrote {} ({} patches; {}; page {:.1} MiB, {thumbs}) in {:.1} s",
+                a.out.display(),
+                g.patches,
+                secs.join(", "),
+                g.html_bytes as f64 / 1048576.0,
+                g.seconds
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("infer: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `infer bundle`.
@@ -454,6 +556,9 @@ fn main() -> ExitCode {
     }
     if let Some(Cmd::Import(args)) = &a.cmd {
         return import(args);
+    }
+    if let Some(Cmd::Gallery(args)) = &a.cmd {
+        return gallery(args);
     }
     if let Some(Cmd::Merge { shards, out, folds }) = &a.cmd {
         return merge(shards, out, *folds);

@@ -9,6 +9,7 @@ mod ensemble;
 mod features;
 mod fixture;
 mod froc;
+mod gallery;
 mod from_scans;
 mod hostile_outputs;
 mod hostile_scans;
