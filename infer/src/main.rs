@@ -217,9 +217,19 @@ struct GalleryArgs {
     #[arg(long, default_value_t = 25)]
     borderline: usize,
     /// Voxel size of the patches in mm, for the scale bar (default: the patch folder's
-    /// prepare.yaml).
+    /// prepare.yaml; cutting from --scans: the cut's, default 1).
     #[arg(long)]
     spacing_mm: Option<f64>,
+    /// Cut each candidate from the scans under this folder, at its world centre (scores of
+    /// `infer --scans`, or any scores with seriesuid and centre columns).
+    #[arg(long, conflicts_with = "patches")]
+    scans: Option<PathBuf>,
+    /// Read only scans of this format under --scans (metaimage, dicom, nifti).
+    #[arg(long, requires = "scans")]
+    scan_format: Option<scans::Format>,
+    /// The cube's edge in mm when cutting from --scans (default 64).
+    #[arg(long, requires = "scans")]
+    size_mm: Option<f64>,
 }
 
 impl From<&GalleryArgs> for infer::gallery::GallerySettings {
@@ -236,6 +246,9 @@ impl From<&GalleryArgs> for infer::gallery::GallerySettings {
             top: a.top,
             borderline: a.borderline,
             spacing_mm: a.spacing_mm,
+            scans: a.scans.clone(),
+            scan_format: a.scan_format,
+            size_mm: a.size_mm,
         }
     }
 }

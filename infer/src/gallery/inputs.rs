@@ -126,7 +126,7 @@ struct Scores {
     score_name: &'static str,
 }
 
-fn read_scores(path: &Path) -> Result<Scores, InferError> {
+fn read_scores(path: &Path, from_scans: bool) -> Result<Scores, InferError> {
     let rows = read_rows(path)?;
     let Some((_, first)) = rows.first() else {
         return Err(bad(path, "no rows"));
@@ -140,10 +140,10 @@ fn read_scores(path: &Path) -> Result<Scores, InferError> {
                 "no patch_file column (LUNA16's submission format names no patches: give infer's csv output)",
             )
         })?;
-    if name_col == "candidate" {
+    if name_col == "candidate" && !from_scans {
         return Err(bad(
             path,
-            "scores of candidates cut from scans name no patch files: cut them with `scans prepare` and score the patch folder, or give --patches with a prepared folder",
+            "scores of candidates cut from scans name no patch files: give --scans DIR (the scans they were cut from)",
         ));
     }
     if !first.contains_key("logit") {
@@ -342,7 +342,7 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
         model_sha256: sha,
         operating_point: column_op,
         score_name: column_score,
-    } = read_scores(&scores_path)?;
+    } = read_scores(&scores_path, s.scans.is_some())?;
     let model_sha = sha.or_else(|| run.as_ref().and_then(|r| r.model_sha256.clone()));
     let cal = s.calibration.clone().or_else(|| run.as_ref().and_then(|r| r.calibration.clone()));
     let patches = s
@@ -371,6 +371,7 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
         join_index(&mut items, ix, &mut warnings)?;
     }
     match &patches {
+        _ if s.scans.is_some() => {}
         Some(p) if p.is_dir() => {
             for i in &mut items {
                 i.path = Some(p.join(&i.name));
@@ -379,7 +380,7 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
         Some(p) => return Err(bad(p, "the patch folder does not exist (give --patches DIR)")),
         None => {
             return Err(InferError::Usage(format!(
-                "{}: which folder are the patch names relative to? Give --patches DIR (or --index INDEX)",
+                "{}: which folder are the patch names relative to? Give --patches DIR (or --index INDEX; --scans DIR for scores of infer --scans)",
                 scores_path.display()
             )))
         }
@@ -406,7 +407,10 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
         op_short,
         score_name,
         charts: run.map(|r| r.charts).unwrap_or_default(),
-        spacing_mm: s.spacing_mm.or_else(|| patches.as_deref().and_then(spacing_of)),
+        spacing_mm: s
+            .spacing_mm
+            .or_else(|| patches.as_deref().and_then(spacing_of))
+            .or(s.scans.as_ref().map(|_| 1.0)),
         patches,
         items,
         warnings,

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use crate::InferError;
 
+mod from_scans;
 mod inputs;
 mod page;
 pub mod thumbs;
@@ -61,8 +62,13 @@ pub struct GallerySettings {
     /// Patches on each side of the threshold in the borderline section.
     pub borderline: usize,
     /// Voxel size of the patches in mm, for the scale bar (default: the patch folder's
-    /// `prepare.yaml`).
+    /// `prepare.yaml`; with `scans`, the cut's voxel size, default 1 mm).
     pub spacing_mm: Option<f64>,
+    /// Cut each candidate from the scans under this folder (scores of `infer --scans`).
+    pub scans: Option<PathBuf>,
+    pub scan_format: Option<scans::Format>,
+    /// The cube's edge in mm when cutting from scans (default 64).
+    pub size_mm: Option<f64>,
 }
 
 /// One scored patch.
@@ -190,7 +196,15 @@ pub fn run(s: &GallerySettings) -> Result<GallerySummary, InferError> {
             )));
         }
     }
-    let made = make_thumbnails(&mut items, src.spacing_mm);
+    let made = match &s.scans {
+        Some(dir) => {
+            let grid = crate::from_scans::grid(Some(s.size_mm.unwrap_or(64.0)), src.spacing_mm.unwrap_or(1.0), 64)?;
+            let made = from_scans::thumbnails(&items, dir, s.scan_format, &grid)?;
+            note_problems(&mut items, &made);
+            made
+        }
+        None => make_thumbnails(&mut items, src.spacing_mm),
+    };
     // After the thumbnails: a patch that could not be read is one of the problems.
     let secs = sections(&items, s.top, s.borderline, &src.op_short);
     let (urls, thumbs_bytes) = match &thumbs_dir {
@@ -292,7 +306,13 @@ fn make_thumbnails(items: &mut [Item], spacing: Option<f64>) -> Vec<Made> {
             thumbs::thumbnail(&cube, spacing).map_err(|e| format!("{}: {e}", p.display()))
         })
         .collect();
-    for (i, m) in items.iter_mut().zip(&made) {
+    note_problems(items, &made);
+    made
+}
+
+/// A thumbnail that could not be made is its item's problem.
+fn note_problems(items: &mut [Item], made: &[Made]) {
+    for (i, m) in items.iter_mut().zip(made) {
         if let Err(e) = m {
             i.problem = Some(match i.problem.take() {
                 Some(p) => format!("{p}; {e}"),
@@ -300,7 +320,6 @@ fn make_thumbnails(items: &mut [Item], spacing: Option<f64>) -> Vec<Made> {
             });
         }
     }
-    made
 }
 
 /// Items by name (for joining an index).

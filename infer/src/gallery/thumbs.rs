@@ -14,8 +14,9 @@ pub const LUNG_LEVEL: f32 = -600.0;
 pub const LUNG_WIDTH: f32 = 1500.0;
 /// The scale bar's length in mm (5 mm when 10 mm does not fit a slice).
 pub const BAR_MM: f64 = 10.0;
-/// Grey columns between the slices.
+/// Light grey columns between the slices (air outside a scan is dark grey in the lung window).
 const GAP: usize = 2;
+const GAP_GREY: u8 = 180;
 
 /// One slice: rows top to bottom, each left to right.
 struct Slice {
@@ -86,7 +87,7 @@ pub fn thumbnail(cube: &ArrayD<f32>, spacing_mm: Option<f64>) -> Result<(Vec<u8>
     let s = slices(&a);
     let h = s.iter().map(|x| x.h).max().unwrap_or(0);
     let w = s.iter().map(|x| x.w).sum::<usize>() + GAP * 2;
-    let mut img = vec![60u8; h * w];
+    let mut img = vec![GAP_GREY; h * w];
     let mut x0 = 0;
     for sl in &s {
         for r in 0..sl.h {
@@ -155,7 +156,7 @@ mod tests {
         assert_eq!((info.width, info.height), (32 * 3 + 2 * GAP as u32, 32));
         let w = info.width as usize;
         assert_eq!(buf[5 * w + 40], 128, "lung level is mid grey");
-        assert_eq!(buf[32 * w - w + 32], 60, "the gap");
+        assert_eq!(buf[32 * w - w + 32], GAP_GREY, "the gap");
         // The bar: 10 px white on row 29 from column 2.
         assert!(buf[29 * w + 2..29 * w + 12].iter().all(|&v| v == 255));
         assert_eq!(buf[29 * w + 12], 128);

@@ -376,3 +376,97 @@ fn a_run_folder_page_shows_its_validation_patches_and_charts() {
     assert_eq!(charts.len(), 1, "the run's curves");
     assert_eq!(section_count(&dom, "problems"), 0);
 }
+
+/// Scores of `infer --scans` (candidates named `UID@X,Y,Z`, no patch files): `--scans` cuts
+/// each thumbnail from its scan at its centre, the very cube `scans prepare --dtype float32`
+/// cuts there (the thumbnails, named by their content, are the same files); a candidate
+/// whose scan is missing is reported.
+#[test]
+fn candidates_scored_from_scans_are_cut_from_them() {
+    let d = tempfile::tempdir().expect("tmp");
+    let w = d.path();
+    let f = fixture();
+    let slab = chain_tests::workspace().join("../shared/data/lidc-idri-0002");
+    let uid = "1.3.6.1.4.1.14519.5.2.1.6279.6001.619372068417051974713149104919";
+    let mut c = String::from("seriesuid,coordX,coordY,coordZ,class\n");
+    for (x, y) in [(-60.0, -20.0), (0.0, 0.0), (60.0, 30.0), (-100.0, -50.0)] {
+        c += &format!("{uid},{x},{y},-87.0,0\n");
+    }
+    std::fs::write(w.join("cand.csv"), &c).expect("w");
+    let scores = w.join("scores.csv");
+    run_ok(
+        "infer",
+        &[
+            "--model",
+            s(&f.run.join("model.onnx")),
+            "--scans",
+            s(&slab),
+            "--scan-format",
+            "metaimage",
+            "--candidates",
+            s(&w.join("cand.csv")),
+            "-o",
+            s(&scores),
+            "-q",
+        ],
+    );
+    // One candidate of a series with no scan here.
+    let mut text = std::fs::read_to_string(&scores).expect("scores");
+    let (h, rows) = read_csv(&scores);
+    let mut other = rows[0].clone();
+    other[col(&h, "candidate")] = "1.2.3@0,0,0".into();
+    other[col(&h, "seriesuid")] = "1.2.3".into();
+    let mut wr = csv::Writer::from_writer(Vec::new());
+    wr.write_record(&other).expect("w");
+    text += &String::from_utf8(wr.into_inner().expect("csv")).expect("utf8");
+    std::fs::write(&scores, text).expect("w");
+    let page = w.join("scans.html");
+    let r = run_ok(
+        "infer",
+        &["gallery", s(&scores), "--scans", s(&slab), "--scan-format", "metaimage", "--threshold", "0.5", "-o", s(&page)],
+    );
+    assert!(r.stderr.contains("1.2.3@0,0,0") && r.stderr.contains("no scan of series 1.2.3"), "{}", r.stderr);
+    let dom = dom(&page, "all");
+    assert_eq!(table_rows(&dom).len(), 5);
+    assert_eq!(sections_shown(&dom)["problems"], ["1.2.3@0,0,0"]);
+    // The same cubes from a prepared folder: the same thumbnails.
+    std::fs::write(w.join("ann.csv"), "seriesuid,coordX,coordY,coordZ,diameter_mm\n").expect("w");
+    run_ok(
+        "scans",
+        &[
+            "prepare",
+            "--scans",
+            s(&slab),
+            "--format",
+            "metaimage",
+            "--annotations",
+            s(&w.join("ann.csv")),
+            "--candidates",
+            s(&w.join("cand.csv")),
+            "--out",
+            s(&w.join("prep")),
+            "--all-negatives",
+            "--dtype",
+            "float32",
+            "-q",
+        ],
+    );
+    let (ph, prows) = read_csv(&w.join("prep/patch_index.csv"));
+    let mut pscores = String::from("patch_file,logit\n");
+    for r in &prows {
+        pscores += &format!("{},0.0\n", r[col(&ph, "patch_file")]);
+    }
+    std::fs::write(w.join("prep_scores.csv"), pscores).expect("w");
+    let page2 = w.join("prep.html");
+    run_ok("infer", &["gallery", s(&w.join("prep_scores.csv")), "--patches", s(&w.join("prep")), "-o", s(&page2)]);
+    let names = |dir: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("thumbs")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&w.join("prep_thumbs")), names(&w.join("scans_thumbs")));
+    assert_eq!(names(&w.join("prep_thumbs")).len(), 4);
+}
