@@ -357,7 +357,13 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
             io.input(role, p);
         }
     }
-    io.output("review page", &s.out)?;
+    // A page often goes into a new folder of its own (`site/review.html`): made here.
+    if let Some(dir) = s.out.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::create_dir_all(dir).map_err(|e| models::Error::io(dir, e))?;
+    }
+    if let models::fsutil::Target::Stream(_) = io.output("review page", &s.out)? {
+        return Err(bad(&s.out, "the review page must be a file (its thumbnails go beside it)"));
+    }
     models::fsutil::check_replaceable(&s.out, "review page", &|head| head.starts_with(super::page::MAGIC.as_bytes()))?;
     let mut warnings = Vec::new();
     let index = s.index.clone().or_else(|| {

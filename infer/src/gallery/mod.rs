@@ -185,6 +185,8 @@ pub fn run(s: &GallerySettings) -> Result<GallerySummary, InferError> {
     let t0 = Instant::now();
     check_settings(s)?;
     let src = inputs::read(s)?;
+    // One run at a time writes a page and its thumbnails' folder.
+    let _lock = models::fsutil::Lock::beside(&s.out, &format!("review page {}", s.out.display()))?;
     let mut items = src.items;
     let mut warnings = src.warnings;
     let thumbs_dir = (s.thumbnails == Thumbnails::Folder).then(|| thumbs_dir_of(&s.out));

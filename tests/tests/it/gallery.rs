@@ -180,8 +180,8 @@ fn each_section_shows_what_the_scores_say_and_the_table_sorts_and_filters() {
     let w = d.path();
     let f = fixture();
     let scores = calibrated_scores(w);
+    // A page into a folder that does not exist yet: made.
     let page = w.join("site/review.html");
-    std::fs::create_dir_all(page.parent().expect("dir")).expect("mkdir");
     let r = run_ok(
         "infer",
         &["gallery", s(&scores), "--patches", s(&f.patches), "-o", s(&page), "--top", "10", "--borderline", "4"],
@@ -231,6 +231,31 @@ fn each_section_shows_what_the_scores_say_and_the_table_sorts_and_filters() {
         .collect();
     mine.sort();
     assert_eq!(table, mine);
+
+    // The same scores as JSONL: the same sections.
+    let jsonl = w.join("scores.jsonl");
+    run_ok(
+        "infer",
+        &[
+            "--model",
+            s(&f.run.join("model.onnx")),
+            "--calibration",
+            s(&w.join("cal/calibration.yaml")),
+            "--index",
+            s(&f.patches),
+            "--format",
+            "jsonl",
+            "-o",
+            s(&jsonl),
+            "-q",
+        ],
+    );
+    let pj = w.join("j/review.html");
+    run_ok("infer", &["gallery", s(&jsonl), "--patches", s(&f.patches), "-o", s(&pj), "--top", "10", "--borderline", "4"]);
+    let shown_j = sections_shown(&dom(&pj, "all"));
+    for id in ["fp", "fn", "borderline", "top"] {
+        assert_eq!(shown_j.get(id).cloned().unwrap_or_default(), want[id], "jsonl: section {id}");
+    }
 
     // --threshold instead of the scores' decisions: the sections follow it.
     let page2 = w.join("t.html");
