@@ -293,7 +293,12 @@ pub fn run_task(plan: &Plan, i: usize, opts: &RunOptions) -> Result<bool> {
     let mlflow = opts.mlflow.clone().map(|s| {
         let cell_label = &plan.cells[cell].label;
         tracking::Settings {
-            parent: plan.out.join(tracking::STATE_FILE).is_file().then(|| plan.out.clone()),
+            // Absolute: `mlflow-sync` of a fold folder may run from another folder.
+            parent: plan
+                .out
+                .join(tracking::STATE_FILE)
+                .is_file()
+                .then(|| std::path::absolute(&plan.out).unwrap_or_else(|_| plan.out.clone())),
             name: Some(format!("cell_{cell:02}/fold_{fold}")),
             tags: [
                 ("nodule.sweep.cell", cell.to_string()),
