@@ -384,21 +384,61 @@ fn hostile_names_are_text_missing_patches_and_nan_scores_are_reported() {
 fn a_run_folder_page_shows_its_validation_patches_and_charts() {
     let d = tempfile::tempdir().expect("tmp");
     let f = fixture();
+    // A copy of the run, calibrated: its reliability diagram and ROC, and its operating point.
+    let run = d.path().join("run");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    for e in std::fs::read_dir(&f.run).expect("run") {
+        let p = e.expect("entry").path();
+        if p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            std::fs::copy(&p, run.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    run_ok("calibrate", &[s(&run), "--bootstrap", "0", "--method", "platt"]);
     let page = d.path().join("run.html");
-    let r = run_ok("infer", &["gallery", s(&f.run), "-o", s(&page), "--thumbnails", "embed"]);
+    let r = run_ok("infer", &["gallery", s(&run), "-o", s(&page), "--thumbnails", "embed"]);
     assert!(r.stdout.contains("wrote"), "{}", r.stdout);
     let dom = dom(&page, "all");
-    let (h, val) = read_csv(&f.run.join("val_scores.csv"));
-    let names: Vec<String> = table_rows(&dom);
-    assert_eq!(names.len(), val.len(), "every validation patch in the table");
+    let (h, val) = read_csv(&run.join("val_scores.csv"));
+    let mut got = table_rows(&dom);
     let mut want: Vec<String> = val.iter().map(|r| r[col(&h, "patch_file")].clone()).collect();
-    let mut got = names.clone();
     want.sort();
     got.sort();
-    assert_eq!(got, want);
+    assert_eq!(got, want, "every validation patch in the table");
     assert!(dom.contains("Validation patches of run"), "title");
-    let charts: Vec<&str> = tags(&dom, "img", "alt=\"Training curves\"");
-    assert_eq!(charts.len(), 1, "the run's curves");
+    for chart in ["Training curves", "Reliability (calibration)", "ROC with the operating points"] {
+        assert_eq!(tags(&dom, "img", &format!("alt=\"{chart}\"")).len(), 1, "chart {chart}");
+    }
+    // The run's calibration decides: FP and FN as its default operating point calls them.
+    let cal: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(run.join("calibration.yaml")).expect("cal")).expect("yaml");
+    let point = cal["operating_points"]
+        .as_sequence()
+        .expect("points")
+        .iter()
+        .find(|p| p["name"] == cal["default_operating_point"])
+        .expect("default point")
+        .clone();
+    let t = point["threshold_logit"].as_f64().expect("threshold");
+    let rows: Vec<Row> = val
+        .iter()
+        .map(|r| {
+            let z: f64 = r[col(&h, "logit")].parse().expect("logit");
+            Row {
+                name: r[col(&h, "patch_file")].clone(),
+                series: r[col(&h, "seriesuid")].clone(),
+                label: r[col(&h, "label")].parse().ok(),
+                logit: z,
+                p: 0.5,
+                decision: Some(u8::from(z >= t)),
+            }
+        })
+        .collect();
+    let want = expected(&rows, 50, 25);
+    let shown = sections_shown(&dom);
+    for id in ["fp", "fn"] {
+        assert_eq!(shown.get(id).cloned().unwrap_or_default(), want[id], "section {id}");
+    }
+    assert!(dom.contains(point["name"].as_str().expect("name")), "the operating point named");
     assert_eq!(section_count(&dom, "problems"), 0);
 }
 
