@@ -3,7 +3,7 @@
 //! and isotonic regression by pool-adjacent-violators.
 pub use models::calibration::{Isotonic, Method, Platt, Temperature};
 
-use crate::metrics::{sigmoid, softplus};
+use models::metrics::{logit, sigmoid, softplus};
 use crate::CalError;
 
 const MAX_ITER: usize = 100;
@@ -357,7 +357,7 @@ impl Fitted {
         match m {
             Method::Temperature => z / self.temperature.temperature,
             Method::Platt => self.platt.a * z + self.platt.b,
-            Method::Isotonic => crate::metrics::logit(self.isotonic.apply(z)),
+            Method::Isotonic => logit(self.isotonic.apply(z)),
         }
     }
 }

@@ -25,7 +25,7 @@ use models::metrics::sigmoid;
 use scorer::{Scorer, ScorerOptions};
 
 use crate::calib::{self, Cal};
-use crate::inputs::{collect_index, collect_inputs, Inputs, Item};
+use crate::inputs::{collect_index, collect_inputs, Decoded, Inputs, Item};
 use crate::output::{csv_header, format_rows, Format, OutRow};
 use crate::InferError;
 
@@ -154,16 +154,6 @@ fn errors_path(s: &Settings, out: Option<&Target>) -> Option<PathBuf> {
     })
 }
 
-/// Whether the first bytes of a file are one of our score outputs (any format): what a run
-/// may replace at its output path.
-pub(crate) fn is_scores(head: &[u8]) -> bool {
-    head.starts_with(b"patch_file,")
-        || head.starts_with(b"candidate,")
-        || head.starts_with(b"{\"candidate\"")
-        || head.starts_with(b"seriesuid,coordX,coordY,coordZ,probability")
-        || head.starts_with(b"{\"patch_file\"")
-}
-
 /// The header line of an errors file (`candidate,error` for LUNA16's candidates scored from
 /// scans).
 pub(crate) const ERRORS_HEADER: &str = "patch_file,error";
@@ -200,7 +190,7 @@ fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError>
         None
     } else {
         let t = io.output("output", &s.out)?;
-        models::fsutil::check_replaceable(&s.out, "scores output", &is_scores)?;
+        models::fsutil::check_replaceable(&s.out, "scores output", &crate::output::is_scores)?;
         Some(t)
     };
     let mut locks = Vec::new();
@@ -302,16 +292,6 @@ impl Write for Out {
             Out::Spooled { spool, .. } => spool.flush(),
         }
     }
-}
-
-/// One batch from the decoding thread: the files that decoded, their cubes one after
-/// another in `data` (the model's input layout), and the files that failed.
-pub(crate) struct Decoded<'a> {
-    pub(crate) good: Vec<&'a Item>,
-    /// Each good item's input digest ([`models::patch::load_patch_hashed`]).
-    pub(crate) digests: Vec<String>,
-    pub(crate) bad: Vec<(&'a Item, models::Error)>,
-    pub(crate) data: Vec<f32>,
 }
 
 /// The 8 flip combinations of a cube (identity first).

@@ -27,8 +27,8 @@ use models::preprocess::Preprocess;
 use scans::candidates::CandidateFormat;
 use scans::resample::PatchGrid;
 
-use crate::batch::Decoded;
-use crate::inputs::{Inputs, Item};
+pub use crate::inputs::ScanSet;
+use crate::inputs::{scan_groups, Decoded, Inputs, Item};
 use crate::InferError;
 
 /// What to do with candidates whose series has no scan under the folder.
@@ -40,26 +40,6 @@ pub enum MissingScans {
     Error,
     /// Leave them out and say how many (scoring one LUNA16 subset with the whole list).
     Skip,
-}
-
-/// The scans a run reads, by seriesuid.
-#[derive(Debug)]
-pub struct ScanSet {
-    pub dir: PathBuf,
-    pub candidates: PathBuf,
-    pub format: CandidateFormat,
-    pub sources: BTreeMap<String, scans::Source>,
-}
-
-impl ScanSet {
-    /// The name of the output's first column: `patch_file` for an index (rows then equal
-    /// those of scoring its prepared folder), `candidate` for LUNA16's candidates.
-    pub fn name_column(&self) -> &'static str {
-        match self.format {
-            CandidateFormat::Index => "patch_file",
-            CandidateFormat::Luna16 => "candidate",
-        }
-    }
 }
 
 fn input_err(path: &Path, msg: impl Into<String>) -> InferError {
@@ -180,13 +160,6 @@ pub fn grid(size_mm: Option<f64>, spacing_mm: f64, cube_size: usize) -> Result<P
     g.validate()
         .map_err(|e| InferError::Usage(format!("--size-mm/--spacing-mm: {e}")))?;
     Ok(g)
-}
-
-/// The items of each scan, in order: consecutive runs of one seriesuid.
-fn groups<'a, 'b>(items: &'b [&'a Item]) -> Vec<&'b [&'a Item]> {
-    items
-        .chunk_by(|a, b| a.row.as_ref().map(|r| &r.seriesuid) == b.row.as_ref().map(|r| &r.seriesuid))
-        .collect()
 }
 
 /// The seriesuid of an item scored from a scan.
@@ -343,7 +316,7 @@ pub(crate) fn produce<'a>(todo: &[&'a Item], f: &Feed, tx: &SyncSender<Decoded<'
 /// [`produce`]'s work: read ahead, cut, send.
 fn cut_all<'a>(todo: &[&'a Item], f: &Feed, out: &dyn Fn(Decoded<'a>) -> bool, back: &Receiver<Vec<f32>>) {
     let per = f.pre.cube_size.pow(3);
-    let groups = groups(todo);
+    let groups = scan_groups(todo);
     let ahead = ReadAhead {
         sources: groups.iter().map(|g| f.set.sources.get(uid(g[0]))).collect(),
         next: AtomicUsize::new(0),
@@ -455,7 +428,7 @@ pub(crate) fn digests_now(
     let wanted: Vec<&Item> = items.iter().filter(|it| names.contains(&it.name)).collect();
     let mut out = HashMap::new();
     let per = pre.cube_size.pow(3);
-    for g in groups(&wanted) {
+    for g in scan_groups(&wanted) {
         let Some(Ok(scan)) = set.sources.get(uid(g[0])).map(scans::Source::read) else {
             continue;
         };
@@ -469,23 +442,6 @@ pub(crate) fn digests_now(
         out.extend(got.into_iter().filter_map(|(n, d)| d.map(|d| (n, d))));
     }
     out
-}
-
-/// Part `k` of `n` of a run from scans: whole scans, `[(k−1)·S/N, k·S/N)` of the S scans in
-/// order; returns the items' range.
-pub(crate) fn shard_range(items: &[Item], k: usize, n: usize) -> (usize, usize) {
-    let refs: Vec<&Item> = items.iter().collect();
-    let starts: Vec<usize> = groups(&refs)
-        .iter()
-        .scan(0usize, |at, g| {
-            let s = *at;
-            *at += g.len();
-            Some(s)
-        })
-        .collect();
-    let s = starts.len();
-    let bound = |j: usize| if j >= s { items.len() } else { starts[j] };
-    (bound((k - 1) * s / n), bound(k * s / n))
 }
 
 /// The scans' files, for the output policy (nothing written may be one).

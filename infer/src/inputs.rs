@@ -22,6 +22,44 @@ pub struct Item {
     pub row: Option<models::index::ScoringRow>,
 }
 
+/// The scans a run reads, by seriesuid.
+#[derive(Debug)]
+pub struct ScanSet {
+    pub dir: PathBuf,
+    pub candidates: PathBuf,
+    pub format: scans::candidates::CandidateFormat,
+    pub sources: std::collections::BTreeMap<String, scans::Source>,
+}
+
+impl ScanSet {
+    /// The name of the output's first column: `patch_file` for an index (rows then equal
+    /// those of scoring its prepared folder), `candidate` for LUNA16's candidates.
+    pub fn name_column(&self) -> &'static str {
+        match self.format {
+            scans::candidates::CandidateFormat::Index => "patch_file",
+            scans::candidates::CandidateFormat::Luna16 => "candidate",
+        }
+    }
+}
+
+/// One batch from the decoding thread: the files that decoded, their cubes one after
+/// another in `data` (the model's input layout), and the files that failed.
+pub(crate) struct Decoded<'a> {
+    pub(crate) good: Vec<&'a Item>,
+    /// Each good item's input digest ([`models::patch::load_patch_hashed`]).
+    pub(crate) digests: Vec<String>,
+    pub(crate) bad: Vec<(&'a Item, models::Error)>,
+    pub(crate) data: Vec<f32>,
+}
+
+/// The items of each scan, in order: consecutive runs of one seriesuid (items scored
+/// from scans, in scan order).
+pub(crate) fn scan_groups<'a, 'b>(items: &'b [&'a Item]) -> Vec<&'b [&'a Item]> {
+    items
+        .chunk_by(|a, b| a.row.as_ref().map(|r| &r.seriesuid) == b.row.as_ref().map(|r| &r.seriesuid))
+        .collect()
+}
+
 /// An input that cannot be scored, found while collecting: (name, reason).
 pub type Refused = (String, String);
 
@@ -37,7 +75,7 @@ pub struct Inputs {
     pub index: Option<PathBuf>,
     /// The scans the items are cut from (`--scans`): items then name their scan's path,
     /// and are grouped by scan in order.
-    pub scans: Option<std::sync::Arc<crate::from_scans::ScanSet>>,
+    pub scans: Option<std::sync::Arc<ScanSet>>,
     /// What the run should say about its inputs besides errors (left-out candidates…).
     pub notes: Vec<String>,
 }

@@ -13,6 +13,16 @@ pub enum Format {
     Luna16,
 }
 
+/// Whether the first bytes of a file are one of our score outputs (any format): what a run
+/// may replace at its output path.
+pub(crate) fn is_scores(head: &[u8]) -> bool {
+    head.starts_with(b"patch_file,")
+        || head.starts_with(b"candidate,")
+        || head.starts_with(b"{\"candidate\"")
+        || head.starts_with(b"seriesuid,coordX,coordY,coordZ,probability")
+        || head.starts_with(b"{\"patch_file\"")
+}
+
 /// One scored patch, with every output column.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct OutRow<'a> {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::inputs::Inputs;
+use crate::inputs::{Inputs, Item};
 use crate::output::Format;
 use crate::InferError;
 
@@ -102,7 +102,7 @@ pub fn select(inputs: &mut Inputs, shard: Shard) -> (usize, usize, usize, String
     let sha = inputs_sha256(inputs);
     // From scans: whole scans per part (each scan read by one task only).
     let (first, end) = if inputs.scans.is_some() {
-        crate::from_scans::shard_range(&inputs.items, shard.k, shard.n)
+        shard_range(&inputs.items, shard.k, shard.n)
     } else {
         ((shard.k - 1) * n / shard.n, shard.k * n / shard.n)
     };
@@ -173,7 +173,7 @@ pub(crate) fn open_merge(
     io.inputs(&format!("{kind} output"), parts.iter().map(PathBuf::as_path));
     io.inputs(&format!("{kind} record"), records.iter().map(PathBuf::as_path));
     let target = io.output("merged output", out)?;
-    models::fsutil::check_replaceable(out, "scores output", &crate::batch::is_scores)?;
+    models::fsutil::check_replaceable(out, "scores output", &crate::output::is_scores)?;
     Ok(match &target {
         models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(p, &format!("output {}", out.display()))?),
         models::fsutil::Target::Stream(_) => None,
@@ -365,6 +365,23 @@ pub fn write_record(out: &Path, rec: &Record) -> Result<(), InferError> {
     let text = yaml_serde::to_string(rec).map_err(|e| bad(out, e.to_string()))?;
     models::fsutil::write_atomic(&record_path(out), text.as_bytes())?;
     Ok(())
+}
+
+/// Part `k` of `n` of a run from scans: whole scans, `[(k−1)·S/N, k·S/N)` of the S scans in
+/// order; returns the items' range.
+pub(crate) fn shard_range(items: &[Item], k: usize, n: usize) -> (usize, usize) {
+    let refs: Vec<&Item> = items.iter().collect();
+    let starts: Vec<usize> = crate::inputs::scan_groups(&refs)
+        .iter()
+        .scan(0usize, |at, g| {
+            let s = *at;
+            *at += g.len();
+            Some(s)
+        })
+        .collect();
+    let s = starts.len();
+    let bound = |j: usize| if j >= s { items.len() } else { starts[j] };
+    (bound((k - 1) * s / n), bound(k * s / n))
 }
 
 #[cfg(test)]

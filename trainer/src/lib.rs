@@ -34,6 +34,19 @@ use tch::Device;
 
 pub use models::device::DeviceChoice;
 
+/// Runs the configured job: one training run, or with `split.folds >= 2` (and no single
+/// `split.fold`) one run per fold in `OUT/fold_N` and `OUT/cv_summary.yaml`. (Here, above
+/// both: `kfold` runs `train`, and `train` knows nothing of `kfold`.)
+pub fn run(
+    cfg: &config::TrainConfig,
+    opts: &train::RunOptions,
+) -> Result<(Vec<train::RunSummary>, Option<kfold::CvSummary>)> {
+    if cfg.split.folds < 2 || cfg.split.fold.is_some() {
+        return Ok((train::train(cfg, opts)?.into_iter().collect(), None));
+    }
+    kfold::run(cfg, opts)
+}
+
 /// Parses `auto`, `cpu`, `cuda`, `cuda:N`.
 pub fn parse_device(s: &str) -> Result<DeviceChoice> {
     s.parse::<DeviceChoice>().map_err(TrainError::Config)

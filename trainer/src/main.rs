@@ -528,7 +528,7 @@ fn mlflow_sync(run: &std::path::Path, flag: Option<&str>) -> Result<()> {
 /// `trainer train`.
 fn train(a: &TrainArgs) -> Result<()> {
     let cfg = resolve(a)?;
-    let (runs, cv) = trainer::train::run(
+    let (runs, cv) = trainer::run(
         &cfg,
         &RunOptions {
             config: a.config.clone(),

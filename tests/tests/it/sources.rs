@@ -20,16 +20,16 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn user_files_are_read_only_through_fsutil() {
     let root = chain_tests::workspace();
-    let crates = [
-        "models",
-        "scans",
-        "scorer",
-        "plots",
-        "froc",
-        "calibrate",
-        "infer",
-        "trainer",
-    ];
+    // Every crate of the workspace (from its manifests: a hand-kept list missed `tracking`).
+    let meta = chain_tests::cargo_metadata();
+    let crates: Vec<&str> = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|n| *n != "chain-tests")
+        .collect();
+    assert!(crates.contains(&"tracking") && crates.len() >= 9, "{crates:?}");
     let forbidden = [
         "fs::read(",
         "fs::read_to_string(",
@@ -72,4 +72,154 @@ fn user_files_are_read_only_through_fsutil() {
         "user paths read around models::fsutil (use open_regular / read_regular*, or mark a non-user path `// fsutil-exempt: why`):\n{}",
         found.join("\n")
     );
+}
+
+/// A source file's module path under its crate's `src`: `lib.rs` is the root (`""`), `a.rs`
+/// and `a/mod.rs` are `a`, `a/b.rs` is `a::b`.
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).expect("under src");
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let last = parts.pop().unwrap_or_default();
+    let stem = last.trim_end_matches(".rs");
+    if stem != "mod" && stem != "lib" {
+        parts.push(stem.to_string());
+    }
+    parts.join("::")
+}
+
+/// The paths a piece of code names after `crate::` or `super::` (groups in braces opened
+/// one level), each resolved against `module` to a full path from the crate root.
+fn named_paths(code: &str, module: &str) -> Vec<String> {
+    let parent = module.rsplit_once("::").map_or("", |(p, _)| p).to_string();
+    let mut out = Vec::new();
+    for (prefix, base) in [("crate::", String::new()), ("super::", parent)] {
+        let mut rest = code;
+        while let Some(i) = rest.find(prefix) {
+            // `super::` inside `crate::a::super::` does not occur; a word before it (as in
+            // `my_crate::`) is not ours.
+            let before = rest[..i].chars().last();
+            rest = &rest[i + prefix.len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            let join = |p: &str| {
+                let p = p.trim().trim_end_matches("::");
+                if base.is_empty() {
+                    p.to_string()
+                } else {
+                    format!("{base}::{p}")
+                }
+            };
+            if let Some(group) = rest.strip_prefix('{') {
+                let end = group.find('}').unwrap_or(group.len());
+                for item in group[..end].split(',') {
+                    out.push(join(item.split('{').next().unwrap_or("")));
+                }
+            } else {
+                let end = rest
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                    .unwrap_or(rest.len());
+                out.push(join(&rest[..end]));
+            }
+        }
+    }
+    out
+}
+
+/// No two modules of one crate import each other, directly or round a longer circle
+/// (a module and its own ancestors or descendants aside: a `mod.rs` and its parts share
+/// one job). Circles make a crate's layers unreadable; the last three (calibrate's fit and
+/// metrics, the trainer's kfold and train, epochs and folder) were cut by moving what both
+/// needed below them.
+#[test]
+fn no_module_imports_circle_back_within_a_crate() {
+    let root = chain_tests::workspace();
+    let meta = chain_tests::cargo_metadata();
+    let mut circles = Vec::new();
+    let mut crates = 0;
+    for pkg in meta["packages"].as_array().expect("packages") {
+        let name = pkg["name"].as_str().unwrap_or_default();
+        if name == "chain-tests" {
+            continue;
+        }
+        crates += 1;
+        let src = root.join(name).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let modules: std::collections::BTreeMap<String, PathBuf> = files
+            .iter()
+            .filter(|f| f.file_name().is_some_and(|n| n != "main.rs"))
+            .map(|f| (module_of(&src, f), f.clone()))
+            .collect();
+        let related = |a: &str, b: &str| {
+            a.is_empty() || b.is_empty() || a == b || a.starts_with(&format!("{b}::")) || b.starts_with(&format!("{a}::"))
+        };
+        let mut edges: std::collections::BTreeMap<&str, std::collections::BTreeSet<String>> = Default::default();
+        for (m, f) in &modules {
+            let text = std::fs::read_to_string(f).expect("read");
+            let code: String = text
+                .split("\n#[cfg(test)]")
+                .next()
+                .unwrap_or("")
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for p in named_paths(&code, m) {
+                // The longest prefix that is a module of this crate.
+                let mut to = p.as_str();
+                while !modules.contains_key(to) {
+                    match to.rsplit_once("::") {
+                        Some((head, _)) => to = head,
+                        None => {
+                            to = "";
+                            break;
+                        }
+                    }
+                }
+                if !related(m, to) {
+                    edges.entry(m.as_str()).or_default().insert(to.to_string());
+                }
+            }
+        }
+        // Every circle through each module, by a depth-first search from it.
+        for start in edges.keys() {
+            let mut stack = vec![(start.to_string(), vec![start.to_string()])];
+            while let Some((at, path)) = stack.pop() {
+                for next in edges.get(at.as_str()).into_iter().flatten() {
+                    if next == start {
+                        let mut c = path.clone();
+                        c.push(next.clone());
+                        if path.iter().min() == Some(&start.to_string()) {
+                            circles.push(format!("{name}: {}", c.join(" → ")));
+                        }
+                    } else if !path.contains(next) && path.len() < 8 {
+                        let mut p = path.clone();
+                        p.push(next.clone());
+                        stack.push((next.clone(), p));
+                    }
+                }
+            }
+        }
+    }
+    assert!(crates >= 9, "{crates} crates read");
+    assert!(circles.is_empty(), "modules that import each other:\n{}", circles.join("\n"));
+}
+
+#[test]
+fn the_module_reader_sees_crate_and_super_paths() {
+    let code = "use crate::metrics::{sigmoid, softplus};\nuse crate::{fit, train::folder::RunFolder};\nlet x = super::epochs::f();\nlet y = other_crate::z;";
+    let mut p = named_paths(code, "train::folder");
+    p.sort();
+    assert_eq!(
+        p,
+        ["fit", "metrics", "train::epochs::f", "train::folder::RunFolder"]
+    );
+    let src = Path::new("/x/src");
+    assert_eq!(module_of(src, Path::new("/x/src/lib.rs")), "");
+    assert_eq!(module_of(src, Path::new("/x/src/train/mod.rs")), "train");
+    assert_eq!(module_of(src, Path::new("/x/src/train/epochs.rs")), "train::epochs");
 }

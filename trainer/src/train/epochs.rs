@@ -83,15 +83,6 @@ fn batch_tensor(
     Ok((x.to_device(device), Tensor::from_slice(&y).to_device(device), f))
 }
 
-/// What `precision` resolved to, as `train_state.yaml` records it.
-pub(crate) fn precision_name(amp: bool) -> &'static str {
-    if amp {
-        "fp16"
-    } else {
-        "fp32"
-    }
-}
-
 /// Adds a step's mean loss over `n` samples to the epoch's sums, on the device. `applied`
 /// (from a loss-scaled step: 1 applied, 0 skipped) leaves a skipped step out; it is
 /// selected, not multiplied, because a skipped step's loss may be Inf or NaN (an fp16
@@ -605,7 +596,7 @@ fn save_epoch(data: &Data, folder: &RunFolder, tr: &mut Training, m: EpochMetric
         best_sha256: models::fsutil::sha256_file(&best)?,
         optimizer_sha256: models::fsutil::sha256_file(&opt)?,
         grad_scaler: tr.scaler.as_ref().map(|s| s.state()).transpose()?,
-        precision: Some(precision_name(data.found.amp).to_string()),
+        precision: Some(crate::train::folder::precision_name(data.found.amp).to_string()),
         config_sha256: folder.config_sha256.clone(),
         split_sha256: folder.split_sha256.clone(),
         metrics_sha256: models::fsutil::sha256_file(&dir.join("metrics.csv"))?,

@@ -200,7 +200,7 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
     }
     // `auto` resolves by host: a run begun in fp32 on a CPU must not go on in fp16 on a GPU
     // (or back) and still claim to be the same run.
-    let now = super::epochs::precision_name(found.amp);
+    let now = precision_name(found.amp);
     if let Some(was) = st.precision.as_deref() {
         if was != now {
             return Err(TrainError::RunFolder(format!(
@@ -320,7 +320,7 @@ impl Opened {
                 best_sha256: String::new(),
                 optimizer_sha256: String::new(),
                 grad_scaler: None,
-                precision: Some(super::epochs::precision_name(data.found.amp).to_string()),
+                precision: Some(precision_name(data.found.amp).to_string()),
                 config_sha256: config_sha256.clone(),
                 split_sha256: split_sha256.clone(),
                 metrics_sha256: String::new(),
@@ -334,5 +334,14 @@ impl Opened {
             config_sha256,
             split_sha256,
         })
+    }
+}
+
+/// What `precision` resolved to, as `train_state.yaml` records it.
+pub(crate) fn precision_name(amp: bool) -> &'static str {
+    if amp {
+        "fp16"
+    } else {
+        "fp32"
     }
 }

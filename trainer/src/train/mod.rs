@@ -6,7 +6,7 @@
 //! anything is written), [`folder::Opened::begin`] (config, split and the starting
 //! state), [`epochs::start`] (model, optimizer, and the resumed state), [`epochs::run`]
 //! (the epoch loop), and [`finish::finish`] (export, parity, validation scores, summary).
-//! A k-fold cross-validation runs it once per fold ([`crate::kfold`]).
+//! A k-fold cross-validation runs it once per fold (`kfold`, above this module).
 //!
 //! Run folder:
 //! * `config.yaml` — the resolved config; `split.csv` — series → train/val;
@@ -215,15 +215,6 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Option<RunSummary>>
         eprintln!("{}", t.finish(end));
     }
     result
-}
-
-/// Runs the configured job: one training run, or with `split.folds >= 2` (and no single
-/// `split.fold`) one run per fold in `OUT/fold_N` and `OUT/cv_summary.yaml`.
-pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<(Vec<RunSummary>, Option<crate::kfold::CvSummary>)> {
-    if cfg.split.folds < 2 || cfg.split.fold.is_some() {
-        return Ok((train(cfg, opts)?.into_iter().collect(), None));
-    }
-    crate::kfold::run(cfg, opts)
 }
 
 /// Writes rows as a CSV atomically.
