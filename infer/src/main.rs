@@ -534,7 +534,7 @@ fn import(a: &ImportArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     models::cli::default_sigpipe();
-    let mut a = Args::parse();
+    let a = Args::parse();
     if let Some(Cmd::Bundle {
         model,
         calibration,
@@ -559,36 +559,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some((dir, info)) = &bundle {
-        if a.model.is_none() {
-            a.model = Some(dir.join(&info.model));
-            if a.calibration.is_none() {
-                a.calibration = info.calibration.as_ref().map(|c| dir.join(c));
-            }
-        }
+    match &a.cmd {
+        Some(Cmd::Import(args)) => import(args),
+        Some(Cmd::Merge { shards, out, folds }) => merge(shards, out, *folds),
+        Some(Cmd::Doctor { model, ort_lib }) => doctor(model.clone(), ort_lib.as_deref(), &bundle),
+        Some(Cmd::Gallery(args)) => gallery(args),
+        Some(Cmd::Bundle { .. }) | None => score(a, bundle.as_ref()),
     }
-    if let Some(Cmd::Import(args)) = &a.cmd {
-        return import(args);
-    }
-    if let Some(Cmd::Gallery(args)) = &a.cmd {
-        return gallery(args);
-    }
-    if let Some(Cmd::Merge { shards, out, folds }) = &a.cmd {
-        return merge(shards, out, *folds);
-    }
-    if let Some(Cmd::Doctor { model, ort_lib }) = &a.cmd {
-        return doctor(model.clone(), ort_lib.as_deref(), &bundle);
-    }
-    if a.model.is_none() {
-        a.model = a.held_out.as_ref().map(|r| r.join("model.onnx"));
-    }
-    let Some(model) = a.model.clone() else {
-        eprintln!("infer: error: --model is required");
-        return ExitCode::FAILURE;
-    };
-    let quiet = a.quiet;
-    let timing = a.timing;
-    let s = Settings {
+}
+
+/// The settings of a scoring run from its flags (the model resolved by the caller).
+fn settings(a: Args, model: PathBuf) -> Settings {
+    Settings {
         model,
         calibration: a.calibration,
         inputs: a.inputs,
@@ -610,7 +592,7 @@ fn main() -> ExitCode {
         },
         fail_fast: a.fail_fast,
         force_calibration: a.force_calibration,
-        progress: !quiet && std::io::stderr().is_terminal(),
+        progress: !a.quiet && std::io::stderr().is_terminal(),
         scans: a.scans,
         candidates: a.candidates,
         scan_format: a.scan_format,
@@ -620,7 +602,29 @@ fn main() -> ExitCode {
         missing_scans: a.missing_scans,
         preload: a.preload_cubes,
         held_out: a.held_out,
+    }
+}
+
+/// `infer` itself: scores the inputs (the model and calibration defaulting to a bundle's,
+/// or to the held-out fold's model).
+fn score(mut a: Args, bundle: Option<&(PathBuf, infer::bundle::BundleInfo)>) -> ExitCode {
+    if let Some((dir, info)) = bundle {
+        if a.model.is_none() {
+            a.model = Some(dir.join(&info.model));
+            if a.calibration.is_none() {
+                a.calibration = info.calibration.as_ref().map(|c| dir.join(c));
+            }
+        }
+    }
+    if a.model.is_none() {
+        a.model = a.held_out.as_ref().map(|r| r.join("model.onnx"));
+    }
+    let Some(model) = a.model.clone() else {
+        eprintln!("infer: error: --model is required");
+        return ExitCode::FAILURE;
     };
+    let (quiet, timing) = (a.quiet, a.timing);
+    let s = settings(a, model);
     match infer::run(&s) {
         Ok(sum) => {
             if !quiet {

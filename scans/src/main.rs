@@ -1,7 +1,7 @@
 //! `scans`: step 1 of the flow, scan → cubes. `scans prepare` cuts a patch folder from CT
 //! scans and LUNA16's CSVs; `scans inspect` prints a scan's geometry as it is read and where
 //! world points land. (Cubes straight into a scorer: `infer --scans`.)
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -179,6 +179,42 @@ fn points(world: &[String]) -> Result<Vec<[f64; 3]>> {
         .collect()
 }
 
+/// `scans bench-cut`.
+fn bench_cut(
+    scans: &Path,
+    candidates: &Path,
+    grid: &scans::resample::PatchGrid,
+    threads: &[usize],
+    general: bool,
+) -> Result<()> {
+    let (reading, n, speeds) = scans::bench::cut_speed(scans, candidates, grid, threads, general)?;
+    println!(
+        "read {n} scan(s) in {reading:.2} s ({:.2} s each)",
+        reading / n.max(1) as f64
+    );
+    for sp in speeds {
+        println!(
+            "cut {} cubes of {}³ on {} thread(s){} in {:.2} s: {:.0} cubes/s, {:.0} per thread",
+            sp.cubes,
+            grid.voxels(),
+            sp.threads,
+            if general { " (general path)" } else { "" },
+            sp.seconds,
+            sp.cubes as f64 / sp.seconds,
+            sp.cubes as f64 / sp.seconds / sp.threads as f64
+        );
+    }
+    Ok(())
+}
+
+/// `scans inspect`.
+fn inspect(scan: &Path, format: Option<scans::Format>, series: Option<&str>, world: &[String]) -> Result<()> {
+    let points = points(world)?;
+    let (uid, src) = scans::inspect::locate(scan, format, series)?;
+    print!("{}", scans::inspect::report(&uid, &src, &points)?);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let run = || -> Result<()> {
@@ -191,38 +227,19 @@ fn main() -> ExitCode {
                 spacing_mm,
                 threads,
                 general,
-            } => {
-                let grid = scans::resample::PatchGrid { size_mm, spacing_mm };
-                let (reading, n, speeds) = scans::bench::cut_speed(&scans, &candidates, &grid, &threads, general)?;
-                println!(
-                    "read {n} scan(s) in {reading:.2} s ({:.2} s each)",
-                    reading / n.max(1) as f64
-                );
-                for sp in speeds {
-                    println!(
-                        "cut {} cubes of {}³ on {} thread(s){} in {:.2} s: {:.0} cubes/s, {:.0} per thread",
-                        sp.cubes,
-                        grid.voxels(),
-                        sp.threads,
-                        if general { " (general path)" } else { "" },
-                        sp.seconds,
-                        sp.cubes as f64 / sp.seconds,
-                        sp.cubes as f64 / sp.seconds / sp.threads as f64
-                    );
-                }
-                Ok(())
-            }
+            } => bench_cut(
+                &scans,
+                &candidates,
+                &scans::resample::PatchGrid { size_mm, spacing_mm },
+                &threads,
+                general,
+            ),
             Cmd::Inspect {
                 scan,
                 format,
                 series,
                 world,
-            } => {
-                let points = points(&world)?;
-                let (uid, src) = scans::inspect::locate(&scan, format, series.as_deref())?;
-                print!("{}", scans::inspect::report(&uid, &src, &points)?);
-                Ok(())
-            }
+            } => inspect(&scan, format, series.as_deref(), &world),
         }
     };
     match run() {

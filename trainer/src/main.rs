@@ -23,29 +23,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Write a synthetic CT-like patch folder (float32 .npy cubes + patch_index.csv).
-    Synth {
-        /// Output folder (must not already hold an index).
-        #[arg(short, long)]
-        out: PathBuf,
-        /// Series (2 to 100000).
-        #[arg(long, default_value_t = SynthConfig::default().series)]
-        series: usize,
-        /// Patches per series (1 to 100000; 10 million in all at most).
-        #[arg(long, default_value_t = SynthConfig::default().patches_per_series)]
-        patches_per_series: usize,
-        /// Chance of a patch being a nodule, in (0, 1).
-        #[arg(long, default_value_t = SynthConfig::default().positive_fraction)]
-        positive_fraction: f64,
-        /// Cube side in voxels (1 mm each; 8 to 512).
-        #[arg(long, default_value_t = SynthConfig::default().cube_size)]
-        cube_size: usize,
-        #[arg(long, default_value_t = SynthConfig::default().seed)]
-        seed: u64,
-        /// Also write tabular features: `suv_max` in the index (carries signal) and
-        /// clinical.csv with per-series `pack_years` (no signal), for model.features.
-        #[arg(long)]
-        features: bool,
-    },
+    Synth(SynthArgs),
     /// Train, keep the best epoch by validation AUROC, export model.onnx, check parity.
     Train(Box<TrainArgs>),
     /// Export weights (a safetensors state dict with torchvision's names: a run's
@@ -115,6 +93,45 @@ enum Cmd {
         #[arg(long)]
         mlflow: Option<String>,
     },
+}
+
+/// `trainer synth`'s flags.
+#[derive(clap::Args, Debug)]
+struct SynthArgs {
+    /// Output folder (must not already hold an index).
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Series (2 to 100000).
+    #[arg(long, default_value_t = SynthConfig::default().series)]
+    series: usize,
+    /// Patches per series (1 to 100000; 10 million in all at most).
+    #[arg(long, default_value_t = SynthConfig::default().patches_per_series)]
+    patches_per_series: usize,
+    /// Chance of a patch being a nodule, in (0, 1).
+    #[arg(long, default_value_t = SynthConfig::default().positive_fraction)]
+    positive_fraction: f64,
+    /// Cube side in voxels (1 mm each; 8 to 512).
+    #[arg(long, default_value_t = SynthConfig::default().cube_size)]
+    cube_size: usize,
+    #[arg(long, default_value_t = SynthConfig::default().seed)]
+    seed: u64,
+    /// Also write tabular features: `suv_max` in the index (carries signal) and
+    /// clinical.csv with per-series `pack_years` (no signal), for model.features.
+    #[arg(long)]
+    features: bool,
+}
+
+impl SynthArgs {
+    fn config(&self) -> SynthConfig {
+        SynthConfig {
+            series: self.series,
+            patches_per_series: self.patches_per_series,
+            positive_fraction: self.positive_fraction,
+            cube_size: self.cube_size,
+            seed: self.seed,
+            features: self.features,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -592,34 +609,38 @@ fn doctor() {
     );
 }
 
+/// `trainer synth`.
+fn synth(cfg: &SynthConfig, out: &Path) -> Result<()> {
+    let idx = trainer::synth::generate(cfg, out)?;
+    println!(
+        "wrote {} patches of {}³ from {} series -> {}",
+        cfg.series * cfg.patches_per_series,
+        cfg.cube_size,
+        cfg.series,
+        idx.display()
+    );
+    Ok(())
+}
+
+/// `trainer ensemble`.
+fn ensemble(members: &[PathBuf], out: &Path, ort_lib: Option<&Path>) -> Result<()> {
+    let b = trainer::ensemble::build(members, out, ort_lib)?;
+    println!(
+        "ensemble of {} models -> {}; max |Δlogit| against the mean of the members in ONNX Runtime {} = {:.2e} over {} test cubes",
+        b.members.len(),
+        out.display(),
+        b.onnxruntime_version,
+        b.max_abs_diff,
+        b.cubes
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     models::cli::default_sigpipe();
     let run = || -> Result<()> {
         match Cli::parse().cmd {
-            Cmd::Synth {
-                out,
-                series,
-                patches_per_series,
-                positive_fraction,
-                cube_size,
-                seed,
-                features,
-            } => {
-                let cfg = SynthConfig {
-                    series,
-                    patches_per_series,
-                    positive_fraction,
-                    cube_size,
-                    seed,
-                    features,
-                };
-                let idx = trainer::synth::generate(&cfg, &out)?;
-                println!(
-                    "wrote {} patches of {cube_size}³ from {series} series -> {}",
-                    series * patches_per_series,
-                    idx.display()
-                );
-            }
+            Cmd::Synth(a) => synth(&a.config(), &a.out)?,
             Cmd::Train(a) => train(&a)?,
             Cmd::Export(a) => export(&a)?,
             Cmd::Sweep {
@@ -631,17 +652,7 @@ fn main() -> ExitCode {
                 mlflow,
                 quiet,
             } => sweep(&file, task, collect, list, ort_lib, mlflow.as_deref(), quiet)?,
-            Cmd::Ensemble { members, out, ort_lib } => {
-                let b = trainer::ensemble::build(&members, &out, ort_lib.as_deref())?;
-                println!(
-                    "ensemble of {} models -> {}; max |Δlogit| against the mean of the members in ONNX Runtime {} = {:.2e} over {} test cubes",
-                    b.members.len(),
-                    out.display(),
-                    b.onnxruntime_version,
-                    b.max_abs_diff,
-                    b.cubes
-                );
-            }
+            Cmd::Ensemble { members, out, ort_lib } => ensemble(&members, &out, ort_lib.as_deref())?,
             Cmd::Spec { arch, cube_size } => show_spec(&arch, cube_size)?,
             Cmd::Doctor => doctor(),
             Cmd::MlflowSync { run, mlflow } => mlflow_sync(&run, mlflow.as_deref())?,

@@ -223,3 +223,25 @@ fn the_module_reader_sees_crate_and_super_paths() {
     assert_eq!(module_of(src, Path::new("/x/src/train/mod.rs")), "train");
     assert_eq!(module_of(src, Path::new("/x/src/train/epochs.rs")), "train::epochs");
 }
+
+/// Each binary's `main` only parses and dispatches (at most 40 lines): the work of a
+/// subcommand is a function (or a module) of its own, with its own name in a backtrace.
+#[test]
+fn every_main_only_dispatches() {
+    let root = chain_tests::workspace();
+    let mut long = Vec::new();
+    let mut mains = 0;
+    for (bin, _) in chain_tests::binaries() {
+        let f = root.join(bin).join("src/main.rs");
+        let text = std::fs::read_to_string(&f).expect("main.rs");
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.iter().position(|l| l.starts_with("fn main()")).expect("fn main");
+        let len = lines[start..].iter().position(|l| *l == "}").expect("end of main") + 1;
+        mains += 1;
+        if len > 40 {
+            long.push(format!("{bin}: main is {len} lines"));
+        }
+    }
+    assert!(mains >= 5, "{mains} binaries");
+    assert!(long.is_empty(), "{long:?}");
+}
