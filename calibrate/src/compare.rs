@@ -181,12 +181,12 @@ fn align(tables: Vec<ScoreTable>) -> Result<Vec<ScoreTable>, CalError> {
             return Err(input_err(
                 &t.source,
                 format!(
-                    "not the same patches as {}: {} missing (first {:?}), {} not in it (first {:?}); models are compared on the same patches only",
+                    "not the same patches as {}: {} missing{}, {} not in it{}; models are compared on the same patches only",
                     reference.source.display(),
                     missing.len(),
-                    missing.first(),
+                    missing.first().map_or_else(String::new, |p| format!(" (first {p:?})")),
                     extra.len(),
-                    extra.first()
+                    extra.first().map_or_else(String::new, |p| format!(" (first {p:?})"))
                 ),
             ));
         }

@@ -238,6 +238,23 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
     })
 }
 
+/// What a calibration wrote, as the files are: `calibration.yaml` and, unless turned off,
+/// the report with its plots and the calibrated model beside it.
+fn written(s: &calibrate::Settings) -> String {
+    let mut also = Vec::new();
+    if s.report {
+        also.push(format!("{}, {}/", calibrate::report::REPORT_FILE, calibrate::report::PLOTS_DIR));
+    }
+    if s.bake {
+        also.push(calibrate::write::BAKED_FILE.to_string());
+    }
+    if also.is_empty() {
+        s.out.display().to_string()
+    } else {
+        format!("{} (and {} beside it)", s.out.display(), also.join(", "))
+    }
+}
+
 fn main() -> ExitCode {
     models::cli::default_sigpipe();
     let run = || -> anyhow::Result<()> {
@@ -248,10 +265,7 @@ fn main() -> ExitCode {
         let s = settings(a)?;
         let cal = calibrate::run(&s)?;
         print!("{}", calibrate::summary(&cal));
-        println!(
-            "wrote {} (and the report, plots, model.calibrated.onnx beside it)",
-            s.out.display()
-        );
+        println!("wrote {}", written(&s));
         // A tracked run (its folder holds mlflow.yaml): the calibration joins its MLflow run.
         if s.out.file_name().is_some_and(|n| n == "calibration.yaml") {
             if let Some(line) = s.out.parent().and_then(tracking::after_calibration) {

@@ -83,8 +83,12 @@ pub fn report(model: Option<&Path>, ort_lib: Option<&Path>) -> Result<String, In
         };
         let _ = writeln!(
             s,
-            "  opset {:?}, inputs [{}], outputs [{}]",
-            proto.opset_import.first().and_then(|o| o.version),
+            "  opset {}, inputs [{}], outputs [{}]",
+            proto
+                .opset_import
+                .first()
+                .and_then(|o| o.version)
+                .map_or_else(|| "not stated".to_string(), |v| v.to_string()),
             names(g.map(|g| &g.input)),
             names(g.map(|g| &g.output))
         );

@@ -67,6 +67,17 @@ const KEYS: [&str; 6] = [
     "preprocess.pad_hu",
 ];
 
+/// For people: `cube 64³, HU window [-1000, 400] → [0, 1], padding -1000 HU`.
+impl std::fmt::Display for Preprocess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cube {}³, HU window [{}, {}] → [{}, {}], padding {} HU",
+            self.cube_size, self.hu_min, self.hu_max, self.out_min, self.out_max, self.pad_hu
+        )
+    }
+}
+
 impl Preprocess {
     /// Checks the settings make sense.
     pub fn validate(&self) -> Result<()> {
@@ -216,7 +227,7 @@ impl Preprocess {
             match md.get(k).map(|v| v.parse::<f64>()) {
                 Some(Ok(v)) => v,
                 Some(Err(_)) => {
-                    problems.push(format!("`{k}` is not a number: {:?}", md.get(k)));
+                    problems.push(format!("`{k}` is not a number: {:?}", md.get(k).map_or("", String::as_str)));
                     f64::NAN
                 }
                 None => {

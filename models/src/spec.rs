@@ -505,8 +505,10 @@ impl ArchSpec {
         let mut flat = false;
         check_chain(&self.layers, "layers", &mut ch, &mut flat, &mut problems);
         if ch != Some(1) || !flat {
+            let ends = ch.map_or_else(|| "an unknown number of".to_string(), |c| c.to_string());
+            let shape = if flat { "flattened" } else { "not flattened" };
             problems.push(format!(
-                "network must end in one logit per sample, ends in {ch:?} features (flattened: {flat})"
+                "network must end in one logit per sample, flattened; it ends in {ends} features, {shape}"
             ));
         }
         let params = self.params();

@@ -171,13 +171,27 @@ impl From<Output> for Run {
     }
 }
 
-/// Runs a workspace binary with arguments.
+/// Runs a workspace binary with arguments. What it prints is for people: Rust's Debug
+/// formatting of an `Option` or a struct reaching it (`opset Some(17)`, `Preprocess {
+/// cube_size: 16, … }`) fails the test that ran it, whichever test that is.
 pub fn run(name: &str, args: &[&str]) -> Run {
-    Command::new(bin(name))
+    let r: Run = Command::new(bin(name))
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
-        .into()
+        .into();
+    assert_no_debug_formatting(name, args, &r.stdout);
+    assert_no_debug_formatting(name, args, &r.stderr);
+    r
+}
+
+/// Fails on text that only Rust's `{:?}` of an `Option` or of a struct writes.
+pub fn assert_no_debug_formatting(name: &str, args: &[&str], text: &str) {
+    let leaks = ["Some(", "(None)", " None,", ": None", "Preprocess {", "PathBuf {", "Error {"];
+    if let Some(l) = leaks.iter().find(|l| text.contains(*l)) {
+        let line = text.lines().find(|x| x.contains(*l)).unwrap_or_default();
+        panic!("{name} {args:?} printed Rust Debug formatting ({l:?}) to a user:\n{line}");
+    }
 }
 
 /// Runs and asserts success, printing the output on failure.

@@ -95,7 +95,7 @@ pub fn ensemble(members: &[Member], extra: &BTreeMap<String, String>) -> Result<
             return Err(bad(
                 &m.path,
                 format!(
-                    "preprocessing {p:?} differs from {}'s {pre:?}: members must see the same cubes",
+                    "preprocessing ({p}) differs from {}'s ({pre}): members must see the same cubes",
                     first.path.display()
                 ),
             ));

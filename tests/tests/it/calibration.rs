@@ -401,3 +401,31 @@ fn force_calibration_applies_with_a_warning() {
         r.stderr
     );
 }
+
+/// The closing line names what was written, no more: `--no-report --no-bake` writes
+/// `calibration.yaml` alone, and the line says so (it once claimed the report and the model).
+#[test]
+fn the_closing_line_names_only_what_was_written() {
+    let d = tempfile::tempdir().expect("tmp");
+    let f = crate::fixture::fixture();
+    let cal = d.path().join("c/calibration.yaml");
+    let r = chain_tests::run_ok(
+        "calibrate",
+        &[chain_tests::s(&f.run), "-o", chain_tests::s(&cal), "--bootstrap", "0", "--method", "platt", "--no-report", "--no-bake"],
+    );
+    assert!(r.stdout.lines().any(|l| l == format!("wrote {}", cal.display())), "{}", r.stdout);
+    let names: Vec<String> = std::fs::read_dir(d.path().join("c"))
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["calibration.yaml"]);
+    let r = chain_tests::run_ok(
+        "calibrate",
+        &[chain_tests::s(&f.run), "-o", chain_tests::s(&cal), "--bootstrap", "0", "--method", "platt", "--no-bake"],
+    );
+    assert!(
+        r.stdout.contains("(and calibration_report.md, calibration_plots/ beside it)") && !r.stdout.contains("model.calibrated.onnx"),
+        "{}",
+        r.stdout
+    );
+}
