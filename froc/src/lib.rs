@@ -273,8 +273,13 @@ pub fn read_truth(annotations: &Path, excluded: Option<&Path>, seriesuids: &Path
 /// Before any work, the outputs are checked against the inputs (none may overwrite one);
 /// the output folder is locked against a second run while it is written.
 pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
-    models::cli::check_bootstrap(s.bootstrap).map_err(FrocError::Usage)?;
-    s.check()?;
+    // Every bad setting in one error.
+    match (models::cli::check_bootstrap(s.bootstrap), s.check()) {
+        (Ok(()), Ok(())) => {}
+        (Err(a), Ok(())) => return Err(FrocError::Usage(a)),
+        (Ok(()), Err(b)) => return Err(b),
+        (Err(a), Err(b)) => return Err(FrocError::Usage(format!("{a}; {b}"))),
+    }
     let mut io = RunIo::new();
     io.input("annotations", &f.annotations)
         .input("series list", &f.seriesuids)

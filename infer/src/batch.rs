@@ -543,43 +543,46 @@ fn write_errors(
 
 /// Settings that are wrong whatever the inputs: refused before anything is read.
 fn check_settings(s: &Settings) -> Result<(), InferError> {
+    // Every bad setting in one error, not the first only.
+    let mut bad: Vec<String> = Vec::new();
     if s.batch_size == 0 {
-        return Err(InferError::Usage("--batch-size must be at least 1".into()));
+        bad.push("--batch-size must be at least 1".into());
     }
     if s.batch_size > MAX_BATCH {
-        return Err(InferError::Usage(format!(
+        bad.push(format!(
             "--batch-size {} is more than {MAX_BATCH} (a batch of 64³ cubes that size takes {:.0} GiB before the model runs)",
             s.batch_size,
             s.batch_size as f64 * 64f64.powi(3) * 4.0 / f64::from(1u32 << 30)
-        )));
+        ));
     }
-    models::cli::check_threads("--threads", s.scorer.threads).map_err(InferError::Usage)?;
+    if let Err(e) = models::cli::check_threads("--threads", s.scorer.threads) {
+        bad.push(e);
+    }
     if s.format == Format::Luna16 && s.index.is_none() && s.scans.is_none() {
-        return Err(input_err(
-            &s.out,
-            "--format luna16 needs --index (or --scans): the submission format carries each patch's seriesuid and world coordinates",
+        bad.push(format!(
+            "{}: --format luna16 needs --index (or --scans): the submission format carries each patch's seriesuid and world coordinates",
+            s.out.display()
         ));
     }
     if s.scans.is_some() != s.candidates.is_some() {
-        return Err(InferError::Usage(
-            "--scans DIR and --candidates FILE go together: the candidates say where to cut the scans".into(),
-        ));
+        bad.push("--scans DIR and --candidates FILE go together: the candidates say where to cut the scans".into());
     }
     if s.held_out.is_some() && (s.scans.is_none() || s.shard.is_some()) {
-        return Err(InferError::Usage(
-            "--held-out scores a fold's held-out scans: it takes --scans and --candidates, and no --shard".into(),
-        ));
+        bad.push("--held-out scores a fold's held-out scans: it takes --scans and --candidates, and no --shard".into());
     }
     if s.scans.is_some() {
-        models::cli::check_threads("--scan-jobs", s.scan_jobs).map_err(InferError::Usage)?;
+        if let Err(e) = models::cli::check_threads("--scan-jobs", s.scan_jobs) {
+            bad.push(e);
+        }
         if !(s.spacing_mm.is_finite() && s.spacing_mm > 0.0) {
-            return Err(InferError::Usage(format!(
-                "--spacing-mm must be positive, got {}",
-                s.spacing_mm
-            )));
+            bad.push(format!("--spacing-mm must be positive, got {}", s.spacing_mm));
         }
     }
-    Ok(())
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(InferError::Usage(bad.join("; ")))
+    }
 }
 
 /// A model with tabular features: reads them for every item from the index (or

@@ -259,16 +259,19 @@ struct Inputs {
 /// Checks the settings, reads the CSVs (diameters positive, classes 0 or 1) and finds the
 /// scans.
 fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
-    models::cli::check_threads("--jobs", job.jobs).map_err(ScanError::Config)?;
-    job.sampling
-        .grid
-        .validate()
-        .map_err(|e| ScanError::Config(format!("patch grid: {e}")))?;
+    // Every bad setting in one error.
+    let mut bad = Vec::new();
+    if let Err(e) = models::cli::check_threads("--jobs", job.jobs) {
+        bad.push(e);
+    }
+    if let Err(e) = job.sampling.grid.validate() {
+        bad.push(format!("patch grid: {e}"));
+    }
     if !(job.sampling.neg_ratio.is_finite() && job.sampling.neg_ratio >= 0.0) {
-        return Err(ScanError::Config(format!(
-            "--neg-ratio must be >= 0, got {}",
-            job.sampling.neg_ratio
-        )));
+        bad.push(format!("--neg-ratio must be >= 0, got {}", job.sampling.neg_ratio));
+    }
+    if !bad.is_empty() {
+        return Err(ScanError::Config(bad.join("; ")));
     }
     let annotations = models::luna16::read_findings(&job.annotations, "diameter_mm")?;
     if let Some(a) = annotations

@@ -45,11 +45,17 @@ impl PatchGrid {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.size_mm.is_finite() && self.size_mm > 0.0) {
-            return Err(format!("patch size {} mm must be positive", self.size_mm));
-        }
-        if !(self.spacing_mm.is_finite() && self.spacing_mm > 0.0) {
-            return Err(format!("patch spacing {} mm must be positive", self.spacing_mm));
+        let size_bad = !(self.size_mm.is_finite() && self.size_mm > 0.0);
+        let spacing_bad = !(self.spacing_mm.is_finite() && self.spacing_mm > 0.0);
+        if size_bad || spacing_bad {
+            let mut v = Vec::new();
+            if size_bad {
+                v.push(format!("patch size {} mm must be positive", self.size_mm));
+            }
+            if spacing_bad {
+                v.push(format!("patch spacing {} mm must be positive", self.spacing_mm));
+            }
+            return Err(v.join("; "));
         }
         crate::metaimage::check_spacing(&[self.spacing_mm]).map_err(|e| format!("patch {e}"))?;
         let n = self.size_mm / self.spacing_mm;

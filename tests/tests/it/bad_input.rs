@@ -361,3 +361,41 @@ fn cuda_that_cannot_be_had_is_an_error() {
         assert!(r.stderr.contains("CUDA requested"), "{}", r.stderr);
     }
 }
+
+/// Several bad settings are reported together, in one error, by each binary that takes
+/// settings (the docs promise it; `prepare`, `infer` and `froc` once named the first only).
+#[test]
+fn every_bad_setting_is_named_in_one_error() {
+    let d = tempfile::tempdir().expect("tmp");
+    let f = fixture();
+    let slab = chain_tests::workspace().join("../shared/data/lidc-idri-0002");
+    let out = d.path().join("p");
+    let r = run_err(
+        "scans",
+        &[
+            "prepare", "--scans", s(&slab), "--annotations", "a.csv", "--candidates", "c.csv", "--out", s(&out),
+            "--size-mm=-5", "--spacing-mm=0", "--neg-ratio=-1", "--jobs", "100000",
+        ],
+    );
+    for want in ["--jobs 100000", "patch size -5", "patch spacing 0", "--neg-ratio"] {
+        assert!(r.stderr.contains(want), "prepare: {want} missing from: {}", r.stderr);
+    }
+    let r = run_err(
+        "infer",
+        &[
+            "--model", s(&f.run.join("model.onnx")), s(&f.patches), "-o", s(&d.path().join("x.csv")),
+            "--batch-size", "100000", "--threads", "100000",
+        ],
+    );
+    for want in ["--batch-size 100000", "--threads 100000"] {
+        assert!(r.stderr.contains(want), "infer: {want} missing from: {}", r.stderr);
+    }
+    let r = run_err(
+        "froc",
+        &["--annotations", "a", "--seriesuids", "b", "--results", "c", "-o", s(&d.path().join("f")), "--bootstrap", "200000", "--confidence", "2"],
+    );
+    for want in ["--bootstrap 200000", "--confidence"] {
+        assert!(r.stderr.contains(want), "froc: {want} missing from: {}", r.stderr);
+    }
+    assert!(!out.exists() && !d.path().join("x.csv").exists(), "nothing written");
+}
