@@ -290,6 +290,7 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     // writes there.
     let mut io = models::fsutil::RunIo::new();
     io.inputs("bundled file", files.iter().map(|(_, p)| p.as_path()));
+    models::fsutil::create_parent(&s.out)?;
     let target = io.output("bundle", &s.out)?;
     // A bundle replaces only a gzip archive (an earlier bundle), never another file.
     models::fsutil::check_replaceable(&s.out, "bundle", &|h| h.starts_with(&[0x1f, 0x8b]))?;

@@ -894,6 +894,7 @@ pub fn import(s: &ImportSettings) -> Result<Imported, InferError> {
     if let Some(l) = &s.like {
         io.input("--like model", l);
     }
+    models::fsutil::create_parent(&s.out)?;
     let target = io.output("imported model", &s.out)?;
     models::fsutil::check_replaceable(&s.out, "model", &models::onnx::looks_like_onnx)?;
     let _lock = match &target {

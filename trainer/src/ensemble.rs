@@ -43,6 +43,7 @@ pub fn build(members: &[PathBuf], out: &Path, ort_lib: Option<&Path>) -> Result<
     let paths: Vec<PathBuf> = members.iter().map(|p| model_path(p)).collect();
     let mut io = models::fsutil::RunIo::new();
     io.inputs("member model", paths.iter().map(PathBuf::as_path));
+    models::fsutil::create_parent(out)?;
     let target = io.output("ensemble model", out)?;
     models::fsutil::check_replaceable(out, "model", &models::onnx::looks_like_onnx)?;
     let _lock = match &target {

@@ -306,6 +306,7 @@ fn feature_layer(spec: &ArchSpec) -> String {
 pub fn export_weights(job: &WeightsExport) -> Result<WeightsExported> {
     let mut io = models::fsutil::RunIo::new();
     io.input("weights", &job.weights);
+    models::fsutil::create_parent(&job.out)?;
     let target = io.output("model", &job.out)?;
     models::fsutil::check_replaceable(&job.out, "model", &models::onnx::looks_like_onnx)?;
     let _lock = match &target {

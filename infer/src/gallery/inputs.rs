@@ -357,10 +357,7 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
             io.input(role, p);
         }
     }
-    // A page often goes into a new folder of its own (`site/review.html`): made here.
-    if let Some(dir) = s.out.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::create_dir_all(dir).map_err(|e| models::Error::io(dir, e))?;
-    }
+    models::fsutil::create_parent(&s.out)?;
     if let models::fsutil::Target::Stream(_) = io.output("review page", &s.out)? {
         return Err(bad(&s.out, "the review page must be a file (its thumbnails go beside it)"));
     }

@@ -25,7 +25,7 @@ pub use lock::{Lock, DIR_LOCK};
 pub use policy::RunIo;
 pub use read::{open_regular, read_regular, read_regular_to_string};
 pub use write::{
-    check_replaceable, clean_stale_temps, replace_with, resolve_output, write_atomic, write_atomic_with, Sink, Target,
+    check_replaceable, clean_stale_temps, create_parent, replace_with, resolve_output, write_atomic, write_atomic_with, Sink, Target,
     TEMP_PREFIX,
 };
 

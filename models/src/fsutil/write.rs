@@ -47,6 +47,18 @@ fn bad_output(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
+/// Makes the folder an output file goes into when it does not exist yet (a model, a bundle
+/// or a page often goes into a new folder of its own: `-o site/model.onnx`). Scores outputs
+/// do not call this: a mistyped folder there is refused before any work.
+pub fn create_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Resolves an output path: symlinks followed (a dangling one names the file to create),
 /// `..` resolved through the real parent folder. A folder, a socket or a block device is
 /// an error, and so is a parent folder that does not exist.
