@@ -104,6 +104,10 @@ pub struct Reinit {
     /// The tabular features' standardisation buffers, when the file lacks them (a training
     /// run sets them from its own training split; an export needs them from the file).
     pub features: bool,
+    /// The caller trains from the weights (`train.init`), so a refusal may point at
+    /// `--reinit-head` / `--reinit-stem`; an export cannot leave anything out, and its
+    /// hints say what to do instead.
+    pub training: bool,
 }
 
 /// Matches a state dict read from `path` to `spec` (see the module documentation).
@@ -225,16 +229,28 @@ pub fn match_spec(spec: &ArchSpec, mut sd: Weights, path: &Path, reinit: Reinit)
         if unexpected.iter().any(|k| k.starts_with("module.")) {
             hint = " (names start with `module.`: saved from nn.DataParallel? save `model.module.state_dict()`)".into();
         } else if !reinit_head && problems.iter().any(|p| p.contains(&format!("`{head}"))) {
-            hint =
-                format!(" (a different head? pass the option to initialise the head afresh, which leaves out {head}*)");
+            hint = if reinit.training {
+                format!(" (a different head? --reinit-head (train.reinit_head) initialises the head afresh, leaving out {head}*)")
+            } else {
+                format!(
+                    " (a different head: {head}* of these weights is for another task; export weights trained with this \
+                     architecture, or train from them with --reinit-head first)"
+                )
+            };
         } else if !reinit.stem
             && stem
                 .first()
                 .is_some_and(|s| problems.iter().any(|p| p.contains(&format!("`{s}`"))))
         {
-            hint = " (another stem, such as torchvision's Kinetics 3×7×7 one? pass the option to initialise the \
-                    first convolution afresh, as the notebook did)"
-                .into();
+            hint = if reinit.training {
+                " (another stem, such as torchvision's Kinetics 3×7×7 one? --reinit-stem (train.reinit_stem) \
+                 initialises the first convolution afresh, as the notebook did)"
+                    .into()
+            } else {
+                " (another stem, such as torchvision's Kinetics 3×7×7 one: export weights trained with this \
+                 architecture, or train from them with --reinit-stem first)"
+                    .into()
+            };
         }
         return Err(bad(
             path,
@@ -376,9 +392,15 @@ mod tests {
             .expect_err("head")
             .to_string();
         assert!(
-            e.contains("unexpected tensor `fc.weight`") && e.contains("initialise the head afresh"),
+            e.contains("unexpected tensor `fc.weight`") && e.contains("train from them with --reinit-head first"),
             "{e}"
         );
+        let training = Reinit {
+            training: true,
+            ..Reinit::default()
+        };
+        let e = match_spec(&spec, w.clone(), p, training).expect_err("head").to_string();
+        assert!(e.contains("--reinit-head (train.reinit_head) initialises the head afresh"), "{e}");
         let head_only = Reinit {
             head: true,
             ..Reinit::default()
@@ -412,6 +434,7 @@ mod tests {
             stem: true,
             head: true,
             features: false,
+            training: true,
         };
         let m = match_spec(&spec, kinetics, p, both).expect("match");
         assert!(!m.weights.contains_key("stem.0.weight") && m.weights.contains_key("stem.1.weight"));

@@ -105,6 +105,7 @@ impl TrainLoop {
             stem: self.reinit_stem,
             head: self.reinit_head,
             features: true,
+            training: true,
         }
     }
 }

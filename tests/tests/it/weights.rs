@@ -210,8 +210,10 @@ fn training_starts_from_given_weights() {
     // Without --reinit-head the head is refused, before the run folder is made.
     let r = run_err("trainer", &base);
     assert!(
-        r.stderr.contains("pretrained.safetensors") && r.stderr.contains("unexpected tensor `head.weight`"),
-        "{}",
+        r.stderr.contains("pretrained.safetensors")
+            && r.stderr.contains("unexpected tensor `head.weight`")
+            && r.stderr.contains("--reinit-head (train.reinit_head)"),
+        "the hint names the option training has: {}",
         r.stderr
     );
     assert!(
