@@ -5,6 +5,7 @@ mod bundle;
 mod calibration;
 mod chain;
 mod compare;
+mod docs;
 mod ensemble;
 mod features;
 mod fixture;
