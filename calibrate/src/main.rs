@@ -81,8 +81,7 @@ struct Args {
     /// Device for --patches scoring: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     device: scorer::Device,
-    /// Path of libonnxruntime.so for --patches.
-    #[arg(long)]
+    #[arg(long, help = scorer::ORT_LIB_HELP)]
     ort_lib: Option<PathBuf>,
 }
 

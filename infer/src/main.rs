@@ -116,8 +116,7 @@ struct Args {
     /// decoders get the cores: worth trying on hosts with many cores).
     #[arg(long)]
     spin: bool,
-    /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, next to this binary, the project venv).
-    #[arg(long)]
+    #[arg(long, help = scorer::ORT_LIB_HELP)]
     ort_lib: Option<PathBuf>,
     /// Stop at the first file that cannot be scored (no output is written).
     #[arg(long)]
@@ -141,7 +140,7 @@ enum Cmd {
         gpu: bool,
         #[arg(short, long, default_value = "nodule-scorer.tar.gz")]
         out: PathBuf,
-        #[arg(long)]
+        #[arg(long, help = scorer::ORT_LIB_HELP)]
         ort_lib: Option<PathBuf>,
     },
     /// Make any ONNX patch classifier (one float input [N, 1, D, D, D], one output [N, 1] or
@@ -177,7 +176,7 @@ enum Cmd {
     Doctor {
         #[arg(short, long)]
         model: Option<PathBuf>,
-        #[arg(long)]
+        #[arg(long, help = scorer::ORT_LIB_HELP)]
         ort_lib: Option<PathBuf>,
     },
 }
@@ -460,8 +459,7 @@ struct ImportArgs {
     /// The preprocessing (--cube-size is needed when the input's size is symbolic).
     #[command(flatten)]
     pre: models::cli::PreprocessFlags,
-    /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, next to this binary, the project venv).
-    #[arg(long)]
+    #[arg(long, help = scorer::ORT_LIB_HELP)]
     ort_lib: Option<PathBuf>,
 }
 

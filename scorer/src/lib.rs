@@ -14,6 +14,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod runtime;
+pub use runtime::ORT_LIB_HELP;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

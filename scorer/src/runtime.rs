@@ -4,6 +4,11 @@
 //! (a shipped bundle), then `ORT_DYLIB_PATH`, then the project venv made by `scripts/setup`
 //! (`.venv/lib/python3.*/site-packages/onnxruntime/capi/`). A missing library is an error
 //! that lists where it looked and how to fix it.
+
+/// The `--ort-lib` flag's help, in the order [`find_library`]-style search takes (one text
+/// for every binary, so `--help` and the docs cannot drift apart).
+pub const ORT_LIB_HELP: &str =
+    "libonnxruntime.so to load (else: a libonnxruntime.so* next to this binary, $ORT_DYLIB_PATH, the project venv)";
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

@@ -47,8 +47,7 @@ enum Cmd {
         /// Print the configurations and tasks, and do nothing.
         #[arg(long, conflicts_with_all = ["task", "collect"])]
         list: bool,
-        /// libonnxruntime for the parity checks (else $ORT_DYLIB_PATH, the project venv).
-        #[arg(long)]
+        #[arg(long, help = scorer::ORT_LIB_HELP)]
         ort_lib: Option<PathBuf>,
         /// Track in this MLflow server (else MLFLOW_TRACKING_URI): the sweep as a parent run,
         /// each configuration's fold as a child run, the summary on the parent.
@@ -67,8 +66,7 @@ enum Cmd {
         /// The ensemble model to write.
         #[arg(short, long)]
         out: PathBuf,
-        /// libonnxruntime for the check (else $ORT_DYLIB_PATH, the project venv).
-        #[arg(long)]
+        #[arg(long, help = scorer::ORT_LIB_HELP)]
         ort_lib: Option<PathBuf>,
     },
     /// Print an architecture as a spec file (YAML) with its parameter count, checked for a
@@ -160,8 +158,7 @@ struct ExportArgs {
     /// The preprocessing (default: the config's, else a 64³ cube and the defaults below).
     #[command(flatten)]
     pre: models::cli::PreprocessFlags,
-    /// libonnxruntime for the parity check (else $ORT_DYLIB_PATH, the project venv).
-    #[arg(long)]
+    #[arg(long, help = scorer::ORT_LIB_HELP)]
     ort_lib: Option<PathBuf>,
 }
 
@@ -408,8 +405,7 @@ struct TrainArgs {
     /// never fails or slows the run: what was not sent is kept (`trainer mlflow-sync RUN`).
     #[arg(long, value_name = "URI")]
     mlflow: Option<String>,
-    /// libonnxruntime for the parity check (else $ORT_DYLIB_PATH, the project venv).
-    #[arg(long)]
+    #[arg(long, help = scorer::ORT_LIB_HELP)]
     ort_lib: Option<PathBuf>,
     #[arg(short, long)]
     quiet: bool,

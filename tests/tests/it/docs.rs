@@ -161,3 +161,33 @@ fn the_synopsis_reader_reads_options_forms_and_continuations() {
     assert!(!flags(line).contains("--not-a-flag") && !flags(line).contains("--nope"));
     assert!(syn.contains_key("x other"));
 }
+
+/// Where ONNX Runtime is looked for: `--help` of every binary that loads it and the docs
+/// give one order, the one the scorer searches in (next to the binary, then
+/// `$ORT_DYLIB_PATH`, then the project venv).
+#[test]
+fn the_library_search_order_is_stated_once() {
+    let order = |text: &str| -> Vec<usize> {
+        ["next to", "$ORT_DYLIB_PATH", "venv"]
+            .iter()
+            .map(|k| text.find(k).unwrap_or_else(|| panic!("{k:?} not in: {text}")))
+            .collect()
+    };
+    let sorted = |v: &[usize]| v.windows(2).all(|w| w[0] < w[1]);
+    let doc = std::fs::read_to_string(workspace().join("docs/infer.md")).expect("doc");
+    let at = doc.find("ONNX Runtime is found in this order").expect("the docs state the order");
+    assert!(sorted(&order(&doc[at..at + 400])), "docs/infer.md");
+    let src = std::fs::read_to_string(workspace().join("scorer/src/runtime.rs")).expect("runtime.rs");
+    let body = &src[src.find("pub fn locate").expect("locate")..];
+    let code = |k: &str| body.find(k).unwrap_or_else(|| panic!("{k} not searched in runtime.rs"));
+    assert!(
+        code("current_exe") < code("ORT_ENV") && code("ORT_ENV") < code("venv_dirs"),
+        "the scorer searches beside the binary, then the variable, then the venv"
+    );
+    for (bin, args) in [("infer", vec!["--help"]), ("trainer", vec!["train", "--help"]), ("calibrate", vec!["--help"])] {
+        let help = run_ok(bin, &args).stdout;
+        let at = help.find("--ort-lib").expect("--ort-lib");
+        let text: String = help[at..].chars().take(300).collect();
+        assert!(sorted(&order(&text)), "{bin}: {text}");
+    }
+}
