@@ -63,6 +63,24 @@ impl Data {
             self.val_series,
             self.pos_weight
         )];
+        // Which folder relative paths were taken from (a config's `model.spec` excepted:
+        // from the config file's folder, resolved when it was read).
+        let relative: Vec<String> = [
+            ("data", Some(&cfg.data)),
+            ("out", Some(&cfg.out)),
+            ("train.init", cfg.train.init.as_ref()),
+            ("model.features_csv", cfg.model.features_csv.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(k, p)| p.filter(|p| p.is_relative()).map(|p| format!("{k} {}", p.display())))
+        .collect();
+        if !relative.is_empty() {
+            let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+            lines.push(format!(
+                "trainer: {} (relative: from the working folder {cwd})",
+                relative.join(", ")
+            ));
+        }
         if cfg.train.cache_mb.is_some() {
             lines.push(format!(
                 "patches in memory: {} of {} validation, {} of {} training ({:.0} MiB); the rest are read from disk for each batch",
