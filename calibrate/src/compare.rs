@@ -370,18 +370,10 @@ pub fn compare(s: &CompareSettings) -> Result<Comparison, CalError> {
     })
 }
 
-fn froc_err(e: froc::FrocError) -> CalError {
-    match e {
-        froc::FrocError::Input { path, msg } => CalError::Input { path, msg },
-        froc::FrocError::Models(m) => CalError::Models(m),
-        other => CalError::Usage(other.to_string()),
-    }
-}
-
 /// The models' candidates (each patch at its world position with its score) against
 /// LUNA16's annotations: CPMs and the paired scan bootstrap.
 fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> Result<CpmComparison, CalError> {
-    let truth = froc::read_truth(&l.annotations, l.excluded.as_deref(), &l.seriesuids).map_err(froc_err)?;
+    let truth = froc::read_truth(&l.annotations, l.excluded.as_deref(), &l.seriesuids)?;
     let score = s.columns.probability.as_deref().unwrap_or(&s.columns.logit);
     let mut candidates = Vec::new();
     for t in tables {
@@ -390,11 +382,11 @@ fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> R
             [&s.columns.seriesuid, "center_x", "center_y", "center_z", score],
         )
         .map_err(|e| match e {
-            models::Error::BadCsv { path, msg } => CalError::Input {
-                path,
-                msg: format!("{msg}; the CPM needs each patch's world position (infer --index writes it)"),
-            },
-            other => other.into(),
+            models::Error::BadCsv { path, msg } => CalError::from(models::Error::bad_input(
+                &path,
+                format!("{msg}; the CPM needs each patch's world position (infer --index writes it)"),
+            )),
+            other => CalError::from(other),
         })?;
         candidates.push(c);
     }
@@ -433,7 +425,7 @@ fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> R
         .collect();
     let refs: Vec<&[models::luna16::Finding]> = candidates.iter().map(Vec::as_slice).collect();
     let paired =
-        froc::paired_cpm(&truth.uids, &truth.annotations, &truth.excluded, &refs, &settings).map_err(froc_err)?;
+        froc::paired_cpm(&truth.uids, &truth.annotations, &truth.excluded, &refs, &settings)?;
     if l.excluded.is_none() {
         warnings.push("no annotations_excluded.csv given: no candidate is ignored as irrelevant".into());
     }

@@ -45,8 +45,6 @@ pub use models::calibration::{
 #[derive(Debug, thiserror::Error)]
 pub enum CalError {
     /// Bad input data, naming the file (and line).
-    #[error("{path}: {msg}")]
-    Input { path: PathBuf, msg: String },
     /// The data do not support a fit (one class, too few groups, no ranking).
     #[error("fit: {0}")]
     Fit(String),
@@ -63,6 +61,9 @@ pub enum CalError {
     Models(#[from] models::Error),
     #[error(transparent)]
     Scorer(#[from] scorer::ScorerError),
+    /// LUNA16's evaluation (`compare` with annotations), its error kept as it is.
+    #[error(transparent)]
+    Froc(#[from] froc::FrocError),
 }
 
 /// Options of a calibration run.

@@ -48,11 +48,9 @@ impl Default for Columns {
     }
 }
 
+/// "This input is bad, and here is why": [`models::Error::bad_input`], the one constructor.
 pub(crate) fn input_err(path: &Path, msg: String) -> CalError {
-    CalError::Input {
-        path: path.to_path_buf(),
-        msg,
-    }
+    models::Error::bad_input(path, msg).into()
 }
 
 impl ScoreTable {

@@ -84,8 +84,6 @@ pub use write::{summary, FILES};
 /// Errors of a FROC evaluation.
 #[derive(Debug, thiserror::Error)]
 pub enum FrocError {
-    #[error("{path}: {msg}")]
-    Input { path: PathBuf, msg: String },
     /// A setting out of its range.
     #[error("{0}")]
     Usage(String),
@@ -98,11 +96,10 @@ pub enum FrocError {
     Models(#[from] models::Error),
 }
 
+/// "This input is bad, and here is why": [`models::Error::bad_input`], the one constructor
+/// (a caller matches `FrocError::Models(models::Error::BadInput { .. })`).
 fn input_err(path: &Path, msg: String) -> FrocError {
-    FrocError::Input {
-        path: path.to_path_buf(),
-        msg,
-    }
+    models::Error::bad_input(path, msg).into()
 }
 
 /// Files of a FROC evaluation.

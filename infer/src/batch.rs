@@ -29,13 +29,6 @@ use crate::inputs::{collect_index, collect_inputs, Decoded, Inputs, Item};
 use crate::output::{csv_header, format_rows, Format, OutRow};
 use crate::InferError;
 
-fn input_err(path: &Path, msg: impl Into<String>) -> InferError {
-    InferError::Input {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// Test-time augmentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tta {
@@ -470,7 +463,7 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
                         "the model's logit is {logit} (not finite): no probability or decision is given for it"
                     );
                     if s.fail_fast {
-                        return Err(input_err(&it.path, why));
+                        return Err(crate::bad_input(&it.path, why));
                     }
                     t.fail(&it.name, &it.path, why);
                     continue;
@@ -499,7 +492,7 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
             }
             // This batch's text goes to the output in one write; memory stays at one batch.
             text.clear();
-            format_rows(s.format, &rows, &mut text).map_err(|e| input_err(&s.out, e))?;
+            format_rows(s.format, &rows, &mut text).map_err(|e| crate::bad_input(&s.out, e))?;
             out.write_all(&text).map_err(io)?;
             t.scored += rows.len();
             c.pb.inc(dec.good.len() as u64);
@@ -530,11 +523,11 @@ fn write_errors(
     }
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([name_col, "error"])
-        .map_err(|e| input_err(path, e.to_string()))?;
+        .map_err(|e| crate::bad_input(path, e.to_string()))?;
     for (f, why) in errors {
-        w.write_record([f, why]).map_err(|e| input_err(path, e.to_string()))?;
+        w.write_record([f, why]).map_err(|e| crate::bad_input(path, e.to_string()))?;
     }
-    let bytes = w.into_inner().map_err(|e| input_err(path, e.to_string()))?;
+    let bytes = w.into_inner().map_err(|e| crate::bad_input(path, e.to_string()))?;
     let mut sink = Sink::to(target, path)?;
     sink.write_all(&bytes).map_err(|e| models::Error::io(path, e))?;
     sink.commit()?;
@@ -634,7 +627,7 @@ fn read_features(
                 map.insert(it.name.clone(), v);
                 kept.push(it);
             }
-            Err(why) if s.fail_fast => return Err(input_err(&it.path, why)),
+            Err(why) if s.fail_fast => return Err(crate::bad_input(&it.path, why)),
             Err(why) => inputs.refused.push((it.name.clone(), why)),
         }
     }
@@ -702,10 +695,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let plan = plan_outputs(s, &inputs)?;
     if s.fail_fast {
         if let Some((name, why)) = inputs.refused.first() {
-            return Err(InferError::Input {
-                path: PathBuf::from(name),
-                msg: why.clone(),
-            });
+            return Err(crate::bad_input(Path::new(name), why.clone()));
         }
     }
     let mut scorer = Scorer::open(&s.model, &s.scorer)?;

@@ -55,13 +55,6 @@ pub struct Requirements {
     pub nvidia_driver: Option<String>,
 }
 
-fn err(path: &Path, msg: impl Into<String>) -> InferError {
-    InferError::Input {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// The newest `GLIBC_a.b[.c]` version string in a binary's bytes (the versions its dynamic
 /// symbols need). Written by hand: a byte scan suffices and no kept crate reads ELF
 /// version needs without pulling in a full object parser.
@@ -150,7 +143,7 @@ fn check_model(s: &BundleSettings) -> Result<String, InferError> {
     let bytes = models::fsutil::read_regular(&s.model)?;
     let proto = models::onnx::parse_model(&bytes, &s.model)?;
     let md = models::onnx::metadata(&proto);
-    models::preprocess::Preprocess::from_metadata(&md).map_err(|e| err(&s.model, e.to_string()))?;
+    models::preprocess::Preprocess::from_metadata(&md).map_err(|e| crate::bad_input(&s.model, e.to_string()))?;
     let model_sha = models::fsutil::sha256_bytes(&bytes);
     let baked = crate::calib::read_baked(&md, &s.model, s.calibration.is_some())?;
     if let Some(c) = &s.calibration {
@@ -183,7 +176,7 @@ fn bundled_files(s: &BundleSettings, ort: &Path) -> Result<Vec<(String, PathBuf)
             }
         }
         if files.len() < 5 {
-            return Err(err(
+            return Err(crate::bad_input(
                 &ort_dir,
                 "--gpu needs the ONNX Runtime GPU build (libonnxruntime_providers_cuda.so beside the library): \
                  set up with `scripts/setup --cuda` or pass --ort-lib from onnxruntime-gpu",
@@ -305,7 +298,7 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     for (name, path) in &files {
         contents.insert(name.clone(), models::fsutil::read_regular(path)?);
     }
-    let yaml = yaml_serde::to_string(&info).map_err(|e| err(&s.out, e.to_string()))?;
+    let yaml = yaml_serde::to_string(&info).map_err(|e| crate::bad_input(&s.out, e.to_string()))?;
     contents.insert(DESCRIPTION.into(), yaml.into_bytes());
     contents.insert("README.txt".into(), readme.into_bytes());
     contents.insert("run".into(), RUN.as_bytes().to_vec());
@@ -374,7 +367,7 @@ pub fn verify_self() -> Result<Option<(PathBuf, BundleInfo)>, InferError> {
         }
     }
     if !problems.is_empty() {
-        return Err(err(
+        return Err(crate::bad_input(
             &dir,
             format!(
                 "this bundle is damaged and will not score: {}. Unpack the original archive again",

@@ -19,13 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::InferError;
 
-fn bad(path: &Path, msg: impl Into<String>) -> InferError {
-    InferError::Input {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// A fold's held-out part, read from its run folder.
 #[derive(Debug, Clone)]
 pub struct HeldOut {
@@ -44,23 +37,23 @@ impl HeldOut {
     pub fn read(run: &Path) -> Result<Self, InferError> {
         let cfg_path = run.join("config.yaml");
         let text = models::fsutil::read_regular_to_string(&cfg_path)
-            .map_err(|e| bad(run, format!("not a training run folder ({e})")))?;
+            .map_err(|e| crate::bad_input(run, format!("not a training run folder ({e})")))?;
         let cfg: yaml_serde::Value =
-            yaml_serde::from_str(&text).map_err(|e| bad(&cfg_path, format!("not a run's config: {e}")))?;
+            yaml_serde::from_str(&text).map_err(|e| crate::bad_input(&cfg_path, format!("not a run's config: {e}")))?;
         let get = |k: &str| {
             cfg.get("split")
                 .and_then(|s| s.get(k))
                 .and_then(yaml_serde::Value::as_u64)
         };
         let (Some(fold), Some(folds)) = (get("fold"), get("folds")) else {
-            return Err(bad(
+            return Err(crate::bad_input(
                 &cfg_path,
                 "not one fold of a k-fold run (no split.fold of split.folds): --held-out takes RUN/fold_N of `trainer train --folds K`",
             ));
         };
         let (fold, folds) = (fold as usize, folds as usize);
         if folds < 2 || !(1..=folds).contains(&fold) {
-            return Err(bad(&cfg_path, format!("split.fold {fold} of split.folds {folds}")));
+            return Err(crate::bad_input(&cfg_path, format!("split.fold {fold} of split.folds {folds}")));
         }
         let split = run.join("split.csv");
         let (mut rdr, headers) = models::csvio::open(&split, true)?;
@@ -68,23 +61,23 @@ impl HeldOut {
             headers.iter().position(|h| h == "seriesuid"),
             headers.iter().position(|h| h == "split"),
         ) else {
-            return Err(bad(&split, "no seriesuid and split columns"));
+            return Err(crate::bad_input(&split, "no seriesuid and split columns"));
         };
         let (mut all, mut series) = (BTreeSet::new(), BTreeSet::new());
         for (line, rec) in models::csvio::rows(&mut rdr) {
-            let rec = rec.map_err(|e| bad(&split, format!("line {line}: {e}")))?;
+            let rec = rec.map_err(|e| crate::bad_input(&split, format!("line {line}: {e}")))?;
             let uid = rec.get(u).unwrap_or("").to_string();
             match rec.get(k).unwrap_or("") {
                 "val" => {
                     series.insert(uid.clone());
                 }
                 "train" => {}
-                other => return Err(bad(&split, format!("line {line}: split {other:?} (train or val)"))),
+                other => return Err(crate::bad_input(&split, format!("line {line}: split {other:?} (train or val)"))),
             }
             all.insert(uid);
         }
         if series.is_empty() {
-            return Err(bad(&split, "no validation series"));
+            return Err(crate::bad_input(&split, "no validation series"));
         }
         let mut text = format!("folds={folds}\n");
         for s in &all {
@@ -116,7 +109,7 @@ impl HeldOut {
                 return Ok(());
             }
         }
-        Err(bad(
+        Err(crate::bad_input(
             model,
             format!(
                 "not the model of fold {} ({}): its held-out series must be scored by the model that did not train on them",
@@ -157,7 +150,7 @@ pub fn record_path(out: &Path) -> PathBuf {
 
 /// Writes a fold's record beside its output (after the output: the record commits it).
 pub fn write_record(out: &Path, rec: &Record) -> Result<(), InferError> {
-    let text = yaml_serde::to_string(rec).map_err(|e| bad(out, e.to_string()))?;
+    let text = yaml_serde::to_string(rec).map_err(|e| crate::bad_input(out, e.to_string()))?;
     models::fsutil::write_atomic(&record_path(out), text.as_bytes())?;
     Ok(())
 }
@@ -178,12 +171,12 @@ pub fn merge(outputs: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
     let mut parts: Vec<(Record, &PathBuf)> = Vec::with_capacity(outputs.len());
     for (p, r) in outputs.iter().zip(&records) {
         let text = models::fsutil::read_regular_to_string(r).map_err(|e| {
-            bad(
+            crate::bad_input(
                 p,
                 format!("no fold record beside it ({e}): was it written by `infer --scans ... --held-out RUN/fold_N`?"),
             )
         })?;
-        let rec: Record = yaml_serde::from_str(&text).map_err(|e| bad(r, format!("not a fold record: {e}")))?;
+        let rec: Record = yaml_serde::from_str(&text).map_err(|e| crate::bad_input(r, format!("not a fold record: {e}")))?;
         parts.push((rec, p));
     }
     let Some((first, first_path)) = parts.first().map(|(r, p)| (r.clone(), (*p).clone())) else {
@@ -218,7 +211,7 @@ pub fn merge(outputs: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
     let mut held = BTreeSet::new();
     for (r, p) in &parts {
         if let Some(s) = r.series.iter().find(|s| !held.insert(s.as_str())) {
-            return Err(bad(p, format!("series {s} is held out by two folds")));
+            return Err(crate::bad_input(p, format!("series {s} is held out by two folds")));
         }
     }
     let joined = first.header.join(",");
@@ -227,10 +220,10 @@ pub fn merge(outputs: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
     for (r, p) in &parts {
         let body = crate::shard::checked_body(p, &record_path(p), &r.output_sha256, header, "fold")?;
         let n = crate::shard::patches_of(&body, &first.format)
-            .map_err(|e| bad(p, e))?
+            .map_err(|e| crate::bad_input(p, e))?
             .len();
         if n != r.rows {
-            return Err(bad(p, format!("{n} rows where its record says {}", r.rows)));
+            return Err(crate::bad_input(p, format!("{n} rows where its record says {}", r.rows)));
         }
         bodies.push(body);
     }

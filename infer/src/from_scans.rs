@@ -42,13 +42,6 @@ pub enum MissingScans {
     Skip,
 }
 
-fn input_err(path: &Path, msg: impl Into<String>) -> InferError {
-    InferError::Input {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// Reads the candidates, finds the scans, and lists the items in scan order. Files under
 /// the folder that cannot be read as a scan are refused entries (each an error of the run).
 pub fn collect(
@@ -459,7 +452,7 @@ pub(crate) fn features(
 ) -> Result<Vec<Result<Vec<f32>, String>>, InferError> {
     match (set.format, features_csv) {
         (CandidateFormat::Luna16, Some(join)) => Ok(models::features::read_by_series(join, keys, columns)?),
-        (CandidateFormat::Luna16, None) => Err(input_err(
+        (CandidateFormat::Luna16, None) => Err(crate::bad_input(
             &set.candidates,
             format!(
                 "the model takes tabular features ({}) and LUNA16's candidates hold none: give them by series with --features-csv",

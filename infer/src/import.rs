@@ -120,13 +120,6 @@ pub struct Imported {
     pub warnings: Vec<String>,
 }
 
-fn refuse(path: &Path, msg: impl Into<String>) -> InferError {
-    InferError::Input {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// A value's element type and shape: `None` per symbolic dimension; no shape when unknown.
 fn tensor_type(v: &ValueInfoProto) -> Option<(i32, Option<Vec<Option<i64>>>)> {
     let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref()?.value.as_ref() else {
@@ -166,13 +159,13 @@ fn pick<'a>(path: &Path, values: &[&'a ValueInfoProto], named: Option<&str>) -> 
             .copied()
             .find(|v| v.name.as_deref() == Some(n))
             .ok_or_else(|| {
-                refuse(
+                crate::bad_input(
                     path,
                     format!("--output {n}: the model's outputs are {}", names.join(", ")),
                 )
             }),
         None if values.len() == 1 => Ok(values[0]),
-        None => Err(refuse(
+        None => Err(crate::bad_input(
             path,
             format!(
                 "the model has {} outputs ({}); a patch classifier has one: choose it with --output",
@@ -187,9 +180,9 @@ fn pick<'a>(path: &Path, values: &[&'a ValueInfoProto], named: Option<&str>) -> 
 /// fixed.
 fn check_input(path: &Path, v: &ValueInfoProto) -> Result<(Option<usize>, Option<usize>), InferError> {
     let name = v.name.as_deref().unwrap_or("");
-    let (elem, dims) = tensor_type(v).ok_or_else(|| refuse(path, format!("input `{name}` is not a tensor")))?;
+    let (elem, dims) = tensor_type(v).ok_or_else(|| crate::bad_input(path, format!("input `{name}` is not a tensor")))?;
     if elem != data_type::FLOAT {
-        return Err(refuse(
+        return Err(crate::bad_input(
             path,
             format!("input `{name}` is not float32 (ONNX type {elem})"),
         ));
@@ -199,13 +192,13 @@ fn check_input(path: &Path, v: &ValueInfoProto) -> Result<(Option<usize>, Option
         return Ok((None, None));
     };
     if d.len() != 5 {
-        return Err(refuse(
+        return Err(crate::bad_input(
             path,
             format!("input `{name}` has shape {shape}: a patch classifier takes [N, 1, D, D, D] (rank 5)"),
         ));
     }
     if d[1].is_some_and(|c| c != 1) {
-        return Err(refuse(
+        return Err(crate::bad_input(
             path,
             format!(
                 "input `{name}` has shape {shape}: one channel expected, not {}",
@@ -215,11 +208,11 @@ fn check_input(path: &Path, v: &ValueInfoProto) -> Result<(Option<usize>, Option
     }
     let fixed: Vec<i64> = d[2..].iter().flatten().copied().collect();
     if fixed.iter().any(|&x| x != fixed[0]) {
-        return Err(refuse(path, format!("input `{name}` has shape {shape}: not a cube")));
+        return Err(crate::bad_input(path, format!("input `{name}` has shape {shape}: not a cube")));
     }
     let batch = match d[0] {
         Some(b) if !(1..=MAX_FIXED_BATCH as i64).contains(&b) => {
-            return Err(refuse(
+            return Err(crate::bad_input(
                 path,
                 format!(
                     "input `{name}` has shape {shape}: a fixed batch of {b} is not scored (1 to {MAX_FIXED_BATCH}); \
@@ -240,9 +233,9 @@ const MAX_FIXED_BATCH: usize = scorer::MAX_FIXED_BATCH;
 /// checked on the test batch.
 fn check_output(path: &Path, v: &ValueInfoProto, kind: OutputKind) -> Result<(), InferError> {
     let name = v.name.as_deref().unwrap_or("");
-    let (elem, dims) = tensor_type(v).ok_or_else(|| refuse(path, format!("output `{name}` is not a tensor")))?;
+    let (elem, dims) = tensor_type(v).ok_or_else(|| crate::bad_input(path, format!("output `{name}` is not a tensor")))?;
     if elem != data_type::FLOAT {
-        return Err(refuse(
+        return Err(crate::bad_input(
             path,
             format!("output `{name}` is not float32 (ONNX type {elem})"),
         ));
@@ -263,7 +256,7 @@ fn check_output(path: &Path, v: &ValueInfoProto, kind: OutputKind) -> Result<(),
                 ": a patch classifier gives [N, 1] or [N] (or [N, 2] with --output-kind two-class-logits or softmax)"
                     .to_string()
             };
-            return Err(refuse(
+            return Err(crate::bad_input(
                 path,
                 format!("output `{name}` has shape {}{hint}", shape_text(&dims)),
             ));
@@ -309,7 +302,7 @@ fn preprocessing(s: &ImportSettings, fixed_cube: Option<usize>) -> Result<Prepro
         Some(like) => {
             let bytes = models::fsutil::read_regular(like)?;
             let md = models::onnx::metadata(&models::onnx::parse_model(&bytes, like)?);
-            Preprocess::from_metadata(&md).map_err(|e| refuse(like, format!("--like: {e}")))?
+            Preprocess::from_metadata(&md).map_err(|e| crate::bad_input(like, format!("--like: {e}")))?
         }
         None => Preprocess {
             cube_size: 0,
@@ -319,7 +312,7 @@ fn preprocessing(s: &ImportSettings, fixed_cube: Option<usize>) -> Result<Prepro
     s.pre.apply(&mut pre);
     match (fixed_cube, pre.cube_size) {
         (None, 0) => {
-            return Err(refuse(
+            return Err(crate::bad_input(
                 &s.source,
                 "the input's spatial size is symbolic: give --cube-size (or --like a model of ours)",
             ))
@@ -672,7 +665,7 @@ impl ExternalData {
     /// sha256 (for the metadata).
     fn inline(mut self, bytes: Vec<u8>) -> Result<(Vec<u8>, FileSums), InferError> {
         let (out, n) =
-            models::onnx::wire::inline_external(&bytes, &mut |r| self.load(r)).map_err(|e| refuse(&self.source, e))?;
+            models::onnx::wire::inline_external(&bytes, &mut |r| self.load(r)).map_err(|e| crate::bad_input(&self.source, e))?;
         if n == 0 {
             return Ok((bytes, Vec::new()));
         }
@@ -700,7 +693,7 @@ impl Source {
             .filter_map(|o| o.version)
             .max();
         if opset.is_none_or(|v| v < 8) {
-            return Err(refuse(
+            return Err(crate::bad_input(
                 &s.source,
                 format!(
                     "default-domain opset {}: at least 8 is needed (re-export with a newer opset)",
@@ -711,7 +704,7 @@ impl Source {
         let g = proto
             .graph
             .as_ref()
-            .ok_or_else(|| refuse(&s.source, "the model has no graph"))?;
+            .ok_or_else(|| crate::bad_input(&s.source, "the model has no graph"))?;
         let inits: HashSet<&str> = g.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
         let inputs: Vec<&ValueInfoProto> = g
             .input
@@ -720,7 +713,7 @@ impl Source {
             .collect();
         if inputs.len() != 1 {
             let names: Vec<&str> = inputs.iter().map(|v| v.name.as_deref().unwrap_or("")).collect();
-            return Err(refuse(
+            return Err(crate::bad_input(
                 &s.source,
                 format!(
                     "the model has {} inputs ({}); a patch classifier takes one, the cube",
@@ -804,7 +797,7 @@ impl Source {
             )?;
             let w = s.kind.width();
             if v.len() != b * w {
-                return Err(refuse(
+                return Err(crate::bad_input(
                     &s.source,
                     format!(
                         "output `{out}` gives shape {} for a batch of {b} cube(s): [{b}, {w}]{} expected",
@@ -818,10 +811,10 @@ impl Source {
         }
         for v in values.iter().flatten() {
             if !v.is_finite() {
-                return Err(refuse(&s.source, format!("output `{out}` is {v} on a test batch")));
+                return Err(crate::bad_input(&s.source, format!("output `{out}` is {v} on a test batch")));
             }
             if s.kind.probabilities() && !(0.0..=1.0).contains(v) {
-                return Err(refuse(
+                return Err(crate::bad_input(
                     &s.source,
                     format!(
                         "output `{out}` was declared {} but gives {v} (logits? --output-kind {})",
@@ -867,10 +860,10 @@ fn verify(s: &ImportSettings, path: &Path, data: &[f32], want: &[f64]) -> Result
     }
     let scale = want.iter().fold(1.0f64, |a, v| a.max(v.abs()));
     if max_abs_diff.is_nan() || max_abs_diff > 1e-4 * scale || got.len() != want.len() {
-        return Err(InferError::Input {
-            path: s.out.clone(),
-            msg: format!("internal: the imported model's logits differ from the source's by {max_abs_diff:e}"),
-        });
+        return Err(crate::bad_input(
+            &s.out,
+            format!("internal: the imported model's logits differ from the source's by {max_abs_diff:e}"),
+        ));
     }
     Ok((max_abs_diff, sc.runtime.version.clone()))
 }
@@ -908,11 +901,11 @@ pub fn import(s: &ImportSettings) -> Result<Imported, InferError> {
         .proto
         .graph
         .as_ref()
-        .ok_or_else(|| refuse(&s.source, "the model has no graph"))?;
+        .ok_or_else(|| crate::bad_input(&s.source, "the model has no graph"))?;
     let plan = plan(s, &src, g, &pre);
     let data = test_batch(&pre);
     let want = src.probe(s, pre.cube_size, &data)?;
-    let imported = rewrite(&src.bytes, &plan.edit).map_err(|e| refuse(&s.source, format!("not an ONNX model: {e}")))?;
+    let imported = rewrite(&src.bytes, &plan.edit).map_err(|e| crate::bad_input(&s.source, format!("not an ONNX model: {e}")))?;
     let mut checked = (0.0, String::new());
     let mut check = |tmp: &Path| -> Result<(), InferError> {
         std::fs::write(tmp, &imported).map_err(|e| models::Error::io(tmp, e))?;

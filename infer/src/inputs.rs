@@ -80,13 +80,6 @@ pub struct Inputs {
     pub notes: Vec<String>,
 }
 
-fn input_err(path: &Path, msg: impl Into<String>) -> InferError {
-    InferError::Input {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// A path as output text, or why it cannot be one.
 fn name_of(p: &Path) -> Result<String, String> {
     p.to_str().map(str::to_string).ok_or_else(|| {
@@ -136,7 +129,7 @@ pub fn collect_inputs(inputs: &[PathBuf], recursive: bool) -> Result<Inputs, Inf
                 }
             }
             if files.is_empty() && out.refused.is_empty() {
-                return Err(input_err(
+                return Err(crate::bad_input(
                     input,
                     if recursive {
                         "no .npy files under this folder"
@@ -172,7 +165,7 @@ pub fn collect_inputs(inputs: &[PathBuf], recursive: bool) -> Result<Inputs, Inf
                 Err(why) => out.refused.push((input.to_string_lossy().into_owned(), why)),
             }
         } else {
-            return Err(input_err(input, "no such file or folder"));
+            return Err(crate::bad_input(input, "no such file or folder"));
         }
     }
     drop_repeats(&mut out);

@@ -7,7 +7,6 @@
 //! shipped bundle ([`bundle`]) and `infer doctor` ([`doctor`]).
 #![warn(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 
 /// Errors of the infer library.
 #[derive(Debug, thiserror::Error)]
@@ -15,8 +14,6 @@ pub enum InferError {
     /// A setting out of its range, or settings that do not go together.
     #[error("{0}")]
     Usage(String),
-    #[error("{path}: {msg}")]
-    Input { path: PathBuf, msg: String },
     /// A calibration that cannot be applied (unreadable, or made for another model).
     #[error("{0}")]
     Calibration(String),
@@ -24,6 +21,12 @@ pub enum InferError {
     Scorer(#[from] scorer::ScorerError),
     #[error(transparent)]
     Models(#[from] models::Error),
+}
+
+/// "This input is bad, and here is why" ([`models::Error::bad_input`], the one constructor
+/// every crate uses): a caller matches `InferError::Models(models::Error::BadInput { .. })`.
+pub(crate) fn bad_input(path: &std::path::Path, msg: impl Into<String>) -> InferError {
+    models::Error::bad_input(path, msg).into()
 }
 
 mod batch;

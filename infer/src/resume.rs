@@ -15,13 +15,6 @@ use crate::calib::{same_calibration, Cal};
 use crate::output::Format;
 use crate::InferError;
 
-fn input_err(path: &Path, msg: impl Into<String>) -> InferError {
-    InferError::Input {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// What an earlier output contributes to a resumed run.
 pub(crate) struct Previous {
     /// The kept rows as text, ready to be written first (the CSV header included).
@@ -55,7 +48,7 @@ pub(crate) fn read_previous(
 ) -> Result<Previous, InferError> {
     let bytes = models::fsutil::read_regular(path)?;
     let other_calibration = |line: usize| {
-        input_err(
+        crate::bad_input(
             path,
             format!(
                 "--resume: line {line} was calibrated otherwise than this run calibrates \
@@ -63,13 +56,13 @@ pub(crate) fn read_previous(
             ),
         )
     };
-    let other_model = |line: usize| input_err(path, format!("--resume: line {line} was scored by another model"));
+    let other_model = |line: usize| crate::bad_input(path, format!("--resume: line {line} was scored by another model"));
     let damaged = |line: usize, e: &dyn std::fmt::Display| {
-        input_err(path, format!("line {line}: {e} (a damaged output; not resuming)"))
+        crate::bad_input(path, format!("line {line}: {e} (a damaged output; not resuming)"))
     };
     let (head_len, rows) = match format {
         Format::Luna16 => {
-            return Err(input_err(
+            return Err(crate::bad_input(
                 path,
                 "--resume needs an output that names its patches (csv or jsonl, not luna16)",
             ))
@@ -81,7 +74,7 @@ pub(crate) fn read_previous(
                 return Err(damaged(1, &"it does not end with a whole line"));
             }
             if bytes.contains(&b'\r') {
-                return Err(input_err(
+                return Err(crate::bad_input(
                     path,
                     "--resume: it holds \\r line ends (re-saved by another program?); this toolchain writes \\n; not resuming",
                 ));
@@ -89,12 +82,12 @@ pub(crate) fn read_previous(
             let mut r = csv::ReaderBuilder::new().from_reader(bytes.as_slice());
             let got: Vec<String> = r
                 .headers()
-                .map_err(|e| input_err(path, e.to_string()))?
+                .map_err(|e| crate::bad_input(path, e.to_string()))?
                 .iter()
                 .map(String::from)
                 .collect();
             if got != header {
-                return Err(input_err(
+                return Err(crate::bad_input(
                     path,
                     format!(
                         "--resume: its columns ({}) differ from this run's ({})",
@@ -154,7 +147,7 @@ pub(crate) fn read_previous(
                 let name = v[header.first().copied().unwrap_or("patch_file")]
                     .as_str()
                     .ok_or_else(|| {
-                        input_err(
+                        crate::bad_input(
                             path,
                             format!("line {n}: no {}", header.first().copied().unwrap_or("patch_file")),
                         )
@@ -167,7 +160,7 @@ pub(crate) fn read_previous(
                     .map(|o| o.keys().map(String::as_str).collect())
                     .unwrap_or_default();
                 if keys.len() != header.len() || header.iter().any(|h| !keys.contains(h)) {
-                    return Err(input_err(
+                    return Err(crate::bad_input(
                         path,
                         format!("--resume: line {n} has other fields than this run writes"),
                     ));

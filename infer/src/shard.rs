@@ -113,13 +113,6 @@ pub fn select(inputs: &mut Inputs, shard: Shard) -> (usize, usize, usize, String
     (first, end, n, sha)
 }
 
-fn bad(path: &Path, msg: impl Into<String>) -> InferError {
-    InferError::Input {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// The patch each row of an output body (rows only) scores: CSV records (quoted fields,
 /// newlines inside them, as the csv writer writes them), JSON lines' `patch_file`; a LUNA16
 /// row names no patch (`None`).
@@ -192,7 +185,7 @@ pub(crate) fn checked_body(
 ) -> Result<Vec<u8>, InferError> {
     let bytes = models::fsutil::read_regular(part)?;
     if models::fsutil::sha256_bytes(&bytes) != output_sha256 {
-        return Err(bad(
+        return Err(crate::bad_input(
             part,
             format!(
                 "not the output its record {} describes (changed since, or the record of another run: \
@@ -206,7 +199,7 @@ pub(crate) fn checked_body(
     };
     let end = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
     if bytes[..end].strip_suffix(b"\n").unwrap_or(&bytes[..end]) != header.as_bytes() {
-        return Err(bad(part, "its header is not its record's"));
+        return Err(crate::bad_input(part, "its header is not its record's"));
     }
     Ok(bytes[end..].to_vec())
 }
@@ -215,7 +208,7 @@ pub(crate) fn checked_body(
 /// `not_one` says what the parts then are not (`shards of one run`…).
 pub(crate) fn agree(part: &Path, first: &Path, checks: &[(&str, bool)], not_one: &str) -> Result<(), InferError> {
     match checks.iter().find(|(_, same)| !same) {
-        Some((what, _)) => Err(bad(
+        Some((what, _)) => Err(crate::bad_input(
             part,
             format!("{what} differ from {}'s: {not_one}", first.display()),
         )),
@@ -265,12 +258,12 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
     let mut parts: Vec<(Record, &PathBuf)> = Vec::with_capacity(shards.len());
     for (p, r) in shards.iter().zip(&records) {
         let text = models::fsutil::read_regular_to_string(r).map_err(|e| {
-            bad(
+            crate::bad_input(
                 p,
                 format!("no shard record beside it ({e}): was it written by `infer --shard K/N`?"),
             )
         })?;
-        let rec: Record = yaml_serde::from_str(&text).map_err(|e| bad(r, format!("not a shard record: {e}")))?;
+        let rec: Record = yaml_serde::from_str(&text).map_err(|e| crate::bad_input(r, format!("not a shard record: {e}")))?;
         parts.push((rec, p));
     }
     let Some((first, first_path)) = parts.first().map(|(r, p)| (r.clone(), (*p).clone())) else {
@@ -303,7 +296,7 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
     let mut at = 0;
     for (r, p) in &parts {
         if r.first != at || r.end < r.first {
-            return Err(bad(
+            return Err(crate::bad_input(
                 p,
                 format!(
                     "holds inputs {}..{} where {at} was next: the shards do not tile the inputs",
@@ -330,15 +323,15 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
     let mut seen = HashSet::new();
     let mut rows = 0;
     for ((r, p), body) in parts.iter().zip(&bodies) {
-        let names = patches_of(body, &first.format).map_err(|e| bad(p, e))?;
+        let names = patches_of(body, &first.format).map_err(|e| crate::bad_input(p, e))?;
         if names.len() != r.rows {
-            return Err(bad(p, format!("{} rows where its record says {}", names.len(), r.rows)));
+            return Err(crate::bad_input(p, format!("{} rows where its record says {}", names.len(), r.rows)));
         }
         // Parts tile the inputs, so a patch in two parts means parts of different runs.
         // (A LUNA16 submission names no patch: its rows may repeat within one run.)
         for n in names.into_iter().flatten() {
             if !seen.insert(n.clone()) {
-                return Err(bad(p, format!("{n} is scored twice")));
+                return Err(crate::bad_input(p, format!("{n} is scored twice")));
             }
         }
         rows += r.rows;
@@ -362,7 +355,7 @@ pub fn format_name(f: Format) -> &'static str {
 
 /// Writes a shard's record beside its output.
 pub fn write_record(out: &Path, rec: &Record) -> Result<(), InferError> {
-    let text = yaml_serde::to_string(rec).map_err(|e| bad(out, e.to_string()))?;
+    let text = yaml_serde::to_string(rec).map_err(|e| crate::bad_input(out, e.to_string()))?;
     models::fsutil::write_atomic(&record_path(out), text.as_bytes())?;
     Ok(())
 }

@@ -39,6 +39,16 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The one way to say "this input is bad, and here is why": the file (or folder) and
+    /// what is wrong with it, for a person to act on. Every crate's bad-input errors are
+    /// this variant ([`Error::BadInput`]), so a caller matches one.
+    pub fn bad_input(path: &std::path::Path, msg: impl Into<String>) -> Self {
+        Error::BadInput {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

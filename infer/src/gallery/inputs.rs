@@ -23,13 +23,6 @@ pub(super) struct Source {
     pub patches: Option<PathBuf>,
 }
 
-fn bad(path: &Path, msg: impl Into<String>) -> InferError {
-    InferError::Input {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// One row of the scores, by column name.
 type Row = HashMap<String, String>;
 
@@ -41,7 +34,7 @@ fn read_rows(path: &Path) -> Result<Vec<(usize, Row)>, InferError> {
     if jsonl {
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let v: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(line).map_err(|e| bad(path, format!("line {}: not a JSON object ({e})", i + 1)))?;
+                serde_json::from_str(line).map_err(|e| crate::bad_input(path, format!("line {}: not a JSON object ({e})", i + 1)))?;
             let row = v
                 .into_iter()
                 .map(|(k, v)| {
@@ -60,12 +53,12 @@ fn read_rows(path: &Path) -> Result<Vec<(usize, Row)>, InferError> {
     let mut r = csv::ReaderBuilder::new().from_reader(text.as_bytes());
     let h: Vec<String> = r
         .headers()
-        .map_err(|e| bad(path, format!("header: {e}")))?
+        .map_err(|e| crate::bad_input(path, format!("header: {e}")))?
         .iter()
         .map(str::to_string)
         .collect();
     for (line, rec) in models::csvio::rows(&mut r) {
-        let rec = rec.map_err(|e| bad(path, format!("line {line}: {e}")))?;
+        let rec = rec.map_err(|e| crate::bad_input(path, format!("line {line}: {e}")))?;
         out.push((line, h.iter().cloned().zip(rec.iter().map(str::to_string)).collect()));
     }
     Ok(out)
@@ -74,7 +67,7 @@ fn read_rows(path: &Path) -> Result<Vec<(usize, Row)>, InferError> {
 fn num(path: &Path, line: usize, col: &str, v: &str) -> Result<f64, InferError> {
     v.trim()
         .parse::<f64>()
-        .map_err(|_| bad(path, format!("line {line}: {col} {v:?} is not a number")))
+        .map_err(|_| crate::bad_input(path, format!("line {line}: {col} {v:?} is not a number")))
 }
 
 fn flag01(path: &Path, line: usize, col: &str, v: &str) -> Result<Option<u8>, InferError> {
@@ -82,14 +75,14 @@ fn flag01(path: &Path, line: usize, col: &str, v: &str) -> Result<Option<u8>, In
         "" => Ok(None),
         "0" | "0.0" => Ok(Some(0)),
         "1" | "1.0" => Ok(Some(1)),
-        o => Err(bad(path, format!("line {line}: {col} {o:?} is not 0 or 1"))),
+        o => Err(crate::bad_input(path, format!("line {line}: {col} {o:?} is not 0 or 1"))),
     }
 }
 
 /// One item from a row (its patch path not resolved yet).
 fn item_of(path: &Path, line: usize, r: &Row, name_col: &str) -> Result<Item, InferError> {
     let get = |c: &str| r.get(c).map(String::as_str).filter(|v| !v.is_empty());
-    let name = get(name_col).ok_or_else(|| bad(path, format!("line {line}: empty {name_col}")))?;
+    let name = get(name_col).ok_or_else(|| crate::bad_input(path, format!("line {line}: empty {name_col}")))?;
     let logit = num(path, line, "logit", get("logit").unwrap_or("nan"))?;
     let p = match get("calibrated_probability").or(get("probability")) {
         Some(v) => num(path, line, "probability", v)?,
@@ -129,25 +122,25 @@ struct Scores {
 fn read_scores(path: &Path, from_scans: bool) -> Result<Scores, InferError> {
     let rows = read_rows(path)?;
     let Some((_, first)) = rows.first() else {
-        return Err(bad(path, "no rows"));
+        return Err(crate::bad_input(path, "no rows"));
     };
     let name_col = ["patch_file", "candidate"]
         .into_iter()
         .find(|c| first.contains_key(*c))
         .ok_or_else(|| {
-            bad(
+            crate::bad_input(
                 path,
                 "no patch_file column (LUNA16's submission format names no patches: give infer's csv output)",
             )
         })?;
     if name_col == "candidate" && !from_scans {
-        return Err(bad(
+        return Err(crate::bad_input(
             path,
             "scores of candidates cut from scans name no patch files: give --scans DIR (the scans they were cut from)",
         ));
     }
     if !first.contains_key("logit") {
-        return Err(bad(path, "no logit column"));
+        return Err(crate::bad_input(path, "no logit column"));
     }
     let mut items = Vec::with_capacity(rows.len());
     let mut seen = HashMap::new();
@@ -155,11 +148,11 @@ fn read_scores(path: &Path, from_scans: bool) -> Result<Scores, InferError> {
     for (line, r) in &rows {
         let it = item_of(path, *line, r, name_col)?;
         if let Some(first) = seen.insert(it.name.clone(), *line) {
-            return Err(bad(path, format!("line {line}: {} listed again (first on line {first})", it.name)));
+            return Err(crate::bad_input(path, format!("line {line}: {} listed again (first on line {first})", it.name)));
         }
         if let Some(s) = r.get("model_sha256").filter(|s| !s.is_empty()) {
             match &sha {
-                Some(x) if x != s => return Err(bad(path, format!("line {line}: scores of two models ({x} and {s})"))),
+                Some(x) if x != s => return Err(crate::bad_input(path, format!("line {line}: scores of two models ({x} and {s})"))),
                 _ => sha = Some(s.clone()),
             }
         }
@@ -168,7 +161,7 @@ fn read_scores(path: &Path, from_scans: bool) -> Result<Scores, InferError> {
         }
         items.push(it);
         if items.len() > super::MAX_PATCHES {
-            return Err(bad(path, format!("more than {} patches", super::MAX_PATCHES)));
+            return Err(crate::bad_input(path, format!("more than {} patches", super::MAX_PATCHES)));
         }
     }
     let score_name = if first.contains_key("calibrated_probability") {
@@ -198,7 +191,7 @@ struct RunFolder {
 fn run_folder(dir: &Path) -> Result<RunFolder, InferError> {
     let scores = dir.join("val_scores.csv");
     if !scores.is_file() {
-        return Err(bad(dir, "not a finished run folder (no val_scores.csv)"));
+        return Err(crate::bad_input(dir, "not a finished run folder (no val_scores.csv)"));
     }
     let cal = dir.join("calibration.yaml");
     let data = models::fsutil::read_regular_to_string(&dir.join("config.yaml"))
@@ -245,7 +238,7 @@ fn decide(
         let cal = models::calibration::CalibrationFile::load(cp)?;
         if let Some(m) = model_sha {
             if cal.model.sha256 != m {
-                return Err(bad(
+                return Err(crate::bad_input(
                     cp,
                     format!("made for model {}, the scores are of model {m}", cal.model.sha256),
                 ));
@@ -254,7 +247,7 @@ fn decide(
         let name = s.operating_point.clone().unwrap_or_else(|| cal.default_operating_point.clone());
         let point = cal.operating_points.iter().find(|p| p.name == name).ok_or_else(|| {
             let names: Vec<&str> = cal.operating_points.iter().map(|p| p.name.as_str()).collect();
-            bad(cp, format!("no operating point {name:?} (it has {})", names.join(", ")))
+            crate::bad_input(cp, format!("no operating point {name:?} (it has {})", names.join(", ")))
         })?;
         for i in items.iter_mut() {
             i.p = cal.probability(i.logit);
@@ -309,7 +302,7 @@ fn join_index(items: &mut [Item], index: &Path, warnings: &mut Vec<String>) -> R
         let it = &mut items[i];
         if let (Some(a), Some(b)) = (it.label, r.label) {
             if a != b {
-                return Err(bad(
+                return Err(crate::bad_input(
                     index,
                     format!("{}: label {b} here, {a} in the scores (files of two data sets?)", it.name),
                 ));
@@ -359,7 +352,7 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
     }
     models::fsutil::create_parent(&s.out)?;
     if let models::fsutil::Target::Stream(_) = io.output("review page", &s.out)? {
-        return Err(bad(&s.out, "the review page must be a file (its thumbnails go beside it)"));
+        return Err(crate::bad_input(&s.out, "the review page must be a file (its thumbnails go beside it)"));
     }
     models::fsutil::check_replaceable(&s.out, "review page", &|head| head.starts_with(super::page::MAGIC.as_bytes()))?;
     let mut warnings = Vec::new();
@@ -380,7 +373,7 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
                 i.path = Some(p.join(&i.name));
             }
         }
-        Some(p) => return Err(bad(p, "the patch folder does not exist (give --patches DIR)")),
+        Some(p) => return Err(crate::bad_input(p, "the patch folder does not exist (give --patches DIR)")),
         None => {
             return Err(InferError::Usage(format!(
                 "{}: which folder are the patch names relative to? Give --patches DIR (or --index INDEX; --scans DIR for scores of infer --scans)",
