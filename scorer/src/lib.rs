@@ -36,8 +36,26 @@ pub enum ScorerError {
     Model { path: PathBuf, msg: String },
     #[error("device: {0}")]
     Device(String),
+    /// ONNX Runtime refused a step: what was being done (with the model's path where there
+    /// is one), and ONNX Runtime's own error kept as the cause.
+    #[error("{what}: {source}")]
+    Ort {
+        what: String,
+        #[source]
+        source: ort::Error,
+    },
     #[error(transparent)]
     Models(#[from] models::Error),
+}
+
+impl ScorerError {
+    /// ONNX Runtime's error `source`, while doing `what`.
+    pub fn ort(what: impl Into<String>, source: ort::Error) -> Self {
+        ScorerError::Ort {
+            what: what.into(),
+            source,
+        }
+    }
 }
 
 /// How to open a [`Scorer`].
@@ -378,21 +396,21 @@ impl Scorer {
             });
         }
         let input = TensorRef::from_array_view(([n, 1, d, d, d], data))
-            .map_err(|e| ScorerError::Runtime(format!("input tensor: {e}")))?;
+            .map_err(|e| ScorerError::ort("input tensor", e))?;
         let outputs = match feats {
             // A cube-only model's one input, whatever its name.
             None => self.session.run(ort::inputs![input]),
             Some(f) => {
                 let t = TensorRef::from_array_view(([n, nf], f))
-                    .map_err(|e| ScorerError::Runtime(format!("features tensor: {e}")))?;
+                    .map_err(|e| ScorerError::ort("features tensor", e))?;
                 self.session
                     .run(ort::inputs![models::onnx::INPUT_NAME => input, models::onnx::FEATURES_NAME => t])
             }
         }
-        .map_err(|e| ScorerError::Runtime(format!("{}: inference failed: {e}", self.model_path.display())))?;
+        .map_err(|e| ScorerError::ort(format!("{}: inference failed", self.model_path.display()), e))?;
         let (shape, logits) = outputs[models::onnx::OUTPUT_NAME]
             .try_extract_tensor::<f32>()
-            .map_err(|e| ScorerError::Runtime(format!("output tensor: {e}")))?;
+            .map_err(|e| ScorerError::ort("output tensor", e))?;
         if logits.len() != n {
             return Err(ScorerError::Model {
                 path: self.model_path.clone(),
@@ -425,18 +443,18 @@ pub fn probe(
     };
     let mut session = Session::builder(&rt.env)
         .and_then(|mut b| b.commit_from_memory(bytes))
-        .map_err(|e| model_err(format!("ONNX Runtime cannot load it: {e}")))?;
+        .map_err(|e| ScorerError::ort(format!("{}: ONNX Runtime cannot load it", path.display()), e))?;
     let tensor =
-        TensorRef::from_array_view((shape, data)).map_err(|e| ScorerError::Runtime(format!("input tensor: {e}")))?;
+        TensorRef::from_array_view((shape, data)).map_err(|e| ScorerError::ort("input tensor", e))?;
     let outputs = session
         .run(ort::inputs![input => tensor])
-        .map_err(|e| model_err(format!("running it on a test batch failed: {e}")))?;
+        .map_err(|e| ScorerError::ort(format!("{}: running it on a test batch failed", path.display()), e))?;
     let value = outputs
         .get(output)
         .ok_or_else(|| model_err(format!("no output `{output}`")))?;
     let (shape, values) = value
         .try_extract_tensor::<f32>()
-        .map_err(|e| model_err(format!("output `{output}` is not a float tensor: {e}")))?;
+        .map_err(|e| ScorerError::ort(format!("{}: output `{output}` is not a float tensor", path.display()), e))?;
     Ok((shape.iter().copied().collect(), values.to_vec()))
 }
 
