@@ -108,6 +108,182 @@ pub struct Scorer {
     pub fixed_batch: Option<usize>,
 }
 
+/// A session being opened: the runtime, the options, the model's path and bytes.
+struct Opening<'a> {
+    rt: &'static runtime::Runtime,
+    opts: &'a ScorerOptions,
+    model: &'a Path,
+    bytes: &'a [u8],
+}
+
+/// A session, its provider, why that provider, and whether every node runs on it.
+type Opened = (Session, &'static str, String, Option<bool>);
+
+impl Opening<'_> {
+    fn model_err(&self, e: ort::Error) -> ScorerError {
+        ScorerError::ort(format!("{}: ONNX Runtime cannot load it", self.model.display()), e)
+    }
+
+    /// A session builder: the thread count, and no spinning unless asked (decoding runs
+    /// beside the session in infer's pipeline; ONNX Runtime's worker threads must not spin
+    /// on the cores the decoders need).
+    fn builder(&self) -> Result<ort::session::builder::SessionBuilder, ScorerError> {
+        let b = Session::builder(&self.rt.env)
+            .map_err(|e| self.model_err(e))?
+            .with_intra_op_spinning(self.opts.spin)
+            .map_err(|e| self.model_err(e.into()))?;
+        if self.opts.threads > 0 {
+            return b.with_intra_threads(self.opts.threads).map_err(|e| self.model_err(e.into()));
+        }
+        Ok(b)
+    }
+
+    fn cpu(&self) -> Result<Session, ScorerError> {
+        self.builder()?.commit_from_memory(self.bytes).map_err(|e| self.model_err(e))
+    }
+
+    /// A CUDA session, first with CPU fallback disabled: if that commits, every node runs
+    /// on CUDA; if only the fallback version commits, some nodes run on the CPU.
+    fn cuda(&self, id: usize) -> Result<(Session, bool), String> {
+        // Device ids are parsed as u16 (models::device), so they fit ONNX Runtime's i32.
+        let ep = || {
+            ep::CUDA::default()
+                .with_device_id(i32::try_from(id).unwrap_or(i32::MAX))
+                .build()
+                .error_on_failure()
+        };
+        let strict = self
+            .builder()
+            .map_err(|e| e.to_string())?
+            .with_execution_providers([ep()])
+            .map_err(|e| e.to_string())?
+            .with_disable_cpu_fallback()
+            .map_err(|e| e.to_string())
+            .and_then(|mut b| b.commit_from_memory(self.bytes).map_err(|e| e.to_string()));
+        match strict {
+            Ok(s) => Ok((s, true)),
+            Err(_) => {
+                let mut b = self
+                    .builder()
+                    .map_err(|e| e.to_string())?
+                    .with_execution_providers([ep()])
+                    .map_err(|e| e.to_string())?;
+                Ok((b.commit_from_memory(self.bytes).map_err(|e| e.to_string())?, false))
+            }
+        }
+    }
+
+    /// The session on the requested device (`auto`: CUDA when it registers, else the CPU).
+    fn session(&self) -> Result<Opened, ScorerError> {
+        let rt = self.rt;
+        match self.opts.device {
+            Device::Cpu => Ok((self.cpu()?, "CPUExecutionProvider", "requested".to_string(), Some(true))),
+            Device::Cuda(id) => {
+                let preload = runtime::preload_cuda_libraries(rt);
+                let (s, all) = self.cuda(id).map_err(|e| {
+                    ScorerError::Device(format!(
+                        "CUDA device {id} requested but the CUDA execution provider cannot be registered: {e}. {}{}",
+                        cuda_hint(rt),
+                        preload.err().map(|p| format!(" ({p})")).unwrap_or_default()
+                    ))
+                })?;
+                Ok((s, "CUDAExecutionProvider", format!("requested (device {id})"), Some(all)))
+            }
+            Device::Auto => {
+                let compiled = ep::CUDA::is_available().unwrap_or(false);
+                let attempt = if compiled {
+                    // Failing to preload is not fatal here: the libraries may be on the
+                    // loader path anyway; registration says whether CUDA works.
+                    let _ = runtime::preload_cuda_libraries(rt);
+                    self.cuda(0)
+                } else {
+                    Err(String::new())
+                };
+                match attempt {
+                    Ok((s, all)) => Ok((
+                        s,
+                        "CUDAExecutionProvider",
+                        "auto: CUDA provider registered".to_string(),
+                        Some(all),
+                    )),
+                    Err(why) => {
+                        let note = if compiled {
+                            format!("auto: CUDA provider failed to register ({why}); using CPU")
+                        } else {
+                            "auto: this ONNX Runtime build has no CUDA provider; using CPU".to_string()
+                        };
+                        Ok((self.cpu()?, "CPUExecutionProvider", note, Some(true)))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Checks a session's inputs and outputs against the model's metadata: one cube input (and
+/// a `features` input exactly when the metadata names tabular features) and a `logit`
+/// output (a calibrated model has `probability` and `decision` beside it). Returns the
+/// feature columns.
+fn check_io(
+    session: &Session,
+    model: &Path,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<Vec<String>>, ScorerError> {
+    let bad = |msg: String| ScorerError::Model {
+        path: model.to_path_buf(),
+        msg,
+    };
+    let n_in = session.inputs().len();
+    let has_logit = session.outputs().iter().any(|o| o.name() == models::onnx::OUTPUT_NAME);
+    let features = models::features::FeatureStats::columns_from_metadata(metadata).map_err(|e| bad(e.to_string()))?;
+    let feature_input = session.inputs().iter().any(|i| i.name() == models::onnx::FEATURES_NAME);
+    if features.is_some() != feature_input {
+        return Err(bad(format!(
+            "its metadata {} tabular features but its graph {} a `{}` input",
+            if features.is_some() { "names" } else { "names no" },
+            if feature_input { "has" } else { "has no" },
+            models::onnx::FEATURES_NAME
+        )));
+    }
+    if n_in != 1 + usize::from(feature_input) || !has_logit {
+        return Err(bad(format!(
+            "expected one input (two with tabular features) and a `{}` output, found {n_in} input(s) and outputs [{}]",
+            models::onnx::OUTPUT_NAME,
+            session
+                .outputs()
+                .iter()
+                .map(|o| o.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(features)
+}
+
+/// A batch size the cube input fixes (an imported `torch.onnx.export` model without dynamic
+/// axes): batches are then cut or padded to it; more than [`MAX_FIXED_BATCH`] is refused.
+fn fixed_batch(session: &Session, model: &Path) -> Result<Option<usize>, ScorerError> {
+    let fixed = session
+        .inputs()
+        .iter()
+        .find(|i| i.name() != models::onnx::FEATURES_NAME)
+        .and_then(|i| match i.dtype() {
+            ort::value::ValueType::Tensor { shape, .. } => shape.first().copied().filter(|&b| b > 0),
+            _ => None,
+        })
+        .map(|b| b as usize);
+    if let Some(b) = fixed.filter(|&b| b > MAX_FIXED_BATCH) {
+        return Err(ScorerError::Model {
+            path: model.to_path_buf(),
+            msg: format!(
+                "its input fixes a batch of {b} cubes (at most {MAX_FIXED_BATCH} are scored per run); re-export it \
+                 with a dynamic batch"
+            ),
+        });
+    }
+    Ok(fixed)
+}
+
 impl Scorer {
     /// Opens `model`: checks that it is an ONNX model exported by this toolchain, reads its
     /// preprocessing, and creates a session on the requested device.
@@ -121,161 +297,15 @@ impl Scorer {
             msg: e.to_string(),
         })?;
         let rt = runtime::init(opts.ort_lib.as_deref())?;
-        let model_err = |e: ort::Error| ScorerError::Model {
-            path: model.to_path_buf(),
-            msg: format!("ONNX Runtime cannot load it: {e}"),
+        let open = Opening {
+            rt,
+            opts,
+            model,
+            bytes: &bytes,
         };
-        let builder = || -> Result<ort::session::builder::SessionBuilder, ScorerError> {
-            // Decoding runs beside the session (infer's pipeline); ONNX Runtime's worker
-            // threads must not spin on the cores the decoders need.
-            let b = Session::builder(&rt.env)
-                .map_err(model_err)?
-                .with_intra_op_spinning(opts.spin)
-                .map_err(|e| model_err(e.into()))?;
-            if opts.threads > 0 {
-                return b.with_intra_threads(opts.threads).map_err(|e| model_err(e.into()));
-            }
-            Ok(b)
-        };
-        // Device ids are parsed as u16 (models::device), so they fit ONNX Runtime's i32.
-        let cuda = |id: usize| {
-            ep::CUDA::default()
-                .with_device_id(i32::try_from(id).unwrap_or(i32::MAX))
-                .build()
-                .error_on_failure()
-        };
-        // A CUDA session, first with CPU fallback disabled: if that commits, every node runs
-        // on CUDA; if only the fallback version commits, some nodes run on the CPU.
-        let cuda_session = |id: usize| -> Result<(Session, bool), String> {
-            let strict = builder()
-                .map_err(|e| e.to_string())?
-                .with_execution_providers([cuda(id)])
-                .map_err(|e| e.to_string())?
-                .with_disable_cpu_fallback()
-                .map_err(|e| e.to_string())
-                .and_then(|mut b| b.commit_from_memory(&bytes).map_err(|e| e.to_string()));
-            match strict {
-                Ok(s) => Ok((s, true)),
-                Err(_) => {
-                    let mut b = builder()
-                        .map_err(|e| e.to_string())?
-                        .with_execution_providers([cuda(id)])
-                        .map_err(|e| e.to_string())?;
-                    Ok((b.commit_from_memory(&bytes).map_err(|e| e.to_string())?, false))
-                }
-            }
-        };
-        let (session, provider, provider_note, all_nodes) = match opts.device {
-            Device::Cpu => (
-                builder()?.commit_from_memory(&bytes).map_err(model_err)?,
-                "CPUExecutionProvider",
-                "requested".to_string(),
-                Some(true),
-            ),
-            Device::Cuda(id) => {
-                let preload = runtime::preload_cuda_libraries(rt);
-                let (s, all) = cuda_session(id).map_err(|e| {
-                    ScorerError::Device(format!(
-                        "CUDA device {id} requested but the CUDA execution provider cannot be registered: {e}. {}{}",
-                        cuda_hint(rt),
-                        preload.err().map(|p| format!(" ({p})")).unwrap_or_default()
-                    ))
-                })?;
-                (
-                    s,
-                    "CUDAExecutionProvider",
-                    format!("requested (device {id})"),
-                    Some(all),
-                )
-            }
-            Device::Auto => {
-                let compiled = ep::CUDA::is_available().unwrap_or(false);
-                let attempt = if compiled {
-                    // Failing to preload is not fatal here: the libraries may be on the
-                    // loader path anyway; registration says whether CUDA works.
-                    let _ = runtime::preload_cuda_libraries(rt);
-                    cuda_session(0)
-                } else {
-                    Err(String::new())
-                };
-                match attempt {
-                    Ok((s, all)) => (
-                        s,
-                        "CUDAExecutionProvider",
-                        "auto: CUDA provider registered".to_string(),
-                        Some(all),
-                    ),
-                    Err(why) => {
-                        let note = if compiled {
-                            format!("auto: CUDA provider failed to register ({why}); using CPU")
-                        } else {
-                            "auto: this ONNX Runtime build has no CUDA provider; using CPU".to_string()
-                        };
-                        (
-                            builder()?.commit_from_memory(&bytes).map_err(model_err)?,
-                            "CPUExecutionProvider",
-                            note,
-                            Some(true),
-                        )
-                    }
-                }
-            }
-        };
-        let n_in = session.inputs().len();
-        // A calibrated model (calibrate's model.calibrated.onnx) has `probability` and
-        // `decision` outputs beside `logit`; the scorer reads `logit`.
-        let has_logit = session.outputs().iter().any(|o| o.name() == models::onnx::OUTPUT_NAME);
-        let features =
-            models::features::FeatureStats::columns_from_metadata(&metadata).map_err(|e| ScorerError::Model {
-                path: model.to_path_buf(),
-                msg: e.to_string(),
-            })?;
-        let feature_input = session.inputs().iter().any(|i| i.name() == models::onnx::FEATURES_NAME);
-        if features.is_some() != feature_input {
-            return Err(ScorerError::Model {
-                path: model.to_path_buf(),
-                msg: format!(
-                    "its metadata {} tabular features but its graph {} a `{}` input",
-                    if features.is_some() { "names" } else { "names no" },
-                    if feature_input { "has" } else { "has no" },
-                    models::onnx::FEATURES_NAME
-                ),
-            });
-        }
-        if n_in != 1 + usize::from(feature_input) || !has_logit {
-            return Err(ScorerError::Model {
-                path: model.to_path_buf(),
-                msg: format!(
-                    "expected one input (two with tabular features) and a `{}` output, found {n_in} input(s) and outputs {:?}",
-                    models::onnx::OUTPUT_NAME,
-                    session
-                        .outputs()
-                        .iter()
-                        .map(|o| o.name().to_string())
-                        .collect::<Vec<_>>()
-                ),
-            });
-        }
-        // A batch size the cube input fixes (an imported `torch.onnx.export` model without
-        // dynamic axes): batches are cut or padded to it.
-        let fixed_batch = session
-            .inputs()
-            .iter()
-            .find(|i| i.name() != models::onnx::FEATURES_NAME)
-            .and_then(|i| match i.dtype() {
-                ort::value::ValueType::Tensor { shape, .. } => shape.first().copied().filter(|&b| b > 0),
-                _ => None,
-            })
-            .map(|b| b as usize);
-        if let Some(b) = fixed_batch.filter(|&b| b > MAX_FIXED_BATCH) {
-            return Err(ScorerError::Model {
-                path: model.to_path_buf(),
-                msg: format!(
-                    "its input fixes a batch of {b} cubes (at most {MAX_FIXED_BATCH} are scored per run); re-export it \
-                     with a dynamic batch"
-                ),
-            });
-        }
+        let (session, provider, provider_note, all_nodes) = open.session()?;
+        let features = check_io(&session, model, &metadata)?;
+        let fixed_batch = fixed_batch(&session, model)?;
         Ok(Scorer {
             fixed_batch,
             session,
