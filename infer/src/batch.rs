@@ -715,9 +715,11 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let header = csv_header(
         s.format,
         name_col,
-        inputs.index.is_some(),
-        inputs.has_label,
-        cal.is_some(),
+        crate::output::Columns {
+            index: inputs.index.is_some(),
+            label: inputs.has_label,
+            calibrated: cal.is_some(),
+        },
     );
     let grid = match &inputs.scans {
         Some(_) => Some(crate::from_scans::grid(

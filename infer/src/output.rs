@@ -59,28 +59,33 @@ pub(crate) struct OutRow<'a> {
     pub(crate) input_sha256: &'a str,
 }
 
+/// Which optional columns a run's rows carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Columns {
+    /// The index's columns (series, diameter, centre): inputs from an index or from scans.
+    pub(crate) index: bool,
+    /// The label (an index with labels).
+    pub(crate) label: bool,
+    /// The calibrated probability, decision and operating point.
+    pub(crate) calibrated: bool,
+}
+
 /// The CSV header for the rows a run writes (the order of [`OutRow`]'s fields).
 /// `name` is the first column's: `patch_file`, or `candidate` for LUNA16's candidates
 /// scored from scans.
-pub(crate) fn csv_header(
-    format: Format,
-    name: &'static str,
-    index: bool,
-    label: bool,
-    calibrated: bool,
-) -> Vec<&'static str> {
+pub(crate) fn csv_header(format: Format, name: &'static str, cols: Columns) -> Vec<&'static str> {
     if format == Format::Luna16 {
         return vec!["seriesuid", "coordX", "coordY", "coordZ", "probability"];
     }
     let mut h = vec![name];
-    if index {
+    if cols.index {
         h.extend(["seriesuid", "diam_mm", "center_x", "center_y", "center_z"]);
-        if label {
+        if cols.label {
             h.push("label");
         }
     }
     h.extend(["logit", "probability"]);
-    if calibrated {
+    if cols.calibrated {
         h.extend(["calibrated_probability", "decision", "operating_point"]);
     }
     h.extend(["model_sha256", "input_sha256"]);
@@ -125,9 +130,14 @@ mod tests {
     #[test]
     fn header_follows_the_row_fields() {
         assert_eq!(
-            csv_header(Format::Csv, "patch_file", false, false, false),
+            csv_header(Format::Csv, "patch_file", Columns::default()),
             ["patch_file", "logit", "probability", "model_sha256", "input_sha256"]
         );
-        assert_eq!(csv_header(Format::Csv, "candidate", true, true, true).len(), 14);
+        let all = Columns {
+            index: true,
+            label: true,
+            calibrated: true,
+        };
+        assert_eq!(csv_header(Format::Csv, "candidate", all).len(), 14);
     }
 }

@@ -162,31 +162,34 @@ struct ExportArgs {
     ort_lib: Option<PathBuf>,
 }
 
+/// What `trainer sweep` does (the exclusive `--list`, `--collect` and `--task` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SweepMode {
+    /// Print the configurations and tasks.
+    List,
+    /// Only write the summary.
+    Collect,
+    /// Run one task (`Some`: `--task` or the job array's index), or every task not done and
+    /// then the summary.
+    Run(Option<usize>),
+}
+
+impl SweepMode {
+    fn of(task: Option<usize>, collect: bool, list: bool) -> Self {
+        match (list, collect) {
+            (true, _) => SweepMode::List,
+            (false, true) => SweepMode::Collect,
+            (false, false) => SweepMode::Run(task),
+        }
+    }
+}
+
 /// `trainer sweep`.
-fn sweep(
-    file: &std::path::Path,
-    task: Option<usize>,
-    collect: bool,
-    list: bool,
-    ort_lib: Option<PathBuf>,
-    mlflow: Option<&str>,
-    quiet: bool,
-) -> Result<()> {
+fn sweep(file: &std::path::Path, mode: SweepMode, ort_lib: Option<PathBuf>, mlflow: Option<&str>, quiet: bool) -> Result<()> {
     use trainer::sweep;
     let plan = sweep::plan(file)?;
-    let tasks = plan.tasks();
-    if list {
-        println!(
-            "{} configurations × {} folds = {} tasks (0 to {}); sweep folder {}",
-            plan.cells.len(),
-            plan.folds,
-            tasks.len(),
-            tasks.len().saturating_sub(1),
-            plan.out.display()
-        );
-        for (i, (c, f)) in tasks.iter().enumerate() {
-            println!("task {i}: cell_{c:02} ({}), fold {f}", plan.cells[*c].label);
-        }
+    if mode == SweepMode::List {
+        sweep_list(&plan);
         return Ok(());
     }
     sweep::check_plan_record(&plan)?;
@@ -203,29 +206,47 @@ fn sweep(
         mlflow,
         ..RunOptions::default()
     };
-    if !collect {
-        match sweep::task_from_env(task)? {
-            Some(i) => {
-                let ran = sweep::run_task(&plan, i, &opts)?;
-                println!("task {i}: {}", if ran { "done" } else { "done before" });
-                return Ok(());
-            }
-            None => {
-                let mut before = 0;
-                for i in 0..tasks.len() {
-                    if !sweep::run_task(&plan, i, &opts)? {
-                        before += 1;
-                    }
-                }
-                println!(
-                    "{} tasks: {} run now, {before} done before",
-                    tasks.len(),
-                    tasks.len() - before
-                );
+    if let SweepMode::Run(task) = mode {
+        let tasks = plan.tasks();
+        if let Some(i) = sweep::task_from_env(task)? {
+            let ran = sweep::run_task(&plan, i, &opts)?;
+            println!("task {i}: {}", if ran { "done" } else { "done before" });
+            return Ok(());
+        }
+        let mut before = 0;
+        for i in 0..tasks.len() {
+            if !sweep::run_task(&plan, i, &opts)? {
+                before += 1;
             }
         }
+        println!(
+            "{} tasks: {} run now, {before} done before",
+            tasks.len(),
+            tasks.len() - before
+        );
     }
-    let c = sweep::collect(&plan)?;
+    sweep_collect(&plan)
+}
+
+/// `trainer sweep --list`.
+fn sweep_list(plan: &trainer::sweep::Plan) {
+    let tasks = plan.tasks();
+    println!(
+        "{} configurations × {} folds = {} tasks (0 to {}); sweep folder {}",
+        plan.cells.len(),
+        plan.folds,
+        tasks.len(),
+        tasks.len().saturating_sub(1),
+        plan.out.display()
+    );
+    for (i, (c, f)) in tasks.iter().enumerate() {
+        println!("task {i}: cell_{c:02} ({}), fold {f}", plan.cells[*c].label);
+    }
+}
+
+/// The sweep's summary (`--collect`, or the end of a plain run), and to its MLflow parent run.
+fn sweep_collect(plan: &trainer::sweep::Plan) -> Result<()> {
+    let c = trainer::sweep::collect(plan)?;
     print!("{}", c.table);
     println!(
         "best: configuration {} ({}); wrote {}/sweep_summary.csv, sweep_summary.md, forest.png",
@@ -647,7 +668,13 @@ fn main() -> ExitCode {
                 ort_lib,
                 mlflow,
                 quiet,
-            } => sweep(&file, task, collect, list, ort_lib, mlflow.as_deref(), quiet)?,
+            } => sweep(
+                &file,
+                SweepMode::of(task, collect, list),
+                ort_lib,
+                mlflow.as_deref(),
+                quiet,
+            )?,
             Cmd::Ensemble { members, out, ort_lib } => ensemble(&members, &out, ort_lib.as_deref())?,
             Cmd::Spec { arch, cube_size } => show_spec(&arch, cube_size)?,
             Cmd::Doctor => doctor(),
