@@ -254,14 +254,9 @@ fn send_end_metrics(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Res
         Kind::Evaluation => (st.metrics.clone(), None),
         Kind::Sweep => {
             let p = dir.join("sweep_summary.csv");
-            if !p.is_file() {
+            let Some((bytes, sha)) = unsent(&p, st.summary_sent.as_deref())? else {
                 return Ok(());
-            }
-            let bytes = models::fsutil::read_regular(&p).map_err(|e| e.to_string())?;
-            let sha = models::fsutil::sha256_bytes(&bytes);
-            if st.summary_sent.as_deref() == Some(sha.as_str()) {
-                return Ok(());
-            }
+            };
             (sweep_metrics(&p, &bytes)?, Some(sha))
         }
     };
@@ -313,18 +308,24 @@ fn send_artifact(dir: &Path, st: &mut State, c: &Client, run_id: &str, local: &s
     save(dir, st)
 }
 
+/// A file's bytes and sha256 when it exists and is not the one sent before (`sent`: the
+/// sha256 of what was).
+fn unsent(p: &Path, sent: Option<&str>) -> Result<Option<(Vec<u8>, String)>, String> {
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let bytes = models::fsutil::read_regular(p).map_err(|e| e.to_string())?;
+    let sha = models::fsutil::sha256_bytes(&bytes);
+    Ok((sent != Some(sha.as_str())).then_some((bytes, sha)))
+}
+
 /// The calibration's metrics (`calibration.yaml`, of the method it chose: AUROC, Brier, NLL,
 /// ECE, slope…) as `calibration.*` metrics and its method as a tag, once per calibration.
 fn send_calibration(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<(), String> {
     let p = dir.join("calibration.yaml");
-    if !p.is_file() {
+    let Some((bytes, sha)) = unsent(&p, st.calibration_sent.as_deref())? else {
         return Ok(());
-    }
-    let bytes = models::fsutil::read_regular(&p).map_err(|e| e.to_string())?;
-    let sha = models::fsutil::sha256_bytes(&bytes);
-    if st.calibration_sent.as_deref() == Some(sha.as_str()) {
-        return Ok(());
-    }
+    };
     let v: yaml_serde::Value = yaml_serde::from_slice(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
     let method = v["method"].as_str().unwrap_or("none").to_string();
     let t = now_ms();

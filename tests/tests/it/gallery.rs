@@ -156,16 +156,24 @@ fn calibrated_scores(w: &Path) -> PathBuf {
         "calibrate",
         &[s(&f.run), "--bootstrap", "0", "--method", "platt", "--no-report", "--no-bake", "-o", s(&cal)],
     );
-    let scores = w.join("scores.csv");
+    score_fixture(w, &cal, "csv", "scores.csv")
+}
+
+/// The fixture's patches scored with the calibration `cal`, into `w/NAME` in `format`.
+fn score_fixture(w: &Path, cal: &Path, format: &str, name: &str) -> PathBuf {
+    let f = fixture();
+    let scores = w.join(name);
     run_ok(
         "infer",
         &[
             "--model",
             s(&f.run.join("model.onnx")),
             "--calibration",
-            s(&cal),
+            s(cal),
             "--index",
             s(&f.patches),
+            "--format",
+            format,
             "-o",
             s(&scores),
             "-q",
@@ -233,23 +241,7 @@ fn each_section_shows_what_the_scores_say_and_the_table_sorts_and_filters() {
     assert_eq!(table, mine);
 
     // The same scores as JSONL: the same sections.
-    let jsonl = w.join("scores.jsonl");
-    run_ok(
-        "infer",
-        &[
-            "--model",
-            s(&f.run.join("model.onnx")),
-            "--calibration",
-            s(&w.join("cal/calibration.yaml")),
-            "--index",
-            s(&f.patches),
-            "--format",
-            "jsonl",
-            "-o",
-            s(&jsonl),
-            "-q",
-        ],
-    );
+    let jsonl = score_fixture(w, &w.join("cal/calibration.yaml"), "jsonl", "scores.jsonl");
     let pj = w.join("j/review.html");
     run_ok("infer", &["gallery", s(&jsonl), "--patches", s(&f.patches), "-o", s(&pj), "--top", "10", "--borderline", "4"]);
     let shown_j = sections_shown(&dom(&pj, "all"));
