@@ -94,7 +94,10 @@ const SWEEP_METRICS: &[&str] = &[
 pub(crate) fn sweep_metrics(p: &Path, bytes: &[u8]) -> Result<BTreeMap<String, f64>, String> {
     let mut r = csv::Reader::from_reader(bytes);
     let h = r.headers().map_err(|e| format!("{}: {e}", p.display()))?.clone();
-    let index = h.iter().position(|x| x == "index").ok_or(format!("{}: no index column", p.display()))?;
+    let index = h
+        .iter()
+        .position(|x| x == "index")
+        .ok_or(format!("{}: no index column", p.display()))?;
     let mut out = BTreeMap::new();
     for rec in r.records() {
         let rec = rec.map_err(|e| format!("{}: {e}", p.display()))?;
@@ -115,7 +118,10 @@ pub(crate) fn sweep_metrics(p: &Path, bytes: &[u8]) -> Result<BTreeMap<String, f
 pub(crate) fn artifacts_of(dir: &Path, st: &State) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = match st.kind {
         Kind::Run => ARTIFACTS.iter().map(|n| ((*n).to_string(), (*n).to_string())).collect(),
-        Kind::Sweep => SWEEP_ARTIFACTS.iter().map(|n| ((*n).to_string(), (*n).to_string())).collect(),
+        Kind::Sweep => SWEEP_ARTIFACTS
+            .iter()
+            .map(|n| ((*n).to_string(), (*n).to_string()))
+            .collect(),
         Kind::Evaluation => {
             let prefix = st.artifact_dir.as_deref().unwrap_or("evaluation");
             st.files.iter().map(|n| (n.clone(), format!("{prefix}/{n}"))).collect()

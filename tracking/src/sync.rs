@@ -41,7 +41,10 @@ pub fn sync(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
     let _lock = wait_lock(dir)?;
     let mut cur = read_state(dir)?;
     if cur.kind != Kind::Sweep {
-        return Err(format!("{}: not a sweep's tracking state", dir.join(STATE_FILE).display()));
+        return Err(format!(
+            "{}: not a sweep's tracking state",
+            dir.join(STATE_FILE).display()
+        ));
     }
     if cur.uri != st.uri || cur.experiment != st.experiment {
         cur = afresh(cur, &st.uri, &st.experiment);
@@ -139,7 +142,7 @@ fn open_run(dir: &Path, st: &mut State, c: &Client) -> Result<(), String> {
             return Err(format!(
                 "MLflow at {} has no run with nodule.run_key {} in experiment {:?} (the run that made the model)",
                 st.uri, st.key, st.experiment
-            ))
+            ));
         }
         None => create_run(dir, st, c, &exp)?,
     };
@@ -163,7 +166,11 @@ fn create_run(dir: &Path, st: &State, c: &Client, exp: &str) -> Result<Value, St
     });
     // fsutil-exempt: the kernel's host name, not a user path.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let source = if st.kind == Kind::Sweep { "trainer sweep" } else { "trainer train" };
+    let source = if st.kind == Kind::Sweep {
+        "trainer sweep"
+    } else {
+        "trainer train"
+    };
     let mut tags: BTreeMap<String, String> = [
         ("nodule.run_key", st.key.clone()),
         ("nodule.run_folder", dir.display().to_string()),
@@ -279,7 +286,14 @@ fn send_end_metrics(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Res
 }
 
 /// One artifact, unless the same bytes were sent under that path before.
-fn send_artifact(dir: &Path, st: &mut State, c: &Client, run_id: &str, local: &str, remote: &str) -> Result<(), String> {
+fn send_artifact(
+    dir: &Path,
+    st: &mut State,
+    c: &Client,
+    run_id: &str,
+    local: &str,
+    remote: &str,
+) -> Result<(), String> {
     let bytes = models::fsutil::read_regular(&dir.join(local)).map_err(|e| e.to_string())?;
     let sha = models::fsutil::sha256_bytes(&bytes);
     if st.artifacts_sent.get(remote) == Some(&sha) {

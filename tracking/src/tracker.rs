@@ -93,7 +93,7 @@ impl Tracker {
                         st.uri,
                         st.metric_rows_sent,
                         st.artifacts_sent.len()
-                    )
+                    );
                 }
                 Err(e) if Instant::now() >= deadline => break e,
                 Err(_) => std::thread::sleep(Duration::from_secs(1)),

@@ -11,7 +11,12 @@ use crate::InferError;
 
 /// Every item's thumbnail from the scans under `dir` (by its series and centre); a scan
 /// that cannot be read, or a centre outside its scan, is that item's problem.
-pub(super) fn thumbnails(items: &[Item], dir: &Path, only: Option<scans::Format>, grid: &PatchGrid) -> Result<Vec<Made>, InferError> {
+pub(super) fn thumbnails(
+    items: &[Item],
+    dir: &Path,
+    only: Option<scans::Format>,
+    grid: &PatchGrid,
+) -> Result<Vec<Made>, InferError> {
     use rayon::prelude::*;
     let found = scans::find(dir, only)?;
     let mut made: Vec<Made> = vec![Err(String::new()); items.len()];
@@ -44,12 +49,18 @@ pub(super) fn thumbnails(items: &[Item], dir: &Path, only: Option<scans::Format>
             .map(|&i| {
                 let c = items[i].centre.unwrap_or([f64::NAN; 3]);
                 if !scan.geometry.contains_world(c) {
-                    return (i, Err(format!("the centre lies outside the scan {}", src.path().display())));
+                    return (
+                        i,
+                        Err(format!("the centre lies outside the scan {}", src.path().display())),
+                    );
                 }
                 let mut hu = vec![0f32; n * n * n];
                 scans::resample::extract_into(&scan, c, grid, &mut hu);
                 let cube = ndarray::ArrayD::from_shape_vec(vec![n, n, n], hu).map_err(|e| e.to_string());
-                (i, cube.and_then(|c| super::thumbs::thumbnail(&c, Some(grid.spacing_mm))))
+                (
+                    i,
+                    cube.and_then(|c| super::thumbs::thumbnail(&c, Some(grid.spacing_mm))),
+                )
             })
             .collect();
         for (i, m) in cut {

@@ -33,8 +33,8 @@ fn read_rows(path: &Path) -> Result<Vec<(usize, Row)>, InferError> {
     let mut out = Vec::new();
     if jsonl {
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(line).map_err(|e| crate::bad_input(path, format!("line {}: not a JSON object ({e})", i + 1)))?;
+            let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+                .map_err(|e| crate::bad_input(path, format!("line {}: not a JSON object ({e})", i + 1)))?;
             let row = v
                 .into_iter()
                 .map(|(k, v)| {
@@ -75,7 +75,10 @@ fn flag01(path: &Path, line: usize, col: &str, v: &str) -> Result<Option<u8>, In
         "" => Ok(None),
         "0" | "0.0" => Ok(Some(0)),
         "1" | "1.0" => Ok(Some(1)),
-        o => Err(crate::bad_input(path, format!("line {line}: {col} {o:?} is not 0 or 1"))),
+        o => Err(crate::bad_input(
+            path,
+            format!("line {line}: {col} {o:?} is not 0 or 1"),
+        )),
     }
 }
 
@@ -96,7 +99,8 @@ fn item_of(path: &Path, line: usize, r: &Row, name_col: &str) -> Result<Item, In
         ]),
         _ => None,
     };
-    let problem = (!logit.is_finite() || !p.is_finite()).then(|| format!("score is not a number (logit {logit}, probability {p})"));
+    let problem = (!logit.is_finite() || !p.is_finite())
+        .then(|| format!("score is not a number (logit {logit}, probability {p})"));
     Ok(Item {
         name: name.to_string(),
         path: None,
@@ -148,11 +152,19 @@ fn read_scores(path: &Path, from_scans: bool) -> Result<Scores, InferError> {
     for (line, r) in &rows {
         let it = item_of(path, *line, r, name_col)?;
         if let Some(first) = seen.insert(it.name.clone(), *line) {
-            return Err(crate::bad_input(path, format!("line {line}: {} listed again (first on line {first})", it.name)));
+            return Err(crate::bad_input(
+                path,
+                format!("line {line}: {} listed again (first on line {first})", it.name),
+            ));
         }
         if let Some(s) = r.get("model_sha256").filter(|s| !s.is_empty()) {
             match &sha {
-                Some(x) if x != s => return Err(crate::bad_input(path, format!("line {line}: scores of two models ({x} and {s})"))),
+                Some(x) if x != s => {
+                    return Err(crate::bad_input(
+                        path,
+                        format!("line {line}: scores of two models ({x} and {s})"),
+                    ));
+                }
                 _ => sha = Some(s.clone()),
             }
         }
@@ -161,7 +173,10 @@ fn read_scores(path: &Path, from_scans: bool) -> Result<Scores, InferError> {
         }
         items.push(it);
         if items.len() > super::MAX_PATCHES {
-            return Err(crate::bad_input(path, format!("more than {} patches", super::MAX_PATCHES)));
+            return Err(crate::bad_input(
+                path,
+                format!("more than {} patches", super::MAX_PATCHES),
+            ));
         }
     }
     let score_name = if first.contains_key("calibrated_probability") {
@@ -216,7 +231,10 @@ fn run_folder(dir: &Path) -> Result<RunFolder, InferError> {
         calibration: cal.is_file().then_some(cal),
         patches: data,
         charts,
-        model_sha256: model.is_file().then(|| models::fsutil::sha256_file(&model)).transpose()?,
+        model_sha256: model
+            .is_file()
+            .then(|| models::fsutil::sha256_file(&model))
+            .transpose()?,
     })
 }
 
@@ -244,14 +262,20 @@ fn decide(
                 ));
             }
         }
-        let name = s.operating_point.clone().unwrap_or_else(|| cal.default_operating_point.clone());
+        let name = s
+            .operating_point
+            .clone()
+            .unwrap_or_else(|| cal.default_operating_point.clone());
         let point = cal.operating_points.iter().find(|p| p.name == name).ok_or_else(|| {
             let names: Vec<&str> = cal.operating_points.iter().map(|p| p.name.as_str()).collect();
             crate::bad_input(cp, format!("no operating point {name:?} (it has {})", names.join(", ")))
         })?;
         for i in items.iter_mut() {
             i.p = cal.probability(i.logit);
-            i.decision = i.logit.is_finite().then_some(u8::from(i.logit >= point.threshold_logit));
+            i.decision = i
+                .logit
+                .is_finite()
+                .then_some(u8::from(i.logit >= point.threshold_logit));
         }
         score_name = format!("calibrated probability ({})", cal.method.name());
         op = Some((
@@ -304,7 +328,10 @@ fn join_index(items: &mut [Item], index: &Path, warnings: &mut Vec<String>) -> R
             if a != b {
                 return Err(crate::bad_input(
                     index,
-                    format!("{}: label {b} here, {a} in the scores (files of two data sets?)", it.name),
+                    format!(
+                        "{}: label {b} here, {a} in the scores (files of two data sets?)",
+                        it.name
+                    ),
                 ));
             }
         }
@@ -323,7 +350,9 @@ fn join_index(items: &mut [Item], index: &Path, warnings: &mut Vec<String>) -> R
 fn spacing_of(patches: &Path) -> Option<f64> {
     let t = models::fsutil::read_regular_to_string(&patches.join("prepare.yaml")).ok()?;
     let v: yaml_serde::Value = yaml_serde::from_str(&t).ok()?;
-    v["sampling"]["grid"]["spacing_mm"].as_f64().filter(|x| x.is_finite() && *x > 0.0)
+    v["sampling"]["grid"]["spacing_mm"]
+        .as_f64()
+        .filter(|x| x.is_finite() && *x > 0.0)
 }
 
 /// Reads the inputs and checks the output against them.
@@ -337,7 +366,10 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
         score_name: column_score,
     } = read_scores(&scores_path, s.scans.is_some())?;
     let model_sha = sha.or_else(|| run.as_ref().and_then(|r| r.model_sha256.clone()));
-    let cal = s.calibration.clone().or_else(|| run.as_ref().and_then(|r| r.calibration.clone()));
+    let cal = s
+        .calibration
+        .clone()
+        .or_else(|| run.as_ref().and_then(|r| r.calibration.clone()));
     let patches = s
         .patches
         .clone()
@@ -352,12 +384,19 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
     }
     models::fsutil::create_parent(&s.out)?;
     if let models::fsutil::Target::Stream(_) = io.output("review page", &s.out)? {
-        return Err(crate::bad_input(&s.out, "the review page must be a file (its thumbnails go beside it)"));
+        return Err(crate::bad_input(
+            &s.out,
+            "the review page must be a file (its thumbnails go beside it)",
+        ));
     }
-    models::fsutil::check_replaceable(&s.out, "review page", &|head| head.starts_with(super::page::MAGIC.as_bytes()))?;
+    models::fsutil::check_replaceable(&s.out, "review page", &|head| {
+        head.starts_with(super::page::MAGIC.as_bytes())
+    })?;
     let mut warnings = Vec::new();
     let index = s.index.clone().or_else(|| {
-        let lacking = items.iter().any(|i| i.series.is_none() || i.centre.is_none() || i.label.is_none());
+        let lacking = items
+            .iter()
+            .any(|i| i.series.is_none() || i.centre.is_none() || i.label.is_none());
         patches
             .as_ref()
             .map(|p| p.join("patch_index.csv"))
@@ -373,12 +412,17 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
                 i.path = Some(p.join(&i.name));
             }
         }
-        Some(p) => return Err(crate::bad_input(p, "the patch folder does not exist (give --patches DIR)")),
+        Some(p) => {
+            return Err(crate::bad_input(
+                p,
+                "the patch folder does not exist (give --patches DIR)",
+            ));
+        }
         None => {
             return Err(InferError::Usage(format!(
                 "{}: which folder are the patch names relative to? Give --patches DIR (or --index INDEX; --scans DIR for scores of infer --scans)",
                 scores_path.display()
-            )))
+            )));
         }
     }
     let (op_text, op_short, score_name) = decide(
@@ -391,7 +435,10 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
     if items.iter().all(|i| i.decision.is_none()) {
         warnings.push(format!("operating point: {op_text}"));
     }
-    let name = |p: &Path| p.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = |p: &Path| {
+        p.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    };
     Ok(Source {
         title: match &run {
             Some(_) => format!("Validation patches of run {}", name(&s.scores)),

@@ -215,7 +215,8 @@ pub fn run(s: &GallerySettings) -> Result<GallerySummary, InferError> {
     };
     let bar_mm = made.iter().find_map(|m| m.as_ref().ok().and_then(|t| t.1));
     if src.spacing_mm.is_none() {
-        warnings.push("voxel size unknown (no prepare.yaml in the patch folder): no scale bar; give --spacing-mm".into());
+        warnings
+            .push("voxel size unknown (no prepare.yaml in the patch folder): no scale bar; give --spacing-mm".into());
     }
     let problems: Vec<String> = items
         .iter()
@@ -361,16 +362,36 @@ mod tests {
         let ids: Vec<&str> = s.iter().map(|x| x.id).collect();
         assert_eq!(ids, ["fp", "fn", "borderline", "top", "problems"]);
         let names = |k: usize| -> Vec<&str> { s[k].items.iter().map(|&i| items[i].name.as_str()).collect() };
-        assert_eq!(names(0), ["a", "c", "h"], "FP: highest first, ties by name, NaN left out");
+        assert_eq!(
+            names(0),
+            ["a", "c", "h"],
+            "FP: highest first, ties by name, NaN left out"
+        );
         assert_eq!(names(1), ["e", "d"], "FN: lowest first");
-        assert_eq!(names(2), ["c", "d"], "borderline: lowest called positive, highest called negative");
+        assert_eq!(
+            names(2),
+            ["c", "d"],
+            "borderline: lowest called positive, highest called negative"
+        );
         assert_eq!(names(3), ["a", "b"]);
         assert!(names(4).is_empty(), "problems come from the items' problem");
         // Without labels: borderline and top; without decisions: top only.
-        let unl: Vec<Item> = items.iter().map(|i| Item { label: None, ..i.clone() }).collect();
+        let unl: Vec<Item> = items
+            .iter()
+            .map(|i| Item {
+                label: None,
+                ..i.clone()
+            })
+            .collect();
         let ids: Vec<&str> = sections(&unl, 2, 1, "x").iter().map(|x| x.id).collect();
         assert_eq!(ids, ["borderline", "top", "problems"]);
-        let und: Vec<Item> = items.iter().map(|i| Item { decision: None, ..i.clone() }).collect();
+        let und: Vec<Item> = items
+            .iter()
+            .map(|i| Item {
+                decision: None,
+                ..i.clone()
+            })
+            .collect();
         let ids: Vec<&str> = sections(&und, 2, 1, "x").iter().map(|x| x.id).collect();
         assert_eq!(ids, ["top", "problems"]);
     }

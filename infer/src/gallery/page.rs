@@ -214,11 +214,7 @@ fn write_thumb(p: &Path, png: &[u8]) -> Result<(), InferError> {
 /// After the page is written: removes the thumbnails of earlier pages that this one does
 /// not show (only `t_*.png` files; anything else in the folder is left).
 pub(super) fn remove_unused_thumbs(dir: &Path, urls: &[Option<String>]) {
-    let keep: HashSet<&str> = urls
-        .iter()
-        .flatten()
-        .filter_map(|u| u.rsplit('/').next())
-        .collect();
+    let keep: HashSet<&str> = urls.iter().flatten().filter_map(|u| u.rsplit('/').next()).collect();
     // fsutil-exempt: listing our own thumbnails' folder to remove what no page names.
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -243,7 +239,10 @@ mod tests {
         assert!(!s.contains('<') && !s.contains('>') && !s.contains('&') && !s.contains('\u{2028}'));
         let back: Value = serde_json::from_str(&s).expect("still JSON");
         assert_eq!(back, v);
-        assert_eq!(escape_html("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            escape_html("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
         assert_eq!(url_segment("my review#1?"), "my%20review%231%3F");
     }
 }

@@ -11,9 +11,15 @@ fn flags(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (i, _) in text.match_indices("--") {
         let rest = &text[i + 2..];
-        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
         let before = text[..i].chars().last();
-        if !name.is_empty() && name.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && before.is_none_or(|c| !c.is_alphanumeric()) {
+        if !name.is_empty()
+            && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && before.is_none_or(|c| !c.is_alphanumeric())
+        {
             out.insert(format!("--{name}"));
         }
     }
@@ -63,7 +69,11 @@ fn synopses(doc: &str, bin: &str, subs: &[String]) -> BTreeMap<String, String> {
         }
         if let Some(rest) = l.strip_prefix(&format!("{bin} ")) {
             let first = rest.split_whitespace().next().unwrap_or("");
-            let key = if subs.iter().any(|s| s == first) { format!("{bin} {first}") } else { bin.to_string() };
+            let key = if subs.iter().any(|s| s == first) {
+                format!("{bin} {first}")
+            } else {
+                bin.to_string()
+            };
             let text = l.split("  #").next().unwrap_or(l);
             out.entry(key.clone()).or_default().push_str(&format!(" {text}"));
             current = Some(key);
@@ -102,7 +112,10 @@ fn help_options(help: &str) -> BTreeMap<String, Option<String>> {
 /// Whether a synopsis names an option, by its long or its short form.
 fn names(line: &str, long: &str, short: Option<&String>) -> bool {
     flags(line).contains(long)
-        || short.is_some_and(|s| line.split(|c: char| c.is_whitespace() || "[]()|".contains(c)).any(|w| w == s))
+        || short.is_some_and(|s| {
+            line.split(|c: char| c.is_whitespace() || "[]()|".contains(c))
+                .any(|w| w == s)
+        })
 }
 
 #[test]
@@ -142,7 +155,9 @@ fn every_synopsis_names_the_flags_help_lists_and_no_others() {
                 problems.push(format!("{doc}: `{cmd}` synopsis lacks {missing:?} (in --help)"));
             }
             if !unknown.is_empty() {
-                problems.push(format!("{doc}: `{cmd}` synopsis names {unknown:?}, which --help does not list"));
+                problems.push(format!(
+                    "{doc}: `{cmd}` synopsis names {unknown:?}, which --help does not list"
+                ));
             }
         }
     }
@@ -175,7 +190,9 @@ fn the_library_search_order_is_stated_once() {
     };
     let sorted = |v: &[usize]| v.windows(2).all(|w| w[0] < w[1]);
     let doc = std::fs::read_to_string(workspace().join("docs/infer.md")).expect("doc");
-    let at = doc.find("ONNX Runtime is found in this order").expect("the docs state the order");
+    let at = doc
+        .find("ONNX Runtime is found in this order")
+        .expect("the docs state the order");
     assert!(sorted(&order(&doc[at..at + 400])), "docs/infer.md");
     let src = std::fs::read_to_string(workspace().join("scorer/src/runtime.rs")).expect("runtime.rs");
     let body = &src[src.find("pub fn locate").expect("locate")..];
@@ -184,7 +201,11 @@ fn the_library_search_order_is_stated_once() {
         code("current_exe") < code("ORT_ENV") && code("ORT_ENV") < code("venv_dirs"),
         "the scorer searches beside the binary, then the variable, then the venv"
     );
-    for (bin, args) in [("infer", vec!["--help"]), ("trainer", vec!["train", "--help"]), ("calibrate", vec!["--help"])] {
+    for (bin, args) in [
+        ("infer", vec!["--help"]),
+        ("trainer", vec!["train", "--help"]),
+        ("calibrate", vec!["--help"]),
+    ] {
         let help = run_ok(bin, &args).stdout;
         let at = help.find("--ort-lib").expect("--ort-lib");
         let text: String = help[at..].chars().take(300).collect();

@@ -16,12 +16,25 @@ use crate::fixture::fixture;
 fn dom(page: &Path, hash: &str) -> String {
     let chromium = ["chromium", "chromium-browser"]
         .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-        .expect("headless Chromium is needed for the review page's tests: scripts/install-chromium (Debian's chromium)");
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect(
+            "headless Chromium is needed for the review page's tests: scripts/install-chromium (Debian's chromium)",
+        );
     let profile = tempfile::tempdir().expect("tmp");
     let url = format!("file://{}#{hash}", std::fs::canonicalize(page).expect("page").display());
     let o = Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "--virtual-time-budget=10000"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+            "--virtual-time-budget=10000",
+        ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(&url)
         .output()
@@ -89,7 +102,10 @@ fn section_count(dom: &str, id: &str) -> usize {
 }
 
 fn table_rows(dom: &str) -> Vec<String> {
-    tags(dom, "tr", "data-name=").iter().map(|t| attr(t, "data-name").expect("name")).collect()
+    tags(dom, "tr", "data-name=")
+        .iter()
+        .map(|t| attr(t, "data-name").expect("name"))
+        .collect()
 }
 
 /// One scored patch as the CSV says.
@@ -134,13 +150,23 @@ fn expected(rows: &[Row], top: usize, borderline: usize) -> HashMap<String, Vec<
     };
     let pick = |f: &dyn Fn(&Row) -> bool| ok.iter().copied().filter(|r| f(r)).collect::<Vec<_>>();
     let mut m = HashMap::new();
-    m.insert("fp".into(), order(pick(&|r| r.label == Some(0) && r.decision == Some(1)), true));
-    m.insert("fn".into(), order(pick(&|r| r.label == Some(1) && r.decision == Some(0)), false));
+    m.insert(
+        "fp".into(),
+        order(pick(&|r| r.label == Some(0) && r.decision == Some(1)), true),
+    );
+    m.insert(
+        "fn".into(),
+        order(pick(&|r| r.label == Some(1) && r.decision == Some(0)), false),
+    );
     let mut below = order(pick(&|r| r.decision == Some(0)), true);
     below.truncate(borderline);
     let mut above = order(pick(&|r| r.decision == Some(1)), false);
     above.truncate(borderline);
-    let chosen: Vec<&Row> = ok.iter().copied().filter(|r| below.contains(&r.name) || above.contains(&r.name)).collect();
+    let chosen: Vec<&Row> = ok
+        .iter()
+        .copied()
+        .filter(|r| below.contains(&r.name) || above.contains(&r.name))
+        .collect();
     m.insert("borderline".into(), order(chosen, true));
     let mut t = order(ok.clone(), true);
     t.truncate(top);
@@ -154,7 +180,17 @@ fn calibrated_scores(w: &Path) -> PathBuf {
     let cal = w.join("cal/calibration.yaml");
     run_ok(
         "calibrate",
-        &[s(&f.run), "--bootstrap", "0", "--method", "platt", "--no-report", "--no-bake", "-o", s(&cal)],
+        &[
+            s(&f.run),
+            "--bootstrap",
+            "0",
+            "--method",
+            "platt",
+            "--no-report",
+            "--no-bake",
+            "-o",
+            s(&cal),
+        ],
     );
     score_fixture(w, &cal, "csv", "scores.csv")
 }
@@ -192,12 +228,30 @@ fn each_section_shows_what_the_scores_say_and_the_table_sorts_and_filters() {
     let page = w.join("site/review.html");
     let r = run_ok(
         "infer",
-        &["gallery", s(&scores), "--patches", s(&f.patches), "-o", s(&page), "--top", "10", "--borderline", "4"],
+        &[
+            "gallery",
+            s(&scores),
+            "--patches",
+            s(&f.patches),
+            "-o",
+            s(&page),
+            "--top",
+            "10",
+            "--borderline",
+            "4",
+        ],
     );
-    assert!(r.stdout.contains("wrote") && r.stdout.contains("80 patches"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("wrote") && r.stdout.contains("80 patches"),
+        "{}",
+        r.stdout
+    );
     let rows = rows_of(&scores);
     let want = expected(&rows, 10, 4);
-    assert!(!want["fp"].is_empty() || !want["fn"].is_empty(), "a fixture with errors to show");
+    assert!(
+        !want["fp"].is_empty() || !want["fn"].is_empty(),
+        "a fixture with errors to show"
+    );
 
     // Every card of every section (#all: no paging), in order.
     let full = dom(&page, "all");
@@ -216,7 +270,10 @@ fn each_section_shows_what_the_scores_say_and_the_table_sorts_and_filters() {
         assert!(page.with_file_name(&src).is_file(), "{src}");
     }
     let html = std::fs::read_to_string(&page).expect("page");
-    assert!(!html.contains("http://") && !html.contains("https://"), "the page names no network address");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page names no network address"
+    );
 
     // Paged: the first page of a section only, the count still the whole.
     let paged = dom(&page, "");
@@ -243,17 +300,46 @@ fn each_section_shows_what_the_scores_say_and_the_table_sorts_and_filters() {
     // The same scores as JSONL: the same sections.
     let jsonl = score_fixture(w, &w.join("cal/calibration.yaml"), "jsonl", "scores.jsonl");
     let pj = w.join("j/review.html");
-    run_ok("infer", &["gallery", s(&jsonl), "--patches", s(&f.patches), "-o", s(&pj), "--top", "10", "--borderline", "4"]);
+    run_ok(
+        "infer",
+        &[
+            "gallery",
+            s(&jsonl),
+            "--patches",
+            s(&f.patches),
+            "-o",
+            s(&pj),
+            "--top",
+            "10",
+            "--borderline",
+            "4",
+        ],
+    );
     let shown_j = sections_shown(&dom(&pj, "all"));
     for id in ["fp", "fn", "borderline", "top"] {
-        assert_eq!(shown_j.get(id).cloned().unwrap_or_default(), want[id], "jsonl: section {id}");
+        assert_eq!(
+            shown_j.get(id).cloned().unwrap_or_default(),
+            want[id],
+            "jsonl: section {id}"
+        );
     }
 
     // --threshold instead of the scores' decisions: the sections follow it.
     let page2 = w.join("t.html");
     run_ok(
         "infer",
-        &["gallery", s(&scores), "--patches", s(&f.patches), "-o", s(&page2), "--threshold", "0.6", "--thumbnails", "embed"],
+        &[
+            "gallery",
+            s(&scores),
+            "--patches",
+            s(&f.patches),
+            "-o",
+            s(&page2),
+            "--threshold",
+            "0.6",
+            "--thumbnails",
+            "embed",
+        ],
     );
     assert!(!w.join("t_thumbs").exists(), "embedded: no folder");
     let rows2: Vec<Row> = rows
@@ -267,15 +353,24 @@ fn each_section_shows_what_the_scores_say_and_the_table_sorts_and_filters() {
     let dom2 = dom(&page2, "all");
     let shown2 = sections_shown(&dom2);
     for id in ["fp", "fn", "borderline", "top"] {
-        assert_eq!(shown2.get(id).cloned().unwrap_or_default(), want2[id], "threshold: section {id}");
+        assert_eq!(
+            shown2.get(id).cloned().unwrap_or_default(),
+            want2[id],
+            "threshold: section {id}"
+        );
     }
-    assert!(tags(&dom2, "img", "mid-slices").iter().all(|t| attr(t, "src").is_some_and(|s| s.starts_with("data:image/png;base64,"))));
+    assert!(tags(&dom2, "img", "mid-slices")
+        .iter()
+        .all(|t| attr(t, "src").is_some_and(|s| s.starts_with("data:image/png;base64,"))));
 
     // A rerun over fewer patches: its page names only files that exist; the others go.
     let few = w.join("few.csv");
     let text = std::fs::read_to_string(&scores).expect("scores");
     std::fs::write(&few, text.lines().take(6).collect::<Vec<_>>().join("\n") + "\n").expect("w");
-    run_ok("infer", &["gallery", s(&few), "--patches", s(&f.patches), "-o", s(&page)]);
+    run_ok(
+        "infer",
+        &["gallery", s(&few), "--patches", s(&f.patches), "-o", s(&page)],
+    );
     let left = std::fs::read_dir(w.join("site/review_thumbs")).expect("thumbs").count();
     assert!(left <= 5, "{left} thumbnails left for 5 patches");
     for t in tags(&dom(&page, "all"), "img", "mid-slices") {
@@ -313,7 +408,8 @@ fn hostile_names_are_text_missing_patches_and_nan_scores_are_reported() {
         std::fs::copy(from, patches.join(n)).expect("copy");
     }
     let mut csv = csv::Writer::from_writer(Vec::new());
-    csv.write_record(["patch_file", "seriesuid", "label", "logit", "probability"]).expect("w");
+    csv.write_record(["patch_file", "seriesuid", "label", "logit", "probability"])
+        .expect("w");
     let series = "s<script>document.title='PWNED'</script>";
     let rows = [
         (names[0].as_str(), series, "0", "2.0", "0.88"),
@@ -330,7 +426,16 @@ fn hostile_names_are_text_missing_patches_and_nan_scores_are_reported() {
     let page = w.join("review.html");
     let r = run_ok(
         "infer",
-        &["gallery", s(&scores), "--patches", s(&patches), "-o", s(&page), "--threshold", "0.5"],
+        &[
+            "gallery",
+            s(&scores),
+            "--patches",
+            s(&patches),
+            "-o",
+            s(&page),
+            "--threshold",
+            "0.5",
+        ],
     );
     assert!(
         r.stderr.contains("gone.npy") && r.stderr.contains("ok.npy") && r.stderr.contains("not a number"),
@@ -338,9 +443,16 @@ fn hostile_names_are_text_missing_patches_and_nan_scores_are_reported() {
         r.stderr
     );
     let dom = dom(&page, "all");
-    assert!(dom.contains("<title>Review of scores.csv</title>"), "the title was changed");
+    assert!(
+        dom.contains("<title>Review of scores.csv</title>"),
+        "the title was changed"
+    );
     assert!(!dom.contains("PWNED</title>"));
-    assert_eq!(dom.matches("<script").count(), 2, "no script element but the page's own two");
+    assert_eq!(
+        dom.matches("<script").count(),
+        2,
+        "no script element but the page's own two"
+    );
     assert!(!dom.contains("<img src=\"q\""), "no element made from a name");
     let shown = sections_shown(&dom);
     // Labelled, threshold 0.5: FP = the two label-0 patches at p >= 0.5 (highest first);
@@ -351,25 +463,51 @@ fn hostile_names_are_text_missing_patches_and_nan_scores_are_reported() {
     problems.sort();
     assert_eq!(problems, ["gone.npy", "ok.npy"]);
     assert!(!shown["top"].contains(&names[3]), "a NaN score is in no ranking");
-    assert!(shown["top"].contains(&"gone.npy".to_string()), "a missing file keeps its score");
+    assert!(
+        shown["top"].contains(&"gone.npy".to_string()),
+        "a missing file keeps its score"
+    );
     // The series is shown as text.
-    assert!(dom.contains(&series.replace('<', "&lt;").replace('>', "&gt;")), "series as text");
+    assert!(
+        dom.contains(&series.replace('<', "&lt;").replace('>', "&gt;")),
+        "series as text"
+    );
 
     // Outputs that point at inputs, and a file that is not a page of ours, are refused.
-    let e = run("infer", &["gallery", s(&scores), "--patches", s(&patches), "-o", s(&scores)]);
+    let e = run(
+        "infer",
+        &["gallery", s(&scores), "--patches", s(&patches), "-o", s(&scores)],
+    );
     assert!(!e.ok && e.stderr.contains("input"), "{}", e.stderr);
     let other = w.join("notes.html");
     std::fs::write(&other, "<html>my notes</html>").expect("w");
-    let e = run("infer", &["gallery", s(&scores), "--patches", s(&patches), "-o", s(&other)]);
+    let e = run(
+        "infer",
+        &["gallery", s(&scores), "--patches", s(&patches), "-o", s(&other)],
+    );
     assert!(!e.ok && e.stderr.contains("not replaced"), "{}", e.stderr);
     assert_eq!(std::fs::read_to_string(&other).expect("r"), "<html>my notes</html>");
     let e = run("infer", &["gallery", s(&scores), "-o", s(&w.join("r2.html"))]);
     assert!(!e.ok && e.stderr.contains("--patches"), "{}", e.stderr);
     let e = run(
         "infer",
-        &["gallery", s(&scores), "--patches", s(&patches), "--threshold", "2", "--spacing-mm=-1", "-o", s(&w.join("r3.html"))],
+        &[
+            "gallery",
+            s(&scores),
+            "--patches",
+            s(&patches),
+            "--threshold",
+            "2",
+            "--spacing-mm=-1",
+            "-o",
+            s(&w.join("r3.html")),
+        ],
     );
-    assert!(!e.ok && e.stderr.contains("--threshold 2") && e.stderr.contains("--spacing-mm -1"), "{}", e.stderr);
+    assert!(
+        !e.ok && e.stderr.contains("--threshold 2") && e.stderr.contains("--spacing-mm -1"),
+        "{}",
+        e.stderr
+    );
 }
 
 #[test]
@@ -397,7 +535,11 @@ fn a_run_folder_page_shows_its_validation_patches_and_charts() {
     got.sort();
     assert_eq!(got, want, "every validation patch in the table");
     assert!(dom.contains("Validation patches of run"), "title");
-    for chart in ["Training curves", "Reliability (calibration)", "ROC with the operating points"] {
+    for chart in [
+        "Training curves",
+        "Reliability (calibration)",
+        "ROC with the operating points",
+    ] {
         assert_eq!(tags(&dom, "img", &format!("alt=\"{chart}\"")).len(), 1, "chart {chart}");
     }
     // The run's calibration decides: FP and FN as its default operating point calls them.
@@ -430,7 +572,10 @@ fn a_run_folder_page_shows_its_validation_patches_and_charts() {
     for id in ["fp", "fn"] {
         assert_eq!(shown.get(id).cloned().unwrap_or_default(), want[id], "section {id}");
     }
-    assert!(dom.contains(point["name"].as_str().expect("name")), "the operating point named");
+    assert!(
+        dom.contains(point["name"].as_str().expect("name")),
+        "the operating point named"
+    );
     assert_eq!(section_count(&dom, "problems"), 0);
 }
 
@@ -480,9 +625,24 @@ fn candidates_scored_from_scans_are_cut_from_them() {
     let page = w.join("scans.html");
     let r = run_ok(
         "infer",
-        &["gallery", s(&scores), "--scans", s(&slab), "--scan-format", "metaimage", "--threshold", "0.5", "-o", s(&page)],
+        &[
+            "gallery",
+            s(&scores),
+            "--scans",
+            s(&slab),
+            "--scan-format",
+            "metaimage",
+            "--threshold",
+            "0.5",
+            "-o",
+            s(&page),
+        ],
     );
-    assert!(r.stderr.contains("1.2.3@0,0,0") && r.stderr.contains("no scan of series 1.2.3"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("1.2.3@0,0,0") && r.stderr.contains("no scan of series 1.2.3"),
+        "{}",
+        r.stderr
+    );
     let dom = dom(&page, "all");
     assert_eq!(table_rows(&dom).len(), 5);
     assert_eq!(sections_shown(&dom)["problems"], ["1.2.3@0,0,0"]);
@@ -515,7 +675,17 @@ fn candidates_scored_from_scans_are_cut_from_them() {
     }
     std::fs::write(w.join("prep_scores.csv"), pscores).expect("w");
     let page2 = w.join("prep.html");
-    run_ok("infer", &["gallery", s(&w.join("prep_scores.csv")), "--patches", s(&w.join("prep")), "-o", s(&page2)]);
+    run_ok(
+        "infer",
+        &[
+            "gallery",
+            s(&w.join("prep_scores.csv")),
+            "--patches",
+            s(&w.join("prep")),
+            "-o",
+            s(&page2),
+        ],
+    );
     let names = |dir: &Path| {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .expect("thumbs")
