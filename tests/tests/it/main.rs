@@ -18,6 +18,7 @@ mod import;
 mod linking;
 mod mlflow;
 mod prepare;
+mod readme;
 mod regression;
 mod scoring;
 mod setup;
