@@ -335,6 +335,22 @@ impl TrainConfig {
     /// Checks values, reporting every problem at once.
     pub fn validate(&self) -> Result<()> {
         let mut p = Vec::new();
+        self.check_model(&mut p);
+        self.check_split(&mut p);
+        self.check_train(&mut p);
+        self.check_augment(&mut p);
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(TrainError::Config(format!(
+                "invalid training config:\n  {}",
+                p.join("\n  ")
+            )))
+        }
+    }
+
+    /// The preprocessing, and the architecture against its cube.
+    fn check_model(&self, p: &mut Vec<String>) {
         let pre_ok = match self.preprocess.validate() {
             Ok(()) => true,
             Err(e) => {
@@ -351,6 +367,10 @@ impl TrainConfig {
             }
             Ok(_) => {}
         }
+    }
+
+    /// `split`.
+    fn check_split(&self, p: &mut Vec<String>) {
         if self.split.folds == 1 || self.split.folds > 100 {
             p.push(format!(
                 "split.folds must be 0 (single split) or 2 to 100, got {}",
@@ -368,6 +388,10 @@ impl TrainConfig {
                 self.split.val_fraction
             ));
         }
+    }
+
+    /// `train`'s optimisation, device and threads.
+    fn check_train(&self, p: &mut Vec<String>) {
         let t = &self.train;
         if let Err(e) = models::cli::check_threads("train.threads", t.threads) {
             p.push(e);
@@ -409,6 +433,20 @@ impl TrainConfig {
         if !(0.0..=10.0).contains(&t.focal_gamma) {
             p.push(format!("train.focal_gamma must be in [0, 10], got {}", t.focal_gamma));
         }
+        if t.warmup_epochs >= t.epochs && t.epochs > 1 {
+            p.push(format!(
+                "train.warmup_epochs ({}) must be below train.epochs ({})",
+                t.warmup_epochs, t.epochs
+            ));
+        }
+        if crate::parse_device(&t.device).is_err() {
+            p.push(format!("train.device `{}` is not auto, cpu, cuda or cuda:N", t.device));
+        }
+    }
+
+    /// `train.augment`, against the cube.
+    fn check_augment(&self, p: &mut Vec<String>) {
+        let t = &self.train;
         let a = &t.augment;
         let half = self.preprocess.cube_size / 2;
         if a.jitter_voxels >= half.max(1) {
@@ -428,23 +466,6 @@ impl TrainConfig {
                 "train.augment.intensity_shift must be in [0, 1] (on the preprocessed scale), got {}",
                 a.intensity_shift
             ));
-        }
-        if t.warmup_epochs >= t.epochs && t.epochs > 1 {
-            p.push(format!(
-                "train.warmup_epochs ({}) must be below train.epochs ({})",
-                t.warmup_epochs, t.epochs
-            ));
-        }
-        if crate::parse_device(&t.device).is_err() {
-            p.push(format!("train.device `{}` is not auto, cpu, cuda or cuda:N", t.device));
-        }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(TrainError::Config(format!(
-                "invalid training config:\n  {}",
-                p.join("\n  ")
-            )))
         }
     }
 
