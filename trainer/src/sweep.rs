@@ -142,94 +142,14 @@ pub fn plan(path: &Path) -> Result<Plan> {
     let text = models::fsutil::read_regular_to_string(path)?;
     let f: SweepFile = yaml_serde::from_str(&text).map_err(|e| cfg_err(path, format!("invalid sweep file: {e}")))?;
     let here = path.parent().unwrap_or(Path::new("."));
-    let base: Value = match (&f.base, &f.config) {
-        (Some(b), None) => {
-            let p = here.join(b);
-            let mut v: Value = yaml_serde::from_str(&models::fsutil::read_regular_to_string(&p)?)
-                .map_err(|e| cfg_err(&p, format!("invalid training config: {e}")))?;
-            rebase_spec(
-                v.get_mut("model").and_then(|m| m.get_mut("spec")),
-                p.parent().unwrap_or(here),
-            );
-            v
-        }
-        (None, Some(v)) => {
-            let mut v = v.clone();
-            rebase_spec(v.get_mut("model").and_then(|m| m.get_mut("spec")), here);
-            v
-        }
-        _ => {
-            return Err(cfg_err(
-                path,
-                "give the base config as `base: FILE` or `config:` inline, one of them",
-            ))
-        }
-    };
+    let base = base_config(&f, path, here)?;
     if !(2..=100).contains(&f.folds) {
         return Err(cfg_err(path, format!("folds must be from 2 to 100, got {}", f.folds)));
     }
-    if !f.grid.is_empty() && !f.cells.is_empty() {
-        return Err(cfg_err(path, "give `grid:` or `cells:`, not both"));
-    }
-    // The number of configurations, counted before any is made: a grid of a few lines can
-    // name more combinations than memory holds.
-    let combos = f
-        .grid
-        .values()
-        .try_fold(if f.grid.is_empty() { 0usize } else { 1 }, |n, v| {
-            n.checked_mul(v.len())
-        });
-    let total = combos.and_then(|n| n.checked_add(f.cells.len() + 1));
-    if total.is_none_or(|t| t > MAX_CONFIGURATIONS) {
-        return Err(cfg_err(
-            path,
-            format!(
-                "{} configurations: at most {MAX_CONFIGURATIONS}",
-                total.map_or_else(|| "more than 2^64".to_string(), |t| t.to_string())
-            ),
-        ));
-    }
-    let mut overrides: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
-    if !f.grid.is_empty() {
-        let mut combos: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
-        for (k, values) in &f.grid {
-            if values.is_empty() {
-                return Err(cfg_err(path, format!("grid key {k} has no values")));
-            }
-            combos = combos
-                .iter()
-                .flat_map(|c| {
-                    values.iter().map(move |v| {
-                        let mut c = c.clone();
-                        c.insert(k.clone(), v.clone());
-                        c
-                    })
-                })
-                .collect();
-        }
-        overrides.extend(combos);
-    }
-    overrides.extend(f.cells.iter().cloned());
     let mut cells: Vec<Cell> = Vec::new();
-    for o in overrides {
-        let mut v = base.clone();
-        for (k, val) in &o {
-            let mut val = val.clone();
-            if k == "model.spec" {
-                rebase_spec(Some(&mut val), here);
-            }
-            set(&mut v, k, val).map_err(|e| cfg_err(path, e))?;
-        }
-        set(&mut v, "split.folds", Value::from(f.folds as u64)).map_err(|e| cfg_err(path, e))?;
-        set(&mut v, "out", Value::String(f.out.to_string_lossy().into_owned())).map_err(|e| cfg_err(path, e))?;
+    for o in overrides(&f, path)? {
         let lbl = label(&o);
-        let mut c: TrainConfig =
-            yaml_serde::from_value(v).map_err(|e| cfg_err(path, format!("configuration {lbl}: {e}")))?;
-        // Paths were made relative to the working folder above (rebase_spec).
-        c.model
-            .resolve_spec(Path::new(""))
-            .and_then(|()| c.validate())
-            .map_err(|e| cfg_err(path, format!("configuration {lbl}: {e}")))?;
+        let mut c = cell_config(&f, &base, &o, path, here)?;
         let index = cells.len();
         c.out = f.out.join(format!("cell_{index:02}"));
         // A combination equal to an earlier configuration (but for its folder) runs once.
@@ -254,6 +174,108 @@ pub fn plan(path: &Path) -> Result<Plan> {
         folds: f.folds,
         cells,
     })
+}
+
+/// The base config, from `base: FILE` (relative to the sweep file) or `config:` inline, its
+/// spec path made relative to the working folder.
+fn base_config(f: &SweepFile, path: &Path, here: &Path) -> Result<Value> {
+    match (&f.base, &f.config) {
+        (Some(b), None) => {
+            let p = here.join(b);
+            let mut v: Value = yaml_serde::from_str(&models::fsutil::read_regular_to_string(&p)?)
+                .map_err(|e| cfg_err(&p, format!("invalid training config: {e}")))?;
+            rebase_spec(
+                v.get_mut("model").and_then(|m| m.get_mut("spec")),
+                p.parent().unwrap_or(here),
+            );
+            Ok(v)
+        }
+        (None, Some(v)) => {
+            let mut v = v.clone();
+            rebase_spec(v.get_mut("model").and_then(|m| m.get_mut("spec")), here);
+            Ok(v)
+        }
+        _ => Err(cfg_err(
+            path,
+            "give the base config as `base: FILE` or `config:` inline, one of them",
+        )),
+    }
+}
+
+/// Every configuration's overrides: the base's (none), the grid's combinations in order,
+/// then the listed cells. Their number is counted before any is made: a grid of a few
+/// lines can name more combinations than memory holds.
+fn overrides(f: &SweepFile, path: &Path) -> Result<Vec<BTreeMap<String, Value>>> {
+    if !f.grid.is_empty() && !f.cells.is_empty() {
+        return Err(cfg_err(path, "give `grid:` or `cells:`, not both"));
+    }
+    let combos = f
+        .grid
+        .values()
+        .try_fold(if f.grid.is_empty() { 0usize } else { 1 }, |n, v| {
+            n.checked_mul(v.len())
+        });
+    let total = combos.and_then(|n| n.checked_add(f.cells.len() + 1));
+    if total.is_none_or(|t| t > MAX_CONFIGURATIONS) {
+        return Err(cfg_err(
+            path,
+            format!(
+                "{} configurations: at most {MAX_CONFIGURATIONS}",
+                total.map_or_else(|| "more than 2^64".to_string(), |t| t.to_string())
+            ),
+        ));
+    }
+    let mut out: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
+    if !f.grid.is_empty() {
+        let mut combos: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
+        for (k, values) in &f.grid {
+            if values.is_empty() {
+                return Err(cfg_err(path, format!("grid key {k} has no values")));
+            }
+            combos = combos
+                .iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.insert(k.clone(), v.clone());
+                        c
+                    })
+                })
+                .collect();
+        }
+        out.extend(combos);
+    }
+    out.extend(f.cells.iter().cloned());
+    Ok(out)
+}
+
+/// One configuration: the base with its overrides, the sweep's folds and folder, checked.
+fn cell_config(
+    f: &SweepFile,
+    base: &Value,
+    o: &BTreeMap<String, Value>,
+    path: &Path,
+    here: &Path,
+) -> Result<TrainConfig> {
+    let mut v = base.clone();
+    for (k, val) in o {
+        let mut val = val.clone();
+        if k == "model.spec" {
+            rebase_spec(Some(&mut val), here);
+        }
+        set(&mut v, k, val).map_err(|e| cfg_err(path, e))?;
+    }
+    set(&mut v, "split.folds", Value::from(f.folds as u64)).map_err(|e| cfg_err(path, e))?;
+    set(&mut v, "out", Value::String(f.out.to_string_lossy().into_owned())).map_err(|e| cfg_err(path, e))?;
+    let lbl = label(o);
+    let mut c: TrainConfig =
+        yaml_serde::from_value(v).map_err(|e| cfg_err(path, format!("configuration {lbl}: {e}")))?;
+    // Paths were made relative to the working folder above (rebase_spec).
+    c.model
+        .resolve_spec(Path::new(""))
+        .and_then(|()| c.validate())
+        .map_err(|e| cfg_err(path, format!("configuration {lbl}: {e}")))?;
+    Ok(c)
 }
 
 /// A `model.spec` file path, relative to the file that gave it, made relative to the
