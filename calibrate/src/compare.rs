@@ -249,16 +249,7 @@ fn boot_diff(point: f64, v: Vec<f64>) -> Option<BootDiff> {
 
 /// Compares the models (see the module documentation).
 pub fn compare(s: &CompareSettings) -> Result<Comparison, CalError> {
-    if s.scores.len() < 2 {
-        return Err(CalError::Usage("compare needs two or more scores files".into()));
-    }
-    if !(s.specificity > 0.0 && s.specificity < 1.0) {
-        return Err(CalError::Usage(format!(
-            "--specificity must be in (0, 1), got {}",
-            s.specificity
-        )));
-    }
-    crate::check_bootstrap(s.bootstrap)?;
+    check_settings(s)?;
     let tables = s
         .scores
         .iter()
@@ -275,31 +266,80 @@ pub fn compare(s: &CompareSettings) -> Result<Comparison, CalError> {
         })
         .collect();
     let y = &tables[0].labels;
-    let n = y.len();
-    let all: Vec<usize> = (0..n).collect();
-    let z95 = z_for(0.95);
-    let mut models = Vec::new();
-    for (t, name) in tables.iter().zip(&names) {
-        let (auc, se) = auroc_delong(&t.logits, y)
-            .ok_or_else(|| input_err(&t.source, "an AUROC needs at least two patches of each class".into()))?;
-        let (sens, thr) = sensitivity_at_specificity(&t.logits, y, s.specificity);
-        models.push(ModelStats {
-            name: name.clone(),
-            path: t.source.clone(),
-            auroc: auc,
-            auroc_delong_ci95: [(auc - z95 * se).max(0.0), (auc + z95 * se).min(1.0)],
-            auprc: average_precision(&t.logits, y),
-            sensitivity_at_specificity: sens,
-            threshold_logit: thr,
-        });
+    let models = tables
+        .iter()
+        .zip(&names)
+        .map(|(t, name)| model_stats(t, name, y, s.specificity))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (resamples, series) = paired_bootstrap(&tables, s);
+    let used: Vec<&Vec<[f64; 3]>> = resamples.iter().flatten().collect();
+    let pairs = (1..tables.len())
+        .map(|k| pair_stats(&tables, &models, k, &used, s.specificity))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cpm = match &s.luna16 {
+        Some(l) => Some(compare_cpm(s, l, &tables)?),
+        None => None,
+    };
+    Ok(Comparison {
+        cpm,
+        patches: y.len(),
+        positives: y.iter().filter(|&&l| l == 1).count(),
+        series,
+        specificity: s.specificity,
+        bootstrap: s.bootstrap,
+        bootstrap_used: used.len(),
+        models,
+        pairs,
+    })
+}
+
+/// Every bad setting of a comparison, in one error.
+fn check_settings(s: &CompareSettings) -> Result<(), CalError> {
+    let mut bad = Vec::new();
+    if s.scores.len() < 2 {
+        bad.push("compare needs two or more scores files".to_string());
     }
-    // The series-level paired bootstrap: the same resampled series for every model.
+    if !(s.specificity > 0.0 && s.specificity < 1.0) {
+        bad.push(format!("--specificity must be in (0, 1), got {}", s.specificity));
+    }
+    if let Err(e) = crate::check_bootstrap(s.bootstrap) {
+        bad.push(e.to_string());
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(CalError::Usage(bad.join("; ")))
+    }
+}
+
+/// One model's figures: AUROC with DeLong's interval, average precision, the sensitivity
+/// at the fixed specificity and its threshold.
+fn model_stats(t: &ScoreTable, name: &str, y: &[u8], specificity: f64) -> Result<ModelStats, CalError> {
+    let z95 = z_for(0.95);
+    let (auc, se) = auroc_delong(&t.logits, y)
+        .ok_or_else(|| input_err(&t.source, "an AUROC needs at least two patches of each class".into()))?;
+    let (sens, thr) = sensitivity_at_specificity(&t.logits, y, specificity);
+    Ok(ModelStats {
+        name: name.to_string(),
+        path: t.source.clone(),
+        auroc: auc,
+        auroc_delong_ci95: [(auc - z95 * se).max(0.0), (auc + z95 * se).min(1.0)],
+        auprc: average_precision(&t.logits, y),
+        sensitivity_at_specificity: sens,
+        threshold_logit: thr,
+    })
+}
+
+/// The series-level paired bootstrap: the same resampled series for every model; each
+/// resample's (AUROC, AP, sensitivity) per model (`None` where a resample lacks a class).
+/// Also the number of series.
+fn paired_bootstrap(tables: &[ScoreTable], s: &CompareSettings) -> (Vec<Option<Vec<[f64; 3]>>>, usize) {
     let mut by_series: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, u) in tables[0].seriesuid.iter().enumerate() {
         by_series.entry(u.as_str()).or_default().push(i);
     }
     let groups: Vec<&Vec<usize>> = by_series.values().collect();
-    let resamples: Vec<Option<Vec<[f64; 3]>>> = (0..s.bootstrap)
+    let resamples = (0..s.bootstrap)
         .into_par_iter()
         .map(|r| {
             let mut rng = StdRng::seed_from_u64(s.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(r as u64));
@@ -309,64 +349,56 @@ pub fn compare(s: &CompareSettings) -> Result<Comparison, CalError> {
             tables.iter().map(|t| stats_on(t, &rows, s.specificity)).collect()
         })
         .collect();
-    let used: Vec<&Vec<[f64; 3]>> = resamples.iter().flatten().collect();
+    (resamples, groups.len())
+}
+
+/// Model `k` against the reference (model 0): paired DeLong, the bootstrap differences, and
+/// McNemar's tests at the fixed specificity and at the models' own decisions.
+fn pair_stats(
+    tables: &[ScoreTable],
+    models: &[ModelStats],
+    k: usize,
+    used: &[&Vec<[f64; 3]>],
+    specificity: f64,
+) -> Result<PairStats, CalError> {
+    let (r, t) = (&tables[0], &tables[k]);
+    let y = &r.labels;
+    let z95 = z_for(0.95);
+    let (diff, se, p) = paired_delong(&r.logits, &t.logits, y)
+        .ok_or_else(|| input_err(&t.source, "the paired DeLong test needs two patches of each class".into()))?;
+    let all: Vec<usize> = (0..y.len()).collect();
+    let ref_point = stats_on(r, &all, specificity).unwrap_or([f64::NAN; 3]);
+    let other_point = stats_on(t, &all, specificity).unwrap_or([f64::NAN; 3]);
+    let boot = |m: usize| {
+        boot_diff(
+            other_point[m] - ref_point[m],
+            used.iter()
+                .map(|b| b[k][m] - b[0][m])
+                .filter(|d| d.is_finite())
+                .collect(),
+        )
+    };
     let right = |t: &ScoreTable, thr: f64| -> Vec<bool> {
         t.logits.iter().zip(y).map(|(&z, &l)| (z >= thr) == (l == 1)).collect()
     };
-    let mut pairs = Vec::new();
-    let point = |t: &ScoreTable| stats_on(t, &all, s.specificity);
-    let ref_point = point(&tables[0]).unwrap_or([f64::NAN; 3]);
-    for (k, t) in tables.iter().enumerate().skip(1) {
-        let (diff, se, p) = paired_delong(&tables[0].logits, &t.logits, y).ok_or_else(|| {
-            input_err(
-                &t.source,
-                "the paired DeLong test needs two patches of each class".into(),
-            )
-        })?;
-        let other_point = point(t).unwrap_or([f64::NAN; 3]);
-        let boot = |m: usize| {
-            boot_diff(
-                other_point[m] - ref_point[m],
-                used.iter()
-                    .map(|r| r[k][m] - r[0][m])
-                    .filter(|d| d.is_finite())
-                    .collect(),
-            )
-        };
-        let decisions = (!tables[0].decisions.is_empty() && !t.decisions.is_empty()).then(|| {
-            let ok = |d: &[u8]| d.iter().zip(y).map(|(a, b)| a == b).collect::<Vec<_>>();
-            mcnemar(&ok(&tables[0].decisions), &ok(&t.decisions))
-        });
-        pairs.push(PairStats {
-            name: names[k].clone(),
-            reference: names[0].clone(),
-            auroc_diff: diff,
-            delong_ci95: [diff - z95 * se, diff + z95 * se],
-            delong_p: p,
-            bootstrap_auroc: boot(0),
-            bootstrap_auprc: boot(1),
-            bootstrap_sensitivity: boot(2),
-            mcnemar_at_specificity: mcnemar(
-                &right(&tables[0], models[0].threshold_logit),
-                &right(t, models[k].threshold_logit),
-            ),
-            mcnemar_at_decision: decisions,
-        });
-    }
-    let cpm = match &s.luna16 {
-        Some(l) => Some(compare_cpm(s, l, &tables)?),
-        None => None,
-    };
-    Ok(Comparison {
-        cpm,
-        patches: n,
-        positives: y.iter().filter(|&&l| l == 1).count(),
-        series: groups.len(),
-        specificity: s.specificity,
-        bootstrap: s.bootstrap,
-        bootstrap_used: used.len(),
-        models,
-        pairs,
+    let decisions = (!r.decisions.is_empty() && !t.decisions.is_empty()).then(|| {
+        let ok = |d: &[u8]| d.iter().zip(y).map(|(a, b)| a == b).collect::<Vec<_>>();
+        mcnemar(&ok(&r.decisions), &ok(&t.decisions))
+    });
+    Ok(PairStats {
+        name: models[k].name.clone(),
+        reference: models[0].name.clone(),
+        auroc_diff: diff,
+        delong_ci95: [diff - z95 * se, diff + z95 * se],
+        delong_p: p,
+        bootstrap_auroc: boot(0),
+        bootstrap_auprc: boot(1),
+        bootstrap_sensitivity: boot(2),
+        mcnemar_at_specificity: mcnemar(
+            &right(r, models[0].threshold_logit),
+            &right(t, models[k].threshold_logit),
+        ),
+        mcnemar_at_decision: decisions,
     })
 }
 
