@@ -355,6 +355,44 @@ fn spacing_of(patches: &Path) -> Option<f64> {
         .filter(|x| x.is_finite() && *x > 0.0)
 }
 
+/// The page may be written: not an input, a file (not a device), not a file of another
+/// kind; its folder made if missing.
+fn check_output(s: &GallerySettings, scores: &Path, cal: Option<&Path>) -> Result<(), InferError> {
+    let mut io = models::fsutil::RunIo::new();
+    io.input("scores", scores);
+    for (role, p) in [("index", s.index.as_deref()), ("calibration", cal)] {
+        if let Some(p) = p {
+            io.input(role, p);
+        }
+    }
+    models::fsutil::create_parent(&s.out)?;
+    if let models::fsutil::Target::Stream(_) = io.output("review page", &s.out)? {
+        return Err(crate::bad_input(
+            &s.out,
+            "the review page must be a file (its thumbnails go beside it)",
+        ));
+    }
+    models::fsutil::check_replaceable(&s.out, "review page", &|head| {
+        head.starts_with(super::page::MAGIC.as_bytes())
+    })?;
+    Ok(())
+}
+
+/// The folder the patch names are relative to, which must exist.
+fn patch_folder<'a>(patches: Option<&'a Path>, scores: &Path) -> Result<&'a Path, InferError> {
+    match patches {
+        Some(p) if p.is_dir() => Ok(p),
+        Some(p) => Err(crate::bad_input(
+            p,
+            "the patch folder does not exist (give --patches DIR)",
+        )),
+        None => Err(InferError::Usage(format!(
+            "{}: which folder are the patch names relative to? Give --patches DIR (or --index INDEX; --scans DIR for scores of infer --scans)",
+            scores.display()
+        ))),
+    }
+}
+
 /// Reads the inputs and checks the output against them.
 pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
     let run = s.scores.is_dir().then(|| run_folder(&s.scores)).transpose()?;
@@ -375,23 +413,7 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
         .clone()
         .or_else(|| run.as_ref().and_then(|r| r.patches.clone()))
         .or_else(|| s.index.as_ref().and_then(|i| i.parent().map(Path::to_path_buf)));
-    let mut io = models::fsutil::RunIo::new();
-    io.input("scores", &scores_path);
-    for (role, p) in [("index", s.index.as_ref()), ("calibration", cal.as_ref())] {
-        if let Some(p) = p {
-            io.input(role, p);
-        }
-    }
-    models::fsutil::create_parent(&s.out)?;
-    if let models::fsutil::Target::Stream(_) = io.output("review page", &s.out)? {
-        return Err(crate::bad_input(
-            &s.out,
-            "the review page must be a file (its thumbnails go beside it)",
-        ));
-    }
-    models::fsutil::check_replaceable(&s.out, "review page", &|head| {
-        head.starts_with(super::page::MAGIC.as_bytes())
-    })?;
+    check_output(s, &scores_path, cal.as_deref())?;
     let mut warnings = Vec::new();
     let index = s.index.clone().or_else(|| {
         let lacking = items
@@ -405,24 +427,10 @@ pub(super) fn read(s: &GallerySettings) -> Result<Source, InferError> {
     if let Some(ix) = &index {
         join_index(&mut items, ix, &mut warnings)?;
     }
-    match &patches {
-        _ if s.scans.is_some() => {}
-        Some(p) if p.is_dir() => {
-            for i in &mut items {
-                i.path = Some(p.join(&i.name));
-            }
-        }
-        Some(p) => {
-            return Err(crate::bad_input(
-                p,
-                "the patch folder does not exist (give --patches DIR)",
-            ));
-        }
-        None => {
-            return Err(InferError::Usage(format!(
-                "{}: which folder are the patch names relative to? Give --patches DIR (or --index INDEX; --scans DIR for scores of infer --scans)",
-                scores_path.display()
-            )));
+    if s.scans.is_none() {
+        let dir = patch_folder(patches.as_deref(), &scores_path)?;
+        for i in &mut items {
+            i.path = Some(dir.join(&i.name));
         }
     }
     let (op_text, op_short, score_name) = decide(
