@@ -480,9 +480,55 @@ fn read_header_bytes(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn parse_header(bytes: &[u8]) -> Result<Header, String> {
+    let (kv, header_end) = header_lines(bytes)?;
+    let f = Fields(&kv);
+    f.check_kind()?;
+    let geometry = f.geometry()?;
+    let et = f.get(&["ElementType"]).ok_or("the header has no ElementType")?;
+    let element_type = ElementType::parse(et).ok_or_else(|| {
+        format!(
+            "ElementType = {et}: not supported (MET_CHAR, MET_UCHAR, MET_SHORT, MET_USHORT, MET_INT, MET_UINT, MET_FLOAT, MET_DOUBLE)"
+        )
+    })?;
+    let msb = match f.get(&["BinaryDataByteOrderMSB", "ElementByteOrderMSB"]) {
+        Some(v) => boolean("BinaryDataByteOrderMSB", v)?,
+        None => false,
+    };
+    let compressed = match f.get(&["CompressedData"]) {
+        Some(v) => boolean("CompressedData", v)?,
+        None => false,
+    };
+    let compressed_size = match f.get(&["CompressedDataSize"]) {
+        Some(v) => Some(
+            v.parse::<usize>()
+                .map_err(|_| format!("CompressedDataSize = {v}: not a byte count"))?,
+        ),
+        None => None,
+    };
+    let header_size = match f.get(&["HeaderSize"]) {
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n >= -1 => n,
+            _ => return Err(format!("HeaderSize = {v}: expected -1 or a byte count")),
+        },
+        None => 0,
+    };
+    Ok(Header {
+        geometry,
+        element_type,
+        msb,
+        compressed,
+        compressed_size,
+        header_size,
+        data_file: f.data_file()?,
+        header_end,
+    })
+}
+
+/// The header's `Key = Value` lines up to and including `ElementDataFile` (the last one:
+/// the data may follow in the same file), and the byte where they end.
+fn header_lines(bytes: &[u8]) -> Result<(Vec<(String, String)>, usize), String> {
     let mut kv: Vec<(String, String)> = Vec::new();
     let mut header_end = 0usize;
-    let mut saw_data_file = false;
     for line in bytes.split_inclusive(|&b| b == b'\n') {
         header_end += line.len();
         let text =
@@ -498,21 +544,35 @@ fn parse_header(bytes: &[u8]) -> Result<Header, String> {
         let is_last = key.eq_ignore_ascii_case("ElementDataFile");
         kv.push((key, v.trim().to_string()));
         if is_last {
-            saw_data_file = true;
-            break;
+            return Ok((kv, header_end));
         }
     }
-    if !saw_data_file {
-        return Err("the header has no ElementDataFile line".into());
+    Err("the header has no ElementDataFile line".into())
+}
+
+/// `True`/`False` (or 1/0), as ITK writes them.
+fn boolean(name: &str, v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("{name} = {v}: expected True or False")),
     }
-    let get = |names: &[&str]| -> Option<&str> {
+}
+
+/// A header's fields, looked up by any of a key's names (case-insensitive, as ITK does).
+struct Fields<'a>(&'a [(String, String)]);
+
+impl Fields<'_> {
+    fn get(&self, names: &[&str]) -> Option<&str> {
         names.iter().find_map(|n| {
-            kv.iter()
+            self.0
+                .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(n))
                 .map(|(_, v)| v.as_str())
         })
-    };
-    let floats = |name: &str, v: &str, n: usize| -> Result<Vec<f64>, String> {
+    }
+
+    fn floats(name: &str, v: &str, n: usize) -> Result<Vec<f64>, String> {
         let xs: Vec<f64> = v
             .split_whitespace()
             .map(str::parse::<f64>)
@@ -522,111 +582,80 @@ fn parse_header(bytes: &[u8]) -> Result<Header, String> {
             return Err(format!("{name} = {v}: expected {n} numbers, found {}", xs.len()));
         }
         Ok(xs)
-    };
-    let boolean = |name: &str, v: &str| -> Result<bool, String> {
-        match v.to_ascii_lowercase().as_str() {
-            "true" | "1" => Ok(true),
-            "false" | "0" => Ok(false),
-            _ => Err(format!("{name} = {v}: expected True or False")),
-        }
-    };
-    if let Some(t) = get(&["ObjectType"]) {
-        if !t.eq_ignore_ascii_case("Image") {
-            return Err(format!("ObjectType = {t}: only Image is supported"));
-        }
     }
-    let ndims = get(&["NDims"]).ok_or("the header has no NDims")?;
-    if ndims != "3" {
-        return Err(format!("NDims = {ndims}: only 3-D scans are supported"));
-    }
-    if let Some(c) = get(&["ElementNumberOfChannels"]) {
-        if c != "1" {
-            return Err(format!(
-                "ElementNumberOfChannels = {c}: only single-channel scans are supported"
-            ));
+
+    /// A 3-D, single-channel, binary image: what a CT scan is.
+    fn check_kind(&self) -> Result<(), String> {
+        if let Some(t) = self.get(&["ObjectType"]) {
+            if !t.eq_ignore_ascii_case("Image") {
+                return Err(format!("ObjectType = {t}: only Image is supported"));
+            }
         }
-    }
-    if let Some(b) = get(&["BinaryData"]) {
-        if !boolean("BinaryData", b)? {
-            return Err("BinaryData = False (ASCII voxel data) is not supported".into());
+        let ndims = self.get(&["NDims"]).ok_or("the header has no NDims")?;
+        if ndims != "3" {
+            return Err(format!("NDims = {ndims}: only 3-D scans are supported"));
         }
+        if let Some(c) = self.get(&["ElementNumberOfChannels"]) {
+            if c != "1" {
+                return Err(format!(
+                    "ElementNumberOfChannels = {c}: only single-channel scans are supported"
+                ));
+            }
+        }
+        if let Some(b) = self.get(&["BinaryData"]) {
+            if !boolean("BinaryData", b)? {
+                return Err("BinaryData = False (ASCII voxel data) is not supported".into());
+            }
+        }
+        Ok(())
     }
-    let dims_s = get(&["DimSize"]).ok_or("the header has no DimSize")?;
-    let dims_v: Vec<usize> = dims_s
-        .split_whitespace()
-        .map(str::parse::<usize>)
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("DimSize = {dims_s}: not 3 positive integers"))?;
-    let dims: [usize; 3] = dims_v
-        .try_into()
-        .map_err(|v: Vec<usize>| format!("DimSize = {dims_s}: expected 3 numbers, found {}", v.len()))?;
-    let spacing = match get(&["ElementSpacing", "ElementSize"]) {
-        Some(v) => floats("ElementSpacing", v, 3)?,
-        None => vec![1.0; 3],
-    };
-    let offset = match get(&["Offset", "Origin", "Position"]) {
-        Some(v) => floats("Offset", v, 3)?,
-        None => vec![0.0; 3],
-    };
-    let m = match get(&["TransformMatrix", "Rotation", "Orientation"]) {
-        Some(v) => floats("TransformMatrix", v, 9)?,
-        None => vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-    };
-    let direction = [[m[0], m[1], m[2]], [m[3], m[4], m[5]], [m[6], m[7], m[8]]];
-    let geometry = Geometry::new(
-        dims,
-        [spacing[0], spacing[1], spacing[2]],
-        [offset[0], offset[1], offset[2]],
-        direction,
-    )?;
-    let et = get(&["ElementType"]).ok_or("the header has no ElementType")?;
-    let element_type = ElementType::parse(et).ok_or_else(|| {
-        format!(
-            "ElementType = {et}: not supported (MET_CHAR, MET_UCHAR, MET_SHORT, MET_USHORT, MET_INT, MET_UINT, MET_FLOAT, MET_DOUBLE)"
+
+    /// Dimensions, spacing, offset and direction (ITK's defaults where a key is absent).
+    fn geometry(&self) -> Result<Geometry, String> {
+        let dims_s = self.get(&["DimSize"]).ok_or("the header has no DimSize")?;
+        let dims_v: Vec<usize> = dims_s
+            .split_whitespace()
+            .map(str::parse::<usize>)
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("DimSize = {dims_s}: not 3 positive integers"))?;
+        let dims: [usize; 3] = dims_v
+            .try_into()
+            .map_err(|v: Vec<usize>| format!("DimSize = {dims_s}: expected 3 numbers, found {}", v.len()))?;
+        let spacing = match self.get(&["ElementSpacing", "ElementSize"]) {
+            Some(v) => Self::floats("ElementSpacing", v, 3)?,
+            None => vec![1.0; 3],
+        };
+        let offset = match self.get(&["Offset", "Origin", "Position"]) {
+            Some(v) => Self::floats("Offset", v, 3)?,
+            None => vec![0.0; 3],
+        };
+        let m = match self.get(&["TransformMatrix", "Rotation", "Orientation"]) {
+            Some(v) => Self::floats("TransformMatrix", v, 9)?,
+            None => vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        };
+        let direction = [[m[0], m[1], m[2]], [m[3], m[4], m[5]], [m[6], m[7], m[8]]];
+        Geometry::new(
+            dims,
+            [spacing[0], spacing[1], spacing[2]],
+            [offset[0], offset[1], offset[2]],
+            direction,
         )
-    })?;
-    let msb = match get(&["BinaryDataByteOrderMSB", "ElementByteOrderMSB"]) {
-        Some(v) => boolean("BinaryDataByteOrderMSB", v)?,
-        None => false,
-    };
-    let compressed = match get(&["CompressedData"]) {
-        Some(v) => boolean("CompressedData", v)?,
-        None => false,
-    };
-    let compressed_size = match get(&["CompressedDataSize"]) {
-        Some(v) => Some(
-            v.parse::<usize>()
-                .map_err(|_| format!("CompressedDataSize = {v}: not a byte count"))?,
-        ),
-        None => None,
-    };
-    let header_size = match get(&["HeaderSize"]) {
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if n >= -1 => n,
-            _ => return Err(format!("HeaderSize = {v}: expected -1 or a byte count")),
-        },
-        None => 0,
-    };
-    let df = get(&["ElementDataFile"]).unwrap_or_default();
-    let data_file = if df.eq_ignore_ascii_case("LOCAL") {
-        None
-    } else if df.is_empty() {
-        return Err("ElementDataFile is empty".into());
-    } else if df.eq_ignore_ascii_case("LIST") || df.contains('%') {
-        return Err(format!("ElementDataFile = {df}: multi-file data is not supported"));
-    } else {
-        Some(PathBuf::from(df))
-    };
-    Ok(Header {
-        geometry,
-        element_type,
-        msb,
-        compressed,
-        compressed_size,
-        header_size,
-        data_file,
-        header_end,
-    })
+    }
+
+    /// The data file (`None`: `LOCAL`, in this file after the header); multi-file data is
+    /// refused.
+    fn data_file(&self) -> Result<Option<PathBuf>, String> {
+        let df = self.get(&["ElementDataFile"]).unwrap_or_default();
+        if df.eq_ignore_ascii_case("LOCAL") {
+            Ok(None)
+        } else if df.is_empty() {
+            Err("ElementDataFile is empty".into())
+        } else if df.eq_ignore_ascii_case("LIST") || df.contains('%') {
+            Err(format!("ElementDataFile = {df}: multi-file data is not supported"))
+        } else {
+            Ok(Some(PathBuf::from(df)))
+        }
+    }
 }
 
 /// How [`write`](fn@write) stores the voxels.
