@@ -307,108 +307,8 @@ impl Scan {
         let n = n
             .filter(|&n| n <= MAX_VOXELS)
             .ok_or_else(|| bad(format!("DimSize {:?} is implausibly large", h.geometry.dims)))?;
-        let need = n * h.element_type.size();
-        let data_path = match &h.data_file {
-            None => path.to_path_buf(),
-            Some(f) if f.is_absolute() => f.clone(),
-            Some(f) => path.parent().unwrap_or(Path::new(".")).join(f),
-        };
-        let data_err = |e: std::io::Error| {
-            bad(format!(
-                "ElementDataFile {}: {e}",
-                data_path
-                    .file_name()
-                    .map_or_else(|| data_path.display().to_string(), |n| n.to_string_lossy().into())
-            ))
-        };
-        // Only a regular file, and only as many bytes as the header accounts for: a header
-        // naming /dev/zero or a FIFO must not make us read (or wait) forever.
-        let mut file = match models::fsutil::open_regular(&data_path) {
-            Ok(f) => f,
-            Err(Error::Io { source, .. }) => return Err(data_err(source)),
-            Err(_) => {
-                return Err(bad(format!(
-                    "ElementDataFile {} is not a regular file",
-                    data_path.display()
-                )))
-            }
-        };
-        let len = file.metadata().map_err(data_err)?.len() as usize;
-        // Where the voxel bytes (or the zlib stream) start in that file.
-        let base = if h.data_file.is_none() { h.header_end } else { 0 };
-        let short = |have: usize, what: &str| Error::BadPatch {
-            path: data_path.clone(),
-            msg: format!(
-                "{what} holds {have} bytes, the header ({} {:?} {}) needs {need}",
-                h.element_type.name(),
-                h.geometry.dims,
-                path.display()
-            ),
-        };
-        let read_at = |file: &mut std::fs::File, start: usize, count: usize| -> Result<Vec<u8>> {
-            use std::io::Seek;
-            file.seek(std::io::SeekFrom::Start(start as u64))
-                .map_err(|e| Error::io(&data_path, e))?;
-            let mut buf = Vec::new();
-            buf.try_reserve_exact(count)
-                .map_err(|_| bad(format!("cannot allocate {count} bytes for the voxel data")))?;
-            file.take(count as u64)
-                .read_to_end(&mut buf)
-                .map_err(|e| Error::io(&data_path, e))?;
-            Ok(buf)
-        };
-        let body: Vec<u8> = if h.compressed {
-            let avail = len.saturating_sub(base);
-            let csize = h.compressed_size.map_or(avail, |c| c.min(avail));
-            {
-                use std::io::Seek;
-                file.seek(std::io::SeekFrom::Start(base as u64))
-                    .map_err(|e| Error::io(&data_path, e))?;
-            }
-            // Streamed from the file (the compressed bytes are never held whole) and bounded:
-            // never inflate more than the header's volume (plus one byte to notice more). The
-            // buffer grows with what actually inflates, not with what the header claims, and a
-            // failed allocation is an error (read_to_end reserves fallibly).
-            let mut out = Vec::new();
-            flate2::read::ZlibDecoder::new(std::io::BufReader::new((&file).take(csize as u64)))
-                .take(need as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| Error::BadPatch {
-                    path: data_path.clone(),
-                    msg: format!("compressed data does not inflate (zlib): {e}"),
-                })?;
-            if out.len() < need {
-                return Err(short(out.len(), "inflated data"));
-            }
-            if out.len() > need {
-                return Err(Error::BadPatch {
-                    path: data_path.clone(),
-                    msg: format!(
-                        "compressed data inflate beyond the {need} bytes the header ({} {:?} {}) declares",
-                        h.element_type.name(),
-                        h.geometry.dims,
-                        path.display()
-                    ),
-                });
-            }
-            out
-        } else {
-            // HeaderSize = −1: the data are the file's last bytes; else they start HeaderSize
-            // bytes in (after the header of a LOCAL file).
-            let start = if h.header_size == -1 {
-                len.saturating_sub(need).max(base)
-            } else {
-                base + h.header_size as usize
-            };
-            if len < start + need {
-                return Err(short(len.saturating_sub(start), "data"));
-            }
-            let body = read_at(&mut file, start, need)?;
-            if body.len() < need {
-                return Err(short(body.len(), "data"));
-            }
-            body
-        };
+        let mut data = DataFile::open(path, &h, n * h.element_type.size())?;
+        let body = if h.compressed { data.inflate()? } else { data.raw()? };
         let mut voxels = Vec::new();
         voxels
             .try_reserve_exact(n)
@@ -477,6 +377,140 @@ fn read_header_bytes(path: &Path) -> Result<Vec<u8>> {
         }
     }
     Ok(buf)
+}
+
+/// A scan's voxel data in its file (the header's own file for `LOCAL`, else the one it
+/// names): opened as a regular file only, and read no further than the header accounts for
+/// (a header naming /dev/zero or a FIFO must not make us read, or wait, forever).
+struct DataFile<'a> {
+    header_path: &'a Path,
+    h: &'a Header,
+    path: PathBuf,
+    file: std::fs::File,
+    len: usize,
+    /// Where the voxel bytes (or the zlib stream) start in the file.
+    base: usize,
+    /// The bytes the header's volume takes.
+    need: usize,
+}
+
+impl<'a> DataFile<'a> {
+    fn open(header_path: &'a Path, h: &'a Header, need: usize) -> Result<Self> {
+        let path = match &h.data_file {
+            None => header_path.to_path_buf(),
+            Some(f) if f.is_absolute() => f.clone(),
+            Some(f) => header_path.parent().unwrap_or(Path::new(".")).join(f),
+        };
+        let bad = |msg: String| Error::BadPatch {
+            path: header_path.to_path_buf(),
+            msg,
+        };
+        let data_err = |e: std::io::Error| {
+            bad(format!(
+                "ElementDataFile {}: {e}",
+                path.file_name()
+                    .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into())
+            ))
+        };
+        let file = match models::fsutil::open_regular(&path) {
+            Ok(f) => f,
+            Err(Error::Io { source, .. }) => return Err(data_err(source)),
+            Err(_) => return Err(bad(format!("ElementDataFile {} is not a regular file", path.display()))),
+        };
+        let len = file.metadata().map_err(data_err)?.len() as usize;
+        let base = if h.data_file.is_none() { h.header_end } else { 0 };
+        Ok(DataFile {
+            header_path,
+            h,
+            path,
+            file,
+            len,
+            base,
+            need,
+        })
+    }
+
+    /// `what` holds fewer bytes than the header's volume.
+    fn short(&self, have: usize, what: &str) -> Error {
+        Error::BadPatch {
+            path: self.path.clone(),
+            msg: format!(
+                "{what} holds {have} bytes, the header ({} {:?} {}) needs {}",
+                self.h.element_type.name(),
+                self.h.geometry.dims,
+                self.header_path.display(),
+                self.need
+            ),
+        }
+    }
+
+    /// The zlib stream inflated, streamed from the file (the compressed bytes are never
+    /// held whole) and bounded: never more than the header's volume (plus one byte to
+    /// notice more). The buffer grows with what actually inflates, not with what the header
+    /// claims, and a failed allocation is an error (read_to_end reserves fallibly).
+    fn inflate(&mut self) -> Result<Vec<u8>> {
+        use std::io::Seek;
+        let avail = self.len.saturating_sub(self.base);
+        let csize = self.h.compressed_size.map_or(avail, |c| c.min(avail));
+        self.file
+            .seek(std::io::SeekFrom::Start(self.base as u64))
+            .map_err(|e| Error::io(&self.path, e))?;
+        let mut out = Vec::new();
+        flate2::read::ZlibDecoder::new(std::io::BufReader::new((&self.file).take(csize as u64)))
+            .take(self.need as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::BadPatch {
+                path: self.path.clone(),
+                msg: format!("compressed data does not inflate (zlib): {e}"),
+            })?;
+        if out.len() < self.need {
+            return Err(self.short(out.len(), "inflated data"));
+        }
+        if out.len() > self.need {
+            return Err(Error::BadPatch {
+                path: self.path.clone(),
+                msg: format!(
+                    "compressed data inflate beyond the {} bytes the header ({} {:?} {}) declares",
+                    self.need,
+                    self.h.element_type.name(),
+                    self.h.geometry.dims,
+                    self.header_path.display()
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The raw voxel bytes. HeaderSize = −1: the data are the file's last bytes; else they
+    /// start HeaderSize bytes in (after the header of a LOCAL file).
+    fn raw(&mut self) -> Result<Vec<u8>> {
+        use std::io::Seek;
+        let need = self.need;
+        let start = if self.h.header_size == -1 {
+            self.len.saturating_sub(need).max(self.base)
+        } else {
+            self.base + self.h.header_size as usize
+        };
+        if self.len < start + need {
+            return Err(self.short(self.len.saturating_sub(start), "data"));
+        }
+        self.file
+            .seek(std::io::SeekFrom::Start(start as u64))
+            .map_err(|e| Error::io(&self.path, e))?;
+        let mut body = Vec::new();
+        body.try_reserve_exact(need).map_err(|_| Error::BadPatch {
+            path: self.header_path.to_path_buf(),
+            msg: format!("cannot allocate {need} bytes for the voxel data"),
+        })?;
+        (&self.file)
+            .take(need as u64)
+            .read_to_end(&mut body)
+            .map_err(|e| Error::io(&self.path, e))?;
+        if body.len() < need {
+            return Err(self.short(body.len(), "data"));
+        }
+        Ok(body)
+    }
 }
 
 fn parse_header(bytes: &[u8]) -> Result<Header, String> {
