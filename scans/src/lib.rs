@@ -194,38 +194,14 @@ pub fn find(dir: &Path, only: Option<Format>) -> Result<Found> {
     if !dir.is_dir() {
         return Err(bad(dir, "not a folder of scans"));
     }
-    let mut found = Found::default();
-    let mut dicom: BTreeMap<String, (PathBuf, Vec<PathBuf>)> = BTreeMap::new();
-    let mut twice: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    let add = |found: &mut Found, twice: &mut BTreeMap<String, Vec<PathBuf>>, uid: String, src: Source| {
-        if let Some(why) = bad_uid(&uid) {
-            for f in src.files().into_iter().take(1) {
-                found.unreadable.push((f, why.clone()));
-            }
-            return;
-        }
-        if let Some(prev) = found.scans.get(&uid) {
-            twice
-                .entry(uid)
-                .or_insert_with(|| vec![prev.path().to_path_buf()])
-                .push(src.path().to_path_buf());
-            return;
-        }
-        if twice.contains_key(&uid) {
-            if let Some(v) = twice.get_mut(&uid) {
-                v.push(src.path().to_path_buf());
-            }
-            return;
-        }
-        found.scans.insert(uid, src);
-    };
+    let mut f = Finder::default();
     for e in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
         let e = match e {
             Ok(e) => e,
             // A symlink loop or an unreadable folder: that path's error, the rest goes on.
             Err(err) => {
                 let p = err.path().map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
-                found.unreadable.push((p, format!("cannot be listed: {err}")));
+                f.found.unreadable.push((p, format!("cannot be listed: {err}")));
                 continue;
             }
         };
@@ -238,66 +214,14 @@ pub fn find(dir: &Path, only: Option<Format>) -> Result<Found> {
             continue;
         }
         match kind {
-            Some(Format::MetaImage) => add(&mut found, &mut twice, uid_from_name(&p), Source::MetaImage(p)),
-            Some(Format::Nifti) => add(&mut found, &mut twice, uid_from_name(&p), Source::Nifti(p)),
-            Some(Format::Dicom) => match dicom::probe(&p) {
-                Ok(dicom::Probe::Series(uid)) => {
-                    if let Some(why) = bad_uid(&uid) {
-                        found.unreadable.push((p, why));
-                        continue;
-                    }
-                    let folder = p.parent().unwrap_or(dir).to_path_buf();
-                    let entry = dicom.entry(uid).or_insert_with(|| (folder, Vec::new()));
-                    entry.1.push(p);
-                }
-                Ok(dicom::Probe::Directory) => found.directories.push(p),
-                Ok(dicom::Probe::NotDicom) => match dicom::foreign_format(&p) {
-                    Some(f) => found.unreadable.push((
-                        p,
-                        format!("a {f} file: not a scan format read here (MetaImage, DICOM, NIfTI-1); convert it"),
-                    )),
-                    // No extension, not DICOM, no scan format: not a scan (a README).
-                    None if p.extension().is_none() => found.ignored += 1,
-                    None => found.unreadable.push((
-                        p,
-                        "named as DICOM but not DICOM (no DICM signature, not a data set) and no scan format known here"
-                            .into(),
-                    )),
-                },
-                Err(e) => found.unreadable.push((p, e.to_string())),
-            },
-            None => {
-                if only.is_none() {
-                    if let Some(f) = dicom::foreign_format(&p) {
-                        // The data file of an Analyze/NIfTI pair is reported with its header.
-                        let pair_data = f.contains("image data") && p.with_extension("hdr").is_file();
-                        let metaimage_data = f.contains("raw voxel data");
-                        if !pair_data && !metaimage_data {
-                            found.unreadable.push((
-                                p,
-                                format!("a {f} file: not a scan format read here (MetaImage, DICOM, NIfTI-1); convert it"),
-                            ));
-                        }
-                    }
-                }
-            }
+            Some(Format::MetaImage) => f.add(uid_from_name(&p), Source::MetaImage(p)),
+            Some(Format::Nifti) => f.add(uid_from_name(&p), Source::Nifti(p)),
+            Some(Format::Dicom) => f.dicom_file(p, dir),
+            None if only.is_none() => f.other_file(p),
+            None => {}
         }
     }
-    for (uid, (folder, files)) in dicom {
-        add(&mut found, &mut twice, uid, Source::Dicom { dir: folder, files });
-    }
-    for (uid, paths) in twice {
-        found.scans.remove(&uid);
-        let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        found.unreadable.push((
-            paths.last().cloned().unwrap_or_default(),
-            format!(
-                "series {uid} appears {} times: {}; neither is read (if it is one series in two formats, choose one with --format)",
-                paths.len(),
-                shown.join(" and ")
-            ),
-        ));
-    }
+    let found = f.finish();
     if found.scans.is_empty() && found.unreadable.is_empty() {
         return Err(bad(
             dir,
@@ -309,4 +233,102 @@ pub fn find(dir: &Path, only: Option<Format>) -> Result<Found> {
         ));
     }
     Ok(found)
+}
+
+/// What [`find`] has seen so far: the scans, the DICOM files by series, and the series
+/// found more than once.
+#[derive(Default)]
+struct Finder {
+    found: Found,
+    dicom: BTreeMap<String, (PathBuf, Vec<PathBuf>)>,
+    twice: BTreeMap<String, Vec<PathBuf>>,
+}
+
+impl Finder {
+    /// One scan of series `uid` (a name that cannot be a file's is refused; a series seen
+    /// before is noted, and read neither time).
+    fn add(&mut self, uid: String, src: Source) {
+        if let Some(why) = bad_uid(&uid) {
+            for f in src.files().into_iter().take(1) {
+                self.found.unreadable.push((f, why.clone()));
+            }
+            return;
+        }
+        if let Some(prev) = self.found.scans.get(&uid) {
+            self.twice
+                .entry(uid)
+                .or_insert_with(|| vec![prev.path().to_path_buf()])
+                .push(src.path().to_path_buf());
+            return;
+        }
+        if let Some(v) = self.twice.get_mut(&uid) {
+            v.push(src.path().to_path_buf());
+            return;
+        }
+        self.found.scans.insert(uid, src);
+    }
+
+    /// A file that may be DICOM: a slice of its series, a DICOMDIR, or a file that is not
+    /// DICOM after all (reported, unless it has no extension: a README).
+    fn dicom_file(&mut self, p: PathBuf, dir: &Path) {
+        match dicom::probe(&p) {
+            Ok(dicom::Probe::Series(uid)) => {
+                if let Some(why) = bad_uid(&uid) {
+                    self.found.unreadable.push((p, why));
+                    return;
+                }
+                let folder = p.parent().unwrap_or(dir).to_path_buf();
+                self.dicom.entry(uid).or_insert_with(|| (folder, Vec::new())).1.push(p);
+            }
+            Ok(dicom::Probe::Directory) => self.found.directories.push(p),
+            Ok(dicom::Probe::NotDicom) => match dicom::foreign_format(&p) {
+                Some(f) => self.found.unreadable.push((
+                    p,
+                    format!("a {f} file: not a scan format read here (MetaImage, DICOM, NIfTI-1); convert it"),
+                )),
+                None if p.extension().is_none() => self.found.ignored += 1,
+                None => self.found.unreadable.push((
+                    p,
+                    "named as DICOM but not DICOM (no DICM signature, not a data set) and no scan format known here"
+                        .into(),
+                )),
+            },
+            Err(e) => self.found.unreadable.push((p, e.to_string())),
+        }
+    }
+
+    /// Any other file: a scan format not read here is reported (the data file of an
+    /// Analyze/NIfTI pair with its header, a MetaImage's .raw not at all).
+    fn other_file(&mut self, p: PathBuf) {
+        if let Some(f) = dicom::foreign_format(&p) {
+            let pair_data = f.contains("image data") && p.with_extension("hdr").is_file();
+            let metaimage_data = f.contains("raw voxel data");
+            if !pair_data && !metaimage_data {
+                self.found.unreadable.push((
+                    p,
+                    format!("a {f} file: not a scan format read here (MetaImage, DICOM, NIfTI-1); convert it"),
+                ));
+            }
+        }
+    }
+
+    /// The DICOM series added, and every series found twice refused, naming its places.
+    fn finish(mut self) -> Found {
+        for (uid, (folder, files)) in std::mem::take(&mut self.dicom) {
+            self.add(uid, Source::Dicom { dir: folder, files });
+        }
+        for (uid, paths) in std::mem::take(&mut self.twice) {
+            self.found.scans.remove(&uid);
+            let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            self.found.unreadable.push((
+                paths.last().cloned().unwrap_or_default(),
+                format!(
+                    "series {uid} appears {} times: {}; neither is read (if it is one series in two formats, choose one with --format)",
+                    paths.len(),
+                    shown.join(" and ")
+                ),
+            ));
+        }
+        self.found
+    }
 }
