@@ -65,12 +65,12 @@ fn to_mlflow(
             model.display()
         );
     };
-    let uri = match tracking::Settings::from_env(flag) {
-        Ok(Some(s)) => s.uri,
-        Ok(None) => uri,
-        Err(e) => return format!("MLflow: nothing sent: {e}"),
-    };
-    let s = match tracking::Settings::from_env(Some(&uri)) {
+    // The flag or MLFLOW_TRACKING_URI, else the server the model names; the experiment is
+    // the model's (where its run is).
+    let s = match tracking::Settings::from_env(flag).and_then(|s| match s {
+        Some(s) => Ok(Some(s)),
+        None => tracking::Settings::from_env(Some(&uri)),
+    }) {
         Ok(Some(s)) => tracking::Settings { experiment, ..s },
         Ok(None) => return "MLflow: nothing sent: the model names no tracking server".into(),
         Err(e) => return format!("MLflow: nothing sent: {e}"),
