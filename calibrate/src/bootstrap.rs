@@ -36,9 +36,9 @@ fn weighted_auroc(order: &[usize], scores: &[f64], labels: &[u8], w: &[f64]) -> 
     (p_tot > 0.0 && n_tot > 0.0).then(|| sum / (p_tot * n_tot))
 }
 
-/// The 95% percentile interval (the one definition: [`models::metrics::percentile_interval`]).
+/// The 95% percentile interval (the one definition: [`::metrics::percentile_interval`]).
 fn percentile_ci(v: Vec<f64>) -> Option<[f64; 2]> {
-    models::metrics::percentile_interval(&v, 0.95)
+    ::metrics::percentile_interval(&v, 0.95)
 }
 
 /// Fills `auroc_bootstrap_ci95` of every metrics entry and `bootstrap` of every operating

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use statrs::distribution::{Binomial, ChiSquared, ContinuousCDF, DiscreteCDF};
 
-use models::metrics::{auroc, auroc_delong, average_precision, paired_delong, sensitivity_at_specificity, z_for};
+use ::metrics::{auroc, auroc_delong, average_precision, paired_delong, sensitivity_at_specificity, z_for};
 
 use crate::read::input_err;
 use crate::{CalError, Columns, ScoreTable};
@@ -237,7 +237,7 @@ fn stats_on(t: &ScoreTable, rows: &[usize], spec: f64) -> Option<[f64; 3]> {
 }
 
 fn boot_diff(point: f64, v: Vec<f64>) -> Option<BootDiff> {
-    let ci95 = models::metrics::percentile_interval(&v, 0.95)?;
+    let ci95 = ::metrics::percentile_interval(&v, 0.95)?;
     let le = v.iter().filter(|&&d| d <= 0.0).count() as f64 / v.len() as f64;
     let ge = v.iter().filter(|&&d| d >= 0.0).count() as f64 / v.len() as f64;
     Some(BootDiff {
@@ -409,12 +409,12 @@ fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> R
     let score = s.columns.probability.as_deref().unwrap_or(&s.columns.logit);
     let mut candidates = Vec::new();
     for t in tables {
-        let c = models::luna16::read_findings_from(
+        let c = luna16::read_findings_from(
             &t.source,
             [&s.columns.seriesuid, "center_x", "center_y", "center_z", score],
         )
         .map_err(|e| match e {
-            models::Error::BadCsv { path, msg } => CalError::from(models::Error::bad_input(
+            tables::Error::BadCsv { path, msg } => CalError::from(files::Error::bad_input(
                 &path,
                 format!("{msg}; the CPM needs each patch's world position (infer --index writes it)"),
             )),
@@ -424,7 +424,7 @@ fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> R
     }
     let mut warnings = truth.warnings;
     // Matched by patch_file already; the positions must agree too.
-    let key = |v: &[models::luna16::Finding]| {
+    let key = |v: &[luna16::Finding]| {
         let mut k: Vec<(String, u64, u64, u64)> = v
             .iter()
             .map(|f| (f.seriesuid.clone(), f.x.to_bits(), f.y.to_bits(), f.z.to_bits()))
@@ -450,12 +450,12 @@ fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> R
         ..Default::default()
     };
     // Exact repeats (series, position and score) counted once, as froc counts a results file.
-    let candidates: Vec<Vec<models::luna16::Finding>> = candidates
+    let candidates: Vec<Vec<luna16::Finding>> = candidates
         .into_iter()
         .zip(tables)
         .map(|(c, t)| froc::dedupe(c, &t.source, "candidate", &mut warnings))
         .collect();
-    let refs: Vec<&[models::luna16::Finding]> = candidates.iter().map(Vec::as_slice).collect();
+    let refs: Vec<&[luna16::Finding]> = candidates.iter().map(Vec::as_slice).collect();
     let paired =
         froc::paired_cpm(&truth.uids, &truth.annotations, &truth.excluded, &refs, &settings)?;
     if l.excluded.is_none() {
@@ -555,11 +555,11 @@ pub fn table(c: &Comparison) -> String {
 /// Writes `comparison.yaml`, `comparison.md` and `roc.png` (every model's ROC) into `dir`.
 pub fn write(c: &Comparison, tables_dir: &Path, scores: &[PathBuf], columns: &Columns) -> Result<(), CalError> {
     let dir = tables_dir;
-    let mut io = models::fsutil::RunIo::new();
+    let mut io = files::RunIo::new();
     io.inputs("scores", scores.iter().map(PathBuf::as_path));
     io.outputs_in("comparison", dir, &["comparison.yaml", "comparison.md", "roc.png"])?;
-    std::fs::create_dir_all(dir).map_err(|e| models::Error::io(dir, e))?;
-    let _lock = models::fsutil::Lock::within(dir, &format!("output folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| files::Error::io(dir, e))?;
+    let _lock = files::Lock::within(dir, &format!("output folder {}", dir.display()))?;
     let yaml = yaml_serde::to_string(c).map_err(|e| CalError::Output {
         path: dir.join("comparison.yaml"),
         msg: e.to_string(),
@@ -581,10 +581,10 @@ pub fn write(c: &Comparison, tables_dir: &Path, scores: &[PathBuf], columns: &Co
         ));
     }
     crate::report::draw(&chart, &dir.join("roc.png"))?;
-    models::fsutil::write_atomic(
+    files::write_atomic(
         &dir.join("comparison.md"),
         format!("# Model comparison\n\n{}\n![ROC](roc.png)\n", table(c)).as_bytes(),
     )?;
-    models::fsutil::write_atomic(&dir.join("comparison.yaml"), yaml.as_bytes())?;
+    files::write_atomic(&dir.join("comparison.yaml"), yaml.as_bytes())?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! and isotonic regression by pool-adjacent-violators.
 pub use models::calibration::{Isotonic, Method, Platt, Temperature};
 
-use models::metrics::{logit, sigmoid, softplus};
+use ::metrics::{logit, sigmoid, softplus};
 use crate::CalError;
 
 const MAX_ITER: usize = 100;

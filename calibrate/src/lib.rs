@@ -31,7 +31,7 @@ pub mod write;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use models::fsutil::{Lock, RunIo};
+use files::{Lock, RunIo};
 
 pub use fit::Fitted;
 pub use read::{Columns, ScoreTable};
@@ -65,6 +65,8 @@ pub enum CalError {
     #[error(transparent)]
     Froc(#[from] froc::FrocError),
 }
+
+models::errors_through_models!(CalError);
 
 /// Options of a calibration run.
 #[derive(Debug, Clone)]
@@ -124,7 +126,7 @@ impl Settings {
     /// Checks every setting, all problems at once, before anything is read.
     pub fn check(&self) -> Result<(), CalError> {
         let mut problems = Vec::new();
-        if let Err(e) = models::cli::check_bootstrap(self.bootstrap) {
+        if let Err(e) = ::metrics::check_bootstrap(self.bootstrap) {
             problems.push(e);
         }
         if !(2..=MAX_FOLDS).contains(&self.folds) {
@@ -187,9 +189,9 @@ pub fn operating_point_names(min_sensitivity: f64, min_specificity: f64) -> Vec<
     ]
 }
 
-/// An error unless `b` is at most [`models::cli::MAX_BOOTSTRAP`].
+/// An error unless `b` is at most [`::metrics::MAX_BOOTSTRAP`].
 pub fn check_bootstrap(b: usize) -> Result<(), CalError> {
-    models::cli::check_bootstrap(b).map_err(CalError::Usage)
+    ::metrics::check_bootstrap(b).map_err(CalError::Usage)
 }
 
 /// Fits every method on a score table and builds the calibration file.
@@ -319,7 +321,7 @@ fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
             if let Some(f) = &s.features_csv {
                 io.input("features CSV", f);
             }
-            if let Ok(i) = models::index::read_scoring_index(idx) {
+            if let Ok(i) = tables::index::read_scoring_index(idx) {
                 io.inputs(
                     "patch",
                     i.rows
@@ -337,7 +339,7 @@ fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
     }
     let dir = s.out_dir();
     if dir.is_dir() {
-        if let models::fsutil::Target::Stream(_) = io.output("calibration file", &s.out)? {
+        if let files::Target::Stream(_) = io.output("calibration file", &s.out)? {
             // A device or FIFO takes the calibration file; the report and the calibrated
             // model need a folder of their own, not the device's.
             if s.report || s.bake {
@@ -366,13 +368,13 @@ fn plan_outputs(s: &Settings) -> Result<OutputPlan, CalError> {
     io.outputs_in("calibration output", &dir, &names)?;
     // What an earlier calibration wrote is replaced; a file of another kind at those paths
     // is not.
-    models::fsutil::check_replaceable(&s.out, "calibration file", &|h| h.starts_with(b"tool_version:"))?;
-    models::fsutil::check_replaceable(&dir.join(report::REPORT_FILE), "calibration report", &|h| {
+    files::check_replaceable(&s.out, "calibration file", &|h| h.starts_with(b"tool_version:"))?;
+    files::check_replaceable(&dir.join(report::REPORT_FILE), "calibration report", &|h| {
         h.starts_with(b"# Calibration report")
     })?;
-    models::fsutil::check_replaceable(&dir.join(write::BAKED_FILE), "model", &models::onnx::looks_like_onnx)?;
+    files::check_replaceable(&dir.join(write::BAKED_FILE), "model", &models::onnx::looks_like_onnx)?;
     let created = !dir.exists();
-    std::fs::create_dir_all(&dir).map_err(|e| models::Error::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| files::Error::io(&dir, e))?;
     let lock = Lock::within(&dir, &format!("output folder {}", dir.display()))?;
     Ok(OutputPlan {
         dir,
@@ -419,7 +421,7 @@ pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
     }
     let plan = plan_outputs(s)?;
     let done = (|| {
-        let bytes = models::fsutil::read_regular(&s.model)?;
+        let bytes = files::read_regular(&s.model)?;
         let proto = models::onnx::parse_model(&bytes, &s.model)?;
         let table = match &s.patches {
             Some(idx) => ScoreTable::from_patches(&s.model, idx, s.features_csv.as_deref(), &s.scorer)?,
@@ -427,7 +429,7 @@ pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
         };
         let model = ModelRef {
             path: s.model.clone(),
-            sha256: models::fsutil::sha256_bytes(&bytes),
+            sha256: files::sha256_bytes(&bytes),
         };
         let cal = calibrate(&table, s, model)?;
         write::write_outputs(&cal, &table, proto, s, &plan.dir)?;

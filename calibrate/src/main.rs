@@ -255,7 +255,7 @@ fn written(s: &calibrate::Settings) -> String {
 }
 
 fn main() -> ExitCode {
-    models::cli::default_sigpipe();
+    cli::default_sigpipe();
     let run = || -> anyhow::Result<()> {
         let mut a = Args::parse();
         if let Some(c) = a.cmd.take() {
@@ -275,9 +275,6 @@ fn main() -> ExitCode {
     };
     match run() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("calibrate: error: {}", models::cli::error_text(e.as_ref()));
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail("calibrate", e.as_ref()),
     }
 }

@@ -1,11 +1,11 @@
 //! Calibration metrics on binary labels (Brier, log-loss, ECE, MCE, net benefit); the
-//! ranking metrics (AUROC, DeLong, average precision) live in [`models::metrics`], shared
+//! ranking metrics (AUROC, DeLong, average precision) live in [`metrics`], shared
 //! with the trainer, and are re-exported here.
 //!
 //! All functions take probabilities (or logits) and 0/1 labels of the same length; callers
 //! check lengths and that both classes are present.
 use models::calibration::Metrics;
-pub use models::metrics::{
+pub use ::metrics::{
     auroc, auroc_delong, auroc_delong_ci95, average_precision, logit, sigmoid, softplus, z_for, EPS,
 };
 

@@ -50,13 +50,13 @@ impl Default for Columns {
 
 /// "This input is bad, and here is why": [`models::Error::bad_input`], the one constructor.
 pub(crate) fn input_err(path: &Path, msg: String) -> CalError {
-    models::Error::bad_input(path, msg).into()
+    files::Error::bad_input(path, msg).into()
 }
 
 impl ScoreTable {
     /// Reads a scores CSV. Every problem names the file and line.
     pub fn read(path: &Path, cols: &Columns) -> Result<Self, CalError> {
-        let (mut rdr, headers) = models::csvio::open(path, true)?;
+        let (mut rdr, headers) = tables::csvio::open(path, true)?;
         let find = |name: &str| headers.iter().position(|h| h == name);
         let score_col = cols.probability.as_deref().unwrap_or(&cols.logit);
         let (Some(si), Some(li)) = (find(score_col), find(&cols.label)) else {
@@ -79,7 +79,7 @@ impl ScoreTable {
             ..Default::default()
         };
         let mut seen = std::collections::HashMap::new();
-        for (line, rec) in models::csvio::rows(&mut rdr) {
+        for (line, rec) in tables::csvio::rows(&mut rdr) {
             let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
             let raw = rec.get(si).unwrap_or("");
             let s: f64 = raw
@@ -175,7 +175,7 @@ impl ScoreTable {
         features_csv: Option<&Path>,
         opts: &scorer::ScorerOptions,
     ) -> Result<Self, CalError> {
-        let idx = models::index::read_scoring_index(index)?;
+        let idx = tables::index::read_scoring_index(index)?;
         if !idx.has_label {
             return Err(input_err(
                 index,

@@ -93,7 +93,7 @@ fn pr(scores: &[f64], y: &[u8]) -> Vec<(f64, f64)> {
 /// Writes `calibration_report.md` and `calibration_plots/*.png` into `dir`.
 pub fn write(cal: &CalibrationFile, t: &ScoreTable, dir: &Path) -> Result<(), CalError> {
     let plots_dir = dir.join(PLOTS_DIR);
-    std::fs::create_dir_all(&plots_dir).map_err(|source| models::Error::Io {
+    std::fs::create_dir_all(&plots_dir).map_err(|source| files::Error::Io {
         path: plots_dir.clone(),
         source,
     })?;
@@ -176,7 +176,7 @@ pub fn write(cal: &CalibrationFile, t: &ScoreTable, dir: &Path) -> Result<(), Ca
     c.series.push(line("treat none", vec![(0.0, 0.0), (1.0, 0.0)], GREY));
     draw(&c, &plots_dir.join("decision_curve.png"))?;
 
-    models::fsutil::write_atomic(&dir.join(REPORT_FILE), markdown(cal).as_bytes())?;
+    files::write_atomic(&dir.join(REPORT_FILE), markdown(cal).as_bytes())?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ pub fn cross_validate(t: &ScoreTable, smoothing: bool, k: usize) -> Result<Metho
     }
     // A deterministic shuffle: order groups by the hash of their index, deal round-robin.
     let mut order: Vec<usize> = (0..n_groups).collect();
-    order.sort_by_cached_key(|g| models::fsutil::sha256_bytes(g.to_string().as_bytes()));
+    order.sort_by_cached_key(|g| files::sha256_bytes(g.to_string().as_bytes()));
     let mut fold_of = vec![0; n_groups];
     for (i, &g) in order.iter().enumerate() {
         fold_of[g] = i % k;

@@ -6,8 +6,8 @@
 //! calibrated probability (filled in by the caller).
 pub use models::calibration::{OperatingPoint, Proportion};
 
-use models::metrics::z_for;
-pub use models::metrics::{sweep, Sweep};
+use ::metrics::z_for;
+pub use ::metrics::{sweep, Sweep};
 
 /// A proportion with its Wilson 95% interval.
 pub fn proportion(successes: usize, trials: usize) -> Proportion {

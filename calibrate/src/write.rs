@@ -26,9 +26,9 @@ pub fn write_outputs(
     if s.bake {
         let baked = crate::bake::calibrated_model(model, &cal)?;
         let bytes = models::onnx::to_bytes(&baked);
-        models::fsutil::write_atomic(&dir.join(BAKED_FILE), &bytes)?;
+        files::write_atomic(&dir.join(BAKED_FILE), &bytes)?;
         cal.outputs
-            .insert(BAKED_FILE.to_string(), models::fsutil::sha256_bytes(&bytes));
+            .insert(BAKED_FILE.to_string(), files::sha256_bytes(&bytes));
     } else if dir.join(BAKED_FILE).exists() {
         // Not ours to delete, but it no longer matches the calibration written beside it.
         eprintln!(
@@ -44,7 +44,7 @@ pub fn write_outputs(
                 .map(|p| format!("{}/{p}", crate::report::PLOTS_DIR)),
         ) {
             cal.outputs
-                .insert(name.clone(), models::fsutil::sha256_file(&dir.join(&name))?);
+                .insert(name.clone(), files::sha256_file(&dir.join(&name))?);
         }
     }
     // The commit point: written last, naming the digest of every file above.
@@ -52,7 +52,7 @@ pub fn write_outputs(
         path: s.out.clone(),
         msg: e.to_string(),
     })?;
-    models::fsutil::write_atomic(&s.out, text.as_bytes())?;
+    files::write_atomic(&s.out, text.as_bytes())?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use models::luna16::Finding;
+use luna16::Finding;
 
 use crate::FrocError;
 
@@ -348,7 +348,7 @@ pub fn paired_cpm(
             sorted.iter().map(|e| cpm_of(&curve(e, &w, n, nodules))).collect()
         })
         .collect();
-    let interval = |v: Vec<f64>| models::metrics::percentile_interval(&v, s.confidence).unwrap_or([f64::NAN; 2]);
+    let interval = |v: Vec<f64>| metrics::percentile_interval(&v, s.confidence).unwrap_or([f64::NAN; 2]);
     let models = matched
         .iter()
         .enumerate()
@@ -495,7 +495,7 @@ pub fn evaluate(
             })
             .collect();
         let stats = |v: Vec<f64>| {
-            let [lo, hi] = models::metrics::percentile_interval(&v, s.confidence).unwrap_or([f64::NAN; 2]);
+            let [lo, hi] = metrics::percentile_interval(&v, s.confidence).unwrap_or([f64::NAN; 2]);
             (v.iter().sum::<f64>() / v.len() as f64, lo, hi)
         };
         for ri in 0..RATES.len() {

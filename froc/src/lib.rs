@@ -60,7 +60,7 @@
 //!   (indices 25 and 975 for B = 1000). The script stores float32; we keep f64.
 //!
 //! # Layout
-//! [`models::luna16`] reads the CSV files (shared with `scans prepare`), [`evaluate`](mod@evaluate)
+//! [`luna16`] reads the CSV files (shared with `scans prepare`), [`evaluate`](mod@evaluate)
 //! matches candidates and computes the curve, the CPM and the bootstrap, [`write`](mod@write) writes
 //! the output folder and the summary. This crate links neither libtorch nor ONNX Runtime:
 //! it scores a results file, whatever made it.
@@ -71,14 +71,14 @@ pub mod write;
 
 use std::path::{Path, PathBuf};
 
-use models::fsutil::{Lock, RunIo};
+use files::{Lock, RunIo};
 
 pub use evaluate::{
     evaluate, interp, paired_cpm, CpmDiff, CpmOf, FrocReport, FrocSettings, PairedCpm, RatePoint, Totals, GRID_POINTS,
     RATES,
 };
-pub use models::luna16::Finding;
-use models::luna16::{read_findings, read_series_list};
+pub use luna16::Finding;
+use luna16::{read_findings, read_series_list};
 pub use write::{summary, FILES};
 
 /// Errors of a FROC evaluation.
@@ -96,10 +96,12 @@ pub enum FrocError {
     Models(#[from] models::Error),
 }
 
+models::errors_through_models!(FrocError);
+
 /// "This input is bad, and here is why": [`models::Error::bad_input`], the one constructor
 /// (a caller matches `FrocError::Models(models::Error::BadInput { .. })`).
 fn input_err(path: &Path, msg: String) -> FrocError {
-    models::Error::bad_input(path, msg).into()
+    files::Error::bad_input(path, msg).into()
 }
 
 /// Files of a FROC evaluation.
@@ -271,7 +273,7 @@ pub fn read_truth(annotations: &Path, excluded: Option<&Path>, seriesuids: &Path
 /// the output folder is locked against a second run while it is written.
 pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
     // Every bad setting in one error.
-    match (models::cli::check_bootstrap(s.bootstrap), s.check()) {
+    match (metrics::check_bootstrap(s.bootstrap), s.check()) {
         (Ok(()), Ok(())) => {}
         (Err(a), Ok(())) => return Err(FrocError::Usage(a)),
         (Ok(()), Err(b)) => return Err(b),
@@ -304,7 +306,7 @@ pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
     let results = dedupe(results, &f.results, "result", &mut warnings);
     let mut report = evaluate(&uids, &annotations, &excluded, &results, s)?;
     // Created only now, so bad input leaves no folder behind.
-    std::fs::create_dir_all(&f.out).map_err(|e| models::Error::io(&f.out, e))?;
+    std::fs::create_dir_all(&f.out).map_err(|e| files::Error::io(&f.out, e))?;
     let _lock = Lock::within(&f.out, &format!("output folder {}", f.out.display()))?;
     report.warnings.splice(0..0, warnings);
     if f.excluded.is_none() {
@@ -332,16 +334,16 @@ mod tests {
             model: None,
         };
         let s = FrocSettings {
-            bootstrap: models::cli::MAX_BOOTSTRAP + 1,
+            bootstrap: metrics::MAX_BOOTSTRAP + 1,
             ..Default::default()
         };
         let e = run(&files, &s).expect_err("refused").to_string();
         assert!(
-            e.starts_with(&format!("--bootstrap {}", models::cli::MAX_BOOTSTRAP + 1)),
+            e.starts_with(&format!("--bootstrap {}", metrics::MAX_BOOTSTRAP + 1)),
             "{e}"
         );
         let s = FrocSettings {
-            bootstrap: models::cli::MAX_BOOTSTRAP,
+            bootstrap: metrics::MAX_BOOTSTRAP,
             ..Default::default()
         };
         assert!(run(&files, &s)

@@ -85,7 +85,7 @@ fn to_mlflow(
 }
 
 fn main() -> ExitCode {
-    models::cli::default_sigpipe();
+    cli::default_sigpipe();
     let a = Args::parse();
     let files = FrocFiles {
         annotations: a.annotations,
@@ -98,8 +98,7 @@ fn main() -> ExitCode {
     let tracked = match a.model.as_deref().map(froc::tracked_model).transpose() {
         Ok(t) => t.flatten(),
         Err(e) => {
-            eprintln!("froc: error: {e}");
-            return ExitCode::FAILURE;
+            return cli::fail("froc", &e);
         }
     };
     let s = FrocSettings {
@@ -117,9 +116,6 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("froc: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail("froc", &e),
     }
 }

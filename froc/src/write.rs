@@ -33,7 +33,7 @@ fn csv_bytes(path: &Path, header: &[&str], rows: impl IntoIterator<Item = Vec<St
 /// Writes `froc_curve.csv`, `froc_bootstrap.csv`, `nodules_without_candidate.csv`,
 /// `froc.png` and, last, `froc_summary.yaml` into `out`, each atomically.
 pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), FrocError> {
-    std::fs::create_dir_all(out).map_err(|e| models::Error::io(out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| files::Error::io(out, e))?;
     let summary = out.join("froc_summary.yaml");
     let yaml = yaml_serde::to_string(r).map_err(|e| FrocError::Output {
         path: summary.clone(),
@@ -42,7 +42,7 @@ pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), FrocError>
     let f9 = |v: &f64| format!("{v:.9}");
     let p = out.join("froc_curve.csv");
     let rows = r.curve.iter().map(|(x, y, t)| vec![f9(x), f9(y), f9(t)]);
-    models::fsutil::write_atomic(&p, &csv_bytes(&p, &["fp_per_scan", "sensitivity", "threshold"], rows)?)?;
+    files::write_atomic(&p, &csv_bytes(&p, &["fp_per_scan", "sensitivity", "threshold"], rows)?)?;
     let p = out.join("froc_bootstrap.csv");
     let header = [
         "fp_per_scan",
@@ -51,7 +51,7 @@ pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), FrocError>
         "sensitivity_upper",
     ];
     let rows = r.band.iter().map(|(x, m, lo, hi)| vec![f9(x), f9(m), f9(lo), f9(hi)]);
-    models::fsutil::write_atomic(&p, &csv_bytes(&p, &header, rows)?)?;
+    files::write_atomic(&p, &csv_bytes(&p, &header, rows)?)?;
     let p = out.join("nodules_without_candidate.csv");
     let header = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"];
     let rows = r.missed.iter().map(|n| {
@@ -63,10 +63,10 @@ pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), FrocError>
             n.value.to_string(),
         ]
     });
-    models::fsutil::write_atomic(&p, &csv_bytes(&p, &header, rows)?)?;
+    files::write_atomic(&p, &csv_bytes(&p, &header, rows)?)?;
     plot(r, &out.join("froc.png"))?;
     // The summary last: a run that fails half-way leaves the earlier summary in force.
-    models::fsutil::write_atomic(&summary, yaml.as_bytes())?;
+    files::write_atomic(&summary, yaml.as_bytes())?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Before any work the run collects its inputs ([`crate::inputs`]), checks its outputs
 //! against them and against each other, and takes the output's lock
-//! ([`models::fsutil::RunIo`], [`models::fsutil::Lock`]). A producer thread then decodes and
+//! ([`files::RunIo`], [`files::Lock`]). A producer thread then decodes and
 //! preprocesses the next batch (in parallel, rayon) straight into a batch buffer laid out
 //! as the model's input, while the session scores the current one; the scoring thread only
 //! runs the session and formats rows. A channel of capacity one and three recycled batch
@@ -20,8 +20,8 @@ use std::time::Instant;
 use ndarray::{Array3, ArrayView3, Axis};
 use rayon::prelude::*;
 
-use models::fsutil::{Lock, RunIo, Sink, Target};
-use models::metrics::sigmoid;
+use files::{Lock, RunIo, Sink, Target};
+use metrics::sigmoid;
 use scorer::{Scorer, ScorerOptions};
 
 use crate::calib::{self, Cal};
@@ -30,7 +30,8 @@ use crate::output::{csv_header, format_rows, Format, OutRow};
 use crate::InferError;
 
 /// Test-time augmentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr, strum::EnumMessage)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Tta {
     None,
     /// Mean logit over the 8 combinations of flips along z, y and x.
@@ -183,7 +184,7 @@ fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError>
         None
     } else {
         let t = io.output("output", &s.out)?;
-        models::fsutil::check_replaceable(&s.out, "scores output", &crate::output::is_scores)?;
+        files::check_replaceable(&s.out, "scores output", &crate::output::is_scores)?;
         Some(t)
     };
     let mut locks = Vec::new();
@@ -199,7 +200,7 @@ fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError>
         }
         let rec = crate::shard::record_path(&s.out);
         io.output("shard record", &rec)?;
-        models::fsutil::check_replaceable(&rec, "shard record", &|h| h.starts_with(b"shard:"))?;
+        files::check_replaceable(&rec, "shard record", &|h| h.starts_with(b"shard:"))?;
     }
     if s.held_out.is_some() {
         if !matches!(out, Some(Target::File(_))) {
@@ -210,12 +211,12 @@ fn plan_outputs(s: &Settings, inputs: &Inputs) -> Result<OutputPlan, InferError>
         }
         let rec = crate::folds::record_path(&s.out);
         io.output("fold record", &rec)?;
-        models::fsutil::check_replaceable(&rec, "fold record", &|h| h.starts_with(b"fold:"))?;
+        files::check_replaceable(&rec, "fold record", &|h| h.starts_with(b"fold:"))?;
     }
     let errors = match errors_path(s, out.as_ref()) {
         Some(p) => {
             let t = io.output("errors file", &p)?;
-            models::fsutil::check_replaceable(&p, "errors list", &is_errors)?;
+            files::check_replaceable(&p, "errors list", &is_errors)?;
             if let Target::File(f) = &t {
                 locks.push(Lock::beside(f, &format!("errors file {}", p.display()))?);
             }
@@ -250,7 +251,7 @@ impl Out {
         if !fail_fast || matches!(target, Some(Target::File(_))) {
             return Ok(Out::Direct(sink));
         }
-        let spool = tempfile::tempfile().map_err(|e| models::Error::io(std::env::temp_dir(), e))?;
+        let spool = tempfile::tempfile().map_err(|e| files::Error::io(std::env::temp_dir(), e))?;
         Ok(Out::Spooled {
             spool: std::io::BufWriter::new(spool),
             then: sink,
@@ -262,7 +263,7 @@ impl Out {
             Out::Direct(s) => Ok(s.commit()?),
             Out::Spooled { spool, mut then } => {
                 let shown = then.shown().to_path_buf();
-                let io = |e: std::io::Error| InferError::from(models::Error::io(&shown, e));
+                let io = |e: std::io::Error| InferError::from(files::Error::io(&shown, e));
                 let mut f = spool.into_inner().map_err(|e| io(e.into_error()))?;
                 f.rewind().map_err(io)?;
                 std::io::copy(&mut f, &mut then).map_err(io)?;
@@ -353,7 +354,7 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
     let pre = scorer.preprocess.clone();
     let d = pre.cube_size;
     let per = d * d * d;
-    let io = |e: std::io::Error| InferError::from(models::Error::io(&s.out, e));
+    let io = |e: std::io::Error| InferError::from(files::Error::io(&s.out, e));
     std::thread::scope(|scope| -> Result<(), InferError> {
         let (tx, rx) = sync_channel::<Decoded>(1);
         // Buffers the scoring thread is done with come back: no fresh tens of MiB (and their
@@ -516,7 +517,7 @@ fn write_errors(
     if errors.is_empty() {
         if let Target::File(p) = target {
             if p.is_file() {
-                std::fs::remove_file(p).map_err(|e| models::Error::io(p, e))?;
+                std::fs::remove_file(p).map_err(|e| files::Error::io(p, e))?;
             }
         }
         return Ok(None);
@@ -529,7 +530,7 @@ fn write_errors(
     }
     let bytes = w.into_inner().map_err(|e| crate::bad_input(path, e.to_string()))?;
     let mut sink = Sink::to(target, path)?;
-    sink.write_all(&bytes).map_err(|e| models::Error::io(path, e))?;
+    sink.write_all(&bytes).map_err(|e| files::Error::io(path, e))?;
     sink.commit()?;
     Ok(Some(path.clone()))
 }
@@ -548,7 +549,7 @@ fn check_settings(s: &Settings) -> Result<(), InferError> {
             s.batch_size as f64 * 64f64.powi(3) * 4.0 / f64::from(1u32 << 30)
         ));
     }
-    if let Err(e) = models::cli::check_threads("--threads", s.scorer.threads) {
+    if let Err(e) = host::check_threads("--threads", s.scorer.threads) {
         bad.push(e);
     }
     if s.format == Format::Luna16 && s.index.is_none() && s.scans.is_none() {
@@ -564,7 +565,7 @@ fn check_settings(s: &Settings) -> Result<(), InferError> {
         bad.push("--held-out scores a fold's held-out scans: it takes --scans and --candidates, and no --shard".into());
     }
     if s.scans.is_some() {
-        if let Err(e) = models::cli::check_threads("--scan-jobs", s.scan_jobs) {
+        if let Err(e) = host::check_threads("--scan-jobs", s.scan_jobs) {
             bad.push(e);
         }
         if !(s.spacing_mm.is_finite() && s.spacing_mm > 0.0) {
@@ -648,7 +649,7 @@ fn input_digest(crop: &str, tta: Tta, feats: Option<&[f32]>) -> String {
     for v in feats.unwrap_or_default() {
         text += &format!("{:08x},", v.to_bits());
     }
-    models::fsutil::sha256_bytes(text.as_bytes())
+    files::sha256_bytes(text.as_bytes())
 }
 
 /// The largest `--batch-size` taken.
@@ -750,7 +751,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         .filter(|it| done.is_none_or(|d| !d.contains(&it.name)))
         .collect();
     let mut out = Out::open(plan.out.as_ref(), &s.out, s.fail_fast)?;
-    let io = |e: std::io::Error| InferError::from(models::Error::io(&s.out, e));
+    let io = |e: std::io::Error| InferError::from(files::Error::io(&s.out, e));
     match &previous {
         Some(p) => out.write_all(&p.text).map_err(io)?,
         None if s.format != Format::Jsonl => writeln!(out, "{}", header.join(",")).map_err(io)?,
@@ -802,7 +803,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     out.commit()?;
     let errors_file = write_errors(&tally.errors, name_col, plan.errors.as_ref())?;
     let calibration = match (&s.calibration, &cal) {
-        (Some(p), _) => models::fsutil::sha256_file(p)?,
+        (Some(p), _) => files::sha256_file(p)?,
         (None, Some(_)) => "model".into(),
         (None, None) => "none".into(),
     };
@@ -814,7 +815,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                 folds: h.folds,
                 cv_sha256: h.cv_sha256.clone(),
                 series: h.series.iter().cloned().collect(),
-                candidates_sha256: models::fsutil::sha256_file(s.candidates.as_deref().unwrap_or(Path::new("")))?,
+                candidates_sha256: files::sha256_file(s.candidates.as_deref().unwrap_or(Path::new("")))?,
                 rows: tally.scored + previous.as_ref().map_or(0, |p| p.done.len()),
                 failed: tally.errors.len(),
                 model_sha256: sha.clone(),
@@ -822,7 +823,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                 format: crate::shard::format_name(s.format).into(),
                 header: header.iter().map(|h| h.to_string()).collect(),
                 tta: format!("{:?}", s.tta).to_lowercase(),
-                output_sha256: models::fsutil::sha256_file(&s.out)?,
+                output_sha256: files::sha256_file(&s.out)?,
             },
         )?;
     }
@@ -842,7 +843,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                 calibration,
                 format: crate::shard::format_name(s.format).into(),
                 header: header.iter().map(|h| h.to_string()).collect(),
-                output_sha256: models::fsutil::sha256_file(&s.out)?,
+                output_sha256: files::sha256_file(&s.out)?,
                 tta: format!("{:?}", s.tta).to_lowercase(),
             },
         )?;
@@ -865,7 +866,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         pipeline_seconds: tally.pipeline_seconds,
         first_batch_seconds: tally.first_batch_seconds.unwrap_or(0.0),
         model_seconds: tally.model_seconds,
-        peak_rss_kib: models::cli::peak_rss_kib(),
+        peak_rss_kib: host::peak_rss_kib(),
         notes: inputs.notes.clone(),
     })
 }

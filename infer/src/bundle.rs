@@ -61,7 +61,7 @@ pub struct Requirements {
 pub fn min_glibc(files: &[PathBuf]) -> Result<String, InferError> {
     let mut best: Vec<u32> = vec![2, 2, 5];
     for f in files {
-        let bytes = models::fsutil::read_regular(f)?;
+        let bytes = files::read_regular(f)?;
         let pat = b"GLIBC_";
         let mut i = 0;
         while let Some(pos) = bytes[i..].windows(pat.len()).position(|w| w == pat) {
@@ -140,11 +140,11 @@ exec "$here/infer" "$@"
 /// Checks that the model loads and is scorable, and that its calibration belongs to it;
 /// returns the model's sha256.
 fn check_model(s: &BundleSettings) -> Result<String, InferError> {
-    let bytes = models::fsutil::read_regular(&s.model)?;
+    let bytes = files::read_regular(&s.model)?;
     let proto = models::onnx::parse_model(&bytes, &s.model)?;
     let md = models::onnx::metadata(&proto);
     models::preprocess::Preprocess::from_metadata(&md).map_err(|e| crate::bad_input(&s.model, e.to_string()))?;
-    let model_sha = models::fsutil::sha256_bytes(&bytes);
+    let model_sha = files::sha256_bytes(&bytes);
     let baked = crate::calib::read_baked(&md, &s.model, s.calibration.is_some())?;
     if let Some(c) = &s.calibration {
         let cal = models::calibration::CalibrationFile::load(c)?;
@@ -156,7 +156,7 @@ fn check_model(s: &BundleSettings) -> Result<String, InferError> {
 /// The files the archive carries, by their name in it: this binary, ONNX Runtime (with
 /// `--gpu` its CUDA provider), the model and its calibration.
 fn bundled_files(s: &BundleSettings, ort: &Path) -> Result<Vec<(String, PathBuf)>, InferError> {
-    let exe = std::env::current_exe().map_err(|e| models::Error::io("current executable", e))?;
+    let exe = std::env::current_exe().map_err(|e| files::Error::io("current executable", e))?;
     let name_of = |p: &Path, default: &str| {
         p.file_name()
             .map_or(default.into(), |n| n.to_string_lossy().into_owned())
@@ -254,7 +254,7 @@ fn describe(
 }
 
 /// Writes the archive: sorted names, fixed times and owners (deterministic), one top folder.
-fn pack(contents: &BTreeMap<String, Vec<u8>>, w: &mut models::fsutil::Sink) -> std::io::Result<()> {
+fn pack(contents: &BTreeMap<String, Vec<u8>>, w: &mut files::Sink) -> std::io::Result<()> {
     let gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     let mut dir = tar::Header::new_gnu();
@@ -281,22 +281,22 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     let files = bundled_files(s, &ort)?;
     // Nothing the bundle is made of may be overwritten by it, and one bundle run at a time
     // writes there.
-    let mut io = models::fsutil::RunIo::new();
+    let mut io = files::RunIo::new();
     io.inputs("bundled file", files.iter().map(|(_, p)| p.as_path()));
-    models::fsutil::create_parent(&s.out)?;
+    files::create_parent(&s.out)?;
     let target = io.output("bundle", &s.out)?;
     // A bundle replaces only a gzip archive (an earlier bundle), never another file.
-    models::fsutil::check_replaceable(&s.out, "bundle", &|h| h.starts_with(&[0x1f, 0x8b]))?;
+    files::check_replaceable(&s.out, "bundle", &|h| h.starts_with(&[0x1f, 0x8b]))?;
     let _lock = match &target {
-        models::fsutil::Target::File(p) => {
-            Some(models::fsutil::Lock::beside(p, &format!("bundle {}", s.out.display()))?)
+        files::Target::File(p) => {
+            Some(files::Lock::beside(p, &format!("bundle {}", s.out.display()))?)
         }
-        models::fsutil::Target::Stream(_) => None,
+        files::Target::Stream(_) => None,
     };
     let (info, readme) = describe(s, &files, model_sha)?;
     let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (name, path) in &files {
-        contents.insert(name.clone(), models::fsutil::read_regular(path)?);
+        contents.insert(name.clone(), files::read_regular(path)?);
     }
     let yaml = yaml_serde::to_string(&info).map_err(|e| crate::bad_input(&s.out, e.to_string()))?;
     contents.insert(DESCRIPTION.into(), yaml.into_bytes());
@@ -304,14 +304,14 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     contents.insert("run".into(), RUN.as_bytes().to_vec());
     let sums: String = contents
         .iter()
-        .map(|(name, data)| format!("{}  {name}\n", models::fsutil::sha256_bytes(data)))
+        .map(|(name, data)| format!("{}  {name}\n", files::sha256_bytes(data)))
         .collect();
     contents.insert(MANIFEST.into(), sums.into_bytes());
-    let mut sink = models::fsutil::Sink::to(&target, &s.out)?;
-    pack(&contents, &mut sink).map_err(|e| models::Error::io(&s.out, e))?;
+    let mut sink = files::Sink::to(&target, &s.out)?;
+    pack(&contents, &mut sink).map_err(|e| files::Error::io(&s.out, e))?;
     sink.commit()?;
     let size = std::fs::metadata(&s.out)
-        .map_err(|e| models::Error::io(&s.out, e))?
+        .map_err(|e| files::Error::io(&s.out, e))?
         .len();
     Ok((s.out.clone(), size))
 }
@@ -329,7 +329,7 @@ pub fn verify_self() -> Result<Option<(PathBuf, BundleInfo)>, InferError> {
     if !manifest.is_file() {
         return Ok(None);
     }
-    let text = models::fsutil::read_regular_to_string(&manifest)?;
+    let text = files::read_regular_to_string(&manifest)?;
     let mut problems = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let Some((sum, name)) = line.split_once("  ") else {
@@ -341,7 +341,7 @@ pub fn verify_self() -> Result<Option<(PathBuf, BundleInfo)>, InferError> {
             problems.push(format!("{name} is missing"));
             continue;
         }
-        let got = models::fsutil::sha256_file(&p)?;
+        let got = files::sha256_file(&p)?;
         if got != sum {
             problems.push(format!(
                 "{name} was modified (sha256 {} ≠ manifest {})",
@@ -351,7 +351,7 @@ pub fn verify_self() -> Result<Option<(PathBuf, BundleInfo)>, InferError> {
         }
     }
     let desc = dir.join(DESCRIPTION);
-    let info: Option<BundleInfo> = models::fsutil::read_regular_to_string(&desc)
+    let info: Option<BundleInfo> = files::read_regular_to_string(&desc)
         .ok()
         .and_then(|t| yaml_serde::from_str(&t).ok());
     match &info {

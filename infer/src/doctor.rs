@@ -65,7 +65,7 @@ pub fn report(model: Option<&Path>, ort_lib: Option<&Path>) -> Result<String, In
             find_lib(lib, &site_nvidia).map_or("not found".to_string(), |p| p.display().to_string())
         );
     }
-    // fsutil-exempt: the kernel's own file, no user input.
+    // files-exempt: the kernel's own file, no user input.
     let driver = std::fs::read_to_string("/proc/driver/nvidia/version")
         .ok()
         .and_then(|t| t.lines().next().map(str::to_string))
@@ -74,7 +74,7 @@ pub fn report(model: Option<&Path>, ort_lib: Option<&Path>) -> Result<String, In
     if let Some(m) = model {
         let proto = models::onnx::read_model(m)?;
         let md = models::onnx::metadata(&proto);
-        let sha = models::fsutil::sha256_file(m)?;
+        let sha = files::sha256_file(m)?;
         let _ = writeln!(s, "model {} (sha256 {sha})", m.display());
         let g = proto.graph.as_ref();
         let names = |v: Option<&Vec<models::onnx::proto::ValueInfoProto>>| {
@@ -147,7 +147,7 @@ pub fn bundle_report(info: &crate::bundle::BundleInfo) -> String {
     };
     let _ = writeln!(s, "  glibc: needs >= {}, {verdict}", r.min_glibc);
     if let (Some(cuda), Some(cudnn)) = (r.cuda_major, r.cudnn_major) {
-        // fsutil-exempt: the kernel's own file, no user input.
+        // files-exempt: the kernel's own file, no user input.
         let driver = std::fs::read_to_string("/proc/driver/nvidia/version").ok();
         let _ = writeln!(
             s,

@@ -36,7 +36,7 @@ impl HeldOut {
     /// Reads `RUN/split.csv` and `RUN/config.yaml` of a fold's run folder.
     pub fn read(run: &Path) -> Result<Self, InferError> {
         let cfg_path = run.join("config.yaml");
-        let text = models::fsutil::read_regular_to_string(&cfg_path)
+        let text = files::read_regular_to_string(&cfg_path)
             .map_err(|e| crate::bad_input(run, format!("not a training run folder ({e})")))?;
         let cfg: yaml_serde::Value =
             yaml_serde::from_str(&text).map_err(|e| crate::bad_input(&cfg_path, format!("not a run's config: {e}")))?;
@@ -56,7 +56,7 @@ impl HeldOut {
             return Err(crate::bad_input(&cfg_path, format!("split.fold {fold} of split.folds {folds}")));
         }
         let split = run.join("split.csv");
-        let (mut rdr, headers) = models::csvio::open(&split, true)?;
+        let (mut rdr, headers) = tables::csvio::open(&split, true)?;
         let (Some(u), Some(k)) = (
             headers.iter().position(|h| h == "seriesuid"),
             headers.iter().position(|h| h == "split"),
@@ -64,7 +64,7 @@ impl HeldOut {
             return Err(crate::bad_input(&split, "no seriesuid and split columns"));
         };
         let (mut all, mut series) = (BTreeSet::new(), BTreeSet::new());
-        for (line, rec) in models::csvio::rows(&mut rdr) {
+        for (line, rec) in tables::csvio::rows(&mut rdr) {
             let rec = rec.map_err(|e| crate::bad_input(&split, format!("line {line}: {e}")))?;
             let uid = rec.get(u).unwrap_or("").to_string();
             match rec.get(k).unwrap_or("") {
@@ -89,7 +89,7 @@ impl HeldOut {
             fold,
             folds,
             series,
-            cv_sha256: models::fsutil::sha256_bytes(text.as_bytes()),
+            cv_sha256: files::sha256_bytes(text.as_bytes()),
         })
     }
 
@@ -105,7 +105,7 @@ impl HeldOut {
     /// Refuses a model that is not one of this fold's (by content).
     pub fn check_model(&self, model: &Path, sha256: &str) -> Result<(), InferError> {
         for m in self.models() {
-            if models::fsutil::sha256_file(&m)? == sha256 {
+            if files::sha256_file(&m)? == sha256 {
                 return Ok(());
             }
         }
@@ -151,7 +151,7 @@ pub fn record_path(out: &Path) -> PathBuf {
 /// Writes a fold's record beside its output (after the output: the record commits it).
 pub fn write_record(out: &Path, rec: &Record) -> Result<(), InferError> {
     let text = yaml_serde::to_string(rec).map_err(|e| crate::bad_input(out, e.to_string()))?;
-    models::fsutil::write_atomic(&record_path(out), text.as_bytes())?;
+    files::write_atomic(&record_path(out), text.as_bytes())?;
     Ok(())
 }
 
@@ -170,7 +170,7 @@ pub fn merge(outputs: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
     let _lock = crate::shard::open_merge(outputs, &records, out, "fold")?;
     let mut parts: Vec<(Record, &PathBuf)> = Vec::with_capacity(outputs.len());
     for (p, r) in outputs.iter().zip(&records) {
-        let text = models::fsutil::read_regular_to_string(r).map_err(|e| {
+        let text = files::read_regular_to_string(r).map_err(|e| {
             crate::bad_input(
                 p,
                 format!("no fold record beside it ({e}): was it written by `infer --scans ... --held-out RUN/fold_N`?"),

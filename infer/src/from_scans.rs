@@ -32,7 +32,8 @@ use crate::inputs::{scan_groups, Decoded, Inputs, Item};
 use crate::InferError;
 
 /// What to do with candidates whose series has no scan under the folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::VariantArray, strum::IntoStaticStr, strum::EnumMessage)]
+#[strum(serialize_all = "kebab-case")]
 pub enum MissingScans {
     /// Each is an error of the run (listed in the errors file; exit non-zero): a FROC over
     /// a candidate list with holes would be quietly low.
@@ -97,7 +98,7 @@ pub fn collect(
         out.items.push(Item {
             path: src.path().to_path_buf(),
             name: c.name.clone(),
-            row: Some(models::index::ScoringRow {
+            row: Some(tables::index::ScoringRow {
                 patch_file: c.name,
                 seriesuid: c.seriesuid,
                 diam_mm: c.diam_mm,
@@ -197,10 +198,10 @@ fn cut_one(
 }
 
 fn item_err(it: &Item, msg: String) -> models::Error {
-    models::Error::BadInput {
+    models::Error::from(files::Error::BadInput {
         path: it.path.clone(),
         msg,
-    }
+    })
 }
 
 /// Reads scans ahead of the cutting, in order, never more than `jobs` scans alive (read or
@@ -234,10 +235,10 @@ impl ReadAhead<'_> {
             }
             let r = match self.sources[i] {
                 Some(src) => src.read(),
-                None => Err(models::Error::BadInput {
+                None => Err(models::Error::from(files::Error::BadInput {
                     path: PathBuf::new(),
                     msg: "internal: no scan for these candidates".into(),
-                }),
+                })),
             };
             if tx.send((i, r)).is_err() {
                 return;
@@ -348,10 +349,10 @@ fn cut_all<'a>(todo: &[&'a Item], f: &Feed, out: &dyn Fn(Decoded<'a>) -> bool, b
                         pending.insert(i, r);
                     }
                     Err(_) => {
-                        break Err(models::Error::BadInput {
+                        break Err(models::Error::from(files::Error::BadInput {
                             path: items[0].path.clone(),
                             msg: "internal: the scan readers stopped".into(),
-                        })
+                        }))
                     }
                 }
             };

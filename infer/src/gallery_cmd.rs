@@ -28,7 +28,7 @@ pub(crate) struct GalleryArgs {
     #[arg(short, long, default_value = "review.html")]
     out: PathBuf,
     /// Thumbnails in a folder beside the page (NAME_thumbs/), or embedded in it.
-    #[arg(long, value_enum, default_value_t = infer::gallery::Thumbnails::Folder)]
+    #[arg(long, value_parser = cli::choice::<infer::gallery::Thumbnails>(), default_value = "folder")]
     thumbnails: infer::gallery::Thumbnails,
     /// Patches in the highest-scores section.
     #[arg(long, default_value_t = 50)]
@@ -104,10 +104,7 @@ pub(crate) fn gallery(a: &GalleryArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("infer: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail("infer", &e),
     }
 }
 

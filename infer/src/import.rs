@@ -29,7 +29,8 @@ use models::preprocess::Preprocess;
 use crate::InferError;
 
 /// What the imported model's output means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr, strum::EnumMessage)]
+#[strum(serialize_all = "kebab-case")]
 pub enum OutputKind {
     /// Log-odds of a nodule (no sigmoid at the end), `[N, 1]` or `[N]`.
     Logit,
@@ -94,7 +95,7 @@ pub struct ImportSettings {
     /// A model of ours whose preprocessing to copy (flags below override it).
     pub like: Option<PathBuf>,
     /// Preprocessing given on the command line (over `like`'s or the defaults).
-    pub pre: models::cli::PreprocessFlags,
+    pub pre: models::preprocess::Overrides,
     pub ort_lib: Option<PathBuf>,
 }
 
@@ -300,7 +301,7 @@ fn f32_const(name: &str, v: f32) -> TensorProto {
 fn preprocessing(s: &ImportSettings, fixed_cube: Option<usize>) -> Result<Preprocess, InferError> {
     let mut pre = match &s.like {
         Some(like) => {
-            let bytes = models::fsutil::read_regular(like)?;
+            let bytes = files::read_regular(like)?;
             let md = models::onnx::metadata(&models::onnx::parse_model(&bytes, like)?);
             Preprocess::from_metadata(&md).map_err(|e| crate::bad_input(like, format!("--like: {e}")))?
         }
@@ -611,7 +612,7 @@ impl ExternalData {
         }
         if !self.files.contains_key(&r.location) {
             let p = self.dir.join(rel);
-            let f = models::fsutil::open_regular(&p).map_err(|e| format!("tensor `{}`: {e}", r.tensor))?;
+            let f = files::open_regular(&p).map_err(|e| format!("tensor `{}`: {e}", r.tensor))?;
             // Through symbolic links too, the file must stay inside the model's folder: a
             // link named as external data must not pull /etc/passwd into the model.
             let (real, home) = (std::fs::canonicalize(&p), std::fs::canonicalize(&self.dir));
@@ -672,7 +673,7 @@ impl ExternalData {
         let mut sums = Vec::new();
         for name in self.files.keys() {
             let p = self.dir.join(name);
-            sums.push((name.clone(), models::fsutil::sha256_file(&p)?));
+            sums.push((name.clone(), files::sha256_file(&p)?));
         }
         Ok((out, sums))
     }
@@ -680,8 +681,8 @@ impl ExternalData {
 
 impl Source {
     fn read(s: &ImportSettings) -> Result<Source, InferError> {
-        let file_bytes = models::fsutil::read_regular(&s.source)?;
-        let sha256 = models::fsutil::sha256_bytes(&file_bytes);
+        let file_bytes = files::read_regular(&s.source)?;
+        let sha256 = files::sha256_bytes(&file_bytes);
         let dir = ExternalData::new(&s.source).dir.clone();
         let (bytes, external) = ExternalData::new(&s.source).inline(file_bytes)?;
         let external_paths = external.iter().map(|(n, _)| dir.join(n)).collect();
@@ -878,7 +879,7 @@ pub fn import(s: &ImportSettings) -> Result<Imported, InferError> {
     }
     // The source first (reading writes nothing): its external data files are inputs too.
     let src = Source::read(s)?;
-    let mut io = models::fsutil::RunIo::new();
+    let mut io = files::RunIo::new();
     io.input("source model", &s.source);
     io.inputs(
         "external data file of the source",
@@ -887,14 +888,14 @@ pub fn import(s: &ImportSettings) -> Result<Imported, InferError> {
     if let Some(l) = &s.like {
         io.input("--like model", l);
     }
-    models::fsutil::create_parent(&s.out)?;
+    files::create_parent(&s.out)?;
     let target = io.output("imported model", &s.out)?;
-    models::fsutil::check_replaceable(&s.out, "model", &models::onnx::looks_like_onnx)?;
+    files::check_replaceable(&s.out, "model", &models::onnx::looks_like_onnx)?;
     let _lock = match &target {
-        models::fsutil::Target::File(p) => {
-            Some(models::fsutil::Lock::beside(p, &format!("output {}", s.out.display()))?)
+        files::Target::File(p) => {
+            Some(files::Lock::beside(p, &format!("output {}", s.out.display()))?)
         }
-        models::fsutil::Target::Stream(_) => None,
+        files::Target::Stream(_) => None,
     };
     let pre = preprocessing(s, src.fixed_cube)?;
     let g = src
@@ -908,16 +909,16 @@ pub fn import(s: &ImportSettings) -> Result<Imported, InferError> {
     let imported = rewrite(&src.bytes, &plan.edit).map_err(|e| crate::bad_input(&s.source, format!("not an ONNX model: {e}")))?;
     let mut checked = (0.0, String::new());
     let mut check = |tmp: &Path| -> Result<(), InferError> {
-        std::fs::write(tmp, &imported).map_err(|e| models::Error::io(tmp, e))?;
+        std::fs::write(tmp, &imported).map_err(|e| files::Error::io(tmp, e))?;
         checked = verify(s, tmp, &data, &want)?;
         Ok(())
     };
     match &target {
-        models::fsutil::Target::File(_) => models::fsutil::replace_with(&s.out, &mut check)?,
-        models::fsutil::Target::Stream(_) => {
-            let tmp = tempfile::NamedTempFile::new().map_err(|e| models::Error::io(std::env::temp_dir(), e))?;
+        files::Target::File(_) => files::replace_with(&s.out, &mut check)?,
+        files::Target::Stream(_) => {
+            let tmp = tempfile::NamedTempFile::new().map_err(|e| files::Error::io(std::env::temp_dir(), e))?;
             check(tmp.path())?;
-            models::fsutil::write_atomic(&s.out, &imported)?;
+            files::write_atomic(&s.out, &imported)?;
         }
     }
     Ok(Imported {

@@ -3,7 +3,7 @@
 //! Nothing is skipped silently. In a folder, an entry named `*.npy` that is not a regular
 //! file (a folder, a FIFO, a socket, a device), a symlink loop, an unreadable folder or a
 //! name that is not UTF-8 is reported as that entry's error; an explicit path that is not
-//! a regular file is reported when it is read (see [`models::fsutil::open_regular`], which
+//! a regular file is reported when it is read (see [`files::open_regular`], which
 //! never blocks). The same file reached twice (given twice, through a folder and by name,
 //! through a symlink or a hard link) is scored once and the repeats reported; so is an
 //! index row listing a patch again. Two different files never share an output name.
@@ -19,7 +19,7 @@ use crate::InferError;
 pub struct Item {
     pub path: PathBuf,
     pub name: String,
-    pub row: Option<models::index::ScoringRow>,
+    pub row: Option<tables::index::ScoringRow>,
 }
 
 /// The scans a run reads, by seriesuid.
@@ -109,7 +109,7 @@ pub fn collect_inputs(inputs: &[PathBuf], recursive: bool) -> Result<Inputs, Inf
                         } else {
                             let why = format!(
                                 "not a regular file ({}); patches must be regular .npy files",
-                                models::fsutil::read::kind_of(e.file_type())
+                                files::read::kind_of(e.file_type())
                             );
                             out.refused.push((e.path().display().to_string(), why));
                         }
@@ -175,7 +175,7 @@ pub fn collect_inputs(inputs: &[PathBuf], recursive: bool) -> Result<Inputs, Inf
 /// The rows of an index CSV as items; output rows then carry the index's columns. Rows the
 /// index refuses (a patch listed again, a non-finite centre) are reported, not scored.
 pub fn collect_index(index: &Path) -> Result<Inputs, InferError> {
-    let idx = models::index::read_scoring_index(index)?;
+    let idx = tables::index::read_scoring_index(index)?;
     let items = idx
         .rows
         .into_iter()

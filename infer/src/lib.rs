@@ -23,10 +23,12 @@ pub enum InferError {
     Models(#[from] models::Error),
 }
 
+models::errors_through_models!(InferError);
+
 /// "This input is bad, and here is why" ([`models::Error::bad_input`], the one constructor
 /// every crate uses): a caller matches `InferError::Models(models::Error::BadInput { .. })`.
 pub(crate) fn bad_input(path: &std::path::Path, msg: impl Into<String>) -> InferError {
-    models::Error::bad_input(path, msg).into()
+    files::Error::bad_input(path, msg).into()
 }
 
 mod batch;

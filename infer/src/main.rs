@@ -60,7 +60,7 @@ struct Args {
     scan_jobs: usize,
     /// With --scans: candidates whose series has no scan under the folder are errors
     /// (error), or left out and counted (skip: scoring one LUNA16 subset with the whole list).
-    #[arg(long, value_enum, default_value = "error")]
+    #[arg(long, value_parser = cli::choice::<infer::from_scans::MissingScans>(), default_value = "error")]
     missing_scans: infer::from_scans::MissingScans,
     /// With --scans: score only the series this fold of a k-fold run held out (RUN/fold_N of
     /// `trainer train --folds K`: its split.csv), with its own model (the default -m), and
@@ -91,7 +91,7 @@ struct Args {
     #[arg(short, long, default_value = "scores.csv")]
     out: PathBuf,
     /// Output format: csv, jsonl, or luna16 (the challenge's submission CSV; needs --index).
-    #[arg(long, value_enum, default_value = "csv")]
+    #[arg(long, value_parser = cli::choice::<infer::Format>(), default_value = "csv")]
     format: infer::Format,
     /// File listing the patches that failed (default: OUT.errors.csv).
     #[arg(long)]
@@ -104,7 +104,7 @@ struct Args {
     #[arg(long, value_name = "K/N")]
     shard: Option<infer::shard::Shard>,
     /// Test-time augmentation: `flips` averages the logits of the 8 flip combinations.
-    #[arg(long, value_enum, default_value = "none")]
+    #[arg(long, value_parser = cli::choice::<infer::Tta>(), default_value = "none")]
     tta: infer::Tta,
     /// auto, cpu, cuda or cuda:N. `cuda` fails if the CUDA provider cannot be registered.
     #[arg(long, default_value = "auto")]
@@ -198,10 +198,7 @@ fn bundle(s: &infer::bundle::BundleSettings) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("infer bundle: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail("infer bundle", &e),
     }
 }
 
@@ -232,10 +229,7 @@ fn merge(parts: &[PathBuf], out: &std::path::Path, folds: bool) -> ExitCode {
             println!("merged {n} {what}: {k} {rows} -> {}{bad}", out.display());
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("infer merge: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail("infer merge", &e),
     }
 }
 
@@ -254,10 +248,7 @@ fn doctor(
             print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("infer doctor: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail("infer doctor", &e),
     }
 }
 
@@ -339,7 +330,7 @@ struct ImportArgs {
     out: PathBuf,
     /// What the output is: logit (log-odds), probability (after a sigmoid), or for an
     /// [N, 2] output two-class-logits (before a softmax) or softmax (probabilities).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = cli::choice::<infer::import::OutputKind>())]
     output_kind: infer::import::OutputKind,
     /// For a two-class output: the index of the nodule class (0 or 1).
     #[arg(long, default_value_t = 1)]
@@ -352,7 +343,7 @@ struct ImportArgs {
     like: Option<PathBuf>,
     /// The preprocessing (--cube-size is needed when the input's size is symbolic).
     #[command(flatten)]
-    pre: models::cli::PreprocessFlags,
+    pre: cli::PreprocessFlags,
     #[arg(long, help = scorer::ORT_LIB_HELP)]
     ort_lib: Option<PathBuf>,
 }
@@ -366,7 +357,7 @@ fn import(a: &ImportArgs) -> ExitCode {
         positive_class: a.positive_class,
         output: a.output.clone(),
         like: a.like.clone(),
-        pre: a.pre,
+        pre: a.pre.into(),
         ort_lib: a.ort_lib.clone(),
     };
     match infer::import::import(&s) {
@@ -417,15 +408,12 @@ fn import(a: &ImportArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("infer import: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail("infer import", &e),
     }
 }
 
 fn main() -> ExitCode {
-    models::cli::default_sigpipe();
+    cli::default_sigpipe();
     let a = Args::parse();
     if let Some(Cmd::Bundle {
         model,
@@ -447,8 +435,7 @@ fn main() -> ExitCode {
     let bundle = match infer::bundle::verify_self() {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("infer: error: {e}");
-            return ExitCode::FAILURE;
+            return cli::fail("infer", &e);
         }
     };
     match &a.cmd {
@@ -535,9 +522,6 @@ fn score(mut a: Args, bundle: Option<&(PathBuf, infer::bundle::BundleInfo)>) -> 
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("infer: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail("infer", &e),
     }
 }

@@ -1,8 +1,9 @@
 //! The output formats: one row per scored patch in CSV or JSONL with every column, or the
 //! LUNA16 submission format; rows are formatted batch by batch and streamed to a
-//! [`models::fsutil::Sink`].
+//! [`files::Sink`].
 /// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr, strum::EnumMessage)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Format {
     /// One row per patch with every column.
     Csv,

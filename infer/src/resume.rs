@@ -46,7 +46,7 @@ pub(crate) fn read_previous(
     wanted: &(dyn Fn(&str) -> bool + Sync),
     same_input: &(dyn Fn(&str, &str) -> bool + Sync),
 ) -> Result<Previous, InferError> {
-    let bytes = models::fsutil::read_regular(path)?;
+    let bytes = files::read_regular(path)?;
     let other_calibration = |line: usize| {
         crate::bad_input(
             path,

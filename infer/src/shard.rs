@@ -90,7 +90,7 @@ pub fn inputs_sha256(inputs: &Inputs) -> String {
         text += &it.name;
         text.push('\n');
     }
-    models::fsutil::sha256_bytes(text.as_bytes())
+    files::sha256_bytes(text.as_bytes())
 }
 
 /// Keeps part `shard` of the inputs: items `[(k−1)·n/N, k·n/N)` of the sorted list (from
@@ -161,15 +161,15 @@ pub(crate) fn open_merge(
     records: &[PathBuf],
     out: &Path,
     kind: &str,
-) -> Result<Option<models::fsutil::Lock>, InferError> {
-    let mut io = models::fsutil::RunIo::new();
+) -> Result<Option<files::Lock>, InferError> {
+    let mut io = files::RunIo::new();
     io.inputs(&format!("{kind} output"), parts.iter().map(PathBuf::as_path));
     io.inputs(&format!("{kind} record"), records.iter().map(PathBuf::as_path));
     let target = io.output("merged output", out)?;
-    models::fsutil::check_replaceable(out, "scores output", &crate::output::is_scores)?;
+    files::check_replaceable(out, "scores output", &crate::output::is_scores)?;
     Ok(match &target {
-        models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(p, &format!("output {}", out.display()))?),
-        models::fsutil::Target::Stream(_) => None,
+        files::Target::File(p) => Some(files::Lock::beside(p, &format!("output {}", out.display()))?),
+        files::Target::Stream(_) => None,
     })
 }
 
@@ -183,8 +183,8 @@ pub(crate) fn checked_body(
     header: Option<&str>,
     kind: &str,
 ) -> Result<Vec<u8>, InferError> {
-    let bytes = models::fsutil::read_regular(part)?;
-    if models::fsutil::sha256_bytes(&bytes) != output_sha256 {
+    let bytes = files::read_regular(part)?;
+    if files::sha256_bytes(&bytes) != output_sha256 {
         return Err(crate::bad_input(
             part,
             format!(
@@ -239,7 +239,7 @@ pub(crate) fn each_once(numbers: &[(usize, &PathBuf)], n: usize, kind: &str) -> 
 /// Writes the merged output atomically: the header once (none for JSON lines), then the
 /// parts' rows in order, byte for byte.
 pub(crate) fn write_merged(out: &Path, header: Option<&str>, bodies: &[Vec<u8>]) -> Result<(), InferError> {
-    models::fsutil::write_atomic_with(out, |w| {
+    files::write_atomic_with(out, |w| {
         if let Some(h) = header {
             writeln!(w, "{h}")?;
         }
@@ -257,7 +257,7 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
     let _lock = open_merge(shards, &records, out, "shard")?;
     let mut parts: Vec<(Record, &PathBuf)> = Vec::with_capacity(shards.len());
     for (p, r) in shards.iter().zip(&records) {
-        let text = models::fsutil::read_regular_to_string(r).map_err(|e| {
+        let text = files::read_regular_to_string(r).map_err(|e| {
             crate::bad_input(
                 p,
                 format!("no shard record beside it ({e}): was it written by `infer --shard K/N`?"),
@@ -356,7 +356,7 @@ pub fn format_name(f: Format) -> &'static str {
 /// Writes a shard's record beside its output.
 pub fn write_record(out: &Path, rec: &Record) -> Result<(), InferError> {
     let text = yaml_serde::to_string(rec).map_err(|e| crate::bad_input(out, e.to_string()))?;
-    models::fsutil::write_atomic(&record_path(out), text.as_bytes())?;
+    files::write_atomic(&record_path(out), text.as_bytes())?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::sigmoid;
+use metrics::sigmoid;
 use crate::{Error, Result};
 
 /// Which calibration maps a raw logit to a probability.
@@ -270,7 +270,7 @@ impl CalibrationFile {
 
     /// Reads and checks a calibration file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = crate::fsutil::read_regular_to_string(path)?;
+        let text = files::read_regular_to_string(path)?;
         let cal: Self = yaml_serde::from_str(&text).map_err(|e| bad(path, format!("not a calibration file: {e}")))?;
         cal.check().map_err(|m| bad(path, m))?;
         Ok(cal)

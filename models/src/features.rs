@@ -69,17 +69,17 @@ type Table = (
 );
 
 fn read_table(path: &Path, key: &str, columns: &[String], unique: bool) -> Result<Table> {
-    let (mut rdr, headers) = crate::csvio::open(path, true)?;
-    let bad = |msg: String| Error::BadCsv {
+    let (mut rdr, headers) = tables::csvio::open(path, true)?;
+    let bad = |msg: String| tables::Error::BadCsv {
         path: path.to_path_buf(),
         msg,
     };
     let Some(k) = headers.iter().position(|h| h == key) else {
-        return Err(bad(format!("no `{key}` column")));
+        return Err(bad(format!("no `{key}` column")).into());
     };
     let idx: Vec<Option<usize>> = columns.iter().map(|c| headers.iter().position(|h| h == c)).collect();
     let mut out = HashMap::new();
-    for (line, rec) in crate::csvio::rows(&mut rdr) {
+    for (line, rec) in tables::csvio::rows(&mut rdr) {
         let rec = rec.map_err(|e| bad(format!("line {line}: {e}")))?;
         let id = rec.get(k).unwrap_or("").to_string();
         let values = columns
@@ -103,7 +103,7 @@ fn read_table(path: &Path, key: &str, columns: &[String], unique: bool) -> Resul
         // there as that entry's error).
         match out.get(&id) {
             Some((first, _)) if unique => {
-                return Err(bad(format!("line {line}: {key} {id} is already on line {first}")));
+                return Err(bad(format!("line {line}: {key} {id} is already on line {first}")).into());
             }
             Some(_) => {}
             None => {
@@ -138,7 +138,7 @@ pub fn read(
         .map(|(_, c)| c.as_str())
         .collect();
     if !absent.is_empty() {
-        return Err(Error::BadCsv {
+        return Err(tables::Error::BadCsv {
             path: index.to_path_buf(),
             msg: format!(
                 "feature column(s) {} in neither the index{}",
@@ -148,7 +148,7 @@ pub fn read(
                     |j| format!(" nor {}", j.display())
                 )
             ),
-        });
+        }.into());
     }
     let at = |file: &Path, e: &str| format!("{}: {e}", file.display());
     Ok(rows
@@ -201,10 +201,10 @@ pub fn read_by_series(
         .map(|(c, _)| c.as_str())
         .collect();
     if !absent.is_empty() {
-        return Err(Error::BadCsv {
+        return Err(tables::Error::BadCsv {
             path: join.to_path_buf(),
             msg: format!("no feature column(s) {}", absent.join(", ")),
-        });
+        }.into());
     }
     let at = |e: &str| format!("{}: {e}", join.display());
     Ok(rows

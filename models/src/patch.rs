@@ -75,10 +75,10 @@ const TRUNCATED: &str = "truncated: the file holds less data than its header dec
 /// element type, and that the file holds exactly the data it declares. Runs before any
 /// array is allocated. Returns the open file too.
 fn open_npy(path: &Path) -> Result<(NpyHeader, std::fs::File)> {
-    let mut f = crate::fsutil::open_regular(path)?;
-    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut f = files::open_regular(path)?;
+    let file_len = f.metadata().map_err(|e| Error::from(files::Error::io(path, e)))?.len();
     let mut pre = [0u8; 12];
-    let n = f.read(&mut pre).map_err(|e| Error::io(path, e))?;
+    let n = f.read(&mut pre).map_err(|e| Error::from(files::Error::io(path, e)))?;
     if n < 10 || &pre[..6] != b"\x93NUMPY" {
         return Err(bad(
             path,
@@ -100,7 +100,7 @@ fn open_npy(path: &Path) -> Result<(NpyHeader, std::fs::File)> {
             format!("truncated: header of {hlen} bytes in a {file_len}-byte file"),
         ));
     }
-    f.rewind().map_err(|e| Error::io(path, e))?;
+    f.rewind().map_err(|e| Error::from(files::Error::io(path, e)))?;
     let header = Header::from_reader(&mut (&mut f).take(start + hlen))
         .map_err(|e| bad(path, format!("not a valid .npy file ({e})")))?;
     let descr = match &header.type_descriptor {
@@ -233,7 +233,7 @@ pub fn read_npy_hu(path: &Path) -> Result<ArrayD<f32>> {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             bad(path, TRUNCATED.into())
         } else {
-            Error::io(path, e)
+            Error::from(files::Error::io(path, e))
         }
     })?;
     let values: Vec<f32> = raw
@@ -404,7 +404,7 @@ fn load_inner(path: &Path, pre: &Preprocess, out: &mut [f32], mut digest: Option
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             bad(path, TRUNCATED.into())
         } else {
-            Error::io(path, e)
+            Error::from(files::Error::io(path, e))
         }
     };
     thread_local! {

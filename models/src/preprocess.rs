@@ -26,6 +26,39 @@ pub struct Preprocess {
     pub pad_hu: f32,
 }
 
+/// Fields to replace in a [`Preprocess`] (the preprocessing flags of `infer import` and
+/// `trainer export`): each one given replaces that field of the preprocessing the command
+/// starts from (another model's, a config's, or the defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Overrides {
+    pub cube_size: Option<usize>,
+    pub hu_min: Option<f32>,
+    pub hu_max: Option<f32>,
+    pub out_min: Option<f32>,
+    pub out_max: Option<f32>,
+    pub pad_hu: Option<f32>,
+}
+
+impl Overrides {
+    /// `pre` with every field given put in (not validated: the caller validates the result).
+    pub fn apply(&self, pre: &mut Preprocess) {
+        if let Some(c) = self.cube_size {
+            pre.cube_size = c;
+        }
+        for (v, slot) in [
+            (self.hu_min, &mut pre.hu_min),
+            (self.hu_max, &mut pre.hu_max),
+            (self.out_min, &mut pre.out_min),
+            (self.out_max, &mut pre.out_max),
+            (self.pad_hu, &mut pre.pad_hu),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+    }
+}
+
 impl Default for Preprocess {
     fn default() -> Self {
         Preprocess {

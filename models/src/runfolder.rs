@@ -18,29 +18,29 @@ pub const SUMMARY_FILE: &str = "summary.yaml";
 pub fn check_outputs(dir: &Path, names: &[&str]) -> Result<()> {
     let p = dir.join(SUMMARY_FILE);
     if std::fs::symlink_metadata(&p).is_err() {
-        return Err(Error::BadInput {
+        return Err(Error::from(files::Error::BadInput {
             path: dir.to_path_buf(),
             msg: format!(
                 "no {SUMMARY_FILE}: the training run did not finish (killed or failed while exporting?); \
                  resume it (`trainer train --resume`) before using its files"
             ),
-        });
+        }));
     }
     #[derive(serde::Deserialize)]
     struct Outputs {
         #[serde(default)]
         outputs: BTreeMap<String, String>,
     }
-    let text = crate::fsutil::read_regular_to_string(&p)?;
-    let o: Outputs = yaml_serde::from_str(&text).map_err(|e| Error::BadInput {
+    let text = files::read_regular_to_string(&p)?;
+    let o: Outputs = yaml_serde::from_str(&text).map_err(|e| Error::from(files::Error::BadInput {
         path: p.clone(),
         msg: format!("not a run summary: {e}"),
-    })?;
+    }))?;
     for name in names {
         if let Some(want) = o.outputs.get(*name) {
-            let got = crate::fsutil::sha256_file(&dir.join(name))?;
+            let got = files::sha256_file(&dir.join(name))?;
             if &got != want {
-                return Err(Error::BadInput {
+                return Err(Error::from(files::Error::BadInput {
                     path: dir.join(name),
                     msg: format!(
                         "not the file {} records (sha256 {}…, recorded {}…): the run folder mixes two runs \
@@ -49,7 +49,7 @@ pub fn check_outputs(dir: &Path, names: &[&str]) -> Result<()> {
                         &got[..12],
                         want.chars().take(12).collect::<String>()
                     ),
-                });
+                }));
             }
         }
     }

@@ -26,16 +26,16 @@ use crate::spec::{ArchSpec, ParamKind};
 use crate::{Error, Result};
 
 fn bad(path: &Path, msg: impl Into<String>) -> Error {
-    Error::BadInput {
+    Error::from(files::Error::BadInput {
         path: path.to_path_buf(),
         msg: msg.into(),
-    }
+    })
 }
 
 /// The floating tensors of a safetensors file as float32, by name; integer counters
 /// (`num_batches_tracked`) passed over. A non-finite value is an error naming its tensor.
 pub fn read(path: &Path) -> Result<Weights> {
-    let bytes = crate::fsutil::read_regular(path)?;
+    let bytes = files::read_regular(path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
     let mut out = Weights::new();
     for (name, view) in st.tensors() {
@@ -280,7 +280,7 @@ pub fn write(path: &Path, weights: &BTreeMap<String, WeightTensor>) -> Result<()
         })
         .collect::<Result<_>>()?;
     let out = safetensors::serialize(views, None).map_err(|e| bad(path, e.to_string()))?;
-    crate::fsutil::write_atomic(path, &out)
+    Ok(files::write_atomic(path, &out)?)
 }
 
 #[cfg(test)]

@@ -263,9 +263,9 @@ proptest! {
         put(d.path(), "a.npy", b"x");
         let bytes = if mutated { mutate(text.into_bytes(), &m) } else { text.into_bytes() };
         let p = put(d.path(), "patch_index.csv", &bytes);
-        let (_, peak) = peak_of(|| models::index::PatchIndex::read(&p));
+        let (_, peak) = peak_of(|| tables::index::PatchIndex::read(&p));
         prop_assert!(peak <= BOUND, "PatchIndex::read held {peak} bytes");
-        let (r, peak) = peak_of(|| models::index::read_scoring_index(&p));
+        let (r, peak) = peak_of(|| tables::index::read_scoring_index(&p));
         prop_assert!(peak <= BOUND, "read_scoring_index held {peak} bytes");
         if let Ok(idx) = r {
             for row in &idx.rows {

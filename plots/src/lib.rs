@@ -77,10 +77,10 @@ fn rgb(c: (u8, u8, u8)) -> RGBColor {
 /// The PNG is drawn under a temporary name beside `path` and renamed over it, so a reader
 /// (or a crash) never sees a half-written chart.
 pub fn line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
-    models::fsutil::replace_with(path, |tmp| draw_line_chart(chart, tmp).map_err(|e| e.msg)).map_err(|e| PlotError {
+    files::replace_with(path, |tmp| draw_line_chart(chart, tmp).map_err(|e| e.msg)).map_err(|e| PlotError {
         path: path.display().to_string(),
         msg: match e {
-            models::Error::Io { source, .. } => source.to_string(),
+            files::Error::Io { source, .. } => source.to_string(),
             other => other.to_string(),
         },
     })

@@ -50,10 +50,11 @@ pub struct CandidateList {
 }
 
 fn bad(path: &Path, msg: String) -> Error {
-    Error::BadCsv {
+    tables::Error::BadCsv {
         path: path.to_path_buf(),
         msg,
     }
+    .into()
 }
 
 /// A 0/1 label as the file writes it (`0`, `1`, `0.0`, `1.0`; blank: none).
@@ -68,7 +69,7 @@ fn label_of(s: &str) -> std::result::Result<Option<u8>, String> {
 
 /// Reads a candidates file in either format (told apart by its header).
 pub fn read(path: &Path) -> Result<CandidateList> {
-    let (mut rdr, headers) = models::csvio::open(path, true)?;
+    let (mut rdr, headers) = tables::csvio::open(path, true)?;
     let col = |name: &str| headers.iter().position(|h| h == name);
     let (format, cols, value_cols) = if col("patch_file").is_some() {
         (
@@ -114,7 +115,7 @@ pub fn read(path: &Path) -> Result<CandidateList> {
     };
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut repeats: HashMap<String, usize> = HashMap::new();
-    for (line, rec) in models::csvio::rows(&mut rdr) {
+    for (line, rec) in tables::csvio::rows(&mut rdr) {
         let rec = rec.map_err(|e| bad(path, format!("line {line}: {e}")))?;
         let field = |i: usize| rec.get(i).unwrap_or("").trim();
         let at = format!("{} line {line}", path.display());

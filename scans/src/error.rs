@@ -32,6 +32,8 @@ pub enum ScanError {
     Yaml(#[from] yaml_serde::Error),
 }
 
+models::errors_through_models!(ScanError);
+
 impl From<csv::IntoInnerError<csv::Writer<Vec<u8>>>> for ScanError {
     fn from(e: csv::IntoInnerError<csv::Writer<Vec<u8>>>) -> Self {
         ScanError::Internal(format!("CSV buffer: {e}"))

@@ -32,10 +32,10 @@ pub mod resample;
 pub use error::ScanError;
 
 pub(crate) fn bad(path: &Path, msg: impl Into<String>) -> Error {
-    Error::BadInput {
+    Error::from(files::Error::BadInput {
         path: path.to_path_buf(),
         msg: msg.into(),
-    }
+    })
 }
 
 /// Where a scan's voxels are.

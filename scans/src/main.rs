@@ -140,7 +140,7 @@ fn prepare(a: &PrepareArgs) -> Result<()> {
         s.scans_failed,
         s.patches_written,
         s.patches_per_s,
-        a.out.join(models::index::INDEX_FILE).display(),
+        a.out.join(tables::index::INDEX_FILE).display(),
         s.positives_total,
         s.negatives_total
     );
@@ -244,9 +244,6 @@ fn main() -> ExitCode {
     };
     match run() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("scans: error: {}", models::cli::error_text(e.as_ref()));
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail("scans", e.as_ref()),
     }
 }

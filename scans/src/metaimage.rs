@@ -357,13 +357,13 @@ impl Scan {
 /// The header text of a `.mhd`, or the start of a `.mha` (up to and including the
 /// `ElementDataFile` line; a header is small, the data may be large).
 fn read_header_bytes(path: &Path) -> Result<Vec<u8>> {
-    let f = models::fsutil::open_regular(path)?;
+    let f = files::open_regular(path)?;
     let mut buf = Vec::new();
     let mut r = std::io::BufReader::new(f).take(1 << 20);
     // Read line by line until ElementDataFile (the last header key in MetaIO).
     loop {
         let mut line = Vec::new();
-        let n = std::io::BufRead::read_until(&mut r, b'\n', &mut line).map_err(|e| Error::io(path, e))?;
+        let n = std::io::BufRead::read_until(&mut r, b'\n', &mut line).map_err(|e| Error::from(files::Error::io(path, e)))?;
         if n == 0 {
             break;
         }
@@ -412,9 +412,9 @@ impl<'a> DataFile<'a> {
                     .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into())
             ))
         };
-        let file = match models::fsutil::open_regular(&path) {
+        let file = match files::open_regular(&path) {
             Ok(f) => f,
-            Err(Error::Io { source, .. }) => return Err(data_err(source)),
+            Err(files::Error::Io { source, .. }) => return Err(data_err(source)),
             Err(_) => return Err(bad(format!("ElementDataFile {} is not a regular file", path.display()))),
         };
         let len = file.metadata().map_err(data_err)?.len() as usize;
@@ -454,7 +454,7 @@ impl<'a> DataFile<'a> {
         let csize = self.h.compressed_size.map_or(avail, |c| c.min(avail));
         self.file
             .seek(std::io::SeekFrom::Start(self.base as u64))
-            .map_err(|e| Error::io(&self.path, e))?;
+            .map_err(|e| Error::from(files::Error::io(&self.path, e)))?;
         let mut out = Vec::new();
         flate2::read::ZlibDecoder::new(std::io::BufReader::new((&self.file).take(csize as u64)))
             .take(self.need as u64 + 1)
@@ -496,7 +496,7 @@ impl<'a> DataFile<'a> {
         }
         self.file
             .seek(std::io::SeekFrom::Start(start as u64))
-            .map_err(|e| Error::io(&self.path, e))?;
+            .map_err(|e| Error::from(files::Error::io(&self.path, e)))?;
         let mut body = Vec::new();
         body.try_reserve_exact(need).map_err(|_| Error::BadPatch {
             path: self.header_path.to_path_buf(),
@@ -505,7 +505,7 @@ impl<'a> DataFile<'a> {
         (&self.file)
             .take(need as u64)
             .read_to_end(&mut body)
-            .map_err(|e| Error::io(&self.path, e))?;
+            .map_err(|e| Error::from(files::Error::io(&self.path, e)))?;
         if body.len() < need {
             return Err(self.short(body.len(), "data"));
         }
@@ -730,8 +730,8 @@ pub fn write(path: &Path, g: &Geometry, voxels: &[f32], o: WriteOptions) -> Resu
     }
     if o.compressed {
         let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut enc, &data).map_err(|e| Error::io(path, e))?;
-        data = enc.finish().map_err(|e| Error::io(path, e))?;
+        std::io::Write::write_all(&mut enc, &data).map_err(|e| Error::from(files::Error::io(path, e)))?;
+        data = enc.finish().map_err(|e| Error::from(files::Error::io(path, e)))?;
     }
     let fmt3 = |v: [f64; 3]| format!("{} {} {}", v[0], v[1], v[2]);
     let d = &g.direction;
@@ -764,10 +764,10 @@ pub fn write(path: &Path, g: &Geometry, voxels: &[f32], o: WriteOptions) -> Resu
     if o.local {
         let mut all = header.into_bytes();
         all.extend_from_slice(&data);
-        models::fsutil::write_atomic(path, &all)
+        Ok(files::write_atomic(path, &all)?)
     } else {
-        models::fsutil::write_atomic(&path.with_file_name(&data_name), &data)?;
-        models::fsutil::write_atomic(path, header.as_bytes())
+        files::write_atomic(&path.with_file_name(&data_name), &data)?;
+        Ok(files::write_atomic(path, header.as_bytes())?)
     }
 }
 

@@ -472,8 +472,8 @@ fn check(h: &Header) -> std::result::Result<([usize; 3], Stored, Geometry), Stri
 /// Reads the header of a NIfTI file (`.gz` or not) and returns it with the reader
 /// positioned just after it.
 fn open_header(path: &Path) -> Result<(Header, Box<dyn Read>, u64)> {
-    let f = models::fsutil::open_regular(path)?;
-    let file_len = f.metadata().map_err(|e| models::Error::io(path, e))?.len();
+    let f = files::open_regular(path)?;
+    let file_len = f.metadata().map_err(|e| files::Error::io(path, e))?.len();
     let gz = path.to_string_lossy().to_ascii_lowercase().ends_with(".gz");
     let mut r: Box<dyn Read> = if gz {
         Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f)))

@@ -28,8 +28,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::resample::{extract, PatchGrid};
-use models::index::{IndexRow, INDEX_FILE};
-use models::luna16::Finding;
+use tables::index::{IndexRow, INDEX_FILE};
+use luna16::Finding;
 
 /// Folder (inside the output) holding each finished scan's patch list.
 pub const DONE_DIR: &str = ".prepare";
@@ -231,7 +231,7 @@ fn do_scan(uid: &str, source: &crate::Source, plan: &[Planned], job: &PrepareJob
         };
         let cube = extract(&scan, p.center, &job.sampling.grid);
         let file = dir.join(&name);
-        models::fsutil::write_atomic(&file, &npy_bytes(&cube, job.sampling.dtype)?)?;
+        files::write_atomic(&file, &npy_bytes(&cube, job.sampling.dtype)?)?;
         rows.push(IndexRow {
             patch_file: format!("patches/{uid}/{name}"),
             seriesuid: uid.to_string(),
@@ -261,7 +261,7 @@ struct Inputs {
 fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
     // Every bad setting in one error.
     let mut bad = Vec::new();
-    if let Err(e) = models::cli::check_threads("--jobs", job.jobs) {
+    if let Err(e) = host::check_threads("--jobs", job.jobs) {
         bad.push(e);
     }
     if let Err(e) = job.sampling.grid.validate() {
@@ -273,7 +273,7 @@ fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
     if !bad.is_empty() {
         return Err(ScanError::Config(bad.join("; ")));
     }
-    let annotations = models::luna16::read_findings(&job.annotations, "diameter_mm")?;
+    let annotations = luna16::read_findings(&job.annotations, "diameter_mm")?;
     if let Some(a) = annotations
         .iter()
         .find(|a| a.value.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
@@ -285,7 +285,7 @@ fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
             a.value
         )));
     }
-    let candidates = models::luna16::read_findings(&job.candidates, "class")?;
+    let candidates = luna16::read_findings(&job.candidates, "class")?;
     if let Some(c) = candidates.iter().find(|c| c.value != 0.0 && c.value != 1.0) {
         return Err(ScanError::Data(format!(
             "{}: series {}: class must be 0 or 1, got {}",
@@ -309,8 +309,8 @@ fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
     let scans = found.scans;
     let settings = PrepareSettings {
         sampling: job.sampling.clone(),
-        annotations_sha256: models::fsutil::sha256_file(&job.annotations)?,
-        candidates_sha256: models::fsutil::sha256_file(&job.candidates)?,
+        annotations_sha256: files::sha256_file(&job.annotations)?,
+        candidates_sha256: files::sha256_file(&job.candidates)?,
     };
     Ok(Inputs {
         annotations,
@@ -324,8 +324,8 @@ fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
 /// The output policy (nothing prepare writes may be an input), the folder's lock (one run
 /// per folder at a time, released however the process ends), and the settings it was made
 /// with: the same or a fresh folder, never patches made two ways in one index.
-fn open_folder(job: &PrepareJob, inputs: &Inputs) -> Result<models::fsutil::Lock> {
-    let mut io = models::fsutil::RunIo::new();
+fn open_folder(job: &PrepareJob, inputs: &Inputs) -> Result<files::Lock> {
+    let mut io = files::RunIo::new();
     io.input("annotations", &job.annotations)
         .input("candidates", &job.candidates);
     for scan in inputs.scans.values() {
@@ -334,13 +334,13 @@ fn open_folder(job: &PrepareJob, inputs: &Inputs) -> Result<models::fsutil::Lock
     io.outputs_in("prepared file", &job.out, &[INDEX_FILE, SETTINGS_FILE, ERRORS_FILE])?;
     std::fs::create_dir_all(&job.out)
         .map_err(|e| ScanError::file(format!("{}: cannot create", job.out.display()), e))?;
-    let lock = models::fsutil::Lock::acquire_kept(
+    let lock = files::Lock::acquire_kept(
         &job.out.join(LOCK_FILE),
         "another `scans prepare` is working on this folder; wait for it, or use another --out",
     )?;
     let settings_path = job.out.join(SETTINGS_FILE);
     if settings_path.exists() {
-        let before: PrepareSettings = yaml_serde::from_str(&models::fsutil::read_regular_to_string(&settings_path)?)
+        let before: PrepareSettings = yaml_serde::from_str(&files::read_regular_to_string(&settings_path)?)
             .map_err(ScanError::format(format!("{}: unreadable", settings_path.display())))?;
         if before != inputs.settings {
             return Err(ScanError::Data(format!(
@@ -358,7 +358,7 @@ fn open_folder(job: &PrepareJob, inputs: &Inputs) -> Result<models::fsutil::Lock
     let done_dir = job.out.join(DONE_DIR);
     std::fs::create_dir_all(&done_dir)
         .map_err(|e| ScanError::file(format!("{}: cannot create", done_dir.display()), e))?;
-    models::fsutil::write_atomic(&settings_path, yaml_serde::to_string(&inputs.settings)?.as_bytes())?;
+    files::write_atomic(&settings_path, yaml_serde::to_string(&inputs.settings)?.as_bytes())?;
     Ok(lock)
 }
 
@@ -407,10 +407,10 @@ fn cut_scans(job: &PrepareJob, inputs: &Inputs, todo: &[(&String, &crate::Source
                         w.serialize(row)?;
                     }
                     if rows.is_empty() {
-                        w.write_record(models::index::COLUMNS)?;
+                        w.write_record(tables::index::COLUMNS)?;
                     }
                     // The commit point of this scan.
-                    models::fsutil::write_atomic(&done_dir.join(format!("{uid}.csv")), &w.into_inner()?)?;
+                    files::write_atomic(&done_dir.join(format!("{uid}.csv")), &w.into_inner()?)?;
                     Ok(rows.len())
                 });
                 match &r {
@@ -457,7 +457,7 @@ fn record_outcomes(
     }
     let errors_path = job.out.join(ERRORS_FILE);
     if summary.scans_failed > 0 {
-        models::fsutil::write_atomic(&errors_path, &errors.into_inner()?)?;
+        files::write_atomic(&errors_path, &errors.into_inner()?)?;
     } else if errors_path.exists() {
         std::fs::remove_file(&errors_path)
             .map_err(|e| ScanError::file(format!("{}: cannot remove", errors_path.display()), e))?;
@@ -478,14 +478,14 @@ fn rebuild_index(job: &PrepareJob, summary: &mut PrepareSummary) -> Result<()> {
     lists.sort();
     let mut rows: Vec<IndexRow> = Vec::new();
     for p in lists {
-        let mut r = csv::Reader::from_reader(models::fsutil::open_regular(&p)?);
+        let mut r = csv::Reader::from_reader(files::open_regular(&p)?);
         for row in r.deserialize() {
             rows.push(row.map_err(ScanError::format(format!("{}: bad row", p.display())))?);
         }
     }
     summary.positives_total = rows.iter().filter(|r| r.label == 1).count();
     summary.negatives_total = rows.len() - summary.positives_total;
-    models::index::PatchIndex::write(&job.out.join(INDEX_FILE), &rows).map_err(ScanError::from)
+    tables::index::PatchIndex::write(&job.out.join(INDEX_FILE), &rows).map_err(ScanError::from)
 }
 
 /// Runs a whole preparation; `Ok` with the summary even when some scans failed (see
@@ -537,7 +537,7 @@ pub fn run(job: &PrepareJob) -> Result<PrepareSummary> {
 #[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use models::luna16::Finding;
+    use luna16::Finding;
 
     fn f(x: f64, value: f64) -> Finding {
         Finding {

@@ -226,6 +226,6 @@ fn pydicom_12_bit_jpeg_files_decode_as_dcmtk_decodes_them() {
         let img = scans::dicom::jpeg12::decode(&stream, None).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!((img.width, img.height, img.precision), (256, 1024, 12), "{f}");
         let bytes: Vec<u8> = img.samples.iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(models::fsutil::sha256_bytes(&bytes), DCMTK, "{f}");
+        assert_eq!(files::sha256_bytes(&bytes), DCMTK, "{f}");
     }
 }

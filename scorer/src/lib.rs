@@ -48,6 +48,8 @@ pub enum ScorerError {
     Models(#[from] models::Error),
 }
 
+models::errors_through_models!(ScorerError);
+
 impl ScorerError {
     /// ONNX Runtime's error `source`, while doing `what`.
     pub fn ort(what: impl Into<String>, source: ort::Error) -> Self {
@@ -288,8 +290,8 @@ impl Scorer {
     /// Opens `model`: checks that it is an ONNX model exported by this toolchain, reads its
     /// preprocessing, and creates a session on the requested device.
     pub fn open(model: &Path, opts: &ScorerOptions) -> Result<Self, ScorerError> {
-        models::cli::check_threads("--threads", opts.threads).map_err(ScorerError::Runtime)?;
-        let bytes = models::fsutil::read_regular(model)?;
+        host::check_threads("--threads", opts.threads).map_err(ScorerError::Runtime)?;
+        let bytes = files::read_regular(model)?;
         let proto = models::onnx::parse_model(&bytes, model)?;
         let metadata = models::onnx::metadata(&proto);
         let preprocess = Preprocess::from_metadata(&metadata).map_err(|e| ScorerError::Model {
@@ -310,7 +312,7 @@ impl Scorer {
             fixed_batch,
             session,
             model_path: model.to_path_buf(),
-            model_sha256: models::fsutil::sha256_bytes(&bytes),
+            model_sha256: files::sha256_bytes(&bytes),
             preprocess,
             metadata,
             provider,

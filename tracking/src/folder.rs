@@ -8,7 +8,7 @@ use crate::ARTIFACTS;
 
 /// `config.yaml` flattened to dotted params (`train.epochs` = `10`).
 pub(crate) fn params_of(dir: &Path) -> Result<Vec<(String, String)>, String> {
-    let text = models::fsutil::read_regular_to_string(&dir.join("config.yaml")).map_err(|e| e.to_string())?;
+    let text = files::read_regular_to_string(&dir.join("config.yaml")).map_err(|e| e.to_string())?;
     let v: yaml_serde::Value = yaml_serde::from_str(&text).map_err(|e| e.to_string())?;
     Ok(flatten(&v))
 }
@@ -52,7 +52,7 @@ pub(crate) fn metric_rows(dir: &Path) -> Result<Vec<MetricRow>, String> {
     if !p.exists() {
         return Ok(Vec::new());
     }
-    let text = models::fsutil::read_regular_to_string(&p).map_err(|e| e.to_string())?;
+    let text = files::read_regular_to_string(&p).map_err(|e| e.to_string())?;
     let mut r = csv::Reader::from_reader(text.as_bytes());
     let headers = r.headers().map_err(|e| e.to_string())?.clone();
     let mut out = Vec::new();
@@ -128,7 +128,7 @@ pub(crate) fn artifacts_of(dir: &Path, st: &State) -> Vec<(String, String)> {
         }
     };
     if st.kind == Kind::Sweep {
-        // fsutil-exempt: listing the sweep's own folder for its cell_NN folders.
+        // files-exempt: listing the sweep's own folder for its cell_NN folders.
         let mut cells: Vec<String> = std::fs::read_dir(dir)
             .map(|rd| {
                 rd.filter_map(|e| e.ok())

@@ -157,11 +157,11 @@ pub(crate) fn afresh(st: State, uri: &str, experiment: &str) -> State {
 /// The folder's `mlflow.yaml`.
 pub fn read_state(dir: &Path) -> Result<State, String> {
     let p = dir.join(STATE_FILE);
-    let text = models::fsutil::read_regular_to_string(&p).map_err(|e| e.to_string())?;
+    let text = files::read_regular_to_string(&p).map_err(|e| e.to_string())?;
     yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
 }
 
 pub(crate) fn save(dir: &Path, st: &State) -> Result<(), String> {
     let text = yaml_serde::to_string(st).map_err(|e| e.to_string())?;
-    models::fsutil::write_atomic(&dir.join(STATE_FILE), text.as_bytes()).map_err(|e| e.to_string())
+    files::write_atomic(&dir.join(STATE_FILE), text.as_bytes()).map_err(|e| e.to_string())
 }

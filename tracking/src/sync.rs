@@ -56,8 +56,8 @@ pub fn sync(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
 
 /// The lock of a sweep folder's tracking state, waited for (fold runs of one sweep in other
 /// processes take it for a moment each).
-pub(crate) fn wait_lock(dir: &Path) -> Result<models::fsutil::Lock, String> {
-    models::fsutil::Lock::beside_waiting(
+pub(crate) fn wait_lock(dir: &Path) -> Result<files::Lock, String> {
+    files::Lock::beside_waiting(
         &dir.join(STATE_FILE),
         "the sweep's MLflow state",
         Duration::from_secs(30),
@@ -164,7 +164,7 @@ fn create_run(dir: &Path, st: &State, c: &Client, exp: &str) -> Result<Value, St
         dir.file_name()
             .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned())
     });
-    // fsutil-exempt: the kernel's host name, not a user path.
+    // files-exempt: the kernel's host name, not a user path.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let source = if st.kind == Kind::Sweep {
         "trainer sweep"
@@ -294,8 +294,8 @@ fn send_artifact(
     local: &str,
     remote: &str,
 ) -> Result<(), String> {
-    let bytes = models::fsutil::read_regular(&dir.join(local)).map_err(|e| e.to_string())?;
-    let sha = models::fsutil::sha256_bytes(&bytes);
+    let bytes = files::read_regular(&dir.join(local)).map_err(|e| e.to_string())?;
+    let sha = files::sha256_bytes(&bytes);
     if st.artifacts_sent.get(remote) == Some(&sha) {
         return Ok(());
     }
@@ -328,8 +328,8 @@ fn unsent(p: &Path, sent: Option<&str>) -> Result<Option<(Vec<u8>, String)>, Str
     if !p.is_file() {
         return Ok(None);
     }
-    let bytes = models::fsutil::read_regular(p).map_err(|e| e.to_string())?;
-    let sha = models::fsutil::sha256_bytes(&bytes);
+    let bytes = files::read_regular(p).map_err(|e| e.to_string())?;
+    let sha = files::sha256_bytes(&bytes);
     Ok((sent != Some(sha.as_str())).then_some((bytes, sha)))
 }
 

@@ -248,7 +248,7 @@ impl ModelConfig {
             SpecRef::Inline(s) => (**s).clone(),
             SpecRef::File(p) => {
                 let p = if p.is_relative() { dir.join(p) } else { p.clone() };
-                let text = models::fsutil::read_regular_to_string(&p)?;
+                let text = files::read_regular_to_string(&p)?;
                 models::spec::ArchSpec::from_yaml(&text, &p.display().to_string())?
             }
         };
@@ -273,7 +273,7 @@ impl ModelConfig {
         let spec = match (&self.spec, self.arch.as_str()) {
             (Some(SpecRef::Inline(s)), _) => (**s).clone(),
             (Some(SpecRef::File(p)), _) => {
-                let text = models::fsutil::read_regular_to_string(p)?;
+                let text = files::read_regular_to_string(p)?;
                 models::spec::ArchSpec::from_yaml(&text, &p.display().to_string())?
             }
             (None, "baseline_cnn") => models::spec::ArchSpec::baseline_cnn(self.width),
@@ -321,7 +321,7 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Reads a YAML config; unknown keys are errors (a typo must not be ignored quietly).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = models::fsutil::read_regular_to_string(path)?;
+        let text = files::read_regular_to_string(path)?;
         let mut cfg: TrainConfig = yaml_serde::from_str(&text).map_err(TrainError::format(format!(
             "{}: invalid training config",
             path.display()
@@ -393,7 +393,7 @@ impl TrainConfig {
     /// `train`'s optimisation, device and threads.
     fn check_train(&self, p: &mut Vec<String>) {
         let t = &self.train;
-        if let Err(e) = models::cli::check_threads("train.threads", t.threads) {
+        if let Err(e) = host::check_threads("train.threads", t.threads) {
             p.push(e);
         }
         if !(1..=MAX_EPOCHS).contains(&t.epochs) {
@@ -471,7 +471,7 @@ impl TrainConfig {
 
     /// Hex sha256 of the resolved config as YAML.
     pub fn sha256(&self) -> Result<String> {
-        Ok(models::fsutil::sha256_bytes(yaml_serde::to_string(self)?.as_bytes()))
+        Ok(files::sha256_bytes(yaml_serde::to_string(self)?.as_bytes()))
     }
 }
 

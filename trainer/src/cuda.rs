@@ -43,7 +43,7 @@ impl std::fmt::Display for CudaLib {
 /// The folder of the `libtorch_cpu.so` this process runs with (from `/proc/self/maps`),
 /// which may differ from the one the binary was built against (`LD_LIBRARY_PATH`).
 pub fn loaded_libtorch_dir() -> Option<PathBuf> {
-    // fsutil-exempt: no user input (the kernel's or the libtorch install's own file).
+    // files-exempt: no user input (the kernel's or the libtorch install's own file).
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     maps.lines()
         .filter_map(|l| l.split_whitespace().nth(5))
@@ -54,7 +54,7 @@ pub fn loaded_libtorch_dir() -> Option<PathBuf> {
 /// The CUDA runtime, cuBLAS and cuDNN libraries this process has loaded (file names, which
 /// carry their major versions, e.g. `libcudart.so.13 libcudnn.so.9`), or `none`.
 pub fn loaded_cuda_libraries() -> String {
-    // fsutil-exempt: no user input (the kernel's or the libtorch install's own file).
+    // files-exempt: no user input (the kernel's or the libtorch install's own file).
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let mut names: Vec<String> = maps
         .lines()

@@ -8,7 +8,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
 
-use models::index::{IndexRow, PatchIndex};
+use tables::index::{IndexRow, PatchIndex};
 use models::preprocess::Preprocess;
 
 use crate::config::SplitConfig;

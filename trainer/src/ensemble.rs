@@ -41,21 +41,21 @@ fn open(p: &Path, ort_lib: Option<&Path>) -> Result<scorer::Scorer> {
 /// check passes).
 pub fn build(members: &[PathBuf], out: &Path, ort_lib: Option<&Path>) -> Result<Built> {
     let paths: Vec<PathBuf> = members.iter().map(|p| model_path(p)).collect();
-    let mut io = models::fsutil::RunIo::new();
+    let mut io = files::RunIo::new();
     io.inputs("member model", paths.iter().map(PathBuf::as_path));
-    models::fsutil::create_parent(out)?;
+    files::create_parent(out)?;
     let target = io.output("ensemble model", out)?;
-    models::fsutil::check_replaceable(out, "model", &models::onnx::looks_like_onnx)?;
+    files::check_replaceable(out, "model", &models::onnx::looks_like_onnx)?;
     let _lock = match &target {
-        models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(p, &format!("output {}", out.display()))?),
-        models::fsutil::Target::Stream(_) => None,
+        files::Target::File(p) => Some(files::Lock::beside(p, &format!("output {}", out.display()))?),
+        files::Target::Stream(_) => None,
     };
     let mut ms = Vec::with_capacity(paths.len());
     for p in &paths {
-        let bytes = models::fsutil::read_regular(p)?;
+        let bytes = files::read_regular(p)?;
         ms.push(models::onnx::ensemble::Member {
             path: p.clone(),
-            sha256: models::fsutil::sha256_bytes(&bytes),
+            sha256: files::sha256_bytes(&bytes),
             model: models::onnx::parse_model(&bytes, p)?,
         });
     }
@@ -98,7 +98,7 @@ pub fn build(members: &[PathBuf], out: &Path, ort_lib: Option<&Path>) -> Result<
         }
     }
     let mut checked = None;
-    models::fsutil::replace_with(out, |tmp: &Path| -> Result<()> {
+    files::replace_with(out, |tmp: &Path| -> Result<()> {
         std::fs::write(tmp, &bytes).map_err(|e| TrainError::file(format!("{}: cannot write", tmp.display()), e))?;
         let mut sc = open(tmp, ort_lib)?;
         let got = sc.score_flat_with(&cubes, feats.as_deref())?;

@@ -61,6 +61,8 @@ pub enum TrainError {
     Plot(#[from] plots::PlotError),
 }
 
+models::errors_through_models!(TrainError);
+
 /// The trainer's result type.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 

@@ -81,7 +81,7 @@ pub fn export_onnx(
     };
     let bytes = models::onnx::to_bytes(&model);
     drop(model);
-    models::fsutil::write_atomic(out, &bytes)?;
+    files::write_atomic(out, &bytes)?;
     Ok(())
 }
 
@@ -304,17 +304,17 @@ fn feature_layer(spec: &ArchSpec) -> String {
 /// libtorch against ONNX Runtime on [`test_cubes`] before the model is written (atomically;
 /// a failed check writes nothing).
 pub fn export_weights(job: &WeightsExport) -> Result<WeightsExported> {
-    let mut io = models::fsutil::RunIo::new();
+    let mut io = files::RunIo::new();
     io.input("weights", &job.weights);
-    models::fsutil::create_parent(&job.out)?;
+    files::create_parent(&job.out)?;
     let target = io.output("model", &job.out)?;
-    models::fsutil::check_replaceable(&job.out, "model", &models::onnx::looks_like_onnx)?;
+    files::check_replaceable(&job.out, "model", &models::onnx::looks_like_onnx)?;
     let _lock = match &target {
-        models::fsutil::Target::File(p) => Some(models::fsutil::Lock::beside(
+        files::Target::File(p) => Some(files::Lock::beside(
             p,
             &format!("output {}", job.out.display()),
         )?),
-        models::fsutil::Target::Stream(_) => None,
+        files::Target::Stream(_) => None,
     };
     job.preprocess.validate()?;
     job.spec.validate()?;
@@ -323,7 +323,7 @@ pub fn export_weights(job: &WeightsExport) -> Result<WeightsExported> {
     let net = Net::new(&vs.root(), &job.spec)?;
     net::check_names(&vs, &job.spec)?;
     let notes = net::init_from(&vs, &job.spec, &job.weights, Default::default())?;
-    let weights_sha256 = models::fsutil::sha256_file(&job.weights)?;
+    let weights_sha256 = files::sha256_file(&job.weights)?;
     let file = job
         .weights
         .file_name()
@@ -378,7 +378,7 @@ pub fn export_weights(job: &WeightsExport) -> Result<WeightsExported> {
         ))
     };
     let mut checked = None;
-    models::fsutil::replace_with(&job.out, |tmp: &Path| -> Result<()> {
+    files::replace_with(&job.out, |tmp: &Path| -> Result<()> {
         export_onnx(&job.spec, &vs, &job.preprocess, &md, tmp)?;
         let (p, _) = parity(
             &job.spec,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::{Result, TrainError};
 use serde::Serialize;
 
-use models::fsutil::{Lock, RunIo};
+use files::{Lock, RunIo};
 
 use crate::config::TrainConfig;
 use crate::train::{train, yaml, RunOptions, RunSummary};

@@ -99,7 +99,7 @@ pub fn libtorch_version() -> String {
 
 /// The torch version of a `torch/lib` folder, from the `torch/version.py` beside it.
 pub fn torch_version_in(lib: &std::path::Path) -> Option<String> {
-    // fsutil-exempt: no user input (the kernel's or the libtorch install's own file).
+    // files-exempt: no user input (the kernel's or the libtorch install's own file).
     let text = std::fs::read_to_string(lib.join("../version.py")).ok()?;
     text.lines().find_map(|l| {
         l.strip_prefix("__version__ = ")

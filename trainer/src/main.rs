@@ -160,7 +160,7 @@ struct ExportArgs {
     width: Option<usize>,
     /// The preprocessing (default: the config's, else a 64³ cube and the defaults below).
     #[command(flatten)]
-    pre: models::cli::PreprocessFlags,
+    pre: cli::PreprocessFlags,
     #[arg(long, help = scorer::ORT_LIB_HELP)]
     ort_lib: Option<PathBuf>,
 }
@@ -186,7 +186,7 @@ fn show_spec(arch: &str, cube: usize) -> Result<()> {
         models::spec::ArchSpec::by_name(arch)?
     } else {
         let p = Path::new(arch);
-        models::spec::ArchSpec::from_yaml(&models::fsutil::read_regular_to_string(p)?, &p.display().to_string())?
+        models::spec::ArchSpec::from_yaml(&files::read_regular_to_string(p)?, &p.display().to_string())?
     };
     if !(8..=models::preprocess::MAX_CUBE).contains(&cube) {
         anyhow::bail!(
@@ -220,7 +220,7 @@ fn export(a: &ExportArgs) -> Result<()> {
     if let Some(v) = a.width {
         model.width = v;
     }
-    a.pre.apply(&mut pre);
+    models::preprocess::Overrides::from(a.pre).apply(&mut pre);
     let job = trainer::export::WeightsExport {
         weights: a.weights.clone(),
         out: a.out.clone(),
@@ -559,7 +559,7 @@ fn ensemble(members: &[PathBuf], out: &Path, ort_lib: Option<&Path>) -> Result<(
 }
 
 fn main() -> ExitCode {
-    models::cli::default_sigpipe();
+    cli::default_sigpipe();
     let run = || -> Result<()> {
         match Cli::parse().cmd {
             Cmd::Synth(a) => synth(&a.config(), &a.out)?,
@@ -589,9 +589,6 @@ fn main() -> ExitCode {
     };
     match run() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("trainer: error: {}", models::cli::error_text(e.as_ref()));
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail("trainer", e.as_ref()),
     }
 }

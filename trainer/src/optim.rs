@@ -473,7 +473,7 @@ impl AdamW {
             named.push((format!("v.{name}"), self.slice(&self.v, i).to_device(tch::Device::Cpu)));
         }
         named.push(("step".into(), Tensor::from(self.steps()?)));
-        models::fsutil::replace_with(path, |tmp| Tensor::write_safetensors(&named, tmp))?;
+        files::replace_with(path, |tmp| Tensor::write_safetensors(&named, tmp))?;
         Ok(())
     }
 

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 use yaml_serde::Value;
 
-use models::metrics::{auroc_delong, paired_delong, z_for};
+use metrics::{auroc_delong, paired_delong, z_for};
 
 use crate::config::TrainConfig;
 use crate::train::{train, RunOptions};
@@ -139,7 +139,7 @@ fn label(o: &BTreeMap<String, Value>) -> String {
 
 /// Reads a sweep file and plans its configurations (each validated).
 pub fn plan(path: &Path) -> Result<Plan> {
-    let text = models::fsutil::read_regular_to_string(path)?;
+    let text = files::read_regular_to_string(path)?;
     let f: SweepFile = yaml_serde::from_str(&text).map_err(|e| cfg_err(path, format!("invalid sweep file: {e}")))?;
     let here = path.parent().unwrap_or(Path::new("."));
     let base = base_config(&f, path, here)?;
@@ -182,7 +182,7 @@ fn base_config(f: &SweepFile, path: &Path, here: &Path) -> Result<Value> {
     match (&f.base, &f.config) {
         (Some(b), None) => {
             let p = here.join(b);
-            let mut v: Value = yaml_serde::from_str(&models::fsutil::read_regular_to_string(&p)?)
+            let mut v: Value = yaml_serde::from_str(&files::read_regular_to_string(&p)?)
                 .map_err(|e| cfg_err(&p, format!("invalid training config: {e}")))?;
             rebase_spec(
                 v.get_mut("model").and_then(|m| m.get_mut("spec")),
@@ -291,7 +291,7 @@ fn rebase_spec(spec: Option<&mut Value>, dir: &Path) {
 /// Whether a task's fold is done: its summary written by a run of the task's config.
 fn done(c: &TrainConfig) -> bool {
     // Through the bounded, non-blocking reader: a FIFO named config.yaml is not waited on.
-    let Ok(text) = models::fsutil::read_regular_to_string(&c.out.join("config.yaml")) else {
+    let Ok(text) = files::read_regular_to_string(&c.out.join("config.yaml")) else {
         return false;
     };
     let same = yaml_serde::from_str::<TrainConfig>(&text).is_ok_and(|x| &x == c);
@@ -394,7 +394,7 @@ pub struct CellSummary {
 /// Reads one fold's summary figures: (validation AUROC, seconds, peak RSS).
 fn fold_figures(dir: &Path) -> Result<(f64, f64, Option<f64>)> {
     let p = dir.join("summary.yaml");
-    let v: Value = yaml_serde::from_str(&models::fsutil::read_regular_to_string(&p)?)
+    let v: Value = yaml_serde::from_str(&files::read_regular_to_string(&p)?)
         .map_err(|e| TrainError::Data(format!("{}: {e}", p.display())))?;
     let f = |k: &str| v.get(k).and_then(Value::as_f64);
     let auroc = f("onnx_val_auroc").ok_or_else(|| TrainError::Data(format!("{}: no onnx_val_auroc", p.display())))?;
@@ -406,14 +406,14 @@ fn oof_rows(dirs: &[PathBuf]) -> Result<Vec<(String, String, u8, f64)>> {
     let mut out = Vec::new();
     for d in dirs {
         let p = d.join("val_scores.csv");
-        let (mut r, h) = models::csvio::open(&p, true)?;
+        let (mut r, h) = tables::csvio::open(&p, true)?;
         let at = |n: &str| {
             h.iter()
                 .position(|x| x == n)
                 .ok_or_else(|| TrainError::Data(format!("{}: no {n} column", p.display())))
         };
         let (pi, si, li, zi) = (at("patch_file")?, at("seriesuid")?, at("label")?, at("logit")?);
-        for (line, rec) in models::csvio::rows(&mut r) {
+        for (line, rec) in tables::csvio::rows(&mut r) {
             let rec = rec.map_err(|e| TrainError::Data(format!("{}: line {line}: {e}", p.display())))?;
             let get = |i: usize| rec.get(i).unwrap_or("");
             let z: f64 = get(zi)
@@ -482,7 +482,7 @@ pub fn collect(plan: &Plan) -> Result<Collected> {
         let oof = oof
             .into_inner()
             .map_err(|e| TrainError::Data(format!("oof_scores.csv: {e}")))?;
-        models::fsutil::write_atomic(&plan.cell_dir(cell.index).join("oof_scores.csv"), &oof)?;
+        files::write_atomic(&plan.cell_dir(cell.index).join("oof_scores.csv"), &oof)?;
         let y: Vec<u8> = rows.iter().map(|r| r.2).collect();
         let z: Vec<f64> = rows.iter().map(|r| r.3).collect();
         let (pooled, se) = auroc_delong(&z, &y).unwrap_or((f64::NAN, f64::NAN));
@@ -558,7 +558,7 @@ fn write_summary(plan: &Plan, cells: &[CellSummary], table: &str) -> Result<()> 
     let bytes = w
         .into_inner()
         .map_err(|e| TrainError::Data(format!("sweep summary: {e}")))?;
-    models::fsutil::write_atomic(&plan.out.join("sweep_summary.csv"), &bytes)?;
+    files::write_atomic(&plan.out.join("sweep_summary.csv"), &bytes)?;
     let n = cells.len() as f64;
     let mut chart = plots::Chart {
         title: "Pooled out-of-fold AUROC [DeLong 95%] per configuration".into(),
@@ -613,9 +613,9 @@ fn write_summary(plan: &Plan, cells: &[CellSummary], table: &str) -> Result<()> 
     files.extend(["sweep_summary.csv".to_string(), "forest.png".to_string()]);
     let mut digests = String::new();
     for f in &files {
-        digests += &format!("| `{f}` | {} |\n", models::fsutil::sha256_file(&plan.out.join(f))?);
+        digests += &format!("| `{f}` | {} |\n", files::sha256_file(&plan.out.join(f))?);
     }
-    models::fsutil::write_atomic(
+    files::write_atomic(
         &plan.out.join(SUMMARY_MD),
         format!(
             "# Sweep: {} configurations × {} folds\n\nBest (highest pooled out-of-fold AUROC) marked.\n\n{table}\n\
@@ -713,15 +713,15 @@ pub fn check_plan_record(plan: &Plan) -> Result<()> {
     // The check and the write under one lock: two sweeps started together cannot both find
     // the folder free. Held for a moment only, so the tasks of an array that start together
     // wait for each other rather than fail.
-    let _lock = models::fsutil::Lock::beside_waiting(
+    let _lock = files::Lock::beside_waiting(
         &p,
         &format!("sweep plan {}", p.display()),
         std::time::Duration::from_secs(30),
     )?;
     match std::fs::symlink_metadata(&p) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(models::fsutil::write_atomic(&p, text.as_bytes())?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(files::write_atomic(&p, text.as_bytes())?),
         _ => {
-            let before = models::fsutil::read_regular_to_string(&p)?;
+            let before = files::read_regular_to_string(&p)?;
             if before == text {
                 Ok(())
             } else {

@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
 
-use models::index::{IndexRow, PatchIndex, INDEX_FILE};
+use tables::index::{IndexRow, PatchIndex, INDEX_FILE};
 
 /// What to generate.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -255,10 +255,10 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(out)
         .map_err(|e| TrainError::file(format!("{}: cannot create folder", out.display()), e))?;
-    let _lock = models::fsutil::Lock::within(out, &format!("folder {}", out.display()))?;
+    let _lock = files::Lock::within(out, &format!("folder {}", out.display()))?;
     // The output policy, as every binary applies it (synth reads nothing, so only the
     // folder's stale temporary files are at stake).
-    models::fsutil::RunIo::new().outputs_in("synthetic set", out, &[INDEX_FILE])?;
+    files::RunIo::new().outputs_in("synthetic set", out, &[INDEX_FILE])?;
     let index_path = out.join(INDEX_FILE);
     if index_path.exists() {
         return Err(TrainError::Data(format!(
@@ -286,7 +286,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
             let file = format!("s{:03}_p{:03}.npy", s + 1, p + 1);
             let path = out.join(&file);
             // Atomic, so an interrupted run leaves no half-written patch under its final name.
-            models::fsutil::write_atomic_with(&path, |w| {
+            files::write_atomic_with(&path, |w| {
                 use ndarray_npy::WriteNpyExt;
                 cube.write_npy(w).map_err(std::io::Error::other)
             })?;
@@ -323,7 +323,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
 fn write_with_features(cfg: &SynthConfig, rows: &[IndexRow], index: &Path, clinical: &Path) -> Result<()> {
     let err = |p: &Path, e: String| TrainError::Data(format!("{}: {e}", p.display()));
     let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header: Vec<&str> = models::index::COLUMNS.to_vec();
+    let mut header: Vec<&str> = tables::index::COLUMNS.to_vec();
     header.push("suv_max");
     w.write_record(&header).map_err(|e| err(index, e.to_string()))?;
     let g = Normal::new(0.0, 0.55).expect("finite sd");
@@ -354,8 +354,8 @@ fn write_with_features(cfg: &SynthConfig, rows: &[IndexRow], index: &Path, clini
             rng.random_range(0.0..60.0f64)
         );
     }
-    models::fsutil::write_atomic(clinical, text.as_bytes())?;
-    models::fsutil::write_atomic(index, &bytes)?;
+    files::write_atomic(clinical, text.as_bytes())?;
+    files::write_atomic(index, &bytes)?;
     Ok(())
 }
 
@@ -400,7 +400,7 @@ fn write_luna16_reference(cfg: &SynthConfig, rows: &[IndexRow], dir: &Path) -> R
         ("annotations_excluded.csv", exc),
         ("seriesuids.csv", uids),
     ] {
-        models::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
+        files::write_atomic(&dir.join(name), text.as_bytes())?;
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ type Row = HashMap<String, String>;
 
 /// The rows of a CSV or JSONL scores file (JSONL by its extension or a first `{`).
 fn read_rows(path: &Path) -> Result<Vec<(usize, Row)>, InferError> {
-    let text = models::fsutil::read_regular_to_string(path)?;
+    let text = files::read_regular_to_string(path)?;
     let jsonl = path.extension().is_some_and(|e| e == "jsonl") || text.trim_start().starts_with('{');
     let mut out = Vec::new();
     if jsonl {
@@ -57,7 +57,7 @@ fn read_rows(path: &Path) -> Result<Vec<(usize, Row)>, InferError> {
         .iter()
         .map(str::to_string)
         .collect();
-    for (line, rec) in models::csvio::rows(&mut r) {
+    for (line, rec) in tables::csvio::rows(&mut r) {
         let rec = rec.map_err(|e| crate::bad_input(path, format!("line {line}: {e}")))?;
         out.push((line, h.iter().cloned().zip(rec.iter().map(str::to_string)).collect()));
     }
@@ -209,7 +209,7 @@ fn run_folder(dir: &Path) -> Result<RunFolder, InferError> {
         return Err(crate::bad_input(dir, "not a finished run folder (no val_scores.csv)"));
     }
     let cal = dir.join("calibration.yaml");
-    let data = models::fsutil::read_regular_to_string(&dir.join("config.yaml"))
+    let data = files::read_regular_to_string(&dir.join("config.yaml"))
         .ok()
         .and_then(|t| yaml_serde::from_str::<yaml_serde::Value>(&t).ok())
         .and_then(|v| v["data"].as_str().map(PathBuf::from));
@@ -221,7 +221,7 @@ fn run_folder(dir: &Path) -> Result<RunFolder, InferError> {
         ("Precision–recall", "calibration_plots/precision_recall.png".into()),
         ("Decision curve", "calibration_plots/decision_curve.png".into()),
     ] {
-        if let Ok(b) = models::fsutil::read_regular(&dir.join(&f)) {
+        if let Ok(b) = files::read_regular(&dir.join(&f)) {
             charts.push((title.to_string(), b));
         }
     }
@@ -233,7 +233,7 @@ fn run_folder(dir: &Path) -> Result<RunFolder, InferError> {
         charts,
         model_sha256: model
             .is_file()
-            .then(|| models::fsutil::sha256_file(&model))
+            .then(|| files::sha256_file(&model))
             .transpose()?,
     })
 }
@@ -312,7 +312,7 @@ fn decide(
 /// Series, centres and labels from an index, for the items that lack them; a label the
 /// index contradicts is refused.
 fn join_index(items: &mut [Item], index: &Path, warnings: &mut Vec<String>) -> Result<(), InferError> {
-    let idx = models::index::read_scoring_index(index)?;
+    let idx = tables::index::read_scoring_index(index)?;
     let at = super::by_name(items);
     let mut hits = vec![false; items.len()];
     let mut fill = Vec::new();
@@ -348,7 +348,7 @@ fn join_index(items: &mut [Item], index: &Path, warnings: &mut Vec<String>) -> R
 
 /// The patch folder's voxel size from its `prepare.yaml`.
 fn spacing_of(patches: &Path) -> Option<f64> {
-    let t = models::fsutil::read_regular_to_string(&patches.join("prepare.yaml")).ok()?;
+    let t = files::read_regular_to_string(&patches.join("prepare.yaml")).ok()?;
     let v: yaml_serde::Value = yaml_serde::from_str(&t).ok()?;
     v["sampling"]["grid"]["spacing_mm"]
         .as_f64()
@@ -358,21 +358,21 @@ fn spacing_of(patches: &Path) -> Option<f64> {
 /// The page may be written: not an input, a file (not a device), not a file of another
 /// kind; its folder made if missing.
 fn check_output(s: &GallerySettings, scores: &Path, cal: Option<&Path>) -> Result<(), InferError> {
-    let mut io = models::fsutil::RunIo::new();
+    let mut io = files::RunIo::new();
     io.input("scores", scores);
     for (role, p) in [("index", s.index.as_deref()), ("calibration", cal)] {
         if let Some(p) = p {
             io.input(role, p);
         }
     }
-    models::fsutil::create_parent(&s.out)?;
-    if let models::fsutil::Target::Stream(_) = io.output("review page", &s.out)? {
+    files::create_parent(&s.out)?;
+    if let files::Target::Stream(_) = io.output("review page", &s.out)? {
         return Err(crate::bad_input(
             &s.out,
             "the review page must be a file (its thumbnails go beside it)",
         ));
     }
-    models::fsutil::check_replaceable(&s.out, "review page", &|head| {
+    files::check_replaceable(&s.out, "review page", &|head| {
         head.starts_with(super::page::MAGIC.as_bytes())
     })?;
     Ok(())

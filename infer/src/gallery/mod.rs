@@ -28,7 +28,8 @@ mod page;
 pub mod thumbs;
 
 /// Where the thumbnails go.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr, strum::EnumMessage)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Thumbnails {
     /// In a folder beside the page (`NAME_thumbs/`): the page stays small for any number
     /// of patches; move the two together.
@@ -186,7 +187,7 @@ pub fn run(s: &GallerySettings) -> Result<GallerySummary, InferError> {
     check_settings(s)?;
     let src = inputs::read(s)?;
     // One run at a time writes a page and its thumbnails' folder.
-    let _lock = models::fsutil::Lock::beside(&s.out, &format!("review page {}", s.out.display()))?;
+    let _lock = files::Lock::beside(&s.out, &format!("review page {}", s.out.display()))?;
     let mut items = src.items;
     let mut warnings = src.warnings;
     let thumbs_dir = (s.thumbnails == Thumbnails::Folder).then(|| thumbs_dir_of(&s.out));
@@ -236,7 +237,7 @@ pub fn run(s: &GallerySettings) -> Result<GallerySummary, InferError> {
         thumbs: &urls,
         sections: &secs,
     });
-    models::fsutil::write_atomic(&s.out, html.as_bytes())?;
+    files::write_atomic(&s.out, html.as_bytes())?;
     if let Some(d) = &thumbs_dir {
         page::remove_unused_thumbs(d, &urls);
     }

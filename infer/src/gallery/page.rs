@@ -165,13 +165,13 @@ fn url_segment(s: &str) -> String {
 /// names files that were complete before it was written, whatever was killed when, and a
 /// rerun rewrites nothing that did not change.
 fn thumb_name(png: &[u8]) -> String {
-    format!("t_{}.png", &models::fsutil::sha256_bytes(png)[..16])
+    format!("t_{}.png", &files::sha256_bytes(png)[..16])
 }
 
 /// Writes the thumbnails into `dir` (the page's folder beside it); returns each item's URL
 /// relative to the page, and the bytes written.
 pub(super) fn write_thumbs(dir: &Path, made: &[Made]) -> Result<(Vec<Option<String>>, u64), InferError> {
-    std::fs::create_dir_all(dir).map_err(|e| models::Error::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| files::Error::io(dir, e))?;
     let folder = dir
         .file_name()
         .map_or_else(String::new, |n| url_segment(&n.to_string_lossy()));
@@ -205,9 +205,9 @@ fn write_thumb(p: &Path, png: &[u8]) -> Result<(), InferError> {
     let mut t = tempfile::Builder::new()
         .prefix(".tmp-thumb-")
         .tempfile_in(dir)
-        .map_err(|e| models::Error::io(dir, e))?;
-    std::io::Write::write_all(&mut t, png).map_err(|e| models::Error::io(p, e))?;
-    t.persist(p).map_err(|e| models::Error::io(p, e.error))?;
+        .map_err(|e| files::Error::io(dir, e))?;
+    std::io::Write::write_all(&mut t, png).map_err(|e| files::Error::io(p, e))?;
+    t.persist(p).map_err(|e| files::Error::io(p, e.error))?;
     Ok(())
 }
 
@@ -215,7 +215,7 @@ fn write_thumb(p: &Path, png: &[u8]) -> Result<(), InferError> {
 /// not show (only `t_*.png` files; anything else in the folder is left).
 pub(super) fn remove_unused_thumbs(dir: &Path, urls: &[Option<String>]) {
     let keep: HashSet<&str> = urls.iter().flatten().filter_map(|u| u.rsplit('/').next()).collect();
-    // fsutil-exempt: listing our own thumbnails' folder to remove what no page names.
+    // files-exempt: listing our own thumbnails' folder to remove what no page names.
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };

@@ -159,7 +159,7 @@ pub fn to_bytes(model: &ModelProto) -> Vec<u8> {
 /// Reads and decodes an ONNX file, checking that it has a graph and an opset, so that a
 /// file that is not ONNX gets a clear error before any runtime sees it.
 pub fn read_model(path: &Path) -> Result<ModelProto> {
-    let bytes = crate::fsutil::read_regular(path)?;
+    let bytes = files::read_regular(path)?;
     parse_model(&bytes, path)
 }
 
@@ -181,7 +181,7 @@ pub fn parse_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
 
 /// Whether the first bytes of a file look like an ONNX model (a protobuf whose first field
 /// is `ir_version`, field 1, a varint): an existing file of another kind is never replaced
-/// by a model ([`crate::fsutil::check_replaceable`]).
+/// by a model ([`files::check_replaceable`]).
 pub fn looks_like_onnx(head: &[u8]) -> bool {
     head.first() == Some(&0x08)
 }

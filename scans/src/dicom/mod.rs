@@ -679,7 +679,7 @@ pub fn write_series(
     edit: &dyn Fn(usize, &mut dicom_object::InMemDicomObject),
 ) -> Result<Vec<PathBuf>> {
     use dicom_core::{DataElement, PrimitiveValue, VR};
-    std::fs::create_dir_all(dir).map_err(|e| models::Error::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| files::Error::io(dir, e))?;
     let g = &scan.geometry;
     let [nx, ny, nz] = g.dims;
     let ds = |v: f64| format!("{v}");

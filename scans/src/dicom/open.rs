@@ -57,7 +57,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 /// The largest data set a deflated file may inflate to.
 const MAX_INFLATED: u64 = MAX_FILE;
 
-/// Opens `path` (a regular file: [`models::fsutil::open_regular`]) as DICOM, reading up to
+/// Opens `path` (a regular file: [`files::open_regular`]) as DICOM, reading up to
 /// the top-level element `until` (all of it when `None`). The file is read whole (at most
 /// [`MAX_FILE`]) and its structure checked ([`super::walk`]) before dicom-rs parses it.
 pub fn open(path: &Path, until: Option<Tag>) -> Result<Opened> {
@@ -106,8 +106,8 @@ pub fn open(path: &Path, until: Option<Tag>) -> Result<Opened> {
 
 /// The bytes of a regular file of at most [`MAX_FILE`].
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let f = models::fsutil::open_regular(path)?;
-    let len = f.metadata().map_err(|e| models::Error::io(path, e))?.len();
+    let f = files::open_regular(path)?;
+    let len = f.metadata().map_err(|e| files::Error::io(path, e))?.len();
     if len > MAX_FILE {
         return Err(bad(
             path,
@@ -117,7 +117,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(len as usize);
     f.take(MAX_FILE)
         .read_to_end(&mut bytes)
-        .map_err(|e| models::Error::io(path, e))?;
+        .map_err(|e| files::Error::io(path, e))?;
     Ok(bytes)
 }
 
@@ -337,7 +337,7 @@ pub fn foreign_format(path: &Path) -> Option<&'static str> {
         (".rec", "Philips PAR/REC"),
     ];
     let mut head = [0u8; 352];
-    let n = models::fsutil::open_regular(path)
+    let n = files::open_regular(path)
         .ok()
         .map(|mut f| {
             let mut got = 0;

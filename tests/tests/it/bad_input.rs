@@ -203,7 +203,7 @@ fn model_that_is_not_onnx() {
 fn thread_counts_beyond_the_cpus_are_refused() {
     let f = fixture();
     let d = tempfile::tempdir().expect("tmp");
-    let n = (models::cli::max_threads() + 1).to_string();
+    let n = (host::max_threads() + 1).to_string();
     let out = d.path().join("scores.csv");
     let model = f.run.join("model.onnx");
     let r = run_err(

@@ -210,7 +210,7 @@ fn comparisons_on_different_patches_are_refused() {
     assert!(r.stderr.contains("bootstrap"), "{}", r.stderr);
 }
 
-/// The one percentile-interval definition (`models::metrics::percentile_interval`, used by
+/// The one percentile-interval definition (`metrics::percentile_interval`, used by
 /// calibrate, compare and froc) equals LUNA16's evaluation script's indexing computed by numpy
 /// on random values, for several resample counts and levels.
 #[test]
@@ -247,7 +247,7 @@ print(json.dumps(out))
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let want: Vec<[f64; 2]> = serde_json::from_slice(&o.stdout).expect("numpy output");
     for ((v, level), w) in cases.iter().zip(&want) {
-        let got = models::metrics::percentile_interval(v, *level).expect("interval");
+        let got = metrics::percentile_interval(v, *level).expect("interval");
         assert_eq!(got, *w, "B {} level {level}", v.len());
     }
 }

@@ -58,7 +58,7 @@ fn an_ensemble_scores_the_mean_of_its_folds_and_calibrates_and_bundles() {
     let md = models::onnx::metadata(&models::onnx::read_model(&ens).expect("model"));
     assert_eq!(md["architecture"], "ensemble");
     for m in [&a, &b] {
-        let sha = models::fsutil::sha256_file(&m.join("model.onnx")).expect("sha");
+        let sha = files::sha256_file(&m.join("model.onnx")).expect("sha");
         assert!(md["ensemble.members"].contains(&sha), "{md:?}");
     }
     // infer's logits of the ensemble are the mean of its members' (each scored on its own).

@@ -292,7 +292,7 @@ fn a_training_run_killed_while_it_exported_was_calibrated_against_another_model(
         if r.ok {
             // Calibrated: against the model its scores came from.
             let cal = std::fs::read_to_string(out.join("calibration.yaml")).expect("yaml");
-            let sha = models::fsutil::sha256_file(&out.join("model.onnx")).expect("sha");
+            let sha = files::sha256_file(&out.join("model.onnx")).expect("sha");
             assert!(cal.contains(&sha), "commit {n}: calibrated for another model");
         } else {
             // Refused by name: an unfinished run, a missing file, two runs mixed, or (a
@@ -313,7 +313,7 @@ fn a_training_run_killed_while_it_exported_was_calibrated_against_another_model(
     // The summary records what it commits.
     let summary = std::fs::read_to_string(out.join("summary.yaml")).expect("summary");
     for f in ["model.onnx", "val_scores.csv", "parity.yaml"] {
-        let sha = models::fsutil::sha256_file(&out.join(f)).expect("sha");
+        let sha = files::sha256_file(&out.join(f)).expect("sha");
         assert!(summary.contains(&sha), "{f} not recorded");
     }
     // A model swapped in afterwards: calibrate refuses the folder.
@@ -669,7 +669,7 @@ fn a_comma_in_a_seriesuid_shifted_the_columns_of_a_sweeps_oof_scores() {
             let name = parts.nth(1).expect("name");
             let sha = line.rsplit('|').nth(1).expect("sha").trim();
             assert_eq!(
-                models::fsutil::sha256_file(&out.join(name)).expect("sha"),
+                files::sha256_file(&out.join(name)).expect("sha"),
                 sha,
                 "{when}: {name} is not the file the summary names"
             );

@@ -64,7 +64,7 @@ fn metadata(p: &Path) -> std::collections::BTreeMap<String, String> {
 }
 
 fn sha256(p: &Path) -> String {
-    models::fsutil::sha256_file(p).expect("sha256")
+    files::sha256_file(p).expect("sha256")
 }
 
 #[test]

@@ -173,10 +173,10 @@ fn assert_equal_to_folder(back: &serde_json::Value, run: &Path) {
         "val_scores.csv",
         "curves.png",
     ] {
-        let sha = models::fsutil::sha256_file(&run.join(f)).expect("sha");
+        let sha = files::sha256_file(&run.join(f)).expect("sha");
         assert_eq!(back["artifacts"][f].as_str(), Some(sha.as_str()), "artifact {f}");
     }
-    let model_sha = models::fsutil::sha256_file(&run.join("model.onnx")).expect("sha");
+    let model_sha = files::sha256_file(&run.join("model.onnx")).expect("sha");
     assert_eq!(back["tags"]["nodule.model_sha256"].as_str(), Some(model_sha.as_str()));
 }
 
@@ -279,7 +279,7 @@ fn froc_adds_to_the_models_run(w: &Path, run: &Path, uri: &str) {
         "nodules_without_candidate.csv",
         "froc.png",
     ] {
-        let sha = models::fsutil::sha256_file(&out.join(f)).expect("sha");
+        let sha = files::sha256_file(&out.join(f)).expect("sha");
         assert_eq!(
             back["artifacts"][format!("froc/{f}")].as_str(),
             Some(sha.as_str()),
@@ -350,7 +350,7 @@ fn a_run_is_tracked_in_a_real_mlflow_server_and_survives_the_server_going_away()
         cal["metrics"]["platt"]["auroc"].as_f64()
     );
     for f in ["calibration.yaml", "model.calibrated.onnx"] {
-        let sha = models::fsutil::sha256_file(&live.join(f)).expect("sha");
+        let sha = files::sha256_file(&live.join(f)).expect("sha");
         assert_eq!(back["artifacts"][f].as_str(), Some(sha.as_str()), "artifact {f}");
     }
     // froc --model adds its CPM, sensitivities and files to the run that made the model (the
@@ -505,7 +505,7 @@ fn a_sweep_is_a_parent_run_with_a_child_per_configuration_and_fold() {
         "cell_00/oof_scores.csv",
         "cell_01/oof_scores.csv",
     ] {
-        let sha = models::fsutil::sha256_file(&out.join(f)).expect("sha");
+        let sha = files::sha256_file(&out.join(f)).expect("sha");
         assert_eq!(back["artifacts"][f].as_str(), Some(sha.as_str()), "artifact {f}");
     }
     // Sending it again changes nothing.

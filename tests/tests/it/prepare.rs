@@ -156,7 +156,7 @@ fn scans_to_patch_folder_resumable_with_per_scan_errors() {
     assert_eq!(errs[0][0], "D");
 
     let (h, rows) = read_csv(&out.join("patch_index.csv"));
-    assert_eq!(h, models::index::COLUMNS.map(String::from).to_vec());
+    assert_eq!(h, tables::index::COLUMNS.map(String::from).to_vec());
     let (uid, lab, file) = (col(&h, "seriesuid"), col(&h, "label"), col(&h, "patch_file"));
     let count = |u: &str, l: &str| rows.iter().filter(|r| r[uid] == u && r[lab] == l).count();
     // A: the annotation and the candidate labelled 1; negatives 2 × 2 of the 8 outside.
@@ -321,7 +321,7 @@ fn bad_prepare_inputs_are_named() {
         r.stdout
     );
     let (h, rows) = read_csv(&out.join("patch_index.csv"));
-    assert_eq!(h, models::index::COLUMNS.map(String::from).to_vec());
+    assert_eq!(h, tables::index::COLUMNS.map(String::from).to_vec());
     assert!(rows.is_empty());
     std::fs::remove_dir_all(&out).unwrap();
     // A header that is not MetaImage: the scan fails with its name, the run says so. (A

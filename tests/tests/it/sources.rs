@@ -1,8 +1,8 @@
-//! Every library and binary opens what a user names through `models::fsutil` (regular files
+//! Every library and binary opens what a user names through `files` (regular files
 //! only, never blocking on a FIFO, bounded in size): a direct `std::fs::read*` or
 //! `File::open` on a user path is how a FIFO named `config.yaml` once hung `trainer sweep`.
-//! This reads the workspace's sources and fails on any such call outside `fsutil`, unless
-//! the line (or the one above it) says why it may (`fsutil-exempt:`, for paths that are no
+//! This reads the workspace's sources and fails on any such call outside the `files` crate, unless
+//! the line (or the one above it) says why it may (`files-exempt:`, for paths that are no
 //! user input, such as `/proc/self/status`). Tests (`#[cfg(test)]` modules) are left out.
 use std::path::{Path, PathBuf};
 
@@ -29,7 +29,7 @@ fn calls(line: &str, pattern: &str) -> bool {
 }
 
 #[test]
-fn user_files_are_read_only_through_fsutil() {
+fn user_files_are_read_only_through_the_files_crate() {
     let root = chain_tests::workspace();
     // Every crate of the workspace (from its manifests: a hand-kept list missed `tracking`).
     let meta = chain_tests::cargo_metadata();
@@ -55,7 +55,7 @@ fn user_files_are_read_only_through_fsutil() {
     assert!(files.len() > 50, "{} source files", files.len());
     let mut found = Vec::new();
     for f in &files {
-        if f.components().any(|c| c.as_os_str() == "fsutil") {
+        if f.starts_with(root.join("files")) {
             continue;
         }
         let text = std::fs::read_to_string(f).expect("read");
@@ -67,7 +67,7 @@ fn user_files_are_read_only_through_fsutil() {
             if l.starts_with("//") {
                 continue;
             }
-            let exempt = line.contains("fsutil-exempt:") || i > 0 && lines[i - 1].contains("fsutil-exempt:");
+            let exempt = line.contains("files-exempt:") || i > 0 && lines[i - 1].contains("files-exempt:");
             if !exempt && forbidden.iter().any(|p| calls(line, p)) {
                 found.push(format!(
                     "{}:{}: {}",
@@ -80,7 +80,7 @@ fn user_files_are_read_only_through_fsutil() {
     }
     assert!(
         found.is_empty(),
-        "user paths read around models::fsutil (use open_regular / read_regular*, or mark a non-user path `// fsutil-exempt: why`):\n{}",
+        "user paths read around the files crate (use files::open_regular / read_regular*, or mark a non-user path `// files-exempt: why`):\n{}",
         found.join("\n")
     );
 }

@@ -40,7 +40,7 @@ fn export_from_weights_scores_like_the_runs_model() {
     let md = metadata(&out);
     assert_eq!(
         md["export.weights_sha256"],
-        models::fsutil::sha256_file(&weights).expect("sha")
+        files::sha256_file(&weights).expect("sha")
     );
     let run_md = metadata(&f.run.join("model.onnx"));
     for k in ["architecture.spec_json", "preprocess.cube_size", "preprocess.hu_min"] {
@@ -229,7 +229,7 @@ fn training_starts_from_given_weights() {
         r.stderr
     );
     let md = metadata(&run_dir.join("model.onnx"));
-    let sha = models::fsutil::sha256_file(&init).expect("sha");
+    let sha = files::sha256_file(&init).expect("sha");
     assert_eq!(
         md["training.init"],
         format!("pretrained.safetensors sha256:{sha} (head initialised afresh)")

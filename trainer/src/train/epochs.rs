@@ -103,7 +103,7 @@ fn add_loss(sum: &mut Tensor, seen: &mut Tensor, loss: &Tensor, n: usize, applie
 
 /// Saves the VarStore beside `path`, then renames over it.
 fn save_atomic(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    models::fsutil::replace_with(path, |tmp| vs.save(tmp))?;
+    files::replace_with(path, |tmp| vs.save(tmp))?;
     Ok(())
 }
 
@@ -244,7 +244,7 @@ pub fn start(
         opt.load(&dir.join("optimizer.safetensors"))?;
         opt.bind();
         let metrics = dir.join("metrics.csv");
-        let mut r = csv::Reader::from_reader(models::fsutil::open_regular(&metrics)?);
+        let mut r = csv::Reader::from_reader(files::open_regular(&metrics)?);
         history = r
             .deserialize()
             .collect::<Result<_, _>>()
@@ -592,14 +592,14 @@ fn save_epoch(data: &Data, folder: &RunFolder, tr: &mut Training, m: EpochMetric
         best_val_auroc: ba,
         best_val_loss: bl,
         stopped_early: tr.stopped_early,
-        last_sha256: models::fsutil::sha256_file(&last)?,
-        best_sha256: models::fsutil::sha256_file(&best)?,
-        optimizer_sha256: models::fsutil::sha256_file(&opt)?,
+        last_sha256: files::sha256_file(&last)?,
+        best_sha256: files::sha256_file(&best)?,
+        optimizer_sha256: files::sha256_file(&opt)?,
         grad_scaler: tr.scaler.as_ref().map(|s| s.state()).transpose()?,
         precision: Some(crate::train::folder::precision_name(data.found.amp).to_string()),
         config_sha256: folder.config_sha256.clone(),
         split_sha256: folder.split_sha256.clone(),
-        metrics_sha256: models::fsutil::sha256_file(&dir.join("metrics.csv"))?,
+        metrics_sha256: files::sha256_file(&dir.join("metrics.csv"))?,
     };
     yaml(&dir.join("train_state.yaml"), &st)
 }
@@ -635,8 +635,8 @@ pub fn run(
             )));
         }
         let scores: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
-        let auroc = models::metrics::auroc(&scores, &val_labels).unwrap_or(f64::NAN);
-        let auprc = models::metrics::average_precision(&scores, &val_labels);
+        let auroc = metrics::auroc(&scores, &val_labels).unwrap_or(f64::NAN);
+        let auprc = metrics::average_precision(&scores, &val_labels);
         let is_best = tr
             .best
             .is_none_or(|(_, b, bl)| auroc > b || (auroc == b && val_loss < bl));

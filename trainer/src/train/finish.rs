@@ -8,7 +8,7 @@ use serde::Serialize;
 use tch::nn;
 use tch::Device;
 
-use models::fsutil::TEMP_PREFIX;
+use files::TEMP_PREFIX;
 
 use crate::config::TrainConfig;
 use crate::export;
@@ -39,10 +39,10 @@ fn provenance(
         ),
         ("training.cuda_libraries", crate::cuda::loaded_cuda_libraries()),
         ("training.config_sha256", cfg.sha256()?),
-        ("training.index_sha256", models::fsutil::sha256_file(index)?),
+        ("training.index_sha256", files::sha256_file(index)?),
         (
             "training.split_sha256",
-            models::fsutil::sha256_file(&dir.join("split.csv"))?,
+            files::sha256_file(&dir.join("split.csv"))?,
         ),
     ]
     .into_iter()
@@ -238,17 +238,17 @@ pub fn finish(
         pos_weight,
         best_epoch,
         best_val_auroc: best_auroc,
-        onnx_val_auroc: models::metrics::auroc(&ort_scores, &val_labels).unwrap_or(f64::NAN),
-        onnx_val_auroc_delong_ci95: models::metrics::auroc_delong_ci95(&ort_scores, &val_labels),
+        onnx_val_auroc: metrics::auroc(&ort_scores, &val_labels).unwrap_or(f64::NAN),
+        onnx_val_auroc_delong_ci95: metrics::auroc_delong_ci95(&ort_scores, &val_labels),
         stopped_early_at_epoch: stopped_early,
         provenance: provenance.clone(),
         parity_max_abs_diff_logit: parity.max_abs_diff_logit,
         parity_max_scaled_diff_logit: parity.max_scaled_diff_logit,
         seconds: t0.elapsed().as_secs_f64(),
-        peak_rss_mib: models::cli::peak_rss_kib().map(|k| k as f64 / 1024.0),
+        peak_rss_mib: host::peak_rss_kib().map(|k| k as f64 / 1024.0),
         outputs: ["model.onnx", "parity.yaml", "val_scores.csv"]
             .iter()
-            .map(|n| Ok((n.to_string(), models::fsutil::sha256_file(&dir.join(n))?)))
+            .map(|n| Ok((n.to_string(), files::sha256_file(&dir.join(n))?)))
             .collect::<Result<_>>()?,
     };
     // The commit point, written last.

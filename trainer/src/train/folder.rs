@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::{Result, TrainError};
 
-use models::fsutil::{Lock, RunIo, DIR_LOCK, TEMP_PREFIX};
+use files::{Lock, RunIo, DIR_LOCK, TEMP_PREFIX};
 
 use crate::config::TrainConfig;
 use crate::train::inputs::{Data, Found};
@@ -103,7 +103,7 @@ fn read_state(dir: &Path) -> Result<Option<TrainState>> {
     if !p.exists() {
         return Ok(None);
     }
-    let text = models::fsutil::read_regular_to_string(&p)?;
+    let text = files::read_regular_to_string(&p)?;
     Ok(Some(
         yaml_serde::from_str(&text).map_err(TrainError::format(format!("{}: unreadable", p.display())))?,
     ))
@@ -123,7 +123,7 @@ fn unchanged(dir: &Path, file: &str, want: &str, what: &str) -> Result<()> {
         return Ok(());
     }
     let p = dir.join(file);
-    let got = models::fsutil::sha256_file(&p)?;
+    let got = files::sha256_file(&p)?;
     if got != want {
         return Err(TrainError::RunFolder(format!(
             "{}: changed since the run wrote it (sha256 {} ≠ {} in train_state.yaml); {what}",
@@ -139,7 +139,7 @@ fn unchanged(dir: &Path, file: &str, want: &str, what: &str) -> Result<()> {
 /// from.
 fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<TrainState>> {
     // The same job or nothing: config and split must be the ones the folder holds.
-    let saved = models::fsutil::read_regular_to_string(&dir.join("config.yaml"))
+    let saved = files::read_regular_to_string(&dir.join("config.yaml"))
         .map_err(|e| TrainError::RunFolder(format!("{}: no run to resume here ({e})", dir.display())))?;
     let st = read_state(dir)?;
     let fix = "restore it, or start a new run (another --out, or --force)";
@@ -173,7 +173,7 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
             dir.display()
         )));
     }
-    if models::fsutil::read_regular(&dir.join("split.csv")).ok().as_deref() != Some(found.manifest.as_slice()) {
+    if files::read_regular(&dir.join("split.csv")).ok().as_deref() != Some(found.manifest.as_slice()) {
         return Err(TrainError::RunFolder(format!(
             "{}: the split differs from the one this run used (has the index changed?)",
             dir.display()
@@ -189,7 +189,7 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
         ("optimizer.safetensors", &st.optimizer_sha256),
     ] {
         let p = dir.join(file);
-        if !p.is_file() || models::fsutil::sha256_file(&p)? != *want {
+        if !p.is_file() || files::sha256_file(&p)? != *want {
             return Err(TrainError::RunFolder(format!(
                 "{}: does not match train_state.yaml (the run was stopped while saving epoch {}, or the file was \
                  changed); it cannot resume safely: start it again",
@@ -303,11 +303,11 @@ impl Opened {
             Plan::Resume(st) => (st.map(|b| *b), false),
         };
         if fresh {
-            models::fsutil::write_atomic(&dir.join("config.yaml"), config_text.as_bytes())?;
-            models::fsutil::write_atomic(&dir.join("split.csv"), &data.found.manifest)?;
+            files::write_atomic(&dir.join("config.yaml"), config_text.as_bytes())?;
+            files::write_atomic(&dir.join("split.csv"), &data.found.manifest)?;
         }
-        let config_sha256 = models::fsutil::sha256_file(&dir.join("config.yaml"))?;
-        let split_sha256 = models::fsutil::sha256_file(&dir.join("split.csv"))?;
+        let config_sha256 = files::sha256_file(&dir.join("config.yaml"))?;
+        let split_sha256 = files::sha256_file(&dir.join("split.csv"))?;
         if resumed.is_none() {
             let st = TrainState {
                 epochs_done: 0,

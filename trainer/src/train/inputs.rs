@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use crate::{Result, TrainError};
 use tch::Device;
 
-use models::index::PatchIndex;
+use tables::index::PatchIndex;
 use models::spec::ArchSpec;
 
 use crate::config::{PosWeight, Precision, TrainConfig};
@@ -132,7 +132,7 @@ pub fn find(cfg: &TrainConfig) -> Result<Found> {
         Some(p) => {
             let sd = models::state_dict::read(p)?;
             let m = models::state_dict::match_spec(&spec, sd, p, cfg.train.reinit())?;
-            (Some(m), Some(models::fsutil::sha256_file(p)?))
+            (Some(m), Some(files::sha256_file(p)?))
         }
         None => (None, None),
     };

@@ -223,11 +223,11 @@ pub(crate) fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     for r in rows {
         w.serialize(r)?;
     }
-    models::fsutil::write_atomic(path, &w.into_inner()?)?;
+    files::write_atomic(path, &w.into_inner()?)?;
     Ok(())
 }
 
 pub(crate) fn yaml<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    models::fsutil::write_atomic(path, yaml_serde::to_string(v)?.as_bytes())?;
+    files::write_atomic(path, yaml_serde::to_string(v)?.as_bytes())?;
     Ok(())
 }

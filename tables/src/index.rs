@@ -128,7 +128,7 @@ impl PatchIndex {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
-        crate::fsutil::write_atomic(path, &bytes)
+        Ok(files::write_atomic(path, &bytes)?)
     }
 }
 

@@ -58,13 +58,13 @@ impl<R: std::io::Read> std::io::Read for Lf<R> {
 /// The reader [`open`] gives.
 pub type CsvReader = csv::Reader<Lf<std::fs::File>>;
 
-/// Opens `path` (a regular file: see [`crate::fsutil::open_regular`]; fields trimmed, every
+/// Opens `path` (a regular file: see [`files::open_regular`]; fields trimmed, every
 /// row as long as the header (a ragged row is an error naming its line: a field with an
 /// unquoted comma shifts the columns after it), Windows line ends read as Unix ones) and reads its header row when
 /// `has_headers`.
 pub fn open(path: &Path, has_headers: bool) -> Result<(CsvReader, csv::StringRecord)> {
     let file = Lf {
-        inner: std::io::BufReader::new(crate::fsutil::open_regular(path)?),
+        inner: std::io::BufReader::new(files::open_regular(path)?),
     };
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)

@@ -273,6 +273,24 @@ pub fn sweep(logits: &[f64], labels: &[u8]) -> Sweep {
     Sweep { cuts, n_pos, n_neg }
 }
 
+/// The most bootstrap resamples `calibrate` and `froc` take. Every resample's statistics are
+/// kept until the percentiles are read (a billion resamples asked for 4.8 GB at once and
+/// aborted); beyond 100,000 the Monte Carlo error of a 95% interval's ends is far below the
+/// interval's own width.
+pub const MAX_BOOTSTRAP: usize = 100_000;
+
+/// `Ok` unless `b` is more than [`MAX_BOOTSTRAP`]; the message names `--bootstrap`.
+pub fn check_bootstrap(b: usize) -> Result<(), String> {
+    if b > MAX_BOOTSTRAP {
+        return Err(format!(
+            "--bootstrap {b}: at most {MAX_BOOTSTRAP} resamples (more change a 95% interval by less \
+             than its Monte Carlo error, and each one's statistics are held in memory)"
+        ));
+    }
+    Ok(())
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

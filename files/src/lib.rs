@@ -14,13 +14,13 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::{Error, Result};
-
+pub mod error;
 pub mod lock;
 pub mod policy;
 pub mod read;
 pub mod write;
 
+pub use error::{Error, Result};
 pub use lock::{Lock, DIR_LOCK};
 pub use policy::RunIo;
 pub use read::{open_regular, read_regular, read_regular_to_string};

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::{Error, Result};
+use tables::{Error, Result};
 
 /// A finding with a position in world millimetres.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -46,7 +46,7 @@ pub fn read_findings(path: &Path, value_col: &str) -> Result<Vec<Finding>> {
 /// As [`read_findings`] with other column names, in the order series, x, y, z, value (a
 /// scores CSV of `infer --index`: `seriesuid, center_x, center_y, center_z, logit`).
 pub fn read_findings_from(path: &Path, want: [&str; 5]) -> Result<Vec<Finding>> {
-    let (mut rdr, headers) = crate::csvio::open(path, true)?;
+    let (mut rdr, headers) = tables::csvio::open(path, true)?;
     let idx: Vec<Option<usize>> = want.iter().map(|w| headers.iter().position(|h| h == *w)).collect();
     let missing: Vec<&str> = want
         .iter()
@@ -67,7 +67,7 @@ pub fn read_findings_from(path: &Path, want: [&str; 5]) -> Result<Vec<Finding>> 
     }
     let idx: Vec<usize> = idx.into_iter().flatten().collect();
     let mut out = Vec::new();
-    for (line, rec) in crate::csvio::rows(&mut rdr) {
+    for (line, rec) in tables::csvio::rows(&mut rdr) {
         let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
         let num = |k: usize| -> Result<f64> {
             let s = rec.get(idx[k]).unwrap_or("");
@@ -93,9 +93,9 @@ pub fn read_findings_from(path: &Path, want: [&str; 5]) -> Result<Vec<Finding>> 
 
 /// Reads the series list (LUNA16's `seriesuids.csv`: no header, column 0 of every row). Returns the uids and any warning.
 pub fn read_series_list(path: &Path) -> Result<(Vec<String>, Option<String>)> {
-    let (mut rdr, _) = crate::csvio::open(path, false)?;
+    let (mut rdr, _) = tables::csvio::open(path, false)?;
     let mut uids = Vec::new();
-    for (line, rec) in crate::csvio::rows(&mut rdr) {
+    for (line, rec) in tables::csvio::rows(&mut rdr) {
         let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
         let uid = rec.get(0).unwrap_or("").to_string();
         if uid.is_empty() {
