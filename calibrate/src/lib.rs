@@ -19,7 +19,6 @@
 
 pub mod bake;
 pub mod bootstrap;
-pub mod compare;
 pub mod fit;
 pub mod metrics;
 pub mod read;
@@ -34,7 +33,7 @@ use std::path::{Path, PathBuf};
 use files::{Lock, RunIo};
 
 pub use fit::Fitted;
-pub use read::{Columns, ScoreTable};
+pub use tables::scores::{Columns, ScoreTable};
 pub use select::cross_validate;
 
 pub use models::calibration::{
@@ -44,7 +43,6 @@ pub use models::calibration::{
 /// Errors of the calibrate library.
 #[derive(Debug, thiserror::Error)]
 pub enum CalError {
-    /// Bad input data, naming the file (and line).
     /// The data do not support a fit (one class, too few groups, no ranking).
     #[error("fit: {0}")]
     Fit(String),
@@ -61,9 +59,6 @@ pub enum CalError {
     Models(#[from] models::Error),
     #[error(transparent)]
     Scorer(#[from] scorer::ScorerError),
-    /// LUNA16's evaluation (`compare` with annotations), its error kept as it is.
-    #[error(transparent)]
-    Froc(#[from] froc::FrocError),
 }
 
 models::errors_through_models!(CalError);
@@ -424,7 +419,7 @@ pub fn run(s: &Settings) -> Result<CalibrationFile, CalError> {
         let bytes = files::read_regular(&s.model)?;
         let proto = models::onnx::parse_model(&bytes, &s.model)?;
         let table = match &s.patches {
-            Some(idx) => ScoreTable::from_patches(&s.model, idx, s.features_csv.as_deref(), &s.scorer)?,
+            Some(idx) => read::from_patches(&s.model, idx, s.features_csv.as_deref(), &s.scorer)?,
             None => ScoreTable::read(&s.scores, &s.columns)?,
         };
         let model = ModelRef {

@@ -15,10 +15,8 @@ use calibrate::{Columns, Method, Settings};
 /// (site recalibration, no libtorch). Writes calibration.yaml, calibration_report.md,
 /// calibration_plots/ and model.calibrated.onnx beside --out.
 #[derive(Parser, Debug)]
-#[command(name = "calibrate", version, args_conflicts_with_subcommands = true)]
+#[command(name = "calibrate", version)]
 struct Args {
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
     /// Training run folder (holds val_scores.csv and model.onnx).
     run: Option<PathBuf>,
     /// Scores CSV (default: RUN/val_scores.csv).
@@ -83,101 +81,6 @@ struct Args {
     device: scorer::Device,
     #[arg(long, help = scorer::ORT_LIB_HELP)]
     ort_lib: Option<PathBuf>,
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum Cmd {
-    /// Compare two or more models scored on the same labelled patches (the first is the
-    /// reference): AUROC, AUPRC and sensitivity at a fixed specificity per model; paired
-    /// DeLong test, series-level paired bootstrap and McNemar against the reference.
-    Compare {
-        /// Scores CSVs (infer --index output with labels, or a run's val_scores.csv): the
-        /// same patches in each, with patch_file, seriesuid, label and the score.
-        #[arg(required = true, num_args = 2..)]
-        scores: Vec<PathBuf>,
-        /// A name per scores file, in order (default: the file names).
-        #[arg(long)]
-        name: Vec<String>,
-        /// The fixed specificity for the sensitivity and McNemar's test, in (0, 1).
-        #[arg(long, default_value_t = 0.9)]
-        specificity: f64,
-        /// Series-level paired bootstrap resamples (0 to skip; at most 100000).
-        #[arg(long, default_value_t = 1000)]
-        bootstrap: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Folder for comparison.yaml, comparison.md and roc.png (default: print only).
-        #[arg(short, long)]
-        out: Option<PathBuf>,
-        /// Column holding the raw logit.
-        #[arg(long, default_value = "logit")]
-        logit_col: String,
-        /// Column holding a probability instead of a logit.
-        #[arg(long)]
-        prob_col: Option<String>,
-        #[arg(long, default_value = "label")]
-        label_col: String,
-        #[arg(long, default_value = "seriesuid")]
-        series_col: String,
-        /// LUNA16's annotations.csv: with --seriesuids, each model's CPM and the paired scan
-        /// bootstrap of the CPM difference (the scores need center_x/y/z: infer --index).
-        #[arg(long, requires = "seriesuids")]
-        annotations: Option<PathBuf>,
-        /// LUNA16's annotations_excluded.csv (candidates on these are ignored).
-        #[arg(long, requires = "annotations")]
-        excluded: Option<PathBuf>,
-        /// The scans to evaluate (LUNA16's seriesuids.csv: one per row, no header).
-        #[arg(long, requires = "annotations")]
-        seriesuids: Option<PathBuf>,
-    },
-}
-
-/// `calibrate compare`.
-fn compare(c: Cmd) -> anyhow::Result<()> {
-    let Cmd::Compare {
-        scores,
-        name,
-        specificity,
-        bootstrap,
-        seed,
-        out,
-        logit_col,
-        prob_col,
-        label_col,
-        series_col,
-        annotations,
-        excluded,
-        seriesuids,
-    } = c;
-    let columns = Columns {
-        logit: logit_col,
-        probability: prob_col,
-        label: label_col,
-        seriesuid: series_col,
-        ..Columns::default()
-    };
-    let s = calibrate::compare::CompareSettings {
-        scores: scores.clone(),
-        names: name,
-        columns: columns.clone(),
-        specificity,
-        bootstrap,
-        seed,
-        luna16: annotations
-            .zip(seriesuids)
-            .map(|(annotations, seriesuids)| calibrate::compare::Luna16Files {
-                annotations,
-                excluded,
-                seriesuids,
-            }),
-    };
-    let cmp = calibrate::compare::compare(&s)?;
-    print!("{}", calibrate::compare::table(&cmp));
-    if let Some(dir) = out {
-        calibrate::compare::write(&cmp, &dir, &scores, &columns)?;
-        println!("wrote {}/comparison.yaml, comparison.md and roc.png", dir.display());
-    }
-    Ok(())
 }
 
 fn settings(a: Args) -> anyhow::Result<Settings> {
@@ -257,11 +160,7 @@ fn written(s: &calibrate::Settings) -> String {
 fn main() -> ExitCode {
     cli::default_sigpipe();
     let run = || -> anyhow::Result<()> {
-        let mut a = Args::parse();
-        if let Some(c) = a.cmd.take() {
-            return compare(c);
-        }
-        let s = settings(a)?;
+        let s = settings(Args::parse())?;
         let cal = calibrate::run(&s)?;
         print!("{}", calibrate::summary(&cal));
         println!("wrote {}", written(&s));

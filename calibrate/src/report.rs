@@ -32,64 +32,6 @@ pub(crate) fn draw(chart: &plots::Chart, path: &Path) -> Result<(), CalError> {
     })
 }
 
-pub(crate) fn chart(title: &str, x: &str, y: &str) -> plots::Chart {
-    plots::Chart {
-        title: title.into(),
-        x_label: x.into(),
-        y_label: y.into(),
-        x_range: (0.0, 1.0),
-        y_range: (0.0, 1.0),
-        log_x: false,
-        series: vec![],
-        bands: vec![],
-        annotations: vec![],
-    }
-}
-
-pub(crate) fn line(label: &str, points: Vec<(f64, f64)>, color: (u8, u8, u8)) -> plots::Series {
-    plots::Series {
-        label: label.into(),
-        points,
-        color,
-        markers: false,
-    }
-}
-
-fn marks(label: &str, points: Vec<(f64, f64)>, color: (u8, u8, u8)) -> plots::Series {
-    plots::Series {
-        label: label.into(),
-        points,
-        color,
-        markers: true,
-    }
-}
-
-/// ROC points (FPR, TPR) from the highest score down.
-pub(crate) fn roc(scores: &[f64], y: &[u8]) -> Vec<(f64, f64)> {
-    let s = crate::thresholds::sweep(scores, y);
-    let mut pts = vec![(0.0, 0.0)];
-    pts.extend(
-        s.cuts
-            .iter()
-            .map(|&(_, tp, fp)| (fp as f64 / s.n_neg as f64, tp as f64 / s.n_pos as f64)),
-    );
-    pts
-}
-
-/// Precision–recall points (recall, precision), step-wise as average precision sums them.
-fn pr(scores: &[f64], y: &[u8]) -> Vec<(f64, f64)> {
-    let s = crate::thresholds::sweep(scores, y);
-    let mut pts = Vec::new();
-    let mut prev_r = 0.0;
-    for &(_, tp, fp) in &s.cuts {
-        let (r, p) = (tp as f64 / s.n_pos as f64, tp as f64 / (tp + fp) as f64);
-        pts.push((prev_r, p));
-        pts.push((r, p));
-        prev_r = r;
-    }
-    pts
-}
-
 /// Writes `calibration_report.md` and `calibration_plots/*.png` into `dir`.
 pub fn write(cal: &CalibrationFile, t: &ScoreTable, dir: &Path) -> Result<(), CalError> {
     let plots_dir = dir.join(PLOTS_DIR);
@@ -103,17 +45,17 @@ pub fn write(cal: &CalibrationFile, t: &ScoreTable, dir: &Path) -> Result<(), Ca
     let method = cal.method.name();
 
     // Reliability diagram: 15 equal-width bins, counts written above the calibrated points.
-    let mut c = chart(
+    let mut c = plots::Chart::unit(
         "Reliability (15 equal-width bins)",
         "mean predicted probability",
         "observed frequency",
     );
-    c.series.push(line("ideal", vec![(0.0, 0.0), (1.0, 1.0)], GREY));
+    c.series.push(plots::Series::line("ideal", vec![(0.0, 0.0), (1.0, 1.0)], GREY));
     for (label, p, color) in [("uncalibrated", &raw, RED), (method, &cal_p, BLUE)] {
         let bins = metrics::reliability_bins(p, y, 15);
         let pts: Vec<(f64, f64)> = bins.iter().filter(|b| b.0 > 0).map(|&(_, mp, my)| (mp, my)).collect();
-        c.series.push(line(label, pts.clone(), color));
-        c.series.push(marks(&format!("{label} bins"), pts, color));
+        c.series.push(plots::Series::line(label, pts.clone(), color));
+        c.series.push(plots::Series::marks(&format!("{label} bins"), pts, color));
         if label == method {
             c.annotations = bins
                 .iter()
@@ -125,11 +67,11 @@ pub fn write(cal: &CalibrationFile, t: &ScoreTable, dir: &Path) -> Result<(), Ca
     draw(&c, &plots_dir.join("reliability.png"))?;
 
     // ROC with the operating points.
-    let mut c = chart("ROC", "1 - specificity", "sensitivity");
-    c.series.push(line("chance", vec![(0.0, 0.0), (1.0, 1.0)], GREY));
-    c.series.push(line(
+    let mut c = plots::Chart::unit("ROC", "1 - specificity", "sensitivity");
+    c.series.push(plots::Series::line("chance", vec![(0.0, 0.0), (1.0, 1.0)], GREY));
+    c.series.push(plots::Series::line(
         &format!("ROC (AUROC {:.3})", cal.metrics["uncalibrated"].auroc),
-        roc(z, y),
+        ::metrics::roc_points(z, y),
         BLUE,
     ));
     for (i, p) in cal.operating_points.iter().enumerate() {
@@ -138,21 +80,21 @@ pub fn write(cal: &CalibrationFile, t: &ScoreTable, dir: &Path) -> Result<(), Ca
         };
         let colors = [RED, GREEN, (150, 60, 160), (200, 140, 20)];
         c.series
-            .push(marks(&p.name, vec![(1.0 - spec, sens)], colors[i % colors.len()]));
+            .push(plots::Series::marks(&p.name, vec![(1.0 - spec, sens)], colors[i % colors.len()]));
     }
     draw(&c, &plots_dir.join("roc.png"))?;
 
     // Precision–recall.
     let prev = cal.data.prevalence;
-    let mut c = chart("Precision-recall", "recall (sensitivity)", "precision (PPV)");
-    c.series.push(line(
+    let mut c = plots::Chart::unit("Precision-recall", "recall (sensitivity)", "precision (PPV)");
+    c.series.push(plots::Series::line(
         &format!("prevalence {prev:.3}"),
         vec![(0.0, prev), (1.0, prev)],
         GREY,
     ));
-    c.series.push(line(
+    c.series.push(plots::Series::line(
         &format!("PR (AP {:.3})", cal.metrics["uncalibrated"].auprc),
-        pr(z, y),
+        ::metrics::pr_points(z, y),
         BLUE,
     ));
     draw(&c, &plots_dir.join("precision_recall.png"))?;
@@ -165,15 +107,15 @@ pub fn write(cal: &CalibrationFile, t: &ScoreTable, dir: &Path) -> Result<(), Ca
         .map(|&th| (th, prev - (1.0 - prev) * th / (1.0 - th)))
         .collect();
     let lo = nb.iter().chain(&all).map(|p| p.1).fold(0.0, f64::min).max(-0.1);
-    let mut c = chart("Decision curve", "threshold probability", "net benefit");
+    let mut c = plots::Chart::unit("Decision curve", "threshold probability", "net benefit");
     c.y_range = (lo - 0.02, prev.max(0.05) + 0.05);
-    c.series.push(line(&format!("model ({method})"), nb, BLUE));
-    c.series.push(line(
+    c.series.push(plots::Series::line(&format!("model ({method})"), nb, BLUE));
+    c.series.push(plots::Series::line(
         "treat all",
         all.into_iter().filter(|p| p.1 >= lo - 0.02).collect(),
         RED,
     ));
-    c.series.push(line("treat none", vec![(0.0, 0.0), (1.0, 0.0)], GREY));
+    c.series.push(plots::Series::line("treat none", vec![(0.0, 0.0), (1.0, 0.0)], GREY));
     draw(&c, &plots_dir.join("decision_curve.png"))?;
 
     files::write_atomic(&dir.join(REPORT_FILE), markdown(cal).as_bytes())?;

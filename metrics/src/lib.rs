@@ -273,6 +273,34 @@ pub fn sweep(logits: &[f64], labels: &[u8]) -> Sweep {
     Sweep { cuts, n_pos, n_neg }
 }
 
+/// ROC points (false-positive rate, true-positive rate) from the highest score down, one
+/// per distinct score (ties move together), starting at (0, 0). Both classes must be present.
+pub fn roc_points(scores: &[f64], labels: &[u8]) -> Vec<(f64, f64)> {
+    let s = sweep(scores, labels);
+    let mut pts = vec![(0.0, 0.0)];
+    pts.extend(
+        s.cuts
+            .iter()
+            .map(|&(_, tp, fp)| (fp as f64 / s.n_neg as f64, tp as f64 / s.n_pos as f64)),
+    );
+    pts
+}
+
+/// Precision–recall points (recall, precision), step-wise as [`average_precision`] sums
+/// them: each distinct score adds a step from the previous recall to its own at its precision.
+pub fn pr_points(scores: &[f64], labels: &[u8]) -> Vec<(f64, f64)> {
+    let s = sweep(scores, labels);
+    let mut pts = Vec::new();
+    let mut prev_r = 0.0;
+    for &(_, tp, fp) in &s.cuts {
+        let (r, p) = (tp as f64 / s.n_pos as f64, tp as f64 / (tp + fp) as f64);
+        pts.push((prev_r, p));
+        pts.push((r, p));
+        prev_r = r;
+    }
+    pts
+}
+
 /// The most bootstrap resamples `calibrate` and `froc` take. Every resample's statistics are
 /// kept until the percentiles are read (a billion resamples asked for 4.8 GB at once and
 /// aborted); beyond 100,000 the Monte Carlo error of a 95% interval's ends is far below the

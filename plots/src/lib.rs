@@ -68,6 +68,43 @@ pub struct Chart {
     pub annotations: Vec<(f64, f64, String)>,
 }
 
+impl Series {
+    /// A line through `points`.
+    pub fn line(label: &str, points: Vec<(f64, f64)>, color: (u8, u8, u8)) -> Series {
+        Series {
+            label: label.into(),
+            points,
+            color,
+            markers: false,
+        }
+    }
+
+    /// Markers at `points`, no line.
+    pub fn marks(label: &str, points: Vec<(f64, f64)>, color: (u8, u8, u8)) -> Series {
+        Series {
+            markers: true,
+            ..Series::line(label, points, color)
+        }
+    }
+}
+
+impl Chart {
+    /// An empty chart over the unit square (ROC, PR, reliability), linear axes.
+    pub fn unit(title: &str, x: &str, y: &str) -> Chart {
+        Chart {
+            title: title.into(),
+            x_label: x.into(),
+            y_label: y.into(),
+            x_range: (0.0, 1.0),
+            y_range: (0.0, 1.0),
+            log_x: false,
+            series: vec![],
+            bands: vec![],
+            annotations: vec![],
+        }
+    }
+}
+
 fn rgb(c: (u8, u8, u8)) -> RGBColor {
     RGBColor(c.0, c.1, c.2)
 }

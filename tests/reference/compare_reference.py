@@ -1,4 +1,4 @@
-"""An independent computation of `calibrate compare`'s statistics (test-side only).
+"""An independent computation of `froc compare`'s statistics (test-side only).
 
 usage: compare_reference.py SPECIFICITY A.csv B.csv [C.csv ...]
 Each CSV: patch_file, seriesuid, label, logit (the same patches; matched here by patch_file).

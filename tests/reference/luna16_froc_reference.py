@@ -1,4 +1,4 @@
-"""An independent reference for `froc`, written from the rules in froc/src/lib.rs
+"""An independent reference for `froc`, written from the rules in evaluation/src/froc/mod.rs
 (themselves a study of the LUNA16 evaluation script's behaviour), computing the curve the
 way that script does: sklearn.metrics.roc_curve on the kept entries, rescaled, then
 np.interp at the seven rates. Used by the test suite only.

@@ -1,4 +1,4 @@
-//! `calibrate compare` against an independent computation (scikit-learn's AUROC, average
+//! `froc compare` against an independent computation (scikit-learn's AUROC, average
 //! precision and ROC curve; a paired DeLong written from the papers with scipy's midranks;
 //! scipy's χ² and exact binomial for McNemar), and its refusals.
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ fn compare_agrees_with_an_independent_computation() {
     let [a, b, c] = scores(d.path());
     let out = d.path().join("cmp");
     let r = run_ok(
-        "calibrate",
+        "froc",
         &[
             "compare",
             s(&a),
@@ -137,7 +137,7 @@ fn compare_agrees_with_an_independent_computation() {
     let (bd, rb) = with_decision(&b, "bd.csv", 0.5);
     let dec = d.path().join("cmp_decision");
     run_ok(
-        "calibrate",
+        "froc",
         &["compare", s(&ad), s(&bd), "--bootstrap", "0", "-o", s(&dec)],
     );
     let m = &yaml(&dec.join("comparison.yaml"))["pairs"][0]["mcnemar_at_decision"];
@@ -151,7 +151,7 @@ fn compare_agrees_with_an_independent_computation() {
     // Seeded: the same command, the same numbers.
     let again = d.path().join("cmp2");
     run_ok(
-        "calibrate",
+        "froc",
         &[
             "compare",
             s(&a),
@@ -195,18 +195,18 @@ fn comparisons_on_different_patches_are_refused() {
         (&relabelled, "label"),
         (&no_series, "seriesuid"),
     ] {
-        let r = run_err("calibrate", &["compare", s(&a), s(other)]);
+        let r = run_err("froc", &["compare", s(&a), s(other)]);
         assert!(r.stderr.contains(want), "{want:?} in {}", r.stderr);
     }
-    let r = run_err("calibrate", &["compare", s(&a)]);
+    let r = run_err("froc", &["compare", s(&a)]);
     assert!(
         r.stderr.contains("2 values") || r.stderr.contains("SCORES"),
         "{}",
         r.stderr
     );
-    let r = run_err("calibrate", &["compare", s(&a), s(&b), "--specificity", "1"]);
+    let r = run_err("froc", &["compare", s(&a), s(&b), "--specificity", "1"]);
     assert!(r.stderr.contains("--specificity"), "{}", r.stderr);
-    let r = run_err("calibrate", &["compare", s(&a), s(&b), "--bootstrap", "100001"]);
+    let r = run_err("froc", &["compare", s(&a), s(&b), "--bootstrap", "100001"]);
     assert!(r.stderr.contains("bootstrap"), "{}", r.stderr);
 }
 

@@ -61,7 +61,7 @@ fn a_feature_with_signal_beats_the_image_alone_and_scores_everywhere() {
     // Same validation series (same split seed), paired test of the AUROC difference.
     let out = d.path().join("cmp");
     let r = run_ok(
-        "calibrate",
+        "froc",
         &[
             "compare",
             s(&image.join("val_scores.csv")),

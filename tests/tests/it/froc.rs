@@ -219,7 +219,7 @@ fn froc_matches_the_sklearn_reference() {
     }
 }
 
-/// `calibrate compare` with LUNA16's files: each model's CPM is the one `froc` computes on
+/// `froc compare` with LUNA16's files: each model's CPM is the one `froc` computes on
 /// that model's submission file (froc itself agrees with the official script's rules), the
 /// CPM difference is paired over scans, a model against itself differs by exactly 0, and
 /// scores without world positions or with other positions are refused.
@@ -282,7 +282,7 @@ fn compare_gives_the_paired_cpm_difference() {
     ];
     args.extend(truth);
     args.extend(["--bootstrap", "300", "-o", s(&out)]);
-    let r = run_ok("calibrate", &args);
+    let r = run_ok("froc", &args);
     assert!(
         r.stdout.contains("LUNA16 CPM on") && r.stdout.contains("ΔCPM"),
         "{}",
@@ -349,7 +349,7 @@ fn compare_gives_the_paired_cpm_difference() {
     std::fs::write(&bare, text).expect("bare");
     let mut args = vec!["compare", s(&bare), s(&a)];
     args.extend(truth);
-    let r = run_err("calibrate", &args);
+    let r = run_err("froc", &args);
     assert!(
         r.stderr.contains("bare.csv") && r.stderr.contains("center_x"),
         "{}",
@@ -368,7 +368,7 @@ fn compare_gives_the_paired_cpm_difference() {
     std::fs::write(&moved, text).expect("moved");
     let mut args = vec!["compare", s(&a), s(&moved)];
     args.extend(truth);
-    let r = run_err("calibrate", &args);
+    let r = run_err("froc", &args);
     assert!(
         r.stderr.contains("moved.csv") && r.stderr.contains("not the same candidates"),
         "{}",

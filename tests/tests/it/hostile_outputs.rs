@@ -645,9 +645,9 @@ fn a_comma_in_a_seriesuid_shifted_the_columns_of_a_sweeps_oof_scores() {
             "{rows:?}"
         );
     }
-    // calibrate compare reads them as they are.
+    // froc compare reads them as they are.
     let r = run_ok(
-        "calibrate",
+        "froc",
         &[
             "compare",
             s(&out.join("cell_00/oof_scores.csv")),

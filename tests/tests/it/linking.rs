@@ -51,13 +51,16 @@ fn dependency_tree(pkg: &str) -> String {
         .expect("cargo tree");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.lines().count() > 5, "cargo tree printed too little: {text}");
+    assert!(
+        text.lines().next().is_some_and(|l| l.starts_with(&format!("{pkg} v"))),
+        "cargo tree printed no tree of {pkg}: {text}"
+    );
     text
 }
 
 #[test]
 fn infer_and_calibrate_dependency_trees_are_free_of_tch() {
-    for pkg in ["infer", "calibrate", "scorer", "froc", "models", "plots"] {
+    for pkg in ["infer", "calibrate", "scorer", "evaluation", "models", "plots", "cli"] {
         let text = dependency_tree(pkg);
         for bad in ["tch v", "torch-sys v"] {
             assert!(
@@ -68,12 +71,12 @@ fn infer_and_calibrate_dependency_trees_are_free_of_tch() {
     }
 }
 
-/// `froc` (and the crates below the scorer) never pull ONNX Runtime's bindings in; the
-/// scorer does (positive control).
+/// The evaluation step (`froc`) and the crates below the scorer never pull ONNX Runtime's
+/// bindings in; the scorer does (positive control).
 #[test]
-fn froc_and_the_contract_are_free_of_onnx_runtime() {
+fn evaluation_and_the_contract_are_free_of_onnx_runtime() {
     assert!(dependency_tree("scorer").lines().any(|l| l.starts_with("ort v")));
-    for pkg in ["froc", "models", "plots"] {
+    for pkg in ["evaluation", "models", "plots", "files", "tables", "luna16", "metrics", "host"] {
         let text = dependency_tree(pkg);
         for bad in ["ort v", "ort-sys v", "tch v", "tar v", "walkdir v", "indicatif v"] {
             assert!(
@@ -84,9 +87,11 @@ fn froc_and_the_contract_are_free_of_onnx_runtime() {
     }
 }
 
-/// The trainer no longer reaches `calibrate` or `infer` (it needs only the contract, the
-/// scorer for its parity check, and plots), `calibrate` does not reach `infer` (it uses
-/// `froc`'s LUNA16 evaluation for `compare`), and `froc` reaches neither.
+/// The trainer does not reach `calibrate`, `infer` or the evaluation step (it needs only the
+/// contract, the scorer for its parity check, and plots); `calibrate` reaches neither `infer`
+/// nor the evaluation step (comparing models is evaluation, at the end of the flow); the
+/// evaluation step reaches neither the scorer nor `calibrate`; the crates below `models`
+/// (files, tables, luna16, metrics, host) reach no crate above them.
 #[test]
 fn crates_depend_only_on_what_sits_below_them() {
     let direct = |pkg: &str| -> Vec<String> {
@@ -115,12 +120,29 @@ fn crates_depend_only_on_what_sits_below_them() {
     };
     let t = direct("trainer");
     assert!(t.contains(&"scorer".to_string()), "{t:?}");
-    for bad in ["calibrate", "infer", "froc"] {
+    for bad in ["calibrate", "infer", "evaluation"] {
         assert!(!t.contains(&bad.to_string()), "trainer depends on {bad}: {t:?}");
     }
     let c = direct("calibrate");
-    assert!(!c.contains(&"infer".to_string()), "{c:?}");
-    let f = direct("froc");
+    for bad in ["infer", "evaluation"] {
+        assert!(!c.contains(&bad.to_string()), "calibrate depends on {bad}: {c:?}");
+    }
+    let above = ["models", "scorer", "plots", "scans", "tracking", "trainer", "calibrate", "infer", "evaluation", "cli"];
+    for (pkg, may) in [
+        ("files", &[][..]),
+        ("host", &[][..]),
+        ("metrics", &[][..]),
+        ("tables", &["files", "metrics"][..]),
+        ("luna16", &["tables"][..]),
+    ] {
+        let d = direct(pkg);
+        for bad in above.iter().chain(["files", "tables", "luna16", "metrics", "host"].iter()) {
+            if *bad != pkg && !may.contains(bad) {
+                assert!(!d.contains(&bad.to_string()), "{pkg} depends on {bad}: {d:?}");
+            }
+        }
+    }
+    let f = direct("evaluation");
     assert!(
         !f.contains(&"scorer".to_string()) && !f.contains(&"calibrate".to_string()),
         "{f:?}"
@@ -154,7 +176,7 @@ fn the_scans_binary_carries_no_libtorch_and_no_onnx_runtime() {
 }
 
 /// The check that binaries are newer than their sources follows the manifests: each binary
-/// is checked against every workspace crate it is built from (calibrate against froc, infer
+/// is checked against every workspace crate it is built from (froc against luna16, infer
 /// against scans), and against no crate it is not.
 #[test]
 fn the_stale_binary_check_follows_the_manifests() {
@@ -178,7 +200,9 @@ fn the_stale_binary_check_follows_the_manifests() {
         assert!(names.contains(&b), "{names:?}");
     }
     assert_eq!(of("calibrate")[0], "calibrate", "its own crate first");
-    assert!(of("calibrate").contains(&"froc".to_string()), "{:?}", of("calibrate"));
+    assert_eq!(of("froc")[0], "evaluation", "the froc binary is the evaluation crate's");
+    assert!(of("froc").contains(&"luna16".to_string()), "{:?}", of("froc"));
+    assert!(!of("calibrate").contains(&"evaluation".to_string()), "{:?}", of("calibrate"));
     assert!(of("infer").contains(&"scans".to_string()), "{:?}", of("infer"));
     assert!(of("infer").contains(&"models".to_string()), "{:?}", of("infer"));
     assert!(!of("scans").contains(&"scorer".to_string()), "{:?}", of("scans"));

@@ -246,11 +246,10 @@ fn the_module_reader_sees_crate_and_super_paths() {
 /// subcommand is a function (or a module) of its own, with its own name in a backtrace.
 #[test]
 fn every_main_only_dispatches() {
-    let root = chain_tests::workspace();
     let mut long = Vec::new();
     let mut mains = 0;
-    for (bin, _) in chain_tests::binaries() {
-        let f = root.join(bin).join("src/main.rs");
+    for (bin, srcs) in chain_tests::binaries() {
+        let f = srcs[0].join("main.rs");
         let text = std::fs::read_to_string(&f).expect("main.rs");
         let lines: Vec<&str> = text.lines().collect();
         let start = lines.iter().position(|l| l.starts_with("fn main()")).expect("fn main");
@@ -262,4 +261,64 @@ fn every_main_only_dispatches() {
     }
     assert!(mains >= 5, "{mains} binaries");
     assert!(long.is_empty(), "{long:?}");
+}
+
+/// The modules of a binary: its `main.rs` and the files it declares with `mod NAME;`.
+fn binary_modules(src: &Path) -> Vec<PathBuf> {
+    let main = src.join("main.rs");
+    let mut out = vec![main.clone()];
+    let text = std::fs::read_to_string(&main).unwrap_or_default();
+    for l in text.lines() {
+        if let Some(name) = l.trim().strip_prefix("mod ").and_then(|r| r.strip_suffix(';')) {
+            out.push(src.join(format!("{name}.rs")));
+            out.push(src.join(name).join("mod.rs"));
+        }
+    }
+    out
+}
+
+/// clap is the binaries' business: no library's code names it (a library enum a flag takes
+/// reaches the command line through `cli::choice`), and the crates below the binaries do not
+/// depend on it at all. Every package's `src/` is read; a binary's own modules (its
+/// `main.rs` and what it declares) are left out.
+#[test]
+fn no_library_code_uses_clap() {
+    let root = chain_tests::workspace();
+    let meta = chain_tests::cargo_metadata();
+    let mut found = Vec::new();
+    let mut libs = 0;
+    for p in meta["packages"].as_array().expect("packages") {
+        let name = p["name"].as_str().unwrap_or_default();
+        if name == "chain-tests" || name == "cli" {
+            continue;
+        }
+        let src = root.join(Path::new(p["manifest_path"].as_str().expect("manifest")).parent().expect("dir")).join("src");
+        let bin_files = binary_modules(&src);
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        libs += 1;
+        for f in files.iter().filter(|f| !bin_files.contains(f)) {
+            let text = std::fs::read_to_string(f).expect("read");
+            for (i, line) in text.lines().enumerate() {
+                if line.contains("clap::") || line.contains("#[arg(") || line.contains("#[command(") {
+                    found.push(format!("{}:{}: {}", f.strip_prefix(&root).unwrap_or(f).display(), i + 1, line.trim()));
+                }
+            }
+        }
+        let declares_clap = p["dependencies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["name"] == "clap" && d["kind"].is_null());
+        let has_bin = p["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")));
+        if declares_clap && !has_bin {
+            found.push(format!("{name} has no binary and depends on clap"));
+        }
+    }
+    assert!(libs >= 14, "{libs} packages read");
+    assert!(found.is_empty(), "clap outside the binaries:\n{}", found.join("\n"));
 }

@@ -1,6 +1,6 @@
 //! `trainer sweep`: a grid run as k-fold cross-validations, resumable, spread over tasks as a
 //! job array would (`--task`, `SLURM_ARRAY_TASK_ID`, `JOB_COMPLETION_INDEX`) with the same
-//! summary as one run; its paired differences agree with `calibrate compare` on the
+//! summary as one run; its paired differences agree with `froc compare` on the
 //! configurations' out-of-fold scores (the README's "Running experiments" path).
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,11 +89,11 @@ fn a_sweep_runs_resumes_spreads_over_tasks_and_compares() {
         assert_eq!(a[..13], b[..13], "one run and the job array disagree");
     }
 
-    // The paired difference against the base equals `calibrate compare` on the out-of-fold
+    // The paired difference against the base equals `froc compare` on the out-of-fold
     // scores of the two configurations.
     let cmp = d.path().join("cmp");
     let r = run_ok(
-        "calibrate",
+        "froc",
         &[
             "compare",
             s(&out.join("cell_00/oof_scores.csv")),

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use luna16::Finding;
 
-use crate::FrocError;
+use crate::EvalError;
 
 /// The seven FP/scan rates of the CPM.
 pub const RATES: [f64; 7] = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0];
@@ -39,9 +39,9 @@ impl Default for FrocSettings {
 
 impl FrocSettings {
     /// Checks the settings an evaluation cannot run with.
-    pub fn check(&self) -> Result<(), FrocError> {
+    pub fn check(&self) -> Result<(), EvalError> {
         if !(0.0 < self.confidence && self.confidence < 1.0) {
-            return Err(FrocError::Usage(format!(
+            return Err(EvalError::Usage(format!(
                 "--confidence must be in (0, 1), got {}",
                 self.confidence
             )));
@@ -310,17 +310,17 @@ pub fn paired_cpm(
     excluded: &[Finding],
     results: &[&[Finding]],
     s: &FrocSettings,
-) -> Result<PairedCpm, FrocError> {
+) -> Result<PairedCpm, EvalError> {
     s.check()?;
     let matched: Vec<Matched> = results
         .iter()
         .map(|r| match_all(uids, annotations, excluded, r, s.max_candidates))
         .collect();
     let Some(first) = matched.first() else {
-        return Err(FrocError::Usage("a paired CPM needs candidate sets to compare".into()));
+        return Err(EvalError::Usage("a paired CPM needs candidate sets to compare".into()));
     };
     if first.totals.nodules == 0 {
-        return Err(FrocError::Undefined(
+        return Err(EvalError::Undefined(
             "the listed scans hold no annotated nodules: the FROC is undefined".into(),
         ));
     }
@@ -455,7 +455,7 @@ pub fn evaluate(
     excluded: &[Finding],
     results: &[Finding],
     s: &FrocSettings,
-) -> Result<FrocReport, FrocError> {
+) -> Result<FrocReport, EvalError> {
     s.check()?;
     let m = match_all(uids, annotations, excluded, results, s.max_candidates);
     let mut warnings = Vec::new();
@@ -466,7 +466,7 @@ pub fn evaluate(
         ));
     }
     if m.totals.nodules == 0 {
-        return Err(FrocError::Undefined(
+        return Err(EvalError::Undefined(
             "the listed scans hold no annotated nodules: the FROC is undefined".into(),
         ));
     }

@@ -1,19 +1,32 @@
 //! `froc`: LUNA16 FROC and CPM from the challenge's own files, computed as the official
-//! evaluation script does (rules in the `froc` crate documentation).
+//! evaluation script does (rules in `evaluation::froc`); `froc compare`: models compared on
+//! the same patches.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use froc::{FrocFiles, FrocSettings};
+use evaluation::froc::{FrocFiles, FrocSettings};
 
-/// LUNA16 FROC / CPM with bootstrap intervals, as the challenge's evaluation script computes them.
+mod compare_cmd;
+
+/// LUNA16 FROC / CPM with bootstrap intervals, as the challenge's evaluation script computes
+/// them; `froc compare`: two or more models compared on the same patches.
 ///
 /// Writes froc_summary.yaml, froc_curve.csv, froc_bootstrap.csv,
 /// nodules_without_candidate.csv and froc.png into --out.
 #[derive(Parser, Debug)]
-#[command(name = "froc", version)]
+#[command(name = "froc", version, args_conflicts_with_subcommands = true, arg_required_else_help = true)]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<compare_cmd::Cmd>,
+    #[command(flatten)]
+    froc: Option<FrocArgs>,
+}
+
+/// The FROC's own arguments.
+#[derive(clap::Args, Debug)]
+struct FrocArgs {
     /// annotations.csv (seriesuid, coordX, coordY, coordZ, diameter_mm).
     #[arg(long)]
     annotations: PathBuf,
@@ -57,7 +70,7 @@ fn to_mlflow(
     tracked: Option<(String, String, String)>,
     flag: Option<&str>,
     out: &std::path::Path,
-    r: &froc::FrocReport,
+    r: &evaluation::froc::FrocReport,
 ) -> String {
     let Some((key, uri, experiment)) = tracked else {
         return format!(
@@ -77,16 +90,24 @@ fn to_mlflow(
     };
     let e = tracking::Evaluation {
         key,
-        metrics: froc::mlflow_metrics(r),
+        metrics: evaluation::froc::mlflow_metrics(r),
         artifact_dir: "froc".into(),
-        files: froc::FILES.iter().map(|f| (*f).to_string()).collect(),
+        files: evaluation::froc::FILES.iter().map(|f| (*f).to_string()).collect(),
     };
     tracking::add_evaluation(out, &s, e)
 }
 
 fn main() -> ExitCode {
     cli::default_sigpipe();
-    let a = Args::parse();
+    match Args::parse() {
+        Args { cmd: Some(c), .. } => compare_cmd::run(c),
+        Args { froc: Some(a), .. } => froc(a),
+        Args { .. } => ExitCode::from(2),
+    }
+}
+
+/// `froc --annotations … --seriesuids … --results … -o DIR`.
+fn froc(a: FrocArgs) -> ExitCode {
     let files = FrocFiles {
         annotations: a.annotations,
         excluded: a.excluded,
@@ -95,11 +116,9 @@ fn main() -> ExitCode {
         out: a.out.clone(),
         model: a.model.clone(),
     };
-    let tracked = match a.model.as_deref().map(froc::tracked_model).transpose() {
+    let tracked = match a.model.as_deref().map(evaluation::froc::tracked_model).transpose() {
         Ok(t) => t.flatten(),
-        Err(e) => {
-            return cli::fail("froc", &e);
-        }
+        Err(e) => return cli::fail("froc", &e),
     };
     let s = FrocSettings {
         max_candidates: (a.max_candidates > 0).then_some(a.max_candidates),
@@ -107,9 +126,9 @@ fn main() -> ExitCode {
         seed: a.seed,
         confidence: a.confidence,
     };
-    match froc::run(&files, &s) {
+    match evaluation::froc::run(&files, &s) {
         Ok(r) => {
-            print!("{}", froc::summary(&r));
+            print!("{}", evaluation::froc::summary(&r));
             println!("wrote {}", a.out.display());
             if let Some(m) = &a.model {
                 eprintln!("{}", to_mlflow(m, tracked, a.mlflow.as_deref(), &a.out, &r));

@@ -1,8 +1,8 @@
 //! The output folder of an evaluation and its printed summary.
 use std::path::Path;
 
-use crate::evaluate::{interp, FrocReport};
-use crate::FrocError;
+use super::evaluate::{interp, FrocReport};
+use crate::EvalError;
 
 /// The files an evaluation writes into its output folder.
 pub const FILES: &[&str] = &[
@@ -14,8 +14,8 @@ pub const FILES: &[&str] = &[
 ];
 
 /// A CSV file's bytes from a header and rows of already formatted fields.
-fn csv_bytes(path: &Path, header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Result<Vec<u8>, FrocError> {
-    let err = |e: csv::Error| FrocError::Output {
+fn csv_bytes(path: &Path, header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Result<Vec<u8>, EvalError> {
+    let err = |e: csv::Error| EvalError::Output {
         path: path.to_path_buf(),
         msg: e.to_string(),
     };
@@ -24,7 +24,7 @@ fn csv_bytes(path: &Path, header: &[&str], rows: impl IntoIterator<Item = Vec<St
     for r in rows {
         w.write_record(&r).map_err(err)?;
     }
-    w.into_inner().map_err(|e| FrocError::Output {
+    w.into_inner().map_err(|e| EvalError::Output {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })
@@ -32,10 +32,10 @@ fn csv_bytes(path: &Path, header: &[&str], rows: impl IntoIterator<Item = Vec<St
 
 /// Writes `froc_curve.csv`, `froc_bootstrap.csv`, `nodules_without_candidate.csv`,
 /// `froc.png` and, last, `froc_summary.yaml` into `out`, each atomically.
-pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), FrocError> {
+pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), EvalError> {
     std::fs::create_dir_all(out).map_err(|e| files::Error::io(out, e))?;
     let summary = out.join("froc_summary.yaml");
-    let yaml = yaml_serde::to_string(r).map_err(|e| FrocError::Output {
+    let yaml = yaml_serde::to_string(r).map_err(|e| EvalError::Output {
         path: summary.clone(),
         msg: e.to_string(),
     })?;
@@ -70,7 +70,7 @@ pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), FrocError>
     Ok(())
 }
 
-fn plot(r: &FrocReport, path: &Path) -> Result<(), FrocError> {
+fn plot(r: &FrocReport, path: &Path) -> Result<(), EvalError> {
     let clip =
         |pts: Vec<(f64, f64)>| -> Vec<(f64, f64)> { pts.into_iter().filter(|p| p.0 >= 0.125 && p.0 <= 8.0).collect() };
     let mut raw: Vec<(f64, f64)> = Vec::new();
@@ -117,7 +117,7 @@ fn plot(r: &FrocReport, path: &Path) -> Result<(), FrocError> {
         bands,
         annotations: vec![],
     };
-    plots::line_chart(&chart, path).map_err(|e| FrocError::Output {
+    plots::line_chart(&chart, path).map_err(|e| EvalError::Output {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })

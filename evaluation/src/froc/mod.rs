@@ -1,4 +1,4 @@
-//! LUNA16 FROC and CPM, computed as the challenge's evaluation script
+//! LUNA16 FROC and CPM (the `froc` command), computed as the challenge's evaluation script
 //! (`noduleCADEvaluationLUNA16.py`, with `NoduleFinding.py`) computes them. Implemented
 //! independently from a study of that script's behaviour; each rule below says what the
 //! script does and where we state a deviation.
@@ -64,14 +64,14 @@
 //! matches candidates and computes the curve, the CPM and the bootstrap, [`write`](mod@write) writes
 //! the output folder and the summary. This crate links neither libtorch nor ONNX Runtime:
 //! it scores a results file, whatever made it.
-#![warn(clippy::unwrap_used)]
-
 pub mod evaluate;
 pub mod write;
 
 use std::path::{Path, PathBuf};
 
 use files::{Lock, RunIo};
+
+use crate::{input_err, EvalError};
 
 pub use evaluate::{
     evaluate, interp, paired_cpm, CpmDiff, CpmOf, FrocReport, FrocSettings, PairedCpm, RatePoint, Totals, GRID_POINTS,
@@ -80,29 +80,6 @@ pub use evaluate::{
 pub use luna16::Finding;
 use luna16::{read_findings, read_series_list};
 pub use write::{summary, FILES};
-
-/// Errors of a FROC evaluation.
-#[derive(Debug, thiserror::Error)]
-pub enum FrocError {
-    /// A setting out of its range.
-    #[error("{0}")]
-    Usage(String),
-    /// The data leave the FROC undefined (no annotated nodule among the listed scans).
-    #[error("{0}")]
-    Undefined(String),
-    #[error("{path}: cannot write: {msg}")]
-    Output { path: PathBuf, msg: String },
-    #[error(transparent)]
-    Models(#[from] models::Error),
-}
-
-models::errors_through_models!(FrocError);
-
-/// "This input is bad, and here is why": [`models::Error::bad_input`], the one constructor
-/// (a caller matches `FrocError::Models(models::Error::BadInput { .. })`).
-fn input_err(path: &Path, msg: String) -> FrocError {
-    files::Error::bad_input(path, msg).into()
-}
 
 /// Files of a FROC evaluation.
 #[derive(Debug, Clone)]
@@ -119,8 +96,8 @@ pub struct FrocFiles {
 
 /// Where the model's training was tracked: (its MLflow run key, tracking URI, experiment)
 /// from its metadata; `None` for a model trained without tracking.
-pub fn tracked_model(model: &Path) -> Result<Option<(String, String, String)>, FrocError> {
-    let m = models::onnx::read_model(model).map_err(|e| FrocError::Usage(e.to_string()))?;
+pub fn tracked_model(model: &Path) -> Result<Option<(String, String, String)>, EvalError> {
+    let m = models::onnx::read_model(model).map_err(|e| EvalError::Usage(e.to_string()))?;
     let md = models::onnx::metadata(&m);
     let get = |k: &str| md.get(k).cloned();
     Ok(get("training.mlflow_run_key").map(|k| {
@@ -153,7 +130,7 @@ pub const MAX_DIAMETER_MM: f64 = 100.0;
 
 /// Refuses diameters that are not positive or are absurd, naming the file and line; in
 /// `annotations_excluded.csv` the script's −1 ("no size", read as 10 mm) is allowed.
-fn check_diameters(path: &Path, v: &[Finding], minus_one_allowed: bool) -> Result<(), FrocError> {
+fn check_diameters(path: &Path, v: &[Finding], minus_one_allowed: bool) -> Result<(), EvalError> {
     for (i, f) in v.iter().enumerate() {
         let d = f.value;
         if (minus_one_allowed && d == -1.0) || (d > 0.0 && d <= MAX_DIAMETER_MM) {
@@ -234,7 +211,7 @@ pub struct Truth {
 
 /// Reads `seriesuids.csv`, `annotations.csv` and (optionally) `annotations_excluded.csv`:
 /// diameters checked, exact repeats counted once with a warning.
-pub fn read_truth(annotations: &Path, excluded: Option<&Path>, seriesuids: &Path) -> Result<Truth, FrocError> {
+pub fn read_truth(annotations: &Path, excluded: Option<&Path>, seriesuids: &Path) -> Result<Truth, EvalError> {
     let mut warnings = Vec::new();
     let (uids, header_warning) = read_series_list(seriesuids)?;
     warnings.extend(header_warning);
@@ -271,13 +248,13 @@ pub fn read_truth(annotations: &Path, excluded: Option<&Path>, seriesuids: &Path
 ///
 /// Before any work, the outputs are checked against the inputs (none may overwrite one);
 /// the output folder is locked against a second run while it is written.
-pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, FrocError> {
+pub fn run(f: &FrocFiles, s: &FrocSettings) -> Result<FrocReport, EvalError> {
     // Every bad setting in one error.
     match (metrics::check_bootstrap(s.bootstrap), s.check()) {
         (Ok(()), Ok(())) => {}
-        (Err(a), Ok(())) => return Err(FrocError::Usage(a)),
+        (Err(a), Ok(())) => return Err(EvalError::Usage(a)),
         (Ok(()), Err(b)) => return Err(b),
-        (Err(a), Err(b)) => return Err(FrocError::Usage(format!("{a}; {b}"))),
+        (Err(a), Err(b)) => return Err(EvalError::Usage(format!("{a}; {b}"))),
     }
     let mut io = RunIo::new();
     io.input("annotations", &f.annotations)

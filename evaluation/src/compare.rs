@@ -1,4 +1,4 @@
-//! `calibrate compare`: two or more models scored on the same labelled patches, compared
+//! `froc compare`: two or more models scored on the same labelled patches, compared
 //! honestly — on the same patches (matched by `patch_file`; sets that differ are refused),
 //! with paired tests, never two separate intervals eyeballed.
 //!
@@ -28,8 +28,10 @@ use statrs::distribution::{Binomial, ChiSquared, ContinuousCDF, DiscreteCDF};
 
 use ::metrics::{auroc, auroc_delong, average_precision, paired_delong, sensitivity_at_specificity, z_for};
 
-use crate::read::input_err;
-use crate::{CalError, Columns, ScoreTable};
+use tables::scores::{Columns, ScoreTable};
+
+use crate::froc;
+use crate::{input_err, EvalError};
 
 /// What to compare and how.
 #[derive(Debug, Clone)]
@@ -156,7 +158,7 @@ pub fn mcnemar(ref_right: &[bool], other_right: &[bool]) -> McNemar {
 
 /// The tables aligned on the reference's patch order; every table must hold the same
 /// patches with the same labels and series.
-fn align(tables: Vec<ScoreTable>) -> Result<Vec<ScoreTable>, CalError> {
+fn align(tables: Vec<ScoreTable>) -> Result<Vec<ScoreTable>, EvalError> {
     let reference = &tables[0];
     if reference.patches.is_empty() || reference.seriesuid.is_empty() {
         return Err(input_err(
@@ -248,7 +250,7 @@ fn boot_diff(point: f64, v: Vec<f64>) -> Option<BootDiff> {
 }
 
 /// Compares the models (see the module documentation).
-pub fn compare(s: &CompareSettings) -> Result<Comparison, CalError> {
+pub fn compare(s: &CompareSettings) -> Result<Comparison, EvalError> {
     check_settings(s)?;
     let tables = s
         .scores
@@ -294,7 +296,7 @@ pub fn compare(s: &CompareSettings) -> Result<Comparison, CalError> {
 }
 
 /// Every bad setting of a comparison, in one error.
-fn check_settings(s: &CompareSettings) -> Result<(), CalError> {
+fn check_settings(s: &CompareSettings) -> Result<(), EvalError> {
     let mut bad = Vec::new();
     if s.scores.len() < 2 {
         bad.push("compare needs two or more scores files".to_string());
@@ -302,19 +304,19 @@ fn check_settings(s: &CompareSettings) -> Result<(), CalError> {
     if !(s.specificity > 0.0 && s.specificity < 1.0) {
         bad.push(format!("--specificity must be in (0, 1), got {}", s.specificity));
     }
-    if let Err(e) = crate::check_bootstrap(s.bootstrap) {
+    if let Err(e) = ::metrics::check_bootstrap(s.bootstrap).map_err(EvalError::Usage) {
         bad.push(e.to_string());
     }
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(CalError::Usage(bad.join("; ")))
+        Err(EvalError::Usage(bad.join("; ")))
     }
 }
 
 /// One model's figures: AUROC with DeLong's interval, average precision, the sensitivity
 /// at the fixed specificity and its threshold.
-fn model_stats(t: &ScoreTable, name: &str, y: &[u8], specificity: f64) -> Result<ModelStats, CalError> {
+fn model_stats(t: &ScoreTable, name: &str, y: &[u8], specificity: f64) -> Result<ModelStats, EvalError> {
     let z95 = z_for(0.95);
     let (auc, se) = auroc_delong(&t.logits, y)
         .ok_or_else(|| input_err(&t.source, "an AUROC needs at least two patches of each class".into()))?;
@@ -360,7 +362,7 @@ fn pair_stats(
     k: usize,
     used: &[&Vec<[f64; 3]>],
     specificity: f64,
-) -> Result<PairStats, CalError> {
+) -> Result<PairStats, EvalError> {
     let (r, t) = (&tables[0], &tables[k]);
     let y = &r.labels;
     let z95 = z_for(0.95);
@@ -404,7 +406,7 @@ fn pair_stats(
 
 /// The models' candidates (each patch at its world position with its score) against
 /// LUNA16's annotations: CPMs and the paired scan bootstrap.
-fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> Result<CpmComparison, CalError> {
+fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> Result<CpmComparison, EvalError> {
     let truth = froc::read_truth(&l.annotations, l.excluded.as_deref(), &l.seriesuids)?;
     let score = s.columns.probability.as_deref().unwrap_or(&s.columns.logit);
     let mut candidates = Vec::new();
@@ -414,11 +416,11 @@ fn compare_cpm(s: &CompareSettings, l: &Luna16Files, tables: &[ScoreTable]) -> R
             [&s.columns.seriesuid, "center_x", "center_y", "center_z", score],
         )
         .map_err(|e| match e {
-            tables::Error::BadCsv { path, msg } => CalError::from(files::Error::bad_input(
+            tables::Error::BadCsv { path, msg } => EvalError::from(files::Error::bad_input(
                 &path,
                 format!("{msg}; the CPM needs each patch's world position (infer --index writes it)"),
             )),
-            other => CalError::from(other),
+            other => EvalError::from(other),
         })?;
         candidates.push(c);
     }
@@ -553,14 +555,14 @@ pub fn table(c: &Comparison) -> String {
 }
 
 /// Writes `comparison.yaml`, `comparison.md` and `roc.png` (every model's ROC) into `dir`.
-pub fn write(c: &Comparison, tables_dir: &Path, scores: &[PathBuf], columns: &Columns) -> Result<(), CalError> {
+pub fn write(c: &Comparison, tables_dir: &Path, scores: &[PathBuf], columns: &Columns) -> Result<(), EvalError> {
     let dir = tables_dir;
     let mut io = files::RunIo::new();
     io.inputs("scores", scores.iter().map(PathBuf::as_path));
     io.outputs_in("comparison", dir, &["comparison.yaml", "comparison.md", "roc.png"])?;
     std::fs::create_dir_all(dir).map_err(|e| files::Error::io(dir, e))?;
     let _lock = files::Lock::within(dir, &format!("output folder {}", dir.display()))?;
-    let yaml = yaml_serde::to_string(c).map_err(|e| CalError::Output {
+    let yaml = yaml_serde::to_string(c).map_err(|e| EvalError::Output {
         path: dir.join("comparison.yaml"),
         msg: e.to_string(),
     })?;
@@ -571,16 +573,20 @@ pub fn write(c: &Comparison, tables_dir: &Path, scores: &[PathBuf], columns: &Co
         (148, 103, 189),
         (255, 127, 14),
     ];
-    let mut chart = crate::report::chart("ROC on the same patches", "1 − specificity", "sensitivity");
+    let mut chart = plots::Chart::unit("ROC on the same patches", "1 − specificity", "sensitivity");
     for (i, (m, p)) in c.models.iter().zip(scores).enumerate() {
         let t = ScoreTable::read(p, columns)?;
-        chart.series.push(crate::report::line(
+        chart.series.push(plots::Series::line(
             &format!("{} (AUROC {:.3})", m.name, m.auroc),
-            crate::report::roc(&t.logits, &t.labels),
+            ::metrics::roc_points(&t.logits, &t.labels),
             colors[i % colors.len()],
         ));
     }
-    crate::report::draw(&chart, &dir.join("roc.png"))?;
+    let roc = dir.join("roc.png");
+    plots::line_chart(&chart, &roc).map_err(|e| EvalError::Output {
+        path: roc.clone(),
+        msg: e.to_string(),
+    })?;
     files::write_atomic(
         &dir.join("comparison.md"),
         format!("# Model comparison\n\n{}\n![ROC](roc.png)\n", table(c)).as_bytes(),
