@@ -194,25 +194,7 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
     s.check()?;
     let (z, y) = (&t.logits, &t.labels);
     let mut warnings = Vec::new();
-    // The fits leave out logits so extreme that no fit over them means anything (the
-    // warning names them); everything else uses every logit.
-    let extreme = fit::extremes(z);
-    let fit_table = extreme.as_ref().and_then(|e| {
-        let rest = t.without(&e.indices);
-        let both = rest.labels.contains(&1) && rest.labels.contains(&0);
-        if both {
-            warnings.push(e.warning(z, &t.source, &t.lines));
-            Some(rest)
-        } else {
-            // Without them one class would be gone: fit on everything, and say so.
-            warnings.push(format!(
-                "{} extreme logit(s) in {} are all of one class's only examples; the fits keep them",
-                e.indices.len(),
-                t.source.display()
-            ));
-            None
-        }
-    });
+    let fit_table = without_extremes(t, &mut warnings);
     let cv_table = fit_table.as_ref().unwrap_or(t);
     let fitted = Fitted::fit(&cv_table.logits, &cv_table.labels, s.platt_smoothing)?;
     let selection = match s.method {
@@ -236,23 +218,7 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
             })
             .unwrap_or(Method::Temperature)
     });
-    let mut m = BTreeMap::new();
-    let raw: Vec<f64> = z.iter().map(|&v| metrics::sigmoid(v)).collect();
-    m.insert("uncalibrated".to_string(), metrics::compute_metrics(&raw, z, y));
-    let mut log_odds = BTreeMap::new();
-    for meth in Method::ALL {
-        let p: Vec<f64> = z.iter().map(|&v| fitted.probability(meth, v)).collect();
-        let lp: Vec<f64> = z.iter().map(|&v| fitted.log_odds(meth, v)).collect();
-        m.insert(meth.name().to_string(), metrics::compute_metrics(&p, &lp, y));
-        log_odds.insert(meth, lp);
-    }
-    if m["uncalibrated"].auroc >= 1.0 {
-        warnings.push(
-            "the calibration data are perfectly separated: the fitted slopes grow without bound and the \
-             calibrated probabilities are near 0 or 1; use more data or --platt-smoothing"
-                .to_string(),
-        );
-    }
+    let (m, log_odds) = metrics_by_method(t, &fitted, &mut warnings);
     let n_pos = y.iter().filter(|&&v| v == 1).count();
     if n_pos < 10 || y.len() - n_pos < 10 {
         warnings.push(format!(
@@ -294,6 +260,58 @@ pub fn calibrate(t: &ScoreTable, s: &Settings, model: ModelRef) -> Result<Calibr
         bootstrap::apply(&mut cal, t, &log_odds, s.bootstrap, s.seed);
     }
     Ok(cal)
+}
+
+/// The table the fits use: without logits so extreme that no fit over them means anything
+/// (the warning names them), unless leaving them out would leave one class only (fit on
+/// everything, and say so). `None`: every logit is used.
+fn without_extremes(t: &ScoreTable, warnings: &mut Vec<String>) -> Option<ScoreTable> {
+    let z = &t.logits;
+    let extreme = fit::extremes(z);
+    extreme.as_ref().and_then(|e| {
+        let rest = t.without(&e.indices);
+        let both = rest.labels.contains(&1) && rest.labels.contains(&0);
+        if both {
+            warnings.push(e.warning(z, &t.source, &t.lines));
+            Some(rest)
+        } else {
+            // Without them one class would be gone: fit on everything, and say so.
+            warnings.push(format!(
+                "{} extreme logit(s) in {} are all of one class's only examples; the fits keep them",
+                e.indices.len(),
+                t.source.display()
+            ));
+            None
+        }
+    })
+}
+
+/// The metrics before calibration and after each method, and each method's log-odds (for
+/// the bootstrap); a warning when the data are perfectly separated.
+fn metrics_by_method(
+    t: &ScoreTable,
+    fitted: &Fitted,
+    warnings: &mut Vec<String>,
+) -> (BTreeMap<String, Metrics>, BTreeMap<Method, Vec<f64>>) {
+    let (z, y) = (&t.logits, &t.labels);
+    let mut m = BTreeMap::new();
+    let raw: Vec<f64> = z.iter().map(|&v| metrics::sigmoid(v)).collect();
+    m.insert("uncalibrated".to_string(), metrics::compute_metrics(&raw, z, y));
+    let mut log_odds = BTreeMap::new();
+    for meth in Method::ALL {
+        let p: Vec<f64> = z.iter().map(|&v| fitted.probability(meth, v)).collect();
+        let lp: Vec<f64> = z.iter().map(|&v| fitted.log_odds(meth, v)).collect();
+        m.insert(meth.name().to_string(), metrics::compute_metrics(&p, &lp, y));
+        log_odds.insert(meth, lp);
+    }
+    if m["uncalibrated"].auroc >= 1.0 {
+        warnings.push(
+            "the calibration data are perfectly separated: the fitted slopes grow without bound and the \
+             calibrated probabilities are near 0 or 1; use more data or --platt-smoothing"
+                .to_string(),
+        );
+    }
+    (m, log_odds)
 }
 
 /// The outputs of a run, checked and locked before any work.

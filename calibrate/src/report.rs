@@ -168,6 +168,35 @@ fn markdown(cal: &CalibrationFile) -> String {
         },
         cal.isotonic.x.len()
     );
+    metrics_table(&mut s, cal);
+    operating_points_table(&mut s, cal);
+    if !cal.warnings.is_empty() {
+        let _ = writeln!(s, "\n## Warnings\n");
+        for w in &cal.warnings {
+            let _ = writeln!(s, "- {w}");
+        }
+    }
+    let _ = writeln!(s, "\n## Plots\n");
+    for (title, file) in [
+        (
+            "Reliability before and after (bin counts above the calibrated points)",
+            "reliability.png",
+        ),
+        ("ROC with the operating points", "roc.png"),
+        ("Precision–recall", "precision_recall.png"),
+        (
+            "Decision curve (net benefit of the calibrated probabilities)",
+            "decision_curve.png",
+        ),
+    ] {
+        let _ = writeln!(s, "### {title}\n\n![{title}](calibration_plots/{file})\n");
+    }
+    let _ = writeln!(s, "{}", cal.note);
+    s
+}
+
+/// The report's metrics section: a row per method (and before calibration).
+fn metrics_table(s: &mut String, cal: &CalibrationFile) {
     let _ = writeln!(
         s,
         "## Metrics (on the calibration data; after-calibration values are in-sample)\n"
@@ -199,6 +228,10 @@ fn markdown(cal: &CalibrationFile) -> String {
             );
         }
     }
+}
+
+/// The report's operating points section, with Wilson and bootstrap intervals.
+fn operating_points_table(s: &mut String, cal: &CalibrationFile) {
     let _ = writeln!(s, "\n## Operating points\n");
     let _ = writeln!(
         s,
@@ -234,27 +267,4 @@ fn markdown(cal: &CalibrationFile) -> String {
             p.fn_
         );
     }
-    if !cal.warnings.is_empty() {
-        let _ = writeln!(s, "\n## Warnings\n");
-        for w in &cal.warnings {
-            let _ = writeln!(s, "- {w}");
-        }
-    }
-    let _ = writeln!(s, "\n## Plots\n");
-    for (title, file) in [
-        (
-            "Reliability before and after (bin counts above the calibrated points)",
-            "reliability.png",
-        ),
-        ("ROC with the operating points", "roc.png"),
-        ("Precision–recall", "precision_recall.png"),
-        (
-            "Decision curve (net benefit of the calibrated probabilities)",
-            "decision_curve.png",
-        ),
-    ] {
-        let _ = writeln!(s, "### {title}\n\n![{title}](calibration_plots/{file})\n");
-    }
-    let _ = writeln!(s, "{}", cal.note);
-    s
 }

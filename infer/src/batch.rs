@@ -352,8 +352,6 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
     // Rows name LUNA16's candidates in a `candidate` column, anything else as `patch_file`.
     let scan_candidate = c.feed.as_ref().is_some_and(|f| f.set.name_column() == "candidate");
     let pre = scorer.preprocess.clone();
-    let d = pre.cube_size;
-    let per = d * d * d;
     let io = |e: std::io::Error| InferError::from(files::Error::io(&s.out, e));
     std::thread::scope(|scope| -> Result<(), InferError> {
         let (tx, rx) = sync_channel::<Decoded>(1);
@@ -366,42 +364,7 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
                 crate::from_scans::produce(todo, f, &tx, &back_rx);
                 return;
             }
-            for chunk in todo.chunks(s.batch_size) {
-                let mut data = back_rx.try_recv().unwrap_or_default();
-                data.resize(chunk.len() * per, 0.0);
-                let results: Vec<Result<String, models::Error>> = data
-                    .par_chunks_mut(per)
-                    .zip(chunk.par_iter())
-                    .map(|(slot, it)| models::patch::load_patch_hashed(&it.path, &pre, slot))
-                    .collect();
-                // The good cubes close ranks (this moves data only when a file failed).
-                let (mut good, mut bad) = (Vec::with_capacity(chunk.len()), Vec::new());
-                let mut digests = Vec::with_capacity(chunk.len());
-                for (k, (it, r)) in chunk.iter().zip(results).enumerate() {
-                    match r {
-                        Ok(digest) => {
-                            if good.len() != k {
-                                data.copy_within(k * per..(k + 1) * per, good.len() * per);
-                            }
-                            good.push(*it);
-                            digests.push(digest);
-                        }
-                        Err(e) => bad.push((*it, e)),
-                    }
-                }
-                data.truncate(good.len() * per);
-                if tx
-                    .send(Decoded {
-                        good,
-                        digests,
-                        bad,
-                        data,
-                    })
-                    .is_err()
-                {
-                    break; // the consumer stopped (fail-fast or an error)
-                }
-            }
+            decode_patches(todo, s.batch_size, &pre, &tx, &back_rx);
         });
         let t_pipeline = Instant::now();
         let mut text = Vec::new();
@@ -421,35 +384,8 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
                 t.fail(&it.name, &it.path, reason);
             }
             let t_model = Instant::now();
-            // The features of the decoded patches, in their order (a model with them).
-            let feats: Option<Vec<f32>> = c.feats.map(|m| {
-                dec.good
-                    .iter()
-                    .flat_map(|it| m.get(&it.name).map(Vec::as_slice).unwrap_or_default())
-                    .copied()
-                    .collect()
-            });
-            let logits = match s.tta {
-                Tta::None => scorer.score_flat_with(&dec.data, feats.as_deref()),
-                Tta::Flips => {
-                    let all: Vec<Array3<f32>> = dec
-                        .data
-                        .chunks_exact(per)
-                        .filter_map(|c| ArrayView3::from_shape((d, d, d), c).ok())
-                        .flat_map(flips)
-                        .collect();
-                    // Each patch's features with each of its eight flips.
-                    let nf = feats.as_ref().map_or(0, |f| f.len() / dec.good.len().max(1));
-                    let f8: Option<Vec<f32>> = feats.as_ref().map(|f| {
-                        f.chunks(nf.max(1))
-                            .flat_map(|row| std::iter::repeat_n(row, 8).flatten().copied())
-                            .collect()
-                    });
-                    scorer
-                        .score_with(&all, f8.as_deref())
-                        .map(|z| z.chunks(8).map(|c| c.iter().sum::<f32>() / 8.0).collect())
-                }
-            }?;
+            let feats = c.feats.map(|m| batch_features(m, &dec.good));
+            let logits = score_batch(scorer, s.tta, &dec.data, feats.as_deref(), dec.good.len())?;
             t.model_seconds += t_model.elapsed().as_secs_f64();
             let mut rows = Vec::with_capacity(dec.good.len());
             let digests: Vec<String> = dec
@@ -501,6 +437,92 @@ fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &mut Out, t:
         }
         t.pipeline_seconds = t_pipeline.elapsed().as_secs_f64();
         Ok(())
+    })
+}
+
+/// Decodes `.npy` patches batch by batch on the rayon pool and sends each batch (its good
+/// cubes packed, its failures beside) to the scoring thread; a buffer the scorer is done
+/// with comes back through `back_rx` and is reused.
+fn decode_patches<'a>(
+    todo: &[&'a Item],
+    batch_size: usize,
+    pre: &models::preprocess::Preprocess,
+    tx: &std::sync::mpsc::SyncSender<Decoded<'a>>,
+    back_rx: &std::sync::mpsc::Receiver<Vec<f32>>,
+) {
+    let per = pre.cube_size.pow(3);
+    for chunk in todo.chunks(batch_size) {
+        let mut data = back_rx.try_recv().unwrap_or_default();
+        data.resize(chunk.len() * per, 0.0);
+        let results: Vec<Result<String, models::Error>> = data
+            .par_chunks_mut(per)
+            .zip(chunk.par_iter())
+            .map(|(slot, it)| models::patch::load_patch_hashed(&it.path, pre, slot))
+            .collect();
+        // The good cubes close ranks (this moves data only when a file failed).
+        let (mut good, mut bad) = (Vec::with_capacity(chunk.len()), Vec::new());
+        let mut digests = Vec::with_capacity(chunk.len());
+        for (k, (it, r)) in chunk.iter().zip(results).enumerate() {
+            match r {
+                Ok(digest) => {
+                    if good.len() != k {
+                        data.copy_within(k * per..(k + 1) * per, good.len() * per);
+                    }
+                    good.push(*it);
+                    digests.push(digest);
+                }
+                Err(e) => bad.push((*it, e)),
+            }
+        }
+        data.truncate(good.len() * per);
+        if tx
+            .send(Decoded {
+                good,
+                digests,
+                bad,
+                data,
+            })
+            .is_err()
+        {
+            break; // the consumer stopped (fail-fast or an error)
+        }
+    }
+}
+
+/// The features of the decoded patches, in their order (a model with them).
+fn batch_features(by_name: &HashMap<String, Vec<f32>>, good: &[&Item]) -> Vec<f32> {
+    good.iter()
+        .flat_map(|it| by_name.get(&it.name).map(Vec::as_slice).unwrap_or_default())
+        .copied()
+        .collect()
+}
+
+/// The logits of one decoded batch of `n` cubes (and their features, a model with them):
+/// as they are, or with `--tta flips` the mean logit over each cube's eight flips.
+fn score_batch(scorer: &mut Scorer, tta: Tta, data: &[f32], feats: Option<&[f32]>, n: usize) -> Result<Vec<f32>, InferError> {
+    let d = scorer.preprocess.cube_size;
+    let per = d * d * d;
+    Ok(match tta {
+        Tta::None => scorer.score_flat_with(data, feats)?,
+        Tta::Flips => {
+            let all: Vec<Array3<f32>> = data
+                .chunks_exact(per)
+                .filter_map(|c| ArrayView3::from_shape((d, d, d), c).ok())
+                .flat_map(flips)
+                .collect();
+            // Each patch's features with each of its eight flips.
+            let nf = feats.map_or(0, |f| f.len() / n.max(1));
+            let f8: Option<Vec<f32>> = feats.map(|f| {
+                f.chunks(nf.max(1))
+                    .flat_map(|row| std::iter::repeat_n(row, 8).flatten().copied())
+                    .collect()
+            });
+            scorer
+                .score_with(&all, f8.as_deref())?
+                .chunks(8)
+                .map(|c| c.iter().sum::<f32>() / 8.0)
+                .collect()
+        }
     })
 }
 
@@ -676,6 +698,77 @@ fn check_batch_memory(s: &Settings, cube: usize) -> Result<(), InferError> {
     Ok(())
 }
 
+/// What a finished run says about itself.
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    s: &Settings,
+    scorer: &Scorer,
+    tally: &Tally,
+    previous: Option<&crate::resume::Previous>,
+    cal: Option<&Cal>,
+    errors_file: Option<PathBuf>,
+    notes: Vec<String>,
+    t0: Instant,
+) -> Summary {
+    Summary {
+        scored: tally.scored,
+        resume_dropped: previous.map_or(0, |p| p.dropped),
+        resume_changed: previous.map_or(0, |p| p.changed),
+        resumed: previous.map_or(0, |p| p.done.len()),
+        failed: tally.errors.len(),
+        errors_file,
+        predicted_positive: cal.map(|_| tally.positives),
+        calibration: cal.map(|c| c.describe(s.calibration.as_deref())),
+        provider: scorer.provider,
+        provider_note: scorer.provider_note.clone(),
+        all_nodes_on_provider: scorer.all_nodes_on_provider,
+        ort_version: scorer.runtime.version.clone(),
+        ort_library: scorer.runtime.library.clone(),
+        seconds: t0.elapsed().as_secs_f64(),
+        pipeline_seconds: tally.pipeline_seconds,
+        first_batch_seconds: tally.first_batch_seconds.unwrap_or(0.0),
+        model_seconds: tally.model_seconds,
+        peak_rss_kib: host::peak_rss_kib(),
+        notes,
+    }
+}
+
+/// The output, opened for writing (replaced only when the run commits), holding what comes
+/// first: the rows `--resume` keeps, or the CSV header.
+fn open_output(
+    s: &Settings,
+    target: Option<&Target>,
+    previous: Option<&crate::resume::Previous>,
+    header: &[&str],
+) -> Result<Out, InferError> {
+    let mut out = Out::open(target, &s.out, s.fail_fast)?;
+    let io = |e: std::io::Error| InferError::from(files::Error::io(&s.out, e));
+    match previous {
+        Some(p) => out.write_all(&p.text).map_err(io)?,
+        None if s.format != Format::Jsonl => writeln!(out, "{}", header.join(",")).map_err(io)?,
+        None => {}
+    }
+    Ok(out)
+}
+
+/// The run's inputs: candidates from scans, an index's patches, or the files and folders
+/// given.
+fn collect(s: &Settings, held_out: Option<&crate::folds::HeldOut>) -> Result<Inputs, InferError> {
+    match (&s.scans, &s.candidates, &s.index) {
+        (Some(dir), Some(cands), _) => crate::from_scans::collect(dir, cands, s.scan_format, s.missing_scans, held_out),
+        (_, _, Some(idx)) => collect_index(idx),
+        _ => collect_inputs(&s.inputs, s.recursive),
+    }
+}
+
+/// Scans read at once from `--scan-jobs` (0: as many as there are CPUs, at most 4).
+fn scan_jobs(asked: usize) -> usize {
+    match asked {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
+        j => j,
+    }
+}
+
 /// Scores every input and writes the output atomically (streamed through a temporary
 /// file). Bad files are reported on stderr as `path: reason`, listed in the errors file, and
 /// skipped; the good rows are still written and [`Summary::failed`] counts the bad ones
@@ -685,13 +778,7 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     let t0 = Instant::now();
     check_settings(s)?;
     let held_out = s.held_out.as_deref().map(crate::folds::HeldOut::read).transpose()?;
-    let mut inputs = match (&s.scans, &s.candidates, &s.index) {
-        (Some(dir), Some(cands), _) => {
-            crate::from_scans::collect(dir, cands, s.scan_format, s.missing_scans, held_out.as_ref())?
-        }
-        (_, _, Some(idx)) => collect_index(idx)?,
-        _ => collect_inputs(&s.inputs, s.recursive)?,
-    };
+    let mut inputs = collect(s, held_out.as_ref())?;
     let part = s.shard.map(|sh| (sh, crate::shard::select(&mut inputs, sh)));
     let plan = plan_outputs(s, &inputs)?;
     if s.fail_fast {
@@ -722,14 +809,11 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
             calibrated: cal.is_some(),
         },
     );
-    let grid = match &inputs.scans {
-        Some(_) => Some(crate::from_scans::grid(
-            s.size_mm,
-            s.spacing_mm,
-            scorer.preprocess.cube_size,
-        )?),
-        None => None,
-    };
+    let grid = inputs
+        .scans
+        .as_ref()
+        .map(|_| crate::from_scans::grid(s.size_mm, s.spacing_mm, scorer.preprocess.cube_size))
+        .transpose()?;
     // --resume: keep the earlier rows of patches still among the inputs, skip those patches.
     let previous = match &plan.out {
         Some(Target::File(p)) if s.resume && p.is_file() => Some(previous_rows(
@@ -750,45 +834,22 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
         .iter()
         .filter(|it| done.is_none_or(|d| !d.contains(&it.name)))
         .collect();
-    let mut out = Out::open(plan.out.as_ref(), &s.out, s.fail_fast)?;
-    let io = |e: std::io::Error| InferError::from(files::Error::io(&s.out, e));
-    match &previous {
-        Some(p) => out.write_all(&p.text).map_err(io)?,
-        None if s.format != Format::Jsonl => writeln!(out, "{}", header.join(",")).map_err(io)?,
-        None => {}
-    }
+    let mut out = open_output(s, plan.out.as_ref(), previous.as_ref(), &header)?;
     let mut tally = Tally::default();
     for (name, why) in &inputs.refused {
         tally.fail(name, Path::new(name), why.clone());
     }
-    let pb = if s.progress {
-        let pb = indicatif::ProgressBar::new(todo.len() as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patches  {per_sec}  ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        pb
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let pb = progress_bar(s.progress, todo.len());
     let sha = scorer.model_sha256.clone();
-    let jobs = match s.scan_jobs {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
-        j => j,
-    };
-    let feed = match (&inputs.scans, grid) {
-        (Some(set), Some(grid)) => Some(crate::from_scans::Feed {
+    let scoring = Scoring {
+        feed: inputs.scans.as_ref().zip(grid).map(|(set, grid)| crate::from_scans::Feed {
             set,
             grid,
             pre: scorer.preprocess.clone(),
             batch: s.batch_size,
-            jobs,
+            jobs: scan_jobs(s.scan_jobs),
             preload: s.preload,
         }),
-        _ => None,
-    };
-    let scoring = Scoring {
-        feed,
         s,
         feats: feats.as_ref(),
         cal: cal.as_ref(),
@@ -802,12 +863,59 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
     result?;
     out.commit()?;
     let errors_file = write_errors(&tally.errors, name_col, plan.errors.as_ref())?;
-    let calibration = match (&s.calibration, &cal) {
-        (Some(p), _) => files::sha256_file(p)?,
-        (None, Some(_)) => "model".into(),
-        (None, None) => "none".into(),
+    let rows = tally.scored + previous.as_ref().map_or(0, |p| p.done.len());
+    let done = Done {
+        rows,
+        failed: tally.errors.len(),
+        header: &header,
+        sha: &sha,
+        cal: cal.is_some(),
     };
-    if let Some(h) = &held_out {
+    write_records(s, held_out.as_ref(), part, &done)?;
+    Ok(summarize(s, &scorer, &tally, previous.as_ref(), cal.as_ref(), errors_file, inputs.notes.clone(), t0))
+}
+
+/// The progress bar of a run over `n` patches (hidden unless `show`).
+fn progress_bar(show: bool, n: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(n as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} patches  {per_sec}  ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// What a finished run wrote, for the records beside its output.
+struct Done<'a> {
+    /// Rows in the output (scored now and kept by --resume).
+    rows: usize,
+    failed: usize,
+    header: &'a [&'a str],
+    sha: &'a str,
+    /// Whether the rows are calibrated.
+    cal: bool,
+}
+
+/// The records beside a finished output: the fold's (`--held-out`) and the shard's
+/// (`--shard`), which `infer merge` checks.
+fn write_records(
+    s: &Settings,
+    held_out: Option<&crate::folds::HeldOut>,
+    part: Option<(crate::shard::Shard, (usize, usize, usize, String))>,
+    d: &Done,
+) -> Result<(), InferError> {
+    let calibration = match (&s.calibration, d.cal) {
+        (Some(p), _) => files::sha256_file(p)?,
+        (None, true) => "model".into(),
+        (None, false) => "none".into(),
+    };
+    let format: &'static str = s.format.into();
+    let tta: &'static str = s.tta.into();
+    let header: Vec<String> = d.header.iter().map(|h| h.to_string()).collect();
+    if let Some(h) = held_out {
         crate::folds::write_record(
             &s.out,
             &crate::folds::Record {
@@ -816,13 +924,13 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                 cv_sha256: h.cv_sha256.clone(),
                 series: h.series.iter().cloned().collect(),
                 candidates_sha256: files::sha256_file(s.candidates.as_deref().unwrap_or(Path::new("")))?,
-                rows: tally.scored + previous.as_ref().map_or(0, |p| p.done.len()),
-                failed: tally.errors.len(),
-                model_sha256: sha.clone(),
+                rows: d.rows,
+                failed: d.failed,
+                model_sha256: d.sha.to_string(),
                 calibration: calibration.clone(),
-                format: crate::shard::format_name(s.format).into(),
-                header: header.iter().map(|h| h.to_string()).collect(),
-                tta: format!("{:?}", s.tta).to_lowercase(),
+                format: format.into(),
+                header: header.clone(),
+                tta: tta.into(),
                 output_sha256: files::sha256_file(&s.out)?,
             },
         )?;
@@ -837,38 +945,18 @@ pub fn run(s: &Settings) -> Result<Summary, InferError> {
                 inputs_sha256,
                 first,
                 end,
-                rows: tally.scored + previous.as_ref().map_or(0, |p| p.done.len()),
-                failed: tally.errors.len(),
-                model_sha256: sha.clone(),
+                rows: d.rows,
+                failed: d.failed,
+                model_sha256: d.sha.to_string(),
                 calibration,
-                format: crate::shard::format_name(s.format).into(),
-                header: header.iter().map(|h| h.to_string()).collect(),
+                format: format.into(),
+                header,
                 output_sha256: files::sha256_file(&s.out)?,
-                tta: format!("{:?}", s.tta).to_lowercase(),
+                tta: tta.into(),
             },
         )?;
     }
-    Ok(Summary {
-        scored: tally.scored,
-        resume_dropped: previous.as_ref().map_or(0, |p| p.dropped),
-        resume_changed: previous.as_ref().map_or(0, |p| p.changed),
-        resumed: previous.as_ref().map_or(0, |p| p.done.len()),
-        failed: tally.errors.len(),
-        errors_file,
-        predicted_positive: cal.as_ref().map(|_| tally.positives),
-        calibration: cal.as_ref().map(|c| c.describe(s.calibration.as_deref())),
-        provider: scorer.provider,
-        provider_note: scorer.provider_note.clone(),
-        all_nodes_on_provider: scorer.all_nodes_on_provider,
-        ort_version: scorer.runtime.version.clone(),
-        ort_library: scorer.runtime.library.clone(),
-        seconds: t0.elapsed().as_secs_f64(),
-        pipeline_seconds: tally.pipeline_seconds,
-        first_batch_seconds: tally.first_batch_seconds.unwrap_or(0.0),
-        model_seconds: tally.model_seconds,
-        peak_rss_kib: host::peak_rss_kib(),
-        notes: inputs.notes.clone(),
-    })
+    Ok(())
 }
 
 /// `--resume`: the earlier output's rows to keep. A row is kept only for the same input: its

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use models::onnx::build::{self, node, Dim};
-use models::onnx::proto::{data_type, tensor_shape_proto, type_proto, GraphProto, TensorProto, ValueInfoProto};
+use models::onnx::proto::{data_type, tensor_shape_proto, type_proto, GraphProto, NodeProto, TensorProto, ValueInfoProto};
 use models::onnx::wire::{rewrite, Edit};
 use models::preprocess::Preprocess;
 
@@ -45,13 +45,9 @@ pub enum OutputKind {
 }
 
 impl OutputKind {
+    /// The name `--output-kind` takes (and the metadata records).
     pub fn name(self) -> &'static str {
-        match self {
-            OutputKind::Logit => "logit",
-            OutputKind::Probability => "probability",
-            OutputKind::TwoClassLogits => "two-class-logits",
-            OutputKind::Softmax => "softmax",
-        }
+        self.into()
     }
 
     /// Values per patch in the output.
@@ -347,7 +343,6 @@ struct Plan {
 
 fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> Plan {
     let (bytes, input, output) = (&src.bytes, src.input.as_str(), src.output.as_str());
-    let source_md = models::onnx::metadata(&src.proto);
     let mut used = value_names(g);
     // Our reserved names: anything the source called so is renamed (also in subgraphs, where
     // the bytes may hold it unseen by the main graph's names).
@@ -373,10 +368,50 @@ fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> P
         raw_data: Some([-1i64, 1].iter().flat_map(|v| v.to_le_bytes()).collect()),
         ..Default::default()
     });
-    let z = match s.kind {
-        OutputKind::Logit => out.clone(),
+    let z = logit_of_output(s, &out, &mut used, &mut nodes, &mut inits);
+    nodes.push(node("Reshape", &[&z, &shape], logit, vec![]));
+    // Node names must be unique too (a model of ours has a node named `logit`).
+    let mut node_names: HashSet<String> = g.node.iter().filter_map(|n| n.name.clone()).collect();
+    node_names.extend(used.iter().cloned());
+    for n in &mut nodes {
+        let base = format!("import.{}", n.name.as_deref().unwrap_or("node"));
+        n.name = Some(fresh(&mut node_names, &base));
+    }
+    let md = metadata(s, src, pre, &input, output);
+    let mut renamed: Vec<(String, String)> = rename.into_iter().collect();
+    renamed.sort();
+    Plan {
+        edit: Edit {
+            rename: renamed.iter().cloned().collect(),
+            drop_outputs: true,
+            nodes,
+            initializers: inits,
+            outputs: vec![build::value_info(
+                logit,
+                data_type::FLOAT,
+                &[Dim::Param("batch"), Dim::Value(1)],
+            )],
+            metadata: Some(md),
+        },
+        input,
+        source_output: output.to_string(),
+        renamed,
+    }
+}
+
+/// The nodes (and constants) that turn the source's output `out` into a logit, as
+/// `--output-kind` says it should be read; returns the logit's name.
+fn logit_of_output(
+    s: &ImportSettings,
+    out: &str,
+    used: &mut HashSet<String>,
+    nodes: &mut Vec<NodeProto>,
+    inits: &mut Vec<TensorProto>,
+) -> String {
+    match s.kind {
+        OutputKind::Logit => out.to_string(),
         OutputKind::TwoClassLogits | OutputKind::Softmax => {
-            let mut name = |n: &str| fresh(&mut used, &format!("import.{n}"));
+            let mut name = |n: &str| fresh(used, &format!("import.{n}"));
             let (i_pos, i_neg) = (name("positive_index"), name("other_index"));
             let (g_pos, g_neg, z) = (name("positive"), name("other"), name("z"));
             for (n, k) in [(&i_pos, s.positive_class), (&i_neg, 1 - s.positive_class)] {
@@ -388,8 +423,8 @@ fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> P
                     ..Default::default()
                 });
             }
-            nodes.push(node("Gather", &[&out, &i_pos], &g_pos, vec![build::int("axis", 1)]));
-            nodes.push(node("Gather", &[&out, &i_neg], &g_neg, vec![build::int("axis", 1)]));
+            nodes.push(node("Gather", &[out, &i_pos], &g_pos, vec![build::int("axis", 1)]));
+            nodes.push(node("Gather", &[out, &i_neg], &g_neg, vec![build::int("axis", 1)]));
             if s.kind == OutputKind::TwoClassLogits {
                 nodes.push(node("Sub", &[&g_pos, &g_neg], &z, vec![]));
             } else {
@@ -413,7 +448,7 @@ fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> P
         OutputKind::Probability => {
             // log(p) − log(1 − p) on p clipped away from 0 and 1 (2⁻²⁴: float32's step below 1).
             let eps = 2f32.powi(-24);
-            let mut name = |n: &str| fresh(&mut used, &format!("import.{n}"));
+            let mut name = |n: &str| fresh(used, &format!("import.{n}"));
             let (c_eps, c_hi, c_one) = (name("eps"), name("one_m_eps"), name("one"));
             let (lo, p, q, lp, lq, z) = (
                 name("lo"),
@@ -426,7 +461,7 @@ fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> P
             inits.push(f32_const(&c_eps, eps));
             inits.push(f32_const(&c_hi, 1.0 - eps));
             inits.push(f32_const(&c_one, 1.0));
-            nodes.push(node("Max", &[&out, &c_eps], &lo, vec![]));
+            nodes.push(node("Max", &[out, &c_eps], &lo, vec![]));
             nodes.push(node("Min", &[&lo, &c_hi], &p, vec![]));
             nodes.push(node("Sub", &[&c_one, &p], &q, vec![]));
             nodes.push(node("Log", &[&p], &lp, vec![]));
@@ -434,15 +469,14 @@ fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> P
             nodes.push(node("Sub", &[&lp, &lq], &z, vec![]));
             z
         }
-    };
-    nodes.push(node("Reshape", &[&z, &shape], logit, vec![]));
-    // Node names must be unique too (a model of ours has a node named `logit`).
-    let mut node_names: HashSet<String> = g.node.iter().filter_map(|n| n.name.clone()).collect();
-    node_names.extend(used.iter().cloned());
-    for n in &mut nodes {
-        let base = format!("import.{}", n.name.as_deref().unwrap_or("node"));
-        n.name = Some(fresh(&mut node_names, &base));
     }
+}
+
+/// The imported model's metadata: the source's own entries (but for the keys this
+/// toolchain reserves), the preprocessing, and what the import did.
+fn metadata(s: &ImportSettings, src: &Source, pre: &Preprocess, input: &str, output: &str) -> Vec<(String, String)> {
+    let source_md = models::onnx::metadata(&src.proto);
+    let logit = models::onnx::OUTPUT_NAME;
     let reserved_prefix = |k: &str| {
         [
             "preprocess.",
@@ -470,7 +504,7 @@ fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> P
     md.extend(
         [
             ("format", "nodule-patch-classifier/1".to_string()),
-            ("input.name", input.clone()),
+            ("input.name", input.to_string()),
             (
                 "input.layout",
                 "NCDHW: [batch, 1, z, y, x] float32, preprocessed as preprocess.* says".into(),
@@ -512,25 +546,7 @@ fn plan(s: &ImportSettings, src: &Source, g: &GraphProto, pre: &Preprocess) -> P
         let files: Vec<String> = src.external.iter().map(|(n, h)| format!("{n} sha256:{h}")).collect();
         md.push(("import.source_external_data".into(), files.join("; ")));
     }
-    let mut renamed: Vec<(String, String)> = rename.into_iter().collect();
-    renamed.sort();
-    Plan {
-        edit: Edit {
-            rename: renamed.iter().cloned().collect(),
-            drop_outputs: true,
-            nodes,
-            initializers: inits,
-            outputs: vec![build::value_info(
-                logit,
-                data_type::FLOAT,
-                &[Dim::Param("batch"), Dim::Value(1)],
-            )],
-            metadata: Some(md),
-        },
-        input,
-        source_output: output.to_string(),
-        renamed,
-    }
+    md
 }
 
 /// Two test cubes, preprocessed: air, and a pseudo-random HU field over the window.

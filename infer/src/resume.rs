@@ -34,6 +34,158 @@ struct Row {
     bytes: std::ops::Range<usize>,
 }
 
+/// What every earlier row is checked against, and the errors that name the output.
+struct Check<'a> {
+    path: &'a Path,
+    header: &'a [&'a str],
+    model_sha256: &'a str,
+    cal: Option<&'a Cal>,
+}
+
+impl Check<'_> {
+    fn other_calibration(&self, line: usize) -> InferError {
+        crate::bad_input(
+            self.path,
+            format!(
+                "--resume: line {line} was calibrated otherwise than this run calibrates \
+                 (another --calibration?); not mixing two in one output"
+            ),
+        )
+    }
+
+    fn other_model(&self, line: usize) -> InferError {
+        crate::bad_input(self.path, format!("--resume: line {line} was scored by another model"))
+    }
+
+    fn damaged(&self, line: usize, e: &dyn std::fmt::Display) -> InferError {
+        crate::bad_input(self.path, format!("line {line}: {e} (a damaged output; not resuming)"))
+    }
+
+    /// A CSV output's rows (with their lines), and the length of its header.
+    fn csv_rows(&self, bytes: &[u8]) -> Result<(usize, Vec<(usize, Row)>), InferError> {
+        let path = self.path;
+        // Rows are copied as written: an output cut short or re-saved with other line
+        // ends (an editor's \r\n) is not ours as it was, and not resumed.
+        if !bytes.ends_with(b"\n") {
+            return Err(self.damaged(1, &"it does not end with a whole line"));
+        }
+        if bytes.contains(&b'\r') {
+            return Err(crate::bad_input(
+                path,
+                "--resume: it holds \\r line ends (re-saved by another program?); this toolchain writes \\n; not resuming",
+            ));
+        }
+        let mut r = csv::ReaderBuilder::new().from_reader(bytes);
+        let got: Vec<String> = r
+            .headers()
+            .map_err(|e| crate::bad_input(path, e.to_string()))?
+            .iter()
+            .map(String::from)
+            .collect();
+        if got != self.header {
+            return Err(crate::bad_input(
+                path,
+                format!(
+                    "--resume: its columns ({}) differ from this run's ({})",
+                    got.join(","),
+                    self.header.join(",")
+                ),
+            ));
+        }
+        let head_len = r.position().byte() as usize;
+        let at = |name: &str| got.iter().position(|h| h == name);
+        let (sha_col, in_col) = (at("model_sha256"), at("input_sha256"));
+        let cal_cols = (
+            at("logit"),
+            at("calibrated_probability"),
+            at("decision"),
+            at("operating_point"),
+        );
+        let mut rows = Vec::new();
+        let mut rec = csv::StringRecord::new();
+        loop {
+            let start = r.position().byte() as usize;
+            let line = r.position().line() as usize;
+            match r.read_record(&mut rec) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => return Err(self.damaged(line, &e)),
+            }
+            let end = r.position().byte() as usize;
+            if let (Some(cal), (Some(l), Some(p), Some(d), Some(o))) = (self.cal, cal_cols) {
+                let num = |c: usize| rec.get(c).and_then(|v| v.parse::<f64>().ok());
+                if !same_calibration(cal, num(l), num(p), num(d), rec.get(o)) {
+                    return Err(self.other_calibration(line));
+                }
+            }
+            if sha_col.is_some_and(|c| rec.get(c) != Some(self.model_sha256)) {
+                return Err(self.other_model(line));
+            }
+            rows.push((
+                line,
+                Row {
+                    name: rec.get(0).unwrap_or("").to_string(),
+                    digest: in_col.and_then(|c| rec.get(c)).unwrap_or("").to_string(),
+                    bytes: start..end,
+                },
+            ));
+        }
+        Ok((head_len, rows))
+    }
+
+    /// A JSONL output's rows (with their lines).
+    fn jsonl_rows(&self, bytes: &[u8]) -> Result<Vec<(usize, Row)>, InferError> {
+        let (path, header) = (self.path, self.header);
+        let first = header.first().copied().unwrap_or("patch_file");
+        let mut rows = Vec::new();
+        let mut start = 0;
+        for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
+            let n = i + 1;
+            let range = start..start + line.len();
+            start = range.end;
+            let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| self.damaged(n, &e))?;
+            let name = v[first]
+                .as_str()
+                .ok_or_else(|| crate::bad_input(path, format!("line {n}: no {first}")))?;
+            if v["model_sha256"].as_str() != Some(self.model_sha256) {
+                return Err(self.other_model(n));
+            }
+            let keys: Vec<&str> = v
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            if keys.len() != header.len() || header.iter().any(|h| !keys.contains(h)) {
+                return Err(crate::bad_input(
+                    path,
+                    format!("--resume: line {n} has other fields than this run writes"),
+                ));
+            }
+            if let Some(cal) = self.cal {
+                let (l, p, d) = (
+                    v["logit"].as_f64(),
+                    v["calibrated_probability"].as_f64(),
+                    v["decision"].as_f64(),
+                );
+                if !same_calibration(cal, l, p, d, v["operating_point"].as_str()) {
+                    return Err(self.other_calibration(n));
+                }
+            }
+            if !line.ends_with(b"\n") {
+                return Err(self.damaged(n, &"the last line is cut short"));
+            }
+            rows.push((
+                n,
+                Row {
+                    name: name.to_string(),
+                    digest: v["input_sha256"].as_str().unwrap_or("").to_string(),
+                    bytes: range,
+                },
+            ));
+        }
+        Ok(rows)
+    }
+}
+
 /// Reads an existing output for `--resume`: checks every row (model, columns, calibration)
 /// and keeps those of patches still among the inputs (`wanted`) whose input is unchanged
 /// (`same_input(name, recorded digest)`).
@@ -47,18 +199,11 @@ pub(crate) fn read_previous(
     same_input: &(dyn Fn(&str, &str) -> bool + Sync),
 ) -> Result<Previous, InferError> {
     let bytes = files::read_regular(path)?;
-    let other_calibration = |line: usize| {
-        crate::bad_input(
-            path,
-            format!(
-                "--resume: line {line} was calibrated otherwise than this run calibrates \
-                 (another --calibration?); not mixing two in one output"
-            ),
-        )
-    };
-    let other_model = |line: usize| crate::bad_input(path, format!("--resume: line {line} was scored by another model"));
-    let damaged = |line: usize, e: &dyn std::fmt::Display| {
-        crate::bad_input(path, format!("line {line}: {e} (a damaged output; not resuming)"))
+    let check = Check {
+        path,
+        header,
+        model_sha256,
+        cal,
     };
     let (head_len, rows) = match format {
         Format::Luna16 => {
@@ -67,128 +212,8 @@ pub(crate) fn read_previous(
                 "--resume needs an output that names its patches (csv or jsonl, not luna16)",
             ))
         }
-        Format::Csv => {
-            // Rows are copied as written: an output cut short or re-saved with other line
-            // ends (an editor's \r\n) is not ours as it was, and not resumed.
-            if !bytes.ends_with(b"\n") {
-                return Err(damaged(1, &"it does not end with a whole line"));
-            }
-            if bytes.contains(&b'\r') {
-                return Err(crate::bad_input(
-                    path,
-                    "--resume: it holds \\r line ends (re-saved by another program?); this toolchain writes \\n; not resuming",
-                ));
-            }
-            let mut r = csv::ReaderBuilder::new().from_reader(bytes.as_slice());
-            let got: Vec<String> = r
-                .headers()
-                .map_err(|e| crate::bad_input(path, e.to_string()))?
-                .iter()
-                .map(String::from)
-                .collect();
-            if got != header {
-                return Err(crate::bad_input(
-                    path,
-                    format!(
-                        "--resume: its columns ({}) differ from this run's ({})",
-                        got.join(","),
-                        header.join(",")
-                    ),
-                ));
-            }
-            let head_len = r.position().byte() as usize;
-            let at = |name: &str| got.iter().position(|h| h == name);
-            let (sha_col, in_col) = (at("model_sha256"), at("input_sha256"));
-            let cal_cols = (
-                at("logit"),
-                at("calibrated_probability"),
-                at("decision"),
-                at("operating_point"),
-            );
-            let mut rows = Vec::new();
-            let mut rec = csv::StringRecord::new();
-            loop {
-                let start = r.position().byte() as usize;
-                let line = r.position().line() as usize;
-                match r.read_record(&mut rec) {
-                    Ok(false) => break,
-                    Ok(true) => {}
-                    Err(e) => return Err(damaged(line, &e)),
-                }
-                let end = r.position().byte() as usize;
-                if let (Some(cal), (Some(l), Some(p), Some(d), Some(o))) = (cal, cal_cols) {
-                    let num = |c: usize| rec.get(c).and_then(|v| v.parse::<f64>().ok());
-                    if !same_calibration(cal, num(l), num(p), num(d), rec.get(o)) {
-                        return Err(other_calibration(line));
-                    }
-                }
-                if sha_col.is_some_and(|c| rec.get(c) != Some(model_sha256)) {
-                    return Err(other_model(line));
-                }
-                rows.push((
-                    line,
-                    Row {
-                        name: rec.get(0).unwrap_or("").to_string(),
-                        digest: in_col.and_then(|c| rec.get(c)).unwrap_or("").to_string(),
-                        bytes: start..end,
-                    },
-                ));
-            }
-            (head_len, rows)
-        }
-        Format::Jsonl => {
-            let mut rows = Vec::new();
-            let mut start = 0;
-            for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
-                let n = i + 1;
-                let range = start..start + line.len();
-                start = range.end;
-                let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| damaged(n, &e))?;
-                let name = v[header.first().copied().unwrap_or("patch_file")]
-                    .as_str()
-                    .ok_or_else(|| {
-                        crate::bad_input(
-                            path,
-                            format!("line {n}: no {}", header.first().copied().unwrap_or("patch_file")),
-                        )
-                    })?;
-                if v["model_sha256"].as_str() != Some(model_sha256) {
-                    return Err(other_model(n));
-                }
-                let keys: Vec<&str> = v
-                    .as_object()
-                    .map(|o| o.keys().map(String::as_str).collect())
-                    .unwrap_or_default();
-                if keys.len() != header.len() || header.iter().any(|h| !keys.contains(h)) {
-                    return Err(crate::bad_input(
-                        path,
-                        format!("--resume: line {n} has other fields than this run writes"),
-                    ));
-                }
-                if let Some(cal) = cal {
-                    let (l, p, d) = (
-                        v["logit"].as_f64(),
-                        v["calibrated_probability"].as_f64(),
-                        v["decision"].as_f64(),
-                    );
-                    if !same_calibration(cal, l, p, d, v["operating_point"].as_str()) {
-                        return Err(other_calibration(n));
-                    }
-                }
-                if !line.ends_with(b"\n") {
-                    return Err(damaged(n, &"the last line is cut short"));
-                }
-                rows.push((
-                    n,
-                    Row {
-                        name: name.to_string(),
-                        digest: v["input_sha256"].as_str().unwrap_or("").to_string(),
-                        bytes: range,
-                    },
-                ));
-            }
-            (0, rows)
-        }
+        Format::Csv => check.csv_rows(&bytes)?,
+        Format::Jsonl => (0, check.jsonl_rows(&bytes)?),
     };
     let mut prev = Previous {
         text: bytes[..head_len].to_vec(),
@@ -199,7 +224,7 @@ pub(crate) fn read_previous(
     let mut seen = HashSet::new();
     for (line, r) in &rows {
         if !seen.insert(r.name.as_str()) {
-            return Err(damaged(
+            return Err(check.damaged(
                 *line,
                 &format!("{} is already scored on an earlier line", r.name),
             ));

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::inputs::{Inputs, Item};
-use crate::output::Format;
 use crate::InferError;
 
 /// The most parts a run may be cut into.
@@ -342,15 +341,6 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
         rows,
         failed: parts.iter().map(|(r, _)| r.failed).sum(),
     })
-}
-
-/// The name of a format in records.
-pub fn format_name(f: Format) -> &'static str {
-    match f {
-        Format::Csv => "csv",
-        Format::Jsonl => "jsonl",
-        Format::Luna16 => "luna16",
-    }
 }
 
 /// Writes a shard's record beside its output.

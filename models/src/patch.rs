@@ -391,101 +391,147 @@ fn load_inner(path: &Path, pre: &Preprocess, out: &mut [f32], mut digest: Option
     if nz == 0 || ny == 0 || nx == 0 {
         return Err(bad(path, format!("empty array of shape {:?}", h.shape)));
     }
-    let (sz, dz, cz) = crop_range(nz, c);
-    let (sy, dy, cy) = crop_range(ny, c);
-    let (sx, dx, cx) = crop_range(nx, c);
-    if cz < c || cy < c || cx < c {
+    let cut = Cut {
+        n: [nz, ny, nx],
+        ranges: [crop_range(nz, c), crop_range(ny, c), crop_range(nx, c)],
+        c,
+    };
+    if cut.ranges.iter().any(|&(_, _, k)| k < c) {
         out.fill(pre.scale(pre.pad_hu));
     }
-    let w = h.dtype.width();
-    // Runs along the fastest axis of the file (x in C order, z in Fortran order), merged
-    // with the next axes while the crop covers them whole.
-    let read_err = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            bad(path, TRUNCATED.into())
-        } else {
-            Error::from(files::Error::io(path, e))
-        }
-    };
     thread_local! {
         static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    // The first non-finite voxel: its (z, y, x) in the array.
-    let mut first_bad: Option<[usize; 3]> = None;
-    let mut note_bad = |zyx: [usize; 3]| {
-        if first_bad.is_none_or(|b| zyx < b) {
-            first_bad = Some(zyx);
-        }
+    let mut r = CubeReader {
+        path,
+        h: &h,
+        f: &f,
+        pre,
+        digest,
+        first_bad: None,
     };
-    BYTES.with_borrow_mut(|buf| -> Result<()> {
-        if !h.fortran_order {
-            // C order: element (z, y, x) at ((z·ny + y)·nx + x).
-            let full_x = cx == nx;
-            let full_y = full_x && cy == ny;
-            let (planes, rows_per_read) = if full_y {
-                (1, cz * cy)
-            } else if full_x {
-                (cz, cy)
-            } else {
-                (cz * cy, 1)
-            };
-            buf.resize(rows_per_read * cx * w, 0);
-            for k in 0..planes {
-                // The first (z, y) row of this read.
-                let (z0, y0) = if full_y {
-                    (sz, sy)
-                } else if full_x {
-                    (sz + k, sy)
-                } else {
-                    (sz + k / cy, sy + k % cy)
-                };
-                let at = ((z0 * ny + y0) * nx + sx) as u64 * w as u64;
-                f.read_exact_at(buf, h.data_offset + at).map_err(read_err)?;
-                if let Some(d) = digest.as_deref_mut() {
-                    d.update(&*buf);
-                }
-                for (r, row) in buf.chunks_exact(cx * w).enumerate() {
-                    // Row r of this read is (z, y) = (z0, y0) + r rows on.
-                    let flat = (z0 - sz) * cy + (y0 - sy) + r;
-                    let (oz, oy) = (flat / cy, flat % cy);
-                    let o = ((dz + oz) * c + dy + oy) * c + dx;
-                    if !convert_run(&mut out[o..o + cx], row, h.dtype, h.big_endian, pre) {
-                        if let Some(x) = row
-                            .chunks_exact(w)
-                            .position(|b| !decode(b, h.dtype, h.big_endian).is_finite())
-                        {
-                            note_bad([sz + oz, sy + oy, sx + x]);
-                        }
-                    }
-                }
-            }
+    BYTES.with_borrow_mut(|buf| {
+        if h.fortran_order {
+            r.fortran_order(&cut, buf, out)
         } else {
-            // Fortran order: element (z, y, x) at ((x·ny + y)·nz + z).
-            buf.resize(cz * w, 0);
-            for x in 0..cx {
-                for y in 0..cy {
-                    let at = (((sx + x) * ny + sy + y) * nz + sz) as u64 * w as u64;
-                    f.read_exact_at(buf, h.data_offset + at).map_err(read_err)?;
-                    if let Some(d) = digest.as_deref_mut() {
-                        d.update(&*buf);
-                    }
-                    for (z, b) in buf.chunks_exact(w).enumerate() {
-                        let v = decode(b, h.dtype, h.big_endian);
-                        if !v.is_finite() {
-                            note_bad([sz + z, sy + y, sx + x]);
-                        }
-                        out[((dz + z) * c + dy + y) * c + dx + x] = pre.scale(v);
+            r.c_order(&cut, buf, out)
+        }
+    })?;
+    if let Some([z, y, x]) = r.first_bad {
+        let i = (z * ny + y) * nx + x;
+        return Err(bad(path, format!("non-finite value (NaN or Inf) at flat index {i}")));
+    }
+    Ok(())
+}
+
+/// The part of an array a cube takes: per axis (z, y, x) its length in the file, and
+/// [`crop_range`]'s (first voxel in the file, first voxel in the cube, voxels taken).
+struct Cut {
+    n: [usize; 3],
+    ranges: [(usize, usize, usize); 3],
+    c: usize,
+}
+
+/// Reads the cut of one open `.npy` file into a cube, feeding the digest, and notes the
+/// first non-finite voxel (its (z, y, x) in the array).
+struct CubeReader<'a> {
+    path: &'a Path,
+    h: &'a NpyHeader,
+    f: &'a std::fs::File,
+    pre: &'a Preprocess,
+    digest: Option<&'a mut sha2::Sha256>,
+    first_bad: Option<[usize; 3]>,
+}
+
+impl CubeReader<'_> {
+    fn note_bad(&mut self, zyx: [usize; 3]) {
+        if self.first_bad.is_none_or(|b| zyx < b) {
+            self.first_bad = Some(zyx);
+        }
+    }
+
+    /// `buf.len()` bytes at `at` (from the data's start), fed to the digest.
+    fn read_at(&mut self, buf: &mut [u8], at: u64) -> Result<()> {
+        use sha2::Digest;
+        self.f.read_exact_at(buf, self.h.data_offset + at).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                bad(self.path, TRUNCATED.into())
+            } else {
+                Error::from(files::Error::io(self.path, e))
+            }
+        })?;
+        if let Some(d) = self.digest.as_deref_mut() {
+            d.update(&*buf);
+        }
+        Ok(())
+    }
+
+    /// C order: element (z, y, x) at ((z·ny + y)·nx + x). Runs along x, merged with the
+    /// next axes while the crop covers them whole.
+    fn c_order(&mut self, cut: &Cut, buf: &mut Vec<u8>, out: &mut [f32]) -> Result<()> {
+        let [_, ny, nx] = cut.n;
+        let [(sz, dz, cz), (sy, dy, cy), (sx, dx, cx)] = cut.ranges;
+        let (c, w, h) = (cut.c, self.h.dtype.width(), self.h);
+        let full_x = cx == nx;
+        let full_y = full_x && cy == ny;
+        let (planes, rows_per_read) = if full_y {
+            (1, cz * cy)
+        } else if full_x {
+            (cz, cy)
+        } else {
+            (cz * cy, 1)
+        };
+        buf.resize(rows_per_read * cx * w, 0);
+        for k in 0..planes {
+            // The first (z, y) row of this read.
+            let (z0, y0) = if full_y {
+                (sz, sy)
+            } else if full_x {
+                (sz + k, sy)
+            } else {
+                (sz + k / cy, sy + k % cy)
+            };
+            let at = ((z0 * ny + y0) * nx + sx) as u64 * w as u64;
+            self.read_at(buf, at)?;
+            for (r, row) in buf.chunks_exact(cx * w).enumerate() {
+                // Row r of this read is (z, y) = (z0, y0) + r rows on.
+                let flat = (z0 - sz) * cy + (y0 - sy) + r;
+                let (oz, oy) = (flat / cy, flat % cy);
+                let o = ((dz + oz) * c + dy + oy) * c + dx;
+                if !convert_run(&mut out[o..o + cx], row, h.dtype, h.big_endian, self.pre) {
+                    if let Some(x) = row
+                        .chunks_exact(w)
+                        .position(|b| !decode(b, h.dtype, h.big_endian).is_finite())
+                    {
+                        self.note_bad([sz + oz, sy + oy, sx + x]);
                     }
                 }
             }
         }
         Ok(())
-    })?;
-    if let Some([z, y, x]) = first_bad {
-        let i = (z * ny + y) * nx + x;
-        return Err(bad(path, format!("non-finite value (NaN or Inf) at flat index {i}")));
     }
-    Ok(())
+
+    /// Fortran order: element (z, y, x) at ((x·ny + y)·nz + z). Runs along z.
+    fn fortran_order(&mut self, cut: &Cut, buf: &mut Vec<u8>, out: &mut [f32]) -> Result<()> {
+        let [nz, ny, _] = cut.n;
+        let [(sz, dz, cz), (sy, dy, cy), (sx, dx, cx)] = cut.ranges;
+        let (c, w, h) = (cut.c, self.h.dtype.width(), self.h);
+        buf.resize(cz * w, 0);
+        for x in 0..cx {
+            for y in 0..cy {
+                let at = (((sx + x) * ny + sy + y) * nz + sz) as u64 * w as u64;
+                self.read_at(buf, at)?;
+                for (z, b) in buf.chunks_exact(w).enumerate() {
+                    let v = decode(b, h.dtype, h.big_endian);
+                    if !v.is_finite() {
+                        self.note_bad([sz + z, sy + y, sx + x]);
+                    }
+                    out[((dz + z) * c + dy + y) * c + dx + x] = self.pre.scale(v);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -168,35 +168,7 @@ pub fn match_spec(spec: &ArchSpec, mut sd: Weights, path: &Path, reinit: Reinit)
     }
     // A 3-channel first convolution summed to the spec's one input channel.
     if let Some(first) = params.first().filter(|_| !reinit.stem) {
-        if let Some(w) = sd.get_mut(&first.name) {
-            let three: Vec<usize> = first
-                .shape
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| if i == 1 { 3 } else { d })
-                .collect();
-            if first.shape.get(1) == Some(&1) && w.shape == three {
-                let per_out: usize = first.shape[2..].iter().product();
-                let mut summed = vec![0.0f32; first.shape.iter().product()];
-                for (o, out) in summed.chunks_exact_mut(per_out).enumerate() {
-                    for c in 0..3 {
-                        let src = &w.data[(o * 3 + c) * per_out..(o * 3 + c + 1) * per_out];
-                        for (d, s) in out.iter_mut().zip(src) {
-                            *d += s;
-                        }
-                    }
-                }
-                *w = WeightTensor {
-                    shape: first.shape.clone(),
-                    data: summed,
-                };
-                notes.push(format!(
-                    "`{}` has 3 input channels (RGB-pretrained): summed to 1, which gives the 3-channel \
-                     network's output on a grey cube copied to three channels",
-                    first.name
-                ));
-            }
-        }
+        notes.extend(sum_rgb_stem(first, &mut sd));
     }
     let expected: Vec<_> = params
         .iter()
@@ -225,33 +197,7 @@ pub fn match_spec(spec: &ArchSpec, mut sd: Weights, path: &Path, reinit: Reinit)
         problems.push(format!("unexpected tensor `{k}`"));
     }
     if !problems.is_empty() {
-        let mut hint = String::new();
-        if unexpected.iter().any(|k| k.starts_with("module.")) {
-            hint = " (names start with `module.`: saved from nn.DataParallel? save `model.module.state_dict()`)".into();
-        } else if !reinit_head && problems.iter().any(|p| p.contains(&format!("`{head}"))) {
-            hint = if reinit.training {
-                format!(" (a different head? --reinit-head (train.reinit_head) initialises the head afresh, leaving out {head}*)")
-            } else {
-                format!(
-                    " (a different head: {head}* of these weights is for another task; export weights trained with this \
-                     architecture, or train from them with --reinit-head first)"
-                )
-            };
-        } else if !reinit.stem
-            && stem
-                .first()
-                .is_some_and(|s| problems.iter().any(|p| p.contains(&format!("`{s}`"))))
-        {
-            hint = if reinit.training {
-                " (another stem, such as torchvision's Kinetics 3×7×7 one? --reinit-stem (train.reinit_stem) \
-                 initialises the first convolution afresh, as the notebook did)"
-                    .into()
-            } else {
-                " (another stem, such as torchvision's Kinetics 3×7×7 one: export weights trained with this \
-                 architecture, or train from them with --reinit-stem first)"
-                    .into()
-            };
-        }
+        let hint = mismatch_hint(&unexpected, &problems, &head, &stem, reinit);
         return Err(bad(
             path,
             format!(
@@ -262,6 +208,75 @@ pub fn match_spec(spec: &ArchSpec, mut sd: Weights, path: &Path, reinit: Reinit)
         ));
     }
     Ok(Matched { weights: sd, notes })
+}
+
+/// A first convolution with 3 input channels (RGB-pretrained) where the spec has one: its
+/// channels summed, which gives the 3-channel network's output on a grey cube copied to three
+/// channels. Returns the note saying so, `None` when the weight is not such a one.
+fn sum_rgb_stem(first: &crate::spec::ParamSpec, sd: &mut Weights) -> Option<String> {
+    let w = sd.get_mut(&first.name)?;
+    let three: Vec<usize> = first
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if i == 1 { 3 } else { d })
+        .collect();
+    if first.shape.get(1) != Some(&1) || w.shape != three {
+        return None;
+    }
+    let per_out: usize = first.shape[2..].iter().product();
+    let mut summed = vec![0.0f32; first.shape.iter().product()];
+    for (o, out) in summed.chunks_exact_mut(per_out).enumerate() {
+        for c in 0..3 {
+            let src = &w.data[(o * 3 + c) * per_out..(o * 3 + c + 1) * per_out];
+            for (d, s) in out.iter_mut().zip(src) {
+                *d += s;
+            }
+        }
+    }
+    *w = WeightTensor {
+        shape: first.shape.clone(),
+        data: summed,
+    };
+    Some(format!(
+        "`{}` has 3 input channels (RGB-pretrained): summed to 1, which gives the 3-channel \
+         network's output on a grey cube copied to three channels",
+        first.name
+    ))
+}
+
+/// What the mismatch most likely is, for the error: weights saved from `nn.DataParallel`,
+/// another head, or another stem, with what to do about it (`reinit.training`: the flags of
+/// training, else those of an export).
+fn mismatch_hint(unexpected: &[&String], problems: &[String], head: &str, stem: &[String], reinit: Reinit) -> String {
+    if unexpected.iter().any(|k| k.starts_with("module.")) {
+        return " (names start with `module.`: saved from nn.DataParallel? save `model.module.state_dict()`)".into();
+    }
+    if !reinit.head && problems.iter().any(|p| p.contains(&format!("`{head}"))) {
+        return if reinit.training {
+            format!(" (a different head? --reinit-head (train.reinit_head) initialises the head afresh, leaving out {head}*)")
+        } else {
+            format!(
+                " (a different head: {head}* of these weights is for another task; export weights trained with this \
+                 architecture, or train from them with --reinit-head first)"
+            )
+        };
+    }
+    let stem_differs = stem
+        .first()
+        .is_some_and(|s| problems.iter().any(|p| p.contains(&format!("`{s}`"))));
+    if !reinit.stem && stem_differs {
+        return if reinit.training {
+            " (another stem, such as torchvision's Kinetics 3×7×7 one? --reinit-stem (train.reinit_stem) \
+             initialises the first convolution afresh, as the notebook did)"
+                .into()
+        } else {
+            " (another stem, such as torchvision's Kinetics 3×7×7 one: export weights trained with this \
+             architecture, or train from them with --reinit-stem first)"
+                .into()
+        };
+    }
+    String::new()
 }
 
 /// Writes `weights` as a safetensors file (float32), as PyTorch's `save_file` would: for

@@ -67,9 +67,22 @@ fn label_of(s: &str) -> std::result::Result<Option<u8>, String> {
     }
 }
 
-/// Reads a candidates file in either format (told apart by its header).
-pub fn read(path: &Path) -> Result<CandidateList> {
-    let (mut rdr, headers) = tables::csvio::open(path, true)?;
+/// Which columns of a candidates file hold what.
+struct Layout {
+    format: CandidateFormat,
+    /// The series and the centre's three columns, by name.
+    cols: [&'static str; 4],
+    /// The diameter's column (`""`: none in this format) and the label's, by name.
+    value_cols: [&'static str; 2],
+    /// The positions of `cols`.
+    idx: Vec<usize>,
+    name_col: Option<usize>,
+    diam_col: Option<usize>,
+    label_col: Option<usize>,
+}
+
+/// The layout of a candidates file from its header: LUNA16's or a patch index's.
+fn layout(path: &Path, headers: &csv::StringRecord) -> Result<Layout> {
     let col = |name: &str| headers.iter().position(|h| h == name);
     let (format, cols, value_cols) = if col("patch_file").is_some() {
         (
@@ -102,10 +115,62 @@ pub fn read(path: &Path) -> Result<CandidateList> {
             ),
         ));
     }
-    let idx: Vec<usize> = idx.into_iter().flatten().collect();
-    let name_col = col("patch_file");
-    let diam_col = (!value_cols[0].is_empty()).then(|| col(value_cols[0])).flatten();
-    let label_col = col(value_cols[1]);
+    Ok(Layout {
+        format,
+        cols,
+        value_cols,
+        idx: idx.into_iter().flatten().collect(),
+        name_col: col("patch_file"),
+        diam_col: (!value_cols[0].is_empty()).then(|| col(value_cols[0])).flatten(),
+        label_col: col(value_cols[1]),
+    })
+}
+
+/// A row's centre (world mm), diameter (mm) and label.
+type RowValues = ([f64; 3], Option<f64>, Option<u8>);
+
+/// A row's centre, diameter and label, or why the row is refused.
+fn values(
+    texts: &[&str; 3],
+    diam: Option<&str>,
+    label: Option<&str>,
+    cols: [&str; 4],
+    value_cols: [&str; 2],
+) -> std::result::Result<RowValues, String> {
+    let mut center = [0f64; 3];
+    for k in 0..3 {
+        match texts[k].parse::<f64>() {
+            Ok(v) if v.is_finite() => center[k] = v,
+            _ => return Err(format!("{} is not a finite number: {:?}", cols[k + 1], texts[k])),
+        }
+    }
+    let diam_mm = match diam {
+        None | Some("") => None,
+        Some(t) => match t.parse::<f64>() {
+            Ok(v) if v.is_finite() => Some(v),
+            _ => return Err(format!("diam_mm is not a finite number: {t:?}")),
+        },
+    };
+    let label = label
+        .map(label_of)
+        .transpose()
+        .map_err(|why| format!("{} {why}", value_cols[1]))?
+        .flatten();
+    Ok((center, diam_mm, label))
+}
+
+/// Reads a candidates file in either format (told apart by its header).
+pub fn read(path: &Path) -> Result<CandidateList> {
+    let (mut rdr, headers) = tables::csvio::open(path, true)?;
+    let Layout {
+        format,
+        cols,
+        value_cols,
+        idx,
+        name_col,
+        diam_col,
+        label_col,
+    } = layout(path, &headers)?;
     let mut out = CandidateList {
         path: path.to_path_buf(),
         format,
@@ -139,35 +204,10 @@ pub fn read(path: &Path) -> Result<CandidateList> {
             refuse("blank seriesuid: which scan is this point in?".into());
             continue;
         }
-        let mut center = [0f64; 3];
-        let mut ok = true;
-        for k in 0..3 {
-            match texts[k].parse::<f64>() {
-                Ok(v) if v.is_finite() => center[k] = v,
-                _ => {
-                    refuse(format!("{} is not a finite number: {:?}", cols[k + 1], texts[k]));
-                    ok = false;
-                    break;
-                }
-            }
-        }
-        if !ok {
-            continue;
-        }
-        let diam_mm = match diam_col.map(field) {
-            None | Some("") => None,
-            Some(t) => match t.parse::<f64>() {
-                Ok(v) if v.is_finite() => Some(v),
-                _ => {
-                    refuse(format!("diam_mm is not a finite number: {t:?}"));
-                    continue;
-                }
-            },
-        };
-        let label = match label_col.map(field).map(label_of).transpose() {
-            Ok(l) => l.flatten(),
+        let (center, diam_mm, label) = match values(&texts, diam_col.map(field), label_col.map(field), cols, value_cols) {
+            Ok(v) => v,
             Err(why) => {
-                refuse(format!("{} {why}", value_cols[1]));
+                refuse(why);
                 continue;
             }
         };

@@ -54,6 +54,36 @@ fn input_err(path: &Path, msg: String) -> Error {
     files::Error::bad_input(path, msg).into()
 }
 
+/// A row's score as a logit: a finite number a float32 model can output, or (`probability`)
+/// a probability in [0, 1] turned into its logit.
+fn logit_of(path: &Path, line: usize, raw: &str, score_col: &str, probability: bool) -> Result<f64> {
+    let s: f64 = raw
+        .parse()
+        .map_err(|_| input_err(path, format!("line {line}: `{score_col}` is not a number: {raw:?}")))?;
+    if !s.is_finite() {
+        return Err(input_err(
+            path,
+            format!("line {line}: `{score_col}` is not finite: {raw}"),
+        ));
+    }
+    if s.abs() > f64::from(f32::MAX) {
+        return Err(input_err(
+            path,
+            format!(
+                "line {line}: `{score_col}` is {raw}, beyond what a float32 model outputs (±3.4e38): \
+                 not a logit of this toolchain's models"
+            ),
+        ));
+    }
+    if !probability {
+        return Ok(s);
+    }
+    if !(0.0..=1.0).contains(&s) {
+        return Err(input_err(path, format!("line {line}: probability {s} outside [0, 1]")));
+    }
+    Ok(metrics::logit(s))
+}
+
 impl ScoreTable {
     /// Reads a scores CSV. Every problem names the file and line.
     pub fn read(path: &Path, cols: &Columns) -> Result<Self> {
@@ -82,36 +112,10 @@ impl ScoreTable {
         let mut seen = std::collections::HashMap::new();
         for (line, rec) in crate::csvio::rows(&mut rdr) {
             let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
-            let raw = rec.get(si).unwrap_or("");
-            let s: f64 = raw
-                .parse()
-                .map_err(|_| input_err(path, format!("line {line}: `{score_col}` is not a number: {raw:?}")))?;
-            if !s.is_finite() {
-                return Err(input_err(
-                    path,
-                    format!("line {line}: `{score_col}` is not finite: {raw}"),
-                ));
-            }
-            if s.abs() > f64::from(f32::MAX) {
-                return Err(input_err(
-                    path,
-                    format!(
-                        "line {line}: `{score_col}` is {raw}, beyond what a float32 model outputs (±3.4e38): \
-                         not a logit of this toolchain's models"
-                    ),
-                ));
-            }
-            let z = if cols.probability.is_some() {
-                if !(0.0..=1.0).contains(&s) {
-                    return Err(input_err(path, format!("line {line}: probability {s} outside [0, 1]")));
-                }
-                metrics::logit(s)
-            } else {
-                s
-            };
-            let y = match rec.get(li) {
-                Some("0" | "0.0") => 0,
-                Some("1" | "1.0") => 1,
+            let z = logit_of(path, line, rec.get(si).unwrap_or(""), score_col, cols.probability.is_some())?;
+            let y = match rec.get(li).unwrap_or("") {
+                "0" | "0.0" => 0,
+                "1" | "1.0" => 1,
                 other => {
                     return Err(input_err(
                         path,
@@ -130,9 +134,9 @@ impl ScoreTable {
                 t.patches.push(p);
             }
             if let Some(di) = di {
-                match rec.get(di) {
-                    Some("0") => t.decisions.push(0),
-                    Some("1") => t.decisions.push(1),
+                match rec.get(di).unwrap_or("") {
+                    "0" => t.decisions.push(0),
+                    "1" => t.decisions.push(1),
                     other => {
                         return Err(input_err(
                             path,

@@ -133,19 +133,11 @@ pub fn parity(
     let cpu_copy = if vs.device() == tch::Device::Cpu {
         None
     } else {
-        let mut cpu = nn::VarStore::new(tch::Device::Cpu);
-        let n = Net::new(&cpu.root(), spec)?;
-        cpu.copy(vs)
-            .map_err(TrainError::tch("copying the weights to the CPU"))?;
-        Some((cpu, n))
+        Some(copy_to(spec, vs, tch::Device::Cpu, "copying the weights to the CPU")?)
     };
     let net = cpu_copy.as_ref().map_or(net, |(_, n)| n);
     let on_device = if device.is_cuda() {
-        let mut g = nn::VarStore::new(device);
-        let n = Net::new(&g.root(), spec)?;
-        g.copy(vs)
-            .map_err(TrainError::tch("copying the weights on the device"))?;
-        Some((g, n))
+        Some(copy_to(spec, vs, device, "copying the weights on the device")?)
     } else {
         None
     };
@@ -176,15 +168,7 @@ pub fn parity(
         }
         let x = Tensor::from_slice(chunk).view([(end - start) as i64, 1, cube as i64, cube as i64, cube as i64]);
         let f = (nf > 0).then(|| Tensor::from_slice(feats).view([(end - start) as i64, nf as i64]));
-        let site = crate::error::Site {
-            device: tch::Device::Cpu,
-            batch: Some(batch),
-        };
-        let t = crate::error::torch("the parity check's libtorch pass", site, || {
-            Ok(Vec::<f32>::try_from(
-                &tch::no_grad(|| net.forward_with(&x, f.as_ref(), false))?.flatten(0, -1),
-            )?)
-        })?;
+        let t = torch_logits(net, &x, f.as_ref(), batch)?;
         let o = scorer.score_flat_with(chunk, (nf > 0).then_some(feats.as_slice()))?;
         if o.len() != t.len() {
             return Err(TrainError::Export(format!(
@@ -194,12 +178,7 @@ pub fn parity(
             )));
         }
         if let Some((g, gnet)) = &on_device {
-            let fd = f.as_ref().map(|f| f.to_device(g.device()));
-            let z = tch::no_grad(|| gnet.forward_with(&x.to_device(g.device()), fd.as_ref(), false))?.flatten(0, -1);
-            for (a, b) in Vec::<f32>::try_from(&z.to_device(tch::Device::Cpu))?.iter().zip(&o) {
-                let d = f64::from((a - b).abs());
-                dev_max = if d.is_finite() { dev_max.max(d) } else { f64::INFINITY };
-            }
+            dev_max = dev_max.max(device_diff(g, gnet, &x, f.as_ref(), &o)?);
         }
         for (&a, &b) in t.iter().zip(&o) {
             // A non-finite logit on either side fails the check (f64::max would skip NaN).
@@ -231,6 +210,40 @@ pub fn parity(
         },
         ort_all,
     ))
+}
+
+/// The net's logits on the CPU for cubes `x` (and features `f`), an error naming the batch.
+fn torch_logits(net: &Net, x: &Tensor, f: Option<&Tensor>, batch: usize) -> Result<Vec<f32>> {
+    let site = crate::error::Site {
+        device: tch::Device::Cpu,
+        batch: Some(batch),
+    };
+    crate::error::torch("the parity check's libtorch pass", site, || {
+        Ok(Vec::<f32>::try_from(
+            &tch::no_grad(|| net.forward_with(x, f, false))?.flatten(0, -1),
+        )?)
+    })
+}
+
+/// A copy of `vs`'s weights in a net of `spec` on `device`.
+fn copy_to(spec: &ArchSpec, vs: &nn::VarStore, device: tch::Device, what: &'static str) -> Result<(nn::VarStore, Net)> {
+    let mut g = nn::VarStore::new(device);
+    let n = Net::new(&g.root(), spec)?;
+    g.copy(vs).map_err(TrainError::tch(what))?;
+    Ok((g, n))
+}
+
+/// The largest difference between the logits of the net on the training device and ONNX
+/// Runtime's `o` on the same cubes (infinite when either is not finite).
+fn device_diff(g: &nn::VarStore, gnet: &Net, x: &Tensor, f: Option<&Tensor>, o: &[f32]) -> Result<f64> {
+    let fd = f.map(|f| f.to_device(g.device()));
+    let z = tch::no_grad(|| gnet.forward_with(&x.to_device(g.device()), fd.as_ref(), false))?.flatten(0, -1);
+    let mut max = 0.0f64;
+    for (a, b) in Vec::<f32>::try_from(&z.to_device(tch::Device::Cpu))?.iter().zip(o) {
+        let d = f64::from((a - b).abs());
+        max = if d.is_finite() { max.max(d) } else { f64::INFINITY };
+    }
+    Ok(max)
 }
 
 /// `trainer export`: weights from a safetensors state dict (a run's, or one saved from
@@ -300,6 +313,44 @@ fn feature_layer(spec: &ArchSpec) -> String {
         .unwrap_or_default()
 }
 
+/// The tabular features of the parity check's test cubes, for a model with them (none
+/// without): the file's statistics go into the metadata `md`, and the test values spread
+/// around them (mean + k·std, k from −2 to 2).
+fn test_features(job: &WeightsExport, vs: &nn::VarStore, n: usize, md: &mut BTreeMap<String, String>) -> Result<Vec<f32>> {
+    let nf = job.spec.feature_count();
+    let mut feats = Vec::new();
+    if nf == 0 {
+        return Ok(feats);
+    }
+    let w = net::weights(vs)?;
+    let stat = |suffix: &str| {
+        w.iter()
+            .find(|(k, _)| k.ends_with(suffix) && k.starts_with(&feature_layer(&job.spec)))
+            .map(|(_, t)| t.data.clone())
+            .unwrap_or_default()
+    };
+    let (mean, std) = (stat(".mean"), stat(".std"));
+    let stats = models::features::FeatureStats {
+        columns: job.features.clone(),
+        mean: mean.clone(),
+        std: std.clone(),
+    };
+    if stats.columns.len() != nf {
+        return Err(TrainError::Config(format!(
+            "the architecture takes {nf} tabular feature(s), model.features names {}",
+            stats.columns.len()
+        )));
+    }
+    md.extend(stats.to_metadata());
+    for i in 0..n {
+        for c in 0..nf {
+            let k = (i as f32 / (n - 1) as f32) * 4.0 - 2.0 + 0.3 * c as f32;
+            feats.push(mean[c] + k * std[c]);
+        }
+    }
+    Ok(feats)
+}
+
 /// Reads, matches and loads the weights into the spec's network, exports it, and checks
 /// libtorch against ONNX Runtime on [`test_cubes`] before the model is written (atomically;
 /// a failed check writes nothing).
@@ -339,38 +390,8 @@ pub fn export_weights(job: &WeightsExport) -> Result<WeightsExported> {
     let n = 8;
     let cubes = test_cubes(&job.preprocess, n);
     let n_vox = job.preprocess.cube_size.pow(3);
-    // A model with tabular features: their statistics are the file's, the test values
-    // spread around them (mean + k·std, k from −2 to 2).
     let nf = job.spec.feature_count();
-    let mut feats = Vec::new();
-    if nf > 0 {
-        let w = net::weights(&vs)?;
-        let stat = |suffix: &str| {
-            w.iter()
-                .find(|(k, _)| k.ends_with(suffix) && k.starts_with(&feature_layer(&job.spec)))
-                .map(|(_, t)| t.data.clone())
-                .unwrap_or_default()
-        };
-        let (mean, std) = (stat(".mean"), stat(".std"));
-        let stats = models::features::FeatureStats {
-            columns: job.features.clone(),
-            mean: mean.clone(),
-            std: std.clone(),
-        };
-        if stats.columns.len() != nf {
-            return Err(TrainError::Config(format!(
-                "the architecture takes {nf} tabular feature(s), model.features names {}",
-                stats.columns.len()
-            )));
-        }
-        md.extend(stats.to_metadata());
-        for i in 0..n {
-            for c in 0..nf {
-                let k = (i as f32 / (n - 1) as f32) * 4.0 - 2.0 + 0.3 * c as f32;
-                feats.push(mean[c] + k * std[c]);
-            }
-        }
-    }
+    let feats = test_features(job, &vs, n, &mut md)?;
     let fetch = |r: std::ops::Range<usize>| {
         Ok((
             cubes[r.start * n_vox..r.end * n_vox].to_vec(),

@@ -69,6 +69,51 @@ mod cpu {
     }
 }
 
+/// Elements per piece of work of the fused CPU step (and its norm) on the rayon pool.
+const CHUNK: usize = 1 << 15;
+
+/// The factor that clips the gradients' global L2 norm to `clip` (1 when `clip` is 0 or the
+/// norm is below it; NaN for a NaN norm, as `step`'s clamp_max gives).
+fn clip_coefficient(pool: Option<&rayon::ThreadPool>, gs: &[&[f32]], clip: f64) -> f32 {
+    if clip <= 0.0 {
+        return 1.0;
+    }
+    // Partial sums in a fixed order, so the norm (and the run) is reproducible
+    // whatever the thread count.
+    // Eight independent lanes per chunk: a loop the compiler can vectorize, with the
+    // same order of additions on every run.
+    let chunk_sq = |c: &[f32]| {
+        let mut acc = [0f64; 8];
+        let mut it = c.chunks_exact(8);
+        for w in &mut it {
+            for k in 0..8 {
+                acc[k] += f64::from(w[k]) * f64::from(w[k]);
+            }
+        }
+        acc.iter().sum::<f64>() + it.remainder().iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
+    };
+    let sq: f64 = in_pool(pool, || {
+        gs.iter()
+            .map(|g| {
+                g.par_chunks(CHUNK)
+                    .map(chunk_sq)
+                    .collect::<Vec<f64>>()
+                    .iter()
+                    .sum::<f64>()
+            })
+            .sum()
+    });
+    let norm = sq.sqrt() as f32;
+    // As `step`'s clamp_max: a NaN norm gives a NaN coefficient (f32::min would
+    // drop it), an infinite one gives 0.
+    let c = clip as f32 / (norm + 1e-6);
+    if c.is_nan() {
+        f32::NAN
+    } else {
+        c.min(1.0)
+    }
+}
+
 /// Runs `f` on `pool`, or on rayon's global pool when there is none.
 fn in_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
     match pool {
@@ -254,6 +299,30 @@ impl AdamW {
         self.step(&g, lr, clip, scaler)
     }
 
+    /// Each gradient has its parameter's size and memory of its own (not the optimizer's
+    /// buffers, which the fused step writes while reading the gradients).
+    fn check_grads(&self, grads: &[Tensor]) -> Result<()> {
+    let own = [cpu::span(&self.flat), cpu::span(&self.m), cpu::span(&self.v)];
+    for (i, g) in grads.iter().enumerate() {
+        let n = self.params[i].1.numel();
+        if g.numel() != n {
+            return Err(TrainError::Internal(format!(
+                "gradient of `{}` has {} elements, the parameter {n}",
+                self.params[i].0,
+                g.numel()
+            )));
+        }
+        let s = cpu::span(g);
+        if own.iter().any(|o| s.start < o.end && o.start < s.end) {
+            return Err(TrainError::Internal(format!(
+                "the gradient of `{}` shares the optimizer's memory",
+                self.params[i].0
+            )));
+        }
+    }
+        Ok(())
+    }
+
     /// The same update as [`AdamW::step`] without a scaler, for parameters on the CPU, fused:
     /// the global gradient norm is one read of the gradients, then one parallel pass reads
     /// each gradient where backward left it (no flat copy) and updates parameter and moments
@@ -268,26 +337,8 @@ impl AdamW {
                 self.params.len()
             )));
         }
-        const CHUNK: usize = 1 << 15;
         let grads: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).contiguous()).collect();
-        let own = [cpu::span(&self.flat), cpu::span(&self.m), cpu::span(&self.v)];
-        for (i, g) in grads.iter().enumerate() {
-            let n = self.params[i].1.numel();
-            if g.numel() != n {
-                return Err(TrainError::Internal(format!(
-                    "gradient of `{}` has {} elements, the parameter {n}",
-                    self.params[i].0,
-                    g.numel()
-                )));
-            }
-            let s = cpu::span(g);
-            if own.iter().any(|o| s.start < o.end && o.start < s.end) {
-                return Err(TrainError::Internal(format!(
-                    "the gradient of `{}` shares the optimizer's memory",
-                    self.params[i].0
-                )));
-            }
-        }
+        self.check_grads(&grads)?;
         // SAFETY: the gradients are tensors of their own (checked above not to overlap the
         // optimizer's buffers, the only memory written below), held in `grads` until the end
         // of this function, and nothing else touches them meanwhile.
@@ -295,44 +346,7 @@ impl AdamW {
             .iter()
             .map(|g| unsafe { cpu::f32_slice(g) })
             .collect::<Result<_>>()?;
-        let coef = if clip > 0.0 {
-            // Partial sums in a fixed order, so the norm (and the run) is reproducible
-            // whatever the thread count.
-            // Eight independent lanes per chunk: a loop the compiler can vectorize, with the
-            // same order of additions on every run.
-            let chunk_sq = |c: &[f32]| {
-                let mut acc = [0f64; 8];
-                let mut it = c.chunks_exact(8);
-                for w in &mut it {
-                    for k in 0..8 {
-                        acc[k] += f64::from(w[k]) * f64::from(w[k]);
-                    }
-                }
-                acc.iter().sum::<f64>() + it.remainder().iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
-            };
-            let sq: f64 = in_pool(self.pool.as_ref(), || {
-                gs.iter()
-                    .map(|g| {
-                        g.par_chunks(CHUNK)
-                            .map(chunk_sq)
-                            .collect::<Vec<f64>>()
-                            .iter()
-                            .sum::<f64>()
-                    })
-                    .sum()
-            });
-            let norm = sq.sqrt() as f32;
-            // As `step`'s clamp_max: a NaN norm gives a NaN coefficient (f32::min would
-            // drop it), an infinite one gives 0.
-            let c = clip as f32 / (norm + 1e-6);
-            if c.is_nan() {
-                f32::NAN
-            } else {
-                c.min(1.0)
-            }
-        } else {
-            1.0
-        };
+        let coef = clip_coefficient(self.pool.as_ref(), &gs, clip);
         let t = self.steps()? + 1;
         let bc1 = 1.0 - self.beta1.powi(t as i32);
         let bc2 = 1.0 - self.beta2.powi(t as i32);

@@ -88,30 +88,7 @@ pub fn ensemble(members: &[Member], extra: &BTreeMap<String, String>) -> Result<
     if members.len() < 2 {
         return Err(bad(&first.path, "an ensemble needs at least two members"));
     }
-    let (pre, features) = check(first)?;
-    for m in &members[1..] {
-        let (p, f) = check(m)?;
-        if p != pre {
-            return Err(bad(
-                &m.path,
-                format!(
-                    "preprocessing ({p}) differs from {}'s ({pre}): members must see the same cubes",
-                    first.path.display()
-                ),
-            ));
-        }
-        if f != features {
-            return Err(bad(
-                &m.path,
-                format!(
-                    "tabular features {} differ from {}'s {}: members must take the same columns",
-                    f.as_deref().unwrap_or("(none)"),
-                    first.path.display(),
-                    features.as_deref().unwrap_or("(none)")
-                ),
-            ));
-        }
-    }
+    let (pre, features) = agree(members)?;
     let mut nodes = Vec::new();
     let mut initializer = Vec::new();
     let mut logits = Vec::new();
@@ -149,46 +126,7 @@ pub fn ensemble(members: &[Member], extra: &BTreeMap<String, String>) -> Result<
     ));
     let first_graph = first.model.graph.as_ref().ok_or_else(|| bad(&first.path, "no graph"))?;
     let c = pre.cube_size as i64;
-    let mut md = metadata(&first.model);
-    md.retain(|key, _| {
-        key.starts_with("preprocess.")
-            || key.starts_with("input.")
-            || key.starts_with("output.")
-            || key == "format"
-            || key == "features.columns"
-    });
-    if features.is_some() {
-        md.insert(
-            "features.meaning".into(),
-            format!(
-                "second input `{FEATURES_NAME}`: raw values of features.columns in that order; each member \
-                 standardises them with its own training statistics (in its graph)"
-            ),
-        );
-    }
-    md.insert("architecture".into(), "ensemble".into());
-    md.insert("ensemble.size".into(), k.to_string());
-    md.insert(
-        "ensemble.members".into(),
-        members
-            .iter()
-            .map(|m| {
-                let md = metadata(&m.model);
-                format!(
-                    "{} sha256:{} ({})",
-                    m.path.display(),
-                    m.sha256,
-                    md.get("architecture").cloned().unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
-    );
-    md.insert(
-        "output.meaning".into(),
-        format!("logit of P(nodule): the mean of the {k} members' logits; probability = sigmoid(logit)"),
-    );
-    md.extend(extra.iter().map(|(a, b)| (a.clone(), b.clone())));
+    let md = ensemble_metadata(members, features.is_some(), extra);
     let graph = super::proto::GraphProto {
         node: nodes,
         name: Some(format!("ensemble of {k}")),
@@ -230,4 +168,82 @@ pub fn ensemble(members: &[Member], extra: &BTreeMap<String, String>) -> Result<
             .collect(),
         ..first.model.clone()
     })
+}
+
+/// The preprocessing and feature columns every member shares (an error naming the first
+/// member that differs).
+fn agree(members: &[Member]) -> Result<(Preprocess, Option<String>)> {
+    let first = &members[0];
+    let (pre, features) = check(first)?;
+    for m in &members[1..] {
+        let (p, f) = check(m)?;
+        if p != pre {
+            return Err(bad(
+                &m.path,
+                format!(
+                    "preprocessing ({p}) differs from {}'s ({pre}): members must see the same cubes",
+                    first.path.display()
+                ),
+            ));
+        }
+        if f != features {
+            return Err(bad(
+                &m.path,
+                format!(
+                    "tabular features {} differ from {}'s {}: members must take the same columns",
+                    f.as_deref().unwrap_or("(none)"),
+                    first.path.display(),
+                    features.as_deref().unwrap_or("(none)")
+                ),
+            ));
+        }
+    }
+    Ok((pre, features))
+}
+
+/// The ensemble's metadata: the first member's preprocessing, input and output entries, what
+/// the members are, and `extra`.
+fn ensemble_metadata(members: &[Member], has_features: bool, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let (first, k) = (&members[0], members.len());
+    let mut md = metadata(&first.model);
+    md.retain(|key, _| {
+        key.starts_with("preprocess.")
+            || key.starts_with("input.")
+            || key.starts_with("output.")
+            || key == "format"
+            || key == "features.columns"
+    });
+    if has_features {
+        md.insert(
+            "features.meaning".into(),
+            format!(
+                "second input `{FEATURES_NAME}`: raw values of features.columns in that order; each member \
+                 standardises them with its own training statistics (in its graph)"
+            ),
+        );
+    }
+    md.insert("architecture".into(), "ensemble".into());
+    md.insert("ensemble.size".into(), k.to_string());
+    md.insert(
+        "ensemble.members".into(),
+        members
+            .iter()
+            .map(|m| {
+                let md = metadata(&m.model);
+                format!(
+                    "{} sha256:{} ({})",
+                    m.path.display(),
+                    m.sha256,
+                    md.get("architecture").cloned().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    md.insert(
+        "output.meaning".into(),
+        format!("logit of P(nodule): the mean of the {k} members' logits; probability = sigmoid(logit)"),
+    );
+    md.extend(extra.iter().map(|(a, b)| (a.clone(), b.clone())));
+    md
 }

@@ -221,42 +221,7 @@ pub fn decode(data: &[u8], expected: Option<(usize, usize)>) -> Result<Image, St
             .ok_or("the JPEG data end inside a marker segment (truncated)")?;
         pos += len;
         match m {
-            0xC0 | 0xC1 => {
-                if seg.len() < 6 {
-                    return Err("a short frame header".into());
-                }
-                let precision = seg[0];
-                let height = u16_at(seg, 1)?;
-                let width = u16_at(seg, 3)?;
-                let comps = seg[5];
-                if precision != 8 && precision != 12 {
-                    return Err(format!("{precision}-bit samples: sequential DCT JPEG has 8 or 12"));
-                }
-                if comps != 1 {
-                    return Err(format!("{comps} colour components: a CT slice has one"));
-                }
-                if height == 0 {
-                    return Err("a height given by a DNL marker is not read".into());
-                }
-                if width == 0 || width * height > MAX_SAMPLES {
-                    return Err(format!("{width} × {height} samples: not an image this reader takes"));
-                }
-                if let Some((w, h)) = expected.filter(|&e| e != (width, height)) {
-                    return Err(format!(
-                        "the JPEG image is {width}×{height} where Columns × Rows say {w}×{h}"
-                    ));
-                }
-                if seg.len() < 9 || seg[8] > 3 {
-                    return Err("a bad frame component".into());
-                }
-                frame = Some(Frame {
-                    precision,
-                    width,
-                    height,
-                    component: seg[6],
-                    table: usize::from(seg[8]),
-                });
-            }
+            0xC0 | 0xC1 => frame = Some(frame_header(seg, expected)?),
             0xDE | 0xDF => return Err("hierarchical JPEG (DHP/EXP) is not read by this decoder".into()),
             0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
                 let what = match m {
@@ -267,47 +232,8 @@ pub fn decode(data: &[u8], expected: Option<(usize, usize)>) -> Result<Image, St
                 };
                 return Err(format!("{what} JPEG (SOF{}) is not read by this decoder", m - 0xC0));
             }
-            0xC4 => {
-                let mut i = 0;
-                while i < seg.len() {
-                    let (class, id) = (seg[i] >> 4, usize::from(seg[i] & 15));
-                    let counts: [u8; 16] = seg
-                        .get(i + 1..i + 17)
-                        .and_then(|c| c.try_into().ok())
-                        .ok_or("a short Huffman table")?;
-                    let n: usize = counts.iter().map(|&c| usize::from(c)).sum();
-                    let values = seg.get(i + 17..i + 17 + n).ok_or("a short Huffman table")?.to_vec();
-                    if class > 1 || id > 3 {
-                        return Err(format!("Huffman table class {class} id {id}"));
-                    }
-                    let t = Huffman::new(&counts, values)?;
-                    if class == 0 {
-                        dc[id] = Some(t);
-                    } else {
-                        ac[id] = Some(t);
-                    }
-                    i += 17 + n;
-                }
-            }
-            0xDB => {
-                let mut i = 0;
-                while i < seg.len() {
-                    let (wide, id) = (seg[i] >> 4, usize::from(seg[i] & 15));
-                    if wide > 1 || id > 3 {
-                        return Err(format!("quantisation table precision {wide} id {id}"));
-                    }
-                    let mut q = [0u16; 64];
-                    for (k, v) in q.iter_mut().enumerate() {
-                        *v = if wide == 1 {
-                            u16_at(seg, i + 1 + 2 * k)? as u16
-                        } else {
-                            u16::from(*seg.get(i + 1 + k).ok_or("a short quantisation table")?)
-                        };
-                    }
-                    quant[id] = Some(q);
-                    i += 1 + 64 * (usize::from(wide) + 1);
-                }
-            }
+            0xC4 => huffman_tables(seg, &mut dc, &mut ac)?,
+            0xDB => quant_tables(seg, &mut quant)?,
             0xDD => restart = u16_at(seg, 0)?,
             0xDA => {
                 let f = frame.as_ref().ok_or("a scan before the frame header")?;
@@ -343,6 +269,92 @@ pub fn decode(data: &[u8], expected: Option<(usize, usize)>) -> Result<Image, St
             _ => {}
         }
     }
+}
+
+/// A baseline or extended sequential frame header (SOF0/SOF1): one component of 8 or 12
+/// bits, of the size the DICOM header gives (`expected`).
+fn frame_header(seg: &[u8], expected: Option<(usize, usize)>) -> Result<Frame, String> {
+    if seg.len() < 6 {
+        return Err("a short frame header".into());
+    }
+    let precision = seg[0];
+    let height = u16_at(seg, 1)?;
+    let width = u16_at(seg, 3)?;
+    let comps = seg[5];
+    if precision != 8 && precision != 12 {
+        return Err(format!("{precision}-bit samples: sequential DCT JPEG has 8 or 12"));
+    }
+    if comps != 1 {
+        return Err(format!("{comps} colour components: a CT slice has one"));
+    }
+    if height == 0 {
+        return Err("a height given by a DNL marker is not read".into());
+    }
+    if width == 0 || width * height > MAX_SAMPLES {
+        return Err(format!("{width} × {height} samples: not an image this reader takes"));
+    }
+    if let Some((w, h)) = expected.filter(|&e| e != (width, height)) {
+        return Err(format!(
+            "the JPEG image is {width}×{height} where Columns × Rows say {w}×{h}"
+        ));
+    }
+    if seg.len() < 9 || seg[8] > 3 {
+        return Err("a bad frame component".into());
+    }
+    Ok(Frame {
+        precision,
+        width,
+        height,
+        component: seg[6],
+        table: usize::from(seg[8]),
+    })
+}
+
+/// The Huffman tables of a DHT segment, each into its class's slot.
+fn huffman_tables(seg: &[u8], dc: &mut [Option<Huffman>; 4], ac: &mut [Option<Huffman>; 4]) -> Result<(), String> {
+    let mut i = 0;
+    while i < seg.len() {
+        let (class, id) = (seg[i] >> 4, usize::from(seg[i] & 15));
+        let counts: [u8; 16] = seg
+            .get(i + 1..i + 17)
+            .and_then(|c| c.try_into().ok())
+            .ok_or("a short Huffman table")?;
+        let n: usize = counts.iter().map(|&c| usize::from(c)).sum();
+        let values = seg.get(i + 17..i + 17 + n).ok_or("a short Huffman table")?.to_vec();
+        if class > 1 || id > 3 {
+            return Err(format!("Huffman table class {class} id {id}"));
+        }
+        let t = Huffman::new(&counts, values)?;
+        if class == 0 {
+            dc[id] = Some(t);
+        } else {
+            ac[id] = Some(t);
+        }
+        i += 17 + n;
+    }
+    Ok(())
+}
+
+/// The quantisation tables of a DQT segment (8- or 16-bit entries).
+fn quant_tables(seg: &[u8], quant: &mut [Option<[u16; 64]>; 4]) -> Result<(), String> {
+    let mut i = 0;
+    while i < seg.len() {
+        let (wide, id) = (seg[i] >> 4, usize::from(seg[i] & 15));
+        if wide > 1 || id > 3 {
+            return Err(format!("quantisation table precision {wide} id {id}"));
+        }
+        let mut q = [0u16; 64];
+        for (k, v) in q.iter_mut().enumerate() {
+            *v = if wide == 1 {
+                u16_at(seg, i + 1 + 2 * k)? as u16
+            } else {
+                u16::from(*seg.get(i + 1 + k).ok_or("a short quantisation table")?)
+            };
+        }
+        quant[id] = Some(q);
+        i += 1 + 64 * (usize::from(wide) + 1);
+    }
+    Ok(())
 }
 
 /// Decodes the scan's entropy-coded data into the image.

@@ -426,6 +426,53 @@ fn jpeg_stream(s: &Slice) -> Option<Vec<u8>> {
     Some(frags.iter().flat_map(|f| f.iter().copied()).collect())
 }
 
+/// A sequential-DCT JPEG frame (8 or 12 bits) decoded by our decoder, which gives what IJG
+/// libjpeg (DCMTK, GDCM) gives, sample for sample; checked against the header.
+fn jpeg_values(s: &Slice, stream: &[u8]) -> Result<Vec<f64>> {
+    let img = jpeg12::decode(stream, Some((s.size[0], s.size[1])))
+        .map_err(|e| bad(&s.path, format!("JPEG pixel data: {e}")))?;
+    if [img.width, img.height] != s.size {
+        return Err(bad(
+            &s.path,
+            format!(
+                "the JPEG image is {}×{} where Columns × Rows say {}×{}",
+                img.width, img.height, s.size[0], s.size[1]
+            ),
+        ));
+    }
+    // The JPEG's precision holds BitsStored bits: more would be a sign bit the samples
+    // lack, and a sample beyond them a value the header does not allow.
+    let bits = s.bits_stored;
+    if bits > u32::from(img.precision) {
+        return Err(bad(
+            &s.path,
+            format!(
+                "BitsStored {bits} in a {}-bit JPEG: the header and the pixel data disagree",
+                img.precision
+            ),
+        ));
+    }
+    if let Some(v) = img.samples.iter().find(|&&v| u32::from(v) >= 1 << bits) {
+        return Err(bad(
+            &s.path,
+            format!("a sample of {v} in {bits} stored bits: the header and the pixel data disagree"),
+        ));
+    }
+    Ok(img
+        .samples
+        .iter()
+        .map(|&v| {
+            let v = i64::from(v);
+            // Two's complement within BitsStored when PixelRepresentation is 1.
+            if s.signed && bits < 32 && v >= 1 << (bits - 1) {
+                (v - (1 << bits)) as f64
+            } else {
+                v as f64
+            }
+        })
+        .collect())
+}
+
 /// One slice's stored values, decoded: 12-bit JPEG by [`jpeg12`], everything else by
 /// dicom-pixeldata.
 fn stored_values(s: &Slice, ts: &str) -> Result<Vec<f64>> {
@@ -434,48 +481,7 @@ fn stored_values(s: &Slice, ts: &str) -> Result<Vec<f64>> {
         // Sequential DCT at 8 or 12 bits: our decoder, which gives what IJG libjpeg (DCMTK,
         // GDCM) gives, sample for sample.
         if let Some(stream) = jpeg_stream(s).filter(|d| jpeg12::sequential_precision(d).is_some()) {
-            let img = jpeg12::decode(&stream, Some((s.size[0], s.size[1])))
-                .map_err(|e| bad(&s.path, format!("JPEG pixel data: {e}")))?;
-            if [img.width, img.height] != s.size {
-                return Err(bad(
-                    &s.path,
-                    format!(
-                        "the JPEG image is {}×{} where Columns × Rows say {}×{}",
-                        img.width, img.height, s.size[0], s.size[1]
-                    ),
-                ));
-            }
-            // The JPEG's precision holds BitsStored bits: more would be a sign bit the samples
-            // lack, and a sample beyond them a value the header does not allow.
-            let bits = s.bits_stored;
-            if bits > u32::from(img.precision) {
-                return Err(bad(
-                    &s.path,
-                    format!(
-                        "BitsStored {bits} in a {}-bit JPEG: the header and the pixel data disagree",
-                        img.precision
-                    ),
-                ));
-            }
-            if let Some(v) = img.samples.iter().find(|&&v| u32::from(v) >= 1 << bits) {
-                return Err(bad(
-                    &s.path,
-                    format!("a sample of {v} in {bits} stored bits: the header and the pixel data disagree"),
-                ));
-            }
-            return Ok(img
-                .samples
-                .iter()
-                .map(|&v| {
-                    let v = i64::from(v);
-                    // Two's complement within BitsStored when PixelRepresentation is 1.
-                    if s.signed && bits < 32 && v >= 1 << (bits - 1) {
-                        (v - (1 << bits)) as f64
-                    } else {
-                        v as f64
-                    }
-                })
-                .collect());
+            return jpeg_values(s, &stream);
         }
     }
     // Native (uncompressed) pixel data must hold the slice: checked here, before a decoder

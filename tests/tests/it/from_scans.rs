@@ -663,7 +663,8 @@ fn a_k_fold_run_scores_its_held_out_scans_and_froc_evaluates_every_candidate() {
     assert_eq!(got, want);
     // A fold output changed after its record was written: the merge refuses it.
     let mut text = std::fs::read_to_string(&outs[0]).expect("read");
-    text.push_str(&text.lines().nth(1).expect("a row").to_string());
+    let row = text.lines().nth(1).expect("a row").to_string();
+    text.push_str(&row);
     text.push('\n');
     std::fs::write(&outs[0], text).expect("w");
     let r = run(

@@ -421,6 +421,73 @@ fn diverged(epoch: usize, in_epoch: usize, per_epoch: usize, global: usize, lr: 
     ))
 }
 
+/// The epoch's mean training loss over the samples of applied steps (read from the device
+/// once); an error when every step was skipped (fp16 overflow) or the loss is not finite.
+fn epoch_loss(loss_sum: &Tensor, loss_seen: &Tensor, seen: usize, epoch: usize) -> Result<f64> {
+    let loss_sum = f64::try_from(loss_sum)?;
+    let loss_seen = f64::try_from(loss_seen)?;
+    if loss_seen == 0.0 && seen > 0 {
+        return Err(TrainError::Diverged(format!(
+            "epoch {epoch}: every step overflowed in fp16 and was skipped, so nothing was learnt (the forward pass \
+             itself overflows: train in fp32 with train.precision: fp32, or lower train.lr)"
+        )));
+    }
+    let train_loss = loss_sum / loss_seen.max(1.0);
+    if !train_loss.is_finite() {
+        return Err(TrainError::Diverged(format!(
+            "training diverged at epoch {epoch} (loss {train_loss}); lower train.lr"
+        )));
+    }
+    Ok(train_loss)
+}
+
+/// The progress bar of an epoch of `n` samples (hidden when quiet or not on a terminal).
+fn epoch_bar(quiet: bool, n: usize, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(n as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("epoch {msg} {bar:30} {pos}/{len} samples  {per_sec}  ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_message(format!("{epoch}/{epochs}"));
+    pb
+}
+
+/// A training batch: cubes, labels, features (a model with them), and its size.
+type Batch = (Tensor, Tensor, Option<Tensor>, usize);
+
+/// The batch-loading thread: gathers and augments each chunk of the epoch's order on the
+/// CPU (pinned for a CUDA device) and sends it, stopping at the first error or when the
+/// training loop stops listening; returns how many cubes each augmentation touched.
+fn produce_batches(
+    train: &Cubes,
+    chunks: Vec<&[usize]>,
+    (aug, pad, mut rng): (&crate::augment::Augment, f64, StdRng),
+    device: Device,
+    tx: &std::sync::mpsc::SyncSender<Result<Batch>>,
+) -> [usize; 2] {
+    let mut augmented = [0usize; 2];
+    for chunk in chunks {
+        let batch = batch_tensor(train, chunk, Some((aug, pad, &mut rng, &mut augmented)), Device::Cpu).map(
+            |(mut x, mut y, f)| {
+                if device.is_cuda() {
+                    // `_pin_memory`: `pin_memory(device)` warns (deprecated argument) per call.
+                    x = x.f_internal_pin_memory(device).unwrap_or(x);
+                    y = y.f_internal_pin_memory(device).unwrap_or(y);
+                }
+                (x, y, f, chunk.len())
+            },
+        );
+        let failed = batch.is_err();
+        if tx.send(batch).is_err() || failed {
+            break;
+        }
+    }
+    augmented
+}
+
 /// Trains one epoch: a background thread reads, augments and stacks the next batches (and
 /// pins them for an asynchronous copy on CUDA) while this one trains.
 fn train_epoch(
@@ -435,17 +502,7 @@ fn train_epoch(
     let pre = &cfg.preprocess;
     let pad = f64::from(pre.scale(pre.pad_hu));
     let (order, rng) = epoch_order(cfg, &data.train, epoch);
-    let pb = if opts.quiet || !std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let pb = indicatif::ProgressBar::new(order.len() as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("epoch {msg} {bar:30} {pos}/{len} samples  {per_sec}  ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        pb.set_message(format!("{epoch}/{}", t.epochs));
-        pb
-    };
+    let pb = epoch_bar(opts.quiet, order.len(), epoch, t.epochs);
     // Summed on the device and read once per epoch: no host sync per step.
     let mut loss_sum = Tensor::zeros([], (tch::Kind::Double, device));
     // Samples in applied steps: a step the loss scaler skipped (fp16 overflow) does not
@@ -459,7 +516,6 @@ fn train_epoch(
     let t_loop = Instant::now();
     // BatchNorm statistics need more than one sample: a final chunk of one is skipped.
     let chunks: Vec<&[usize]> = order.chunks(t.batch_size).filter(|c| c.len() >= 2).collect();
-    type Batch = (Tensor, Tensor, Option<Tensor>, usize);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(PREFETCH_BATCHES);
     let (train_ref, aug_cfg) = (&data.train, &t.augment);
     let fail = |b: usize| {
@@ -467,31 +523,7 @@ fn train_epoch(
         diverged(epoch, b + 1, sched.per_epoch, first_step + b + 1, lr)
     };
     let augmented = std::thread::scope(|s| -> Result<[usize; 2]> {
-        let producer = s.spawn(move || {
-            let mut rng = rng;
-            let mut augmented = [0usize; 2];
-            for chunk in chunks {
-                let batch = batch_tensor(
-                    train_ref,
-                    chunk,
-                    Some((aug_cfg, pad, &mut rng, &mut augmented)),
-                    Device::Cpu,
-                )
-                .map(|(mut x, mut y, f)| {
-                    if device.is_cuda() {
-                        // `_pin_memory`: `pin_memory(device)` warns (deprecated argument) per call.
-                        x = x.f_internal_pin_memory(device).unwrap_or(x);
-                        y = y.f_internal_pin_memory(device).unwrap_or(y);
-                    }
-                    (x, y, f, chunk.len())
-                });
-                let failed = batch.is_err();
-                if tx.send(batch).is_err() || failed {
-                    break;
-                }
-            }
-            augmented
-        });
+        let producer = s.spawn(move || produce_batches(train_ref, chunks, (aug_cfg, pad, rng), device, &tx));
         // Owning the receiver here means an error below drops it, which stops the
         // producer (its send fails) instead of leaving it blocked on a full channel.
         let site = Site {
@@ -542,20 +574,7 @@ fn train_epoch(
         return Err(fail(b));
     }
     // Reading the loss waits for the device, so the time below covers all the work.
-    let loss_sum = f64::try_from(&loss_sum)?;
-    let loss_seen = f64::try_from(&loss_seen)?;
-    if loss_seen == 0.0 && seen > 0 {
-        return Err(TrainError::Diverged(format!(
-            "epoch {epoch}: every step overflowed in fp16 and was skipped, so nothing was learnt (the forward pass \
-             itself overflows: train in fp32 with train.precision: fp32, or lower train.lr)"
-        )));
-    }
-    let train_loss = loss_sum / loss_seen.max(1.0);
-    if !train_loss.is_finite() {
-        return Err(TrainError::Diverged(format!(
-            "training diverged at epoch {epoch} (loss {train_loss}); lower train.lr"
-        )));
-    }
+    let train_loss = epoch_loss(&loss_sum, &loss_seen, seen, epoch)?;
     Ok(EpochTrained {
         train_loss,
         lr,

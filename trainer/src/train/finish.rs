@@ -148,6 +148,30 @@ fn export_checked(
     Ok((parity, ort_logits))
 }
 
+/// `val_scores.csv`: each validation patch with its label and the exported model's logit
+/// (what `calibrate RUN` fits on).
+fn write_val_scores(path: &std::path::Path, val: &crate::data::Cubes, ort_logits: &[f32]) -> Result<()> {
+#[derive(Serialize)]
+struct ValScore<'a> {
+    patch_file: &'a str,
+    seriesuid: &'a str,
+    label: u8,
+    logit: f32,
+}
+let vs_rows: Vec<ValScore> = val
+    .rows
+    .iter()
+    .zip(ort_logits)
+    .map(|(r, &logit)| ValScore {
+        patch_file: &r.patch_file,
+        seriesuid: &r.seriesuid,
+        label: r.label,
+        logit,
+    })
+    .collect();
+write_csv(path, &vs_rows)
+}
+
 /// Frees the training state, exports the best checkpoint, checks parity, writes the
 /// validation scores and the summary.
 pub fn finish(
@@ -206,25 +230,7 @@ pub fn finish(
         md.extend(s.to_metadata());
     }
     let (parity, ort_logits) = export_checked(cfg, opts, &spec, (&best_net, &best_vs), &md, &val, folder, device)?;
-    #[derive(Serialize)]
-    struct ValScore<'a> {
-        patch_file: &'a str,
-        seriesuid: &'a str,
-        label: u8,
-        logit: f32,
-    }
-    let vs_rows: Vec<ValScore> = val
-        .rows
-        .iter()
-        .zip(&ort_logits)
-        .map(|(r, &logit)| ValScore {
-            patch_file: &r.patch_file,
-            seriesuid: &r.seriesuid,
-            label: r.label,
-            logit,
-        })
-        .collect();
-    write_csv(&dir.join("val_scores.csv"), &vs_rows)?;
+    write_val_scores(&dir.join("val_scores.csv"), &val, &ort_logits)?;
     let ort_scores: Vec<f64> = ort_logits.iter().map(|&v| f64::from(v)).collect();
     let summary = RunSummary {
         run_dir: dir.clone(),
