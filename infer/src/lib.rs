@@ -32,6 +32,9 @@ pub(crate) fn bad_input(path: &std::path::Path, msg: impl Into<String>) -> Infer
 }
 
 mod batch;
+mod pipeline;
+mod settings;
+mod sink;
 pub mod bundle;
 mod calib;
 pub mod doctor;
@@ -44,5 +47,6 @@ pub mod output;
 mod resume;
 pub mod shard;
 
-pub use batch::{run, Settings, Summary, Tta, MAX_BATCH};
+pub use batch::run;
+pub use settings::{Settings, Summary, Tta, MAX_BATCH};
 pub use output::Format;

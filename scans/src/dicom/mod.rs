@@ -31,15 +31,19 @@ use dicom_core::header::HasLength;
 use dicom_core::VR;
 use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
-use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 
 use crate::metaimage::{ElementType, Geometry};
-use crate::{bad, guard, Scan};
+use crate::{bad, Scan};
 use models::Result;
 
 pub mod jpeg12;
 pub mod open;
+mod pixels;
 pub mod walk;
+mod write;
+
+use pixels::voxels;
+pub use write::write_series;
 
 pub use open::{foreign_format, Opened};
 
@@ -419,201 +423,6 @@ fn stack(slices: &mut [Slice], dir: &Path) -> Result<f64> {
     Ok(median)
 }
 
-/// The pixel data of a JPEG-coded slice as one byte stream (its fragments joined; a single
-/// frame may be split over several).
-fn jpeg_stream(s: &Slice) -> Option<Vec<u8>> {
-    let frags = s.obj.get(tags::PIXEL_DATA)?.value().fragments()?;
-    Some(frags.iter().flat_map(|f| f.iter().copied()).collect())
-}
-
-/// A sequential-DCT JPEG frame (8 or 12 bits) decoded by our decoder, which gives what IJG
-/// libjpeg (DCMTK, GDCM) gives, sample for sample; checked against the header.
-fn jpeg_values(s: &Slice, stream: &[u8]) -> Result<Vec<f64>> {
-    let img = jpeg12::decode(stream, Some((s.size[0], s.size[1])))
-        .map_err(|e| bad(&s.path, format!("JPEG pixel data: {e}")))?;
-    if [img.width, img.height] != s.size {
-        return Err(bad(
-            &s.path,
-            format!(
-                "the JPEG image is {}×{} where Columns × Rows say {}×{}",
-                img.width, img.height, s.size[0], s.size[1]
-            ),
-        ));
-    }
-    // The JPEG's precision holds BitsStored bits: more would be a sign bit the samples
-    // lack, and a sample beyond them a value the header does not allow.
-    let bits = s.bits_stored;
-    if bits > u32::from(img.precision) {
-        return Err(bad(
-            &s.path,
-            format!(
-                "BitsStored {bits} in a {}-bit JPEG: the header and the pixel data disagree",
-                img.precision
-            ),
-        ));
-    }
-    if let Some(v) = img.samples.iter().find(|&&v| u32::from(v) >= 1 << bits) {
-        return Err(bad(
-            &s.path,
-            format!("a sample of {v} in {bits} stored bits: the header and the pixel data disagree"),
-        ));
-    }
-    Ok(img
-        .samples
-        .iter()
-        .map(|&v| {
-            let v = i64::from(v);
-            // Two's complement within BitsStored when PixelRepresentation is 1.
-            if s.signed && bits < 32 && v >= 1 << (bits - 1) {
-                (v - (1 << bits)) as f64
-            } else {
-                v as f64
-            }
-        })
-        .collect())
-}
-
-/// One slice's stored values, decoded: 12-bit JPEG by [`jpeg12`], everything else by
-/// dicom-pixeldata.
-fn stored_values(s: &Slice, ts: &str) -> Result<Vec<f64>> {
-    let jpeg = ts == "1.2.840.10008.1.2.4.50" || ts == "1.2.840.10008.1.2.4.51";
-    if jpeg {
-        // Sequential DCT at 8 or 12 bits: our decoder, which gives what IJG libjpeg (DCMTK,
-        // GDCM) gives, sample for sample.
-        if let Some(stream) = jpeg_stream(s).filter(|d| jpeg12::sequential_precision(d).is_some()) {
-            return jpeg_values(s, &stream);
-        }
-    }
-    // Native (uncompressed) pixel data must hold the slice: checked here, before a decoder
-    // sizes its buffers by Rows × Columns.
-    if let Some(bytes) = s
-        .obj
-        .get(tags::PIXEL_DATA)
-        .and_then(|e| e.value().primitive())
-        .map(|p| p.calculate_byte_len())
-    {
-        let bits = number_or(&s.obj, &s.path, tags::BITS_ALLOCATED, "BitsAllocated", 16.0)?;
-        if ![8.0, 16.0, 32.0].contains(&bits) {
-            return Err(bad(
-                &s.path,
-                format!("BitsAllocated {bits}: a CT slice has 8, 16 or 32"),
-            ));
-        }
-        let need = s.size[0] * s.size[1] * bits as usize / 8;
-        if bytes < need {
-            return Err(bad(
-                &s.path,
-                format!(
-                    "{bytes} bytes of pixel data where {}×{} pixels of {bits} bits need {need}: truncated",
-                    s.size[0], s.size[1]
-                ),
-            ));
-        }
-    }
-    if ts == "1.2.840.10008.1.2.5" {
-        check_rle(s)?;
-    }
-    let decode = || {
-        s.obj.decode_pixel_data().and_then(|d| {
-            d.to_vec_with_options::<f64>(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
-        })
-    };
-    let decoded = guard::decoder(decode)
-        .map_err(|p| bad(&s.path, format!("pixel data the decoder cannot take ({p}): damaged")))?;
-    decoded.map_err(|e| {
-        let name = TRANSFER_SYNTAXES
-            .iter()
-            .find(|(u, _)| *u == ts)
-            .map(|(_, n)| n.to_string())
-            .unwrap_or_else(|| {
-                use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
-                dicom_transfer_syntax_registry::TransferSyntaxRegistry
-                    .get(ts)
-                    .map_or("unknown".to_string(), |t| t.name().to_string())
-            });
-        let supported = TRANSFER_SYNTAXES.iter().any(|(u, _)| *u == ts);
-        bad(
-            &s.path,
-            if supported {
-                format!("pixel data in transfer syntax {ts} ({name}) cannot be decoded: {}", open::chain(&e))
-            } else {
-                format!(
-                    "pixel data in transfer syntax {ts} ({name}) are not read here (read: uncompressed, deflated, RLE, \
-                     JPEG baseline, extended and lossless); convert the series, e.g. with `gdcmconv --raw` or `dcmdjpls`: {}",
-                    open::chain(&e)
-                )
-            },
-        )
-    })
-}
-
-/// An RLE Lossless frame's header checked before dicom-rs's decoder reads it (it sizes an
-/// array by the segment count and slices by the offsets unchecked): one fragment, a 64-byte
-/// header, one segment per byte of a sample, offsets rising inside the fragment.
-fn check_rle(s: &Slice) -> Result<()> {
-    let frags = s
-        .obj
-        .get(tags::PIXEL_DATA)
-        .and_then(|e| e.value().fragments())
-        .ok_or_else(|| bad(&s.path, "RLE Lossless pixel data that are not encapsulated"))?;
-    let [f] = frags else {
-        return Err(bad(
-            &s.path,
-            format!("{} RLE fragments for one frame: one expected", frags.len()),
-        ));
-    };
-    let bits = number_or(&s.obj, &s.path, tags::BITS_ALLOCATED, "BitsAllocated", 16.0)?;
-    let want = (bits / 8.0).ceil() as usize;
-    let word = |i: usize| {
-        f.get(4 * i..4 * i + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    let damaged = |why: &str| bad(&s.path, format!("an RLE Lossless frame with {why}: damaged"));
-    let n = word(0).ok_or_else(|| damaged("no header"))?;
-    if f.len() < 64 || n != want || !(1..=15).contains(&n) {
-        return Err(damaged(&format!("{n} segments where {bits}-bit samples have {want}")));
-    }
-    let mut last = 63;
-    for i in 1..=n {
-        let o = word(i).ok_or_else(|| damaged("a short header"))?;
-        if o <= last || o >= f.len() {
-            return Err(damaged(&format!(
-                "segment offset {o} outside the frame of {} bytes",
-                f.len()
-            )));
-        }
-        last = o;
-    }
-    Ok(())
-}
-
-/// One slice's voxels in HU (its own slope and intercept), row by row.
-fn voxels(s: &Slice, out: &mut Vec<f32>) -> Result<()> {
-    let ts = s.obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
-    let raw = stored_values(s, &ts)?;
-    if raw.len() != s.size[0] * s.size[1] {
-        return Err(bad(
-            &s.path,
-            format!("{} pixel values for {}×{} pixels", raw.len(), s.size[0], s.size[1]),
-        ));
-    }
-    for v in raw {
-        let hu = s.slope * v + s.intercept;
-        if !(HU_RANGE.0..=HU_RANGE.1).contains(&hu) {
-            return Err(bad(
-                &s.path,
-                format!(
-                    "RescaleSlope {} × stored {v} + RescaleIntercept {} = {hu:e}: no CT holds that (HU lie within \
-                     [{}, {}]); the rescale or the pixel data are wrong",
-                    s.slope, s.intercept, HU_RANGE.0, HU_RANGE.1
-                ),
-            ));
-        }
-        out.push(hu as f32);
-    }
-    Ok(())
-}
-
 /// Reads the series made of `files` (found in `dir`) into a scan (see the module
 /// documentation).
 pub fn read_series(dir: &Path, files: &[PathBuf]) -> Result<Scan> {
@@ -671,88 +480,5 @@ pub fn read_series(dir: &Path, files: &[PathBuf]) -> Result<Scan> {
     })
 }
 
-/// Writes `scan` as a DICOM CT series: one file per slice (`IM<n>.dcm`, `n` not in slice
-/// order), 16-bit signed stored values (voxels rounded and saturated to int16; slope 1,
-/// intercept 0), in the uncompressed explicit-VR little-endian transfer syntax unless `ts`
-/// names another, whose pixel data `edit` then supplies; `edit` may change any slice's
-/// object before it is written. For tests and tools that make series (the reader's own
-/// checks apply to what it writes). Returns the files in slice order.
-pub fn write_series(
-    scan: &Scan,
-    dir: &Path,
-    series_uid: &str,
-    ts: Option<&str>,
-    edit: &dyn Fn(usize, &mut dicom_object::InMemDicomObject),
-) -> Result<Vec<PathBuf>> {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    std::fs::create_dir_all(dir).map_err(|e| files::Error::io(dir, e))?;
-    let g = &scan.geometry;
-    let [nx, ny, nz] = g.dims;
-    let ds = |v: f64| format!("{v}");
-    let mut files = Vec::with_capacity(nz);
-    for z in 0..nz {
-        let mut o = dicom_object::InMemDicomObject::new_empty();
-        let mut put = |tag, vr, val: PrimitiveValue| {
-            o.put(DataElement::new(tag, vr, val));
-        };
-        let sop = format!("{series_uid}.{}", z + 1);
-        put(tags::SOP_CLASS_UID, VR::UI, CT_IMAGE_STORAGE.into());
-        put(tags::SOP_INSTANCE_UID, VR::UI, sop.as_str().into());
-        put(tags::MODALITY, VR::CS, "CT".into());
-        put(tags::SERIES_INSTANCE_UID, VR::UI, series_uid.into());
-        // Against the order in space: readers must not sort by it.
-        put(tags::INSTANCE_NUMBER, VR::IS, ds((nz - z) as f64).as_str().into());
-        let pos = g.voxel_to_world([0.0, 0.0, z as f64]);
-        put(
-            tags::IMAGE_POSITION_PATIENT,
-            VR::DS,
-            PrimitiveValue::Strs(pos.iter().map(|&p| ds(p)).collect()),
-        );
-        let d = g.direction;
-        put(
-            tags::IMAGE_ORIENTATION_PATIENT,
-            VR::DS,
-            PrimitiveValue::Strs(d[0].iter().chain(&d[1]).map(|&p| ds(p)).collect()),
-        );
-        put(
-            tags::PIXEL_SPACING,
-            VR::DS,
-            PrimitiveValue::Strs([ds(g.spacing[1]), ds(g.spacing[0])].into_iter().collect()),
-        );
-        put(tags::ROWS, VR::US, PrimitiveValue::from(ny as u16));
-        put(tags::COLUMNS, VR::US, PrimitiveValue::from(nx as u16));
-        put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
-        put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2".into());
-        put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
-        put(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
-        put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
-        put(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16));
-        put(tags::RESCALE_INTERCEPT, VR::DS, "0".into());
-        put(tags::RESCALE_SLOPE, VR::DS, "1".into());
-        let stored: Vec<i16> = scan.voxels[z * nx * ny..(z + 1) * nx * ny]
-            .iter()
-            .map(|&h| f64::from(h).round().clamp(-32768.0, 32767.0) as i16)
-            .collect();
-        put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::I16(stored.into()));
-        edit(z, &mut o);
-        let file = o
-            .with_meta(
-                dicom_object::FileMetaTableBuilder::new()
-                    .transfer_syntax(ts.unwrap_or(EXPLICIT_VR_LE))
-                    .media_storage_sop_class_uid(CT_IMAGE_STORAGE)
-                    .media_storage_sop_instance_uid(sop.as_str()),
-            )
-            .map_err(|e| bad(dir, format!("DICOM file meta: {e}")))?;
-        // Names that sort neither by position nor by InstanceNumber.
-        let p = dir.join(format!("IM{:05}.dcm", (z * 7919) % 10007));
-        file.write_to_file(&p)
-            .map_err(|e| bad(&p, format!("cannot write: {e}")))?;
-        files.push(p);
-    }
-    Ok(files)
-}
-
 /// CT Image Storage.
 pub(crate) const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
-/// Explicit VR Little Endian.
-const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";

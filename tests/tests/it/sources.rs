@@ -322,3 +322,124 @@ fn no_library_code_uses_clap() {
     assert!(libs >= 14, "{libs} packages read");
     assert!(found.is_empty(), "clap outside the binaries:\n{}", found.join("\n"));
 }
+
+/// `code` with comments, string literals and character literals blanked (their newlines
+/// kept, so line numbers hold), for counting braces.
+fn strip_literals(code: &str) -> String {
+    let b = code.as_bytes();
+    let mut out = String::with_capacity(code.len());
+    let mut i = 0;
+    let keep_newlines = |s: &[u8], out: &mut String| {
+        for _ in s.iter().filter(|&&c| c == b'\n') {
+            out.push('\n');
+        }
+    };
+    while i < b.len() {
+        let rest = &b[i..];
+        let word_before = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        if rest.starts_with(b"//") {
+            i += rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
+        } else if rest.starts_with(b"/*") {
+            let end = rest.windows(2).position(|w| w == b"*/").map_or(rest.len(), |p| p + 2);
+            keep_newlines(&rest[..end], &mut out);
+            i += end;
+        } else if !word_before && (rest.starts_with(b"r\"") || rest.starts_with(b"r#") || rest.starts_with(b"br\"") || rest.starts_with(b"br#")) {
+            let start = rest.iter().position(|&c| c == b'"').unwrap_or(0);
+            let hashes = rest[..start].iter().filter(|&&c| c == b'#').count();
+            let mut close = vec![b'"'];
+            close.extend(std::iter::repeat_n(b'#', hashes));
+            let end = rest[start + 1..]
+                .windows(close.len())
+                .position(|w| w == close.as_slice())
+                .map_or(rest.len(), |p| start + 1 + p + close.len());
+            keep_newlines(&rest[..end], &mut out);
+            i += end;
+        } else if rest[0] == b'"' {
+            let mut j = 1;
+            while j < rest.len() && rest[j] != b'"' {
+                j += if rest[j] == b'\\' { 2 } else { 1 };
+            }
+            keep_newlines(&rest[..j.min(rest.len())], &mut out);
+            i += j + 1;
+        } else if rest[0] == b'\'' && (rest.get(2) == Some(&b'\'') || rest.get(1) == Some(&b'\\')) {
+            // A character literal ('x', '\n', '\u{..}'); a lifetime ('a) has no closing quote.
+            let end = rest[1..].iter().position(|&c| c == b'\'').map_or(1, |p| p + 2);
+            i += end;
+            out.push('_');
+        } else {
+            out.push(rest[0] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Each function in `code` (comments and literals stripped) with its length in lines.
+fn function_lengths(code: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let t = l.trim_start();
+        let t = ["pub(crate) ", "pub(super) ", "pub "].iter().fold(t, |t, p| t.strip_prefix(p).unwrap_or(t));
+        let t = ["const ", "async ", "unsafe "].iter().fold(t, |t, p| t.strip_prefix(p).unwrap_or(t));
+        let Some(rest) = t.strip_prefix("fn ") else { continue };
+        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let (mut depth, mut opened) = (0i64, false);
+        for (j, l) in lines.iter().enumerate().skip(i) {
+            if !opened && l.contains(';') && !l.contains('{') {
+                break; // a declaration without a body
+            }
+            depth += l.matches('{').count() as i64 - l.matches('}').count() as i64;
+            opened |= l.contains('{');
+            if opened && depth <= 0 {
+                out.push((name.clone(), i + 1, j - i + 1));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The size limits a reader can hold in their head: no function over 100 lines and no
+/// source file over 600 lines of code (tests aside: `#[cfg(test)]` modules at a file's end
+/// and `tests/` folders), counted with comments and literals stripped from the braces.
+#[test]
+fn no_function_over_100_lines_and_no_file_over_600() {
+    let root = chain_tests::workspace();
+    let meta = chain_tests::cargo_metadata();
+    let (mut long, mut files_read) = (Vec::new(), 0);
+    for p in meta["packages"].as_array().expect("packages") {
+        if p["name"] == "chain-tests" {
+            continue;
+        }
+        let dir = root.join(Path::new(p["manifest_path"].as_str().expect("manifest")).parent().expect("dir"));
+        let mut files = Vec::new();
+        rust_files(&dir.join("src"), &mut files);
+        for f in files {
+            files_read += 1;
+            let text = std::fs::read_to_string(&f).expect("read");
+            let code = text.split("\n#[cfg(test)]").next().unwrap_or("");
+            let at = f.strip_prefix(&root).unwrap_or(&f).display().to_string();
+            let n = code.trim_end().lines().count();
+            if n > 600 {
+                long.push(format!("{at}: {n} lines"));
+            }
+            for (name, line, len) in function_lengths(&strip_literals(code)) {
+                if len > 100 {
+                    long.push(format!("{at}:{line}: fn {name} is {len} lines"));
+                }
+            }
+        }
+    }
+    assert!(files_read > 100, "{files_read} files read");
+    assert!(long.is_empty(), "over the limits:\n{}", long.join("\n"));
+}
+
+#[test]
+fn the_length_reader_skips_literals_and_counts_bodies() {
+    let code = "fn a() {\n    let s = \"}}}\";\n    let c = '}';\n    // }\n}\nfn b<'x>(v: &'x str) -> &'x str {\n    v\n}\nfn decl();\n";
+    let got = function_lengths(&strip_literals(code));
+    assert_eq!(got, vec![("a".to_string(), 1, 5), ("b".to_string(), 6, 3)]);
+    let raw = "fn r() {\n    let s = r#\"{ \"quoted\" {\"#;\n}\n";
+    assert_eq!(function_lengths(&strip_literals(raw)), vec![("r".to_string(), 1, 3)]);
+}

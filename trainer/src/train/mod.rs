@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::config::TrainConfig;
 
+mod batches;
 pub mod epochs;
 pub mod finish;
 pub mod folder;

@@ -8,66 +8,13 @@ use std::path::Path;
 
 use crate::{Result, TrainError};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-/// Raw access to CPU tensors' memory, for the fused CPU update.
-mod cpu {
-    use tch::{Device, Kind, Tensor};
+mod cpu;
+mod scaler;
 
-    use crate::{Result, TrainError};
-
-    fn check(t: &Tensor) -> Result<()> {
-        if !t.defined() || t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() {
-            return Err(TrainError::Internal(
-                "the fused CPU update needs contiguous f32 CPU tensors".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The byte range a tensor's elements occupy.
-    pub fn span(t: &Tensor) -> std::ops::Range<usize> {
-        let start = t.data_ptr() as usize;
-        start..start + t.numel() * std::mem::size_of::<f32>()
-    }
-
-    /// A contiguous f32 CPU tensor's elements. tch has no safe borrowed view of a tensor's
-    /// memory (only copies), and copies are what the fused update exists to avoid.
-    ///
-    /// # Safety
-    /// While the slice lives, nothing may write the tensor's memory: not through another
-    /// handle or view of the same storage, not by libtorch, and no mutable slice from
-    /// [`f32_slice_mut`] may overlap it.
-    #[allow(unsafe_code)]
-    pub unsafe fn f32_slice(t: &Tensor) -> Result<&[f32]> {
-        check(t)?;
-        if t.numel() == 0 {
-            return Ok(&[]);
-        }
-        // SAFETY: checked above to be a defined, contiguous f32 tensor on the CPU, so
-        // data_ptr points at numel initialised f32 values, kept alive by `t`'s storage for
-        // the borrow of `t`; no writer exists meanwhile (the caller's contract).
-        Ok(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) })
-    }
-
-    /// The same, writable.
-    ///
-    /// # Safety
-    /// While the slice lives, nothing else may read or write the tensor's memory: not
-    /// through another handle or view (the model's parameters alias the optimizer's flat
-    /// buffer), not by libtorch, and no other slice may overlap it.
-    #[allow(unsafe_code)]
-    pub unsafe fn f32_slice_mut(t: &mut Tensor) -> Result<&mut [f32]> {
-        check(t)?;
-        if t.numel() == 0 {
-            return Ok(&mut []);
-        }
-        // SAFETY: as in `f32_slice`, with exclusive use guaranteed by the caller.
-        Ok(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) })
-    }
-}
+pub use scaler::{DeviceScaler, GradScaler};
 
 /// Elements per piece of work of the fused CPU step (and its norm) on the rayon pool.
 const CHUNK: usize = 1 << 15;
@@ -528,98 +475,6 @@ impl AdamW {
         })?;
         let _ = self.step_count.fill_(step as f64);
         Ok(())
-    }
-}
-
-/// Dynamic loss scaling for fp16 mixed precision, as `torch.amp.GradScaler` does it (tch has
-/// autocast but no scaler): the loss is multiplied by `scale` before `backward`, gradients
-/// are divided by it before the update, a step whose gradients overflowed is skipped and
-/// halves the scale, and `growth_interval` clean steps in a row double it.
-///
-/// This is the saved form (in `train_state.yaml`); training uses a [`DeviceScaler`].
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct GradScaler {
-    pub scale: f64,
-    /// Clean steps since the scale last changed.
-    pub growth_tracker: u32,
-    pub growth_factor: f64,
-    pub backoff_factor: f64,
-    pub growth_interval: u32,
-}
-
-impl Default for GradScaler {
-    fn default() -> Self {
-        GradScaler {
-            scale: 65536.0,
-            growth_tracker: 0,
-            growth_factor: 2.0,
-            backoff_factor: 0.5,
-            growth_interval: 2000,
-        }
-    }
-}
-
-/// A [`GradScaler`] whose scale, growth tracker and overflow flag live on the training
-/// device, updated there by libtorch's own kernels (`_amp_foreach_non_finite_check_and_unscale_`
-/// and `_amp_update_scale_`, on CPU and CUDA alike), so a step never waits to learn whether
-/// it overflowed. [`DeviceScaler::state`] reads it back for saving.
-pub struct DeviceScaler {
-    /// f32, shape [1].
-    scale: Tensor,
-    /// i32, shape [1].
-    growth_tracker: Tensor,
-    /// f32, shape [1]: 1 after a step whose gradient held an Inf or NaN.
-    found_inf: Tensor,
-    config: GradScaler,
-}
-
-impl DeviceScaler {
-    pub fn new(s: &GradScaler, device: tch::Device) -> Self {
-        DeviceScaler {
-            scale: Tensor::from_slice(&[s.scale as f32]).to_device(device),
-            growth_tracker: Tensor::from_slice(&[s.growth_tracker as i32]).to_device(device),
-            found_inf: Tensor::zeros([1], (Kind::Float, device)),
-            config: *s,
-        }
-    }
-
-    /// `loss × scale`, what the backward pass runs on.
-    pub fn scale_loss(&self, loss: &Tensor) -> Tensor {
-        loss * self.scale.view([])
-    }
-
-    /// Divides the (flat) gradient by the scale in place, records whether it held an Inf
-    /// or NaN, and updates the scale for the next step. Returns the flag (f32, shape `[1]`).
-    pub fn unscale_and_update(&mut self, grad: &Tensor) -> Result<Tensor> {
-        let _ = self.found_inf.zero_();
-        let inv = self.scale.reciprocal();
-        grad.shallow_clone()
-            .f_internal_amp_non_finite_check_and_unscale(&mut self.found_inf, &inv)
-            .map_err(TrainError::tch("unscaling the gradient"))?;
-        let c = &self.config;
-        let _ = self
-            .scale
-            .f_internal_amp_update_scale_(
-                &self.growth_tracker,
-                &self.found_inf,
-                c.growth_factor,
-                c.backoff_factor,
-                i64::from(c.growth_interval),
-            )
-            .map_err(TrainError::tch("updating the loss scale"))?;
-        Ok(self.found_inf.shallow_clone())
-    }
-
-    /// The state to save (waits for the device).
-    pub fn state(&self) -> Result<GradScaler> {
-        let scale = f64::try_from(&self.scale.view([])).map_err(TrainError::tch("reading the loss scale"))?;
-        let tracker =
-            i64::try_from(&self.growth_tracker.view([])).map_err(TrainError::tch("reading the loss scaler"))?;
-        Ok(GradScaler {
-            scale,
-            growth_tracker: u32::try_from(tracker).unwrap_or(0),
-            ..self.config
-        })
     }
 }
 
