@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use calibrate::{Columns, Method, Settings};
+use calibrate::{Method, Settings};
 
 /// Calibrate a model's scores: temperature, Platt and isotonic; operating points with
 /// intervals; metrics before and after.
@@ -35,18 +35,8 @@ struct Args {
     /// Output calibration file (default: RUN/calibration.yaml, or beside --scores / --model).
     #[arg(short, long)]
     out: Option<PathBuf>,
-    /// Column holding the raw logit.
-    #[arg(long, default_value = "logit")]
-    logit_col: String,
-    /// Column holding a probability instead of a logit.
-    #[arg(long)]
-    prob_col: Option<String>,
-    /// Column holding the 0/1 label.
-    #[arg(long, default_value = "label")]
-    label_col: String,
-    /// Column holding the series id (bootstrap and cross-validation group by it).
-    #[arg(long, default_value = "seriesuid")]
-    series_col: String,
+    #[command(flatten)]
+    columns: cli::ScoreColumnFlags,
     /// auto (lowest cross-validated NLL), temperature, platt or isotonic.
     #[arg(long, default_value = "auto")]
     method: String,
@@ -120,13 +110,7 @@ fn settings(a: Args) -> anyhow::Result<Settings> {
         },
         model: a.model.unwrap_or(base.model),
         out: a.out.unwrap_or(base.out),
-        columns: Columns {
-            logit: a.logit_col,
-            probability: a.prob_col,
-            label: a.label_col,
-            seriesuid: a.series_col,
-            ..Columns::default()
-        },
+        columns: a.columns.into(),
         method,
         platt_smoothing: a.platt_smoothing,
         min_sensitivity: a.min_sensitivity,

@@ -1,5 +1,6 @@
 //! The command line every binary of the toolchain shares: what `main` does first
-//! ([`default_sigpipe`]), the argument groups several commands take ([`PreprocessFlags`]),
+//! ([`default_sigpipe`]), the argument groups several commands take ([`PreprocessFlags`],
+//! [`ArchFlags`], [`ScoreColumnFlags`]),
 //! choices parsed from a library's enums without clap in the library ([`choice`]), and one
 //! way to report an error and exit ([`fail`], [`error_text`]). Binaries only: no library crate
 //! depends on clap.
@@ -54,6 +55,52 @@ impl From<PreprocessFlags> for models::preprocess::Overrides {
             out_min: f.out_min,
             out_max: f.out_max,
             pad_hu: f.pad_hu,
+        }
+    }
+}
+
+/// The architecture flags of the commands that build a network (`trainer train`,
+/// `trainer export`): a built-in by name or a spec file, and the baseline's width. Each one
+/// given replaces the config's.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ArchFlags {
+    /// baseline_cnn, r3d_18, mc3_18 or r2plus1d_18 (default: the config's, else
+    /// baseline_cnn).
+    #[arg(long, conflicts_with = "spec")]
+    pub arch: Option<String>,
+    /// An architecture spec file (see `trainer spec`) instead of a built-in.
+    #[arg(long)]
+    pub spec: Option<std::path::PathBuf>,
+    /// Width of the baseline CNN's first stage (1 to 256).
+    #[arg(long)]
+    pub width: Option<usize>,
+}
+
+/// Which columns of a scores CSV hold what (`calibrate`, `froc compare`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ScoreColumnFlags {
+    /// Column holding the raw logit.
+    #[arg(long, default_value = "logit")]
+    pub logit_col: String,
+    /// Column holding a probability instead of a logit.
+    #[arg(long)]
+    pub prob_col: Option<String>,
+    /// Column holding the 0/1 label.
+    #[arg(long, default_value = "label")]
+    pub label_col: String,
+    /// Column holding the series id (bootstraps and cross-validation group by it).
+    #[arg(long, default_value = "seriesuid")]
+    pub series_col: String,
+}
+
+impl From<ScoreColumnFlags> for tables::scores::Columns {
+    fn from(f: ScoreColumnFlags) -> Self {
+        tables::scores::Columns {
+            logit: f.logit_col,
+            probability: f.prob_col,
+            label: f.label_col,
+            seriesuid: f.series_col,
+            ..tables::scores::Columns::default()
         }
     }
 }

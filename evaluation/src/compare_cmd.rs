@@ -28,16 +28,8 @@ pub enum Cmd {
         /// Folder for comparison.yaml, comparison.md and roc.png (default: print only).
         #[arg(short, long)]
         out: Option<PathBuf>,
-        /// Column holding the raw logit.
-        #[arg(long, default_value = "logit")]
-        logit_col: String,
-        /// Column holding a probability instead of a logit.
-        #[arg(long)]
-        prob_col: Option<String>,
-        #[arg(long, default_value = "label")]
-        label_col: String,
-        #[arg(long, default_value = "seriesuid")]
-        series_col: String,
+        #[command(flatten)]
+        columns: cli::ScoreColumnFlags,
         /// LUNA16's annotations.csv: with --seriesuids, each model's CPM and the paired scan
         /// bootstrap of the CPM difference (the scores need center_x/y/z: infer --index).
         #[arg(long, requires = "seriesuids")]
@@ -60,21 +52,12 @@ pub fn run(c: Cmd) -> ExitCode {
         bootstrap,
         seed,
         out,
-        logit_col,
-        prob_col,
-        label_col,
-        series_col,
+        columns,
         annotations,
         excluded,
         seriesuids,
     } = c;
-    let columns = Columns {
-        logit: logit_col,
-        probability: prob_col,
-        label: label_col,
-        seriesuid: series_col,
-        ..Columns::default()
-    };
+    let columns: Columns = columns.into();
     let s = evaluation::compare::CompareSettings {
         scores: scores.clone(),
         names: name,

@@ -13,6 +13,15 @@ pub enum Error {
     /// says something wrong: the one variant for "this input is bad, and here is why".
     #[error("{path}: {msg}")]
     BadInput { path: PathBuf, msg: String },
+    /// A file that could not be read as what it should be (YAML, JSON, safetensors…): `what`
+    /// says what it should be, `source` is the parser's error, kept for callers.
+    #[error("{path}: {what}: {source}")]
+    Parse {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An output the run refuses to write (it names an input, another output, a folder).
     #[error("{path}: {msg}")]
     BadOutput { path: PathBuf, msg: String },
@@ -31,6 +40,16 @@ impl Error {
         Error::BadInput {
             path: path.to_path_buf(),
             msg: msg.into(),
+        }
+    }
+
+    /// `path` is not `what` (a parser said why: `source`). Displayed as
+    /// `PATH: WHAT: REASON`, the reason also kept as the error's source.
+    pub fn parse(path: &Path, what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Parse {
+            path: path.to_path_buf(),
+            what: what.into(),
+            source: Box::new(source),
         }
     }
 

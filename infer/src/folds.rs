@@ -39,7 +39,7 @@ impl HeldOut {
         let text = files::read_regular_to_string(&cfg_path)
             .map_err(|e| crate::bad_input(run, format!("not a training run folder ({e})")))?;
         let cfg: yaml_serde::Value =
-            yaml_serde::from_str(&text).map_err(|e| crate::bad_input(&cfg_path, format!("not a run's config: {e}")))?;
+            yaml_serde::from_str(&text).map_err(|e| InferError::from(files::Error::parse(&cfg_path, "not a run's config", e)))?;
         let get = |k: &str| {
             cfg.get("split")
                 .and_then(|s| s.get(k))
@@ -176,7 +176,7 @@ pub fn merge(outputs: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
                 format!("no fold record beside it ({e}): was it written by `infer --scans ... --held-out RUN/fold_N`?"),
             )
         })?;
-        let rec: Record = yaml_serde::from_str(&text).map_err(|e| crate::bad_input(r, format!("not a fold record: {e}")))?;
+        let rec: Record = yaml_serde::from_str(&text).map_err(|e| InferError::from(files::Error::parse(r, "not a fold record", e)))?;
         parts.push((rec, p));
     }
     let Some((first, first_path)) = parts.first().map(|(r, p)| (r.clone(), (*p).clone())) else {

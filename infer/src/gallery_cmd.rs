@@ -92,7 +92,13 @@ pub(crate) fn gallery(a: &GalleryArgs) -> ExitCode {
             let secs: Vec<String> = g.sections.iter().map(|(t, n)| format!("{t} {n}")).collect();
             let thumbs = g.thumbs_dir.as_ref().map_or_else(
                 || "thumbnails embedded".to_string(),
-                |d| format!("thumbnails {:.1} MiB in {}", g.thumbs_bytes as f64 / 1048576.0, d.display()),
+                |d| {
+                    format!(
+                        "thumbnails {:.1} MiB in {}",
+                        g.thumbs_bytes as f64 / 1048576.0,
+                        d.display()
+                    )
+                },
             );
             println!(
                 "wrote {} ({} patches; {}; page {:.1} MiB, {thumbs}) in {:.1} s",
@@ -107,4 +113,3 @@ pub(crate) fn gallery(a: &GalleryArgs) -> ExitCode {
         Err(e) => cli::fail("infer", &e),
     }
 }
-

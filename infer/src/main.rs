@@ -7,8 +7,17 @@ use clap::{Parser, Subcommand};
 
 use infer::Settings;
 
+mod bundle_cmd;
+mod doctor_cmd;
 mod gallery_cmd;
+mod import_cmd;
+mod merge_cmd;
+
+use bundle_cmd::bundle;
+use doctor_cmd::doctor;
 use gallery_cmd::{gallery, GalleryArgs};
+use import_cmd::{import, ImportArgs};
+use merge_cmd::merge;
 use scorer::{Device, ScorerOptions};
 
 /// Score every .npy patch in the given folders/files (or an index CSV) with an ONNX model
@@ -184,74 +193,6 @@ enum Cmd {
     },
 }
 
-/// `infer bundle`.
-fn bundle(s: &infer::bundle::BundleSettings) -> ExitCode {
-    match infer::bundle::make(s) {
-        Ok((p, size)) => {
-            println!(
-                "wrote {} ({:.1} MiB); on the target: tar -xzf {} && ./{}/run PATCH_FOLDER -o scores.csv",
-                p.display(),
-                size as f64 / 1048576.0,
-                p.file_name()
-                    .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
-                infer::bundle::TOP
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => cli::fail("infer bundle", &e),
-    }
-}
-
-/// `infer merge` (of shards, or with `--folds` of a k-fold run's held-out parts).
-fn merge(parts: &[PathBuf], out: &std::path::Path, folds: bool) -> ExitCode {
-    // (parts, rows, failed), and how the line names them.
-    let r = if folds {
-        infer::folds::merge(parts, out).map(|m| (m.folds, m.rows, m.failed))
-    } else {
-        infer::shard::merge(parts, out).map(|m| (m.shards, m.rows, m.failed))
-    };
-    let (what, rows, failed) = if folds {
-        (
-            "folds",
-            "rows of out-of-fold scores",
-            "candidates failed (see the folds' errors files)",
-        )
-    } else {
-        ("shards", "rows", "patches failed (see the shards' errors files)")
-    };
-    match r {
-        Ok((n, k, bad)) => {
-            let bad = if bad > 0 {
-                format!("; {bad} {failed}")
-            } else {
-                String::new()
-            };
-            println!("merged {n} {what}: {k} {rows} -> {}{bad}", out.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => cli::fail("infer merge", &e),
-    }
-}
-
-/// `infer doctor`, with the bundle's report first when started from one.
-fn doctor(
-    model: Option<PathBuf>,
-    ort_lib: Option<&std::path::Path>,
-    bundle: &Option<(PathBuf, infer::bundle::BundleInfo)>,
-) -> ExitCode {
-    if let Some((_, info)) = bundle {
-        print!("{}", infer::doctor::bundle_report(info));
-    }
-    let model = model.or_else(|| bundle.as_ref().map(|(d, i)| d.join(&i.model)));
-    match infer::doctor::report(model.as_deref(), ort_lib) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => cli::fail("infer doctor", &e),
-    }
-}
-
 /// The summary lines on stderr: runtime and provider, calibration, counts and speed.
 fn print_summary(sum: &infer::Summary, out: &std::path::Path, timing: bool) {
     let placement = match sum.all_nodes_on_provider {
@@ -319,97 +260,6 @@ fn print_summary(sum: &infer::Summary, out: &std::path::Path, timing: bool) {
         sum.scored as f64 / sum.seconds.max(1e-9),
         out.display()
     );
-}
-
-#[derive(clap::Args, Debug)]
-struct ImportArgs {
-    /// The ONNX model to import.
-    source: PathBuf,
-    /// Where to write the imported model.
-    #[arg(short, long)]
-    out: PathBuf,
-    /// What the output is: logit (log-odds), probability (after a sigmoid), or for an
-    /// [N, 2] output two-class-logits (before a softmax) or softmax (probabilities).
-    #[arg(long, value_parser = cli::choice::<infer::import::OutputKind>())]
-    output_kind: infer::import::OutputKind,
-    /// For a two-class output: the index of the nodule class (0 or 1).
-    #[arg(long, default_value_t = 1)]
-    positive_class: usize,
-    /// The output to use, when the model has several.
-    #[arg(long)]
-    output: Option<String>,
-    /// Copy the preprocessing from this model of ours (the flags below override it).
-    #[arg(long)]
-    like: Option<PathBuf>,
-    /// The preprocessing (--cube-size is needed when the input's size is symbolic).
-    #[command(flatten)]
-    pre: cli::PreprocessFlags,
-    #[arg(long, help = scorer::ORT_LIB_HELP)]
-    ort_lib: Option<PathBuf>,
-}
-
-/// `infer import`.
-fn import(a: &ImportArgs) -> ExitCode {
-    let s = infer::import::ImportSettings {
-        source: a.source.clone(),
-        out: a.out.clone(),
-        kind: a.output_kind,
-        positive_class: a.positive_class,
-        output: a.output.clone(),
-        like: a.like.clone(),
-        pre: a.pre.into(),
-        ort_lib: a.ort_lib.clone(),
-    };
-    match infer::import::import(&s) {
-        Ok(r) => {
-            let p = &r.preprocess;
-            println!(
-                "imported {} (input `{}`, output `{}` as a {}) -> {}",
-                a.source.display(),
-                r.input,
-                r.output,
-                match a.output_kind {
-                    infer::import::OutputKind::Logit => "logit".to_string(),
-                    infer::import::OutputKind::Probability => "probability, its log-odds as the logit".to_string(),
-                    infer::import::OutputKind::TwoClassLogits => format!(
-                        "two class scores, class {} minus class {} as the logit",
-                        a.positive_class,
-                        1 - a.positive_class.min(1)
-                    ),
-                    infer::import::OutputKind::Softmax => format!(
-                        "two softmax probabilities, log(p{} / p{}) as the logit",
-                        a.positive_class,
-                        1 - a.positive_class.min(1)
-                    ),
-                },
-                r.out.display()
-            );
-            println!(
-                "preprocessing: {}³ cubes, HU window [{}, {}] onto [{}, {}], padding {} HU",
-                p.cube_size, p.hu_min, p.hu_max, p.out_min, p.out_max, p.pad_hu
-            );
-            for (name, sha) in &r.external {
-                println!("made inline the external data file {name} (sha256 {sha})");
-            }
-            if let Some(b) = r.fixed_batch {
-                println!(
-                    "the input's batch size is fixed at {b}: scored {b} cube(s) per run (a last, smaller batch padded)"
-                );
-            }
-            for w in &r.warnings {
-                eprintln!("infer import: warning: {w}");
-            }
-            for (from, to) in &r.renamed {
-                println!("renamed the source's value `{from}` to `{to}` (the name is ours)");
-            }
-            println!(
-                "checked with ONNX Runtime {} on a test batch: max |Δlogit| against the source {:.2e}; source sha256 {}",
-                r.onnxruntime_version, r.max_abs_diff, r.source_sha256
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => cli::fail("infer import", &e),
-    }
 }
 
 fn main() -> ExitCode {

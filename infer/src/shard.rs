@@ -262,7 +262,7 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
                 format!("no shard record beside it ({e}): was it written by `infer --shard K/N`?"),
             )
         })?;
-        let rec: Record = yaml_serde::from_str(&text).map_err(|e| crate::bad_input(r, format!("not a shard record: {e}")))?;
+        let rec: Record = yaml_serde::from_str(&text).map_err(|e| InferError::from(files::Error::parse(r, "not a shard record", e)))?;
         parts.push((rec, p));
     }
     let Some((first, first_path)) = parts.first().map(|(r, p)| (r.clone(), (*p).clone())) else {

@@ -271,7 +271,7 @@ impl CalibrationFile {
     /// Reads and checks a calibration file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = files::read_regular_to_string(path)?;
-        let cal: Self = yaml_serde::from_str(&text).map_err(|e| bad(path, format!("not a calibration file: {e}")))?;
+        let cal: Self = yaml_serde::from_str(&text).map_err(|e| files::Error::parse(path, "not a calibration file", e))?;
         cal.check().map_err(|m| bad(path, m))?;
         Ok(cal)
     }

@@ -32,10 +32,7 @@ pub fn check_outputs(dir: &Path, names: &[&str]) -> Result<()> {
         outputs: BTreeMap<String, String>,
     }
     let text = files::read_regular_to_string(&p)?;
-    let o: Outputs = yaml_serde::from_str(&text).map_err(|e| Error::from(files::Error::BadInput {
-        path: p.clone(),
-        msg: format!("not a run summary: {e}"),
-    }))?;
+    let o: Outputs = yaml_serde::from_str(&text).map_err(|e| files::Error::parse(&p, "not a run summary", e))?;
     for name in names {
         if let Some(want) = o.outputs.get(*name) {
             let got = files::sha256_file(&dir.join(name))?;

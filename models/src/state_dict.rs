@@ -36,7 +36,7 @@ fn bad(path: &Path, msg: impl Into<String>) -> Error {
 /// (`num_batches_tracked`) passed over. A non-finite value is an error naming its tensor.
 pub fn read(path: &Path) -> Result<Weights> {
     let bytes = files::read_regular(path)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| files::Error::parse(path, "not a safetensors file", e))?;
     let mut out = Weights::new();
     for (name, view) in st.tensors() {
         let raw = view.data();

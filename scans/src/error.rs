@@ -19,8 +19,12 @@ pub enum ScanError {
         source: std::io::Error,
     },
     /// Text that could not be encoded or decoded (YAML, CSV, .npy); `what` names it.
-    #[error("{what}: {msg}")]
-    Format { what: String, msg: String },
+    #[error("{what}: {source}")]
+    Format {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An invariant of the code broke: a bug, never bad input.
     #[error("internal error: {0}")]
     Internal(String),
@@ -47,11 +51,11 @@ impl ScanError {
     }
 
     /// A mapper for encoding or decoding errors: `.map_err(ScanError::format("what"))`.
-    pub fn format<E: Display>(what: impl Display) -> impl FnOnce(E) -> Self {
+    pub fn format<E: std::error::Error + Send + Sync + 'static>(what: impl Display) -> impl FnOnce(E) -> Self {
         let what = what.to_string();
         move |e| ScanError::Format {
             what,
-            msg: e.to_string(),
+            source: Box::new(e),
         }
     }
 }

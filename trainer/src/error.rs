@@ -48,8 +48,12 @@ pub enum TrainError {
         source: std::io::Error,
     },
     /// Text that could not be encoded or decoded (YAML, CSV, JSON); `what` names it.
-    #[error("{what}: {msg}")]
-    Format { what: String, msg: String },
+    #[error("{what}: {source}")]
+    Format {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An invariant of the code broke: a bug, never bad input.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,11 +85,11 @@ impl TrainError {
     }
 
     /// A closure turning an encoding/decoding error into [`TrainError::Format`].
-    pub fn format<E: Display>(what: impl Display) -> impl FnOnce(E) -> Self {
+    pub fn format<E: std::error::Error + Send + Sync + 'static>(what: impl Display) -> impl FnOnce(E) -> Self {
         let what = what.to_string();
         move |e| TrainError::Format {
             what,
-            msg: e.to_string(),
+            source: Box::new(e),
         }
     }
 
@@ -107,7 +111,7 @@ impl From<yaml_serde::Error> for TrainError {
     fn from(e: yaml_serde::Error) -> Self {
         TrainError::Format {
             what: "YAML".into(),
-            msg: e.to_string(),
+            source: Box::new(e),
         }
     }
 }
@@ -116,7 +120,7 @@ impl From<serde_json::Error> for TrainError {
     fn from(e: serde_json::Error) -> Self {
         TrainError::Format {
             what: "JSON".into(),
-            msg: e.to_string(),
+            source: Box::new(e),
         }
     }
 }
@@ -125,7 +129,7 @@ impl From<csv::Error> for TrainError {
     fn from(e: csv::Error) -> Self {
         TrainError::Format {
             what: "CSV".into(),
-            msg: e.to_string(),
+            source: Box::new(e),
         }
     }
 }
@@ -134,7 +138,7 @@ impl<W> From<csv::IntoInnerError<W>> for TrainError {
     fn from(e: csv::IntoInnerError<W>) -> Self {
         TrainError::Format {
             what: "CSV".into(),
-            msg: e.error().to_string(),
+            source: Box::new(e.into_error()),
         }
     }
 }

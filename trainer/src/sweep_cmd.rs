@@ -27,7 +27,13 @@ impl SweepMode {
 }
 
 /// `trainer sweep`.
-pub(crate) fn sweep(file: &std::path::Path, mode: SweepMode, ort_lib: Option<PathBuf>, mlflow: Option<&str>, quiet: bool) -> Result<()> {
+pub(crate) fn sweep(
+    file: &std::path::Path,
+    mode: SweepMode,
+    ort_lib: Option<PathBuf>,
+    mlflow: Option<&str>,
+    quiet: bool,
+) -> Result<()> {
     use trainer::sweep;
     let plan = sweep::plan(file)?;
     if mode == SweepMode::List {
@@ -101,4 +107,3 @@ fn sweep_collect(plan: &trainer::sweep::Plan) -> Result<()> {
     }
     Ok(())
 }
-

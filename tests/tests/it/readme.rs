@@ -1,7 +1,9 @@
 //! Every command the README shows (`$ ...` in its code blocks) runs as written, in a fresh
 //! folder holding what `scripts/demo` makes before it, and prints what the README shows
 //! in form: the same lines, in order, with numbers, timings and the workspace's path free
-//! to differ (a line `...` stands for lines left out).
+//! to differ (a line `...` stands for lines left out). Then every command block of docs/
+//! runs as written in the same folder (on the demo's outputs), but for synopses (checked
+//! against `--help` in docs.rs) and blocks marked `<!-- not run: why -->`.
 use std::path::Path;
 use std::process::Command;
 
@@ -149,6 +151,100 @@ fn every_readme_command_runs_as_written_and_prints_what_it_shows() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+    run_docs_blocks(w, &ws);
+}
+
+/// A ```sh block of a doc: where it starts, its text, and the reason it is not run (the
+/// `<!-- not run: why -->` line before it), if any.
+#[derive(Debug)]
+struct Block {
+    at: String,
+    text: String,
+    not_run: Option<String>,
+}
+
+fn doc_blocks(doc: &str, name: &str) -> Vec<Block> {
+    let lines: Vec<&str> = doc.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let fence = lines[i].trim_start();
+        if !fence.starts_with("```") {
+            i += 1;
+            continue;
+        }
+        let indent = lines[i].len() - fence.len();
+        let start = i;
+        i += 1;
+        let mut body = Vec::new();
+        while i < lines.len() && !lines[i].trim_start().starts_with("```") {
+            body.push(lines[i].get(indent..).unwrap_or("").to_string());
+            i += 1;
+        }
+        i += 1;
+        if fence != "```sh" {
+            continue;
+        }
+        let before = lines[..start].iter().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim());
+        let not_run = before
+            .and_then(|l| l.strip_prefix("<!-- not run:"))
+            .map(|r| r.trim_end_matches("-->").trim().to_string());
+        out.push(Block {
+            at: format!("{name}:{}", start + 1),
+            text: body.join("\n"),
+            not_run,
+        });
+    }
+    out
+}
+
+/// A synopsis: optional parts in brackets, alternatives, or `...` (checked against
+/// `--help` by docs.rs, not run).
+fn is_synopsis(text: &str) -> bool {
+    text.lines().any(|l| l.contains("[--") || l.contains("(--") || l.contains("..."))
+}
+
+/// Runs every command block of docs/ in `w` (where the README's commands ran), each as one
+/// bash script that stops at its first failure.
+fn run_docs_blocks(w: &Path, ws: &Path) {
+    let mut docs: Vec<_> = std::fs::read_dir(ws.join("docs"))
+        .expect("docs")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    docs.sort();
+    let (mut ran, mut not_run, mut synopses, mut problems) = (0, Vec::new(), 0, Vec::new());
+    for d in &docs {
+        let name = d.strip_prefix(ws).unwrap_or(d).display().to_string();
+        for b in doc_blocks(&std::fs::read_to_string(d).expect("doc"), &name) {
+            match &b.not_run {
+                Some(why) if why.is_empty() => problems.push(format!("{}: `not run` without a reason", b.at)),
+                Some(why) => not_run.push(format!("{}: {why}", b.at)),
+                None if is_synopsis(&b.text) => synopses += 1,
+                None => {
+                    ran += 1;
+                    let (ok, out) = shell(w, &format!("set -euo pipefail\n{}", b.text));
+                    if !ok {
+                        problems.push(format!("{} failed:\n{}\n--- printed:\n{out}", b.at, b.text));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("docs: {ran} block(s) run, {synopses} synopsis block(s), not run:\n  {}", not_run.join("\n  "));
+    assert!(ran >= 3 && synopses >= 5, "{ran} run, {synopses} synopses");
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+#[test]
+fn the_docs_reader_finds_blocks_and_their_marks() {
+    let md = "text\n\n<!-- not run: needs LUNA16 -->\n```sh\nscans prepare --scans LUNA16\n```\n\n   ```sh\n   infer a \\\n     b\n   ```\n```yaml\nx: 1\n```\n```sh\ninfer [--x 1]\n```\n";
+    let b = doc_blocks(md, "d.md");
+    assert_eq!(b.len(), 3);
+    assert_eq!(b[0].not_run.as_deref(), Some("needs LUNA16"));
+    assert_eq!((b[1].text.as_str(), b[1].not_run.is_none()), ("infer a \\\n  b", true));
+    assert!(is_synopsis(&b[2].text) && !is_synopsis(&b[1].text));
 }
 
 #[test]
