@@ -174,8 +174,12 @@ impl From<Output> for Run {
 /// Runs a workspace binary with arguments. What it prints is for people: Rust's Debug
 /// formatting of an `Option` or a struct reaching it (`opset Some(17)`, `Preprocess {
 /// cube_size: 16, … }`) fails the test that ran it, whichever test that is.
+///
+/// `name` is a workspace binary's name, or a path to one: a package's own tests pass
+/// `env!("CARGO_BIN_EXE_<name>")`, the binary Cargo built for them.
 pub fn run(name: &str, args: &[&str]) -> Run {
-    let r: Run = Command::new(bin(name))
+    let exe = if name.contains('/') { PathBuf::from(name) } else { bin(name) };
+    let r: Run = Command::new(exe)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))

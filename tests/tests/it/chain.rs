@@ -400,3 +400,54 @@ fn resume_ends_with_the_same_weights_as_an_uninterrupted_run() {
         assert_eq!(x, y, "{key} differs");
     }
 }
+
+/// What `scans prepare` writes is what `trainer train` reads: eight scans with a nodule each
+/// → a patch folder → a trained, exported model (the split by series holding both classes).
+#[test]
+fn a_prepared_folder_trains() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    let mut ann = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm\n");
+    let mut cand = String::from("seriesuid,coordX,coordY,coordZ,class\n");
+    for k in 0..8u32 {
+        let uid = format!("1.2.3.{k}");
+        let p = [2.0 + f64::from(k), 6.0, 0.0];
+        let o = scans::metaimage::WriteOptions::default();
+        crate::from_scans::scan(&root.join(format!("scans/{uid}.mhd")), crate::from_scans::ID, [-16.0, -14.0, -20.0], &[p], o, k);
+        ann += &format!("{uid},{},{},{},6\n", p[0], p[1], p[2]);
+        for j in 0..3 {
+            cand += &format!("{uid},{},{},{},0\n", -10.0 + 8.0 * f64::from(j), -8.0, 4.0);
+        }
+    }
+    std::fs::write(root.join("annotations.csv"), ann).expect("w");
+    std::fs::write(root.join("candidates.csv"), cand).expect("w");
+    let out = root.join("patches");
+    run_ok(
+        "scans",
+        &[
+            "prepare",
+            "--scans",
+            s(&root.join("scans")),
+            "--annotations",
+            s(&root.join("annotations.csv")),
+            "--candidates",
+            s(&root.join("candidates.csv")),
+            "--out",
+            s(&out),
+            "--size-mm",
+            "16",
+            "--all-negatives",
+            "-q",
+        ],
+    );
+    let run_dir = root.join("run");
+    let r = run_ok(
+        "trainer",
+        &[
+            "train", "--data", s(&out), "--out", s(&run_dir), "--cube-size", "16", "--width", "4", "--epochs", "2",
+            "--batch-size", "8", "--device", "cpu", "-q",
+        ],
+    );
+    assert!(r.stdout.contains("best epoch"), "{}", r.stdout);
+    assert!(run_dir.join("model.onnx").is_file());
+}

@@ -18,7 +18,7 @@ fn model() -> PathBuf {
 
 /// A 40 × 36 × 20 scan of 0.8 × 0.8 × 2 mm at `offset` along `direction`, −800 HU with a
 /// blob (σ 2.5 mm, +1000 HU) at each world point of `blobs`; voxels vary with `seed`.
-fn scan(path: &Path, direction: [[f64; 3]; 3], offset: [f64; 3], blobs: &[[f64; 3]], o: WriteOptions, seed: u32) {
+pub(crate) fn scan(path: &Path, direction: [[f64; 3]; 3], offset: [f64; 3], blobs: &[[f64; 3]], o: WriteOptions, seed: u32) {
     let g = Geometry::new([40, 36, 20], [0.8, 0.8, 2.0], offset, direction).expect("geometry");
     let mut v = Vec::new();
     for z in 0..20 {
@@ -38,7 +38,7 @@ fn scan(path: &Path, direction: [[f64; 3]; 3], offset: [f64; 3], blobs: &[[f64; 
     metaimage::write(path, &g, &v, o).expect("write");
 }
 
-const ID: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+pub(crate) const ID: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
 
 /// Three MetaImage scans (A: identity; B: compressed, z flipped; C: .mha, float, x and y
 /// flipped) and the world points to score in each (inside the scan, near its border, on a

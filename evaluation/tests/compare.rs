@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use chain_tests::{run_err, run_ok, s, workspace};
 
+/// The binary Cargo built for this package's tests.
+const FROC: &str = env!("CARGO_BIN_EXE_froc");
+
 /// Three models' scores of the same 1,500 patches from 50 series (rows in another order in
 /// each file): B sees the signal better than A; C is A rounded (ties).
 fn scores(dir: &Path) -> [PathBuf; 3] {
@@ -52,7 +55,7 @@ fn compare_agrees_with_an_independent_computation() {
     let [a, b, c] = scores(d.path());
     let out = d.path().join("cmp");
     let r = run_ok(
-        "froc",
+        FROC,
         &[
             "compare",
             s(&a),
@@ -137,7 +140,7 @@ fn compare_agrees_with_an_independent_computation() {
     let (bd, rb) = with_decision(&b, "bd.csv", 0.5);
     let dec = d.path().join("cmp_decision");
     run_ok(
-        "froc",
+        FROC,
         &["compare", s(&ad), s(&bd), "--bootstrap", "0", "-o", s(&dec)],
     );
     let m = &yaml(&dec.join("comparison.yaml"))["pairs"][0]["mcnemar_at_decision"];
@@ -151,7 +154,7 @@ fn compare_agrees_with_an_independent_computation() {
     // Seeded: the same command, the same numbers.
     let again = d.path().join("cmp2");
     run_ok(
-        "froc",
+        FROC,
         &[
             "compare",
             s(&a),
@@ -195,18 +198,18 @@ fn comparisons_on_different_patches_are_refused() {
         (&relabelled, "label"),
         (&no_series, "seriesuid"),
     ] {
-        let r = run_err("froc", &["compare", s(&a), s(other)]);
+        let r = run_err(FROC, &["compare", s(&a), s(other)]);
         assert!(r.stderr.contains(want), "{want:?} in {}", r.stderr);
     }
-    let r = run_err("froc", &["compare", s(&a)]);
+    let r = run_err(FROC, &["compare", s(&a)]);
     assert!(
         r.stderr.contains("2 values") || r.stderr.contains("SCORES"),
         "{}",
         r.stderr
     );
-    let r = run_err("froc", &["compare", s(&a), s(&b), "--specificity", "1"]);
+    let r = run_err(FROC, &["compare", s(&a), s(&b), "--specificity", "1"]);
     assert!(r.stderr.contains("--specificity"), "{}", r.stderr);
-    let r = run_err("froc", &["compare", s(&a), s(&b), "--bootstrap", "100001"]);
+    let r = run_err(FROC, &["compare", s(&a), s(&b), "--bootstrap", "100001"]);
     assert!(r.stderr.contains("bootstrap"), "{}", r.stderr);
 }
 

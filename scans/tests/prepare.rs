@@ -6,6 +6,9 @@ use std::path::Path;
 use chain_tests::{col, read_csv, run, run_err, run_ok, s};
 use scans::metaimage::{self, ElementType, Geometry, WriteOptions};
 
+/// The binary Cargo built for this package's tests.
+const SCANS: &str = env!("CARGO_BIN_EXE_scans");
+
 const ID: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
 
 /// The test scans' grid: 48 × 48 × 24 voxels of 0.75 × 0.75 × 2 mm.
@@ -138,7 +141,7 @@ fn scans_to_patch_folder_resumable_with_per_scan_errors() {
     let call = |extra: &[&'static str]| {
         let a = args(extra);
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-        run("scans", &refs)
+        run(SCANS, &refs)
     };
 
     // First run: D fails (named, with what is wrong); A, B, C are done.
@@ -235,7 +238,7 @@ fn scans_to_patch_folder_resumable_with_per_scan_errors() {
     std::fs::write(&d_raw, &good_d).unwrap();
     let a = args(&[]);
     let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-    let r = run_ok("scans", &refs);
+    let r = run_ok(SCANS, &refs);
     assert!(
         r.stdout.contains("prepared 1 scan(s) now (3 done before, 0 failed)"),
         "{}",
@@ -281,7 +284,7 @@ fn bad_prepare_inputs_are_named() {
     };
     let go = |v: Vec<String>| {
         let refs: Vec<&str> = v.iter().map(String::as_str).collect();
-        run_err("scans", &refs)
+        run_err(SCANS, &refs)
     };
     // No scans in the folder.
     let r = go(base(&scans, &ann, &cand));
@@ -405,7 +408,7 @@ fn scans_with_nan_voxels_overlong_data_or_special_files_were_cut_or_skipped() {
     let out = root.join("out");
     let go = |cand: &Path| {
         run(
-            "scans",
+            SCANS,
             &[
                 "prepare",
                 "--scans",
@@ -465,10 +468,10 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// The prepared folder is what `trainer train` reads: scans → patches → a trained, exported
-/// model, with the split by series holding both classes.
+/// Subsets prepared one at a time into one folder (as LUNA16 users do) join one index.
+/// (That such a folder trains: tests/tests/it/chain.rs.)
 #[test]
-fn a_prepared_folder_trains() {
+fn subsets_prepared_one_at_a_time_join_one_index() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let mut ann = String::from("seriesuid,coordX,coordY,coordZ,diameter_mm\n");
@@ -496,7 +499,7 @@ fn a_prepared_folder_trains() {
     // what earlier runs finished.
     for subset in ["subset0", "subset1"] {
         run_ok(
-            "scans",
+            SCANS,
             &[
                 "prepare",
                 "--scans",
@@ -518,30 +521,6 @@ fn a_prepared_folder_trains() {
     let series: std::collections::BTreeSet<&String> = rows.iter().map(|r| &r[col(&h, "seriesuid")]).collect();
     assert_eq!(series.len(), 8, "both subsets are in the index");
     assert_eq!(rows.len(), 8 * 4);
-    let run_dir = root.join("run");
-    let r = run_ok(
-        "trainer",
-        &[
-            "train",
-            "--data",
-            s(&out),
-            "--out",
-            s(&run_dir),
-            "--cube-size",
-            "16",
-            "--width",
-            "4",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--device",
-            "cpu",
-            "-q",
-        ],
-    );
-    assert!(r.stdout.contains("best epoch"), "{}", r.stdout);
-    assert!(run_dir.join("model.onnx").is_file());
 }
 
 /// `scans prepare` on the real LIDC-IDRI slab in `../shared/data/` (read in place): the
@@ -588,7 +567,7 @@ fn prepare_reads_the_real_slab() {
         if let Some(f) = format {
             a.extend(["--format", f]);
         }
-        chain_tests::run("scans", &a)
+        chain_tests::run(SCANS, &a)
     };
     // The folder holds the series twice, as MetaImage and as its DICOM slices: that series
     // is refused (listed in the errors file, non-zero exit) until a format is chosen.
@@ -652,7 +631,7 @@ fn inspect_prints_the_geometry_and_where_points_land() {
     let slab = chain_tests::workspace().join("../shared/data/lidc-idri-0002");
     let file = slab.join("dicom/-87.000000.dcm");
     let r = run_ok(
-        "scans",
+        SCANS,
         &["inspect", s(&file), "--world", "-60,-20,-87", "--world", "0,0,10"],
     );
     for want in [
@@ -669,14 +648,14 @@ fn inspect_prints_the_geometry_and_where_points_land() {
         assert!(r.stdout.contains(want), "{want:?} in:\n{}", r.stdout);
     }
     // The folder holds the series twice: named, with the way out.
-    let r = run_err("scans", &["inspect", s(&slab)]);
+    let r = run_err(SCANS, &["inspect", s(&slab)]);
     assert!(
         r.stderr.contains("appears 2 times") && r.stderr.contains("--format"),
         "{}",
         r.stderr
     );
-    let r = run_ok("scans", &["inspect", s(&slab), "--format", "metaimage"]);
+    let r = run_ok(SCANS, &["inspect", s(&slab), "--format", "metaimage"]);
     assert!(r.stdout.contains("(MetaImage)"), "{}", r.stdout);
-    let r = run_err("scans", &["inspect", s(&file), "--world", "1,2"]);
+    let r = run_err(SCANS, &["inspect", s(&file), "--world", "1,2"]);
     assert!(r.stderr.contains("--world 1,2"), "{}", r.stderr);
 }

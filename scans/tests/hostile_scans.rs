@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use chain_tests::{read_csv, run, run_err, run_ok, s, workspace};
 
+/// The binary Cargo built for this package's tests.
+const SCANS: &str = env!("CARGO_BIN_EXE_scans");
+
 /// The cases of make_cases.py, written once into a temporary folder.
 fn cases(dir: &Path) -> PathBuf {
     let out = dir.join("cases");
@@ -61,7 +64,7 @@ fn prepare(scans: &Path, out: &Path, extra: &[&str]) -> chain_tests::Run {
         "-q",
     ];
     a.extend_from_slice(extra);
-    run("scans", &a)
+    run(SCANS, &a)
 }
 
 /// The one cube prepare wrote.
@@ -97,7 +100,7 @@ fn dicom_rescale_stored_as_un_was_read_as_garbage() {
     // With the whole geometry (position, orientation, spacing, rows, columns) stored as UN:
     // the same geometry as the same series written with its VRs.
     let geometry = |case: &str| -> Vec<String> {
-        let r = run_ok("scans", &["inspect", s(&c.join("dicom").join(case))]);
+        let r = run_ok(SCANS, &["inspect", s(&c.join("dicom").join(case))]);
         r.stdout
             .lines()
             .filter(|l| {
@@ -181,7 +184,7 @@ fn twelve_bit_jpeg_extended_slices_failed_to_decode() {
     for which in ["jpeg", "decoded"] {
         let out = d.path().join(which);
         let r = run_ok(
-            "scans",
+            SCANS,
             &[
                 "prepare",
                 "--scans",
@@ -238,7 +241,7 @@ fn files_of_other_formats_were_named_no_dicom_signature_or_skipped() {
 fn nifti_quaternion_of_norm_two_gave_4_mm_spacing() {
     let d = tempfile::tempdir().expect("tmp");
     let c = cases(d.path());
-    let r = run_ok("scans", &["inspect", s(&c.join("nifti/quaternion_norm_2.nii"))]);
+    let r = run_ok(SCANS, &["inspect", s(&c.join("nifti/quaternion_norm_2.nii"))]);
     assert!(
         r.stdout.contains("spacing: 0.800000 × 0.700000 × 2.500000 mm"),
         "{}",
@@ -260,7 +263,7 @@ fn nifti_geometry_the_standard_readers_disagree_on_was_picked_silently() {
         ("spacing_1e30", "spacing"),
     ] {
         let p = c.join(format!("nifti/{case}.nii"));
-        let r = run_err("scans", &["inspect", s(&p)]);
+        let r = run_err(SCANS, &["inspect", s(&p)]);
         assert!(
             r.stderr.contains(want) && r.stderr.contains(case),
             "{case}: {}",
@@ -274,7 +277,7 @@ fn a_small_nii_gz_claiming_1024_cubed_voxels_was_inflated_whole() {
     let d = tempfile::tempdir().expect("tmp");
     let c = cases(d.path());
     let t0 = std::time::Instant::now();
-    let r = run_err("scans", &["inspect", s(&c.join("nifti/huge_claim.nii.gz"))]);
+    let r = run_err(SCANS, &["inspect", s(&c.join("nifti/huge_claim.nii.gz"))]);
     assert!(r.stderr.contains("truncated"), "{}", r.stderr);
     // Refused as the data run out, not after filling gigabytes.
     assert!(t0.elapsed().as_secs() < 20, "{:?}", t0.elapsed());
