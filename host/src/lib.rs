@@ -1,6 +1,9 @@
-//! What this host allows a run: the CPUs this process may use, the most worker threads a
+//! What this host allows a run: the device a command runs on, as every binary spells it
+//! ([`device::DeviceChoice`]), the CPUs this process may use, the most worker threads a
 //! setting may ask for (checked by every library that starts a pool: the scorer, `infer`,
 //! the trainer, `scans prepare`), and the peak memory a run reports.
+
+pub mod device;
 
 /// This process's peak resident memory so far (Linux `VmHWM`), in KiB; `None` where
 /// `/proc` does not say.

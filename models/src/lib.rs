@@ -12,10 +12,9 @@
 //! What is not about models lives in crates named for their job, below this one (see
 //! `ARCHITECTURE.md`): `files` (reading inputs, writing outputs, locks), `tables` (CSV files
 //! and the patch index), `luna16` (LUNA16's files), `metrics` (ranking metrics and
-//! intervals), `host` (CPU and thread limits); `cli` holds what the binaries share.
+//! intervals), `host` (devices, CPU and thread limits); `cli` holds what the binaries share.
 
 pub mod calibration;
-pub mod device;
 pub mod error;
 pub mod features;
 pub mod onnx;

@@ -24,7 +24,7 @@ use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::value::TensorRef;
 
-pub use models::device::DeviceChoice as Device;
+pub use host::device::DeviceChoice as Device;
 use models::preprocess::Preprocess;
 
 /// Errors of opening and running a model.
@@ -147,7 +147,7 @@ impl Opening<'_> {
     /// A CUDA session, first with CPU fallback disabled: if that commits, every node runs
     /// on CUDA; if only the fallback version commits, some nodes run on the CPU.
     fn cuda(&self, id: usize) -> Result<(Session, bool), String> {
-        // Device ids are parsed as u16 (models::device), so they fit ONNX Runtime's i32.
+        // Device ids are parsed as u16 (host::device), so they fit ONNX Runtime's i32.
         let ep = || {
             ep::CUDA::default()
                 .with_device_id(i32::try_from(id).unwrap_or(i32::MAX))

@@ -32,7 +32,7 @@ pub mod error;
 pub use error::{Result, TrainError};
 use tch::Device;
 
-pub use models::device::DeviceChoice;
+pub use host::device::DeviceChoice;
 
 /// Runs the configured job: one training run, or with `split.folds >= 2` (and no single
 /// `split.fold`) one run per fold in `OUT/fold_N` and `OUT/cv_summary.yaml`. (Here, above
