@@ -298,7 +298,7 @@ pub fn make(s: &BundleSettings) -> Result<(PathBuf, u64), InferError> {
     for (name, path) in &files {
         contents.insert(name.clone(), files::read_regular(path)?);
     }
-    let yaml = yaml_serde::to_string(&info).map_err(|e| crate::bad_input(&s.out, e.to_string()))?;
+    let yaml = yaml_serde::to_string(&info).map_err(|e| crate::output_err(&s.out, e))?;
     contents.insert(DESCRIPTION.into(), yaml.into_bytes());
     contents.insert("README.txt".into(), readme.into_bytes());
     contents.insert("run".into(), RUN.as_bytes().to_vec());

@@ -150,7 +150,7 @@ pub fn record_path(out: &Path) -> PathBuf {
 
 /// Writes a fold's record beside its output (after the output: the record commits it).
 pub fn write_record(out: &Path, rec: &Record) -> Result<(), InferError> {
-    let text = yaml_serde::to_string(rec).map_err(|e| crate::bad_input(out, e.to_string()))?;
+    let text = yaml_serde::to_string(rec).map_err(|e| crate::output_err(out, e))?;
     files::write_atomic(&record_path(out), text.as_bytes())?;
     Ok(())
 }

@@ -17,6 +17,14 @@ pub enum InferError {
     /// A calibration that cannot be applied (unreadable, or made for another model).
     #[error("{0}")]
     Calibration(String),
+    /// An output of ours that could not be encoded (a record, the errors file, a bundle's
+    /// description); the encoder's error kept as the source.
+    #[error("{path}: cannot write: {source}")]
+    Output {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Scorer(#[from] scorer::ScorerError),
     #[error(transparent)]
@@ -25,10 +33,19 @@ pub enum InferError {
 
 models::errors_through_models!(InferError);
 
-/// "This input is bad, and here is why" ([`models::Error::bad_input`], the one constructor
-/// every crate uses): a caller matches `InferError::Models(models::Error::BadInput { .. })`.
+/// "This input is bad, and here is why" ([`files::Error::bad_input`], the one constructor
+/// every crate uses): a caller matches
+/// `InferError::Models(models::Error::Files(files::Error::BadInput { .. }))`.
 pub(crate) fn bad_input(path: &std::path::Path, msg: impl Into<String>) -> InferError {
     files::Error::bad_input(path, msg).into()
+}
+
+/// An output of ours at `path` that could not be encoded ([`InferError::Output`]).
+pub(crate) fn output_err(path: &std::path::Path, source: impl std::error::Error + Send + Sync + 'static) -> InferError {
+    InferError::Output {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    }
 }
 
 mod batch;

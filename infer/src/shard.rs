@@ -345,7 +345,7 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Merged, InferError> {
 
 /// Writes a shard's record beside its output.
 pub fn write_record(out: &Path, rec: &Record) -> Result<(), InferError> {
-    let text = yaml_serde::to_string(rec).map_err(|e| crate::bad_input(out, e.to_string()))?;
+    let text = yaml_serde::to_string(rec).map_err(|e| crate::output_err(out, e))?;
     files::write_atomic(&record_path(out), text.as_bytes())?;
     Ok(())
 }

@@ -192,11 +192,11 @@ pub(crate) fn write_errors(
     }
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([name_col, "error"])
-        .map_err(|e| crate::bad_input(path, e.to_string()))?;
+        .map_err(|e| crate::output_err(path, e))?;
     for (f, why) in errors {
-        w.write_record([f, why]).map_err(|e| crate::bad_input(path, e.to_string()))?;
+        w.write_record([f, why]).map_err(|e| crate::output_err(path, e))?;
     }
-    let bytes = w.into_inner().map_err(|e| crate::bad_input(path, e.to_string()))?;
+    let bytes = w.into_inner().map_err(|e| crate::output_err(path, e.into_error()))?;
     let mut sink = Sink::to(target, path)?;
     sink.write_all(&bytes).map_err(|e| files::Error::io(path, e))?;
     sink.commit()?;
