@@ -158,6 +158,35 @@ pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
+    /// How fast to go.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr, strum::EnumMessage)]
+    #[strum(serialize_all = "kebab-case")]
+    enum Pace {
+        /// Slowly, checking each step.
+        Slow,
+        VeryFast,
+    }
+
+    #[test]
+    fn a_library_enum_is_a_flag_with_its_names_and_docs() {
+        let cmd = || {
+            clap::Command::new("t").arg(
+                clap::Arg::new("pace")
+                    .long("pace")
+                    .value_parser(choice::<Pace>())
+                    .default_value("slow"),
+            )
+        };
+        let m = cmd().try_get_matches_from(["t", "--pace", "very-fast"]).expect("parses");
+        assert_eq!(m.get_one::<Pace>("pace"), Some(&Pace::VeryFast));
+        let m = cmd().try_get_matches_from(["t"]).expect("default");
+        assert_eq!(m.get_one::<Pace>("pace"), Some(&Pace::Slow));
+        let e = cmd().try_get_matches_from(["t", "--pace", "fast"]).expect_err("unknown");
+        assert!(e.to_string().contains("very-fast"), "{e}");
+        let help = cmd().render_long_help().to_string();
+        assert!(help.contains("slow") && help.contains("Slowly, checking each step."), "{help}");
+    }
+
     #[derive(Debug, thiserror::Error)]
     #[error("{what}: {source}")]
     struct Wrapped {
