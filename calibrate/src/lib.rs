@@ -50,8 +50,13 @@ pub enum CalError {
     #[error("the model cannot be calibrated: {0}")]
     Model(String),
     /// An output that could not be made (YAML, a plot, the calibrated ONNX graph).
-    #[error("{path}: cannot write: {msg}")]
-    Output { path: PathBuf, msg: String },
+    #[error("{path}: cannot write: {source}")]
+    Output {
+        path: PathBuf,
+        /// What the encoder or the chart said, kept for callers.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A setting out of its range.
     #[error("{0}")]
     Usage(String),

@@ -28,7 +28,7 @@ const GREEN: (u8, u8, u8) = (40, 150, 60);
 pub(crate) fn draw(chart: &plots::Chart, path: &Path) -> Result<(), CalError> {
     plots::line_chart(chart, path).map_err(|e| CalError::Output {
         path: path.to_path_buf(),
-        msg: e.to_string(),
+        source: Box::new(e),
     })
 }
 

@@ -50,7 +50,7 @@ pub fn write_outputs(
     // The commit point: written last, naming the digest of every file above.
     let text = yaml_serde::to_string(&cal).map_err(|e| CalError::Output {
         path: s.out.clone(),
-        msg: e.to_string(),
+        source: Box::new(e),
     })?;
     files::write_atomic(&s.out, text.as_bytes())?;
     Ok(())

@@ -564,7 +564,7 @@ pub fn write(c: &Comparison, tables_dir: &Path, scores: &[PathBuf], columns: &Co
     let _lock = files::Lock::within(dir, &format!("output folder {}", dir.display()))?;
     let yaml = yaml_serde::to_string(c).map_err(|e| EvalError::Output {
         path: dir.join("comparison.yaml"),
-        msg: e.to_string(),
+        source: Box::new(e),
     })?;
     let colors = [
         (31, 119, 180),
@@ -585,7 +585,7 @@ pub fn write(c: &Comparison, tables_dir: &Path, scores: &[PathBuf], columns: &Co
     let roc = dir.join("roc.png");
     plots::line_chart(&chart, &roc).map_err(|e| EvalError::Output {
         path: roc.clone(),
-        msg: e.to_string(),
+        source: Box::new(e),
     })?;
     files::write_atomic(
         &dir.join("comparison.md"),

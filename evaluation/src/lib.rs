@@ -19,8 +19,13 @@ pub enum EvalError {
     /// The data leave the FROC undefined (no annotated nodule among the listed scans).
     #[error("{0}")]
     Undefined(String),
-    #[error("{path}: cannot write: {msg}")]
-    Output { path: PathBuf, msg: String },
+    #[error("{path}: cannot write: {source}")]
+    Output {
+        path: PathBuf,
+        /// What the encoder or the chart said, kept for callers.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Models(#[from] models::Error),
 }

@@ -17,7 +17,7 @@ pub const FILES: &[&str] = &[
 fn csv_bytes(path: &Path, header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Result<Vec<u8>, EvalError> {
     let err = |e: csv::Error| EvalError::Output {
         path: path.to_path_buf(),
-        msg: e.to_string(),
+        source: Box::new(e),
     };
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(header).map_err(err)?;
@@ -26,7 +26,7 @@ fn csv_bytes(path: &Path, header: &[&str], rows: impl IntoIterator<Item = Vec<St
     }
     w.into_inner().map_err(|e| EvalError::Output {
         path: path.to_path_buf(),
-        msg: e.to_string(),
+        source: Box::new(e.into_error()),
     })
 }
 
@@ -37,7 +37,7 @@ pub(crate) fn write_outputs(r: &FrocReport, out: &Path) -> Result<(), EvalError>
     let summary = out.join("froc_summary.yaml");
     let yaml = yaml_serde::to_string(r).map_err(|e| EvalError::Output {
         path: summary.clone(),
-        msg: e.to_string(),
+        source: Box::new(e),
     })?;
     let f9 = |v: &f64| format!("{v:.9}");
     let p = out.join("froc_curve.csv");
@@ -119,7 +119,7 @@ fn plot(r: &FrocReport, path: &Path) -> Result<(), EvalError> {
     };
     plots::line_chart(&chart, path).map_err(|e| EvalError::Output {
         path: path.to_path_buf(),
-        msg: e.to_string(),
+        source: Box::new(e),
     })
 }
 
