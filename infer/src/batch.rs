@@ -273,6 +273,10 @@ fn write_records(
     part: Option<(crate::shard::Shard, (usize, usize, usize, String))>,
     d: &Done,
 ) -> Result<(), InferError> {
+    if held_out.is_none() && part.is_none() {
+        return Ok(());
+    }
+    let output_sha256 = files::sha256_file(&s.out)?;
     let calibration = match (&s.calibration, d.cal) {
         (Some(p), _) => files::sha256_file(p)?,
         (None, true) => "model".into(),
@@ -297,7 +301,7 @@ fn write_records(
                 format: format.into(),
                 header: header.clone(),
                 tta: tta.into(),
-                output_sha256: files::sha256_file(&s.out)?,
+                output_sha256: output_sha256.clone(),
             },
         )?;
     }
@@ -317,7 +321,7 @@ fn write_records(
                 calibration,
                 format: format.into(),
                 header,
-                output_sha256: files::sha256_file(&s.out)?,
+                output_sha256,
                 tta: tta.into(),
             },
         )?;
