@@ -73,6 +73,16 @@ struct Args {
     ort_lib: Option<PathBuf>,
 }
 
+/// `calibrate compare …` (with whatever flags it had) was the comparison of models before it
+/// joined the evaluation step: say where it went rather than read `compare` as a run folder.
+fn moved_compare() -> anyhow::Result<()> {
+    let first = std::env::args_os().nth(1);
+    if first.as_deref() == Some(std::ffi::OsStr::new("compare")) && !std::path::Path::new("compare").exists() {
+        anyhow::bail!("`calibrate compare` is now `froc compare` (same flags and outputs; comparing models is evaluation)");
+    }
+    Ok(())
+}
+
 fn settings(a: Args) -> anyhow::Result<Settings> {
     let base = match (&a.run, &a.scores, &a.patches, &a.model) {
         (Some(run), _, _, _) => Settings::for_run(run),
@@ -144,6 +154,7 @@ fn written(s: &calibrate::Settings) -> String {
 fn main() -> ExitCode {
     cli::default_sigpipe();
     let run = || -> anyhow::Result<()> {
+        moved_compare()?;
         let s = settings(Args::parse())?;
         let cal = calibrate::run(&s)?;
         print!("{}", calibrate::summary(&cal));

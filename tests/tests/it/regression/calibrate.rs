@@ -63,3 +63,13 @@ fn calibrate_fitted_garbage_on_absurd_logits() {
     let t = cal["temperature"]["temperature"].as_f64().expect("T");
     assert!(t.is_finite() && t < 1e6, "temperature {t}");
 }
+
+/// `calibrate compare` moved to `froc compare`: an old script's command says so instead of
+/// reading `compare` as a run folder (or failing on the comparison's flags).
+#[test]
+fn the_old_compare_command_read_compare_as_a_run_folder() {
+    for args in [&["compare"][..], &["compare", "a.csv", "b.csv", "--name", "A"][..]] {
+        let r = run_err("calibrate", args);
+        assert!(r.stderr.contains("is now `froc compare`"), "{}", r.stderr);
+    }
+}
