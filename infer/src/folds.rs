@@ -65,7 +65,7 @@ impl HeldOut {
         };
         let (mut all, mut series) = (BTreeSet::new(), BTreeSet::new());
         for (line, rec) in tables::csvio::rows(&mut rdr) {
-            let rec = rec.map_err(|e| crate::bad_input(&split, format!("line {line}: {e}")))?;
+            let rec = rec.map_err(|e| tables::Error::row(&split, line, e))?;
             let uid = rec.get(u).unwrap_or("").to_string();
             match rec.get(k).unwrap_or("") {
                 "val" => {

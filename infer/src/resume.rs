@@ -78,7 +78,10 @@ impl Check<'_> {
         let mut r = csv::ReaderBuilder::new().from_reader(bytes);
         let got: Vec<String> = r
             .headers()
-            .map_err(|e| crate::bad_input(path, e.to_string()))?
+            .map_err(|source| tables::Error::Header {
+                path: path.to_path_buf(),
+                source,
+            })?
             .iter()
             .map(String::from)
             .collect();

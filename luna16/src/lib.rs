@@ -68,7 +68,7 @@ pub fn read_findings_from(path: &Path, want: [&str; 5]) -> Result<Vec<Finding>> 
     let idx: Vec<usize> = idx.into_iter().flatten().collect();
     let mut out = Vec::new();
     for (line, rec) in tables::csvio::rows(&mut rdr) {
-        let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
+        let rec = rec.map_err(|e| Error::row(path, line, e))?;
         let num = |k: usize| -> Result<f64> {
             let s = rec.get(idx[k]).unwrap_or("");
             let v: f64 = s
@@ -96,7 +96,7 @@ pub fn read_series_list(path: &Path) -> Result<(Vec<String>, Option<String>)> {
     let (mut rdr, _) = tables::csvio::open(path, false)?;
     let mut uids = Vec::new();
     for (line, rec) in tables::csvio::rows(&mut rdr) {
-        let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
+        let rec = rec.map_err(|e| Error::row(path, line, e))?;
         let uid = rec.get(0).unwrap_or("").to_string();
         if uid.is_empty() {
             return Err(input_err(path, format!("line {line}: empty seriesuid")));

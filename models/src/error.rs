@@ -14,6 +14,13 @@ pub enum Error {
     BadPatch { path: PathBuf, msg: String },
     #[error("{path}: not a valid ONNX model: {msg}")]
     BadOnnx { path: PathBuf, msg: String },
+    /// A file that is not ONNX at all: protobuf's decoder refused it (its error is the cause).
+    #[error("{path}: not a valid ONNX model: protobuf decode failed ({source})")]
+    OnnxDecode {
+        path: PathBuf,
+        #[source]
+        source: prost::DecodeError,
+    },
     #[error("{path}: {msg}")]
     Calibration { path: PathBuf, msg: String },
     #[error("model metadata: {0}")]
@@ -22,6 +29,14 @@ pub enum Error {
     WeightsMismatch { arch: String, problems: Vec<String> },
     #[error("architecture spec: {0}")]
     Spec(String),
+    /// A spec (a file, or a config's inline spec: `origin`) that is not YAML of an
+    /// [`ArchSpec`](crate::spec::ArchSpec); the YAML reader's error is the cause.
+    #[error("architecture spec: {origin}: not an architecture spec: {source}")]
+    SpecParse {
+        origin: String,
+        #[source]
+        source: yaml_serde::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -80,7 +80,7 @@ fn read_table(path: &Path, key: &str, columns: &[String], unique: bool) -> Resul
     let idx: Vec<Option<usize>> = columns.iter().map(|c| headers.iter().position(|h| h == c)).collect();
     let mut out = HashMap::new();
     for (line, rec) in tables::csvio::rows(&mut rdr) {
-        let rec = rec.map_err(|e| bad(format!("line {line}: {e}")))?;
+        let rec = rec.map_err(|e| tables::Error::row(path, line, e))?;
         let id = rec.get(k).unwrap_or("").to_string();
         let values = columns
             .iter()

@@ -102,7 +102,7 @@ fn open_npy(path: &Path) -> Result<(NpyHeader, std::fs::File)> {
     }
     f.rewind().map_err(|e| Error::from(files::Error::io(path, e)))?;
     let header = Header::from_reader(&mut (&mut f).take(start + hlen))
-        .map_err(|e| bad(path, format!("not a valid .npy file ({e})")))?;
+        .map_err(|e| files::Error::parse(path, "not a valid .npy file", e))?;
     let descr = match &header.type_descriptor {
         PyValue::String(s) => s.clone(),
         other => format!("{other}"),

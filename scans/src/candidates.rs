@@ -181,7 +181,7 @@ pub fn read(path: &Path) -> Result<CandidateList> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut repeats: HashMap<String, usize> = HashMap::new();
     for (line, rec) in tables::csvio::rows(&mut rdr) {
-        let rec = rec.map_err(|e| bad(path, format!("line {line}: {e}")))?;
+        let rec = rec.map_err(|e| tables::Error::row(path, line, e))?;
         let field = |i: usize| rec.get(i).unwrap_or("").trim();
         let at = format!("{} line {line}", path.display());
         let uid = field(idx[0]).to_string();

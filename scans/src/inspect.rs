@@ -25,19 +25,21 @@ pub fn locate(path: &Path, format: Option<crate::Format>, series: Option<&str>) 
         let uid = match crate::dicom::probe(path)? {
             crate::dicom::Probe::Series(uid) => uid,
             crate::dicom::Probe::Directory => {
-                return Err(ScanError::Data(format!(
-                    "{}: a DICOMDIR (an index of files, no image); inspect its folder instead",
-                    path.display()
+                return Err(ScanError::from(files::Error::bad_input(
+                    path,
+                    "a DICOMDIR (an index of files, no image); inspect its folder instead",
                 )))
             }
             crate::dicom::Probe::NotDicom => {
-                return Err(ScanError::Data(format!(
-                    "{}: not a scan ({})",
-                    path.display(),
-                    crate::dicom::foreign_format(path).map_or_else(
-                        || "not DICOM, and no scan format known here".to_string(),
-                        |f| format!("a {f} file, a format not read here")
-                    )
+                return Err(ScanError::from(files::Error::bad_input(
+                    path,
+                    format!(
+                        "not a scan ({})",
+                        crate::dicom::foreign_format(path).map_or_else(
+                            || "not DICOM, and no scan format known here".to_string(),
+                            |f| format!("a {f} file, a format not read here")
+                        )
+                    ),
                 )))
             }
         };
@@ -67,31 +69,33 @@ pub fn locate(path: &Path, format: Option<crate::Format>, series: Option<&str>) 
             .join("\n  ")
     };
     match want {
-        Some(uid) => {
-            found.scans.get(&uid).cloned().map(|s| (uid.clone(), s)).ok_or_else(|| {
-                ScanError::Data(format!("{}: no series {uid} read here\n  {}", dir.display(), reasons()))
-            })
-        }
-        None if found.scans.is_empty() => Err(ScanError::Data(format!(
-            "{}: no scan read here:\n  {}",
-            dir.display(),
-            reasons()
+        Some(uid) => found.scans.get(&uid).cloned().map(|s| (uid.clone(), s)).ok_or_else(|| {
+            ScanError::from(files::Error::bad_input(
+                dir,
+                format!("no series {uid} read here\n  {}", reasons()),
+            ))
+        }),
+        None if found.scans.is_empty() => Err(ScanError::from(files::Error::bad_input(
+            dir,
+            format!("no scan read here:\n  {}", reasons()),
         ))),
         None if found.scans.len() == 1 => found
             .scans
             .into_iter()
             .next()
             .ok_or_else(|| ScanError::Internal("one scan, then none".into())),
-        None => Err(ScanError::Data(format!(
-            "{}: {} scans; choose one with --series:\n  {}",
-            dir.display(),
-            found.scans.len(),
-            found
-                .scans
-                .iter()
-                .map(|(u, s)| format!("{u}  ({}, {})", s.format(), s.path().display()))
-                .collect::<Vec<_>>()
-                .join("\n  ")
+        None => Err(ScanError::from(files::Error::bad_input(
+            dir,
+            format!(
+                "{} scans; choose one with --series:\n  {}",
+                found.scans.len(),
+                found
+                    .scans
+                    .iter()
+                    .map(|(u, s)| format!("{u}  ({}, {})", s.format(), s.path().display()))
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            ),
         ))),
     }
 }

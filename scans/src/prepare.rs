@@ -278,20 +278,24 @@ fn read_inputs(job: &PrepareJob) -> Result<Inputs> {
         .iter()
         .find(|a| a.value.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
     {
-        return Err(ScanError::Data(format!(
-            "{}: series {}: diameter_mm must be positive, got {}",
-            job.annotations.display(),
-            a.seriesuid,
-            a.value
+        return Err(ScanError::from(files::Error::bad_input(
+            &job.annotations,
+            format!(
+                "series {}: diameter_mm must be positive, got {}",
+                a.seriesuid,
+                a.value
+            ),
         )));
     }
     let candidates = luna16::read_findings(&job.candidates, "class")?;
     if let Some(c) = candidates.iter().find(|c| c.value != 0.0 && c.value != 1.0) {
-        return Err(ScanError::Data(format!(
-            "{}: series {}: class must be 0 or 1, got {}",
-            job.candidates.display(),
-            c.seriesuid,
-            c.value
+        return Err(ScanError::from(files::Error::bad_input(
+            &job.candidates,
+            format!(
+                "series {}: class must be 0 or 1, got {}",
+                c.seriesuid,
+                c.value
+            ),
         )));
     }
     let found = crate::find(&job.scans, job.format)?;

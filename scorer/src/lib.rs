@@ -30,12 +30,43 @@ use models::preprocess::Preprocess;
 /// Errors of opening and running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ScorerError {
+    /// A setting out of range (`--threads`).
     #[error("{0}")]
-    Runtime(String),
+    Settings(String),
+    /// The ONNX Runtime library given (`--ort-lib PATH`, `ORT_DYLIB_PATH=PATH`) is not there.
+    #[error("{given}: no such file")]
+    NoSuchLibrary { given: String, path: PathBuf },
+    /// No ONNX Runtime library in any place it is looked for (each listed in `tried`).
+    #[error(
+        "ONNX Runtime shared library (libonnxruntime.so) not found. Tried: {}. \
+         Fix: run `scripts/setup` (installs onnxruntime==1.31.1 into .venv), or pass --ort-lib PATH, \
+         or set {}=/path/to/libonnxruntime.so",
+        .tried.join("; "),
+        runtime::ORT_ENV
+    )]
+    RuntimeNotFound { tried: Vec<String> },
+    /// The library was found and could not be loaded, or its environment created (`what`).
+    #[error("{library}: {what}: {source}")]
+    Load {
+        library: PathBuf,
+        what: &'static str,
+        /// ort's error (loading the library, or creating the environment).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A model of ours that the scorer cannot use as one (its inputs, outputs or metadata):
+    /// the file, and what is wrong.
     #[error("{path}: {msg}")]
     Model { path: PathBuf, msg: String },
-    #[error("device: {0}")]
-    Device(String),
+    /// CUDA was asked for and its execution provider cannot be registered: the device, what
+    /// to check (`hint`), and ONNX Runtime's error as the cause.
+    #[error("device: CUDA device {id} requested but the CUDA execution provider cannot be registered: {source}. {hint}")]
+    Cuda {
+        id: usize,
+        hint: String,
+        #[source]
+        source: ort::Error,
+    },
     /// ONNX Runtime refused a step: what was being done (with the model's path where there
     /// is one), and ONNX Runtime's own error kept as the cause.
     #[error("{what}: {source}")]
@@ -118,6 +149,11 @@ struct Opening<'a> {
     bytes: &'a [u8],
 }
 
+/// A session builder's error as ONNX Runtime's plain error (without the builder it returns).
+fn plain(e: ort::Error<ort::session::builder::SessionBuilder>) -> ort::Error {
+    e.into()
+}
+
 /// A session, its provider, why that provider, and whether every node runs on it.
 type Opened = (Session, &'static str, String, Option<bool>);
 
@@ -130,12 +166,16 @@ impl Opening<'_> {
     /// beside the session in infer's pipeline; ONNX Runtime's worker threads must not spin
     /// on the cores the decoders need).
     fn builder(&self) -> Result<ort::session::builder::SessionBuilder, ScorerError> {
-        let b = Session::builder(&self.rt.env)
-            .map_err(|e| self.model_err(e))?
+        self.ort_builder().map_err(|e| self.model_err(e))
+    }
+
+    /// [`Opening::builder`] with ONNX Runtime's own error.
+    fn ort_builder(&self) -> Result<ort::session::builder::SessionBuilder, ort::Error> {
+        let b = Session::builder(&self.rt.env)?
             .with_intra_op_spinning(self.opts.spin)
-            .map_err(|e| self.model_err(e.into()))?;
+            .map_err(plain)?;
         if self.opts.threads > 0 {
-            return b.with_intra_threads(self.opts.threads).map_err(|e| self.model_err(e.into()));
+            return b.with_intra_threads(self.opts.threads).map_err(plain);
         }
         Ok(b)
     }
@@ -146,32 +186,24 @@ impl Opening<'_> {
 
     /// A CUDA session, first with CPU fallback disabled: if that commits, every node runs
     /// on CUDA; if only the fallback version commits, some nodes run on the CPU.
-    fn cuda(&self, id: usize) -> Result<(Session, bool), String> {
+    fn cuda(&self, id: usize) -> Result<(Session, bool), ort::Error> {
         // Device ids are parsed as u16 (host::device), so they fit ONNX Runtime's i32.
-        let ep = || {
-            ep::CUDA::default()
+        let with_cuda = |strict: bool| -> Result<Session, ort::Error> {
+            let ep = ep::CUDA::default()
                 .with_device_id(i32::try_from(id).unwrap_or(i32::MAX))
                 .build()
-                .error_on_failure()
+                .error_on_failure();
+            let b = self.ort_builder()?.with_execution_providers([ep]).map_err(plain)?;
+            let mut b = if strict {
+                b.with_disable_cpu_fallback().map_err(plain)?
+            } else {
+                b
+            };
+            b.commit_from_memory(self.bytes)
         };
-        let strict = self
-            .builder()
-            .map_err(|e| e.to_string())?
-            .with_execution_providers([ep()])
-            .map_err(|e| e.to_string())?
-            .with_disable_cpu_fallback()
-            .map_err(|e| e.to_string())
-            .and_then(|mut b| b.commit_from_memory(self.bytes).map_err(|e| e.to_string()));
-        match strict {
+        match with_cuda(true) {
             Ok(s) => Ok((s, true)),
-            Err(_) => {
-                let mut b = self
-                    .builder()
-                    .map_err(|e| e.to_string())?
-                    .with_execution_providers([ep()])
-                    .map_err(|e| e.to_string())?;
-                Ok((b.commit_from_memory(self.bytes).map_err(|e| e.to_string())?, false))
-            }
+            Err(_) => Ok((with_cuda(false)?, false)),
         }
     }
 
@@ -182,41 +214,38 @@ impl Opening<'_> {
             Device::Cpu => Ok((self.cpu()?, "CPUExecutionProvider", "requested".to_string(), Some(true))),
             Device::Cuda(id) => {
                 let preload = runtime::preload_cuda_libraries(rt);
-                let (s, all) = self.cuda(id).map_err(|e| {
-                    ScorerError::Device(format!(
-                        "CUDA device {id} requested but the CUDA execution provider cannot be registered: {e}. {}{}",
+                let (s, all) = self.cuda(id).map_err(|source| ScorerError::Cuda {
+                    id,
+                    hint: format!(
+                        "{}{}",
                         cuda_hint(rt),
                         preload.err().map(|p| format!(" ({p})")).unwrap_or_default()
-                    ))
+                    ),
+                    source,
                 })?;
                 Ok((s, "CUDAExecutionProvider", format!("requested (device {id})"), Some(all)))
             }
             Device::Auto => {
                 let compiled = ep::CUDA::is_available().unwrap_or(false);
-                let attempt = if compiled {
+                let attempt = compiled.then(|| {
                     // Failing to preload is not fatal here: the libraries may be on the
                     // loader path anyway; registration says whether CUDA works.
                     let _ = runtime::preload_cuda_libraries(rt);
                     self.cuda(0)
-                } else {
-                    Err(String::new())
-                };
-                match attempt {
-                    Ok((s, all)) => Ok((
-                        s,
-                        "CUDAExecutionProvider",
-                        "auto: CUDA provider registered".to_string(),
-                        Some(all),
-                    )),
-                    Err(why) => {
-                        let note = if compiled {
-                            format!("auto: CUDA provider failed to register ({why}); using CPU")
-                        } else {
-                            "auto: this ONNX Runtime build has no CUDA provider; using CPU".to_string()
-                        };
-                        Ok((self.cpu()?, "CPUExecutionProvider", note, Some(true)))
+                });
+                let note = match attempt {
+                    Some(Ok((s, all))) => {
+                        return Ok((
+                            s,
+                            "CUDAExecutionProvider",
+                            "auto: CUDA provider registered".to_string(),
+                            Some(all),
+                        ))
                     }
-                }
+                    Some(Err(why)) => format!("auto: CUDA provider failed to register ({why}); using CPU"),
+                    None => "auto: this ONNX Runtime build has no CUDA provider; using CPU".to_string(),
+                };
+                Ok((self.cpu()?, "CPUExecutionProvider", note, Some(true)))
             }
         }
     }
@@ -290,7 +319,7 @@ impl Scorer {
     /// Opens `model`: checks that it is an ONNX model exported by this toolchain, reads its
     /// preprocessing, and creates a session on the requested device.
     pub fn open(model: &Path, opts: &ScorerOptions) -> Result<Self, ScorerError> {
-        host::check_threads("--threads", opts.threads).map_err(ScorerError::Runtime)?;
+        host::check_threads("--threads", opts.threads).map_err(ScorerError::Settings)?;
         let bytes = files::read_regular(model)?;
         let proto = models::onnx::parse_model(&bytes, model)?;
         let metadata = models::onnx::metadata(&proto);

@@ -73,7 +73,10 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, ScorerError> {
         if p.is_file() {
             return Ok(p.to_path_buf());
         }
-        return Err(ScorerError::Runtime(format!("--ort-lib {}: no such file", p.display())));
+        return Err(ScorerError::NoSuchLibrary {
+            given: format!("--ort-lib {}", p.display()),
+            path: p.to_path_buf(),
+        });
     }
     // A bundle carries its library next to the binary: that wins over the environment.
     if let Some(dir) = std::env::current_exe()
@@ -90,7 +93,10 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, ScorerError> {
         if p.is_file() {
             return Ok(p);
         }
-        return Err(ScorerError::Runtime(format!("{ORT_ENV}={}: no such file", p.display())));
+        return Err(ScorerError::NoSuchLibrary {
+            given: format!("{ORT_ENV}={}", p.display()),
+            path: p,
+        });
     }
     tried.push(format!("--ort-lib (not given), ${ORT_ENV} (not set)"));
     for dir in venv_dirs() {
@@ -105,12 +111,7 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf, ScorerError> {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv").display()
         ));
     }
-    Err(ScorerError::Runtime(format!(
-        "ONNX Runtime shared library (libonnxruntime.so) not found. Tried: {}. \
-         Fix: run `scripts/setup` (installs onnxruntime==1.31.1 into .venv), or pass --ort-lib PATH, \
-         or set {ORT_ENV}=/path/to/libonnxruntime.so",
-        tried.join("; ")
-    )))
+    Err(ScorerError::RuntimeNotFound { tried })
 }
 
 /// Loads ONNX Runtime once per process (ort allows one environment per process).
@@ -124,14 +125,17 @@ pub fn init(flag: Option<&Path>) -> Result<&'static Runtime, ScorerError> {
     }
     let library = locate(flag)?;
     let env = ort::init_from(&library)
-        .map_err(|e| ScorerError::Runtime(format!("{}: cannot load ONNX Runtime: {e}", library.display())))?
+        .map_err(|source| ScorerError::Load {
+            library: library.clone(),
+            what: "cannot load ONNX Runtime",
+            source: Box::new(source),
+        })?
         .with_name("nodule-infer")
         .build()
-        .map_err(|e| {
-            ScorerError::Runtime(format!(
-                "{}: cannot create the ONNX Runtime environment: {e}",
-                library.display()
-            ))
+        .map_err(|source| ScorerError::Load {
+            library: library.clone(),
+            what: "cannot create the ONNX Runtime environment",
+            source: Box::new(source),
         })?;
     let version = version_of(&library);
     Ok(RUNTIME.get_or_init(|| Runtime { library, version, env }))
@@ -172,4 +176,23 @@ pub fn preload_cuda_libraries(rt: &Runtime) -> Result<Option<PathBuf>, String> {
     ort::ep::cuda::preload_dylibs(Some(&cuda), cudnn.as_deref())
         .map(|()| Some(site.join("nvidia")))
         .map_err(|e| format!("preloading CUDA libraries from {}: {e}", site.join("nvidia").display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A library given by flag that is not there is `NoSuchLibrary`, naming the path a caller
+    /// can match on and how it was given.
+    #[test]
+    fn a_missing_library_given_by_flag_names_its_path() {
+        let p = Path::new("/nonexistent/libonnxruntime.so");
+        match locate(Some(p)) {
+            Err(ScorerError::NoSuchLibrary { given, path }) => {
+                assert_eq!(path, p);
+                assert_eq!(given, format!("--ort-lib {}", p.display()));
+            }
+            other => panic!("not NoSuchLibrary: {other:?}"),
+        }
+    }
 }

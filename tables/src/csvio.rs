@@ -72,9 +72,9 @@ pub fn open(path: &Path, has_headers: bool) -> Result<(CsvReader, csv::StringRec
         .from_reader(file);
     let headers = if has_headers {
         rdr.headers()
-            .map_err(|e| Error::BadCsv {
+            .map_err(|source| Error::Header {
                 path: path.to_path_buf(),
-                msg: e.to_string(),
+                source,
             })?
             .clone()
     } else {
@@ -151,6 +151,28 @@ mod tests {
             .map(|(l, rec)| (l, rec.expect("row")[0].to_string()))
             .collect();
         assert_eq!(got, [(2, "1".to_string()), (4, "3".to_string()), (5, "5".to_string())]);
+    }
+
+    /// A ragged row read through the patch index is `Error::Row`: the file and the line a
+    /// caller can match on, csv's own error as the source, and the message unchanged
+    /// (`PATH: line N: REASON`).
+    #[test]
+    fn a_row_the_reader_refuses_is_matched_by_file_and_line() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("scores.csv");
+        std::fs::write(&p, "patch_file,seriesuid,label,logit
+a.npy,s1,0,0.5
+b.npy,s1,x,0,9
+").expect("w");
+        let e = crate::scores::ScoreTable::read(&p, &crate::scores::Columns::default()).expect_err("ragged");
+        match &e {
+            Error::Row { path, line, source } => {
+                assert_eq!((path.as_path(), *line), (p.as_path(), 3));
+                assert!(std::error::Error::source(&e).is_some());
+                assert_eq!(e.to_string(), format!("{}: line 3: {source}", p.display()));
+            }
+            other => panic!("not a Row error: {other:?}"),
+        }
     }
 
     /// `\r\n` becomes `\n` wherever the reads split it; a lone `\r` stays.

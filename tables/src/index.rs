@@ -70,7 +70,7 @@ impl PatchIndex {
         let mut rows = Vec::new();
         for (i, rec) in rdr.deserialize::<IndexRow>().enumerate() {
             // Line numbers count the header as line 1.
-            let row = rec.map_err(|e| bad(format!("line {}: {e}", i + 2)))?;
+            let row = rec.map_err(|e| Error::row(&path, i + 2, e))?;
             if row.patch_file.is_empty() || row.seriesuid.is_empty() {
                 return Err(bad(format!("line {}: empty patch_file or seriesuid", i + 2)));
             }
@@ -224,7 +224,7 @@ pub fn read_scoring_index(path: &Path) -> Result<ScoringIndex> {
     for (line, rec) in crate::csvio::rows(&mut rdr) {
         let row: ScoringRow = rec
             .and_then(|r| r.deserialize(Some(&headers)))
-            .map_err(|e| bad(format!("line {line}: {e}")))?;
+            .map_err(|e| Error::row(&path, line, e))?;
         if row.patch_file.is_empty() {
             return Err(bad(format!("line {line}: empty patch_file")));
         }

@@ -111,7 +111,7 @@ impl ScoreTable {
         };
         let mut seen = std::collections::HashMap::new();
         for (line, rec) in crate::csvio::rows(&mut rdr) {
-            let rec = rec.map_err(|e| input_err(path, format!("line {line}: {e}")))?;
+            let rec = rec.map_err(|e| crate::Error::row(path, line, e))?;
             let z = logit_of(path, line, rec.get(si).unwrap_or(""), score_col, cols.probability.is_some())?;
             let y = match rec.get(li).unwrap_or("") {
                 "0" | "0.0" => 0,

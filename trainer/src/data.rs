@@ -35,16 +35,16 @@ impl Split {
     pub fn new(rows: &[IndexRow], cfg: &SplitConfig, index: &Path) -> Result<Self> {
         let n_pos = rows.iter().filter(|r| r.label == 1).count();
         if n_pos == 0 {
-            return Err(TrainError::Data(format!(
-                "{}: no positive patches (label = 1); training needs nodules",
-                index.display()
+            return Err(TrainError::from(files::Error::bad_input(
+                index,
+                "no positive patches (label = 1); training needs nodules",
             )));
         }
         if n_pos == rows.len() {
-            return Err(TrainError::Data(format!(
-                "{}: no negative patches (label = 0). Training needs real negatives (e.g. non-nodule candidates \
+            return Err(TrainError::from(files::Error::bad_input(
+                index,
+                "no negative patches (label = 0). Training needs real negatives (e.g. non-nodule candidates \
                  from the same scans); random noise is not offered as a substitute",
-                index.display()
             )));
         }
         let mut has_pos: BTreeMap<&str, bool> = BTreeMap::new();
@@ -52,9 +52,9 @@ impl Split {
             *has_pos.entry(&r.seriesuid).or_default() |= r.label == 1;
         }
         if has_pos.len() < 2 {
-            return Err(TrainError::Data(format!(
-                "{}: all patches come from one series; a series-disjoint split needs at least two",
-                index.display()
+            return Err(TrainError::from(files::Error::bad_input(
+                index,
+                "all patches come from one series; a series-disjoint split needs at least two",
             )));
         }
         let mut rng = StdRng::seed_from_u64(cfg.seed);
@@ -106,29 +106,35 @@ impl Split {
         }
         let leaked: Vec<&str> = series[0].intersection(&series[1]).copied().collect();
         if !leaked.is_empty() {
-            return Err(TrainError::Data(format!(
-                "{}: series in both training and validation: {}",
-                index.display(),
-                leaked.join(", ")
+            return Err(TrainError::from(files::Error::bad_input(
+                index,
+                format!(
+                    "series in both training and validation: {}",
+                    leaked.join(", ")
+                ),
             )));
         }
         let leaked: Vec<&str> = files[0].intersection(&files[1]).copied().collect();
         if !leaked.is_empty() {
-            return Err(TrainError::Data(format!(
-                "{}: patch file(s) listed under series on both sides of the split: {}",
-                index.display(),
-                leaked.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+            return Err(TrainError::from(files::Error::bad_input(
+                index,
+                format!(
+                    "patch file(s) listed under series on both sides of the split: {}",
+                    leaked.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+                ),
             )));
         }
         for (side, name) in [(0, "training"), (1, "validation")] {
             if counts[side][0] == 0 || counts[side][1] == 0 {
-                return Err(TrainError::Data(format!(
-                    "{}: the {name} split has {} negative(s) and {} positive(s); it needs both classes \
+                return Err(TrainError::from(files::Error::bad_input(
+                    index,
+                    format!(
+                        "the {name} split has {} negative(s) and {} positive(s); it needs both classes \
                      (add series with {}, or change split.val_fraction / split.seed)",
-                    index.display(),
-                    counts[side][0],
-                    counts[side][1],
-                    if counts[side][1] == 0 { "nodules" } else { "negatives" }
+                        counts[side][0],
+                        counts[side][1],
+                        if counts[side][1] == 0 { "nodules" } else { "negatives" }
+                    ),
                 )));
             }
         }

@@ -18,9 +18,10 @@ pub enum TrainError {
     /// Input that cannot be trained on or prepared: the index, the split, patches, scans, CSVs.
     #[error("{0}")]
     Data(String),
-    /// The run folder: not empty, or not the run a resume expects.
-    #[error("{0}")]
-    RunFolder(String),
+    /// The run folder (or a file in it): not empty, or not the run a resume expects; `path`
+    /// names it.
+    #[error("{path}: {msg}")]
+    RunFolder { path: PathBuf, msg: String },
     /// The device: CUDA that cannot be had, memory exhausted.
     #[error("{0}")]
     Device(String),
@@ -71,6 +72,14 @@ models::errors_through_models!(TrainError);
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
 impl TrainError {
+    /// The run folder or sweep folder at `path` (or a file in it) is not what this run may use.
+    pub fn run_folder(path: &std::path::Path, msg: impl Into<String>) -> Self {
+        TrainError::RunFolder {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         TrainError::Io {

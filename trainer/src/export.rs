@@ -37,32 +37,12 @@ pub fn scaled_diff(a: &[f32], b: &[f32]) -> f64 {
     diff / scale
 }
 
-/// Everything a scorer must know, for the ONNX file's `metadata_props`.
+/// Everything a scorer must know, for the ONNX file's `metadata_props`
+/// ([`models::onnx::model_metadata`]), with this build's git commit.
 pub fn metadata(spec: &ArchSpec, pre: &Preprocess, extra: &[(&str, String)]) -> Result<BTreeMap<String, String>> {
-    let mut md = pre.to_metadata();
-    let mut put = |k: &str, v: String| {
-        md.insert(k.to_string(), v);
-    };
-    put("format", "nodule-patch-classifier/1".into());
-    put("input.name", models::onnx::INPUT_NAME.into());
-    put(
-        "input.layout",
-        "NCDHW: [batch, 1, z, y, x] float32, preprocessed as preprocess.* says".into(),
-    );
-    put("output.name", models::onnx::OUTPUT_NAME.into());
-    put(
-        "output.meaning",
-        "logit of P(nodule); probability = sigmoid(logit)".into(),
-    );
-    put("architecture", spec.name.clone());
-    put("architecture.spec_json", serde_json::to_string(spec)?);
-    put("tool.name", "nodule-toolchain".into());
-    put("tool.version", models::TOOL_VERSION.into());
-    put("tool.git_commit", env!("NODULE_GIT_COMMIT").into());
-    for (k, v) in extra {
-        put(k, v.clone());
-    }
-    Ok(md)
+    let mut all = vec![("tool.git_commit", env!("NODULE_GIT_COMMIT").to_string())];
+    all.extend(extra.iter().cloned());
+    Ok(models::onnx::model_metadata(spec, pre, &all)?)
 }
 
 /// Writes `model.onnx` for `spec` with the VarStore's weights, atomically.

@@ -36,7 +36,7 @@ pub struct CvSummary {
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<(Vec<RunSummary>, Option<CvSummary>)> {
     let k = cfg.split.folds;
     if opts.resume || opts.stop_after.is_some() {
-        return Err(TrainError::RunFolder(
+        return Err(TrainError::Config(
             "--resume and --stop-after work on one run: give split.fold to resume one fold".to_string(),
         ));
     }
@@ -52,10 +52,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<(Vec<RunSummary>, Opt
         .map_err(|e| TrainError::file(format!("{}: cannot create", cfg.out.display()), e))?;
     let _lock = Lock::within(&cfg.out, &format!("cross-validation folder {}", cfg.out.display()))?;
     if summary_path.exists() && !opts.force {
-        return Err(TrainError::RunFolder(format!(
-            "{}: a cross-validation already lives here; choose another --out or pass --force",
-            cfg.out.display()
-        )));
+        return Err(TrainError::run_folder(
+            &cfg.out,
+            "a cross-validation already lives here; choose another --out or pass --force",
+        ));
     }
     if summary_path.exists() {
         // --force: the old summary must not sit beside new folds if one of them fails.

@@ -97,7 +97,7 @@ pub struct FrocFiles {
 /// Where the model's training was tracked: (its MLflow run key, tracking URI, experiment)
 /// from its metadata; `None` for a model trained without tracking.
 pub fn tracked_model(model: &Path) -> Result<Option<(String, String, String)>, EvalError> {
-    let m = models::onnx::read_model(model).map_err(|e| EvalError::Usage(e.to_string()))?;
+    let m = models::onnx::read_model(model)?;
     let md = models::onnx::metadata(&m);
     let get = |k: &str| md.get(k).cloned();
     Ok(get("training.mlflow_run_key").map(|k| {

@@ -34,7 +34,7 @@ fn read_rows(path: &Path) -> Result<Vec<(usize, Row)>, InferError> {
     if jsonl {
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
-                .map_err(|e| crate::bad_input(path, format!("line {}: not a JSON object ({e})", i + 1)))?;
+                .map_err(|e| files::Error::parse(path, format!("line {}: not a JSON object", i + 1), e))?;
             let row = v
                 .into_iter()
                 .map(|(k, v)| {
@@ -53,12 +53,12 @@ fn read_rows(path: &Path) -> Result<Vec<(usize, Row)>, InferError> {
     let mut r = csv::ReaderBuilder::new().from_reader(text.as_bytes());
     let h: Vec<String> = r
         .headers()
-        .map_err(|e| crate::bad_input(path, format!("header: {e}")))?
+        .map_err(|e| files::Error::parse(path, "header", e))?
         .iter()
         .map(str::to_string)
         .collect();
     for (line, rec) in tables::csvio::rows(&mut r) {
-        let rec = rec.map_err(|e| crate::bad_input(path, format!("line {line}: {e}")))?;
+        let rec = rec.map_err(|e| tables::Error::row(path, line, e))?;
         out.push((line, h.iter().cloned().zip(rec.iter().map(str::to_string)).collect()));
     }
     Ok(out)

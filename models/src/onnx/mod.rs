@@ -78,6 +78,38 @@ pub fn check_weights(spec: &ArchSpec, weights: &Weights) -> Result<()> {
     }
 }
 
+/// Everything a scorer must know, for a model's `metadata_props`: the preprocessing, the
+/// graph's input and output, the architecture (by name and as its spec), the tool; then
+/// `extra` (provenance, training figures), which may override any of them. The trainer adds
+/// its git commit; a test's model is written with the same keys.
+pub fn model_metadata(
+    spec: &ArchSpec,
+    pre: &crate::preprocess::Preprocess,
+    extra: &[(&str, String)],
+) -> Result<BTreeMap<String, String>> {
+    let mut md = pre.to_metadata();
+    let spec_json = serde_json::to_string(spec)
+        .map_err(|e| Error::Metadata(format!("the architecture spec as JSON: {e}")))?;
+    let fixed = [
+        ("format", "nodule-patch-classifier/1".to_string()),
+        ("input.name", INPUT_NAME.into()),
+        (
+            "input.layout",
+            "NCDHW: [batch, 1, z, y, x] float32, preprocessed as preprocess.* says".into(),
+        ),
+        ("output.name", OUTPUT_NAME.into()),
+        ("output.meaning", "logit of P(nodule); probability = sigmoid(logit)".into()),
+        ("architecture", spec.name.clone()),
+        ("architecture.spec_json", spec_json),
+        ("tool.name", "nodule-toolchain".into()),
+        ("tool.version", crate::TOOL_VERSION.into()),
+    ];
+    for (k, v) in fixed.into_iter().chain(extra.iter().cloned()) {
+        md.insert(k.to_string(), v);
+    }
+    Ok(md)
+}
+
 /// Builds the ONNX model for `spec` with `weights`, a fixed input cube of `cube` voxels a
 /// side, and the given `metadata_props` (written sorted by key).
 pub fn export(
@@ -169,7 +201,10 @@ pub fn parse_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
         path: path.to_path_buf(),
         msg,
     };
-    let model = ModelProto::decode(bytes).map_err(|e| bad(format!("protobuf decode failed ({e})")))?;
+    let model = ModelProto::decode(bytes).map_err(|source| Error::OnnxDecode {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if model.ir_version.is_none() || model.opset_import.is_empty() {
         return Err(bad("no IR version or opset import".into()));
     }
@@ -312,6 +347,15 @@ impl GraphBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes that are not protobuf are `Error::OnnxDecode` with prost's error as the source.
+    #[test]
+    fn bytes_that_are_not_protobuf_keep_the_decoders_error() {
+        let e = parse_model(b"\xff\xff\xff\xff not protobuf", Path::new("m.onnx")).expect_err("garbage");
+        assert!(matches!(&e, Error::OnnxDecode { path, .. } if path == Path::new("m.onnx")), "{e:?}");
+        assert!(std::error::Error::source(&e).is_some());
+        assert!(e.to_string().starts_with("m.onnx: not a valid ONNX model: protobuf decode failed"), "{e}");
+    }
 
     fn zero_weights(spec: &ArchSpec) -> Weights {
         spec.params()

@@ -254,15 +254,19 @@ impl ArchSpec {
     /// names optional. Unknown keys, out-of-range values and a network that does not chain
     /// are refused, naming the layer at fault; `origin` names the file in messages.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
-        let v: yaml_serde::Value =
-            yaml_serde::from_str(text).map_err(|e| Error::Spec(format!("{origin}: not an architecture spec: {e}")))?;
+        let v: yaml_serde::Value = yaml_serde::from_str(text).map_err(|source| Error::SpecParse {
+            origin: origin.to_string(),
+            source,
+        })?;
         Self::from_value(v, origin)
     }
 
     /// As [`ArchSpec::from_yaml`], from a parsed YAML value (a spec inline in a config).
     pub fn from_value(v: yaml_serde::Value, origin: &str) -> Result<Self> {
-        let mut spec: ArchSpec =
-            yaml_serde::from_value(v).map_err(|e| Error::Spec(format!("{origin}: not an architecture spec: {e}")))?;
+        let mut spec: ArchSpec = yaml_serde::from_value(v).map_err(|source| Error::SpecParse {
+            origin: origin.to_string(),
+            source,
+        })?;
         if ARCHITECTURES.contains(&spec.name.as_str()) {
             return Err(Error::Spec(format!(
                 "{origin}: name `{}` is a built-in architecture's; give the spec a name of its own",
@@ -425,6 +429,19 @@ fn collect_params(layers: &[Layer], out: &mut Vec<ParamSpec>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Text that is not YAML of a spec is `Error::SpecParse`, naming where it came from, with
+    /// the YAML reader's error as the source.
+    #[test]
+    fn a_spec_that_is_not_yaml_keeps_the_readers_error() {
+        let e = ArchSpec::from_yaml("name: [unclosed", "nets/x.yaml").expect_err("not YAML");
+        match &e {
+            Error::SpecParse { origin, .. } => assert_eq!(origin, "nets/x.yaml"),
+            other => panic!("not SpecParse: {other:?}"),
+        }
+        let source = std::error::Error::source(&e).expect("the YAML error");
+        assert!(e.to_string().ends_with(&source.to_string()), "{e}");
+    }
 
     #[test]
     fn builtin_specs_are_valid() {

@@ -113,7 +113,7 @@ fn element<'a>(
     tag: dicom_core::Tag,
     name: &str,
 ) -> Result<Option<&'a dicom_object::mem::InMemElement>> {
-    let e = obj.element_opt(tag).map_err(|e| bad(path, format!("{name}: {e}")))?;
+    let e = obj.element_opt(tag).map_err(|e| files::Error::parse(path, name, e))?;
     if let Some(e) = e {
         if e.vr() == VR::UN {
             return Err(bad(
@@ -127,7 +127,7 @@ fn element<'a>(
 
 fn text(obj: &DefaultDicomObject, path: &Path, tag: dicom_core::Tag, name: &str) -> Result<String> {
     let e = element(obj, path, tag, name)?.ok_or_else(|| bad(path, format!("no {name}")))?;
-    let s = e.to_str().map_err(|e| bad(path, format!("{name}: {e}")))?;
+    let s = e.to_str().map_err(|e| files::Error::parse(path, name, e))?;
     Ok(s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_string())
 }
 
@@ -141,7 +141,7 @@ fn text_or_empty(obj: &DefaultDicomObject, path: &Path, tag: dicom_core::Tag, na
 
 fn numbers(obj: &DefaultDicomObject, path: &Path, tag: dicom_core::Tag, name: &str, n: usize) -> Result<Vec<f64>> {
     let e = element(obj, path, tag, name)?.ok_or_else(|| bad(path, format!("no {name}")))?;
-    let v = e.to_multi_float64().map_err(|e| bad(path, format!("{name}: {e}")))?;
+    let v = e.to_multi_float64().map_err(|e| files::Error::parse(path, name, e))?;
     if v.len() != n || v.iter().any(|x| !x.is_finite()) {
         let shown: Vec<String> = v.iter().map(|x| x.to_string()).collect();
         return Err(bad(
@@ -157,7 +157,7 @@ fn number_or(obj: &DefaultDicomObject, path: &Path, tag: dicom_core::Tag, name: 
         None => Ok(default),
         Some(e) if e.is_empty() => Ok(default),
         Some(e) => {
-            let v = e.to_float64().map_err(|e| bad(path, format!("{name}: {e}")))?;
+            let v = e.to_float64().map_err(|e| files::Error::parse(path, name, e))?;
             if v.is_finite() {
                 Ok(v)
             } else {

@@ -452,18 +452,17 @@ impl AdamW {
                 for (prefix, buf) in [("m", &self.m), ("v", &self.v)] {
                     let mut dst = self.slice(buf, i);
                     let Some(src) = saved.get(&format!("{prefix}.{name}")) else {
-                        return Err(TrainError::RunFolder(format!(
-                            "{}: no optimizer state for `{name}`",
-                            path.display()
-                        )));
+                        return Err(TrainError::run_folder(path, format!("no optimizer state for `{name}`")));
                     };
                     if src.size() != dst.size() {
-                        return Err(TrainError::RunFolder(format!(
-                            "{}: optimizer state for `{name}` has shape {:?}, expected {:?}",
-                            path.display(),
-                            src.size(),
-                            dst.size()
-                        )));
+                        return Err(TrainError::run_folder(
+                            path,
+                            format!(
+                                "optimizer state for `{name}` has shape {:?}, expected {:?}",
+                                src.size(),
+                                dst.size()
+                            ),
+                        ));
                     }
                     dst.copy_(src);
                 }
@@ -471,7 +470,7 @@ impl AdamW {
             Ok(())
         })?;
         let step = saved.get("step").and_then(|t| i64::try_from(t).ok()).ok_or_else(|| {
-            TrainError::RunFolder(format!("{}: no step count in the optimizer state", path.display()))
+            TrainError::run_folder(path, "no step count in the optimizer state")
         })?;
         let _ = self.step_count.fill_(step as f64);
         Ok(())

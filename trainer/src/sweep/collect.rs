@@ -37,9 +37,10 @@ pub struct CellSummary {
 fn fold_figures(dir: &Path) -> Result<(f64, f64, Option<f64>)> {
     let p = dir.join("summary.yaml");
     let v: Value = yaml_serde::from_str(&files::read_regular_to_string(&p)?)
-        .map_err(|e| TrainError::Data(format!("{}: {e}", p.display())))?;
+        .map_err(|e| files::Error::parse(&p, "not a run summary", e))?;
     let f = |k: &str| v.get(k).and_then(Value::as_f64);
-    let auroc = f("onnx_val_auroc").ok_or_else(|| TrainError::Data(format!("{}: no onnx_val_auroc", p.display())))?;
+    let auroc =
+        f("onnx_val_auroc").ok_or_else(|| TrainError::from(files::Error::bad_input(&p, "no onnx_val_auroc")))?;
     Ok((auroc, f("seconds").unwrap_or(0.0), f("peak_rss_mib")))
 }
 
@@ -52,15 +53,15 @@ fn oof_rows(dirs: &[PathBuf]) -> Result<Vec<(String, String, u8, f64)>> {
         let at = |n: &str| {
             h.iter()
                 .position(|x| x == n)
-                .ok_or_else(|| TrainError::Data(format!("{}: no {n} column", p.display())))
+                .ok_or_else(|| TrainError::from(files::Error::bad_input(&p, format!("no {n} column"))))
         };
         let (pi, si, li, zi) = (at("patch_file")?, at("seriesuid")?, at("label")?, at("logit")?);
         for (line, rec) in tables::csvio::rows(&mut r) {
-            let rec = rec.map_err(|e| TrainError::Data(format!("{}: line {line}: {e}", p.display())))?;
+            let rec = rec.map_err(|e| TrainError::from(tables::Error::row(&p, line, e)))?;
             let get = |i: usize| rec.get(i).unwrap_or("");
-            let z: f64 = get(zi)
-                .parse()
-                .map_err(|_| TrainError::Data(format!("{}: line {line}: logit {:?}", p.display(), get(zi))))?;
+            let z: f64 = get(zi).parse().map_err(|_| {
+                TrainError::from(files::Error::bad_input(&p, format!("line {line}: logit {:?}", get(zi))))
+            })?;
             out.push((get(pi).to_string(), get(si).to_string(), u8::from(get(li) == "1"), z));
         }
     }
@@ -86,13 +87,15 @@ pub fn collect(plan: &Plan) -> Result<Collected> {
         .map(|(i, &(c, f))| format!("task {i} (cell_{c:02}/fold_{f})"))
         .collect();
     if !missing.is_empty() {
-        return Err(TrainError::RunFolder(format!(
-            "{}: {} of {} tasks not done: {}",
-            plan.out.display(),
-            missing.len(),
-            plan.tasks().len(),
-            missing.join(", ")
-        )));
+        return Err(TrainError::run_folder(
+            &plan.out,
+            format!(
+                "{} of {} tasks not done: {}",
+                missing.len(),
+                plan.tasks().len(),
+                missing.join(", ")
+            ),
+        ));
     }
     // sweep_summary.md is the summary's commit point (written last, with the sha256 of every
     // file it summarises): it goes first, so a collect killed half-way leaves no summary

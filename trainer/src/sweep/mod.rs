@@ -141,7 +141,7 @@ fn label(o: &BTreeMap<String, Value>) -> String {
 /// Reads a sweep file and plans its configurations (each validated).
 pub fn plan(path: &Path) -> Result<Plan> {
     let text = files::read_regular_to_string(path)?;
-    let f: SweepFile = yaml_serde::from_str(&text).map_err(|e| cfg_err(path, format!("invalid sweep file: {e}")))?;
+    let f: SweepFile = yaml_serde::from_str(&text).map_err(|e| files::Error::parse(path, "invalid sweep file", e))?;
     let here = path.parent().unwrap_or(Path::new("."));
     let base = base_config(&f, path, here)?;
     if !(2..=100).contains(&f.folds) {
@@ -184,7 +184,7 @@ fn base_config(f: &SweepFile, path: &Path, here: &Path) -> Result<Value> {
         (Some(b), None) => {
             let p = here.join(b);
             let mut v: Value = yaml_serde::from_str(&files::read_regular_to_string(&p)?)
-                .map_err(|e| cfg_err(&p, format!("invalid training config: {e}")))?;
+                .map_err(|e| files::Error::parse(&p, "invalid training config", e))?;
             rebase_spec(
                 v.get_mut("model").and_then(|m| m.get_mut("spec")),
                 p.parent().unwrap_or(here),
@@ -270,7 +270,7 @@ fn cell_config(
     set(&mut v, "out", Value::String(f.out.to_string_lossy().into_owned())).map_err(|e| cfg_err(path, e))?;
     let lbl = label(o);
     let mut c: TrainConfig =
-        yaml_serde::from_value(v).map_err(|e| cfg_err(path, format!("configuration {lbl}: {e}")))?;
+        yaml_serde::from_value(v).map_err(|e| files::Error::parse(path, format!("configuration {lbl}"), e))?;
     // Paths were made relative to the working folder above (rebase_spec).
     c.model
         .resolve_spec(Path::new(""))
@@ -424,10 +424,10 @@ pub fn check_plan_record(plan: &Plan) -> Result<()> {
             if before == text {
                 Ok(())
             } else {
-                Err(TrainError::RunFolder(format!(
-                    "{}: this folder holds another sweep (sweep_plan.yaml differs); use another `out`",
-                    plan.out.display()
-                )))
+                Err(TrainError::run_folder(
+                    &plan.out,
+                    "this folder holds another sweep (sweep_plan.yaml differs); use another `out`",
+                ))
             }
         }
     }

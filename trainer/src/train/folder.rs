@@ -125,12 +125,14 @@ fn unchanged(dir: &Path, file: &str, want: &str, what: &str) -> Result<()> {
     let p = dir.join(file);
     let got = files::sha256_file(&p)?;
     if got != want {
-        return Err(TrainError::RunFolder(format!(
-            "{}: changed since the run wrote it (sha256 {} ≠ {} in train_state.yaml); {what}",
-            p.display(),
-            &got[..12],
-            &want[..want.len().min(12)]
-        )));
+        return Err(TrainError::run_folder(
+            &p,
+            format!(
+                "changed since the run wrote it (sha256 {} ≠ {} in train_state.yaml); {what}",
+                &got[..12],
+                &want[..want.len().min(12)]
+            ),
+        ));
     }
     Ok(())
 }
@@ -140,7 +142,7 @@ fn unchanged(dir: &Path, file: &str, want: &str, what: &str) -> Result<()> {
 fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<TrainState>> {
     // The same job or nothing: config and split must be the ones the folder holds.
     let saved = files::read_regular_to_string(&dir.join("config.yaml"))
-        .map_err(|e| TrainError::RunFolder(format!("{}: no run to resume here ({e})", dir.display())))?;
+        .map_err(|e| TrainError::run_folder(dir, format!("no run to resume here ({e})")))?;
     let st = read_state(dir)?;
     let fix = "restore it, or start a new run (another --out, or --force)";
     if let Some(st) = &st {
@@ -168,16 +170,16 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
             .zip(ours.lines())
             .find(|(a, b)| a != b)
             .map_or_else(String::new, |(a, b)| format!(": `{a}` there, `{b}` now"));
-        return Err(TrainError::RunFolder(format!(
-            "{}: this run was made with another config or architecture{diff}; resume with the same settings",
-            dir.display()
-        )));
+        return Err(TrainError::run_folder(
+            dir,
+            format!("this run was made with another config or architecture{diff}; resume with the same settings"),
+        ));
     }
     if files::read_regular(&dir.join("split.csv")).ok().as_deref() != Some(found.manifest.as_slice()) {
-        return Err(TrainError::RunFolder(format!(
-            "{}: the split differs from the one this run used (has the index changed?)",
-            dir.display()
-        )));
+        return Err(TrainError::run_folder(
+            dir,
+            "the split differs from the one this run used (has the index changed?)",
+        ));
     }
     let Some(st) = st.filter(|s| s.epochs_done > 0) else {
         return Ok(None);
@@ -190,12 +192,14 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
     ] {
         let p = dir.join(file);
         if !p.is_file() || files::sha256_file(&p)? != *want {
-            return Err(TrainError::RunFolder(format!(
-                "{}: does not match train_state.yaml (the run was stopped while saving epoch {}, or the file was \
+            return Err(TrainError::run_folder(
+                &p,
+                format!(
+                    "does not match train_state.yaml (the run was stopped while saving epoch {}, or the file was \
                  changed); it cannot resume safely: start it again",
-                p.display(),
-                st.epochs_done + 1
-            )));
+                    st.epochs_done + 1
+                ),
+            ));
         }
     }
     // `auto` resolves by host: a run begun in fp32 on a CPU must not go on in fp16 on a GPU
@@ -203,12 +207,14 @@ fn verify_resume(cfg: &TrainConfig, found: &Found, dir: &Path) -> Result<Option<
     let now = precision_name(found.amp);
     if let Some(was) = st.precision.as_deref() {
         if was != now {
-            return Err(TrainError::RunFolder(format!(
-                "{}: this run trained in {was}, here it would go on in {now} on {} (device and precision are `auto`?); \
+            return Err(TrainError::run_folder(
+                dir,
+                format!(
+                    "this run trained in {was}, here it would go on in {now} on {} (device and precision are `auto`?); \
                  resume it on the same kind of device (NODULE_NO_CUDA=1 keeps `auto` on the CPU)",
-                dir.display(),
-                crate::device_name(found.device)
-            )));
+                    crate::device_name(found.device)
+                ),
+            ));
         }
     }
     Ok(Some(st))
@@ -232,10 +238,7 @@ pub fn open(cfg: &TrainConfig, opts: &RunOptions, found: &Found) -> Result<Opene
     let patches: Vec<PathBuf> = found.index.rows.iter().map(|r| found.index.patch_path(r)).collect();
     io.inputs("patch", patches.iter().map(PathBuf::as_path));
     if dir.exists() && !dir.is_dir() {
-        return Err(TrainError::RunFolder(format!(
-            "{}: the run folder is not a folder",
-            dir.display()
-        )));
+        return Err(TrainError::run_folder(dir, "the run folder is not a folder"));
     }
     io.outputs_in("run file", dir, RUN_FILES)?;
     let created = !dir.exists();
@@ -269,10 +272,10 @@ fn decide(cfg: &TrainConfig, opts: &RunOptions, found: &Found) -> Result<Plan> {
         } else if opts.force {
             Plan::Replace
         } else {
-            return Err(TrainError::RunFolder(format!(
-                "{}: run folder exists and is not empty; choose another --out, pass --force, or --resume to continue it",
-                dir.display()
-            )));
+            return Err(TrainError::run_folder(
+                dir,
+                "run folder exists and is not empty; choose another --out, pass --force, or --resume to continue it",
+            ));
         }
     })
 }

@@ -170,7 +170,7 @@ pub fn load(cfg: &TrainConfig, opts: &RunOptions, found: Found) -> Result<Data> 
             val.set_features(values, src.columns.len())?;
             Some(
                 models::features::FeatureStats::fit(&src.columns, &train.features)
-                    .map_err(|e| TrainError::Data(format!("{}: {e}", found.index.path.display())))?,
+                    .map_err(|e| TrainError::from(files::Error::bad_input(&found.index.path, e)))?,
             )
         }
         _ => None,
