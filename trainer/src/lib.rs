@@ -1,6 +1,5 @@
 //! Training of the 3D patch classifier with libtorch (tch), and native ONNX export.
 //!
-//! * [`synth`] writes CT-like synthetic patch sets (demo and tests);
 //! * [`config`] is the YAML training config;
 //! * [`data`] loads a patch folder and splits it by `seriesuid`;
 //! * [`net`] builds a [`models::spec::ArchSpec`] in a tch VarStore under the spec's names;
@@ -24,7 +23,6 @@ pub mod kfold;
 pub mod net;
 pub mod optim;
 pub mod sweep;
-pub mod synth;
 pub mod train;
 
 pub mod error;

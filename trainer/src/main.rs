@@ -1,4 +1,4 @@
-//! `trainer`: synthetic data, training with libtorch, native ONNX export.
+//! `trainer`: synthetic data (the `synth` crate), training with libtorch, native ONNX export.
 use std::path::PathBuf;
 use std::process::ExitCode;
 

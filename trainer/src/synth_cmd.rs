@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use trainer::synth::SynthConfig;
+use synth::SynthConfig;
 
 /// `trainer synth`'s flags.
 #[derive(clap::Args, Debug)]
@@ -46,7 +46,7 @@ impl SynthArgs {
 
 /// `trainer synth`.
 pub(crate) fn synth(cfg: &SynthConfig, out: &Path) -> Result<()> {
-    let idx = trainer::synth::generate(cfg, out)?;
+    let idx = synth::generate(cfg, out)?;
     println!(
         "wrote {} patches of {}³ from {} series -> {}",
         cfg.series * cfg.patches_per_series,

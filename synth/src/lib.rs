@@ -14,9 +14,9 @@
 //! so a small network lands clearly above chance and clearly below a perfect score.
 //! Deterministic for a seed: every patch has its own RNG seeded from `(seed, series,
 //! patch)`, so patches are generated in parallel and identically on every run.
+#![warn(clippy::unwrap_used)]
 use std::path::{Path, PathBuf};
 
-use crate::{Result, TrainError};
 use ndarray::Array3;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,9 +25,46 @@ use rayon::prelude::*;
 
 use tables::index::{IndexRow, PatchIndex, INDEX_FILE};
 
+/// Why a synthetic set could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    /// Settings out of range.
+    #[error("{0}")]
+    Settings(String),
+    /// The folder already holds a patch index.
+    #[error("{}: already exists; choose an empty folder", .0.display())]
+    Exists(PathBuf),
+    /// The draw gave one class only (too few patches for the positive fraction).
+    #[error("the synthetic set came out with one class only; use more patches or another seed")]
+    OneClass,
+    /// A folder could not be created.
+    #[error("{}: cannot create folder: {source}", path.display())]
+    Folder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A CSV could not be encoded.
+    #[error("{}: {source}", path.display())]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    /// A file could not be written (atomically, under the folder's lock), or the index:
+    /// `files` and `tables` errors arrive through [`models::Error`], where every crate
+    /// matches them.
+    #[error(transparent)]
+    Models(#[from] models::Error),
+}
+
+models::errors_through_models!(SynthError);
+
+/// This crate's result type.
+pub type Result<T, E = SynthError> = std::result::Result<T, E>;
+
 /// What to generate.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct SynthConfig {
     /// Number of series (scans); patches never mix series.
     pub series: usize,
@@ -41,7 +78,6 @@ pub struct SynthConfig {
     /// Also write tabular features: `suv_max` in the index (per patch; higher for
     /// nodules, as PET uptake is, so it carries signal) and `clinical.csv` with per-series
     /// `pack_years` (independent of the labels: no signal) for `model.features_csv`.
-    #[serde(default)]
     pub features: bool,
 }
 
@@ -241,30 +277,29 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
         || cfg.series * cfg.patches_per_series > 10_000_000
         || !(8..=models::preprocess::MAX_CUBE).contains(&cfg.cube_size)
     {
-        return Err(TrainError::Config(format!(
+        return Err(SynthError::Settings(format!(
             "a synthetic set takes 2 to 100000 series, 1 to 100000 patches per series (10 million at most in all) \
              and a cube of 8 to {} voxels",
             models::preprocess::MAX_CUBE
         )));
     }
     if !(0.0..1.0).contains(&cfg.positive_fraction) || cfg.positive_fraction == 0.0 {
-        return Err(TrainError::Config(format!(
+        return Err(SynthError::Settings(format!(
             "positive_fraction must be in (0, 1), got {}",
             cfg.positive_fraction
         )));
     }
-    std::fs::create_dir_all(out)
-        .map_err(|e| TrainError::file(format!("{}: cannot create folder", out.display()), e))?;
+    std::fs::create_dir_all(out).map_err(|source| SynthError::Folder {
+        path: out.to_path_buf(),
+        source,
+    })?;
     let _lock = files::Lock::within(out, &format!("folder {}", out.display()))?;
     // The output policy, as every binary applies it (synth reads nothing, so only the
     // folder's stale temporary files are at stake).
     files::RunIo::new().outputs_in("synthetic set", out, &[INDEX_FILE])?;
     let index_path = out.join(INDEX_FILE);
     if index_path.exists() {
-        return Err(TrainError::Data(format!(
-            "{}: already exists; choose an empty folder",
-            index_path.display()
-        )));
+        return Err(SynthError::Exists(index_path));
     }
     let jobs: Vec<(usize, usize)> = (0..cfg.series)
         .flat_map(|s| (0..cfg.patches_per_series).map(move |p| (s, p)))
@@ -303,9 +338,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
         .collect::<Result<_>>()?;
     let n_pos = rows.iter().filter(|r| r.label == 1).count();
     if n_pos == 0 || n_pos == rows.len() {
-        return Err(TrainError::Data(
-            "the synthetic set came out with one class only; use more patches or another seed".to_string(),
-        ));
+        return Err(SynthError::OneClass);
     }
     write_luna16_reference(cfg, &rows, &out.join("luna16"))?;
     if cfg.features {
@@ -321,11 +354,14 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<PathBuf> {
 /// `suv_max` is log-normal: median 3.5 for nodules, 1.5 otherwise, log-sd 0.55 (alone, an
 /// AUROC of about 0.86).
 fn write_with_features(cfg: &SynthConfig, rows: &[IndexRow], index: &Path, clinical: &Path) -> Result<()> {
-    let err = |p: &Path, e: String| TrainError::Data(format!("{}: {e}", p.display()));
+    let err = |p: &Path, source: csv::Error| SynthError::Encode {
+        path: p.to_path_buf(),
+        source,
+    };
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header: Vec<&str> = tables::index::COLUMNS.to_vec();
     header.push("suv_max");
-    w.write_record(&header).map_err(|e| err(index, e.to_string()))?;
+    w.write_record(&header).map_err(|e| err(index, e))?;
     let g = Normal::new(0.0, 0.55).expect("finite sd");
     for (i, r) in rows.iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ i as u64);
@@ -341,9 +377,9 @@ fn write_with_features(cfg: &SynthConfig, rows: &[IndexRow], index: &Path, clini
             r.label.to_string(),
             format!("{suv:.3}"),
         ])
-        .map_err(|e| err(index, e.to_string()))?;
+        .map_err(|e| err(index, e))?;
     }
-    let bytes = w.into_inner().map_err(|e| err(index, e.to_string()))?;
+    let bytes = w.into_inner().map_err(|e| err(index, e.into_error().into()))?;
     let mut text = String::from("seriesuid,pack_years\n");
     for s in 0..cfg.series {
         let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(0xA24B_AED4_963E_E407) ^ s as u64);
@@ -364,15 +400,21 @@ fn write_with_features(cfg: &SynthConfig, rows: &[IndexRow], index: &Path, clini
 /// centre as a finding without a size, diameter −1, as LUNA16 lists non-nodule findings),
 /// and `seriesuids.csv` (every series, no header).
 fn write_luna16_reference(cfg: &SynthConfig, rows: &[IndexRow], dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| TrainError::file(format!("{}: cannot create folder", dir.display()), e))?;
+    std::fs::create_dir_all(dir).map_err(|source| SynthError::Folder {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let header = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"];
     let (mut ann, mut exc) = (
         csv::Writer::from_writer(Vec::new()),
         csv::Writer::from_writer(Vec::new()),
     );
-    ann.write_record(header)?;
-    exc.write_record(header)?;
+    let encode = |name: &str| {
+        let path = dir.join(name);
+        move |source| SynthError::Encode { path, source }
+    };
+    ann.write_record(header).map_err(encode("annotations.csv"))?;
+    exc.write_record(header).map_err(encode("annotations_excluded.csv"))?;
     for (i, r) in rows.iter().enumerate() {
         let line = |d: f64| {
             [r.center_x, r.center_y, r.center_z, d]
@@ -383,15 +425,25 @@ fn write_luna16_reference(cfg: &SynthConfig, rows: &[IndexRow], dir: &Path) -> R
                 })
         };
         if r.label == 1 {
-            ann.write_record(line(r.diam_mm))?;
+            ann.write_record(line(r.diam_mm)).map_err(encode("annotations.csv"))?;
         } else if i % 7 == 3 {
-            exc.write_record(line(-1.0))?;
+            exc.write_record(line(-1.0)).map_err(encode("annotations_excluded.csv"))?;
         }
     }
-    let ann = String::from_utf8(ann.into_inner().map_err(|e| TrainError::Data(e.to_string()))?)
-        .map_err(|e| TrainError::Data(e.to_string()))?;
-    let exc = String::from_utf8(exc.into_inner().map_err(|e| TrainError::Data(e.to_string()))?)
-        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let text = |w: csv::Writer<Vec<u8>>, name: &str| {
+        let path = dir.join(name);
+        let bytes = w.into_inner().map_err(|e| SynthError::Encode {
+            path: path.clone(),
+            source: e.into_error().into(),
+        })?;
+        // The writer was given `String`s and numbers only.
+        String::from_utf8(bytes).map_err(|e| SynthError::Encode {
+            path,
+            source: csv::Error::from(std::io::Error::other(e)),
+        })
+    };
+    let ann = text(ann, "annotations.csv")?;
+    let exc = text(exc, "annotations_excluded.csv")?;
     let uids: String = (0..cfg.series)
         .map(|s| format!("1.2.826.0.1.3680043.8.498.{}.{}\n", cfg.seed, s + 1))
         .collect();
