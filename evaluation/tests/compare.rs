@@ -74,7 +74,7 @@ fn compare_agrees_with_an_independent_computation() {
     for f in ["comparison.md", "roc.png"] {
         assert!(out.join(f).exists(), "{f}");
     }
-    let o = std::process::Command::new(workspace().join(".venv/bin/python"))
+    let o = std::process::Command::new(chain_tests::python())
         .arg(workspace().join("tests/reference/compare_reference.py"))
         .args(["0.9", s(&a), s(&b), s(&c)])
         .output()
@@ -242,7 +242,7 @@ for v, c in cases:
     out.append([s[min(int(np.floor(pz * B)), B - 1)], s[min(int(np.floor((1.0 - pz) * B)), B - 1)]])
 print(json.dumps(out))
 "#;
-    let o = std::process::Command::new(chain_tests::workspace().join(".venv/bin/python"))
+    let o = std::process::Command::new(chain_tests::python())
         .args(["-c", script])
         .arg(&input)
         .output()

@@ -14,7 +14,7 @@ const SCANS: &str = env!("CARGO_BIN_EXE_scans");
 fn cases(dir: &Path) -> PathBuf {
     let out = dir.join("cases");
     std::fs::create_dir_all(&out).expect("mkdir");
-    let o = std::process::Command::new(workspace().join(".venv/bin/python"))
+    let o = std::process::Command::new(chain_tests::python())
         .arg(workspace().join("scans/tests/reference/make_cases.py"))
         .arg(&out)
         .output()

@@ -21,7 +21,7 @@ fn workspace() -> PathBuf {
 /// Runs the case writer once into a temporary folder.
 fn cases() -> (tempfile::TempDir, Vec<Value>) {
     let d = tempfile::tempdir().expect("tmp");
-    let py = workspace().join(".venv/bin/python");
+    let py = chain_tests::python();
     let o = std::process::Command::new(&py)
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/make_cases.py"))
         .arg(d.path())

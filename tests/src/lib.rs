@@ -1,5 +1,6 @@
-//! Helpers for the integration tests that drive the real `trainer`, `calibrate` and `infer`
-//! binaries (built by `cargo build --workspace --bins` before `cargo test`).
+//! Helpers for the integration tests that drive the real binaries: those of `tests/` (built
+//! by `cargo build --workspace --bins` before `cargo test`) and a package's own tests (the
+//! binary Cargo builds for them), with the inputs they share ([`fixtures`]).
 #![warn(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -152,6 +153,12 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The project's Python (`scripts/setup`'s venv), which holds the references the tests
+/// compare with (scikit-learn, onnxruntime, pydicom, nibabel, SimpleITK).
+pub fn python() -> PathBuf {
+    workspace().join(".venv/bin/python")
+}
+
 /// A finished command with its output as text.
 pub struct Run {
     pub ok: bool,
@@ -249,26 +256,5 @@ pub fn col(header: &[String], name: &str) -> usize {
         .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
 }
 
-/// Writes a tiny synthetic patch folder with the real `trainer synth`.
-pub fn synth(dir: &Path, series: usize, per: usize, cube: usize, seed: u64) -> PathBuf {
-    let out = dir.join(format!("patches_{seed}"));
-    run_ok(
-        "trainer",
-        &[
-            "synth",
-            "--out",
-            s(&out),
-            "--series",
-            &series.to_string(),
-            "--patches-per-series",
-            &per.to_string(),
-            "--cube-size",
-            &cube.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--positive-fraction",
-            "0.4",
-        ],
-    );
-    out
-}
+pub mod fixtures;
+pub use fixtures::synth;

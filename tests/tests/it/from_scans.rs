@@ -208,7 +208,7 @@ fn dicom_and_nifti_scans_other_tools_wrote_score_as_their_prepared_cubes() {
     // make_cases.py (pydicom, nibabel): one 20 × 16 × 5 volume as a DICOM series and as NIfTI.
     let cases = d.path().join("cases");
     std::fs::create_dir_all(&cases).expect("mkdir");
-    let o = std::process::Command::new(workspace().join(".venv/bin/python"))
+    let o = std::process::Command::new(chain_tests::python())
         .arg(workspace().join("scans/tests/reference/make_cases.py"))
         .arg(&cases)
         .output()

@@ -4,13 +4,9 @@
 //! cannot score refused naming the input or output at fault.
 use std::path::{Path, PathBuf};
 
-use chain_tests::{col, read_csv, run_err, run_ok, s, workspace};
+use chain_tests::{col, python, read_csv, run_err, run_ok, s, workspace};
 
 use crate::fixture::fixture;
-
-fn python() -> PathBuf {
-    workspace().join(".venv/bin/python")
-}
 
 /// The foreign models of `tests/reference/foreign_models.py`, in `dir`.
 fn foreign_models(dir: &Path) -> PathBuf {

@@ -1,19 +1,29 @@
-//! Regression tests of `froc`, one per bug (see `regression/mod.rs`).
-use crate::fixture::fixture;
-use chain_tests::{run_err, run_ok, s};
+//! Regression tests of `froc`, one per bug, run on the binary Cargo builds for them: an
+//! output folder holding an input, series and rows listed twice, absurd diameters, a FIFO
+//! as an input. Each stands for its class (the README's "Failure behaviour"); the ones that
+//! cross binaries are in `tests/tests/it/regression.rs`.
 use std::path::Path;
 
-use super::*;
+use chain_tests::fixtures::{mkfifo, shared, Shared};
+use chain_tests::{run_err, run_ok, s};
+
+const FROC: &str = env!("CARGO_BIN_EXE_froc");
+
+/// The shared patch folder, for its LUNA16 reference files (`luna16/`) and the centres the
+/// results file is written at.
+fn fixture() -> &'static Shared {
+    shared(env!("CARGO_TARGET_TMPDIR"))
+}
 
 #[test]
 fn froc_output_folder_holding_its_inputs_is_refused() {
     let f = fixture();
     let d = tempfile::tempdir().expect("tmp");
     let results = d.path().join("froc_curve.csv");
-    luna16_results(&results);
+    chain_tests::fixtures::luna16_results(&f.patches, &results, 3);
     let l16 = f.patches.join("luna16");
     let r = run_err(
-        "froc",
+        FROC,
         &[
             "--annotations",
             s(&l16.join("annotations.csv")),
@@ -33,18 +43,16 @@ fn froc_output_folder_holding_its_inputs_is_refused() {
         .starts_with("seriesuid,"));
 }
 
-// ---- Outputs that are not regular files --------------------------------------------------
-
 #[test]
 fn froc_counted_a_series_listed_twice_twice() {
     let f = fixture();
     let d = tempfile::tempdir().expect("tmp");
     let results = d.path().join("results.csv");
-    luna16_results(&results);
+    chain_tests::fixtures::luna16_results(&f.patches, &results, 3);
     let l16 = f.patches.join("luna16");
     let froc = |ann: &Path, uids: &Path, res: &Path, out: &str| {
         let r = run_ok(
-            "froc",
+            FROC,
             &[
                 "--annotations",
                 s(ann),
@@ -106,7 +114,7 @@ fn froc_counted_a_series_listed_twice_twice() {
         let p = d.path().join("bad_ann.csv");
         std::fs::write(&p, lines.join("\n") + "\n").expect("w");
         let r = run_err(
-            "froc",
+            FROC,
             &[
                 "--annotations",
                 s(&p),
@@ -131,4 +139,68 @@ fn froc_counted_a_series_listed_twice_twice() {
     assert!(out.contains("1 annotation(s) belong to series not in"), "{out}");
 }
 
-// ---- Resume integrity ---------------------------------------------------------------------
+/// A FIFO given as an input is refused, never waited on.
+#[test]
+fn a_fifo_as_an_input_blocked_froc_forever() {
+    let d = tempfile::tempdir().expect("tmp");
+    let fifo = d.path().join("fifo.csv");
+    mkfifo(&fifo);
+    let r = run_err(
+        FROC,
+        &[
+            "--annotations",
+            s(&fifo),
+            "--seriesuids",
+            s(&fifo),
+            "--results",
+            s(&fifo),
+            "-o",
+            s(&d.path().join("f")),
+        ],
+    );
+    assert!(r.stderr.contains("FIFO"), "{}", r.stderr);
+}
+
+#[test]
+fn froc_bad_input() {
+    let f = fixture();
+    let d = tempfile::tempdir().expect("tmp");
+    let l16 = f.patches.join("luna16");
+    let froc = |results: &std::path::Path| {
+        run_err(
+            FROC,
+            &[
+                "--annotations",
+                s(&l16.join("annotations.csv")),
+                "--seriesuids",
+                s(&l16.join("seriesuids.csv")),
+                "--results",
+                s(results),
+                "-o",
+                s(&d.path().join("out")),
+            ],
+        )
+    };
+    let p = d.path().join("r.csv");
+    std::fs::write(&p, "seriesuid,coordX,coordY,probability\nx,1,2,0.5\n").expect("w");
+    let r = froc(&p);
+    assert!(
+        r.stderr.contains("r.csv") && r.stderr.contains("missing column(s) coordZ"),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(&p, "seriesuid,coordX,coordY,coordZ,probability\nx,1,two,3,0.5\n").expect("w");
+    let r = froc(&p);
+    assert!(
+        r.stderr.contains("line 2") && r.stderr.contains("coordY is not a number"),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(&p, "seriesuid,coordX,coordY,coordZ,probability\nx,1,2,3,NaN\n").expect("w");
+    let r = froc(&p);
+    assert!(r.stderr.contains("probability is not finite"), "{}", r.stderr);
+    std::fs::write(&p, "seriesuid,coordX,coordY,coordZ,probability\n").expect("w");
+    let r = froc(&p);
+    assert!(r.stderr.contains("no candidates"), "{}", r.stderr);
+    assert!(!d.path().join("out").exists(), "no output on bad input");
+}

@@ -1,9 +1,28 @@
-//! Regression tests of every binary (outputs, special files, two processes at once, settings), one per bug (see `regression/mod.rs`).
-use crate::fixture::fixture;
-use chain_tests::{run, run_err, s};
-use std::path::Path;
+//! Regression tests that cross binaries, one per bug: a class checked on every binary that
+//! can meet it (an output that names an input or a device, temporary files of a killed run,
+//! two processes at once, a planted lock file, settings out of range). Each stands for its
+//! class (see the README's "Failure behaviour"). A binary's own regression tests sit in its
+//! package (`trainer/tests/regression.rs`, `calibrate/tests/…`, `infer/tests/…`,
+//! `evaluation/tests/…`, `scans/tests/hostile_scans.rs`) and run the binary Cargo builds
+//! for them.
+use std::path::{Path, PathBuf};
 
-use super::*;
+use chain_tests::fixtures::hold;
+use chain_tests::{run, run_err, s};
+
+use crate::fixture::fixture;
+
+fn model() -> PathBuf {
+    fixture().run.join("model.onnx")
+}
+
+/// `infer --model MODEL --device cpu -q ARGS` with the fixture's model.
+fn infer(args: &[&str]) -> chain_tests::Run {
+    let m = model();
+    let mut a = vec!["--model", s(&m), "--device", "cpu", "-q"];
+    a.extend_from_slice(args);
+    run("infer", &a)
+}
 
 #[test]
 fn infer_and_calibrate_output_equal_to_the_model_overwrote_the_model() {
