@@ -130,7 +130,8 @@ fn unchanged(dir: &Path, file: &str, want: &str, what: &str) -> Result<()> {
             format!(
                 "changed since the run wrote it (sha256 {} ≠ {} in train_state.yaml); {what}",
                 &got[..12],
-                &want[..want.len().min(12)]
+                // `want` is read from the folder's train_state.yaml: not always hex.
+                want.chars().take(12).collect::<String>()
             ),
         ));
     }
@@ -346,5 +347,29 @@ pub(crate) fn precision_name(amp: bool) -> &'static str {
         "fp16"
     } else {
         "fp32"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recorded sha256 that is not hex (train_state.yaml edited by hand) is refused with
+    /// its first characters, not a panic on a byte boundary.
+    #[test]
+    fn a_recorded_hash_that_is_not_hex_is_refused_without_a_panic() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(d.path().join("config.yaml"), "x").expect("write");
+        let want = format!("a{}", "é".repeat(40)); // byte 12 falls inside an 'é'
+        let e = unchanged(d.path(), "config.yaml", &want, "resume elsewhere").expect_err("refused");
+        assert!(
+            matches!(&e, TrainError::RunFolder { path, .. } if path.ends_with("config.yaml")),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains(&format!("≠ a{} in train_state.yaml", "é".repeat(11))),
+            "{e}"
+        );
     }
 }
