@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::state::{load_or_new, read_state, save, Kind, State};
+use crate::error::{Error, Result};
+use crate::state::{load_or_new, read_state, save, without_credentials, Kind, State};
 use crate::sync::{sync, wait_lock, End};
 use crate::{Settings, STATE_FILE};
 
@@ -26,10 +27,10 @@ fn send_tracked(dir: &Path, what: &str) -> Option<String> {
     }
     let mut st = read_state(dir).ok()?;
     Some(match sync(dir, &mut st, End::Finished) {
-        Ok(()) => format!("MLflow: {what} {} at {}", st.run_id.as_deref().unwrap_or("?"), st.uri),
+        Ok(()) => format!("MLflow: {what} {} at {}", st.run_id.as_deref().unwrap_or("?"), without_credentials(&st.uri)),
         Err(e) => format!(
             "MLflow: not everything reached {} ({e}); `trainer mlflow-sync {}` sends it",
-            st.uri,
+            without_credentials(&st.uri),
             dir.display()
         ),
     })
@@ -38,11 +39,14 @@ fn send_tracked(dir: &Path, what: &str) -> Option<String> {
 /// Starts (or takes up again) a sweep's tracking in its folder, without the network: its
 /// MLflow run is created by the first fold run that is sent, and its fold runs are created
 /// under it. `params` are the sweep's (its configurations, folds, base config).
-pub fn open_sweep(dir: &Path, s: &Settings, params: BTreeMap<String, String>) -> Result<(), String> {
+pub fn open_sweep(dir: &Path, s: &Settings, params: BTreeMap<String, String>) -> Result<()> {
     let _lock = wait_lock(dir)?;
     let mut st = load_or_new(dir, s)?;
     if dir.join(STATE_FILE).exists() && st.kind != Kind::Sweep {
-        return Err(format!("{}: tracks a run, not a sweep", dir.join(STATE_FILE).display()));
+        return Err(Error::Folder {
+            path: dir.join(STATE_FILE),
+            msg: "tracks a run, not a sweep".into(),
+        });
     }
     st.kind = Kind::Sweep;
     if st.params != params {
@@ -88,11 +92,11 @@ pub fn add_evaluation(out: &Path, s: &Settings, e: Evaluation) -> String {
             st.metrics.len(),
             st.artifacts_sent.len(),
             st.run_id.as_deref().unwrap_or("?"),
-            st.uri
+            without_credentials(&st.uri)
         ),
         Err(err) => format!(
             "MLflow: not everything reached {} ({err}); it is kept in {}: `trainer mlflow-sync {}` sends it",
-            st.uri,
+            without_credentials(&st.uri),
             out.display(),
             out.display()
         ),

@@ -3,13 +3,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::error::{Error, Result};
 use crate::state::{Kind, State};
 use crate::ARTIFACTS;
 
 /// `config.yaml` flattened to dotted params (`train.epochs` = `10`).
-pub(crate) fn params_of(dir: &Path) -> Result<Vec<(String, String)>, String> {
-    let text = files::read_regular_to_string(&dir.join("config.yaml")).map_err(|e| e.to_string())?;
-    let v: yaml_serde::Value = yaml_serde::from_str(&text).map_err(|e| e.to_string())?;
+pub(crate) fn params_of(dir: &Path) -> Result<Vec<(String, String)>> {
+    let p = dir.join("config.yaml");
+    let text = files::read_regular_to_string(&p)?;
+    let v: yaml_serde::Value = yaml_serde::from_str(&text).map_err(|e| files::Error::parse(&p, "not YAML", e))?;
     Ok(flatten(&v))
 }
 
@@ -47,17 +49,17 @@ pub fn flatten(v: &yaml_serde::Value) -> Vec<(String, String)> {
 pub(crate) type MetricRow = (u64, Vec<(String, f64)>);
 
 /// The metric rows of `metrics.csv`.
-pub(crate) fn metric_rows(dir: &Path) -> Result<Vec<MetricRow>, String> {
+pub(crate) fn metric_rows(dir: &Path) -> Result<Vec<MetricRow>> {
     let p = dir.join("metrics.csv");
     if !p.exists() {
         return Ok(Vec::new());
     }
-    let text = files::read_regular_to_string(&p).map_err(|e| e.to_string())?;
+    let text = files::read_regular_to_string(&p)?;
     let mut r = csv::Reader::from_reader(text.as_bytes());
-    let headers = r.headers().map_err(|e| e.to_string())?.clone();
+    let headers = r.headers().map_err(|e| files::Error::parse(&p, "its header", e))?.clone();
     let mut out = Vec::new();
     for rec in r.records() {
-        let rec = rec.map_err(|e| e.to_string())?;
+        let rec = rec.map_err(|e| files::Error::parse(&p, "a row", e))?;
         let mut epoch = 0u64;
         let mut values = Vec::new();
         for (h, v) in headers.iter().zip(rec.iter()) {
@@ -91,20 +93,20 @@ const SWEEP_METRICS: &[&str] = &[
 ];
 
 /// `cell_NN.<column>` of every configuration's row of `sweep_summary.csv`.
-pub(crate) fn sweep_metrics(p: &Path, bytes: &[u8]) -> Result<BTreeMap<String, f64>, String> {
+pub(crate) fn sweep_metrics(p: &Path, bytes: &[u8]) -> Result<BTreeMap<String, f64>> {
     let mut r = csv::Reader::from_reader(bytes);
-    let h = r.headers().map_err(|e| format!("{}: {e}", p.display()))?.clone();
+    let h = r.headers().map_err(|e| files::Error::parse(p, "its header", e))?.clone();
     let index = h
         .iter()
         .position(|x| x == "index")
-        .ok_or(format!("{}: no index column", p.display()))?;
+        .ok_or_else(|| Error::from(files::Error::bad_input(p, "no index column")))?;
     let mut out = BTreeMap::new();
     for rec in r.records() {
-        let rec = rec.map_err(|e| format!("{}: {e}", p.display()))?;
+        let rec = rec.map_err(|e| files::Error::parse(p, "a row", e))?;
         let i: usize = rec
             .get(index)
             .and_then(|v| v.parse().ok())
-            .ok_or(format!("{}: a row without its index", p.display()))?;
+            .ok_or_else(|| Error::from(files::Error::bad_input(p, "a row without its index")))?;
         for (col, v) in h.iter().zip(rec.iter()) {
             if let (true, Ok(x)) = (SWEEP_METRICS.contains(&col), v.parse::<f64>()) {
                 out.insert(format!("cell_{i:02}.{col}"), x);
@@ -151,6 +153,25 @@ pub(crate) fn artifacts_of(dir: &Path, st: &State) -> Vec<(String, String)> {
 #[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
+
+    /// A config that is not YAML, or a metrics file that is not CSV, is the file's parse
+    /// error naming it, with the parser's error as the source.
+    #[test]
+    fn a_folder_file_that_does_not_parse_is_named_with_its_cause() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("config.yaml"), "data: [unclosed\n").unwrap();
+        let e = params_of(d.path()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Files(files::Error::Parse { path, .. }) if path.ends_with("config.yaml")),
+            "{e:?}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        std::fs::write(d.path().join("metrics.csv"), "epoch,lr\n1,0.1,extra\n").unwrap();
+        let e = metric_rows(d.path()).unwrap_err();
+        assert!(e.to_string().starts_with(&format!("{}: a row: ", d.path().join("metrics.csv").display())), "{e}");
+        let e = sweep_metrics(Path::new("sweep_summary.csv"), b"a,b\n1,2\n").unwrap_err();
+        assert_eq!(e.to_string(), "sweep_summary.csv: no index column");
+    }
 
     #[test]
     fn config_flattens_to_dotted_params_and_metrics_rows_to_steps() {

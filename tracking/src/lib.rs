@@ -22,11 +22,13 @@ use std::time::Duration;
 
 mod add;
 mod client;
+mod error;
 mod folder;
 mod state;
 mod sync;
 mod tracker;
 
+pub use error::{Error, Result};
 pub use add::{add_evaluation, after_calibration, after_collect, open_sweep, Evaluation};
 pub use folder::{flatten, SWEEP_ARTIFACTS};
 pub use state::{load_or_new, read_state, without_credentials, Kind, State};
@@ -69,7 +71,7 @@ pub struct Settings {
 impl Settings {
     /// `--mlflow URI`, else `MLFLOW_TRACKING_URI`; the experiment from
     /// `MLFLOW_EXPERIMENT_NAME` (MLflow's convention), else `nodule`. `None`: no tracking.
-    pub fn from_env(flag: Option<&str>) -> Result<Option<Self>, String> {
+    pub fn from_env(flag: Option<&str>) -> Result<Option<Self>> {
         let Some(uri) = flag
             .map(str::to_string)
             .or_else(|| std::env::var("MLFLOW_TRACKING_URI").ok())
@@ -79,15 +81,17 @@ impl Settings {
         };
         let uri = uri.trim_end_matches('/').to_string();
         if !(uri.starts_with("http://") || uri.starts_with("https://")) {
-            return Err(format!(
-                "MLflow tracking URI {uri:?}: an http:// or https:// tracking server is needed (a file store is MLflow's \
-                 own folder: point MLflow at the run folder instead)"
-            ));
+            return Err(Error::Uri {
+                uri: without_credentials(&uri),
+                why: "an http:// or https:// tracking server is needed (a file store is MLflow's own folder: point \
+                      MLflow at the run folder instead)",
+            });
         }
         if uri.starts_with("https://") {
-            return Err(format!(
-                "MLflow tracking URI {uri}: https is not built in yet; use the server's http address (or a local proxy)"
-            ));
+            return Err(Error::Uri {
+                uri: without_credentials(&uri),
+                why: "https is not built in yet; use the server's http address (or a local proxy)",
+            });
         }
         let experiment = std::env::var("MLFLOW_EXPERIMENT_NAME")
             .ok()
@@ -110,6 +114,8 @@ mod tests {
     fn only_http_servers_are_taken() {
         assert!(Settings::from_env(Some("file:///tmp/mlruns")).is_err());
         assert!(Settings::from_env(Some("https://mlflow.example")).is_err());
+        let e = Settings::from_env(Some("https://user:secret@mlflow.example")).unwrap_err();
+        assert!(matches!(&e, Error::Uri { uri, .. } if uri == "https://mlflow.example"), "{e:?}");
         let s = Settings::from_env(Some("http://127.0.0.1:5000/")).unwrap().unwrap();
         assert_eq!(s.uri, "http://127.0.0.1:5000");
         assert_eq!(without_credentials("http://u:p@h:5000/x"), "http://h:5000/x");

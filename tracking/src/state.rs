@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Result;
 use crate::{Settings, STATE_FILE};
 
 /// What a folder mirrored to MLflow is.
@@ -108,7 +109,7 @@ fn new_key() -> String {
 }
 
 /// Reads the folder's state, or starts one for `s` (a new key).
-pub fn load_or_new(dir: &Path, s: &Settings) -> Result<State, String> {
+pub fn load_or_new(dir: &Path, s: &Settings) -> Result<State> {
     let p = dir.join(STATE_FILE);
     let mut st = if p.exists() {
         let st = read_state(dir)?;
@@ -155,13 +156,15 @@ pub(crate) fn afresh(st: State, uri: &str, experiment: &str) -> State {
 }
 
 /// The folder's `mlflow.yaml`.
-pub fn read_state(dir: &Path) -> Result<State, String> {
+pub fn read_state(dir: &Path) -> Result<State> {
     let p = dir.join(STATE_FILE);
-    let text = files::read_regular_to_string(&p).map_err(|e| e.to_string())?;
-    yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+    let text = files::read_regular_to_string(&p)?;
+    Ok(yaml_serde::from_str(&text).map_err(|e| files::Error::parse(&p, "not a tracking state", e))?)
 }
 
-pub(crate) fn save(dir: &Path, st: &State) -> Result<(), String> {
-    let text = yaml_serde::to_string(st).map_err(|e| e.to_string())?;
-    files::write_atomic(&dir.join(STATE_FILE), text.as_bytes()).map_err(|e| e.to_string())
+pub(crate) fn save(dir: &Path, st: &State) -> Result<()> {
+    let p = dir.join(STATE_FILE);
+    // A State always serialises (strings, numbers, maps of them); kept as an error all the same.
+    let text = yaml_serde::to_string(st).map_err(|e| files::Error::parse(&p, "the tracking state as YAML", e))?;
+    Ok(files::write_atomic(&p, text.as_bytes())?)
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::client::{urlencode, Client};
+use crate::error::{Error, Result};
 use crate::folder::{artifacts_of, metric_rows, params_of, sweep_metrics};
-use crate::state::{afresh, now_ms, read_state, save, Kind, State};
+use crate::state::{afresh, now_ms, read_state, save, without_credentials, Kind, State};
 use crate::STATE_FILE;
 
 /// What the end of a run is.
@@ -34,17 +35,17 @@ impl End {
 /// says what could not be sent (the rest is kept for the next try). A sweep folder is sent
 /// under its lock, from its `mlflow.yaml` as it is now (its fold runs, in other processes,
 /// create its MLflow run when they need it): `st` gives its server and comes back updated.
-pub fn sync(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
+pub fn sync(dir: &Path, st: &mut State, end: End) -> Result<()> {
     if st.kind != Kind::Sweep {
         return sync_folder(dir, st, end);
     }
     let _lock = wait_lock(dir)?;
     let mut cur = read_state(dir)?;
     if cur.kind != Kind::Sweep {
-        return Err(format!(
-            "{}: not a sweep's tracking state",
-            dir.join(STATE_FILE).display()
-        ));
+        return Err(Error::Folder {
+            path: dir.join(STATE_FILE),
+            msg: "not a sweep's tracking state".into(),
+        });
     }
     if cur.uri != st.uri || cur.experiment != st.experiment {
         cur = afresh(cur, &st.uri, &st.experiment);
@@ -56,16 +57,16 @@ pub fn sync(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
 
 /// The lock of a sweep folder's tracking state, waited for (fold runs of one sweep in other
 /// processes take it for a moment each).
-pub(crate) fn wait_lock(dir: &Path) -> Result<files::Lock, String> {
+pub(crate) fn wait_lock(dir: &Path) -> Result<files::Lock> {
     files::Lock::beside_waiting(
         &dir.join(STATE_FILE),
         "the sweep's MLflow state",
         Duration::from_secs(30),
     )
-    .map_err(|e| e.to_string())
+    .map_err(Error::from)
 }
 
-fn sync_folder(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
+fn sync_folder(dir: &Path, st: &mut State, end: End) -> Result<()> {
     let c = Client::new(&st.uri);
     if st.run_id.is_none() {
         open_run(dir, st, &c)?;
@@ -102,7 +103,7 @@ fn sync_folder(dir: &Path, st: &mut State, end: End) -> Result<(), String> {
 }
 
 /// The experiment's id (created if it does not exist and `create`).
-fn experiment_id(c: &Client, name: &str, create: bool) -> Result<String, String> {
+fn experiment_id(c: &Client, name: &str, create: bool) -> Result<String> {
     let path = format!(
         "/api/2.0/mlflow/experiments/get-by-name?experiment_name={}",
         urlencode(name)
@@ -115,7 +116,7 @@ fn experiment_id(c: &Client, name: &str, create: bool) -> Result<String, String>
         return Ok(e);
     }
     if !create {
-        return Err(format!("MLflow has no experiment {name:?}"));
+        return Err(Error::Server(format!("MLflow has no experiment \"{name}\"")));
     }
     c.call(
         "POST",
@@ -124,11 +125,11 @@ fn experiment_id(c: &Client, name: &str, create: bool) -> Result<String, String>
     )?["experiment_id"]
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| "MLflow did not return the experiment's id".to_string())
+        .ok_or_else(|| Error::Server("MLflow did not return the experiment's id".into()))
 }
 
 /// Finds the MLflow run of the folder's key, or creates it (never for an evaluation).
-fn open_run(dir: &Path, st: &mut State, c: &Client) -> Result<(), String> {
+fn open_run(dir: &Path, st: &mut State, c: &Client) -> Result<()> {
     let exp = experiment_id(c, &st.experiment, st.kind != Kind::Evaluation)?;
     // The run this key made before (a sync that ended before its state was saved).
     let found = c.call(
@@ -139,17 +140,19 @@ fn open_run(dir: &Path, st: &mut State, c: &Client) -> Result<(), String> {
     let run = match found["runs"].as_array().and_then(|r| r.first()) {
         Some(r) => r["info"].clone(),
         None if st.kind == Kind::Evaluation => {
-            return Err(format!(
-                "MLflow at {} has no run with nodule.run_key {} in experiment {:?} (the run that made the model)",
-                st.uri, st.key, st.experiment
-            ));
+            return Err(Error::Server(format!(
+                "MLflow at {} has no run with nodule.run_key {} in experiment \"{}\" (the run that made the model)",
+                without_credentials(&st.uri),
+                st.key,
+                st.experiment
+            )));
         }
         None => create_run(dir, st, c, &exp)?,
     };
     st.run_id = Some(
         run["run_id"]
             .as_str()
-            .ok_or("MLflow did not return the run's id")?
+            .ok_or_else(|| Error::Server("MLflow did not return the run's id".into()))?
             .to_string(),
     );
     st.artifact_uri = run["artifact_uri"].as_str().map(str::to_string);
@@ -159,7 +162,7 @@ fn open_run(dir: &Path, st: &mut State, c: &Client) -> Result<(), String> {
 
 /// Creates the folder's MLflow run: its key, folder, tool version, host and the state's
 /// tags; a fold run of a sweep under its sweep's run (`mlflow.parentRunId`).
-fn create_run(dir: &Path, st: &State, c: &Client, exp: &str) -> Result<Value, String> {
+fn create_run(dir: &Path, st: &State, c: &Client, exp: &str) -> Result<Value> {
     let name = st.name.clone().unwrap_or_else(|| {
         dir.file_name()
             .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned())
@@ -196,21 +199,26 @@ fn create_run(dir: &Path, st: &State, c: &Client, exp: &str) -> Result<Value, St
 
 /// The MLflow run id of the sweep folder `parent` (its run created now if need be, on the
 /// child's server and experiment).
-fn parent_run(parent: &Path, child: &State) -> Result<String, String> {
+fn parent_run(parent: &Path, child: &State) -> Result<String> {
     let mut pst = State {
         uri: child.uri.clone(),
         experiment: child.experiment.clone(),
         kind: Kind::Sweep,
         ..State::default()
     };
-    sync(parent, &mut pst, End::Running).map_err(|e| format!("the sweep's run ({}): {e}", parent.display()))?;
-    pst.run_id
-        .ok_or_else(|| format!("{}: the sweep's MLflow run has no id", parent.display()))
+    sync(parent, &mut pst, End::Running).map_err(|e| Error::Sweep {
+        path: parent.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    pst.run_id.ok_or_else(|| Error::Folder {
+        path: parent.to_path_buf(),
+        msg: "the sweep's MLflow run has no id".into(),
+    })
 }
 
 /// A run's params, once: a training run's `config.yaml`, a sweep's own; an evaluation
 /// sends none (the run's params are the training's, and MLflow never changes a param).
-fn send_params(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<(), String> {
+fn send_params(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<()> {
     if st.params_sent {
         return Ok(());
     }
@@ -232,7 +240,7 @@ fn send_params(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<(
 }
 
 /// Each new row of a training run's `metrics.csv`, as that epoch's step.
-fn send_metric_rows(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<(), String> {
+fn send_metric_rows(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<()> {
     let rows = metric_rows(dir)?;
     while st.metric_rows_sent < rows.len() {
         let (epoch, values) = &rows[st.metric_rows_sent];
@@ -254,7 +262,7 @@ fn send_metric_rows(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Res
 
 /// The metrics a finished sweep or evaluation has: a sweep's summary (`cell_NN.<column>`,
 /// sent again when the summary changes), an evaluation's own (once).
-fn send_end_metrics(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<(), String> {
+fn send_end_metrics(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<()> {
     let (metrics, digest) = match st.kind {
         Kind::Run => return Ok(()),
         Kind::Evaluation if st.metrics_sent => return Ok(()),
@@ -293,8 +301,8 @@ fn send_artifact(
     run_id: &str,
     local: &str,
     remote: &str,
-) -> Result<(), String> {
-    let bytes = files::read_regular(&dir.join(local)).map_err(|e| e.to_string())?;
+) -> Result<()> {
+    let bytes = files::read_regular(&dir.join(local))?;
     let sha = files::sha256_bytes(&bytes);
     if st.artifacts_sent.get(remote) == Some(&sha) {
         return Ok(());
@@ -303,7 +311,9 @@ fn send_artifact(
         .artifact_uri
         .as_deref()
         .and_then(|u| u.strip_prefix("mlflow-artifacts:"))
-        .ok_or("the run's artifacts are not served by this MLflow server (start it with --serve-artifacts)")?;
+        .ok_or_else(|| {
+            Error::Server("the run's artifacts are not served by this MLflow server (start it with --serve-artifacts)".into())
+        })?;
     c.put_file(
         &format!(
             "/api/2.0/mlflow-artifacts/artifacts/{}/{remote}",
@@ -324,23 +334,23 @@ fn send_artifact(
 
 /// A file's bytes and sha256 when it exists and is not the one sent before (`sent`: the
 /// sha256 of what was).
-fn unsent(p: &Path, sent: Option<&str>) -> Result<Option<(Vec<u8>, String)>, String> {
+fn unsent(p: &Path, sent: Option<&str>) -> Result<Option<(Vec<u8>, String)>> {
     if !p.is_file() {
         return Ok(None);
     }
-    let bytes = files::read_regular(p).map_err(|e| e.to_string())?;
+    let bytes = files::read_regular(p)?;
     let sha = files::sha256_bytes(&bytes);
     Ok((sent != Some(sha.as_str())).then_some((bytes, sha)))
 }
 
 /// The calibration's metrics (`calibration.yaml`, of the method it chose: AUROC, Brier, NLL,
 /// ECE, slope…) as `calibration.*` metrics and its method as a tag, once per calibration.
-fn send_calibration(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<(), String> {
+fn send_calibration(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Result<()> {
     let p = dir.join("calibration.yaml");
     let Some((bytes, sha)) = unsent(&p, st.calibration_sent.as_deref())? else {
         return Ok(());
     };
-    let v: yaml_serde::Value = yaml_serde::from_slice(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
+    let v: yaml_serde::Value = yaml_serde::from_slice(&bytes).map_err(|e| files::Error::parse(&p, "not YAML", e))?;
     let method = v["method"].as_str().unwrap_or("none").to_string();
     let t = now_ms();
     let mut metrics = Vec::new();

@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::state::{load_or_new, save, State};
+use crate::error::{Error, Result};
+use crate::state::{load_or_new, save, without_credentials, State};
 use crate::sync::{sync, End};
 use crate::{Settings, FINAL_WAIT};
 
@@ -25,7 +26,7 @@ impl std::fmt::Debug for Tracker {
 impl Tracker {
     /// Starts mirroring `dir` (a run folder that exists) to the server; its key is saved at
     /// once so the exported model can name it.
-    pub fn start(dir: &Path, s: &Settings) -> Result<Self, String> {
+    pub fn start(dir: &Path, s: &Settings) -> Result<Self> {
         let st = load_or_new(dir, s)?;
         save(dir, &st)?;
         let state = Arc::new(Mutex::new(st));
@@ -52,7 +53,7 @@ impl Tracker {
                     }
                 }
             })
-            .map_err(|e| format!("cannot start the MLflow thread: {e}"))?;
+            .map_err(Error::Thread)?;
         Ok(Tracker {
             dir: dir.to_path_buf(),
             state,
@@ -87,10 +88,10 @@ impl Tracker {
             match sync(&self.dir, &mut st, end) {
                 Ok(()) => {
                     return format!(
-                        "MLflow: run {} in experiment {:?} at {} ({} epochs of metrics, {} artifacts)",
+                        "MLflow: run {} in experiment \"{}\" at {} ({} epochs of metrics, {} artifacts)",
                         st.run_id.as_deref().unwrap_or("?"),
                         st.experiment,
-                        st.uri,
+                        without_credentials(&st.uri),
                         st.metric_rows_sent,
                         st.artifacts_sent.len()
                     );
@@ -101,7 +102,7 @@ impl Tracker {
         };
         format!(
             "MLflow: not everything reached {} ({}); it is kept in {}: `trainer mlflow-sync {}` sends it",
-            st.uri,
+            without_credentials(&st.uri),
             last,
             self.dir.display(),
             self.dir.display()

@@ -9,9 +9,8 @@ pub(crate) fn mlflow_sync(run: &std::path::Path, flag: Option<&str>) -> Result<(
         .join(track::STATE_FILE)
         .is_file()
         .then(|| track::read_state(run))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let settings = match (track::Settings::from_env(flag).map_err(anyhow::Error::msg)?, &before) {
+        .transpose()?;
+    let settings = match (track::Settings::from_env(flag)?, &before) {
         (Some(s), _) => s,
         (None, Some(st)) => track::Settings {
             uri: st.uri.clone(),
@@ -27,7 +26,7 @@ pub(crate) fn mlflow_sync(run: &std::path::Path, flag: Option<&str>) -> Result<(
     if kind == track::Kind::Run && !run.join("config.yaml").is_file() {
         anyhow::bail!("{}: not a run folder (no config.yaml)", run.display());
     }
-    let mut st = track::load_or_new(run, &settings).map_err(anyhow::Error::msg)?;
+    let mut st = track::load_or_new(run, &settings)?;
     let finished = match kind {
         track::Kind::Run => run.join("summary.yaml").is_file(),
         track::Kind::Sweep => run.join(trainer::sweep::SUMMARY_MD).is_file(),
@@ -39,12 +38,17 @@ pub(crate) fn mlflow_sync(run: &std::path::Path, flag: Option<&str>) -> Result<(
         track::End::Running
     };
     track::sync(run, &mut st, end)
-        .map_err(|e| anyhow::anyhow!("MLflow at {}: {e}; nothing is lost, run this again", settings.uri))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "MLflow at {}: {e}; nothing is lost, run this again",
+                track::without_credentials(&settings.uri)
+            )
+        })?;
     println!(
-        "MLflow: run {} in experiment {:?} at {}: {} epochs of metrics, {} artifacts{}",
+        "MLflow: run {} in experiment \"{}\" at {}: {} epochs of metrics, {} artifacts{}",
         st.run_id.as_deref().unwrap_or("?"),
         st.experiment,
-        st.uri,
+        track::without_credentials(&st.uri),
         st.metric_rows_sent,
         st.artifacts_sent.len(),
         if end == track::End::Running {

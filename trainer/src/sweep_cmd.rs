@@ -41,7 +41,7 @@ pub(crate) fn sweep(
         return Ok(());
     }
     sweep::check_plan_record(&plan)?;
-    let mlflow = tracking::Settings::from_env(mlflow).map_err(anyhow::Error::msg)?;
+    let mlflow = tracking::Settings::from_env(mlflow)?;
     if let Some(s) = &mlflow {
         // Tracking never stops the sweep: a folder that cannot take it is reported.
         if let Err(e) = tracking::open_sweep(&plan.out, s, sweep::tracking_params(&plan)) {

@@ -173,7 +173,7 @@ pub(crate) fn train(a: &TrainArgs) -> Result<()> {
             quiet: a.quiet,
             resume: a.resume.is_some(),
             stop_after: a.stop_after,
-            mlflow: tracking::Settings::from_env(a.mlflow.as_deref()).map_err(anyhow::Error::msg)?,
+            mlflow: tracking::Settings::from_env(a.mlflow.as_deref())?,
             mlflow_key: None,
         },
     )?;
