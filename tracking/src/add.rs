@@ -27,7 +27,11 @@ fn send_tracked(dir: &Path, what: &str) -> Option<String> {
     }
     let mut st = read_state(dir).ok()?;
     Some(match sync(dir, &mut st, End::Finished) {
-        Ok(()) => format!("MLflow: {what} {} at {}", st.run_id.as_deref().unwrap_or("?"), without_credentials(&st.uri)),
+        Ok(()) => format!(
+            "MLflow: {what} {} at {}",
+            st.run_id.as_deref().unwrap_or("?"),
+            without_credentials(&st.uri)
+        ),
         Err(e) => format!(
             "MLflow: not everything reached {} ({e}); `trainer mlflow-sync {}` sends it",
             without_credentials(&st.uri),

@@ -31,9 +31,7 @@ impl Client {
             Some(b) => req.send_string(&b.to_string()),
             None => req.call(),
         };
-        let text = answer(&url, r)?
-            .into_string()
-            .map_err(|e| unreachable(&url, e))?;
+        let text = answer(&url, r)?.into_string().map_err(|e| unreachable(&url, e))?;
         if text.trim().is_empty() {
             Ok(json!({}))
         } else {
@@ -72,9 +70,12 @@ fn answer(url: &str, r: std::result::Result<ureq::Response, ureq::Error>) -> Res
 /// cause but never gives it up.
 fn transport_cause(t: &ureq::Transport) -> String {
     let mut why = t.kind().to_string();
-    for part in [t.message().map(str::to_string), std::error::Error::source(t).map(ToString::to_string)]
-        .into_iter()
-        .flatten()
+    for part in [
+        t.message().map(str::to_string),
+        std::error::Error::source(t).map(ToString::to_string),
+    ]
+    .into_iter()
+    .flatten()
     {
         why = format!("{why}: {part}");
     }
@@ -115,8 +116,13 @@ mod tests {
             .map(|a| a.port())
             .expect("a free port"); // the listener is dropped: nothing listens there
         let c = Client::new(&format!("http://user:secret@127.0.0.1:{port}"));
-        let e = c.call("GET", "/api/2.0/mlflow/experiments/list", None).expect_err("no server");
-        assert!(matches!(&e, Error::Unreachable { url, .. } if url.ends_with("/experiments/list")), "{e:?}");
+        let e = c
+            .call("GET", "/api/2.0/mlflow/experiments/list", None)
+            .expect_err("no server");
+        assert!(
+            matches!(&e, Error::Unreachable { url, .. } if url.ends_with("/experiments/list")),
+            "{e:?}"
+        );
         assert!(std::error::Error::source(&e).is_some(), "{e:?}");
         assert!(!e.to_string().contains("secret"), "{e}");
     }
@@ -132,7 +138,11 @@ mod tests {
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
             let body = format!("{{\"error_code\": \"RESOURCE_DOES_NOT_EXIST\"}}{}", "x".repeat(400));
-            let _ = write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = write!(
+                s,
+                "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
         });
         let e = Client::new(&format!("http://127.0.0.1:{port}"))
             .put_file("/api/2.0/mlflow-artifacts/artifacts/x", b"bytes")
@@ -141,7 +151,10 @@ mod tests {
         match &e {
             Error::Refused { status, body, .. } => {
                 assert_eq!(*status, 404);
-                assert!(body.starts_with("{\"error_code\": \"RESOURCE_DOES_NOT_EXIST\"}"), "{body}");
+                assert!(
+                    body.starts_with("{\"error_code\": \"RESOURCE_DOES_NOT_EXIST\"}"),
+                    "{body}"
+                );
                 assert_eq!(body.chars().count(), 300);
             }
             other => panic!("{other:?}"),

@@ -56,7 +56,10 @@ pub(crate) fn metric_rows(dir: &Path) -> Result<Vec<MetricRow>> {
     }
     let text = files::read_regular_to_string(&p)?;
     let mut r = csv::Reader::from_reader(text.as_bytes());
-    let headers = r.headers().map_err(|e| files::Error::parse(&p, "its header", e))?.clone();
+    let headers = r
+        .headers()
+        .map_err(|e| files::Error::parse(&p, "its header", e))?
+        .clone();
     let mut out = Vec::new();
     for rec in r.records() {
         let rec = rec.map_err(|e| files::Error::parse(&p, "a row", e))?;
@@ -95,7 +98,10 @@ const SWEEP_METRICS: &[&str] = &[
 /// `cell_NN.<column>` of every configuration's row of `sweep_summary.csv`.
 pub(crate) fn sweep_metrics(p: &Path, bytes: &[u8]) -> Result<BTreeMap<String, f64>> {
     let mut r = csv::Reader::from_reader(bytes);
-    let h = r.headers().map_err(|e| files::Error::parse(p, "its header", e))?.clone();
+    let h = r
+        .headers()
+        .map_err(|e| files::Error::parse(p, "its header", e))?
+        .clone();
     let index = h
         .iter()
         .position(|x| x == "index")
@@ -168,7 +174,11 @@ mod tests {
         assert!(std::error::Error::source(&e).is_some());
         std::fs::write(d.path().join("metrics.csv"), "epoch,lr\n1,0.1,extra\n").unwrap();
         let e = metric_rows(d.path()).unwrap_err();
-        assert!(e.to_string().starts_with(&format!("{}: a row: ", d.path().join("metrics.csv").display())), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: a row: ", d.path().join("metrics.csv").display())),
+            "{e}"
+        );
         let e = sweep_metrics(Path::new("sweep_summary.csv"), b"a,b\n1,2\n").unwrap_err();
         assert_eq!(e.to_string(), "sweep_summary.csv: no index column");
     }

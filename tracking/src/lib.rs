@@ -28,8 +28,8 @@ mod state;
 mod sync;
 mod tracker;
 
-pub use error::{Error, Result};
 pub use add::{add_evaluation, after_calibration, after_collect, open_sweep, Evaluation};
+pub use error::{Error, Result};
 pub use folder::{flatten, SWEEP_ARTIFACTS};
 pub use state::{load_or_new, read_state, without_credentials, Kind, State};
 pub use sync::{sync, End};
@@ -115,7 +115,10 @@ mod tests {
         assert!(Settings::from_env(Some("file:///tmp/mlruns")).is_err());
         assert!(Settings::from_env(Some("https://mlflow.example")).is_err());
         let e = Settings::from_env(Some("https://user:secret@mlflow.example")).unwrap_err();
-        assert!(matches!(&e, Error::Uri { uri, .. } if uri == "https://mlflow.example"), "{e:?}");
+        assert!(
+            matches!(&e, Error::Uri { uri, .. } if uri == "https://mlflow.example"),
+            "{e:?}"
+        );
         let s = Settings::from_env(Some("http://127.0.0.1:5000/")).unwrap().unwrap();
         assert_eq!(s.uri, "http://127.0.0.1:5000");
         assert_eq!(without_credentials("http://u:p@h:5000/x"), "http://h:5000/x");

@@ -294,14 +294,7 @@ fn send_end_metrics(dir: &Path, st: &mut State, c: &Client, run_id: &str) -> Res
 }
 
 /// One artifact, unless the same bytes were sent under that path before.
-fn send_artifact(
-    dir: &Path,
-    st: &mut State,
-    c: &Client,
-    run_id: &str,
-    local: &str,
-    remote: &str,
-) -> Result<()> {
+fn send_artifact(dir: &Path, st: &mut State, c: &Client, run_id: &str, local: &str, remote: &str) -> Result<()> {
     let bytes = files::read_regular(&dir.join(local))?;
     let sha = files::sha256_bytes(&bytes);
     if st.artifacts_sent.get(remote) == Some(&sha) {
@@ -312,7 +305,9 @@ fn send_artifact(
         .as_deref()
         .and_then(|u| u.strip_prefix("mlflow-artifacts:"))
         .ok_or_else(|| {
-            Error::Server("the run's artifacts are not served by this MLflow server (start it with --serve-artifacts)".into())
+            Error::Server(
+                "the run's artifacts are not served by this MLflow server (start it with --serve-artifacts)".into(),
+            )
         })?;
     c.put_file(
         &format!(
