@@ -363,15 +363,19 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut Sink) -> std::io::R
 
 /// Like [`write_atomic`] for writers that only take a path (safetensors, PNG encoders):
 /// `write` fills a temporary file (beside a regular destination, so the rename is atomic;
-/// in the temporary folder for a device or FIFO, then copied through).
-pub fn replace_with<E: std::fmt::Display>(path: &Path, write: impl FnOnce(&Path) -> Result<(), E>) -> Result<()> {
+/// in the temporary folder for a device or FIFO, then copied through). The writer's error is
+/// kept inside the I/O error (`std::io::Error::get_ref` gives it back).
+pub fn replace_with<E>(path: &Path, write: impl FnOnce(&Path) -> Result<(), E>) -> Result<()>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let target = resolve_output(path)?;
     let dest_like = match &target {
         Target::File(dest) => dest.clone(),
         Target::Stream(_) => std::env::temp_dir().join(path.file_name().unwrap_or_default()),
     };
     let tmp = temp_beside(&dest_like)?.into_temp_path();
-    write(&tmp).map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
+    write(&tmp).map_err(|e| Error::io(path, std::io::Error::other(e)))?;
     match &target {
         Target::File(dest) => {
             File::open(&tmp)
@@ -392,6 +396,24 @@ pub fn replace_with<E: std::fmt::Display>(path: &Path, write: impl FnOnce(&Path)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer's own error is kept inside the I/O error, for a caller to take back; the
+    /// destination is left as it was.
+    #[test]
+    fn a_writers_error_is_kept_and_nothing_replaced() {
+        let d = tempfile::tempdir().expect("tmp");
+        let out = d.path().join("chart.png");
+        std::fs::write(&out, b"old").expect("write");
+        let e = replace_with(&out, |_| Err(std::fmt::Error)).expect_err("writer failed");
+        match &e {
+            Error::Io { path, source } => {
+                assert_eq!(path, &out);
+                assert!(source.get_ref().is_some_and(|inner| inner.is::<std::fmt::Error>()), "{e:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(&out).expect("read"), b"old");
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {

@@ -220,7 +220,14 @@ impl<'de> Deserialize<'de> for SpecRef {
                 .map(|s| SpecRef::Inline(Box::new(s)))
                 .map_err(D::Error::custom),
             other => Err(D::Error::custom(format!(
-                "model.spec must be a spec file's path or a spec inline, got {other:?}"
+                "model.spec must be a spec file's path or a spec inline, got {}",
+                match other {
+                    yaml_serde::Value::Null => "nothing (null)",
+                    yaml_serde::Value::Bool(_) => "a boolean",
+                    yaml_serde::Value::Number(_) => "a number",
+                    yaml_serde::Value::Sequence(_) => "a list",
+                    _ => "a tagged value",
+                }
             ))),
         }
     }
@@ -495,6 +502,18 @@ mod tests {
         assert_eq!(c.train.pos_weight, PosWeight::Auto(AutoTag::Auto));
         let e = yaml_serde::from_str::<TrainConfig>("data: d\nout: o\ntrain:\n  epoch: 3\n").expect_err("typo");
         assert!(e.to_string().contains("epoch"), "{e}");
+    }
+
+    /// A `model.spec` that is neither a path nor a mapping is named by its kind, not by
+    /// the YAML library's Debug text (`Number(3)`).
+    #[test]
+    fn a_spec_of_the_wrong_kind_is_named_for_people() {
+        for (v, kind) in [("3", "a number"), ("true", "a boolean"), ("[a, b]", "a list")] {
+            let e = yaml_serde::from_str::<TrainConfig>(&format!("data: d\nout: o\nmodel:\n  spec: {v}\n"))
+                .expect_err("not a spec");
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("a spec inline, got {kind}")), "{v}: {msg}");
+        }
     }
 
     #[test]

@@ -198,10 +198,10 @@ impl Net {
         let got = feats.map_or(0, |f| f.size().get(1).copied().unwrap_or(0) as usize);
         if got != self.features || feats.is_some_and(|f| f.size().first() != xs.size().first()) {
             return Err(TrainError::Internal(format!(
-                "the network takes {} tabular feature(s) per patch, given {:?} for a batch of {:?}",
+                "the network takes {} tabular feature(s) per patch, given {} for a batch of {}",
                 self.features,
-                feats.map(Tensor::size),
-                xs.size().first()
+                feats.map_or_else(|| "none".to_string(), |f| format!("a tensor of shape {:?}", f.size())),
+                xs.size().first().copied().unwrap_or(0)
             )));
         }
         Ok(run(&self.layers, xs, feats, train, true))

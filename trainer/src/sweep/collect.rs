@@ -248,8 +248,7 @@ fn write_summary(plan: &Plan, cells: &[CellSummary], table: &str) -> Result<()> 
             .annotations
             .push((c.pooled_oof_auroc, y + 0.25, format!("{}: {}", c.index, c.label)));
     }
-    plots::line_chart(&chart, &plan.out.join("forest.png"))
-        .map_err(|e| TrainError::Data(format!("forest plot: {e}")))?;
+    plots::line_chart(&chart, &plan.out.join("forest.png"))?;
     // The commit point, last: what it summarises, by digest.
     let mut files: Vec<String> = cells
         .iter()
