@@ -35,9 +35,9 @@ impl Client {
         if text.trim().is_empty() {
             Ok(json!({}))
         } else {
-            serde_json::from_str(&text).map_err(|e| Error::Unreachable {
+            serde_json::from_str(&text).map_err(|source| Error::NotJson {
                 url: without_credentials(&url),
-                source: format!("not JSON ({e})").into(),
+                source,
             })
         }
     }
@@ -107,8 +107,8 @@ mod tests {
         assert_eq!(urlencode("nodule exp/1"), "nodule%20exp%2F1");
     }
 
-    /// A server that cannot be reached is `Unreachable` with ureq's error as the source,
-    /// and the URL it names carries no credentials.
+    /// A server that cannot be reached is `Unreachable`, its cause ureq's (kind, message,
+    /// the OS error) and no URL in either that carries credentials.
     #[test]
     fn an_unreachable_server_keeps_the_cause_and_not_the_password() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -123,8 +123,19 @@ mod tests {
             matches!(&e, Error::Unreachable { url, .. } if url.ends_with("/experiments/list")),
             "{e:?}"
         );
-        assert!(std::error::Error::source(&e).is_some(), "{e:?}");
-        assert!(!e.to_string().contains("secret"), "{e}");
+        let cause = std::error::Error::source(&e)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(
+            cause.starts_with("Connection Failed") && cause.contains("refused"),
+            "{cause}"
+        );
+        assert!(!format!("{e} {e:?}").contains("secret"), "{e:?}");
+        // A password with a raw '/' makes a URL ureq refuses: that error shows none of it.
+        let e = Client::new("http://user:pa/secret@127.0.0.1:1")
+            .call("GET", "/x", None)
+            .expect_err("no server");
+        assert!(!format!("{e} {e:?}").contains("secret"), "{e:?}");
     }
 
     /// A refusal is `Refused` with its status and the start of the server's answer.
@@ -135,8 +146,15 @@ mod tests {
         let port = l.local_addr().expect("addr").port();
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().expect("accept");
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
+            // The whole request (headers, then the body ureq writes apart) is read before
+            // the answer: closing on unread bytes would reset the connection.
+            let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+            while !got.ends_with(b"\r\n\r\nbytes") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
             let body = format!("{{\"error_code\": \"RESOURCE_DOES_NOT_EXIST\"}}{}", "x".repeat(400));
             let _ = write!(
                 s,

@@ -12,12 +12,21 @@ pub enum Error {
     #[error(transparent)]
     Files(#[from] files::Error),
     /// The server could not be reached, or its answer could not be read (`url` without
-    /// credentials).
+    /// credentials). A transport failure's cause is ureq's text without its URL (which
+    /// names any credentials); a read's is the I/O error.
     #[error("{url}: {source}")]
     Unreachable {
         url: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The server answered with something that is not JSON: not an MLflow server, or a
+    /// proxy's page.
+    #[error("{url}: not JSON ({source})")]
+    NotJson {
+        url: String,
+        #[source]
+        source: serde_json::Error,
     },
     /// The server refused a request: its status and the start of its answer.
     #[error("{url}: HTTP {status}: {body}")]

@@ -123,5 +123,10 @@ mod tests {
         assert_eq!(s.uri, "http://127.0.0.1:5000");
         assert_eq!(without_credentials("http://u:p@h:5000/x"), "http://h:5000/x");
         assert_eq!(without_credentials("http://h:5000"), "http://h:5000");
+        // A password with a raw '/' or '#', and a URI without a scheme, show no password.
+        assert_eq!(without_credentials("http://u:pa/ss@h:5000/x"), "http://h:5000/x");
+        assert_eq!(without_credentials("http://u:pa#ss@h:5000"), "http://h:5000");
+        let e = Settings::from_env(Some("user:secret@h:5000")).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 }

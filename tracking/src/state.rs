@@ -21,18 +21,19 @@ pub enum Kind {
     Evaluation,
 }
 
-/// A tracking URI without any `user:password@` in it (for what is written down).
+/// A tracking URI without any `user:password@` in it (for what is written down or shown).
+/// Everything up to the last `@` is taken for credentials, with or without a scheme and
+/// even where a password holds a raw `/`, `?` or `#`: a path with an `@` in it loses its
+/// start (hidden), a password is never shown.
 pub fn without_credentials(uri: &str) -> String {
-    match uri.split_once("://") {
-        Some((scheme, rest)) => {
-            let (host, path) = rest.split_once('/').map_or((rest, None), |(h, p)| (h, Some(p)));
-            let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-            match path {
-                Some(p) => format!("{scheme}://{host}/{p}"),
-                None => format!("{scheme}://{host}"),
-            }
-        }
-        None => uri.to_string(),
+    let (scheme, rest) = match uri.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, uri),
+    };
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    match scheme {
+        Some(s) => format!("{s}://{rest}"),
+        None => rest.to_string(),
     }
 }
 

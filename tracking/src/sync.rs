@@ -116,7 +116,8 @@ fn experiment_id(c: &Client, name: &str, create: bool) -> Result<String> {
         return Ok(e);
     }
     if !create {
-        return Err(Error::Server(format!("MLflow has no experiment \"{name}\"")));
+        // Debug quoting: a name from the environment is shown escaped.
+        return Err(Error::Server(format!("MLflow has no experiment {name:?}")));
     }
     c.call(
         "POST",
@@ -141,7 +142,7 @@ fn open_run(dir: &Path, st: &mut State, c: &Client) -> Result<()> {
         Some(r) => r["info"].clone(),
         None if st.kind == Kind::Evaluation => {
             return Err(Error::Server(format!(
-                "MLflow at {} has no run with nodule.run_key {} in experiment \"{}\" (the run that made the model)",
+                "MLflow at {} has no run with nodule.run_key {} in experiment {:?} (the run that made the model)",
                 without_credentials(&st.uri),
                 st.key,
                 st.experiment

@@ -88,7 +88,7 @@ impl Tracker {
             match sync(&self.dir, &mut st, end) {
                 Ok(()) => {
                     return format!(
-                        "MLflow: run {} in experiment \"{}\" at {} ({} epochs of metrics, {} artifacts)",
+                        "MLflow: run {} in experiment {:?} at {} ({} epochs of metrics, {} artifacts)",
                         st.run_id.as_deref().unwrap_or("?"),
                         st.experiment,
                         without_credentials(&st.uri),

@@ -222,10 +222,10 @@ impl<'de> Deserialize<'de> for SpecRef {
             other => Err(D::Error::custom(format!(
                 "model.spec must be a spec file's path or a spec inline, got {}",
                 match other {
-                    yaml_serde::Value::Null => "nothing (null)",
                     yaml_serde::Value::Bool(_) => "a boolean",
                     yaml_serde::Value::Number(_) => "a number",
                     yaml_serde::Value::Sequence(_) => "a list",
+                    // (null is no spec at all: the field is optional)
                     _ => "a tagged value",
                 }
             ))),

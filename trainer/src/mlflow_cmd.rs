@@ -45,7 +45,7 @@ pub(crate) fn mlflow_sync(run: &std::path::Path, flag: Option<&str>) -> Result<(
             )
         })?;
     println!(
-        "MLflow: run {} in experiment \"{}\" at {}: {} epochs of metrics, {} artifacts{}",
+        "MLflow: run {} in experiment {:?} at {}: {} epochs of metrics, {} artifacts{}",
         st.run_id.as_deref().unwrap_or("?"),
         st.experiment,
         track::without_credentials(&st.uri),
