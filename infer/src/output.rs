@@ -93,12 +93,17 @@ pub(crate) fn csv_header(format: Format, name: &'static str, cols: Columns) -> V
     h
 }
 
-/// Formats one batch's rows; the text goes to the sink in one write.
-pub(crate) fn format_rows(format: Format, rows: &[OutRow], out: &mut Vec<u8>) -> Result<(), String> {
+/// Formats one batch's rows; the text goes to the sink in one write. An error is the
+/// encoder's (serde_json's or csv's), kept for [`crate::InferError::Output`].
+pub(crate) fn format_rows(
+    format: Format,
+    rows: &[OutRow],
+    out: &mut Vec<u8>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match format {
         Format::Jsonl => {
             for row in rows {
-                serde_json::to_writer(&mut *out, row).map_err(|e| e.to_string())?;
+                serde_json::to_writer(&mut *out, row)?;
                 out.push(b'\n');
             }
             Ok(())
@@ -117,9 +122,9 @@ pub(crate) fn format_rows(format: Format, rows: &[OutRow], out: &mut Vec<u8>) ->
                         row.calibrated_probability.unwrap_or(row.probability),
                     ))
                 };
-                r.map_err(|e| e.to_string())?;
+                r?;
             }
-            w.flush().map_err(|e| e.to_string())
+            Ok(w.flush()?)
         }
     }
 }

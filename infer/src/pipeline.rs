@@ -164,7 +164,10 @@ pub(crate) fn score_all(todo: &[&Item], scorer: &mut Scorer, c: &Scoring, out: &
             }
             // This batch's text goes to the output in one write; memory stays at one batch.
             text.clear();
-            format_rows(s.format, &rows, &mut text).map_err(|e| crate::bad_input(&s.out, e))?;
+            format_rows(s.format, &rows, &mut text).map_err(|source| crate::InferError::Output {
+                path: s.out.clone(),
+                source,
+            })?;
             out.write_all(&text).map_err(io)?;
             t.scored += rows.len();
             c.pb.inc(dec.good.len() as u64);

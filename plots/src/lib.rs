@@ -13,12 +13,14 @@ use std::sync::Once;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
-/// Chart errors name the output file.
+/// A chart that could not be drawn or written: its file, and the cause kept (plotters'
+/// drawing error, or the file's I/O error).
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: cannot draw chart: {msg}")]
+#[error("{}: cannot draw chart: {source}", path.display())]
 pub struct PlotError {
-    pub path: String,
-    pub msg: String,
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 static FONTS: Once = Once::new();
@@ -114,23 +116,20 @@ fn rgb(c: (u8, u8, u8)) -> RGBColor {
 /// The PNG is drawn under a temporary name beside `path` and renamed over it, so a reader
 /// (or a crash) never sees a half-written chart.
 pub fn line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
-    files::replace_with(path, |tmp| draw_line_chart(chart, tmp).map_err(|e| e.msg)).map_err(|e| PlotError {
-        path: path.display().to_string(),
-        msg: match e {
-            files::Error::Io { source, .. } => source.to_string(),
-            other => other.to_string(),
+    files::replace_with(path, |tmp| draw_line_chart(chart, tmp)).map_err(|e| PlotError {
+        path: path.to_path_buf(),
+        source: match e {
+            // The drawing's own error travels inside the I/O error (`get_ref` gives it).
+            files::Error::Io { source, .. } => Box::new(source),
+            other => Box::new(other),
         },
     })
 }
 
-fn draw_line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
+fn draw_line_chart(chart: &Chart, path: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     fonts();
-    let err = |e: &dyn std::fmt::Display| PlotError {
-        path: path.display().to_string(),
-        msg: e.to_string(),
-    };
     let root = BitMapBackend::new(path, (800, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
+    root.fill(&WHITE)?;
     let (x0, x1) = chart.x_range;
     let (y0, y1) = chart.y_range;
     let mut builder = ChartBuilder::on(&root);
@@ -147,14 +146,12 @@ fn draw_line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
                 .y_desc(&chart.y_label)
                 .axis_desc_style(("sans-serif", 18))
                 .label_style(("sans-serif", 14))
-                .draw()
-                .map_err(|e| err(&e))?;
+                .draw()?;
             for b in &chart.bands {
                 let color = rgb(b.color).mix(0.2);
                 let mut poly: Vec<(f64, f64)> = b.upper.clone();
                 poly.extend(b.lower.iter().rev().copied());
-                ctx.draw_series(std::iter::once(Polygon::new(poly, color.filled())))
-                    .map_err(|e| err(&e))?
+                ctx.draw_series(std::iter::once(Polygon::new(poly, color.filled())))?
                     .label(&b.label)
                     .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], color.filled()));
             }
@@ -162,17 +159,13 @@ fn draw_line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
                 let color = rgb(s.color);
                 // A series without a label stays out of the legend.
                 if s.markers {
-                    let a = ctx
-                        .draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled())))
-                        .map_err(|e| err(&e))?;
+                    let a = ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled())))?;
                     if !s.label.is_empty() {
                         a.label(&s.label)
                             .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
                     }
                 } else {
-                    let a = ctx
-                        .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
-                        .map_err(|e| err(&e))?;
+                    let a = ctx.draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))?;
                     if !s.label.is_empty() {
                         a.label(&s.label)
                             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
@@ -180,8 +173,7 @@ fn draw_line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
                 }
             }
             for (x, y, text) in &chart.annotations {
-                ctx.draw_series(std::iter::once(Text::new(text.clone(), (*x, *y), ("sans-serif", 12))))
-                    .map_err(|e| err(&e))?;
+                ctx.draw_series(std::iter::once(Text::new(text.clone(), (*x, *y), ("sans-serif", 12))))?;
             }
             if chart.series.iter().any(|s| !s.label.is_empty()) || !chart.bands.is_empty() {
                 ctx.configure_series_labels()
@@ -189,19 +181,16 @@ fn draw_line_chart(chart: &Chart, path: &Path) -> Result<(), PlotError> {
                     .background_style(WHITE.mix(0.85))
                     .border_style(BLACK)
                     .label_font(("sans-serif", 15))
-                    .draw()
-                    .map_err(|e| err(&e))?;
+                    .draw()?;
             }
         }};
     }
     if chart.log_x {
-        draw!(builder
-            .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
-            .map_err(|e| err(&e))?);
+        draw!(builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1)?);
     } else {
-        draw!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(|e| err(&e))?);
+        draw!(builder.build_cartesian_2d(x0..x1, y0..y1)?);
     }
-    root.present().map_err(|e| err(&e))?;
+    root.present()?;
     Ok(())
 }
 
@@ -239,5 +228,23 @@ mod tests {
         let bytes = std::fs::read(&p).expect("read");
         assert_eq!(&bytes[1..4], b"PNG");
         assert!(bytes.len() > 5_000, "suspiciously small PNG: {} bytes", bytes.len());
+    }
+
+    /// A chart that cannot be written names its file and keeps the cause; nothing is left
+    /// in its place.
+    #[test]
+    fn a_chart_that_cannot_be_written_keeps_its_cause() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("no_such_folder/c.png");
+        let chart = Chart::unit("t", "x", "y");
+        let e = line_chart(&chart, &p).expect_err("no folder");
+        assert_eq!(e.path, p);
+        assert!(std::error::Error::source(&e).is_some());
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: cannot draw chart: ", p.display())),
+            "{e}"
+        );
+        assert!(!p.exists());
     }
 }
