@@ -25,7 +25,11 @@ fn send_tracked(dir: &Path, what: &str) -> Option<String> {
     if !dir.join(STATE_FILE).is_file() {
         return None;
     }
-    let mut st = read_state(dir).ok()?;
+    let mut st = match read_state(dir) {
+        Ok(st) => st,
+        // A state file that cannot be read is said, not taken for an untracked run.
+        Err(e) => return Some(format!("MLflow: nothing sent ({e})")),
+    };
     Some(match sync(dir, &mut st, End::Finished) {
         Ok(()) => format!(
             "MLflow: {what} {} at {}",
@@ -104,5 +108,26 @@ pub fn add_evaluation(out: &Path, s: &Settings, e: Evaluation) -> String {
             out.display(),
             out.display()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tracked run whose `mlflow.yaml` is damaged says so after calibrating, instead of
+    /// passing for a run that is not tracked.
+    #[test]
+    fn a_damaged_state_file_is_said_not_taken_for_no_tracking() {
+        let d = tempfile::tempdir().expect("tmp");
+        assert_eq!(
+            after_calibration(d.path()),
+            None,
+            "a folder without mlflow.yaml is not tracked"
+        );
+        std::fs::write(d.path().join(STATE_FILE), "uri: [unclosed\n").expect("write");
+        let line = after_calibration(d.path()).expect("a line");
+        assert!(line.starts_with("MLflow: nothing sent ("), "{line}");
+        assert!(line.contains(STATE_FILE), "{line}");
     }
 }
