@@ -44,7 +44,7 @@ pub fn cut_speed(
             rayon::ThreadPoolBuilder::new()
                 .num_threads(t)
                 .build()
-                .map_err(|e| ScanError::Internal(format!("cannot start {t} threads: {e}")))
+                .map_err(|source| ScanError::Threads { count: t, source })
         })
         .collect::<Result<_>>()?;
     let mut speeds: Vec<CutSpeed> = threads

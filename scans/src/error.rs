@@ -25,6 +25,13 @@ pub enum ScanError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The worker threads could not be started (the system's limits): not a bug, not bad input.
+    #[error("cannot start {count} threads: {source}")]
+    Threads {
+        count: usize,
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
     /// An invariant of the code broke: a bug, never bad input.
     #[error("internal error: {0}")]
     Internal(String),

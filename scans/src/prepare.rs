@@ -397,7 +397,7 @@ fn cut_scans(job: &PrepareJob, inputs: &Inputs, todo: &[(&String, &crate::Source
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .build()
-        .map_err(|e| ScanError::Internal(format!("cannot start {jobs} scan threads: {e}")))?;
+        .map_err(|source| ScanError::Threads { count: jobs, source })?;
     let empty = (Vec::new(), Vec::new());
     let done_dir = job.out.join(DONE_DIR);
     let results = pool.install(|| {

@@ -287,7 +287,7 @@ impl Cubes {
                     return Ok(());
                 }
                 models::patch::load_patch_into(&self.paths[i], &self.pre, slot)
-                    .map_err(|e| TrainError::Data(format!("{e} (changed since the run started?)")))
+                    .map_err(TrainError::PatchChanged)
             })?;
         Ok(out)
     }
@@ -349,6 +349,38 @@ mod tests {
             }
         }
         v
+    }
+
+    /// A patch removed under a run is `PatchChanged` when its batch is read from disk,
+    /// naming the file and keeping the reader's error.
+    #[test]
+    fn a_patch_gone_during_the_run_is_named_with_its_cause() {
+        let d = tempfile::tempdir().expect("tmp");
+        let cfg = synth::SynthConfig {
+            series: 2,
+            patches_per_series: 2,
+            positive_fraction: 0.5,
+            cube_size: 8,
+            seed: 3,
+            features: false,
+        };
+        let dir = d.path().join("p");
+        synth::generate(&cfg, &dir).expect("synth");
+        let index = PatchIndex::read(&dir).expect("index");
+        let rows: Vec<&IndexRow> = index.rows.iter().collect();
+        let pre = Preprocess {
+            cube_size: 8,
+            ..Default::default()
+        };
+        let cubes = Cubes::load(&index, &rows, &pre, Some(0)).expect("load");
+        assert_eq!(cubes.cached(), 0, "every batch read from disk");
+        let gone = index.patch_path(rows[1]);
+        std::fs::remove_file(&gone).expect("remove");
+        let e = cubes.gather(&[0, 1]).expect_err("a patch is gone");
+        assert!(matches!(e, TrainError::PatchChanged(_)), "{e:?}");
+        assert!(std::error::Error::source(&e).is_some());
+        let msg = e.to_string();
+        assert!(msg.contains(&rows[1].patch_file) && msg.ends_with("(changed since the run started?)"), "{msg}");
     }
 
     #[test]

@@ -56,6 +56,18 @@ pub enum TrainError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// An invariant of the code broke: a bug, never bad input.
+    /// A patch that read when the run started no longer does (changed or removed under it);
+    /// the reader's error kept.
+    #[error("{0} (changed since the run started?)")]
+    PatchChanged(#[source] models::Error),
+    /// Worker threads could not be started (the system's limits): not a bug, not bad input.
+    #[error("cannot start {count} {what} threads: {source}")]
+    Threads {
+        count: usize,
+        what: &'static str,
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]

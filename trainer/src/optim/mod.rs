@@ -146,7 +146,11 @@ impl AdamW {
                 .num_threads(n)
                 .thread_name(|i| format!("adamw-{i}"))
                 .build()
-                .map_err(|e| TrainError::Internal(format!("cannot start the optimizer's threads: {e}")))?,
+                .map_err(|source| TrainError::Threads {
+                    count: n,
+                    what: "optimizer",
+                    source,
+                })?,
         );
         Ok(())
     }
