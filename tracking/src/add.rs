@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::state::{load_or_new, read_state, save, without_credentials, Kind, State};
+use crate::state::{load_or_new, read_state, save, Kind, State};
 use crate::sync::{sync, wait_lock, End};
 use crate::{Settings, STATE_FILE};
 
@@ -31,14 +31,10 @@ fn send_tracked(dir: &Path, what: &str) -> Option<String> {
         Err(e) => return Some(format!("MLflow: nothing sent ({e})")),
     };
     Some(match sync(dir, &mut st, End::Finished) {
-        Ok(()) => format!(
-            "MLflow: {what} {} at {}",
-            st.run_id.as_deref().unwrap_or("?"),
-            without_credentials(&st.uri)
-        ),
+        Ok(()) => format!("MLflow: {what} {} at {}", st.run_id.as_deref().unwrap_or("?"), st.uri),
         Err(e) => format!(
             "MLflow: not everything reached {} ({e}); `trainer mlflow-sync {}` sends it",
-            without_credentials(&st.uri),
+            st.uri,
             dir.display()
         ),
     })
@@ -100,11 +96,11 @@ pub fn add_evaluation(out: &Path, s: &Settings, e: Evaluation) -> String {
             st.metrics.len(),
             st.artifacts_sent.len(),
             st.run_id.as_deref().unwrap_or("?"),
-            without_credentials(&st.uri)
+            st.uri
         ),
         Err(err) => format!(
             "MLflow: not everything reached {} ({err}); it is kept in {}: `trainer mlflow-sync {}` sends it",
-            without_credentials(&st.uri),
+            st.uri,
             out.display(),
             out.display()
         ),

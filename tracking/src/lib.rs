@@ -31,7 +31,8 @@ mod tracker;
 pub use add::{add_evaluation, after_calibration, after_collect, open_sweep, Evaluation};
 pub use error::{Error, Result};
 pub use folder::{flatten, SWEEP_ARTIFACTS};
-pub use state::{load_or_new, read_state, without_credentials, Kind, State};
+use state::without_credentials;
+pub use state::{load_or_new, read_state, Kind, ServerUri, State};
 pub use sync::{sync, End};
 pub use tracker::Tracker;
 
@@ -58,7 +59,7 @@ pub const ARTIFACTS: &[&str] = &[
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     /// `http://host:port` of an MLflow tracking server.
-    pub uri: String,
+    pub uri: ServerUri,
     pub experiment: String,
     /// A sweep folder whose MLflow run is this run's parent (see [`open_sweep`]).
     pub parent: Option<PathBuf>,
@@ -98,7 +99,7 @@ impl Settings {
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| "nodule".into());
         Ok(Some(Settings {
-            uri,
+            uri: ServerUri::new(uri),
             experiment,
             ..Settings::default()
         }))
@@ -110,6 +111,25 @@ impl Settings {
 mod tests {
     use super::*;
 
+    /// A server's address is shown without its password everywhere (Display, Debug of the
+    /// settings and state), used whole for requests, and kept whole in `mlflow.yaml`.
+    #[test]
+    fn a_server_address_never_shows_its_password() {
+        let s = Settings::from_env(Some("http://user:secret@127.0.0.1:5000")).unwrap().unwrap();
+        assert_eq!(s.uri.as_str(), "http://user:secret@127.0.0.1:5000");
+        assert_eq!(s.uri.to_string(), "http://127.0.0.1:5000");
+        assert!(!format!("{s:?}").contains("secret"), "{s:?}");
+        let st = State {
+            uri: s.uri.clone(),
+            ..State::default()
+        };
+        assert!(!format!("{st:?}").contains("secret"));
+        let yaml = yaml_serde::to_string(&st).unwrap();
+        assert!(yaml.contains("uri: http://user:secret@127.0.0.1:5000"), "{yaml}");
+        let back: State = yaml_serde::from_str(&yaml).unwrap();
+        assert_eq!(back.uri, s.uri);
+    }
+
     #[test]
     fn only_http_servers_are_taken() {
         assert!(Settings::from_env(Some("file:///tmp/mlruns")).is_err());
@@ -120,7 +140,7 @@ mod tests {
             "{e:?}"
         );
         let s = Settings::from_env(Some("http://127.0.0.1:5000/")).unwrap().unwrap();
-        assert_eq!(s.uri, "http://127.0.0.1:5000");
+        assert_eq!(s.uri.as_str(), "http://127.0.0.1:5000");
         assert_eq!(without_credentials("http://u:p@h:5000/x"), "http://h:5000/x");
         assert_eq!(without_credentials("http://h:5000"), "http://h:5000");
         // A password with a raw '/' or '#', and a URI without a scheme, show no password.

@@ -25,7 +25,7 @@ pub enum Kind {
 /// Everything up to the last `@` is taken for credentials, with or without a scheme and
 /// even where a password holds a raw `/`, `?` or `#`: a path with an `@` in it loses its
 /// start (hidden), a password is never shown.
-pub fn without_credentials(uri: &str) -> String {
+pub(crate) fn without_credentials(uri: &str) -> String {
     let (scheme, rest) = match uri.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, uri),
@@ -37,10 +37,40 @@ pub fn without_credentials(uri: &str) -> String {
     }
 }
 
+/// A tracking server's address. Requests use it whole ([`ServerUri::as_str`]); it is shown
+/// (`Display`, `Debug`) without any `user:password@`, so no message, line or log prints a
+/// password. Written to `mlflow.yaml` whole, as a plain string.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServerUri(String);
+
+impl ServerUri {
+    pub fn new(uri: impl Into<String>) -> Self {
+        ServerUri(uri.into())
+    }
+
+    /// The address with its credentials, for requests only.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ServerUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&without_credentials(&self.0))
+    }
+}
+
+impl std::fmt::Debug for ServerUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerUri({:?})", without_credentials(&self.0))
+    }
+}
+
 /// What has been sent (`mlflow.yaml`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    pub uri: String,
+    pub uri: ServerUri,
     pub experiment: String,
     /// This run's key: the `nodule.run_key` tag that finds its MLflow run again (for an
     /// evaluation, the key of the run that made the model).
@@ -139,9 +169,9 @@ pub fn load_or_new(dir: &Path, s: &Settings) -> Result<State> {
 }
 
 /// `st` to be sent to another server or experiment: what it is kept, what was sent forgotten.
-pub(crate) fn afresh(st: State, uri: &str, experiment: &str) -> State {
+pub(crate) fn afresh(st: State, uri: &ServerUri, experiment: &str) -> State {
     State {
-        uri: uri.to_string(),
+        uri: uri.clone(),
         experiment: experiment.to_string(),
         key: st.key,
         kind: st.kind,

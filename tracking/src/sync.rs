@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::client::{urlencode, Client};
 use crate::error::{Error, Result};
 use crate::folder::{artifacts_of, metric_rows, params_of, sweep_metrics};
-use crate::state::{afresh, now_ms, read_state, save, without_credentials, Kind, State};
+use crate::state::{afresh, now_ms, read_state, save, Kind, State};
 use crate::STATE_FILE;
 
 /// What the end of a run is.
@@ -67,7 +67,7 @@ pub(crate) fn wait_lock(dir: &Path) -> Result<files::Lock> {
 }
 
 fn sync_folder(dir: &Path, st: &mut State, end: End) -> Result<()> {
-    let c = Client::new(&st.uri);
+    let c = Client::new(st.uri.as_str());
     if st.run_id.is_none() {
         open_run(dir, st, &c)?;
         save(dir, st)?;
@@ -143,9 +143,7 @@ fn open_run(dir: &Path, st: &mut State, c: &Client) -> Result<()> {
         None if st.kind == Kind::Evaluation => {
             return Err(Error::Server(format!(
                 "MLflow at {} has no run with nodule.run_key {} in experiment {:?} (the run that made the model)",
-                without_credentials(&st.uri),
-                st.key,
-                st.experiment
+                st.uri, st.key, st.experiment
             )));
         }
         None => create_run(dir, st, c, &exp)?,

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::state::{load_or_new, save, without_credentials, State};
+use crate::state::{load_or_new, save, State};
 use crate::sync::{sync, End};
 use crate::{Settings, FINAL_WAIT};
 
@@ -91,7 +91,7 @@ impl Tracker {
                         "MLflow: run {} in experiment {:?} at {} ({} epochs of metrics, {} artifacts)",
                         st.run_id.as_deref().unwrap_or("?"),
                         st.experiment,
-                        without_credentials(&st.uri),
+                        st.uri,
                         st.metric_rows_sent,
                         st.artifacts_sent.len()
                     );
@@ -102,7 +102,7 @@ impl Tracker {
         };
         format!(
             "MLflow: not everything reached {} ({}); it is kept in {}: `trainer mlflow-sync {}` sends it",
-            without_credentials(&st.uri),
+            st.uri,
             last,
             self.dir.display(),
             self.dir.display()

@@ -41,14 +41,14 @@ pub(crate) fn mlflow_sync(run: &std::path::Path, flag: Option<&str>) -> Result<(
         .map_err(|e| {
             anyhow::anyhow!(
                 "MLflow at {}: {e}; nothing is lost, run this again",
-                track::without_credentials(&settings.uri)
+                settings.uri
             )
         })?;
     println!(
         "MLflow: run {} in experiment {:?} at {}: {} epochs of metrics, {} artifacts{}",
         st.run_id.as_deref().unwrap_or("?"),
         st.experiment,
-        track::without_credentials(&st.uri),
+        st.uri,
         st.metric_rows_sent,
         st.artifacts_sent.len(),
         if end == track::End::Running {

@@ -221,7 +221,7 @@ pub fn finish(
     if let (Some(k), Some(m)) = (&opts.mlflow_key, &opts.mlflow) {
         // Where the run is tracked: `froc --model` adds its evaluation there.
         extra.push(("training.mlflow_run_key", k.clone()));
-        extra.push(("training.mlflow_tracking_uri", tracking::without_credentials(&m.uri)));
+        extra.push(("training.mlflow_tracking_uri", m.uri.to_string()));
         extra.push(("training.mlflow_experiment", m.experiment.clone()));
     }
     extra.push(("training.val_auroc", format!("{best_auroc:.6}")));
