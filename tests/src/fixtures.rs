@@ -157,16 +157,12 @@ pub struct Shared {
     pub model: PathBuf,
 }
 
-/// [`Shared`], made once per test binary (each is a process of its own) in a folder under
-/// `tmp` (the test's `env!("CARGO_TARGET_TMPDIR")`) that outlives the process.
+/// [`Shared`], made once per test binary (each is a process of its own) in its
+/// [`crate::process_dir`] under `tmp` (the test's `env!("CARGO_TARGET_TMPDIR")`).
 pub fn shared(tmp: &str) -> &'static Shared {
     static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
     SHARED.get_or_init(|| {
-        let root = tempfile::Builder::new()
-            .prefix("shared-")
-            .tempdir_in(tmp)
-            .unwrap_or_else(|e| panic!("{tmp}: {e}"))
-            .keep();
+        let root = crate::process_dir(Path::new(tmp), "shared");
         let patches = synth(&root, SERIES, PER_SERIES, CUBE, 5);
         let model = root.join("model.onnx");
         untrained_model(&model, CUBE, 4, 1);

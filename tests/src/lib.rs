@@ -256,5 +256,29 @@ pub fn col(header: &[String], name: &str) -> usize {
         .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
 }
 
+/// A folder for what one test process makes once and uses for its whole run:
+/// `tmp/PREFIX-PID`, under cargo's `CARGO_TARGET_TMPDIR` (a static fixture outlives any
+/// `TempDir`). The folders of this prefix that ended processes left (and any of the old
+/// random-named ones) are removed first, so runs do not pile them up; a live process's
+/// folder is left alone.
+pub fn process_dir(tmp: &Path, prefix: &str) -> PathBuf {
+    let me = std::process::id();
+    for e in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(suffix) = name.strip_prefix(prefix).and_then(|s| s.strip_prefix('-')) else {
+            continue;
+        };
+        let stale = suffix
+            .parse::<u32>()
+            .map_or(true, |pid| pid == me || !Path::new(&format!("/proc/{pid}")).exists());
+        if stale {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let dir = tmp.join(format!("{prefix}-{me}"));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
 pub mod fixtures;
 pub use fixtures::synth;

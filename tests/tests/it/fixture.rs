@@ -24,11 +24,7 @@ static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 
 pub fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
-        let root = tempfile::Builder::new()
-            .prefix("chain-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("tmp")
-            .keep();
+        let root = chain_tests::process_dir(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")), "chain");
         let patches = synth(&root, SERIES, PER_SERIES, CUBE, 5);
         let run = root.join("run");
         let r = run_ok(
